@@ -1,0 +1,117 @@
+/**
+ * The error type for images that are malformed, unsupported or corrupt.
+ *
+ * @module
+ */
+
+/**
+ * Machine-readable reason a {@linkcode Qcow2Error} was raised.
+ *
+ * - `BAD_MAGIC`: the file does not start with the qcow2 magic
+ * - `UNSUPPORTED_VERSION`: version other than 2 or 3
+ * - `OUT_OF_RANGE`: a field holds a value outside what the format or QEMU allows
+ * - `UNALIGNED`: an offset that must be cluster (or sector) aligned is not
+ * - `RESERVED_BITS`: reserved bits of a field or entry are set
+ * - `TRUNCATED`: a structure extends past the end of the file or buffer
+ * - `UNSUPPORTED_FEATURE`: unknown incompatible feature bits
+ * - `ENCRYPTED`: the image is encrypted (AES or LUKS)
+ * - `CORRUPT`: the corrupt bit is set or metadata contradicts itself
+ * - `BAD_EXTENSION`: a header extension is malformed
+ * - `BAD_SNAPSHOT`: a snapshot table entry is malformed or not found
+ * - `BACKING`: a backing file cannot be used (missing, loop, too deep)
+ * - `DECOMPRESS`: a compressed cluster does not decompress to a full cluster
+ * - `IO`: the underlying source failed
+ *
+ * @example Branch on a code
+ * ```ts
+ * import assert from "node:assert";
+ * import { Qcow2Error, type Qcow2ErrorCode } from "./errors.ts";
+ * const code: Qcow2ErrorCode = new Qcow2Error("TRUNCATED", "Cannot read: short").code;
+ * assert(code === "TRUNCATED");
+ * ```
+ */
+export type Qcow2ErrorCode =
+  | "BAD_MAGIC"
+  | "UNSUPPORTED_VERSION"
+  | "OUT_OF_RANGE"
+  | "UNALIGNED"
+  | "RESERVED_BITS"
+  | "TRUNCATED"
+  | "UNSUPPORTED_FEATURE"
+  | "ENCRYPTED"
+  | "CORRUPT"
+  | "BAD_EXTENSION"
+  | "BAD_SNAPSHOT"
+  | "BACKING"
+  | "DECOMPRESS"
+  | "IO";
+
+/** Where in an image a {@linkcode Qcow2Error} was found. */
+export interface Qcow2ErrorOptions extends ErrorOptions {
+  /** Host (file) offset of the offending structure, when known. */
+  offset?: number;
+  /** Name of the offending field, as the specification spells it. */
+  field?: string;
+}
+
+/**
+ * An image is malformed, unsupported or corrupt. The message is one line in
+ * the form `Cannot <action>: <reason>` naming the field, value and allowed
+ * range; {@linkcode Qcow2Error.code} says why in a machine-readable way.
+ *
+ * @example Raise and inspect
+ * ```ts
+ * import assert from "node:assert";
+ * import { Qcow2Error } from "./errors.ts";
+ * const err = new Qcow2Error(
+ *   "OUT_OF_RANGE",
+ *   "Cannot parse header: cluster_bits 31 is out of range [9, 21]",
+ *   { offset: 20, field: "cluster_bits" },
+ * );
+ * assert(err.offset === 20 && err.field === "cluster_bits");
+ * ```
+ */
+export class Qcow2Error extends Error {
+  /** Machine-readable reason. */
+  readonly code: Qcow2ErrorCode;
+  /** Host offset of the offending structure, when known. */
+  readonly offset: number | undefined;
+  /** Name of the offending field, when known. */
+  readonly field: string | undefined;
+
+  /**
+   * Creates an error.
+   *
+   * @param code Machine-readable reason.
+   * @param message One-line message, `Cannot <action>: <reason>`.
+   * @param options Offset, field and cause.
+   */
+  constructor(
+    code: Qcow2ErrorCode,
+    message: string,
+    options: Qcow2ErrorOptions = {},
+  ) {
+    super(message, options.cause === undefined ? {} : { cause: options.cause });
+    this.name = "Qcow2Error";
+    this.code = code;
+    this.offset = options.offset;
+    this.field = options.field;
+  }
+}
+
+/**
+ * Formats a number as a hex string with `0x` prefix, for error messages.
+ *
+ * @param value A non-negative integer.
+ * @returns e.g. `0x10000`.
+ *
+ * @example Format an offset
+ * ```ts
+ * import assert from "node:assert";
+ * import { hex } from "./errors.ts";
+ * assert(hex(65536) === "0x10000");
+ * ```
+ */
+export function hex(value: number | bigint): string {
+  return "0x" + value.toString(16);
+}

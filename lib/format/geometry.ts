@@ -1,0 +1,106 @@
+/**
+ * Sizes derived from a header: cluster size, entries per table, and the L1
+ * size a virtual size needs.
+ *
+ * @module
+ */
+
+import { INCOMPAT, SUBCLUSTERS_PER_CLUSTER } from "./constants.ts";
+import type { Qcow2Header } from "./header.ts";
+import { l2Entries, l2EntrySize } from "./l2.ts";
+import { refcountBlockEntries } from "./refcount.ts";
+
+/**
+ * Table geometry of an image.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { defaultHeader } from "./header.ts";
+ * import { geometryOf } from "./geometry.ts";
+ * const g = geometryOf(defaultHeader({ size: 1 << 30 }));
+ * assert(g.clusterSize === 65536 && g.l2Entries === 8192);
+ * ```
+ */
+export interface Geometry {
+  /** log2 of the cluster size. */
+  clusterBits: number;
+  /** Cluster size in bytes. */
+  clusterSize: number;
+  /** Whether L2 entries are extended (128-bit). */
+  extendedL2: boolean;
+  /** Bytes per L2 entry. */
+  l2EntrySize: number;
+  /** Entries per L2 table. */
+  l2Entries: number;
+  /** Subcluster size in bytes (the cluster size without extended L2). */
+  subclusterSize: number;
+  /** log2 of the refcount width. */
+  refcountOrder: number;
+  /** Entries per refcount block. */
+  refcountBlockEntries: number;
+  /** Whether guest data lives in an external data file. */
+  dataFile: boolean;
+}
+
+/**
+ * Derives the table geometry from a header.
+ *
+ * @param header A parsed (and validated) header.
+ * @returns Its geometry.
+ *
+ * @example 2 MiB clusters with extended L2
+ * ```ts
+ * import assert from "node:assert";
+ * import { defaultHeader } from "./header.ts";
+ * import { geometryOf } from "./geometry.ts";
+ * const h = defaultHeader({ size: 0, clusterBits: 21 });
+ * h.incompatibleFeatures |= 16n;
+ * assert(geometryOf(h).subclusterSize === 65536);
+ * ```
+ */
+export function geometryOf(header: Qcow2Header): Geometry {
+  const extendedL2 =
+    (header.incompatibleFeatures & INCOMPAT.EXTENDED_L2) !== 0n;
+  const clusterSize = 2 ** header.clusterBits;
+  return {
+    clusterBits: header.clusterBits,
+    clusterSize,
+    extendedL2,
+    l2EntrySize: l2EntrySize(extendedL2),
+    l2Entries: l2Entries(header.clusterBits, extendedL2),
+    subclusterSize: extendedL2
+      ? clusterSize / SUBCLUSTERS_PER_CLUSTER
+      : clusterSize,
+    refcountOrder: header.refcountOrder,
+    refcountBlockEntries: refcountBlockEntries(
+      header.clusterBits,
+      header.refcountOrder,
+    ),
+    dataFile: (header.incompatibleFeatures & INCOMPAT.DATA_FILE) !== 0n,
+  };
+}
+
+/**
+ * Number of L1 entries needed to map a virtual size.
+ *
+ * @param size Virtual size in bytes.
+ * @param clusterBits log2 of the cluster size.
+ * @param extendedL2 Whether L2 entries are extended.
+ * @returns `ceil(size / (cluster_size * l2_entries))`.
+ *
+ * @example 1 GiB with 64 KiB clusters
+ * ```ts
+ * import assert from "node:assert";
+ * import { l1SizeFor } from "./geometry.ts";
+ * assert(l1SizeFor(2 ** 30, 16, false) === 2);
+ * ```
+ */
+export function l1SizeFor(
+  size: number,
+  clusterBits: number,
+  extendedL2: boolean,
+): number {
+  const span = 2 ** clusterBits * l2Entries(clusterBits, extendedL2);
+  return Math.ceil(size / span);
+}

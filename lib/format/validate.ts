@@ -1,0 +1,315 @@
+/**
+ * Checks a parsed header against the specification and QEMU's
+ * implementation limits.
+ *
+ * @module
+ */
+
+import {
+  AUTOCLEAR,
+  COMPRESSION_TYPE,
+  CRYPT_METHOD,
+  INCOMPAT,
+  INCOMPAT_KNOWN,
+  MAX_BACKING_FILE_NAME,
+  MAX_BITMAPS,
+  MAX_CLUSTER_BITS,
+  MAX_L1_BYTES,
+  MAX_REFCOUNT_ORDER,
+  MAX_REFTABLE_BYTES,
+  MAX_SNAPSHOTS,
+  MIN_CLUSTER_BITS,
+  MIN_EXTENDED_L2_CLUSTER_BITS,
+} from "./constants.ts";
+import { hex, Qcow2Error } from "./errors.ts";
+import type { Qcow2Header } from "./header.ts";
+import { l1SizeFor } from "./geometry.ts";
+
+const ACTION = "open image";
+
+/** Byte offsets of header fields, for error locations. */
+const FIELD_AT: Record<string, number> = {
+  backing_file_offset: 8,
+  backing_file_size: 16,
+  cluster_bits: 20,
+  size: 24,
+  crypt_method: 32,
+  l1_size: 36,
+  l1_table_offset: 40,
+  refcount_table_offset: 48,
+  refcount_table_clusters: 56,
+  nb_snapshots: 60,
+  snapshots_offset: 64,
+  incompatible_features: 72,
+  compatible_features: 80,
+  autoclear_features: 88,
+  refcount_order: 96,
+  header_length: 100,
+  compression_type: 104,
+};
+
+function fail(
+  code: "OUT_OF_RANGE" | "UNALIGNED" | "RESERVED_BITS" | "BAD_EXTENSION",
+  field: string,
+  reason: string,
+): never {
+  throw new Qcow2Error(code, `Cannot ${ACTION}: ${field} ${reason}`, {
+    offset: FIELD_AT[field],
+    field,
+  });
+}
+
+function range(field: string, value: number, min: number, max: number): void {
+  if (value < min || value > max) {
+    fail("OUT_OF_RANGE", field, `${value} is out of range [${min}, ${max}]`);
+  }
+}
+
+function aligned(field: string, value: number, clusterSize: number): void {
+  if (value % clusterSize !== 0) {
+    fail(
+      "UNALIGNED",
+      field,
+      `${hex(value)} is not aligned to the cluster size ${clusterSize}`,
+    );
+  }
+}
+
+/**
+ * Validates a header's values: every check QEMU makes when opening an
+ * image, with the field, value and allowed range in the error. Whether the
+ * image can be *read* (encryption, unknown features, corrupt bit) is
+ * {@linkcode assertReadable}'s job.
+ *
+ * @param header A parsed header.
+ * @throws {Qcow2Error} `OUT_OF_RANGE`, `UNALIGNED`, `RESERVED_BITS` or
+ * `BAD_EXTENSION` naming the field.
+ *
+ * @example Reject 4 MiB clusters
+ * ```ts
+ * import assert from "node:assert";
+ * import { defaultHeader } from "./header.ts";
+ * import { validateHeader } from "./validate.ts";
+ * const h = defaultHeader({ size: 0, clusterBits: 22 });
+ * let message = "";
+ * try { validateHeader(h); } catch (e) { message = (e as Error).message; }
+ * assert(message === "Cannot open image: cluster_bits 22 is out of range [9, 21]");
+ * ```
+ */
+export function validateHeader(header: Qcow2Header): void {
+  range("cluster_bits", header.clusterBits, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS);
+  const clusterSize = 2 ** header.clusterBits;
+  if (header.version === 3) {
+    range("header_length", header.headerLength, 104, clusterSize);
+    range("refcount_order", header.refcountOrder, 0, MAX_REFCOUNT_ORDER);
+  }
+  range("crypt_method", header.cryptMethod, 0, CRYPT_METHOD.LUKS);
+
+  const extendedL2 =
+    (header.incompatibleFeatures & INCOMPAT.EXTENDED_L2) !== 0n;
+  if (extendedL2 && header.clusterBits < MIN_EXTENDED_L2_CLUSTER_BITS) {
+    fail(
+      "OUT_OF_RANGE",
+      "cluster_bits",
+      `${header.clusterBits} is out of range [${MIN_EXTENDED_L2_CLUSTER_BITS}, ${MAX_CLUSTER_BITS}] for extended L2 entries`,
+    );
+  }
+
+  const hasCompressionBit =
+    (header.incompatibleFeatures & INCOMPAT.COMPRESSION_TYPE) !== 0n;
+  if (hasCompressionBit) {
+    if (header.headerLength <= 104) {
+      fail(
+        "OUT_OF_RANGE",
+        "header_length",
+        `${header.headerLength} does not include compression_type, which the compression type feature bit requires`,
+      );
+    }
+    if (header.compressionType === COMPRESSION_TYPE.ZLIB) {
+      fail(
+        "OUT_OF_RANGE",
+        "compression_type",
+        "0 (zlib) contradicts the compression type feature bit, which requires a non-zlib type",
+      );
+    }
+  } else if (header.compressionType !== COMPRESSION_TYPE.ZLIB) {
+    fail(
+      "OUT_OF_RANGE",
+      "compression_type",
+      `${header.compressionType} requires the compression type feature bit, which is clear`,
+    );
+  }
+  range("compression_type", header.compressionType, 0, COMPRESSION_TYPE.ZSTD);
+
+  if (
+    (header.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW) !== 0n &&
+    (header.incompatibleFeatures & INCOMPAT.DATA_FILE) === 0n
+  ) {
+    fail(
+      "OUT_OF_RANGE",
+      "autoclear_features",
+      `${
+        hex(header.autoclearFeatures)
+      } sets raw external data without the external data file bit`,
+    );
+  }
+
+  // Tables.
+  const maxL1 = MAX_L1_BYTES / 8;
+  range("l1_size", header.l1Size, 0, maxL1);
+  const needed = l1SizeFor(header.size, header.clusterBits, extendedL2);
+  if (needed > maxL1) {
+    fail(
+      "OUT_OF_RANGE",
+      "size",
+      `${header.size} needs ${needed} L1 entries, more than QEMU's limit of ${maxL1} for ${clusterSize}-byte clusters`,
+    );
+  }
+  if (header.l1Size < needed) {
+    fail(
+      "OUT_OF_RANGE",
+      "l1_size",
+      `${header.l1Size} is too small for virtual size ${header.size} (needs at least ${needed})`,
+    );
+  }
+  aligned("l1_table_offset", header.l1TableOffset, clusterSize);
+
+  const maxReftableClusters = Math.max(1, MAX_REFTABLE_BYTES / clusterSize);
+  range(
+    "refcount_table_clusters",
+    header.refcountTableClusters,
+    1,
+    maxReftableClusters,
+  );
+  aligned("refcount_table_offset", header.refcountTableOffset, clusterSize);
+
+  range("nb_snapshots", header.nbSnapshots, 0, MAX_SNAPSHOTS);
+  aligned("snapshots_offset", header.snapshotsOffset, clusterSize);
+
+  if (header.backingFileOffset !== 0) {
+    range(
+      "backing_file_offset",
+      header.backingFileOffset,
+      header.headerLength,
+      clusterSize,
+    );
+    range(
+      "backing_file_size",
+      header.backingFileSize,
+      0,
+      Math.min(MAX_BACKING_FILE_NAME, clusterSize - header.backingFileOffset),
+    );
+  }
+
+  for (const ext of header.extensions) {
+    switch (ext.kind) {
+      case "backing-format":
+        if (new TextEncoder().encode(ext.format).length >= 16) {
+          fail(
+            "BAD_EXTENSION",
+            "backing format extension",
+            `"${ext.format}" is longer than QEMU's 15-byte limit`,
+          );
+        }
+        break;
+      case "bitmaps":
+        if (ext.nbBitmaps < 1 || ext.nbBitmaps > MAX_BITMAPS) {
+          fail(
+            "BAD_EXTENSION",
+            "nb_bitmaps",
+            `${ext.nbBitmaps} is out of range [1, ${MAX_BITMAPS}]`,
+          );
+        }
+        if (ext.reserved !== 0) {
+          fail(
+            "BAD_EXTENSION",
+            "bitmaps extension reserved field",
+            `${ext.reserved} is not 0`,
+          );
+        }
+        if (ext.directorySize > 1024 * MAX_BITMAPS) {
+          fail(
+            "BAD_EXTENSION",
+            "bitmap_directory_size",
+            `${ext.directorySize} is out of range [0, ${1024 * MAX_BITMAPS}]`,
+          );
+        }
+        if (ext.directoryOffset % clusterSize !== 0) {
+          fail(
+            "BAD_EXTENSION",
+            "bitmap_directory_offset",
+            `${
+              hex(ext.directoryOffset)
+            } is not aligned to the cluster size ${clusterSize}`,
+          );
+        }
+        break;
+      case "crypto-header":
+        if (header.cryptMethod !== CRYPT_METHOD.LUKS) {
+          fail(
+            "BAD_EXTENSION",
+            "crypto header extension",
+            `is present but crypt_method is ${header.cryptMethod}, not LUKS`,
+          );
+        }
+        break;
+    }
+  }
+}
+
+/**
+ * Refuses images this implementation must not read: unknown incompatible
+ * feature bits, the corrupt bit, and encryption.
+ *
+ * @param header A parsed header.
+ * @throws {Qcow2Error} `UNSUPPORTED_FEATURE`, `CORRUPT` or `ENCRYPTED` with
+ * the reason; for unknown features the name from the image's feature name
+ * table when it has one.
+ *
+ * @example An encrypted image
+ * ```ts
+ * import assert from "node:assert";
+ * import { defaultHeader } from "./header.ts";
+ * import { assertReadable } from "./validate.ts";
+ * const h = defaultHeader({ size: 0 });
+ * h.cryptMethod = 2;
+ * let code = "";
+ * try { assertReadable(h); } catch (e) { code = (e as { code: string }).code; }
+ * assert(code === "ENCRYPTED");
+ * ```
+ */
+export function assertReadable(header: Qcow2Header): void {
+  const unknown = header.incompatibleFeatures & ~INCOMPAT_KNOWN;
+  if (unknown !== 0n) {
+    const names: string[] = [];
+    for (let bit = 0n; bit < 64n; bit++) {
+      if ((unknown & (1n << bit)) === 0n) continue;
+      const named = header.extensions.flatMap((e) =>
+        e.kind === "feature-table" ? e.features : []
+      ).find((f) => f.type === 0 && BigInt(f.bit) === bit);
+      names.push(named ? `bit ${bit} "${named.name}"` : `bit ${bit}`);
+    }
+    throw new Qcow2Error(
+      "UNSUPPORTED_FEATURE",
+      `Cannot ${ACTION}: incompatible_features ${
+        hex(header.incompatibleFeatures)
+      } has unknown ${names.join(", ")}`,
+      { offset: 72, field: "incompatible_features" },
+    );
+  }
+  if ((header.incompatibleFeatures & INCOMPAT.CORRUPT) !== 0n) {
+    throw new Qcow2Error(
+      "CORRUPT",
+      `Cannot ${ACTION}: the corrupt bit is set in incompatible_features (QEMU found the metadata inconsistent; repair it with qemu-img check -r all)`,
+      { offset: 72, field: "incompatible_features" },
+    );
+  }
+  if (header.cryptMethod !== CRYPT_METHOD.NONE) {
+    const method = header.cryptMethod === CRYPT_METHOD.AES ? "AES" : "LUKS";
+    throw new Qcow2Error(
+      "ENCRYPTED",
+      `Cannot ${ACTION}: the image is encrypted (crypt_method ${header.cryptMethod}, ${method}) and encryption is not supported`,
+      { offset: 32, field: "crypt_method" },
+    );
+  }
+}

@@ -1,0 +1,131 @@
+// Test helpers for running qemu-img / qemu-io, the reference implementation.
+// Tests that need them are skipped with a visible message when they are
+// absent, except under CI (CI=true), where their absence fails the test.
+
+function has(cmd: string): boolean {
+  try {
+    const out = new Deno.Command(cmd, {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .outputSync();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether qemu-img and qemu-io can be run here. */
+export const HAVE_QEMU: boolean = has("qemu-img") && has("qemu-io");
+
+const IN_CI = (Deno.env.get("CI") ?? "") !== "" &&
+  Deno.env.get("CI") !== "false";
+
+let warned = false;
+
+/**
+ * Registers a test that needs qemu-img/qemu-io. Without them it is skipped
+ * (with a message on stderr) outside CI, and fails under CI.
+ */
+export function qemuTest(
+  name: string,
+  fn: (t: Deno.TestContext) => Promise<void> | void,
+): void {
+  if (!HAVE_QEMU && !IN_CI) {
+    if (!warned) {
+      console.error(
+        "qemu-img/qemu-io not found: skipping tests that need them (apt-get install qemu-utils)",
+      );
+      warned = true;
+    }
+    Deno.test({ name, ignore: true, fn });
+    return;
+  }
+  Deno.test(name, async (t) => {
+    if (!HAVE_QEMU) {
+      throw new Error(
+        "qemu-img/qemu-io are required under CI but were not found",
+      );
+    }
+    await fn(t);
+  });
+}
+
+/** Runs a command and returns stdout; throws with stderr when it fails. */
+export async function run(
+  cmd: string,
+  args: string[],
+  opts: { stdin?: Uint8Array } = {},
+): Promise<string> {
+  const child = new Deno.Command(cmd, {
+    args,
+    stdin: opts.stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (opts.stdin) {
+    const w = child.stdin.getWriter();
+    await w.write(opts.stdin);
+    await w.close();
+  }
+  const out = await child.output();
+  const stdout = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    const stderr = new TextDecoder().decode(out.stderr);
+    throw new Error(
+      `${cmd} ${args.join(" ")} failed (${out.code}): ${stderr.trim()}`,
+    );
+  }
+  return stdout;
+}
+
+/** Runs a command and returns its exit code, stdout and stderr. */
+export async function runStatus(
+  cmd: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(cmd, {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    stdin: "null",
+  })
+    .output();
+  const dec = new TextDecoder();
+  return {
+    code: out.code,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+  };
+}
+
+/** `qemu-img ARGS...` */
+export function qemuImg(...args: string[]): Promise<string> {
+  return run("qemu-img", args);
+}
+
+/** `qemu-io -f FORMAT -c CMD ... IMAGE` with one -c per command. */
+export function qemuIo(
+  image: string,
+  commands: string[],
+  format = "qcow2",
+): Promise<string> {
+  return run("qemu-io", [
+    "-f",
+    format,
+    ...commands.flatMap((c) => ["-c", c]),
+    image,
+  ]);
+}
+
+/** A fresh temporary directory, removed by the returned disposer. */
+export async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
+  const path = await Deno.makeTempDir({ prefix: "qcow2pipe-test-" });
+  return {
+    path,
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(path, { recursive: true }).catch(() => {});
+    },
+  };
+}
