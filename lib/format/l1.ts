@@ -55,7 +55,7 @@ export function decodeL1Entry(table: Uint8Array, index: number): L1Entry {
   const hi = view.getUint32(index * 8);
   const lo = view.getUint32(index * 8 + 4);
   return {
-    l2Offset: joinU64(hi & ENTRY.OFFSET_HI, lo & ENTRY.OFFSET_LO),
+    l2Offset: joinU64(hi & ENTRY.OFFSET_HI, (lo & ENTRY.OFFSET_LO) >>> 0),
     copied: (hi & ENTRY.COPIED_HI) !== 0,
     reserved: (hi & ENTRY.L1_RESERVED_HI) !== 0 ||
       (lo & ENTRY.L1_RESERVED_LO) !== 0,

@@ -187,7 +187,10 @@ export function decodeL2Entry(
       zeroMask,
     };
   }
-  const hostOffset = joinU64(hi & ENTRY.OFFSET_HI, lo & ENTRY.OFFSET_LO);
+  const hostOffset = joinU64(
+    hi & ENTRY.OFFSET_HI,
+    (lo & ENTRY.OFFSET_LO) >>> 0,
+  );
   const reserved = (hi & ENTRY.L2_RESERVED_HI) !== 0 ||
     (lo & ENTRY.L2_RESERVED_LO) !== 0;
   let type: ClusterType;

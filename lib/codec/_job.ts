@@ -1,0 +1,60 @@
+// One pool job, run either in a worker or inline on the calling thread.
+import type { ClusterCodec } from "./codecs.ts";
+
+/** The work of one job. */
+export interface JobInput {
+  op: "compress" | "decompress";
+  clusterSize: number;
+  /** compress: whole clusters back to back; decompress: payloads back to back. */
+  data: Uint8Array;
+  /** decompress: the length of each payload. */
+  lengths: number[];
+}
+
+/**
+ * compress: returns the compressed payloads back to back and their lengths
+ * (0 for a cluster that does not compress).
+ * decompress: returns the clusters back to back.
+ */
+export function runJob(
+  codec: ClusterCodec,
+  job: JobInput,
+): { data: Uint8Array; lengths: number[] } {
+  const cs = job.clusterSize;
+  if (job.op === "compress") {
+    const count = job.data.length / cs;
+    const parts: Uint8Array[] = [];
+    const lengths: number[] = [];
+    let total = 0;
+    for (let i = 0; i < count; i++) {
+      const out = codec.compress(job.data.subarray(i * cs, (i + 1) * cs));
+      lengths.push(out ? out.length : 0);
+      if (out) {
+        parts.push(out);
+        total += out.length;
+      }
+    }
+    const data = new Uint8Array(total);
+    let at = 0;
+    for (const p of parts) {
+      data.set(p, at);
+      at += p.length;
+    }
+    return { data, lengths };
+  }
+  const data = new Uint8Array(job.lengths.length * cs);
+  let at = 0;
+  job.lengths.forEach((length, i) => {
+    try {
+      data.set(
+        codec.decompress(job.data.subarray(at, at + length), cs),
+        i * cs,
+      );
+    } catch (err) {
+      (err as { index?: number }).index = i;
+      throw err;
+    }
+    at += length;
+  });
+  return { data, lengths: [] };
+}

@@ -1,0 +1,289 @@
+/**
+ * A pool of Web Workers that compress and decompress clusters in parallel.
+ *
+ * @module
+ */
+
+import { Qcow2Error, type Qcow2ErrorCode } from "../format/errors.ts";
+import { type CodecOptions, createCodec, DEFAULT_LEVEL } from "./codecs.ts";
+import type { ClusterCodec } from "./codecs.ts";
+import { runJob } from "./_job.ts";
+
+/** A message to a codec worker. */
+export interface PoolRequest {
+  /** Job id, echoed in the response. */
+  id: number;
+  /** What to do. */
+  op: "compress" | "decompress";
+  /** The codec (level and backend resolved). */
+  codec: Required<CodecOptions>;
+  /** Cluster size in bytes. */
+  clusterSize: number;
+  /** Input bytes (transferred). */
+  data: Uint8Array;
+  /** decompress: payload lengths. */
+  lengths: number[];
+}
+
+/** A codec worker's answer. */
+export type PoolResponse =
+  | { id: number; data: Uint8Array; lengths: number[] }
+  | {
+    id: number;
+    error: { message: string; code?: string; name?: string; index?: number };
+  };
+
+/**
+ * Options of a {@linkcode CodecPool}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { CodecPoolOptions } from "./pool.ts";
+ * const o: CodecPoolOptions = { workers: 2 };
+ * assert.strictEqual(o.workers, 2);
+ * ```
+ */
+export interface CodecPoolOptions {
+  /**
+   * Number of workers; 0 runs jobs on the calling thread.
+   * @default {navigator.hardwareConcurrency}
+   */
+  workers?: number;
+}
+
+/**
+ * Compressed clusters returned by {@linkcode CodecPool.compress}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { CompressResult } from "./pool.ts";
+ * const r: CompressResult = { data: new Uint8Array(3), lengths: [3, 0] };
+ * assert.strictEqual(r.lengths.length, 2);
+ * ```
+ */
+export interface CompressResult {
+  /** Compressed payloads back to back. */
+  data: Uint8Array;
+  /** Payload length per cluster; 0 when the cluster did not compress. */
+  lengths: number[];
+}
+
+interface Pending {
+  resolve: (r: { data: Uint8Array; lengths: number[] }) => void;
+  reject: (e: unknown) => void;
+  worker: number;
+}
+
+/**
+ * Runs cluster compression and decompression on N Web Workers. Each call is
+ * one job; callers keep their own order (await jobs in the order they were
+ * submitted) and bound how many they have in flight. Close it with
+ * `await using` or {@linkcode CodecPool.close}: workers keep the process
+ * alive until then.
+ *
+ * @example Compress and decompress on two workers
+ * ```ts
+ * import assert from "node:assert";
+ * import { CodecPool } from "./pool.ts";
+ * await using pool = new CodecPool({ workers: 2 });
+ * const clusters = new Uint8Array(2 * 4096).fill(1);
+ * const packed = await pool.compress({ type: "zstd" }, clusters, 4096);
+ * const payloads = [packed.data.subarray(0, packed.lengths[0]), packed.data.subarray(packed.lengths[0])];
+ * assert.deepStrictEqual(await pool.decompress({ type: "zstd" }, payloads, 4096), clusters);
+ * ```
+ */
+export class CodecPool implements AsyncDisposable {
+  #workers: Worker[] = [];
+  #load: number[] = [];
+  #pending = new Map<number, Pending>();
+  #nextId = 1;
+  #closed = false;
+  #failure: Error | undefined;
+  #inline = new Map<string, Promise<ClusterCodec>>();
+
+  /**
+   * Starts the workers.
+   *
+   * @param options Worker count.
+   * @throws {RangeError} When `workers` is not a non-negative integer.
+   */
+  constructor(options: CodecPoolOptions = {}) {
+    const count = options.workers ?? (navigator.hardwareConcurrency || 1);
+    if (!Number.isInteger(count) || count < 0 || count > 1024) {
+      throw new RangeError(
+        `Cannot create codec pool: workers ${count} is out of range [0, 1024]`,
+      );
+    }
+    for (let i = 0; i < count; i++) {
+      const worker = new Worker(
+        new URL("./codec_worker.ts", import.meta.url).href,
+        {
+          type: "module",
+        },
+      );
+      worker.onmessage = (event: MessageEvent<PoolResponse>) =>
+        this.#settle(event.data);
+      worker.onerror = (event: ErrorEvent) => {
+        event.preventDefault();
+        this.#fail(new Error(`Codec worker ${i} failed: ${event.message}`));
+      };
+      this.#workers.push(worker);
+      this.#load.push(0);
+    }
+  }
+
+  /** Number of workers (0 when jobs run inline). */
+  get size(): number {
+    return this.#workers.length;
+  }
+
+  /**
+   * Compresses whole clusters.
+   *
+   * @param codec Codec type, level and backend.
+   * @param clusters `n * clusterSize` bytes. Not modified.
+   * @param clusterSize Cluster size in bytes.
+   * @returns The payloads and their lengths.
+   * @throws {Error} When the pool is closed or a worker failed.
+   */
+  compress(
+    codec: CodecOptions,
+    clusters: Uint8Array,
+    clusterSize: number,
+  ): Promise<CompressResult> {
+    return this.#submit({
+      op: "compress",
+      codec: resolve(codec),
+      clusterSize,
+      data: clusters.slice(),
+      lengths: [],
+    });
+  }
+
+  /**
+   * Decompresses clusters, each exactly as QEMU would.
+   *
+   * @param codec Codec type (level is ignored) and backend.
+   * @param payloads One compressed payload per cluster (may carry trailing
+   * bytes of the last sector).
+   * @param clusterSize Cluster size in bytes.
+   * @returns The clusters back to back.
+   * @throws {Qcow2Error} `DECOMPRESS` naming the reason; its `index` says
+   * which payload failed.
+   */
+  decompress(
+    codec: CodecOptions,
+    payloads: Uint8Array[],
+    clusterSize: number,
+  ): Promise<Uint8Array> {
+    const total = payloads.reduce((n, p) => n + p.length, 0);
+    const data = new Uint8Array(total);
+    let at = 0;
+    for (const p of payloads) {
+      data.set(p, at);
+      at += p.length;
+    }
+    return this.#submit({
+      op: "decompress",
+      codec: resolve(codec),
+      clusterSize,
+      data,
+      lengths: payloads.map((p) => p.length),
+    }).then((r) => r.data);
+  }
+
+  #submit(
+    job: Omit<PoolRequest, "id">,
+  ): Promise<{ data: Uint8Array; lengths: number[] }> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    if (this.#closed) {
+      return Promise.reject(
+        new Error("Cannot run codec job: the pool is closed"),
+      );
+    }
+    if (this.#workers.length === 0) return this.#runInline(job);
+    let worker = 0;
+    for (let i = 1; i < this.#load.length; i++) {
+      if (this.#load[i] < this.#load[worker]) worker = i;
+    }
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      this.#pending.set(id, { resolve, reject, worker });
+      this.#load[worker]++;
+      const req: PoolRequest = { id, ...job };
+      this.#workers[worker].postMessage(req, [job.data.buffer as ArrayBuffer]);
+    });
+  }
+
+  async #runInline(
+    job: Omit<PoolRequest, "id">,
+  ): Promise<{ data: Uint8Array; lengths: number[] }> {
+    const key = `${job.codec.type}/${job.codec.level}/${job.codec.backend}`;
+    let codec = this.#inline.get(key);
+    if (!codec) {
+      codec = createCodec(job.codec);
+      this.#inline.set(key, codec);
+    }
+    return runJob(await codec, job);
+  }
+
+  #settle(res: PoolResponse): void {
+    const pending = this.#pending.get(res.id);
+    if (!pending) return;
+    this.#pending.delete(res.id);
+    this.#load[pending.worker]--;
+    if ("error" in res) {
+      const { message, code, name, index } = res.error;
+      const err = name === "Qcow2Error" && code
+        ? new Qcow2Error(code as Qcow2ErrorCode, message)
+        : new Error(message);
+      if (index !== undefined) Object.assign(err, { index });
+      pending.reject(err);
+    } else {
+      pending.resolve({ data: res.data, lengths: res.lengths });
+    }
+  }
+
+  #fail(err: Error): void {
+    this.#failure ??= err;
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+    this.#terminate();
+  }
+
+  #terminate(): void {
+    for (const w of this.#workers) w.terminate();
+    this.#load = this.#load.map(() => 0);
+  }
+
+  /**
+   * Stops the workers. Jobs still running are rejected.
+   *
+   * @returns A promise that resolves when the workers are stopped.
+   */
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      const err = new Error("Cannot run codec job: the pool was closed");
+      for (const p of this.#pending.values()) p.reject(err);
+      this.#pending.clear();
+      this.#terminate();
+    }
+    return Promise.resolve();
+  }
+
+  /** Same as {@linkcode CodecPool.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function resolve(codec: CodecOptions): Required<CodecOptions> {
+  return {
+    type: codec.type,
+    level: codec.level ?? DEFAULT_LEVEL[codec.type],
+    backend: codec.backend ?? "auto",
+  };
+}

@@ -1,0 +1,40 @@
+// A small least-recently-used cache bounded by a total weight (bytes).
+// It knows nothing about qcow2.
+
+/** LRU cache with a weight budget; values over budget are still returned once. */
+export class LruCache<K, V> {
+  #map = new Map<K, { value: V; weight: number }>();
+  #weight = 0;
+  #budget: number;
+
+  constructor(budget: number) {
+    this.#budget = budget;
+  }
+
+  get(key: K): V | undefined {
+    const hit = this.#map.get(key);
+    if (hit === undefined) return undefined;
+    this.#map.delete(key);
+    this.#map.set(key, hit);
+    return hit.value;
+  }
+
+  set(key: K, value: V, weight: number): void {
+    const old = this.#map.get(key);
+    if (old) {
+      this.#weight -= old.weight;
+      this.#map.delete(key);
+    }
+    this.#map.set(key, { value, weight });
+    this.#weight += weight;
+    for (const [k, v] of this.#map) {
+      if (this.#weight <= this.#budget || this.#map.size <= 1) break;
+      this.#map.delete(k);
+      this.#weight -= v.weight;
+    }
+  }
+
+  get size(): number {
+    return this.#map.size;
+  }
+}

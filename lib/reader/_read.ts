@@ -1,0 +1,122 @@
+// Reading plan items: shared by Qcow2Image, RawImage and the segment stream.
+import { hex, Qcow2Error } from "../format/errors.ts";
+import { compressedRange } from "../format/compressed.ts";
+import {
+  type ClusterCodec,
+  type CompressionType,
+  createCodec,
+} from "../codec/codecs.ts";
+import type { Extent, GuestImage, PlanItem } from "./image.ts";
+
+/** The public part of a plan item. */
+export function toExtent(item: PlanItem): Extent {
+  const e: Extent = {
+    offset: item.offset,
+    length: item.length,
+    kind: item.kind,
+    depth: item.depth,
+  };
+  if (item.hostOffset !== undefined) e.hostOffset = item.hostOffset;
+  if (item.file !== undefined) e.file = item.file;
+  return e;
+}
+
+const codecs = new Map<CompressionType, Promise<ClusterCodec>>();
+/** A main-thread codec for random reads (the stream path uses the pool). */
+export function inlineCodec(type: CompressionType): Promise<ClusterCodec> {
+  let codec = codecs.get(type);
+  if (!codec) {
+    codec = createCodec({ type });
+    codecs.set(type, codec);
+  }
+  return codec;
+}
+
+/** Reads the host bytes of a `data` item; past the end of the file reads zeros. */
+export async function readDataItem(item: PlanItem): Promise<Uint8Array> {
+  const source = item.source!;
+  let bytes: Uint8Array;
+  try {
+    bytes = await source.read(item.hostOffset!, item.length);
+  } catch (err) {
+    throw new Qcow2Error(
+      "IO",
+      `Cannot read guest offset ${
+        hex(item.offset)
+      }: reading ${item.length} bytes at host offset ${
+        hex(item.hostOffset!)
+      } of ${source.name ?? "the image"} failed: ${(err as Error).message}`,
+      { offset: item.hostOffset, cause: err },
+    );
+  }
+  if (bytes.length === item.length) return bytes;
+  const out = new Uint8Array(item.length);
+  out.set(bytes);
+  return out;
+}
+
+/** Reads the compressed payload of a `compressed` item (clamped at end of file). */
+export async function readCompressedPayload(
+  item: PlanItem,
+): Promise<Uint8Array> {
+  const { offset, length } = compressedRange(item.compressed!.descriptor);
+  try {
+    return await item.source!.read(offset, length);
+  } catch (err) {
+    throw new Qcow2Error(
+      "IO",
+      `Cannot read compressed cluster at host offset ${hex(offset)}: ${
+        (err as Error).message
+      }`,
+      { offset, cause: err },
+    );
+  }
+}
+
+/** Adds where a decompression failed to a codec error. */
+export function decompressError(item: PlanItem, err: unknown): Error {
+  const c = item.compressed!;
+  return new Qcow2Error(
+    "DECOMPRESS",
+    `Cannot read guest offset ${
+      hex(c.clusterOffset)
+    }: ${c.type} cluster at host offset ${
+      hex(c.descriptor.hostOffset)
+    } (${c.descriptor.sectors} sectors): ${
+      (err as Error).message.replace(/^Cannot decompress cluster: /, "")
+    }`,
+    { offset: c.descriptor.hostOffset, cause: err },
+  );
+}
+
+/** Decompresses a compressed item's whole cluster on this thread. */
+export async function readCompressedItem(item: PlanItem): Promise<Uint8Array> {
+  const c = item.compressed!;
+  const payload = await readCompressedPayload(item);
+  const codec = await inlineCodec(c.type);
+  let cluster: Uint8Array;
+  try {
+    cluster = codec.decompress(payload, c.clusterSize);
+  } catch (err) {
+    throw decompressError(item, err);
+  }
+  const from = item.offset - c.clusterOffset;
+  return cluster.subarray(from, from + item.length);
+}
+
+/** Reads `[offset, offset + length)` of an image by walking its plan. */
+export async function readThroughPlan(
+  image: GuestImage,
+  offset: number,
+  length: number,
+): Promise<Uint8Array> {
+  const out = new Uint8Array(length);
+  for await (const item of image.plan(offset, length, 0)) {
+    const at = item.offset - offset;
+    if (item.kind === "data") out.set(await readDataItem(item), at);
+    else if (item.kind === "compressed") {
+      out.set(await readCompressedItem(item), at);
+    }
+  }
+  return out;
+}

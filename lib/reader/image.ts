@@ -1,0 +1,113 @@
+/**
+ * What every opened image offers the reverse pipeline: its size, random
+ * reads, and a map of extents.
+ *
+ * @module
+ */
+
+import type { CompressedDescriptor } from "../format/compressed.ts";
+import type { RandomAccessSource } from "../io/source.ts";
+import type { CompressionType } from "../codec/codecs.ts";
+
+/**
+ * How a guest range reads.
+ *
+ * - `data`: bytes stored in a file (`hostOffset` says where)
+ * - `compressed`: part of a compressed cluster
+ * - `zero`: the image says it reads as zeros
+ * - `unallocated`: no image in the chain holds it; reads as zeros
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { ExtentKind } from "./image.ts";
+ * const k: ExtentKind = "unallocated";
+ * assert.strictEqual(k, "unallocated");
+ * ```
+ */
+export type ExtentKind = "data" | "compressed" | "zero" | "unallocated";
+
+/**
+ * A guest range with one way of reading, as {@linkcode GuestImage.extents}
+ * reports it.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { Extent } from "./image.ts";
+ * const e: Extent = { offset: 0, length: 65536, kind: "data", depth: 0, hostOffset: 0x50000 };
+ * assert.strictEqual(e.kind, "data");
+ * ```
+ */
+export interface Extent {
+  /** Guest offset. */
+  offset: number;
+  /** Length in bytes. */
+  length: number;
+  /** How it reads. */
+  kind: ExtentKind;
+  /** Which image of the backing chain answers: 0 is the top image. */
+  depth: number;
+  /**
+   * `data`: host offset of the extent's first byte; `compressed`: host
+   * offset of the compressed data. Absent otherwise.
+   */
+  hostOffset?: number;
+  /** Name of the file holding the bytes (`data`, `compressed`). */
+  file?: string;
+}
+
+/**
+ * A read plan item: an extent plus what is needed to read it. Internal to
+ * the reader; {@linkcode GuestImage.extents} exposes the {@linkcode Extent}
+ * part.
+ */
+export interface PlanItem extends Extent {
+  /** Where `data` and `compressed` bytes live. */
+  source?: RandomAccessSource;
+  /** `compressed`: everything needed to decompress the whole cluster. */
+  compressed?: {
+    descriptor: CompressedDescriptor;
+    /** Guest offset where the cluster starts. */
+    clusterOffset: number;
+    clusterSize: number;
+    type: CompressionType;
+  };
+}
+
+/**
+ * An opened disk image (qcow2 or raw) as the guest sees it.
+ *
+ * @example Read from a raw image in memory
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { BytesSource } from "../io/source.ts";
+ * await using image = await openImage(new BytesSource(new Uint8Array(1024).fill(5)));
+ * assert.strictEqual(image.format, "raw");
+ * assert.deepStrictEqual(await image.readAt(10, 2), new Uint8Array([5, 5]));
+ * ```
+ */
+export interface GuestImage extends AsyncDisposable {
+  /** `qcow2` or `raw`. */
+  readonly format: "qcow2" | "raw";
+  /** Virtual disk size in bytes. */
+  readonly virtualSize: number;
+  /** Name of the image (path or URL) for messages. */
+  readonly name: string;
+  /** The backing image, if any. */
+  readonly backing: GuestImage | undefined;
+  /**
+   * Reads guest bytes.
+   *
+   * @throws {RangeError} When the range is outside the virtual disk.
+   * @throws {Qcow2Error} When the image is corrupt.
+   */
+  readAt(offset: number, length: number): Promise<Uint8Array>;
+  /** Lists the extents covering `[offset, offset + length)`, in order. */
+  extents(offset?: number, length?: number): AsyncGenerator<Extent>;
+  /** Like `extents`, with what is needed to read each one. */
+  plan(offset: number, length: number, depth: number): AsyncGenerator<PlanItem>;
+  /** Closes the image and its backing chain. */
+  close(): Promise<void>;
+}

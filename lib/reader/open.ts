@@ -1,0 +1,357 @@
+/**
+ * Opening images: format detection from the magic, backing chains, external
+ * data files and snapshots.
+ *
+ * @module
+ */
+
+import { dirname, isAbsolute, join } from "node:path";
+import { hex, Qcow2Error } from "../format/errors.ts";
+import {
+  backingFormat,
+  dataFileName,
+  parseHeader,
+  type Qcow2Header,
+} from "../format/header.ts";
+import { assertReadable, validateHeader } from "../format/validate.ts";
+import {
+  INCOMPAT,
+  MAX_CLUSTER_BITS,
+  MIN_CLUSTER_BITS,
+  QCOW2_MAGIC,
+} from "../format/constants.ts";
+import {
+  parseSnapshotTable,
+  SNAPSHOT_FIXED_LENGTH,
+  type SnapshotEntry,
+  snapshotEntryLength,
+} from "../format/snapshot.ts";
+import {
+  BytesSource,
+  FileSource,
+  type RandomAccessSource,
+} from "../io/source.ts";
+import type { GuestImage } from "./image.ts";
+import { Qcow2Image, readExact } from "./qcow2_image.ts";
+import { RawImage } from "./raw_image.ts";
+
+/**
+ * Options of {@linkcode openImage}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { OpenImageOptions } from "./open.ts";
+ * const o: OpenImageOptions = { snapshot: "before-upgrade" };
+ * assert.strictEqual(o.snapshot, "before-upgrade");
+ * ```
+ */
+export interface OpenImageOptions {
+  /**
+   * Format of the top image; `auto` detects it from the magic.
+   * @default {"auto"}
+   */
+  format?: "auto" | "qcow2" | "raw";
+  /** Read this internal snapshot (matched by ID first, then by name). */
+  snapshot?: string;
+  /**
+   * Longest backing chain accepted (the top image not counted).
+   * @default {256}
+   */
+  maxBackingDepth?: number;
+  /**
+   * L2 table cache budget per image, in bytes.
+   * @default {33554432} (32 MiB)
+   */
+  cacheBytes?: number;
+  /**
+   * Opens backing and data files by name. The default opens local files,
+   * with names relative to the directory of the image that refers to them.
+   */
+  openSource?: (name: string) => Promise<RandomAccessSource>;
+}
+
+const DEFAULT_MAX_DEPTH = 256;
+const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Opens a disk image (qcow2 or raw, detected from its first bytes) with its
+ * backing chain and external data file.
+ *
+ * @param input A file path, a source, or the image bytes.
+ * @param options Snapshot, format and how to open related files.
+ * @returns The image; close it when done (`await using` works).
+ * @throws {Qcow2Error} When the image is malformed, unsupported, encrypted,
+ * or its backing chain is broken or loops.
+ *
+ * @example Open bytes in memory
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * await using image = await openImage(new Uint8Array(512));
+ * assert.strictEqual(image.virtualSize, 512);
+ * ```
+ */
+export async function openImage(
+  input: string | RandomAccessSource | Uint8Array,
+  options: OpenImageOptions = {},
+): Promise<GuestImage> {
+  const source: RandomAccessSource = typeof input === "string"
+    ? await FileSource.open(input)
+    : input instanceof Uint8Array
+    ? new BytesSource(input)
+    : input;
+  try {
+    return await openChain(source, options, [], 0);
+  } catch (err) {
+    await source.close?.();
+    throw err;
+  }
+}
+
+/** Resolves a name relative to the image that refers to it. */
+export function resolveRelative(
+  base: string | undefined,
+  name: string,
+): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(name)) return name;
+  if (base && /^https?:\/\//i.test(base)) return new URL(name, base).href;
+  if (isAbsolute(name) || !base || base.startsWith("<")) return name;
+  return join(dirname(base), name);
+}
+
+async function identity(name: string): Promise<string> {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(name)) return name;
+  try {
+    return await Deno.realPath(name);
+  } catch {
+    return name;
+  }
+}
+
+async function detectFormat(
+  source: RandomAccessSource,
+): Promise<"qcow2" | "raw"> {
+  const head = await source.read(0, 4);
+  if (
+    head.length === 4 &&
+    new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC
+  ) {
+    return "qcow2";
+  }
+  return "raw";
+}
+
+async function openChain(
+  source: RandomAccessSource,
+  options: OpenImageOptions,
+  seen: string[],
+  depth: number,
+): Promise<GuestImage> {
+  const format = depth === 0 && options.format && options.format !== "auto"
+    ? options.format
+    : await detectFormat(source);
+  if (format === "raw") {
+    if (depth === 0 && options.snapshot !== undefined) {
+      throw new RangeError(
+        `Cannot open image: ${
+          source.name ?? "raw image"
+        } is raw and has no snapshots`,
+      );
+    }
+    return new RawImage(source);
+  }
+  return await openQcow2(source, options, seen, depth);
+}
+
+async function openQcow2(
+  source: RandomAccessSource,
+  options: OpenImageOptions,
+  seen: string[],
+  depth: number,
+): Promise<Qcow2Image> {
+  const header = await readHeader(source);
+  const name = source.name;
+  const openSource = options.openSource ?? ((n: string) => FileSource.open(n));
+
+  let dataFile: RandomAccessSource | undefined;
+  let backing: GuestImage | undefined;
+  try {
+    if ((header.incompatibleFeatures & INCOMPAT.DATA_FILE) !== 0n) {
+      const dataName = dataFileName(header);
+      if (dataName === undefined) {
+        throw new Qcow2Error(
+          "UNSUPPORTED_FEATURE",
+          "Cannot open image: the external data file bit is set but no data file name is stored",
+          { field: "incompatible_features", offset: 72 },
+        );
+      }
+      const path = resolveRelative(name, dataName);
+      dataFile = await openRelated(openSource, path, "external data file");
+    }
+
+    if (header.backingFile !== undefined && header.backingFile !== "") {
+      const path = resolveRelative(name, header.backingFile);
+      const max = options.maxBackingDepth ?? DEFAULT_MAX_DEPTH;
+      if (depth + 1 > max) {
+        throw new Qcow2Error(
+          "BACKING",
+          `Cannot open backing file "${header.backingFile}": the backing chain is deeper than ${max} images`,
+          { field: "backing_file_offset", offset: 8 },
+        );
+      }
+      const me = name ? await identity(name) : undefined;
+      const target = await identity(path);
+      const chain = me ? [...seen, me] : seen;
+      if (chain.includes(target)) {
+        throw new Qcow2Error(
+          "BACKING",
+          `Cannot open backing file "${header.backingFile}": the backing chain loops back to ${path}`,
+          { field: "backing_file_offset", offset: 8 },
+        );
+      }
+      const backingSource = await openRelated(openSource, path, "backing file");
+      try {
+        const fmt = backingFormat(header);
+        if (fmt !== undefined && fmt !== "qcow2" && fmt !== "raw") {
+          throw new Qcow2Error(
+            "BACKING",
+            `Cannot open backing file "${header.backingFile}": backing format "${fmt}" is not supported (qcow2 or raw)`,
+          );
+        }
+        const backingFmt = fmt ?? await detectFormat(backingSource);
+        backing = backingFmt === "raw"
+          ? new RawImage(backingSource)
+          : await openQcow2(
+            backingSource,
+            { ...options, snapshot: undefined },
+            chain,
+            depth + 1,
+          );
+      } catch (err) {
+        await backingSource.close?.();
+        throw err;
+      }
+    }
+
+    const snapshots = await readSnapshots(source, header);
+    let snapshot: SnapshotEntry | undefined;
+    if (depth === 0 && options.snapshot !== undefined) {
+      const want = options.snapshot;
+      snapshot = snapshots.find((s) => s.id === want) ??
+        snapshots.find((s) => s.name === want);
+      if (!snapshot) {
+        const names = snapshots.map((s) => `${s.id} "${s.name}"`).join(", ") ||
+          "none";
+        throw new Qcow2Error(
+          "BAD_SNAPSHOT",
+          `Cannot open snapshot "${want}": no snapshot has that ID or name (snapshots: ${names})`,
+        );
+      }
+    }
+    return await Qcow2Image.create({
+      source,
+      header,
+      backing,
+      dataFile,
+      snapshot,
+      snapshots,
+      cacheBytes: options.cacheBytes ?? DEFAULT_CACHE_BYTES,
+    });
+  } catch (err) {
+    await dataFile?.close?.();
+    await backing?.close();
+    throw err;
+  }
+}
+
+async function openRelated(
+  openSource: (name: string) => Promise<RandomAccessSource>,
+  path: string,
+  what: string,
+): Promise<RandomAccessSource> {
+  try {
+    return await openSource(path);
+  } catch (err) {
+    const reason = err instanceof Deno.errors.NotFound
+      ? "no such file"
+      : (err as Error).message;
+    throw new Qcow2Error(
+      "BACKING",
+      `Cannot open ${what} "${path}": ${reason}`,
+      { cause: err },
+    );
+  }
+}
+
+/** Reads, parses and validates the header of a qcow2 source. */
+export async function readHeader(
+  source: RandomAccessSource,
+): Promise<Qcow2Header> {
+  const head = await source.read(0, 2 ** MIN_CLUSTER_BITS);
+  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  const version = head.length >= 8 ? view.getUint32(4) : 0;
+  if (
+    head.length < 24 || view.getUint32(0) !== QCOW2_MAGIC ||
+    (version !== 2 && version !== 3)
+  ) {
+    parseHeader(head); // throws the precise error (truncated, magic, version)
+  }
+  const clusterBits = view.getUint32(20);
+  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
+    throw new Qcow2Error(
+      "OUT_OF_RANGE",
+      `Cannot open image: cluster_bits ${clusterBits} is out of range [${MIN_CLUSTER_BITS}, ${MAX_CLUSTER_BITS}]`,
+      { offset: 20, field: "cluster_bits" },
+    );
+  }
+  // QEMU keeps the header, its extensions and the backing file name within
+  // the first cluster.
+  const clusterSize = 2 ** clusterBits;
+  const first = clusterSize <= head.length
+    ? head
+    : await source.read(0, clusterSize);
+  const header = parseHeader(first);
+  validateHeader(header);
+  assertReadable(header);
+  return header;
+}
+
+async function readSnapshots(
+  source: RandomAccessSource,
+  header: Qcow2Header,
+): Promise<SnapshotEntry[]> {
+  if (header.nbSnapshots === 0) return [];
+  const start = header.snapshotsOffset;
+  // Read entry by entry: each length is known only from its fixed part.
+  const parts: Uint8Array[] = [];
+  let at = start;
+  const limit = 1024 * 65536; // QEMU's QCOW_MAX_SNAPSHOTS_SIZE
+  for (let i = 0; i < header.nbSnapshots; i++) {
+    const fixed = await readExact(
+      source,
+      at,
+      SNAPSHOT_FIXED_LENGTH,
+      `snapshot ${i} header`,
+    );
+    const length = snapshotEntryLength(fixed, 0);
+    if (at + length - start > limit) {
+      throw new Qcow2Error(
+        "BAD_SNAPSHOT",
+        `Cannot open image: snapshot table at ${
+          hex(start)
+        } is larger than QEMU's limit of ${limit} bytes`,
+        { offset: start, field: "snapshots_offset" },
+      );
+    }
+    parts.push(await readExact(source, at, length, `snapshot ${i}`));
+    at += length;
+  }
+  const table = new Uint8Array(at - start);
+  let pos = 0;
+  for (const p of parts) {
+    table.set(p, pos);
+    pos += p.length;
+  }
+  return parseSnapshotTable(table, header.nbSnapshots, start);
+}

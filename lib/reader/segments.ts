@@ -1,0 +1,290 @@
+/**
+ * The guest bytes of an image, in order, with reads and decompression
+ * running ahead in parallel (bounded) and zero ranges left as holes.
+ *
+ * @module
+ */
+
+import type { CodecPool } from "../codec/pool.ts";
+import type { GuestImage, PlanItem } from "./image.ts";
+import {
+  decompressError,
+  inlineCodec,
+  readCompressedPayload,
+  readDataItem,
+} from "./_read.ts";
+import { compressedRange } from "../format/compressed.ts";
+import { hex, Qcow2Error } from "../format/errors.ts";
+
+/**
+ * A run of guest bytes: `data` holds them, or is `null` when they are all
+ * zeros (a hole).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { Segment } from "./segments.ts";
+ * const hole: Segment = { offset: 0, length: 1 << 30, data: null };
+ * assert.strictEqual(hole.data, null);
+ * ```
+ */
+export interface Segment {
+  /** Guest offset. */
+  offset: number;
+  /** Length in bytes. */
+  length: number;
+  /** The bytes, or null for zeros. */
+  data: Uint8Array | null;
+}
+
+/**
+ * Options for reading an image in order.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { ReadImageOptions } from "./segments.ts";
+ * const o: ReadImageOptions = { chunkSize: 1 << 20 };
+ * assert.strictEqual(o.chunkSize, 1 << 20);
+ * ```
+ */
+export interface ReadImageOptions {
+  /** Workers for decompression; without a pool it runs on this thread. */
+  pool?: CodecPool;
+  /**
+   * Largest data segment, in bytes.
+   * @default {4194304} (4 MiB)
+   */
+  chunkSize?: number;
+  /**
+   * Reads and decompression jobs running ahead of the consumer.
+   * @default {2 * workers + 4}
+   */
+  maxInFlight?: number;
+  /** Guest offset to start at. @default {0} */
+  offset?: number;
+  /** Bytes to read. @default {the rest of the disk} */
+  length?: number;
+}
+
+const DEFAULT_CHUNK = 4 * 1024 * 1024;
+
+/**
+ * Reads an image's guest bytes in order as segments, holes for zero and
+ * unallocated ranges. Work runs ahead of the consumer by at most
+ * `maxInFlight` jobs of at most `chunkSize` bytes, so memory stays bounded
+ * whatever the image size.
+ *
+ * @param image An opened image.
+ * @param options Pool, chunk size, range.
+ * @returns The segments, covering the range without gaps.
+ *
+ * @example Sum the data bytes of an image
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { readSegments } from "./segments.ts";
+ * await using image = await openImage(new Uint8Array(4096).fill(1));
+ * let bytes = 0;
+ * for await (const s of readSegments(image)) bytes += s.data ? s.length : 0;
+ * assert.strictEqual(bytes, 4096);
+ * ```
+ */
+export async function* readSegments(
+  image: GuestImage,
+  options: ReadImageOptions = {},
+): AsyncGenerator<Segment> {
+  const chunk = options.chunkSize ?? DEFAULT_CHUNK;
+  if (!Number.isInteger(chunk) || chunk < 512) {
+    throw new RangeError(
+      `Cannot read image: chunkSize ${chunk} is out of range [512, ∞)`,
+    );
+  }
+  const maxInFlight = options.maxInFlight ?? 2 * (options.pool?.size ?? 1) + 4;
+  const start = options.offset ?? 0;
+  const length = options.length ?? image.virtualSize - start;
+  const queue: Promise<Segment>[] = [];
+  let group: PlanItem[] = [];
+  let groupBytes = 0;
+
+  const push = (job: Promise<Segment>) => {
+    job.catch(() => {}); // awaited in order below; avoid unhandled rejections
+    queue.push(job);
+  };
+  const flushGroup = () => {
+    if (group.length > 0) push(decompressGroup(group, options.pool));
+    group = [];
+    groupBytes = 0;
+  };
+
+  try {
+    for await (const item of image.plan(start, length, 0)) {
+      if (item.kind === "compressed") {
+        group.push(item);
+        groupBytes += item.compressed!.clusterSize;
+        if (groupBytes >= chunk) flushGroup();
+      } else {
+        flushGroup();
+        if (item.kind === "data") {
+          for (let at = 0; at < item.length; at += chunk) {
+            const n = Math.min(chunk, item.length - at);
+            const piece = {
+              ...item,
+              offset: item.offset + at,
+              length: n,
+              hostOffset: item.hostOffset! + at,
+            };
+            push(
+              readDataItem(piece).then((data) => ({
+                offset: piece.offset,
+                length: n,
+                data,
+              })),
+            );
+            while (queue.length >= maxInFlight) yield await queue.shift()!;
+          }
+        } else {
+          push(
+            Promise.resolve({
+              offset: item.offset,
+              length: item.length,
+              data: null,
+            }),
+          );
+        }
+      }
+      while (queue.length >= maxInFlight) yield await queue.shift()!;
+    }
+    flushGroup();
+    while (queue.length > 0) yield await queue.shift()!;
+  } finally {
+    queue.length = 0;
+  }
+}
+
+/** Reads and decompresses consecutive compressed items as one job. */
+async function decompressGroup(
+  items: PlanItem[],
+  pool: CodecPool | undefined,
+): Promise<Segment> {
+  const ranges = items.map((i) => compressedRange(i.compressed!.descriptor));
+  const lo = Math.min(...ranges.map((r) => r.offset));
+  const hi = Math.max(...ranges.map((r) => r.offset + r.length));
+  const total = ranges.reduce((n, r) => n + r.length, 0);
+  let payloads: Uint8Array[];
+  if (
+    hi - lo <= 2 * total && items.every((i) => i.source === items[0].source)
+  ) {
+    // Usually packed back to back: one read for the whole group.
+    let bytes: Uint8Array;
+    try {
+      bytes = await items[0].source!.read(lo, hi - lo);
+    } catch (err) {
+      throw new Qcow2Error(
+        "IO",
+        `Cannot read compressed clusters at host offset ${hex(lo)}: ${
+          (err as Error).message
+        }`,
+        { offset: lo, cause: err },
+      );
+    }
+    payloads = ranges.map((r) =>
+      bytes.subarray(
+        r.offset - lo,
+        Math.min(bytes.length, r.offset - lo + r.length),
+      )
+    );
+  } else {
+    payloads = await Promise.all(items.map(readCompressedPayload));
+  }
+  const { type, clusterSize } = items[0].compressed!;
+  let clusters: Uint8Array;
+  try {
+    if (pool) {
+      clusters = await pool.decompress({ type }, payloads, clusterSize);
+    } else {
+      const codec = await inlineCodec(type);
+      clusters = new Uint8Array(items.length * clusterSize);
+      for (let i = 0; i < items.length; i++) {
+        try {
+          clusters.set(
+            codec.decompress(payloads[i], clusterSize),
+            i * clusterSize,
+          );
+        } catch (err) {
+          throw Object.assign(err as Error, { index: i });
+        }
+      }
+    }
+  } catch (err) {
+    const index = (err as { index?: number }).index ?? 0;
+    throw decompressError(items[index] ?? items[0], err);
+  }
+  const offset = items[0].offset;
+  const length = items.reduce((n, i) => n + i.length, 0);
+  const out = items.length === 1 ? undefined : new Uint8Array(length);
+  let at = 0;
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
+    const from = i * clusterSize + (it.offset - it.compressed!.clusterOffset);
+    const part = clusters.subarray(from, from + it.length);
+    if (!out) return { offset, length, data: part };
+    out.set(part, at);
+    at += it.length;
+  }
+  return { offset, length, data: out! };
+}
+
+/**
+ * The guest bytes of an image as a byte stream, in order, zeros included.
+ * Pulling drives the reads, so a slow consumer slows the reading
+ * (backpressure).
+ *
+ * @param image An opened image.
+ * @param options Pool, chunk size, range.
+ * @returns A stream of the guest bytes.
+ *
+ * @example Stream a raw image
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { imageReadable } from "./segments.ts";
+ * await using image = await openImage(new Uint8Array(3000).fill(2));
+ * const bytes = new Uint8Array(await new Response(imageReadable(image)).arrayBuffer());
+ * assert.strictEqual(bytes.length, 3000);
+ * ```
+ */
+export function imageReadable(
+  image: GuestImage,
+  options: ReadImageOptions = {},
+): ReadableStream<Uint8Array> {
+  const chunk = options.chunkSize ?? DEFAULT_CHUNK;
+  const segments = readSegments(image, options);
+  let zeroLeft = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (zeroLeft > 0) {
+        const n = Math.min(zeroLeft, chunk);
+        zeroLeft -= n;
+        controller.enqueue(new Uint8Array(n));
+        return;
+      }
+      const next = await segments.next();
+      if (next.done) {
+        controller.close();
+        return;
+      }
+      const s = next.value;
+      if (s.data) {
+        controller.enqueue(s.data);
+      } else if (s.length > 0) {
+        const n = Math.min(s.length, chunk);
+        zeroLeft = s.length - n;
+        controller.enqueue(new Uint8Array(n));
+      }
+    },
+    async cancel() {
+      await segments.return(undefined);
+    },
+  }, { highWaterMark: 0 });
+}
