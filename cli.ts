@@ -1,13 +1,11 @@
 /**
- * The qcow2pipe command line.
+ * The qcow2pipe command line: `deno run -A cli.ts COMMAND [options]`.
+ * Run with `--help` for the commands.
  *
  * @module
  */
-import { defaultHeader, geometryOf } from "./mod.ts";
+import { main } from "./lib/cli/main.ts";
 
 if (import.meta.main) {
-  const g = geometryOf(defaultHeader({ size: 1 << 30 }));
-  console.log(
-    `qcow2pipe format core: cluster ${g.clusterSize} B, ${g.l2Entries} L2 entries per table`,
-  );
+  Deno.exit(await main(Deno.args));
 }

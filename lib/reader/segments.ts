@@ -120,6 +120,16 @@ export async function* readSegments(
   try {
     for await (const item of image.plan(start, length, 0)) {
       if (item.kind === "compressed") {
+        // A group is decompressed with one codec and cluster size and read
+        // from one file: images of a backing chain may differ in all three.
+        const head = group[0];
+        if (
+          head !== undefined && (head.source !== item.source ||
+            head.compressed!.type !== item.compressed!.type ||
+            head.compressed!.clusterSize !== item.compressed!.clusterSize)
+        ) {
+          flushGroup();
+        }
         group.push(item);
         groupBytes += item.compressed!.clusterSize;
         if (groupBytes >= chunk) flushGroup();
@@ -282,6 +292,46 @@ export function imageReadable(
         zeroLeft = s.length - n;
         controller.enqueue(new Uint8Array(n));
       }
+    },
+    async cancel() {
+      await segments.return(undefined);
+    },
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * An image's guest bytes as a stream for the forward pipeline: data as
+ * bytes, zero ranges as `{ zeros: n }` holes that are never materialized
+ * (so re-packing a sparse 1 TiB image reads only its data).
+ *
+ * @param image An opened image.
+ * @param options Pool, chunk size, range.
+ * @returns A stream the `ClusterChunkStream` accepts.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { imageChunks } from "./segments.ts";
+ * await using image = await openImage(new Uint8Array(1024));
+ * const chunks = await Array.fromAsync(imageChunks(image));
+ * assert.strictEqual(chunks.length, 1);
+ * ```
+ */
+export function imageChunks(
+  image: GuestImage,
+  options: ReadImageOptions = {},
+): ReadableStream<Uint8Array | { zeros: number }> {
+  const segments = readSegments(image, options);
+  return new ReadableStream<Uint8Array | { zeros: number }>({
+    async pull(controller) {
+      const next = await segments.next();
+      if (next.done) {
+        controller.close();
+        return;
+      }
+      const s = next.value;
+      controller.enqueue(s.data ?? { zeros: s.length });
     },
     async cancel() {
       await segments.return(undefined);

@@ -1,0 +1,215 @@
+/**
+ * Output files that appear under their name only when complete: writes go
+ * to a temporary file beside the destination, renamed over it at the end.
+ *
+ * @module
+ */
+
+import { basename, dirname, join } from "node:path";
+
+/**
+ * Options of {@linkcode OutputFile.create}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { OutputFileOptions } from "./output_file.ts";
+ * const o: OutputFileOptions = { force: true };
+ * assert.strictEqual(o.force, true);
+ * ```
+ */
+export interface OutputFileOptions {
+  /**
+   * Replace an existing destination.
+   * @default {false}
+   */
+  force?: boolean;
+}
+
+/**
+ * The destination exists and `force` was not given.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { OutputExistsError } from "./output_file.ts";
+ * assert.strictEqual(new OutputExistsError("x").name, "OutputExistsError");
+ * ```
+ */
+export class OutputExistsError extends Error {
+  /**
+   * Creates the error.
+   *
+   * @param path The destination.
+   */
+  constructor(path: string) {
+    super(`Cannot write ${path}: the file exists (use -f to replace it)`);
+    this.name = "OutputExistsError";
+  }
+}
+
+const COALESCE_BYTES = 8 * 1024 * 1024;
+
+/** Temporary files still open, removed on exit or signal by the CLI. */
+export const liveTemporaryFiles: Set<string> = new Set();
+
+/**
+ * A file written at arbitrary offsets, under a temporary name until
+ * {@linkcode OutputFile.commit}. Sequential writes are coalesced into
+ * large ones; skipped ranges stay holes (sparse). Block and character
+ * devices (for example a disk, or `/dev/null`) are written in place.
+ *
+ * @example Write, then publish
+ * ```ts
+ * import assert from "node:assert";
+ * import { OutputFile } from "./output_file.ts";
+ * const dir = await Deno.makeTempDir();
+ * const out = await OutputFile.create(`${dir}/disk.raw`);
+ * await out.writeAt(4096, new Uint8Array([1]));
+ * await out.commit(8192);
+ * assert.strictEqual((await Deno.stat(`${dir}/disk.raw`)).size, 8192);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export class OutputFile {
+  /** The destination path. */
+  readonly path: string;
+  /** The path being written (the temporary file, or the device itself). */
+  readonly writingPath: string;
+  /** Whether the destination is a device written in place. */
+  readonly isDevice: boolean;
+  #file: Deno.FsFile;
+  #pos = 0; // file position after the last real write
+  #buf: Uint8Array;
+  #bufStart = 0;
+  #bufLen = 0;
+  #done = false;
+
+  private constructor(
+    path: string,
+    writingPath: string,
+    file: Deno.FsFile,
+    isDevice: boolean,
+  ) {
+    this.path = path;
+    this.writingPath = writingPath;
+    this.#file = file;
+    this.isDevice = isDevice;
+    this.#buf = new Uint8Array(COALESCE_BYTES);
+  }
+
+  /**
+   * Creates the temporary file beside `path`.
+   *
+   * @param path The destination.
+   * @param options Whether to replace an existing destination.
+   * @returns The output.
+   * @throws {OutputExistsError} When `path` exists and `force` is false.
+   */
+  static async create(
+    path: string,
+    options: OutputFileOptions = {},
+  ): Promise<OutputFile> {
+    let info: Deno.FileInfo | undefined;
+    try {
+      info = await Deno.stat(path);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+    if (info && (info.isBlockDevice || info.isCharDevice)) {
+      const file = await Deno.open(path, { write: true });
+      return new OutputFile(path, path, file, true);
+    }
+    if (info && !options.force) throw new OutputExistsError(path);
+    if (info?.isDirectory) {
+      throw new Error(`Cannot write ${path}: it is a directory`);
+    }
+    const suffix = crypto.randomUUID().slice(0, 8);
+    const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
+    const file = await Deno.open(temp, {
+      write: true,
+      createNew: true,
+      mode: 0o644,
+    });
+    liveTemporaryFiles.add(temp);
+    return new OutputFile(path, temp, file, false);
+  }
+
+  /**
+   * Writes bytes at an offset. Adjacent writes are merged.
+   *
+   * @param offset File offset.
+   * @param data The bytes (not retained after the call resolves, unless
+   * merged into the internal buffer as a copy).
+   */
+  async writeAt(offset: number, data: Uint8Array): Promise<void> {
+    if (data.length === 0) return;
+    if (
+      this.#bufLen > 0 && offset === this.#bufStart + this.#bufLen &&
+      this.#bufLen + data.length <= this.#buf.length
+    ) {
+      this.#buf.set(data, this.#bufLen);
+      this.#bufLen += data.length;
+      return;
+    }
+    await this.#flush();
+    if (data.length >= this.#buf.length / 2) {
+      await this.#writeNow(offset, data);
+      return;
+    }
+    this.#bufStart = offset;
+    this.#buf.set(data, 0);
+    this.#bufLen = data.length;
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#bufLen === 0) return;
+    const len = this.#bufLen;
+    this.#bufLen = 0;
+    await this.#writeNow(this.#bufStart, this.#buf.subarray(0, len));
+  }
+
+  async #writeNow(offset: number, data: Uint8Array): Promise<void> {
+    if (offset !== this.#pos) {
+      await this.#file.seek(offset, Deno.SeekMode.Start);
+    }
+    let done = 0;
+    while (done < data.length) {
+      done += await this.#file.write(data.subarray(done));
+    }
+    this.#pos = offset + data.length;
+  }
+
+  /**
+   * Flushes, sets the final size (holes at the end stay holes), and
+   * renames the temporary file over the destination.
+   *
+   * @param size Final file size in bytes; omit to keep what was written.
+   */
+  async commit(size?: number): Promise<void> {
+    await this.#flush();
+    if (size !== undefined && !this.isDevice) await this.#file.truncate(size);
+    if (!this.isDevice) await this.#file.syncData();
+    this.#file.close();
+    this.#done = true;
+    if (!this.isDevice) {
+      await Deno.rename(this.writingPath, this.path);
+      liveTemporaryFiles.delete(this.writingPath);
+    }
+  }
+
+  /** Closes and removes the temporary file. Safe to call more than once. */
+  async abort(): Promise<void> {
+    if (this.#done) return;
+    this.#done = true;
+    try {
+      this.#file.close();
+    } catch {
+      // already closed
+    }
+    if (!this.isDevice) {
+      await Deno.remove(this.writingPath).catch(() => {});
+      liveTemporaryFiles.delete(this.writingPath);
+    }
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * Stage 3 of the forward pipeline: data clusters compressed on a worker
+ * pool, results back in cluster order.
+ *
+ * @module
+ */
+
+import type { CodecPool, CompressResult } from "../codec/pool.ts";
+import type { CodecBackend, CompressionType } from "../codec/codecs.ts";
+import type { ClusterRecord } from "./records.ts";
+import { checkClusterSize } from "./_options.ts";
+
+/**
+ * Options of {@linkcode CompressStream}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { CompressStreamOptions } from "./compress_stream.ts";
+ * import { CodecPool } from "../codec/pool.ts";
+ * await using pool = new CodecPool({ workers: 0 });
+ * const o: CompressStreamOptions = { pool, clusterSize: 65536, type: "zstd" };
+ * assert.strictEqual(o.type, "zstd");
+ * ```
+ */
+export interface CompressStreamOptions {
+  /** The worker pool (owned by the caller, who closes it). */
+  pool: CodecPool;
+  /** Cluster size in bytes. */
+  clusterSize: number;
+  /** zlib or zstd. */
+  type: CompressionType;
+  /** Level; see `CodecOptions.level`. */
+  level?: number;
+  /** Codec backend; see `CodecOptions.backend`. */
+  backend?: CodecBackend;
+  /**
+   * Jobs submitted and not yet passed on; when full, the stage stops
+   * taking input, so backpressure reaches the source.
+   * @default {2 * workers + 2}
+   */
+  maxInFlight?: number;
+  /**
+   * Most bytes per job.
+   * @default {1048576} (1 MiB, at least one cluster)
+   */
+  jobBytes?: number;
+}
+
+/**
+ * Compresses `data` runs on a {@linkcode CodecPool}. Each cluster becomes
+ * part of a `compressed` run, or stays in a `data` run when compression
+ * would not make it smaller (QEMU's rule). Output keeps input order; the
+ * first failed job errors the stream.
+ *
+ * @example Compress one cluster
+ * ```ts
+ * import assert from "node:assert";
+ * import { CodecPool } from "../codec/pool.ts";
+ * import { CompressStream } from "./compress_stream.ts";
+ * await using pool = new CodecPool({ workers: 1 });
+ * const data = new Uint8Array(4096).fill(7);
+ * const [out] = await Array.fromAsync(
+ *   ReadableStream.from([{ kind: "data" as const, index: 0, count: 1, data }])
+ *     .pipeThrough(new CompressStream({ pool, clusterSize: 4096, type: "zlib" })),
+ * );
+ * assert.strictEqual(out.kind, "compressed");
+ * ```
+ */
+export class CompressStream
+  extends TransformStream<ClusterRecord, ClusterRecord> {
+  /**
+   * Creates the stage.
+   *
+   * @param options Pool, codec and limits.
+   * @throws {RangeError} For an invalid cluster size or limit.
+   */
+  constructor(options: CompressStreamOptions) {
+    const cs = checkClusterSize(options.clusterSize);
+    const { pool } = options;
+    const codec = {
+      type: options.type,
+      level: options.level,
+      backend: options.backend,
+    };
+    const maxInFlight = options.maxInFlight ?? 2 * pool.size + 2;
+    if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {
+      throw new RangeError(
+        `Cannot create compress stream: maxInFlight ${maxInFlight} must be at least 1`,
+      );
+    }
+    const jobClusters = Math.max(
+      1,
+      Math.floor((options.jobBytes ?? 1024 * 1024) / cs),
+    );
+    const queue: Promise<ClusterRecord[]>[] = [];
+    const push = (job: Promise<ClusterRecord[]>) => {
+      job.catch(() => {}); // awaited in order; avoid unhandled rejections
+      queue.push(job);
+    };
+    super({
+      async transform(record, controller) {
+        if (record.kind === "data") {
+          for (let i = 0; i < record.count; i += jobClusters) {
+            const count = Math.min(jobClusters, record.count - i);
+            const data = record.data.subarray(i * cs, (i + count) * cs);
+            const index = record.index + i;
+            push(
+              pool.compress(codec, data, cs).then((r) =>
+                split(r, index, count, data, cs)
+              ),
+            );
+          }
+        } else {
+          push(Promise.resolve([record]));
+        }
+        while (queue.length > maxInFlight) {
+          for (const r of await queue.shift()!) controller.enqueue(r);
+        }
+      },
+      async flush(controller) {
+        while (queue.length > 0) {
+          for (const r of await queue.shift()!) controller.enqueue(r);
+        }
+      },
+    });
+  }
+}
+
+/** Turns one job's result into compressed runs and data runs. */
+function split(
+  result: CompressResult,
+  index: number,
+  count: number,
+  data: Uint8Array,
+  cs: number,
+): ClusterRecord[] {
+  const out: ClusterRecord[] = [];
+  let i = 0;
+  let payloadAt = 0;
+  while (i < count) {
+    const start = i;
+    if (result.lengths[i] === 0) {
+      while (i < count && result.lengths[i] === 0) i++;
+      out.push({
+        kind: "data",
+        index: index + start,
+        count: i - start,
+        data: data.subarray(start * cs, i * cs),
+      });
+    } else {
+      const from = payloadAt;
+      const lengths: number[] = [];
+      while (i < count && result.lengths[i] !== 0) {
+        lengths.push(result.lengths[i]);
+        payloadAt += result.lengths[i];
+        i++;
+      }
+      out.push({
+        kind: "compressed",
+        index: index + start,
+        count: i - start,
+        data: result.data.subarray(from, payloadAt),
+        lengths,
+      });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,241 @@
+/**
+ * The forward pipeline composed: raw bytes in, qcow2 v3 host writes out.
+ *
+ * @module
+ */
+
+import { CodecPool } from "../codec/pool.ts";
+import type { CodecBackend } from "../codec/codecs.ts";
+import { ClusterChunkStream } from "./chunk_stream.ts";
+import { ZeroDetectStream } from "./zero_stream.ts";
+import { CompressStream } from "./compress_stream.ts";
+import { ClusterPacker } from "./packer.ts";
+import { type FinalizerSummary, MetadataFinalizer } from "./finalizer.ts";
+import { HostAllocator } from "./host_allocator.ts";
+import type { HostWrite, ZeroBytes } from "./records.ts";
+
+/**
+ * Options of the forward pipeline.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { Qcow2WriterOptions } from "./convert.ts";
+ * const o: Qcow2WriterOptions = { compression: "zstd", clusterSize: 65536 };
+ * assert.strictEqual(o.compression, "zstd");
+ * ```
+ */
+export interface Qcow2WriterOptions {
+  /**
+   * Cluster size in bytes, a power of two from 512 to 2 MiB.
+   * @default {65536}
+   */
+  clusterSize?: number;
+  /**
+   * `none` writes a sparse image; `zlib` and `zstd` compress clusters.
+   * @default {"none"}
+   */
+  compression?: "none" | "zlib" | "zstd";
+  /**
+   * Compression level (zlib 1-9, zstd 1-22).
+   * @default {6} for zlib, {3} for zstd
+   */
+  level?: number;
+  /**
+   * Refcount width in bits: 1, 2, 4, 8, 16, 32 or 64.
+   * @default {16}
+   */
+  refcountBits?: number;
+  /**
+   * Compression workers; ignored when `pool` is given.
+   * @default {navigator.hardwareConcurrency}
+   */
+  workers?: number;
+  /** A pool to use (and not close) instead of starting one. */
+  pool?: CodecPool;
+  /**
+   * Codec implementation.
+   * @default {"auto"}
+   */
+  backend?: CodecBackend;
+  /** Called as guest bytes are mapped (after compression and packing). */
+  onProgress?: (guestBytes: number) => void;
+}
+
+/**
+ * The whole forward pipeline as one transform: bytes (or `{ zeros }`
+ * holes) in, host writes of a qcow2 v3 image out (the header last).
+ * {@linkcode Qcow2Writer.summary} resolves when the image is complete.
+ * Start it, then close it with `await using` or
+ * {@linkcode Qcow2Writer.close} to stop its workers.
+ *
+ * @example Write a qcow2 image into memory
+ * ```ts
+ * import assert from "node:assert";
+ * import { Qcow2Writer, writesToBytes } from "./convert.ts";
+ * await using writer = new Qcow2Writer({ compression: "zstd", workers: 1 });
+ * const writes = ReadableStream.from([new Uint8Array(70_000).fill(3)]).pipeThrough(writer);
+ * const image = await writesToBytes(writes);
+ * assert.strictEqual((await writer.summary).compressedClusters, 2);
+ * assert.strictEqual(image[3], 0xfb);
+ * ```
+ */
+export class Qcow2Writer
+  implements
+    TransformStream<Uint8Array | ZeroBytes, HostWrite>,
+    AsyncDisposable {
+  #writable: WritableStream<Uint8Array | ZeroBytes>;
+  #readable: ReadableStream<HostWrite>;
+  #summary: Promise<FinalizerSummary>;
+  #ownPool: CodecPool | undefined;
+
+  /**
+   * Builds the stages.
+   *
+   * @param options Cluster size, compression, refcount width, workers.
+   * @throws {RangeError} For invalid options.
+   */
+  constructor(options: Qcow2WriterOptions = {}) {
+    const clusterSize = options.clusterSize ?? 65536;
+    const compression = options.compression ?? "none";
+    if (
+      compression !== "none" && compression !== "zlib" && compression !== "zstd"
+    ) {
+      throw new RangeError(
+        `Cannot write qcow2: compression "${compression}" is not none, zlib or zstd`,
+      );
+    }
+    if (compression === "none" && options.level !== undefined) {
+      throw new RangeError(
+        "Cannot write qcow2: a compression level needs compression zlib or zstd",
+      );
+    }
+    const chunker = new ClusterChunkStream({ clusterSize });
+    const allocator = new HostAllocator({
+      clusterSize,
+      refcountBits: options.refcountBits,
+    });
+    const finalizer = new MetadataFinalizer({
+      allocator,
+      compressionType: compression === "zstd" ? "zstd" : "zlib",
+      onProgress: options.onProgress,
+    });
+    let records = chunker.readable.pipeThrough(
+      new ZeroDetectStream({ clusterSize }),
+    );
+    if (compression !== "none") {
+      let pool = options.pool;
+      if (!pool) {
+        pool = new CodecPool({ workers: options.workers });
+        this.#ownPool = pool;
+      }
+      records = records.pipeThrough(
+        new CompressStream({
+          pool,
+          clusterSize,
+          type: compression,
+          level: options.level,
+          backend: options.backend,
+        }),
+      );
+    }
+    this.#writable = chunker.writable;
+    this.#readable = records.pipeThrough(new ClusterPacker({ allocator }))
+      .pipeThrough(finalizer);
+    const { promise, resolve, reject } = Promise.withResolvers<
+      FinalizerSummary
+    >();
+    promise.catch(() => {}); // callers that never ask for the summary
+    this.#summary = promise;
+    // The finalizer's summary exists once its readable side has closed.
+    const { readable, writable } = new TransformStream<HostWrite, HostWrite>({
+      flush: () => resolve(finalizer.summary!),
+    });
+    this.#readable.pipeTo(writable).catch(reject);
+    this.#readable = readable;
+  }
+
+  /** Bytes in. */
+  get writable(): WritableStream<Uint8Array | ZeroBytes> {
+    return this.#writable;
+  }
+
+  /** Host writes out. */
+  get readable(): ReadableStream<HostWrite> {
+    return this.#readable;
+  }
+
+  /** Resolves with what was written once the image is complete. */
+  get summary(): Promise<FinalizerSummary> {
+    return this.#summary;
+  }
+
+  /**
+   * Stops the compression workers this writer started.
+   *
+   * @returns When they are stopped.
+   */
+  async close(): Promise<void> {
+    await this.#ownPool?.close();
+  }
+
+  /** Same as {@linkcode Qcow2Writer.close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * Collects host writes into one buffer: the image file's bytes.
+ *
+ * @param writes Host writes.
+ * @returns The file contents.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { writesToBytes } from "./convert.ts";
+ * const bytes = await writesToBytes(ReadableStream.from([{ offset: 2, data: new Uint8Array([9]) }]));
+ * assert.deepStrictEqual(bytes, new Uint8Array([0, 0, 9]));
+ * ```
+ */
+export async function writesToBytes(
+  writes: ReadableStream<HostWrite>,
+): Promise<Uint8Array> {
+  let buf = new Uint8Array(1 << 16);
+  let size = 0;
+  for await (const w of writes) {
+    const end = w.offset + w.data.length;
+    if (end > buf.length) {
+      const bigger = new Uint8Array(Math.max(end, buf.length * 2));
+      bigger.set(buf.subarray(0, size));
+      buf = bigger;
+    }
+    buf.set(w.data, w.offset);
+    size = Math.max(size, end);
+  }
+  return buf.slice(0, size);
+}
+
+/**
+ * Converts raw bytes in memory to a qcow2 image in memory.
+ *
+ * @param raw The raw disk bytes.
+ * @param options Writer options.
+ * @returns The qcow2 image bytes.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "./convert.ts";
+ * const image = await convertToBytes(new Uint8Array(1000).fill(1), { clusterSize: 512 });
+ * assert.strictEqual(new DataView(image.buffer).getUint32(0), 0x514649fb);
+ * ```
+ */
+export async function convertToBytes(
+  raw: Uint8Array,
+  options: Qcow2WriterOptions = {},
+): Promise<Uint8Array> {
+  await using writer = new Qcow2Writer(options);
+  return await writesToBytes(ReadableStream.from([raw]).pipeThrough(writer));
+}

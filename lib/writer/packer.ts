@@ -1,0 +1,137 @@
+/**
+ * Stage 4 of the forward pipeline: host placement. Normal clusters go to
+ * cluster-aligned host offsets, compressed clusters are packed back to
+ * back at 512-byte granularity across host cluster boundaries.
+ *
+ * @module
+ */
+
+import { COMPRESSED_SECTOR_SIZE } from "../format/constants.ts";
+import { HostAllocator, type HostAllocatorOptions } from "./host_allocator.ts";
+import type { ClusterRecord, PlacedRecord } from "./records.ts";
+
+/**
+ * Options of {@linkcode ClusterPacker}: an allocator to share with the
+ * finalizer, or the settings to make one.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { ClusterPackerOptions } from "./packer.ts";
+ * const o: ClusterPackerOptions = { clusterSize: 65536 };
+ * assert.strictEqual(o.clusterSize, 65536);
+ * ```
+ */
+export type ClusterPackerOptions =
+  | { allocator: HostAllocator }
+  | HostAllocatorOptions;
+
+/**
+ * Assigns host offsets to cluster runs and emits the bytes to write with
+ * them: a `data` run becomes one `write` plus one `normal` mapping; a
+ * `compressed` run becomes `write`s of its payloads (sector-aligned, zero
+ * padded, merged where contiguous) plus one `compressed` mapping. `zero`
+ * and `end` pass through. The allocator it uses is {@linkcode
+ * ClusterPacker.allocator}; give the same one to the `MetadataFinalizer`.
+ *
+ * @example Place one data cluster after the header cluster
+ * ```ts
+ * import assert from "node:assert";
+ * import { ClusterPacker } from "./packer.ts";
+ * const packer = new ClusterPacker({ clusterSize: 512 });
+ * const out = await Array.fromAsync(
+ *   ReadableStream.from([{ kind: "data" as const, index: 0, count: 1, data: new Uint8Array(512) }])
+ *     .pipeThrough(packer),
+ * );
+ * assert.deepStrictEqual(out[1], { kind: "normal", index: 0, count: 1, hostOffset: 512 });
+ * ```
+ */
+export class ClusterPacker
+  extends TransformStream<ClusterRecord, PlacedRecord> {
+  /** The host allocator (shared with the finalizer). */
+  readonly allocator: HostAllocator;
+
+  /**
+   * Creates the stage.
+   *
+   * @param options A shared allocator, or cluster size and refcount width.
+   * @throws {RangeError} For invalid settings.
+   */
+  constructor(options: ClusterPackerOptions) {
+    const allocator = "allocator" in options
+      ? options.allocator
+      : new HostAllocator(options);
+    super({
+      transform(record, controller) {
+        switch (record.kind) {
+          case "data": {
+            const hostOffset = allocator.allocClusters(record.count);
+            controller.enqueue({
+              kind: "write",
+              offset: hostOffset,
+              data: record.data,
+            });
+            controller.enqueue({
+              kind: "normal",
+              index: record.index,
+              count: record.count,
+              hostOffset,
+            });
+            return;
+          }
+          case "compressed": {
+            const hostOffsets: number[] = [];
+            const sectors: number[] = [];
+            // Merge payloads that land back to back into one write.
+            let runStart = -1;
+            let runEnd = -1;
+            let parts: Uint8Array[] = [];
+            const flush = () => {
+              if (parts.length === 0) return;
+              const buf = new Uint8Array(runEnd - runStart);
+              let at = 0;
+              for (const p of parts) {
+                buf.set(p, at);
+                at += Math.ceil(p.length / COMPRESSED_SECTOR_SIZE) *
+                  COMPRESSED_SECTOR_SIZE;
+              }
+              controller.enqueue({
+                kind: "write",
+                offset: runStart,
+                data: buf,
+              });
+              parts = [];
+            };
+            let from = 0;
+            for (const length of record.lengths) {
+              const payload = record.data.subarray(from, from + length);
+              from += length;
+              const offset = allocator.allocCompressed(length);
+              const span = Math.ceil(length / COMPRESSED_SECTOR_SIZE);
+              hostOffsets.push(offset);
+              sectors.push(span);
+              if (offset !== runEnd) {
+                flush();
+                runStart = offset;
+              }
+              parts.push(payload);
+              runEnd = offset + span * COMPRESSED_SECTOR_SIZE;
+            }
+            flush();
+            controller.enqueue({
+              kind: "compressed",
+              index: record.index,
+              count: record.count,
+              hostOffsets,
+              sectors,
+            });
+            return;
+          }
+          default:
+            controller.enqueue(record);
+        }
+      },
+    });
+    this.allocator = allocator;
+  }
+}
