@@ -10,7 +10,12 @@ import {
   viewOf,
   writeU64,
 } from "../../lib/format/_bytes.ts";
-import { assertQcow2Error, assertRangeError, prng, randomInt } from "./_util.ts";
+import {
+  assertQcow2Error,
+  assertRangeError,
+  prng,
+  randomInt,
+} from "./_util.ts";
 
 Deno.test("viewOf() covers exactly the bytes of a subarray", () => {
   const buf = new Uint8Array(32);
