@@ -311,10 +311,46 @@ export async function readHeader(
   const first = clusterSize <= head.length
     ? head
     : await source.read(0, clusterSize);
-  const header = parseHeader(first);
+  const header = parseHeaderCluster(first, clusterSize);
   validateHeader(header);
   assertReadable(header);
   return header;
+}
+
+/**
+ * Parses the header from the first cluster. When the file ends inside that
+ * cluster and the extensions run off its end, the file is truncated (the
+ * same bytes parse once the cluster is whole): say so instead of blaming
+ * the extension.
+ */
+function parseHeaderCluster(
+  first: Uint8Array,
+  clusterSize: number,
+): Qcow2Header {
+  try {
+    return parseHeader(first);
+  } catch (err) {
+    if (
+      first.length >= clusterSize || !(err instanceof Qcow2Error) ||
+      err.code !== "BAD_EXTENSION"
+    ) {
+      throw err;
+    }
+    const whole = new Uint8Array(clusterSize);
+    whole.set(first);
+    try {
+      parseHeader(whole);
+    } catch {
+      throw err;
+    }
+    throw new Qcow2Error(
+      "TRUNCATED",
+      `Cannot open image: the file ends at ${
+        hex(first.length)
+      }, inside the header extensions of its ${clusterSize}-byte header cluster`,
+      { offset: first.length, cause: err },
+    );
+  }
 }
 
 async function readSnapshots(
@@ -344,7 +380,14 @@ async function readSnapshots(
         { offset: start, field: "snapshots_offset" },
       );
     }
-    parts.push(await readExact(source, at, length, `snapshot ${i}`));
+    // QEMU pads entries to 8 bytes only between them: the last entry (often
+    // the last bytes of the file) has no padding, so read just its bytes.
+    const fv = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
+    const used = SNAPSHOT_FIXED_LENGTH + fv.getUint32(36) + fv.getUint16(12) +
+      fv.getUint16(14);
+    const entry = new Uint8Array(length);
+    entry.set(await readExact(source, at, used, `snapshot ${i}`));
+    parts.push(entry);
     at += length;
   }
   const table = new Uint8Array(at - start);
