@@ -162,6 +162,15 @@ export class OutputFile {
     this.#bufLen = data.length;
   }
 
+  /**
+   * Writes out what is buffered (so the file can be read back).
+   *
+   * @returns When the buffered bytes are written.
+   */
+  async flush(): Promise<void> {
+    await this.#flush();
+  }
+
   async #flush(): Promise<void> {
     if (this.#bufLen === 0) return;
     const len = this.#bufLen;

@@ -147,7 +147,7 @@ export class HostAllocator {
     }
     const span = Math.ceil(length / COMPRESSED_SECTOR_SIZE) *
       COMPRESSED_SECTOR_SIZE;
-    let start = 0;
+    let start = -1;
     if (this.#tail !== 0) {
       const tailCluster = this.#tail - (this.#tail % cs);
       const tailEnd = tailCluster + cs;
@@ -158,7 +158,7 @@ export class HostAllocator {
         start = this.#tail;
       }
     }
-    if (start === 0) start = this.#end;
+    if (start === -1) start = this.#end;
     const end = start + span;
     // Clusters this payload touches; new ones extend the file.
     const first = start - (start % cs);

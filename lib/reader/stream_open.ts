@@ -1,0 +1,369 @@
+/**
+ * Opening a qcow2 image that arrives as a byte stream (a pipe, an HTTP body
+ * without Range support). An image whose L1 and L2 tables all come before
+ * its data, with the data in guest order (the streamable layout), is
+ * decoded in one pass: only the metadata prefix is spooled. Any other image
+ * is spooled whole to a temporary file and read from there.
+ *
+ * @module
+ */
+
+import { hex, Qcow2Error } from "../format/errors.ts";
+import { decodeL1Entry } from "../format/l1.ts";
+import { decodeL2Entry, type L2Layout } from "../format/l2.ts";
+import { compressedRange } from "../format/compressed.ts";
+import { geometryOf } from "../format/geometry.ts";
+import { FileSource, type RandomAccessSource } from "../io/source.ts";
+import { OutputFile } from "../io/output_file.ts";
+import { join } from "node:path";
+import type { GuestImage } from "./image.ts";
+import { openImage, type OpenImageOptions, readHeader } from "./open.ts";
+import { Qcow2Image } from "./qcow2_image.ts";
+
+/**
+ * Options of {@linkcode openImageStream}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { OpenStreamOptions } from "./stream_open.ts";
+ * const o: OpenStreamOptions = { spoolDir: "/tmp" };
+ * assert.strictEqual(o.spoolDir, "/tmp");
+ * ```
+ */
+export interface OpenStreamOptions extends OpenImageOptions {
+  /** Directory for spool files. @default {the system temporary directory} */
+  spoolDir?: string;
+}
+
+/**
+ * An image opened from a stream.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { StreamedImage } from "./stream_open.ts";
+ * const s: Partial<StreamedImage> = { onePass: true };
+ * assert.ok(s.onePass);
+ * ```
+ */
+export interface StreamedImage extends AsyncDisposable {
+  /**
+   * The image. In one-pass mode it must be read once, in order (for
+   * example with `readSegments` or `imageReadable`).
+   */
+  image: GuestImage;
+  /** Whether the image is decoded in one pass (else it was spooled whole). */
+  onePass: boolean;
+  /** Bytes written to the spool file. */
+  spoolBytes: number;
+  /** Closes the image and deletes the spool. */
+  close(): Promise<void>;
+}
+
+/** How far behind the last read a compressed cluster may start (shared sectors). */
+const LOOKBACK = 4096;
+
+/** Reads a stream forward, copying what it reads into a spool while asked to. */
+class StreamCursor {
+  position = 0;
+  done = false;
+  #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #chunks: { at: number; bytes: Uint8Array }[] = [];
+
+  constructor(stream: ReadableStream<Uint8Array>) {
+    this.#reader = stream.getReader();
+  }
+
+  async #next(): Promise<Uint8Array | undefined> {
+    if (this.done) return undefined;
+    const { value, done } = await this.#reader.read();
+    if (done) {
+      this.done = true;
+      return undefined;
+    }
+    return value;
+  }
+
+  /** Copies the stream into `spool` until `end` (or the end of the stream). */
+  async spoolTo(spool: OutputFile, end: number): Promise<void> {
+    while (this.position < end) {
+      const chunk = await this.#next();
+      if (!chunk) return;
+      await spool.writeAt(this.position, chunk);
+      this.position += chunk.length;
+    }
+  }
+
+  /** Reads `[offset, offset + length)` going forward; shorter at the end of the stream. */
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const oldest = this.#chunks[0]?.at ?? this.position;
+    if (offset < oldest) {
+      throw new Qcow2Error(
+        "IO",
+        `Cannot read ${
+          hex(offset)
+        } from the stream: it has already gone past (now at ${
+          hex(this.position)
+        })`,
+        { offset },
+      );
+    }
+    while (this.position < offset + length) {
+      const chunk = await this.#next();
+      if (!chunk) break;
+      this.#chunks.push({ at: this.position, bytes: chunk });
+      this.position += chunk.length;
+      // Keep only what the current request and the lookback need.
+      while (
+        this.#chunks.length > 1 &&
+        this.#chunks[0].at + this.#chunks[0].bytes.length <= offset - LOOKBACK
+      ) {
+        this.#chunks.shift();
+      }
+    }
+    const end = Math.min(offset + length, this.position);
+    const out = new Uint8Array(Math.max(0, end - offset));
+    for (const { at, bytes } of this.#chunks) {
+      const from = Math.max(offset, at);
+      const to = Math.min(end, at + bytes.length);
+      if (from < to) out.set(bytes.subarray(from - at, to - at), from - offset);
+    }
+    while (
+      this.#chunks.length > 1 &&
+      this.#chunks[0].at + this.#chunks[0].bytes.length <= end - LOOKBACK
+    ) {
+      this.#chunks.shift();
+    }
+    return out;
+  }
+
+  async cancel(): Promise<void> {
+    await this.#reader.cancel().catch(() => {});
+  }
+}
+
+/** The spooled prefix from its file, the rest from the stream. */
+class ForwardSource implements RandomAccessSource {
+  readonly size = Number.MAX_SAFE_INTEGER;
+  readonly name: string;
+  #prefix: FileSource;
+  #split: number;
+  #cursor: StreamCursor;
+  #queue: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    prefix: FileSource,
+    split: number,
+    cursor: StreamCursor,
+    name: string,
+  ) {
+    this.#prefix = prefix;
+    this.#split = split;
+    this.#cursor = cursor;
+    this.name = name;
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    const job = this.#queue.then(async () => {
+      const split = this.#split;
+      if (offset + length <= split) {
+        return await this.#prefix.read(offset, length);
+      }
+      if (offset >= split) return await this.#cursor.read(offset, length);
+      // Straddles the end of what was spooled.
+      const head = await this.#prefix.read(offset, split - offset);
+      const tail = await this.#cursor.read(split, offset + length - split);
+      const out = new Uint8Array(head.length + tail.length);
+      out.set(head);
+      out.set(tail, head.length);
+      return out;
+    });
+    this.#queue = job.catch(() => {});
+    return job;
+  }
+
+  async close(): Promise<void> {
+    this.#prefix.close();
+    await this.#cursor.cancel();
+  }
+}
+
+/**
+ * Opens a qcow2 (or raw) image from a byte stream. The streamable layout
+ * (all L1/L2 tables before the data, data in guest order) is decoded in
+ * one pass with only the metadata spooled; anything else is spooled whole.
+ *
+ * @param stream The image bytes.
+ * @param options Spool directory, snapshot, and `openImage` options.
+ * @returns The image and how it was opened; close it to delete the spool.
+ * @throws {Qcow2Error} When the image is malformed.
+ *
+ * @example Decode a streamable image in one pass
+ * ```ts
+ * import assert from "node:assert";
+ * import { StreamableQcow2Writer } from "../writer/streamable.ts";
+ * import { openImageStream } from "./stream_open.ts";
+ * import { imageReadable } from "./segments.ts";
+ * await using writer = new StreamableQcow2Writer();
+ * const qcow2 = ReadableStream.from([new Uint8Array(300_000).fill(6)]).pipeThrough(writer);
+ * await using opened = await openImageStream(qcow2);
+ * assert.ok(opened.onePass);
+ * const raw = new Uint8Array(await new Response(imageReadable(opened.image)).arrayBuffer());
+ * assert.strictEqual(raw[299_999], 6);
+ * ```
+ */
+export async function openImageStream(
+  stream: ReadableStream<Uint8Array>,
+  options: OpenStreamOptions = {},
+): Promise<StreamedImage> {
+  const dir = await Deno.makeTempDir({
+    prefix: "qcow2pipe-stream-",
+    dir: options.spoolDir,
+  });
+  const file = await OutputFile.create(join(dir, "image.qcow2"));
+  const cursor = new StreamCursor(stream);
+  let prefix: FileSource | undefined;
+  const prefixSource = async () => {
+    await file.flush();
+    prefix?.close();
+    prefix = await FileSource.open(file.writingPath);
+    return prefix;
+  };
+  const cleanup = async () => {
+    prefix?.close();
+    await cursor.cancel();
+    await file.abort();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  };
+  try {
+    await cursor.spoolTo(file, 512);
+    const head = await (await prefixSource()).read(0, 4);
+    const isQcow2 = head.length === 4 &&
+      new DataView(head.buffer, head.byteOffset).getUint32(0) === 0x514649fb;
+    let onePass = false;
+    let split = 0;
+    if (isQcow2 && !options.snapshot) {
+      // The first cluster holds the header, its extensions and the backing
+      // file name; its cluster size is in bytes 20-23.
+      const first = await (await prefixSource()).read(20, 4);
+      const clusterBits = first.length === 4
+        ? new DataView(first.buffer, first.byteOffset).getUint32(0)
+        : 16;
+      await cursor.spoolTo(file, 2 ** Math.min(Math.max(clusterBits, 9), 21));
+      const header = await readHeader(await prefixSource());
+      const simple = header.backingFile === undefined &&
+        !geometryOf(header).dataFile;
+      if (simple) {
+        const l1End = header.l1TableOffset + header.l1Size * 8;
+        await cursor.spoolTo(file, l1End);
+        const src = await prefixSource();
+        const l1 = header.l1Size > 0
+          ? await src.read(header.l1TableOffset, header.l1Size * 8)
+          : new Uint8Array(0);
+        if (l1.length === header.l1Size * 8) {
+          let metaEnd = l1End;
+          const tables: number[] = [];
+          for (let i = 0; i < header.l1Size; i++) {
+            const { l2Offset } = decodeL1Entry(l1, i);
+            if (l2Offset !== 0) {
+              tables.push(l2Offset);
+              metaEnd = Math.max(metaEnd, l2Offset + 2 ** header.clusterBits);
+            }
+          }
+          await cursor.spoolTo(file, metaEnd);
+          split = metaEnd;
+          onePass = await dataFollowsInOrder(
+            await prefixSource(),
+            header.clusterBits,
+            geometryOf(header).extendedL2,
+            l1,
+            metaEnd,
+          );
+        }
+      }
+    }
+    if (onePass) {
+      const src = await prefixSource();
+      const header = await readHeader(src);
+      // Everything read so far is in the spool file; the rest comes from
+      // the stream.
+      split = cursor.position;
+      const forward = new ForwardSource(src, split, cursor, "<stream>");
+      const image = await Qcow2Image.create({
+        source: forward,
+        header,
+        backing: undefined,
+        dataFile: undefined,
+        snapshot: undefined,
+        snapshots: [],
+        cacheBytes: options.cacheBytes ?? 32 * 1024 * 1024,
+      });
+      return opened(image, true, split, cleanup);
+    }
+    // Spool the rest and read the copy at random offsets.
+    await cursor.spoolTo(file, Infinity);
+    await file.flush();
+    const image = await openImage(file.writingPath, options);
+    return opened(image, false, cursor.position, cleanup);
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}
+
+function opened(
+  image: GuestImage,
+  onePass: boolean,
+  spoolBytes: number,
+  cleanup: () => Promise<void>,
+): StreamedImage {
+  const close = async () => {
+    await image.close();
+    await cleanup();
+  };
+  return { image, onePass, spoolBytes, close, [Symbol.asyncDispose]: close };
+}
+
+/**
+ * Whether every data and compressed cluster lies at or after `metaEnd` and
+ * the reads in guest order only go forward (compressed clusters may share
+ * their first sector with the previous one).
+ */
+async function dataFollowsInOrder(
+  source: RandomAccessSource,
+  clusterBits: number,
+  extendedL2: boolean,
+  l1: Uint8Array,
+  metaEnd: number,
+): Promise<boolean> {
+  const cs = 2 ** clusterBits;
+  const layout: L2Layout = { clusterBits, extendedL2, dataFile: false };
+  const entries = cs / (extendedL2 ? 16 : 8);
+  let lastEnd = metaEnd;
+  for (let i = 0; i < l1.length / 8; i++) {
+    const { l2Offset } = decodeL1Entry(l1, i);
+    if (l2Offset === 0) continue;
+    const table = await source.read(l2Offset, cs);
+    if (table.length < cs) return false;
+    for (let e = 0; e < entries; e++) {
+      const entry = decodeL2Entry(table, e, layout);
+      let start: number, end: number;
+      if (entry.type === "normal") {
+        start = entry.hostOffset;
+        end = start + cs;
+      } else if (entry.type === "compressed") {
+        const r = compressedRange(entry.compressed!);
+        start = r.offset;
+        end = r.offset + r.length;
+      } else {
+        continue;
+      }
+      if (start < lastEnd - (entry.type === "compressed" ? 512 : 0)) {
+        return false;
+      }
+      lastEnd = Math.max(lastEnd, end);
+    }
+  }
+  return true;
+}

@@ -1,0 +1,254 @@
+import assert from "node:assert";
+import { join } from "node:path";
+import {
+  fetchStream,
+  HttpSource,
+  RangeNotSupportedError,
+} from "../../lib/io/http_source.ts";
+import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
+import { openImageStream } from "../../lib/reader/stream_open.ts";
+import { convertToBytes } from "../../lib/writer/convert.ts";
+import { openImage } from "../../lib/reader/open.ts";
+import { imageReadable } from "../../lib/reader/segments.ts";
+import { CodecPool } from "../../lib/codec/pool.ts";
+import { qemuImg, qemuIo, qemuTest, runStatus, tempDir } from "../_qemu.ts";
+import { serveFiles } from "./_server.ts";
+
+/** A deterministic mixed disk: text, noise, zero runs, an odd length. */
+function sampleDisk(size: number, seed = 1): Uint8Array {
+  const out = new Uint8Array(size);
+  let x = seed;
+  const rand = () =>
+    (x = (Math.imul(x, 1103515245) + 12345) >>> 0) / 4294967296;
+  for (let at = 0; at < size; at += 65536) {
+    const kind = Math.floor(rand() * 4);
+    const end = Math.min(size, at + 65536);
+    if (kind === 0) continue; // zeros
+    for (let i = at; i < end; i++) {
+      out[i] = kind === 1
+        ? Math.floor(rand() * 256)
+        : kind === 2
+        ? 97 + (i % 26)
+        : (i >> 7) & 0xff;
+    }
+  }
+  return out;
+}
+
+/** The bytes as a pipe delivers them: 64 KiB at a time. */
+function piped(bytes: Uint8Array): ReadableStream<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  for (let at = 0; at < bytes.length; at += 65536) {
+    chunks.push(bytes.slice(at, at + 65536));
+  }
+  return ReadableStream.from(chunks);
+}
+
+async function bytesOf(
+  stream: ReadableStream<Uint8Array>,
+): Promise<Uint8Array> {
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+Deno.test("HttpSource.open() reads ranges and fetches only what is read", async () => {
+  const body = sampleDisk(300_000);
+  await using server = serveFiles({ "disk.raw": body });
+  await using src = await HttpSource.open(server.url("disk.raw"));
+  assert.strictEqual(src.size, body.length);
+  assert.deepStrictEqual(
+    await src.read(123_457, 1000),
+    body.subarray(123_457, 124_457),
+  );
+  assert.deepStrictEqual(
+    await src.read(body.length - 10, 100),
+    body.subarray(body.length - 10),
+  );
+  assert.ok(
+    server.bytesSent < 2000,
+    `sent ${server.bytesSent} bytes for two small reads`,
+  );
+});
+
+Deno.test("HttpSource.open() refuses a server that ignores Range", async () => {
+  await using server = serveFiles({ "disk.raw": new Uint8Array(1000) }, {
+    ranges: false,
+  });
+  await assert.rejects(
+    () => HttpSource.open(server.url("disk.raw")),
+    RangeNotSupportedError,
+  );
+});
+
+Deno.test("HttpSource.open() reports a 404 in one line", async () => {
+  await using server = serveFiles({});
+  await assert.rejects(
+    () => HttpSource.open(server.url("missing.qcow2")),
+    (err: Error) =>
+      /^Cannot fetch http:\/\/127\.0\.0\.1:\d+\/missing\.qcow2 answered 404/
+        .test(err.message),
+  );
+});
+
+Deno.test("fetchStream() fails when the server cuts the transfer", async () => {
+  await using server = serveFiles({
+    "disk.raw": new Uint8Array(500_000).fill(1),
+  }, { failAfter: 200_000 });
+  const { body } = await fetchStream(server.url("disk.raw"));
+  await assert.rejects(() => bytesOf(body));
+});
+
+Deno.test("openImage() reads a qcow2 image over HTTP ranges, fetching a fraction of it", async () => {
+  const raw = sampleDisk(4 << 20);
+  raw.fill(0, 1 << 20); // mostly zeros after the first MiB
+  raw.set(sampleDisk(70_000, 7), 3 << 20);
+  const qcow2 = await convertToBytes(raw, { compression: "zstd", workers: 1 });
+  await using server = serveFiles({ "disk.qcow2": qcow2 });
+  await using image = await openImage(
+    await HttpSource.open(server.url("disk.qcow2")),
+  );
+  assert.deepStrictEqual(
+    await image.readAt((3 << 20) + 5, 60_000),
+    raw.subarray((3 << 20) + 5, (3 << 20) + 60_005),
+  );
+  assert.ok(
+    server.bytesSent < qcow2.length,
+    `fetched ${server.bytesSent} of ${qcow2.length} bytes`,
+  );
+  await using pool = new CodecPool({ workers: 2 });
+  assert.deepStrictEqual(await bytesOf(imageReadable(image, { pool })), raw);
+});
+
+Deno.test("StreamableQcow2Writer() output opens in one pass from a stream", async () => {
+  const raw = sampleDisk(3_000_001);
+  for (const compression of ["none", "zlib", "zstd"] as const) {
+    await using writer = new StreamableQcow2Writer({
+      compression,
+      workers: 1,
+      clusterSize: 4096,
+    });
+    const qcow2 = await bytesOf(ReadableStream.from([raw]).pipeThrough(writer));
+    const summary = await writer.summary;
+    assert.strictEqual(summary.fileSize, qcow2.length);
+    assert.ok(
+      summary.spoolBytes <= qcow2.length,
+      "the spool is never larger than the output",
+    );
+    await using opened = await openImageStream(piped(qcow2));
+    assert.strictEqual(opened.onePass, true, compression);
+    assert.ok(
+      opened.spoolBytes < qcow2.length / 2,
+      `spooled ${opened.spoolBytes} of ${qcow2.length}`,
+    );
+    const back = await bytesOf(imageReadable(opened.image));
+    assert.deepStrictEqual(back.subarray(0, raw.length), raw);
+    assert.ok(back.subarray(raw.length).every((b) => b === 0));
+  }
+});
+
+Deno.test("openImageStream() spools an image whose metadata follows its data", async () => {
+  const raw = sampleDisk(2_000_000);
+  const qcow2 = await convertToBytes(raw, { compression: "zlib", workers: 1 }); // L1/L2 at the end
+  await using opened = await openImageStream(ReadableStream.from([qcow2]));
+  assert.strictEqual(opened.onePass, false);
+  assert.strictEqual(opened.spoolBytes, qcow2.length);
+  assert.deepStrictEqual(
+    (await bytesOf(imageReadable(opened.image))).subarray(0, raw.length),
+    raw,
+  );
+});
+
+Deno.test("openImageStream() takes raw bytes too", async () => {
+  const raw = sampleDisk(100_000);
+  await using opened = await openImageStream(
+    ReadableStream.from([raw.slice(0, 7), raw.slice(7)]),
+  );
+  assert.strictEqual(opened.image.format, "raw");
+  assert.deepStrictEqual(await bytesOf(imageReadable(opened.image)), raw);
+});
+
+qemuTest(
+  "StreamableQcow2Writer() images pass qemu-img check and compare",
+  async () => {
+    await using dir = await tempDir();
+    const raw = sampleDisk(5_000_000 + 333);
+    const rawPath = join(dir.path, "disk.raw");
+    await Deno.writeFile(rawPath, raw);
+    for (
+      const [compression, clusterSize, refcountBits] of [
+        ["none", 65536, 16],
+        ["zstd", 65536, 16],
+        ["zlib", 512, 1],
+        ["zstd", 2097152, 64],
+        ["zlib", 16384, 2],
+      ] as const
+    ) {
+      await using writer = new StreamableQcow2Writer({
+        compression,
+        clusterSize,
+        refcountBits,
+        workers: 2,
+      });
+      const path = join(dir.path, `s-${compression}-${clusterSize}.qcow2`);
+      await Deno.writeFile(
+        path,
+        await bytesOf(ReadableStream.from([raw]).pipeThrough(writer)),
+      );
+      const check = await runStatus("qemu-img", ["check", path]);
+      assert.strictEqual(check.code, 0, check.stdout + check.stderr);
+      assert.match(check.stdout, /No errors were found on the image/);
+      assert.match(
+        await qemuImg("compare", "-f", "raw", "-F", "qcow2", rawPath, path),
+        /Images are identical/,
+      );
+    }
+  },
+);
+
+qemuTest(
+  "openImageStream() decodes a QEMU image with preallocated metadata in one pass",
+  async () => {
+    await using dir = await tempDir();
+    const path = join(dir.path, "pre.qcow2");
+    await qemuImg(
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-o",
+      "preallocation=metadata",
+      path,
+      "8M",
+    );
+    await qemuIo(path, [
+      "write -P 0x61 0 100k",
+      "write -P 0x62 3M 64k",
+      "write -z 5M 64k",
+    ]);
+    const ref = join(dir.path, "ref.raw");
+    await qemuImg("convert", "-O", "raw", path, ref);
+    const file = await Deno.open(path);
+    await using opened = await openImageStream(file.readable);
+    assert.strictEqual(opened.onePass, true);
+    assert.deepStrictEqual(
+      await bytesOf(imageReadable(opened.image)),
+      await Deno.readFile(ref),
+    );
+  },
+);
+
+qemuTest(
+  "openImageStream() spools an image qemu-img convert wrote and reads it right",
+  async () => {
+    await using dir = await tempDir();
+    const rawPath = join(dir.path, "in.raw");
+    await Deno.writeFile(rawPath, sampleDisk(3_000_000));
+    const path = join(dir.path, "c.qcow2");
+    await qemuImg("convert", "-c", "-O", "qcow2", rawPath, path);
+    const file = await Deno.open(path);
+    await using opened = await openImageStream(file.readable);
+    const back = await bytesOf(imageReadable(opened.image));
+    const ref = join(dir.path, "ref.raw");
+    await qemuImg("convert", "-O", "raw", path, ref);
+    assert.deepStrictEqual(back, await Deno.readFile(ref));
+  },
+);
