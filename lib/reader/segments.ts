@@ -111,15 +111,38 @@ export async function* readSegments(
     job.catch(() => {}); // awaited in order below; avoid unhandled rejections
     queue.push(job);
   };
+  // The last decompressed cluster: an overlay with small clusters over a
+  // compressed backing cluster reads that cluster in several pieces.
+  let last: { item: PlanItem; cluster: Promise<Uint8Array> } | undefined;
   const flushGroup = () => {
-    if (group.length > 0) push(decompressGroup(group, options.pool));
+    if (group.length === 0) return;
+    const items = group;
+    const clusters = decompressClusters(items, options.pool);
+    push(clusters.then((c) => joinPieces(items, c)));
+    const cs = items[0].compressed!.clusterSize;
+    const n = items.length;
+    last = {
+      item: items[n - 1],
+      cluster: clusters.then((c) => c.subarray((n - 1) * cs, n * cs)),
+    };
+    last.cluster.catch(() => {});
     group = [];
     groupBytes = 0;
   };
 
   try {
     for await (const item of image.plan(start, length, 0)) {
-      if (item.kind === "compressed") {
+      if (
+        item.kind === "compressed" && group.length === 0 && last &&
+        sameCluster(last.item, item)
+      ) {
+        const from = item.offset - item.compressed!.clusterOffset;
+        push(last.cluster.then((c) => ({
+          offset: item.offset,
+          length: item.length,
+          data: c.subarray(from, from + item.length),
+        })));
+      } else if (item.kind === "compressed") {
         // A group is decompressed with one codec and cluster size and read
         // from one file: images of a backing chain may differ in all three.
         const head = group[0];
@@ -172,11 +195,11 @@ export async function* readSegments(
   }
 }
 
-/** Reads and decompresses consecutive compressed items as one job. */
-async function decompressGroup(
+/** Reads and decompresses the clusters of consecutive compressed items as one job. */
+async function decompressClusters(
   items: PlanItem[],
   pool: CodecPool | undefined,
-): Promise<Segment> {
+): Promise<Uint8Array> {
   const ranges = items.map((i) => compressedRange(i.compressed!.descriptor));
   const lo = Math.min(...ranges.map((r) => r.offset));
   const hi = Math.max(...ranges.map((r) => r.offset + r.length));
@@ -230,6 +253,20 @@ async function decompressGroup(
     const index = (err as { index?: number }).index ?? 0;
     throw decompressError(items[index] ?? items[0], err);
   }
+  return clusters;
+}
+
+/** Whether two compressed items are pieces of the same cluster. */
+function sameCluster(a: PlanItem, b: PlanItem): boolean {
+  return a.source === b.source &&
+    a.compressed!.descriptor.hostOffset ===
+      b.compressed!.descriptor.hostOffset &&
+    a.compressed!.clusterOffset === b.compressed!.clusterOffset;
+}
+
+/** Cuts each item's bytes out of its decompressed cluster. */
+function joinPieces(items: PlanItem[], clusters: Uint8Array): Segment {
+  const clusterSize = items[0].compressed!.clusterSize;
   const offset = items[0].offset;
   const length = items.reduce((n, i) => n + i.length, 0);
   const out = items.length === 1 ? undefined : new Uint8Array(length);
