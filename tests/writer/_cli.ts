@@ -1,0 +1,59 @@
+// Running the CLI (`deno run -A cli.ts ...`) from the writer tests (not a
+// test file).
+
+import assert from "node:assert";
+import { fileURLToPath } from "node:url";
+import { listDir } from "./_helpers.ts";
+
+/** Absolute path of cli.ts. */
+export const CLI = fileURLToPath(new URL("../../cli.ts", import.meta.url));
+
+/** What a CLI run returned. */
+export interface CliResult {
+  code: number;
+  signal: string | null;
+  stdout: Uint8Array;
+  stderr: string;
+}
+
+/** Runs `deno run -A cli.ts ARGS...`, optionally feeding `stdin`. */
+export async function runCli(
+  args: string[],
+  options: { stdin?: Uint8Array; cwd?: string } = {},
+): Promise<CliResult> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", CLI, ...args],
+    cwd: options.cwd,
+    stdin: options.stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  if (options.stdin) {
+    const w = child.stdin.getWriter();
+    await w.write(options.stdin);
+    await w.close();
+  }
+  const out = await child.output();
+  return {
+    code: out.code,
+    signal: out.signal,
+    stdout: out.stdout,
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}
+
+/** Asserts a failed run: exit code 1 and exactly one line on stderr. */
+export function assertOneLineError(r: CliResult, pattern: RegExp): void {
+  assert.strictEqual(r.code, 1, `exit code (stderr: ${r.stderr})`);
+  const lines = r.stderr.trimEnd().split("\n");
+  assert.strictEqual(lines.length, 1, `one line on stderr: ${r.stderr}`);
+  assert.match(lines[0], /^qcow2pipe: /);
+  assert.match(lines[0], pattern);
+  assert.doesNotMatch(lines[0], /^qcow2pipe: .*\bat \S+:\d+:\d+/, "no stack");
+}
+
+/** Temporary `.partial` files in a directory. */
+export async function partialFiles(dir: string): Promise<string[]> {
+  return (await listDir(dir)).filter((n) => n.endsWith(".partial"));
+}

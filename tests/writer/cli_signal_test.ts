@@ -1,0 +1,114 @@
+// SIGTERM / SIGINT in the middle of `cli.ts convert`: the run exits through
+// the CLI's handler (exit 143 / 130, one notice on stderr) and leaves
+// neither DST nor the temporary `.partial` file. Runs are interrupted
+// while provably in progress: reading a standard input that the test keeps
+// open, or converting a 2 GiB sparse input holding 256 MiB of noise at
+// zlib level 9 on one worker (several seconds), signalled as soon as its
+// temporary file has received data.
+
+import assert from "node:assert";
+import { join } from "node:path";
+import { tempDir } from "../_qemu.ts";
+import { exists, listDir, MiB, mixedBytes, randomBytes } from "./_helpers.ts";
+import { CLI, partialFiles } from "./_cli.ts";
+
+const signals = Deno.build.os === "windows" ? [] : ["SIGTERM", "SIGINT"];
+
+/** Waits until `dir` holds a `.partial` file with at least `bytes` bytes. */
+async function waitForPartial(
+  dir: string,
+  bytes: number,
+  child: Deno.ChildProcess,
+): Promise<string> {
+  let exited = false;
+  child.status.then(() => exited = true);
+  for (;;) {
+    for (const name of await partialFiles(dir)) {
+      try {
+        if ((await Deno.stat(join(dir, name))).size >= bytes) return name;
+      } catch {
+        // renamed or removed meanwhile
+      }
+    }
+    if (exited) throw new Error("the run ended before it could be signalled");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function spawn(args: string[], stdin: "piped" | "null") {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", CLI, ...args],
+    stdin,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+}
+
+async function expectInterrupted(
+  child: Deno.ChildProcess,
+  signal: Deno.Signal,
+): Promise<void> {
+  child.kill(signal);
+  const out = await child.output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.strictEqual(out.code, signal === "SIGINT" ? 130 : 143, stderr);
+  assert.strictEqual(out.signal, null, "exited through the CLI's handler");
+  assert.match(stderr, new RegExp(`^qcow2pipe: interrupted by ${signal}\\n$`));
+}
+
+for (const signal of signals as Deno.Signal[]) {
+  Deno.test(`cli convert: ${signal} while reading an open standard input leaves no DST and no temporary file`, async () => {
+    await using dir = await tempDir();
+    const dst = join(dir.path, "dst.qcow2");
+    const child = spawn(["convert", "-c", "zstd", "-", dst], "piped");
+    const writer = child.stdin.getWriter();
+    // the input stays open: the run cannot end before the signal
+    const feeding = (async () => {
+      for (let i = 0; i < 8; i++) await writer.write(mixedBytes(MiB, i));
+    })().catch(() => {});
+    await waitForPartial(dir.path, 0, child);
+    await expectInterrupted(child, signal);
+    await feeding;
+    await writer.close().catch(() => {});
+    assert.strictEqual(await exists(dst), false);
+    assert.deepStrictEqual(await listDir(dir.path), []);
+  });
+}
+
+if (signals.length > 0) {
+  Deno.test("cli convert: SIGTERM / SIGINT during a long file conversion leave no DST and no temporary file", async () => {
+    await using dir = await tempDir();
+    const src = join(dir.path, "big.raw");
+    {
+      // 2 GiB, sparse: 1 MiB of noise every 8 MiB
+      const f = await Deno.open(src, { write: true, create: true });
+      await f.truncate(2 * 1024 * MiB);
+      for (let i = 0; i < 256; i++) {
+        await f.seek(i * 8 * MiB, Deno.SeekMode.Start);
+        const b = randomBytes(MiB, i);
+        let done = 0;
+        while (done < b.length) done += await f.write(b.subarray(done));
+      }
+      f.close();
+    }
+    for (const signal of signals as Deno.Signal[]) {
+      const dst = join(dir.path, `dst-${signal}.qcow2`);
+      const child = spawn([
+        "convert",
+        "-c",
+        "zlib",
+        "--level",
+        "9",
+        "--workers",
+        "1",
+        src,
+        dst,
+      ], "null");
+      await waitForPartial(dir.path, 1, child); // writing has begun
+      await expectInterrupted(child, signal);
+      assert.strictEqual(await exists(dst), false);
+      assert.deepStrictEqual(await listDir(dir.path), ["big.raw"]);
+    }
+  });
+}
