@@ -54,3 +54,11 @@ export * from "./lib/writer/packer.ts";
 export * from "./lib/writer/finalizer.ts";
 export * from "./lib/writer/convert.ts";
 export * from "./lib/convert.ts";
+
+export * from "./lib/tools/info.ts";
+export * from "./lib/tools/info_text.ts";
+export * from "./lib/tools/check.ts";
+export * from "./lib/tools/check_text.ts";
+export * from "./lib/tools/map.ts";
+export * from "./lib/tools/compare.ts";
+export * from "./lib/tools/input.ts";

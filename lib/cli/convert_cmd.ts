@@ -1,6 +1,5 @@
 // `qcow2pipe convert`: raw or qcow2 in (file or stdin), raw or qcow2 out
 // (file or stdout).
-import { parseArgs } from "node:util";
 import { extname } from "node:path";
 import {
   CodecPool,

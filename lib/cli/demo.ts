@@ -1,7 +1,6 @@
 // `qcow2pipe demo`: builds a sample disk (text, random data, long zero
 // runs), converts it to zstd qcow2 and back, verifies the round trip and
 // prints sizes and speeds. Needs no input file.
-import { parseArgs } from "node:util";
 import { join } from "node:path";
 import {
   CodecPool,

@@ -1,6 +1,4 @@
 // Command dispatch for the qcow2pipe CLI.
-import { convertCommand } from "./convert_cmd.ts";
-import { demoCommand } from "./demo.ts";
 import { describeError, warn } from "./_util.ts";
 import { liveTemporaryFiles } from "../../mod.ts";
 
@@ -8,13 +6,21 @@ export const HELP = `Usage: qcow2pipe COMMAND [options]
 
 Commands:
   convert   convert raw <-> qcow2 (sparse or zlib/zstd compressed)
+  info      describe an image (like qemu-img info)
+  check     check a qcow2 image's refcounts and tables (like qemu-img check)
+  map       list allocated, zero and data ranges (like qemu-img map)
+  compare   compare the guest content of two images (like qemu-img compare)
   demo      build a sample disk, convert it to zstd qcow2 and back, verify
 
 Run "qcow2pipe COMMAND --help" for a command's options.`;
 
 const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
-  convert: convertCommand,
-  demo: demoCommand,
+  convert: async (a) => (await import("./convert_cmd.ts")).convertCommand(a),
+  info: async (a) => (await import("./info_cmd.ts")).infoCommand(a),
+  check: async (a) => (await import("./check_cmd.ts")).checkCommand(a),
+  map: async (a) => (await import("./map_cmd.ts")).mapCommand(a),
+  compare: async (a) => (await import("./compare_cmd.ts")).compareCommand(a),
+  demo: async (a) => (await import("./demo.ts")).demoCommand(a),
 };
 
 /** Removes temporary output files; used on signals. */

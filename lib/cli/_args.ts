@@ -1,0 +1,72 @@
+// Argument parsing shared by the inspection commands (info, check, map,
+// compare): node:util parseArgs with its errors turned into one-line
+// usage errors, and buffered writes to standard output.
+import { parseArgs, type ParseArgsConfig } from "node:util";
+import { UsageError } from "./_util.ts";
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+
+/** Parses flags and positionals; bad flags become a UsageError. */
+export function parseCommand<O extends Options>(
+  command: string,
+  args: string[],
+  options: O,
+) {
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (err) {
+    const reason = (err as Error).message.split("\n")[0]
+      .replace(/\. To specify a positional argument.*$/, "");
+    throw new UsageError(
+      `Cannot parse ${command} arguments: ${reason} (see ${command} --help)`,
+    );
+  }
+}
+
+/** Exactly the named positionals, or a UsageError naming what is expected. */
+export function expectPositionals(
+  action: string,
+  positionals: string[],
+  names: string[],
+): string[] {
+  if (positionals.length !== names.length) {
+    throw new UsageError(
+      `Cannot ${action}: expected ${
+        names.join(" and ")
+      }, got ${positionals.length} argument(s) (see --help)`,
+    );
+  }
+  return positionals;
+}
+
+const encoder = new TextEncoder();
+
+/** Writes text to standard output, all of it. */
+export async function writeOut(text: string): Promise<void> {
+  const bytes = encoder.encode(text);
+  let done = 0;
+  while (done < bytes.length) {
+    done += await Deno.stdout.write(bytes.subarray(done));
+  }
+}
+
+/** Collects text and writes it to standard output in large pieces. */
+export class OutBuffer {
+  #parts: string[] = [];
+  #length = 0;
+
+  /** Adds text, flushing once 64 KiB have gathered. */
+  async add(text: string): Promise<void> {
+    this.#parts.push(text);
+    this.#length += text.length;
+    if (this.#length >= 65536) await this.flush();
+  }
+
+  /** Writes what has gathered. */
+  async flush(): Promise<void> {
+    const text = this.#parts.join("");
+    this.#parts = [];
+    this.#length = 0;
+    if (text) await writeOut(text);
+  }
+}

@@ -1,0 +1,65 @@
+// `qcow2pipe check`: a read-only `qemu-img check`, with its messages,
+// summary and exit status.
+import { checkImage, formatCheckJson, formatCheckResult } from "../../mod.ts";
+import { expectPositionals, parseCommand, writeOut } from "./_args.ts";
+import { warn } from "./_util.ts";
+
+export const CHECK_HELP = `Usage: qcow2pipe check [--json] [-q] IMG
+
+Check a qcow2 image for consistency without writing to it, as
+"qemu-img check" does: refcounts are rebuilt from every reference (header,
+L1/L2 tables of the active state and of every snapshot, data and
+compressed clusters, refcount structures, snapshot table, bitmaps, crypto
+header) and compared with the stored ones. Each problem is one line on
+standard error, in QEMU's words; the summary goes to standard output.
+
+Exit status: 0 no problems, 2 corruptions, 3 leaked clusters only,
+1 the check could not be completed, 63 the format (raw) has no checks.
+
+Options:
+      --json    print "qemu-img check --output=json" (same keys)
+  -q, --quiet   print nothing; only the exit status
+  -h, --help    show this help`;
+
+export async function checkCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseCommand("check", args, {
+    json: { type: "boolean" },
+    quiet: { type: "boolean", short: "q" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) {
+    console.log(CHECK_HELP);
+    return 0;
+  }
+  const [path] = expectPositionals("check image", positionals, ["IMG"]);
+  const result = await checkImage(path);
+  const quiet = values.quiet ?? false;
+  if (result.exitCode === 63) {
+    warn(
+      `qcow2pipe: Cannot check ${path}: the ${result.format} format has no consistency checks`,
+    );
+    return 63;
+  }
+  if (!quiet) {
+    for (const line of result.messages) warn(line);
+    if (result.failure === undefined) {
+      await writeOut(
+        values.json
+          ? formatCheckJson(result) + "\n"
+          : formatCheckResult(result),
+      );
+    }
+  }
+  if (result.failure !== undefined) {
+    warn(
+      `qcow2pipe: Cannot check ${path}: ${
+        result.failure.replace(/^Cannot [^:]*: /, "")
+      }`,
+    );
+  } else if (result.checkErrors > 0) {
+    warn(
+      `qcow2pipe: Cannot complete the check of ${path}: ${result.checkErrors} internal errors`,
+    );
+  }
+  return result.exitCode;
+}

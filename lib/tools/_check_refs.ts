@@ -1,0 +1,388 @@
+// The reference walk of the checker: QEMU 7.2's calculate_refcounts()
+// (qcow2-refcount.c) and qcow2_check_bitmaps_refcounts() (qcow2-bitmap.c).
+// Every structure that references host clusters adds one reference per
+// cluster it touches to a compact in-memory table; problems found on the
+// way are counted and described with QEMU's own messages.
+
+import type { Qcow2Header } from "../format/header.ts";
+import type { Geometry } from "../format/geometry.ts";
+import type { RandomAccessSource } from "../io/source.ts";
+import type { SnapshotEntry } from "../format/snapshot.ts";
+import { INCOMPAT, MAX_L1_BYTES } from "../format/constants.ts";
+import { parseBitmapDirectory } from "../format/bitmaps.ts";
+import { readPadded, type StoredRefcounts } from "./_layers.ts";
+import { RefcountMap } from "./_refmap.ts";
+import type { BitmapDirectoryInfo } from "./_tables.ts";
+
+const TWO_32 = 0x1_0000_0000;
+
+/** `%lx` of a u64 given as halves. */
+export function hex64(hi: number, lo: number): string {
+  return ((BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0)).toString(16);
+}
+
+/** `%lx` of a number. */
+export function hexOf(n: number): string {
+  return Number.isSafeInteger(n) ? n.toString(16) : BigInt(n).toString(16);
+}
+
+/** C's `%#lx`: `0x` prefix except for zero. */
+export function altHex(n: number): string {
+  return n === 0 ? "0" : "0x" + hexOf(n);
+}
+
+/** Counters of a check, as QEMU's BdrvCheckResult. */
+export interface CheckCounters {
+  corruptions: number;
+  leaks: number;
+  checkErrors: number;
+  allocatedClusters: number;
+  fragmentedClusters: number;
+  compressedClusters: number;
+}
+
+/** What the reference walk needs to know about the image. */
+export interface WalkInput {
+  source: RandomAccessSource;
+  header: Qcow2Header;
+  geometry: Geometry;
+  snapshots: SnapshotEntry[];
+  snapshotsSize: number;
+  stored: StoredRefcounts;
+  bitmaps: BitmapDirectoryInfo | undefined;
+}
+
+/** Thrown when QEMU's check would stop with an error (exit status 1). */
+export class CheckFailure extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "CheckFailure";
+  }
+}
+
+/** The reference walk over one image. */
+export class ReferenceWalk {
+  readonly refs: RefcountMap;
+  readonly counters: CheckCounters = {
+    corruptions: 0,
+    leaks: 0,
+    checkErrors: 0,
+    allocatedClusters: 0,
+    fragmentedClusters: 0,
+    compressedClusters: 0,
+  };
+  readonly messages: string[];
+  readonly #in: WalkInput;
+  readonly #cs: number;
+  readonly #fileLength: number;
+  readonly #dataFile: boolean;
+
+  constructor(
+    input: WalkInput,
+    clusters: number,
+    max: number,
+    messages: string[],
+  ) {
+    this.#in = input;
+    this.#cs = input.geometry.clusterSize;
+    this.#fileLength = input.source.size;
+    this.#dataFile =
+      (input.header.incompatibleFeatures & INCOMPAT.DATA_FILE) !== 0n;
+    this.refs = new RefcountMap(clusters, max);
+    this.messages = messages;
+  }
+
+  #error(message: string): void {
+    this.messages.push(message);
+    this.counters.corruptions++;
+  }
+
+  /** qcow2_inc_refcounts_imrt(): one reference per cluster of a byte range. */
+  inc(offset: number, size: number): void {
+    if (size <= 0) return;
+    const cs = this.#cs;
+    if (offset + size - this.#fileLength >= cs) {
+      this.#error(
+        `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${
+          hexOf(offset)
+        } size 0x${hexOf(size)}`,
+      );
+      return;
+    }
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + size - 1) / cs);
+    for (let k = first; k <= last; k++) {
+      if (!this.refs.increment(k)) {
+        this.#error(`ERROR: overflow cluster offset=0x${hexOf(k * cs)}`);
+        this.messages.push(
+          "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing",
+        );
+      }
+    }
+  }
+
+  /** calculate_refcounts(): everything but the refcount blocks' own check. */
+  async calculate(): Promise<void> {
+    const { header, snapshots } = this.#in;
+    this.inc(0, this.#cs);
+    await this.#l1(header.l1TableOffset, header.l1Size, true);
+    if (this.#dataFile && snapshots.length > 0) {
+      this.#error(
+        `ERROR ${snapshots.length} snapshots in image with data file`,
+      );
+    }
+    for (const sn of snapshots) {
+      if (sn.l1TableOffset % this.#cs !== 0) {
+        this.#error(
+          `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${
+            altHex(sn.l1TableOffset)
+          }: L1 table is not cluster aligned; snapshot table entry corrupted`,
+        );
+        continue;
+      }
+      if (sn.l1Size > MAX_L1_BYTES / 8) {
+        this.#error(
+          `ERROR snapshot ${sn.id} (${sn.name}) l1_size=${
+            altHex(sn.l1Size)
+          }: L1 table is too large; snapshot table entry corrupted`,
+        );
+        continue;
+      }
+      await this.#l1(sn.l1TableOffset, sn.l1Size, false);
+    }
+    this.inc(header.snapshotsOffset, this.#in.snapshotsSize);
+    this.inc(
+      header.refcountTableOffset,
+      header.refcountTableClusters * this.#cs,
+    );
+    for (const ext of header.extensions) {
+      if (ext.kind === "crypto-header" && ext.length > 0) {
+        this.inc(ext.offset, ext.length);
+      }
+    }
+    await this.#bitmaps();
+    this.#refblocks();
+  }
+
+  /** check_refcounts_l1(). */
+  async #l1(offset: number, size: number, active: boolean): Promise<void> {
+    if (size === 0) return;
+    this.inc(offset, size * 8);
+    const table = await readPadded(this.#in.source, offset, size * 8);
+    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    for (let i = 0; i < size; i++) {
+      const hi = view.getUint32(i * 8);
+      const lo = view.getUint32(i * 8 + 4);
+      if (hi === 0 && lo === 0) continue;
+      if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0) {
+        this.#error(
+          `ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`,
+        );
+      }
+      const l2Offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+      this.inc(l2Offset, this.#cs);
+      if (l2Offset % this.#cs !== 0) {
+        this.#error(
+          `ERROR l2_offset=${
+            hexOf(l2Offset)
+          }: Table is not cluster aligned; L1 entry corrupted`,
+        );
+      }
+      await this.#l2(l2Offset, active);
+    }
+  }
+
+  /** check_refcounts_l2(). */
+  async #l2(l2Offset: number, active: boolean): Promise<void> {
+    const { clusterBits, l2Entries, extendedL2 } = this.#in.geometry;
+    const cs = this.#cs;
+    const entrySize = extendedL2 ? 16 : 8;
+    const table = await readPadded(
+      this.#in.source,
+      l2Offset,
+      l2Entries * entrySize,
+    );
+    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    const shift = 62 - (clusterBits - 8); // csize_shift
+    const hiBits = shift - 32;
+    const c = this.counters;
+    let nextContiguous = 0;
+    for (let i = 0; i < l2Entries; i++) {
+      const at = i * entrySize;
+      let hi = view.getUint32(at);
+      const lo = view.getUint32(at + 4);
+      const zeroBits = extendedL2 ? view.getUint32(at + 8) : 0;
+      const allocBits = extendedL2 ? view.getUint32(at + 12) : 0;
+      const compressed = (hi & 0x40000000) !== 0;
+      const copied = (hi & 0x80000000) !== 0;
+      const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+      let type:
+        | "compressed"
+        | "zero-plain"
+        | "zero-alloc"
+        | "normal"
+        | "unallocated";
+      if (compressed) type = "compressed";
+      else if ((lo & 1) !== 0 && !extendedL2) {
+        type = offset !== 0 ? "zero-alloc" : "zero-plain";
+      } else if (offset === 0 && !(this.#dataFile && copied)) {
+        type = "unallocated";
+      } else type = "normal";
+      if (!compressed && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
+        this.#error(
+          `ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`,
+        );
+      }
+      switch (type) {
+        case "compressed": {
+          const coffset = (hi & ((1 << hiBits) - 1)) * TWO_32 + lo;
+          if (copied) {
+            this.#error(
+              `ERROR: coffset=0x${
+                hexOf(coffset)
+              }: copied flag must never be set for compressed clusters`,
+            );
+            hi = (hi & 0x7fffffff) >>> 0;
+          }
+          if (this.#dataFile) {
+            this.#error(
+              `ERROR compressed cluster ${i} with data file, entry=0x${
+                hex64(hi, lo)
+              }`,
+            );
+            break;
+          }
+          if (zeroBits !== 0 || allocBits !== 0) {
+            this.#error(
+              `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${
+                hex64(hi, lo)
+              }`,
+            );
+            break;
+          }
+          const sectors = ((hi >>> hiBits) & ((1 << (clusterBits - 8)) - 1)) +
+            1;
+          this.inc(coffset, sectors * 512 - (coffset % 512));
+          if (active) {
+            c.allocatedClusters++;
+            c.compressedClusters++;
+            c.fragmentedClusters++;
+          }
+          break;
+        }
+        case "zero-alloc":
+        case "normal": {
+          if ((zeroBits & allocBits) !== 0) {
+            this.#error(
+              `ERROR offset=${
+                hexOf(offset)
+              }: Allocated cluster has corrupted subcluster allocation bitmap`,
+            );
+          }
+          if (offset % cs !== 0) {
+            const containsData = extendedL2 ? allocBits !== 0 : (lo & 1) === 0;
+            this.#error(
+              containsData
+                ? `ERROR offset=${
+                  hexOf(offset)
+                }: Data cluster is not properly aligned; L2 entry corrupted.`
+                : `ERROR offset=${
+                  hexOf(offset)
+                }: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+            );
+          }
+          if (active) {
+            c.allocatedClusters++;
+            if (nextContiguous !== 0 && offset !== nextContiguous) {
+              c.fragmentedClusters++;
+            }
+            nextContiguous = offset + cs;
+          }
+          if (!this.#dataFile) this.inc(offset, cs);
+          break;
+        }
+        case "unallocated":
+          if (allocBits !== 0) {
+            this.#error(
+              "ERROR: Unallocated cluster has non-zero subcluster allocation map",
+            );
+          }
+          break;
+      }
+    }
+  }
+
+  /** qcow2_check_bitmaps_refcounts(). */
+  async #bitmaps(): Promise<void> {
+    const dir = this.#in.bitmaps;
+    if (!dir) return;
+    this.inc(dir.offset, dir.size);
+    const bytes = await readPadded(this.#in.source, dir.offset, dir.size);
+    let entries;
+    try {
+      entries = parseBitmapDirectory(bytes, dir.count, dir.offset);
+    } catch (err) {
+      this.counters.corruptions++;
+      throw new CheckFailure(`Cannot check bitmaps: ${(err as Error).message}`);
+    }
+    const cs = this.#cs;
+    for (const bm of entries) {
+      this.inc(bm.tableOffset, bm.tableSize * 8);
+      const table = await readPadded(
+        this.#in.source,
+        bm.tableOffset,
+        bm.tableSize * 8,
+      );
+      const view = new DataView(
+        table.buffer,
+        table.byteOffset,
+        table.byteLength,
+      );
+      for (let i = 0; i < bm.tableSize; i++) {
+        const hi = view.getUint32(i * 8);
+        const lo = view.getUint32(i * 8 + 4);
+        const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+        // check_table_entry(): reserved bits, the all-ones flag with an
+        // offset, alignment.
+        if (
+          (hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 ||
+          (offset !== 0 && ((lo & 1) !== 0 || offset % cs !== 0))
+        ) {
+          this.counters.corruptions++;
+          continue;
+        }
+        if (offset !== 0) this.inc(offset, cs);
+      }
+    }
+  }
+
+  /** check_refblocks(): each refcount block referenced once, inside the file. */
+  #refblocks(): void {
+    const stored = this.#in.stored;
+    const cs = this.#cs;
+    for (let i = 0; i < stored.size; i++) {
+      const low = stored.tableLow[i];
+      const offset = stored.blockOffset(i);
+      if ((low & 0x1ff) !== 0) {
+        this.#error(`ERROR refcount table entry ${i} has reserved bits set`);
+        continue;
+      }
+      if (offset % cs !== 0) {
+        this.#error(
+          `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`,
+        );
+        continue;
+      }
+      const cluster = Math.floor(offset / cs);
+      if (cluster >= this.refs.size) {
+        this.#error(`ERROR refcount block ${i} is outside image`);
+        continue;
+      }
+      if (offset !== 0) {
+        this.inc(offset, cs);
+        const n = this.refs.get(cluster);
+        if (n !== 1) this.#error(`ERROR refcount block ${i} refcount=${n}`);
+      }
+    }
+  }
+}

@@ -1,0 +1,151 @@
+// Where a local file has data and where it has holes, through lseek(2)
+// SEEK_DATA / SEEK_HOLE (Deno has no such seek mode, so libc is called
+// through FFI). QEMU's file driver answers block status queries this way,
+// which decides what `qemu-img map` and `qemu-img compare` report for raw
+// files and for preallocated qcow2 images. Without FFI (no permission, no
+// libc) there is no information, and QEMU's answer for that case applies:
+// everything is data.
+
+/** Data/hole queries on one open file. */
+export interface HoleProbe {
+  /**
+   * `lseek(fd, offset, SEEK_DATA)` then `SEEK_HOLE`, as QEMU's
+   * find_allocation(): `{ data, hole }` with `data > offset` when `offset`
+   * is in a hole, `"enxio"` for a trailing hole or past the end, or
+   * `undefined` when nothing could be learned.
+   */
+  find(offset: number): { data: number; hole: number } | "enxio" | undefined;
+  /** Releases the file. */
+  close(): void;
+}
+
+/** Opens hole probes for local files; dispose to release libc. */
+export interface HoleProber extends Disposable {
+  /** A probe for the file at `path`, or undefined when it cannot be probed. */
+  open(path: string): HoleProbe | undefined;
+}
+
+const ENXIO = 6;
+
+const SYMBOLS = {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  close: { parameters: ["i32"], result: "i32" },
+} as const;
+
+/**
+ * A prober backed by libc, or one that knows nothing when FFI is not
+ * available (other systems, no `--allow-ffi`).
+ */
+export function openHoleProber(): HoleProber {
+  const os = Deno.build.os;
+  const lib = os === "linux"
+    ? "libc.so.6"
+    : os === "darwin"
+    ? "libSystem.dylib"
+    : undefined;
+  const seekData = os === "darwin" ? 4 : 3;
+  const seekHole = os === "darwin" ? 3 : 4;
+  let dl:
+    | Deno.DynamicLibrary<
+      typeof SYMBOLS & {
+        errno: { parameters: []; result: "pointer" };
+      }
+    >
+    | undefined;
+  if (lib !== undefined) {
+    try {
+      dl = Deno.dlopen(lib, {
+        ...SYMBOLS,
+        errno: {
+          name: os === "darwin" ? "__error" : "__errno_location",
+          parameters: [],
+          result: "pointer",
+        },
+      });
+    } catch {
+      dl = undefined;
+    }
+  }
+  const errno = () => {
+    const p = dl!.symbols.errno();
+    return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
+  };
+  return {
+    open(path: string): HoleProbe | undefined {
+      if (!dl || path.includes("\0") || /^[a-z][a-z0-9+.-]*:\/\//i.test(path)) {
+        return undefined;
+      }
+      const fd = dl.symbols.open(new TextEncoder().encode(path + "\0"), 0);
+      if (fd < 0) return undefined;
+      const seek = (
+        offset: number,
+        whence: number,
+      ): number | "enxio" | undefined => {
+        const r = Number(dl!.symbols.lseek(fd, BigInt(offset), whence));
+        if (r >= 0) return r;
+        return errno() === ENXIO ? "enxio" : undefined;
+      };
+      return {
+        find(offset) {
+          const data = seek(offset, seekData);
+          if (typeof data !== "number") return data;
+          if (data < offset) return undefined;
+          if (data > offset) return { data, hole: offset };
+          const hole = seek(offset, seekHole);
+          if (typeof hole !== "number") return hole;
+          if (hole <= offset) return undefined;
+          return { data: offset, hole };
+        },
+        close() {
+          dl!.symbols.close(fd);
+        },
+      };
+    },
+    [Symbol.dispose]() {
+      dl?.close();
+      dl = undefined;
+    },
+  };
+}
+
+/**
+ * Block status of a byte range of a file, as QEMU's file-posix driver and
+ * the generic block layer answer it (request alignment 1).
+ */
+export interface FileStatus {
+  /** Reads as zeros (a hole, or past the end). */
+  zero: boolean;
+  /** Bytes with this status from the offset (0 past the end). */
+  length: number;
+  /** The range reaches the end of the file. */
+  eof: boolean;
+}
+
+/**
+ * QEMU's status of `[offset, offset + length)` of a file of `size` bytes
+ * (its block-layer size: rounded up to 512).
+ */
+export function fileStatus(
+  probe: HoleProbe | undefined,
+  size: number,
+  offset: number,
+  length: number,
+): FileStatus {
+  if (offset >= size) return { zero: false, length: 0, eof: true };
+  const bytes = Math.min(length, size - offset);
+  let zero = false;
+  let n = bytes;
+  const found = probe?.find(offset);
+  if (found === "enxio") {
+    zero = true;
+  } else if (found !== undefined) {
+    if (found.data === offset) n = found.hole - offset;
+    else {
+      zero = true;
+      n = found.data - offset;
+    }
+  }
+  n = Math.min(n, bytes);
+  return { zero, length: n, eof: offset + n === size };
+}

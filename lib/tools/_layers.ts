@@ -1,0 +1,430 @@
+// Opening images for the inspection tools: the qcow2 header read leniently
+// (encrypted images and images with the corrupt bit set still open, as they
+// do read-only in QEMU), the active L1 table, the stored refcounts, and the
+// backing chain. Unlike the reader, nothing here needs the guest data.
+
+import { hex, Qcow2Error } from "../format/errors.ts";
+import { parseHeader, type Qcow2Header } from "../format/header.ts";
+import { assertReadable, validateHeader } from "../format/validate.ts";
+import { type Geometry, geometryOf } from "../format/geometry.ts";
+import { getRefcount } from "../format/refcount.ts";
+import {
+  CRYPT_METHOD,
+  MAX_CLUSTER_BITS,
+  MIN_CLUSTER_BITS,
+  QCOW2_MAGIC,
+} from "../format/constants.ts";
+import { backingFormat } from "../format/header.ts";
+import {
+  BytesSource,
+  FileSource,
+  type RandomAccessSource,
+} from "../io/source.ts";
+import { LruCache } from "../io/lru.ts";
+
+import type { ImageInput, OpenSource } from "./input.ts";
+
+export type { ImageInput, OpenSource };
+
+/** Opens the input as a source (files through {@linkcode FileSource}). */
+export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
+  if (typeof input === "string") {
+    try {
+      return await FileSource.open(input);
+    } catch (err) {
+      const reason = err instanceof Deno.errors.NotFound
+        ? "no such file"
+        : err instanceof Deno.errors.PermissionDenied
+        ? "permission denied"
+        : (err as Error).message.split("\n")[0];
+      throw new Qcow2Error("IO", `Cannot open image ${input}: ${reason}`, {
+        cause: err,
+      });
+    }
+  }
+  if (input instanceof Uint8Array) return new BytesSource(input);
+  return input;
+}
+
+/** Reads `length` bytes at `offset`, zero-filled past the end (as QEMU reads). */
+export async function readPadded(
+  source: RandomAccessSource,
+  offset: number,
+  length: number,
+): Promise<Uint8Array> {
+  if (offset >= source.size || length === 0) return new Uint8Array(length);
+  const bytes = await source.read(offset, length);
+  if (bytes.length === length) return bytes;
+  const out = new Uint8Array(length);
+  out.set(bytes);
+  return out;
+}
+
+/** Whether the source starts with the qcow2 magic. */
+export async function isQcow2(source: RandomAccessSource): Promise<boolean> {
+  const head = await source.read(0, 4);
+  return head.length === 4 &&
+    new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC;
+}
+
+/**
+ * Reads and validates a qcow2 header as QEMU does when opening read-only:
+ * unknown incompatible features are refused; the corrupt bit and
+ * encryption are not.
+ */
+export async function readHeaderLenient(
+  source: RandomAccessSource,
+): Promise<Qcow2Header> {
+  const head = await source.read(0, 2 ** MIN_CLUSTER_BITS);
+  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  const version = head.length >= 8 ? view.getUint32(4) : 0;
+  if (head.length < (version === 3 ? 104 : 72)) {
+    return parseHeader(head); // throws the precise error (truncated, magic)
+  }
+  const clusterBits = view.getUint32(20);
+  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
+    parseHeader(head); // magic and version errors first
+    throw new Qcow2Error(
+      "OUT_OF_RANGE",
+      `Cannot open image: cluster_bits ${clusterBits} is out of range [${MIN_CLUSTER_BITS}, ${MAX_CLUSTER_BITS}]`,
+      { offset: 20, field: "cluster_bits" },
+    );
+  }
+  const first = await readPadded(source, 0, 2 ** clusterBits);
+  const header = parseHeader(first);
+  validateHeader(header);
+  try {
+    assertReadable(header);
+  } catch (err) {
+    if (
+      !(err instanceof Qcow2Error) ||
+      (err.code !== "CORRUPT" && err.code !== "ENCRYPTED")
+    ) {
+      throw err;
+    }
+    // The corrupt bit only forbids writing; encryption only hides data.
+  }
+  return header;
+}
+
+/**
+ * QEMU's path_combine(): `name` relative to the directory part of `base`,
+ * without normalizing (`sub/top.qcow2` + `../base.qcow2` gives
+ * `sub/../base.qcow2`, as qemu-img prints it).
+ */
+export function combinePath(base: string, name: string): string {
+  if (name.startsWith("/") || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
+  const slash = base.lastIndexOf("/");
+  return slash < 0 ? name : base.slice(0, slash + 1) + name;
+}
+
+/** A raw image: its bytes are the guest disk. */
+export interface RawLayer {
+  format: "raw";
+  name: string;
+  source: RandomAccessSource;
+  /** Whether closing the layer closes the source (false for a caller's). */
+  owned: boolean;
+  /** QEMU's size: the file size rounded up to 512 bytes. */
+  virtualSize: number;
+  backing: undefined;
+}
+
+/** A qcow2 image with what the tools need of it. */
+export interface Qcow2Layer {
+  format: "qcow2";
+  name: string;
+  source: RandomAccessSource;
+  /** Whether closing the layer closes the source (false for a caller's). */
+  owned: boolean;
+  header: Qcow2Header;
+  geometry: Geometry;
+  virtualSize: number;
+  /** The active L1 table (zero-filled past the end of the file). */
+  l1: Uint8Array;
+  /** Whether guest data is encrypted (host offsets are then not reported). */
+  encrypted: boolean;
+  /** Path of the external data file, when there is one. */
+  dataFileName: string | undefined;
+  /** The backing image, when opened. */
+  backing: Layer | undefined;
+  /** Stored refcounts. */
+  refcounts: StoredRefcounts;
+}
+
+/** One image of a chain. */
+export type Layer = RawLayer | Qcow2Layer;
+
+/** Options for {@linkcode openLayer}. */
+export interface OpenLayerOptions {
+  /** Open the backing chain too. */
+  backing: boolean;
+  /** Opens related files by name. */
+  openSource?: OpenSource;
+  /** Longest chain accepted. */
+  maxDepth?: number;
+}
+
+/** Rounds a raw file size up to whole 512-byte sectors, as QEMU does. */
+export function rawVirtualSize(size: number): number {
+  return Math.ceil(size / 512) * 512;
+}
+
+/** Opens an image and (optionally) its backing chain. */
+export async function openLayer(
+  input: ImageInput,
+  options: OpenLayerOptions,
+): Promise<Layer> {
+  const source = await sourceOf(input);
+  const owned = typeof input === "string" || input instanceof Uint8Array;
+  try {
+    const name = typeof input === "string" ? input : source.name ?? "<image>";
+    const layer = await openFrom(source, name, options, 0);
+    layer.owned = owned;
+    return layer;
+  } catch (err) {
+    if (owned) await source.close?.();
+    throw err;
+  }
+}
+
+async function openFrom(
+  source: RandomAccessSource,
+  name: string,
+  options: OpenLayerOptions,
+  depth: number,
+  format?: string,
+): Promise<Layer> {
+  const qcow2 = format === undefined
+    ? await isQcow2(source)
+    : format === "qcow2";
+  if (!qcow2) {
+    return {
+      format: "raw",
+      name,
+      source,
+      owned: true,
+      virtualSize: rawVirtualSize(source.size),
+      backing: undefined,
+    };
+  }
+  const header = await readHeaderLenient(source);
+  const geometry = geometryOf(header);
+  const l1 = await readPadded(source, header.l1TableOffset, header.l1Size * 8);
+  const refcounts = await StoredRefcounts.load(source, header);
+  const layer: Qcow2Layer = {
+    format: "qcow2",
+    name,
+    source,
+    owned: true,
+    header,
+    geometry,
+    // QEMU counts whole sectors: a size of 1000 bytes opens as 512.
+    virtualSize: Math.floor(header.size / 512) * 512,
+    l1,
+    encrypted: header.cryptMethod !== CRYPT_METHOD.NONE,
+    dataFileName: undefined,
+    backing: undefined,
+    refcounts,
+  };
+  for (const ext of header.extensions) {
+    if (ext.kind === "data-file") {
+      layer.dataFileName = combinePath(name, ext.name);
+    }
+  }
+  if (options.backing && header.backingFile) {
+    const max = options.maxDepth ?? 256;
+    if (depth + 1 > max) {
+      throw new Qcow2Error(
+        "BACKING",
+        `Cannot open backing file "${header.backingFile}": the backing chain is deeper than ${max} images`,
+      );
+    }
+    const path = combinePath(name, header.backingFile);
+    const open = options.openSource ?? ((n: string) => FileSource.open(n));
+    let backingSource: RandomAccessSource;
+    try {
+      backingSource = await open(path);
+    } catch (err) {
+      const reason = err instanceof Deno.errors.NotFound
+        ? "no such file"
+        : (err as Error).message;
+      throw new Qcow2Error(
+        "BACKING",
+        `Cannot open backing file "${path}": ${reason}`,
+        { cause: err },
+      );
+    }
+    try {
+      const fmt = backingFormat(header);
+      if (fmt !== undefined && fmt !== "qcow2" && fmt !== "raw") {
+        throw new Qcow2Error(
+          "BACKING",
+          `Cannot open backing file "${path}": backing format "${fmt}" is not supported (qcow2 or raw)`,
+        );
+      }
+      layer.backing = await openFrom(
+        backingSource,
+        path,
+        options,
+        depth + 1,
+        fmt,
+      );
+    } catch (err) {
+      await backingSource.close?.();
+      throw err;
+    }
+  }
+  return layer;
+}
+
+/** Closes a layer and its backing chain. */
+export async function closeLayer(layer: Layer | undefined): Promise<void> {
+  for (let l = layer; l; l = l.backing) {
+    if (l.owned) await l.source.close?.();
+  }
+}
+
+/** Splits a big-endian u64 of a table into a number (inexact above 2^53). */
+export function u64At(view: DataView, at: number): number {
+  return view.getUint32(at) * 0x1_0000_0000 + view.getUint32(at + 4);
+}
+
+/** C's `%#x`: a `0x` prefix except for zero. */
+function altHex(n: number): string {
+  return n === 0 ? "0" : hex(n);
+}
+
+/** Thrown by {@linkcode StoredRefcounts.get} for an unaligned refblock. */
+export class RefblockError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RefblockError";
+  }
+}
+
+/**
+ * The refcounts stored in an image: its refcount table in memory, refcount
+ * blocks read on demand through a small cache (as QEMU's
+ * qcow2_get_refcount()).
+ */
+export class StoredRefcounts {
+  /** Refcount table entries (raw, reserved bits included). */
+  readonly table: number[];
+  /** Low 32 bits of each entry, for alignment and reserved-bit checks. */
+  readonly tableLow: Uint32Array;
+  readonly #source: RandomAccessSource;
+  readonly #clusterBits: number;
+  readonly #order: number;
+  readonly #blockBits: number;
+  readonly #cache = new LruCache<number, Uint8Array>(8 * 1024 * 1024);
+
+  private constructor(
+    source: RandomAccessSource,
+    header: Qcow2Header,
+    table: Uint8Array,
+  ) {
+    this.#source = source;
+    this.#clusterBits = header.clusterBits;
+    this.#order = header.refcountOrder;
+    this.#blockBits = header.clusterBits + 3 - header.refcountOrder;
+    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    const n = table.length / 8;
+    this.table = new Array(n);
+    this.tableLow = new Uint32Array(n);
+    for (let i = 0; i < n; i++) {
+      this.table[i] = u64At(view, i * 8);
+      this.tableLow[i] = view.getUint32(i * 8 + 4);
+    }
+  }
+
+  /** Loads the refcount table of an image. */
+  static async load(
+    source: RandomAccessSource,
+    header: Qcow2Header,
+  ): Promise<StoredRefcounts> {
+    const bytes = header.refcountTableClusters * 2 ** header.clusterBits;
+    const table = await readPadded(source, header.refcountTableOffset, bytes);
+    return new StoredRefcounts(source, header, table);
+  }
+
+  /** Entries of the refcount table. */
+  get size(): number {
+    return this.table.length;
+  }
+
+  /** Host offset of refcount block `index` (reserved bits 0-8 masked). */
+  blockOffset(index: number): number {
+    const low = this.tableLow[index];
+    return this.table[index] - (low & 0x1ff);
+  }
+
+  /** Refcounts per refcount block. */
+  get perBlock(): number {
+    return 2 ** this.#blockBits;
+  }
+
+  /** log2 of the refcount width. */
+  get order(): number {
+    return this.#order;
+  }
+
+  /**
+   * The refcount block of table entry `index`, or null when there is none
+   * (zero-filled where it lies past the end of the file).
+   *
+   * @throws {RefblockError} When the block offset is unaligned.
+   */
+  async block(index: number): Promise<Uint8Array | null> {
+    if (index >= this.table.length) return null;
+    const offset = this.blockOffset(index);
+    if (offset === 0) return null;
+    const cs = 2 ** this.#clusterBits;
+    if ((this.tableLow[index] & (cs - 1) & ~0x1ff) !== 0) {
+      throw new RefblockError(
+        `Refblock offset ${altHex(offset)} unaligned (reftable index: ${
+          altHex(index)
+        })`,
+      );
+    }
+    let block = this.#cache.get(offset);
+    if (!block) {
+      block = await readPadded(this.#source, offset, cs);
+      this.#cache.set(offset, block, cs);
+    }
+    return block;
+  }
+
+  /**
+   * The stored refcount of a cluster; 0 where no refcount block covers it.
+   *
+   * @throws {RefblockError} When the covering refcount block is unaligned.
+   */
+  async get(cluster: number): Promise<number> {
+    const block = await this.block(Math.floor(cluster / this.perBlock));
+    return block === null
+      ? 0
+      : getRefcount(block, cluster % this.perBlock, this.#order);
+  }
+
+  /**
+   * Counts clusters below `end` with a non-zero stored refcount, stopping
+   * once `limit` is reached (QEMU's metadata preallocation heuristic).
+   *
+   * @throws {RefblockError} When a refcount block is unaligned.
+   */
+  async countAllocated(end: number, limit: number): Promise<number> {
+    const perBlock = this.perBlock;
+    let count = 0;
+    for (let index = 0; index * perBlock < end && count < limit; index++) {
+      if (index >= this.table.length) break;
+      const block = await this.block(index);
+      if (block === null) continue;
+      const n = Math.min(perBlock, end - index * perBlock);
+      for (let i = 0; i < n && count < limit; i++) {
+        if (getRefcount(block, i, this.#order) !== 0) count++;
+      }
+    }
+    return count;
+  }
+}

@@ -1,0 +1,378 @@
+/**
+ * `imageInfo()`: what `qemu-img info` reports about an image: format,
+ * sizes, backing file, snapshots and the qcow2 specifics (features,
+ * bitmaps, encryption), for qcow2 and raw images. Images the reader
+ * refuses (encrypted, corrupt bit) still get their info, as in QEMU.
+ *
+ * @module
+ */
+
+import {
+  AUTOCLEAR,
+  COMPAT,
+  COMPRESSION_TYPE,
+  CRYPT_METHOD,
+  INCOMPAT,
+} from "../format/constants.ts";
+import { Qcow2Error } from "../format/errors.ts";
+import { backingFormat, dataFileName } from "../format/header.ts";
+import { BITMAP_FLAGS } from "../format/bitmaps.ts";
+import { FileSource, type RandomAccessSource } from "../io/source.ts";
+import {
+  combinePath,
+  type ImageInput,
+  isQcow2,
+  type OpenSource,
+  rawVirtualSize,
+  readHeaderLenient,
+  readPadded,
+  sourceOf,
+} from "./_layers.ts";
+import {
+  bitmapDirectoryOf,
+  readBitmapDirectory,
+  readSnapshotTable,
+} from "./_tables.ts";
+import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
+
+export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
+
+/**
+ * An internal snapshot as `qemu-img info` lists it.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { SnapshotInfo } from "./info.ts";
+ * const s: SnapshotInfo = { id: "1", name: "base", vmStateSize: 0, dateSec: 0, dateNsec: 0, vmClockNsec: 0n };
+ * assert.strictEqual(s.name, "base");
+ * ```
+ */
+export interface SnapshotInfo {
+  /** Unique ID. */
+  id: string;
+  /** Name (tag). */
+  name: string;
+  /** Bytes of saved VM state. */
+  vmStateSize: number;
+  /** When it was taken: seconds since the epoch. */
+  dateSec: number;
+  /** Nanosecond part of the date. */
+  dateNsec: number;
+  /** Guest run time in nanoseconds. */
+  vmClockNsec: bigint;
+  /** Instruction count (record/replay), when recorded. */
+  icount?: bigint;
+}
+
+/**
+ * A persistent dirty bitmap.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { BitmapInfo } from "./info.ts";
+ * const b: BitmapInfo = { name: "b0", granularity: 65536, flags: ["auto"] };
+ * assert.deepStrictEqual(b.flags, ["auto"]);
+ * ```
+ */
+export interface BitmapInfo {
+  /** Name. */
+  name: string;
+  /** Bytes of guest disk per bit. */
+  granularity: number;
+  /** `in-use` (not saved cleanly) and `auto` (enabled), in that order. */
+  flags: ("in-use" | "auto")[];
+}
+
+/**
+ * The qcow2 part of {@linkcode ImageInfo}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { Qcow2Info } from "./info.ts";
+ * const q: Qcow2Info = { compat: "0.10", compressionType: "zlib", refcountBits: 16 };
+ * assert.strictEqual(q.compat, "0.10");
+ * ```
+ */
+export interface Qcow2Info {
+  /** `0.10` (version 2) or `1.1` (version 3). */
+  compat: "0.10" | "1.1";
+  /** Compression type of compressed clusters. */
+  compressionType: "zlib" | "zstd";
+  /** Refcount width in bits. */
+  refcountBits: number;
+  /** Version 3: lazy refcounts enabled. */
+  lazyRefcounts?: boolean;
+  /** Version 3: the corrupt bit. */
+  corrupt?: boolean;
+  /** Version 3: extended L2 entries (subclusters). */
+  extendedL2?: boolean;
+  /** External data file name, as stored. */
+  dataFile?: string;
+  /** With a data file: whether it is a valid raw image. */
+  dataFileRaw?: boolean;
+  /** Persistent bitmaps (version 3, when there are any). */
+  bitmaps?: BitmapInfo[];
+  /** Encryption: `aes` or `luks`, with the LUKS header's public fields. */
+  encrypt?: { format: "aes" } | ({ format: "luks" } & LuksInfo);
+}
+
+/**
+ * What `qemu-img info` reports about one image.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { ImageInfo } from "./info.ts";
+ * const i: ImageInfo = { filename: "a.raw", format: "raw", virtualSize: 512, dirty: false, snapshots: [] };
+ * assert.strictEqual(i.format, "raw");
+ * ```
+ */
+export interface ImageInfo {
+  /** The name the image was opened by. */
+  filename: string;
+  /** `qcow2` or `raw`. */
+  format: "qcow2" | "raw";
+  /** Virtual size as QEMU sees it (whole 512-byte sectors). */
+  virtualSize: number;
+  /** Bytes allocated on disk (local files only). */
+  actualSize?: number;
+  /** The dirty bit (lazy refcounts not yet written back). */
+  dirty: boolean;
+  /** Cluster size (qcow2). */
+  clusterSize?: number;
+  /** Whether guest data is encrypted (present only when it is). */
+  encrypted?: boolean;
+  /** Backing file name as stored in the image. */
+  backingFilename?: string;
+  /** Backing file path relative to the working directory (QEMU's "actual path"). */
+  fullBackingFilename?: string;
+  /** Backing format, when the image names one. */
+  backingFilenameFormat?: string;
+  /** Internal snapshots. */
+  snapshots: SnapshotInfo[];
+  /** qcow2 specifics. */
+  qcow2?: Qcow2Info;
+  /** The rest of the backing chain, top first (with `backingChain: true`). */
+  chain?: ImageInfo[];
+}
+
+/**
+ * Options of {@linkcode imageInfo}.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { ImageInfoOptions } from "./info.ts";
+ * const o: ImageInfoOptions = { backingChain: true };
+ * assert.ok(o.backingChain);
+ * ```
+ */
+export interface ImageInfoOptions {
+  /**
+   * Also describe every image of the backing chain (`--backing-chain`).
+   * @default {false}
+   */
+  backingChain?: boolean;
+  /** Opens backing files by name; default: local files. */
+  openSource?: OpenSource;
+  /**
+   * Bytes a named file occupies on disk; default: `Deno.stat` blocks × 512
+   * for local files.
+   */
+  allocatedSize?: (name: string) => Promise<number | undefined>;
+}
+
+async function statAllocated(name: string): Promise<number | undefined> {
+  try {
+    const st = await Deno.stat(name);
+    return st.blocks === null ? undefined : st.blocks * 512;
+  } catch {
+    return undefined;
+  }
+}
+
+async function describe(
+  source: RandomAccessSource,
+  name: string,
+  format: string | undefined,
+  options: ImageInfoOptions,
+): Promise<ImageInfo> {
+  const allocated = source instanceof FileSource || options.allocatedSize
+    ? await (options.allocatedSize ?? statAllocated)(name)
+    : undefined;
+  const qcow2 = format === undefined
+    ? await isQcow2(source)
+    : format === "qcow2";
+  if (!qcow2) {
+    const info: ImageInfo = {
+      filename: name,
+      format: "raw",
+      virtualSize: rawVirtualSize(source.size),
+      dirty: false,
+      snapshots: [],
+    };
+    if (allocated !== undefined) info.actualSize = allocated;
+    return info;
+  }
+  const header = await readHeaderLenient(source);
+  const v3 = header.version === 3;
+  const info: ImageInfo = {
+    filename: name,
+    format: "qcow2",
+    virtualSize: Math.floor(header.size / 512) * 512,
+    dirty: (header.incompatibleFeatures & INCOMPAT.DIRTY) !== 0n,
+    clusterSize: 2 ** header.clusterBits,
+    snapshots: [],
+  };
+  if (allocated !== undefined) info.actualSize = allocated;
+  if (header.cryptMethod !== CRYPT_METHOD.NONE) info.encrypted = true;
+  if (header.backingFile) {
+    info.backingFilename = header.backingFile;
+    info.fullBackingFilename = combinePath(name, header.backingFile);
+    const fmt = backingFormat(header);
+    if (fmt !== undefined) info.backingFilenameFormat = fmt;
+  }
+  const table = await readSnapshotTable(source, header);
+  info.snapshots = table.entries.map((s) => {
+    const snap: SnapshotInfo = {
+      id: s.id,
+      name: s.name,
+      vmStateSize: s.vmStateSize,
+      dateSec: s.dateSec,
+      dateNsec: s.dateNsec,
+      vmClockNsec: s.vmClockNsec,
+    };
+    if (s.icount !== undefined && s.icount !== -1n) snap.icount = s.icount;
+    return snap;
+  });
+  const q: Qcow2Info = {
+    compat: v3 ? "1.1" : "0.10",
+    compressionType: header.compressionType === COMPRESSION_TYPE.ZSTD
+      ? "zstd"
+      : "zlib",
+    refcountBits: 2 ** header.refcountOrder,
+  };
+  if (v3) {
+    q.lazyRefcounts =
+      (header.compatibleFeatures & COMPAT.LAZY_REFCOUNTS) !== 0n;
+    q.corrupt = (header.incompatibleFeatures & INCOMPAT.CORRUPT) !== 0n;
+    q.extendedL2 = (header.incompatibleFeatures & INCOMPAT.EXTENDED_L2) !== 0n;
+    const data = dataFileName(header);
+    if (data !== undefined) q.dataFile = data;
+    if ((header.incompatibleFeatures & INCOMPAT.DATA_FILE) !== 0n) {
+      q.dataFileRaw =
+        (header.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW) !== 0n;
+    }
+    const dir = bitmapDirectoryOf(header);
+    if (dir) {
+      q.bitmaps = (await readBitmapDirectory(source, dir)).map((b) => {
+        const flags: BitmapInfo["flags"] = [];
+        if (b.flags & BITMAP_FLAGS.IN_USE) flags.push("in-use");
+        if (b.flags & BITMAP_FLAGS.AUTO) flags.push("auto");
+        return { name: b.name, granularity: 2 ** b.granularityBits, flags };
+      });
+    }
+  }
+  if (header.cryptMethod === CRYPT_METHOD.AES) q.encrypt = { format: "aes" };
+  if (header.cryptMethod === CRYPT_METHOD.LUKS) {
+    const ext = header.extensions.find((e) => e.kind === "crypto-header");
+    if (!ext || ext.kind !== "crypto-header") {
+      throw new Qcow2Error(
+        "BAD_EXTENSION",
+        "Cannot open image: it is LUKS encrypted but has no crypto header extension",
+      );
+    }
+    const luks = parseLuksHeader(
+      await readPadded(
+        source,
+        ext.offset,
+        Math.max(ext.length, LUKS_HEADER_LENGTH),
+      ),
+    );
+    q.encrypt = { format: "luks", ...luks };
+  }
+  info.qcow2 = q;
+  return info;
+}
+
+/**
+ * Describes an image as `qemu-img info` does (QEMU 7.2): it opens only the
+ * image itself (backing files are named, not opened, unless
+ * `backingChain` is set).
+ *
+ * @param input A path, a source or the image bytes (qcow2 or raw).
+ * @param options Backing chain, how to open files, allocated size.
+ * @returns The description; {@linkcode imageInfoJson} gives QEMU's JSON.
+ * @throws {Qcow2Error} When the image cannot be opened (unknown
+ * incompatible features, invalid header) or a backing file is missing
+ * with `backingChain`.
+ *
+ * @example Describe a qcow2 image in memory
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes, imageInfo } from "@qcow2pipe/qcow2pipe";
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(1 << 20), { compression: "zstd" }));
+ * assert.strictEqual(info.virtualSize, 1 << 20);
+ * assert.strictEqual(info.qcow2?.compressionType, "zstd");
+ * ```
+ */
+export async function imageInfo(
+  input: ImageInput,
+  options: ImageInfoOptions = {},
+): Promise<ImageInfo> {
+  const source = await sourceOf(input);
+  const name = typeof input === "string" ? input : source.name ?? "<image>";
+  let info: ImageInfo;
+  try {
+    info = await describe(source, name, undefined, options);
+  } finally {
+    if (typeof input === "string" || input instanceof Uint8Array) {
+      await source.close?.();
+    }
+  }
+  if (!options.backingChain) return info;
+  info.chain = [];
+  const open = options.openSource ?? ((n: string) => FileSource.open(n));
+  const seen = new Set<string>([name]);
+  for (let at: ImageInfo = info; at.fullBackingFilename !== undefined;) {
+    const path = at.fullBackingFilename;
+    if (seen.has(path) || info.chain.length >= 256) {
+      throw new Qcow2Error(
+        "BACKING",
+        `Cannot open backing file "${path}": the backing chain loops or is deeper than 256 images`,
+      );
+    }
+    seen.add(path);
+    let src: RandomAccessSource;
+    try {
+      src = await open(path);
+    } catch (err) {
+      throw new Qcow2Error(
+        "BACKING",
+        `Cannot open backing file "${path}": ${
+          err instanceof Deno.errors.NotFound
+            ? "no such file"
+            : (err as Error).message
+        }`,
+        { cause: err },
+      );
+    }
+    try {
+      const fmt = at.backingFilenameFormat;
+      const next = await describe(
+        src,
+        path,
+        fmt === "raw" || fmt === "qcow2" ? fmt : undefined,
+        options,
+      );
+      info.chain.push(next);
+      at = next;
+    } finally {
+      await src.close?.();
+    }
+  }
+  return info;
+}

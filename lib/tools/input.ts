@@ -1,0 +1,37 @@
+/**
+ * What the inspection tools (`imageInfo`, `checkImage`, `mapImage`,
+ * `compareImages`) accept as an image, and how they open related files.
+ *
+ * @module
+ */
+
+import type { RandomAccessSource } from "../io/source.ts";
+
+/**
+ * An image to inspect: a file path, a source (left open for the caller to
+ * close), or the image's bytes.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { ImageInput } from "./input.ts";
+ * const inputs: ImageInput[] = ["disk.qcow2", new Uint8Array(512)];
+ * assert.strictEqual(inputs.length, 2);
+ * ```
+ */
+export type ImageInput = string | RandomAccessSource | Uint8Array;
+
+/**
+ * Opens a related file (a backing file, an external data file) by the
+ * name the image gives, resolved against the image's own name.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { BytesSource } from "../io/source.ts";
+ * import type { OpenSource } from "./input.ts";
+ * const open: OpenSource = (name) => Promise.resolve(new BytesSource(new Uint8Array(512), name));
+ * assert.strictEqual((await open("base.raw")).size, 512);
+ * ```
+ */
+export type OpenSource = (name: string) => Promise<RandomAccessSource>;

@@ -1,0 +1,180 @@
+// The progress bar of `convert -p`: renderProgress() itself, and the CLI
+// drawing it under a pseudo-terminal (util-linux `script`), but not when
+// stderr is a pipe or with -q.
+
+import assert from "node:assert";
+import { join } from "node:path";
+import { tempDir } from "../_qemu.ts";
+import { cli, pattern, ROOT } from "./_helpers.ts";
+import { renderProgress } from "../../lib/cli/progress.ts";
+
+Deno.test("renderProgress() draws the bar, percentage, sizes, speed and ETA", () => {
+  const MiB = 1024 * 1024;
+  assert.strictEqual(
+    renderProgress(25 * MiB, 100 * MiB, 1000, 20),
+    "[#####---------------]  25.0%  25.0 MiB / 100.0 MiB  26.2 MB/s  ETA 0:03",
+  );
+  assert.strictEqual(
+    renderProgress(100 * MiB, 100 * MiB, 2000, 10),
+    "[##########] 100.0%  100.0 MiB / 100.0 MiB  52.4 MB/s  ETA 0:00",
+  );
+  // Nothing done yet: no speed, no ETA.
+  assert.strictEqual(
+    renderProgress(0, 4096, 0, 4),
+    "[----]   0.0%  0 B / 4.00 KiB  0.0 MB/s  ETA --:--",
+  );
+  // Long jobs show hours; done past total stays at 100%.
+  assert.match(renderProgress(1e6, 1e10, 1000, 8), /ETA 2:46:39$/);
+  assert.match(renderProgress(2000, 1000, 1000), /^\[#{30}\] 100\.0%/);
+  // An unknown total (standard input): bytes and speed only.
+  assert.strictEqual(
+    renderProgress(3 * MiB, undefined, 1000),
+    "3.00 MiB  3.1 MB/s",
+  );
+});
+
+function hasScript(): boolean {
+  try {
+    return new Deno.Command("script", {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+const SCRIPT = hasScript();
+if (!SCRIPT) {
+  console.error(
+    "util-linux script not found: skipping the pseudo-terminal progress tests",
+  );
+}
+
+/** Runs the CLI under a pseudo-terminal; returns what the terminal showed. */
+async function underPty(
+  args: string[],
+  cwd: string,
+): Promise<{ code: number; screen: string }> {
+  const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+  const command = [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--quiet",
+    join(ROOT, "cli.ts"),
+    ...args,
+  ]
+    .map(quote).join(" ");
+  const out = await new Deno.Command("script", {
+    args: ["-qfec", command, "/dev/null"],
+    cwd,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", TERM: "dumb" },
+  }).output();
+  return { code: out.code, screen: new TextDecoder().decode(out.stdout) };
+}
+
+/** The progress lines drawn (each redraw starts with a carriage return). */
+const ERASE_LINE = "\x1b[K";
+
+function bars(screen: string): string[] {
+  return screen.split("\r").filter((s) => s.startsWith("[")).map((s) =>
+    s.split(ERASE_LINE)[0]
+  );
+}
+
+async function input(dir: string): Promise<string> {
+  const path = join(dir, "in.raw");
+  await Deno.writeFile(path, pattern(64 * 1024 * 1024, 5));
+  return path;
+}
+
+Deno.test({
+  name: "convert draws a progress bar when stderr is a terminal",
+  ignore: !SCRIPT,
+  async fn() {
+    await using dir = await tempDir();
+    await input(dir.path);
+    const { code, screen } = await underPty([
+      "convert",
+      "-c",
+      "zstd",
+      "in.raw",
+      "out.qcow2",
+    ], dir.path);
+    assert.strictEqual(code, 0, screen);
+    const drawn = bars(screen);
+    assert.ok(
+      drawn.length >= 1,
+      `a bar was drawn: ${JSON.stringify(screen.slice(0, 200))}`,
+    );
+    for (const line of drawn) {
+      assert.match(
+        line,
+        /^\[[#-]{30}\] +\d+\.\d% {2}.* \/ 64\.0 MiB {2}\d+\.\d MB\/s {2}ETA (\d+:)?\d+:\d\d$/,
+      );
+    }
+    assert.match(drawn.at(-1)!, /\] 100\.0%/);
+    const percents = drawn.map((l) => Number(/(\d+\.\d)%/.exec(l)![1]));
+    assert.deepStrictEqual(
+      percents,
+      [...percents].sort((a, b) => a - b),
+      "progress only grows",
+    );
+    assert.match(
+      screen,
+      /qcow2pipe: wrote out\.qcow2: .* for 64\.0 MiB virtual in/,
+    );
+    assert.ok((await Deno.stat(join(dir.path, "out.qcow2"))).size > 0);
+
+    // Back to raw draws a bar too.
+    const back = await underPty(["convert", "out.qcow2", "back.raw"], dir.path);
+    assert.strictEqual(back.code, 0, back.screen);
+    assert.match(
+      bars(back.screen).at(-1)!,
+      /\] 100\.0% {2}64\.0 MiB \/ 64\.0 MiB/,
+    );
+  },
+});
+
+Deno.test({
+  name: "convert -q draws no progress bar even on a terminal",
+  ignore: !SCRIPT,
+  async fn() {
+    await using dir = await tempDir();
+    await input(dir.path);
+    const { code, screen } = await underPty([
+      "convert",
+      "-q",
+      "-c",
+      "zlib",
+      "in.raw",
+      "out.qcow2",
+    ], dir.path);
+    assert.strictEqual(code, 0, screen);
+    assert.deepStrictEqual(bars(screen), []);
+    assert.ok(!/%|MB\/s|ETA/.test(screen), JSON.stringify(screen));
+  },
+});
+
+Deno.test("convert draws no progress bar when stderr is a pipe", async () => {
+  await using dir = await tempDir();
+  await input(dir.path);
+  const r = await cli(["convert", "-c", "zstd", "in.raw", "out.qcow2"], {
+    cwd: dir.path,
+  });
+  assert.strictEqual(r.code, 0, r.stderr);
+  assert.strictEqual(r.stderr, "");
+  assert.strictEqual(r.stdout, "");
+  // -p asks for it explicitly.
+  const forced = await cli(["convert", "-p", "-f", "in.raw", "out.qcow2"], {
+    cwd: dir.path,
+  });
+  assert.strictEqual(forced.code, 0, forced.stderr);
+  assert.match(forced.stderr, /\] 100\.0% .* ETA /);
+});
