@@ -29,6 +29,8 @@ export * from "./lib/format/mod.ts";
 export * from "./lib/io/source.ts";
 export * from "./lib/io/output_file.ts";
 export * from "./lib/io/file_stream.ts";
+export * from "./lib/io/http_source.ts";
+export * from "./lib/io/spool.ts";
 
 export * from "./lib/codec/codecs.ts";
 export {
@@ -43,6 +45,7 @@ export { Qcow2Image, type Qcow2ImageInit } from "./lib/reader/qcow2_image.ts";
 export * from "./lib/reader/raw_image.ts";
 export * from "./lib/reader/segments.ts";
 export * from "./lib/reader/expand.ts";
+export * from "./lib/reader/stream_open.ts";
 
 export * from "./lib/writer/records.ts";
 export * from "./lib/writer/chunk_stream.ts";
@@ -53,6 +56,7 @@ export * from "./lib/writer/host_allocator.ts";
 export * from "./lib/writer/packer.ts";
 export * from "./lib/writer/finalizer.ts";
 export * from "./lib/writer/convert.ts";
+export * from "./lib/writer/streamable.ts";
 export * from "./lib/convert.ts";
 
 export * from "./lib/tools/info.ts";

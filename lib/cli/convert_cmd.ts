@@ -1,19 +1,27 @@
-// `qcow2pipe convert`: raw or qcow2 in (file or stdin), raw or qcow2 out
-// (file or stdout).
+// `qcow2pipe convert`: raw or qcow2 in (file, stdin or http(s) URL), raw or
+// qcow2 out (file or stdout).
 import { extname } from "node:path";
 import {
   CodecPool,
   convert,
   expandToFile,
-  fileChunks,
+  fetchStream,
   type GuestImage,
+  HttpSource,
+  imageChunks,
   imageReadable,
+  isHttpUrl,
   isZero,
   openImage,
+  openImageStream,
   OutputFile,
   QCOW2_MAGIC,
+  RangeNotSupportedError,
+  sparseFileChunks,
+  StreamableQcow2Writer,
+  type ZeroBytes,
 } from "../../mod.ts";
-import { createProgress } from "./progress.ts";
+import { createProgress, type Progress } from "./progress.ts";
 import {
   formatBytes,
   parseInteger,
@@ -21,12 +29,24 @@ import {
   UsageError,
   warn,
 } from "./_util.ts";
+import { expectPositionals, parseCommand } from "./_args.ts";
 
-export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC|- DST|-
+export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
-Convert a disk image. SRC is raw or qcow2 (detected from its first bytes;
-qcow2 backing chains, external data files and snapshots are followed).
-DST is written under a temporary name and renamed when complete.
+Convert a disk image. SRC is raw or qcow2, detected from its first bytes
+(qcow2 backing chains, external data files and snapshots are followed). DST
+is written under a temporary name and renamed when complete.
+
+SRC may be a file, "-" for standard input, or an http(s) URL: qcow2 over
+HTTP is read with Range requests (metadata and needed clusters only); raw
+input and servers without Range support are streamed. A qcow2 stream whose
+tables come before its data is decoded in one pass; any other qcow2 stream
+is first spooled to a temporary file (said on stderr).
+
+DST may be a file or "-" for standard output. qcow2 on standard output uses
+the streamable layout (header, refcounts, L1 and L2 tables, then data); the
+data waits in a temporary spool file (never larger than the output) until
+the input ends.
 
 Options:
   -O, --output-format FMT   raw or qcow2 (default: from DST's extension;
@@ -36,6 +56,8 @@ Options:
                             zstd 1-22, default 3)
       --cluster-size SIZE   qcow2 cluster size, 512 to 2M (default 64k)
       --refcount-bits N     refcount width: 1, 2, 4, 8, 16, 32, 64 (default 16)
+      --streamable          write a qcow2 file in the streamable layout
+                            (metadata first), expandable from a pipe in one pass
       --workers N           compression/decompression workers (default: cores)
   -s, --snapshot NAME|ID    read an internal snapshot of SRC instead of its
                             current state
@@ -45,7 +67,6 @@ Options:
   -q, --quiet               no progress bar, no notices
   -h, --help                show this help
 
-SRC "-" reads standard input; DST "-" writes raw bytes to standard output.
 Raw output files are sparse: zero ranges become holes.`;
 
 type Format = "raw" | "qcow2";
@@ -59,11 +80,11 @@ function formatFromName(name: string): Format | undefined {
   return undefined;
 }
 
-/** Reads the first bytes of stdin to detect its format, and gives them back. */
-async function peekStdin(): Promise<
-  { head: Uint8Array; rest: ReadableStream<Uint8Array> }
-> {
-  const reader = Deno.stdin.readable.getReader();
+/** Reads the first bytes of a stream to detect its format, and gives them back. */
+async function peek(
+  stream: ReadableStream<Uint8Array>,
+): Promise<{ head: Uint8Array; all: ReadableStream<Uint8Array> }> {
+  const reader = stream.getReader();
   const parts: Uint8Array[] = [];
   let have = 0;
   while (have < 4) {
@@ -78,31 +99,8 @@ async function peekStdin(): Promise<
     head.set(p, at);
     at += p.length;
   }
-  const rest = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const { value, done } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    cancel(reason) {
-      return reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
-  return { head, rest };
-}
-
-function isQcow2(head: Uint8Array): boolean {
-  return head.length >= 4 &&
-    new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC;
-}
-
-function prepend(
-  head: Uint8Array,
-  rest: ReadableStream<Uint8Array>,
-): ReadableStream<Uint8Array> {
   let sentHead = head.length === 0;
-  const reader = rest.getReader();
-  return new ReadableStream<Uint8Array>({
+  const all = new ReadableStream<Uint8Array>({
     async pull(controller) {
       if (!sentHead) {
         sentHead = true;
@@ -113,10 +111,14 @@ function prepend(
       if (done) controller.close();
       else controller.enqueue(value);
     },
-    cancel(reason) {
-      return reader.cancel(reason);
-    },
+    cancel: (reason) => reader.cancel(reason),
   }, { highWaterMark: 0 });
+  return { head, all };
+}
+
+function isQcow2(head: Uint8Array): boolean {
+  return head.length >= 4 &&
+    new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC;
 }
 
 async function sameFile(a: string, b: string): Promise<boolean> {
@@ -127,35 +129,160 @@ async function sameFile(a: string, b: string): Promise<boolean> {
   }
 }
 
+/** An opened input: an image to read at random, or a raw byte stream. */
+type Input =
+  | { image: GuestImage; total: number }
+  | { raw: ReadableStream<Uint8Array | ZeroBytes>; total: number | undefined };
+
+interface InputOptions {
+  snapshot: string | undefined;
+  /** Whether the output is qcow2 (raw files are then streamed, holes skipped). */
+  toQcow2: boolean;
+  notice: (line: string) => void;
+  cleanups: (() => Promise<void>)[];
+}
+
+/** Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout allows, else spooled. */
+async function openStream(
+  stream: ReadableStream<Uint8Array>,
+  size: number | undefined,
+  what: string,
+  options: InputOptions,
+): Promise<Input> {
+  const { head, all } = await peek(stream);
+  if (!isQcow2(head)) {
+    if (options.snapshot !== undefined) {
+      throw new UsageError("Cannot convert: --snapshot needs a qcow2 source");
+    }
+    return { raw: all, total: size };
+  }
+  const opened = await openImageStream(all, { snapshot: options.snapshot });
+  options.cleanups.push(() => opened.close());
+  options.notice(
+    opened.onePass
+      ? `qcow2pipe: ${what} is qcow2 with its tables first: decoding it in one pass (${
+        formatBytes(opened.spoolBytes)
+      } of metadata spooled)`
+      : `qcow2pipe: ${what} is qcow2 whose tables do not all precede its data: spooled it whole (${
+        formatBytes(opened.spoolBytes)
+      }) to read it at random offsets`,
+  );
+  return { image: opened.image, total: opened.image.virtualSize };
+}
+
+async function openInput(src: string, options: InputOptions): Promise<Input> {
+  if (src === "-") {
+    return await openStream(
+      Deno.stdin.readable,
+      undefined,
+      "standard input",
+      options,
+    );
+  }
+  if (isHttpUrl(src)) {
+    let http: HttpSource | undefined;
+    try {
+      http = await HttpSource.open(src);
+    } catch (err) {
+      if (!(err instanceof RangeNotSupportedError)) throw err;
+    }
+    if (http) {
+      const head = await http.read(0, 4);
+      if (isQcow2(head)) {
+        const image = await openImage(http, { snapshot: options.snapshot });
+        options.cleanups.push(() => image.close());
+        return { image, total: image.virtualSize };
+      }
+      // Raw over HTTP: one streamed request beats many range requests.
+    }
+    const { body, size } = await fetchStream(src);
+    return await openStream(body, size, src, options);
+  }
+  const image = await openImage(src, { snapshot: options.snapshot });
+  options.cleanups.push(() => image.close());
+  if (image.format === "raw" && options.toQcow2) {
+    // Raw file to qcow2: large sequential reads that skip the file's holes.
+    return { raw: sparseFileChunks(src), total: image.virtualSize };
+  }
+  return { image, total: image.virtualSize };
+}
+
+/** Writes a raw byte stream to a sparse file or stdout. */
+async function writeRawStream(
+  raw: ReadableStream<Uint8Array | ZeroBytes>,
+  dst: string,
+  force: boolean,
+  progress: Progress,
+): Promise<void> {
+  if (dst === "-") {
+    const zeros = new Uint8Array(1 << 20);
+    const out = Deno.stdout.writable.getWriter();
+    let done = 0;
+    try {
+      for await (const chunk of raw) {
+        if (chunk instanceof Uint8Array) {
+          await out.write(chunk);
+          done += chunk.length;
+        } else {
+          for (let left = chunk.zeros; left > 0; left -= zeros.length) {
+            await out.write(zeros.subarray(0, Math.min(left, zeros.length)));
+          }
+          done += chunk.zeros;
+        }
+        progress.update(done);
+      }
+    } finally {
+      out.releaseLock();
+    }
+    return;
+  }
+  const output = await OutputFile.create(dst, { force });
+  try {
+    let at = 0;
+    for await (const chunk of raw) {
+      if (chunk instanceof Uint8Array) {
+        if (!isZero(chunk) || output.isDevice) await output.writeAt(at, chunk);
+        at += chunk.length;
+      } else {
+        if (output.isDevice) {
+          for (let left = chunk.zeros; left > 0; left -= 1 << 20) {
+            await output.writeAt(
+              at + chunk.zeros - left,
+              new Uint8Array(Math.min(left, 1 << 20)),
+            );
+          }
+        }
+        at += chunk.zeros;
+      }
+      progress.update(at);
+    }
+    await output.commit(at);
+  } catch (err) {
+    await output.abort();
+    throw err;
+  }
+}
+
 export async function convertCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    strict: true,
-    options: {
-      "output-format": { type: "string", short: "O" },
-      compress: { type: "string", short: "c" },
-      level: { type: "string" },
-      "cluster-size": { type: "string" },
-      "refcount-bits": { type: "string" },
-      workers: { type: "string" },
-      snapshot: { type: "string", short: "s" },
-      force: { type: "boolean", short: "f" },
-      progress: { type: "boolean", short: "p" },
-      quiet: { type: "boolean", short: "q" },
-      help: { type: "boolean", short: "h" },
-    },
+  const { values, positionals } = parseCommand("convert", args, {
+    "output-format": { type: "string", short: "O" },
+    compress: { type: "string", short: "c" },
+    level: { type: "string" },
+    "cluster-size": { type: "string" },
+    "refcount-bits": { type: "string" },
+    streamable: { type: "boolean" },
+    workers: { type: "string" },
+    snapshot: { type: "string", short: "s" },
+    force: { type: "boolean", short: "f" },
+    progress: { type: "boolean", short: "p" },
+    quiet: { type: "boolean", short: "q" },
+    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     console.log(CONVERT_HELP);
     return 0;
   }
-  if (positionals.length !== 2) {
-    throw new UsageError(
-      `Cannot convert: expected SRC and DST, got ${positionals.length} argument(s) (see convert --help)`,
-    );
-  }
-  const [src, dst] = positionals;
+  const [src, dst] = expectPositionals("convert", positionals, ["SRC", "DST"]);
   const compression = values.compress;
   if (
     compression !== undefined && compression !== "zlib" &&
@@ -181,13 +308,12 @@ export async function convertCommand(args: string[]): Promise<number> {
       `Cannot convert: cannot tell the output format from "${dst}"; give -O raw or -O qcow2`,
     );
   }
-  if (
-    format === "raw" &&
-    (compression || values["cluster-size"] || values["refcount-bits"] ||
-      values.level)
-  ) {
+  const qcow2Only = compression || values["cluster-size"] ||
+    values["refcount-bits"] || values.level ||
+    values.streamable;
+  if (format === "raw" && qcow2Only) {
     throw new UsageError(
-      "Cannot convert: -c, --level, --cluster-size and --refcount-bits apply to qcow2 output only",
+      "Cannot convert: -c, --level, --cluster-size, --refcount-bits and --streamable apply to qcow2 output only",
     );
   }
   const level = values.level === undefined
@@ -207,12 +333,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       `Cannot convert: SRC and DST are the same file (${dst})`,
     );
   }
-  if (dst === "-" && format === "qcow2") {
-    throw new UsageError(
-      "Cannot convert: qcow2 output to standard output is not supported; write to a file",
-    );
-  }
-
+  const force = values.force ?? false;
   const quiet = values.quiet ?? false;
   const showProgress = !quiet && (values.progress ?? Deno.stderr.isTerminal());
   const notice = (line: string) => {
@@ -222,96 +343,55 @@ export async function convertCommand(args: string[]): Promise<number> {
   await using pool = new CodecPool({ workers });
   const cleanups: (() => Promise<void>)[] = [];
   try {
-    // Open the source: a qcow2 image (file, or stdin spooled to a file), or
-    // a raw byte stream.
-    let image: GuestImage | undefined;
-    let rawStream: ReadableStream<Uint8Array> | undefined;
-    let total: number | undefined;
-    if (src === "-") {
-      const { head, rest } = await peekStdin();
-      if (isQcow2(head)) {
-        const spool = await Deno.makeTempFile({
-          prefix: "qcow2pipe-stdin-",
-          suffix: ".qcow2",
-        });
-        cleanups.push(() => Deno.remove(spool).catch(() => {}));
-        notice(
-          `qcow2pipe: standard input is qcow2; spooling it to ${spool} to read it at random offsets`,
-        );
-        const file = await Deno.open(spool, { write: true });
-        await prepend(head, rest).pipeTo(file.writable);
-        image = await openImage(spool, { snapshot: values.snapshot });
-      } else {
-        if (values.snapshot !== undefined) {
-          throw new UsageError(
-            "Cannot convert: --snapshot needs a qcow2 source",
-          );
-        }
-        rawStream = prepend(head, rest);
-      }
-    } else {
-      image = await openImage(src, { snapshot: values.snapshot });
-      if (image.format === "raw" && format === "qcow2") {
-        // Raw to qcow2: stream the file in large sequential reads.
-        total = image.virtualSize;
-        await image.close();
-        image = undefined;
-        rawStream = fileChunks(await Deno.open(src, { read: true }));
-      }
-    }
-    if (image) cleanups.push(() => image!.close());
-    total ??= image?.virtualSize;
-    const progress = createProgress(showProgress, total);
+    const input = await openInput(src, {
+      snapshot: values.snapshot,
+      toQcow2: format === "qcow2",
+      notice,
+      cleanups,
+    });
+    const progress = createProgress(showProgress, input.total);
     const started = performance.now();
+    const source = "image" in input ? input.image : input.raw;
 
     if (format === "qcow2") {
-      const output = await OutputFile.create(dst, { force: values.force });
-      const summary = await convert(image ?? rawStream!, output, {
+      const writerOptions = {
         clusterSize,
         compression: compression ?? "none",
         level,
         refcountBits,
         pool,
-        onProgress: (n) => progress.update(Math.min(n, total ?? n)),
-      });
-      progress.finish();
-      if (!quiet && showProgress) {
-        const secs = (performance.now() - started) / 1000;
-        notice(
-          `qcow2pipe: wrote ${dst}: ${formatBytes(summary.fileSize)} for ${
-            formatBytes(summary.virtualSize)
-          } virtual in ${secs.toFixed(2)} s`,
+        onProgress: (n: number) =>
+          progress.update(Math.min(n, input.total ?? n)),
+      } as const;
+      if (dst === "-" || values.streamable) {
+        await writeStreamable(source, dst, force, writerOptions, notice);
+      } else {
+        const summary = await convert(
+          source,
+          await OutputFile.create(dst, { force }),
+          writerOptions,
         );
+        if (showProgress) {
+          progress.finish();
+          notice(
+            `qcow2pipe: wrote ${dst}: ${formatBytes(summary.fileSize)} for ${
+              formatBytes(summary.virtualSize)
+            } virtual in ${
+              ((performance.now() - started) / 1000).toFixed(2)
+            } s`,
+          );
+          return 0;
+        }
       }
+      progress.finish();
       return 0;
     }
 
-    // Raw output.
-    if (!image) {
-      // Raw standard input to raw.
-      if (dst === "-") {
-        await rawStream!.pipeTo(Deno.stdout.writable, { preventClose: true });
-        return 0;
-      }
-      const output = await OutputFile.create(dst, { force: values.force });
-      try {
-        let at = 0;
-        for await (const chunk of rawStream!) {
-          if (!isZero(chunk)) await output.writeAt(at, chunk);
-          at += chunk.length;
-          progress.update(at);
-        }
-        await output.commit(at);
-      } catch (err) {
-        await output.abort();
-        throw err;
-      }
-      progress.finish();
-      return 0;
-    }
-    if (dst === "-") {
+    if ("raw" in input) {
+      await writeRawStream(input.raw, dst, force, progress);
+    } else if (dst === "-") {
       let done = 0;
-      const counted = imageReadable(image, { pool }).pipeThrough(
+      await imageReadable(input.image, { pool }).pipeThrough(
         new TransformStream<Uint8Array, Uint8Array>({
           transform(chunk, controller) {
             done += chunk.length;
@@ -319,24 +399,59 @@ export async function convertCommand(args: string[]): Promise<number> {
             controller.enqueue(chunk);
           },
         }),
-      );
-      await counted.pipeTo(Deno.stdout.writable, { preventClose: true });
-      progress.finish();
-      return 0;
-    }
-    const output = await OutputFile.create(dst, { force: values.force });
-    try {
-      await expandToFile(image, output, {
-        pool,
-        onProgress: (n) => progress.update(n),
-      });
-    } catch (err) {
-      await output.abort();
-      throw err;
+      ).pipeTo(Deno.stdout.writable, { preventClose: true });
+    } else {
+      const output = await OutputFile.create(dst, { force });
+      try {
+        await expandToFile(input.image, output, {
+          pool,
+          onProgress: (n) => progress.update(n),
+        });
+      } catch (err) {
+        await output.abort();
+        throw err;
+      }
     }
     progress.finish();
     return 0;
   } finally {
-    for (const c of cleanups.reverse()) await c();
+    for (const c of cleanups.reverse()) await c().catch(() => {});
   }
+}
+
+/** qcow2 in the streamable layout, to stdout or to a file. */
+async function writeStreamable(
+  source: GuestImage | ReadableStream<Uint8Array | ZeroBytes>,
+  dst: string,
+  force: boolean,
+  options: ConstructorParameters<typeof StreamableQcow2Writer>[0] & object,
+  notice: (line: string) => void,
+): Promise<void> {
+  const stream = source instanceof ReadableStream
+    ? source
+    : imageChunks(source, { pool: options.pool });
+  await using writer = new StreamableQcow2Writer(options);
+  const bytes = stream.pipeThrough(writer);
+  if (dst === "-") {
+    await bytes.pipeTo(Deno.stdout.writable, { preventClose: true });
+  } else {
+    const output = await OutputFile.create(dst, { force });
+    try {
+      let at = 0;
+      for await (const chunk of bytes) {
+        await output.writeAt(at, chunk);
+        at += chunk.length;
+      }
+      await output.commit(at);
+    } catch (err) {
+      await output.abort();
+      throw err;
+    }
+  }
+  const summary = await writer.summary;
+  notice(
+    `qcow2pipe: streamable qcow2: ${formatBytes(summary.fileSize)} written, ${
+      formatBytes(summary.spoolBytes)
+    } waited in the spool`,
+  );
 }

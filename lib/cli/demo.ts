@@ -11,6 +11,7 @@ import {
   OutputFile,
 } from "../../mod.ts";
 import { formatBytes, UsageError } from "./_util.ts";
+import { parseCommand } from "./_args.ts";
 
 export const DEMO_HELP = `Usage: qcow2pipe demo [--size SIZE_MIB] [--keep]
 
@@ -131,14 +132,10 @@ async function qemuImg(args: string[]): Promise<string | undefined> {
 }
 
 export async function demoCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    strict: true,
-    options: {
-      size: { type: "string" },
-      keep: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
-    },
+  const { values } = parseCommand("demo", args, {
+    size: { type: "string" },
+    keep: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
   });
   if (values.help) {
     console.log(DEMO_HELP);

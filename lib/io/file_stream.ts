@@ -4,6 +4,8 @@
  * @module
  */
 
+import { openHoleProber } from "./_holes.ts";
+
 /**
  * A byte stream over a file, read in fresh chunks of `chunkSize` bytes
  * (Deno's own `file.readable` uses small chunks). The consumer owns each
@@ -63,6 +65,109 @@ export function fileChunks(
     },
     cancel() {
       close();
+    },
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * A raw file as a stream for the forward pipeline, skipping its holes: data
+ * extents are read in chunks of `chunkSize` bytes, holes (found with
+ * `lseek(SEEK_DATA/SEEK_HOLE)` through FFI, as qemu-img does) become
+ * `{ zeros: n }` and are never read. Without FFI (no permission, another
+ * system) the whole file is read.
+ *
+ * @param path The file.
+ * @param chunkSize Largest data chunk.
+ * @returns The stream (the file is closed at its end or on cancel).
+ *
+ * @example A file with a hole
+ * ```ts
+ * import assert from "node:assert";
+ * import { sparseFileChunks } from "./file_stream.ts";
+ * const path = await Deno.makeTempFile();
+ * using file = await Deno.open(path, { write: true });
+ * await file.seek(1 << 20, Deno.SeekMode.Start);
+ * await file.write(new Uint8Array([1]));
+ * let bytes = 0;
+ * for await (const c of sparseFileChunks(path)) bytes += c instanceof Uint8Array ? c.length : c.zeros;
+ * assert.strictEqual(bytes, (1 << 20) + 1);
+ * await Deno.remove(path);
+ * ```
+ */
+export function sparseFileChunks(
+  path: string,
+  chunkSize = 4 * 1024 * 1024,
+): ReadableStream<Uint8Array | { zeros: number }> {
+  let file: Deno.FsFile | undefined;
+  let size = 0;
+  let pos = 0;
+  let dataEnd = 0; // end of the data extent being read
+  const prober = openHoleProber();
+  const probe = prober.open(path);
+  const release = () => {
+    probe?.close();
+    prober[Symbol.dispose]();
+    try {
+      file?.close();
+    } catch {
+      // already closed
+    }
+  };
+  return new ReadableStream<Uint8Array | { zeros: number }>({
+    async start() {
+      file = await Deno.open(path, { read: true });
+      size = (await file.stat()).size;
+    },
+    async pull(controller) {
+      try {
+        if (pos >= size) {
+          release();
+          controller.close();
+          return;
+        }
+        if (pos >= dataEnd) {
+          const found = probe?.find(pos);
+          if (found === "enxio") {
+            controller.enqueue({ zeros: size - pos });
+            pos = size;
+            return;
+          }
+          if (found === undefined) {
+            dataEnd = size; // no information: everything is data
+          } else if (found.data > pos) {
+            const zeros = Math.min(found.data, size) - pos;
+            controller.enqueue({ zeros });
+            pos += zeros;
+            return;
+          } else {
+            dataEnd = Math.min(found.hole, size);
+          }
+          await file!.seek(pos, Deno.SeekMode.Start);
+        }
+        const want = Math.min(chunkSize, dataEnd - pos);
+        const buf = new Uint8Array(want);
+        let filled = 0;
+        while (filled < want) {
+          const n = await file!.read(buf.subarray(filled));
+          if (n === null) break;
+          filled += n;
+        }
+        if (filled < want) {
+          // The file shrank while being read: the rest reads as zeros.
+          controller.enqueue(buf.subarray(0, filled));
+          controller.enqueue({ zeros: size - pos - filled });
+          pos = size;
+          return;
+        }
+        controller.enqueue(buf);
+        pos += want;
+      } catch (err) {
+        release();
+        throw err;
+      }
+    },
+    cancel() {
+      release();
     },
   }, { highWaterMark: 0 });
 }

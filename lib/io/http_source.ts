@@ -280,22 +280,38 @@ export async function fetchStream(
   const size = length !== null && /^\d+$/.test(length)
     ? Number(length)
     : undefined;
-  // Check the length on the way: a transfer cut short must not look complete.
+  // Name the URL in transfer errors, and check the length on the way: a
+  // transfer cut short must not look complete.
   let seen = 0;
-  const body = res.body.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, controller) {
-        seen += chunk.length;
-        controller.enqueue(chunk);
-      },
-      flush() {
+  const reader = res.body.getReader();
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (err) {
+        throw new Error(
+          `Cannot read ${url}: the transfer failed after ${seen} bytes (${
+            (err as Error).message
+          })`,
+          {
+            cause: err,
+          },
+        );
+      }
+      if (next.done) {
         if (size !== undefined && seen !== size) {
           throw new Error(
             `Cannot read ${url}: the transfer ended after ${seen} of ${size} bytes`,
           );
         }
-      },
-    }),
-  );
+        controller.close();
+        return;
+      }
+      seen += next.value.length;
+      controller.enqueue(next.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
   return { body, size };
 }

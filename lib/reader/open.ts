@@ -31,6 +31,7 @@ import {
   FileSource,
   type RandomAccessSource,
 } from "../io/source.ts";
+import { HttpSource, isHttpUrl } from "../io/http_source.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image, readExact } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
@@ -65,8 +66,9 @@ export interface OpenImageOptions {
    */
   cacheBytes?: number;
   /**
-   * Opens backing and data files by name. The default opens local files,
-   * with names relative to the directory of the image that refers to them.
+   * Opens backing and data files by name. The default ({@linkcode openByName})
+   * opens local files and http(s) URLs; names are resolved relative to the
+   * directory (or URL) of the image that refers to them.
    */
   openSource?: (name: string) => Promise<RandomAccessSource>;
 }
@@ -97,7 +99,7 @@ export async function openImage(
   options: OpenImageOptions = {},
 ): Promise<GuestImage> {
   const source: RandomAccessSource = typeof input === "string"
-    ? await FileSource.open(input)
+    ? await openByName(input)
     : input instanceof Uint8Array
     ? new BytesSource(input)
     : input;
@@ -107,6 +109,29 @@ export async function openImage(
     await source.close?.();
     throw err;
   }
+}
+
+/**
+ * Opens a file path, or an http(s) URL with Range requests: how backing and
+ * data files are opened by default.
+ *
+ * @param name A path or URL.
+ * @returns The source.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { openByName } from "./open.ts";
+ * const path = await Deno.makeTempFile();
+ * await using src = await openByName(path) as AsyncDisposable & { size: number };
+ * assert.strictEqual(src.size, 0);
+ * await Deno.remove(path);
+ * ```
+ */
+export function openByName(
+  name: string,
+): Promise<RandomAccessSource & AsyncDisposable> {
+  return isHttpUrl(name) ? HttpSource.open(name) : FileSource.open(name);
 }
 
 /** Resolves a name relative to the image that refers to it. */
@@ -172,7 +197,7 @@ async function openQcow2(
 ): Promise<Qcow2Image> {
   const header = await readHeader(source);
   const name = source.name;
-  const openSource = options.openSource ?? ((n: string) => FileSource.open(n));
+  const openSource = options.openSource ?? openByName;
 
   let dataFile: RandomAccessSource | undefined;
   let backing: GuestImage | undefined;

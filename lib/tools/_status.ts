@@ -12,7 +12,7 @@ import {
   type HoleProbe,
   type HoleProber,
   openHoleProber,
-} from "./_holes.ts";
+} from "../io/_holes.ts";
 import {
   type Layer,
   type Qcow2Layer,

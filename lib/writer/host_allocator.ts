@@ -33,6 +33,14 @@ export interface HostAllocatorOptions {
    * @default {16}
    */
   refcountBits?: number;
+  /**
+   * Let a compressed payload go back into the partly used cluster after
+   * whole clusters were allocated past it (QEMU does; saves space). Off,
+   * host offsets follow allocation order: the streamable layout needs its
+   * data in guest order.
+   * @default {true}
+   */
+  backfill?: boolean;
 }
 
 /**
@@ -92,6 +100,7 @@ export class HostAllocator {
   #tail = 0; // next free byte in the partly used compressed cluster; 0 = none
   #blocks = new Map<number, Uint8Array>();
   #taken = 0; // blocks below this index were handed out as final
+  #backfill: boolean;
 
   /**
    * Creates an allocator and allocates the header cluster.
@@ -107,6 +116,7 @@ export class HostAllocator {
       this.refcountOrder,
     );
     this.#max = refcountMax(this.refcountOrder);
+    this.#backfill = options.backfill ?? true;
     this.allocClusters(1);
   }
 
@@ -152,8 +162,9 @@ export class HostAllocator {
       const tailCluster = this.#tail - (this.#tail % cs);
       const tailEnd = tailCluster + cs;
       const shareable = this.refcount(tailCluster) < this.#max;
+      const last = tailEnd === this.#end;
       if (
-        shareable && (this.#tail + span <= tailEnd || tailEnd === this.#end)
+        shareable && (last || (this.#backfill && this.#tail + span <= tailEnd))
       ) {
         start = this.#tail;
       }

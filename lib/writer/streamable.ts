@@ -133,9 +133,11 @@ export class StreamableQcow2Writer
     // The data region is laid out as if it were a file of its own: its
     // cluster 0 stands for the header and is dropped when the region is
     // placed after the metadata (offset 0 would read as "unallocated").
+    // No backfilling: the data must stay in guest order.
     const allocator = new HostAllocator({
       clusterSize,
       refcountBits: options.refcountBits,
+      backfill: false,
     });
     const chunker = new ClusterChunkStream({ clusterSize });
     let records = chunker.readable.pipeThrough(

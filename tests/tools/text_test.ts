@@ -19,7 +19,7 @@ import {
   fileStatus,
   type HoleProbe,
   openHoleProber,
-} from "../../lib/tools/_holes.ts";
+} from "../../lib/io/_holes.ts";
 import { type CheckResult, formatCheckResult, Qcow2Error } from "../../mod.ts";
 
 Deno.test("qemuJson() orders keys as a QDict and prints like QEMU's JSON writer", () => {

@@ -282,3 +282,18 @@ Deno.test("ClusterPacker: a shared allocator", async () => {
   });
   assert.strictEqual(allocator.end, 1536);
 });
+
+Deno.test("HostAllocator({ backfill: false }) keeps compressed payloads in allocation order", () => {
+  const cs = 4096;
+  for (const backfill of [true, false]) {
+    const alloc = new HostAllocator({ clusterSize: cs, backfill });
+    const a = alloc.allocCompressed(100); // opens a partly used cluster at 4096
+    const data = alloc.allocClusters(1); // a whole cluster after it
+    const b = alloc.allocCompressed(100);
+    assert.strictEqual(a, cs);
+    assert.strictEqual(data, 2 * cs);
+    // QEMU's way fills the old cluster; the streamable layout must not go back.
+    assert.strictEqual(b, backfill ? cs + 512 : 3 * cs);
+    assert.ok(backfill || b > data);
+  }
+});
