@@ -1,0 +1,228 @@
+// Tables and targets for bench/compare.ts.
+
+import { median, MiB, mib } from "./_compare_util.ts";
+
+/** Which program ran. */
+export type Tool = "ours" | "qemu";
+
+/** One timed run. */
+export interface Sample {
+  secs: number;
+  /** User + system CPU seconds of the command (all its threads). */
+  cpuSecs: number;
+  /** CPU used by everything else during the run, in cores (noise). */
+  otherCores: number;
+  rssKiB: number;
+  size: number;
+  allocated: number;
+  verified: boolean;
+  problem?: string;
+  load: number;
+}
+
+/** All runs of one operation. */
+export interface Result {
+  op: string;
+  label: string;
+  kind: "forward" | "expand";
+  scale: 1 | 4;
+  samples: Record<Tool, Sample[]>;
+}
+
+export interface Summary {
+  secs: number;
+  cpuSecs: number;
+  min: number;
+  max: number;
+  rss: number;
+  size: number;
+  allocated: number;
+  ok: boolean;
+}
+
+export function summarize(samples: Sample[]): Summary {
+  const good = samples.filter((s) => s.verified);
+  const use = good.length > 0 ? good : samples;
+  const secs = use.map((s) => s.secs);
+  return {
+    secs: median(secs),
+    cpuSecs: median(use.map((s) => s.cpuSecs)),
+    min: Math.min(...secs),
+    max: Math.max(...secs),
+    rss: median(use.map((s) => s.rssKiB)) * 1024,
+    size: median(use.map((s) => s.size)),
+    allocated: median(use.map((s) => s.allocated)),
+    ok: good.length === samples.length,
+  };
+}
+
+export function secsText(s: Summary, reps: number): string {
+  const v = s.ok ? s.secs.toFixed(2) : `${s.secs.toFixed(2)} (FAILED)`;
+  return reps > 1 ? `${v} (${s.min.toFixed(2)}–${s.max.toFixed(2)})` : v;
+}
+
+export function mainTable(results: Result[], reps: number): string[][] {
+  const rows = [[
+    "operation",
+    "ours s",
+    "qemu-img s",
+    "ours/qemu",
+    "ours CPU s",
+    "qemu CPU s",
+    "ours size",
+    "qemu size",
+    "size ratio",
+    "ours du",
+    "qemu du",
+    "ours RSS",
+    "qemu RSS",
+  ]];
+  for (const r of results.filter((r) => r.scale === 1)) {
+    const o = summarize(r.samples.ours);
+    const q = summarize(r.samples.qemu);
+    rows.push([
+      r.label,
+      secsText(o, reps),
+      secsText(q, reps),
+      `${(o.secs / q.secs).toFixed(2)}×`,
+      o.cpuSecs.toFixed(2),
+      q.cpuSecs.toFixed(2),
+      mib(o.size),
+      mib(q.size),
+      `${(o.size / q.size).toFixed(3)}×`,
+      mib(o.allocated),
+      mib(q.allocated),
+      mib(o.rss),
+      mib(q.rss),
+    ]);
+  }
+  return rows;
+}
+
+export function scalingTable(results: Result[]): string[][] {
+  const rows = [[
+    "operation",
+    "ours RSS 1×",
+    "ours RSS 4×",
+    "growth",
+    "qemu RSS 1×",
+    "qemu RSS 4×",
+    "ours s 4×",
+    "qemu-img s 4×",
+  ]];
+  for (const big of results.filter((r) => r.scale === 4)) {
+    const base = results.find((r) =>
+      r.scale === 1 && r.label === big.label && r.kind === big.kind
+    );
+    if (!base) continue;
+    const o1 = summarize(base.samples.ours);
+    const o4 = summarize(big.samples.ours);
+    const q1 = summarize(base.samples.qemu);
+    const q4 = summarize(big.samples.qemu);
+    rows.push([
+      big.label,
+      mib(o1.rss),
+      mib(o4.rss),
+      `${((o4.rss / o1.rss - 1) * 100).toFixed(1)}%`,
+      mib(q1.rss),
+      mib(q4.rss),
+      secsText(o4, 1),
+      secsText(q4, 1),
+    ]);
+  }
+  return rows;
+}
+
+export function textTable(rows: string[][]): string {
+  const widths = rows[0].map((_, i) =>
+    Math.max(...rows.map((r) => r[i].length))
+  );
+  return rows.map((r) =>
+    r.map((c, i) => i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))
+      .join("  ")
+  ).join("\n");
+}
+
+export function markdownTable(rows: string[][]): string {
+  const [head, ...body] = rows;
+  return [
+    `| ${head.join(" | ")} |`,
+    `| ${head.map((_, i) => (i === 0 ? "---" : "---:")).join(" | ")} |`,
+    ...body.map((r) => `| ${r.join(" | ")} |`),
+  ].join("\n");
+}
+
+export interface Target {
+  name: string;
+  met: boolean;
+  measured: string;
+}
+
+export function targets(results: Result[]): Target[] {
+  const base = (id: string) =>
+    results.find((r) => r.op === id && r.scale === 1);
+  const ratio = (id: string) => {
+    const r = base(id);
+    if (!r) return NaN;
+    return summarize(r.samples.ours).secs / summarize(r.samples.qemu).secs;
+  };
+  const sizeRatio = (id: string) => {
+    const r = base(id);
+    if (!r) return NaN;
+    return summarize(r.samples.ours).size / summarize(r.samples.qemu).size;
+  };
+  const out: Target[] = [];
+  const time = (id: string, label: string, limit: number) => {
+    const x = ratio(id);
+    if (Number.isNaN(x)) return;
+    out.push({
+      name: `${label} time ≤ ${limit}× qemu-img`,
+      met: x <= limit && summarize(base(id)!.samples.ours).ok,
+      measured: `${x.toFixed(2)}×`,
+    });
+  };
+  time("zlib", "convert zlib", 0.5);
+  time("zstd", "convert zstd", 0.75);
+  time("sparse", "convert uncompressed (sparse)", 1.0);
+  time("expand-sparse", "expand sparse qcow2", 1.0);
+  time("expand-zlib", "expand zlib qcow2", 1.0);
+  time("expand-zstd", "expand zstd qcow2", 1.0);
+  for (const id of ["zlib", "zstd"]) {
+    const x = sizeRatio(id);
+    if (Number.isNaN(x)) continue;
+    out.push({
+      name: `${id} output size ≤ 1.02× qemu-img's`,
+      met: x <= 1.02,
+      measured: `${x.toFixed(3)}×`,
+    });
+  }
+  const all = results.flatMap((r) => r.samples.ours);
+  if (all.length > 0) {
+    const peak = Math.max(...all.map((s) => s.rssKiB)) * 1024;
+    out.push({
+      name: "peak RSS ≤ 200 MiB (every run of ours, 1× and 4×)",
+      met: peak <= 200 * MiB,
+      measured: mib(peak),
+    });
+  }
+  for (const big of results.filter((r) => r.scale === 4)) {
+    const b = results.find((r) =>
+      r.scale === 1 && r.label === big.label && r.kind === big.kind
+    );
+    if (!b) continue;
+    const g = summarize(big.samples.ours).rss / summarize(b.samples.ours).rss -
+      1;
+    out.push({
+      name: `peak RSS growth ≤ 10% at 4× virtual size: ${big.label}`,
+      met: g <= 0.1,
+      measured: `${(g * 100).toFixed(1)}%`,
+    });
+  }
+  return out;
+}
+
+export function targetLines(ts: Target[]): string[] {
+  return ts.map((t) =>
+    `- ${t.met ? "MET" : "NOT MET"}: ${t.name} (measured ${t.measured})`
+  );
+}

@@ -1,0 +1,594 @@
+// End-to-end comparison with `qemu-img convert` on a realistic disk.
+//
+//   deno task bench:compare [--quick] [--keep-cache] [--reps N]
+//
+// 1. Builds (once, into bench/.cache/) a raw disk holding an ext4 filesystem
+//    made by `mkfs.ext4 -q -F -d DIR` from part of this machine's /usr,
+//    hardlinked (`cp -al`, no data copied) into a temporary tree so that it
+//    fills about half of a 4 GiB virtual disk (1 GiB with --quick).
+// 2. Times our CLI and `qemu-img convert -W -m 16` (its fastest flags) on
+//    the same input: raw → sparse qcow2, zlib qcow2, zstd qcow2, and each of
+//    qemu-img's three outputs expanded back to raw by both tools. Wall
+//    seconds and peak RSS come from GNU time (`/usr/bin/time -f "%e %M"`).
+//    `sync` runs before each command; nothing else is dropped, so the
+//    source is in the page cache for both tools alike. Each measurement is
+//    repeated 3 times (1 with --quick), alternating which tool goes first,
+//    and the median is reported with the range.
+// 3. Verifies every output before its time counts: `qemu-img compare`
+//    against the source (and `qemu-img check` for qcow2 outputs; the exact
+//    virtual size for raw outputs). A failed check is reported and makes
+//    the run exit non-zero.
+// 4. Peak-RSS scaling: the forward conversions and one expansion again on
+//    an image four times larger in virtual size (the same disk plus a
+//    sparse tail), once each.
+// 5. Prints the results as a text table while running and as markdown at
+//    the end, and writes them with every sample to
+//    bench/.cache/results-<date>.json.
+//
+// Options: --quick (1 GiB disk, 1 repetition: a smoke run), --keep-cache
+// (keep the built disk images for the next run; by default they are deleted
+// at the end, the results files are kept), --reps N, --help.
+// Needs qemu-img, mkfs.ext4 (e2fsprogs) and GNU time; says so if missing.
+
+import { parseArgs } from "node:util";
+import {
+  CACHE,
+  exists,
+  GiB,
+  gib,
+  have,
+  loadavg,
+  log,
+  machine,
+  median,
+  MiB,
+  mib,
+  must,
+  ROOT,
+  sh,
+} from "./_compare_util.ts";
+import { buildBigDisk, buildDisk, diskUsage } from "./_compare_disk.ts";
+import {
+  mainTable,
+  markdownTable,
+  type Result,
+  type Sample,
+  scalingTable,
+  targetLines,
+  targets,
+  textTable,
+  type Tool,
+} from "./_compare_report.ts";
+
+const RUN_DIR = `${CACHE}run/`;
+const CLI = `${ROOT}cli.ts`;
+
+const HELP = `Usage: deno task bench:compare [--quick] [--keep-cache] [--reps N]
+
+Times qcow2pipe's CLI against qemu-img convert on an ext4 disk image built
+from /usr (cached in bench/.cache/). See the comment at the top of
+bench/compare.ts for what is measured and how.
+
+  --quick        1 GiB disk, 1 repetition (smoke run)
+  --keep-cache   keep the disk images in bench/.cache/ for the next run
+  --reps N       repetitions per measurement (default 3, --quick 1)`;
+
+// ---------------------------------------------------------------- runs
+
+interface Op {
+  id: string;
+  label: string;
+  kind: "forward" | "expand";
+  src: string;
+  argv: Record<Tool, (dst: string) => string[]>;
+  ext: string;
+}
+
+const DENO = Deno.execPath();
+
+function oursArgv(flags: string[], src: string): (dst: string) => string[] {
+  return (dst) => [
+    DENO,
+    "run",
+    "-A",
+    CLI,
+    "convert",
+    "-q",
+    "-f",
+    ...flags,
+    src,
+    dst,
+  ];
+}
+
+function qemuArgv(flags: string[], src: string): (dst: string) => string[] {
+  return (dst) => [
+    "qemu-img",
+    "convert",
+    "-W",
+    "-m",
+    "16",
+    ...flags,
+    src,
+    dst,
+  ];
+}
+
+function forwardOps(src: string, suffix = ""): Op[] {
+  return [
+    {
+      id: `sparse${suffix}`,
+      label: "raw → qcow2 (sparse)",
+      kind: "forward",
+      src,
+      ext: "qcow2",
+      argv: {
+        ours: oursArgv(["-O", "qcow2"], src),
+        qemu: qemuArgv(["-f", "raw", "-O", "qcow2"], src),
+      },
+    },
+    {
+      id: `zlib${suffix}`,
+      label: "raw → qcow2 zlib",
+      kind: "forward",
+      src,
+      ext: "qcow2",
+      argv: {
+        ours: oursArgv(["-c", "zlib"], src),
+        qemu: qemuArgv(["-f", "raw", "-O", "qcow2", "-c"], src),
+      },
+    },
+    {
+      id: `zstd${suffix}`,
+      label: "raw → qcow2 zstd",
+      kind: "forward",
+      src,
+      ext: "qcow2",
+      argv: {
+        ours: oursArgv(["-c", "zstd"], src),
+        qemu: qemuArgv([
+          "-f",
+          "raw",
+          "-O",
+          "qcow2",
+          "-c",
+          "-o",
+          "compression_type=zstd",
+        ], src),
+      },
+    },
+  ];
+}
+
+function expandOp(id: string, label: string, input: string): Op {
+  return {
+    id: `expand-${id}`,
+    label: `${label} qcow2 (qemu-img's) → raw`,
+    kind: "expand",
+    src: input,
+    ext: "raw",
+    argv: {
+      ours: oursArgv(["-O", "raw"], input),
+      qemu: qemuArgv(["-f", "qcow2", "-O", "raw"], input),
+    },
+  };
+}
+
+/** Busy CPU seconds of the whole machine so far (from /proc/stat). */
+async function busySecs(): Promise<number> {
+  try {
+    const line = (await Deno.readTextFile("/proc/stat")).split("\n")[0];
+    const f = line.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal ...: USER_HZ ticks
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / 100;
+  } catch {
+    return NaN;
+  }
+}
+
+interface Timing {
+  secs: number;
+  cpuSecs: number;
+  otherCores: number;
+  rssKiB: number;
+  code: number;
+  stderr: string;
+}
+
+/** Runs one command under GNU time after `sync`. */
+async function timed(argv: string[]): Promise<Timing> {
+  const timeFile = `${RUN_DIR}time.txt`;
+  await must("sync", []);
+  const busy0 = await busySecs();
+  const out = await sh("/usr/bin/time", [
+    "-f",
+    "%e %M %U %S",
+    "-o",
+    timeFile,
+    ...argv,
+  ]);
+  const busy1 = await busySecs();
+  const last = (await Deno.readTextFile(timeFile)).trim().split("\n").at(-1)!;
+  const [secs, rss, user, sys] = last.split(" ").map(Number);
+  const cpuSecs = user + sys;
+  return {
+    secs,
+    cpuSecs,
+    otherCores: Math.max(0, (busy1 - busy0 - cpuSecs) / Math.max(secs, 0.01)),
+    rssKiB: rss,
+    code: out.code,
+    stderr: out.stderr.trim(),
+  };
+}
+
+/** Checks an output: identical guest content to `reference`, sane image. */
+async function verify(
+  op: Op,
+  out: string,
+  reference: string,
+  virtualSize: number,
+): Promise<string | undefined> {
+  if (op.kind === "forward") {
+    const check = await sh("qemu-img", ["check", "-q", "-f", "qcow2", out]);
+    if (check.code !== 0) {
+      return `qemu-img check exit ${check.code}: ${
+        (check.stdout + check.stderr).trim().split("\n").slice(0, 3).join("; ")
+      }`;
+    }
+    const cmp = await sh("qemu-img", [
+      "compare",
+      "-f",
+      "raw",
+      "-F",
+      "qcow2",
+      reference,
+      out,
+    ]);
+    if (cmp.code !== 0) {
+      return `qemu-img compare exit ${cmp.code}: ${
+        (cmp.stdout + cmp.stderr).trim()
+      }`;
+    }
+    return undefined;
+  }
+  const size = (await Deno.stat(out)).size;
+  if (size !== virtualSize) {
+    return `raw output is ${size} bytes, expected ${virtualSize}`;
+  }
+  const cmp = await sh("qemu-img", [
+    "compare",
+    "-f",
+    "raw",
+    "-F",
+    "raw",
+    reference,
+    out,
+  ]);
+  if (cmp.code !== 0) {
+    return `qemu-img compare exit ${cmp.code}: ${
+      (cmp.stdout + cmp.stderr).trim()
+    }`;
+  }
+  return undefined;
+}
+
+async function measure(
+  op: Op,
+  tool: Tool,
+  reference: string,
+  virtualSize: number,
+  keepAs?: string,
+): Promise<Sample> {
+  const dst = `${RUN_DIR}${tool}-${op.id}.${op.ext}`;
+  await Deno.remove(dst).catch(() => {});
+  const load = await loadavg();
+  const t = await timed(op.argv[tool](dst));
+  let problem: string | undefined;
+  let size = 0;
+  let allocated = 0;
+  if (t.code !== 0) {
+    problem = `exit ${t.code}: ${t.stderr.split("\n").slice(-3).join("; ")}`;
+  } else {
+    size = (await Deno.stat(dst)).size;
+    allocated = await diskUsage(dst);
+    problem = await verify(op, dst, reference, virtualSize);
+  }
+  const sample: Sample = {
+    secs: t.secs,
+    cpuSecs: t.cpuSecs,
+    otherCores: t.otherCores,
+    rssKiB: t.rssKiB,
+    size,
+    allocated,
+    verified: problem === undefined,
+    problem,
+    load,
+  };
+  const status = problem ? `FAILED: ${problem}` : "verified";
+  log(
+    `  ${op.id.padEnd(16)} ${tool.padEnd(4)} ${
+      t.secs.toFixed(2).padStart(7)
+    } s` +
+      `  CPU ${t.cpuSecs.toFixed(2).padStart(6)} s` +
+      `  RSS ${mib(t.rssKiB * 1024).padStart(9)}` +
+      `  size ${mib(size).padStart(9)}  ${status}` +
+      `  (others busy: ${t.otherCores.toFixed(2)} cores)`,
+  );
+  if (keepAs && !problem) await Deno.rename(dst, keepAs);
+  else await Deno.remove(dst).catch(() => {});
+  return sample;
+}
+
+async function runOp(
+  op: Op,
+  reps: number,
+  reference: string,
+  virtualSize: number,
+  scale: 1 | 4,
+  keepQemuAs?: string,
+): Promise<Result> {
+  const samples: Record<Tool, Sample[]> = { ours: [], qemu: [] };
+  for (let rep = 0; rep < reps; rep++) {
+    const order: Tool[] = rep % 2 === 0 ? ["ours", "qemu"] : ["qemu", "ours"];
+    for (const tool of order) {
+      const keep = tool === "qemu" && samples.qemu.length === 0
+        ? keepQemuAs
+        : undefined;
+      samples[tool].push(
+        await measure(op, tool, reference, virtualSize, keep),
+      );
+    }
+  }
+  return { op: op.id, label: op.label, kind: op.kind, scale, samples };
+}
+
+// ---------------------------------------------------------------- main
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      quick: { type: "boolean" },
+      "keep-cache": { type: "boolean" },
+      reps: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const missing: string[] = [];
+  if (!await have("qemu-img")) {
+    missing.push("qemu-img (apt-get install qemu-utils)");
+  }
+  if (!await have("mkfs.ext4", ["-V"])) {
+    missing.push("mkfs.ext4 (apt-get install e2fsprogs)");
+  }
+  if (!await have("/usr/bin/time", ["--version"])) {
+    missing.push("GNU time at /usr/bin/time (apt-get install time)");
+  }
+  if (missing.length > 0) {
+    console.error(
+      `Cannot run the comparison: it needs ${missing.join(", ")}`,
+    );
+    return 2;
+  }
+  const quick = values.quick ?? false;
+  const reps = values.reps ? Number(values.reps) : quick ? 1 : 3;
+  if (!Number.isInteger(reps) || reps < 1) {
+    console.error(
+      `Cannot run the comparison: --reps ${values.reps} is not a positive integer`,
+    );
+    return 2;
+  }
+  await Deno.mkdir(RUN_DIR, { recursive: true });
+
+  // Scale down when the disk cannot hold the images and outputs (about
+  // three times the virtual size: source, 4x copy, kept qemu-img outputs,
+  // one output being measured; data fills half of the virtual size).
+  let virtualSize = quick ? GiB : 4 * GiB;
+  const avail = Number(
+    (await must("df", ["-B1", "--output=avail", CACHE])).trim().split("\n")
+      .at(-1),
+  );
+  while (virtualSize > 256 * MiB && avail < 3 * virtualSize + GiB) {
+    virtualSize /= 2;
+  }
+  if (virtualSize !== (quick ? GiB : 4 * GiB)) {
+    log(
+      `Only ${gib(avail)} free in ${CACHE}: using a ${gib(virtualSize)} disk`,
+    );
+  }
+
+  const info = await machine();
+  log(
+    `${info.cpu}, ${info.cores} cores, ${info.ramGiB} GiB RAM, Deno ${info.deno}, ${info.qemu}; ${info.code}`,
+  );
+  if (info.busyProcesses.length > 0) {
+    log(`Other busy processes: ${info.busyProcesses.join(", ")}`);
+  }
+
+  let exitCode = 0;
+  const results: Result[] = [];
+  const cleanupRun = () =>
+    Deno.remove(RUN_DIR, { recursive: true }).catch(() => {});
+  const onSignal = () => {
+    try {
+      Deno.removeSync(RUN_DIR, { recursive: true });
+    } catch {
+      // already gone
+    }
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  try {
+    const [disk, meta] = await buildDisk(virtualSize);
+    log(
+      `Disk: ${gib(virtualSize)} virtual, ${mib(meta.allocated)} allocated (${
+        (meta.allocated / virtualSize * 100).toFixed(0)
+      }%), from ${meta.dirs.join(" ")}${
+        meta.hardlinked ? " (hardlinked)" : " (copied)"
+      }`,
+    );
+    const big = await buildBigDisk(disk, virtualSize);
+
+    // Warm up: the source into the page cache for both tools alike, and
+    // Deno's module cache (transpiled TypeScript, npm packages) for ours.
+    await must("sh", ["-c", `cat "${disk}" "${big}" > /dev/null`]);
+    const tiny = `${RUN_DIR}tiny.raw`;
+    await Deno.writeFile(tiny, new Uint8Array(MiB).fill(1));
+    for (const c of [[], ["-c", "zlib"], ["-c", "zstd"]]) {
+      await must(DENO, [
+        "run",
+        "-A",
+        CLI,
+        "convert",
+        "-q",
+        "-f",
+        "-O",
+        "qcow2",
+        ...c,
+        tiny,
+        `${RUN_DIR}tiny.qcow2`,
+      ]);
+    }
+
+    log(`\nForward conversions (${reps} repetition(s) each):`);
+    const kept: Record<string, string> = {};
+    for (const op of forwardOps(disk)) {
+      kept[op.id] = `${RUN_DIR}input-${op.id}.qcow2`;
+      results.push(
+        await runOp(op, reps, disk, virtualSize, 1, kept[op.id]),
+      );
+    }
+    log(`\nExpansions of qemu-img's outputs (${reps} repetition(s) each):`);
+    for (const op of forwardOps(disk)) {
+      if (!await exists(kept[op.id])) {
+        log(`  skipping expand-${op.id}: qemu-img's output failed`);
+        continue;
+      }
+      results.push(
+        await runOp(
+          expandOp(op.id, op.id, kept[op.id]),
+          reps,
+          disk,
+          virtualSize,
+          1,
+        ),
+      );
+    }
+    for (const f of Object.values(kept)) await Deno.remove(f).catch(() => {});
+
+    log(`\nPeak RSS at 4× virtual size (${gib(4 * virtualSize)}), once each:`);
+    let bigZstd: string | undefined;
+    for (const op of forwardOps(big, "-x4")) {
+      const keep = op.id === "zstd-x4"
+        ? `${RUN_DIR}input-zstd-x4.qcow2`
+        : undefined;
+      const r = await runOp(op, 1, big, 4 * virtualSize, 4, keep);
+      results.push(r);
+      if (keep && await exists(keep)) bigZstd = keep;
+    }
+    if (bigZstd) {
+      const op = expandOp("zstd-x4", "zstd", bigZstd);
+      results.push(await runOp(op, 1, big, 4 * virtualSize, 4));
+      await Deno.remove(bigZstd).catch(() => {});
+    }
+
+    const failed = results.flatMap((r) =>
+      (["ours", "qemu"] as const).flatMap((t) =>
+        r.samples[t].filter((s) => !s.verified).map((s) =>
+          `${r.op}${r.scale === 4 ? " (4×)" : ""} ${t}: ${s.problem}`
+        )
+      )
+    );
+    if (failed.length > 0) exitCode = 1;
+
+    const mainRows = mainTable(results, reps);
+    const scaling = scalingTable(results);
+    const ts = targets(results);
+    const all = results.flatMap((r) => [...r.samples.ours, ...r.samples.qemu]);
+    const others = all.map((s) => s.otherCores);
+    const loadNote = `other processes kept a median ${
+      median(others).toFixed(2)
+    } (max ${
+      Math.max(...others).toFixed(2)
+    }) of the ${info.cores} cores busy during the timed runs (machine busy time from /proc/stat minus the command's own CPU time; the load average is not used, it counts the measured commands themselves)`;
+
+    console.log(`\n${textTable(mainRows)}\n\n${textTable(scaling)}\n`);
+    console.log(targetLines(ts).join("\n"));
+    if (failed.length > 0) {
+      console.log(
+        `\nFAILED VERIFICATION:\n${failed.map((f) => `- ${f}`).join("\n")}`,
+      );
+    }
+
+    const md = [
+      `### qcow2pipe vs qemu-img convert (${info.date.slice(0, 10)})`,
+      "",
+      `- Machine: ${info.cpu}, ${info.cores} cores, ${info.ramGiB} GiB RAM, Linux ${info.kernel}; work dir on ${info.workDirFs}`,
+      `- Deno ${info.deno}; ${info.qemu}; ${info.mkfs}`,
+      `- Code: ${info.code}`,
+      `- Input: ${
+        gib(virtualSize)
+      } raw disk, ext4 made by \`mkfs.ext4 -q -F -d\` from ${
+        meta.dirs.join(" ")
+      }; ${mib(meta.allocated)} allocated`,
+      `- Ours: \`deno run -A cli.ts convert -q -f [-O qcow2 | -c zlib | -c zstd | -O raw] SRC DST\` (default workers = ${info.cores})`,
+      "- qemu-img: `qemu-img convert -W -m 16 [-f raw -O qcow2 [-c [-o compression_type=zstd]] | -f qcow2 -O raw] SRC DST`",
+      `- Times: median of ${reps} run(s) (range in parentheses), wall seconds from GNU time, \`sync\` before each; CPU s = user + system seconds of the command (all threads); sizes in MiB (du = allocated blocks); RSS = peak resident set (GNU time %M), median`,
+      `- Every output verified with qemu-img compare against the source (plus qemu-img check for qcow2, exact size for raw): ${
+        failed.length === 0 ? "all passed" : `${failed.length} FAILED`
+      }`,
+      `- Noise: ${loadNote}${
+        info.busyProcesses.length > 0
+          ? `; busy at start: ${info.busyProcesses.join(", ")}`
+          : ""
+      }`,
+      "",
+      markdownTable(mainRows),
+      "",
+      `Peak RSS at 4× virtual size (${
+        gib(4 * virtualSize)
+      }: same data, sparse tail), one run each:`,
+      "",
+      markdownTable(scaling),
+      "",
+      "Targets:",
+      "",
+      ...targetLines(ts),
+    ];
+    if (failed.length > 0) {
+      md.push("", "Failed verification:", "", ...failed.map((f) => `- ${f}`));
+    }
+    console.log(`\n${md.join("\n")}`);
+
+    const resultsPath = `${CACHE}results-${
+      info.date.replace(/[:.]/g, "-")
+    }.json`;
+    await Deno.writeTextFile(
+      resultsPath,
+      JSON.stringify({ machine: info, disk: meta, reps, results }, null, 2),
+    );
+    log(`\nAll samples written to ${resultsPath}`);
+  } finally {
+    Deno.removeSignalListener("SIGINT", onSignal);
+    await cleanupRun();
+    if (!values["keep-cache"]) {
+      for (const e of await Array.fromAsync(Deno.readDir(CACHE))) {
+        if (e.name.startsWith("disk-") || e.name.startsWith("tree-")) {
+          await Deno.remove(`${CACHE}${e.name}`, { recursive: true });
+        }
+      }
+      log(
+        "Removed the cached disk images (pass --keep-cache to keep them for the next run)",
+      );
+    }
+  }
+  return exitCode;
+}
+
+if (import.meta.main) {
+  Deno.exit(await main());
+}
