@@ -15,6 +15,7 @@ import {
   openImage,
   openImageStream,
   OutputFile,
+  type OutputFileOptions,
   QCOW2_MAGIC,
   RangeNotSupportedError,
   sparseFileChunks,
@@ -62,6 +63,8 @@ Options:
   -s, --snapshot NAME|ID    read an internal snapshot of SRC instead of its
                             current state
   -f, --force               replace DST if it exists
+      --sync                flush DST to the device (fdatasync) before
+                            renaming it into place
   -p, --progress            show a progress bar (default when stderr is a
                             terminal)
   -q, --quiet               no progress bar, no notices
@@ -162,10 +165,10 @@ async function openStream(
     opened.onePass
       ? `qcow2pipe: ${what} is qcow2 with its tables first: decoding it in one pass (${
         formatBytes(opened.spoolBytes)
-      } of metadata spooled)`
+      } of metadata spooled to ${opened.spoolPath})`
       : `qcow2pipe: ${what} is qcow2 whose tables do not all precede its data: spooled it whole (${
         formatBytes(opened.spoolBytes)
-      }) to read it at random offsets`,
+      }) to ${opened.spoolPath} to read it at random offsets`,
   );
   return { image: opened.image, total: opened.image.virtualSize };
 }
@@ -211,7 +214,7 @@ async function openInput(src: string, options: InputOptions): Promise<Input> {
 async function writeRawStream(
   raw: ReadableStream<Uint8Array | ZeroBytes>,
   dst: string,
-  force: boolean,
+  outputOptions: OutputFileOptions,
   progress: Progress,
 ): Promise<void> {
   if (dst === "-") {
@@ -236,7 +239,7 @@ async function writeRawStream(
     }
     return;
   }
-  const output = await OutputFile.create(dst, { force });
+  const output = await OutputFile.create(dst, outputOptions);
   try {
     let at = 0;
     for await (const chunk of raw) {
@@ -274,6 +277,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     workers: { type: "string" },
     snapshot: { type: "string", short: "s" },
     force: { type: "boolean", short: "f" },
+    sync: { type: "boolean" },
     progress: { type: "boolean", short: "p" },
     quiet: { type: "boolean", short: "q" },
     help: { type: "boolean", short: "h" },
@@ -334,6 +338,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     );
   }
   const force = values.force ?? false;
+  const outputOptions = { force, sync: values.sync ?? false };
   const quiet = values.quiet ?? false;
   const showProgress = !quiet && (values.progress ?? Deno.stderr.isTerminal());
   const notice = (line: string) => {
@@ -364,11 +369,17 @@ export async function convertCommand(args: string[]): Promise<number> {
           progress.update(Math.min(n, input.total ?? n)),
       } as const;
       if (dst === "-" || values.streamable) {
-        await writeStreamable(source, dst, force, writerOptions, notice);
+        await writeStreamable(
+          source,
+          dst,
+          outputOptions,
+          writerOptions,
+          notice,
+        );
       } else {
         const summary = await convert(
           source,
-          await OutputFile.create(dst, { force }),
+          await OutputFile.create(dst, outputOptions),
           writerOptions,
         );
         if (showProgress) {
@@ -388,7 +399,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     }
 
     if ("raw" in input) {
-      await writeRawStream(input.raw, dst, force, progress);
+      await writeRawStream(input.raw, dst, outputOptions, progress);
     } else if (dst === "-") {
       let done = 0;
       await imageReadable(input.image, { pool }).pipeThrough(
@@ -401,7 +412,7 @@ export async function convertCommand(args: string[]): Promise<number> {
         }),
       ).pipeTo(Deno.stdout.writable, { preventClose: true });
     } else {
-      const output = await OutputFile.create(dst, { force });
+      const output = await OutputFile.create(dst, outputOptions);
       try {
         await expandToFile(input.image, output, {
           pool,
@@ -423,7 +434,7 @@ export async function convertCommand(args: string[]): Promise<number> {
 async function writeStreamable(
   source: GuestImage | ReadableStream<Uint8Array | ZeroBytes>,
   dst: string,
-  force: boolean,
+  outputOptions: OutputFileOptions,
   options: ConstructorParameters<typeof StreamableQcow2Writer>[0] & object,
   notice: (line: string) => void,
 ): Promise<void> {
@@ -435,7 +446,7 @@ async function writeStreamable(
   if (dst === "-") {
     await bytes.pipeTo(Deno.stdout.writable, { preventClose: true });
   } else {
-    const output = await OutputFile.create(dst, { force });
+    const output = await OutputFile.create(dst, outputOptions);
     try {
       let at = 0;
       for await (const chunk of bytes) {

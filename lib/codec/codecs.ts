@@ -313,7 +313,7 @@ function zstdFrames(
   clusterSize: number,
   decodeFrame: (frame: Uint8Array, room: number) => Uint8Array,
 ): Uint8Array {
-  const out = new Uint8Array(clusterSize);
+  let out: Uint8Array | undefined;
   let produced = 0;
   let at = 0;
   while (produced < clusterSize) {
@@ -336,12 +336,14 @@ function zstdFrames(
           `zstd frame at byte ${at} decodes past the ${clusterSize}-byte cluster`,
         );
       }
+      if (produced === 0 && piece.length === clusterSize) return piece; // one frame: no copy
+      out ??= new Uint8Array(clusterSize);
       out.set(piece, produced);
       produced += piece.length;
     }
     at += frame.length;
   }
-  return out;
+  return out!;
 }
 
 function nodeZstd(zlib: NodeZlib, level: number): ClusterCodec {

@@ -24,6 +24,13 @@ export interface OutputFileOptions {
    * @default {false}
    */
   force?: boolean;
+  /**
+   * Flush the data to the device (`fdatasync`) before renaming it into
+   * place, so the file survives a power failure complete or not at all.
+   * Off by default, as in `qemu-img convert`.
+   * @default {false}
+   */
+  sync?: boolean;
 }
 
 /**
@@ -84,17 +91,20 @@ export class OutputFile {
   #bufStart = 0;
   #bufLen = 0;
   #done = false;
+  #sync: boolean;
 
   private constructor(
     path: string,
     writingPath: string,
     file: Deno.FsFile,
     isDevice: boolean,
+    sync: boolean,
   ) {
     this.path = path;
     this.writingPath = writingPath;
     this.#file = file;
     this.isDevice = isDevice;
+    this.#sync = sync;
     this.#buf = new Uint8Array(COALESCE_BYTES);
   }
 
@@ -118,7 +128,7 @@ export class OutputFile {
     }
     if (info && (info.isBlockDevice || info.isCharDevice)) {
       const file = await Deno.open(path, { write: true });
-      return new OutputFile(path, path, file, true);
+      return new OutputFile(path, path, file, true, options.sync ?? false);
     }
     if (info && !options.force) throw new OutputExistsError(path);
     if (info?.isDirectory) {
@@ -132,7 +142,7 @@ export class OutputFile {
       mode: 0o644,
     });
     liveTemporaryFiles.add(temp);
-    return new OutputFile(path, temp, file, false);
+    return new OutputFile(path, temp, file, false, options.sync ?? false);
   }
 
   /**
@@ -154,7 +164,7 @@ export class OutputFile {
     }
     await this.#flush();
     if (data.length >= this.#buf.length / 2) {
-      await this.#writeNow(offset, data);
+      this.#writeNow(offset, data);
       return;
     }
     this.#bufStart = offset;
@@ -175,16 +185,16 @@ export class OutputFile {
     if (this.#bufLen === 0) return;
     const len = this.#bufLen;
     this.#bufLen = 0;
-    await this.#writeNow(this.#bufStart, this.#buf.subarray(0, len));
+    this.#writeNow(this.#bufStart, this.#buf.subarray(0, len));
   }
 
-  async #writeNow(offset: number, data: Uint8Array): Promise<void> {
-    if (offset !== this.#pos) {
-      await this.#file.seek(offset, Deno.SeekMode.Start);
-    }
+  // Synchronous: several times faster than Deno's async writes for large
+  // buffers, and the page cache takes them at once.
+  #writeNow(offset: number, data: Uint8Array): void {
+    if (offset !== this.#pos) this.#file.seekSync(offset, Deno.SeekMode.Start);
     let done = 0;
     while (done < data.length) {
-      done += await this.#file.write(data.subarray(done));
+      done += this.#file.writeSync(data.subarray(done));
     }
     this.#pos = offset + data.length;
   }
@@ -198,7 +208,7 @@ export class OutputFile {
   async commit(size?: number): Promise<void> {
     await this.#flush();
     if (size !== undefined && !this.isDevice) await this.#file.truncate(size);
-    if (!this.isDevice) await this.#file.syncData();
+    if (this.#sync) await this.#file.syncData();
     this.#file.close();
     this.#done = true;
     if (!this.isDevice) {

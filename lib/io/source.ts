@@ -79,7 +79,9 @@ export class BytesSource implements RandomAccessSource {
 
 /**
  * A {@linkcode RandomAccessSource} over a file opened read-only. Reads are
- * serialized (seek then read) because Deno files have no positional read.
+ * synchronous seek-then-read pairs (Deno files have no positional read; the
+ * synchronous calls are several times faster than the async ones and keep
+ * each pair atomic).
  *
  * @example Read the first bytes of a file
  * ```ts
@@ -95,7 +97,6 @@ export class BytesSource implements RandomAccessSource {
 export class FileSource implements RandomAccessSource, AsyncDisposable {
   #file: Deno.FsFile;
   #size: number;
-  #queue: Promise<unknown> = Promise.resolve();
   /** The path the file was opened from. */
   readonly name: string;
 
@@ -141,19 +142,21 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * @returns The bytes (shorter at the end of the file).
    */
   read(offset: number, length: number): Promise<Uint8Array> {
-    const job = this.#queue.then(() => this.#readNow(offset, length));
-    this.#queue = job.catch(() => {});
-    return job;
+    try {
+      return Promise.resolve(this.#readNow(offset, length));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
-  async #readNow(offset: number, length: number): Promise<Uint8Array> {
+  #readNow(offset: number, length: number): Uint8Array {
     const want = Math.max(0, Math.min(length, this.#size - offset));
     const out = new Uint8Array(want);
     if (want === 0) return out;
-    await this.#file.seek(offset, Deno.SeekMode.Start);
+    this.#file.seekSync(offset, Deno.SeekMode.Start);
     let done = 0;
     while (done < want) {
-      const n = await this.#file.read(out.subarray(done));
+      const n = this.#file.readSync(out.subarray(done));
       if (n === null || n === 0) break;
       done += n;
     }

@@ -63,15 +63,20 @@ export async function expandToFile(
   const zeros = output.isDevice ? new Uint8Array(4 * 1024 * 1024) : undefined;
   for await (const s of readSegments(image, options)) {
     if (s.data) {
+      // Write each run of non-zero blocks at once; zero blocks stay holes.
+      let run = -1;
+      const flush = async (end: number) => {
+        await output.writeAt(s.offset + run, s.data!.subarray(run, end));
+        written += end - run;
+        run = -1;
+      };
       for (let at = 0; at < s.length; at += HOLE_GRANULE) {
-        const block = s.data.subarray(
-          at,
-          Math.min(s.length, at + HOLE_GRANULE),
-        );
-        if (!zeros && isZero(block)) continue;
-        await output.writeAt(s.offset + at, block);
-        written += block.length;
+        const end = Math.min(s.length, at + HOLE_GRANULE);
+        const hole = !zeros && isZero(s.data.subarray(at, end));
+        if (!hole && run < 0) run = at;
+        if (hole && run >= 0) await flush(at);
       }
+      if (run >= 0) await flush(s.length);
     } else if (zeros) {
       for (let at = 0; at < s.length; at += zeros.length) {
         await output.writeAt(

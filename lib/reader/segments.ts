@@ -269,6 +269,13 @@ function joinPieces(items: PlanItem[], clusters: Uint8Array): Segment {
   const clusterSize = items[0].compressed!.clusterSize;
   const offset = items[0].offset;
   const length = items.reduce((n, i) => n + i.length, 0);
+  if (
+    items.every((it) =>
+      it.offset === it.compressed!.clusterOffset && it.length === clusterSize
+    )
+  ) {
+    return { offset, length, data: clusters }; // whole clusters: already in place
+  }
   const out = items.length === 1 ? undefined : new Uint8Array(length);
   let at = 0;
   for (let i = 0; i < items.length; i++) {

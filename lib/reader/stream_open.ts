@@ -57,6 +57,8 @@ export interface StreamedImage extends AsyncDisposable {
   onePass: boolean;
   /** Bytes written to the spool file. */
   spoolBytes: number;
+  /** The spool file (deleted by `close`). */
+  spoolPath: string;
   /** Closes the image and deletes the spool. */
   close(): Promise<void>;
 }
@@ -299,13 +301,13 @@ export async function openImageStream(
         snapshots: [],
         cacheBytes: options.cacheBytes ?? 32 * 1024 * 1024,
       });
-      return opened(image, true, split, cleanup);
+      return opened(image, true, split, file.writingPath, cleanup);
     }
     // Spool the rest and read the copy at random offsets.
     await cursor.spoolTo(file, Infinity);
     await file.flush();
     const image = await openImage(file.writingPath, options);
-    return opened(image, false, cursor.position, cleanup);
+    return opened(image, false, cursor.position, file.writingPath, cleanup);
   } catch (err) {
     await cleanup();
     throw err;
@@ -316,13 +318,21 @@ function opened(
   image: GuestImage,
   onePass: boolean,
   spoolBytes: number,
+  spoolPath: string,
   cleanup: () => Promise<void>,
 ): StreamedImage {
   const close = async () => {
     await image.close();
     await cleanup();
   };
-  return { image, onePass, spoolBytes, close, [Symbol.asyncDispose]: close };
+  return {
+    image,
+    onePass,
+    spoolBytes,
+    spoolPath,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
 }
 
 /**

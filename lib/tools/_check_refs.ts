@@ -12,7 +12,7 @@ import { INCOMPAT, MAX_L1_BYTES } from "../format/constants.ts";
 import { parseBitmapDirectory } from "../format/bitmaps.ts";
 import { readPadded, type StoredRefcounts } from "./_layers.ts";
 import { RefcountMap } from "./_refmap.ts";
-import type { BitmapDirectoryInfo } from "./_tables.ts";
+import { type BitmapDirectoryInfo, bitmapEntryProblem } from "./_tables.ts";
 
 const TWO_32 = 0x1_0000_0000;
 
@@ -326,6 +326,20 @@ export class ReferenceWalk {
       throw new CheckFailure(`Cannot check bitmaps: ${(err as Error).message}`);
     }
     const cs = this.#cs;
+    // QEMU's bitmap_list_load() refuses entries that break its constraints
+    // before any table is read: a table's size is bounded by the disk.
+    const { header } = this.#in;
+    for (const bm of entries) {
+      const problem = bitmapEntryProblem(
+        bm,
+        cs,
+        Math.floor(header.size / 512) * 512,
+      );
+      if (problem !== undefined) {
+        this.counters.corruptions++;
+        throw new CheckFailure(`Cannot check bitmaps: ${problem}`);
+      }
+    }
     for (const bm of entries) {
       this.inc(bm.tableOffset, bm.tableSize * 8);
       const table = await readPadded(

@@ -268,7 +268,7 @@ async function describe(
     }
     const dir = bitmapDirectoryOf(header);
     if (dir) {
-      q.bitmaps = (await readBitmapDirectory(source, dir)).map((b) => {
+      q.bitmaps = (await readBitmapDirectory(source, dir, header)).map((b) => {
         const flags: BitmapInfo["flags"] = [];
         if (b.flags & BITMAP_FLAGS.IN_USE) flags.push("in-use");
         if (b.flags & BITMAP_FLAGS.AUTO) flags.push("auto");

@@ -328,3 +328,25 @@ Deno.test("cli convert: DST in a missing directory, or a directory", async () =>
     assert.deepStrictEqual(await listDir(sub), []);
   });
 });
+
+qemuTest(
+  "convert --sync flushes DST before renaming it and writes the same image",
+  async () => {
+    await using tmp = await tempDir();
+    const src = join(tmp.path, "in.raw");
+    await Deno.writeFile(src, new Uint8Array(3 * 65536 + 512).fill(0x3c));
+    const plain = join(tmp.path, "plain.qcow2");
+    const synced = join(tmp.path, "synced.qcow2");
+    assert.strictEqual(
+      (await runCli(["convert", "-c", "zstd", src, plain])).code,
+      0,
+    );
+    const r = await runCli(["convert", "--sync", "-c", "zstd", src, synced]);
+    assert.strictEqual(r.code, 0, r.stderr);
+    assert.deepStrictEqual(
+      await Deno.readFile(synced),
+      await Deno.readFile(plain),
+    );
+    assert.deepStrictEqual(await partialFiles(tmp.path), []);
+  },
+);

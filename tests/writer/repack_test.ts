@@ -195,7 +195,8 @@ qemuTest(
       stdin: await Deno.readFile(img),
     });
     assert.strictEqual(r.code, 0, r.stderr);
-    const spool = /spooling it to (\S+) to read/.exec(r.stderr)?.[1];
+    const spool = /spooled it whole \(.*?\) to (\S+) to read/.exec(r.stderr)
+      ?.[1];
     assert.ok(spool, `the notice names the spool file: ${r.stderr}`);
     assert.strictEqual(await exists(spool), false, "spool removed");
     await checkRepacked(dst, raw, img, input, {
