@@ -102,9 +102,10 @@ export class CodecPool implements AsyncDisposable {
   #closed = false;
   #failure: Error | undefined;
   #inline = new Map<string, Promise<ClusterCodec>>();
+  #count: number;
 
   /**
-   * Starts the workers.
+   * Creates the pool; its workers start with the first job.
    *
    * @param options Worker count.
    * @throws {RangeError} When `workers` is not a non-negative integer.
@@ -116,12 +117,16 @@ export class CodecPool implements AsyncDisposable {
         `Cannot create codec pool: workers ${count} is out of range [0, 1024]`,
       );
     }
-    for (let i = 0; i < count; i++) {
+    this.#count = count;
+  }
+
+  /** Starts the workers on first use, so a pool that is never needed costs nothing. */
+  #start(): void {
+    if (this.#workers.length > 0) return;
+    for (let i = 0; i < this.#count; i++) {
       const worker = new Worker(
         new URL("./codec_worker.ts", import.meta.url).href,
-        {
-          type: "module",
-        },
+        { type: "module" },
       );
       worker.onmessage = (event: MessageEvent<PoolResponse>) =>
         this.#settle(event.data);
@@ -134,9 +139,9 @@ export class CodecPool implements AsyncDisposable {
     }
   }
 
-  /** Number of workers (0 when jobs run inline). */
+  /** Number of workers (0 when jobs run inline); they start on the first job. */
   get size(): number {
-    return this.#workers.length;
+    return this.#count;
   }
 
   /**
@@ -203,7 +208,8 @@ export class CodecPool implements AsyncDisposable {
         new Error("Cannot run codec job: the pool is closed"),
       );
     }
-    if (this.#workers.length === 0) return this.#runInline(job);
+    if (this.#count === 0) return this.#runInline(job);
+    this.#start();
     let worker = 0;
     for (let i = 1; i < this.#load.length; i++) {
       if (this.#load[i] < this.#load[worker]) worker = i;

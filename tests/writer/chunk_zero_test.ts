@@ -3,6 +3,7 @@
 // (zero clusters split out of data runs).
 
 import assert from "node:assert";
+import { isZero } from "../../lib/writer/is_zero.ts";
 import { ClusterChunkStream } from "../../lib/writer/chunk_stream.ts";
 import { ZeroDetectStream } from "../../lib/writer/zero_stream.ts";
 import type { ClusterRecord, ZeroBytes } from "../../lib/writer/records.ts";
@@ -315,4 +316,24 @@ Deno.test("ClusterChunkStream + ZeroDetectStream: holes and zero data give the s
   };
   assert.deepStrictEqual(perCluster(asHole), perCluster(asBytes));
   assert.deepStrictEqual(rebuild(asHole, cs), rebuild(asBytes, cs));
+});
+
+Deno.test("isZero() finds a non-zero byte anywhere in views at every alignment", () => {
+  const buf = new Uint8Array(70_000);
+  for (let offset = 0; offset < 8; offset++) {
+    for (const length of [0, 1, 3, 4, 63, 64, 65, 127, 1000, 65536]) {
+      const view = buf.subarray(offset, offset + length);
+      assert.strictEqual(isZero(view), true, `zeros at ${offset}+${length}`);
+      for (let k = 0; k < length; k++) {
+        view[k] = 0x80;
+        assert.strictEqual(
+          isZero(view),
+          false,
+          `byte ${k} of ${offset}+${length}`,
+        );
+        view[k] = 0;
+        if (length > 130 && k === 66) k = length - 66; // the middle is covered by the word loop
+      }
+    }
+  }
 });
