@@ -138,7 +138,7 @@ export function sparseFileChunks(
       file = await Deno.open(path, { read: true });
       size = (await file.stat()).size;
     },
-    async pull(controller) {
+    pull(controller) {
       try {
         if (pos >= size) {
           release();

@@ -152,7 +152,16 @@ export class OutputFile {
    * @param data The bytes (not retained after the call resolves, unless
    * merged into the internal buffer as a copy).
    */
-  async writeAt(offset: number, data: Uint8Array): Promise<void> {
+  writeAt(offset: number, data: Uint8Array): Promise<void> {
+    try {
+      this.#writeAt(offset, data);
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  #writeAt(offset: number, data: Uint8Array): void {
     if (data.length === 0) return;
     if (
       this.#bufLen > 0 && offset === this.#bufStart + this.#bufLen &&
@@ -162,7 +171,7 @@ export class OutputFile {
       this.#bufLen += data.length;
       return;
     }
-    await this.#flush();
+    this.#flush();
     if (data.length >= this.#buf.length / 2) {
       this.#writeNow(offset, data);
       return;
@@ -177,11 +186,16 @@ export class OutputFile {
    *
    * @returns When the buffered bytes are written.
    */
-  async flush(): Promise<void> {
-    await this.#flush();
+  flush(): Promise<void> {
+    try {
+      this.#flush();
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
-  async #flush(): Promise<void> {
+  #flush(): void {
     if (this.#bufLen === 0) return;
     const len = this.#bufLen;
     this.#bufLen = 0;
@@ -206,7 +220,7 @@ export class OutputFile {
    * @param size Final file size in bytes; omit to keep what was written.
    */
   async commit(size?: number): Promise<void> {
-    await this.#flush();
+    this.#flush();
     if (size !== undefined && !this.isDevice) await this.#file.truncate(size);
     if (this.#sync) await this.#file.syncData();
     this.#file.close();
