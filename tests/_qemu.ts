@@ -52,32 +52,37 @@ export function qemuTest(
   });
 }
 
-/** Runs a command and returns stdout; throws with stderr when it fails. */
+/**
+ * Runs a command and returns stdout; throws with stderr when it fails.
+ * qemu-img's LUKS key derivation measures CPU time and sometimes gives up
+ * under load ("Unable to get accurate CPU usage"): that is retried.
+ */
 export async function run(
   cmd: string,
   args: string[],
   opts: { stdin?: Uint8Array } = {},
 ): Promise<string> {
-  const child = new Deno.Command(cmd, {
-    args,
-    stdin: opts.stdin ? "piped" : "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (opts.stdin) {
-    const w = child.stdin.getWriter();
-    await w.write(opts.stdin);
-    await w.close();
-  }
-  const out = await child.output();
-  const stdout = new TextDecoder().decode(out.stdout);
-  if (!out.success) {
+  for (let attempt = 1;; attempt++) {
+    const child = new Deno.Command(cmd, {
+      args,
+      stdin: opts.stdin ? "piped" : "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    if (opts.stdin) {
+      const w = child.stdin.getWriter();
+      await w.write(opts.stdin);
+      await w.close();
+    }
+    const out = await child.output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    if (out.success) return stdout;
     const stderr = new TextDecoder().decode(out.stderr);
+    if (attempt < 5 && stderr.includes("accurate CPU usage")) continue;
     throw new Error(
       `${cmd} ${args.join(" ")} failed (${out.code}): ${stderr.trim()}`,
     );
   }
-  return stdout;
 }
 
 /** Runs a command and returns its exit code, stdout and stderr. */

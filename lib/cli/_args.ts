@@ -50,6 +50,34 @@ export async function writeOut(text: string): Promise<void> {
   }
 }
 
+/**
+ * Standard output as a byte sink whose errors say where they happened
+ * (`Cannot write to standard output at offset N: no space left on device`).
+ * It never closes standard output.
+ */
+export function stdoutSink(): WritableStream<Uint8Array> {
+  let at = 0;
+  return new WritableStream({
+    async write(chunk) {
+      let done = 0;
+      try {
+        while (done < chunk.length) {
+          done += await Deno.stdout.write(chunk.subarray(done));
+        }
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        throw new Error(
+          `Cannot write to standard output at offset ${at + done}: ${
+            message.charAt(0).toLowerCase() + message.slice(1)
+          }`,
+          { cause: err },
+        );
+      }
+      at += chunk.length;
+    },
+  }, { highWaterMark: 1 });
+}
+
 /** Collects text and writes it to standard output in large pieces. */
 export class OutBuffer {
   #parts: string[] = [];

@@ -30,7 +30,7 @@ import {
   UsageError,
   warn,
 } from "./_util.ts";
-import { expectPositionals, parseCommand } from "./_args.ts";
+import { expectPositionals, parseCommand, stdoutSink } from "./_args.ts";
 
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
@@ -219,7 +219,7 @@ async function writeRawStream(
 ): Promise<void> {
   if (dst === "-") {
     const zeros = new Uint8Array(1 << 20);
-    const out = Deno.stdout.writable.getWriter();
+    const out = stdoutSink().getWriter();
     let done = 0;
     try {
       for await (const chunk of raw) {
@@ -410,7 +410,7 @@ export async function convertCommand(args: string[]): Promise<number> {
             controller.enqueue(chunk);
           },
         }),
-      ).pipeTo(Deno.stdout.writable, { preventClose: true });
+      ).pipeTo(stdoutSink());
     } else {
       const output = await OutputFile.create(dst, outputOptions);
       try {
@@ -444,7 +444,7 @@ async function writeStreamable(
   await using writer = new StreamableQcow2Writer(options);
   const bytes = stream.pipeThrough(writer);
   if (dst === "-") {
-    await bytes.pipeTo(Deno.stdout.writable, { preventClose: true });
+    await bytes.pipeTo(stdoutSink());
   } else {
     const output = await OutputFile.create(dst, outputOptions);
     try {

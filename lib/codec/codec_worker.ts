@@ -45,3 +45,16 @@ self.onmessage = async (event: MessageEvent<PoolRequest>) => {
     self.postMessage(res);
   }
 };
+
+// An error that no job caught (a bug, a failed allocation) would otherwise
+// print a stack trace from inside the worker: report it to the pool in one
+// message instead, which fails the pool's jobs with it, and stop.
+function fatal(event: Event, reason: unknown): void {
+  event.preventDefault();
+  const message = reason instanceof Error ? reason.message : String(reason);
+  const res: PoolResponse = { fatal: message };
+  self.postMessage(res);
+  self.close();
+}
+self.addEventListener("error", (e) => fatal(e, e.error ?? e.message));
+self.addEventListener("unhandledrejection", (e) => fatal(e, e.reason));

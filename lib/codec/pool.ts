@@ -31,7 +31,9 @@ export type PoolResponse =
   | {
     id: number;
     error: { message: string; code?: string; name?: string; index?: number };
-  };
+  }
+  /** An error no job caught: the worker is lost. */
+  | { fatal: string };
 
 /**
  * Options of a {@linkcode CodecPool}.
@@ -128,8 +130,12 @@ export class CodecPool implements AsyncDisposable {
         new URL("./codec_worker.ts", import.meta.url).href,
         { type: "module" },
       );
-      worker.onmessage = (event: MessageEvent<PoolResponse>) =>
-        this.#settle(event.data);
+      worker.onmessage = (event: MessageEvent<PoolResponse>) => {
+        const res = event.data;
+        if ("fatal" in res) {
+          this.#fail(new Error(`Codec worker ${i} failed: ${res.fatal}`));
+        } else this.#settle(res);
+      };
       worker.onerror = (event: ErrorEvent) => {
         event.preventDefault();
         this.#fail(new Error(`Codec worker ${i} failed: ${event.message}`));
@@ -235,7 +241,7 @@ export class CodecPool implements AsyncDisposable {
     return runJob(await codec, job);
   }
 
-  #settle(res: PoolResponse): void {
+  #settle(res: Exclude<PoolResponse, { fatal: string }>): void {
     const pending = this.#pending.get(res.id);
     if (!pending) return;
     this.#pending.delete(res.id);

@@ -136,11 +136,21 @@ export class OutputFile {
     }
     const suffix = crypto.randomUUID().slice(0, 8);
     const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
-    const file = await Deno.open(temp, {
-      write: true,
-      createNew: true,
-      mode: 0o644,
-    });
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(temp, {
+        write: true,
+        createNew: true,
+        mode: 0o644,
+      });
+    } catch (err) {
+      const reason = err instanceof Deno.errors.NotFound
+        ? `directory ${dirname(path)} does not exist`
+        : err instanceof Deno.errors.PermissionDenied
+        ? `no permission to create files in ${dirname(path)}`
+        : (err as Error).message;
+      throw new Error(`Cannot write ${path}: ${reason}`, { cause: err });
+    }
     liveTemporaryFiles.add(temp);
     return new OutputFile(path, temp, file, false, options.sync ?? false);
   }
@@ -205,10 +215,23 @@ export class OutputFile {
   // Synchronous: several times faster than Deno's async writes for large
   // buffers, and the page cache takes them at once.
   #writeNow(offset: number, data: Uint8Array): void {
-    if (offset !== this.#pos) this.#file.seekSync(offset, Deno.SeekMode.Start);
     let done = 0;
-    while (done < data.length) {
-      done += this.#file.writeSync(data.subarray(done));
+    try {
+      if (offset !== this.#pos) {
+        this.#pos = -1; // unknown until the seek succeeds
+        this.#file.seekSync(offset, Deno.SeekMode.Start);
+      }
+      while (done < data.length) {
+        done += this.#file.writeSync(data.subarray(done));
+      }
+    } catch (err) {
+      this.#pos = -1;
+      throw new Error(
+        `Cannot write ${this.path} at offset ${offset + done}: ${
+          describeIoError(err)
+        }`,
+        { cause: err },
+      );
     }
     this.#pos = offset + data.length;
   }
@@ -221,8 +244,16 @@ export class OutputFile {
    */
   async commit(size?: number): Promise<void> {
     this.#flush();
-    if (size !== undefined && !this.isDevice) await this.#file.truncate(size);
-    if (this.#sync) await this.#file.syncData();
+    try {
+      if (size !== undefined && !this.isDevice) {
+        await this.#file.truncate(size);
+      }
+      if (this.#sync) await this.#file.syncData();
+    } catch (err) {
+      throw new Error(`Cannot finish ${this.path}: ${describeIoError(err)}`, {
+        cause: err,
+      });
+    }
     this.#file.close();
     this.#done = true;
     if (!this.isDevice) {
@@ -245,4 +276,10 @@ export class OutputFile {
       liveTemporaryFiles.delete(this.writingPath);
     }
   }
+}
+
+/** The OS's words for an I/O error, first letter lowered for a sentence. */
+function describeIoError(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return message.charAt(0).toLowerCase() + message.slice(1);
 }
