@@ -135,43 +135,51 @@ qemuTest(
   },
 );
 
-Deno.test("fuzz: every saved regression fixture replays within the rules", async () => {
-  const names: string[] = [];
-  try {
-    for await (const e of Deno.readDir(FIXTURES)) {
-      if (e.isFile && e.name.endsWith(".json")) names.push(e.name.slice(0, -5));
+// The fixtures present now (none until a case fails): the replay test is
+// registered only when there is something to replay.
+const fixtureNames: string[] = [];
+try {
+  for (const e of Deno.readDirSync(FIXTURES)) {
+    if (e.isFile && e.name.endsWith(".json")) {
+      fixtureNames.push(e.name.slice(0, -5));
     }
-  } catch (err) {
-    if (!(err instanceof Deno.errors.NotFound)) throw err;
   }
-  names.sort();
-  await using dir = await tempDir();
-  const jobs: RunnerJob[] = [];
-  for (const name of names) {
-    const info: FixtureInfo = JSON.parse(
-      await Deno.readTextFile(join(FIXTURES, `${name}.json`)),
-    );
-    assert.ok(info.mutations.length > 0 && info.error, `${name}.json`);
-    const caseDir = join(dir.path, name);
-    await Deno.mkdir(caseDir);
-    await Deno.copyFile(
-      join(FIXTURES, `${name}.qcow2`),
-      join(caseDir, "image.qcow2"),
-    );
-    for (const [as, file] of Object.entries(info.related ?? {})) {
-      await Deno.copyFile(join(FIXTURES, file), join(caseDir, as));
+} catch (err) {
+  if (!(err instanceof Deno.errors.NotFound)) throw err;
+}
+
+if (fixtureNames.length > 0) {
+  Deno.test(`fuzz: ${fixtureNames.length} saved regression fixtures replay within the rules`, async () => {
+    const names = fixtureNames;
+    names.sort();
+    await using dir = await tempDir();
+    const jobs: RunnerJob[] = [];
+    for (const name of names) {
+      const info: FixtureInfo = JSON.parse(
+        await Deno.readTextFile(join(FIXTURES, `${name}.json`)),
+      );
+      assert.ok(info.mutations.length > 0 && info.error, `${name}.json`);
+      const caseDir = join(dir.path, name);
+      await Deno.mkdir(caseDir);
+      await Deno.copyFile(
+        join(FIXTURES, `${name}.qcow2`),
+        join(caseDir, "image.qcow2"),
+      );
+      for (const [as, file] of Object.entries(info.related ?? {})) {
+        await Deno.copyFile(join(FIXTURES, file), join(caseDir, as));
+      }
+      jobs.push({
+        id: name,
+        path: join(caseDir, "image.qcow2"),
+        stream: info.related === undefined,
+      });
     }
-    jobs.push({
-      id: name,
-      path: join(caseDir, "image.qcow2"),
-      stream: info.related === undefined,
-    });
-  }
-  const { reports, failures } = await runJobs(jobs, 2);
-  assert.deepStrictEqual(
-    failures.length,
-    0,
-    `fixtures that still break the rules:\n${describe(failures, new Map())}`,
-  );
-  assert.strictEqual(reports.length, names.length);
-});
+    const { reports, failures } = await runJobs(jobs, 2);
+    assert.deepStrictEqual(
+      failures.length,
+      0,
+      `fixtures that still break the rules:\n${describe(failures, new Map())}`,
+    );
+    assert.strictEqual(reports.length, names.length);
+  });
+}
