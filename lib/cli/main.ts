@@ -23,11 +23,11 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   demo: async (a) => (await import("./demo.ts")).demoCommand(a),
 };
 
-/** Removes temporary output files; used on signals. */
+/** Removes temporary output files and spool directories; used on signals. */
 function removeTemporaryFiles(): void {
   for (const path of liveTemporaryFiles) {
     try {
-      Deno.removeSync(path);
+      Deno.removeSync(path, { recursive: true });
     } catch {
       // already gone
     }

@@ -57,7 +57,10 @@ export class OutputExistsError extends Error {
 
 const COALESCE_BYTES = 8 * 1024 * 1024;
 
-/** Temporary files still open, removed on exit or signal by the CLI. */
+/**
+ * Temporary files (and spool directories) still in use, removed by the CLI
+ * on a signal.
+ */
 export const liveTemporaryFiles: Set<string> = new Set();
 
 /**

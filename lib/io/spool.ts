@@ -6,7 +6,7 @@
  */
 
 import { join } from "node:path";
-import { OutputFile } from "./output_file.ts";
+import { liveTemporaryFiles, OutputFile } from "./output_file.ts";
 import { fileChunks } from "./file_stream.ts";
 
 /**
@@ -44,7 +44,16 @@ export class Spool implements AsyncDisposable {
       prefix: "qcow2pipe-spool-",
       dir: parent,
     });
-    return new Spool(await OutputFile.create(join(dir, "spool")), dir);
+    // Registered first, so that the CLI's signal handler removes the whole
+    // directory (recursively) and not only the file inside it.
+    liveTemporaryFiles.add(dir);
+    try {
+      return new Spool(await OutputFile.create(join(dir, "spool")), dir);
+    } catch (err) {
+      liveTemporaryFiles.delete(dir);
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw err;
+    }
   }
 
   /** Bytes written so far (the highest offset written). */
@@ -104,6 +113,7 @@ export class Spool implements AsyncDisposable {
   async close(): Promise<void> {
     await this.#out.abort();
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
+    liveTemporaryFiles.delete(this.#dir);
   }
 
   /** Same as {@linkcode Spool.close}. */

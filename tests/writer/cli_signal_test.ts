@@ -35,13 +35,17 @@ async function waitForPartial(
   }
 }
 
-function spawn(args: string[], stdin: "piped" | "null") {
+function spawn(
+  args: string[],
+  stdin: "piped" | "null",
+  env: Record<string, string> = {},
+) {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--quiet", CLI, ...args],
     stdin,
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
   }).spawn();
 }
 
@@ -73,6 +77,36 @@ for (const signal of signals as Deno.Signal[]) {
     await writer.close().catch(() => {});
     assert.strictEqual(await exists(dst), false);
     assert.deepStrictEqual(await listDir(dir.path), []);
+  });
+}
+
+for (const signal of signals as Deno.Signal[]) {
+  Deno.test(`cli convert: ${signal} while qcow2 streams to standard output removes the spool`, async () => {
+    await using dir = await tempDir();
+    const tmp = join(dir.path, "tmp");
+    await Deno.mkdir(tmp);
+    const child = spawn(["convert", "-c", "zstd", "-", "-"], "piped", {
+      TMPDIR: tmp,
+    });
+    const writer = child.stdin.getWriter();
+    const feeding = (async () => {
+      for (let i = 0; i < 8; i++) await writer.write(mixedBytes(MiB, i));
+    })().catch(() => {});
+    // the spool holds compressed clusters until the input ends
+    let exited = false;
+    child.status.then(() => exited = true);
+    for (;;) {
+      const spools = await listDir(tmp);
+      if (spools.length > 0 && (await listDir(join(tmp, spools[0]))).length) {
+        break;
+      }
+      if (exited) throw new Error("the run ended before it could be signalled");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await expectInterrupted(child, signal);
+    await feeding;
+    await writer.close().catch(() => {});
+    assert.deepStrictEqual(await listDir(tmp), [], "no spool left");
   });
 }
 
