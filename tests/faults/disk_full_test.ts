@@ -85,6 +85,39 @@ function commands(src: string, qcow2: string, out: string): string[][] {
   ];
 }
 
+/**
+ * Runs `deno run cli.ts ARGS...` as "$@" of a bash `script` (which sets
+ * limits or redirections, then execs it).
+ */
+async function runCliInShell(
+  script: string,
+  args: string[],
+): Promise<CliResult> {
+  const o = await new Deno.Command("bash", {
+    args: [
+      "-c",
+      script,
+      "bash",
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--quiet",
+      CLI,
+      ...args,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  return {
+    code: o.code,
+    signal: o.signal,
+    stdout: o.stdout,
+    stderr: new TextDecoder().decode(o.stderr),
+  };
+}
+
 const OLD = new TextEncoder().encode("the previous DST\n");
 
 function assertWriteError(r: CliResult, file: string, why: RegExp): void {
@@ -140,78 +173,57 @@ async function faultedRuns(
   }
 }
 
-qemuTest("faults: a file size limit (EFBIG) mid-write", async () => {
-  if (!linux) return;
-  await using dir = await tempDir();
-  const out = join(dir.path, "out");
-  await Deno.mkdir(out);
-  let limit = true;
-  const run = async (args: string[]): Promise<CliResult> => {
-    if (!limit) return await runCli(args);
-    const child = new Deno.Command("bash", {
-      args: [
-        "-c",
+if (linux) {
+  qemuTest("faults: a file size limit (EFBIG) mid-write", async () => {
+    await using dir = await tempDir();
+    const out = join(dir.path, "out");
+    await Deno.mkdir(out);
+    let limit = true;
+    const run = async (args: string[]): Promise<CliResult> => {
+      if (!limit) return await runCli(args);
+      return await runCliInShell(
         `trap '' XFSZ; ulimit -f ${LIMIT / 1024}; exec "$@"`,
-        "bash",
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--quiet",
-        CLI,
-        ...args,
-      ],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    });
-    const o = await child.output();
-    return {
-      code: o.code,
-      signal: o.signal,
-      stdout: o.stdout,
-      stderr: new TextDecoder().decode(o.stderr),
+        args,
+      );
     };
-  };
-  await faultedRuns(dir.path, out, run, /file too large/, () => {
-    limit = false;
-    return Promise.resolve();
+    await faultedRuns(dir.path, out, run, /file too large/, () => {
+      limit = false;
+      return Promise.resolve();
+    });
   });
-});
+}
 
-qemuTest("faults: a full file system (ENOSPC) mid-write", async (t) => {
-  if (!TMPFS) {
-    await t.step({ name: "needs a tmpfs mount (root)", ignore: true, fn() {} });
-    return;
-  }
-  await using dir = await tempDir();
-  const out = join(dir.path, "out");
-  await Deno.mkdir(out);
-  let mounted = false;
-  const mount = async (size: string) => {
-    const m = await new Deno.Command("mount", {
-      args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", out],
-    }).output();
-    assert.ok(m.success, new TextDecoder().decode(m.stderr));
-    mounted = true;
-  };
-  await mount(`${LIMIT / 1024}k`);
-  try {
-    await faultedRuns(
-      dir.path,
-      out,
-      runCli,
-      /no space left on device/,
-      async () => {
-        await umount(out);
-        mounted = false;
-        await mount("256m");
-      },
-    );
-  } finally {
-    if (mounted) await umount(out);
-  }
-});
+if (TMPFS) {
+  qemuTest("faults: a full file system (ENOSPC) mid-write", async () => {
+    await using dir = await tempDir();
+    const out = join(dir.path, "out");
+    await Deno.mkdir(out);
+    let mounted = false;
+    const mount = async (size: string) => {
+      const m = await new Deno.Command("mount", {
+        args: ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", out],
+      }).output();
+      assert.ok(m.success, new TextDecoder().decode(m.stderr));
+      mounted = true;
+    };
+    await mount(`${LIMIT / 1024}k`);
+    try {
+      await faultedRuns(
+        dir.path,
+        out,
+        runCli,
+        /no space left on device/,
+        async () => {
+          await umount(out);
+          mounted = false;
+          await mount("256m");
+        },
+      );
+    } finally {
+      if (mounted) await umount(out);
+    }
+  });
+}
 
 Deno.test({
   name: "faults: a full standard output (/dev/full)",
@@ -226,30 +238,7 @@ Deno.test({
         ["convert", "-O", "raw", src, "-"],
       ]
     ) {
-      const child = new Deno.Command("bash", {
-        args: [
-          "-c",
-          `exec "$@" > /dev/full`,
-          "bash",
-          Deno.execPath(),
-          "run",
-          "-A",
-          "--quiet",
-          CLI,
-          ...args,
-        ],
-        stdin: "null",
-        stdout: "null",
-        stderr: "piped",
-        env: { NO_COLOR: "1" },
-      });
-      const o = await child.output();
-      const r = {
-        code: o.code,
-        signal: o.signal,
-        stdout: new Uint8Array(),
-        stderr: new TextDecoder().decode(o.stderr),
-      };
+      const r = await runCliInShell(`exec "$@" > /dev/full`, args);
       assertOneLineError(
         r,
         /Cannot write to standard output at offset \d+: no space left on device/,

@@ -10,6 +10,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { qemuImg, qemuIo } from "../_qemu.ts";
+import { mixedBytes, prng } from "../reader/_helpers.ts";
 import { convertToBytes } from "../../lib/writer/convert.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 import { parseHeader, type Qcow2Header } from "../../lib/format/header.ts";
@@ -37,19 +38,7 @@ export const FIXTURES = fileURLToPath(
 );
 
 // ---------------------------------------------------------------------------
-// PRNG
-
-/** A small deterministic PRNG (mulberry32) returning floats in [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 0x1_0000_0000;
-  };
-}
+// Seeds
 
 /** The seed of case `index` of a run seeded with `seed`. */
 export function caseSeed(seed: number, index: number): number {
@@ -94,33 +83,6 @@ export interface BaseImage {
   related: string[];
   /** Relative weight when picking a base for a case. */
   weight: number;
-}
-
-/** Deterministic bytes that compress, with noise so they are not trivial. */
-export function mixedBytes(length: number, seed: number): Uint8Array {
-  const rand = prng(seed);
-  const out = new Uint8Array(length);
-  const words = ["qcow2", "cluster", "refcount", "L2", "guest", "snapshot"];
-  let i = 0;
-  while (i < length) {
-    const mode = rand();
-    if (mode < 0.5) {
-      const w = words[Math.floor(rand() * words.length)];
-      for (let k = 0; k < w.length && i < length; k++) {
-        out[i++] = w.charCodeAt(k);
-      }
-      if (i < length) out[i++] = 32;
-    } else if (mode < 0.8) {
-      const n = 1 + Math.floor(rand() * 64);
-      for (let k = 0; k < n && i < length; k++) {
-        out[i++] = Math.floor(rand() * 256);
-      }
-    } else {
-      const n = 1 + Math.floor(rand() * 200);
-      i = Math.min(length, i + n);
-    }
-  }
-  return out;
 }
 
 async function qemuBase(
