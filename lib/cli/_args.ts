@@ -1,6 +1,7 @@
 // Argument parsing shared by the inspection commands (info, check, map,
 // compare): node:util parseArgs with its errors turned into one-line
 // usage errors, and buffered writes to standard output.
+import { ioReason } from "../io/_errors.ts";
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { UsageError } from "./_util.ts";
 
@@ -65,10 +66,9 @@ export function stdoutSink(): WritableStream<Uint8Array> {
           done += await Deno.stdout.write(chunk.subarray(done));
         }
       } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
         throw new Error(
           `Cannot write to standard output at offset ${at + done}: ${
-            message.charAt(0).toLowerCase() + message.slice(1)
+            ioReason(err)
           }`,
           { cause: err },
         );

@@ -6,6 +6,7 @@
  */
 
 import { basename, dirname, join } from "node:path";
+import { ioReason } from "./_errors.ts";
 
 /**
  * Options of {@linkcode OutputFile.create}.
@@ -221,17 +222,16 @@ export class OutputFile {
     let done = 0;
     try {
       if (offset !== this.#pos) {
-        this.#pos = -1; // unknown until the seek succeeds
         this.#file.seekSync(offset, Deno.SeekMode.Start);
       }
       while (done < data.length) {
         done += this.#file.writeSync(data.subarray(done));
       }
     } catch (err) {
-      this.#pos = -1;
+      this.#pos = -1; // unknown: seek before the next write
       throw new Error(
         `Cannot write ${this.path} at offset ${offset + done}: ${
-          describeIoError(err)
+          ioReason(err)
         }`,
         { cause: err },
       );
@@ -253,7 +253,7 @@ export class OutputFile {
       }
       if (this.#sync) await this.#file.syncData();
     } catch (err) {
-      throw new Error(`Cannot finish ${this.path}: ${describeIoError(err)}`, {
+      throw new Error(`Cannot finish ${this.path}: ${ioReason(err)}`, {
         cause: err,
       });
     }
@@ -279,10 +279,4 @@ export class OutputFile {
       liveTemporaryFiles.delete(this.writingPath);
     }
   }
-}
-
-/** The OS's words for an I/O error, first letter lowered for a sentence. */
-function describeIoError(err: unknown): string {
-  const message = err instanceof Error ? err.message : String(err);
-  return message.charAt(0).toLowerCase() + message.slice(1);
 }
