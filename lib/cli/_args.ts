@@ -1,8 +1,8 @@
 // Argument parsing shared by the inspection commands (info, check, map,
 // compare): node:util parseArgs with its errors turned into one-line
 // usage errors, and buffered writes to standard output.
-import { ioReason } from "../io/_errors.ts";
 import { parseArgs, type ParseArgsConfig } from "node:util";
+import { ioReason } from "../io/_errors.ts";
 import { UsageError } from "./_util.ts";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
