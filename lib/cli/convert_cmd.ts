@@ -31,6 +31,7 @@ import {
   warn,
 } from "./_util.ts";
 import { expectPositionals, parseCommand, stdoutSink } from "./_args.ts";
+import { concatBytes } from "../format/_bytes.ts";
 
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
@@ -96,12 +97,7 @@ async function peek(
     parts.push(value);
     have += value.length;
   }
-  const head = new Uint8Array(have);
-  let at = 0;
-  for (const p of parts) {
-    head.set(p, at);
-    at += p.length;
-  }
+  const head = concatBytes(parts);
   let sentHead = head.length === 0;
   const all = new ReadableStream<Uint8Array>({
     async pull(controller) {

@@ -1,5 +1,6 @@
 // One pool job, run either in a worker or inline on the calling thread.
 import type { ClusterCodec } from "./codecs.ts";
+import { concatBytes } from "../format/_bytes.ts";
 
 /** The work of one job. */
 export interface JobInput {
@@ -25,22 +26,12 @@ export function runJob(
     const count = job.data.length / cs;
     const parts: Uint8Array[] = [];
     const lengths: number[] = [];
-    let total = 0;
     for (let i = 0; i < count; i++) {
       const out = codec.compress(job.data.subarray(i * cs, (i + 1) * cs));
       lengths.push(out ? out.length : 0);
-      if (out) {
-        parts.push(out);
-        total += out.length;
-      }
+      if (out) parts.push(out);
     }
-    const data = new Uint8Array(total);
-    let at = 0;
-    for (const p of parts) {
-      data.set(p, at);
-      at += p.length;
-    }
-    return { data, lengths };
+    return { data: concatBytes(parts), lengths };
   }
   const data = new Uint8Array(job.lengths.length * cs);
   let at = 0;

@@ -78,3 +78,14 @@ export function splitTableOffset(
   }
   return splitU64(offset);
 }
+
+/** The parts back to back in one new buffer. */
+export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

@@ -8,7 +8,6 @@
 import { dirname, isAbsolute, join } from "node:path";
 import { hex, Qcow2Error } from "../format/errors.ts";
 import {
-  backingFormat,
   dataFileName,
   parseHeader,
   type Qcow2Header,
@@ -35,6 +34,8 @@ import { HttpSource, isHttpUrl } from "../io/http_source.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image, readExact } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
+import { declaredBackingFormat } from "./_backing.ts";
+import { concatBytes } from "../format/_bytes.ts";
 
 /**
  * Options of {@linkcode openImage}.
@@ -237,14 +238,8 @@ async function openQcow2(
       }
       const backingSource = await openRelated(openSource, path, "backing file");
       try {
-        const fmt = backingFormat(header);
-        if (fmt !== undefined && fmt !== "qcow2" && fmt !== "raw") {
-          throw new Qcow2Error(
-            "BACKING",
-            `Cannot open backing file "${header.backingFile}": backing format "${fmt}" is not supported (qcow2 or raw)`,
-          );
-        }
-        const backingFmt = fmt ?? await detectFormat(backingSource);
+        const backingFmt = declaredBackingFormat(header, header.backingFile!) ??
+          await detectFormat(backingSource);
         backing = backingFmt === "raw"
           ? new RawImage(backingSource)
           : await openQcow2(
@@ -415,11 +410,5 @@ async function readSnapshots(
     parts.push(entry);
     at += length;
   }
-  const table = new Uint8Array(at - start);
-  let pos = 0;
-  for (const p of parts) {
-    table.set(p, pos);
-    pos += p.length;
-  }
-  return parseSnapshotTable(table, header.nbSnapshots, start);
+  return parseSnapshotTable(concatBytes(parts), header.nbSnapshots, start);
 }

@@ -14,7 +14,6 @@ import {
   MIN_CLUSTER_BITS,
   QCOW2_MAGIC,
 } from "../format/constants.ts";
-import { backingFormat } from "../format/header.ts";
 import {
   BytesSource,
   FileSource,
@@ -23,6 +22,7 @@ import {
 import { LruCache } from "../io/lru.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
+import { declaredBackingFormat } from "../reader/_backing.ts";
 
 export type { ImageInput, OpenSource };
 
@@ -256,13 +256,7 @@ async function openFrom(
       );
     }
     try {
-      const fmt = backingFormat(header);
-      if (fmt !== undefined && fmt !== "qcow2" && fmt !== "raw") {
-        throw new Qcow2Error(
-          "BACKING",
-          `Cannot open backing file "${path}": backing format "${fmt}" is not supported (qcow2 or raw)`,
-        );
-      }
+      const fmt = declaredBackingFormat(header, path);
       layer.backing = await openFrom(
         backingSource,
         path,

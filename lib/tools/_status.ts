@@ -20,27 +20,13 @@ import {
   readPadded,
   RefblockError,
 } from "./_layers.ts";
+import type { MapEntry } from "./map.ts";
 
-/** One run of guest bytes with one block status. */
-export interface StatusRun {
-  /** Guest offset. */
-  start: number;
-  /** Length in bytes. */
-  length: number;
-  /** Chain depth that answered (0 is the top image). */
-  depth: number;
-  /** Allocated in that image (QEMU's BDRV_BLOCK_ALLOCATED). */
-  present: boolean;
-  /** Reads as zeros. */
-  zero: boolean;
-  /** Holds data (QEMU's BDRV_BLOCK_DATA). */
-  data: boolean;
-  /** Host offset of the first byte, when QEMU reports one. */
-  offset?: number;
-  /** File holding `offset`. */
-  file?: string;
-  /** Part of a compressed cluster (not printed by QEMU 7.2). */
-  compressed?: boolean;
+/**
+ * One run of guest bytes with one block status: a map entry (field by field
+ * what QEMU's block status reports), plus what `compare` needs.
+ */
+export interface StatusRun extends MapEntry {
   /**
    * Unallocated past the end of a shorter backing image: zeros that
    * bdrv_block_status_above() (used by `qemu-img compare`) calls allocated.

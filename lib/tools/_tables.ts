@@ -17,6 +17,7 @@ import {
 import { AUTOCLEAR } from "../format/constants.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import { readPadded } from "./_layers.ts";
+import { concatBytes } from "../format/_bytes.ts";
 
 /** QEMU's QCOW_MAX_SNAPSHOTS_SIZE. */
 const MAX_SNAPSHOTS_SIZE = 1024 * 65536;
@@ -63,14 +64,8 @@ export async function readSnapshotTable(
     end = at + used;
     at += length;
   }
-  const table = new Uint8Array(at - start);
-  let pos = 0;
-  for (const p of parts) {
-    table.set(p, pos);
-    pos += p.length;
-  }
   return {
-    entries: parseSnapshotTable(table, header.nbSnapshots, start),
+    entries: parseSnapshotTable(concatBytes(parts), header.nbSnapshots, start),
     size: end - start,
   };
 }

@@ -24,6 +24,7 @@ import {
 } from "./_helpers.ts";
 import { openImage, type OpenImageOptions } from "../../lib/reader/open.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
+import { mapImage } from "../../lib/tools/map.ts";
 import type { Qcow2ErrorCode } from "../../lib/format/errors.ts";
 import type { Qcow2Header } from "../../lib/format/header.ts";
 import { decodeL1Entry } from "../../lib/format/l1.ts";
@@ -489,6 +490,43 @@ qemuTest("malformed: backing chains that loop or are missing", async () => {
   );
   await failsToOpen(orphan2, "BACKING", "missing.raw");
 });
+
+qemuTest(
+  "malformed: a backing format we cannot read is refused by the reader and the tools",
+  async () => {
+    await using dir = await tempDir();
+    await qemuImg(
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      join(dir.path, "base.qcow2"),
+      "1M",
+    );
+    const img = join(dir.path, "over.qcow2");
+    await qemuImg(
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-u",
+      "-b",
+      "base.qcow2",
+      "-F",
+      "vmdk",
+      img,
+      "1M",
+    );
+    const why =
+      'Cannot open backing file "base.qcow2": backing format "vmdk" is not supported (qcow2 or raw)';
+    await failsToOpen(img, "BACKING", why);
+    await assertQcow2Rejects(
+      () => mapImage(img),
+      "BACKING",
+      `"vmdk" is not supported`,
+    );
+  },
+);
 
 for (const type of ["zlib", "zstd"]) {
   qemuTest(`malformed: garbage in a ${type} compressed cluster`, async () => {
