@@ -54,7 +54,8 @@ Options:
   -O, --output-format FMT   raw or qcow2 (default: from DST's extension;
                             qcow2 when -c is given)
   -c, --compress TYPE       compress clusters with zlib or zstd (qcow2 output)
-      --level N             compression level (zlib 1-9, default 6;
+      --level N             compression level (zlib 1-9, default 9, which
+                            matches the size of qemu-img's zlib output;
                             zstd 1-22, default 3)
       --cluster-size SIZE   qcow2 cluster size, 512 to 2M (default 64k)
       --refcount-bits N     refcount width: 1, 2, 4, 8, 16, 32, 64 (default 16)

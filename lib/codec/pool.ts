@@ -5,7 +5,7 @@
  */
 
 import { Qcow2Error, type Qcow2ErrorCode } from "../format/errors.ts";
-import { type CodecOptions, createCodec, DEFAULT_LEVEL } from "./codecs.ts";
+import { type CodecOptions, createCodec } from "./codecs.ts";
 import type { ClusterCodec } from "./codecs.ts";
 import { runJob } from "./_job.ts";
 
@@ -15,8 +15,8 @@ export interface PoolRequest {
   id: number;
   /** What to do. */
   op: "compress" | "decompress";
-  /** The codec (level and backend resolved). */
-  codec: Required<CodecOptions>;
+  /** The codec; an absent level means the backend's default. */
+  codec: CodecOptions;
   /** Cluster size in bytes. */
   clusterSize: number;
   /** Input bytes (transferred). */
@@ -232,7 +232,8 @@ export class CodecPool implements AsyncDisposable {
   async #runInline(
     job: Omit<PoolRequest, "id">,
   ): Promise<{ data: Uint8Array; lengths: number[] }> {
-    const key = `${job.codec.type}/${job.codec.level}/${job.codec.backend}`;
+    const { type, level = "default", backend = "auto" } = job.codec;
+    const key = `${type}/${level}/${backend}`;
     let codec = this.#inline.get(key);
     if (!codec) {
       codec = createCodec(job.codec);
@@ -292,10 +293,7 @@ export class CodecPool implements AsyncDisposable {
   }
 }
 
-function resolve(codec: CodecOptions): Required<CodecOptions> {
-  return {
-    type: codec.type,
-    level: codec.level ?? DEFAULT_LEVEL[codec.type],
-    backend: codec.backend ?? "auto",
-  };
+function resolve(codec: CodecOptions): CodecOptions {
+  // A plain copy: the caller's object may change or not be cloneable.
+  return { type: codec.type, level: codec.level, backend: codec.backend };
 }

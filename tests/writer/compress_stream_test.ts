@@ -398,3 +398,25 @@ Deno.test("convert: a failing job leaves no output file and no temporary file", 
   );
   assert.deepStrictEqual(await listDir(dir.path), []);
 });
+
+Deno.test("CodecPool: without a level, workers use the backend's default level", async () => {
+  const cs = 64 * 1024;
+  const cluster = textBytes(cs, 11);
+  const direct = async (level: number, backend: "node" | "fflate") =>
+    (await createCodec({ type: "zlib", level, backend })).compress(cluster);
+  await using pool = new CodecPool({ workers: 1 });
+  const cases = [
+    { backend: "node", expected: 9, other: 6 },
+    { backend: "fflate", expected: 6, other: 9 },
+  ] as const;
+  for (const { backend, expected, other } of cases) {
+    const want = await direct(expected, backend);
+    const notWant = await direct(other, backend);
+    assert.ok(want && notWant);
+    // the sample tells the two levels apart
+    assert.notDeepStrictEqual(want, notWant, `${backend}: same output`);
+    const got = await pool.compress({ type: "zlib", backend }, cluster, cs);
+    assert.deepStrictEqual(got.lengths, [want.length], backend);
+    assert.deepStrictEqual(got.data, want, backend);
+  }
+});
