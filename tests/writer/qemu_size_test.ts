@@ -1,13 +1,23 @@
-// Compressed output size against QEMU: the same 96 MiB mixed input
-// (text, incompressible noise, runs of one byte and zero runs, from a
-// seeded PRNG) converted by `qemu-img convert -c -O qcow2` and by us, with
-// zlib and with zstd, at 64 KiB clusters. Our image must be within 2% of
-// QEMU's, pass check and compare identical to the source.
+// Compressed output size against QEMU, for zlib and zstd at 64 KiB clusters:
+// `qemu-img convert -c -O qcow2` and our convert at default settings on the
+// same input must give sizes within 2% of each other, and our images must
+// pass check and compare identical to the source. Two inputs:
+//
+// - a 96 MiB synthetic mix (text, incompressible noise, runs of one byte and
+//   zero runs, from a seeded PRNG);
+// - real disk content: files from this machine's /usr (executables, shared
+//   libraries, text and data), each padded to a 4 KiB block as a filesystem
+//   stores them, 16 MiB from each of four trees. The synthetic mix does not
+//   catch everything: on this one, node:zlib at QEMU's own level (6) gives
+//   about 1.03x QEMU's size, because Chromium's zlib compresses worse than
+//   Debian's at the same level and window. That figure is printed too.
 
 import assert from "node:assert";
 import { join } from "node:path";
 import { qemuImg, qemuTest, tempDir } from "../_qemu.ts";
 import { convert } from "../../lib/convert.ts";
+import type { Qcow2WriterOptions } from "../../lib/writer/convert.ts";
+import type { FinalizerSummary } from "../../lib/writer/finalizer.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { fileChunks } from "../../lib/io/file_stream.ts";
 import {
@@ -18,6 +28,63 @@ import {
   qemuCompareIdentical,
   qemuInfo,
 } from "./_helpers.ts";
+
+type Compression = "zlib" | "zstd";
+
+/**
+ * Compresses `raw` with qemu-img and with us (2 workers, `options` on top of
+ * the defaults); returns both sizes and our image, QEMU's is removed.
+ */
+async function compressBoth(
+  raw: string,
+  dir: string,
+  type: Compression,
+  options: Qcow2WriterOptions = {},
+): Promise<
+  { qemu: number; ours: number; path: string; summary: FinalizerSummary }
+> {
+  const theirs = join(dir, `qemu-${type}.qcow2`);
+  const path = join(dir, `ours-${type}-${options.level ?? "default"}.qcow2`);
+  await qemuImg(
+    "convert",
+    "-c",
+    "-f",
+    "raw",
+    "-O",
+    "qcow2",
+    "-o",
+    `compression_type=${type}`,
+    raw,
+    theirs,
+  );
+  const summary = await convert(
+    fileChunks(await Deno.open(raw)),
+    await OutputFile.create(path, { force: true }),
+    { compression: type, workers: 2, ...options },
+  );
+  const qemu = (await Deno.stat(theirs)).size;
+  await Deno.remove(theirs);
+  const ours = (await Deno.stat(path)).size;
+  assert.strictEqual(ours, summary.fileSize);
+  return { qemu, ours, path, summary };
+}
+
+/** Our image is within 2% of QEMU's, clean, identical and of `type`. */
+async function assertClose(
+  raw: string,
+  type: Compression,
+  result: { qemu: number; ours: number; path: string },
+): Promise<void> {
+  const ratio = result.ours / result.qemu;
+  assert.ok(
+    Math.abs(ratio - 1) <= 0.02,
+    `${type}: size ratio ${ratio} is outside 1 ± 2%`,
+  );
+  await qemuCheckClean(result.path);
+  await qemuCompareIdentical(raw, result.path);
+  const info = await qemuInfo(result.path);
+  assert.strictEqual(info["format-specific"].data["compression-type"], type);
+}
 
 const SIZE = 96 * MiB;
 
@@ -39,54 +106,106 @@ qemuTest(
       file.close();
     }
     for (const type of ["zlib", "zstd"] as const) {
-      const theirs = join(dir.path, `qemu-${type}.qcow2`);
-      const ours = join(dir.path, `ours-${type}.qcow2`);
-      await qemuImg(
-        "convert",
-        "-c",
-        "-f",
-        "raw",
-        "-O",
-        "qcow2",
-        "-o",
-        `compression_type=${type}`,
-        raw,
-        theirs,
-      );
-      const summary = await convert(
-        fileChunks(await Deno.open(raw)),
-        await OutputFile.create(ours),
-        { compression: type, workers: 2 },
-      );
-      const qemuSize = (await Deno.stat(theirs)).size;
-      const ourSize = (await Deno.stat(ours)).size;
-      assert.strictEqual(ourSize, summary.fileSize);
-      const ratio = ourSize / qemuSize;
+      const result = await compressBoth(raw, dir.path, type);
+      const { summary } = result;
       console.log(
         `${type}: ${
           SIZE / MiB
-        } MiB mixed input -> qemu-img ${qemuSize} bytes, qcow2pipe ${ourSize} bytes, ratio ${
-          ratio.toFixed(4)
+        } MiB mixed input -> qemu-img ${result.qemu} bytes, qcow2pipe ${result.ours} bytes, ratio ${
+          (result.ours / result.qemu).toFixed(4)
         } (${summary.compressedClusters} compressed, ${summary.dataClusters} data, ${summary.zeroClusters} zero clusters)`,
-      );
-      assert.ok(
-        Math.abs(ratio - 1) <= 0.02,
-        `${type}: size ratio ${ratio} is outside 1 ± 2%`,
       );
       // a real mix: all three kinds of clusters, and real compression
       assert.ok(summary.compressedClusters > 100);
       assert.ok(summary.dataClusters > 100);
       assert.ok(summary.zeroClusters > 100);
-      assert.ok(ourSize < SIZE * 0.8);
-      await qemuCheckClean(ours);
-      await qemuCompareIdentical(raw, ours);
-      const info = await qemuInfo(ours);
-      assert.strictEqual(
-        info["format-specific"].data["compression-type"],
-        type,
-      );
-      await Deno.remove(theirs);
-      await Deno.remove(ours);
+      assert.ok(result.ours < SIZE * 0.8);
+      await assertClose(raw, type, result);
+      await Deno.remove(result.path);
     }
+  },
+);
+
+const TREES = ["/usr/bin", "/usr/lib", "/usr/share", "/usr/include"];
+const PER_TREE = 16 * MiB;
+const BLOCK = 4 * KiB;
+
+/** Regular files under `dir`, depth first in name order. */
+async function* filesUnder(dir: string): AsyncGenerator<string> {
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch {
+    return; // unreadable directory
+  }
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const entry of entries) {
+    const path = join(dir, entry.name);
+    if (entry.isFile) yield path;
+    else if (entry.isDirectory) yield* filesUnder(path);
+  }
+}
+
+/** Appends up to `budget` bytes of the files under `tree`; returns the count. */
+async function appendTree(
+  out: Deno.FsFile,
+  tree: string,
+  budget: number,
+): Promise<number> {
+  let written = 0;
+  for await (const path of filesUnder(tree)) {
+    if (written >= budget) break;
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(path);
+    } catch {
+      continue; // unreadable file
+    }
+    if (bytes.length === 0) continue;
+    const take = Math.min(bytes.length, budget - written);
+    const padded = new Uint8Array(Math.ceil(take / BLOCK) * BLOCK);
+    padded.set(bytes.subarray(0, take));
+    let done = 0;
+    while (done < padded.length) {
+      done += await out.write(padded.subarray(done));
+    }
+    written += padded.length;
+  }
+  return written;
+}
+
+qemuTest(
+  "size: /usr content, default levels within 2% of qemu-img convert -c",
+  async () => {
+    await using dir = await tempDir();
+    const raw = join(dir.path, "usr.raw");
+    let total = 0;
+    {
+      const file = await Deno.open(raw, { write: true, create: true });
+      for (const tree of TREES) {
+        total += await appendTree(file, tree, PER_TREE);
+      }
+      file.close();
+    }
+    // /usr/include may be missing; three full trees are still a real mix.
+    assert.ok(
+      total >= 3 * PER_TREE,
+      `only ${total} bytes of files under ${TREES.join(", ")}`,
+    );
+    for (const type of ["zlib", "zstd"] as const) {
+      const result = await compressBoth(raw, dir.path, type);
+      console.log(
+        `${type}: ${total} bytes of /usr -> qemu-img ${result.qemu}, qcow2pipe ${result.ours}, ratio ${
+          (result.ours / result.qemu).toFixed(4)
+        }`,
+      );
+      assert.ok(result.ours < total * 0.7, `${type}: barely compressed`);
+      await assertClose(raw, type, result);
+    }
+    // QEMU's own zlib level through node:zlib, for the record (why the
+    // default is 9); its image must still be valid.
+    const at6 = await compressBoth(raw, dir.path, "zlib", { level: 6 });
+    console.log(`zlib level 6: ratio ${(at6.ours / at6.qemu).toFixed(4)}`);
+    await qemuCheckClean(at6.path);
   },
 );
