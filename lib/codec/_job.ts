@@ -1,6 +1,25 @@
 // One pool job, run either in a worker or inline on the calling thread.
-import type { ClusterCodec } from "./codecs.ts";
+import { type ClusterCodec, type CodecOptions, createCodec } from "./codecs.ts";
 import { concatBytes } from "../format/_bytes.ts";
+
+/**
+ * A cache of codecs for one thread (a worker, or the pool's inline path),
+ * one per type, level and backend as given; an absent level or backend is
+ * its own key and resolves to the default inside createCodec.
+ */
+export function codecCache(): (options: CodecOptions) => Promise<ClusterCodec> {
+  const codecs = new Map<string, Promise<ClusterCodec>>();
+  return (options) => {
+    const { type, level = "default", backend = "auto" } = options;
+    const key = `${type}/${level}/${backend}`;
+    let codec = codecs.get(key);
+    if (!codec) {
+      codec = createCodec(options);
+      codecs.set(key, codec);
+    }
+    return codec;
+  };
+}
 
 /** The work of one job. */
 export interface JobInput {

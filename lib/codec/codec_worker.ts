@@ -2,21 +2,10 @@
 // Messages are described in pool.ts (PoolRequest / PoolResponse).
 /// <reference lib="deno.worker" />
 
-import { type ClusterCodec, type CodecOptions, createCodec } from "./codecs.ts";
 import type { PoolRequest, PoolResponse } from "./pool.ts";
-import { runJob } from "./_job.ts";
+import { codecCache, runJob } from "./_job.ts";
 
-const codecs = new Map<string, Promise<ClusterCodec>>();
-
-function codecFor(options: CodecOptions): Promise<ClusterCodec> {
-  const key = `${options.type}/${options.level}/${options.backend}`;
-  let codec = codecs.get(key);
-  if (!codec) {
-    codec = createCodec(options);
-    codecs.set(key, codec);
-  }
-  return codec;
-}
+const codecFor = codecCache();
 
 self.onmessage = async (event: MessageEvent<PoolRequest>) => {
   const req = event.data;

@@ -5,9 +5,8 @@
  */
 
 import { Qcow2Error, type Qcow2ErrorCode } from "../format/errors.ts";
-import { type CodecOptions, createCodec } from "./codecs.ts";
-import type { ClusterCodec } from "./codecs.ts";
-import { runJob } from "./_job.ts";
+import type { CodecOptions } from "./codecs.ts";
+import { codecCache, runJob } from "./_job.ts";
 
 /** A message to a codec worker. */
 export interface PoolRequest {
@@ -103,7 +102,7 @@ export class CodecPool implements AsyncDisposable {
   #nextId = 1;
   #closed = false;
   #failure: Error | undefined;
-  #inline = new Map<string, Promise<ClusterCodec>>();
+  #inline = codecCache();
   #count: number;
 
   /**
@@ -166,7 +165,7 @@ export class CodecPool implements AsyncDisposable {
   ): Promise<CompressResult> {
     return this.#submit({
       op: "compress",
-      codec: resolve(codec),
+      codec: plainOptions(codec),
       clusterSize,
       data: clusters.slice(),
       lengths: [],
@@ -198,7 +197,7 @@ export class CodecPool implements AsyncDisposable {
     }
     return this.#submit({
       op: "decompress",
-      codec: resolve(codec),
+      codec: plainOptions(codec),
       clusterSize,
       data,
       lengths: payloads.map((p) => p.length),
@@ -232,14 +231,7 @@ export class CodecPool implements AsyncDisposable {
   async #runInline(
     job: Omit<PoolRequest, "id">,
   ): Promise<{ data: Uint8Array; lengths: number[] }> {
-    const { type, level = "default", backend = "auto" } = job.codec;
-    const key = `${type}/${level}/${backend}`;
-    let codec = this.#inline.get(key);
-    if (!codec) {
-      codec = createCodec(job.codec);
-      this.#inline.set(key, codec);
-    }
-    return runJob(await codec, job);
+    return runJob(await this.#inline(job.codec), job);
   }
 
   #settle(res: Exclude<PoolResponse, { fatal: string }>): void {
@@ -293,7 +285,7 @@ export class CodecPool implements AsyncDisposable {
   }
 }
 
-function resolve(codec: CodecOptions): CodecOptions {
-  // A plain copy: the caller's object may change or not be cloneable.
+function plainOptions(codec: CodecOptions): CodecOptions {
+  // A copy: the caller's object may change later or not be cloneable.
   return { type: codec.type, level: codec.level, backend: codec.backend };
 }
