@@ -11,23 +11,12 @@
 // image instead (e.g. the ext4 disk bench/compare.ts builds with
 // --keep-cache). `dataSource` says which one was used.
 
+import { prng } from "../lib/_prng.ts";
 /** Cluster size the benches use (the qcow2 default). */
 export const CLUSTER = 65536;
 
 /** 2^20 bytes. */
 export const MiB = 1024 * 1024;
-
-/** Deterministic PRNG (mulberry32): the same bytes on every run. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Where to take each kind of file from, in this order. */
 const USR_SOURCES: { kind: string; dirs: string[] }[] = [

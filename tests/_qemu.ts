@@ -2,6 +2,8 @@
 // Tests that need them are skipped with a visible message when they are
 // absent, except under CI (CI=true), where their absence fails the test.
 
+import assert from "node:assert";
+
 function has(cmd: string): boolean {
   try {
     const out = new Deno.Command(cmd, {
@@ -133,4 +135,64 @@ export async function tempDir(): Promise<{ path: string } & AsyncDisposable> {
       await Deno.remove(path, { recursive: true }).catch(() => {});
     },
   };
+}
+
+/** What `qemu-img check --output=json` reports. */
+export interface QemuCheck {
+  "check-errors": number;
+  "image-end-offset"?: number;
+  "total-clusters"?: number;
+  "allocated-clusters"?: number;
+  "compressed-clusters"?: number;
+  leaks?: number;
+  corruptions?: number;
+}
+
+/**
+ * Runs `qemu-img check` (text, then JSON) and asserts exit code 0, "No
+ * errors were found", no leaks and no corruptions. Returns the JSON report.
+ */
+export async function qemuCheckClean(path: string): Promise<QemuCheck> {
+  const text = await runStatus("qemu-img", ["check", "-f", "qcow2", path]);
+  const all = text.stdout + text.stderr;
+  assert.strictEqual(text.code, 0, `qemu-img check ${path}:\n${all}`);
+  assert.match(text.stdout, /No errors were found on the image\./);
+  assert.doesNotMatch(all, /leak/i, all);
+  assert.doesNotMatch(all, /\bERROR\b|corrupt/, all);
+  const json = await runStatus("qemu-img", [
+    "check",
+    "--output=json",
+    "-f",
+    "qcow2",
+    path,
+  ]);
+  assert.strictEqual(json.code, 0, json.stdout + json.stderr);
+  const report = JSON.parse(json.stdout) as QemuCheck;
+  assert.strictEqual(report["check-errors"], 0);
+  assert.strictEqual(report.leaks ?? 0, 0, "leaked clusters");
+  assert.strictEqual(report.corruptions ?? 0, 0, "corruptions");
+  return report;
+}
+
+/** Runs `qemu-img compare` and asserts "Images are identical." */
+export async function qemuCompareIdentical(
+  a: string,
+  b: string,
+  formats: [string, string] = ["raw", "qcow2"],
+): Promise<void> {
+  const r = await runStatus("qemu-img", [
+    "compare",
+    "-f",
+    formats[0],
+    "-F",
+    formats[1],
+    a,
+    b,
+  ]);
+  assert.strictEqual(
+    r.code,
+    0,
+    `qemu-img compare ${a} ${b}: ${r.stdout}${r.stderr}`,
+  );
+  assert.match(r.stdout, /Images are identical\./);
 }

@@ -12,6 +12,7 @@ import {
 } from "../../mod.ts";
 import { formatBytes, UsageError } from "./_util.ts";
 import { parseCommand } from "./_args.ts";
+import { prng } from "../_prng.ts";
 
 export const DEMO_HELP = `Usage: qcow2pipe demo [--size SIZE_MIB] [--keep]
 
@@ -30,18 +31,6 @@ const WORDS = (
   "qemu virtual machine kernel boot loader file system block device table " +
   "refcount snapshot backing chain compress zstd zlib header extension guest host"
 ).split(" ");
-
-/** A small deterministic PRNG (mulberry32), so every demo disk is the same. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function text(bytes: number, rand: () => number): Uint8Array {
   const parts: string[] = [];

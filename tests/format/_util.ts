@@ -1,21 +1,7 @@
 // Shared helpers for the format tests (not a test file).
 import assert from "node:assert";
 import { Qcow2Error, type Qcow2ErrorCode } from "../../lib/format/errors.ts";
-
-/**
- * A small deterministic PRNG (mulberry32), so that "random" test values are
- * the same on every run.
- */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 0x1_0000_0000;
-  };
-}
+export { prng } from "../../lib/_prng.ts";
 
 /** A random integer in [0, max] (max up to 2^53 - 1). */
 export function randomInt(rand: () => number, max: number): number {

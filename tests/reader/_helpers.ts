@@ -14,6 +14,8 @@ import { CodecPool } from "../../lib/codec/pool.ts";
 import { Qcow2Error, type Qcow2ErrorCode } from "../../lib/format/errors.ts";
 import { parseHeader, type Qcow2Header } from "../../lib/format/header.ts";
 import { qemuImg } from "../_qemu.ts";
+import { prng } from "../../lib/_prng.ts";
+export { prng };
 
 export { qemuImg };
 
@@ -42,18 +44,6 @@ export async function runIn(
     );
   }
   return dec.decode(out.stdout);
-}
-
-/** A small deterministic PRNG (mulberry32). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 0x1_0000_0000;
-  };
 }
 
 /**

@@ -1,6 +1,13 @@
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuImg, qemuTest, runStatus, tempDir } from "../_qemu.ts";
+import {
+  qemuCheckClean,
+  qemuCompareIdentical,
+  qemuImg,
+  qemuTest,
+  runStatus,
+  tempDir,
+} from "../_qemu.ts";
 import { serveFiles } from "./_server.ts";
 
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
@@ -56,11 +63,7 @@ qemuTest(
     );
     assert.strictEqual(to.code, 0, to.stderr);
     assert.match(to.stderr, /streamable qcow2: .* waited in the spool/);
-    const check = await runStatus("qemu-img", [
-      "check",
-      join(dir.path, "out.qcow2"),
-    ]);
-    assert.strictEqual(check.code, 0, check.stdout);
+    await qemuCheckClean(join(dir.path, "out.qcow2"));
     const info = JSON.parse(
       await qemuImg("info", "--output=json", join(dir.path, "out.qcow2")),
     );
@@ -68,17 +71,9 @@ qemuTest(
       info["format-specific"].data["compression-type"],
       "zstd",
     );
-    assert.match(
-      await qemuImg(
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        join(dir.path, "disk.raw"),
-        join(dir.path, "out.qcow2"),
-      ),
-      /identical/,
+    await qemuCompareIdentical(
+      join(dir.path, "disk.raw"),
+      join(dir.path, "out.qcow2"),
     );
     const back = await sh(
       `cat out.qcow2 | ${run} convert -O raw - - | cmp - disk.raw`,
@@ -121,11 +116,7 @@ qemuTest(
       dir.path,
     );
     assert.strictEqual(w.code, 0, w.stderr);
-    const check = await runStatus("qemu-img", [
-      "check",
-      join(dir.path, "s.qcow2"),
-    ]);
-    assert.strictEqual(check.code, 0, check.stdout);
+    await qemuCheckClean(join(dir.path, "s.qcow2"));
     const r = await sh(
       `cat s.qcow2 | ${run} convert -O raw - - | cmp - disk.raw`,
       dir.path,
@@ -160,17 +151,9 @@ qemuTest(
         dir.path,
       );
       assert.strictEqual(a.code, 0, a.stderr);
-      assert.match(
-        await qemuImg(
-          "compare",
-          "-f",
-          "raw",
-          "-F",
-          "qcow2",
-          join(dir.path, "disk.raw"),
-          join(dir.path, "a.qcow2"),
-        ),
-        /identical/,
+      await qemuCompareIdentical(
+        join(dir.path, "disk.raw"),
+        join(dir.path, "a.qcow2"),
       );
       // qcow2 URL -> raw file
       const before = server.bytesSent;

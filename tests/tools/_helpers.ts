@@ -15,6 +15,7 @@ import {
 } from "../../mod.ts";
 import { join } from "node:path";
 import { qemuImg, qemuIo, run, runStatus } from "../_qemu.ts";
+import { mulberry32 } from "../../lib/_prng.ts";
 
 export { qemuImg, qemuIo, run, runStatus };
 
@@ -281,14 +282,10 @@ export async function assertCheckLikeQemu(path: string): Promise<CheckResult> {
 
 /** Deterministic bytes: a mulberry32 stream, compressible in parts. */
 export function pattern(length: number, seed: number): Uint8Array {
-  let a = seed >>> 0;
+  const next = mulberry32(seed);
   const out = new Uint8Array(length);
   for (let i = 0; i < length; i += 4) {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    t = (t ^ (t >>> 14)) >>> 0;
+    let t = next();
     // Every other 4 KiB is text-like, so compression has something to do.
     if ((i >> 12) % 2 === 0) t = 0x61616161 + (t & 0x07070707);
     out[i] = t >>> 24;

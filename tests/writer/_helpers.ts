@@ -8,7 +8,12 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { runStatus } from "../_qemu.ts";
+import {
+  type QemuCheck,
+  qemuCheckClean,
+  qemuCompareIdentical,
+  runStatus,
+} from "../_qemu.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { imageReadable } from "../../lib/reader/segments.ts";
 import type { ZeroBytes } from "../../lib/writer/records.ts";
@@ -21,33 +26,19 @@ import {
   getRefcount,
   refcountBlockEntries,
 } from "../../lib/format/refcount.ts";
+import { mulberry32, prng } from "../../lib/_prng.ts";
+export { prng };
 
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
 
-/** A small deterministic PRNG (mulberry32), uniform in [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 0x1_0000_0000;
-  };
-}
-
 /** Incompressible bytes from a seeded PRNG (32 bits per step). */
 export function randomBytes(length: number, seed: number): Uint8Array {
   const out = new Uint8Array(length);
-  let a = seed >>> 0;
+  const next = mulberry32(seed);
   let i = 0;
   while (i < length) {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    t = (t ^ (t >>> 14)) >>> 0;
+    let t = next();
     for (let k = 0; k < 4 && i < length; k++, t >>>= 8) out[i++] = t & 0xff;
   }
   return out;
@@ -252,66 +243,6 @@ export async function qemuInfo(path: string): Promise<QemuInfo> {
   ]);
   assert.strictEqual(r.code, 0, `qemu-img info failed: ${r.stderr}`);
   return JSON.parse(r.stdout);
-}
-
-/** What `qemu-img check --output=json` reports. */
-export interface QemuCheck {
-  "check-errors": number;
-  "image-end-offset"?: number;
-  "total-clusters"?: number;
-  "allocated-clusters"?: number;
-  "compressed-clusters"?: number;
-  leaks?: number;
-  corruptions?: number;
-}
-
-/**
- * Runs `qemu-img check` (text, then JSON) and asserts exit code 0, "No
- * errors were found", no leaks and no corruptions. Returns the JSON report.
- */
-export async function qemuCheckClean(path: string): Promise<QemuCheck> {
-  const text = await runStatus("qemu-img", ["check", "-f", "qcow2", path]);
-  const all = text.stdout + text.stderr;
-  assert.strictEqual(text.code, 0, `qemu-img check ${path}:\n${all}`);
-  assert.match(text.stdout, /No errors were found on the image\./);
-  assert.doesNotMatch(all, /leak/i, all);
-  assert.doesNotMatch(all, /\bERROR\b|corrupt/, all);
-  const json = await runStatus("qemu-img", [
-    "check",
-    "--output=json",
-    "-f",
-    "qcow2",
-    path,
-  ]);
-  assert.strictEqual(json.code, 0, json.stdout + json.stderr);
-  const report = JSON.parse(json.stdout) as QemuCheck;
-  assert.strictEqual(report["check-errors"], 0);
-  assert.strictEqual(report.leaks ?? 0, 0, "leaked clusters");
-  assert.strictEqual(report.corruptions ?? 0, 0, "corruptions");
-  return report;
-}
-
-/** Runs `qemu-img compare` and asserts "Images are identical." */
-export async function qemuCompareIdentical(
-  a: string,
-  b: string,
-  formats: [string, string] = ["raw", "qcow2"],
-): Promise<void> {
-  const r = await runStatus("qemu-img", [
-    "compare",
-    "-f",
-    formats[0],
-    "-F",
-    formats[1],
-    a,
-    b,
-  ]);
-  assert.strictEqual(
-    r.code,
-    0,
-    `qemu-img compare ${a} ${b}: ${r.stdout}${r.stderr}`,
-  );
-  assert.match(r.stdout, /Images are identical\./);
 }
 
 /** What a converted image must show. */

@@ -5,13 +5,12 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuTest, tempDir } from "../_qemu.ts";
+import { qemuCheckClean, qemuTest, tempDir } from "../_qemu.ts";
 import {
   exists,
   listDir,
   MiB,
   mixedBytes,
-  qemuCheckClean,
   qemuInfo,
   verifyImage,
 } from "./_helpers.ts";

@@ -12,13 +12,8 @@ import type { PlacedRecord, ZeroBytes } from "../../lib/writer/records.ts";
 import { parseHeader } from "../../lib/format/header.ts";
 import { decodeL1Entry } from "../../lib/format/l1.ts";
 import { openImage } from "../../lib/reader/open.ts";
-import { qemuIo, qemuTest, tempDir } from "../_qemu.ts";
-import {
-  assertGuestBytes,
-  qemuCheckClean,
-  qemuInfo,
-  randomBytes,
-} from "./_helpers.ts";
+import { qemuCheckClean, qemuIo, qemuTest, tempDir } from "../_qemu.ts";
+import { assertGuestBytes, qemuInfo, randomBytes } from "./_helpers.ts";
 
 async function write(
   chunks: (Uint8Array | ZeroBytes)[],

@@ -14,20 +14,19 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuImg, qemuTest, tempDir } from "../_qemu.ts";
+import {
+  qemuCheckClean,
+  qemuCompareIdentical,
+  qemuImg,
+  qemuTest,
+  tempDir,
+} from "../_qemu.ts";
 import { convert } from "../../lib/convert.ts";
 import type { Qcow2WriterOptions } from "../../lib/writer/convert.ts";
 import type { FinalizerSummary } from "../../lib/writer/finalizer.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { fileChunks } from "../../lib/io/file_stream.ts";
-import {
-  KiB,
-  MiB,
-  mixedBytes,
-  qemuCheckClean,
-  qemuCompareIdentical,
-  qemuInfo,
-} from "./_helpers.ts";
+import { KiB, MiB, mixedBytes, qemuInfo } from "./_helpers.ts";
 
 type Compression = "zlib" | "zstd";
 

@@ -15,13 +15,12 @@ import { openImage } from "../../lib/reader/open.ts";
 import type { Qcow2WriterOptions } from "../../lib/writer/convert.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { convert } from "../../lib/convert.ts";
-import { qemuImg, qemuTest, tempDir } from "../_qemu.ts";
+import { qemuCheckClean, qemuImg, qemuTest, tempDir } from "../_qemu.ts";
 import {
   assertGuestBytes,
   type Audit,
   auditRefcounts,
   chunked,
-  qemuCheckClean,
   randomBytes,
   readBack,
   textBytes,

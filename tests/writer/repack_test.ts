@@ -4,7 +4,14 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuImg, qemuIo, qemuTest, tempDir } from "../_qemu.ts";
+import {
+  qemuCheckClean,
+  qemuCompareIdentical,
+  qemuImg,
+  qemuIo,
+  qemuTest,
+  tempDir,
+} from "../_qemu.ts";
 import { convert } from "../../lib/convert.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { openImage } from "../../lib/reader/open.ts";
@@ -14,8 +21,6 @@ import {
   exists,
   MiB,
   mixedBytes,
-  qemuCheckClean,
-  qemuCompareIdentical,
   qemuInfo,
   readBack,
 } from "./_helpers.ts";
