@@ -41,6 +41,7 @@ export {
 
 export * from "./lib/reader/image.ts";
 export * from "./lib/reader/open.ts";
+export type { ReferencePolicy } from "./lib/reader/references.ts";
 export { Qcow2Image, type Qcow2ImageInit } from "./lib/reader/qcow2_image.ts";
 export * from "./lib/reader/raw_image.ts";
 export * from "./lib/reader/segments.ts";

@@ -30,14 +30,22 @@ import {
   UsageError,
   warn,
 } from "./_util.ts";
-import { expectPositionals, parseCommand, stdoutSink } from "./_args.ts";
+import {
+  expectPositionals,
+  parseCommand,
+  parseFormat,
+  stdoutSink,
+} from "./_args.ts";
+import type { ImageFormat } from "../reader/open.ts";
 import { concatBytes } from "../format/_bytes.ts";
 
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
-Convert a disk image. SRC is raw or qcow2, detected from its first bytes
-(qcow2 backing chains, external data files and snapshots are followed). DST
-is written under a temporary name and renamed when complete.
+Convert a disk image. SRC is raw or qcow2: give its format with -f, or it
+is detected from its first bytes (probed). qcow2 backing chains, external
+data files and snapshots are followed; a probed image may only lead to
+files in its own directory (see "Untrusted images" in the README). DST is
+written under a temporary name and renamed when complete.
 
 SRC may be a file, "-" for standard input, or an http(s) URL: qcow2 over
 HTTP is read with Range requests (metadata and needed clusters only); raw
@@ -51,6 +59,10 @@ data waits in a temporary spool file (never larger than the output) until
 the input ends.
 
 Options:
+  -f, --format FMT          format of SRC: raw or qcow2 (default: probed).
+                            -f raw reads SRC as raw whatever its bytes; -f
+                            qcow2 follows its backing and data files
+                            wherever they are, as qemu-img does
   -O, --output-format FMT   raw or qcow2 (default: from DST's extension;
                             qcow2 when -c is given)
   -c, --compress TYPE       compress clusters with zlib or zstd (qcow2 output)
@@ -64,7 +76,7 @@ Options:
       --workers N           compression/decompression workers (default: cores)
   -s, --snapshot NAME|ID    read an internal snapshot of SRC instead of its
                             current state
-  -f, --force               replace DST if it exists
+      --force               replace DST if it exists
       --sync                flush DST to the device (fdatasync) before
                             renaming it into place
   -p, --progress            show a progress bar (default when stderr is a
@@ -135,6 +147,8 @@ type Input =
   | { raw: ReadableStream<Uint8Array | ZeroBytes>; total: number | undefined };
 
 interface InputOptions {
+  /** The format -f gave, or undefined to probe. */
+  format: ImageFormat | undefined;
   snapshot: string | undefined;
   /** Whether the output is qcow2 (raw files are then streamed, holes skipped). */
   toQcow2: boolean;
@@ -142,21 +156,42 @@ interface InputOptions {
   cleanups: (() => Promise<void>)[];
 }
 
-/** Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout allows, else spooled. */
+/**
+ * Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout
+ * allows, else spooled. Relative names the image gives resolve against
+ * `relativeTo`.
+ */
 async function openStream(
   stream: ReadableStream<Uint8Array>,
   size: number | undefined,
   what: string,
+  relativeTo: string,
   options: InputOptions,
 ): Promise<Input> {
+  if (options.format === "raw") {
+    if (options.snapshot !== undefined) {
+      throw new UsageError("Cannot convert: --snapshot needs a qcow2 source");
+    }
+    return { raw: stream, total: size };
+  }
   const { head, all } = await peek(stream);
   if (!isQcow2(head)) {
+    if (options.format === "qcow2") {
+      await all.cancel();
+      throw new UsageError(
+        `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
+      );
+    }
     if (options.snapshot !== undefined) {
       throw new UsageError("Cannot convert: --snapshot needs a qcow2 source");
     }
     return { raw: all, total: size };
   }
-  const opened = await openImageStream(all, { snapshot: options.snapshot });
+  const opened = await openImageStream(all, {
+    snapshot: options.snapshot,
+    format: options.format,
+    relativeTo,
+  });
   options.cleanups.push(() => opened.close());
   options.notice(
     opened.onePass
@@ -171,11 +206,15 @@ async function openStream(
 }
 
 async function openInput(src: string, options: InputOptions): Promise<Input> {
+  const { format, snapshot } = options;
   if (src === "-") {
+    // Names in an image read from a pipe resolve against the working
+    // directory (never the spool directory).
     return await openStream(
       Deno.stdin.readable,
       undefined,
       "standard input",
+      Deno.cwd(),
       options,
     );
   }
@@ -187,18 +226,21 @@ async function openInput(src: string, options: InputOptions): Promise<Input> {
       if (!(err instanceof RangeNotSupportedError)) throw err;
     }
     if (http) {
-      const head = await http.read(0, 4);
-      if (isQcow2(head)) {
-        const image = await openImage(http, { snapshot: options.snapshot });
+      if (
+        format !== "raw" &&
+        (format === "qcow2" || isQcow2(await http.read(0, 4)))
+      ) {
+        const image = await openImage(http, { snapshot, format });
         options.cleanups.push(() => image.close());
         return { image, total: image.virtualSize };
       }
+      await http.close();
       // Raw over HTTP: one streamed request beats many range requests.
     }
     const { body, size } = await fetchStream(src);
-    return await openStream(body, size, src, options);
+    return await openStream(body, size, src, new URL(".", src).href, options);
   }
-  const image = await openImage(src, { snapshot: options.snapshot });
+  const image = await openImage(src, { snapshot, format });
   options.cleanups.push(() => image.close());
   if (image.format === "raw" && options.toQcow2) {
     // Raw file to qcow2: large sequential reads that skip the file's holes.
@@ -273,7 +315,8 @@ export async function convertCommand(args: string[]): Promise<number> {
     streamable: { type: "boolean" },
     workers: { type: "string" },
     snapshot: { type: "string", short: "s" },
-    force: { type: "boolean", short: "f" },
+    format: { type: "string", short: "f" },
+    force: { type: "boolean" },
     sync: { type: "boolean" },
     progress: { type: "boolean", short: "p" },
     quiet: { type: "boolean", short: "q" },
@@ -284,6 +327,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     return 0;
   }
   const [src, dst] = expectPositionals("convert", positionals, ["SRC", "DST"]);
+  const sourceFormat = parseFormat(values.format, "-f");
   const compression = values.compress;
   if (
     compression !== undefined && compression !== "zlib" &&
@@ -346,6 +390,7 @@ export async function convertCommand(args: string[]): Promise<number> {
   const cleanups: (() => Promise<void>)[] = [];
   try {
     const input = await openInput(src, {
+      format: sourceFormat,
       snapshot: values.snapshot,
       toQcow2: format === "qcow2",
       notice,

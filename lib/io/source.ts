@@ -110,10 +110,12 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * Opens a file for reading.
    *
    * @param path File path.
+   * @param name Name for messages and for resolving the names an image
+   * gives (default: the path).
    * @returns The source.
    * @throws {Deno.errors.NotFound} When the file does not exist.
    */
-  static async open(path: string): Promise<FileSource> {
+  static async open(path: string, name: string = path): Promise<FileSource> {
     const file = await Deno.open(path, { read: true });
     try {
       const info = await file.stat();
@@ -122,7 +124,7 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
         // Block devices report size 0 in stat; find the end by seeking.
         size = await file.seek(0, Deno.SeekMode.End);
       }
-      return new FileSource(file, size, path);
+      return new FileSource(file, size, name);
     } catch (err) {
       file.close();
       throw err;
