@@ -65,11 +65,9 @@ export class RawImage implements GuestImage {
    * @param length Length.
    * @returns The extent.
    */
-  async *extents(
-    offset = 0,
-    length = this.virtualSize - offset,
-  ): AsyncGenerator<Extent> {
-    for await (const item of this.plan(offset, length, 0)) yield toExtent(item);
+  async *extents(offset = 0, length?: number): AsyncGenerator<Extent> {
+    const items = this.plan(offset, length ?? this.virtualSize - offset, 0);
+    for await (const item of items) yield toExtent(item);
   }
 
   /**
