@@ -1,7 +1,8 @@
 // Compressed output size against QEMU, for zlib and zstd at 64 KiB clusters:
-// `qemu-img convert -c -O qcow2` and our convert at default settings on the
-// same input must give sizes within 2% of each other, and our images must
-// pass check and compare identical to the source. Two inputs:
+// our convert at default settings may be at most 2% larger than
+// `qemu-img convert -c -O qcow2` on the same input (smaller is the goal:
+// partly used clusters are filled where QEMU leaves them empty), and our
+// images must pass check and compare identical to the source. Two inputs:
 //
 // - a 96 MiB synthetic mix (text, incompressible noise, runs of one byte and
 //   zero runs, from a seeded PRNG);
@@ -75,10 +76,9 @@ async function assertClose(
   result: { qemu: number; ours: number; path: string },
 ): Promise<void> {
   const ratio = result.ours / result.qemu;
-  assert.ok(
-    Math.abs(ratio - 1) <= 0.02,
-    `${type}: size ratio ${ratio} is outside 1 ± 2%`,
-  );
+  assert.ok(ratio <= 1.02, `${type}: size ratio ${ratio} is above 1.02`);
+  // Far below QEMU would mean lost data (compare below must catch it).
+  assert.ok(ratio >= 0.8, `${type}: size ratio ${ratio} is below 0.8`);
   await qemuCheckClean(result.path);
   await qemuCompareIdentical(raw, result.path);
   const info = await qemuInfo(result.path);
@@ -88,7 +88,7 @@ async function assertClose(
 const SIZE = 96 * MiB;
 
 qemuTest(
-  "size: compressed output within 2% of qemu-img convert -c (zlib and zstd)",
+  "size: compressed output at most 2% above qemu-img convert -c (zlib and zstd)",
   async () => {
     await using dir = await tempDir();
     const raw = join(dir.path, "mixed.raw");
@@ -174,7 +174,7 @@ async function appendTree(
 }
 
 qemuTest(
-  "size: /usr content, default levels within 2% of qemu-img convert -c",
+  "size: /usr content, default levels at most 2% above qemu-img convert -c",
   async () => {
     await using dir = await tempDir();
     const raw = join(dir.path, "usr.raw");
