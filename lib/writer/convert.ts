@@ -5,7 +5,7 @@
  */
 
 import { CodecPool } from "../codec/pool.ts";
-import type { CodecBackend } from "../codec/codecs.ts";
+import type { CodecBackend, ZlibWindow } from "../codec/codecs.ts";
 import { ClusterChunkStream } from "./chunk_stream.ts";
 import { ZeroDetectStream } from "./zero_stream.ts";
 import { CompressStream } from "./compress_stream.ts";
@@ -38,9 +38,16 @@ export interface Qcow2WriterOptions {
   compression?: "none" | "zlib" | "zstd";
   /**
    * Compression level (zlib 1-9, zstd 1-22).
-   * @default {6} for zlib, {3} for zstd
+   * @default {defaultLevel(compression, backend, zlibWindow)}: zlib 6
+   * (9 with node:zlib and a 4 KiB window), zstd 3
    */
   level?: number;
+  /**
+   * zlib: deflate window in bytes, 32768 or 4096 (QEMU's); see
+   * `CodecOptions.zlibWindow`.
+   * @default {32768}
+   */
+  zlibWindow?: ZlibWindow;
   /**
    * Refcount width in bits: 1, 2, 4, 8, 16, 32 or 64.
    * @default {16}
@@ -136,6 +143,7 @@ export class Qcow2Writer
           type: compression,
           level: options.level,
           backend: options.backend,
+          zlibWindow: options.zlibWindow,
         }),
       );
     }

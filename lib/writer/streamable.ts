@@ -155,6 +155,7 @@ export class StreamableQcow2Writer
           type: compression,
           level: options.level,
           backend: options.backend,
+          zlibWindow: options.zlibWindow,
         }),
       );
     }
