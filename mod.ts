@@ -51,6 +51,7 @@ export * from "./lib/reader/stream_open.ts";
 export * from "./lib/writer/records.ts";
 export * from "./lib/writer/chunk_stream.ts";
 export * from "./lib/writer/zero_stream.ts";
+export * from "./lib/writer/backing_diff_stream.ts";
 export * from "./lib/writer/is_zero.ts";
 export * from "./lib/writer/compress_stream.ts";
 export * from "./lib/writer/host_allocator.ts";

@@ -10,7 +10,13 @@ import { ClusterChunkStream } from "./chunk_stream.ts";
 import { ZeroDetectStream } from "./zero_stream.ts";
 import { CompressStream } from "./compress_stream.ts";
 import { ClusterPacker } from "./packer.ts";
-import { type FinalizerSummary, MetadataFinalizer } from "./finalizer.ts";
+import {
+  type BackingFileName,
+  type FinalizerSummary,
+  MetadataFinalizer,
+} from "./finalizer.ts";
+import { BackingDiffStream } from "./backing_diff_stream.ts";
+import type { GuestImage } from "../reader/image.ts";
 import { HostAllocator } from "./host_allocator.ts";
 import type { HostWrite, ZeroBytes } from "./records.ts";
 
@@ -67,6 +73,18 @@ export interface Qcow2WriterOptions {
   backend?: CodecBackend;
   /** Called as guest bytes are mapped (after compression and packing). */
   onProgress?: (guestBytes: number) => void;
+  /**
+   * Make a delta image: the backing file named in the header (name as
+   * stored, and format). Zero clusters become zero entries so that they do
+   * not read from it.
+   */
+  backingFile?: BackingFileName;
+  /**
+   * The backing file's guest view, opened by the caller: clusters that read
+   * the same in it are left unallocated for it to answer, so the image
+   * holds only what changed. Needs `backingFile`.
+   */
+  backingImage?: GuestImage;
 }
 
 /**
@@ -117,6 +135,11 @@ export class Qcow2Writer
         "Cannot write qcow2: a compression level needs compression zlib or zstd",
       );
     }
+    if (options.backingImage && !options.backingFile) {
+      throw new RangeError(
+        "Cannot write qcow2: a backing image to compare with needs backingFile (its name and format)",
+      );
+    }
     const chunker = new ClusterChunkStream({ clusterSize });
     const allocator = new HostAllocator({
       clusterSize,
@@ -126,10 +149,19 @@ export class Qcow2Writer
       allocator,
       compressionType: compression === "zstd" ? "zstd" : "zlib",
       onProgress: options.onProgress,
+      backingFile: options.backingFile,
     });
     let records = chunker.readable.pipeThrough(
       new ZeroDetectStream({ clusterSize }),
     );
+    if (options.backingImage) {
+      records = records.pipeThrough(
+        new BackingDiffStream({
+          backing: options.backingImage,
+          clusterSize,
+        }),
+      );
+    }
     if (compression !== "none") {
       let pool = options.pool;
       if (!pool) {
