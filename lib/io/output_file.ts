@@ -140,6 +140,9 @@ export class OutputFile {
     }
     const suffix = crypto.randomUUID().slice(0, 8);
     const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
+    // Listed before it exists: a signal that arrives while the file is
+    // being created still finds it (removing a missing file is harmless).
+    liveTemporaryFiles.add(temp);
     let file: Deno.FsFile;
     try {
       file = await Deno.open(temp, {
@@ -148,6 +151,7 @@ export class OutputFile {
         mode: 0o644,
       });
     } catch (err) {
+      liveTemporaryFiles.delete(temp);
       const reason = err instanceof Deno.errors.NotFound
         ? `directory ${dirname(path)} does not exist`
         : err instanceof Deno.errors.PermissionDenied
@@ -155,7 +159,6 @@ export class OutputFile {
         : (err as Error).message;
       throw new Error(`Cannot write ${path}: ${reason}`, { cause: err });
     }
-    liveTemporaryFiles.add(temp);
     return new OutputFile(path, temp, file, false, options.sync ?? false);
   }
 
