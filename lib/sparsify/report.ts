@@ -1,0 +1,89 @@
+/**
+ * What `--sparsify` found on a disk and how much free space it dropped.
+ *
+ * @module
+ */
+
+/**
+ * A byte range of the disk that no filesystem uses: it reads as zeros in
+ * the converted image.
+ *
+ * @example The free ranges of a map, summed
+ * ```ts
+ * import assert from "node:assert";
+ * import type { FreeRange } from "./report.ts";
+ * const ranges: FreeRange[] = [{ offset: 4096, length: 8192 }, { offset: 65536, length: 4096 }];
+ * assert.strictEqual(ranges.reduce((n, r) => n + r.length, 0), 12288);
+ * ```
+ */
+export interface FreeRange {
+  /** Disk offset in bytes. */
+  offset: number;
+  /** Length in bytes. */
+  length: number;
+}
+
+/**
+ * One partition (or the whole disk when there is no partition table): what
+ * was found on it and what became of it.
+ *
+ * - `mapped`: its free space reads as zeros in the output
+ * - `untouched`: it is copied exactly as it is; `reason` says why
+ *
+ * @example Say why a partition was left as it is
+ * ```ts
+ * import assert from "node:assert";
+ * import { BytesSource } from "../io/source.ts";
+ * import { mapFreeSpace } from "./map.ts";
+ * const disk = new Uint8Array(1 << 20); // no table, no filesystem
+ * const { report } = await mapFreeSpace(new BytesSource(disk));
+ * const [region] = report.regions;
+ * assert.strictEqual(region.status, "untouched");
+ * assert.match(region.reason!, /no filesystem/);
+ * ```
+ */
+export interface RegionReport {
+  /** Partition number as Linux numbers it (1-4 primary, 5+ logical), or 0 for a bare disk. */
+  partition: number;
+  /** Disk offset of the partition in bytes. */
+  offset: number;
+  /** Length of the partition in bytes (the known part of a bare stream). */
+  length: number;
+  /** Partition type as the table names it (`Linux swap`, `0x83`), when there is a table. */
+  type?: string;
+  /** What is on it: `ext2`, `ext3`, `ext4`, `swap`, a recognized but unhandled kind (`xfs`), or `unknown`. */
+  found: string;
+  /** Details of what was found (block size, groups, features). */
+  detail?: string;
+  /** Whether its free space was dropped. */
+  status: "mapped" | "untouched";
+  /** Why it was left untouched. */
+  reason?: string;
+  /** Bytes dropped as free. */
+  freeBytes: number;
+}
+
+/**
+ * Where the space went: the partition table and every partition.
+ *
+ * @example Map a bare ext4 made by mkfs
+ * ```ts ignore
+ * import { FileSource, mapFreeSpace } from "@qcow2pipe/qcow2pipe";
+ * await using disk = await FileSource.open("ext4.img");
+ * const { report } = await mapFreeSpace(disk);
+ * console.log(report.table, report.regions[0].found, report.freeBytes);
+ * ```
+ */
+export interface SparsifyReport {
+  /** Partition table: `gpt`, `mbr`, or `none` (a bare filesystem, or no table recognized). */
+  table: "gpt" | "mbr" | "none";
+  /**
+   * Why a partition table that was found is not used: the whole disk is
+   * then left as it is.
+   */
+  tableProblem?: string;
+  /** The partitions in disk order (one region for a bare disk). */
+  regions: RegionReport[];
+  /** Bytes dropped as free, all partitions together. */
+  freeBytes: number;
+}
