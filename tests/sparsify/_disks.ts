@@ -194,12 +194,14 @@ export async function debugfsRm(image: string, paths: string[]): Promise<void> {
   });
 }
 
-/** Runs one debugfs command that writes (set_super_value, set_bg, ...). */
+/** Runs debugfs commands that write (set_super_value, set_bg, ...) in one session. */
 export async function debugfsSet(
   image: string,
-  command: string,
+  ...commands: string[]
 ): Promise<void> {
-  await sh("debugfs", ["-w", "-R", command, image]);
+  await sh("debugfs", ["-w", "-f", "-", image], {
+    stdin: commands.map((c) => c + "\n").join(""),
+  });
 }
 
 /** Merges sorted, possibly adjacent ranges. */
