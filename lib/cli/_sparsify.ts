@@ -92,6 +92,9 @@ export function sparsifyLines(report: SparsifyReport): string[] {
     const n = report.regions.length;
     lines.push(`${p} ${table}, ${n} partition${n === 1 ? "" : "s"}`);
   }
+  if (report.tableIncomplete) {
+    lines.push(`${p} ${table}: ${report.tableIncomplete}`);
+  }
   for (const r of report.regions) {
     const found = r.detail ? `${r.found} (${r.detail})` : r.found;
     lines.push(

@@ -125,4 +125,6 @@ export interface TableLayout {
   partitions: Partition[];
   /** Byte ranges holding the table itself, which no partition may cover. */
   table: Array<{ offset: number; length: number }>;
+  /** Why some partitions could not be listed (their bytes are copied as they are). */
+  incomplete?: string;
 }

@@ -188,6 +188,7 @@ export async function mapFreeSpace(
   const report: SparsifyReport = {
     table: layout.table,
     ...(layout.problem ? { tableProblem: layout.problem } : {}),
+    ...(layout.incomplete ? { tableIncomplete: layout.incomplete } : {}),
     regions: results.map((r) => r.report),
     freeBytes: results.reduce((n, r) => n + r.report.freeBytes, 0),
   };

@@ -198,7 +198,11 @@ export async function readMbrPartitions(
     });
   }
   if (extended.length === 1) {
-    out.push(...await readLogical(disk, extended[0], table));
+    const logical = await readLogical(disk, extended[0], table);
+    out.push(...logical.partitions);
+    if (logical.incomplete) {
+      return { partitions: out, table, incomplete: logical.incomplete };
+    }
   }
   return { partitions: out, table };
 }
@@ -208,7 +212,7 @@ async function readLogical(
   disk: DiskReader,
   ext: MbrEntry,
   table: TableLayout["table"],
-): Promise<Partition[]> {
+): Promise<{ partitions: Partition[]; incomplete?: string }> {
   if (ext.firstLba === 0) {
     throw new Refusal("MBR extended partition starts at sector 0");
   }
@@ -228,7 +232,19 @@ async function readLogical(
     }
     seen.add(ebr);
     table.push({ offset: ebr * MBR_SECTOR_SIZE, length: MBR_SECTOR_SIZE });
-    const sector = await disk.read(ebr * MBR_SECTOR_SIZE, MBR_SECTOR_SIZE);
+    let sector: Uint8Array;
+    try {
+      sector = await disk.read(ebr * MBR_SECTOR_SIZE, MBR_SECTOR_SIZE);
+    } catch (err) {
+      // A stream that cannot reach this EBR yet: the partitions found so
+      // far are used, the rest of the chain is copied as it is.
+      if (!(err instanceof Refusal)) throw err;
+      return {
+        partitions: out,
+        incomplete:
+          `logical partitions from the EBR at sector ${ebr} on were not read: ${err.message}`,
+      };
+    }
     if (sector.length < MBR_SECTOR_SIZE) {
       throw new Refusal(
         `MBR EBR at sector ${ebr} lies past the end of the disk: truncated`,
@@ -262,7 +278,7 @@ async function readLogical(
     } else {
       number--; // an EBR without a partition takes no number
     }
-    if (!used(link)) return out;
+    if (!used(link)) return { partitions: out };
     const next = extStart + link.firstLba;
     if (link.firstLba === 0 || next >= extEnd) {
       throw new Refusal(

@@ -26,6 +26,8 @@ export interface DiskLayout {
   table: "gpt" | "mbr" | "none";
   /** Why the table is not used; `partitions` is then empty. */
   problem?: string;
+  /** Why some partitions of a usable table are not listed. */
+  incomplete?: string;
   /**
    * The partitions by disk offset; for `none`, the whole disk as partition
    * 0 (its length `Infinity` when the size is unknown).
@@ -82,6 +84,7 @@ export async function readDiskLayout(disk: DiskReader): Promise<DiskLayout> {
   }
   return {
     table: kind,
+    ...(layout.incomplete ? { incomplete: layout.incomplete } : {}),
     partitions: layout.partitions.toSorted((a, b) => a.offset - b.offset),
   };
 }

@@ -82,6 +82,12 @@ export interface SparsifyReport {
    * then left as it is.
    */
   tableProblem?: string;
+  /**
+   * Why some partitions of the table were not listed: an MBR's chain of
+   * logical partitions reaching past what a stream holds. Their bytes are
+   * copied as they are.
+   */
+  tableIncomplete?: string;
   /** The partitions in disk order (one region for a bare disk). */
   regions: RegionReport[];
   /** Bytes dropped as free, all partitions together. */

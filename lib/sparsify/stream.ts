@@ -213,6 +213,7 @@ async function* mapStream(
   done({
     table: layout.table,
     ...(layout.problem ? { tableProblem: layout.problem } : {}),
+    ...(layout.incomplete ? { tableIncomplete: layout.incomplete } : {}),
     regions,
     freeBytes: regions.reduce((n, r) => n + r.freeBytes, 0),
   });

@@ -310,3 +310,68 @@ export function within(inner: FreeRange[], outer: FreeRange[]): boolean {
   }
   return true;
 }
+
+/** A disk built from image files: its path and partitions. */
+export interface BuiltDisk {
+  path: string;
+  parts: Array<{ offset: number; length: number; type: string }>;
+  /** What should read as zeros, by dumpe2fs and the swap layout (not our code). */
+  free: FreeRange[];
+}
+
+/**
+ * A disk with a partition table (`label: gpt` or `label: dos`) holding an
+ * ext4 filled and with files deleted, a swap partition whose pages hold old
+ * bytes, and a partition of noise that no module maps. Built with sfdisk,
+ * mke2fs, debugfs and mkswap on files (no root).
+ */
+export async function buildDisk(
+  dir: string,
+  label: "gpt" | "dos",
+  size = 96 * MiB,
+): Promise<BuiltDisk> {
+  const path = join(dir, `${label}.img`);
+  await blank(path, size);
+  const script = label === "gpt"
+    ? "label: gpt\n,48M,L\n,16M,S\n,8M,L\n"
+    : "label: dos\n,48M,83\n,,E\n,16M,82\n,8M,83\n";
+  await sh("sfdisk", ["-q", path], { stdin: script });
+  const parts = (await sfdiskParts(path)).filter((p) => p.type !== "5");
+  const tree = join(dir, "tree");
+  const files = await populate(tree, 3, 24 * MiB);
+  const fs = join(dir, "p1.img");
+  await mkfs(fs, parts[0].length, ["-t", "ext4", "-b", "4096"], tree);
+  await debugfsRm(fs, files.filter((_, i) => i % 3 !== 0));
+  await writeInto(path, parts[0].offset, fs);
+  const free = await dumpe2fsFree(fs, parts[0].offset);
+  await Deno.remove(fs);
+  free.push({ offset: parts[1].offset + 4096, length: parts[1].length - 4096 });
+  const swap = join(dir, "p2.img");
+  await Deno.writeFile(swap, noise(parts[1].length, 99));
+  await sh("mkswap", ["-q", "-L", "old-swap", swap]);
+  await writeInto(path, parts[1].offset, swap);
+  await Deno.remove(swap);
+  const rest = join(dir, "p3.img");
+  await Deno.writeFile(rest, noise(parts[2].length, 5));
+  await writeInto(path, parts[2].offset, rest);
+  await Deno.remove(rest);
+  await Deno.remove(tree, { recursive: true });
+  return { path, parts, free };
+}
+
+/** Writes `src` with `ranges` zeroed to `dst`: what a sparsified disk should read as. */
+export async function zeroed(
+  src: string,
+  dst: string,
+  ranges: FreeRange[],
+): Promise<void> {
+  await Deno.copyFile(src, dst);
+  using f = await Deno.open(dst, { write: true });
+  const zeros = new Uint8Array(MiB);
+  for (const r of ranges) {
+    await f.seek(r.offset, Deno.SeekMode.Start);
+    for (let left = r.length; left > 0; left -= zeros.length) {
+      await f.write(zeros.subarray(0, Math.min(left, zeros.length)));
+    }
+  }
+}
