@@ -132,9 +132,10 @@ async function analyzeSwap(region: RegionReader): Promise<FilesystemAnalysis> {
       { found: "swap" },
     );
   }
-  // Past the header, the whole partition is the kernel's scratch space
-  // (pages beyond last_page are not used at all).
-  const end = region.length ?? swapEnd;
+  // Past the header, the swap area is the kernel's scratch space. Only the
+  // area the header describes is dropped: a partition table that makes the
+  // partition longer must not reach over other bytes.
+  const end = swapEnd;
   const labelBytes = head.subarray(LABEL, LABEL + 16);
   const nul = labelBytes.indexOf(0);
   const label = new TextDecoder().decode(

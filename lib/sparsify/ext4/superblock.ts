@@ -45,6 +45,8 @@ export const SB = {
   REV_LEVEL: 0x4c,
   /** `s_inode_size` u16 */
   INODE_SIZE: 0x58,
+  /** `s_block_group_nr` u16: the group a superblock copy is in (0 for the primary) */
+  BLOCK_GROUP_NR: 0x5a,
   /** `s_feature_compat` u32 */
   FEATURE_COMPAT: 0x5c,
   /** `s_feature_incompat` u32 */
@@ -338,6 +340,13 @@ export function parseExt4Superblock(
     throw new Refusal(`errors recorded (s_state ${hex(state)}): run e2fsck`);
   }
   if (rev > 1) throw new Refusal(`s_rev_level ${rev} is unknown`);
+  if (rev !== 0 && u16(SB.BLOCK_GROUP_NR) !== 0) {
+    throw new Refusal(
+      `superblock is the backup copy of group ${
+        u16(SB.BLOCK_GROUP_NR)
+      } (s_block_group_nr), not the start of a filesystem`,
+    );
+  }
   for (const [name, word, bit] of NAMED) {
     if (has(word === 0 ? incompat : roCompat, bit)) {
       throw new Refusal(`feature ${name} is not handled`);
