@@ -66,12 +66,19 @@ export interface RegionReport {
 /**
  * Where the space went: the partition table and every partition.
  *
- * @example Map a bare ext4 made by mkfs
- * ```ts ignore
- * import { FileSource, mapFreeSpace } from "@qcow2pipe/qcow2pipe";
- * await using disk = await FileSource.open("ext4.img");
- * const { report } = await mapFreeSpace(disk);
- * console.log(report.table, report.regions[0].found, report.freeBytes);
+ * @example What a bare swap area reports
+ * ```ts
+ * import assert from "node:assert";
+ * import { BytesSource } from "../io/source.ts";
+ * import { mapFreeSpace } from "./map.ts";
+ * const disk = new Uint8Array(1 << 20);
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const { report } = await mapFreeSpace(new BytesSource(disk));
+ * assert.strictEqual(report.table, "none");
+ * assert.deepStrictEqual(report.regions.map((r) => [r.found, r.status]), [["swap", "mapped"]]);
+ * assert.strictEqual(report.freeBytes, (1 << 20) - 4096);
  * ```
  */
 export interface SparsifyReport {

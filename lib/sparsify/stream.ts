@@ -151,14 +151,19 @@ export class FreeSpaceStream
     const input = readable.getReader();
     const lookahead = new Lookahead(input, readAhead, options.size);
     async function* run(): AsyncGenerator<Chunk> {
+      let ended = false;
       try {
         yield* mapStream(lookahead, resolve);
+        ended = true;
       } catch (err) {
         reject(err);
-        await input.cancel(err).catch(() => {});
         throw err;
       } finally {
-        reject(new Error("Cannot map free space: the stream was cancelled"));
+        if (!ended) {
+          // An error, or the consumer cancelled: stop the producer too.
+          reject(new Error("Cannot map free space: the stream was cancelled"));
+          await input.cancel().catch(() => {});
+        }
         input.releaseLock();
       }
     }

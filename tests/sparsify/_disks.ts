@@ -9,6 +9,8 @@ import { join } from "node:path";
 import { mulberry32 } from "../../lib/_prng.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 
+export { patch, readAt } from "../tools/_helpers.ts";
+
 export const KiB = 1024;
 export const MiB = 1024 * 1024;
 
@@ -266,35 +268,6 @@ export async function blank(path: string, size: number): Promise<void> {
     truncate: true,
   });
   await f.truncate(size);
-}
-
-/** Reads `length` bytes at `offset` of a file. */
-export async function readAt(
-  path: string,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  using f = await Deno.open(path);
-  await f.seek(offset, Deno.SeekMode.Start);
-  const out = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = await f.read(out.subarray(done));
-    if (n === null) break;
-    done += n;
-  }
-  return out.subarray(0, done);
-}
-
-/** Overwrites bytes at `offset` of a file. */
-export async function patch(
-  path: string,
-  offset: number,
-  bytes: Uint8Array,
-): Promise<void> {
-  using f = await Deno.open(path, { write: true });
-  await f.seek(offset, Deno.SeekMode.Start);
-  await f.write(bytes);
 }
 
 /** Whether every range of `inner` lies inside the union of `outer`. */
