@@ -95,10 +95,12 @@ async function fill(dir: string, seed: number, bytes: number): Promise<void> {
     if (i % 6 === 3) await Deno.chmod(join(dir, "data", f), 0o4755);
   }
   await sh("setfattr", ["-n", "trusted.tag", "-v", "kept", join(dir, "data")]);
-  try {
-    await sh("cp", ["-a", "/usr/share/doc", join(dir, "doc")]);
-  } catch {
-    // no /usr/share/doc here: the generated tree is enough
+  // Real files too, with their symlinks and hard links, when there are any.
+  const zoneinfo = await Deno.stat("/usr/share/zoneinfo").catch(() =>
+    undefined
+  );
+  if (zoneinfo?.isDirectory) {
+    await sh("cp", ["-a", "/usr/share/zoneinfo", join(dir, "zoneinfo")]);
   }
   // Deleted: two thirds of the generated files (their blocks keep the bytes).
   for (const [i, f] of files.entries()) {
@@ -161,7 +163,7 @@ for (const [name, layout] of LAYOUTS) {
         await using dev = await loop(disk, fs.offset, fs.length);
         await sh("mkfs.ext4", ["-q", "-F", dev.dev]);
         await using _m = await mount(dev.dev, join(dir.path, "fill"), "rw");
-        await fill(join(dir.path, "fill"), 11, 100 * MiB);
+        await fill(join(dir.path, "fill"), 11, 90 * MiB);
       }
       if (swap) {
         await using dev = await loop(disk, swap.offset, swap.length);
