@@ -342,7 +342,7 @@ export function parseGptEntries(
  *
  * @param disk The disk.
  * @returns The partitions and the sectors of the table (LBA 0, the header,
- * the entry array).
+ * the entry array, and the backup header and array at the end).
  * @throws {Refusal} When the header or the array fails a check.
  *
  * @example No GPT header
@@ -388,6 +388,15 @@ export async function readGptPartitions(
     table: [
       { offset: 0, length: 2 * ss },
       { offset: header.entriesLba * ss, length: Math.max(arrayBytes, 1) },
+      // The backup header, and its entry array where UEFI puts it (just
+      // before the header, the primary array's size): no partition may
+      // cover them either.
+      ...(header.alternateLba > header.lastUsableLba
+        ? [{
+          offset: (header.alternateLba - Math.ceil(arrayBytes / ss)) * ss,
+          length: (Math.ceil(arrayBytes / ss) + 1) * ss,
+        }]
+        : []),
     ],
   };
 }

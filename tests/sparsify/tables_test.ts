@@ -115,6 +115,24 @@ const BROKEN: Array<{
     problem: /^GPT header in LBA 1 has no "EFI PART" signature$/,
   },
   {
+    name: "a GPT partition over the backup entry array (CRCs fixed up)",
+    script: "label: gpt\n,16M,L\n",
+    damage: async (disk) => {
+      const header = await readAt(disk, 512, 92);
+      const hv = new DataView(header.buffer);
+      const alt = Number(hv.getBigUint64(32, true));
+      hv.setBigUint64(48, BigInt(alt - 1), true); // last usable LBA
+      const entries = await readAt(disk, 1024, 128 * 128);
+      new DataView(entries.buffer).setBigUint64(40, BigInt(alt - 1), true);
+      hv.setUint32(88, crc32(entries), true);
+      hv.setUint32(16, 0, true);
+      hv.setUint32(16, crc32(header), true);
+      await patch(disk, 1024, entries);
+      await patch(disk, 512, header);
+    },
+    problem: /^partition 1 \(bytes \d+-\d+\) covers the partition table/,
+  },
+  {
     name: "overlapping MBR partitions",
     script: "label: dos\n,16M,83\n,16M,83\n",
     // Partition 2 starts inside partition 1.
