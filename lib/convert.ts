@@ -19,12 +19,24 @@ import { FreeSpaceStream } from "./sparsify/stream.ts";
 /**
  * Options of {@linkcode convert}: the writer's, and `sparsify`.
  *
- * @example
+ * @example Convert a disk with its free space dropped
  * ```ts
  * import assert from "node:assert";
- * import type { ConvertOptions } from "./convert.ts";
- * const o: ConvertOptions = { compression: "zstd", sparsify: true };
- * assert.ok(o.sparsify);
+ * import { convert } from "./convert.ts";
+ * import { OutputFile } from "./io/output_file.ts";
+ * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const dir = await Deno.makeTempDir();
+ * const summary = await convert(ReadableStream.from([disk]), await OutputFile.create(`${dir}/swap.qcow2`), {
+ *   compression: "zstd",
+ *   workers: 1,
+ *   sparsify: true,
+ * });
+ * assert.strictEqual(summary.sparsify!.freeBytes, (1 << 20) - 4096);
+ * assert.strictEqual(summary.compressedClusters, 1); // the header's cluster; the rest is unallocated
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export interface ConvertOptions extends Qcow2WriterOptions {
@@ -41,12 +53,23 @@ export interface ConvertOptions extends Qcow2WriterOptions {
 /**
  * What {@linkcode convert} wrote, and what `sparsify` found.
  *
- * @example
+ * @example What was found, and what was stored
  * ```ts
  * import assert from "node:assert";
- * import type { ConvertSummary } from "./convert.ts";
- * const s: Partial<ConvertSummary> = { sparsify: { table: "none", regions: [], freeBytes: 0 } };
- * assert.strictEqual(s.sparsify!.table, "none");
+ * import { convert } from "./convert.ts";
+ * import { openImage } from "./reader/open.ts";
+ * import { OutputFile } from "./io/output_file.ts";
+ * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const dir = await Deno.makeTempDir();
+ * await using image = await openImage(disk);
+ * const summary = await convert(image, await OutputFile.create(`${dir}/swap.qcow2`), { sparsify: true });
+ * assert.deepStrictEqual(summary.sparsify!.regions.map((r) => r.found), ["swap"]);
+ * assert.strictEqual(summary.dataClusters, 1);
+ * assert.strictEqual(summary.zeroClusters, 15);
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export interface ConvertSummary extends FinalizerSummary {

@@ -18,12 +18,18 @@ import type { SparsifyReport } from "./report.ts";
 /**
  * Options of {@linkcode freeSpaceChunks}.
  *
- * @example
+ * @example Read the kept part of a disk in 1 KiB chunks
  * ```ts
  * import assert from "node:assert";
- * import type { FreeSpaceChunksOptions } from "./chunks.ts";
- * const o: FreeSpaceChunksOptions = { chunkSize: 1 << 20 };
- * assert.strictEqual(o.chunkSize, 1 << 20);
+ * import { BytesSource } from "../io/source.ts";
+ * import { freeSpaceChunks } from "./chunks.ts";
+ * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const { readable } = await freeSpaceChunks(new BytesSource(disk), { chunkSize: 1024 });
+ * const sizes = (await Array.fromAsync(readable)).map((c) => c instanceof Uint8Array ? c.length : -c.zeros);
+ * assert.deepStrictEqual(sizes, [1024, 1024, 1024, 1024, -((1 << 20) - 4096)]);
  * ```
  */
 export interface FreeSpaceChunksOptions {

@@ -8,12 +8,18 @@
  * A byte range of the disk that no filesystem uses: it reads as zeros in
  * the converted image.
  *
- * @example The free ranges of a map, summed
+ * @example The free ranges of a bare swap area
  * ```ts
  * import assert from "node:assert";
- * import type { FreeRange } from "./report.ts";
- * const ranges: FreeRange[] = [{ offset: 4096, length: 8192 }, { offset: 65536, length: 4096 }];
- * assert.strictEqual(ranges.reduce((n, r) => n + r.length, 0), 12288);
+ * import { BytesSource } from "../io/source.ts";
+ * import { mapFreeSpace } from "./map.ts";
+ * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const map = await mapFreeSpace(new BytesSource(disk));
+ * const ranges = await Array.fromAsync(map.ranges());
+ * assert.deepStrictEqual(ranges, [{ offset: 4096, length: (1 << 20) - 4096 }]);
  * ```
  */
 export interface FreeRange {

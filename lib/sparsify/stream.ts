@@ -15,12 +15,17 @@ import type { FreeRange, RegionReport, SparsifyReport } from "./report.ts";
 /**
  * Options of {@linkcode FreeSpaceStream}.
  *
- * @example
+ * @example Hold back at most 1 MiB of a stream of known size
  * ```ts
  * import assert from "node:assert";
- * import type { FreeSpaceStreamOptions } from "./stream.ts";
- * const o: FreeSpaceStreamOptions = { size: 1 << 30, readAhead: 16 << 20 };
- * assert.strictEqual(o.readAhead, 16 << 20);
+ * import { FreeSpaceStream } from "./stream.ts";
+ * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const stage = new FreeSpaceStream({ size: disk.length, readAhead: 1 << 20 });
+ * const out = await Array.fromAsync(ReadableStream.from([disk]).pipeThrough(stage));
+ * assert.deepStrictEqual(out.at(-1), { zeros: (1 << 20) - 4096 });
  * ```
  */
 export interface FreeSpaceStreamOptions {
@@ -28,13 +33,15 @@ export interface FreeSpaceStreamOptions {
   size?: number;
   /**
    * Most bytes held back while the metadata of a partition is read ahead
-   * of the output, in bytes. Memory use grows with it.
+   * of the output, in bytes, at least 1 MiB. Memory use grows with it.
    * @default {67108864} (64 MiB)
    */
   readAhead?: number;
 }
 
 const DEFAULT_READ_AHEAD = 64 * 1024 * 1024;
+/** The read-ahead must hold a partition's first bytes (HEAD_BYTES) and more. */
+const MIN_READ_AHEAD = 1024 * 1024;
 
 /** A cursor over free ranges that cuts them out of pieces of input. */
 class FreeCursor {
@@ -120,13 +127,13 @@ export class FreeSpaceStream
    * Creates the stage.
    *
    * @param options Disk size and read-ahead.
-   * @throws {RangeError} For a read-ahead smaller than 64 KiB or a negative size.
+   * @throws {RangeError} For a read-ahead smaller than 1 MiB or a negative size.
    */
   constructor(options: FreeSpaceStreamOptions = {}) {
     const readAhead = options.readAhead ?? DEFAULT_READ_AHEAD;
-    if (!Number.isSafeInteger(readAhead) || readAhead < 65536) {
+    if (!Number.isSafeInteger(readAhead) || readAhead < MIN_READ_AHEAD) {
       throw new RangeError(
-        `Cannot map free space: readAhead ${readAhead} is out of range [65536, 2^53)`,
+        `Cannot map free space: readAhead ${readAhead} is out of range [${MIN_READ_AHEAD}, 2^53)`,
       );
     }
     if (

@@ -352,3 +352,21 @@ diskTest(
     }]);
   },
 );
+
+Deno.test("FreeSpaceStream() refuses a read-ahead below 1 MiB and a negative size", () => {
+  assert.throws(
+    () => new FreeSpaceStream({ readAhead: 65536 }),
+    {
+      name: "RangeError",
+      message:
+        "Cannot map free space: readAhead 65536 is out of range [1048576, 2^53)",
+    },
+  );
+  assert.throws(
+    () => new FreeSpaceStream({ size: -1 }),
+    {
+      name: "RangeError",
+      message: "Cannot map free space: size -1 is not a non-negative integer",
+    },
+  );
+});
