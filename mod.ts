@@ -9,7 +9,11 @@
  * {@linkcode Qcow2Writer}. Reverse: {@linkcode openImage}, then
  * {@linkcode imageReadable}, {@linkcode readSegments} or
  * {@linkcode expandToFile}. The qcow2 format core (pure functions) is also
- * available alone as `@qcow2pipe/qcow2pipe/format`.
+ * available alone as `@qcow2pipe/qcow2pipe/format`. `--sparsify`
+ * ({@linkcode mapFreeSpace}, {@linkcode freeSpaceChunks},
+ * {@linkcode FreeSpaceStream}, or `convert(..., { sparsify: true })`) drops
+ * the free space of ext2/3/4 filesystems and swap on MBR, GPT and bare
+ * disks; it is also `@qcow2pipe/qcow2pipe/sparsify`.
  *
  * @example Round trip through qcow2 in memory
  * ```ts
@@ -60,6 +64,8 @@ export * from "./lib/writer/finalizer.ts";
 export * from "./lib/writer/convert.ts";
 export * from "./lib/writer/streamable.ts";
 export * from "./lib/convert.ts";
+
+export * from "./lib/sparsify/mod.ts";
 
 export * from "./lib/tools/info.ts";
 export * from "./lib/tools/info_text.ts";

@@ -39,6 +39,7 @@ import {
 } from "./_args.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import { concatBytes } from "../format/_bytes.ts";
+import { type Sparsified, sparsifyInput, sparsifyLines } from "./_sparsify.ts";
 
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
@@ -76,6 +77,9 @@ Options:
       --refcount-bits N     refcount width: 1, 2, 4, 8, 16, 32, 64 (default 16)
       --streamable          write a qcow2 file in the streamable layout
                             (metadata first), expandable from a pipe in one pass
+      --sparsify            read SRC's partition table (MBR, GPT) and
+                            filesystems (ext2/3/4, Linux swap) and store
+                            their free space as zeros; reported on stderr
       --workers N           compression/decompression workers (default: cores)
   -s, --snapshot NAME|ID    read an internal snapshot of SRC instead of its
                             current state
@@ -335,6 +339,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     "cluster-size": { type: "string" },
     "refcount-bits": { type: "string" },
     streamable: { type: "boolean" },
+    sparsify: { type: "boolean" },
     workers: { type: "string" },
     snapshot: { type: "string", short: "s" },
     format: { type: "string", short: "f" },
@@ -419,9 +424,18 @@ export async function convertCommand(args: string[]): Promise<number> {
       notice,
       cleanups,
     });
+    const sparse: Sparsified | undefined = values.sparsify
+      ? await sparsifyInput(src, input, pool, cleanups)
+      : undefined;
+    const sparseReport = async () => {
+      if (sparse) {
+        for (const l of sparsifyLines(await sparse.report)) notice(l);
+      }
+    };
     const progress = createProgress(showProgress, input.total);
     const started = performance.now();
-    const source = "image" in input ? input.image : input.raw;
+    const source = sparse?.stream ??
+      ("image" in input ? input.image : input.raw);
 
     if (format === "qcow2") {
       const writerOptions = {
@@ -450,6 +464,7 @@ export async function convertCommand(args: string[]): Promise<number> {
         );
         if (showProgress) {
           progress.finish();
+          await sparseReport();
           notice(
             `qcow2pipe: wrote ${dst}: ${formatBytes(summary.fileSize)} for ${
               formatBytes(summary.virtualSize)
@@ -461,11 +476,17 @@ export async function convertCommand(args: string[]): Promise<number> {
         }
       }
       progress.finish();
+      await sparseReport();
       return 0;
     }
 
-    if ("raw" in input) {
-      await writeRawStream(input.raw, dst, outputOptions, progress);
+    if (sparse || "raw" in input) {
+      await writeRawStream(
+        sparse?.stream ?? (input as { raw: ReadableStream }).raw,
+        dst,
+        outputOptions,
+        progress,
+      );
     } else if (dst === "-") {
       let done = 0;
       await imageReadable(input.image, { pool }).pipeThrough(
@@ -490,6 +511,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       }
     }
     progress.finish();
+    await sparseReport();
     return 0;
   } finally {
     for (const c of cleanups.reverse()) await c().catch(() => {});
