@@ -57,19 +57,16 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
 }
 
-/** One line for an error, without a stack trace. */
+/**
+ * One line for an error, without a stack trace. The library's errors say
+ * what could not be done to what (`Cannot open image x: no such file`);
+ * anything else keeps its class name, so that it can be found.
+ */
 export function describeError(err: unknown): string {
   if (
     err instanceof Qcow2Error || err instanceof RangeError ||
-    err instanceof UsageError
+    err instanceof UsageError || err instanceof OutputExistsError
   ) return err.message;
-  if (err instanceof OutputExistsError) return err.message;
-  if (err instanceof Deno.errors.NotFound) {
-    return `Cannot open file: ${err.message.replace(/^.*?: /, "")}`;
-  }
-  if (err instanceof Deno.errors.PermissionDenied) {
-    return `Permission denied: ${err.message}`;
-  }
   if (err instanceof Error) {
     const line = err.message.split("\n")[0];
     return line.startsWith("Cannot ")

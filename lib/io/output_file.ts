@@ -6,7 +6,7 @@
  */
 
 import { basename, dirname, join } from "node:path";
-import { ioReason } from "./_errors.ts";
+import { fileError, fileReason, ioReason } from "./_errors.ts";
 
 /**
  * Options of {@linkcode OutputFile.create}.
@@ -51,12 +51,33 @@ export class OutputExistsError extends Error {
    * @param path The destination.
    */
   constructor(path: string) {
-    super(`Cannot write ${path}: the file exists (use -f to replace it)`);
+    super(`Cannot write ${path}: the file exists (use --force to replace it)`);
     this.name = "OutputExistsError";
   }
 }
 
 const COALESCE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Whether `dir` is on the file system of /dev (devtmpfs on Linux, devfs on
+ * macOS), where a missing name is a mistyped device (`/dev/sdX`), not a
+ * file to create. /dev/shm and other file systems mounted below /dev are
+ * not, and neither is anything when /dev is no file system of its own.
+ */
+async function onDeviceFileSystem(dir: string): Promise<boolean> {
+  const paths = [dir, "/dev", "/"];
+  // Without read permission for these (a narrow --allow-read), no answer
+  // rather than a permission prompt.
+  const readable = (path: string) =>
+    Deno.permissions.querySync({ name: "read", path }).state === "granted";
+  if (!paths.every(readable)) return false;
+  try {
+    const [at, dev, root] = await Promise.all(paths.map((p) => Deno.stat(p)));
+    return dev.dev !== root.dev && at.dev === dev.dev;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Temporary files (and spool directories) still in use, removed by the CLI
@@ -128,15 +149,27 @@ export class OutputFile {
     try {
       info = await Deno.stat(path);
     } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
+      if (!(err instanceof Deno.errors.NotFound)) {
+        throw fileError(`write ${path}`, err);
+      }
     }
     if (info && (info.isBlockDevice || info.isCharDevice)) {
-      const file = await Deno.open(path, { write: true });
+      let file: Deno.FsFile;
+      try {
+        file = await Deno.open(path, { write: true });
+      } catch (err) {
+        throw fileError(`write ${path}`, err);
+      }
       return new OutputFile(path, path, file, true, options.sync ?? false);
     }
-    if (info && !options.force) throw new OutputExistsError(path);
     if (info?.isDirectory) {
       throw new Error(`Cannot write ${path}: it is a directory`);
+    }
+    if (info && !options.force) throw new OutputExistsError(path);
+    if (!info && await onDeviceFileSystem(dirname(path))) {
+      throw new Error(
+        `Cannot write ${path}: no such device (regular files are not created in /dev)`,
+      );
     }
     const suffix = crypto.randomUUID().slice(0, 8);
     const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
@@ -152,7 +185,7 @@ export class OutputFile {
         ? `directory ${dirname(path)} does not exist`
         : err instanceof Deno.errors.PermissionDenied
         ? `no permission to create files in ${dirname(path)}`
-        : (err as Error).message;
+        : fileReason(err);
       throw new Error(`Cannot write ${path}: ${reason}`, { cause: err });
     }
     liveTemporaryFiles.add(temp);
@@ -260,7 +293,11 @@ export class OutputFile {
     this.#file.close();
     this.#done = true;
     if (!this.isDevice) {
-      await Deno.rename(this.writingPath, this.path);
+      try {
+        await Deno.rename(this.writingPath, this.path);
+      } catch (err) {
+        throw fileError(`rename ${this.writingPath} to ${this.path}`, err);
+      }
       liveTemporaryFiles.delete(this.writingPath);
     }
   }
