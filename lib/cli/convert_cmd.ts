@@ -17,9 +17,9 @@ import {
   OutputFile,
   type OutputFileOptions,
   QCOW2_MAGIC,
-  RangeNotSupportedError,
   sparseFileChunks,
   StreamableQcow2Writer,
+  type StreamableSummary,
   type ZeroBytes,
 } from "../../mod.ts";
 import { createProgress, type Progress } from "./progress.ts";
@@ -180,21 +180,18 @@ async function openInput(src: string, options: InputOptions): Promise<Input> {
     );
   }
   if (isHttpUrl(src)) {
-    let http: HttpSource | undefined;
-    try {
-      http = await HttpSource.open(src);
-    } catch (err) {
-      if (!(err instanceof RangeNotSupportedError)) throw err;
+    // One request opens it: with Range support, its first bytes tell the
+    // format; without, the answer is the whole resource, streamed as is.
+    const opened = await HttpSource.openOrStream(src);
+    if (!(opened instanceof HttpSource)) {
+      return await openStream(opened.body, opened.size, src, options);
     }
-    if (http) {
-      const head = await http.read(0, 4);
-      if (isQcow2(head)) {
-        const image = await openImage(http, { snapshot: options.snapshot });
-        options.cleanups.push(() => image.close());
-        return { image, total: image.virtualSize };
-      }
-      // Raw over HTTP: one streamed request beats many range requests.
+    if (isQcow2(await opened.read(0, 4))) {
+      const image = await openImage(opened, { snapshot: options.snapshot });
+      options.cleanups.push(() => image.close());
+      return { image, total: image.virtualSize };
     }
+    // Raw over HTTP: one streamed request beats many range requests.
     const { body, size } = await fetchStream(src);
     return await openStream(body, size, src, options);
   }
