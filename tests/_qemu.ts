@@ -21,7 +21,8 @@ function has(cmd: string): boolean {
 /** Whether qemu-img and qemu-io can be run here. */
 export const HAVE_QEMU: boolean = has("qemu-img") && has("qemu-io");
 
-const IN_CI = (Deno.env.get("CI") ?? "") !== "" &&
+/** Whether the tests run under CI (CI set and not "false"). */
+export const IN_CI: boolean = (Deno.env.get("CI") ?? "") !== "" &&
   Deno.env.get("CI") !== "false";
 
 let warned = false;

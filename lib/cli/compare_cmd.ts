@@ -2,7 +2,7 @@
 // `qemu-img compare` answers it (exit 0 identical, 1 different, 2 error).
 import { compareImages, formatCompareResult } from "../../mod.ts";
 import { expectPositionals, parseCommand, writeOut } from "./_args.ts";
-import { describeError, warn } from "./_util.ts";
+import { reportError } from "./_util.ts";
 
 export const COMPARE_HELP = `Usage: qcow2pipe compare [-q] A B
 
@@ -36,8 +36,7 @@ export async function compareCommand(args: string[]): Promise<number> {
     if (!quiet) await writeOut(text);
     return result.identical ? 0 : 1;
   } catch (err) {
-    warn(`qcow2pipe: ${describeError(err)}`);
-    if (Deno.env.get("QCOW2PIPE_DEBUG")) console.error(err);
+    reportError(err);
     return 2;
   }
 }

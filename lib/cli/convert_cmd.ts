@@ -25,6 +25,7 @@ import {
 import { createProgress, type Progress } from "./progress.ts";
 import {
   formatBytes,
+  formatRate,
   parseInteger,
   parseSize,
   UsageError,
@@ -210,7 +211,7 @@ async function writeRawStream(
   dst: string,
   outputOptions: OutputFileOptions,
   progress: Progress,
-): Promise<void> {
+): Promise<number> {
   if (dst === "-") {
     const zeros = new Uint8Array(1 << 20);
     const out = stdoutSink().getWriter();
@@ -231,7 +232,7 @@ async function writeRawStream(
     } finally {
       out.releaseLock();
     }
-    return;
+    return done;
   }
   const output = await OutputFile.create(dst, outputOptions);
   try {
@@ -254,6 +255,7 @@ async function writeRawStream(
       progress.update(at);
     }
     await output.commit(at);
+    return at;
   } catch (err) {
     await output.abort();
     throw err;
@@ -351,6 +353,17 @@ export async function convertCommand(args: string[]): Promise<number> {
     const progress = createProgress(showProgress, input.total);
     const started = performance.now();
     const source = "image" in input ? input.image : input.raw;
+    /** The last line, unless -q: what was written, how fast. */
+    const summary = (what: string, guestBytes: number, more = "") => {
+      const seconds = (performance.now() - started) / 1000;
+      notice(
+        `qcow2pipe: wrote ${
+          dst === "-" ? "standard output" : dst
+        }: ${what} in ${seconds.toFixed(2)} s (${
+          formatRate(seconds > 0 ? guestBytes / seconds : 0)
+        })${more}`,
+      );
+    };
 
     if (format === "qcow2") {
       const writerOptions = {
@@ -363,37 +376,40 @@ export async function convertCommand(args: string[]): Promise<number> {
           progress.update(Math.min(n, input.total ?? n)),
       } as const;
       if (dst === "-" || values.streamable) {
-        await writeStreamable(
+        const written = await writeStreamable(
           source,
           dst,
           outputOptions,
           writerOptions,
-          notice,
+        );
+        progress.finish();
+        summary(
+          `${formatBytes(written.fileSize)} of streamable qcow2 for ${
+            formatBytes(written.virtualSize)
+          } virtual`,
+          written.virtualSize,
+          `; ${formatBytes(written.spoolBytes)} waited in the spool`,
         );
       } else {
-        const summary = await convert(
+        const written = await convert(
           source,
           await OutputFile.create(dst, outputOptions),
           writerOptions,
         );
-        if (showProgress) {
-          progress.finish();
-          notice(
-            `qcow2pipe: wrote ${dst}: ${formatBytes(summary.fileSize)} for ${
-              formatBytes(summary.virtualSize)
-            } virtual in ${
-              ((performance.now() - started) / 1000).toFixed(2)
-            } s`,
-          );
-          return 0;
-        }
+        progress.finish();
+        summary(
+          `${formatBytes(written.fileSize)} of qcow2 for ${
+            formatBytes(written.virtualSize)
+          } virtual`,
+          written.virtualSize,
+        );
       }
-      progress.finish();
       return 0;
     }
 
+    let size: number;
     if ("raw" in input) {
-      await writeRawStream(input.raw, dst, outputOptions, progress);
+      size = await writeRawStream(input.raw, dst, outputOptions, progress);
     } else if (dst === "-") {
       let done = 0;
       await imageReadable(input.image, { pool }).pipeThrough(
@@ -405,6 +421,7 @@ export async function convertCommand(args: string[]): Promise<number> {
           },
         }),
       ).pipeTo(stdoutSink());
+      size = done;
     } else {
       const output = await OutputFile.create(dst, outputOptions);
       try {
@@ -416,8 +433,10 @@ export async function convertCommand(args: string[]): Promise<number> {
         await output.abort();
         throw err;
       }
+      size = input.image.virtualSize;
     }
     progress.finish();
+    summary(`${formatBytes(size)} of raw`, size);
     return 0;
   } finally {
     for (const c of cleanups.reverse()) await c().catch(() => {});
@@ -430,8 +449,7 @@ async function writeStreamable(
   dst: string,
   outputOptions: OutputFileOptions,
   options: ConstructorParameters<typeof StreamableQcow2Writer>[0] & object,
-  notice: (line: string) => void,
-): Promise<void> {
+): Promise<StreamableSummary> {
   const stream = source instanceof ReadableStream
     ? source
     : imageChunks(source, { pool: options.pool });
@@ -453,10 +471,5 @@ async function writeStreamable(
       throw err;
     }
   }
-  const summary = await writer.summary;
-  notice(
-    `qcow2pipe: streamable qcow2: ${formatBytes(summary.fileSize)} written, ${
-      formatBytes(summary.spoolBytes)
-    } waited in the spool`,
-  );
+  return await writer.summary;
 }

@@ -10,7 +10,7 @@ import {
   openImage,
   OutputFile,
 } from "../../mod.ts";
-import { formatBytes, UsageError } from "./_util.ts";
+import { formatBytes, formatRate, UsageError } from "./_util.ts";
 import { parseCommand } from "./_args.ts";
 import { prng } from "../_prng.ts";
 
@@ -141,8 +141,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   const raw = join(dir, "sample.raw");
   const qcow2 = join(dir, "sample.qcow2");
   const back = join(dir, "roundtrip.raw");
-  const mbs = (bytes: number, ms: number) =>
-    `${(bytes / 1e6 / (ms / 1000)).toFixed(0)} MB/s`;
+  const rate = (bytes: number, ms: number) => formatRate(bytes / (ms / 1000));
   let failed = false;
   try {
     console.log(`qcow2pipe demo: working in ${dir}`);
@@ -168,7 +167,7 @@ export async function demoCommand(args: string[]): Promise<number> {
       `  raw -> zstd qcow2 ${formatBytes(summary.fileSize).padEnd(10)} ${
         (convertMs / 1000).toFixed(2)
       } s  ${
-        mbs(size, convertMs)
+        rate(size, convertMs)
       }  (${summary.compressedClusters} compressed, ${summary.dataClusters} stored, ${summary.zeroClusters} zero clusters)`,
     );
 
@@ -182,7 +181,7 @@ export async function demoCommand(args: string[]): Promise<number> {
     console.log(
       `  qcow2 -> raw      ${formatBytes(size).padEnd(10)} ${
         (expandMs / 1000).toFixed(2)
-      } s  ${mbs(size, expandMs)}  (sparse: ${formatBytes(onDisk)} on disk)`,
+      } s  ${rate(size, expandMs)}  (sparse: ${formatBytes(onDisk)} on disk)`,
     );
 
     const diff = await firstDifference(raw, back);

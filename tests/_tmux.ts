@@ -1,0 +1,148 @@
+// A real terminal for the CLI tests: a tmux server of its own (its own
+// socket, so other tmux users are untouched) with one pane of a chosen
+// size, whose screen the test reads back. Tests that need tmux are skipped
+// with a visible message when it is absent, except under CI, where its
+// absence fails the test.
+
+import { IN_CI } from "./_qemu.ts";
+
+function has(cmd: string): boolean {
+  try {
+    return new Deno.Command(cmd, {
+      args: ["-V"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether tmux can be run here. */
+export const HAVE_TMUX: boolean = has("tmux");
+
+let warned = false;
+
+/** Registers a test that needs tmux (skipped without it, failed under CI). */
+export function tmuxTest(
+  name: string,
+  fn: () => Promise<void>,
+): void {
+  if (!HAVE_TMUX && !IN_CI) {
+    if (!warned) {
+      console.error(
+        "tmux not found: skipping the terminal tests (apt-get install tmux)",
+      );
+      warned = true;
+    }
+    Deno.test({ name, ignore: true, fn });
+    return;
+  }
+  Deno.test(name, async () => {
+    if (!HAVE_TMUX) throw new Error("tmux is required under CI but not found");
+    await fn();
+  });
+}
+
+const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
+
+/** One tmux pane running a command, on a private tmux server. */
+export class TmuxPane implements AsyncDisposable {
+  #socket: string;
+
+  private constructor(socket: string) {
+    this.#socket = socket;
+  }
+
+  /**
+   * Starts `argv` in a `columns` × `rows` pane, in `cwd`. When it ends, the
+   * pane shows `[exit N]` and stays open for reading. Ctrl-C reaches the
+   * command (the shell around it survives it, to print the status).
+   */
+  static async start(
+    argv: string[],
+    options: { columns: number; rows: number; cwd: string },
+  ): Promise<TmuxPane> {
+    const pane = new TmuxPane(`qcow2pipe-test-${crypto.randomUUID()}`);
+    const script = `trap : INT; ${
+      argv.map(quote).join(" ")
+    }; echo "[exit $?]"; exec sleep 3600`;
+    await pane.#tmux(
+      "-f",
+      "/dev/null",
+      "new-session",
+      "-d",
+      "-x",
+      String(options.columns),
+      "-y",
+      String(options.rows),
+      "-c",
+      options.cwd,
+      `env NO_COLOR=1 TERM=xterm sh -c ${quote(script)}`,
+    );
+    return pane;
+  }
+
+  async #tmux(...args: string[]): Promise<string> {
+    const out = await new Deno.Command("tmux", {
+      args: ["-L", this.#socket, ...args],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) {
+      throw new Error(
+        `tmux ${args[0]} failed: ${new TextDecoder().decode(out.stderr)}`,
+      );
+    }
+    return new TextDecoder().decode(out.stdout);
+  }
+
+  /**
+   * The screen as the terminal shows it: one string per row, trailing
+   * spaces and trailing empty rows removed.
+   */
+  async rows(): Promise<string[]> {
+    const text = await this.#tmux("capture-pane", "-p");
+    const rows = text.split("\n").map((r) => r.trimEnd());
+    while (rows.length > 0 && rows.at(-1) === "") rows.pop();
+    return rows;
+  }
+
+  /** Polls the screen until `test` accepts it; fails after `what` never shows. */
+  async waitFor(
+    what: string,
+    test: (rows: string[]) => boolean,
+  ): Promise<string[]> {
+    // A guard against a hang, not a timing requirement.
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      const rows = await this.rows();
+      if (test(rows)) return rows;
+      if (Date.now() > deadline) {
+        throw new Error(`never saw ${what}; the screen:\n${rows.join("\n")}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Makes the pane `columns` wide. */
+  async resize(columns: number, rows: number): Promise<void> {
+    await this.#tmux(
+      "resize-window",
+      "-x",
+      String(columns),
+      "-y",
+      String(rows),
+    );
+  }
+
+  /** Types keys (tmux key names: `C-c`). */
+  async sendKeys(...keys: string[]): Promise<void> {
+    await this.#tmux("send-keys", ...keys);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#tmux("kill-server").catch(() => {});
+  }
+}
