@@ -22,6 +22,7 @@ const UNITS: Record<string, number> = {
 
 /** Parses sizes like 512, 64k, 64K, 2M, 1G (binary units). */
 export function parseSize(text: string, what: string): number {
+  rejectNegative(text, what);
   const m = /^(\d+)([bkmgt]?)(?:i?b)?$/i.exec(text.trim());
   if (!m) {
     throw new UsageError(
@@ -35,8 +36,18 @@ export function parseSize(text: string, what: string): number {
   return value;
 }
 
+/** A negative number given where sizes and counts start at 0. */
+function rejectNegative(text: string, what: string): void {
+  if (/^\s*-\d/.test(text)) {
+    throw new UsageError(
+      `Cannot parse ${what}: ${text.trim()} is negative; give 0 or more`,
+    );
+  }
+}
+
 /** Parses a non-negative integer flag. */
 export function parseInteger(text: string, what: string): number {
+  rejectNegative(text, what);
   if (!/^\d+$/.test(text.trim())) {
     throw new UsageError(
       `Cannot parse ${what}: "${text}" is not a non-negative integer`,

@@ -33,6 +33,14 @@ import {
 } from "./_util.ts";
 import { expectPositionals, parseCommand, stdoutSink } from "./_args.ts";
 import { concatBytes } from "../format/_bytes.ts";
+import { fileError } from "../io/_errors.ts";
+
+/**
+ * The most codec workers `--workers` takes. Each worker is a JavaScript
+ * isolate of its own (about 8 MiB, plus its codec's buffers); past the
+ * number of cores more workers only add memory and scheduling.
+ */
+const MAX_WORKERS = 64;
 
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
@@ -62,7 +70,9 @@ Options:
       --refcount-bits N     refcount width: 1, 2, 4, 8, 16, 32, 64 (default 16)
       --streamable          write a qcow2 file in the streamable layout
                             (metadata first), expandable from a pipe in one pass
-      --workers N           compression/decompression workers (default: cores)
+      --workers N           compression/decompression workers, 0 to ${MAX_WORKERS}
+                            (default: the number of cores); 0 runs the
+                            codecs on the main thread, without workers
   -s, --snapshot NAME|ID    read an internal snapshot of SRC instead of its
                             current state
   -f, --force               replace DST if it exists
@@ -171,10 +181,33 @@ async function openStream(
   return { image: opened.image, total: opened.image.virtualSize };
 }
 
+/** Standard input, its read errors saying so and where. */
+function stdinReadable(): ReadableStream<Uint8Array> {
+  const reader = Deno.stdin.readable.getReader();
+  let at = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (err) {
+        throw fileError(`read standard input at offset ${at}`, err);
+      }
+      if (next.done) {
+        controller.close();
+      } else {
+        at += next.value.length;
+        controller.enqueue(next.value);
+      }
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
+}
+
 async function openInput(src: string, options: InputOptions): Promise<Input> {
   if (src === "-") {
     return await openStream(
-      Deno.stdin.readable,
+      stdinReadable(),
       undefined,
       "standard input",
       options,
@@ -298,11 +331,13 @@ export async function convertCommand(args: string[]): Promise<number> {
       `Cannot convert: output format "${format}" is not raw or qcow2`,
     );
   }
-  format ??= compression
-    ? "qcow2"
-    : dst === "-"
-    ? undefined
-    : formatFromName(dst);
+  const named = dst === "-" ? undefined : formatFromName(dst);
+  if (format === undefined && compression && named === "raw") {
+    throw new UsageError(
+      `Cannot convert: -c writes qcow2, but DST ${dst} is named like a raw image; give -O qcow2 to write qcow2 under that name`,
+    );
+  }
+  format ??= compression ? "qcow2" : named;
   if (format === undefined) {
     throw new UsageError(
       `Cannot convert: cannot tell the output format from "${dst}"; give -O raw or -O qcow2`,
@@ -328,6 +363,11 @@ export async function convertCommand(args: string[]): Promise<number> {
   const workers = values.workers === undefined
     ? undefined
     : parseInteger(values.workers, "--workers");
+  if (workers !== undefined && workers > MAX_WORKERS) {
+    throw new UsageError(
+      `Cannot convert: --workers ${workers} is out of range [0, ${MAX_WORKERS}]`,
+    );
+  }
   if (src !== "-" && dst !== "-" && await sameFile(src, dst)) {
     throw new UsageError(
       `Cannot convert: SRC and DST are the same file (${dst})`,

@@ -14,7 +14,7 @@ import { formatBytes, formatRate, UsageError } from "./_util.ts";
 import { parseCommand } from "./_args.ts";
 import { prng } from "../_prng.ts";
 
-export const DEMO_HELP = `Usage: qcow2pipe demo [--size SIZE_MIB] [--keep]
+export const DEMO_HELP = `Usage: qcow2pipe demo [--size MIB] [--keep]
 
 Builds a sample disk in a temporary folder (text, random data and long
 zero runs), converts it to a zstd-compressed qcow2 image and back to raw,
@@ -22,9 +22,10 @@ checks that the round trip is identical (and, when qemu-img is installed,
 that QEMU accepts the image), and prints sizes and speeds.
 
 Options:
-  --size N   virtual size of the sample disk in MiB (default 256)
-  --keep     keep the temporary folder
-  -h, --help show this help`;
+  --size MIB   virtual size of the sample disk in MiB, 1 to 1048576
+               (default 256)
+  --keep       keep the temporary folder
+  -h, --help   show this help`;
 
 const WORDS = (
   "the quick brown fox jumps over lazy dog disk image cluster sector stream " +
@@ -131,9 +132,9 @@ export async function demoCommand(args: string[]): Promise<number> {
     return 0;
   }
   const sizeMib = values.size === undefined ? 256 : Number(values.size);
-  if (!Number.isInteger(sizeMib) || sizeMib < 16 || sizeMib > 1024 * 1024) {
+  if (!Number.isInteger(sizeMib) || sizeMib < 1 || sizeMib > 1024 * 1024) {
     throw new UsageError(
-      `Cannot run demo: --size ${values.size} is out of range [16, 1048576] MiB`,
+      `Cannot run demo: --size ${values.size} is out of range [1, 1048576] MiB`,
     );
   }
   const size = sizeMib * 1024 * 1024;
