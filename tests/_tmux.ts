@@ -4,46 +4,14 @@
 // with a visible message when it is absent, except under CI, where its
 // absence fails the test.
 
-import { IN_CI } from "./_qemu.ts";
-
-function has(cmd: string): boolean {
-  try {
-    return new Deno.Command(cmd, {
-      args: ["-V"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
+import { has, toolTest } from "./_qemu.ts";
 
 /** Whether tmux can be run here. */
-export const HAVE_TMUX: boolean = has("tmux");
-
-let warned = false;
+export const HAVE_TMUX: boolean = has("tmux", ["-V"]);
 
 /** Registers a test that needs tmux (skipped without it, failed under CI). */
-export function tmuxTest(
-  name: string,
-  fn: () => Promise<void>,
-): void {
-  if (!HAVE_TMUX && !IN_CI) {
-    if (!warned) {
-      console.error(
-        "tmux not found: skipping the terminal tests (apt-get install tmux)",
-      );
-      warned = true;
-    }
-    Deno.test({ name, ignore: true, fn });
-    return;
-  }
-  Deno.test(name, async () => {
-    if (!HAVE_TMUX) throw new Error("tmux is required under CI but not found");
-    await fn();
-  });
-}
+export const tmuxTest: (name: string, fn: () => Promise<void>) => void =
+  toolTest("tmux", HAVE_TMUX, "apt-get install tmux");
 
 const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 

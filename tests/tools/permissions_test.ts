@@ -6,37 +6,17 @@
 import assert from "node:assert";
 import { join } from "node:path";
 import { tempDir } from "../_qemu.ts";
-import { ROOT } from "./_helpers.ts";
+import { cli } from "./_helpers.ts";
 import { serveFiles } from "../streams/_server.ts";
 
 /** `deno run FLAGS cli.ts ARGS` without prompts, in `cwd`. */
-async function cliWith(
+function cliWith(
   flags: string[],
   args: string[],
   cwd: string,
   env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--quiet",
-      "--no-prompt",
-      ...flags,
-      join(ROOT, "cli.ts"),
-      ...args,
-    ],
-    cwd,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1", ...env },
-  }).output();
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-  };
+) {
+  return cli(args, { cwd, flags, env });
 }
 
 function assertOneLine(

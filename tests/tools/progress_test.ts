@@ -4,7 +4,7 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { tempDir } from "../_qemu.ts";
+import { has, tempDir } from "../_qemu.ts";
 import { cli, pattern, ROOT } from "./_helpers.ts";
 import { renderProgress } from "../../lib/cli/progress.ts";
 
@@ -60,20 +60,7 @@ Deno.test("renderProgress() fits any terminal width, dropping the least useful f
   }
 });
 
-function hasScript(): boolean {
-  try {
-    return new Deno.Command("script", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
-const SCRIPT = hasScript();
+const SCRIPT = has("script");
 if (!SCRIPT) {
   console.error(
     "util-linux script not found: skipping the pseudo-terminal progress tests",
