@@ -331,13 +331,11 @@ export async function convertCommand(args: string[]): Promise<number> {
       `Cannot convert: output format "${format}" is not raw or qcow2`,
     );
   }
-  const named = dst === "-" ? undefined : formatFromName(dst);
-  if (format === undefined && compression && named === "raw") {
-    throw new UsageError(
-      `Cannot convert: -c writes qcow2, but DST ${dst} is named like a raw image; give -O qcow2 to write qcow2 under that name`,
-    );
-  }
-  format ??= compression ? "qcow2" : named;
+  format ??= compression
+    ? "qcow2"
+    : dst === "-"
+    ? undefined
+    : formatFromName(dst);
   if (format === undefined) {
     throw new UsageError(
       `Cannot convert: cannot tell the output format from "${dst}"; give -O raw or -O qcow2`,
@@ -371,6 +369,15 @@ export async function convertCommand(args: string[]): Promise<number> {
   if (src !== "-" && dst !== "-" && await sameFile(src, dst)) {
     throw new UsageError(
       `Cannot convert: SRC and DST are the same file (${dst})`,
+    );
+  }
+  // .raw says raw; .img is as often qcow2 (cloud images) as raw.
+  if (
+    values["output-format"] === undefined && compression &&
+    extname(dst).toLowerCase() === ".raw"
+  ) {
+    throw new UsageError(
+      `Cannot convert: -c writes qcow2, but DST ${dst} is named like a raw image; give -O qcow2 to write qcow2 under that name`,
     );
   }
   const force = values.force ?? false;

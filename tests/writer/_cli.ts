@@ -23,7 +23,12 @@ export interface CliResult {
  */
 export async function runCli(
   args: string[],
-  options: { stdin?: Uint8Array; stdinFile?: string; cwd?: string } = {},
+  options: {
+    stdin?: Uint8Array;
+    stdinFile?: string;
+    cwd?: string;
+    env?: Record<string, string>;
+  } = {},
 ): Promise<CliResult> {
   const argv = [Deno.execPath(), "run", "-A", "--quiet", CLI, ...args];
   const child = new Deno.Command(options.stdinFile ? "sh" : argv[0], {
@@ -34,7 +39,7 @@ export async function runCli(
     stdin: options.stdin ? "piped" : "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...options.env },
   }).spawn();
   if (options.stdin) {
     const w = child.stdin.getWriter();
