@@ -1,10 +1,11 @@
-// The README's examples are tests, so that a wrong one fails CI: every
-// TypeScript block type-checks and runs (`deno test --doc README.md`), and
-// every shell line that can run offline runs as written (the permissions it
-// shows included) in a folder holding the files it reads, with a loopback
-// server standing in for example.org. The command synopses run too, with
-// their placeholders filled in, to show that the permissions they list are
-// enough.
+// The README's examples are tests, so that a wrong one fails CI. Its
+// TypeScript blocks are type-checked and run by `deno task test` itself
+// (`deno test --doc` collects the code blocks of README.md, each as its own
+// test: `README.md#87-117.ts`). Here every shell line that can run offline
+// runs as written (the permissions it shows included) in a folder holding
+// the files it reads, with a loopback server standing in for example.org.
+// The command synopses run too, with their placeholders filled in, to show
+// that the permissions they list are enough.
 
 import assert from "node:assert";
 import { join } from "node:path";
@@ -31,23 +32,6 @@ function codeBlocks(lang: string): { line: number; body: string }[] {
   }
   return blocks;
 }
-
-Deno.test("README: every TypeScript example type-checks and runs", async () => {
-  const blocks = codeBlocks("ts");
-  assert.ok(blocks.length >= 3, `${blocks.length} ts blocks`);
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["test", "-A", "--doc", "README.md"],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  const text = new TextDecoder().decode(out.stdout) +
-    new TextDecoder().decode(out.stderr);
-  assert.strictEqual(out.code, 0, text);
-  // Each block ran as its own test: none was left out.
-  assert.match(text, new RegExp(`ok \\| ${blocks.length} passed \\| 0 failed`));
-});
 
 /** Lines not run, and why. */
 const NOT_RUN: [RegExp, string][] = [
