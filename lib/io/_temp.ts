@@ -5,14 +5,13 @@ import { fileError } from "./_errors.ts";
 
 /**
  * Creates a fresh directory named `prefix...` in `parent`, or in the
- * system's temporary directory (TMPDIR on Unix).
+ * system's temporary directory (TMPDIR on Unix). Synchronous, so that the
+ * caller can register it for removal on a signal in the same turn of the
+ * event loop: no signal handler runs between the two.
  */
-export async function makeTempDirIn(
-  prefix: string,
-  parent?: string,
-): Promise<string> {
+export function makeTempDirIn(prefix: string, parent?: string): string {
   try {
-    return await Deno.makeTempDir({ prefix, dir: parent });
+    return Deno.makeTempDirSync({ prefix, dir: parent });
   } catch (err) {
     throw fileError(
       `create a temporary directory in ${

@@ -175,7 +175,9 @@ export class OutputFile {
     const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
     let file: Deno.FsFile;
     try {
-      file = await Deno.open(temp, {
+      // Created and registered in one turn of the event loop: a signal
+      // handler cannot run between the two and miss the file.
+      file = Deno.openSync(temp, {
         write: true,
         createNew: true,
         mode: 0o644,

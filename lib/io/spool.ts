@@ -41,7 +41,7 @@ export class Spool implements AsyncDisposable {
    * @returns The spool.
    */
   static async create(parent?: string): Promise<Spool> {
-    const dir = await makeTempDirIn("qcow2pipe-spool-", parent);
+    const dir = makeTempDirIn("qcow2pipe-spool-", parent);
     // Registered first, so that the CLI's signal handler removes the whole
     // directory (recursively) and not only the file inside it.
     liveTemporaryFiles.add(dir);

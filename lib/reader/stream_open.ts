@@ -220,7 +220,7 @@ export async function openImageStream(
   stream: ReadableStream<Uint8Array>,
   options: OpenStreamOptions = {},
 ): Promise<StreamedImage> {
-  const dir = await makeTempDirIn("qcow2pipe-stream-", options.spoolDir);
+  const dir = makeTempDirIn("qcow2pipe-stream-", options.spoolDir);
   const file = await OutputFile.create(join(dir, "image.qcow2"));
   const cursor = new StreamCursor(stream);
   let prefix: FileSource | undefined;
