@@ -1,8 +1,8 @@
-// A real terminal for the CLI tests: a tmux server of its own (its own
-// socket, so other tmux users are untouched) with one pane of a chosen
-// size, whose screen the test reads back. Tests that need tmux are skipped
-// with a visible message when it is absent, except under CI, where its
-// absence fails the test.
+// A real terminal for the CLI tests: a tmux server of its own (its socket
+// in a temporary directory, so other tmux users are untouched) with one
+// pane of a chosen size, whose screen the test reads back. Tests that need
+// tmux are skipped with a visible message when it is absent, except under
+// CI, where its absence fails the test.
 
 import { has, toolTest } from "./_qemu.ts";
 
@@ -17,10 +17,12 @@ const quote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
 /** One tmux pane running a command, on a private tmux server. */
 export class TmuxPane implements AsyncDisposable {
+  #dir: string;
   #socket: string;
 
-  private constructor(socket: string) {
-    this.#socket = socket;
+  private constructor(dir: string) {
+    this.#dir = dir;
+    this.#socket = `${dir}/socket`;
   }
 
   /**
@@ -32,7 +34,11 @@ export class TmuxPane implements AsyncDisposable {
     argv: string[],
     options: { columns: number; rows: number; cwd: string },
   ): Promise<TmuxPane> {
-    const pane = new TmuxPane(`qcow2pipe-test-${crypto.randomUUID()}`);
+    // The server's socket in a directory of its own, removed at the end
+    // (tmux leaves it behind when its server is killed).
+    const pane = new TmuxPane(
+      await Deno.makeTempDir({ prefix: "qcow2pipe-tmux-" }),
+    );
     const script = `trap : INT; ${
       argv.map(quote).join(" ")
     }; echo "[exit $?]"; exec sleep 3600`;
@@ -54,7 +60,7 @@ export class TmuxPane implements AsyncDisposable {
 
   async #tmux(...args: string[]): Promise<string> {
     const out = await new Deno.Command("tmux", {
-      args: ["-L", this.#socket, ...args],
+      args: ["-S", this.#socket, ...args],
       stdout: "piped",
       stderr: "piped",
     }).output();
@@ -112,5 +118,6 @@ export class TmuxPane implements AsyncDisposable {
 
   async [Symbol.asyncDispose](): Promise<void> {
     await this.#tmux("kill-server").catch(() => {});
+    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
   }
 }
