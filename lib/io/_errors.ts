@@ -1,4 +1,5 @@
-// Wording of operating-system errors inside our one-line messages.
+// Wording of operating-system errors inside our one-line messages, so that
+// every command says the same thing for the same failure.
 
 /**
  * The OS's words for an I/O error, first letter lowered to continue a
@@ -7,4 +8,38 @@
 export function ioReason(err: unknown): string {
   const message = err instanceof Error ? err.message : String(err);
   return message.charAt(0).toLowerCase() + message.slice(1);
+}
+
+/**
+ * Why a file could not be opened, read or written, in the words every
+ * command uses: "no such file", "it is a directory", "permission denied",
+ * a missing Deno permission as Deno words it, else the OS's words without
+ * the call and path Deno appends (`: open 'x'`).
+ */
+export function fileReason(err: unknown): string {
+  if (err instanceof Deno.errors.NotFound) return "no such file";
+  if (err instanceof Deno.errors.IsADirectory) return "it is a directory";
+  if (err instanceof Deno.errors.NotADirectory) {
+    return "a part of the path is not a directory";
+  }
+  if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
+  return ioReason(err).split("\n")[0].replace(/: [a-z_]+ '.*'$/, "");
+}
+
+/**
+ * An error saying what could not be done to which file
+ * (`Cannot open image disk.raw: no such file`), of the same class as the
+ * OS error it wraps, so that callers can still tell a missing file from
+ * other failures.
+ *
+ * @param what The action and the file: `open image disk.raw`.
+ * @param err The OS error.
+ */
+export function fileError(what: string, err: unknown): Error {
+  const message = `Cannot ${what}: ${fileReason(err)}`;
+  const Class = err instanceof Error &&
+      Object.values(Deno.errors).some((c) => err.constructor === c)
+    ? err.constructor as ErrorConstructor
+    : Error;
+  return new Class(message, { cause: err });
 }

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { fileError } from "./_errors.ts";
+
 /**
  * Bytes that can be read at any offset: a file, a buffer, an HTTP resource.
  * Implement this to open images from anywhere.
@@ -114,11 +116,15 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * gives (default: the path).
    * @returns The source.
    * @throws {Deno.errors.NotFound} When the file does not exist.
+   * @throws {Deno.errors.IsADirectory} When `path` is a directory.
    */
   static async open(path: string, name: string = path): Promise<FileSource> {
     const file = await Deno.open(path, { read: true });
     try {
       const info = await file.stat();
+      if (info.isDirectory) {
+        throw new Deno.errors.IsADirectory(`Is a directory: ${path}`);
+      }
       let size = info.size;
       if (!info.isFile) {
         // Block devices report size 0 in stat; find the end by seeking.
@@ -147,7 +153,9 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
     try {
       return Promise.resolve(this.#readNow(offset, length));
     } catch (err) {
-      return Promise.reject(err);
+      return Promise.reject(
+        fileError(`read ${this.name} at offset ${offset}`, err),
+      );
     }
   }
 

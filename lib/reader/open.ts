@@ -30,6 +30,7 @@ import {
   type RandomAccessSource,
 } from "../io/source.ts";
 import { HttpSource, isHttpUrl } from "../io/http_source.ts";
+import { fileError } from "../io/_errors.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image, readExact } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
@@ -142,7 +143,9 @@ export async function openImage(
   options: OpenImageOptions = {},
 ): Promise<GuestImage> {
   const source: RandomAccessSource = typeof input === "string"
-    ? await openByName(input)
+    ? await openByName(input).catch((err) => {
+      throw isHttpUrl(input) ? err : fileError(`open image ${input}`, err);
+    })
     : input instanceof Uint8Array
     ? new BytesSource(input)
     : input;

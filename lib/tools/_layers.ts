@@ -20,6 +20,7 @@ import {
   type RandomAccessSource,
 } from "../io/source.ts";
 import { LruCache } from "../io/lru.ts";
+import { fileReason } from "../io/_errors.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
 import { declaredBackingFormat } from "../reader/_backing.ts";
@@ -39,14 +40,11 @@ export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
     try {
       return await FileSource.open(input);
     } catch (err) {
-      const reason = err instanceof Deno.errors.NotFound
-        ? "no such file"
-        : err instanceof Deno.errors.PermissionDenied
-        ? "permission denied"
-        : (err as Error).message.split("\n")[0];
-      throw new Qcow2Error("IO", `Cannot open image ${input}: ${reason}`, {
-        cause: err,
-      });
+      throw new Qcow2Error(
+        "IO",
+        `Cannot open image ${input}: ${fileReason(err)}`,
+        { cause: err },
+      );
     }
   }
   if (input instanceof Uint8Array) return new BytesSource(input);

@@ -18,6 +18,7 @@ import { Qcow2Error } from "../format/errors.ts";
 import { backingFormat, dataFileName } from "../format/header.ts";
 import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import { FileSource, type RandomAccessSource } from "../io/source.ts";
+import { fileReason } from "../io/_errors.ts";
 import {
   type ImageInput,
   isQcow2,
@@ -381,11 +382,7 @@ export async function imageInfo(
     } catch (err) {
       throw new Qcow2Error(
         "BACKING",
-        `Cannot open backing file "${path}": ${
-          err instanceof Deno.errors.NotFound
-            ? "no such file"
-            : (err as Error).message
-        }`,
+        `Cannot open backing file "${path}": ${fileReason(err)}`,
         { cause: err },
       );
     }
