@@ -95,6 +95,25 @@ export const CONVERT_OPTIONS = {
 
 type Values = OptionValues<typeof CONVERT_OPTIONS>;
 
+/**
+ * Refuses -c for a DST named `.raw` unless -O says qcow2: .raw says raw
+ * (.img is as often qcow2, as cloud images are, as raw).
+ */
+export function checkCompressedName(
+  parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
+  settings: ConvertSettings,
+): void {
+  if (
+    parsed.values["output-format"] === undefined &&
+    settings.compression !== "none" &&
+    extname(settings.dst).toLowerCase() === ".raw"
+  ) {
+    throw new UsageError(
+      `Cannot convert: -c writes qcow2, but DST ${settings.dst} is named like a raw image; give -O qcow2 to write qcow2 under that name`,
+    );
+  }
+}
+
 /** Everything `convert` was asked to do. */
 export interface ConvertSettings {
   src: string;
@@ -273,15 +292,6 @@ export function convertSettings(
   if (values["zlib-window"] !== undefined && compression !== "zlib") {
     throw new UsageError(
       "Cannot convert: --zlib-window needs zlib compression (-c)",
-    );
-  }
-  // .raw says raw; .img is as often qcow2 (cloud images) as raw.
-  if (
-    values["output-format"] === undefined && compressed &&
-    extname(dst).toLowerCase() === ".raw"
-  ) {
-    throw new UsageError(
-      `Cannot convert: -c writes qcow2, but DST ${dst} is named like a raw image; give -O qcow2 to write qcow2 under that name`,
     );
   }
 

@@ -45,8 +45,6 @@ export type OptionValues<O extends OptionSpecs> = {
 export interface ParsedArgs<O extends OptionSpecs> {
   values: OptionValues<O>;
   positionals: string[];
-  /** How each option given was spelled, by long name (`-c`, `--compress`). */
-  spelled: Partial<Record<keyof O, string>>;
 }
 
 /**
@@ -64,7 +62,6 @@ export function getopt<O extends OptionSpecs>(
   specs: O,
 ): ParsedArgs<O> {
   const values: Record<string, string | string[] | boolean> = {};
-  const spelled: Record<string, string> = {};
   const positionals: string[] = [];
   const bad = (reason: string) =>
     new UsageError(
@@ -79,7 +76,6 @@ export function getopt<O extends OptionSpecs>(
         }: ${as} is not supported (${spec.unsupported})`,
       );
     }
-    spelled[name] = as;
     if (spec.multiple && typeof value === "string") {
       values[name] = [...(values[name] as string[] | undefined ?? []), value];
     } else {
@@ -134,11 +130,7 @@ export function getopt<O extends OptionSpecs>(
       break;
     }
   }
-  return {
-    values: values as OptionValues<O>,
-    positionals,
-    spelled: spelled as ParsedArgs<O>["spelled"],
-  };
+  return { values: values as OptionValues<O>, positionals };
 }
 
 /** The long option a written name means: itself, or the one it starts. */

@@ -17,6 +17,7 @@ import { stdoutSink, writeOut } from "./_args.ts";
 import { getopt } from "./_getopt.ts";
 import { createOptionsHelp } from "./_create_options.ts";
 import {
+  checkCompressedName,
   CONVERT_OPTIONS,
   type ConvertSettings,
   convertSettings,
@@ -167,6 +168,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       `Cannot convert: SRC and DST are the same file (${dst})`,
     );
   }
+  checkCompressedName(parsed, s);
   const outputOptions = { force: s.force, sync: s.sync };
   const showProgress = !s.quiet && (s.progress ?? Deno.stderr.isTerminal());
   const notice = (line: string) => {
