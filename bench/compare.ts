@@ -94,7 +94,7 @@ function oursArgv(flags: string[], src: string): (dst: string) => string[] {
     CLI,
     "convert",
     "-q",
-    "-f",
+    "--force",
     ...flags,
     src,
     dst,
@@ -123,7 +123,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-O", "qcow2"], src),
+        ours: oursArgv(["-f", "raw", "-O", "qcow2"], src),
         qemu: qemuArgv(["-f", "raw", "-O", "qcow2"], src),
       },
     },
@@ -134,7 +134,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-c", "zlib"], src),
+        ours: oursArgv(["-f", "raw", "-c", "zlib"], src),
         qemu: qemuArgv(["-f", "raw", "-O", "qcow2", "-c"], src),
       },
     },
@@ -145,7 +145,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-c", "zstd"], src),
+        ours: oursArgv(["-f", "raw", "-c", "zstd"], src),
         qemu: qemuArgv([
           "-f",
           "raw",
@@ -168,7 +168,7 @@ function expandOp(id: string, label: string, input: string): Op {
     src: input,
     ext: "raw",
     argv: {
-      ours: oursArgv(["-O", "raw"], input),
+      ours: oursArgv(["-f", "qcow2", "-O", "raw"], input),
       qemu: qemuArgv(["-f", "qcow2", "-O", "raw"], input),
     },
   };
@@ -445,7 +445,7 @@ async function main(): Promise<number> {
         CLI,
         "convert",
         "-q",
-        "-f",
+        "--force",
         "-O",
         "qcow2",
         ...c,
