@@ -123,7 +123,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-O", "qcow2"], src),
+        ours: oursArgv(["-f", "raw", "-O", "qcow2"], src),
         qemu: qemuArgv(["-f", "raw", "-O", "qcow2"], src),
       },
     },
@@ -134,7 +134,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["--compress", "zlib"], src),
+        ours: oursArgv(["-f", "raw", "--compress", "zlib"], src),
         qemu: qemuArgv(["-f", "raw", "-O", "qcow2", "-c"], src),
       },
     },
@@ -145,7 +145,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["--compress", "zstd"], src),
+        ours: oursArgv(["-f", "raw", "--compress", "zstd"], src),
         qemu: qemuArgv([
           "-f",
           "raw",
@@ -168,7 +168,7 @@ function expandOp(id: string, label: string, input: string): Op {
     src: input,
     ext: "raw",
     argv: {
-      ours: oursArgv(["-O", "raw"], input),
+      ours: oursArgv(["-f", "qcow2", "-O", "raw"], input),
       qemu: qemuArgv(["-f", "qcow2", "-O", "raw"], input),
     },
   };
@@ -535,7 +535,7 @@ async function main(): Promise<number> {
       } raw disk, ext4 made by \`mkfs.ext4 -q -F -d\` from ${
         meta.dirs.join(" ")
       }; ${mib(meta.allocated)} allocated`,
-      `- Ours: \`deno run -A cli.ts convert -q --force [-O qcow2 | --compress zlib | --compress zstd | -O raw] SRC DST\` (default workers = ${info.cores})`,
+      `- Ours: \`deno run -A cli.ts convert -q --force [-f raw [-O qcow2 | --compress zlib | --compress zstd] | -f qcow2 -O raw] SRC DST\` (default workers = ${info.cores})`,
       "- qemu-img: `qemu-img convert -W -m 16 [-f raw -O qcow2 [-c [-o compression_type=zstd]] | -f qcow2 -O raw] SRC DST`",
       `- Times: median of ${reps} run(s) (range in parentheses), wall seconds from GNU time, \`sync\` before each; CPU s = user + system seconds of the command (all threads); sizes in MiB (du = allocated blocks); RSS = peak resident set (GNU time %M), median`,
       `- Every output verified with qemu-img compare against the source (plus qemu-img check for qcow2, exact size for raw): ${
