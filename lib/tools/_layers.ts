@@ -30,7 +30,7 @@ import {
   type ReferencePolicy,
   type Referrer,
 } from "../reader/references.ts";
-import type { ImageFormat } from "../reader/open.ts";
+import { type ImageFormat, openByName } from "../reader/open.ts";
 
 export type { ImageInput, OpenSource };
 
@@ -259,7 +259,7 @@ async function openFrom(
       "backing file",
       policy,
     );
-    const open = options.openSource ?? ((n: string) => FileSource.open(n));
+    const open = options.openSource ?? openByName;
     let backingSource: RandomAccessSource;
     try {
       backingSource = await open(path);

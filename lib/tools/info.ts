@@ -39,7 +39,7 @@ import {
   type ReferencePolicy,
   resolveName,
 } from "../reader/references.ts";
-import type { ImageFormat } from "../reader/open.ts";
+import { type ImageFormat, openByName } from "../reader/open.ts";
 import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
 
 export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
@@ -194,7 +194,7 @@ export interface ImageInfoOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing files by name; default: local files. */
+  /** Opens backing files by name; default: local files and http(s) URLs (`openByName`). */
   openSource?: OpenSource;
   /**
    * Bytes a named file occupies on disk; default: `Deno.stat` blocks × 512
@@ -359,7 +359,7 @@ export async function imageInfo(
   }
   if (!options.backingChain) return info;
   info.chain = [];
-  const open = options.openSource ?? ((n: string) => FileSource.open(n));
+  const open = options.openSource ?? openByName;
   const seen = new Set<string>([name]);
   let referrer = { name, dir: directoryOf(name), trusted: given === "qcow2" };
   for (let at: ImageInfo = info; at.backingFilename !== undefined;) {
