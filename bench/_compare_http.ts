@@ -194,7 +194,22 @@ export async function runHttp(
           server.take();
           const argv = tool === "ours"
             ? ourArgv(url, dst)
-            : ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", url, dst];
+            // QEMU 7.2's curl driver sometimes never finishes a transfer
+            // (tests/cli/_lines.ts): kill a hung run, report it.
+            : [
+              "timeout",
+              "-s",
+              "KILL",
+              "300",
+              "qemu-img",
+              "convert",
+              "-f",
+              "qcow2",
+              "-O",
+              "raw",
+              url,
+              dst,
+            ];
           const t0 = performance.now();
           const out = await sh(argv[0], argv.slice(1));
           const secs = (performance.now() - t0) / 1000;

@@ -70,6 +70,10 @@ export function serveFiles(
           String(slice.length),
         );
       }
+      if (req.method === "HEAD") {
+        // A HEAD answer has no body.
+        return new Response(null, { status, headers });
+      }
       const failAfter = options.failAfter;
       let sent = 0;
       const stream = new ReadableStream<Uint8Array>({
