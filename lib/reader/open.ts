@@ -5,7 +5,6 @@
  * @module
  */
 
-import { dirname, isAbsolute, join } from "node:path";
 import { hex, Qcow2Error } from "../format/errors.ts";
 import {
   dataFileName,
@@ -25,12 +24,10 @@ import {
   type SnapshotEntry,
   snapshotEntryLength,
 } from "../format/snapshot.ts";
-import {
-  BytesSource,
-  FileSource,
-  type RandomAccessSource,
-} from "../io/source.ts";
+import { BytesSource, type RandomAccessSource } from "../io/source.ts";
 import { HttpSource, isHttpUrl } from "../io/http_source.ts";
+import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
+import { dirname, isAbsolute, join } from "../io/_path.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image, readExact } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
@@ -114,15 +111,18 @@ export async function openImage(
 
 /**
  * Opens a file path, or an http(s) URL with Range requests: how backing and
- * data files are opened by default.
+ * data files are opened by default. Paths need the runtime's file access
+ * (`mod.ts` in Deno); URLs work wherever `fetch` does.
  *
  * @param name A path or URL.
  * @returns The source.
+ * @throws {TypeError} For a path where the runtime has no file access
+ * (`core.ts` in a browser or Node).
  *
  * @example
  * ```ts
  * import assert from "node:assert";
- * import { openByName } from "./open.ts";
+ * import { openByName } from "../../mod.ts";
  * const path = await Deno.makeTempFile();
  * await using src = await openByName(path) as AsyncDisposable & { size: number };
  * assert.strictEqual(src.size, 0);
@@ -132,7 +132,7 @@ export async function openImage(
 export function openByName(
   name: string,
 ): Promise<RandomAccessSource & AsyncDisposable> {
-  return isHttpUrl(name) ? HttpSource.open(name) : FileSource.open(name);
+  return isHttpUrl(name) ? HttpSource.open(name) : openHostFile(name);
 }
 
 /** Resolves a name relative to the image that refers to it. */
@@ -149,7 +149,7 @@ export function resolveRelative(
 async function identity(name: string): Promise<string> {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(name)) return name;
   try {
-    return await Deno.realPath(name);
+    return await hostFiles()?.realPath(name) ?? name;
   } catch {
     return name;
   }
@@ -293,9 +293,7 @@ async function openRelated(
   try {
     return await openSource(path);
   } catch (err) {
-    const reason = err instanceof Deno.errors.NotFound
-      ? "no such file"
-      : (err as Error).message;
+    const reason = isNotFound(err) ? "no such file" : (err as Error).message;
     throw new Qcow2Error(
       "BACKING",
       `Cannot open ${what} "${path}": ${reason}`,

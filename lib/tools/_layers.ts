@@ -14,11 +14,12 @@ import {
   MIN_CLUSTER_BITS,
   QCOW2_MAGIC,
 } from "../format/constants.ts";
+import { BytesSource, type RandomAccessSource } from "../io/source.ts";
 import {
-  BytesSource,
-  FileSource,
-  type RandomAccessSource,
-} from "../io/source.ts";
+  isNotFound,
+  isPermissionDenied,
+  openHostFile,
+} from "../io/_host_files.ts";
 import { LruCache } from "../io/lru.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
@@ -26,15 +27,15 @@ import { declaredBackingFormat } from "../reader/_backing.ts";
 
 export type { ImageInput, OpenSource };
 
-/** Opens the input as a source (files through {@linkcode FileSource}). */
+/** Opens the input as a source (paths through the runtime's file access). */
 export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
   if (typeof input === "string") {
     try {
-      return await FileSource.open(input);
+      return await openHostFile(input);
     } catch (err) {
-      const reason = err instanceof Deno.errors.NotFound
+      const reason = isNotFound(err)
         ? "no such file"
-        : err instanceof Deno.errors.PermissionDenied
+        : isPermissionDenied(err)
         ? "permission denied"
         : (err as Error).message.split("\n")[0];
       throw new Qcow2Error("IO", `Cannot open image ${input}: ${reason}`, {
@@ -241,14 +242,12 @@ async function openFrom(
       );
     }
     const path = combinePath(name, header.backingFile);
-    const open = options.openSource ?? ((n: string) => FileSource.open(n));
+    const open = options.openSource ?? openHostFile;
     let backingSource: RandomAccessSource;
     try {
       backingSource = await open(path);
     } catch (err) {
-      const reason = err instanceof Deno.errors.NotFound
-        ? "no such file"
-        : (err as Error).message;
+      const reason = isNotFound(err) ? "no such file" : (err as Error).message;
       throw new Qcow2Error(
         "BACKING",
         `Cannot open backing file "${path}": ${reason}`,

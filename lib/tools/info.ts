@@ -17,7 +17,8 @@ import {
 import { Qcow2Error } from "../format/errors.ts";
 import { backingFormat, dataFileName } from "../format/header.ts";
 import { BITMAP_FLAGS } from "../format/bitmaps.ts";
-import { FileSource, type RandomAccessSource } from "../io/source.ts";
+import type { RandomAccessSource } from "../io/source.ts";
+import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
 import {
   combinePath,
   type ImageInput,
@@ -179,19 +180,10 @@ export interface ImageInfoOptions {
   /** Opens backing files by name; default: local files. */
   openSource?: OpenSource;
   /**
-   * Bytes a named file occupies on disk; default: `Deno.stat` blocks × 512
-   * for local files.
+   * Bytes a named file occupies on disk; default: blocks × 512 from the
+   * file system for local files.
    */
   allocatedSize?: (name: string) => Promise<number | undefined>;
-}
-
-async function statAllocated(name: string): Promise<number | undefined> {
-  try {
-    const st = await Deno.stat(name);
-    return st.blocks === null ? undefined : st.blocks * 512;
-  } catch {
-    return undefined;
-  }
 }
 
 async function describe(
@@ -200,9 +192,9 @@ async function describe(
   format: string | undefined,
   options: ImageInfoOptions,
 ): Promise<ImageInfo> {
-  const allocated = source instanceof FileSource || options.allocatedSize
-    ? await (options.allocatedSize ?? statAllocated)(name)
-    : undefined;
+  const allocated = options.allocatedSize
+    ? await options.allocatedSize(name)
+    : await hostFiles()?.allocatedSize(source);
   const qcow2 = format === undefined
     ? await isQcow2(source)
     : format === "qcow2";
@@ -335,7 +327,7 @@ export async function imageInfo(
   }
   if (!options.backingChain) return info;
   info.chain = [];
-  const open = options.openSource ?? ((n: string) => FileSource.open(n));
+  const open = options.openSource ?? openHostFile;
   const seen = new Set<string>([name]);
   for (let at: ImageInfo = info; at.fullBackingFilename !== undefined;) {
     const path = at.fullBackingFilename;
@@ -353,9 +345,7 @@ export async function imageInfo(
       throw new Qcow2Error(
         "BACKING",
         `Cannot open backing file "${path}": ${
-          err instanceof Deno.errors.NotFound
-            ? "no such file"
-            : (err as Error).message
+          isNotFound(err) ? "no such file" : (err as Error).message
         }`,
         { cause: err },
       );
