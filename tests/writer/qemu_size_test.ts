@@ -128,6 +128,13 @@ qemuTest(
 const TREES = ["/usr/bin", "/usr/lib", "/usr/share", "/usr/include"];
 const PER_TREE = 16 * MiB;
 const BLOCK = 4 * KiB;
+/**
+ * Files larger than this are left out (as bench/_data.ts does), so that each
+ * tree's sample is a mix of files: with Debian's chromium installed (for the
+ * browser test), /usr/lib/chromium/chromium, one 283 MiB executable, would
+ * otherwise fill most of the /usr/lib budget on its own.
+ */
+const MAX_FILE = 32 * MiB;
 
 /** Regular files under `dir`, depth first in name order. */
 async function* filesUnder(dir: string): AsyncGenerator<string> {
@@ -156,6 +163,7 @@ async function appendTree(
     if (written >= budget) break;
     let bytes: Uint8Array;
     try {
+      if ((await Deno.stat(path)).size > MAX_FILE) continue;
       bytes = await Deno.readFile(path);
     } catch {
       continue; // unreadable file
