@@ -35,8 +35,8 @@ export function hostFiles(): HostFiles | undefined {
 /**
  * Opens a file by path through the runtime's file module.
  *
- * @throws {TypeError} When this runtime has no file access (core.ts in a
- * browser or Node): pass a source or the bytes instead.
+ * @throws {TypeError} When no file module was loaded (core.ts alone, as in a
+ * browser or Node): the caller passes a source or the bytes instead.
  */
 export function openHostFile(
   path: string,
@@ -44,7 +44,7 @@ export function openHostFile(
   if (!installed) {
     return Promise.reject(
       new TypeError(
-        `Cannot open "${path}": this runtime has no file access; pass a RandomAccessSource, a Blob or the bytes instead`,
+        `Cannot open "${path}": no file access is loaded (in Deno import mod.ts; elsewhere pass a RandomAccessSource such as BlobSource, or the bytes)`,
       ),
     );
   }

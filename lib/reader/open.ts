@@ -78,9 +78,12 @@ const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
  * Opens a disk image (qcow2 or raw, detected from its first bytes) with its
  * backing chain and external data file.
  *
- * @param input A file path, a source, or the image bytes.
+ * @param input A file path (with `mod.ts` loaded, in Deno), an http(s) URL,
+ * a source, or the image bytes.
  * @param options Snapshot, format and how to open related files.
  * @returns The image; close it when done (`await using` works).
+ * @throws {TypeError} For a path when no file access is loaded (`core.ts`
+ * alone, as in a browser or Node).
  * @throws {Qcow2Error} When the image is malformed, unsupported, encrypted,
  * or its backing chain is broken or loops.
  *
