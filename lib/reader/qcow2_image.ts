@@ -182,11 +182,9 @@ export class Qcow2Image implements GuestImage {
    * @param length Bytes to cover.
    * @returns The extents.
    */
-  async *extents(
-    offset = 0,
-    length = this.virtualSize - offset,
-  ): AsyncGenerator<Extent> {
-    for await (const item of this.plan(offset, length, 0)) yield toExtent(item);
+  async *extents(offset = 0, length?: number): AsyncGenerator<Extent> {
+    const upTo = length ?? this.virtualSize - offset;
+    for await (const item of this.plan(offset, upTo, 0)) yield toExtent(item);
   }
 
   async #l2Table(l1Index: number, l2Offset: number): Promise<Uint8Array> {

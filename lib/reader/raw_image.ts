@@ -65,11 +65,9 @@ export class RawImage implements GuestImage {
    * @param length Length.
    * @returns The extent.
    */
-  async *extents(
-    offset = 0,
-    length = this.virtualSize - offset,
-  ): AsyncGenerator<Extent> {
-    for await (const item of this.plan(offset, length, 0)) yield toExtent(item);
+  async *extents(offset = 0, length?: number): AsyncGenerator<Extent> {
+    const upTo = length ?? this.virtualSize - offset;
+    for await (const item of this.plan(offset, upTo, 0)) yield toExtent(item);
   }
 
   /**
