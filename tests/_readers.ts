@@ -7,6 +7,7 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
+import { runStatus } from "./_qemu.ts";
 import { PYQCOW, PYTHON, SEVEN_ZIP, withTool } from "./_tools.ts";
 
 /** The guest content an image of `raw` must read as: padded to 512 bytes. */
@@ -45,16 +46,11 @@ except Exception as e:
 export async function pyqcowRead(
   image: string,
 ): Promise<{ size: number; sha256: string } | { error: string }> {
-  const out = await new Deno.Command(PYTHON, {
-    args: ["-c", PYQCOW_READ, image],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout).trim();
+  const out = await runStatus(PYTHON, ["-c", PYQCOW_READ, image]);
+  const text = out.stdout.trim();
   assert.ok(
-    out.success && text.startsWith("{"),
-    `pyqcow on ${image} failed: ${new TextDecoder().decode(out.stderr)}`,
+    out.code === 0 && text.startsWith("{"),
+    `pyqcow on ${image} failed: ${out.stderr}`,
   );
   return JSON.parse(text);
 }
@@ -66,16 +62,8 @@ export async function sevenZipExtract(
 ): Promise<{ size: number; sha256: string } | { error: string }> {
   const into = await Deno.makeTempDir({ dir, prefix: "7zz-" });
   try {
-    const out = await new Deno.Command("7zz", {
-      args: ["x", "-y", `-o${into}`, image],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const dec = new TextDecoder();
-    if (!out.success) {
-      return { error: dec.decode(out.stdout) + dec.decode(out.stderr) };
-    }
+    const out = await runStatus("7zz", ["x", "-y", `-o${into}`, image]);
+    if (out.code !== 0) return { error: out.stdout + out.stderr };
     const files = await Array.fromAsync(Deno.readDir(into));
     assert.strictEqual(files.length, 1, `7zz extracted ${files.length} files`);
     const disk = await Deno.readFile(join(into, files[0].name));
