@@ -46,6 +46,7 @@ export {
 
 export * from "./lib/reader/image.ts";
 export * from "./lib/reader/open.ts";
+export type { ReferencePolicy } from "./lib/reader/references.ts";
 export { Qcow2Image, type Qcow2ImageInit } from "./lib/reader/qcow2_image.ts";
 export * from "./lib/reader/raw_image.ts";
 export * from "./lib/reader/segments.ts";
@@ -54,6 +55,7 @@ export * from "./lib/reader/expand.ts";
 export * from "./lib/writer/records.ts";
 export * from "./lib/writer/chunk_stream.ts";
 export * from "./lib/writer/zero_stream.ts";
+export * from "./lib/writer/backing_diff_stream.ts";
 export * from "./lib/writer/is_zero.ts";
 export * from "./lib/writer/compress_stream.ts";
 export * from "./lib/writer/host_allocator.ts";

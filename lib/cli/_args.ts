@@ -4,6 +4,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { ioReason } from "../io/_errors.ts";
 import { UsageError } from "./_util.ts";
+import type { ImageFormat } from "../reader/open.ts";
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
@@ -22,6 +23,23 @@ export function parseCommand<O extends Options>(
       `Cannot parse ${command} arguments: ${reason} (see ${command} --help)`,
     );
   }
+}
+
+/**
+ * The value of `-f`/`-F` (an image's format, as in qemu-img): `raw` or
+ * `qcow2`; absent means probe it.
+ */
+export function parseFormat(
+  text: string | undefined,
+  flag: string,
+): ImageFormat | undefined {
+  if (text === undefined) return undefined;
+  if (text !== "raw" && text !== "qcow2") {
+    throw new UsageError(
+      `Cannot parse ${flag}: image format "${text}" is not raw or qcow2`,
+    );
+  }
+  return text;
 }
 
 /** Exactly the named positionals, or a UsageError naming what is expected. */

@@ -1,10 +1,15 @@
 // `qcow2pipe check`: a read-only `qemu-img check`, with its messages,
 // summary and exit status.
 import { checkImage, formatCheckJson, formatCheckResult } from "../../mod.ts";
-import { expectPositionals, parseCommand, writeOut } from "./_args.ts";
+import {
+  expectPositionals,
+  parseCommand,
+  parseFormat,
+  writeOut,
+} from "./_args.ts";
 import { warn } from "./_util.ts";
 
-export const CHECK_HELP = `Usage: qcow2pipe check [--json] [-q] IMG
+export const CHECK_HELP = `Usage: qcow2pipe check [-f FMT] [--json] [-q] IMG
 
 Check a qcow2 image for consistency without writing to it, as
 "qemu-img check" does: refcounts are rebuilt from every reference (header,
@@ -17,12 +22,14 @@ Exit status: 0 no problems, 2 corruptions, 3 leaked clusters only,
 1 the check could not be completed, 63 the format (raw) has no checks.
 
 Options:
+  -f FMT        format of IMG: raw or qcow2 (default: probed)
       --json    print "qemu-img check --output=json" (same keys)
   -q, --quiet   print nothing; only the exit status
   -h, --help    show this help`;
 
 export async function checkCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand("check", args, {
+    format: { type: "string", short: "f" },
     json: { type: "boolean" },
     quiet: { type: "boolean", short: "q" },
     help: { type: "boolean", short: "h" },
@@ -32,7 +39,8 @@ export async function checkCommand(args: string[]): Promise<number> {
     return 0;
   }
   const [path] = expectPositionals("check image", positionals, ["IMG"]);
-  const result = await checkImage(path);
+  const format = parseFormat(values.format, "-f");
+  const result = await checkImage(path, { format });
   const quiet = values.quiet ?? false;
   if (result.exitCode === 63) {
     warn(

@@ -21,6 +21,7 @@ import {
   sparseFileChunks,
   StreamableQcow2Writer,
   type ZeroBytes,
+  type ZlibWindow,
 } from "../../mod.ts";
 import { createProgress, type Progress } from "./progress.ts";
 import {
@@ -30,14 +31,22 @@ import {
   UsageError,
   warn,
 } from "./_util.ts";
-import { expectPositionals, parseCommand, stdoutSink } from "./_args.ts";
+import {
+  expectPositionals,
+  parseCommand,
+  parseFormat,
+  stdoutSink,
+} from "./_args.ts";
+import type { ImageFormat } from "../reader/open.ts";
 import { concatBytes } from "../format/_bytes.ts";
 
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
-Convert a disk image. SRC is raw or qcow2, detected from its first bytes
-(qcow2 backing chains, external data files and snapshots are followed). DST
-is written under a temporary name and renamed when complete.
+Convert a disk image. SRC is raw or qcow2: give its format with -f, or it
+is detected from its first bytes (probed). qcow2 backing chains, external
+data files and snapshots are followed; a probed image may only lead to
+files in its own directory (see "Untrusted images" in the README). DST is
+written under a temporary name and renamed when complete.
 
 SRC may be a file, "-" for standard input, or an http(s) URL: qcow2 over
 HTTP is read with Range requests (metadata and needed clusters only); raw
@@ -51,12 +60,18 @@ data waits in a temporary spool file (never larger than the output) until
 the input ends.
 
 Options:
+  -f, --format FMT          format of SRC: raw or qcow2 (default: probed).
+                            -f raw reads SRC as raw whatever its bytes; -f
+                            qcow2 follows its backing and data files
+                            wherever they are, as qemu-img does
   -O, --output-format FMT   raw or qcow2 (default: from DST's extension;
                             qcow2 when -c is given)
   -c, --compress TYPE       compress clusters with zlib or zstd (qcow2 output)
-      --level N             compression level (zlib 1-9, default 9, which
-                            matches the size of qemu-img's zlib output;
-                            zstd 1-22, default 3)
+      --level N             compression level (zlib 1-9, default 6, 9 with
+                            --zlib-window 4k; zstd 1-22, default 3)
+      --zlib-window SIZE    deflate window: 32k (default; smaller and faster,
+                            read by QEMU, libqcow and 7-Zip, which inflate a
+                            cluster in one call) or 4k (QEMU's own window)
       --cluster-size SIZE   qcow2 cluster size, 512 to 2M (default 64k)
       --refcount-bits N     refcount width: 1, 2, 4, 8, 16, 32, 64 (default 16)
       --streamable          write a qcow2 file in the streamable layout
@@ -64,7 +79,7 @@ Options:
       --workers N           compression/decompression workers (default: cores)
   -s, --snapshot NAME|ID    read an internal snapshot of SRC instead of its
                             current state
-  -f, --force               replace DST if it exists
+      --force               replace DST if it exists
       --sync                flush DST to the device (fdatasync) before
                             renaming it into place
   -p, --progress            show a progress bar (default when stderr is a
@@ -83,6 +98,24 @@ function formatFromName(name: string): Format | undefined {
     return "raw";
   }
   return undefined;
+}
+
+/** `--zlib-window`: 4k or 32k, with -c zlib only. */
+function parseZlibWindow(
+  text: string | undefined,
+  compression: string | undefined,
+): ZlibWindow | undefined {
+  if (text === undefined) return undefined;
+  if (compression !== "zlib") {
+    throw new UsageError("Cannot convert: --zlib-window needs -c zlib");
+  }
+  const bytes = parseSize(text, "--zlib-window");
+  if (bytes !== 4096 && bytes !== 32768) {
+    throw new UsageError(
+      `Cannot parse --zlib-window: "${text}" is not 4k or 32k`,
+    );
+  }
+  return bytes;
 }
 
 /** Reads the first bytes of a stream to detect its format, and gives them back. */
@@ -135,6 +168,8 @@ type Input =
   | { raw: ReadableStream<Uint8Array | ZeroBytes>; total: number | undefined };
 
 interface InputOptions {
+  /** The format -f gave, or undefined to probe. */
+  format: ImageFormat | undefined;
   snapshot: string | undefined;
   /** Whether the output is qcow2 (raw files are then streamed, holes skipped). */
   toQcow2: boolean;
@@ -142,21 +177,42 @@ interface InputOptions {
   cleanups: (() => Promise<void>)[];
 }
 
-/** Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout allows, else spooled. */
+/**
+ * Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout
+ * allows, else spooled. Relative names the image gives resolve against
+ * `relativeTo`.
+ */
 async function openStream(
   stream: ReadableStream<Uint8Array>,
   size: number | undefined,
   what: string,
+  relativeTo: string,
   options: InputOptions,
 ): Promise<Input> {
+  if (options.format === "raw") {
+    if (options.snapshot !== undefined) {
+      throw new UsageError("Cannot convert: --snapshot needs a qcow2 source");
+    }
+    return { raw: stream, total: size };
+  }
   const { head, all } = await peek(stream);
   if (!isQcow2(head)) {
+    if (options.format === "qcow2") {
+      await all.cancel();
+      throw new UsageError(
+        `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
+      );
+    }
     if (options.snapshot !== undefined) {
       throw new UsageError("Cannot convert: --snapshot needs a qcow2 source");
     }
     return { raw: all, total: size };
   }
-  const opened = await openImageStream(all, { snapshot: options.snapshot });
+  const opened = await openImageStream(all, {
+    snapshot: options.snapshot,
+    format: options.format,
+    relativeTo,
+  });
   options.cleanups.push(() => opened.close());
   options.notice(
     opened.onePass
@@ -171,11 +227,15 @@ async function openStream(
 }
 
 async function openInput(src: string, options: InputOptions): Promise<Input> {
+  const { format, snapshot } = options;
   if (src === "-") {
+    // Names in an image read from a pipe resolve against the working
+    // directory (never the spool directory).
     return await openStream(
       Deno.stdin.readable,
       undefined,
       "standard input",
+      Deno.cwd(),
       options,
     );
   }
@@ -187,18 +247,21 @@ async function openInput(src: string, options: InputOptions): Promise<Input> {
       if (!(err instanceof RangeNotSupportedError)) throw err;
     }
     if (http) {
-      const head = await http.read(0, 4);
-      if (isQcow2(head)) {
-        const image = await openImage(http, { snapshot: options.snapshot });
+      if (
+        format !== "raw" &&
+        (format === "qcow2" || isQcow2(await http.read(0, 4)))
+      ) {
+        const image = await openImage(http, { snapshot, format });
         options.cleanups.push(() => image.close());
         return { image, total: image.virtualSize };
       }
+      await http.close();
       // Raw over HTTP: one streamed request beats many range requests.
     }
     const { body, size } = await fetchStream(src);
-    return await openStream(body, size, src, options);
+    return await openStream(body, size, src, new URL(".", src).href, options);
   }
-  const image = await openImage(src, { snapshot: options.snapshot });
+  const image = await openImage(src, { snapshot, format });
   options.cleanups.push(() => image.close());
   if (image.format === "raw" && options.toQcow2) {
     // Raw file to qcow2: large sequential reads that skip the file's holes.
@@ -268,12 +331,14 @@ export async function convertCommand(args: string[]): Promise<number> {
     "output-format": { type: "string", short: "O" },
     compress: { type: "string", short: "c" },
     level: { type: "string" },
+    "zlib-window": { type: "string" },
     "cluster-size": { type: "string" },
     "refcount-bits": { type: "string" },
     streamable: { type: "boolean" },
     workers: { type: "string" },
     snapshot: { type: "string", short: "s" },
-    force: { type: "boolean", short: "f" },
+    format: { type: "string", short: "f" },
+    force: { type: "boolean" },
     sync: { type: "boolean" },
     progress: { type: "boolean", short: "p" },
     quiet: { type: "boolean", short: "q" },
@@ -284,6 +349,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     return 0;
   }
   const [src, dst] = expectPositionals("convert", positionals, ["SRC", "DST"]);
+  const sourceFormat = parseFormat(values.format, "-f");
   const compression = values.compress;
   if (
     compression !== undefined && compression !== "zlib" &&
@@ -310,13 +376,14 @@ export async function convertCommand(args: string[]): Promise<number> {
     );
   }
   const qcow2Only = compression || values["cluster-size"] ||
-    values["refcount-bits"] || values.level ||
+    values["refcount-bits"] || values.level || values["zlib-window"] ||
     values.streamable;
   if (format === "raw" && qcow2Only) {
     throw new UsageError(
-      "Cannot convert: -c, --level, --cluster-size, --refcount-bits and --streamable apply to qcow2 output only",
+      "Cannot convert: -c, --level, --zlib-window, --cluster-size, --refcount-bits and --streamable apply to qcow2 output only",
     );
   }
+  const zlibWindow = parseZlibWindow(values["zlib-window"], compression);
   const level = values.level === undefined
     ? undefined
     : parseInteger(values.level, "--level");
@@ -346,6 +413,7 @@ export async function convertCommand(args: string[]): Promise<number> {
   const cleanups: (() => Promise<void>)[] = [];
   try {
     const input = await openInput(src, {
+      format: sourceFormat,
       snapshot: values.snapshot,
       toQcow2: format === "qcow2",
       notice,
@@ -360,6 +428,7 @@ export async function convertCommand(args: string[]): Promise<number> {
         clusterSize,
         compression: compression ?? "none",
         level,
+        zlibWindow,
         refcountBits,
         pool,
         onProgress: (n: number) =>

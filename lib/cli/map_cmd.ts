@@ -5,11 +5,16 @@ import {
   type MapEntry,
   mapImageEntries,
 } from "../../mod.ts";
-import { expectPositionals, OutBuffer, parseCommand } from "./_args.ts";
+import {
+  expectPositionals,
+  OutBuffer,
+  parseCommand,
+  parseFormat,
+} from "./_args.ts";
 import { parseSize } from "./_util.ts";
 
 export const MAP_HELP =
-  `Usage: qcow2pipe map [--json] [--start-offset N] [--max-length N] IMG
+  `Usage: qcow2pipe map [-f FMT] [--json] [--start-offset N] [--max-length N] IMG
 
 List the guest ranges of an image and its backing chain: which image of
 the chain answers (depth), whether it is allocated there (present), reads
@@ -17,6 +22,9 @@ as zeros, holds data, and at which host offset. The JSON form is exactly
 "qemu-img map --output=json"; the default form is a table of every range.
 
 Options:
+  -f FMT                  format of IMG: raw or qcow2 (default: probed; a
+                          probed image may only lead to files in its own
+                          directory)
       --json              print "qemu-img map --output=json"
       --start-offset N    start at guest offset N (default 0)
       --max-length N      map at most N bytes
@@ -37,6 +45,7 @@ function kind(e: MapEntry): string {
 
 export async function mapCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand("map", args, {
+    format: { type: "string", short: "f" },
     json: { type: "boolean" },
     "start-offset": { type: "string" },
     "max-length": { type: "string" },
@@ -62,7 +71,8 @@ export async function mapCommand(args: string[]): Promise<number> {
       }${"Type".padEnd(13)}File\n`,
     );
   }
-  for await (const e of mapImageEntries(path, { start, length })) {
+  const format = parseFormat(values.format, "-f");
+  for await (const e of mapImageEntries(path, { start, length, format })) {
     if (values.json) {
       await out.add((first ? "[" : ",\n") + formatMapEntryJson(e));
     } else {

@@ -4,14 +4,14 @@ import { concatBytes } from "../format/_bytes.ts";
 
 /**
  * A cache of codecs for one thread (a worker, or the pool's inline path),
- * one per type, level and backend as given; an absent level or backend is
+ * one per type, level, backend and window as given; an absent level or backend is
  * its own key and resolves to the default inside createCodec.
  */
 export function codecCache(): (options: CodecOptions) => Promise<ClusterCodec> {
   const codecs = new Map<string, Promise<ClusterCodec>>();
   return (options) => {
-    const { type, level = "default", backend = "auto" } = options;
-    const key = `${type}/${level}/${backend}`;
+    const { type, level = "default", backend = "auto", zlibWindow } = options;
+    const key = `${type}/${level}/${backend}/${zlibWindow ?? "default"}`;
     let codec = codecs.get(key);
     if (!codec) {
       codec = createCodec(options);

@@ -68,7 +68,31 @@ export interface CodecOptions {
    * @default {"auto"}
    */
   backend?: CodecBackend;
+  /**
+   * zlib: the deflate window in bytes, 32768 or 4096. QEMU compresses with
+   * a 4 KiB window but inflates each cluster in one call, which follows
+   * back-references as far as the cluster reaches; so do libqcow and 7-Zip.
+   * The 32 KiB window gives smaller clusters, faster. 4096 writes streams
+   * that any reader with a 4 KiB window can inflate (needs node:zlib).
+   * @default {32768}
+   */
+  zlibWindow?: ZlibWindow;
 }
+
+/**
+ * A deflate window size in bytes, as {@linkcode CodecOptions.zlibWindow}
+ * takes it.
+ *
+ * @example Write QEMU's own 4 KiB-window streams
+ * ```ts
+ * import assert from "node:assert";
+ * import { createCodec, type ZlibWindow } from "./codecs.ts";
+ * const zlibWindow: ZlibWindow = 4096;
+ * const codec = await createCodec({ type: "zlib", zlibWindow });
+ * assert.strictEqual(codec.zlibWindow, 4096);
+ * ```
+ */
+export type ZlibWindow = 4096 | 32768;
 
 /**
  * Compresses and decompresses single clusters.
@@ -90,6 +114,8 @@ export interface ClusterCodec {
   readonly backend: Exclude<CodecBackend, "auto">;
   /** The level in use. */
   readonly level: number;
+  /** zlib: the deflate window in bytes; zstd: undefined. */
+  readonly zlibWindow?: ZlibWindow;
   /**
    * Compresses one cluster.
    *
@@ -110,32 +136,32 @@ export interface ClusterCodec {
 /**
  * The level used when {@linkcode CodecOptions.level} is not given.
  *
- * zstd uses QEMU's level, 3. zlib aims at the size of QEMU's output (system
- * zlib at level 6 with a 4 KiB window): the Chromium zlib inside node:zlib
- * needs level 9 to match it with the same window (on a sample of an ext4
- * disk, 0.997x the bytes of system zlib's level 6, against 1.025x at its own
- * level 6). fflate always uses a 32 KiB window and is smaller at level 6
- * already, so it keeps 6.
+ * zstd uses QEMU's level, 3. zlib uses QEMU's level, 6, with the default
+ * 32 KiB window (smaller than QEMU's output already). With a 4 KiB window,
+ * the Chromium zlib inside node:zlib needs level 9 to reach the size of
+ * QEMU's output (system zlib at level 6, same window).
  *
  * @param type Compression type.
  * @param backend The backend in use, after `"auto"` is resolved.
+ * @param zlibWindow zlib: the deflate window in bytes.
  * @returns The default level.
  *
  * @example
  * ```ts
  * import assert from "node:assert";
  * import { defaultLevel } from "./codecs.ts";
- * assert.strictEqual(defaultLevel("zlib", "node"), 9);
- * assert.strictEqual(defaultLevel("zlib", "fflate"), 6);
+ * assert.strictEqual(defaultLevel("zlib", "node"), 6);
+ * assert.strictEqual(defaultLevel("zlib", "node", 4096), 9);
  * assert.strictEqual(defaultLevel("zstd", "node"), 3);
  * ```
  */
 export function defaultLevel(
   type: CompressionType,
   backend: Exclude<CodecBackend, "auto">,
+  zlibWindow: ZlibWindow = 32768,
 ): number {
   if (type === "zstd") return 3;
-  return backend === "fflate" ? 6 : 9;
+  return backend === "node" && zlibWindow === 4096 ? 9 : 6;
 }
 
 const LEVEL_RANGE: Record<CompressionType, [number, number]> = {
@@ -198,7 +224,18 @@ export async function createCodec(
       (type === "zlib" || typeof zlib.zstdCompressSync === "function");
     backend = nodeOk ? "node" : type === "zlib" ? "fflate" : "zstd-codec";
   }
-  const level = options.level ?? defaultLevel(type, backend);
+  const zlibWindow = options.zlibWindow ?? 32768;
+  if (zlibWindow !== 4096 && zlibWindow !== 32768) {
+    throw new RangeError(
+      `Cannot create codec: zlib window ${zlibWindow} is not 4096 or 32768`,
+    );
+  }
+  if (type === "zlib" && zlibWindow === 4096 && backend !== "node") {
+    throw new RangeError(
+      `Cannot create codec: backend ${backend} writes 32 KiB deflate windows only; a 4096-byte window needs node:zlib`,
+    );
+  }
+  const level = options.level ?? defaultLevel(type, backend, zlibWindow);
   const [min, max] = LEVEL_RANGE[type];
   if (!Number.isInteger(level) || level < min || level > max) {
     throw new RangeError(
@@ -220,7 +257,12 @@ export async function createCodec(
         throw new RangeError("Cannot create codec: node:zlib is not available");
       }
       return type === "zlib"
-        ? nodeDeflate(zlib, level, await loadFflate().catch(() => undefined))
+        ? nodeDeflate(
+          zlib,
+          level,
+          zlibWindow,
+          await loadFflate().catch(() => undefined),
+        )
         : nodeZstd(zlib, level);
     }
     case "fflate":
@@ -244,19 +286,20 @@ function fits(out: Uint8Array, clusterSize: number): Uint8Array | undefined {
 function nodeDeflate(
   zlib: NodeZlib,
   level: number,
+  zlibWindow: ZlibWindow,
   fallback: typeof import("fflate") | undefined,
 ): ClusterCodec {
   const Z_SYNC_FLUSH = zlib.constants.Z_SYNC_FLUSH;
+  // QEMU: deflateInit2(level, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY); the
+  // default here is the same with a 32 KiB window (-15).
+  const options = { level, windowBits: Math.log2(zlibWindow), memLevel: 9 };
   return {
     type: "zlib",
     backend: "node",
     level,
+    zlibWindow,
     compress(cluster) {
-      // QEMU: deflateInit2(level, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY).
-      return fits(
-        zlib.deflateRawSync(cluster, { level, windowBits: 12, memLevel: 9 }),
-        cluster.length,
-      );
+      return fits(zlib.deflateRawSync(cluster, options), cluster.length);
     },
     decompress(data, clusterSize) {
       let out: Uint8Array;
@@ -306,6 +349,7 @@ function fflateDeflate(
     type: "zlib",
     backend: "fflate",
     level,
+    zlibWindow: 32768,
     compress(cluster) {
       return fits(
         ff.deflateSync(cluster, { level: level as 1 }),

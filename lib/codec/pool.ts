@@ -304,5 +304,10 @@ export class CodecPool implements AsyncDisposable {
 
 function plainOptions(codec: CodecOptions): CodecOptions {
   // A copy: the caller's object may change later or not be cloneable.
-  return { type: codec.type, level: codec.level, backend: codec.backend };
+  return {
+    type: codec.type,
+    level: codec.level,
+    backend: codec.backend,
+    zlibWindow: codec.zlibWindow,
+  };
 }

@@ -19,6 +19,8 @@
  * - `BAD_EXTENSION`: a header extension is malformed
  * - `BAD_SNAPSHOT`: a snapshot table entry is malformed or not found
  * - `BACKING`: a backing file cannot be used (missing, loop, too deep)
+ * - `UNTRUSTED_REFERENCE`: a backing or data file may not be followed (an
+ *   image whose format was probed names a file outside its directory)
  * - `DECOMPRESS`: a compressed cluster does not decompress to a full cluster
  * - `IO`: the underlying source failed
  *
@@ -43,6 +45,7 @@ export type Qcow2ErrorCode =
   | "BAD_EXTENSION"
   | "BAD_SNAPSHOT"
   | "BACKING"
+  | "UNTRUSTED_REFERENCE"
   | "DECOMPRESS"
   | "IO";
 

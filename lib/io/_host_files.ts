@@ -14,6 +14,12 @@ export interface HostFiles {
   /** The canonical path (symlinks resolved), to recognise a file met twice. */
   realPath(path: string): Promise<string>;
   /**
+   * Whether the local path `target` lies inside directory `dir` (`""` is
+   * the working directory), on the file system: symbolic links must not
+   * lead out either.
+   */
+  contains(dir: string, target: string): Promise<boolean>;
+  /**
    * Bytes a source opened by {@linkcode HostFiles.open} occupies on disk;
    * undefined for any other source or when unknown.
    */

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { resolve, sep } from "node:path";
 import { installHostFiles } from "./_host_files.ts";
 import type { RandomAccessSource } from "./source.ts";
 
@@ -42,10 +43,12 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * Opens a file for reading.
    *
    * @param path File path.
+   * @param name Name for messages and for resolving the names an image
+   * gives (default: the path).
    * @returns The source.
    * @throws {Deno.errors.NotFound} When the file does not exist.
    */
-  static async open(path: string): Promise<FileSource> {
+  static async open(path: string, name: string = path): Promise<FileSource> {
     const file = await Deno.open(path, { read: true });
     try {
       const info = await file.stat();
@@ -54,7 +57,7 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
         // Block devices report size 0 in stat; find the end by seeking.
         size = await file.seek(0, Deno.SeekMode.End);
       }
-      return new FileSource(file, size, path);
+      return new FileSource(file, size, name);
     } catch (err) {
       file.close();
       throw err;
@@ -111,9 +114,28 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
   }
 }
 
+async function realPathOr(path: string): Promise<string> {
+  try {
+    return await Deno.realPath(path);
+  } catch {
+    return resolve(path);
+  }
+}
+
 installHostFiles({
   open: (path) => FileSource.open(path),
   realPath: (path) => Deno.realPath(path),
+  async contains(dir, target) {
+    const root = resolve(dir === "" ? "." : dir);
+    const lexical = resolve(target);
+    if (!lexical.startsWith(root.endsWith(sep) ? root : root + sep)) {
+      return false;
+    }
+    // Symbolic links must not lead out either.
+    const realRoot = await realPathOr(root);
+    const real = await realPathOr(lexical);
+    return real.startsWith(realRoot.endsWith(sep) ? realRoot : realRoot + sep);
+  },
   async allocatedSize(source) {
     if (!(source instanceof FileSource)) return undefined;
     try {

@@ -51,7 +51,7 @@ export class OutputExistsError extends Error {
    * @param path The destination.
    */
   constructor(path: string) {
-    super(`Cannot write ${path}: the file exists (use -f to replace it)`);
+    super(`Cannot write ${path}: the file exists (use --force to replace it)`);
     this.name = "OutputExistsError";
   }
 }

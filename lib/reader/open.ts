@@ -32,25 +32,66 @@ import type { GuestImage } from "./image.ts";
 import { Qcow2Image, readExact } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
 import { declaredBackingFormat } from "./_backing.ts";
+import {
+  directoryOf,
+  followReference,
+  type ReferencePolicy,
+  type Referrer,
+} from "./references.ts";
 import { concatBytes } from "../format/_bytes.ts";
+
+/**
+ * An image format as a caller gives it: `qcow2` or `raw`, or `auto` to
+ * detect it from the first bytes (probing). A probed image may only lead
+ * to files in its own directory.
+ *
+ * @example Give the format of a raw disk whatever its guest wrote
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes, type ImageFormat, openImage } from "../../mod.ts";
+ * const looksLikeQcow2 = await convertToBytes(new Uint8Array(4096).fill(9));
+ * const format: ImageFormat = "raw";
+ * await using image = await openImage(looksLikeQcow2, { format });
+ * assert.strictEqual(image.virtualSize, looksLikeQcow2.length);
+ * ```
+ */
+export type ImageFormat = "auto" | "qcow2" | "raw";
 
 /**
  * Options of {@linkcode openImage}.
  *
- * @example
+ * @example Read a snapshot of an image whose format is known
  * ```ts
  * import assert from "node:assert";
- * import type { OpenImageOptions } from "./open.ts";
- * const o: OpenImageOptions = { snapshot: "before-upgrade" };
- * assert.strictEqual(o.snapshot, "before-upgrade");
+ * import { convertToBytes, openImage } from "../../mod.ts";
+ * const qcow2 = await convertToBytes(new Uint8Array(4096).fill(3));
+ * await using image = await openImage(qcow2, { format: "qcow2", references: "none" });
+ * assert.strictEqual((await image.readAt(0, 1))[0], 3);
  * ```
  */
 export interface OpenImageOptions {
   /**
-   * Format of the top image; `auto` detects it from the magic.
+   * Format of the top image; `auto` detects it from the magic. Giving the
+   * format also decides which files the image may lead to (see
+   * `references`): a probed image is treated as untrusted.
    * @default {"auto"}
    */
-  format?: "auto" | "qcow2" | "raw";
+  format?: ImageFormat;
+  /**
+   * Which backing and external data files may be followed. The default
+   * follows QEMU's rules for an image whose format was given, and keeps a
+   * probed image to files inside its own directory (its origin over HTTP).
+   * @default {"auto"}
+   */
+  references?: ReferencePolicy;
+  /**
+   * The directory (a path, or a URL ending with `/`) the top image's
+   * relative backing and data file names resolve against, and which a
+   * probed image may not leave. Default: the directory of the image's own
+   * path or URL; an image without a name (bytes, a stream) has none, so
+   * its relative names are refused.
+   */
+  relativeTo?: string;
   /** Read this internal snapshot (matched by ID first, then by name). */
   snapshot?: string;
   /**
@@ -64,9 +105,8 @@ export interface OpenImageOptions {
    */
   cacheBytes?: number;
   /**
-   * Opens backing and data files by name. The default ({@linkcode openByName})
-   * opens local files and http(s) URLs; names are resolved relative to the
-   * directory (or URL) of the image that refers to them.
+   * Opens backing and data files by the names the policy allows. The
+   * default ({@linkcode openByName}) opens local files and http(s) URLs.
    */
   openSource?: (name: string) => Promise<RandomAccessSource>;
 }
@@ -75,17 +115,20 @@ const DEFAULT_MAX_DEPTH = 256;
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 
 /**
- * Opens a disk image (qcow2 or raw, detected from its first bytes) with its
- * backing chain and external data file.
+ * Opens a disk image (qcow2 or raw) with its backing chain and external
+ * data file. Without `format`, the format is detected from the first bytes
+ * and the image may only lead to files in its own directory.
  *
  * @param input A file path (with `mod.ts` loaded, in Deno), an http(s) URL,
  * a source, or the image bytes.
- * @param options Snapshot, format and how to open related files.
+ * @param options Format, reference policy, snapshot, how to open related
+ * files.
  * @returns The image; close it when done (`await using` works).
  * @throws {TypeError} For a path when no file access is loaded (`core.ts`
  * alone, as in a browser or Node).
  * @throws {Qcow2Error} When the image is malformed, unsupported, encrypted,
- * or its backing chain is broken or loops.
+ * its backing chain is broken or loops, or it names a file the policy does
+ * not allow (`UNTRUSTED_REFERENCE`).
  *
  * @example Open bytes in memory
  * ```ts
@@ -105,11 +148,36 @@ export async function openImage(
     ? new BytesSource(input)
     : input;
   try {
-    return await openChain(source, options, [], 0);
+    const given = options.format !== undefined && options.format !== "auto";
+    const format = given ? options.format! : await detectFormat(source);
+    if (format === "raw") {
+      if (options.snapshot !== undefined) {
+        throw new RangeError(
+          `Cannot open image: ${
+            source.name ?? "raw image"
+          } is raw and has no snapshots`,
+        );
+      }
+      return new RawImage(source);
+    }
+    const name = typeof input === "string" ? input : source.name ?? "<image>";
+    const referrer: Referrer = {
+      name,
+      dir: options.relativeTo !== undefined
+        ? asDirectory(options.relativeTo)
+        : directoryOf(name),
+      trusted: given,
+    };
+    return await openQcow2(source, referrer, options, [], 0);
   } catch (err) {
     await source.close?.();
     throw err;
   }
+}
+
+/** A directory name as {@linkcode Referrer.dir} wants it (ending with `/`). */
+function asDirectory(dir: string): string {
+  return dir === "" || dir.endsWith("/") ? dir : dir + "/";
 }
 
 /**
@@ -138,17 +206,6 @@ export function openByName(
   return isHttpUrl(name) ? HttpSource.open(name) : openHostFile(name);
 }
 
-/** Resolves a name relative to the image that refers to it. */
-export function resolveRelative(
-  base: string | undefined,
-  name: string,
-): string {
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(name)) return name;
-  if (base && /^https?:\/\//i.test(base)) return new URL(name, base).href;
-  if (isAbsolute(name) || !base || base.startsWith("<")) return name;
-  return join(dirname(base), name);
-}
-
 async function identity(name: string): Promise<string> {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(name)) return name;
   try {
@@ -171,37 +228,16 @@ async function detectFormat(
   return "raw";
 }
 
-async function openChain(
-  source: RandomAccessSource,
-  options: OpenImageOptions,
-  seen: string[],
-  depth: number,
-): Promise<GuestImage> {
-  const format = depth === 0 && options.format && options.format !== "auto"
-    ? options.format
-    : await detectFormat(source);
-  if (format === "raw") {
-    if (depth === 0 && options.snapshot !== undefined) {
-      throw new RangeError(
-        `Cannot open image: ${
-          source.name ?? "raw image"
-        } is raw and has no snapshots`,
-      );
-    }
-    return new RawImage(source);
-  }
-  return await openQcow2(source, options, seen, depth);
-}
-
 async function openQcow2(
   source: RandomAccessSource,
+  referrer: Referrer,
   options: OpenImageOptions,
   seen: string[],
   depth: number,
 ): Promise<Qcow2Image> {
   const header = await readHeader(source);
-  const name = source.name;
   const openSource = options.openSource ?? openByName;
+  const policy = options.references ?? "auto";
 
   let dataFile: RandomAccessSource | undefined;
   let backing: GuestImage | undefined;
@@ -215,12 +251,16 @@ async function openQcow2(
           { field: "incompatible_features", offset: 72 },
         );
       }
-      const path = resolveRelative(name, dataName);
+      const path = await followReference(
+        referrer,
+        dataName,
+        "external data file",
+        policy,
+      );
       dataFile = await openRelated(openSource, path, "external data file");
     }
 
     if (header.backingFile !== undefined && header.backingFile !== "") {
-      const path = resolveRelative(name, header.backingFile);
       const max = options.maxBackingDepth ?? DEFAULT_MAX_DEPTH;
       if (depth + 1 > max) {
         throw new Qcow2Error(
@@ -229,9 +269,16 @@ async function openQcow2(
           { field: "backing_file_offset", offset: 8 },
         );
       }
-      const me = name ? await identity(name) : undefined;
+      const declared = declaredBackingFormat(header, header.backingFile);
+      const path = await followReference(
+        referrer,
+        header.backingFile,
+        "backing file",
+        policy,
+      );
+      const me = await identity(referrer.name);
       const target = await identity(path);
-      const chain = me ? [...seen, me] : seen;
+      const chain = [...seen, me];
       if (chain.includes(target)) {
         throw new Qcow2Error(
           "BACKING",
@@ -241,13 +288,18 @@ async function openQcow2(
       }
       const backingSource = await openRelated(openSource, path, "backing file");
       try {
-        const backingFmt = declaredBackingFormat(header, header.backingFile!) ??
-          await detectFormat(backingSource);
-        backing = backingFmt === "raw"
+        const format = declared ?? await detectFormat(backingSource);
+        backing = format === "raw"
           ? new RawImage(backingSource)
           : await openQcow2(
             backingSource,
-            { ...options, snapshot: undefined },
+            {
+              name: path,
+              dir: directoryOf(path),
+              // Trust passes down only through named formats.
+              trusted: referrer.trusted && declared === "qcow2",
+            },
+            options,
             chain,
             depth + 1,
           );

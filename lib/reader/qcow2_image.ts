@@ -183,8 +183,8 @@ export class Qcow2Image implements GuestImage {
    * @returns The extents.
    */
   async *extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    const upTo = length ?? this.virtualSize - offset;
-    for await (const item of this.plan(offset, upTo, 0)) yield toExtent(item);
+    const items = this.plan(offset, length ?? this.virtualSize - offset, 0);
+    for await (const item of items) yield toExtent(item);
   }
 
   async #l2Table(l1Index: number, l2Offset: number): Promise<Uint8Array> {

@@ -66,8 +66,8 @@ export class RawImage implements GuestImage {
    * @returns The extent.
    */
   async *extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    const upTo = length ?? this.virtualSize - offset;
-    for await (const item of this.plan(offset, upTo, 0)) yield toExtent(item);
+    const items = this.plan(offset, length ?? this.virtualSize - offset, 0);
+    for await (const item of items) yield toExtent(item);
   }
 
   /**

@@ -246,7 +246,7 @@ export async function openImageStream(
       new DataView(head.buffer, head.byteOffset).getUint32(0) === 0x514649fb;
     let onePass = false;
     let split = 0;
-    if (isQcow2 && !options.snapshot) {
+    if (isQcow2 && options.format !== "raw" && !options.snapshot) {
       // The first cluster holds the header, its extensions and the backing
       // file name; its cluster size is in bytes 20-23.
       const first = await (await prefixSource()).read(20, 4);
@@ -307,7 +307,12 @@ export async function openImageStream(
     // Spool the rest and read the copy at random offsets.
     await cursor.spoolTo(file, Infinity);
     await file.flush();
-    const image = await openImage(file.writingPath, options);
+    // Named as the stream, not the spool file: the names the image gives
+    // resolve against `relativeTo`, never inside the spool directory.
+    const image = await openImage(
+      await FileSource.open(file.writingPath, "<stream>"),
+      options,
+    );
     return opened(image, false, cursor.position, file.writingPath, cleanup);
   } catch (err) {
     await cleanup();

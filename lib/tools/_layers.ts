@@ -24,6 +24,13 @@ import { LruCache } from "../io/lru.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
 import { declaredBackingFormat } from "../reader/_backing.ts";
+import {
+  directoryOf,
+  followReference,
+  type ReferencePolicy,
+  type Referrer,
+} from "../reader/references.ts";
+import type { ImageFormat } from "../reader/open.ts";
 
 export type { ImageInput, OpenSource };
 
@@ -108,17 +115,6 @@ export async function readHeaderLenient(
   return header;
 }
 
-/**
- * QEMU's path_combine(): `name` relative to the directory part of `base`,
- * without normalizing (`sub/top.qcow2` + `../base.qcow2` gives
- * `sub/../base.qcow2`, as qemu-img prints it).
- */
-export function combinePath(base: string, name: string): string {
-  if (name.startsWith("/") || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
-  const slash = base.lastIndexOf("/");
-  return slash < 0 ? name : base.slice(0, slash + 1) + name;
-}
-
 /** A raw image: its bytes are the guest disk. */
 export interface RawLayer {
   format: "raw";
@@ -160,6 +156,10 @@ export type Layer = RawLayer | Qcow2Layer;
 export interface OpenLayerOptions {
   /** Open the backing chain too. */
   backing: boolean;
+  /** Format of the top image; probed when absent or `auto`. */
+  format?: ImageFormat;
+  /** Which backing and data files may be followed. */
+  references?: ReferencePolicy;
   /** Opens related files by name. */
   openSource?: OpenSource;
   /** Longest chain accepted. */
@@ -180,7 +180,14 @@ export async function openLayer(
   const owned = typeof input === "string" || input instanceof Uint8Array;
   try {
     const name = typeof input === "string" ? input : source.name ?? "<image>";
-    const layer = await openFrom(source, name, options, 0);
+    const given = options.format !== undefined && options.format !== "auto";
+    const layer = await openFrom(
+      source,
+      { name, dir: directoryOf(name), trusted: given },
+      options,
+      0,
+      given ? options.format : undefined,
+    );
     layer.owned = owned;
     return layer;
   } catch (err) {
@@ -191,11 +198,12 @@ export async function openLayer(
 
 async function openFrom(
   source: RandomAccessSource,
-  name: string,
+  referrer: Referrer,
   options: OpenLayerOptions,
   depth: number,
   format?: string,
 ): Promise<Layer> {
+  const name = referrer.name;
   const qcow2 = format === undefined
     ? await isQcow2(source)
     : format === "qcow2";
@@ -228,9 +236,15 @@ async function openFrom(
     backing: undefined,
     refcounts,
   };
+  const policy = options.references ?? "auto";
   for (const ext of header.extensions) {
     if (ext.kind === "data-file") {
-      layer.dataFileName = combinePath(name, ext.name);
+      layer.dataFileName = await followReference(
+        referrer,
+        ext.name,
+        "external data file",
+        policy,
+      );
     }
   }
   if (options.backing && header.backingFile) {
@@ -241,7 +255,13 @@ async function openFrom(
         `Cannot open backing file "${header.backingFile}": the backing chain is deeper than ${max} images`,
       );
     }
-    const path = combinePath(name, header.backingFile);
+    const fmt = declaredBackingFormat(header, header.backingFile);
+    const path = await followReference(
+      referrer,
+      header.backingFile,
+      "backing file",
+      policy,
+    );
     const open = options.openSource ?? openHostFile;
     let backingSource: RandomAccessSource;
     try {
@@ -255,10 +275,13 @@ async function openFrom(
       );
     }
     try {
-      const fmt = declaredBackingFormat(header, path);
       layer.backing = await openFrom(
         backingSource,
-        path,
+        {
+          name: path,
+          dir: directoryOf(path),
+          trusted: referrer.trusted && fmt === "qcow2",
+        },
         options,
         depth + 1,
         fmt,

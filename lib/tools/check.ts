@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { ImageFormat } from "../reader/open.ts";
 import { geometryOf } from "../format/geometry.ts";
 import { getRefcount, refcountMax } from "../format/refcount.ts";
 import { INCOMPAT } from "../format/constants.ts";
@@ -89,6 +90,12 @@ export interface CheckImageOptions {
    * @default {2147483647}
    */
   maxClusters?: number;
+  /**
+   * Format of the image; probed when absent or `auto`. With `raw`, the
+   * image is raw whatever its bytes (exit status 63, no checks).
+   * @default {"auto"}
+   */
+  format?: ImageFormat;
 }
 
 const INT_MAX = 2 ** 31 - 1;
@@ -143,7 +150,10 @@ export async function checkImage(
   const source = await sourceOf(input);
   const filename = typeof input === "string" ? input : source.name ?? "<image>";
   try {
-    if (!(await isQcow2(source))) {
+    const format = options.format ?? "auto";
+    if (
+      format === "raw" || (format === "auto" && !(await isQcow2(source)))
+    ) {
       const r = emptyResult(filename, "raw");
       r.exitCode = 63;
       r.failure = "This image format does not support checks";

@@ -6,7 +6,9 @@
  * @module
  */
 
-import { openImage } from "../reader/open.ts";
+import { type ImageFormat, openImage } from "../reader/open.ts";
+import type { ReferencePolicy } from "../reader/references.ts";
+
 import type { GuestImage } from "../reader/image.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import {
@@ -56,6 +58,17 @@ export interface CompareResult {
  * ```
  */
 export interface CompareImagesOptions {
+  /**
+   * Formats of the first and second image; each is probed when absent or
+   * `auto` (`qemu-img compare -f` and `-F`).
+   * @default {["auto", "auto"]}
+   */
+  formats?: [ImageFormat?, ImageFormat?];
+  /**
+   * Which backing and data files may be followed (see `openImage`).
+   * @default {"auto"}
+   */
+  references?: ReferencePolicy;
   /** Opens backing and data files by name; default: local files. */
   openSource?: OpenSource;
   /**
@@ -161,10 +174,14 @@ export async function compareImages(
   const images: GuestImage[] = [];
   using walker = new StatusWalker(options.holes ?? true);
   try {
-    for (const input of [a, b]) {
+    for (const [i, input] of [a, b].entries()) {
+      const format = options.formats?.[i];
+      const references = options.references;
       layers.push(
         await openLayer(input, {
           backing: true,
+          format,
+          references,
           openSource: options.openSource,
         }),
       );
@@ -173,7 +190,7 @@ export async function compareImages(
           typeof input === "string" || input instanceof Uint8Array
             ? input
             : borrowed(input),
-          { openSource: options.openSource },
+          { format, references, openSource: options.openSource },
         ),
       );
     }

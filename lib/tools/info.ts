@@ -20,7 +20,6 @@ import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
 import {
-  combinePath,
   type ImageInput,
   isQcow2,
   type OpenSource,
@@ -34,6 +33,13 @@ import {
   readBitmapDirectory,
   readSnapshotTable,
 } from "./_tables.ts";
+import {
+  directoryOf,
+  followReference,
+  type ReferencePolicy,
+  resolveName,
+} from "../reader/references.ts";
+import type { ImageFormat } from "../reader/open.ts";
 import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
 
 export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
@@ -177,6 +183,17 @@ export interface ImageInfoOptions {
    * @default {false}
    */
   backingChain?: boolean;
+  /**
+   * Format of the image; probed when absent or `auto`. A probed image's
+   * backing chain is only followed inside its own directory.
+   * @default {"auto"}
+   */
+  format?: ImageFormat;
+  /**
+   * Which backing files `backingChain` may follow.
+   * @default {"auto"}
+   */
+  references?: ReferencePolicy;
   /** Opens backing files by name; default: local files. */
   openSource?: OpenSource;
   /**
@@ -223,7 +240,10 @@ async function describe(
   if (header.cryptMethod !== CRYPT_METHOD.NONE) info.encrypted = true;
   if (header.backingFile) {
     info.backingFilename = header.backingFile;
-    info.fullBackingFilename = combinePath(name, header.backingFile);
+    info.fullBackingFilename = resolveName(
+      directoryOf(name) ?? "",
+      header.backingFile,
+    );
     const fmt = backingFormat(header);
     if (fmt !== undefined) info.backingFilenameFormat = fmt;
   }
@@ -317,9 +337,12 @@ export async function imageInfo(
 ): Promise<ImageInfo> {
   const source = await sourceOf(input);
   const name = typeof input === "string" ? input : source.name ?? "<image>";
+  const given = options.format !== undefined && options.format !== "auto"
+    ? options.format
+    : undefined;
   let info: ImageInfo;
   try {
-    info = await describe(source, name, undefined, options);
+    info = await describe(source, name, given, options);
   } finally {
     if (typeof input === "string" || input instanceof Uint8Array) {
       await source.close?.();
@@ -329,8 +352,14 @@ export async function imageInfo(
   info.chain = [];
   const open = options.openSource ?? openHostFile;
   const seen = new Set<string>([name]);
-  for (let at: ImageInfo = info; at.fullBackingFilename !== undefined;) {
-    const path = at.fullBackingFilename;
+  let referrer = { name, dir: directoryOf(name), trusted: given === "qcow2" };
+  for (let at: ImageInfo = info; at.backingFilename !== undefined;) {
+    const path = await followReference(
+      referrer,
+      at.backingFilename,
+      "backing file",
+      options.references ?? "auto",
+    );
     if (seen.has(path) || info.chain.length >= 256) {
       throw new Qcow2Error(
         "BACKING",
@@ -359,6 +388,11 @@ export async function imageInfo(
         options,
       );
       info.chain.push(next);
+      referrer = {
+        name: path,
+        dir: directoryOf(path),
+        trusted: referrer.trusted && fmt === "qcow2",
+      };
       at = next;
     } finally {
       await src.close?.();

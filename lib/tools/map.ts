@@ -6,6 +6,8 @@
  * @module
  */
 
+import type { ReferencePolicy } from "../reader/references.ts";
+import type { ImageFormat } from "../reader/open.ts";
 import {
   closeLayer,
   type ImageInput,
@@ -70,6 +72,16 @@ export interface MapImageOptions {
    * @default {the rest of the disk}
    */
   length?: number;
+  /**
+   * Format of the image; probed when absent or `auto`.
+   * @default {"auto"}
+   */
+  format?: ImageFormat;
+  /**
+   * Which backing and data files may be followed (see `openImage`).
+   * @default {"auto"}
+   */
+  references?: ReferencePolicy;
   /** Opens backing and data files by name; default: local files. */
   openSource?: OpenSource;
   /**
@@ -138,6 +150,8 @@ export async function* mapImageEntries(
 ): AsyncGenerator<MapEntry> {
   const layer = await openLayer(input, {
     backing: true,
+    format: options.format,
+    references: options.references,
     openSource: options.openSource,
   });
   using walker = new StatusWalker(options.holes ?? true);

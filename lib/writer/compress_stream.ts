@@ -6,7 +6,11 @@
  */
 
 import type { CodecPool, CompressResult } from "../codec/pool.ts";
-import type { CodecBackend, CompressionType } from "../codec/codecs.ts";
+import type {
+  CodecBackend,
+  CompressionType,
+  ZlibWindow,
+} from "../codec/codecs.ts";
 import type { ClusterRecord } from "./records.ts";
 import { checkClusterSize } from "./_options.ts";
 
@@ -34,6 +38,8 @@ export interface CompressStreamOptions {
   level?: number;
   /** Codec backend; see `CodecOptions.backend`. */
   backend?: CodecBackend;
+  /** zlib window; see `CodecOptions.zlibWindow`. */
+  zlibWindow?: ZlibWindow;
   /**
    * Jobs submitted and not yet passed on; when full, the stage stops
    * taking input, so backpressure reaches the source.
@@ -82,6 +88,7 @@ export class CompressStream
       type: options.type,
       level: options.level,
       backend: options.backend,
+      zlibWindow: options.zlibWindow,
     };
     const maxInFlight = options.maxInFlight ?? 2 * pool.size + 2;
     if (!Number.isInteger(maxInFlight) || maxInFlight < 1) {

@@ -5,12 +5,18 @@
  */
 
 import { CodecPool } from "../codec/pool.ts";
-import type { CodecBackend } from "../codec/codecs.ts";
+import type { CodecBackend, ZlibWindow } from "../codec/codecs.ts";
 import { ClusterChunkStream } from "./chunk_stream.ts";
 import { ZeroDetectStream } from "./zero_stream.ts";
 import { CompressStream } from "./compress_stream.ts";
 import { ClusterPacker } from "./packer.ts";
-import { type FinalizerSummary, MetadataFinalizer } from "./finalizer.ts";
+import {
+  type BackingFileName,
+  type FinalizerSummary,
+  MetadataFinalizer,
+} from "./finalizer.ts";
+import { BackingDiffStream } from "./backing_diff_stream.ts";
+import type { GuestImage } from "../reader/image.ts";
 import { HostAllocator } from "./host_allocator.ts";
 import type { HostWrite, ZeroBytes } from "./records.ts";
 
@@ -38,9 +44,16 @@ export interface Qcow2WriterOptions {
   compression?: "none" | "zlib" | "zstd";
   /**
    * Compression level (zlib 1-9, zstd 1-22).
-   * @default {6} for zlib, {3} for zstd
+   * @default {defaultLevel(compression, backend, zlibWindow)}: zlib 6
+   * (9 with node:zlib and a 4 KiB window), zstd 3
    */
   level?: number;
+  /**
+   * zlib: deflate window in bytes, 32768 or 4096 (QEMU's); see
+   * `CodecOptions.zlibWindow`.
+   * @default {32768}
+   */
+  zlibWindow?: ZlibWindow;
   /**
    * Refcount width in bits: 1, 2, 4, 8, 16, 32 or 64.
    * @default {16}
@@ -60,6 +73,18 @@ export interface Qcow2WriterOptions {
   backend?: CodecBackend;
   /** Called as guest bytes are mapped (after compression and packing). */
   onProgress?: (guestBytes: number) => void;
+  /**
+   * Make a delta image: the backing file named in the header (name as
+   * stored, and format). Zero clusters become zero entries so that they do
+   * not read from it.
+   */
+  backingFile?: BackingFileName;
+  /**
+   * The backing file's guest view, opened by the caller: clusters that read
+   * the same in it are left unallocated for it to answer, so the image
+   * holds only what changed. Needs `backingFile`.
+   */
+  backingImage?: GuestImage;
 }
 
 /**
@@ -110,6 +135,11 @@ export class Qcow2Writer
         "Cannot write qcow2: a compression level needs compression zlib or zstd",
       );
     }
+    if (options.backingImage && !options.backingFile) {
+      throw new RangeError(
+        "Cannot write qcow2: a backing image to compare with needs backingFile (its name and format)",
+      );
+    }
     const chunker = new ClusterChunkStream({ clusterSize });
     const allocator = new HostAllocator({
       clusterSize,
@@ -119,10 +149,19 @@ export class Qcow2Writer
       allocator,
       compressionType: compression === "zstd" ? "zstd" : "zlib",
       onProgress: options.onProgress,
+      backingFile: options.backingFile,
     });
     let records = chunker.readable.pipeThrough(
       new ZeroDetectStream({ clusterSize }),
     );
+    if (options.backingImage) {
+      records = records.pipeThrough(
+        new BackingDiffStream({
+          backing: options.backingImage,
+          clusterSize,
+        }),
+      );
+    }
     if (compression !== "none") {
       let pool = options.pool;
       if (!pool) {
@@ -136,6 +175,7 @@ export class Qcow2Writer
           type: compression,
           level: options.level,
           backend: options.backend,
+          zlibWindow: options.zlibWindow,
         }),
       );
     }

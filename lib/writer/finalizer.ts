@@ -7,7 +7,11 @@
  */
 
 import { COMPRESSION_TYPE } from "../format/constants.ts";
-import { defaultHeader, serializeHeader } from "../format/header.ts";
+import {
+  defaultHeader,
+  type Qcow2Header,
+  serializeHeader,
+} from "../format/header.ts";
 import { l1SizeFor } from "../format/geometry.ts";
 import { encodeL1Entry } from "../format/l1.ts";
 import { encodeL2Entry, type L2Layout } from "../format/l2.ts";
@@ -37,8 +41,36 @@ export interface MetadataFinalizerOptions {
    * @default {"zlib"}
    */
   compressionType?: CompressionType;
+  /**
+   * The backing file to name in the header (delta images): its name as
+   * stored, resolved by readers against the image's directory, and its
+   * format. `zero` clusters then become zero entries, so that they do not
+   * read from the backing file.
+   */
+  backingFile?: BackingFileName;
   /** Called with the number of guest bytes mapped so far. */
   onProgress?: (guestBytes: number) => void;
+}
+
+/**
+ * A backing file as an image names it: the name stored in the header and
+ * the format in its backing format extension.
+ *
+ * @example Name a base image beside the delta
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes, imageInfo, type BackingFileName } from "../../mod.ts";
+ * const backingFile: BackingFileName = { name: "base.qcow2", format: "qcow2" };
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(4096), { backingFile }));
+ * assert.strictEqual(info.backingFilename, "base.qcow2");
+ * assert.strictEqual(info.backingFilenameFormat, "qcow2");
+ * ```
+ */
+export interface BackingFileName {
+  /** The name stored in the image (1 to 1023 bytes of UTF-8). */
+  name: string;
+  /** The backing file's format. */
+  format: "qcow2" | "raw";
 }
 
 /**
@@ -63,8 +95,10 @@ export interface FinalizerSummary {
   dataClusters: number;
   /** Guest clusters stored compressed. */
   compressedClusters: number;
-  /** Guest clusters left unallocated (all zeros). */
+  /** Guest clusters that read as zeros (unallocated, or zero entries). */
   zeroClusters: number;
+  /** Guest clusters left to the backing file (delta images). */
+  backingClusters: number;
   /** L2 tables written. */
   l2Tables: number;
   /** Refcount blocks written. */
@@ -146,7 +180,15 @@ class FinalizerState {
   #reftable: number[] = [];
   #doneBelow = 0; // L2 tables with lower indices are final
   #mapped = 0;
-  #counts = { data: 0, compressed: 0, zero: 0, l2: 0, blocks: 0 };
+  #counts = {
+    data: 0,
+    compressed: 0,
+    zero: 0,
+    backing: 0,
+    l2: 0,
+    blocks: 0,
+  };
+  #backingFile: BackingFileName | undefined;
 
   constructor(options: MetadataFinalizerOptions) {
     this.#alloc = options.allocator;
@@ -159,6 +201,8 @@ class FinalizerState {
     };
     this.#compression = options.compressionType ?? "zlib";
     this.#onProgress = options.onProgress;
+    this.#backingFile = options.backingFile;
+    if (this.#backingFile) checkBackingFile(this.#backingFile);
   }
 
   #table(index: number): Uint8Array {
@@ -210,7 +254,19 @@ class FinalizerState {
         this.#counts.compressed += record.count;
         break;
       case "zero":
+        // Over a backing file, unallocated would read the backing's bytes.
+        if (this.#backingFile) {
+          for (let i = 0; i < record.count; i++) {
+            const index = record.index + i;
+            encodeL2Entry(this.#table(index), index % E, {
+              type: "zero-plain",
+            }, this.#layout);
+          }
+        }
         this.#counts.zero += record.count;
+        break;
+      case "backing":
+        this.#counts.backing += record.count;
         break;
       case "end":
         this.#finish(record.size, emit);
@@ -330,6 +386,7 @@ class FinalizerState {
     header.l1TableOffset = l1Offset;
     header.refcountTableOffset = reftableOffset;
     header.refcountTableClusters = tableClusters;
+    if (this.#backingFile) nameBackingFile(header, this.#backingFile, cs);
     const headerCluster = new Uint8Array(cs);
     headerCluster.set(serializeHeader(header));
     emit({ offset: 0, data: headerCluster });
@@ -342,8 +399,51 @@ class FinalizerState {
       dataClusters: this.#counts.data,
       compressedClusters: this.#counts.compressed,
       zeroClusters: this.#counts.zero,
+      backingClusters: this.#counts.backing,
       l2Tables: this.#counts.l2,
       refcountBlocks: this.#counts.blocks,
     };
   }
+}
+
+/** QEMU's limit on a backing file name (1023 bytes and a NUL). */
+const MAX_BACKING_NAME = 1023;
+
+function checkBackingFile(backing: BackingFileName): void {
+  const bytes = new TextEncoder().encode(backing.name).length;
+  if (bytes < 1 || bytes > MAX_BACKING_NAME || backing.name.includes("\0")) {
+    throw new RangeError(
+      `Cannot name backing file "${backing.name}": a name is 1 to ${MAX_BACKING_NAME} bytes without NUL (it has ${bytes})`,
+    );
+  }
+  if (backing.format !== "qcow2" && backing.format !== "raw") {
+    throw new RangeError(
+      `Cannot name backing file "${backing.name}": format "${backing.format}" is not qcow2 or raw`,
+    );
+  }
+}
+
+/**
+ * Puts the backing file's name and format into a header: the format as a
+ * backing format extension, the name right after the extensions, as QEMU
+ * lays them out in the first cluster.
+ */
+function nameBackingFile(
+  header: Qcow2Header,
+  backing: BackingFileName,
+  clusterSize: number,
+): void {
+  header.extensions.unshift({ kind: "backing-format", format: backing.format });
+  const name = new TextEncoder().encode(backing.name);
+  const withoutName = serializeHeader(header).length;
+  if (withoutName + name.length > clusterSize) {
+    throw new RangeError(
+      `Cannot name backing file "${backing.name}": the header, its extensions and the name need ${
+        withoutName + name.length
+      } bytes, more than the ${clusterSize}-byte first cluster`,
+    );
+  }
+  header.backingFile = backing.name;
+  header.backingFileOffset = withoutName;
+  header.backingFileSize = name.length;
 }

@@ -14,6 +14,9 @@ import {
 } from "../format/refcount.ts";
 import { checkClusterSize, refcountOrderOf } from "./_options.ts";
 
+/** Partly used clusters kept open for compressed payloads. */
+const MAX_FRAGMENTS = 8;
+
 /**
  * Options of {@linkcode HostAllocator}.
  *
@@ -71,7 +74,10 @@ export interface FinalRefcountBlock {
  *   continuing in the last partly used cluster and crossing into the next
  *   cluster when it is free; each host cluster a payload touches gains one
  *   reference, and a cluster whose count reached the refcount maximum is not
- *   shared further (so 1-bit refcounts still work).
+ *   shared further (so 1-bit refcounts still work);
+ * - with backfill, a partly used cluster that whole clusters were allocated
+ *   past stays open (a few at a time), and later payloads that fit in it go
+ *   there: where QEMU leaves the rest of that cluster empty, this fills it.
  *
  * Refcount blocks are kept in memory only while they can still change;
  * {@linkcode HostAllocator.takeFinalBlocks} hands over the ones that cannot.
@@ -98,6 +104,9 @@ export class HostAllocator {
   #max: number;
   #end = 0;
   #tail = 0; // next free byte in the partly used compressed cluster; 0 = none
+  // Free starts in partly used clusters that whole clusters were allocated
+  // past (backfill only), lowest first; payloads that fit go there.
+  #fragments: number[] = [];
   #blocks = new Map<number, Uint8Array>();
   #taken = 0; // blocks below this index were handed out as final
   #backfill: boolean;
@@ -157,7 +166,8 @@ export class HostAllocator {
     }
     const span = Math.ceil(length / COMPRESSED_SECTOR_SIZE) *
       COMPRESSED_SECTOR_SIZE;
-    let start = -1;
+    let start = this.#fromFragment(span);
+    if (start !== -1) return start;
     if (this.#tail !== 0) {
       const tailCluster = this.#tail - (this.#tail % cs);
       const tailEnd = tailCluster + cs;
@@ -169,7 +179,10 @@ export class HostAllocator {
         start = this.#tail;
       }
     }
-    if (start === -1) start = this.#end;
+    if (start === -1) {
+      start = this.#end;
+      if (this.#tail !== 0 && this.#backfill) this.#keepFragment(this.#tail);
+    }
     const end = start + span;
     // Clusters this payload touches; new ones extend the file.
     const first = start - (start % cs);
@@ -179,6 +192,44 @@ export class HostAllocator {
     }
     this.#tail = end % cs === 0 ? 0 : end;
     return start;
+  }
+
+  /** Fits `span` bytes into a kept fragment; -1 when none has room. */
+  #fromFragment(span: number): number {
+    const cs = this.clusterSize;
+    for (let i = 0; i < this.#fragments.length; i++) {
+      const start = this.#fragments[i];
+      const cluster = start - (start % cs);
+      if (start + span > cluster + cs) continue;
+      if (this.refcount(cluster) >= this.#max) {
+        this.#fragments.splice(i--, 1);
+        continue;
+      }
+      this.#addRef(cluster);
+      const next = start + span;
+      if (next % cs === 0) this.#fragments.splice(i, 1);
+      else this.#fragments[i] = next;
+      return start;
+    }
+    return -1;
+  }
+
+  /** Keeps the rest of a partly used cluster for later payloads. */
+  #keepFragment(start: number): void {
+    this.#fragments.push(start);
+    this.#fragments.sort((a, b) => a - b);
+    // A few are enough to take the waste: drop the smallest beyond that.
+    if (this.#fragments.length > MAX_FRAGMENTS) {
+      const cs = this.clusterSize;
+      let smallest = 0;
+      for (let i = 1; i < this.#fragments.length; i++) {
+        const room = (f: number) => cs - (f % cs);
+        if (room(this.#fragments[i]) < room(this.#fragments[smallest])) {
+          smallest = i;
+        }
+      }
+      this.#fragments.splice(smallest, 1);
+    }
   }
 
   /**
@@ -227,11 +278,13 @@ export class HostAllocator {
    * @returns The blocks, in index order.
    */
   takeFinalBlocks(all = false): FinalRefcountBlock[] {
+    const cs = this.clusterSize;
     const settledBytes = all ? Infinity : Math.min(
       this.#end,
-      this.#tail === 0
+      this.#tail === 0 ? Infinity : this.#tail - (this.#tail % cs),
+      this.#fragments.length === 0
         ? Infinity
-        : this.#tail - (this.#tail % this.clusterSize),
+        : this.#fragments[0] - (this.#fragments[0] % cs),
     );
     const settledBlocks = all
       ? Infinity
@@ -252,5 +305,6 @@ export class HostAllocator {
    */
   closeTail(): void {
     this.#tail = 0;
+    this.#fragments = [];
   }
 }

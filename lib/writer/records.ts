@@ -14,6 +14,8 @@
  *
  * - `data`: `count` whole clusters of bytes (`data.length === count * clusterSize`)
  * - `zero`: `count` clusters that read as zeros
+ * - `backing`: `count` clusters that read the same as the backing image
+ *   (delta images: left unallocated for the backing to answer)
  * - `compressed`: `count` clusters compressed; payload `i` is
  *   `lengths[i]` bytes, the payloads back to back in `data`
  * - `end`: the input is over; `size` is its exact length in bytes
@@ -29,6 +31,7 @@
 export type ClusterRecord =
   | { kind: "data"; index: number; count: number; data: Uint8Array }
   | { kind: "zero"; index: number; count: number }
+  | { kind: "backing"; index: number; count: number }
   | {
     kind: "compressed";
     index: number;
@@ -63,7 +66,9 @@ export interface ZeroBytes {
  *   clusters starting at `hostOffset`
  * - `compressed`: guest cluster `index + i` is compressed at
  *   `hostOffsets[i]` over `sectors[i]` sectors
- * - `zero`: clusters left unallocated (they read as zeros)
+ * - `zero`: clusters that read as zeros: left unallocated, or zero entries
+ *   when the image has a backing file
+ * - `backing`: clusters left unallocated for the backing file to answer
  * - `write`: bytes to write at a host offset
  * - `end`: the input is over; `size` is its exact length in bytes
  *
@@ -85,6 +90,7 @@ export type PlacedRecord =
     sectors: number[];
   }
   | { kind: "zero"; index: number; count: number }
+  | { kind: "backing"; index: number; count: number }
   | { kind: "write"; offset: number; data: Uint8Array }
   | { kind: "end"; size: number };
 

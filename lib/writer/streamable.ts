@@ -121,6 +121,11 @@ export class StreamableQcow2Writer
    * @throws {RangeError} For invalid options.
    */
   constructor(options: StreamableWriterOptions = {}) {
+    if (options.backingFile || options.backingImage) {
+      throw new RangeError(
+        "Cannot write streamable qcow2: delta images (a backing file) are written by Qcow2Writer only",
+      );
+    }
     const clusterSize = options.clusterSize ?? 65536;
     const compression = options.compression ?? "none";
     if (
@@ -155,6 +160,7 @@ export class StreamableQcow2Writer
           type: compression,
           level: options.level,
           backend: options.backend,
+          zlibWindow: options.zlibWindow,
         }),
       );
     }

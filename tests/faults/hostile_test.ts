@@ -43,7 +43,15 @@ qemuTest(
       const want = join(dir.path, "qemu.raw");
       await qemuImg("convert", "-O", "raw", img, want);
       const got = join(dir.path, "ours.raw");
-      const r = await runCli(["convert", "-f", "-q", "-O", "raw", img, got]);
+      const r = await runCli([
+        "convert",
+        "--force",
+        "-q",
+        "-O",
+        "raw",
+        img,
+        got,
+      ]);
       assert.strictEqual(r.code, 0, `${what}: ${r.stderr}`);
       const same = await runStatus("cmp", [want, got]);
       assert.strictEqual(

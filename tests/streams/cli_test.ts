@@ -147,7 +147,7 @@ qemuTest(
       });
       // raw URL -> qcow2 file, streamed without a temporary copy
       const a = await sh(
-        `${run} convert -q -f -c zstd ${server.url("disk.raw")} a.qcow2`,
+        `${run} convert -q --force -c zstd ${server.url("disk.raw")} a.qcow2`,
         dir.path,
       );
       assert.strictEqual(a.code, 0, a.stderr);
@@ -158,7 +158,7 @@ qemuTest(
       // qcow2 URL -> raw file
       const before = server.bytesSent;
       const b = await sh(
-        `${run} convert -f ${server.url("q.qcow2")} b.raw`,
+        `${run} convert --force ${server.url("q.qcow2")} b.raw`,
         dir.path,
       );
       assert.strictEqual(b.code, 0, b.stderr);

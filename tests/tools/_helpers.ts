@@ -218,11 +218,17 @@ export function qemuStatus(
 /** Asserts `info --json` and the human form equal qemu-img's, byte for byte. */
 export async function assertInfoLikeQemu(
   path: string,
-  options: { chain?: boolean } = {},
+  options: { chain?: boolean; format?: "qcow2" } = {},
 ): Promise<void> {
   const chain = options.chain ?? false;
-  const flags = chain ? ["--backing-chain"] : [];
-  const info = await imageInfo(path, { backingChain: chain });
+  const flags = [
+    ...(chain ? ["--backing-chain"] : []),
+    ...(options.format ? ["-f", options.format] : []),
+  ];
+  const info = await imageInfo(path, {
+    backingChain: chain,
+    format: options.format,
+  });
   const json = await qemuImg("info", "--output=json", ...flags, path);
   assert.deepStrictEqual(
     JSON.parse(formatImageInfoJson(info, chain)),
@@ -242,11 +248,15 @@ export async function assertInfoLikeQemu(
 }
 
 /** Asserts our map equals `qemu-img map --output=json`, byte for byte. */
-export async function assertMapLikeQemu(path: string): Promise<void> {
-  const ours = formatMapJson(await mapImage(path));
+export async function assertMapLikeQemu(
+  path: string,
+  options: { format?: "qcow2" } = {},
+): Promise<void> {
+  const ours = formatMapJson(await mapImage(path, { format: options.format }));
+  const flags = options.format ? ["-f", options.format] : [];
   assert.strictEqual(
     ours,
-    await qemuImg("map", "--output=json", path),
+    await qemuImg("map", "--output=json", ...flags, path),
     `${path}: map`,
   );
 }

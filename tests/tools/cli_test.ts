@@ -86,9 +86,17 @@ qemuTest("cli: info, map and check print what qemu-img prints", async () => {
     [["check", img], ["check", img]],
     [["check", "--json", img], ["check", "--output=json", img]],
   ];
+  // The chain leaves vm/ (../base.qcow2): the format is given on both
+  // sides, so that the backing file is followed (tests/reader/untrusted_test.ts).
+  const given = (
+    [command, ...rest]: string[],
+  ) => [command, "-f", "qcow2", ...rest];
   const results = await Promise.all(
     runs.map(async ([ours, theirs]) =>
-      [await cli(ours, { cwd }), await qemuIn(cwd, ...theirs)] as const
+      [
+        await cli(given(ours), { cwd }),
+        await qemuIn(cwd, ...given(theirs)),
+      ] as const
     ),
   );
   results.forEach(([ours, theirs], i) => {
@@ -98,7 +106,7 @@ qemuTest("cli: info, map and check print what qemu-img prints", async () => {
     assert.strictEqual(ours.stderr, "", what);
   });
   // The human map lists every range with its type.
-  const table = await cli(["map", img], { cwd });
+  const table = await cli(["map", "-f", "qcow2", img], { cwd });
   assert.strictEqual(table.code, 0);
   const lines = table.stdout.trimEnd().split("\n");
   assert.match(lines[0], /^Offset\s+Length\s+Mapped to\s+Depth\s+Type\s+File$/);

@@ -172,9 +172,12 @@ Deno.test("convert draws no progress bar when stderr is a pipe", async () => {
   assert.strictEqual(r.stderr, "");
   assert.strictEqual(r.stdout, "");
   // -p asks for it explicitly.
-  const forced = await cli(["convert", "-p", "-f", "in.raw", "out.qcow2"], {
-    cwd: dir.path,
-  });
+  const forced = await cli(
+    ["convert", "-p", "--force", "in.raw", "out.qcow2"],
+    {
+      cwd: dir.path,
+    },
+  );
   assert.strictEqual(forced.code, 0, forced.stderr);
   assert.match(forced.stderr, /\] 100\.0% .* ETA /);
 });

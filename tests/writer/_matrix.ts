@@ -132,6 +132,7 @@ async function produce(
         dataClusters: -1,
         compressedClusters: -1,
         zeroClusters: -1,
+        backingClusters: -1,
         l2Tables: -1,
         refcountBlocks: -1,
       };

@@ -297,3 +297,39 @@ Deno.test("HostAllocator({ backfill: false }) keeps compressed payloads in alloc
     assert.ok(backfill || b > data);
   }
 });
+
+Deno.test("HostAllocator() fills clusters left partly used when whole clusters came between", () => {
+  const cs = 4096;
+  const alloc = new HostAllocator({ clusterSize: cs });
+  const a = alloc.allocCompressed(1000); // cluster 1, 1024 bytes used
+  const data = alloc.allocClusters(1); // cluster 2
+  const big = alloc.allocCompressed(3500); // does not fit cluster 1: cluster 3
+  assert.deepStrictEqual([a, data, big], [cs, 2 * cs, 3 * cs]);
+  // Later payloads that fit go back into cluster 1, then the new tail.
+  const small = alloc.allocCompressed(600);
+  assert.strictEqual(small, cs + 1024);
+  assert.strictEqual(alloc.refcount(cs), 2);
+  const next = alloc.allocCompressed(3000); // cluster 1 has 2048 left: tail
+  assert.strictEqual(next, 3 * cs + 3584);
+  assert.strictEqual(alloc.refcount(3 * cs), 2);
+  assert.strictEqual(alloc.refcount(4 * cs), 1);
+  // Without backfill (the streamable layout), nothing goes back.
+  const ordered = new HostAllocator({ clusterSize: cs, backfill: false });
+  ordered.allocCompressed(1000);
+  ordered.allocClusters(1);
+  ordered.allocCompressed(3500);
+  assert.strictEqual(ordered.allocCompressed(600), 3 * cs + 3584);
+});
+
+Deno.test("HostAllocator.takeFinalBlocks() keeps the block of a cluster still open for payloads", () => {
+  const cs = 4096; // 64-bit refcounts: a block covers 512 clusters
+  const alloc = new HostAllocator({ clusterSize: cs, refcountBits: 64 });
+  alloc.allocCompressed(100); // cluster 1, 512 bytes used
+  alloc.allocClusters(1100); // clusters 2-1101: blocks 0, 1 and 2
+  alloc.allocCompressed(3900); // does not fit cluster 1: a new tail
+  assert.deepStrictEqual(alloc.takeFinalBlocks().map((b) => b.index), []);
+  assert.strictEqual(alloc.allocCompressed(300), cs + 512);
+  assert.strictEqual(alloc.refcount(cs), 2);
+  alloc.closeTail();
+  assert.deepStrictEqual(alloc.takeFinalBlocks().map((b) => b.index), [0, 1]);
+});

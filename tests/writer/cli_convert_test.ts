@@ -1,6 +1,6 @@
 // The CLI's forward path: `deno run -A cli.ts convert ... SRC DST.qcow2`.
 // Output format from the extension and -O, options reaching the image,
-// SRC "-" (stdin), -f to replace DST, and errors: one line on stderr, exit
+// SRC "-" (stdin), --force to replace DST, and errors: one line on stderr, exit
 // code 1, no DST and no temporary `.partial` file left behind.
 
 import assert from "node:assert";
@@ -194,7 +194,7 @@ qemuTest(
       await Deno.writeFile(dst, old);
       const before = await Deno.stat(dst);
       const r = await runCli(["convert", "-c", "zstd", src, dst]);
-      assertOneLineError(r, /exists.*-f/);
+      assertOneLineError(r, /exists.*--force/);
       assert.deepStrictEqual(await Deno.readFile(dst), old);
       assert.strictEqual(
         (await Deno.stat(dst)).mtime?.getTime(),
@@ -204,10 +204,13 @@ qemuTest(
       // raw output too
       const rawDst = join(dir, "dst.img");
       await Deno.writeFile(rawDst, old);
-      assertOneLineError(await runCli(["convert", src, rawDst]), /exists.*-f/);
+      assertOneLineError(
+        await runCli(["convert", src, rawDst]),
+        /exists.*--force/,
+      );
       assert.deepStrictEqual(await Deno.readFile(rawDst), old);
-      // with -f (and --force) it is replaced
-      const ok = await runCli(["convert", "-f", "-c", "zstd", src, dst]);
+      // with --force it is replaced
+      const ok = await runCli(["convert", "--force", "-c", "zstd", src, dst]);
       assert.strictEqual(ok.code, 0, ok.stderr);
       await verifyImage(dir, dst, INPUT, {
         compression: "zstd",
@@ -292,7 +295,7 @@ Deno.test("cli convert: errors leave no DST and no temporary file", async () => 
       [["convert", src], /expected SRC and DST/],
       [["convert", src, dst, "extra"], /expected SRC and DST/],
       [["convert", src, src], /same file/],
-      [["convert", "-f", "-c", "zstd", src, src], /same file/],
+      [["convert", "--force", "-c", "zstd", src, src], /same file/],
     ];
     for (const [args, pattern] of cases) {
       const r = await runCli(args);
@@ -323,7 +326,7 @@ Deno.test("cli convert: DST in a missing directory, or a directory", async () =>
     );
     const sub = join(dir, "sub.qcow2");
     await Deno.mkdir(sub);
-    const r2 = await runCli(["convert", "-f", "-c", "zstd", src, sub]);
+    const r2 = await runCli(["convert", "--force", "-c", "zstd", src, sub]);
     assertOneLineError(r2, /directory/);
     assert.deepStrictEqual(await listDir(dir), ["src.raw", "sub.qcow2"]);
     assert.deepStrictEqual(await listDir(sub), []);

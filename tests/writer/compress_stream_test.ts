@@ -103,6 +103,7 @@ async function checkOutput(
         input.data.subarray(r.index * cs, (r.index + r.count) * cs),
       );
     } else {
+      assert.strictEqual(r.kind, "compressed", "no backing records here");
       assert.strictEqual(r.lengths.length, r.count);
       assert.strictEqual(
         r.data.length,
@@ -402,20 +403,32 @@ Deno.test("convert: a failing job leaves no output file and no temporary file", 
 Deno.test("CodecPool: without a level, workers use the backend's default level", async () => {
   const cs = 64 * 1024;
   const cluster = textBytes(cs, 11);
-  const direct = async (level: number, backend: "node" | "fflate") =>
-    (await createCodec({ type: "zlib", level, backend })).compress(cluster);
+  const direct = async (
+    level: number,
+    backend: "node" | "fflate",
+    zlibWindow?: 4096,
+  ) =>
+    (await createCodec({ type: "zlib", level, backend, zlibWindow }))
+      .compress(cluster);
   await using pool = new CodecPool({ workers: 1 });
   const cases = [
-    { backend: "node", expected: 9, other: 6 },
+    { backend: "node", expected: 6, other: 9 },
+    { backend: "node", zlibWindow: 4096, expected: 9, other: 6 },
     { backend: "fflate", expected: 6, other: 9 },
   ] as const;
-  for (const { backend, expected, other } of cases) {
-    const want = await direct(expected, backend);
-    const notWant = await direct(other, backend);
+  for (const c of cases) {
+    const { backend, expected, other } = c;
+    const zlibWindow = "zlibWindow" in c ? c.zlibWindow : undefined;
+    const want = await direct(expected, backend, zlibWindow);
+    const notWant = await direct(other, backend, zlibWindow);
     assert.ok(want && notWant);
     // the sample tells the two levels apart
     assert.notDeepStrictEqual(want, notWant, `${backend}: same output`);
-    const got = await pool.compress({ type: "zlib", backend }, cluster, cs);
+    const got = await pool.compress(
+      { type: "zlib", backend, zlibWindow },
+      cluster,
+      cs,
+    );
     assert.deepStrictEqual(got.lengths, [want.length], backend);
     assert.deepStrictEqual(got.data, want, backend);
   }

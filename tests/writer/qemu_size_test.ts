@@ -1,16 +1,19 @@
 // Compressed output size against QEMU, for zlib and zstd at 64 KiB clusters:
-// `qemu-img convert -c -O qcow2` and our convert at default settings on the
-// same input must give sizes within 2% of each other, and our images must
-// pass check and compare identical to the source. Two inputs:
+// our convert at default settings may be at most 2% larger than
+// `qemu-img convert -c -O qcow2` on the same input (smaller is the goal:
+// partly used clusters are filled where QEMU leaves them empty), and our
+// images must pass check and compare identical to the source. Two inputs:
 //
 // - a 96 MiB synthetic mix (text, incompressible noise, runs of one byte and
 //   zero runs, from a seeded PRNG);
 // - real disk content: files from this machine's /usr (executables, shared
 //   libraries, text and data), each padded to a 4 KiB block as a filesystem
-//   stores them, 16 MiB from each of four trees. The synthetic mix does not
-//   catch everything: on this one, node:zlib at QEMU's own level (6) gives
-//   about 1.03x QEMU's size, because Chromium's zlib compresses worse than
-//   Debian's at the same level and window. That figure is printed too.
+//   stores them, 16 MiB from each of four trees.
+//
+// zlib streams use a 32 KiB window by default (tests/writer/zlib_window_test.ts
+// shows QEMU reads them); with QEMU's 4 KiB window, node:zlib needs level 9
+// to stay within the bound (its Chromium zlib compresses worse than
+// Debian's at the same level and window), which is the default there.
 
 import assert from "node:assert";
 import { join } from "node:path";
@@ -43,7 +46,12 @@ async function compressBoth(
   { qemu: number; ours: number; path: string; summary: FinalizerSummary }
 > {
   const theirs = join(dir, `qemu-${type}.qcow2`);
-  const path = join(dir, `ours-${type}-${options.level ?? "default"}.qcow2`);
+  const path = join(
+    dir,
+    `ours-${type}-${options.level ?? "default"}-${
+      options.zlibWindow ?? ""
+    }.qcow2`,
+  );
   await qemuImg(
     "convert",
     "-c",
@@ -75,10 +83,9 @@ async function assertClose(
   result: { qemu: number; ours: number; path: string },
 ): Promise<void> {
   const ratio = result.ours / result.qemu;
-  assert.ok(
-    Math.abs(ratio - 1) <= 0.02,
-    `${type}: size ratio ${ratio} is outside 1 ± 2%`,
-  );
+  assert.ok(ratio <= 1.02, `${type}: size ratio ${ratio} is above 1.02`);
+  // Far below QEMU would mean lost data (compare below must catch it).
+  assert.ok(ratio >= 0.8, `${type}: size ratio ${ratio} is below 0.8`);
   await qemuCheckClean(result.path);
   await qemuCompareIdentical(raw, result.path);
   const info = await qemuInfo(result.path);
@@ -88,7 +95,7 @@ async function assertClose(
 const SIZE = 96 * MiB;
 
 qemuTest(
-  "size: compressed output within 2% of qemu-img convert -c (zlib and zstd)",
+  "size: compressed output at most 2% above qemu-img convert -c (zlib and zstd)",
   async () => {
     await using dir = await tempDir();
     const raw = join(dir.path, "mixed.raw");
@@ -128,13 +135,6 @@ qemuTest(
 const TREES = ["/usr/bin", "/usr/lib", "/usr/share", "/usr/include"];
 const PER_TREE = 16 * MiB;
 const BLOCK = 4 * KiB;
-/**
- * Files larger than this are left out (as bench/_data.ts does), so that each
- * tree's sample is a mix of files: with Debian's chromium installed (for the
- * browser test), /usr/lib/chromium/chromium, one 283 MiB executable, would
- * otherwise fill most of the /usr/lib budget on its own.
- */
-const MAX_FILE = 32 * MiB;
 
 /** Regular files under `dir`, depth first in name order. */
 async function* filesUnder(dir: string): AsyncGenerator<string> {
@@ -163,7 +163,6 @@ async function appendTree(
     if (written >= budget) break;
     let bytes: Uint8Array;
     try {
-      if ((await Deno.stat(path)).size > MAX_FILE) continue;
       bytes = await Deno.readFile(path);
     } catch {
       continue; // unreadable file
@@ -182,7 +181,7 @@ async function appendTree(
 }
 
 qemuTest(
-  "size: /usr content, default levels within 2% of qemu-img convert -c",
+  "size: /usr content, default levels at most 2% above qemu-img convert -c",
   async () => {
     await using dir = await tempDir();
     const raw = join(dir.path, "usr.raw");
@@ -209,10 +208,14 @@ qemuTest(
       assert.ok(result.ours < total * 0.7, `${type}: barely compressed`);
       await assertClose(raw, type, result);
     }
-    // QEMU's own zlib level through node:zlib, for the record (why the
-    // default is 9); its image must still be valid.
-    const at6 = await compressBoth(raw, dir.path, "zlib", { level: 6 });
-    console.log(`zlib level 6: ratio ${(at6.ours / at6.qemu).toFixed(4)}`);
-    await qemuCheckClean(at6.path);
+    // QEMU's own 4 KiB window (level 9 by default there, to match QEMU's
+    // size): within the same bound, and a valid image.
+    const narrow = await compressBoth(raw, dir.path, "zlib", {
+      zlibWindow: 4096,
+    });
+    console.log(
+      `zlib 4 KiB window: ratio ${(narrow.ours / narrow.qemu).toFixed(4)}`,
+    );
+    await assertClose(raw, "zlib", narrow);
   },
 );
