@@ -27,7 +27,6 @@ import {
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
 import { HttpSource, isHttpUrl } from "../io/http_source.ts";
 import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
-import { dirname, isAbsolute, join } from "../io/_path.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image, readExact } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";

@@ -52,6 +52,7 @@ Deno.test("MetadataFinalizer: summary of a sparse 512-byte-cluster image matches
     dataClusters: 24,
     compressedClusters: 0,
     zeroClusters: 176,
+    backingClusters: 0,
     l2Tables: 3,
     refcountBlocks: 1,
   });
@@ -102,6 +103,7 @@ Deno.test("MetadataFinalizer: an empty image is header, refcount block and table
       dataClusters: 0,
       compressedClusters: 0,
       zeroClusters: 0,
+      backingClusters: 0,
       l2Tables: 0,
       refcountBlocks: 1,
     });
