@@ -64,6 +64,8 @@ export * from "./lib/writer/finalizer.ts";
 export * from "./lib/writer/convert.ts";
 export * from "./lib/convert.ts";
 
+export * from "./lib/sparsify/mod.ts";
+
 export * from "./lib/tools/input.ts";
 export * from "./lib/tools/info.ts";
 export * from "./lib/tools/info_text.ts";

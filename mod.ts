@@ -12,7 +12,11 @@
  * available alone as `@qcow2pipe/qcow2pipe/format`, and everything that
  * runs without a file system (Node, browsers) as
  * `@qcow2pipe/qcow2pipe/core`; this module adds local files, spool files
- * and the tools that need them.
+ * and the tools that need them. `--sparsify` ({@linkcode mapFreeSpace},
+ * {@linkcode freeSpaceChunks}, {@linkcode FreeSpaceStream}, or
+ * `convert(..., { sparsify: true })`) drops the free space of ext2/3/4
+ * filesystems and swap on MBR, GPT and bare disks; it is also
+ * `@qcow2pipe/qcow2pipe/sparsify`.
  *
  * @example Round trip through qcow2 in memory
  * ```ts

@@ -12,6 +12,70 @@ import { CodecPool } from "./codec/pool.ts";
 import { Qcow2Writer, type Qcow2WriterOptions } from "./writer/convert.ts";
 import type { FinalizerSummary } from "./writer/finalizer.ts";
 import type { HostWrite, ZeroBytes } from "./writer/records.ts";
+import { freeSpaceChunks } from "./sparsify/chunks.ts";
+import type { SparsifyReport } from "./sparsify/report.ts";
+import { FreeSpaceStream } from "./sparsify/stream.ts";
+
+/**
+ * Options of {@linkcode convert}: the writer's, and `sparsify`.
+ *
+ * @example Convert a disk with its free space dropped
+ * ```ts
+ * import assert from "node:assert";
+ * import { convert } from "./convert.ts";
+ * import { OutputFile } from "./io/output_file.ts";
+ * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const dir = await Deno.makeTempDir();
+ * const summary = await convert(ReadableStream.from([disk]), await OutputFile.create(`${dir}/swap.qcow2`), {
+ *   compression: "zstd",
+ *   workers: 1,
+ *   sparsify: true,
+ * });
+ * assert.strictEqual(summary.sparsify!.freeBytes, (1 << 20) - 4096);
+ * assert.strictEqual(summary.compressedClusters, 1); // the header's cluster; the rest is unallocated
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export interface ConvertOptions extends Qcow2WriterOptions {
+  /**
+   * Read the disk's partition table and filesystems and let their free
+   * space (ext2/3/4 free blocks, swap pages) read as zeros, without
+   * reading it when the input is an opened image. A stream input is
+   * mapped as it passes ({@linkcode FreeSpaceStream}).
+   * @default {false}
+   */
+  sparsify?: boolean;
+}
+
+/**
+ * What {@linkcode convert} wrote, and what `sparsify` found.
+ *
+ * @example What was found, and what was stored
+ * ```ts
+ * import assert from "node:assert";
+ * import { convert } from "./convert.ts";
+ * import { openImage } from "./reader/open.ts";
+ * import { OutputFile } from "./io/output_file.ts";
+ * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const dir = await Deno.makeTempDir();
+ * await using image = await openImage(disk);
+ * const summary = await convert(image, await OutputFile.create(`${dir}/swap.qcow2`), { sparsify: true });
+ * assert.deepStrictEqual(summary.sparsify!.regions.map((r) => r.found), ["swap"]);
+ * assert.strictEqual(summary.dataClusters, 1);
+ * assert.strictEqual(summary.zeroClusters, 15);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export interface ConvertSummary extends FinalizerSummary {
+  /** The free-space report, when `sparsify` was asked for. */
+  sparsify?: SparsifyReport;
+}
 
 /**
  * Converts to qcow2: raw bytes from a stream, or the guest view of an
@@ -25,8 +89,9 @@ import type { HostWrite, ZeroBytes } from "./writer/records.ts";
  * opened image.
  * @param output Where to write: an {@linkcode ImageSink} such as an
  * `OutputFile`, or a stream of host writes.
- * @param options Cluster size, compression, level, refcount width, workers.
- * @returns What was written.
+ * @param options Cluster size, compression, level, refcount width,
+ * workers, sparsify.
+ * @returns What was written (with the free-space report when sparsifying).
  * @throws {RangeError} For invalid options.
  * @throws {Qcow2Error} When the input image is corrupt.
  *
@@ -48,8 +113,8 @@ import type { HostWrite, ZeroBytes } from "./writer/records.ts";
 export async function convert(
   input: ReadableStream<Uint8Array | ZeroBytes> | GuestImage,
   output: ImageSink | WritableStream<HostWrite>,
-  options: Qcow2WriterOptions = {},
-): Promise<FinalizerSummary> {
+  options: ConvertOptions = {},
+): Promise<ConvertSummary> {
   const isFile = !(output instanceof WritableStream);
   // try/finally rather than `await using`: this module is part of the
   // runtime-neutral bundle, and Node 20 cannot parse `using` declarations.
@@ -59,9 +124,18 @@ export async function convert(
     if (pool === undefined && (options.compression ?? "none") !== "none") {
       pool = owned = new CodecPool({ workers: options.workers });
     }
-    const stream = input instanceof ReadableStream
-      ? input
-      : imageChunks(input, { pool });
+    let stream = input instanceof ReadableStream ? input : undefined;
+    let report: Promise<SparsifyReport> | undefined;
+    if (options.sparsify && stream) {
+      const stage = new FreeSpaceStream();
+      stream = stream.pipeThrough(stage);
+      report = stage.report;
+    } else if (options.sparsify) {
+      const mapped = await freeSpaceChunks(input as GuestImage, { pool });
+      stream = mapped.readable;
+      report = Promise.resolve(mapped.report);
+    }
+    stream ??= imageChunks(input as GuestImage, { pool });
     const writer = new Qcow2Writer({ ...options, pool });
     try {
       const sink = isFile
@@ -70,9 +144,9 @@ export async function convert(
         })
         : output;
       await stream.pipeThrough(writer).pipeTo(sink);
-      const summary = await writer.summary;
+      const summary: ConvertSummary = await writer.summary;
       if (isFile) await output.commit(summary.fileSize);
-      return summary;
+      return report ? { ...summary, sparsify: await report } : summary;
     } finally {
       await writer.close();
     }

@@ -5,9 +5,11 @@
  */
 
 import { OutputFile } from "./io/output_file.ts";
-import { convert } from "./convert.ts";
-import type { Qcow2WriterOptions } from "./writer/convert.ts";
-import type { FinalizerSummary } from "./writer/finalizer.ts";
+import {
+  convert,
+  type ConvertOptions,
+  type ConvertSummary,
+} from "./convert.ts";
 import type { ZeroBytes } from "./writer/records.ts";
 
 /**
@@ -34,10 +36,10 @@ import type { ZeroBytes } from "./writer/records.ts";
  */
 export function qcow2FileWritable(
   path: string,
-  options: Qcow2WriterOptions & { force?: boolean } = {},
+  options: ConvertOptions & { force?: boolean } = {},
 ): {
   writable: WritableStream<Uint8Array | ZeroBytes>;
-  closed: Promise<FinalizerSummary>;
+  closed: Promise<ConvertSummary>;
 } {
   const { readable, writable } = new TransformStream<
     Uint8Array | ZeroBytes,

@@ -7,10 +7,11 @@ import assert from "node:assert";
 // (not only mod.ts): give the runtime-neutral reader Deno's file access.
 import "../lib/io/file_source.ts";
 
-function has(cmd: string): boolean {
+/** Whether `cmd` runs (`cmd --version`, or the given arguments). */
+export function has(cmd: string, args = ["--version"]): boolean {
   try {
     const out = new Deno.Command(cmd, {
-      args: ["--version"],
+      args,
       stdout: "null",
       stderr: "null",
     })
@@ -24,38 +25,59 @@ function has(cmd: string): boolean {
 /** Whether qemu-img and qemu-io can be run here. */
 export const HAVE_QEMU: boolean = has("qemu-img") && has("qemu-io");
 
-const IN_CI = (Deno.env.get("CI") ?? "") !== "" &&
+/** Whether the tests run under CI (CI set and not "false"). */
+export const IN_CI: boolean = (Deno.env.get("CI") ?? "") !== "" &&
   Deno.env.get("CI") !== "false";
 
-let warned = false;
+/**
+ * Makes a registrar for tests that need outside tools: without them a test
+ * is skipped (with one message on stderr) outside CI, and fails under CI.
+ *
+ * @param what The tools, for messages (`qemu-img/qemu-io`).
+ * @param present Whether they were found.
+ * @param install How to install them (`apt-get install qemu-utils`).
+ */
+export function toolTest(
+  what: string,
+  present: boolean,
+  install: string,
+): (
+  name: string,
+  fn: (t: Deno.TestContext) => Promise<void> | void,
+) => void {
+  let warned = false;
+  return (name, fn) => {
+    if (!present && !IN_CI) {
+      if (!warned) {
+        console.error(
+          `${what} not found: skipping tests that need them (${install})`,
+        );
+        warned = true;
+      }
+      Deno.test({ name, ignore: true, fn });
+      return;
+    }
+    Deno.test(name, async (t) => {
+      if (!present) {
+        throw new Error(`${what} required under CI but not found`);
+      }
+      await fn(t);
+    });
+  };
+}
 
 /**
  * Registers a test that needs qemu-img/qemu-io. Without them it is skipped
  * (with a message on stderr) outside CI, and fails under CI.
  */
-export function qemuTest(
+export const qemuTest: (
   name: string,
   fn: (t: Deno.TestContext) => Promise<void> | void,
-): void {
-  if (!HAVE_QEMU && !IN_CI) {
-    if (!warned) {
-      console.error(
-        "qemu-img/qemu-io not found: skipping tests that need them (apt-get install qemu-utils)",
-      );
-      warned = true;
-    }
-    Deno.test({ name, ignore: true, fn });
-    return;
-  }
-  Deno.test(name, async (t) => {
-    if (!HAVE_QEMU) {
-      throw new Error(
-        "qemu-img/qemu-io are required under CI but were not found",
-      );
-    }
-    await fn(t);
-  });
-}
+) => void = toolTest(
+  "qemu-img/qemu-io",
+  HAVE_QEMU,
+  "apt-get install qemu-utils",
+);
 
 /**
  * Runs a command and returns stdout; throws with stderr when it fails.

@@ -22,6 +22,7 @@ const UNITS: Record<string, number> = {
 
 /** Parses sizes like 512, 64k, 64K, 2M, 1G (binary units). */
 export function parseSize(text: string, what: string): number {
+  rejectNegative(text, what);
   const m = /^(\d+)([bkmgt]?)(?:i?b)?$/i.exec(text.trim());
   if (!m) {
     throw new UsageError(
@@ -35,14 +36,29 @@ export function parseSize(text: string, what: string): number {
   return value;
 }
 
+/** A negative number given where sizes and counts start at 0. */
+function rejectNegative(text: string, what: string): void {
+  if (/^\s*-\d/.test(text)) {
+    throw new UsageError(
+      `Cannot parse ${what}: ${text.trim()} is negative; give 0 or more`,
+    );
+  }
+}
+
 /** Parses a non-negative integer flag. */
 export function parseInteger(text: string, what: string): number {
+  rejectNegative(text, what);
   if (!/^\d+$/.test(text.trim())) {
     throw new UsageError(
       `Cannot parse ${what}: "${text}" is not a non-negative integer`,
     );
   }
   return Number(text);
+}
+
+/** A speed in the same binary units as sizes: "26.2 MiB/s". */
+export function formatRate(bytesPerSecond: number): string {
+  return `${(bytesPerSecond / 1024 ** 2).toFixed(1)} MiB/s`;
 }
 
 /** Human-readable binary size. */
@@ -57,19 +73,16 @@ export function formatBytes(n: number): string {
   return u === 0 ? `${n} B` : `${v.toFixed(v < 10 ? 2 : 1)} ${units[u]}`;
 }
 
-/** One line for an error, without a stack trace. */
+/**
+ * One line for an error, without a stack trace. The library's errors say
+ * what could not be done to what (`Cannot open image x: no such file`);
+ * anything else keeps its class name, so that it can be found.
+ */
 export function describeError(err: unknown): string {
   if (
     err instanceof Qcow2Error || err instanceof RangeError ||
-    err instanceof UsageError
+    err instanceof UsageError || err instanceof OutputExistsError
   ) return err.message;
-  if (err instanceof OutputExistsError) return err.message;
-  if (err instanceof Deno.errors.NotFound) {
-    return `Cannot open file: ${err.message.replace(/^.*?: /, "")}`;
-  }
-  if (err instanceof Deno.errors.PermissionDenied) {
-    return `Permission denied: ${err.message}`;
-  }
   if (err instanceof Error) {
     const line = err.message.split("\n")[0];
     return line.startsWith("Cannot ")
@@ -79,7 +92,82 @@ export function describeError(err: unknown): string {
   return String(err);
 }
 
-/** Writes a line to stderr. */
+/**
+ * Whether QCOW2PIPE_DEBUG asks for stack traces. Without permission to read
+ * it, no: the variable is only looked at when Deno allows it, so that a
+ * missing `--allow-env` neither prompts nor throws.
+ */
+function debugRequested(): boolean {
+  const env = { name: "env", variable: "QCOW2PIPE_DEBUG" } as const;
+  return Deno.permissions.querySync(env).state === "granted" &&
+    !!Deno.env.get("QCOW2PIPE_DEBUG");
+}
+
+/**
+ * Reports a failed command: one line on stderr (`qcow2pipe: Cannot ...`),
+ * and the whole error with its stack when QCOW2PIPE_DEBUG is set.
+ */
+export function reportError(err: unknown): void {
+  warn(`qcow2pipe: ${describeError(err)}`);
+  if (debugRequested()) console.error(err);
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * The terminal's width, or undefined when stderr is no terminal or the
+ * terminal does not know its size (a pseudo-terminal left at 0 × 0).
+ */
+export function terminalColumns(): number | undefined {
+  if (!Deno.stderr.isTerminal()) return undefined;
+  try {
+    return Deno.consoleSize().columns || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The status line on stderr (the progress bar), not ended by a newline. */
+let status: string | undefined;
+
+/**
+ * Erases the status line. When the terminal got narrower than the line
+ * since it was drawn, the terminal has wrapped it onto several rows (tmux,
+ * VTE, kitty and others reflow on resize): the cursor goes up to its first
+ * row and everything below is erased.
+ */
+function eraseStatus(): string {
+  if (status === undefined) return "";
+  const columns = terminalColumns();
+  const rows = columns ? Math.max(1, Math.ceil(status.length / columns)) : 1;
+  return (rows > 1 ? `\x1b[${rows - 1}A` : "") + "\r\x1b[J";
+}
+
+/**
+ * Draws `text` as the status line in place of the previous one; with
+ * `undefined`, removes it, or with `keep` ends it with a newline so that it
+ * stays on screen.
+ */
+export function setStatusLine(
+  text: string | undefined,
+  options: { keep?: boolean } = {},
+): void {
+  let out: string;
+  if (text === undefined) {
+    out = status === undefined ? "" : options.keep ? "\n" : eraseStatus();
+  } else {
+    out = eraseStatus() + text;
+  }
+  status = text;
+  if (out) Deno.stderr.writeSync(encoder.encode(out));
+}
+
+/**
+ * Writes a line to stderr, erasing the status line first, so that a message
+ * never lands on the end of the progress bar.
+ */
 export function warn(line: string): void {
-  Deno.stderr.writeSync(new TextEncoder().encode(line + "\n"));
+  const erase = eraseStatus();
+  status = undefined;
+  Deno.stderr.writeSync(encoder.encode(erase + line + "\n"));
 }

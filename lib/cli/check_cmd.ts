@@ -19,12 +19,14 @@ header) and compared with the stored ones. Each problem is one line on
 standard error, in QEMU's words; the summary goes to standard output.
 
 Exit status: 0 no problems, 2 corruptions, 3 leaked clusters only,
-1 the check could not be completed, 63 the format (raw) has no checks.
+1 the check could not be completed, 63 the format (raw) has no checks
+("This image format does not support checks", as qemu-img says).
 
 Options:
   -f FMT        format of IMG: raw or qcow2 (default: probed)
       --json    print "qemu-img check --output=json" (same keys)
-  -q, --quiet   print nothing; only the exit status
+  -q, --quiet   no summary; each problem is still one line on standard
+                error, as with qemu-img check -q
   -h, --help    show this help`;
 
 export async function checkCommand(args: string[]): Promise<number> {
@@ -43,13 +45,13 @@ export async function checkCommand(args: string[]): Promise<number> {
   const result = await checkImage(path, { format });
   const quiet = values.quiet ?? false;
   if (result.exitCode === 63) {
-    warn(
-      `qcow2pipe: Cannot check ${path}: the ${result.format} format has no consistency checks`,
-    );
+    // qemu-img's words, as scripts may look for them.
+    warn("qcow2pipe: This image format does not support checks");
     return 63;
   }
+  // Like qemu-img, -q keeps each problem's line and drops the summary.
+  for (const line of result.messages) warn(line);
   if (!quiet) {
-    for (const line of result.messages) warn(line);
     if (result.failure === undefined) {
       await writeOut(
         values.json

@@ -7,7 +7,7 @@ import {
   parseFormat,
   writeOut,
 } from "./_args.ts";
-import { describeError, warn } from "./_util.ts";
+import { reportError } from "./_util.ts";
 
 export const COMPARE_HELP = `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-q] A B
 
@@ -50,8 +50,7 @@ export async function compareCommand(args: string[]): Promise<number> {
     if (!quiet) await writeOut(text);
     return result.identical ? 0 : 1;
   } catch (err) {
-    warn(`qcow2pipe: ${describeError(err)}`);
-    if (Deno.env.get("QCOW2PIPE_DEBUG")) console.error(err);
+    reportError(err);
     return 2;
   }
 }

@@ -17,15 +17,16 @@ import {
   OutputFile,
   type OutputFileOptions,
   QCOW2_MAGIC,
-  RangeNotSupportedError,
   sparseFileChunks,
   StreamableQcow2Writer,
+  type StreamableSummary,
   type ZeroBytes,
   type ZlibWindow,
 } from "../../mod.ts";
 import { createProgress, type Progress } from "./progress.ts";
 import {
   formatBytes,
+  formatRate,
   parseInteger,
   parseSize,
   UsageError,
@@ -39,6 +40,15 @@ import {
 } from "./_args.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import { concatBytes } from "../format/_bytes.ts";
+import { type Sparsified, sparsifyInput, sparsifyLines } from "./_sparsify.ts";
+import { fileError } from "../io/_errors.ts";
+
+/**
+ * The most codec workers `--workers` takes. Each worker is a JavaScript
+ * isolate of its own (about 8 MiB, plus its codec's buffers); past the
+ * number of cores more workers only add memory and scheduling.
+ */
+const MAX_WORKERS = 64;
 
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
@@ -76,7 +86,12 @@ Options:
       --refcount-bits N     refcount width: 1, 2, 4, 8, 16, 32, 64 (default 16)
       --streamable          write a qcow2 file in the streamable layout
                             (metadata first), expandable from a pipe in one pass
-      --workers N           compression/decompression workers (default: cores)
+      --sparsify            read SRC's partition table (MBR, GPT) and
+                            filesystems (ext2/3/4, Linux swap) and store
+                            their free space as zeros; reported on stderr
+      --workers N           compression/decompression workers, 0 to ${MAX_WORKERS}
+                            (default: the number of cores); 0 runs the
+                            codecs on the main thread, without workers
   -s, --snapshot NAME|ID    read an internal snapshot of SRC instead of its
                             current state
       --force               replace DST if it exists
@@ -226,13 +241,36 @@ async function openStream(
   return { image: opened.image, total: opened.image.virtualSize };
 }
 
+/** Standard input, its read errors saying so and where. */
+function stdinReadable(): ReadableStream<Uint8Array> {
+  const reader = Deno.stdin.readable.getReader();
+  let at = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (err) {
+        throw fileError(`read standard input at offset ${at}`, err);
+      }
+      if (next.done) {
+        controller.close();
+      } else {
+        at += next.value.length;
+        controller.enqueue(next.value);
+      }
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
+}
+
 async function openInput(src: string, options: InputOptions): Promise<Input> {
   const { format, snapshot } = options;
   if (src === "-") {
     // Names in an image read from a pipe resolve against the working
     // directory (never the spool directory).
     return await openStream(
-      Deno.stdin.readable,
+      stdinReadable(),
       undefined,
       "standard input",
       Deno.cwd(),
@@ -240,24 +278,27 @@ async function openInput(src: string, options: InputOptions): Promise<Input> {
     );
   }
   if (isHttpUrl(src)) {
-    let http: HttpSource | undefined;
-    try {
-      http = await HttpSource.open(src);
-    } catch (err) {
-      if (!(err instanceof RangeNotSupportedError)) throw err;
+    // One request opens it: with Range support, its first bytes tell the
+    // format; without, the answer is the whole resource, streamed as is.
+    const opened = await HttpSource.openOrStream(src);
+    if (!(opened instanceof HttpSource)) {
+      return await openStream(
+        opened.body,
+        opened.size,
+        src,
+        new URL(".", src).href,
+        options,
+      );
     }
-    if (http) {
-      if (
-        format !== "raw" &&
-        (format === "qcow2" || isQcow2(await http.read(0, 4)))
-      ) {
-        const image = await openImage(http, { snapshot, format });
-        options.cleanups.push(() => image.close());
-        return { image, total: image.virtualSize };
-      }
-      await http.close();
-      // Raw over HTTP: one streamed request beats many range requests.
+    if (
+      format !== "raw" &&
+      (format === "qcow2" || isQcow2(await opened.read(0, 4)))
+    ) {
+      const image = await openImage(opened, { snapshot, format });
+      options.cleanups.push(() => image.close());
+      return { image, total: image.virtualSize };
     }
+    // Raw over HTTP: one streamed request beats many range requests.
     const { body, size } = await fetchStream(src);
     return await openStream(body, size, src, new URL(".", src).href, options);
   }
@@ -276,7 +317,7 @@ async function writeRawStream(
   dst: string,
   outputOptions: OutputFileOptions,
   progress: Progress,
-): Promise<void> {
+): Promise<number> {
   if (dst === "-") {
     const zeros = new Uint8Array(1 << 20);
     const out = stdoutSink().getWriter();
@@ -297,7 +338,7 @@ async function writeRawStream(
     } finally {
       out.releaseLock();
     }
-    return;
+    return done;
   }
   const output = await OutputFile.create(dst, outputOptions);
   try {
@@ -320,6 +361,7 @@ async function writeRawStream(
       progress.update(at);
     }
     await output.commit(at);
+    return at;
   } catch (err) {
     await output.abort();
     throw err;
@@ -335,6 +377,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     "cluster-size": { type: "string" },
     "refcount-bits": { type: "string" },
     streamable: { type: "boolean" },
+    sparsify: { type: "boolean" },
     workers: { type: "string" },
     snapshot: { type: "string", short: "s" },
     format: { type: "string", short: "f" },
@@ -396,9 +439,23 @@ export async function convertCommand(args: string[]): Promise<number> {
   const workers = values.workers === undefined
     ? undefined
     : parseInteger(values.workers, "--workers");
+  if (workers !== undefined && workers > MAX_WORKERS) {
+    throw new UsageError(
+      `Cannot convert: --workers ${workers} is out of range [0, ${MAX_WORKERS}]`,
+    );
+  }
   if (src !== "-" && dst !== "-" && await sameFile(src, dst)) {
     throw new UsageError(
       `Cannot convert: SRC and DST are the same file (${dst})`,
+    );
+  }
+  // .raw says raw; .img is as often qcow2 (cloud images) as raw.
+  if (
+    values["output-format"] === undefined && compression &&
+    extname(dst).toLowerCase() === ".raw"
+  ) {
+    throw new UsageError(
+      `Cannot convert: -c writes qcow2, but DST ${dst} is named like a raw image; give -O qcow2 to write qcow2 under that name`,
     );
   }
   const force = values.force ?? false;
@@ -419,9 +476,29 @@ export async function convertCommand(args: string[]): Promise<number> {
       notice,
       cleanups,
     });
+    const sparse: Sparsified | undefined = values.sparsify
+      ? await sparsifyInput(src, input, pool, cleanups)
+      : undefined;
+    const sparseReport = async () => {
+      if (sparse) {
+        for (const l of sparsifyLines(await sparse.report)) notice(l);
+      }
+    };
     const progress = createProgress(showProgress, input.total);
     const started = performance.now();
-    const source = "image" in input ? input.image : input.raw;
+    const source = sparse?.stream ??
+      ("image" in input ? input.image : input.raw);
+    /** The last line, unless -q: what was written, how fast. */
+    const summary = (what: string, guestBytes: number, more = "") => {
+      const seconds = (performance.now() - started) / 1000;
+      notice(
+        `qcow2pipe: wrote ${
+          dst === "-" ? "standard output" : dst
+        }: ${what} in ${seconds.toFixed(2)} s (${
+          formatRate(seconds > 0 ? guestBytes / seconds : 0)
+        })${more}`,
+      );
+    };
 
     if (format === "qcow2") {
       const writerOptions = {
@@ -435,37 +512,47 @@ export async function convertCommand(args: string[]): Promise<number> {
           progress.update(Math.min(n, input.total ?? n)),
       } as const;
       if (dst === "-" || values.streamable) {
-        await writeStreamable(
+        const written = await writeStreamable(
           source,
           dst,
           outputOptions,
           writerOptions,
-          notice,
+        );
+        progress.finish();
+        await sparseReport();
+        summary(
+          `${formatBytes(written.fileSize)} of streamable qcow2 for ${
+            formatBytes(written.virtualSize)
+          } virtual`,
+          written.virtualSize,
+          `; ${formatBytes(written.spoolBytes)} waited in the spool`,
         );
       } else {
-        const summary = await convert(
+        const written = await convert(
           source,
           await OutputFile.create(dst, outputOptions),
           writerOptions,
         );
-        if (showProgress) {
-          progress.finish();
-          notice(
-            `qcow2pipe: wrote ${dst}: ${formatBytes(summary.fileSize)} for ${
-              formatBytes(summary.virtualSize)
-            } virtual in ${
-              ((performance.now() - started) / 1000).toFixed(2)
-            } s`,
-          );
-          return 0;
-        }
+        progress.finish();
+        await sparseReport();
+        summary(
+          `${formatBytes(written.fileSize)} of qcow2 for ${
+            formatBytes(written.virtualSize)
+          } virtual`,
+          written.virtualSize,
+        );
       }
-      progress.finish();
       return 0;
     }
 
-    if ("raw" in input) {
-      await writeRawStream(input.raw, dst, outputOptions, progress);
+    let size: number;
+    if (sparse || "raw" in input) {
+      size = await writeRawStream(
+        sparse?.stream ?? (input as { raw: ReadableStream }).raw,
+        dst,
+        outputOptions,
+        progress,
+      );
     } else if (dst === "-") {
       let done = 0;
       await imageReadable(input.image, { pool }).pipeThrough(
@@ -477,6 +564,7 @@ export async function convertCommand(args: string[]): Promise<number> {
           },
         }),
       ).pipeTo(stdoutSink());
+      size = done;
     } else {
       const output = await OutputFile.create(dst, outputOptions);
       try {
@@ -488,8 +576,11 @@ export async function convertCommand(args: string[]): Promise<number> {
         await output.abort();
         throw err;
       }
+      size = input.image.virtualSize;
     }
     progress.finish();
+    await sparseReport();
+    summary(`${formatBytes(size)} of raw`, size);
     return 0;
   } finally {
     for (const c of cleanups.reverse()) await c().catch(() => {});
@@ -502,8 +593,7 @@ async function writeStreamable(
   dst: string,
   outputOptions: OutputFileOptions,
   options: ConstructorParameters<typeof StreamableQcow2Writer>[0] & object,
-  notice: (line: string) => void,
-): Promise<void> {
+): Promise<StreamableSummary> {
   const stream = source instanceof ReadableStream
     ? source
     : imageChunks(source, { pool: options.pool });
@@ -525,10 +615,5 @@ async function writeStreamable(
       throw err;
     }
   }
-  const summary = await writer.summary;
-  notice(
-    `qcow2pipe: streamable qcow2: ${formatBytes(summary.fileSize)} written, ${
-      formatBytes(summary.spoolBytes)
-    } waited in the spool`,
-  );
+  return await writer.summary;
 }

@@ -1,5 +1,5 @@
 // Command dispatch for the qcow2pipe CLI.
-import { describeError, warn } from "./_util.ts";
+import { reportError, warn } from "./_util.ts";
 import { liveTemporaryFiles } from "../../mod.ts";
 
 export const HELP = `Usage: qcow2pipe COMMAND [options]
@@ -65,8 +65,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     return await run(rest);
   } catch (err) {
-    warn(`qcow2pipe: ${describeError(err)}`);
-    if (Deno.env.get("QCOW2PIPE_DEBUG")) console.error(err);
+    reportError(err);
     return 1;
   } finally {
     for (const [sig, handler] of handlers) {

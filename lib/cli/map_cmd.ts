@@ -1,25 +1,25 @@
 // `qcow2pipe map`: the guest ranges of an image, as `qemu-img map` lists
-// them (JSON identical to --output=json), or as a table.
-import {
-  formatMapEntryJson,
-  type MapEntry,
-  mapImageEntries,
-} from "../../mod.ts";
+// them, in its human form or its JSON form.
+import { formatMapEntryJson, mapImageEntries } from "../../mod.ts";
 import {
   expectPositionals,
   OutBuffer,
   parseCommand,
   parseFormat,
 } from "./_args.ts";
-import { parseSize } from "./_util.ts";
+import { parseSize, warn } from "./_util.ts";
 
 export const MAP_HELP =
   `Usage: qcow2pipe map [-f FMT] [--json] [--start-offset N] [--max-length N] IMG
 
-List the guest ranges of an image and its backing chain: which image of
-the chain answers (depth), whether it is allocated there (present), reads
-as zeros, holds data, and at which host offset. The JSON form is exactly
-"qemu-img map --output=json"; the default form is a table of every range.
+List the guest ranges of an image and its backing chain, as "qemu-img map"
+does. The default form is qemu-img's: one line for each range that holds
+data, with the host offset it is mapped to and the file holding it; an
+image with compressed or encrypted clusters has no such offsets and is
+refused, as qemu-img refuses it. The JSON form is exactly
+"qemu-img map --output=json": every range, which image of the chain
+answers (depth), whether it is allocated there (present), reads as zeros
+and holds data.
 
 Options:
   -f FMT                  format of IMG: raw or qcow2 (default: probed; a
@@ -32,16 +32,15 @@ Options:
 
 Sizes take the suffixes k, M, G, T (powers of 1024).`;
 
-function hex(n: number): string {
-  return n === 0 ? "0" : "0x" + n.toString(16);
+/** qemu-img's `%#-16x`: hexadecimal with 0x, except for 0, left-aligned in 16 columns. */
+function hex16(n: number): string {
+  return (n === 0 ? "0" : "0x" + n.toString(16)).padEnd(16);
 }
 
-function kind(e: MapEntry): string {
-  if (!e.present) return "unallocated";
-  if (e.compressed) return "compressed";
-  if (e.zero) return "zero";
-  return e.data ? "data" : "zero";
-}
+/** The header of qemu-img's human map. */
+const HUMAN_HEADER = `${"Offset".padEnd(16)}${"Length".padEnd(16)}${
+  "Mapped to".padEnd(16)
+}File\n`;
 
 export async function mapCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand("map", args, {
@@ -64,22 +63,23 @@ export async function mapCommand(args: string[]): Promise<number> {
     : parseSize(values["max-length"], "--max-length");
   const out = new OutBuffer();
   let first = true;
-  if (!values.json) {
-    await out.add(
-      `${"Offset".padEnd(16)}${"Length".padEnd(16)}${"Mapped to".padEnd(16)}${
-        "Depth".padEnd(7)
-      }${"Type".padEnd(13)}File\n`,
-    );
-  }
+  if (!values.json) await out.add(HUMAN_HEADER);
   const format = parseFormat(values.format, "-f");
   for await (const e of mapImageEntries(path, { start, length, format })) {
     if (values.json) {
       await out.add((first ? "[" : ",\n") + formatMapEntryJson(e));
-    } else {
+    } else if (e.data && e.offset === undefined) {
+      // qemu-img prints the lines before it and gives up here, exit 1.
+      await out.flush();
+      warn(
+        "qcow2pipe: File contains external, encrypted or compressed clusters.",
+      );
+      return 1;
+    } else if (e.data && !e.zero) {
       await out.add(
-        `${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${
-          (e.offset === undefined ? "-" : hex(e.offset)).padEnd(16)
-        }${String(e.depth).padEnd(7)}${kind(e).padEnd(13)}${e.file ?? "-"}\n`,
+        `${hex16(e.start)}${hex16(e.length)}${hex16(e.offset!)}${
+          e.file ?? ""
+        }\n`,
       );
     }
     first = false;

@@ -1,13 +1,28 @@
-// The progress bar of `convert -p`: bytes done of total, MB/s and ETA on
-// stderr, redrawn at most ten times a second.
-import { formatBytes } from "./_util.ts";
+// The progress bar of `convert -p`: bytes done of total, speed and ETA on
+// one line of stderr, redrawn in place at most ten times a second. The line
+// always fits the terminal (narrower terminals get fewer fields and a
+// shorter bar), follows resizes, and is erased before anything else is
+// written to stderr, so that it never scrolls.
+import {
+  formatBytes,
+  formatRate,
+  setStatusLine,
+  terminalColumns,
+} from "./_util.ts";
 
 export interface Progress {
   update(done: number): void;
   finish(): void;
 }
 
-const encoder = new TextEncoder();
+/** Columns assumed when stderr is not a terminal (`-p` into a pipe). */
+const DEFAULT_COLUMNS = 80;
+/** The bar's width when there is room for it all. */
+const BAR_MAX = 30;
+/** A narrower bar says too little: below this the bar is left out. */
+const BAR_MIN = 10;
+/** How often the line is redrawn, at most. */
+const REDRAW_MS = 100;
 
 function formatEta(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) return "--:--";
@@ -18,25 +33,45 @@ function formatEta(seconds: number): string {
   return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${sec}` : `${m}:${sec}`;
 }
 
-/** Renders one progress line (exported for tests). */
+/**
+ * Renders one progress line in at most `columns - 3` characters: the last
+ * column is left free (writing there makes some terminals wrap), and so is
+ * room for the `^C` a terminal echoes on Ctrl-C. Fields are
+ * dropped from the least useful (sizes, then speed, then ETA) until the
+ * rest fits beside a bar of at least 10 columns; a terminal narrower than
+ * that gets the text without a bar, cut to fit.
+ */
 export function renderProgress(
   done: number,
   total: number | undefined,
   elapsedMs: number,
-  width = 30,
+  columns = DEFAULT_COLUMNS,
 ): string {
+  const room = Math.max(1, columns - 3);
   const rate = elapsedMs > 0 ? done / (elapsedMs / 1000) : 0;
-  const mbs = `${(rate / 1e6).toFixed(1)} MB/s`;
+  const speed = formatRate(rate);
   if (total === undefined || total <= 0) {
-    return `${formatBytes(done)}  ${mbs}`;
+    return `${formatBytes(done)}  ${speed}`.slice(0, room);
   }
   const frac = Math.min(1, done / total);
-  const filled = Math.round(frac * width);
-  const bar = "#".repeat(filled) + "-".repeat(width - filled);
-  const eta = rate > 0 ? (total - done) / rate : NaN;
-  return `[${bar}] ${(frac * 100).toFixed(1).padStart(5)}%  ${
-    formatBytes(done)
-  } / ${formatBytes(total)}  ${mbs}  ETA ${formatEta(eta)}`;
+  const percent = `${(frac * 100).toFixed(1).padStart(5)}%`;
+  const sizes = `${formatBytes(done)} / ${formatBytes(total)}`;
+  const eta = `ETA ${formatEta(rate > 0 ? (total - done) / rate : NaN)}`;
+  const choices = [
+    [percent, sizes, speed, eta],
+    [percent, speed, eta],
+    [percent, eta],
+    [percent],
+  ].map((fields) => fields.join("  "));
+  for (const text of choices) {
+    const width = Math.min(BAR_MAX, room - text.length - 3);
+    if (width >= BAR_MIN) {
+      const filled = Math.round(frac * width);
+      return `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${text}`;
+    }
+  }
+  return (choices.find((text) => text.length <= room) ?? percent.trim())
+    .slice(0, room);
 }
 
 /** A progress bar on stderr, or a no-op when disabled. */
@@ -46,23 +81,33 @@ export function createProgress(
 ): Progress {
   if (!enabled) return { update() {}, finish() {} };
   const start = performance.now();
-  let last = 0;
-  let lastDone = 0;
-  const draw = (done: number) => {
-    const line = renderProgress(done, total, performance.now() - start);
-    Deno.stderr.writeSync(encoder.encode(`\r${line}\x1b[K`));
+  let lastDraw = 0;
+  let done = 0;
+  let columns = terminalColumns() ?? DEFAULT_COLUMNS;
+  const draw = () => {
+    lastDraw = performance.now();
+    columns = terminalColumns() ?? columns;
+    setStatusLine(renderProgress(done, total, lastDraw - start, columns));
   };
+  // Redraws while no progress is reported (the ETA and a resize are
+  // followed); unref'd, so it never keeps the process alive.
+  const timer = setInterval(() => {
+    if (
+      performance.now() - lastDraw >= REDRAW_MS ||
+      terminalColumns() !== columns
+    ) draw();
+  }, REDRAW_MS);
+  Deno.unrefTimer(timer);
   return {
-    update(done) {
-      lastDone = done;
-      const now = performance.now();
-      if (now - last < 100) return;
-      last = now;
-      draw(done);
+    update(n) {
+      done = n;
+      if (performance.now() - lastDraw >= REDRAW_MS) draw();
     },
     finish() {
-      draw(total ?? lastDone);
-      Deno.stderr.writeSync(encoder.encode("\n"));
+      clearInterval(timer);
+      done = total ?? done;
+      draw();
+      setStatusLine(undefined, { keep: true });
     },
   };
 }

@@ -53,7 +53,11 @@ export function openHoleProber(): HoleProber {
       }
     >
     | undefined;
-  if (lib !== undefined) {
+  // Asked first, so that running without --allow-ffi neither prompts nor
+  // throws: holes are an optimization.
+  const allowed = Deno.permissions.querySync({ name: "ffi" }).state ===
+    "granted";
+  if (lib !== undefined && allowed) {
     try {
       dl = Deno.dlopen(lib, {
         ...SYMBOLS,

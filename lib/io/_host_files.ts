@@ -6,6 +6,7 @@
 // a path is refused with one line instead of reaching for `Deno`.
 
 import type { RandomAccessSource } from "./source.ts";
+import type { HoleProbe } from "./_holes.ts";
 
 /** What a runtime's file module provides. */
 export interface HostFiles {
@@ -24,6 +25,11 @@ export interface HostFiles {
    * undefined for any other source or when unknown.
    */
   allocatedSize(source: RandomAccessSource): Promise<number | undefined>;
+  /**
+   * Where a source opened by {@linkcode HostFiles.open} has data and holes;
+   * undefined for any other source or when the system cannot tell.
+   */
+  holeProbe(source: object): HoleProbe | undefined;
 }
 
 let installed: HostFiles | undefined;

@@ -7,7 +7,9 @@
  */
 
 import { resolve, sep } from "node:path";
+import { fileError } from "./_errors.ts";
 import { installHostFiles } from "./_host_files.ts";
+import { openHoleProber } from "./_holes.ts";
 import type { RandomAccessSource } from "./source.ts";
 
 /**
@@ -47,11 +49,15 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * gives (default: the path).
    * @returns The source.
    * @throws {Deno.errors.NotFound} When the file does not exist.
+   * @throws {Deno.errors.IsADirectory} When `path` is a directory.
    */
   static async open(path: string, name: string = path): Promise<FileSource> {
     const file = await Deno.open(path, { read: true });
     try {
       const info = await file.stat();
+      if (info.isDirectory) {
+        throw new Deno.errors.IsADirectory(`Is a directory: ${path}`);
+      }
       let size = info.size;
       if (!info.isFile) {
         // Block devices report size 0 in stat; find the end by seeking.
@@ -80,7 +86,9 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
     try {
       return Promise.resolve(this.#readNow(offset, length));
     } catch (err) {
-      return Promise.reject(err);
+      return Promise.reject(
+        fileError(`read ${this.name} at offset ${offset}`, err),
+      );
     }
   }
 
@@ -135,6 +143,22 @@ installHostFiles({
     const realRoot = await realPathOr(root);
     const real = await realPathOr(lexical);
     return real.startsWith(realRoot.endsWith(sep) ? realRoot : realRoot + sep);
+  },
+  holeProbe(source) {
+    if (!(source instanceof FileSource)) return undefined;
+    const prober = openHoleProber();
+    const probe = prober.open(source.name);
+    if (!probe) {
+      prober[Symbol.dispose]();
+      return undefined;
+    }
+    return {
+      find: (offset) => probe.find(offset),
+      close() {
+        probe.close();
+        prober[Symbol.dispose]();
+      },
+    };
   },
   async allocatedSize(source) {
     if (!(source instanceof FileSource)) return undefined;

@@ -5,6 +5,7 @@
  */
 
 import { openHoleProber } from "./_holes.ts";
+import { fileError } from "./_errors.ts";
 
 /**
  * A byte stream over a file, read in fresh chunks of `chunkSize` bytes
@@ -135,8 +136,13 @@ export function sparseFileChunks(
   };
   return new ReadableStream<Uint8Array | { zeros: number }>({
     async start() {
-      file = await Deno.open(path, { read: true });
-      size = (await file.stat()).size;
+      try {
+        file = await Deno.open(path, { read: true });
+        size = (await file.stat()).size;
+      } catch (err) {
+        release();
+        throw fileError(`open ${path}`, err);
+      }
     },
     pull(controller) {
       try {
@@ -183,7 +189,7 @@ export function sparseFileChunks(
         pos += want;
       } catch (err) {
         release();
-        throw err;
+        throw fileError(`read ${path} at offset ${pos}`, err);
       }
     },
     cancel() {

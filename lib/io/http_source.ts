@@ -5,6 +5,7 @@
  */
 
 import type { RandomAccessSource } from "./source.ts";
+import { ioReason } from "./_errors.ts";
 
 /**
  * Options of {@linkcode HttpSource.open}.
@@ -54,14 +55,25 @@ export function isHttpUrl(name: string): boolean {
   return /^https?:\/\//i.test(name);
 }
 
-function describe(url: string, status: number, statusText: string): string {
-  return `${url} answered ${status}${statusText ? " " + statusText : ""}`;
+/** What the server answered: "the server answered 404 Not Found". */
+function answered(res: Response): string {
+  return `the server answered ${res.status}${
+    res.statusText ? " " + res.statusText : ""
+  }`;
 }
 
 /**
- * A {@linkcode RandomAccessSource} over an HTTP(S) resource: every read is
- * one `Range` request, so opening a qcow2 image fetches only its metadata
- * and the clusters read.
+ * Bytes asked for by the request that opens a resource: enough for the
+ * format detection, the qcow2 header and its extensions at the default
+ * cluster size, so that opening an image costs one request.
+ */
+const PREFIX_BYTES = 64 * 1024;
+
+/**
+ * A {@linkcode RandomAccessSource} over an HTTP(S) resource: opening it is
+ * one `Range` request for its first 64 KiB, and every read beyond them one
+ * more, so reading a qcow2 image fetches only its metadata and the clusters
+ * read.
  *
  * @example Read a range from a local server
  * ```ts
@@ -87,15 +99,24 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   /** Size of the resource in bytes. */
   readonly size: number;
   #options: HttpSourceOptions;
+  #prefix: Uint8Array;
 
-  private constructor(url: string, size: number, options: HttpSourceOptions) {
+  private constructor(
+    url: string,
+    size: number,
+    prefix: Uint8Array,
+    options: HttpSourceOptions,
+  ) {
     this.name = url;
     this.size = size;
+    this.#prefix = prefix;
     this.#options = options;
   }
 
   /**
-   * Asks the server for the resource's size with a one-byte range request.
+   * Opens the resource with one Range request for its first 64 KiB, which
+   * gives the size and answers the reads that fall inside them (format
+   * detection, the qcow2 header) without more requests.
    *
    * @param url The resource.
    * @param options Headers, fetch, signal.
@@ -107,38 +128,76 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     url: string,
     options: HttpSourceOptions = {},
   ): Promise<HttpSource> {
-    const res = await request(url, 0, 1, options);
-    if (res.status === 416) {
-      // An empty resource: nothing satisfies bytes=0-0.
-      await res.body?.cancel();
-      const total = /\*\/(\d+)/.exec(res.headers.get("content-range") ?? "");
-      if (total && Number(total[1]) === 0) {
-        return new HttpSource(url, 0, options);
-      }
-    }
-    if (res.status !== 206) {
-      await res.body?.cancel();
-      if (res.ok) {
-        throw new RangeNotSupportedError(
-          `Cannot read ${url} at random offsets: the server ignored a Range request`,
-        );
-      }
-      throw new Error(
-        `Cannot fetch ${describe(url, res.status, res.statusText)}`,
-      );
-    }
-    const range = parseContentRange(res.headers.get("content-range"));
-    await res.body?.cancel();
-    if (!range || range.total === undefined) {
-      throw new RangeNotSupportedError(
-        `Cannot read ${url} at random offsets: the server did not give the total size`,
-      );
-    }
-    return new HttpSource(url, range.total, options);
+    const opened = await HttpSource.openOrStream(url, options);
+    if (opened instanceof HttpSource) return opened;
+    await opened.body.cancel();
+    throw new RangeNotSupportedError(
+      `Cannot read ${url} at random offsets: the server ignored a Range request`,
+    );
   }
 
   /**
-   * Reads `length` bytes at `offset` with one Range request.
+   * Opens the resource like {@linkcode HttpSource.open}, with the same one
+   * request; when the server does not serve ranges, its answer is the whole
+   * resource, and that body is returned to be streamed instead of being
+   * dropped and fetched again.
+   *
+   * @param url The resource.
+   * @param options Headers, fetch, signal.
+   * @returns A source, or the body and its length when the server gave one.
+   * @throws {Error} When the request fails or the status is not 2xx.
+   *
+   * @example Stream from a server without Range support
+   * ```ts
+   * import assert from "node:assert";
+   * import { HttpSource } from "./http_source.ts";
+   * await using server = Deno.serve({ port: 0, onListen() {} }, () => new Response("abc"));
+   * const opened = await HttpSource.openOrStream(`http://localhost:${server.addr.port}/`);
+   * assert.ok(!(opened instanceof HttpSource));
+   * assert.strictEqual(await new Response(opened.body).text(), "abc");
+   * ```
+   */
+  static async openOrStream(
+    url: string,
+    options: HttpSourceOptions = {},
+  ): Promise<HttpSource | HttpBody> {
+    const res = await request(url, 0, PREFIX_BYTES, options);
+    if (res.status === 416) {
+      // An empty resource: no range of it can be satisfied.
+      await res.body?.cancel();
+      const total = /\*\/(\d+)/.exec(res.headers.get("content-range") ?? "");
+      if (total && Number(total[1]) === 0) {
+        return new HttpSource(url, 0, new Uint8Array(0), options);
+      }
+    }
+    if (res.ok && res.status !== 206 && res.body) {
+      // Ranges are not served: this response is the whole resource.
+      return bodyStream(url, res);
+    }
+    if (res.status !== 206) {
+      await res.body?.cancel();
+      throw new Error(`Cannot fetch ${url}: ${answered(res)}`);
+    }
+    const range = parseContentRange(res.headers.get("content-range"));
+    if (!range || range.total === undefined || range.start !== 0) {
+      await res.body?.cancel();
+      throw new RangeNotSupportedError(
+        `Cannot read ${url} at random offsets: the server ${
+          range?.start ? "sent another range" : "did not give the total size"
+        }`,
+      );
+    }
+    const prefix = await bodyPrefix(
+      res,
+      Math.min(range.end + 1, PREFIX_BYTES),
+      `Cannot read the first bytes of ${url}`,
+    );
+    return new HttpSource(url, range.total, prefix, options);
+  }
+
+  /**
+   * Reads `length` bytes at `offset`: from the bytes fetched when opening
+   * when they hold the range, else with one Range request.
    *
    * @param offset Start offset.
    * @param length Bytes wanted.
@@ -147,43 +206,31 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   async read(offset: number, length: number): Promise<Uint8Array> {
     const want = Math.max(0, Math.min(length, this.size - offset));
     if (want === 0) return new Uint8Array(0);
+    if (offset + want <= this.#prefix.length) {
+      return this.#prefix.slice(offset, offset + want);
+    }
     const res = await request(this.name, offset, want, this.#options);
+    const what = `Cannot read ${want} bytes at ${offset} of ${this.name}`;
     if (res.status !== 206) {
       await res.body?.cancel();
       if (res.ok) {
         throw new RangeNotSupportedError(
-          `Cannot read ${this.name}: the server ignored a Range request`,
+          `${what}: the server ignored a Range request`,
         );
       }
-      throw new Error(
-        `Cannot read ${want} bytes at ${offset}: ${
-          describe(this.name, res.status, res.statusText)
-        }`,
-      );
+      throw new Error(`${what}: ${answered(res)}`);
     }
     const range = parseContentRange(res.headers.get("content-range"));
     if (range && range.start !== offset) {
       await res.body?.cancel();
       throw new RangeNotSupportedError(
-        `Cannot read ${this.name}: asked for bytes from ${offset}, the server sent bytes from ${range.start}`,
+        `${what}: the server sent bytes from ${range.start}`,
       );
     }
-    let bytes: Uint8Array;
-    try {
-      bytes = new Uint8Array(await res.arrayBuffer());
-    } catch (err) {
-      throw new Error(
-        `Cannot read ${want} bytes at ${offset} of ${this.name}: ${
-          (err as Error).message
-        }`,
-        {
-          cause: err,
-        },
-      );
-    }
+    const bytes = await bodyBytes(res, what);
     if (bytes.length < want) {
       throw new Error(
-        `Cannot read ${want} bytes at ${offset} of ${this.name}: the transfer ended after ${bytes.length} bytes`,
+        `${what}: the transfer ended after ${bytes.length} bytes`,
       );
     }
     return bytes.length === want ? bytes : bytes.subarray(0, want);
@@ -214,7 +261,7 @@ async function request(
       signal: options.signal,
     });
   } catch (err) {
-    throw new Error(`Cannot fetch ${url}: ${(err as Error).message}`, {
+    throw new Error(`Cannot fetch ${url}: ${ioReason(err)}`, {
       cause: err,
     });
   }
@@ -232,6 +279,61 @@ function parseContentRange(
     end: Number(m[2]),
     total: m[3] === "*" ? undefined : Number(m[3]),
   };
+}
+
+/**
+ * A resource's body as a stream, and its length when the server gave one.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import type { HttpBody } from "./http_source.ts";
+ * const res: HttpBody = { body: ReadableStream.from([new Uint8Array(3)]), size: 3 };
+ * assert.strictEqual((await new Response(res.body).arrayBuffer()).byteLength, res.size);
+ * ```
+ */
+export interface HttpBody {
+  /** The bytes; transfer errors name the URL, and a short transfer fails. */
+  body: ReadableStream<Uint8Array>;
+  /** Content-Length, when given. */
+  size: number | undefined;
+}
+
+/**
+ * The first `max` bytes of a response's body (the rest is dropped, should a
+ * server send more than was asked for), its errors naming what was read.
+ */
+async function bodyPrefix(
+  res: Response,
+  max: number,
+  what: string,
+): Promise<Uint8Array> {
+  const out = new Uint8Array(max);
+  let have = 0;
+  const reader = res.body!.getReader();
+  try {
+    while (have < max) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const take = Math.min(value.length, max - have);
+      out.set(value.subarray(0, take), have);
+      have += take;
+    }
+  } catch (err) {
+    throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
+  } finally {
+    await reader.cancel().catch(() => {});
+  }
+  return out.subarray(0, have);
+}
+
+/** The whole body of a response, its errors naming what was being read. */
+async function bodyBytes(res: Response, what: string): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await res.arrayBuffer());
+  } catch (err) {
+    throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 /**
@@ -256,7 +358,7 @@ function parseContentRange(
 export async function fetchStream(
   url: string,
   options: HttpSourceOptions = {},
-): Promise<{ body: ReadableStream<Uint8Array>; size: number | undefined }> {
+): Promise<HttpBody> {
   let res: Response;
   const headers = new Headers(options.headers);
   headers.set("accept-encoding", "identity");
@@ -266,24 +368,28 @@ export async function fetchStream(
       signal: options.signal,
     });
   } catch (err) {
-    throw new Error(`Cannot fetch ${url}: ${(err as Error).message}`, {
+    throw new Error(`Cannot fetch ${url}: ${ioReason(err)}`, {
       cause: err,
     });
   }
   if (!res.ok || !res.body) {
     await res.body?.cancel();
-    throw new Error(
-      `Cannot fetch ${describe(url, res.status, res.statusText)}`,
-    );
+    throw new Error(`Cannot fetch ${url}: ${answered(res)}`);
   }
+  return bodyStream(url, res);
+}
+
+/**
+ * A 2xx response's body, checked on the way: transfer errors name the URL,
+ * and a transfer cut short of Content-Length must not look complete.
+ */
+function bodyStream(url: string, res: Response): HttpBody {
   const length = res.headers.get("content-length");
   const size = length !== null && /^\d+$/.test(length)
     ? Number(length)
     : undefined;
-  // Name the URL in transfer errors, and check the length on the way: a
-  // transfer cut short must not look complete.
   let seen = 0;
-  const reader = res.body.getReader();
+  const reader = res.body!.getReader();
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       let next: ReadableStreamReadResult<Uint8Array>;
@@ -294,9 +400,7 @@ export async function fetchStream(
           `Cannot read ${url}: the transfer failed after ${seen} bytes (${
             (err as Error).message
           })`,
-          {
-            cause: err,
-          },
+          { cause: err },
         );
       }
       if (next.done) {

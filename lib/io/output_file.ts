@@ -6,7 +6,7 @@
  */
 
 import { basename, dirname, join } from "node:path";
-import { ioReason } from "./_errors.ts";
+import { fileError, fileReason, ioReason } from "./_errors.ts";
 
 /**
  * Options of {@linkcode OutputFile.create}.
@@ -57,6 +57,27 @@ export class OutputExistsError extends Error {
 }
 
 const COALESCE_BYTES = 8 * 1024 * 1024;
+
+/**
+ * Whether `dir` is on the file system of /dev (devtmpfs on Linux, devfs on
+ * macOS), where a missing name is a mistyped device (`/dev/sdX`), not a
+ * file to create. /dev/shm and other file systems mounted below /dev are
+ * not, and neither is anything when /dev is no file system of its own.
+ */
+async function onDeviceFileSystem(dir: string): Promise<boolean> {
+  const paths = [dir, "/dev", "/"];
+  // Without read permission for these (a narrow --allow-read), no answer
+  // rather than a permission prompt.
+  const readable = (path: string) =>
+    Deno.permissions.querySync({ name: "read", path }).state === "granted";
+  if (!paths.every(readable)) return false;
+  try {
+    const [at, dev, root] = await Promise.all(paths.map((p) => Deno.stat(p)));
+    return dev.dev !== root.dev && at.dev === dev.dev;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Temporary files (and spool directories) still in use, removed by the CLI
@@ -128,34 +149,51 @@ export class OutputFile {
     try {
       info = await Deno.stat(path);
     } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
+      if (!(err instanceof Deno.errors.NotFound)) {
+        throw fileError(`write ${path}`, err);
+      }
     }
     if (info && (info.isBlockDevice || info.isCharDevice)) {
-      const file = await Deno.open(path, { write: true });
+      let file: Deno.FsFile;
+      try {
+        file = await Deno.open(path, { write: true });
+      } catch (err) {
+        throw fileError(`write ${path}`, err);
+      }
       return new OutputFile(path, path, file, true, options.sync ?? false);
     }
-    if (info && !options.force) throw new OutputExistsError(path);
     if (info?.isDirectory) {
       throw new Error(`Cannot write ${path}: it is a directory`);
     }
+    if (info && !options.force) throw new OutputExistsError(path);
+    if (!info && await onDeviceFileSystem(dirname(path))) {
+      throw new Error(
+        `Cannot write ${path}: no such device (regular files are not created in /dev)`,
+      );
+    }
     const suffix = crypto.randomUUID().slice(0, 8);
     const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
+    // Listed before it exists: a signal that arrives while the file is
+    // being created still finds it (removing a missing file is harmless).
+    liveTemporaryFiles.add(temp);
     let file: Deno.FsFile;
     try {
-      file = await Deno.open(temp, {
+      // Created and registered in one turn of the event loop: a signal
+      // handler cannot run between the two and miss the file.
+      file = Deno.openSync(temp, {
         write: true,
         createNew: true,
         mode: 0o644,
       });
     } catch (err) {
+      liveTemporaryFiles.delete(temp);
       const reason = err instanceof Deno.errors.NotFound
         ? `directory ${dirname(path)} does not exist`
         : err instanceof Deno.errors.PermissionDenied
         ? `no permission to create files in ${dirname(path)}`
-        : (err as Error).message;
+        : fileReason(err);
       throw new Error(`Cannot write ${path}: ${reason}`, { cause: err });
     }
-    liveTemporaryFiles.add(temp);
     return new OutputFile(path, temp, file, false, options.sync ?? false);
   }
 
@@ -260,7 +298,11 @@ export class OutputFile {
     this.#file.close();
     this.#done = true;
     if (!this.isDevice) {
-      await Deno.rename(this.writingPath, this.path);
+      try {
+        await Deno.rename(this.writingPath, this.path);
+      } catch (err) {
+        throw fileError(`rename ${this.writingPath} to ${this.path}`, err);
+      }
       liveTemporaryFiles.delete(this.writingPath);
     }
   }

@@ -8,6 +8,7 @@
 import { join } from "node:path";
 import { liveTemporaryFiles, OutputFile } from "./output_file.ts";
 import { fileChunks } from "./file_stream.ts";
+import { makeTempDirIn } from "./_temp.ts";
 
 /**
  * A temporary file written at any offset and read back in order; removed
@@ -40,10 +41,7 @@ export class Spool implements AsyncDisposable {
    * @returns The spool.
    */
   static async create(parent?: string): Promise<Spool> {
-    const dir = await Deno.makeTempDir({
-      prefix: "qcow2pipe-spool-",
-      dir: parent,
-    });
+    const dir = makeTempDirIn("qcow2pipe-spool-", parent);
     // Registered first, so that the CLI's signal handler removes the whole
     // directory (recursively) and not only the file inside it.
     liveTemporaryFiles.add(dir);

@@ -27,6 +27,7 @@ import {
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
 import { HttpSource, isHttpUrl } from "../io/http_source.ts";
 import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
+import { fileError } from "../io/_errors.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image, readExact } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
@@ -142,7 +143,13 @@ export async function openImage(
   options: OpenImageOptions = {},
 ): Promise<GuestImage> {
   const source: RandomAccessSource = typeof input === "string"
-    ? await openByName(input)
+    ? await openByName(input).catch((err) => {
+      // An OS error is worded here; a URL's error and the refusal of a
+      // path where no file access is loaded (TypeError) say it already.
+      throw isHttpUrl(input) || err instanceof TypeError
+        ? err
+        : fileError(`open image ${input}`, err);
+    })
     : input instanceof Uint8Array
     ? new BytesSource(input)
     : input;

@@ -20,6 +20,7 @@ import { join } from "node:path";
 import type { GuestImage } from "./image.ts";
 import { openImage, type OpenImageOptions, readHeader } from "./open.ts";
 import { Qcow2Image } from "./qcow2_image.ts";
+import { makeTempDirIn } from "../io/_temp.ts";
 
 /**
  * Options of {@linkcode openImageStream}.
@@ -220,10 +221,7 @@ export async function openImageStream(
   stream: ReadableStream<Uint8Array>,
   options: OpenStreamOptions = {},
 ): Promise<StreamedImage> {
-  const dir = await Deno.makeTempDir({
-    prefix: "qcow2pipe-stream-",
-    dir: options.spoolDir,
-  });
+  const dir = makeTempDirIn("qcow2pipe-stream-", options.spoolDir);
   const file = await OutputFile.create(join(dir, "image.qcow2"));
   const cursor = new StreamCursor(stream);
   let prefix: FileSource | undefined;

@@ -15,12 +15,9 @@ import {
   QCOW2_MAGIC,
 } from "../format/constants.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
-import {
-  isNotFound,
-  isPermissionDenied,
-  openHostFile,
-} from "../io/_host_files.ts";
+import { isNotFound, openHostFile } from "../io/_host_files.ts";
 import { LruCache } from "../io/lru.ts";
+import { fileReason } from "../io/_errors.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
 import { declaredBackingFormat } from "../reader/_backing.ts";
@@ -40,14 +37,12 @@ export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
     try {
       return await openHostFile(input);
     } catch (err) {
-      const reason = isNotFound(err)
-        ? "no such file"
-        : isPermissionDenied(err)
-        ? "permission denied"
-        : (err as Error).message.split("\n")[0];
-      throw new Qcow2Error("IO", `Cannot open image ${input}: ${reason}`, {
-        cause: err,
-      });
+      if (err instanceof TypeError) throw err; // no file access: it says so
+      throw new Qcow2Error(
+        "IO",
+        `Cannot open image ${input}: ${fileReason(err)}`,
+        { cause: err },
+      );
     }
   }
   if (input instanceof Uint8Array) return new BytesSource(input);

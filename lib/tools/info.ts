@@ -18,7 +18,8 @@ import { Qcow2Error } from "../format/errors.ts";
 import { backingFormat, dataFileName } from "../format/header.ts";
 import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import type { RandomAccessSource } from "../io/source.ts";
-import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
+import { hostFiles, openHostFile } from "../io/_host_files.ts";
+import { fileReason } from "../io/_errors.ts";
 import {
   type ImageInput,
   isQcow2,
@@ -373,9 +374,7 @@ export async function imageInfo(
     } catch (err) {
       throw new Qcow2Error(
         "BACKING",
-        `Cannot open backing file "${path}": ${
-          isNotFound(err) ? "no such file" : (err as Error).message
-        }`,
+        `Cannot open backing file "${path}": ${fileReason(err)}`,
         { cause: err },
       );
     }

@@ -43,7 +43,8 @@ export type ClusterRecord =
 
 /**
  * What the chunker accepts besides bytes: a run of zero bytes that need not
- * be materialized (a hole in a sparse source).
+ * be materialized (a hole in a sparse source, or free space found by the
+ * free-space map of `--sparsify`).
  *
  * @example
  * ```ts

@@ -8,6 +8,12 @@ export interface ServeOptions {
   failAfter?: number;
   /** Send a Content-Length header (default true). */
   contentLength?: boolean;
+  /**
+   * Stop sending each response body after this many bytes, until
+   * `resume()` (the client sees a transfer in progress for as long as the
+   * test needs).
+   */
+  pauseAfter?: number;
 }
 
 export interface TestServer extends AsyncDisposable {
@@ -16,6 +22,8 @@ export interface TestServer extends AsyncDisposable {
   requests: string[];
   /** Body bytes sent. */
   bytesSent: number;
+  /** Lets paused responses (`pauseAfter`) continue. */
+  resume(): void;
 }
 
 /** Serves `files` (name → bytes) on 127.0.0.1 on a free port. */
@@ -25,6 +33,7 @@ export function serveFiles(
 ): TestServer {
   const ranges = options.ranges ?? true;
   const state = { requests: [] as string[], bytesSent: 0 };
+  const resumed = Promise.withResolvers<void>();
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     (req) => {
@@ -64,12 +73,18 @@ export function serveFiles(
       const failAfter = options.failAfter;
       let sent = 0;
       const stream = new ReadableStream<Uint8Array>({
-        pull(controller) {
+        async pull(controller) {
+          if (options.pauseAfter !== undefined && sent >= options.pauseAfter) {
+            await resumed.promise;
+          }
           if (sent >= slice.length) {
             controller.close();
             return;
           }
           let n = Math.min(64 * 1024, slice.length - sent);
+          if (options.pauseAfter !== undefined && sent < options.pauseAfter) {
+            n = Math.min(n, options.pauseAfter - sent);
+          }
           if (failAfter !== undefined) {
             if (sent >= failAfter) {
               controller.error(new Error("simulated failure"));
@@ -93,7 +108,9 @@ export function serveFiles(
     get bytesSent() {
       return state.bytesSent;
     },
+    resume: () => resumed.resolve(),
     async [Symbol.asyncDispose]() {
+      resumed.resolve();
       await server.shutdown();
     },
   };

@@ -62,7 +62,10 @@ qemuTest(
       dir.path,
     );
     assert.strictEqual(to.code, 0, to.stderr);
-    assert.match(to.stderr, /streamable qcow2: .* waited in the spool/);
+    assert.match(
+      to.stderr,
+      /^qcow2pipe: wrote standard output: .* of streamable qcow2 for 6\.00 MiB virtual in .*; .* waited in the spool\n$/,
+    );
     await qemuCheckClean(join(dir.path, "out.qcow2"));
     const info = JSON.parse(
       await qemuImg("info", "--output=json", join(dir.path, "out.qcow2")),
@@ -168,10 +171,73 @@ qemuTest(
           server.requests.some((r) => r.includes("bytes=")),
           "Range requests were used",
         );
-        assert.strictEqual(b.stderr, "");
+        // Nothing spooled: the summary is all.
+        assert.match(
+          b.stderr,
+          /^qcow2pipe: wrote b\.raw: 5\.00 MiB of raw in [^\n]*\n$/,
+        );
       } else {
         assert.match(b.stderr, /spooled it whole/);
         assert.ok(server.bytesSent - before >= qcow2.length);
+      }
+    }
+  },
+);
+
+qemuTest(
+  "convert opens an HTTP source with one request, and streams a server without Range support from that response",
+  async () => {
+    await using dir = await tempDir();
+    const raw = sampleDisk(3 << 20);
+    await Deno.writeFile(join(dir.path, "disk.raw"), raw);
+    await qemuImg(
+      "convert",
+      "-O",
+      "qcow2",
+      join(dir.path, "disk.raw"),
+      join(dir.path, "q.qcow2"),
+    );
+    const qcow2 = await Deno.readFile(join(dir.path, "q.qcow2"));
+    for (const ranges of [true, false]) {
+      for (const name of ["q.qcow2", "disk.raw"]) {
+        await using server = serveFiles({
+          [name]: name === "q.qcow2" ? qcow2 : raw,
+        }, {
+          ranges,
+        });
+        const r = await sh(
+          `${run} convert -q -O raw ${
+            server.url(name)
+          } out.raw && cmp out.raw disk.raw && rm out.raw`,
+          dir.path,
+        );
+        assert.strictEqual(r.code, 0, r.stderr);
+        const what = `${name}, ranges ${ranges}: ${server.requests.join(", ")}`;
+        // Opening is one request for the first 64 KiB.
+        assert.strictEqual(
+          server.requests[0],
+          `GET ${name} bytes=0-65535`,
+          what,
+        );
+        assert.ok(
+          server.requests.slice(1).every((line) => !/ bytes=0-/.test(line)),
+          what,
+        );
+        if (!ranges) {
+          // The whole resource came with that answer: no second GET.
+          assert.strictEqual(server.requests.length, 1, what);
+          assert.strictEqual(
+            server.bytesSent,
+            name === "q.qcow2" ? qcow2.length : raw.length,
+          );
+        } else if (name === "disk.raw") {
+          // Raw with ranges: then one streamed GET of the whole.
+          assert.deepStrictEqual(
+            server.requests.slice(1),
+            ["GET disk.raw"],
+            what,
+          );
+        }
       }
     }
   },

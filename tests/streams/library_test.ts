@@ -57,11 +57,22 @@ async function bytesOf(
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-Deno.test("HttpSource.open() reads ranges and fetches only what is read", async () => {
+Deno.test("HttpSource.open() opens with one request for 64 KiB and fetches only what is read", async () => {
   const body = sampleDisk(300_000);
-  await using server = serveFiles({ "disk.raw": body });
+  await using server = serveFiles({
+    "disk.raw": body,
+    "small.raw": body.slice(0, 3000),
+  });
   await using src = await HttpSource.open(server.url("disk.raw"));
   assert.strictEqual(src.size, body.length);
+  // Reads inside the first 64 KiB (format, header) need no request.
+  for (const [offset, length] of [[0, 1], [0, 4], [0, 512], [0, 65536]]) {
+    assert.deepStrictEqual(
+      await src.read(offset, length),
+      body.subarray(offset, offset + length),
+    );
+  }
+  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-65535"]);
   assert.deepStrictEqual(
     await src.read(123_457, 1000),
     body.subarray(123_457, 124_457),
@@ -70,10 +81,16 @@ Deno.test("HttpSource.open() reads ranges and fetches only what is read", async 
     await src.read(body.length - 10, 100),
     body.subarray(body.length - 10),
   );
-  assert.ok(
-    server.bytesSent < 2000,
-    `sent ${server.bytesSent} bytes for two small reads`,
-  );
+  assert.deepStrictEqual(server.requests, [
+    "GET disk.raw bytes=0-65535",
+    "GET disk.raw bytes=123457-124456",
+    "GET disk.raw bytes=299990-299999",
+  ]);
+  assert.strictEqual(server.bytesSent, 65536 + 1000 + 10);
+  // A resource smaller than 64 KiB is read whole by that first request.
+  await using small = await HttpSource.open(server.url("small.raw"));
+  assert.deepStrictEqual(await small.read(0, 5000), body.subarray(0, 3000));
+  assert.strictEqual(server.requests.at(-1), "GET small.raw bytes=0-65535");
 });
 
 Deno.test("HttpSource.open() refuses a server that ignores Range", async () => {
@@ -86,12 +103,33 @@ Deno.test("HttpSource.open() refuses a server that ignores Range", async () => {
   );
 });
 
-Deno.test("HttpSource.open() reports a 404 in one line", async () => {
+Deno.test("HttpSource.openOrStream() streams the first response of a server without Range support", async () => {
+  const body = sampleDisk(300_000);
+  await using server = serveFiles({ "disk.raw": body }, { ranges: false });
+  const opened = await HttpSource.openOrStream(server.url("disk.raw"));
+  assert.ok(!(opened instanceof HttpSource));
+  assert.strictEqual(opened.size, body.length);
+  assert.deepStrictEqual(await bytesOf(opened.body), body);
+  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-65535"]);
+  // With Range support, the same call gives random access.
+  await using ranged = serveFiles({ "disk.raw": body });
+  const source = await HttpSource.openOrStream(ranged.url("disk.raw"));
+  assert.ok(source instanceof HttpSource);
+  assert.strictEqual(source.size, body.length);
+});
+
+Deno.test("HttpSource.open() reports a 404 in one line, with a colon after the URL", async () => {
   await using server = serveFiles({});
   await assert.rejects(
     () => HttpSource.open(server.url("missing.qcow2")),
     (err: Error) =>
-      /^Cannot fetch http:\/\/127\.0\.0\.1:\d+\/missing\.qcow2 answered 404/
+      /^Cannot fetch http:\/\/127\.0\.0\.1:\d+\/missing\.qcow2: the server answered 404 Not Found$/
+        .test(err.message),
+  );
+  await assert.rejects(
+    () => fetchStream(server.url("missing.raw")),
+    (err: Error) =>
+      /^Cannot fetch http:\/\/127\.0\.0\.1:\d+\/missing\.raw: the server answered 404 Not Found$/
         .test(err.message),
   );
 });

@@ -184,18 +184,22 @@ export async function getRefcount(
   return (b[0] >> s.shift) & ((1 << s.bits) - 1);
 }
 
-/** `deno run -A cli.ts ARGS...` from the repository root. */
+/**
+ * `deno run -A cli.ts ARGS...`, or with other permission `flags` (and no
+ * prompt), in `cwd`.
+ */
 export async function cli(
   args: string[],
-  opts: { cwd?: string } = {},
+  opts: { cwd?: string; flags?: string[]; env?: Record<string, string> } = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> {
+  const flags = opts.flags ? ["--no-prompt", ...opts.flags] : ["-A"];
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", join(ROOT, "cli.ts"), ...args],
+    args: ["run", ...flags, "--quiet", join(ROOT, "cli.ts"), ...args],
     cwd: opts.cwd,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...opts.env },
   }).output();
   const dec = new TextDecoder();
   return {

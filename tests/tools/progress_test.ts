@@ -4,49 +4,63 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { tempDir } from "../_qemu.ts";
+import { has, tempDir } from "../_qemu.ts";
 import { cli, pattern, ROOT } from "./_helpers.ts";
 import { renderProgress } from "../../lib/cli/progress.ts";
 
-Deno.test("renderProgress() draws the bar, percentage, sizes, speed and ETA", () => {
+Deno.test("renderProgress() draws the bar, percentage, sizes, speed and ETA in binary units", () => {
   const MiB = 1024 * 1024;
   assert.strictEqual(
-    renderProgress(25 * MiB, 100 * MiB, 1000, 20),
-    "[#####---------------]  25.0%  25.0 MiB / 100.0 MiB  26.2 MB/s  ETA 0:03",
+    renderProgress(25 * MiB, 100 * MiB, 1000, 80),
+    "[######------------------]  25.0%  25.0 MiB / 100.0 MiB  25.0 MiB/s  ETA 0:03",
   );
   assert.strictEqual(
-    renderProgress(100 * MiB, 100 * MiB, 2000, 10),
-    "[##########] 100.0%  100.0 MiB / 100.0 MiB  52.4 MB/s  ETA 0:00",
+    renderProgress(100 * MiB, 100 * MiB, 2000, 80),
+    "[#######################] 100.0%  100.0 MiB / 100.0 MiB  50.0 MiB/s  ETA 0:00",
   );
   // Nothing done yet: no speed, no ETA.
   assert.strictEqual(
-    renderProgress(0, 4096, 0, 4),
-    "[----]   0.0%  0 B / 4.00 KiB  0.0 MB/s  ETA --:--",
+    renderProgress(0, 4096, 0, 80),
+    "[------------------------------]   0.0%  0 B / 4.00 KiB  0.0 MiB/s  ETA --:--",
   );
   // Long jobs show hours; done past total stays at 100%.
-  assert.match(renderProgress(1e6, 1e10, 1000, 8), /ETA 2:46:39$/);
-  assert.match(renderProgress(2000, 1000, 1000), /^\[#{30}\] 100\.0%/);
+  assert.match(renderProgress(1e6, 1e10, 1000), /ETA 2:46:39$/);
+  assert.match(renderProgress(2000, 1000, 1000), /^\[#+\] 100\.0%/);
   // An unknown total (standard input): bytes and speed only.
   assert.strictEqual(
     renderProgress(3 * MiB, undefined, 1000),
-    "3.00 MiB  3.1 MB/s",
+    "3.00 MiB  3.0 MiB/s",
   );
 });
 
-function hasScript(): boolean {
-  try {
-    return new Deno.Command("script", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .outputSync().success;
-  } catch {
-    return false;
+Deno.test("renderProgress() fits any terminal width, dropping the least useful fields first", () => {
+  const MiB = 1024 * 1024;
+  assert.strictEqual(
+    renderProgress(25 * MiB, 100 * MiB, 1000, 50),
+    "[####------------]  25.0%  25.0 MiB/s  ETA 0:03",
+  );
+  assert.strictEqual(
+    renderProgress(25 * MiB, 100 * MiB, 1000, 40),
+    "[#####-------------]  25.0%  ETA 0:03",
+  );
+  assert.strictEqual(
+    renderProgress(25 * MiB, 100 * MiB, 1000, 20),
+    " 25.0%  ETA 0:03",
+  );
+  for (let columns = 1; columns <= 200; columns++) {
+    for (const total of [100 * MiB, 1e13, undefined]) {
+      const line = renderProgress(25 * MiB, total, 1000, columns);
+      // The last column and room for an echoed ^C stay free.
+      assert.ok(
+        line.length <= Math.max(1, columns - 3),
+        `${columns} columns: ${JSON.stringify(line)}`,
+      );
+      assert.ok(line.length > 0);
+    }
   }
-}
+});
 
-const SCRIPT = hasScript();
+const SCRIPT = has("script");
 if (!SCRIPT) {
   console.error(
     "util-linux script not found: skipping the pseudo-terminal progress tests",
@@ -79,13 +93,15 @@ async function underPty(
   return { code: out.code, screen: new TextDecoder().decode(out.stdout) };
 }
 
-/** The progress lines drawn (each redraw starts with a carriage return). */
-const ERASE_LINE = "\x1b[K";
-
+/**
+ * The progress lines drawn: each redraw returns to the start of the line
+ * and erases to the end of the screen (`\r\x1b[J`) before the new text.
+ */
 function bars(screen: string): string[] {
-  return screen.split("\r").filter((s) => s.startsWith("[")).map((s) =>
-    s.split(ERASE_LINE)[0]
-  );
+  const ESC = "\x1b";
+  return screen.split("\r").map((s) =>
+    (s.startsWith(`${ESC}[J`) ? s.slice(3) : s).split(ESC)[0].split("\n")[0]
+  ).filter((s) => s.startsWith("["));
 }
 
 async function input(dir: string): Promise<string> {
@@ -116,7 +132,7 @@ Deno.test({
     for (const line of drawn) {
       assert.match(
         line,
-        /^\[[#-]{30}\] +\d+\.\d% {2}.* \/ 64\.0 MiB {2}\d+\.\d MB\/s {2}ETA (\d+:)?\d+:\d\d$/,
+        /^\[[#-]{10,30}\] +\d+\.\d% {2}.* \/ 64\.0 MiB {2}\d+\.\d MiB\/s {2}ETA ((\d+:)?\d+:\d\d|--:--)$/,
       );
     }
     assert.match(drawn.at(-1)!, /\] 100\.0%/);
@@ -158,7 +174,7 @@ Deno.test({
     ], dir.path);
     assert.strictEqual(code, 0, screen);
     assert.deepStrictEqual(bars(screen), []);
-    assert.ok(!/%|MB\/s|ETA/.test(screen), JSON.stringify(screen));
+    assert.ok(!/%|MiB\/s|ETA/.test(screen), JSON.stringify(screen));
   },
 });
 
@@ -169,15 +185,20 @@ Deno.test("convert draws no progress bar when stderr is a pipe", async () => {
     cwd: dir.path,
   });
   assert.strictEqual(r.code, 0, r.stderr);
-  assert.strictEqual(r.stderr, "");
+  // No bar: only the summary line.
+  assert.match(
+    r.stderr,
+    /^qcow2pipe: wrote out\.qcow2: [\d.]+ [KM]iB of qcow2 for 64\.0 MiB virtual in [\d.]+ s \([\d.]+ MiB\/s\)\n$/,
+  );
   assert.strictEqual(r.stdout, "");
   // -p asks for it explicitly.
-  const forced = await cli(
-    ["convert", "-p", "--force", "in.raw", "out.qcow2"],
-    {
-      cwd: dir.path,
-    },
-  );
+  const forced = await cli([
+    "convert",
+    "-p",
+    "--force",
+    "in.raw",
+    "out.qcow2",
+  ], { cwd: dir.path });
   assert.strictEqual(forced.code, 0, forced.stderr);
   assert.match(forced.stderr, /\] 100\.0% .* ETA /);
 });

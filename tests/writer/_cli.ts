@@ -16,18 +16,30 @@ export interface CliResult {
   stderr: string;
 }
 
-/** Runs `deno run -A cli.ts ARGS...`, optionally feeding `stdin`. */
+/**
+ * Runs `deno run -A cli.ts ARGS...`, optionally feeding `stdin` bytes, or
+ * with standard input redirected from `stdinFile` (by the shell, so that it
+ * can be any file, a directory included).
+ */
 export async function runCli(
   args: string[],
-  options: { stdin?: Uint8Array; cwd?: string } = {},
+  options: {
+    stdin?: Uint8Array;
+    stdinFile?: string;
+    cwd?: string;
+    env?: Record<string, string>;
+  } = {},
 ): Promise<CliResult> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--quiet", CLI, ...args],
+  const argv = [Deno.execPath(), "run", "-A", "--quiet", CLI, ...args];
+  const child = new Deno.Command(options.stdinFile ? "sh" : argv[0], {
+    args: options.stdinFile
+      ? ["-c", 'exec "$@" < "$0"', options.stdinFile, ...argv]
+      : argv.slice(1),
     cwd: options.cwd,
     stdin: options.stdin ? "piped" : "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...options.env },
   }).spawn();
   if (options.stdin) {
     const w = child.stdin.getWriter();

@@ -1,0 +1,130 @@
+// What the partition-table and filesystem modules read through, and how
+// they say no. Private to lib/sparsify.
+
+/**
+ * A reason to leave a partition (or the whole disk) exactly as it is: the
+ * metadata is damaged, unusual or out of reach. The message is the reason,
+ * a phrase such as `not cleanly unmounted (s_state 0x0000)`.
+ */
+export class Refusal extends Error {
+  /** What the region holds, when the refusing module knows (`ext3`). */
+  found?: string;
+
+  /**
+   * Creates the refusal.
+   *
+   * @param reason Why the region is left as it is.
+   * @param options What the region holds.
+   */
+  constructor(reason: string, options: { found?: string } = {}) {
+    super(reason);
+    this.name = "Refusal";
+    this.found = options.found;
+  }
+}
+
+/**
+ * Disk bytes for the analysis. `read` returns fewer bytes than asked only
+ * at the end of the disk, and throws a {@linkcode Refusal} when the bytes
+ * cannot be had (a stream that has already passed them).
+ */
+export interface DiskReader {
+  /** Disk size in bytes, when known (a pipe may not say). */
+  readonly size: number | undefined;
+  /** Reads `length` bytes at `offset`. */
+  read(offset: number, length: number): Promise<Uint8Array>;
+}
+
+/** Hexadecimal for messages: `0x1f`. */
+export function hex(n: number | bigint): string {
+  return "0x" + n.toString(16);
+}
+
+/**
+ * A partition (or a whole bare disk) seen from its first byte: reads are
+ * relative to the region and must lie inside it and be complete, or the
+ * region is refused as truncated.
+ */
+export class RegionReader {
+  readonly #disk: DiskReader;
+  /** Offset of the region on the disk. */
+  readonly offset: number;
+  /** Length of the region, when known. */
+  readonly length: number | undefined;
+
+  /**
+   * Views part of a disk.
+   *
+   * @param disk The disk.
+   * @param offset Where the region starts.
+   * @param length Its length, when known.
+   */
+  constructor(disk: DiskReader, offset: number, length: number | undefined) {
+    this.#disk = disk;
+    this.offset = offset;
+    this.length = length;
+  }
+
+  /**
+   * Reads exactly `length` bytes at region offset `at`.
+   *
+   * @param at Offset inside the region.
+   * @param length Bytes wanted.
+   * @param what What is read, for the refusal message (`block bitmap of group 3`).
+   * @returns The bytes.
+   * @throws {Refusal} When the bytes lie past the end of the region or the disk.
+   */
+  async read(at: number, length: number, what: string): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(at) || at < 0) {
+      throw new Refusal(`${what} at byte ${at} is out of range`);
+    }
+    if (this.length !== undefined && at + length > this.length) {
+      throw new Refusal(
+        `${what} at byte ${at} lies past the end of the region (${this.length} bytes): truncated`,
+      );
+    }
+    const bytes = await this.#disk.read(this.offset + at, length);
+    if (bytes.length < length) {
+      throw new Refusal(
+        `${what} at byte ${at} lies past the end of the disk: truncated`,
+      );
+    }
+    return bytes;
+  }
+
+  /**
+   * Reads up to `length` bytes from the start of the region (fewer when the
+   * region or the disk is shorter): the bytes signatures are looked for in.
+   *
+   * @param length Bytes wanted.
+   * @returns The bytes there are.
+   */
+  async head(length: number): Promise<Uint8Array> {
+    const want = this.length === undefined
+      ? length
+      : Math.min(length, this.length);
+    return await this.#disk.read(this.offset, want);
+  }
+}
+
+/** A partition as a table describes it. */
+export interface Partition {
+  /** Number as Linux gives it: 1-4 primary (or GPT entry + 1), 5+ logical. */
+  number: number;
+  /** Disk offset in bytes. */
+  offset: number;
+  /** Length in bytes. */
+  length: number;
+  /** The type as the table names it. */
+  type: string;
+}
+
+/** What a partition table reader finds. */
+export interface TableLayout {
+  /** The partitions, in table order. */
+  partitions: Partition[];
+  /** Byte ranges holding the table itself, which no partition may cover. */
+  table: Array<{ offset: number; length: number }>;
+  /** Why some partitions could not be listed (their bytes are copied as they are). */
+  incomplete?: string;
+}

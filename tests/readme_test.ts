@@ -1,0 +1,158 @@
+// The README's examples are tests, so that a wrong one fails CI. Its
+// TypeScript blocks are type-checked and run by `deno task test` itself
+// (`deno test --doc` collects the code blocks of README.md, each as its own
+// test: `README.md#87-117.ts`). Here every shell line that can run offline
+// runs as written (the permissions it shows included) in a folder holding
+// the files it reads, with a loopback server standing in for example.org.
+// The command synopses run too, with their placeholders filled in, to show
+// that the permissions they list are enough.
+
+import assert from "node:assert";
+import { join } from "node:path";
+import { qemuImg, qemuTest, tempDir } from "./_qemu.ts";
+import { serveFiles } from "./streams/_server.ts";
+import { mixedBytes } from "./writer/_helpers.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const README = Deno.readTextFileSync(join(ROOT, "README.md"));
+
+/** The fenced blocks of one language, with their first line number. */
+function codeBlocks(lang: string): { line: number; body: string }[] {
+  const blocks: { line: number; body: string }[] = [];
+  const lines = README.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    if (lines[i] !== "```" + lang) continue;
+    const start = i + 1;
+    while (i + 1 < lines.length && lines[i + 1] !== "```") i++;
+    blocks.push({
+      line: start + 1,
+      body: lines.slice(start, i + 1).join("\n"),
+    });
+    i++;
+  }
+  return blocks;
+}
+
+/** Lines not run, and why. */
+const NOT_RUN: [RegExp, string][] = [
+  [/^npx /, "installs Deno from npm"],
+  [/^FUZZ_CASES=/, "a long fuzz run (the fuzz test runs in CI)"],
+  [/\/dev\/sdX/, "writes a block device"],
+];
+
+/** A synopsis line with its placeholders filled in, or the line as is. */
+function fillIn(line: string): string {
+  if (!/ \[|\bIMG\b| A B$/.test(line)) return line;
+  const filled = line
+    .replaceAll(/ \[[^\]]*\]/g, "")
+    .replace(/ SRC\|- DST\|-$/, " disk.raw out.qcow2")
+    .replace(/ IMG$/, " disk.qcow2")
+    .replace(/ A B$/, " disk.qcow2 disk.raw");
+  return / demo$/.test(filled) ? `${filled} --size 1` : filled;
+}
+
+/** Files a line writes: convert's DST and `>` redirections. */
+function writes(line: string): string[] {
+  const out: string[] = [];
+  for (const segment of line.split("|")) {
+    const redirect = />\s*(\S+)/.exec(segment);
+    if (redirect) out.push(redirect[1]);
+    const words = segment.replace(/>\s*\S+/, "").trim().split(/\s+/);
+    if (words.includes("convert")) out.push(words.at(-1)!);
+  }
+  return out;
+}
+
+qemuTest(
+  "README: the shell examples run offline as written, with the permissions they show",
+  async () => {
+    await using dir = await tempDir();
+    const fixtures = join(dir.path, "fixtures");
+    await Deno.mkdir(fixtures);
+    const raw = mixedBytes(2 * 1024 * 1024, 11, 64 * 1024);
+    await Deno.writeFile(join(fixtures, "disk.raw"), raw);
+    await qemuImg(
+      "convert",
+      "-O",
+      "qcow2",
+      join(fixtures, "disk.raw"),
+      join(fixtures, "disk.qcow2"),
+    );
+    await Deno.copyFile(
+      join(fixtures, "disk.qcow2"),
+      join(fixtures, "old.qcow2"),
+    );
+    await Deno.copyFile(
+      join(fixtures, "disk.qcow2"),
+      join(fixtures, "vm.qcow2"),
+    );
+    await qemuImg(
+      "snapshot",
+      "-c",
+      "before-upgrade",
+      join(fixtures, "vm.qcow2"),
+    );
+    await using server = serveFiles({
+      "disk.raw": raw,
+      "disk.qcow2": await Deno.readFile(join(fixtures, "disk.qcow2")),
+    });
+
+    const lines: { line: number; command: string }[] = [];
+    for (const block of codeBlocks("sh")) {
+      block.body.split("\n").forEach((text, i) => {
+        // `cmd  # or: other` gives two commands; other comments are dropped.
+        const [command, comment] = text.split(/\s+#\s*/, 2);
+        lines.push({ line: block.line + i, command });
+        const alternative = /^or: (.*)$/.exec(comment ?? "");
+        if (alternative) {
+          lines.push({ line: block.line + i, command: alternative[1] });
+        }
+      });
+    }
+    let ran = 0;
+    for (const { line, command } of lines) {
+      const skip = NOT_RUN.find(([pattern]) => pattern.test(command));
+      if (skip) continue;
+      const runnable = fillIn(command)
+        .replaceAll(" cli.ts ", ` ${join(ROOT, "cli.ts")} `)
+        .replaceAll("https://example.org/", server.url(""));
+      const cwd = join(dir.path, `line-${line}-${ran}`);
+      await Deno.mkdir(cwd);
+      const written = writes(command);
+      for (const entry of Deno.readDirSync(fixtures)) {
+        if (!written.includes(entry.name)) {
+          await Deno.copyFile(
+            join(fixtures, entry.name),
+            join(cwd, entry.name),
+          );
+        }
+      }
+      const out = await new Deno.Command("bash", {
+        args: ["-o", "pipefail", "-c", runnable],
+        cwd,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).output();
+      const said = new TextDecoder().decode(out.stderr) +
+        new TextDecoder().decode(out.stdout);
+      assert.strictEqual(out.code, 0, `README.md:${line}: ${command}\n${said}`);
+      assert.doesNotMatch(
+        said,
+        /NotCapable|Requires \w+ access/,
+        `README.md:${line}`,
+      );
+      if (/ demo /.test(runnable)) {
+        assert.match(
+          said,
+          /qemu-img check +No errors were found/,
+          "demo ran qemu-img",
+        );
+      }
+      ran++;
+    }
+    // The guide's examples and the six synopses.
+    assert.ok(ran >= 16, `${ran} lines ran`);
+  },
+);

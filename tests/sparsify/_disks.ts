@@ -1,0 +1,350 @@
+// Building real disks for the --sparsify tests (not a test file): mke2fs,
+// debugfs, dumpe2fs, sfdisk and mkswap on image files (no root needed),
+// and loop devices and mounts for the tests that need the kernel. Tests
+// needing a tool are skipped with a message when it is missing, except
+// under CI (CI=true), where that fails.
+
+import assert from "node:assert";
+import { join } from "node:path";
+import { mulberry32 } from "../../lib/_prng.ts";
+import type { FreeRange } from "../../lib/sparsify/report.ts";
+
+export { patch, readAt } from "../tools/_helpers.ts";
+
+export const KiB = 1024;
+export const MiB = 1024 * 1024;
+
+const IN_CI = (Deno.env.get("CI") ?? "") !== "" &&
+  Deno.env.get("CI") !== "false";
+
+const found = new Map<string, boolean>();
+
+/** Whether a command can be run (looked up on PATH and in /sbin dirs). */
+export function have(cmd: string): boolean {
+  let ok = found.get(cmd);
+  if (ok === undefined) {
+    ok = false;
+    for (
+      const dir of [
+        ...(Deno.env.get("PATH") ?? "").split(":"),
+        "/usr/sbin",
+        "/sbin",
+      ]
+    ) {
+      try {
+        if (dir && Deno.statSync(join(dir, cmd)).isFile) {
+          ok = true;
+          break;
+        }
+      } catch {
+        // not there
+      }
+    }
+    found.set(cmd, ok);
+  }
+  return ok;
+}
+
+/** Whether loop devices and mounts can be used: root, losetup, /dev/loop-control. */
+export function canLoop(): boolean {
+  try {
+    return Deno.uid() === 0 && have("losetup") && have("mount") &&
+      Deno.statSync("/dev/loop-control") !== null;
+  } catch {
+    return false;
+  }
+}
+
+const warned = new Set<string>();
+
+/**
+ * Registers a test needing `tools` (and loop devices and root when
+ * `loop`). Without them it is skipped with a message on stderr, except
+ * under CI where it fails.
+ */
+export function diskTest(
+  name: string,
+  needs: { tools: string[]; loop?: boolean },
+  fn: (t: Deno.TestContext) => Promise<void>,
+): void {
+  const missing = needs.tools.filter((t) => !have(t));
+  if (needs.loop && !canLoop()) missing.push("root with loop devices");
+  if (missing.length > 0 && !IN_CI) {
+    const key = missing.join(", ");
+    if (!warned.has(key)) {
+      warned.add(key);
+      console.error(
+        `${key} not available: skipping the --sparsify tests that need it (apt-get install e2fsprogs fdisk util-linux mount zerofree python3; loop devices need root)`,
+      );
+    }
+    Deno.test({ name, ignore: true, fn });
+    return;
+  }
+  Deno.test(name, async (t) => {
+    assert.deepStrictEqual(missing, [], `required under CI: ${missing}`);
+    await fn(t);
+  });
+}
+
+/** Runs a command; returns stdout, throws with stderr on failure. */
+export async function sh(
+  cmd: string,
+  args: string[],
+  options: { stdin?: string | Uint8Array; env?: Record<string, string> } = {},
+): Promise<string> {
+  const child = new Deno.Command(cmd, {
+    args,
+    stdin: options.stdin !== undefined ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: options.env,
+  }).spawn();
+  if (options.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(
+      typeof options.stdin === "string"
+        ? new TextEncoder().encode(options.stdin)
+        : options.stdin,
+    );
+    await w.close();
+  }
+  const out = await child.output();
+  const dec = new TextDecoder();
+  if (!out.success) {
+    throw new Error(
+      `${cmd} ${args.join(" ")} failed (${out.code}): ${
+        dec.decode(out.stderr)
+      }`,
+    );
+  }
+  return dec.decode(out.stdout);
+}
+
+/** Incompressible bytes from a seed. */
+export function noise(length: number, seed: number): Uint8Array {
+  const out = new Uint8Array(length);
+  const next = mulberry32(seed);
+  for (let i = 0; i < length; i += 4) {
+    const v = next();
+    out[i] = v;
+    out[i + 1] = v >>> 8;
+    out[i + 2] = v >>> 16;
+    out[i + 3] = v >>> 24;
+  }
+  return out;
+}
+
+/**
+ * Fills `dir` with a tree: files of seeded noise and text (about `bytes`
+ * in all), nested directories, a symlink, a hard link, unusual modes.
+ * Returns the files of the tree, relative to `dir`.
+ */
+export async function populate(
+  dir: string,
+  seed: number,
+  bytes: number,
+): Promise<string[]> {
+  const next = mulberry32(seed);
+  const files: string[] = [];
+  let left = bytes;
+  for (let i = 0; left > 0; i++) {
+    const sub = `d${i % 5}/e${i % 3}`;
+    await Deno.mkdir(join(dir, sub), { recursive: true });
+    const size = Math.min(left, 4096 + (next() % (2 * MiB)));
+    const name = `${sub}/f${i}.bin`;
+    const data = i % 4 === 0
+      ? new TextEncoder().encode(`line ${i}\n`.repeat(Math.ceil(size / 8)))
+        .subarray(0, size)
+      : noise(size, seed * 1000 + i);
+    await Deno.writeFile(join(dir, name), data);
+    files.push(name);
+    left -= size;
+  }
+  await Deno.writeTextFile(join(dir, "small.txt"), "tiny\n");
+  await Deno.symlink("d0/e0/f0.bin", join(dir, "link-to-f0"));
+  await Deno.symlink("missing/target", join(dir, "dangling"));
+  await Deno.link(join(dir, "small.txt"), join(dir, "hardlink.txt"));
+  await Deno.chmod(join(dir, "small.txt"), 0o640);
+  await Deno.chmod(join(dir, "d1"), 0o750);
+  return files;
+}
+
+/** Makes an ext2/3/4 image file of `size` bytes with mke2fs ARGS, filled from `from`. */
+export async function mkfs(
+  image: string,
+  size: number,
+  args: string[],
+  from?: string,
+): Promise<void> {
+  await Deno.remove(image).catch(() => {});
+  const f = await Deno.open(image, { create: true, write: true });
+  await f.truncate(size);
+  f.close();
+  await sh("mke2fs", [
+    "-q",
+    "-F",
+    ...args,
+    ...(from ? ["-d", from] : []),
+    image,
+  ]);
+}
+
+/** Deletes files inside an ext image with debugfs (their blocks keep their bytes). */
+export async function debugfsRm(image: string, paths: string[]): Promise<void> {
+  await sh("debugfs", ["-w", "-f", "-", image], {
+    stdin: paths.map((p) => `rm /${p}\n`).join(""),
+  });
+}
+
+/** Runs debugfs commands that write (set_super_value, set_bg, ...) in one session. */
+export async function debugfsSet(
+  image: string,
+  ...commands: string[]
+): Promise<void> {
+  await sh("debugfs", ["-w", "-f", "-", image], {
+    stdin: commands.map((c) => c + "\n").join(""),
+  });
+}
+
+/** Merges sorted, possibly adjacent ranges. */
+export function merge(ranges: FreeRange[]): FreeRange[] {
+  const out: FreeRange[] = [];
+  for (const r of ranges.toSorted((a, b) => a.offset - b.offset)) {
+    const last = out.at(-1);
+    if (last && last.offset + last.length === r.offset) last.length += r.length;
+    else out.push({ ...r });
+  }
+  return out;
+}
+
+/**
+ * The free blocks of an ext image as dumpe2fs lists them ("Free blocks:"
+ * of every group), as merged byte ranges shifted by `base`.
+ */
+export async function dumpe2fsFree(
+  image: string,
+  base = 0,
+): Promise<FreeRange[]> {
+  const text = await sh("dumpe2fs", [image]);
+  const bs = Number(/^Block size:\s+(\d+)$/m.exec(text)![1]);
+  const ranges: FreeRange[] = [];
+  for (const m of text.matchAll(/^\s+Free blocks: (.*)$/gm)) {
+    for (const part of m[1].split(",").map((s) => s.trim()).filter(Boolean)) {
+      const [a, b] = part.split("-").map(Number);
+      ranges.push({ offset: base + a * bs, length: ((b ?? a) - a + 1) * bs });
+    }
+  }
+  return merge(ranges);
+}
+
+/** Copies file `from` into `disk` at byte `offset` (no root: plain file writes). */
+export async function writeInto(
+  disk: string,
+  offset: number,
+  from: string,
+): Promise<void> {
+  using out = await Deno.open(disk, { write: true });
+  using src = await Deno.open(from, { read: true });
+  await out.seek(offset, Deno.SeekMode.Start);
+  await src.readable.pipeTo(out.writable, { preventClose: true });
+}
+
+/** Partitions of a disk image as sfdisk reads them, in bytes. */
+export async function sfdiskParts(
+  disk: string,
+): Promise<Array<{ offset: number; length: number; type: string }>> {
+  const json = JSON.parse(await sh("sfdisk", ["-J", disk]));
+  const ss = json.partitiontable.sectorsize ?? 512;
+  return json.partitiontable.partitions.map((
+    p: { start: number; size: number; type: string },
+  ) => ({ offset: p.start * ss, length: p.size * ss, type: p.type }));
+}
+
+/** Makes a sparse file of `size` bytes. */
+export async function blank(path: string, size: number): Promise<void> {
+  using f = await Deno.open(path, {
+    create: true,
+    write: true,
+    truncate: true,
+  });
+  await f.truncate(size);
+}
+
+/** Whether every range of `inner` lies inside the union of `outer`. */
+export function within(inner: FreeRange[], outer: FreeRange[]): boolean {
+  const o = merge(outer);
+  let k = 0;
+  for (const r of merge(inner)) {
+    while (k < o.length && o[k].offset + o[k].length <= r.offset) k++;
+    if (
+      k === o.length || o[k].offset > r.offset ||
+      o[k].offset + o[k].length < r.offset + r.length
+    ) return false;
+  }
+  return true;
+}
+
+/** A disk built from image files: its path and partitions. */
+export interface BuiltDisk {
+  path: string;
+  parts: Array<{ offset: number; length: number; type: string }>;
+  /** What should read as zeros, by dumpe2fs and the swap layout (not our code). */
+  free: FreeRange[];
+}
+
+/**
+ * A disk with a partition table (`label: gpt` or `label: dos`) holding an
+ * ext4 filled and with files deleted, a swap partition whose pages hold old
+ * bytes, and a partition of noise that no module maps. Built with sfdisk,
+ * mke2fs, debugfs and mkswap on files (no root).
+ */
+export async function buildDisk(
+  dir: string,
+  label: "gpt" | "dos",
+  size = 96 * MiB,
+): Promise<BuiltDisk> {
+  const path = join(dir, `${label}.img`);
+  await blank(path, size);
+  const script = label === "gpt"
+    ? "label: gpt\n,48M,L\n,16M,S\n,8M,L\n"
+    : "label: dos\n,48M,83\n,,E\n,16M,82\n,8M,83\n";
+  await sh("sfdisk", ["-q", path], { stdin: script });
+  const parts = (await sfdiskParts(path)).filter((p) => p.type !== "5");
+  const tree = join(dir, "tree");
+  const files = await populate(tree, 3, 24 * MiB);
+  const fs = join(dir, "p1.img");
+  await mkfs(fs, parts[0].length, ["-t", "ext4", "-b", "4096"], tree);
+  await debugfsRm(fs, files.filter((_, i) => i % 3 !== 0));
+  await writeInto(path, parts[0].offset, fs);
+  const free = await dumpe2fsFree(fs, parts[0].offset);
+  await Deno.remove(fs);
+  free.push({ offset: parts[1].offset + 4096, length: parts[1].length - 4096 });
+  const swap = join(dir, "p2.img");
+  await Deno.writeFile(swap, noise(parts[1].length, 99));
+  await sh("mkswap", ["-q", "-L", "old-swap", swap]);
+  await writeInto(path, parts[1].offset, swap);
+  await Deno.remove(swap);
+  const rest = join(dir, "p3.img");
+  await Deno.writeFile(rest, noise(parts[2].length, 5));
+  await writeInto(path, parts[2].offset, rest);
+  await Deno.remove(rest);
+  await Deno.remove(tree, { recursive: true });
+  return { path, parts, free };
+}
+
+/** Writes `src` with `ranges` zeroed to `dst`: what a sparsified disk should read as. */
+export async function zeroed(
+  src: string,
+  dst: string,
+  ranges: FreeRange[],
+): Promise<void> {
+  await Deno.copyFile(src, dst);
+  using f = await Deno.open(dst, { write: true });
+  const zeros = new Uint8Array(MiB);
+  for (const r of ranges) {
+    await f.seek(r.offset, Deno.SeekMode.Start);
+    for (let left = r.length; left > 0; left -= zeros.length) {
+      await f.write(zeros.subarray(0, Math.min(left, zeros.length)));
+    }
+  }
+}
