@@ -15,6 +15,7 @@ const DENO_ONLY = [
   "lib/io/file_stream.ts",
   "lib/io/spool.ts",
   "lib/io/_holes.ts",
+  "lib/io/_temp.ts",
   "lib/reader/stream_open.ts",
   "lib/writer/streamable.ts",
   "lib/file_writable.ts",
