@@ -152,7 +152,16 @@ qemuTest(
       ["map", "packed.qcow2"],
       ["map", "--max-length", "1M", "packed.qcow2"],
     ];
-    for (const args of runs) {
+    for (const plain of runs) {
+      // The format is given on both sides: vm/top.qcow2's backing file is
+      // outside vm/, which a probed image may not reach.
+      const image = plain.at(-1)!;
+      const args = [
+        "map",
+        "-f",
+        image.endsWith(".raw") ? "raw" : "qcow2",
+        ...plain.slice(1),
+      ];
       const [ours, theirs] = await Promise.all([
         cli(args, { cwd }),
         qemuIn(cwd, ...args),
@@ -166,7 +175,7 @@ qemuTest(
       );
     }
     // What was compared: data lines, the refusal, a bare header.
-    const top = await cli(["map", "vm/top.qcow2"], { cwd });
+    const top = await cli(["map", "-f", "qcow2", "vm/top.qcow2"], { cwd });
     assert.match(
       top.stdout,
       /^Offset +Length +Mapped to +File\n((0|0x[\da-f]+) +0x[\da-f]+ +(0|0x[\da-f]+) +vm\/\S+\n){3,}$/,
@@ -177,7 +186,14 @@ qemuTest(
       packed.stderr,
       "qcow2pipe: File contains external, encrypted or compressed clusters.\n",
     );
-    const past = await cli(["map", "--start-offset", "64M", "vm/top.qcow2"], {
+    const past = await cli([
+      "map",
+      "-f",
+      "qcow2",
+      "--start-offset",
+      "64M",
+      "vm/top.qcow2",
+    ], {
       cwd,
     });
     assert.strictEqual(
