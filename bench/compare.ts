@@ -14,6 +14,9 @@
 //    source is in the page cache for both tools alike. Each measurement is
 //    repeated 3 times (1 with --quick), alternating which tool goes first,
 //    and the median is reported with the range.
+//    Then qcow2 → raw over HTTP (bench/_compare_http.ts): four images made
+//    by qemu-img from the disk's first 64 MiB, served by a local server that
+//    waits 50 ms before each answer; ours against qemu-img's curl driver.
 // 3. Verifies every output before its time counts: `qemu-img compare`
 //    against the source (and `qemu-img check` for qcow2 outputs; the exact
 //    virtual size for raw outputs). A failed check is reported and makes
@@ -48,6 +51,7 @@ import {
   sh,
 } from "./_compare_util.ts";
 import { buildBigDisk, buildDisk, diskUsage } from "./_compare_disk.ts";
+import { httpMarkdown, type HttpRow, runHttp } from "./_compare_http.ts";
 import {
   mainTable,
   markdownTable,
@@ -94,7 +98,7 @@ function oursArgv(flags: string[], src: string): (dst: string) => string[] {
     CLI,
     "convert",
     "-q",
-    "-f",
+    "--force",
     ...flags,
     src,
     dst,
@@ -123,7 +127,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-O", "qcow2"], src),
+        ours: oursArgv(["-f", "raw", "-O", "qcow2"], src),
         qemu: qemuArgv(["-f", "raw", "-O", "qcow2"], src),
       },
     },
@@ -134,7 +138,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-c", "zlib"], src),
+        ours: oursArgv(["-f", "raw", "-c", "zlib"], src),
         qemu: qemuArgv(["-f", "raw", "-O", "qcow2", "-c"], src),
       },
     },
@@ -145,7 +149,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-c", "zstd"], src),
+        ours: oursArgv(["-f", "raw", "-c", "zstd"], src),
         qemu: qemuArgv([
           "-f",
           "raw",
@@ -168,7 +172,7 @@ function expandOp(id: string, label: string, input: string): Op {
     src: input,
     ext: "raw",
     argv: {
-      ours: oursArgv(["-O", "raw"], input),
+      ours: oursArgv(["-f", "qcow2", "-O", "raw"], input),
       qemu: qemuArgv(["-f", "qcow2", "-O", "raw"], input),
     },
   };
@@ -445,7 +449,7 @@ async function main(): Promise<number> {
         CLI,
         "convert",
         "-q",
-        "-f",
+        "--force",
         "-O",
         "qcow2",
         ...c,
@@ -480,6 +484,14 @@ async function main(): Promise<number> {
     }
     for (const f of Object.values(kept)) await Deno.remove(f).catch(() => {});
 
+    log(`\nqcow2 → raw over HTTP, 50 ms per request (${reps} repetition(s)):`);
+    const http: HttpRow[] = await runHttp(
+      RUN_DIR,
+      disk,
+      reps,
+      (url, dst) => oursArgv(["-f", "qcow2", "-O", "raw"], url)(dst),
+    ) ?? [];
+
     log(`\nPeak RSS at 4× virtual size (${gib(4 * virtualSize)}), once each:`);
     let bigZstd: string | undefined;
     for (const op of forwardOps(big, "-x4")) {
@@ -503,6 +515,9 @@ async function main(): Promise<number> {
         )
       )
     );
+    for (const r of http) {
+      if (r.problem) failed.push(`http ${r.image}: ${r.problem}`);
+    }
     if (failed.length > 0) exitCode = 1;
 
     const mainRows = mainTable(results, reps);
@@ -535,7 +550,7 @@ async function main(): Promise<number> {
       } raw disk, ext4 made by \`mkfs.ext4 -q -F -d\` from ${
         meta.dirs.join(" ")
       }; ${mib(meta.allocated)} allocated`,
-      `- Ours: \`deno run -A cli.ts convert -q -f [-O qcow2 | -c zlib | -c zstd | -O raw] SRC DST\` (default workers = ${info.cores})`,
+      `- Ours: \`deno run -A cli.ts convert -q --force [-f raw -O qcow2 | -f raw -c zlib | -f raw -c zstd | -f qcow2 -O raw] SRC DST\` (default workers = ${info.cores})`,
       "- qemu-img: `qemu-img convert -W -m 16 [-f raw -O qcow2 [-c [-o compression_type=zstd]] | -f qcow2 -O raw] SRC DST`",
       `- Times: median of ${reps} run(s) (range in parentheses), wall seconds from GNU time, \`sync\` before each; CPU s = user + system seconds of the command (all threads); sizes in MiB (du = allocated blocks); RSS = peak resident set (GNU time %M), median`,
       `- Every output verified with qemu-img compare against the source (plus qemu-img check for qcow2, exact size for raw): ${
@@ -555,6 +570,7 @@ async function main(): Promise<number> {
       "",
       markdownTable(scaling),
       "",
+      ...(http.length > 0 ? [...httpMarkdown(http), ""] : []),
       "Targets:",
       "",
       ...targetLines(ts),

@@ -64,15 +64,35 @@ function answered(res: Response): string {
 
 /**
  * Bytes asked for by the request that opens a resource: enough for the
- * format detection, the qcow2 header and its extensions at the default
- * cluster size, so that opening an image costs one request.
+ * format detection, the qcow2 header and its extensions, and in an image
+ * QEMU made with 64 KiB clusters also its refcount table, L1 table and
+ * first L2 table (at 64 to 320 KiB), so that opening an image costs one
+ * round trip. At 100 MB/s the extra bytes cost about 5 ms, less than a
+ * round trip to a distant server.
  */
-const PREFIX_BYTES = 64 * 1024;
+const PREFIX_BYTES = 512 * 1024;
+
+/**
+ * Reads closer together than this (bytes between them) go out as one
+ * request: at 100 MB/s, 256 KiB cost less than a round trip of a few ms.
+ */
+const MERGE_GAP = 256 * 1024;
+
+/** The largest merged request, in bytes. */
+const MERGE_MAX = 16 * 1024 * 1024;
+
+/** A read waiting for its batch to be sent. */
+interface PendingRead {
+  offset: number;
+  length: number;
+  resolve: (bytes: Uint8Array) => void;
+  reject: (err: unknown) => void;
+}
 
 /**
  * A {@linkcode RandomAccessSource} over an HTTP(S) resource: opening it is
- * one `Range` request for its first 64 KiB, and every read beyond them one
- * more, so reading a qcow2 image fetches only its metadata and the clusters
+ * one `Range` request for its first 512 KiB, and reads beyond them go out
+ * as Range requests, those asked for together merged when they are close, so reading a qcow2 image fetches only its metadata and the clusters
  * read.
  *
  * @example Read a range from a local server
@@ -100,6 +120,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   readonly size: number;
   #options: HttpSourceOptions;
   #prefix: Uint8Array;
+  #batch: PendingRead[] = [];
 
   private constructor(
     url: string,
@@ -114,7 +135,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   }
 
   /**
-   * Opens the resource with one Range request for its first 64 KiB, which
+   * Opens the resource with one Range request for its first 512 KiB, which
    * gives the size and answers the reads that fall inside them (format
    * detection, the qcow2 header) without more requests.
    *
@@ -203,12 +224,65 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    * @param length Bytes wanted.
    * @returns The bytes (shorter at the end of the resource).
    */
-  async read(offset: number, length: number): Promise<Uint8Array> {
+  read(offset: number, length: number): Promise<Uint8Array> {
     const want = Math.max(0, Math.min(length, this.size - offset));
-    if (want === 0) return new Uint8Array(0);
+    if (want === 0) return Promise.resolve(new Uint8Array(0));
     if (offset + want <= this.#prefix.length) {
-      return this.#prefix.slice(offset, offset + want);
+      return Promise.resolve(this.#prefix.slice(offset, offset + want));
     }
+    // Reads asked for together (a reader running ahead) wait for the end of
+    // this turn of the event loop, then go out merged where they are close:
+    // on a distant server, round trips cost more than a few extra bytes.
+    return new Promise((resolve, reject) => {
+      if (this.#batch.length === 0) setTimeout(() => this.#flush(), 0);
+      this.#batch.push({ offset, length: want, resolve, reject });
+    });
+  }
+
+  #flush(): void {
+    const batch = this.#batch.sort((a, b) => a.offset - b.offset);
+    this.#batch = [];
+    let group: PendingRead[] = [];
+    let start = 0;
+    let end = 0;
+    const send = () => {
+      if (group.length === 0) return;
+      const reads = group;
+      const from = start;
+      this.#fetchRange(from, end - from).then((bytes) => {
+        // Each read gets its own buffer: callers may transfer it (to a
+        // worker), which must not empty the others' views.
+        for (const r of reads) {
+          const at = r.offset - from;
+          r.resolve(
+            reads.length === 1 ? bytes : bytes.slice(at, at + r.length),
+          );
+        }
+      }, (err) => {
+        for (const r of reads) r.reject(err);
+      });
+      group = [];
+    };
+    for (const r of batch) {
+      const rEnd = r.offset + r.length;
+      if (
+        group.length > 0 && r.offset <= end + MERGE_GAP &&
+        Math.max(end, rEnd) - start <= MERGE_MAX
+      ) {
+        group.push(r);
+        end = Math.max(end, rEnd);
+        continue;
+      }
+      send();
+      group = [r];
+      start = r.offset;
+      end = rEnd;
+    }
+    send();
+  }
+
+  /** One Range request for `[offset, offset + want)`. */
+  async #fetchRange(offset: number, want: number): Promise<Uint8Array> {
     const res = await request(this.name, offset, want, this.#options);
     const what = `Cannot read ${want} bytes at ${offset} of ${this.name}`;
     if (res.status !== 206) {

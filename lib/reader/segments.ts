@@ -57,10 +57,17 @@ export interface ReadImageOptions {
    */
   chunkSize?: number;
   /**
-   * Reads and decompression jobs running ahead of the consumer.
-   * @default {2 * workers + 4}
+   * Reads and decompression jobs running ahead of the consumer. Many small
+   * ones can be out at once (over HTTP, each is a round trip, and reads
+   * asked for together are merged); `maxInFlightBytes` bounds the memory.
+   * @default {64}
    */
   maxInFlight?: number;
+  /**
+   * Guest bytes of the reads and decompression jobs running ahead.
+   * @default {8 * chunkSize} (32 MiB)
+   */
+  maxInFlightBytes?: number;
   /** Guest offset to start at. @default {0} */
   offset?: number;
   /** Bytes to read. @default {the rest of the disk} */
@@ -72,8 +79,8 @@ const DEFAULT_CHUNK = 4 * 1024 * 1024;
 /**
  * Reads an image's guest bytes in order as segments, holes for zero and
  * unallocated ranges. Work runs ahead of the consumer by at most
- * `maxInFlight` jobs of at most `chunkSize` bytes, so memory stays bounded
- * whatever the image size.
+ * `maxInFlight` jobs of at most `chunkSize` bytes and `maxInFlightBytes`
+ * in all, so memory stays bounded whatever the image size.
  *
  * @param image An opened image.
  * @param options Pool, chunk size, range.
@@ -100,16 +107,38 @@ export async function* readSegments(
       `Cannot read image: chunkSize ${chunk} is out of range [512, ∞)`,
     );
   }
-  const maxInFlight = options.maxInFlight ?? 2 * (options.pool?.size ?? 1) + 4;
+  const maxInFlight = options.maxInFlight ?? 64;
+  const maxBytes = options.maxInFlightBytes ?? 8 * chunk;
   const start = options.offset ?? 0;
   const length = options.length ?? image.virtualSize - start;
-  const queue: Promise<Segment>[] = [];
+  // Segments in order. Only reads and decompression count against
+  // maxInFlight: holes are free, and must not keep reads from going out
+  // (over HTTP every read is a round trip). The queue itself stays short.
+  const queue: { job: Promise<Segment>; bytes: number }[] = [];
+  let io = 0;
+  let ioBytes = 0;
+  const maxQueued = 16 * maxInFlight;
   let group: PlanItem[] = [];
   let groupBytes = 0;
 
-  const push = (job: Promise<Segment>) => {
+  /** Queues a segment; `bytes` of I/O (0 for holes and cached pieces). */
+  const push = (job: Promise<Segment>, bytes: number) => {
     job.catch(() => {}); // awaited in order below; avoid unhandled rejections
-    queue.push(job);
+    queue.push({ job, bytes });
+    if (bytes > 0) {
+      io++;
+      ioBytes += bytes;
+    }
+  };
+  const full = () =>
+    io >= maxInFlight || ioBytes >= maxBytes || queue.length >= maxQueued;
+  const next = (): Promise<Segment> => {
+    const entry = queue.shift()!;
+    if (entry.bytes > 0) {
+      io--;
+      ioBytes -= entry.bytes;
+    }
+    return entry.job;
   };
   // The last decompressed cluster: an overlay with small clusters over a
   // compressed backing cluster reads that cluster in several pieces.
@@ -118,9 +147,9 @@ export async function* readSegments(
     if (group.length === 0) return;
     const items = group;
     const clusters = decompressClusters(items, options.pool);
-    push(clusters.then((c) => joinPieces(items, c)));
     const cs = items[0].compressed!.clusterSize;
     const n = items.length;
+    push(clusters.then((c) => joinPieces(items, c)), n * cs);
     last = {
       item: items[n - 1],
       cluster: clusters.then((c) => c.subarray((n - 1) * cs, n * cs)),
@@ -137,11 +166,14 @@ export async function* readSegments(
         sameCluster(last.item, item)
       ) {
         const from = item.offset - item.compressed!.clusterOffset;
-        push(last.cluster.then((c) => ({
-          offset: item.offset,
-          length: item.length,
-          data: c.subarray(from, from + item.length),
-        })));
+        push(
+          last.cluster.then((c) => ({
+            offset: item.offset,
+            length: item.length,
+            data: c.subarray(from, from + item.length),
+          })),
+          0,
+        );
       } else if (item.kind === "compressed") {
         // A group is decompressed with one codec and cluster size and read
         // from one file: images of a backing chain may differ in all three.
@@ -173,8 +205,9 @@ export async function* readSegments(
                 length: n,
                 data,
               })),
+              n,
             );
-            while (queue.length >= maxInFlight) yield await queue.shift()!;
+            while (full()) yield await next();
           }
         } else {
           push(
@@ -183,13 +216,14 @@ export async function* readSegments(
               length: item.length,
               data: null,
             }),
+            0,
           );
         }
       }
-      while (queue.length >= maxInFlight) yield await queue.shift()!;
+      while (full()) yield await next();
     }
     flushGroup();
-    while (queue.length > 0) yield await queue.shift()!;
+    while (queue.length > 0) yield await next();
   } finally {
     queue.length = 0;
   }

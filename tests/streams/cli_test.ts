@@ -213,10 +213,10 @@ qemuTest(
         );
         assert.strictEqual(r.code, 0, r.stderr);
         const what = `${name}, ranges ${ranges}: ${server.requests.join(", ")}`;
-        // Opening is one request for the first 64 KiB.
+        // Opening is one request for the first 512 KiB.
         assert.strictEqual(
           server.requests[0],
-          `GET ${name} bytes=0-65535`,
+          `GET ${name} bytes=0-524287`,
           what,
         );
         assert.ok(

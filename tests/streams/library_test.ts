@@ -57,40 +57,77 @@ async function bytesOf(
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-Deno.test("HttpSource.open() opens with one request for 64 KiB and fetches only what is read", async () => {
-  const body = sampleDisk(300_000);
+Deno.test("HttpSource.open() opens with one request for 512 KiB and fetches only what is read", async () => {
+  const body = sampleDisk(1_200_000);
   await using server = serveFiles({
     "disk.raw": body,
     "small.raw": body.slice(0, 3000),
   });
   await using src = await HttpSource.open(server.url("disk.raw"));
   assert.strictEqual(src.size, body.length);
-  // Reads inside the first 64 KiB (format, header) need no request.
-  for (const [offset, length] of [[0, 1], [0, 4], [0, 512], [0, 65536]]) {
+  // Reads inside the first 512 KiB (format, header, tables) need no request.
+  for (const [offset, length] of [[0, 1], [0, 4], [0, 512], [0, 524288]]) {
     assert.deepStrictEqual(
       await src.read(offset, length),
       body.subarray(offset, offset + length),
     );
   }
-  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-65535"]);
+  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-524287"]);
   assert.deepStrictEqual(
-    await src.read(123_457, 1000),
-    body.subarray(123_457, 124_457),
+    await src.read(723_457, 1000),
+    body.subarray(723_457, 724_457),
   );
   assert.deepStrictEqual(
     await src.read(body.length - 10, 100),
     body.subarray(body.length - 10),
   );
   assert.deepStrictEqual(server.requests, [
-    "GET disk.raw bytes=0-65535",
-    "GET disk.raw bytes=123457-124456",
-    "GET disk.raw bytes=299990-299999",
+    "GET disk.raw bytes=0-524287",
+    "GET disk.raw bytes=723457-724456",
+    "GET disk.raw bytes=1199990-1199999",
   ]);
-  assert.strictEqual(server.bytesSent, 65536 + 1000 + 10);
-  // A resource smaller than 64 KiB is read whole by that first request.
+  assert.strictEqual(server.bytesSent, 524288 + 1000 + 10);
+  // A resource smaller than that is read whole by the first request.
   await using small = await HttpSource.open(server.url("small.raw"));
   assert.deepStrictEqual(await small.read(0, 5000), body.subarray(0, 3000));
-  assert.strictEqual(server.requests.at(-1), "GET small.raw bytes=0-65535");
+  assert.strictEqual(server.requests.at(-1), "GET small.raw bytes=0-524287");
+});
+
+Deno.test("HttpSource: reads asked for together go out merged when they are close", async () => {
+  const body = sampleDisk(4_000_000);
+  await using server = serveFiles({ "disk.raw": body });
+  await using src = await HttpSource.open(server.url("disk.raw"));
+  const asked: [number, number][] = [
+    [600_000, 1000],
+    [700_000, 5000], // 99 KB after the first: merged
+    [650_000, 10], // inside the gap, asked out of order: merged
+    [3_000_000, 100], // far: a request of its own
+  ];
+  const got = await Promise.all(asked.map(([o, n]) => src.read(o, n)));
+  asked.forEach(([o, n], i) => {
+    assert.deepStrictEqual(got[i], body.subarray(o, o + n));
+  });
+  assert.deepStrictEqual(server.requests.slice(1), [
+    "GET disk.raw bytes=600000-704999",
+    "GET disk.raw bytes=3000000-3000099",
+  ]);
+  // Each read has its own buffer: handing one to a worker (transfer) does
+  // not empty the others.
+  structuredClone(got[0], { transfer: [got[0].buffer as ArrayBuffer] });
+  assert.deepStrictEqual(got[1], body.subarray(700_000, 705_000));
+  // Reads one after another are not held back for each other.
+  assert.deepStrictEqual(
+    await src.read(800_000, 10),
+    body.subarray(800_000, 800_010),
+  );
+  assert.deepStrictEqual(
+    await src.read(801_000, 10),
+    body.subarray(801_000, 801_010),
+  );
+  assert.deepStrictEqual(server.requests.slice(3), [
+    "GET disk.raw bytes=800000-800009",
+    "GET disk.raw bytes=801000-801009",
+  ]);
 });
 
 Deno.test("HttpSource.open() refuses a server that ignores Range", async () => {
@@ -110,7 +147,7 @@ Deno.test("HttpSource.openOrStream() streams the first response of a server with
   assert.ok(!(opened instanceof HttpSource));
   assert.strictEqual(opened.size, body.length);
   assert.deepStrictEqual(await bytesOf(opened.body), body);
-  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-65535"]);
+  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-524287"]);
   // With Range support, the same call gives random access.
   await using ranged = serveFiles({ "disk.raw": body });
   const source = await HttpSource.openOrStream(ranged.url("disk.raw"));
