@@ -138,7 +138,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-f", "raw", "-c", "zlib"], src),
+        ours: oursArgv(["-f", "raw", "--compress", "zlib"], src),
         qemu: qemuArgv(["-f", "raw", "-O", "qcow2", "-c"], src),
       },
     },
@@ -149,7 +149,7 @@ function forwardOps(src: string, suffix = ""): Op[] {
       src,
       ext: "qcow2",
       argv: {
-        ours: oursArgv(["-f", "raw", "-c", "zstd"], src),
+        ours: oursArgv(["-f", "raw", "--compress", "zstd"], src),
         qemu: qemuArgv([
           "-f",
           "raw",
@@ -442,7 +442,7 @@ async function main(): Promise<number> {
     await must("sh", ["-c", `cat "${disk}" "${big}" > /dev/null`]);
     const tiny = `${RUN_DIR}tiny.raw`;
     await Deno.writeFile(tiny, new Uint8Array(MiB).fill(1));
-    for (const c of [[], ["-c", "zlib"], ["-c", "zstd"]]) {
+    for (const c of [[], ["--compress", "zlib"], ["--compress", "zstd"]]) {
       await must(DENO, [
         "run",
         "-A",
@@ -550,7 +550,7 @@ async function main(): Promise<number> {
       } raw disk, ext4 made by \`mkfs.ext4 -q -F -d\` from ${
         meta.dirs.join(" ")
       }; ${mib(meta.allocated)} allocated`,
-      `- Ours: \`deno run -A cli.ts convert -q --force [-f raw -O qcow2 | -f raw -c zlib | -f raw -c zstd | -f qcow2 -O raw] SRC DST\` (default workers = ${info.cores})`,
+      `- Ours: \`deno run -A cli.ts convert -q --force [-f raw -O qcow2 | -f raw --compress zlib | -f raw --compress zstd | -f qcow2 -O raw] SRC DST\` (default workers = ${info.cores})`,
       "- qemu-img: `qemu-img convert -W -m 16 [-f raw -O qcow2 [-c [-o compression_type=zstd]] | -f qcow2 -O raw] SRC DST`",
       `- Times: median of ${reps} run(s) (range in parentheses), wall seconds from GNU time, \`sync\` before each; CPU s = user + system seconds of the command (all threads); sizes in MiB (du = allocated blocks); RSS = peak resident set (GNU time %M), median`,
       `- Every output verified with qemu-img compare against the source (plus qemu-img check for qcow2, exact size for raw): ${

@@ -170,18 +170,21 @@ for (const name of ["ext4-1G", "gpt-1G"]) {
   const zf = await ideal(disk);
   const out = `${CACHE}sparsify-out.qcow2`;
   const runs: Array<[string, string]> = [
-    ["plain", `deno run -A ${CLI} convert -q -f -c zstd ${disk.path} ${out}`],
+    [
+      "plain",
+      `deno run -A ${CLI} convert -q --force --compress zstd ${disk.path} ${out}`,
+    ],
     [
       "--sparsify",
-      `deno run -A ${CLI} convert -q -f --sparsify -c zstd ${disk.path} ${out}`,
+      `deno run -A ${CLI} convert -q --force --sparsify --compress zstd ${disk.path} ${out}`,
     ],
     [
       "--sparsify from a pipe",
-      `cat ${disk.path} | deno run -A ${CLI} convert -q -f --sparsify -c zstd -O qcow2 - ${out}`,
+      `cat ${disk.path} | deno run -A ${CLI} convert -q --force --sparsify --compress zstd -O qcow2 - ${out}`,
     ],
     [
       "zerofree'd copy",
-      `deno run -A ${CLI} convert -q -f -c zstd ${zf} ${out}`,
+      `deno run -A ${CLI} convert -q --force --compress zstd ${zf} ${out}`,
     ],
     [
       "qemu-img, plain",

@@ -92,6 +92,14 @@ qemuTest(
       "before-upgrade",
       join(fixtures, "vm.qcow2"),
     );
+    // The delta example: a base image, and the disk changed since.
+    await Deno.copyFile(
+      join(fixtures, "disk.qcow2"),
+      join(fixtures, "base.qcow2"),
+    );
+    const changed = raw.slice();
+    changed.fill(0x5c, 70_000, 90_000);
+    await Deno.writeFile(join(fixtures, "new.raw"), changed);
     await using server = serveFiles({
       "disk.raw": raw,
       "disk.qcow2": await Deno.readFile(join(fixtures, "disk.qcow2")),
@@ -152,7 +160,7 @@ qemuTest(
       }
       ran++;
     }
-    // The guide's examples and the six synopses.
-    assert.ok(ran >= 16, `${ran} lines ran`);
+    // The guide's examples and the seven synopses.
+    assert.ok(ran >= 18, `${ran} lines ran`);
   },
 );

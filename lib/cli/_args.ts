@@ -1,66 +1,9 @@
-// Argument parsing shared by the inspection commands (info, check, map,
-// compare): node:util parseArgs with its errors turned into one-line
-// usage errors, and buffered writes to standard output.
-import { parseArgs, type ParseArgsConfig } from "node:util";
+// Values and operands shared by the commands (-f/-F formats, the operands
+// expected), and buffered writes to standard output. The options
+// themselves are read by _getopt.ts.
 import { ioReason } from "../io/_errors.ts";
 import { UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
-
-type Options = NonNullable<ParseArgsConfig["options"]>;
-
-/**
- * Joins a value that starts with a dash to the flag before it
- * (`--start-offset -5` becomes `--start-offset=-5`), so that the flag's own
- * check words the error, instead of parseArgs calling it ambiguous.
- */
-function joinDashValues(args: string[], options: Options): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    if (arg === "--") {
-      out.push(...args.slice(i));
-      break;
-    }
-    const name = arg.startsWith("--")
-      ? arg.slice(2)
-      : /^-[^-]$/.test(arg)
-      ? Object.keys(options).find((k) => options[k].short === arg[1])
-      : undefined;
-    const next = args[i + 1];
-    if (
-      name !== undefined && options[name]?.type === "string" &&
-      next !== undefined && /^-\d/.test(next)
-    ) {
-      out.push(`--${name}=${next}`);
-      i++;
-    } else {
-      out.push(arg);
-    }
-  }
-  return out;
-}
-
-/** Parses flags and positionals; bad flags become a UsageError. */
-export function parseCommand<O extends Options>(
-  command: string,
-  args: string[],
-  options: O,
-) {
-  try {
-    return parseArgs({
-      args: joinDashValues(args, options),
-      options,
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (err) {
-    const reason = (err as Error).message.split("\n")[0]
-      .replace(/\. To specify a positional argument.*$/, "");
-    throw new UsageError(
-      `Cannot parse ${command} arguments: ${reason} (see ${command} --help)`,
-    );
-  }
-}
 
 /**
  * The value of `-f`/`-F` (an image's format, as in qemu-img): `raw` or

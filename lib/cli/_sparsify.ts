@@ -6,7 +6,6 @@ import {
   FileSource,
   freeSpaceChunks,
   FreeSpaceStream,
-  type GuestImage,
   HttpSource,
   isHttpUrl,
   RangeNotSupportedError,
@@ -16,11 +15,7 @@ import {
 } from "../../mod.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import { formatBytes } from "./_util.ts";
-
-/** An opened `convert` input, as convert_cmd.ts has it. */
-type OpenedInput =
-  | { image: GuestImage; total: number }
-  | { raw: ReadableStream<Uint8Array | ZeroBytes>; total: number | undefined };
+import type { Input as OpenedInput } from "./_convert_input.ts";
 
 /** The input with free space as zero runs, and the report to come. */
 export interface Sparsified {

@@ -1,15 +1,13 @@
 // `qcow2pipe check`: a read-only `qemu-img check`, with its messages,
 // summary and exit status.
 import { checkImage, formatCheckJson, formatCheckResult } from "../../mod.ts";
-import {
-  expectPositionals,
-  parseCommand,
-  parseFormat,
-  writeOut,
-} from "./_args.ts";
+import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { warn } from "./_util.ts";
+import { getopt, INSPECT_OPTIONS, outputFormat } from "./_getopt.ts";
+import { openNamed } from "./_inputs.ts";
 
-export const CHECK_HELP = `Usage: qcow2pipe check [-f FMT] [--json] [-q] IMG
+export const CHECK_HELP =
+  `Usage: qcow2pipe check [-f FMT] [--output=human|json] [-q] [-U] IMG
 
 Check a qcow2 image for consistency without writing to it, as
 "qemu-img check" does: refcounts are rebuilt from every reference (header,
@@ -17,32 +15,52 @@ L1/L2 tables of the active state and of every snapshot, data and
 compressed clusters, refcount structures, snapshot table, bitmaps, crypto
 header) and compared with the stored ones. Each problem is one line on
 standard error, in QEMU's words; the summary goes to standard output.
+IMG is a file or an http(s) URL (read with Range requests). Repairs
+(qemu-img check -r) are not made: the image is never written.
 
 Exit status: 0 no problems, 2 corruptions, 3 leaked clusters only,
 1 the check could not be completed, 63 the format (raw) has no checks
 ("This image format does not support checks", as qemu-img says).
 
 Options:
-  -f FMT        format of IMG: raw or qcow2 (default: probed)
-      --json    print "qemu-img check --output=json" (same keys)
-  -q, --quiet   no summary; each problem is still one line on standard
-                error, as with qemu-img check -q
-  -h, --help    show this help`;
+  -f, --format FMT    format of IMG: raw or qcow2 (default: probed)
+      --output FMT    human (default) or json: "qemu-img check
+                      --output=json" (same keys)
+      --json          the same as --output=json
+  -q, --quiet         no summary; each problem is still one line on
+                      standard error, as with qemu-img check -q
+  -U, --force-share   accepted, as qemu-img takes it: images are read
+                      without locks
+  -h, --help          show this help`;
 
 export async function checkCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand("check", args, {
+  const { values, positionals } = getopt("check", args, {
     format: { type: "string", short: "f" },
+    output: { type: "string" },
     json: { type: "boolean" },
     quiet: { type: "boolean", short: "q" },
-    help: { type: "boolean", short: "h" },
+    repair: {
+      type: "string",
+      short: "r",
+      unsupported:
+        "repair is not supported: check only reads the image; qemu-img check -r repairs it in place",
+    },
+    "source-cache": {
+      type: "string",
+      short: "T",
+      unsupported: "there are no cache modes; the page cache is used",
+    },
+    ...INSPECT_OPTIONS,
   });
   if (values.help) {
     console.log(CHECK_HELP);
     return 0;
   }
   const [path] = expectPositionals("check image", positionals, ["IMG"]);
+  const output = outputFormat("check image", values.output, values.json);
   const format = parseFormat(values.format, "-f");
-  const result = await checkImage(path, { format });
+  await using image = await openNamed(path);
+  const result = await checkImage(image.input, { format });
   const quiet = values.quiet ?? false;
   if (result.exitCode === 63) {
     // qemu-img's words, as scripts may look for them.
@@ -54,7 +72,7 @@ export async function checkCommand(args: string[]): Promise<number> {
   if (!quiet) {
     if (result.failure === undefined) {
       await writeOut(
-        values.json
+        output === "json"
           ? formatCheckJson(result) + "\n"
           : formatCheckResult(result),
       );

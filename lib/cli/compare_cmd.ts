@@ -1,21 +1,21 @@
 // `qcow2pipe compare`: are two images the same as the guest sees them, as
 // `qemu-img compare` answers it (exit 0 identical, 1 different, 2 error).
 import { compareImages, formatCompareResult } from "../../mod.ts";
-import {
-  expectPositionals,
-  parseCommand,
-  parseFormat,
-  writeOut,
-} from "./_args.ts";
+import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { reportError } from "./_util.ts";
+import { getopt, INSPECT_OPTIONS } from "./_getopt.ts";
+import { openNamed } from "./_inputs.ts";
+import { firstStatusMismatch } from "./_strict.ts";
 
-export const COMPARE_HELP = `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-q] A B
+export const COMPARE_HELP =
+  `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-s] [-q] [-U] A B
 
 Compare the guest content of two images (any mix of raw and qcow2, backing
 chains followed), as "qemu-img compare" does. Prints "Images are
 identical." or "Content mismatch at offset N!" (N is the start of the
 first differing 512-byte sector). When the sizes differ, the extra part
 of the larger image must read as zeros ("Warning: Image size mismatch!").
+A and B are files or http(s) URLs (read with Range requests).
 
 Exit status: 0 identical, 1 different, 2 an image could not be opened or
 read.
@@ -24,16 +24,34 @@ Options:
   -f FMT        format of A: raw or qcow2 (default: probed; a probed image
                 may only lead to files in its own directory)
   -F FMT        format of B
+  -s            strict, as in qemu-img: the sizes must be equal ("Strict
+                mode: Image size mismatch!") and so must the allocation
+                of every range, as "map --output=json" shows it ("Strict
+                mode: Offset N block status mismatch!")
   -q, --quiet   print nothing; only the exit status
+  -U, --force-share
+                accepted, as qemu-img takes it: images are read without
+                locks
   -h, --help    show this help`;
 
 export async function compareCommand(args: string[]): Promise<number> {
   try {
-    const { values, positionals } = parseCommand("compare", args, {
+    const { values, positionals } = getopt("compare", args, {
       format: { type: "string", short: "f" },
       "second-format": { type: "string", short: "F" },
+      strict: { type: "boolean", short: "s" },
       quiet: { type: "boolean", short: "q" },
-      help: { type: "boolean", short: "h" },
+      progress: {
+        type: "boolean",
+        short: "p",
+        unsupported: "compare shows no progress",
+      },
+      "source-cache": {
+        type: "string",
+        short: "T",
+        unsupported: "there are no cache modes; the page cache is used",
+      },
+      ...INSPECT_OPTIONS,
     });
     if (values.help) {
       console.log(COMPARE_HELP);
@@ -43,12 +61,35 @@ export async function compareCommand(args: string[]): Promise<number> {
     const formats = [
       parseFormat(values.format, "-f"),
       parseFormat(values["second-format"], "-F"),
-    ] as const;
-    const result = await compareImages(a, b, { formats: [...formats] });
-    const quiet = values.quiet ?? false;
-    const text = formatCompareResult(result);
-    if (!quiet) await writeOut(text);
-    return result.identical ? 0 : 1;
+    ] as [ReturnType<typeof parseFormat>, ReturnType<typeof parseFormat>];
+    await using first = await openNamed(a);
+    await using second = await openNamed(b);
+    const result = await compareImages(first.input, second.input, {
+      formats: [...formats],
+    });
+    let text = formatCompareResult(result);
+    let identical = result.identical;
+    if (values.strict) {
+      if (result.sizeA !== result.sizeB) {
+        text = "Strict mode: Image size mismatch!\n";
+        identical = false;
+      } else {
+        const at = await firstStatusMismatch(
+          first.input,
+          second.input,
+          formats,
+          result.sizeA,
+        );
+        // qemu-img walks the images in order: a content difference before
+        // the first status difference is found first.
+        if (at !== undefined && (result.identical || result.offset! >= at)) {
+          text = `Strict mode: Offset ${at} block status mismatch!\n`;
+          identical = false;
+        }
+      }
+    }
+    if (!values.quiet) await writeOut(text);
+    return identical ? 0 : 1;
   } catch (err) {
     reportError(err);
     return 2;

@@ -11,7 +11,7 @@ import {
   OutputFile,
 } from "../../mod.ts";
 import { formatBytes, formatRate, UsageError } from "./_util.ts";
-import { parseCommand } from "./_args.ts";
+import { getopt } from "./_getopt.ts";
 import { prng } from "../_prng.ts";
 
 export const DEMO_HELP = `Usage: qcow2pipe demo [--size MIB] [--keep]
@@ -122,7 +122,7 @@ async function qemuImg(args: string[]): Promise<string | undefined> {
 }
 
 export async function demoCommand(args: string[]): Promise<number> {
-  const { values } = parseCommand("demo", args, {
+  const { values } = getopt("demo", args, {
     size: { type: "string" },
     keep: { type: "boolean" },
     help: { type: "boolean", short: "h" },

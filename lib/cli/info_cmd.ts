@@ -1,45 +1,51 @@
 // `qcow2pipe info`: what `qemu-img info` prints, in its human or JSON form.
 import { formatImageInfo, formatImageInfoJson, imageInfo } from "../../mod.ts";
-import {
-  expectPositionals,
-  parseCommand,
-  parseFormat,
-  writeOut,
-} from "./_args.ts";
+import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
+import { getopt, INSPECT_OPTIONS, outputFormat } from "./_getopt.ts";
+import { openNamed } from "./_inputs.ts";
 
 export const INFO_HELP =
-  `Usage: qcow2pipe info [-f FMT] [--json] [--backing-chain] IMG
+  `Usage: qcow2pipe info [-f FMT] [--output=human|json] [--backing-chain] [-U] IMG
 
 Describe a disk image (qcow2 or raw) as "qemu-img info" does: format,
 virtual size, disk size, cluster size, backing file, snapshots and the
 qcow2 specifics (compat, compression type, lazy refcounts, refcount bits,
-corrupt bit, extended L2, data file, bitmaps, encryption).
+corrupt bit, extended L2, data file, bitmaps, encryption). IMG is a file
+or an http(s) URL (read with Range requests: the header and the tables
+described, nothing else).
 
 Options:
-  -f FMT                format of IMG: raw or qcow2 (default: probed; a
+  -f, --format FMT      format of IMG: raw or qcow2 (default: probed; a
                         probed image may only lead to files in its own
                         directory)
-      --json            print "qemu-img info --output=json" (same keys)
+      --output FMT      human (default) or json: "qemu-img info
+                        --output=json" (same keys)
+      --json            the same as --output=json
       --backing-chain   describe every image of the backing chain
+  -U, --force-share     accepted, as qemu-img takes it: images are read
+                        without locks
   -h, --help            show this help`;
 
 export async function infoCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand("info", args, {
+  const { values, positionals } = getopt("info", args, {
     format: { type: "string", short: "f" },
+    output: { type: "string" },
     json: { type: "boolean" },
     "backing-chain": { type: "boolean" },
-    help: { type: "boolean", short: "h" },
+    ...INSPECT_OPTIONS,
   });
   if (values.help) {
     console.log(INFO_HELP);
     return 0;
   }
   const [path] = expectPositionals("describe image", positionals, ["IMG"]);
+  const output = outputFormat("describe image", values.output, values.json);
   const chain = values["backing-chain"] ?? false;
   const format = parseFormat(values.format, "-f");
-  const info = await imageInfo(path, { backingChain: chain, format });
+  await using image = await openNamed(path);
+  const info = await imageInfo(image.input, { backingChain: chain, format });
   await writeOut(
-    values.json
+    output === "json"
       ? formatImageInfoJson(info, chain) + "\n"
       : formatImageInfo(info, chain),
   );

@@ -1,6 +1,10 @@
 // Command dispatch for the qcow2pipe CLI.
 import { reportError, warn } from "./_util.ts";
 import { liveTemporaryFiles } from "../../mod.ts";
+import config from "../../deno.json" with { type: "json" };
+
+/** The version, from deno.json: `qcow2pipe 0.1.0`. */
+export const VERSION_TEXT = `qcow2pipe ${config.version}`;
 
 export const HELP = `Usage: qcow2pipe COMMAND [options]
 
@@ -12,7 +16,8 @@ Commands:
   compare   compare the guest content of two images (like qemu-img compare)
   demo      build a sample disk, convert it to zstd qcow2 and back, verify
 
-Run "qcow2pipe COMMAND --help" for a command's options.`;
+Run "qcow2pipe COMMAND --help" for a command's options, and
+"qcow2pipe --version" (-V) for the version.`;
 
 const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   convert: async (a) => (await import("./convert_cmd.ts")).convertCommand(a),
@@ -44,6 +49,10 @@ export async function main(args: string[]): Promise<number> {
   ) {
     console.log(HELP);
     return command === undefined ? 1 : 0;
+  }
+  if (command === "--version" || command === "-V") {
+    console.log(VERSION_TEXT);
+    return 0;
   }
   const run = COMMANDS[command];
   if (!run) {

@@ -1,16 +1,13 @@
 // `qcow2pipe map`: the guest ranges of an image, as `qemu-img map` lists
 // them, in its human form or its JSON form.
 import { formatMapEntryJson, mapImageEntries } from "../../mod.ts";
-import {
-  expectPositionals,
-  OutBuffer,
-  parseCommand,
-  parseFormat,
-} from "./_args.ts";
+import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
 import { parseSize, warn } from "./_util.ts";
+import { getopt, INSPECT_OPTIONS, outputFormat } from "./_getopt.ts";
+import { openNamed } from "./_inputs.ts";
 
 export const MAP_HELP =
-  `Usage: qcow2pipe map [-f FMT] [--json] [--start-offset N] [--max-length N] IMG
+  `Usage: qcow2pipe map [-f FMT] [--output=human|json] [--start-offset N] [--max-length N] [-U] IMG
 
 List the guest ranges of an image and its backing chain, as "qemu-img map"
 does. The default form is qemu-img's: one line for each range that holds
@@ -19,15 +16,20 @@ image with compressed or encrypted clusters has no such offsets and is
 refused, as qemu-img refuses it. The JSON form is exactly
 "qemu-img map --output=json": every range, which image of the chain
 answers (depth), whether it is allocated there (present), reads as zeros
-and holds data.
+and holds data. IMG is a file or an http(s) URL (read with Range
+requests: the metadata, never the data).
 
 Options:
-  -f FMT                  format of IMG: raw or qcow2 (default: probed; a
+  -f, --format FMT        format of IMG: raw or qcow2 (default: probed; a
                           probed image may only lead to files in its own
                           directory)
-      --json              print "qemu-img map --output=json"
+      --output FMT        human (default) or json: "qemu-img map
+                          --output=json"
+      --json              the same as --output=json
       --start-offset N    start at guest offset N (default 0)
       --max-length N      map at most N bytes
+  -U, --force-share       accepted, as qemu-img takes it: images are read
+                          without locks
   -h, --help              show this help
 
 Sizes take the suffixes k, M, G, T (powers of 1024).`;
@@ -43,18 +45,21 @@ const HUMAN_HEADER = `${"Offset".padEnd(16)}${"Length".padEnd(16)}${
 }File\n`;
 
 export async function mapCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseCommand("map", args, {
+  const { values, positionals } = getopt("map", args, {
     format: { type: "string", short: "f" },
+    output: { type: "string" },
     json: { type: "boolean" },
     "start-offset": { type: "string" },
     "max-length": { type: "string" },
-    help: { type: "boolean", short: "h" },
+    ...INSPECT_OPTIONS,
   });
   if (values.help) {
     console.log(MAP_HELP);
     return 0;
   }
   const [path] = expectPositionals("map image", positionals, ["IMG"]);
+  const json = outputFormat("map image", values.output, values.json) ===
+    "json";
   const start = values["start-offset"] === undefined
     ? undefined
     : parseSize(values["start-offset"], "--start-offset");
@@ -63,10 +68,12 @@ export async function mapCommand(args: string[]): Promise<number> {
     : parseSize(values["max-length"], "--max-length");
   const out = new OutBuffer();
   let first = true;
-  if (!values.json) await out.add(HUMAN_HEADER);
   const format = parseFormat(values.format, "-f");
-  for await (const e of mapImageEntries(path, { start, length, format })) {
-    if (values.json) {
+  await using image = await openNamed(path);
+  const entries = mapImageEntries(image.input, { start, length, format });
+  if (!json) await out.add(HUMAN_HEADER);
+  for await (const e of entries) {
+    if (json) {
       await out.add((first ? "[" : ",\n") + formatMapEntryJson(e));
     } else if (e.data && e.offset === undefined) {
       // qemu-img prints the lines before it and gives up here, exit 1.
@@ -84,7 +91,7 @@ export async function mapCommand(args: string[]): Promise<number> {
     }
     first = false;
   }
-  if (values.json) await out.add("]\n");
+  if (json) await out.add("]\n");
   await out.flush();
   return 0;
 }

@@ -110,6 +110,12 @@ export class OutputFile {
   readonly writingPath: string;
   /** Whether the destination is a device written in place. */
   readonly isDevice: boolean;
+  /**
+   * Whether the destination itself is written (a device, or a file opened
+   * with {@linkcode OutputFile.openInPlace}): no temporary file, nothing
+   * renamed, truncated or removed.
+   */
+  readonly inPlace: boolean;
   #file: Deno.FsFile;
   #pos = 0; // file position after the last real write
   #buf: Uint8Array;
@@ -124,11 +130,13 @@ export class OutputFile {
     file: Deno.FsFile,
     isDevice: boolean,
     sync: boolean,
+    inPlace = isDevice,
   ) {
     this.path = path;
     this.writingPath = writingPath;
     this.#file = file;
     this.isDevice = isDevice;
+    this.inPlace = inPlace;
     this.#sync = sync;
     this.#buf = new Uint8Array(COALESCE_BYTES);
   }
@@ -195,6 +203,67 @@ export class OutputFile {
       throw new Error(`Cannot write ${path}: ${reason}`, { cause: err });
     }
     return new OutputFile(path, temp, file, false, options.sync ?? false);
+  }
+
+  /**
+   * Opens an existing file or device to write into it in place (`qemu-img
+   * convert -n`): nothing is created, truncated or renamed; bytes not
+   * written keep what they held.
+   *
+   * @param path The existing destination.
+   * @param options `sync` flushes it at {@linkcode OutputFile.commit}.
+   * @returns The output and the destination's size in bytes.
+   * @throws {Error} When it does not exist, is a directory or cannot be
+   * opened for writing.
+   *
+   * @example Overwrite the start of an existing file
+   * ```ts
+   * import assert from "node:assert";
+   * import { OutputFile } from "./output_file.ts";
+   * const path = await Deno.makeTempFile();
+   * await Deno.writeFile(path, new Uint8Array([7, 7, 7, 7]));
+   * const { output, size } = await OutputFile.openInPlace(path);
+   * await output.writeAt(0, new Uint8Array([1, 2]));
+   * await output.commit();
+   * assert.strictEqual(size, 4);
+   * assert.deepStrictEqual(await Deno.readFile(path), new Uint8Array([1, 2, 7, 7]));
+   * await Deno.remove(path);
+   * ```
+   */
+  static async openInPlace(
+    path: string,
+    options: Pick<OutputFileOptions, "sync"> = {},
+  ): Promise<{ output: OutputFile; size: number }> {
+    const what = `write into ${path}`;
+    const info = await Deno.stat(path).catch((err) => {
+      throw fileError(what, err);
+    });
+    if (info.isDirectory) {
+      throw new Error(`Cannot ${what}: it is a directory`);
+    }
+    const file = await Deno.open(path, { write: true }).catch((err) => {
+      throw fileError(what, err);
+    });
+    const device = !!(info.isBlockDevice || info.isCharDevice);
+    try {
+      // A block device's size is where its end is, not what stat says.
+      const size = await file.seek(0, Deno.SeekMode.End);
+      await file.seek(0, Deno.SeekMode.Start);
+      return {
+        output: new OutputFile(
+          path,
+          path,
+          file,
+          device,
+          options.sync ?? false,
+          true,
+        ),
+        size,
+      };
+    } catch (err) {
+      file.close();
+      throw fileError(what, err);
+    }
   }
 
   /**
@@ -286,7 +355,7 @@ export class OutputFile {
   async commit(size?: number): Promise<void> {
     this.#flush();
     try {
-      if (size !== undefined && !this.isDevice) {
+      if (size !== undefined && !this.inPlace) {
         await this.#file.truncate(size);
       }
       if (this.#sync) await this.#file.syncData();
@@ -297,7 +366,7 @@ export class OutputFile {
     }
     this.#file.close();
     this.#done = true;
-    if (!this.isDevice) {
+    if (!this.inPlace) {
       try {
         await Deno.rename(this.writingPath, this.path);
       } catch (err) {
@@ -316,7 +385,7 @@ export class OutputFile {
     } catch {
       // already closed
     }
-    if (!this.isDevice) {
+    if (!this.inPlace) {
       await Deno.remove(this.writingPath).catch(() => {});
       liveTemporaryFiles.delete(this.writingPath);
     }

@@ -27,7 +27,7 @@ import {
   type ReferencePolicy,
   type Referrer,
 } from "../reader/references.ts";
-import type { ImageFormat } from "../reader/open.ts";
+import { type ImageFormat, openByName } from "../reader/open.ts";
 
 export type { ImageInput, OpenSource };
 
@@ -257,7 +257,7 @@ async function openFrom(
       "backing file",
       policy,
     );
-    const open = options.openSource ?? openHostFile;
+    const open = options.openSource ?? openByName;
     let backingSource: RandomAccessSource;
     try {
       backingSource = await open(path);

@@ -18,7 +18,7 @@ import { Qcow2Error } from "../format/errors.ts";
 import { backingFormat, dataFileName } from "../format/header.ts";
 import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import type { RandomAccessSource } from "../io/source.ts";
-import { hostFiles, openHostFile } from "../io/_host_files.ts";
+import { hostFiles } from "../io/_host_files.ts";
 import { fileReason } from "../io/_errors.ts";
 import {
   type ImageInput,
@@ -40,7 +40,7 @@ import {
   type ReferencePolicy,
   resolveName,
 } from "../reader/references.ts";
-import type { ImageFormat } from "../reader/open.ts";
+import { type ImageFormat, openByName } from "../reader/open.ts";
 import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
 
 export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
@@ -195,7 +195,7 @@ export interface ImageInfoOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing files by name; default: local files. */
+  /** Opens backing files by name; default: local files and http(s) URLs (`openByName`). */
   openSource?: OpenSource;
   /**
    * Bytes a named file occupies on disk; default: blocks × 512 from the
@@ -351,7 +351,7 @@ export async function imageInfo(
   }
   if (!options.backingChain) return info;
   info.chain = [];
-  const open = options.openSource ?? openHostFile;
+  const open = options.openSource ?? openByName;
   const seen = new Set<string>([name]);
   let referrer = { name, dir: directoryOf(name), trusted: given === "qcow2" };
   for (let at: ImageInfo = info; at.backingFilename !== undefined;) {

@@ -82,7 +82,7 @@ export interface MapImageOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing and data files by name; default: local files. */
+  /** Opens backing and data files by name; default: local files and http(s) URLs (`openByName`). */
   openSource?: OpenSource;
   /**
    * Ask the file system where local files have holes (QEMU does, through

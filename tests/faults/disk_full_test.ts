@@ -69,9 +69,16 @@ async function inputs(dir: string) {
 /** Conversions that each write more than LIMIT bytes. */
 function commands(src: string, qcow2: string, out: string): string[][] {
   return [
-    ["convert", "-c", "zstd", src, join(out, "a.qcow2")],
+    ["convert", "--compress", "zstd", src, join(out, "a.qcow2")],
     ["convert", "-O", "qcow2", src, join(out, "b.qcow2")],
-    ["convert", "--streamable", "-c", "zlib", src, join(out, "c.qcow2")],
+    [
+      "convert",
+      "--streamable",
+      "--compress",
+      "zlib",
+      src,
+      join(out, "c.qcow2"),
+    ],
     ["convert", "-O", "raw", qcow2, join(out, "d.raw")],
     [
       "convert",
@@ -248,7 +255,7 @@ Deno.test({
     const { src, raw, qcow2 } = await inputs(dir.path);
     for (
       const args of [
-        ["convert", "-c", "zstd", src, "-"],
+        ["convert", "--compress", "zstd", src, "-"],
         ["convert", "-O", "raw", qcow2, "-"],
         ["convert", "-O", "raw", src, "-"],
       ]

@@ -80,7 +80,7 @@ qemuTest(
         ["map", img],
         ["compare", img, img],
         ["convert", "-O", "raw", img, join(dir.path, "out.raw")],
-        ["convert", "-c", "zstd", img, join(dir.path, "out.qcow2")],
+        ["convert", "--compress", "zstd", img, join(dir.path, "out.qcow2")],
       ]
     ) {
       const r = await runCli(args);

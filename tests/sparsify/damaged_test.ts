@@ -56,7 +56,14 @@ async function expectUntouched(
   reason: RegExp,
 ): Promise<void> {
   const dst = join(dir, "out.qcow2");
-  const r = await runCli(["convert", "--sparsify", "-c", "zstd", src, dst]);
+  const r = await runCli([
+    "convert",
+    "--sparsify",
+    "--compress",
+    "zstd",
+    src,
+    dst,
+  ]);
   assert.strictEqual(r.code, 0, r.stderr);
   const lines = r.stderr.trimEnd().split("\n");
   const refused = lines.filter((l) => l.includes("left as it is"));

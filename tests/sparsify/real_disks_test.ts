@@ -2,7 +2,7 @@
 // mkfs.ext4 and mkswap on loop devices, filled through a kernel mount
 // (files, symlinks, hard links, modes, owners, xattrs), with files deleted
 // so that free blocks and swap pages hold old bytes. Then
-// `convert --sparsify -c zstd`, expanded by qemu-img, must give:
+// `convert --sparsify --compress zstd`, expanded by qemu-img, must give:
 // - `qemu-img check` clean, `e2fsck -fn` clean;
 // - the same tree through a mount (`diff -r`, and a listing of modes,
 //   owners, sizes, link targets and xattrs);
@@ -192,7 +192,7 @@ for (const [name, layout] of LAYOUTS) {
       const r = await runCli([
         "convert",
         "--sparsify",
-        "-c",
+        "--compress",
         "zstd",
         disk,
         out,
@@ -285,13 +285,19 @@ for (const [name, layout] of LAYOUTS) {
         await f.write(new Uint8Array(swap.length - 4096));
       }
       const idealOut = join(dir.path, "ideal.qcow2");
-      const r2 = await runCli(["convert", "-c", "zstd", ideal, idealOut]);
+      const r2 = await runCli([
+        "convert",
+        "--compress",
+        "zstd",
+        ideal,
+        idealOut,
+      ]);
       assert.strictEqual(r2.code, 0, r2.stderr);
       const ours = (await Deno.stat(out)).size;
       const best = (await Deno.stat(idealOut)).size;
       const plainOut = join(dir.path, "plain.qcow2");
       assert.strictEqual(
-        (await runCli(["convert", "-c", "zstd", disk, plainOut])).code,
+        (await runCli(["convert", "--compress", "zstd", disk, plainOut])).code,
         0,
       );
       const plain = (await Deno.stat(plainOut)).size;

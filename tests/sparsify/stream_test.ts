@@ -261,7 +261,7 @@ diskTest(
     const r1 = await runCli([
       "convert",
       "--sparsify",
-      "-c",
+      "--compress",
       "zstd",
       built.path,
       file,

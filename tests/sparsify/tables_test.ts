@@ -195,7 +195,14 @@ diskTest(
     await writeInto(disk, MiB, swap);
     await flip(disk, 512 + 60);
     const dst = join(dir.path, "out.qcow2");
-    const r = await runCli(["convert", "--sparsify", "-c", "zstd", disk, dst]);
+    const r = await runCli([
+      "convert",
+      "--sparsify",
+      "--compress",
+      "zstd",
+      disk,
+      dst,
+    ]);
     assert.strictEqual(r.code, 0, r.stderr);
     assert.match(
       r.stderr,

@@ -58,7 +58,7 @@ qemuTest(
     await using dir = await tempDir();
     await Deno.writeFile(join(dir.path, "disk.raw"), sampleDisk(6 << 20));
     const to = await sh(
-      `cat disk.raw | ${run} convert -c zstd -O qcow2 - - > out.qcow2`,
+      `cat disk.raw | ${run} convert --compress zstd -O qcow2 - - > out.qcow2`,
       dir.path,
     );
     assert.strictEqual(to.code, 0, to.stderr);
@@ -115,7 +115,7 @@ qemuTest(
     await using dir = await tempDir();
     await Deno.writeFile(join(dir.path, "disk.raw"), sampleDisk(4 << 20));
     const w = await sh(
-      `${run} convert -q --streamable -c zlib disk.raw s.qcow2`,
+      `${run} convert -q --streamable --compress zlib disk.raw s.qcow2`,
       dir.path,
     );
     assert.strictEqual(w.code, 0, w.stderr);
@@ -150,7 +150,9 @@ qemuTest(
       });
       // raw URL -> qcow2 file, streamed without a temporary copy
       const a = await sh(
-        `${run} convert -q --force -c zstd ${server.url("disk.raw")} a.qcow2`,
+        `${run} convert -q --force --compress zstd ${
+          server.url("disk.raw")
+        } a.qcow2`,
         dir.path,
       );
       assert.strictEqual(a.code, 0, a.stderr);
@@ -254,7 +256,7 @@ qemuTest(
         failAfter: 1 << 20,
       });
       const r = await sh(
-        `${run} convert -q -c zstd ${server.url("disk.raw")} out.qcow2`,
+        `${run} convert -q --compress zstd ${server.url("disk.raw")} out.qcow2`,
         dir.path,
       );
       assert.strictEqual(r.code, 1);

@@ -118,7 +118,7 @@ Deno.test({
     await input(dir.path);
     const { code, screen } = await underPty([
       "convert",
-      "-c",
+      "--compress",
       "zstd",
       "in.raw",
       "out.qcow2",
@@ -167,7 +167,7 @@ Deno.test({
     const { code, screen } = await underPty([
       "convert",
       "-q",
-      "-c",
+      "--compress",
       "zlib",
       "in.raw",
       "out.qcow2",
@@ -181,9 +181,12 @@ Deno.test({
 Deno.test("convert draws no progress bar when stderr is a pipe", async () => {
   await using dir = await tempDir();
   await input(dir.path);
-  const r = await cli(["convert", "-c", "zstd", "in.raw", "out.qcow2"], {
-    cwd: dir.path,
-  });
+  const r = await cli(
+    ["convert", "--compress", "zstd", "in.raw", "out.qcow2"],
+    {
+      cwd: dir.path,
+    },
+  );
   assert.strictEqual(r.code, 0, r.stderr);
   // No bar: only the summary line.
   assert.match(

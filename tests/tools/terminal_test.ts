@@ -40,7 +40,14 @@ tmuxTest(
       pauseAfter: 4 * MiB,
     });
     await using pane = await TmuxPane.start(
-      [...cli, "convert", "-c", "zstd", server.url("disk.raw"), "out.qcow2"],
+      [
+        ...cli,
+        "convert",
+        "--compress",
+        "zstd",
+        server.url("disk.raw"),
+        "out.qcow2",
+      ],
       { columns: 50, rows: 12, cwd: dir.path },
     );
     // Halfway: the bar is redrawn in place while the transfer waits.
@@ -90,7 +97,14 @@ tmuxTest(
       pauseAfter: 4 * MiB,
     });
     await using pane = await TmuxPane.start(
-      [...cli, "convert", "-c", "zstd", server.url("disk.raw"), "out.qcow2"],
+      [
+        ...cli,
+        "convert",
+        "--compress",
+        "zstd",
+        server.url("disk.raw"),
+        "out.qcow2",
+      ],
       { columns: 50, rows: 12, cwd: dir.path },
     );
     await pane.waitFor("the bar under way", underWay);

@@ -33,10 +33,10 @@ async function withSource(
   await fn(dir.path, src);
 }
 
-qemuTest("cli convert: -c zstd SRC DST.qcow2", async () => {
+qemuTest("cli convert: --compress zstd SRC DST.qcow2", async () => {
   await withSource(async (dir, src) => {
     const dst = join(dir, "dst.qcow2");
-    const r = await runCli(["convert", "-c", "zstd", src, dst]);
+    const r = await runCli(["convert", "--compress", "zstd", src, dst]);
     assert.strictEqual(r.code, 0, r.stderr);
     // No progress bar when stderr is not a terminal: the summary only.
     assert.match(r.stderr, /^qcow2pipe: wrote \S+dst\.qcow2: [^\n]*\n$/);
@@ -63,7 +63,7 @@ qemuTest(
         const [args, compression, cs, bits] of [
           [
             [
-              "-c",
+              "--compress",
               "zlib",
               "--level",
               "9",
@@ -98,7 +98,7 @@ qemuTest(
           ],
           [
             [
-              "-c",
+              "--compress",
               "zlib",
               "--level",
               "1",
@@ -143,7 +143,7 @@ qemuTest(
         [["-O", "qcow2"], "d.bin", "qcow2"],
         [["-O", "raw"], "e.qcow2", "raw"],
         [["--output-format", "qcow2"], "f", "qcow2"],
-        [["-c", "zlib"], "g.img", "qcow2"], // -c implies qcow2
+        [["--compress", "zlib"], "g.img", "qcow2"], // -c implies qcow2
       ];
       for (const [flags, name, format] of cases) {
         const dst = join(dir, name);
@@ -174,7 +174,7 @@ qemuTest(
         "convert",
         "-O",
         "raw",
-        "-c",
+        "--compress",
         "zstd",
         src,
         join(dir, "i.img"),
@@ -194,7 +194,7 @@ qemuTest(
       const old = new TextEncoder().encode("precious bytes, not an image\n");
       await Deno.writeFile(dst, old);
       const before = await Deno.stat(dst);
-      const r = await runCli(["convert", "-c", "zstd", src, dst]);
+      const r = await runCli(["convert", "--compress", "zstd", src, dst]);
       assertOneLineError(r, /exists.*--force/);
       assert.deepStrictEqual(await Deno.readFile(dst), old);
       assert.strictEqual(
@@ -211,7 +211,14 @@ qemuTest(
       );
       assert.deepStrictEqual(await Deno.readFile(rawDst), old);
       // with --force it is replaced
-      const ok = await runCli(["convert", "--force", "-c", "zstd", src, dst]);
+      const ok = await runCli([
+        "convert",
+        "--force",
+        "--compress",
+        "zstd",
+        src,
+        dst,
+      ]);
       assert.strictEqual(ok.code, 0, ok.stderr);
       await verifyImage(dir, dst, INPUT, {
         compression: "zstd",
@@ -229,7 +236,7 @@ qemuTest(
 qemuTest("cli convert: SRC - reads raw bytes from standard input", async () => {
   await using dir = await tempDir();
   for (
-    const [flags, compression] of [[["-c", "zlib"], "zlib"], [
+    const [flags, compression] of [[["--compress", "zlib"], "zlib"], [
       ["-O", "qcow2"],
       "none",
     ]] as const
@@ -245,7 +252,7 @@ qemuTest("cli convert: SRC - reads raw bytes from standard input", async () => {
   }
   // an empty stdin is an empty disk
   const empty = join(dir.path, "empty.qcow2");
-  const r = await runCli(["convert", "-c", "zstd", "-", empty], {
+  const r = await runCli(["convert", "--compress", "zstd", "-", empty], {
     stdin: new Uint8Array(0),
   });
   assert.strictEqual(r.code, 0, r.stderr);
@@ -253,7 +260,7 @@ qemuTest("cli convert: SRC - reads raw bytes from standard input", async () => {
   assert.strictEqual((await qemuInfo(empty))["virtual-size"], 0);
   // three bytes that are not a qcow2 magic
   const tiny = join(dir.path, "tiny.qcow2");
-  const r2 = await runCli(["convert", "-c", "zlib", "-", tiny], {
+  const r2 = await runCli(["convert", "--compress", "zlib", "-", tiny], {
     stdin: new Uint8Array([0x51, 0x46, 0x49]),
   });
   assert.strictEqual(r2.code, 0, r2.stderr);
@@ -270,25 +277,28 @@ Deno.test("cli convert: errors leave no DST and no temporary file", async () => 
     const dst = join(dir, "dst.qcow2");
     const cases: [string[], RegExp][] = [
       [
-        ["convert", "-c", "zstd", join(dir, "missing.raw"), dst],
+        ["convert", "--compress", "zstd", join(dir, "missing.raw"), dst],
         /missing\.raw/,
       ],
       [["convert", "--cluster-size", "3000", src, dst], /cluster size 3000/],
       [["convert", "--cluster-size", "4M", src, dst], /cluster size 4194304/],
       [["convert", "--refcount-bits", "3", src, dst], /refcount width 3/],
       [
-        ["convert", "-c", "zlib", "--level", "0", src, dst],
+        ["convert", "--compress", "zlib", "--level", "0", src, dst],
         /zlib level 0 is out of range/,
       ],
       [
-        ["convert", "-c", "zstd", "--level", "23", src, dst],
+        ["convert", "--compress", "zstd", "--level", "23", src, dst],
         /zstd level 23 is out of range/,
       ],
       [
         ["convert", "--level", "5", "-O", "qcow2", src, dst],
         /level needs compression/,
       ],
-      [["convert", "-c", "lz4", src, dst], /-c takes zlib or zstd/],
+      [
+        ["convert", "--compress", "lz4", src, dst],
+        /--compress takes zlib or zstd/,
+      ],
       [["convert", "-O", "vmdk", src, dst], /output format "vmdk"/],
       [["convert", "--workers", "two", src, dst], /--workers/],
       [["convert", "--cluster-size", "64q", src, dst], /--cluster-size/],
@@ -296,7 +306,7 @@ Deno.test("cli convert: errors leave no DST and no temporary file", async () => 
       [["convert", src], /expected SRC and DST/],
       [["convert", src, dst, "extra"], /expected SRC and DST/],
       [["convert", src, src], /same file/],
-      [["convert", "--force", "-c", "zstd", src, src], /same file/],
+      [["convert", "--force", "--compress", "zstd", src, src], /same file/],
     ];
     for (const [args, pattern] of cases) {
       const r = await runCli(args);
@@ -316,7 +326,7 @@ Deno.test("cli convert: DST in a missing directory, or a directory", async () =>
   await withSource(async (dir, src) => {
     const r = await runCli([
       "convert",
-      "-c",
+      "--compress",
       "zstd",
       src,
       join(dir, "no", "dst.qcow2"),
@@ -327,7 +337,14 @@ Deno.test("cli convert: DST in a missing directory, or a directory", async () =>
     );
     const sub = join(dir, "sub.qcow2");
     await Deno.mkdir(sub);
-    const r2 = await runCli(["convert", "--force", "-c", "zstd", src, sub]);
+    const r2 = await runCli([
+      "convert",
+      "--force",
+      "--compress",
+      "zstd",
+      src,
+      sub,
+    ]);
     assertOneLineError(r2, /directory/);
     assert.deepStrictEqual(await listDir(dir), ["src.raw", "sub.qcow2"]);
     assert.deepStrictEqual(await listDir(sub), []);
@@ -343,10 +360,17 @@ qemuTest(
     const plain = join(tmp.path, "plain.qcow2");
     const synced = join(tmp.path, "synced.qcow2");
     assert.strictEqual(
-      (await runCli(["convert", "-c", "zstd", src, plain])).code,
+      (await runCli(["convert", "--compress", "zstd", src, plain])).code,
       0,
     );
-    const r = await runCli(["convert", "--sync", "-c", "zstd", src, synced]);
+    const r = await runCli([
+      "convert",
+      "--sync",
+      "--compress",
+      "zstd",
+      src,
+      synced,
+    ]);
     assert.strictEqual(r.code, 0, r.stderr);
     assert.deepStrictEqual(
       await Deno.readFile(synced),

@@ -82,7 +82,7 @@ Deno.test("cli convert: a temporary directory that cannot be made is named", asy
   const missing = join(dir.path, "no-such-tmp");
   // qcow2 to a pipe waits in a spool; qcow2 from a pipe spools its tables.
   const runs: [string[], string][] = [
-    [["-c", "zstd", "-", "-"], "in.raw"],
+    [["--compress", "zstd", "-", "-"], "in.raw"],
     [["-O", "raw", "-", "o.raw"], "in.qcow2"],
   ];
   for (const [args, input] of runs) {
@@ -128,7 +128,7 @@ Deno.test("cli convert: --workers takes 0 to 64, says so in --help, and 0 runs w
         "convert",
         "--workers",
         n,
-        "-c",
+        "--compress",
         "zstd",
         "in.raw",
         "o.qcow2",
@@ -159,7 +159,7 @@ Deno.test("cli convert: --workers takes 0 to 64, says so in --help, and 0 runs w
     "-q",
     "--workers",
     "0",
-    "-c",
+    "--compress",
     "zstd",
     "in.raw",
     "o.qcow2",
@@ -173,7 +173,7 @@ Deno.test("cli convert: -c with a DST named .raw is refused unless -O qcow2 says
   await Deno.writeFile(join(dir.path, "in.raw"), INPUT);
   for (const name of ["out.raw", "OUT.RAW"]) {
     assertOneLine(
-      await runCli(["convert", "-c", "zstd", "in.raw", name], {
+      await runCli(["convert", "--compress", "zstd", "in.raw", name], {
         cwd: dir.path,
       }),
       1,
@@ -182,13 +182,13 @@ Deno.test("cli convert: -c with a DST named .raw is refused unless -O qcow2 says
   }
   assert.deepStrictEqual(await listDir(dir.path), ["in.raw"]);
   const asked = await runCli(
-    ["convert", "-q", "-O", "qcow2", "-c", "zstd", "in.raw", "out.raw"],
+    ["convert", "-q", "-O", "qcow2", "--compress", "zstd", "in.raw", "out.raw"],
     { cwd: dir.path },
   );
   assert.strictEqual(asked.code, 0, asked.stderr);
   // Cloud images named .img are often qcow2: -c there is not refused.
   const img = await runCli(
-    ["convert", "-q", "-c", "zstd", "in.raw", "out.img"],
+    ["convert", "-q", "--compress", "zstd", "in.raw", "out.img"],
     {
       cwd: dir.path,
     },
@@ -218,7 +218,9 @@ Deno.test({
     await Deno.writeFile(join(dir.path, "in.raw"), INPUT);
     const typo = `/dev/qcow2pipe-test-${crypto.randomUUID().slice(0, 8)}`;
     try {
-      for (const args of [["-O", "raw"], ["-c", "zstd", "-O", "qcow2"]]) {
+      for (
+        const args of [["-O", "raw"], ["--compress", "zstd", "-O", "qcow2"]]
+      ) {
         assertOneLine(
           await runCli(["convert", ...args, "in.raw", typo], { cwd: dir.path }),
           1,
@@ -302,7 +304,7 @@ qemuTest(
     const rate = String.raw`in [\d.]+ s \([\d.]+ MiB/s\)`;
     const runs: [string[], RegExp][] = [
       [
-        ["convert", "-c", "zstd", "in.raw", "a.qcow2"],
+        ["convert", "--compress", "zstd", "in.raw", "a.qcow2"],
         new RegExp(
           `^qcow2pipe: wrote a\\.qcow2: [\\d.]+ KiB of qcow2 for 1\\.00 MiB virtual ${rate}\\n$`,
         ),
@@ -318,7 +320,7 @@ qemuTest(
         ),
       ],
       [
-        ["convert", "-c", "zlib", "--streamable", "in.raw", "c.qcow2"],
+        ["convert", "--compress", "zlib", "--streamable", "in.raw", "c.qcow2"],
         new RegExp(
           `^qcow2pipe: wrote c\\.qcow2: [\\d.]+ KiB of streamable qcow2 for 1\\.00 MiB virtual ${rate}; [\\d.]+ KiB waited in the spool\\n$`,
         ),

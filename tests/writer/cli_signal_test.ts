@@ -65,7 +65,7 @@ for (const signal of signals as Deno.Signal[]) {
   Deno.test(`cli convert: ${signal} while reading an open standard input leaves no DST and no temporary file`, async () => {
     await using dir = await tempDir();
     const dst = join(dir.path, "dst.qcow2");
-    const child = spawn(["convert", "-c", "zstd", "-", dst], "piped");
+    const child = spawn(["convert", "--compress", "zstd", "-", dst], "piped");
     const writer = child.stdin.getWriter();
     // the input stays open: the run cannot end before the signal
     const feeding = (async () => {
@@ -85,7 +85,7 @@ for (const signal of signals as Deno.Signal[]) {
     await using dir = await tempDir();
     const tmp = join(dir.path, "tmp");
     await Deno.mkdir(tmp);
-    const child = spawn(["convert", "-c", "zstd", "-", "-"], "piped", {
+    const child = spawn(["convert", "--compress", "zstd", "-", "-"], "piped", {
       TMPDIR: tmp,
     });
     const writer = child.stdin.getWriter();
@@ -130,7 +130,7 @@ if (signals.length > 0) {
       const dst = join(dir.path, `dst-${signal}.qcow2`);
       const child = spawn([
         "convert",
-        "-c",
+        "--compress",
         "zlib",
         "--level",
         "9",

@@ -76,7 +76,7 @@ qemuTest(
       "zlib",
     );
     const dst = join(dir.path, "dst.qcow2");
-    const r = await runCli(["convert", "-c", "zstd", img, dst]);
+    const r = await runCli(["convert", "--compress", "zstd", img, dst]);
     assert.strictEqual(r.code, 0, r.stderr);
     await checkRepacked(dst, raw, img, input, {
       compression: "zstd",
@@ -96,9 +96,9 @@ qemuTest("repack (cli): cluster size changes, compressed and not", async () => {
   for (
     const [flags, compression, cs] of [
       [["--cluster-size", "4k"], "none", 4096],
-      [["-c", "zlib", "--cluster-size", "2M"], "zlib", 2 * MiB],
+      [["--compress", "zlib", "--cluster-size", "2M"], "zlib", 2 * MiB],
       [
-        ["-c", "zstd", "--cluster-size", "512", "--refcount-bits", "1"],
+        ["--compress", "zstd", "--cluster-size", "512", "--refcount-bits", "1"],
         "zstd",
         512,
       ],
@@ -174,7 +174,7 @@ qemuTest(
     const input = await Deno.readFile(expected);
     for (
       const [flags, compression] of [
-        [["-c", "zstd"], "zstd"],
+        [["--compress", "zstd"], "zstd"],
         [["-O", "qcow2"], "none"],
       ] as const
     ) {
@@ -196,7 +196,7 @@ qemuTest(
     await using dir = await tempDir();
     const { raw, img, input } = await qemuSource(dir.path, ["-c"]);
     const dst = join(dir.path, "dst.qcow2");
-    const r = await runCli(["convert", "-c", "zstd", "-", dst], {
+    const r = await runCli(["convert", "--compress", "zstd", "-", dst], {
       stdin: await Deno.readFile(img),
     });
     assert.strictEqual(r.code, 0, r.stderr);

@@ -108,7 +108,7 @@ qemuTest(
     const r = await runCli([
       "convert",
       "-q",
-      "-c",
+      "--compress",
       "zlib",
       "--zlib-window",
       "4k",
@@ -128,7 +128,7 @@ qemuTest(
     );
     const bad = await runCli([
       "convert",
-      "-c",
+      "--compress",
       "zlib",
       "--zlib-window",
       "8k",
@@ -139,14 +139,14 @@ qemuTest(
     assert.match(bad.stderr, /--zlib-window: "8k" is not 4k or 32k/);
     const zstd = await runCli([
       "convert",
-      "-c",
+      "--compress",
       "zstd",
       "--zlib-window",
       "4k",
       src,
       out + "3",
     ]);
-    assert.match(zstd.stderr, /--zlib-window needs -c zlib/);
+    assert.match(zstd.stderr, /--zlib-window needs zlib compression/);
   },
 );
 

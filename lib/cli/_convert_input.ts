@@ -1,0 +1,301 @@
+// The SRC of `qcow2pipe convert`: a file, standard input or an http(s)
+// URL, raw or qcow2 (given with -f or probed), with the internal snapshot
+// -l / -s selects.
+import {
+  fetchStream,
+  type GuestImage,
+  HttpSource,
+  isHttpUrl,
+  openImage,
+  openImageStream,
+  QCOW2_MAGIC,
+  Qcow2Image,
+  sparseFileChunks,
+  type ZeroBytes,
+} from "../../mod.ts";
+import { formatBytes, UsageError } from "./_util.ts";
+import type { ImageFormat } from "../reader/open.ts";
+import { concatBytes } from "../format/_bytes.ts";
+import { fileError } from "../io/_errors.ts";
+import { splitOptionList } from "./_create_options.ts";
+
+/**
+ * Which internal snapshot to read: qemu-img's `-l snapshot.id=ID`,
+ * `-l snapshot.name=NAME` (both may be given), or `-l ID_OR_NAME` / `-s`
+ * (an ID first, then a name).
+ */
+export interface SnapshotSelector {
+  id?: string;
+  name?: string;
+  idOrName?: string;
+  /** As the user wrote it, for messages. */
+  text: string;
+}
+
+/** Parses the value of `-l` or `-s` as qemu-img reads `-l`. */
+export function parseSnapshot(text: string): SnapshotSelector {
+  if (!text.startsWith("snapshot.")) return { idOrName: text, text };
+  const selector: SnapshotSelector = { text };
+  for (const [key, value] of splitOptionList([text])) {
+    if (key === "snapshot.id") selector.id = value;
+    else if (key === "snapshot.name") selector.name = value;
+    else {
+      throw new UsageError(
+        `Cannot parse -l: "${key}" is not snapshot.id or snapshot.name`,
+      );
+    }
+  }
+  return selector;
+}
+
+/** Whether a snapshot of the image is the one the selector names. */
+function selects(
+  s: { id: string; name: string },
+  selector: SnapshotSelector,
+): boolean {
+  if (selector.idOrName !== undefined) {
+    return s.id === selector.idOrName || s.name === selector.idOrName;
+  }
+  return (selector.id === undefined || s.id === selector.id) &&
+    (selector.name === undefined || s.name === selector.name);
+}
+
+/**
+ * The snapshot string the reader takes (an ID, matched first, or a name)
+ * for a selector: the ID of the snapshot that matches, when the image's
+ * snapshots are known; otherwise what was given.
+ */
+function readerSnapshot(
+  selector: SnapshotSelector,
+  known?: { id: string; name: string }[],
+): string {
+  const found = known?.find((s) => selects(s, selector));
+  if (found) return found.id;
+  if (known) {
+    const names = known.map((s) => `${s.id} "${s.name}"`).join(", ") ||
+      "none";
+    throw new UsageError(
+      `Cannot open snapshot ${selector.text}: no snapshot matches (snapshots: ${names})`,
+    );
+  }
+  return selector.idOrName ?? selector.id ?? selector.name!;
+}
+
+/** An opened input: an image to read at random, or a raw byte stream. */
+export type Input =
+  | { image: GuestImage; total: number }
+  | { raw: ReadableStream<Uint8Array | ZeroBytes>; total: number | undefined };
+
+/** How to open SRC. */
+export interface InputOptions {
+  /** The format -f gave, or undefined to probe. */
+  format: ImageFormat | undefined;
+  snapshot: SnapshotSelector | undefined;
+  /** Whether the output is qcow2 (raw files are then streamed, holes skipped). */
+  toQcow2: boolean;
+  notice: (line: string) => void;
+  /** Where the input's closing is registered. */
+  cleanups: (() => Promise<void>)[];
+}
+
+/** Reads the first bytes of a stream to detect its format, and gives them back. */
+async function peek(
+  stream: ReadableStream<Uint8Array>,
+): Promise<{ head: Uint8Array; all: ReadableStream<Uint8Array> }> {
+  const reader = stream.getReader();
+  const parts: Uint8Array[] = [];
+  let have = 0;
+  while (have < 4) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    have += value.length;
+  }
+  const head = concatBytes(parts);
+  let sentHead = head.length === 0;
+  const all = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (!sentHead) {
+        sentHead = true;
+        controller.enqueue(head);
+        return;
+      }
+      const { value, done } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
+  return { head, all };
+}
+
+function isQcow2(head: Uint8Array): boolean {
+  return head.length >= 4 &&
+    new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC;
+}
+
+function noSnapshots(): UsageError {
+  return new UsageError("Cannot convert: -l / -s needs a qcow2 source");
+}
+
+/**
+ * The image a selector asked for is the one opened: a name that is also
+ * another snapshot's ID opens that one, as the reader matches IDs first.
+ */
+function assertSelected(image: GuestImage, selector: SnapshotSelector): void {
+  if (!(image instanceof Qcow2Image) || !image.snapshot) return;
+  const chosen = image.snapshot;
+  if (selects(chosen, selector)) return;
+  const wanted = image.snapshots.find((s) => selects(s, selector));
+  throw new UsageError(
+    `Cannot open snapshot ${selector.text}: snapshot ${chosen.id} "${chosen.name}" has that ID and was read instead, and a pipe cannot be read again${
+      wanted ? `; give -l snapshot.id=${wanted.id}` : ""
+    }`,
+  );
+}
+
+/**
+ * Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout
+ * allows, else spooled. Relative names the image gives resolve against
+ * `relativeTo`.
+ */
+async function openStream(
+  stream: ReadableStream<Uint8Array>,
+  size: number | undefined,
+  what: string,
+  relativeTo: string,
+  options: InputOptions,
+): Promise<Input> {
+  if (options.format === "raw") {
+    if (options.snapshot !== undefined) throw noSnapshots();
+    return { raw: stream, total: size };
+  }
+  const { head, all } = await peek(stream);
+  if (!isQcow2(head)) {
+    if (options.format === "qcow2") {
+      await all.cancel();
+      throw new UsageError(
+        `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
+      );
+    }
+    if (options.snapshot !== undefined) throw noSnapshots();
+    return { raw: all, total: size };
+  }
+  const opened = await openImageStream(all, {
+    snapshot: options.snapshot && readerSnapshot(options.snapshot),
+    format: options.format,
+    relativeTo,
+  });
+  options.cleanups.push(() => opened.close());
+  if (options.snapshot) assertSelected(opened.image, options.snapshot);
+  options.notice(
+    opened.onePass
+      ? `qcow2pipe: ${what} is qcow2 with its tables first: decoding it in one pass (${
+        formatBytes(opened.spoolBytes)
+      } of metadata spooled to ${opened.spoolPath})`
+      : `qcow2pipe: ${what} is qcow2 whose tables do not all precede its data: spooled it whole (${
+        formatBytes(opened.spoolBytes)
+      }) to ${opened.spoolPath} to read it at random offsets`,
+  );
+  return { image: opened.image, total: opened.image.virtualSize };
+}
+
+/** Standard input, its read errors saying so and where. */
+function stdinReadable(): ReadableStream<Uint8Array> {
+  const reader = Deno.stdin.readable.getReader();
+  let at = 0;
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await reader.read();
+      } catch (err) {
+        throw fileError(`read standard input at offset ${at}`, err);
+      }
+      if (next.done) {
+        controller.close();
+      } else {
+        at += next.value.length;
+        controller.enqueue(next.value);
+      }
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * Opens an image read at random (a file, or a URL with Range requests)
+ * with the snapshot asked for: when a name could be read as another
+ * snapshot's ID, it is opened again by the right ID.
+ */
+async function openSeekable(
+  input: string | HttpSource,
+  options: InputOptions,
+): Promise<GuestImage> {
+  const { format, snapshot } = options;
+  if (snapshot !== undefined && format === "raw") throw noSnapshots();
+  let image = await openImage(input, {
+    format,
+    snapshot: snapshot && readerSnapshot(snapshot),
+  });
+  if (snapshot && image instanceof Qcow2Image) {
+    const want = readerSnapshot(snapshot, image.snapshots);
+    if (want !== image.snapshot?.id) {
+      await image.close();
+      image = await openImage(input, { format, snapshot: want });
+    }
+  }
+  return image;
+}
+
+/** Opens SRC. */
+export async function openInput(
+  src: string,
+  options: InputOptions,
+): Promise<Input> {
+  const { format } = options;
+  if (src === "-") {
+    // Names in an image read from a pipe resolve against the working
+    // directory (never the spool directory).
+    return await openStream(
+      stdinReadable(),
+      undefined,
+      "standard input",
+      Deno.cwd(),
+      options,
+    );
+  }
+  if (isHttpUrl(src)) {
+    // One request opens it: with Range support, its first bytes tell the
+    // format; without, the answer is the whole resource, streamed as is.
+    const opened = await HttpSource.openOrStream(src);
+    if (!(opened instanceof HttpSource)) {
+      return await openStream(
+        opened.body,
+        opened.size,
+        src,
+        new URL(".", src).href,
+        options,
+      );
+    }
+    if (
+      format !== "raw" &&
+      (format === "qcow2" || isQcow2(await opened.read(0, 4)))
+    ) {
+      const image = await openSeekable(opened, options);
+      options.cleanups.push(() => image.close());
+      return { image, total: image.virtualSize };
+    }
+    if (options.snapshot !== undefined) throw noSnapshots();
+    // Raw over HTTP: one streamed request beats many range requests.
+    const { body, size } = await fetchStream(src);
+    return await openStream(body, size, src, new URL(".", src).href, options);
+  }
+  const image = await openSeekable(src, options);
+  options.cleanups.push(() => image.close());
+  if (image.format === "raw" && options.toQcow2) {
+    // Raw file to qcow2: large sequential reads that skip the file's holes.
+    return { raw: sparseFileChunks(src), total: image.virtualSize };
+  }
+  return { image, total: image.virtualSize };
+}

@@ -1,0 +1,432 @@
+// The command line of `qcow2pipe convert`, qemu-img's and ours, read into
+// one set of settings: which flag or `-o` key sets what, which combinations
+// make no sense, and the one-line error for each.
+import { extname } from "node:path";
+import type { ZlibWindow } from "../../mod.ts";
+import type { ImageFormat } from "../reader/open.ts";
+import { parseFormat } from "./_args.ts";
+import {
+  asksForHelp,
+  type CreateOptions,
+  parseCreateOptions,
+} from "./_create_options.ts";
+import type { OptionValues, ParsedArgs } from "./_getopt.ts";
+import { parseSnapshot, type SnapshotSelector } from "./_convert_input.ts";
+import { parseInteger, parseSize, UsageError } from "./_util.ts";
+
+/**
+ * The most codec workers `--workers` and `-m` take. Each worker is a
+ * JavaScript isolate of its own (about 8 MiB, plus its codec's buffers);
+ * past the number of cores more workers only add memory and scheduling.
+ */
+export const MAX_WORKERS = 64;
+
+const CACHE = "there are no cache modes; the page cache is used";
+
+/** The options of `convert`: qemu-img's, then ours. */
+export const CONVERT_OPTIONS = {
+  // qemu-img's
+  format: { type: "string", short: "f" },
+  "output-format": { type: "string", short: "O" },
+  compressed: { type: "boolean", short: "c" },
+  "target-format-options": { type: "string", short: "o", multiple: true },
+  backing: { type: "string", short: "B" },
+  "backing-format": { type: "string", short: "F" },
+  snapshot: { type: "string", short: "ls" },
+  parallel: { type: "string", short: "m" },
+  "oob-writes": { type: "boolean", short: "W" },
+  "no-create": { type: "boolean", short: "n" },
+  "target-is-zero": { type: "boolean" },
+  "force-share": { type: "boolean", short: "U" },
+  progress: { type: "boolean", short: "p" },
+  quiet: { type: "boolean", short: "q" },
+  help: { type: "boolean", short: "h" },
+  // qemu-img's, refused
+  "copy-range-offloading": {
+    type: "boolean",
+    short: "C",
+    unsupported: "copy offloading; the data is always read and written",
+  },
+  "sparse-size": {
+    type: "string",
+    short: "S",
+    unsupported:
+      "zero clusters are always left unallocated, and zero ranges of raw files are holes",
+  },
+  "target-cache": { type: "string", short: "t", unsupported: CACHE },
+  "source-cache": { type: "string", short: "T", unsupported: CACHE },
+  rate: { type: "string", short: "r", unsupported: "no rate limit is kept" },
+  object: {
+    type: "string",
+    unsupported: "there are no QEMU objects here; nothing is encrypted",
+  },
+  "image-opts": {
+    type: "boolean",
+    unsupported: "give SRC as a file name, an http(s) URL or -",
+  },
+  "target-image-opts": {
+    type: "boolean",
+    unsupported: "give DST as a file name or -",
+  },
+  salvage: {
+    type: "boolean",
+    unsupported: "a read error stops the conversion",
+  },
+  bitmaps: {
+    type: "boolean",
+    unsupported: "persistent bitmaps are not copied",
+  },
+  "skip-broken-bitmaps": {
+    type: "boolean",
+    unsupported: "persistent bitmaps are not copied",
+  },
+  // ours
+  compress: { type: "string" },
+  level: { type: "string" },
+  "zlib-window": { type: "string" },
+  "cluster-size": { type: "string" },
+  "refcount-bits": { type: "string" },
+  streamable: { type: "boolean" },
+  sparsify: { type: "boolean" },
+  workers: { type: "string" },
+  force: { type: "boolean" },
+  sync: { type: "boolean" },
+} as const;
+
+type Values = OptionValues<typeof CONVERT_OPTIONS>;
+
+/**
+ * Refuses -c for a DST named `.raw` unless -O says qcow2: .raw says raw
+ * (.img is as often qcow2, as cloud images are, as raw).
+ */
+export function checkCompressedName(
+  parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
+  settings: ConvertSettings,
+): void {
+  if (
+    parsed.values["output-format"] === undefined &&
+    settings.compression !== "none" &&
+    extname(settings.dst).toLowerCase() === ".raw"
+  ) {
+    throw new UsageError(
+      `Cannot convert: -c writes qcow2, but DST ${settings.dst} is named like a raw image; give -O qcow2 to write qcow2 under that name`,
+    );
+  }
+}
+
+/** Everything `convert` was asked to do. */
+export interface ConvertSettings {
+  src: string;
+  dst: string;
+  /** -f: the format of SRC, or undefined to probe it. */
+  sourceFormat: ImageFormat | undefined;
+  outputFormat: "raw" | "qcow2";
+  compression: "none" | "zlib" | "zstd";
+  level?: number;
+  zlibWindow?: ZlibWindow;
+  clusterSize?: number;
+  refcountBits?: number;
+  /** A delta image: the backing file's name as stored, and its format. */
+  backing?: { name: string; format: "raw" | "qcow2" };
+  snapshot?: SnapshotSelector;
+  workers?: number;
+  streamable: boolean;
+  sparsify: boolean;
+  /** -n: write into the existing DST. */
+  inPlace: boolean;
+  targetIsZero: boolean;
+  force: boolean;
+  sync: boolean;
+  quiet: boolean;
+  progress?: boolean;
+}
+
+/** The output format a DST's name says, if it says one. */
+function formatFromName(name: string): "raw" | "qcow2" | undefined {
+  const ext = extname(name).toLowerCase();
+  if (ext === ".qcow2" || ext === ".qcow" || ext === ".qcow2c") return "qcow2";
+  if (ext === ".raw" || ext === ".img" || ext === ".bin" || ext === ".iso") {
+    return "raw";
+  }
+  return undefined;
+}
+
+/** `--zlib-window`: 4k or 32k. */
+function parseZlibWindow(text: string): ZlibWindow {
+  const bytes = parseSize(text, "--zlib-window");
+  if (bytes !== 4096 && bytes !== 32768) {
+    throw new UsageError(
+      `Cannot parse --zlib-window: "${text}" is not 4k or 32k`,
+    );
+  }
+  return bytes;
+}
+
+/** The one of two spellings of a setting that was given; both is an error. */
+function oneOf<T>(
+  a: { flag: string; value: T | undefined },
+  b: { flag: string; value: T | undefined },
+): T | undefined {
+  if (a.value !== undefined && b.value !== undefined) {
+    throw new UsageError(
+      `Cannot convert: ${a.flag} and ${b.flag} set the same thing; give one`,
+    );
+  }
+  return a.value ?? b.value;
+}
+
+/** The output format: -O, else what the other flags or DST's name say. */
+function outputFormatOf(values: Values, dst: string | undefined) {
+  const given = values["output-format"];
+  if (given !== undefined) {
+    if (given !== "raw" && given !== "qcow2") {
+      throw new UsageError(
+        `Cannot convert: output format "${given}" is not raw or qcow2`,
+      );
+    }
+    return given;
+  }
+  if (values.compressed || values.compress !== undefined) return "qcow2";
+  const named = dst === undefined || dst === "-"
+    ? undefined
+    : formatFromName(dst);
+  if (named) return named;
+  if (values.backing !== undefined) return "qcow2";
+  return undefined;
+}
+
+/**
+ * `-o help`: the output format the list is for (as qemu-img, raw when
+ * nothing says otherwise), or undefined when `-o` does not ask for help.
+ */
+export function optionsHelpFormat(
+  parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
+): "raw" | "qcow2" | undefined {
+  const lists = parsed.values["target-format-options"] ?? [];
+  if (!asksForHelp(lists)) return undefined;
+  return outputFormatOf(parsed.values, parsed.positionals[1]) ?? "raw";
+}
+
+/**
+ * Reads the parsed command line into settings.
+ *
+ * @throws {UsageError} For a missing or extra operand, a bad value, or
+ * flags that contradict each other.
+ */
+export function convertSettings(
+  parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
+): ConvertSettings {
+  const { values, positionals } = parsed;
+  if (positionals.length > 2) {
+    const hint = positionals.length === 3 &&
+        (positionals[0] === "zlib" || positionals[0] === "zstd")
+      ? `; -c takes no value, as in qemu-img: give the type with --compress ${
+        positionals[0]
+      } or -c -o compression_type=${positionals[0]}`
+      : "";
+    throw new UsageError(
+      `Cannot convert: expected SRC and DST, got ${positionals.length} arguments (qemu-img's several SRC images are not supported)${hint}`,
+    );
+  }
+  if (positionals.length < 2) {
+    throw new UsageError(
+      `Cannot convert: expected SRC and DST, got ${positionals.length} argument(s) (see --help)`,
+    );
+  }
+  const [src, dst] = positionals;
+  const format = outputFormatOf(values, dst);
+  if (format === undefined) {
+    throw new UsageError(
+      `Cannot convert: cannot tell the output format from "${dst}"; give -O raw or -O qcow2`,
+    );
+  }
+  const o: CreateOptions = parseCreateOptions(
+    values["target-format-options"] ?? [],
+    format,
+  );
+
+  // Compression: -c (zlib unless -o compression_type says otherwise), or
+  // --compress TYPE.
+  const compress = values.compress;
+  if (compress !== undefined && compress !== "zlib" && compress !== "zstd") {
+    throw new UsageError(
+      `Cannot convert: --compress takes zlib or zstd, not "${compress}"`,
+    );
+  }
+  if (
+    compress !== undefined && o.compressionType !== undefined &&
+    compress !== o.compressionType
+  ) {
+    throw new UsageError(
+      `Cannot convert: --compress ${compress} and -o compression_type=${o.compressionType} contradict each other`,
+    );
+  }
+  const compressed = values.compressed || compress !== undefined;
+  if (o.compressionType !== undefined && !compressed) {
+    throw new UsageError(
+      "Cannot convert: -o compression_type without -c is not supported (the header would name a type that no cluster uses); add -c",
+    );
+  }
+  const compression = compressed
+    ? compress ?? o.compressionType ?? "zlib"
+    : "none";
+
+  const qcow2Flags = [
+    ["-c", compressed],
+    ["--level", values.level],
+    ["--zlib-window", values["zlib-window"]],
+    ["--cluster-size", values["cluster-size"]],
+    ["--refcount-bits", values["refcount-bits"]],
+    ["--streamable", values.streamable],
+    ["-B", values.backing],
+    ["-F", values["backing-format"]],
+  ] as const;
+  const wrong = qcow2Flags.filter(([, v]) => v !== undefined && v !== false);
+  if (format === "raw" && wrong.length > 0) {
+    throw new UsageError(
+      `Cannot convert: ${
+        wrong.map(([f]) => f).join(", ")
+      } apply to qcow2 output only, and the output is raw`,
+    );
+  }
+  if (values["zlib-window"] !== undefined && compression !== "zlib") {
+    throw new UsageError(
+      "Cannot convert: --zlib-window needs zlib compression (-c)",
+    );
+  }
+
+  const backing = backingOf(values, o, dst);
+  const inPlace = values["no-create"] ?? false;
+  const targetIsZero = values["target-is-zero"] ?? false;
+  if (targetIsZero && !inPlace) {
+    throw new UsageError(
+      "Cannot convert: --target-is-zero needs -n (it says that the existing DST reads as zeros)",
+    );
+  }
+  if (inPlace && format !== "raw") {
+    throw new UsageError(
+      "Cannot convert: -n writes into an existing raw file or device; writing into an existing qcow2 image is not supported",
+    );
+  }
+  if (inPlace && dst === "-") {
+    throw new UsageError(
+      "Cannot convert: -n writes into an existing file or device, not standard output",
+    );
+  }
+  if (inPlace && values.sparsify) {
+    throw new UsageError(
+      "Cannot convert: --sparsify with -n is not supported (free space would be left as the target holds it)",
+    );
+  }
+
+  const workers = oneOf(
+    {
+      flag: "--workers",
+      value: values.workers === undefined
+        ? undefined
+        : parseInteger(values.workers, "--workers"),
+    },
+    {
+      flag: "-m",
+      value: values.parallel === undefined
+        ? undefined
+        : parseInteger(values.parallel, "-m"),
+    },
+  );
+  if (workers !== undefined && workers > MAX_WORKERS) {
+    const flag = values.workers !== undefined ? "--workers" : "-m";
+    throw new UsageError(
+      `Cannot convert: ${flag} ${workers} is out of range [${
+        flag === "-m" ? 1 : 0
+      }, ${MAX_WORKERS}]`,
+    );
+  }
+  if (values.parallel !== undefined && workers === 0) {
+    throw new UsageError(
+      `Cannot convert: -m 0 is out of range [1, ${MAX_WORKERS}] (--workers 0 runs the codecs without workers)`,
+    );
+  }
+
+  return {
+    src,
+    dst,
+    sourceFormat: parseFormat(values.format, "-f"),
+    outputFormat: format,
+    compression,
+    level: values.level === undefined
+      ? undefined
+      : parseInteger(values.level, "--level"),
+    zlibWindow: values["zlib-window"] === undefined
+      ? undefined
+      : parseZlibWindow(values["zlib-window"]),
+    clusterSize: oneOf(
+      {
+        flag: "--cluster-size",
+        value: values["cluster-size"] === undefined
+          ? undefined
+          : parseSize(values["cluster-size"], "--cluster-size"),
+      },
+      { flag: "-o cluster_size", value: o.clusterSize },
+    ),
+    refcountBits: oneOf(
+      {
+        flag: "--refcount-bits",
+        value: values["refcount-bits"] === undefined
+          ? undefined
+          : parseInteger(values["refcount-bits"], "--refcount-bits"),
+      },
+      { flag: "-o refcount_bits", value: o.refcountBits },
+    ),
+    backing,
+    snapshot: values.snapshot === undefined
+      ? undefined
+      : parseSnapshot(values.snapshot),
+    workers,
+    streamable: values.streamable ?? false,
+    sparsify: values.sparsify ?? false,
+    inPlace,
+    targetIsZero,
+    force: values.force ?? false,
+    sync: values.sync ?? false,
+    quiet: values.quiet ?? false,
+    progress: values.progress,
+  };
+}
+
+/**
+ * The backing file of a delta image: -B (or `-o backing_file`) with -F (or
+ * `-o backing_fmt`); -B and -F win over `-o`, as in qemu-img.
+ */
+function backingOf(
+  values: Values,
+  o: CreateOptions,
+  dst: string,
+): ConvertSettings["backing"] {
+  const name = values.backing ?? o.backingFile;
+  const formatText = values["backing-format"] ?? o.backingFormat;
+  if (name === undefined) {
+    if (formatText !== undefined) {
+      throw new UsageError(
+        "Cannot convert: a backing format (-F) needs a backing file (-B)",
+      );
+    }
+    return undefined;
+  }
+  if (name === "") {
+    throw new UsageError("Cannot convert: the backing file name (-B) is empty");
+  }
+  if (formatText === undefined) {
+    throw new UsageError(
+      "Cannot convert: a backing file (-B) needs its format (-F raw or -F qcow2), as qemu-img requires",
+    );
+  }
+  const format = parseFormat(formatText, "-F") as "raw" | "qcow2";
+  if (dst === "-" || values.streamable) {
+    // The streamable writer has no delta images yet (issue 14 merges the
+    // two writers; deltas come with it).
+    throw new UsageError(
+      "Cannot convert: a delta image (-B) in the streamable layout (standard output or --streamable) is not supported yet",
+    );
+  }
+  return { name, format };
+}

@@ -1,0 +1,255 @@
+// qemu-img's `-o key=value[,...]`: the creation options of the output
+// image, split as QEMU splits them (`,,` is a comma inside a value, a key
+// alone means `on`, repeated `-o` are joined, the last value of a key
+// wins). Each key qemu-img knows is either taken, accepted when it asks
+// for what we write anyway, or refused with the reason.
+import { parseInteger, parseSize, UsageError } from "./_util.ts";
+
+/** What `-o` asks of the output image. */
+export interface CreateOptions {
+  compressionType?: "zlib" | "zstd";
+  clusterSize?: number;
+  refcountBits?: number;
+  backingFile?: string;
+  backingFormat?: "raw" | "qcow2";
+}
+
+type OutputFormat = "raw" | "qcow2";
+
+/** One creation option, as `-o help` lists it and as it is applied. */
+interface Key {
+  formats: OutputFormat[];
+  /** `<str>`, `<size>`, `<num>`, `<bool (on/off)>`. */
+  kind: string;
+  help: string;
+  /** Stores the value (or throws a UsageError naming what is wrong). */
+  apply?: (value: string, out: CreateOptions) => void;
+  /** The values accepted because we write them anyway, and nothing else. */
+  only?: { values: string[]; otherwise: string };
+  /** Refused whatever the value: why. */
+  unsupported?: string;
+}
+
+/** QEMU's spellings of a boolean (qapi_bool_parse). */
+function bool(value: string, key: string): boolean {
+  if (["on", "yes", "true", "y"].includes(value)) return true;
+  if (["off", "no", "false", "n"].includes(value)) return false;
+  throw new UsageError(
+    `Cannot parse -o ${key}: "${value}" is not on or off`,
+  );
+}
+
+const KEYS: Record<string, Key> = {
+  backing_file: {
+    formats: ["qcow2"],
+    kind: "<str>",
+    help: "File name of a base image",
+    apply: (v, out) => out.backingFile = v,
+  },
+  backing_fmt: {
+    formats: ["qcow2"],
+    kind: "<str>",
+    help: "Image format of the base image (raw or qcow2)",
+    apply: (v, out) => {
+      if (v !== "raw" && v !== "qcow2") {
+        throw new UsageError(
+          `Cannot parse -o backing_fmt: "${v}" is not raw or qcow2`,
+        );
+      }
+      out.backingFormat = v;
+    },
+  },
+  cluster_size: {
+    formats: ["qcow2"],
+    kind: "<size>",
+    help: "qcow2 cluster size (512 to 2M)",
+    apply: (v, out) => out.clusterSize = parseSize(v, "-o cluster_size"),
+  },
+  compat: {
+    formats: ["qcow2"],
+    kind: "<str>",
+    help: "Compatibility level: only v3 (1.1) is written",
+    only: {
+      values: ["1.1", "v3"],
+      otherwise: "only qcow2 version 3 (compat=1.1) is written",
+    },
+  },
+  compression_type: {
+    formats: ["qcow2"],
+    kind: "<str>",
+    help: "Compression method of compressed clusters (zlib or zstd)",
+    apply: (v, out) => {
+      if (v !== "zlib" && v !== "zstd") {
+        throw new UsageError(
+          `Cannot parse -o compression_type: "${v}" is not zlib or zstd`,
+        );
+      }
+      out.compressionType = v;
+    },
+  },
+  data_file: {
+    formats: ["qcow2"],
+    kind: "<str>",
+    help: "",
+    unsupported: "external data files are read, not written",
+  },
+  data_file_raw: {
+    formats: ["qcow2"],
+    kind: "<bool (on/off)>",
+    help: "",
+    unsupported: "external data files are read, not written",
+  },
+  encryption: {
+    formats: ["qcow2"],
+    kind: "<bool (on/off)>",
+    help: "",
+    unsupported: "images are not encrypted",
+  },
+  extended_l2: {
+    formats: ["qcow2"],
+    kind: "<bool (on/off)>",
+    help: "Extended L2 tables: only off",
+    only: {
+      values: ["off"],
+      otherwise: "extended L2 entries are read, not written",
+    },
+  },
+  extent_size_hint: {
+    formats: ["qcow2", "raw"],
+    kind: "<size>",
+    help: "",
+    unsupported: "the output file is a plain file; no hints are set",
+  },
+  lazy_refcounts: {
+    formats: ["qcow2"],
+    kind: "<bool (on/off)>",
+    help: "Postpone refcount updates: only off",
+    only: {
+      values: ["off"],
+      otherwise: "refcounts are always complete when the image is",
+    },
+  },
+  nocow: {
+    formats: ["qcow2", "raw"],
+    kind: "<bool (on/off)>",
+    help: "",
+    unsupported: "file attributes are not set",
+  },
+  preallocation: {
+    formats: ["qcow2", "raw"],
+    kind: "<str>",
+    help: "Preallocation mode: only off",
+    only: {
+      values: ["off"],
+      otherwise: "outputs are sparse; nothing is preallocated",
+    },
+  },
+  refcount_bits: {
+    formats: ["qcow2"],
+    kind: "<num>",
+    help: "Width of a reference count entry in bits (1 to 64)",
+    apply: (v, out) => out.refcountBits = parseInteger(v, "-o refcount_bits"),
+  },
+  size: {
+    formats: ["qcow2", "raw"],
+    kind: "<size>",
+    help: "",
+    unsupported: "the output has the size of the input",
+  },
+};
+
+/**
+ * Splits `-o` lists into keys and values, in order: `,,` is a comma
+ * inside a value; a key without `=` has the value `on`.
+ */
+export function splitOptionList(lists: string[]): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (const list of lists) {
+    let item = "";
+    const finish = () => {
+      if (item === "") return;
+      const eq = item.indexOf("=");
+      pairs.push(
+        eq < 0 ? [item, "on"] : [item.slice(0, eq), item.slice(eq + 1)],
+      );
+      item = "";
+    };
+    for (let i = 0; i < list.length; i++) {
+      if (list[i] !== ",") {
+        item += list[i];
+      } else if (list[i + 1] === ",") {
+        item += ",";
+        i++;
+      } else {
+        finish();
+      }
+    }
+    finish();
+  }
+  return pairs;
+}
+
+/** Whether `-o` asks for the list of options (`help` or `?` as a key). */
+export function asksForHelp(lists: string[]): boolean {
+  return splitOptionList(lists).some(([k]) => k === "help" || k === "?");
+}
+
+/**
+ * What `-o` asks of an output image of `format`.
+ *
+ * @throws {UsageError} For a key qemu-img does not know, a key of the
+ * other format, a value we do not write, or a bad value.
+ */
+export function parseCreateOptions(
+  lists: string[],
+  format: OutputFormat,
+): CreateOptions {
+  const out: CreateOptions = {};
+  const last = new Map(splitOptionList(lists));
+  for (const [key, value] of last) {
+    const spec = Object.hasOwn(KEYS, key) ? KEYS[key] : undefined;
+    if (key.startsWith("encrypt.")) {
+      throw new UsageError(
+        `Cannot convert: -o ${key} is not supported (images are not encrypted)`,
+      );
+    }
+    if (spec === undefined) {
+      throw new UsageError(
+        `Cannot convert: -o ${key} is not an option of ${format} images (see -o help)`,
+      );
+    }
+    if (!spec.formats.includes(format)) {
+      throw new UsageError(
+        `Cannot convert: -o ${key} applies to ${
+          spec.formats.join(" and ")
+        } output only, and the output is ${format}`,
+      );
+    }
+    if (spec.unsupported !== undefined) {
+      throw new UsageError(
+        `Cannot convert: -o ${key} is not supported (${spec.unsupported})`,
+      );
+    }
+    if (spec.only) {
+      // The boolean ones are taken when off, in any of QEMU's spellings.
+      const accepted = spec.kind.startsWith("<bool")
+        ? !bool(value, key)
+        : spec.only.values.includes(value);
+      if (!accepted) {
+        throw new UsageError(
+          `Cannot convert: -o ${key}=${value} is not supported (${spec.only.otherwise})`,
+        );
+      }
+    }
+    spec.apply?.(value, out);
+  }
+  return out;
+}
+
+/** `-o help`: the options taken for `format`, as qemu-img lists them. */
+export function createOptionsHelp(format: OutputFormat): string {
+  const lines = Object.entries(KEYS)
+    .filter(([, k]) => k.formats.includes(format) && !k.unsupported)
+    .map(([name, k]) => `  ${`${name}=${k.kind}`.padEnd(22)} - ${k.help}`);
+  return `Supported ${format} options:\n${lines.join("\n")}\n`;
+}

@@ -1,0 +1,25 @@
+// Images named on the command line of the inspection commands: a path is
+// handed to the tool as is; an http(s) URL is opened here with Range
+// requests, so that the tool reads the metadata and what it needs only.
+import { HttpSource, type ImageInput, isHttpUrl } from "../../mod.ts";
+
+/** An image argument, ready for `imageInfo`, `checkImage`, `mapImage`... */
+export interface NamedImage extends AsyncDisposable {
+  /** What the tool is given: the path, or the opened URL. */
+  input: ImageInput;
+}
+
+/**
+ * Opens an image argument: a path stays a path (the tool opens and closes
+ * it); a URL becomes an {@linkcode HttpSource} closed on disposal.
+ */
+export async function openNamed(name: string): Promise<NamedImage> {
+  if (!isHttpUrl(name)) {
+    return { input: name, [Symbol.asyncDispose]: () => Promise.resolve() };
+  }
+  const source = await HttpSource.open(name);
+  return {
+    input: source,
+    [Symbol.asyncDispose]: async () => await source.close(),
+  };
+}

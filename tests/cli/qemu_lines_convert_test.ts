@@ -1,0 +1,242 @@
+// qemu-img convert command lines, in every mode, run with qemu-img and with
+// our CLI in its place; qemu-img judges the images each wrote
+// (tests/cli/_lines.ts).
+
+import { qemuTest } from "../_qemu.ts";
+import { judgeLine, type Line, makeFixtures } from "./_lines.ts";
+
+const LINES: Line[] = [
+  // raw to qcow2: sparse, compressed (zlib, zstd), cluster and refcount sizes
+  {
+    line: "convert -O qcow2 disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line: "convert -f raw -O qcow2 disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line: "convert -c -O qcow2 disk.raw out.qcow2",
+    judge: {
+      kind: "image",
+      dst: "out.qcow2",
+      format: "qcow2",
+      compressed: true,
+    },
+  },
+  {
+    line:
+      "convert -p -c -f raw -O qcow2 -o compression_type=zstd disk.raw out.qcow2",
+    progress: true,
+    judge: {
+      kind: "image",
+      dst: "out.qcow2",
+      format: "qcow2",
+      compressed: true,
+    },
+  },
+  {
+    line: "convert -pc -Oqcow2 -fraw disk.raw out.qcow2",
+    progress: true,
+    judge: {
+      kind: "image",
+      dst: "out.qcow2",
+      format: "qcow2",
+      compressed: true,
+    },
+  },
+  {
+    line:
+      "convert -O qcow2 -o cluster_size=2M,refcount_bits=8 disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line:
+      "convert -O qcow2 -o cluster_size=4k -o compat=1.1,lazy_refcounts=off,extended_l2=off,preallocation=off disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line:
+      "convert -c -O qcow2 -o compression_type=zstd,cluster_size=512 disk.raw out.qcow2",
+    judge: {
+      kind: "image",
+      dst: "out.qcow2",
+      format: "qcow2",
+      compressed: true,
+    },
+  },
+  {
+    line: "convert -q -m 4 -W -O qcow2 disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line: "convert disk.raw -O qcow2 out.qcow2 -q",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  // qcow2 to raw and to qcow2 (snapshots present, chains flattened)
+  {
+    line: "convert -O raw disk.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -U -f qcow2 -O raw disk.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -O qcow2 disk.qcow2 out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line: "convert -c -O qcow2 top.qcow2 out.qcow2",
+    judge: {
+      kind: "image",
+      dst: "out.qcow2",
+      format: "qcow2",
+      compressed: true,
+    },
+  },
+  {
+    line: "convert -O raw packed.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  // internal snapshots
+  {
+    line: "convert -O raw -l snapshot.name=first disk.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -O raw -l snapshot.id=2 disk.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -O raw -l snapshot.name=1 disk.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -O raw -l snapshot.id=2,snapshot.name=1 disk.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -O qcow2 -l first disk.qcow2 out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line: "convert -O raw -l snapshot.id=1,snapshot.name=1 disk.qcow2 out.raw",
+    judge: { kind: "refused", dst: "out.raw" },
+  },
+  // delta images over a qcow2 base and a raw base, from -B and from -o
+  {
+    line: "convert -O qcow2 -B base.qcow2 -F qcow2 new.raw delta.qcow2",
+    judge: { kind: "delta", dst: "delta.qcow2" },
+  },
+  {
+    line:
+      "convert -O qcow2 -o backing_file=base.qcow2,backing_fmt=qcow2 new.raw delta.qcow2",
+    judge: { kind: "delta", dst: "delta.qcow2" },
+  },
+  {
+    line: "convert -c -O qcow2 -B base.qcow2 -F qcow2 new.raw delta.qcow2",
+    judge: { kind: "delta", dst: "delta.qcow2" },
+  },
+  {
+    line:
+      "convert -c -O qcow2 -o compression_type=zstd -B base.qcow2 -F qcow2 new.raw delta.qcow2",
+    judge: { kind: "delta", dst: "delta.qcow2" },
+  },
+  {
+    line: "convert -f raw -O qcow2 -B base.raw -F raw new.raw delta.qcow2",
+    judge: { kind: "delta", dst: "delta.qcow2" },
+  },
+  {
+    line: "convert -O qcow2 -B ../base.qcow2 -F qcow2 new.raw sub/delta.qcow2",
+    mkdir: ["sub"],
+    judge: { kind: "delta", dst: "sub/delta.qcow2" },
+  },
+  {
+    line:
+      "convert -O qcow2 -B base.qcow2 -F qcow2 -o backing_file=other.qcow2 new.raw delta.qcow2",
+    judge: { kind: "delta", dst: "delta.qcow2" },
+  },
+  {
+    line: "convert -O qcow2 -B base.qcow2 new.raw delta.qcow2",
+    judge: { kind: "refused", dst: "delta.qcow2" },
+  },
+  {
+    line: "convert -O raw -B base.qcow2 -F qcow2 new.raw delta.raw",
+    judge: { kind: "refused", dst: "delta.raw" },
+  },
+  // into an existing raw target
+  {
+    line: "convert -n -O raw disk.qcow2 target.raw",
+    copy: ["target.raw"],
+    judge: { kind: "image", dst: "target.raw", format: "raw" },
+  },
+  {
+    line: "convert -n -O raw top.qcow2 target.raw",
+    copy: ["target.raw"],
+    judge: { kind: "image", dst: "target.raw", format: "raw" },
+  },
+  {
+    line: "convert -n -f raw -O raw disk.raw target.raw",
+    copy: ["target.raw"],
+    judge: { kind: "image", dst: "target.raw", format: "raw" },
+  },
+  {
+    line: "convert -n --target-is-zero -O raw disk.qcow2 zero.raw",
+    copy: ["zero.raw"],
+    judge: { kind: "image", dst: "zero.raw", format: "raw" },
+  },
+  {
+    line: "convert --target-is-zero -O raw disk.qcow2 out.raw",
+    judge: { kind: "refused", dst: "out.raw" },
+  },
+  {
+    line: "convert -n -O raw disk.qcow2 missing.raw",
+    judge: { kind: "refused", dst: "missing.raw" },
+  },
+  // over HTTP
+  {
+    line: "convert -O raw $URL/disk.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -c -O qcow2 $URL/top.qcow2 out.qcow2",
+    judge: {
+      kind: "image",
+      dst: "out.qcow2",
+      format: "qcow2",
+      compressed: true,
+    },
+  },
+  {
+    line: "convert -f raw -O qcow2 $URL/disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  // refused by both
+  {
+    line: "convert -c -O raw disk.raw out.raw",
+    judge: { kind: "refused", dst: "out.raw" },
+  },
+  {
+    line: "convert -O qcow2 -o cluster_size=3000 disk.raw out.qcow2",
+    judge: { kind: "refused", dst: "out.qcow2" },
+  },
+  {
+    line: "convert -O qcow2 -o bogus=1 disk.raw out.qcow2",
+    judge: { kind: "refused", dst: "out.qcow2" },
+  },
+  {
+    line: "convert -O qcow2 -m 0 disk.raw out.qcow2",
+    judge: { kind: "refused", dst: "out.qcow2" },
+  },
+];
+
+qemuTest(
+  "qemu-img convert lines: the same images with our CLI in qemu-img's place",
+  async (t) => {
+    await using fx = await makeFixtures();
+    for (const line of LINES) {
+      await t.step(line.line, () => judgeLine(fx, line));
+    }
+  },
+);

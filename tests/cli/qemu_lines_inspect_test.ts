@@ -1,0 +1,63 @@
+// qemu-img info, check, map and compare command lines, in both output
+// forms, on files and URLs, run with qemu-img and with our CLI in its
+// place: the same standard output and exit status (tests/cli/_lines.ts).
+
+import { qemuTest } from "../_qemu.ts";
+import { judgeLine, type Line, makeFixtures } from "./_lines.ts";
+
+const SAME: Line["judge"] = { kind: "output" };
+
+const LINES: string[] = [
+  "info disk.qcow2",
+  "info --output=json disk.qcow2",
+  "info --output json disk.raw",
+  "info --output=human -f raw disk.raw",
+  "info -U --backing-chain top.qcow2",
+  "info --backing-chain --output=json top.qcow2",
+  "info --format=qcow2 packed.qcow2",
+  "info $URL/disk.qcow2",
+  "info --output=json $URL/disk.qcow2",
+  "info --backing-chain --output=json $URL/top.qcow2",
+  "info $URL/disk.raw",
+  "check disk.qcow2",
+  "check --output=json disk.qcow2",
+  "check -q disk.qcow2",
+  "check -U -f qcow2 top.qcow2",
+  "check --output=json packed.qcow2",
+  "check disk.raw",
+  "check $URL/disk.qcow2",
+  "check --output=json $URL/top.qcow2",
+  "map disk.qcow2",
+  "map --output=json disk.qcow2",
+  "map --output=json --start-offset=1M --max-length=2M disk.qcow2",
+  "map --output=human -U top.qcow2",
+  "map --output=json top.qcow2",
+  "map disk.raw",
+  "map --output=json -f raw disk.raw",
+  "map packed.qcow2",
+  "map $URL/disk.qcow2",
+  "map --output=json $URL/top.qcow2",
+  "compare disk.raw base.qcow2",
+  "compare -f raw -F qcow2 disk.raw base.qcow2",
+  "compare disk.raw new.raw",
+  "compare -q disk.raw new.raw",
+  "compare disk.qcow2 big.qcow2",
+  "compare -s disk.qcow2 copy.qcow2",
+  "compare -s disk.raw base.qcow2",
+  "compare -s disk.qcow2 big.qcow2",
+  "compare -s -q disk.raw base.qcow2",
+  "compare -s -f qcow2 -F qcow2 top.qcow2 base.qcow2",
+  "compare -U $URL/disk.qcow2 disk.raw",
+  "compare $URL/top.qcow2 $URL/base.qcow2",
+  "compare -s $URL/disk.qcow2 copy.qcow2",
+];
+
+qemuTest(
+  "qemu-img info/check/map/compare lines: the same output with our CLI in qemu-img's place",
+  async (t) => {
+    await using fx = await makeFixtures();
+    for (const line of LINES) {
+      await t.step(line, () => judgeLine(fx, { line, judge: SAME }));
+    }
+  },
+);
