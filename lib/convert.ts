@@ -5,7 +5,7 @@
  * @module
  */
 
-import { OutputFile } from "./io/output_file.ts";
+import type { ImageSink } from "./io/sink.ts";
 import type { GuestImage } from "./reader/image.ts";
 import { imageChunks } from "./reader/segments.ts";
 import { CodecPool } from "./codec/pool.ts";
@@ -81,12 +81,14 @@ export interface ConvertSummary extends FinalizerSummary {
  * Converts to qcow2: raw bytes from a stream, or the guest view of an
  * opened image (qcow2 of any layout or chain, or raw), written through the
  * stages `ClusterChunkStream → ZeroDetectStream → CompressStream →
- * ClusterPacker → MetadataFinalizer` into `output`, which is committed
- * (renamed into place) when complete and aborted (removed) on error.
+ * ClusterPacker → MetadataFinalizer` into `output`: an
+ * {@linkcode ImageSink} (an `OutputFile`, committed when complete and
+ * aborted on error) or a `WritableStream` of host writes.
  *
  * @param input Raw bytes (chunks of any size, `{ zeros }` for holes) or an
  * opened image.
- * @param output Where to write: an `OutputFile`, or a sink of host writes.
+ * @param output Where to write: an {@linkcode ImageSink} such as an
+ * `OutputFile`, or a stream of host writes.
  * @param options Cluster size, compression, level, refcount width,
  * workers, sparsify.
  * @returns What was written (with the free-space report when sparsifying).
@@ -110,17 +112,18 @@ export interface ConvertSummary extends FinalizerSummary {
  */
 export async function convert(
   input: ReadableStream<Uint8Array | ZeroBytes> | GuestImage,
-  output: OutputFile | WritableStream<HostWrite>,
+  output: ImageSink | WritableStream<HostWrite>,
   options: ConvertOptions = {},
 ): Promise<ConvertSummary> {
   const isFile = !(output instanceof WritableStream);
+  // try/finally rather than `await using`: this module is part of the
+  // runtime-neutral bundle, and Node 20 cannot parse `using` declarations.
+  let owned: CodecPool | undefined;
   try {
     let pool = options.pool;
-    await using owned =
-      pool === undefined && (options.compression ?? "none") !== "none"
-        ? new CodecPool({ workers: options.workers })
-        : undefined;
-    pool ??= owned;
+    if (pool === undefined && (options.compression ?? "none") !== "none") {
+      pool = owned = new CodecPool({ workers: options.workers });
+    }
     let stream = input instanceof ReadableStream ? input : undefined;
     let report: Promise<SparsifyReport> | undefined;
     if (options.sparsify && stream) {
@@ -133,68 +136,24 @@ export async function convert(
       report = Promise.resolve(mapped.report);
     }
     stream ??= imageChunks(input as GuestImage, { pool });
-    await using writer = new Qcow2Writer({ ...options, pool });
-    const sink = isFile
-      ? new WritableStream<HostWrite>({
-        write: (w) => output.writeAt(w.offset, w.data),
-      })
-      : output;
-    await stream.pipeThrough(writer).pipeTo(sink);
-    const summary: ConvertSummary = await writer.summary;
-    if (isFile) await output.commit(summary.fileSize);
-    return report ? { ...summary, sparsify: await report } : summary;
+    const writer = new Qcow2Writer({ ...options, pool });
+    try {
+      const sink = isFile
+        ? new WritableStream<HostWrite>({
+          write: (w) => output.writeAt(w.offset, w.data),
+        })
+        : output;
+      await stream.pipeThrough(writer).pipeTo(sink);
+      const summary: ConvertSummary = await writer.summary;
+      if (isFile) await output.commit(summary.fileSize);
+      return report ? { ...summary, sparsify: await report } : summary;
+    } finally {
+      await writer.close();
+    }
   } catch (err) {
     if (isFile) await output.abort();
     throw err;
+  } finally {
+    await owned?.close();
   }
-}
-
-/**
- * A `WritableStream` of raw disk bytes that becomes a qcow2 file: pipe a
- * `fetch` body (or any byte stream) into it. The file appears under `path`
- * when the stream closes successfully; on abort or error nothing is left.
- *
- * @param path Where to write the qcow2 image.
- * @param options Writer options, and `force` to replace an existing file.
- * @returns The writable side; `closed` resolves with the summary once the
- * file is in place.
- *
- * @example Pipe a download into a compressed qcow2 file
- * ```ts
- * import assert from "node:assert";
- * import { qcow2FileWritable } from "./convert.ts";
- * const dir = await Deno.makeTempDir();
- * await using server = Deno.serve({ port: 0, onListen() {} }, () => new Response(new Uint8Array(200_000).fill(1)));
- * const sink = qcow2FileWritable(`${dir}/disk.qcow2`, { compression: "zstd", workers: 1 });
- * await (await fetch(`http://localhost:${server.addr.port}/`)).body!.pipeTo(sink.writable);
- * assert.strictEqual((await sink.closed).virtualSize, 200_192);
- * await Deno.remove(dir, { recursive: true });
- * ```
- */
-export function qcow2FileWritable(
-  path: string,
-  options: ConvertOptions & { force?: boolean } = {},
-): {
-  writable: WritableStream<Uint8Array | ZeroBytes>;
-  closed: Promise<ConvertSummary>;
-} {
-  const { readable, writable } = new TransformStream<
-    Uint8Array | ZeroBytes,
-    Uint8Array | ZeroBytes
-  >();
-  const closed = OutputFile.create(path, { force: options.force }).then((
-    output,
-  ) => convert(readable, output, options));
-  closed.catch(() => {});
-  // The writable side reports the conversion's failure to the producer too.
-  const inner = writable.getWriter();
-  const outer = new WritableStream<Uint8Array | ZeroBytes>({
-    write: (chunk) => inner.write(chunk),
-    close: async () => {
-      await inner.close();
-      await closed;
-    },
-    abort: (reason) => inner.abort(reason),
-  }, { highWaterMark: 1 });
-  return { writable: outer, closed };
 }

@@ -3,6 +3,9 @@
 // absent, except under CI (CI=true), where their absence fails the test.
 
 import assert from "node:assert";
+// Tests run in Deno and open images by path through modules under lib/
+// (not only mod.ts): give the runtime-neutral reader Deno's file access.
+import "../lib/io/file_source.ts";
 
 /** Whether `cmd` runs (`cmd --version`, or the given arguments). */
 export function has(cmd: string, args = ["--version"]): boolean {

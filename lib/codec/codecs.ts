@@ -14,6 +14,7 @@
 
 import { Qcow2Error } from "../format/errors.ts";
 import { zstdFrameAt } from "./zstd_frames.ts";
+import { loadZstdWasm, type ZstdWasm } from "./_zstd_wasm.ts";
 
 /**
  * Compression algorithms qcow2 defines.
@@ -171,9 +172,6 @@ const LEVEL_RANGE: Record<CompressionType, [number, number]> = {
 type NodeZlib = typeof import("node:zlib");
 /** zstd options; `pledgedSrcSize` is supported at run time but missing from the types. */
 type ZstdOptions = Parameters<NodeZlib["zstdCompressSync"]>[1];
-// deno-lint-ignore no-explicit-any
-type Any = any;
-
 let nodeZlib: Promise<NodeZlib | undefined> | undefined;
 function loadNodeZlib(): Promise<NodeZlib | undefined> {
   nodeZlib ??= import("node:zlib").then(
@@ -187,14 +185,6 @@ let fflate: Promise<typeof import("fflate")> | undefined;
 function loadFflate(): Promise<typeof import("fflate")> {
   fflate ??= import("fflate");
   return fflate;
-}
-
-let zstdCodec: Promise<Any> | undefined;
-function loadZstdCodec(): Promise<Any> {
-  zstdCodec ??= import("zstd-codec").then((m: Any) =>
-    new Promise((resolve) => (m.ZstdCodec ?? m.default.ZstdCodec).run(resolve))
-  );
-  return zstdCodec;
 }
 
 function fail(reason: string): never {
@@ -278,7 +268,7 @@ export async function createCodec(
     case "fflate":
       return fflateDeflate(await loadFflate(), level);
     case "zstd-codec":
-      return zstdCodecBackend(await loadZstdCodec(), level);
+      return zstdCodecBackend(await loadZstdWasm(), level);
     default:
       throw new RangeError(`Cannot create codec: unknown backend "${backend}"`);
   }
@@ -453,23 +443,21 @@ function nodeZstd(zlib: NodeZlib, level: number): ClusterCodec {
   };
 }
 
-function zstdCodecBackend(zstd: Any, level: number): ClusterCodec {
-  const simple = new zstd.Simple();
-  const streaming = new zstd.Streaming();
+function zstdCodecBackend(zstd: ZstdWasm, level: number): ClusterCodec {
   return {
     type: "zstd",
     backend: "zstd-codec",
     level,
     compress(cluster) {
-      const out = simple.compress(cluster, level) as Uint8Array | null;
+      const out = zstd.compress(cluster, level);
       if (!out) throw new Error("Cannot compress cluster: zstd-codec failed");
       return fits(out, cluster.length);
     },
     decompress(data, clusterSize) {
       return zstdFrames(data, clusterSize, (frame, room) => {
-        let out: Uint8Array | null = null;
+        let out: Uint8Array | undefined;
         try {
-          out = streaming.decompress(frame, room) as Uint8Array | null;
+          out = zstd.decompressFrame(frame, room);
         } catch (err) {
           return fail(`zstd: ${(err as Error).message}`);
         }

@@ -1,5 +1,6 @@
 /**
- * A pool of Web Workers that compress and decompress clusters in parallel.
+ * A pool of Web Workers that compress and decompress clusters in parallel,
+ * or runs the jobs inline where the runtime has no `Worker` (Node).
  *
  * @module
  */
@@ -7,6 +8,15 @@
 import { Qcow2Error, type Qcow2ErrorCode } from "../format/errors.ts";
 import type { CodecOptions } from "./codecs.ts";
 import { codecCache, runJob } from "./_job.ts";
+import {
+  CODEC_WORKER_NAME,
+  inCodecWorker,
+  serveCodecJobs,
+} from "./_worker_side.ts";
+
+// In a worker the pool started, this module (or the bundle it is part of)
+// serves jobs; see _worker_side.ts.
+if (inCodecWorker()) serveCodecJobs();
 
 /** A message to a codec worker. */
 export interface PoolRequest {
@@ -47,8 +57,9 @@ export type PoolResponse =
  */
 export interface CodecPoolOptions {
   /**
-   * Number of workers; 0 runs jobs on the calling thread.
-   * @default {navigator.hardwareConcurrency}
+   * Number of workers; 0 runs jobs on the calling thread, as does any
+   * count where the runtime has no `Worker` (Node).
+   * @default {navigator.hardwareConcurrency} (1 where there is none)
    */
   workers?: number;
 }
@@ -78,8 +89,9 @@ interface Pending {
 }
 
 /**
- * Runs cluster compression and decompression on N Web Workers. Each call is
- * one job; callers keep their own order (await jobs in the order they were
+ * Runs cluster compression and decompression on N Web Workers (inline on
+ * the calling thread where the runtime has no `Worker`). Each call is one
+ * job; callers keep their own order (await jobs in the order they were
  * submitted) and bound how many they have in flight. Close it with
  * `await using` or {@linkcode CodecPool.close}: workers keep the process
  * alive until then.
@@ -112,23 +124,25 @@ export class CodecPool implements AsyncDisposable {
    * @throws {RangeError} When `workers` is not a non-negative integer.
    */
   constructor(options: CodecPoolOptions = {}) {
-    const count = options.workers ?? (navigator.hardwareConcurrency || 1);
+    const count = options.workers ??
+      (globalThis.navigator?.hardwareConcurrency || 1);
     if (!Number.isInteger(count) || count < 0 || count > 1024) {
       throw new RangeError(
         `Cannot create codec pool: workers ${count} is out of range [0, 1024]`,
       );
     }
-    this.#count = count;
+    this.#count = typeof globalThis.Worker === "function" ? count : 0;
   }
 
   /** Starts the workers on first use, so a pool that is never needed costs nothing. */
   #start(): void {
     if (this.#workers.length > 0) return;
     for (let i = 0; i < this.#count; i++) {
-      const worker = new Worker(
-        new URL("./codec_worker.ts", import.meta.url).href,
-        { type: "module" },
-      );
+      // This module is the worker's script: see _worker_side.ts.
+      const worker = new Worker(import.meta.url, {
+        type: "module",
+        name: CODEC_WORKER_NAME,
+      });
       worker.onmessage = (event: MessageEvent<PoolResponse>) => {
         const res = event.data;
         if ("fatal" in res) {
@@ -144,7 +158,10 @@ export class CodecPool implements AsyncDisposable {
     }
   }
 
-  /** Number of workers (0 when jobs run inline); they start on the first job. */
+  /**
+   * Number of workers (0 when jobs run inline, as they do wherever the
+   * runtime has no `Worker`); they start on the first job.
+   */
   get size(): number {
     return this.#count;
   }

@@ -11,18 +11,63 @@ export function ioReason(err: unknown): string {
 }
 
 /**
+ * The classes of Deno's OS errors (`Deno.errors`), by name. They take
+ * `(message, options)` as Error does. Named rather than taken from `Deno`
+ * so that the runtime-neutral reader can word errors too (elsewhere no
+ * error has these classes and the names never match).
+ */
+const OS_ERRORS = new Set([
+  "NotFound",
+  "PermissionDenied",
+  "ConnectionRefused",
+  "ConnectionReset",
+  "ConnectionAborted",
+  "NotConnected",
+  "AddrInUse",
+  "AddrNotAvailable",
+  "BrokenPipe",
+  "AlreadyExists",
+  "InvalidData",
+  "TimedOut",
+  "Interrupted",
+  "WriteZero",
+  "WouldBlock",
+  "UnexpectedEof",
+  "BadResource",
+  "Http",
+  "Busy",
+  "NotSupported",
+  "FilesystemLoop",
+  "IsADirectory",
+  "NetworkUnreachable",
+  "NotADirectory",
+  "NotCapable",
+]);
+
+function osError(err: unknown): string | undefined {
+  return err instanceof Error && OS_ERRORS.has(err.name) &&
+      err.constructor.name === err.name
+    ? err.name
+    : undefined;
+}
+
+/**
  * Why a file could not be opened, read or written, in the words every
  * command uses: "no such file", "it is a directory", "permission denied",
  * a missing Deno permission as Deno words it, else the OS's words without
  * the call and path Deno appends (`: open 'x'`).
  */
 export function fileReason(err: unknown): string {
-  if (err instanceof Deno.errors.NotFound) return "no such file";
-  if (err instanceof Deno.errors.IsADirectory) return "it is a directory";
-  if (err instanceof Deno.errors.NotADirectory) {
-    return "a part of the path is not a directory";
+  switch (osError(err)) {
+    case "NotFound":
+      return "no such file";
+    case "IsADirectory":
+      return "it is a directory";
+    case "NotADirectory":
+      return "a part of the path is not a directory";
+    case "PermissionDenied":
+      return "permission denied";
   }
-  if (err instanceof Deno.errors.PermissionDenied) return "permission denied";
   return ioReason(err).split("\n")[0].replace(/: [a-z_]+ '.*'$/, "");
 }
 
@@ -37,9 +82,8 @@ export function fileReason(err: unknown): string {
  */
 export function fileError(what: string, err: unknown): Error {
   const message = `Cannot ${what}: ${fileReason(err)}`;
-  const Class = err instanceof Error &&
-      Object.values(Deno.errors).some((c) => err.constructor === c)
-    ? err.constructor as ErrorConstructor
+  const Class = osError(err)
+    ? (err as Error).constructor as ErrorConstructor
     : Error;
   return new Class(message, { cause: err });
 }

@@ -4,7 +4,7 @@
  * @module
  */
 
-import type { OutputFile } from "../io/output_file.ts";
+import type { ImageSink } from "../io/sink.ts";
 import { isZero } from "../writer/is_zero.ts";
 import type { GuestImage } from "./image.ts";
 import { type ReadImageOptions, readSegments } from "./segments.ts";
@@ -29,14 +29,15 @@ export interface ExpandOptions extends ReadImageOptions {
 const HOLE_GRANULE = 64 * 1024;
 
 /**
- * Writes an image's guest bytes into an {@linkcode OutputFile}: zero and
- * unallocated ranges, and zero-filled data blocks, become holes, so a 4 TiB
- * image with three written clusters expands in moments and takes
- * kilobytes. The file is committed (renamed into place) with the virtual
- * size; on error it is not, and the caller aborts it.
+ * Writes an image's guest bytes into an {@linkcode ImageSink} (an
+ * `OutputFile`, for example): zero and unallocated ranges, and zero-filled
+ * data blocks, become holes, so a 4 TiB image with three written clusters
+ * expands in moments and takes kilobytes. The output is committed with the
+ * virtual size; on error it is not, and the caller aborts it.
  *
  * @param image An opened image.
- * @param output The output file (devices get explicit zeros).
+ * @param output The output, such as an `OutputFile` (devices get explicit
+ * zeros).
  * @param options Pool, chunk size, progress.
  * @returns Number of bytes actually written (data, not holes).
  *
@@ -56,7 +57,7 @@ const HOLE_GRANULE = 64 * 1024;
  */
 export async function expandToFile(
   image: GuestImage,
-  output: OutputFile,
+  output: ImageSink,
   options: ExpandOptions = {},
 ): Promise<number> {
   let written = 0;

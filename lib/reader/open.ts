@@ -24,12 +24,9 @@ import {
   type SnapshotEntry,
   snapshotEntryLength,
 } from "../format/snapshot.ts";
-import {
-  BytesSource,
-  FileSource,
-  type RandomAccessSource,
-} from "../io/source.ts";
+import { BytesSource, type RandomAccessSource } from "../io/source.ts";
 import { HttpSource, isHttpUrl } from "../io/http_source.ts";
+import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
 import { fileError } from "../io/_errors.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image, readExact } from "./qcow2_image.ts";
@@ -122,10 +119,13 @@ const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
  * data file. Without `format`, the format is detected from the first bytes
  * and the image may only lead to files in its own directory.
  *
- * @param input A file path, a source, or the image bytes.
+ * @param input A file path (with `mod.ts` loaded, in Deno), an http(s) URL,
+ * a source, or the image bytes.
  * @param options Format, reference policy, snapshot, how to open related
  * files.
  * @returns The image; close it when done (`await using` works).
+ * @throws {TypeError} For a path when no file access is loaded (`core.ts`
+ * alone, as in a browser or Node).
  * @throws {Qcow2Error} When the image is malformed, unsupported, encrypted,
  * its backing chain is broken or loops, or it names a file the policy does
  * not allow (`UNTRUSTED_REFERENCE`).
@@ -144,7 +144,11 @@ export async function openImage(
 ): Promise<GuestImage> {
   const source: RandomAccessSource = typeof input === "string"
     ? await openByName(input).catch((err) => {
-      throw isHttpUrl(input) ? err : fileError(`open image ${input}`, err);
+      // An OS error is worded here; a URL's error and the refusal of a
+      // path where no file access is loaded (TypeError) say it already.
+      throw isHttpUrl(input) || err instanceof TypeError
+        ? err
+        : fileError(`open image ${input}`, err);
     })
     : input instanceof Uint8Array
     ? new BytesSource(input)
@@ -184,15 +188,18 @@ function asDirectory(dir: string): string {
 
 /**
  * Opens a file path, or an http(s) URL with Range requests: how backing and
- * data files are opened by default.
+ * data files are opened by default. Paths need the runtime's file access
+ * (`mod.ts` in Deno); URLs work wherever `fetch` does.
  *
  * @param name A path or URL.
  * @returns The source.
+ * @throws {TypeError} For a path where the runtime has no file access
+ * (`core.ts` in a browser or Node).
  *
  * @example
  * ```ts
  * import assert from "node:assert";
- * import { openByName } from "./open.ts";
+ * import { openByName } from "../../mod.ts";
  * const path = await Deno.makeTempFile();
  * await using src = await openByName(path) as AsyncDisposable & { size: number };
  * assert.strictEqual(src.size, 0);
@@ -202,13 +209,13 @@ function asDirectory(dir: string): string {
 export function openByName(
   name: string,
 ): Promise<RandomAccessSource & AsyncDisposable> {
-  return isHttpUrl(name) ? HttpSource.open(name) : FileSource.open(name);
+  return isHttpUrl(name) ? HttpSource.open(name) : openHostFile(name);
 }
 
 async function identity(name: string): Promise<string> {
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(name)) return name;
   try {
-    return await Deno.realPath(name);
+    return await hostFiles()?.realPath(name) ?? name;
   } catch {
     return name;
   }
@@ -347,9 +354,7 @@ async function openRelated(
   try {
     return await openSource(path);
   } catch (err) {
-    const reason = err instanceof Deno.errors.NotFound
-      ? "no such file"
-      : (err as Error).message;
+    const reason = isNotFound(err) ? "no such file" : (err as Error).message;
     throw new Qcow2Error(
       "BACKING",
       `Cannot open ${what} "${path}": ${reason}`,

@@ -14,8 +14,9 @@
  * @module
  */
 
-import { isAbsolute, resolve, sep } from "node:path";
 import { Qcow2Error } from "../format/errors.ts";
+import { hostFiles } from "../io/_host_files.ts";
+import { isAbsolute, join } from "../io/_path.ts";
 
 /**
  * Which backing and external data files an image may lead to.
@@ -123,25 +124,21 @@ export function resolveName(
   return dir === undefined ? undefined : dir + name;
 }
 
-async function realPathOr(path: string): Promise<string> {
-  try {
-    return await Deno.realPath(path);
-  } catch {
-    return resolve(path);
-  }
-}
-
-/** Whether `target` lies inside directory `dir` (local paths). */
+/**
+ * Whether `target` lies inside directory `dir` (local paths). The runtime's
+ * file module checks on the file system, links resolved; without one
+ * (core.ts alone, where only the caller's `openSource` opens names) names
+ * are only names, and the check is on their text.
+ */
 async function insideDirectory(dir: string, target: string): Promise<boolean> {
-  const root = resolve(dir === "" ? "." : dir);
-  const lexical = resolve(target);
-  if (!lexical.startsWith(root.endsWith(sep) ? root : root + sep)) {
-    return false;
+  const files = hostFiles();
+  if (files) return await files.contains(dir, target);
+  const root = join(dir === "" ? "." : dir);
+  const path = join(target);
+  if (root === ".") {
+    return !isAbsolute(path) && path !== ".." && !path.startsWith("../");
   }
-  // Symbolic links must not lead out either.
-  const realRoot = await realPathOr(root);
-  const real = await realPathOr(lexical);
-  return real.startsWith(realRoot.endsWith(sep) ? realRoot : realRoot + sep);
+  return path.startsWith(root.endsWith("/") ? root : root + "/");
 }
 
 /**

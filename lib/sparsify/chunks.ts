@@ -7,8 +7,9 @@
  */
 
 import type { CodecPool } from "../codec/pool.ts";
-import { type HoleProbe, openHoleProber } from "../io/_holes.ts";
-import { FileSource, type RandomAccessSource } from "../io/source.ts";
+import type { HoleProbe } from "../io/_holes.ts";
+import { hostFiles } from "../io/_host_files.ts";
+import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { readSegments } from "../reader/segments.ts";
 import type { ZeroBytes } from "../writer/records.ts";
@@ -96,10 +97,8 @@ export async function freeSpaceChunks(
   const map = options.map ?? await mapFreeSpace(input);
   const size = "readAt" in input ? input.virtualSize : input.size;
   async function* all(): AsyncGenerator<Uint8Array | ZeroBytes> {
-    using prober = openHoleProber();
-    const probe = input instanceof FileSource
-      ? prober.open(input.name)
-      : undefined;
+    // Where a local file has holes, when the runtime's file module can tell.
+    const probe = hostFiles()?.holeProbe(input);
     const kept = "readAt" in input
       ? (from: number, to: number) =>
         imageRange(input, from, to, chunkSize, options.pool)

@@ -150,9 +150,13 @@ export class FreeSpaceStream
       { highWaterMark: 0 },
     );
     this.#writable = writable;
-    const { promise, resolve, reject } = Promise.withResolvers<
-      SparsifyReport
-    >();
+    // Not Promise.withResolvers: Node 20, which runs the bundle, has none.
+    let resolve!: (report: SparsifyReport) => void;
+    let reject!: (err: unknown) => void;
+    const promise = new Promise<SparsifyReport>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
     promise.catch(() => {}); // callers that never ask for the report
     this.#report = promise;
     const input = readable.getReader();

@@ -14,11 +14,8 @@ import {
   MIN_CLUSTER_BITS,
   QCOW2_MAGIC,
 } from "../format/constants.ts";
-import {
-  BytesSource,
-  FileSource,
-  type RandomAccessSource,
-} from "../io/source.ts";
+import { BytesSource, type RandomAccessSource } from "../io/source.ts";
+import { isNotFound, openHostFile } from "../io/_host_files.ts";
 import { LruCache } from "../io/lru.ts";
 import { fileReason } from "../io/_errors.ts";
 
@@ -34,12 +31,13 @@ import { type ImageFormat, openByName } from "../reader/open.ts";
 
 export type { ImageInput, OpenSource };
 
-/** Opens the input as a source (files through {@linkcode FileSource}). */
+/** Opens the input as a source (paths through the runtime's file access). */
 export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
   if (typeof input === "string") {
     try {
-      return await FileSource.open(input);
+      return await openHostFile(input);
     } catch (err) {
+      if (err instanceof TypeError) throw err; // no file access: it says so
       throw new Qcow2Error(
         "IO",
         `Cannot open image ${input}: ${fileReason(err)}`,
@@ -264,9 +262,7 @@ async function openFrom(
     try {
       backingSource = await open(path);
     } catch (err) {
-      const reason = err instanceof Deno.errors.NotFound
-        ? "no such file"
-        : (err as Error).message;
+      const reason = isNotFound(err) ? "no such file" : (err as Error).message;
       throw new Qcow2Error(
         "BACKING",
         `Cannot open backing file "${path}": ${reason}`,

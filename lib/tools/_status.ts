@@ -6,7 +6,7 @@
 // them which ranges to read.
 
 import { hex, Qcow2Error } from "../format/errors.ts";
-import { FileSource } from "../io/source.ts";
+import { FileSource } from "../io/file_source.ts";
 import {
   fileStatus,
   type HoleProbe,

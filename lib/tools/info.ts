@@ -17,7 +17,8 @@ import {
 import { Qcow2Error } from "../format/errors.ts";
 import { backingFormat, dataFileName } from "../format/header.ts";
 import { BITMAP_FLAGS } from "../format/bitmaps.ts";
-import { FileSource, type RandomAccessSource } from "../io/source.ts";
+import type { RandomAccessSource } from "../io/source.ts";
+import { hostFiles } from "../io/_host_files.ts";
 import { fileReason } from "../io/_errors.ts";
 import {
   type ImageInput,
@@ -197,19 +198,10 @@ export interface ImageInfoOptions {
   /** Opens backing files by name; default: local files and http(s) URLs (`openByName`). */
   openSource?: OpenSource;
   /**
-   * Bytes a named file occupies on disk; default: `Deno.stat` blocks × 512
-   * for local files.
+   * Bytes a named file occupies on disk; default: blocks × 512 from the
+   * file system for local files.
    */
   allocatedSize?: (name: string) => Promise<number | undefined>;
-}
-
-async function statAllocated(name: string): Promise<number | undefined> {
-  try {
-    const st = await Deno.stat(name);
-    return st.blocks === null ? undefined : st.blocks * 512;
-  } catch {
-    return undefined;
-  }
 }
 
 async function describe(
@@ -218,9 +210,9 @@ async function describe(
   format: string | undefined,
   options: ImageInfoOptions,
 ): Promise<ImageInfo> {
-  const allocated = source instanceof FileSource || options.allocatedSize
-    ? await (options.allocatedSize ?? statAllocated)(name)
-    : undefined;
+  const allocated = options.allocatedSize
+    ? await options.allocatedSize(name)
+    : await hostFiles()?.allocatedSize(source);
   const qcow2 = format === undefined
     ? await isQcow2(source)
     : format === "qcow2";

@@ -182,16 +182,12 @@ export class Qcow2Writer
     this.#writable = chunker.writable;
     this.#readable = records.pipeThrough(new ClusterPacker({ allocator }))
       .pipeThrough(finalizer);
-    const { promise, resolve, reject } = Promise.withResolvers<
-      FinalizerSummary
-    >();
-    promise.catch(() => {}); // callers that never ask for the summary
-    this.#summary = promise;
     // The finalizer's summary exists once its readable side has closed.
-    const { readable, writable } = new TransformStream<HostWrite, HostWrite>({
-      flush: () => resolve(finalizer.summary!),
-    });
-    this.#readable.pipeTo(writable).catch(reject);
+    const { readable, writable } = new TransformStream<HostWrite, HostWrite>();
+    this.#summary = this.#readable.pipeTo(writable).then(() =>
+      finalizer.summary!
+    );
+    this.#summary.catch(() => {}); // callers that never ask for the summary
     this.#readable = readable;
   }
 
@@ -276,6 +272,13 @@ export async function convertToBytes(
   raw: Uint8Array,
   options: Qcow2WriterOptions = {},
 ): Promise<Uint8Array> {
-  await using writer = new Qcow2Writer(options);
-  return await writesToBytes(ReadableStream.from([raw]).pipeThrough(writer));
+  // Not `await using`: Node 20, which runs the bundle, cannot parse it.
+  const writer = new Qcow2Writer(options);
+  try {
+    return await writesToBytes(
+      ReadableStream.from([raw]).pipeThrough(writer),
+    );
+  } finally {
+    await writer.close();
+  }
 }

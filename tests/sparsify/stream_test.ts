@@ -7,7 +7,7 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { qemuCheckClean, qemuCompareIdentical, tempDir } from "../_qemu.ts";
 import { runCli } from "../writer/_cli.ts";
-import { FileSource } from "../../lib/io/source.ts";
+import { FileSource } from "../../lib/io/file_source.ts";
 import { HttpSource } from "../../lib/io/http_source.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { openImage } from "../../lib/reader/open.ts";

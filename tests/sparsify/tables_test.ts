@@ -6,7 +6,8 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { qemuCompareIdentical, tempDir } from "../_qemu.ts";
 import { runCli } from "../writer/_cli.ts";
-import { BytesSource, FileSource } from "../../lib/io/source.ts";
+import { BytesSource } from "../../lib/io/source.ts";
+import { FileSource } from "../../lib/io/file_source.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import { crc32 } from "../../lib/sparsify/_crc.ts";
 import {
