@@ -25,7 +25,7 @@ let loading: Promise<ZstdWasm> | undefined;
 
 /** Loads the binding once per thread. */
 export function loadZstdWasm(): Promise<ZstdWasm> {
-  loading ??= import("zstd-codec/lib/zstd-codec-binding-wasm.js").then(
+  loading ??= import("npm:zstd-codec@0.1.5/lib/zstd-codec-binding-wasm.js").then(
     (m: Any) => instantiate(m.default ?? m),
   );
   return loading;

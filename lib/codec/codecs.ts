@@ -181,9 +181,14 @@ function loadNodeZlib(): Promise<NodeZlib | undefined> {
   return nodeZlib;
 }
 
-let fflate: Promise<typeof import("fflate")> | undefined;
-function loadFflate(): Promise<typeof import("fflate")> {
-  fflate ??= import("fflate");
+/**
+ * fflate, by a full specifier (not the import map), so that the module
+ * works when imported by path from outside this repository.
+ */
+type Fflate = typeof import("npm:fflate@0.8.2");
+let fflate: Promise<Fflate> | undefined;
+function loadFflate(): Promise<Fflate> {
+  fflate ??= import("npm:fflate@0.8.2");
   return fflate;
 }
 
@@ -287,7 +292,7 @@ function nodeDeflate(
   zlib: NodeZlib,
   level: number,
   zlibWindow: ZlibWindow,
-  fallback: typeof import("fflate") | undefined,
+  fallback: Fflate | undefined,
 ): ClusterCodec {
   const Z_SYNC_FLUSH = zlib.constants.Z_SYNC_FLUSH;
   // QEMU: deflateInit2(level, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY); the
@@ -325,7 +330,7 @@ function nodeDeflate(
 }
 
 function inflateInto(
-  ff: typeof import("fflate"),
+  ff: Fflate,
   data: Uint8Array,
   clusterSize: number,
 ): Uint8Array {
@@ -342,7 +347,7 @@ function inflateInto(
 }
 
 function fflateDeflate(
-  ff: typeof import("fflate"),
+  ff: Fflate,
   level: number,
 ): ClusterCodec {
   return {

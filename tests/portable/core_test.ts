@@ -105,3 +105,37 @@ Deno.test("_path: dirname, join and isAbsolute agree with node:path (POSIX)", ()
   assert.ok(isAbsolute("C:\\images\\base.qcow2"));
   assert.ok(isAbsolute("\\\\server\\share\\base.qcow2"));
 });
+
+Deno.test("mod.ts imported by path from outside the repository converts with every backend", async () => {
+  await using dir = await tempDir();
+  // A script in a directory of its own (no deno.json, no import map): the
+  // library's dependencies must resolve from its own specifiers.
+  const script = `${dir.path}/use.ts`;
+  await Deno.writeTextFile(
+    script,
+    `import { convertToBytes, openImage } from ${
+      JSON.stringify(`${ROOT}mod.ts`)
+    };
+const raw = new Uint8Array(200_000).fill(3);
+for (const [compression, backend] of [["zlib", "fflate"], ["zstd", "zstd-codec"], ["zstd", "node"]]) {
+  const qcow2 = await convertToBytes(raw, { compression, backend, workers: 0 });
+  const image = await openImage(qcow2);
+  console.log(compression, backend, (await image.readAt(199_999, 1))[0]);
+  await image.close();
+}
+`,
+  );
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", script],
+    cwd: dir.path,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.ok(out.success, stderr);
+  assert.strictEqual(
+    new TextDecoder().decode(out.stdout),
+    "zlib fflate 3\nzstd zstd-codec 3\nzstd node 3\n",
+  );
+});
