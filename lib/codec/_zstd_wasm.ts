@@ -25,9 +25,13 @@ let loading: Promise<ZstdWasm> | undefined;
 
 /** Loads the binding once per thread. */
 export function loadZstdWasm(): Promise<ZstdWasm> {
-  loading ??= import("npm:zstd-codec@0.1.5/lib/zstd-codec-binding-wasm.js").then(
-    (m: Any) => instantiate(m.default ?? m),
-  );
+  // A full specifier, not the import map, so that the module works when
+  // imported by path from outside this repository.
+  // deno-lint-ignore no-import-prefix
+  loading ??= import("npm:zstd-codec@0.1.5/lib/zstd-codec-binding-wasm.js")
+    .then(
+      (m: Any) => instantiate(m.default ?? m),
+    );
   return loading;
 }
 

@@ -188,6 +188,7 @@ function loadNodeZlib(): Promise<NodeZlib | undefined> {
 type Fflate = typeof import("npm:fflate@0.8.2");
 let fflate: Promise<Fflate> | undefined;
 function loadFflate(): Promise<Fflate> {
+  // deno-lint-ignore no-import-prefix -- see above
   fflate ??= import("npm:fflate@0.8.2");
   return fflate;
 }

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { checkClusterSize } from "./_options.ts";
+import { checkClusterSize, checkRecord } from "./_options.ts";
 import { isZero } from "./is_zero.ts";
 import type { ClusterRecord } from "./records.ts";
 import type { GuestImage } from "../reader/image.ts";
@@ -83,6 +83,7 @@ export class BackingDiffStream
     const { backing } = options;
     super({
       async transform(record, controller) {
+        checkRecord(record, cs, "compare clusters with the backing image");
         if (record.kind !== "data" && record.kind !== "zero") {
           controller.enqueue(record);
           return;

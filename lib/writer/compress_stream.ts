@@ -12,7 +12,7 @@ import type {
   ZlibWindow,
 } from "../codec/codecs.ts";
 import type { ClusterRecord } from "./records.ts";
-import { checkClusterSize } from "./_options.ts";
+import { checkClusterSize, checkRecord } from "./_options.ts";
 
 /**
  * Options of {@linkcode CompressStream}.
@@ -107,6 +107,7 @@ export class CompressStream
     };
     super({
       async transform(record, controller) {
+        checkRecord(record, cs, "compress clusters");
         if (record.kind === "data") {
           for (let i = 0; i < record.count; i += jobClusters) {
             const count = Math.min(jobClusters, record.count - i);

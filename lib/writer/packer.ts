@@ -6,6 +6,7 @@
  * @module
  */
 
+import { checkRecord } from "./_options.ts";
 import { COMPRESSED_SECTOR_SIZE } from "../format/constants.ts";
 import { HostAllocator, type HostAllocatorOptions } from "./host_allocator.ts";
 import type { ClusterRecord, PlacedRecord } from "./records.ts";
@@ -63,6 +64,7 @@ export class ClusterPacker
       : new HostAllocator(options);
     super({
       transform(record, controller) {
+        checkRecord(record, allocator.clusterSize, "place clusters");
         switch (record.kind) {
           case "data": {
             const hostOffset = allocator.allocClusters(record.count);

@@ -7,7 +7,7 @@
 
 import type { ClusterRecord } from "./records.ts";
 import { isZero } from "./is_zero.ts";
-import { checkClusterSize } from "./_options.ts";
+import { checkClusterSize, checkRecord } from "./_options.ts";
 
 /**
  * Splits `data` runs into `zero` runs (clusters whose bytes are all zero)
@@ -39,6 +39,7 @@ export class ZeroDetectStream
     const cs = checkClusterSize(options.clusterSize);
     super({
       transform(record, controller) {
+        checkRecord(record, cs, "detect zero clusters");
         if (record.kind !== "data") {
           controller.enqueue(record);
           return;

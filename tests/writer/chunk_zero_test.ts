@@ -6,6 +6,9 @@ import assert from "node:assert";
 import { isZero } from "../../lib/writer/is_zero.ts";
 import { ClusterChunkStream } from "../../lib/writer/chunk_stream.ts";
 import { ZeroDetectStream } from "../../lib/writer/zero_stream.ts";
+import { CompressStream } from "../../lib/writer/compress_stream.ts";
+import { ClusterPacker } from "../../lib/writer/packer.ts";
+import { CodecPool } from "../../lib/codec/pool.ts";
 import type { ClusterRecord, ZeroBytes } from "../../lib/writer/records.ts";
 import { chunked, mixedBytes, prng, randomBytes } from "./_helpers.ts";
 
@@ -336,4 +339,47 @@ Deno.test("isZero() finds a non-zero byte anywhere in views at every alignment",
       }
     }
   }
+});
+
+Deno.test("stages refuse records made at another cluster size", async () => {
+  const chunks = () =>
+    ReadableStream.from([new Uint8Array(200_000).fill(1)]).pipeThrough(
+      new ClusterChunkStream({ clusterSize: 65536 }),
+    );
+  // The case: 99,488 of 200,000 bytes read back wrong before.
+  await assert.rejects(
+    Array.fromAsync(
+      chunks().pipeThrough(new ZeroDetectStream({ clusterSize: 512 })),
+    ),
+    /Cannot detect zero clusters: a data record of 3 cluster\(s\) at index 0 holds 196608 bytes, not 1536 at cluster size 512/,
+  );
+  await using pool = new CodecPool({ workers: 0 });
+  await assert.rejects(
+    Array.fromAsync(
+      chunks().pipeThrough(
+        new CompressStream({ pool, clusterSize: 4096, type: "zstd" }),
+      ),
+    ),
+    /Cannot compress clusters: .* at cluster size 4096/,
+  );
+  await assert.rejects(
+    Array.fromAsync(
+      chunks().pipeThrough(new ClusterPacker({ clusterSize: 512 })),
+    ),
+    /Cannot place clusters: .* at cluster size 512/,
+  );
+  // Compressed payloads as long as a cluster of the next stage.
+  const compressed = ReadableStream.from([{
+    kind: "compressed" as const,
+    index: 0,
+    count: 1,
+    data: new Uint8Array(600),
+    lengths: [600],
+  }]);
+  await assert.rejects(
+    Array.fromAsync(
+      compressed.pipeThrough(new ClusterPacker({ clusterSize: 512 })),
+    ),
+    /one of 600 bytes/,
+  );
 });
