@@ -61,7 +61,7 @@ export * from "./lib/writer/compress_stream.ts";
 export * from "./lib/writer/host_allocator.ts";
 export * from "./lib/writer/packer.ts";
 export * from "./lib/writer/finalizer.ts";
-export * from "./lib/writer/convert.ts";
+export * from "./lib/writer/qcow2_writer.ts";
 export * from "./lib/convert.ts";
 
 export * from "./lib/sparsify/mod.ts";

@@ -9,7 +9,7 @@ import type { ImageSink } from "./io/sink.ts";
 import type { GuestImage } from "./reader/image.ts";
 import { imageChunks } from "./reader/segments.ts";
 import { CodecPool } from "./codec/pool.ts";
-import { Qcow2Writer, type Qcow2WriterOptions } from "./writer/convert.ts";
+import { Qcow2Writer, type Qcow2WriterOptions } from "./writer/qcow2_writer.ts";
 import type { FinalizerSummary } from "./writer/finalizer.ts";
 import type { HostWrite, ZeroBytes } from "./writer/records.ts";
 import { freeSpaceChunks } from "./sparsify/chunks.ts";

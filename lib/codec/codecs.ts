@@ -59,8 +59,8 @@ export interface CodecOptions {
   type: CompressionType;
   /**
    * Compression level: zlib 1-9, zstd 1-22.
-   * @default {defaultLevel(type, backend)}: zlib 9 with node:zlib, 6 with
-   * fflate; zstd 3
+   * @default {defaultLevel(type, backend, zlibWindow)}: zlib 6 (9 with
+   * node:zlib and a 4 KiB window); zstd 3
    */
   level?: number;
   /**

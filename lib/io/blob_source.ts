@@ -18,7 +18,7 @@ import type { RandomAccessSource } from "./source.ts";
  * import assert from "node:assert";
  * import { BlobSource } from "./blob_source.ts";
  * import { openImage } from "../reader/open.ts";
- * import { convertToBytes } from "../writer/convert.ts";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
  * const qcow2 = await convertToBytes(new Uint8Array(70_000).fill(5), { workers: 0 });
  * const file = new File([qcow2.slice()], "disk.qcow2");
  * await using image = await openImage(new BlobSource(file));

@@ -44,7 +44,7 @@ const HOLE_GRANULE = 64 * 1024;
  * @example Expand a qcow2 image made in memory
  * ```ts
  * import assert from "node:assert";
- * import { convertToBytes } from "../writer/convert.ts";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
  * import { openImage } from "./open.ts";
  * import { expandToFile } from "./expand.ts";
  * import { OutputFile } from "../io/output_file.ts";

@@ -46,7 +46,7 @@ export interface Qcow2ImageInit {
  * import assert from "node:assert";
  * import { openImage } from "./open.ts";
  * import { BytesSource } from "../io/source.ts";
- * import { convertToBytes } from "../writer/convert.ts";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
  * const qcow2 = await convertToBytes(new Uint8Array(100_000).fill(9));
  * await using image = await openImage(new BytesSource(qcow2));
  * assert.strictEqual(image.format, "qcow2");

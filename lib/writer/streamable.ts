@@ -28,7 +28,7 @@ import { ClusterChunkStream } from "./chunk_stream.ts";
 import { ZeroDetectStream } from "./zero_stream.ts";
 import { CompressStream } from "./compress_stream.ts";
 import { HostAllocator } from "./host_allocator.ts";
-import type { Qcow2WriterOptions } from "./convert.ts";
+import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
 import type { ClusterRecord, ZeroBytes } from "./records.ts";
 
 /**

@@ -18,7 +18,7 @@ import {
   partialFiles,
   runCli,
 } from "../writer/_cli.ts";
-import { convertToBytes } from "../../lib/writer/convert.ts";
+import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 
 const LIMIT = 4 * MiB;
 const linux = Deno.build.os === "linux";

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { tempDir } from "../_qemu.ts";
 import { listDir, MiB, mixedBytes } from "../writer/_helpers.ts";
 import { convert } from "../../lib/convert.ts";
-import { convertToBytes } from "../../lib/writer/convert.ts";
+import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { expandToFile } from "../../lib/reader/expand.ts";

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { qemuImg, qemuIo } from "../_qemu.ts";
 import { mixedBytes, prng } from "../reader/_helpers.ts";
-import { convertToBytes } from "../../lib/writer/convert.ts";
+import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 import { parseHeader, type Qcow2Header } from "../../lib/format/header.ts";
 import { geometryOf } from "../../lib/format/geometry.ts";

@@ -16,7 +16,7 @@ import type { CodecBackend } from "../../lib/codec/codecs.ts";
 import {
   convertToBytes,
   type Qcow2WriterOptions,
-} from "../../lib/writer/convert.ts";
+} from "../../lib/writer/qcow2_writer.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 
 type Compression = "none" | "zlib" | "zstd";

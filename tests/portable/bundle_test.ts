@@ -51,7 +51,7 @@ Deno.test("bundle: one ES module of runtime-neutral code, importing only node:zl
   const ours = sources.filter((s) => !s.includes("/npm/"))
     .map((s) => s.replace(/^.*?\/(lib\/|core\.ts)/, "$1"));
   assert.ok(ours.includes("lib/reader/open.ts"));
-  assert.ok(ours.includes("lib/writer/convert.ts"));
+  assert.ok(ours.includes("lib/writer/qcow2_writer.ts"));
   assert.ok(ours.includes("lib/codec/pool.ts"));
   for (const deno of DENO_ONLY) {
     assert.ok(

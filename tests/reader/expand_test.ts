@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { expandToFile } from "../../lib/reader/expand.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
-import { convertToBytes } from "../../lib/writer/convert.ts";
+import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { qemuImg, qemuIo, qemuTest, tempDir } from "../_qemu.ts";
 
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;

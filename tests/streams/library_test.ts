@@ -7,7 +7,7 @@ import {
 } from "../../lib/io/http_source.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 import { openImageStream } from "../../lib/reader/stream_open.ts";
-import { convertToBytes } from "../../lib/writer/convert.ts";
+import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { imageReadable } from "../../lib/reader/segments.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";

@@ -11,7 +11,7 @@ import {
   Qcow2Writer,
   type Qcow2WriterOptions,
   writesToBytes,
-} from "../../lib/writer/convert.ts";
+} from "../../lib/writer/qcow2_writer.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import type { CodecBackend } from "../../lib/codec/codecs.ts";
 import type { FinalizerSummary } from "../../lib/writer/finalizer.ts";

@@ -17,7 +17,7 @@ import {
 import { convert } from "../../lib/convert.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { openImage } from "../../lib/reader/open.ts";
-import { Qcow2Writer } from "../../lib/writer/convert.ts";
+import { Qcow2Writer } from "../../lib/writer/qcow2_writer.ts";
 import { BackingDiffStream } from "../../lib/writer/backing_diff_stream.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 import { MiB, textBytes } from "./_helpers.ts";

@@ -7,7 +7,7 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { HostAllocator } from "../../lib/writer/host_allocator.ts";
 import { MetadataFinalizer } from "../../lib/writer/finalizer.ts";
-import { Qcow2Writer, writesToBytes } from "../../lib/writer/convert.ts";
+import { Qcow2Writer, writesToBytes } from "../../lib/writer/qcow2_writer.ts";
 import type { PlacedRecord, ZeroBytes } from "../../lib/writer/records.ts";
 import { parseHeader } from "../../lib/format/header.ts";
 import { decodeL1Entry } from "../../lib/format/l1.ts";

@@ -12,7 +12,7 @@ import {
 } from "../../lib/io/output_file.ts";
 import { fileChunks } from "../../lib/io/file_stream.ts";
 import { convert } from "../../lib/convert.ts";
-import { writesToBytes } from "../../lib/writer/convert.ts";
+import { writesToBytes } from "../../lib/writer/qcow2_writer.ts";
 import type { HostWrite } from "../../lib/writer/records.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { qemuTest, tempDir } from "../_qemu.ts";

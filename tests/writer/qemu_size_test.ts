@@ -25,7 +25,7 @@ import {
   tempDir,
 } from "../_qemu.ts";
 import { convert } from "../../lib/convert.ts";
-import type { Qcow2WriterOptions } from "../../lib/writer/convert.ts";
+import type { Qcow2WriterOptions } from "../../lib/writer/qcow2_writer.ts";
 import type { FinalizerSummary } from "../../lib/writer/finalizer.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { fileChunks } from "../../lib/io/file_stream.ts";

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import zlib from "node:zlib";
 import { qemuTest, tempDir } from "../_qemu.ts";
 import { randomBytes, textBytes, verifyImage } from "./_helpers.ts";
-import { convertToBytes } from "../../lib/writer/convert.ts";
+import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { type CodecBackend, createCodec } from "../../lib/codec/codecs.ts";
 import { runCli } from "./_cli.ts";
 

@@ -26,7 +26,7 @@ import type { HostWrite, ZeroBytes } from "./records.ts";
  * @example
  * ```ts
  * import assert from "node:assert";
- * import type { Qcow2WriterOptions } from "./convert.ts";
+ * import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
  * const o: Qcow2WriterOptions = { compression: "zstd", clusterSize: 65536 };
  * assert.strictEqual(o.compression, "zstd");
  * ```
@@ -97,7 +97,7 @@ export interface Qcow2WriterOptions {
  * @example Write a qcow2 image into memory
  * ```ts
  * import assert from "node:assert";
- * import { Qcow2Writer, writesToBytes } from "./convert.ts";
+ * import { Qcow2Writer, writesToBytes } from "./qcow2_writer.ts";
  * await using writer = new Qcow2Writer({ compression: "zstd", workers: 1 });
  * const writes = ReadableStream.from([new Uint8Array(70_000).fill(3)]).pipeThrough(writer);
  * const image = await writesToBytes(writes);
@@ -230,7 +230,7 @@ export class Qcow2Writer
  * @example
  * ```ts
  * import assert from "node:assert";
- * import { writesToBytes } from "./convert.ts";
+ * import { writesToBytes } from "./qcow2_writer.ts";
  * const bytes = await writesToBytes(ReadableStream.from([{ offset: 2, data: new Uint8Array([9]) }]));
  * assert.deepStrictEqual(bytes, new Uint8Array([0, 0, 9]));
  * ```
@@ -263,7 +263,7 @@ export async function writesToBytes(
  * @example
  * ```ts
  * import assert from "node:assert";
- * import { convertToBytes } from "./convert.ts";
+ * import { convertToBytes } from "./qcow2_writer.ts";
  * const image = await convertToBytes(new Uint8Array(1000).fill(1), { clusterSize: 512 });
  * assert.strictEqual(new DataView(image.buffer).getUint32(0), 0x514649fb);
  * ```
