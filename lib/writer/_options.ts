@@ -1,6 +1,64 @@
 // Argument checks shared by the writer stages.
 import { MAX_CLUSTER_BITS, MIN_CLUSTER_BITS } from "../format/constants.ts";
 import type { ClusterRecord } from "./records.ts";
+import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
+import type { BackingFileName } from "./finalizer.ts";
+
+/** What both writers need settled before they build their stages. */
+export interface WriterSettings {
+  clusterSize: number;
+  compression: "none" | "zlib" | "zstd";
+}
+
+/**
+ * Checks the options both writers take and settles their defaults.
+ *
+ * @throws {RangeError} For an unknown compression, a level without
+ * compression, a backing image without its name, a bad backing name, a bad
+ * cluster size or refcount width.
+ */
+export function writerSettings(options: Qcow2WriterOptions): WriterSettings {
+  const compression = options.compression ?? "none";
+  if (
+    compression !== "none" && compression !== "zlib" && compression !== "zstd"
+  ) {
+    throw new RangeError(
+      `Cannot write qcow2: compression "${compression}" is not none, zlib or zstd`,
+    );
+  }
+  if (compression === "none" && options.level !== undefined) {
+    throw new RangeError(
+      "Cannot write qcow2: a compression level needs compression zlib or zstd",
+    );
+  }
+  if (options.backingImage && !options.backingFile) {
+    throw new RangeError(
+      "Cannot write qcow2: a backing image to compare with needs backingFile (its name and format)",
+    );
+  }
+  const clusterSize = checkClusterSize(options.clusterSize ?? 65536);
+  refcountOrderOf(options.refcountBits ?? 16);
+  if (options.backingFile) checkBackingFile(options.backingFile);
+  return { clusterSize, compression };
+}
+
+/** QEMU's limit on a backing file name (1023 bytes and a NUL). */
+const MAX_BACKING_NAME = 1023;
+
+/** Throws RangeError unless QEMU would take the name and format. */
+export function checkBackingFile(backing: BackingFileName): void {
+  const bytes = new TextEncoder().encode(backing.name).length;
+  if (bytes < 1 || bytes > MAX_BACKING_NAME || backing.name.includes("\0")) {
+    throw new RangeError(
+      `Cannot name backing file "${backing.name}": a name is 1 to ${MAX_BACKING_NAME} bytes without NUL (it has ${bytes})`,
+    );
+  }
+  if (backing.format !== "qcow2" && backing.format !== "raw") {
+    throw new RangeError(
+      `Cannot name backing file "${backing.name}": format "${backing.format}" is not qcow2 or raw`,
+    );
+  }
+}
 
 /** Returns the cluster size if it is a power of two in [512, 2 MiB]; throws RangeError otherwise. */
 export function checkClusterSize(size: number): number {

@@ -6,16 +6,15 @@
  * @module
  */
 
-import { COMPRESSION_TYPE } from "../format/constants.ts";
-import {
-  defaultHeader,
-  type Qcow2Header,
-  serializeHeader,
-} from "../format/header.ts";
 import { l1SizeFor } from "../format/geometry.ts";
-import { encodeL1Entry } from "../format/l1.ts";
-import { encodeL2Entry, type L2Layout } from "../format/l2.ts";
 import { encodeRefcountTableEntry } from "../format/refcount.ts";
+import { checkBackingFile } from "./_options.ts";
+import {
+  headerCluster,
+  l1Table,
+  L2Tables,
+  refcountSizing,
+} from "./_metadata.ts";
 import type { CompressionType } from "../codec/codecs.ts";
 import type { HostAllocator } from "./host_allocator.ts";
 import type { HostWrite, PlacedRecord } from "./records.ts";
@@ -171,53 +170,24 @@ class FinalizerState {
   summary: FinalizerSummary | undefined;
   #alloc: HostAllocator;
   #cs: number;
-  #entries: number;
-  #layout: L2Layout;
   #compression: CompressionType;
   #onProgress: ((n: number) => void) | undefined;
-  #tables = new Map<number, Uint8Array>();
+  #backingFile: BackingFileName | undefined;
+  #tables: L2Tables;
   #l1: number[] = [];
   #reftable: number[] = [];
-  #doneBelow = 0; // L2 tables with lower indices are final
   #mapped = 0;
-  #counts = {
-    data: 0,
-    compressed: 0,
-    zero: 0,
-    backing: 0,
-    l2: 0,
-    blocks: 0,
-  };
-  #backingFile: BackingFileName | undefined;
+  #l2Count = 0;
+  #blockCount = 0;
 
   constructor(options: MetadataFinalizerOptions) {
     this.#alloc = options.allocator;
     this.#cs = this.#alloc.clusterSize;
-    this.#entries = this.#cs / 8;
-    this.#layout = {
-      clusterBits: Math.log2(this.#cs),
-      extendedL2: false,
-      dataFile: false,
-    };
     this.#compression = options.compressionType ?? "zlib";
     this.#onProgress = options.onProgress;
     this.#backingFile = options.backingFile;
     if (this.#backingFile) checkBackingFile(this.#backingFile);
-  }
-
-  #table(index: number): Uint8Array {
-    const t = Math.floor(index / this.#entries);
-    if (t < this.#doneBelow) {
-      throw new Error(
-        `Internal error: L2 table ${t} was already written (cluster ${index} arrived late)`,
-      );
-    }
-    let table = this.#tables.get(t);
-    if (!table) {
-      table = new Uint8Array(this.#cs);
-      this.#tables.set(t, table);
-    }
-    return table;
+    this.#tables = new L2Tables(this.#cs, this.#backingFile !== undefined);
   }
 
   accept(record: PlacedRecord, emit: (w: HostWrite) => void): void {
@@ -226,70 +196,31 @@ class FinalizerState {
         "Cannot finalize image: a record arrived after the end record",
       );
     }
-    const E = this.#entries;
-    switch (record.kind) {
-      case "write":
-        emit({ offset: record.offset, data: record.data });
-        return;
-      case "normal":
-        for (let i = 0; i < record.count; i++) {
-          const index = record.index + i;
-          encodeL2Entry(this.#table(index), index % E, {
-            type: "normal",
-            hostOffset: record.hostOffset + i * this.#cs,
-            copied: true,
-          }, this.#layout);
-        }
-        this.#counts.data += record.count;
-        break;
-      case "compressed":
-        for (let i = 0; i < record.count; i++) {
-          const index = record.index + i;
-          encodeL2Entry(this.#table(index), index % E, {
-            type: "compressed",
-            hostOffset: record.hostOffsets[i],
-            sectors: record.sectors[i],
-          }, this.#layout);
-        }
-        this.#counts.compressed += record.count;
-        break;
-      case "zero":
-        // Over a backing file, unallocated would read the backing's bytes.
-        if (this.#backingFile) {
-          for (let i = 0; i < record.count; i++) {
-            const index = record.index + i;
-            encodeL2Entry(this.#table(index), index % E, {
-              type: "zero-plain",
-            }, this.#layout);
-          }
-        }
-        this.#counts.zero += record.count;
-        break;
-      case "backing":
-        this.#counts.backing += record.count;
-        break;
-      case "end":
-        this.#finish(record.size, emit);
-        return;
+    if (record.kind === "write") {
+      emit({ offset: record.offset, data: record.data });
+      return;
     }
+    if (record.kind === "end") {
+      this.#finish(record.size, emit);
+      return;
+    }
+    this.#tables.map(record);
     this.#mapped += record.count * this.#cs;
     this.#onProgress?.(this.#mapped);
-    this.#writeTablesBelow(Math.floor((record.index + record.count) / E), emit);
+    this.#writeTablesBelow(
+      Math.floor((record.index + record.count) / (this.#cs / 8)),
+      emit,
+    );
     this.#writeFinalBlocks(emit);
   }
 
   #writeTablesBelow(limit: number, emit: (w: HostWrite) => void): void {
-    if (limit <= this.#doneBelow) return;
-    for (const t of [...this.#tables.keys()].sort((a, b) => a - b)) {
-      if (t >= limit) break;
-      const table = this.#tables.get(t)!;
-      this.#tables.delete(t);
+    for (const { index, table } of this.#tables.takeBelow(limit)) {
       const offset = this.#alloc.allocClusters(1);
-      this.#l1[t] = offset;
-      this.#counts.l2++;
+      this.#l1[index] = offset;
+      this.#l2Count++;
       emit({ offset, data: table });
     }
-    this.#doneBelow = limit;
   }
 
   #writeFinalBlocks(emit: (w: HostWrite) => void): void {
@@ -299,60 +230,81 @@ class FinalizerState {
       for (const { index, block } of blocks) {
         const offset = this.#alloc.allocClusters(1);
         this.#reftable[index] = offset;
-        this.#counts.blocks++;
+        this.#blockCount++;
         emit({ offset, data: block });
       }
     }
   }
 
   #finish(inputSize: number, emit: (w: HostWrite) => void): void {
-    const cs = this.#cs;
     // QEMU sees a disk in whole 512-byte sectors; round up so every input
     // byte stays visible.
     const virtualSize = Math.ceil(inputSize / 512) * 512;
-    const clusterBits = Math.log2(cs);
     this.#writeTablesBelow(Infinity, emit);
-    const l1Size = l1SizeFor(virtualSize, clusterBits, false);
+    const l1Size = l1SizeFor(virtualSize, Math.log2(this.#cs), false);
     if (this.#l1.length > l1Size) {
       throw new Error(
         `Internal error: clusters were mapped beyond the end of the input (${this.#l1.length} L1 entries, ${l1Size} expected)`,
       );
     }
     let l1Offset = 0;
-    const l1Bytes = new Uint8Array(Math.ceil((l1Size * 8) / cs) * cs);
     if (l1Size > 0) {
-      l1Offset = this.#alloc.allocClusters(l1Bytes.length / cs);
-      for (let t = 0; t < this.#l1.length; t++) {
-        if (this.#l1[t]) {
-          encodeL1Entry(l1Bytes, t, { l2Offset: this.#l1[t], copied: true });
-        }
-      }
-      emit({ offset: l1Offset, data: l1Bytes });
+      const l1 = l1Table(l1Size, this.#cs, this.#l1);
+      l1Offset = this.#alloc.allocClusters(l1.length / this.#cs);
+      emit({ offset: l1Offset, data: l1 });
     }
     this.#writeFinalBlocks(emit);
+    const reftable = this.#writeLastBlocks(emit);
+    emit({
+      offset: 0,
+      data: headerCluster({
+        virtualSize,
+        clusterSize: this.#cs,
+        refcountOrder: this.#alloc.refcountOrder,
+        compression: this.#compression,
+        l1Size,
+        l1TableOffset: l1Offset,
+        refcountTableOffset: reftable.offset,
+        refcountTableClusters: reftable.clusters,
+        backingFile: this.#backingFile,
+      }),
+    });
+    this.ended = true;
+    const counts = this.#tables.counts;
+    this.summary = {
+      inputSize,
+      virtualSize,
+      fileSize: this.#alloc.end,
+      dataClusters: counts.data,
+      compressedClusters: counts.compressed,
+      zeroClusters: counts.zero,
+      backingClusters: counts.backing,
+      l2Tables: this.#l2Count,
+      refcountBlocks: this.#blockCount,
+    };
+  }
 
-    // The remaining refcount blocks and the refcount table count
-    // themselves: find the smallest layout that covers the whole file.
+  /**
+   * Places the refcount blocks still open and the refcount table at the end
+   * of the file (they count themselves) and writes them.
+   */
+  #writeLastBlocks(
+    emit: (w: HostWrite) => void,
+  ): { offset: number; clusters: number } {
+    const cs = this.#cs;
     this.#alloc.closeTail();
-    const R = this.#alloc.blockEntries;
     const placed = this.#reftable.length;
-    const before = this.#alloc.end / cs;
-    let blocks = Math.ceil(before / R);
-    let tableClusters = 0;
-    for (;;) {
-      tableClusters = Math.ceil((blocks * 8) / cs);
-      const total = before + (blocks - placed) + tableClusters;
-      const need = Math.ceil(total / R);
-      if (need === blocks) break;
-      blocks = need;
-    }
+    const { blocks, tableClusters } = refcountSizing(
+      this.#alloc.end / cs - placed,
+      this.#alloc.blockEntries,
+      cs,
+    );
     const newBlocks = blocks - placed;
     const blocksOffset = newBlocks > 0
       ? this.#alloc.allocClusters(newBlocks)
       : 0;
     const reftableOffset = this.#alloc.allocClusters(tableClusters);
-    const last = this.#alloc.takeFinalBlocks(true);
-    for (const { index, block } of last) {
+    for (const { index, block } of this.#alloc.takeFinalBlocks(true)) {
       if (index < placed || index >= blocks) {
         throw new Error(
           `Internal error: refcount block ${index} is outside [${placed}, ${blocks})`,
@@ -360,7 +312,7 @@ class FinalizerState {
       }
       const offset = blocksOffset + (index - placed) * cs;
       this.#reftable[index] = offset;
-      this.#counts.blocks++;
+      this.#blockCount++;
       emit({ offset, data: block });
     }
     const reftable = new Uint8Array(tableClusters * cs);
@@ -373,77 +325,6 @@ class FinalizerState {
       encodeRefcountTableEntry(reftable, j, this.#reftable[j]);
     }
     emit({ offset: reftableOffset, data: reftable });
-
-    const header = defaultHeader({
-      size: virtualSize,
-      clusterBits,
-      refcountOrder: this.#alloc.refcountOrder,
-      compressionType: this.#compression === "zstd"
-        ? COMPRESSION_TYPE.ZSTD
-        : COMPRESSION_TYPE.ZLIB,
-    });
-    header.l1Size = l1Size;
-    header.l1TableOffset = l1Offset;
-    header.refcountTableOffset = reftableOffset;
-    header.refcountTableClusters = tableClusters;
-    if (this.#backingFile) nameBackingFile(header, this.#backingFile, cs);
-    const headerCluster = new Uint8Array(cs);
-    headerCluster.set(serializeHeader(header));
-    emit({ offset: 0, data: headerCluster });
-
-    this.ended = true;
-    this.summary = {
-      inputSize,
-      virtualSize,
-      fileSize: this.#alloc.end,
-      dataClusters: this.#counts.data,
-      compressedClusters: this.#counts.compressed,
-      zeroClusters: this.#counts.zero,
-      backingClusters: this.#counts.backing,
-      l2Tables: this.#counts.l2,
-      refcountBlocks: this.#counts.blocks,
-    };
+    return { offset: reftableOffset, clusters: tableClusters };
   }
-}
-
-/** QEMU's limit on a backing file name (1023 bytes and a NUL). */
-const MAX_BACKING_NAME = 1023;
-
-function checkBackingFile(backing: BackingFileName): void {
-  const bytes = new TextEncoder().encode(backing.name).length;
-  if (bytes < 1 || bytes > MAX_BACKING_NAME || backing.name.includes("\0")) {
-    throw new RangeError(
-      `Cannot name backing file "${backing.name}": a name is 1 to ${MAX_BACKING_NAME} bytes without NUL (it has ${bytes})`,
-    );
-  }
-  if (backing.format !== "qcow2" && backing.format !== "raw") {
-    throw new RangeError(
-      `Cannot name backing file "${backing.name}": format "${backing.format}" is not qcow2 or raw`,
-    );
-  }
-}
-
-/**
- * Puts the backing file's name and format into a header: the format as a
- * backing format extension, the name right after the extensions, as QEMU
- * lays them out in the first cluster.
- */
-function nameBackingFile(
-  header: Qcow2Header,
-  backing: BackingFileName,
-  clusterSize: number,
-): void {
-  header.extensions.unshift({ kind: "backing-format", format: backing.format });
-  const name = new TextEncoder().encode(backing.name);
-  const withoutName = serializeHeader(header).length;
-  if (withoutName + name.length > clusterSize) {
-    throw new RangeError(
-      `Cannot name backing file "${backing.name}": the header, its extensions and the name need ${
-        withoutName + name.length
-      } bytes, more than the ${clusterSize}-byte first cluster`,
-    );
-  }
-  header.backingFile = backing.name;
-  header.backingFileOffset = withoutName;
-  header.backingFileSize = name.length;
 }

@@ -4,18 +4,15 @@
  * @module
  */
 
-import { CodecPool } from "../codec/pool.ts";
+import type { CodecPool } from "../codec/pool.ts";
 import type { CodecBackend, ZlibWindow } from "../codec/codecs.ts";
-import { ClusterChunkStream } from "./chunk_stream.ts";
-import { ZeroDetectStream } from "./zero_stream.ts";
-import { CompressStream } from "./compress_stream.ts";
+import { recordStages } from "./_stages.ts";
 import { ClusterPacker } from "./packer.ts";
 import {
   type BackingFileName,
   type FinalizerSummary,
   MetadataFinalizer,
 } from "./finalizer.ts";
-import { BackingDiffStream } from "./backing_diff_stream.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { HostAllocator } from "./host_allocator.ts";
 import type { HostWrite, ZeroBytes } from "./records.ts";
@@ -121,66 +118,22 @@ export class Qcow2Writer
    * @throws {RangeError} For invalid options.
    */
   constructor(options: Qcow2WriterOptions = {}) {
-    const clusterSize = options.clusterSize ?? 65536;
-    const compression = options.compression ?? "none";
-    if (
-      compression !== "none" && compression !== "zlib" && compression !== "zstd"
-    ) {
-      throw new RangeError(
-        `Cannot write qcow2: compression "${compression}" is not none, zlib or zstd`,
-      );
-    }
-    if (compression === "none" && options.level !== undefined) {
-      throw new RangeError(
-        "Cannot write qcow2: a compression level needs compression zlib or zstd",
-      );
-    }
-    if (options.backingImage && !options.backingFile) {
-      throw new RangeError(
-        "Cannot write qcow2: a backing image to compare with needs backingFile (its name and format)",
-      );
-    }
-    const chunker = new ClusterChunkStream({ clusterSize });
+    const stages = recordStages(options);
+    this.#ownPool = stages.ownPool;
     const allocator = new HostAllocator({
-      clusterSize,
+      clusterSize: stages.clusterSize,
       refcountBits: options.refcountBits,
     });
     const finalizer = new MetadataFinalizer({
       allocator,
-      compressionType: compression === "zstd" ? "zstd" : "zlib",
+      compressionType: stages.compression === "zstd" ? "zstd" : "zlib",
       onProgress: options.onProgress,
       backingFile: options.backingFile,
     });
-    let records = chunker.readable.pipeThrough(
-      new ZeroDetectStream({ clusterSize }),
-    );
-    if (options.backingImage) {
-      records = records.pipeThrough(
-        new BackingDiffStream({
-          backing: options.backingImage,
-          clusterSize,
-        }),
-      );
-    }
-    if (compression !== "none") {
-      let pool = options.pool;
-      if (!pool) {
-        pool = new CodecPool({ workers: options.workers });
-        this.#ownPool = pool;
-      }
-      records = records.pipeThrough(
-        new CompressStream({
-          pool,
-          clusterSize,
-          type: compression,
-          level: options.level,
-          backend: options.backend,
-          zlibWindow: options.zlibWindow,
-        }),
-      );
-    }
-    this.#writable = chunker.writable;
-    this.#readable = records.pipeThrough(new ClusterPacker({ allocator }))
+    this.#writable = stages.writable;
+    this.#readable = stages.records.pipeThrough(
+      new ClusterPacker({ allocator }),
+    )
       .pipeThrough(finalizer);
     // The finalizer's summary exists once its readable side has closed.
     const { readable, writable } = new TransformStream<HostWrite, HostWrite>();
