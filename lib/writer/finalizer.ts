@@ -22,13 +22,19 @@ import type { HostWrite, PlacedRecord } from "./records.ts";
 /**
  * Options of {@linkcode MetadataFinalizer}.
  *
- * @example
+ * @example Name zstd in the header of an empty image
  * ```ts
  * import assert from "node:assert";
  * import { HostAllocator } from "./host_allocator.ts";
- * import type { MetadataFinalizerOptions } from "./finalizer.ts";
- * const o: MetadataFinalizerOptions = { allocator: new HostAllocator({ clusterSize: 65536 }) };
- * assert.ok(o.allocator);
+ * import { MetadataFinalizer } from "./finalizer.ts";
+ * const allocator = new HostAllocator({ clusterSize: 4096 });
+ * const finalizer = new MetadataFinalizer({ allocator, compressionType: "zstd" });
+ * const writes = await Array.fromAsync(
+ *   ReadableStream.from([{ kind: "end" as const, size: 4096 }]).pipeThrough(finalizer),
+ * );
+ * const image = new Uint8Array(finalizer.summary!.fileSize);
+ * for (const w of writes) image.set(w.data, w.offset);
+ * assert.strictEqual(image[104], 1); // compression_type: zstd
  * ```
  */
 export interface MetadataFinalizerOptions {
@@ -75,12 +81,17 @@ export interface BackingFileName {
 /**
  * What the finalizer wrote, available once its readable side has closed.
  *
- * @example
+ * @example Count what a writer stored
  * ```ts
  * import assert from "node:assert";
- * import type { FinalizerSummary } from "./finalizer.ts";
- * const s: Partial<FinalizerSummary> = { virtualSize: 1024 };
- * assert.strictEqual(s.virtualSize, 1024);
+ * import { Qcow2Writer, writesToBytes } from "./qcow2_writer.ts";
+ * const raw = new Uint8Array(3 * 65536);
+ * raw.fill(1, 65536, 2 * 65536); // one data cluster between two zero ones
+ * await using writer = new Qcow2Writer();
+ * await writesToBytes(ReadableStream.from([raw]).pipeThrough(writer));
+ * const summary = await writer.summary;
+ * assert.strictEqual(summary.dataClusters, 1);
+ * assert.strictEqual(summary.zeroClusters, 2);
  * ```
  */
 export interface FinalizerSummary {

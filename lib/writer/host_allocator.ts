@@ -20,12 +20,15 @@ const MAX_FRAGMENTS = 8;
 /**
  * Options of {@linkcode HostAllocator}.
  *
- * @example
+ * @example Keep payloads in allocation order
  * ```ts
  * import assert from "node:assert";
- * import type { HostAllocatorOptions } from "./host_allocator.ts";
- * const o: HostAllocatorOptions = { clusterSize: 65536, refcountBits: 16 };
- * assert.strictEqual(o.refcountBits, 16);
+ * import { HostAllocator } from "./host_allocator.ts";
+ * const alloc = new HostAllocator({ clusterSize: 4096, backfill: false });
+ * const a = alloc.allocCompressed(3000);
+ * const table = alloc.allocClusters(1);
+ * const b = alloc.allocCompressed(500); // would fit after `a` with backfill
+ * assert.deepStrictEqual([a, table, b], [4096, 8192, 12288]);
  * ```
  */
 export interface HostAllocatorOptions {
@@ -49,12 +52,16 @@ export interface HostAllocatorOptions {
 /**
  * A refcount block whose counts can no longer change.
  *
- * @example
+ * @example Take the block of the clusters allocated so far
  * ```ts
  * import assert from "node:assert";
- * import type { FinalRefcountBlock } from "./host_allocator.ts";
- * const b: FinalRefcountBlock = { index: 0, block: new Uint8Array(512) };
- * assert.strictEqual(b.index, 0);
+ * import { HostAllocator } from "./host_allocator.ts";
+ * import { getRefcount } from "../format/refcount.ts";
+ * const alloc = new HostAllocator({ clusterSize: 512, refcountBits: 16 });
+ * alloc.allocClusters(300); // past the first block's 256 clusters
+ * const [first] = alloc.takeFinalBlocks();
+ * assert.strictEqual(first.index, 0);
+ * assert.strictEqual(getRefcount(first.block, 255, alloc.refcountOrder), 1);
  * ```
  */
 export interface FinalRefcountBlock {
@@ -183,15 +190,28 @@ export class HostAllocator {
       start = this.#end;
       if (this.#tail !== 0 && this.#backfill) this.#keepFragment(this.#tail);
     }
+    this.addReferences(start, span);
     const end = start + span;
-    // Clusters this payload touches; new ones extend the file.
-    const first = start - (start % cs);
-    for (let c = first; c < end; c += cs) {
+    this.#tail = end % cs === 0 ? 0 : end;
+    return start;
+  }
+
+  /**
+   * Counts one more reference to each cluster that `[offset, offset +
+   * length)` touches; clusters past the end extend the file. For laying
+   * out again what was placed elsewhere (the streamable writer places its
+   * data region on its own, then after the metadata).
+   *
+   * @param offset Host offset.
+   * @param length Bytes (at least 1).
+   */
+  addReferences(offset: number, length: number): void {
+    const cs = this.clusterSize;
+    const end = offset + length;
+    for (let c = offset - (offset % cs); c < end; c += cs) {
       if (c >= this.#end) this.#end = c + cs;
       this.#addRef(c);
     }
-    this.#tail = end % cs === 0 ? 0 : end;
-    return start;
   }
 
   /** Fits `span` bytes into a kept fragment; -1 when none has room. */

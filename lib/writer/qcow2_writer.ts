@@ -20,12 +20,19 @@ import type { HostWrite, ZeroBytes } from "./records.ts";
 /**
  * Options of the forward pipeline.
  *
- * @example
+ * @example Small clusters, 8-bit refcounts
  * ```ts
  * import assert from "node:assert";
- * import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
- * const o: Qcow2WriterOptions = { compression: "zstd", clusterSize: 65536 };
- * assert.strictEqual(o.compression, "zstd");
+ * import { convertToBytes } from "./qcow2_writer.ts";
+ * const image = await convertToBytes(new Uint8Array(8192).fill(7), {
+ *   clusterSize: 4096,
+ *   refcountBits: 8,
+ * });
+ * const header = new DataView(image.buffer);
+ * assert.strictEqual(header.getUint32(20), 12); // cluster_bits
+ * assert.strictEqual(header.getUint32(96), 3); // refcount_order
+ * // header, 2 data clusters, L2, L1, refcount block, refcount table
+ * assert.strictEqual(image.length, 7 * 4096);
  * ```
  */
 export interface Qcow2WriterOptions {

@@ -7,7 +7,11 @@ import {
 } from "../../lib/io/http_source.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 import { openImageStream } from "../../lib/reader/stream_open.ts";
-import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
+import {
+  convertToBytes,
+  Qcow2Writer,
+  type Qcow2WriterOptions,
+} from "../../lib/writer/qcow2_writer.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { imageReadable } from "../../lib/reader/segments.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
@@ -225,6 +229,50 @@ Deno.test("StreamableQcow2Writer() output opens in one pass from a stream", asyn
     assert.deepStrictEqual(back.subarray(0, raw.length), raw);
     assert.ok(back.subarray(raw.length).every((b) => b === 0));
   }
+});
+
+Deno.test("StreamableQcow2Writer() refuses the options Qcow2Writer refuses", () => {
+  for (
+    const [options, message] of [
+      [{ compression: "none", level: 5 }, /a compression level needs/],
+      [{ level: 5 }, /a compression level needs/],
+      [{ compression: "lz4" }, /"lz4" is not none, zlib or zstd/],
+      [{ clusterSize: 1000 }, /cluster size 1000/],
+      [{ refcountBits: 3 }, /refcount width 3/],
+    ] as const
+  ) {
+    for (const Writer of [Qcow2Writer, StreamableQcow2Writer]) {
+      assert.throws(
+        () => new Writer(options as Qcow2WriterOptions),
+        (err: Error) => err instanceof RangeError && message.test(err.message),
+        `${Writer.name} ${JSON.stringify(options)}`,
+      );
+    }
+  }
+});
+
+Deno.test("StreamableQcow2Writer() keeps every spool file in spoolDir", async () => {
+  await using dir = await tempDir();
+  const spoolDir = join(dir.path, "spools");
+  await Deno.mkdir(spoolDir);
+  const raw = sampleDisk(1_000_000);
+  const writer = new StreamableQcow2Writer({ spoolDir, clusterSize: 4096 });
+  const qcow2 = await bytesOf(ReadableStream.from([raw]).pipeThrough(writer));
+  const summary = await writer.summary;
+  const spools = await Array.fromAsync(Deno.readDir(spoolDir));
+  assert.strictEqual(spools.length, 2, "the data region and the mappings");
+  let spooled = 0;
+  for (const entry of spools) {
+    assert.match(entry.name, /^qcow2pipe-spool-/);
+    for await (const file of Deno.readDir(join(spoolDir, entry.name))) {
+      spooled += (await Deno.stat(join(spoolDir, entry.name, file.name))).size;
+    }
+  }
+  assert.strictEqual(spooled, summary.spoolBytes);
+  await writer.close();
+  assert.deepStrictEqual(await Array.fromAsync(Deno.readDir(spoolDir)), []);
+  await using image = await openImage(qcow2);
+  assert.deepStrictEqual(await image.readAt(0, raw.length), raw);
 });
 
 Deno.test("openImageStream() spools an image whose metadata follows its data", async () => {

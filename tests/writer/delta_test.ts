@@ -17,7 +17,7 @@ import {
 import { convert } from "../../lib/convert.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { openImage } from "../../lib/reader/open.ts";
-import { Qcow2Writer } from "../../lib/writer/qcow2_writer.ts";
+import { convertToBytes, Qcow2Writer } from "../../lib/writer/qcow2_writer.ts";
 import { BackingDiffStream } from "../../lib/writer/backing_diff_stream.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 import { MiB, textBytes } from "./_helpers.ts";
@@ -176,24 +176,61 @@ Deno.test("BackingDiffStream: zeros over a zero backing stay with the backing", 
   ]);
 });
 
-Deno.test("Qcow2Writer: a backing image needs its name; the streamable writer refuses deltas", async () => {
-  await using backing = await openImage(new Uint8Array(4096));
-  assert.throws(
-    () => new Qcow2Writer({ backingImage: backing }),
-    /needs backingFile/,
-  );
-  assert.throws(
-    () =>
-      new Qcow2Writer({
-        backingFile: { name: "x".repeat(1024), format: "qcow2" },
-      }),
-    /1 to 1023 bytes/,
-  );
-  assert.throws(
-    () =>
-      new StreamableQcow2Writer({
+for (const Writer of [Qcow2Writer, StreamableQcow2Writer]) {
+  Deno.test(`${Writer.name}: a backing image needs its name, a name fits QEMU's limit`, async () => {
+    await using backing = await openImage(new Uint8Array(4096));
+    assert.throws(
+      () => new Writer({ backingImage: backing }),
+      /needs backingFile/,
+    );
+    assert.throws(
+      () =>
+        new Writer({
+          backingFile: { name: "x".repeat(1024), format: "qcow2" },
+        }),
+      /1 to 1023 bytes/,
+    );
+  });
+}
+
+for (const compression of ["none", "zstd"] as const) {
+  qemuTest(
+    `delta: StreamableQcow2Writer writes a delta over a qcow2 base, ${compression}`,
+    async () => {
+      await using dir = await tempDir();
+      const c = await makeCase(dir.path, "qcow2");
+      const delta = join(dir.path, "delta.qcow2");
+      await using base = await openImage(c.base);
+      await using writer = new StreamableQcow2Writer({
+        compression,
+        workers: 1,
         backingFile: { name: "base.qcow2", format: "qcow2" },
-      }),
-    /Qcow2Writer only/,
+        backingImage: base,
+      });
+      const bytes = (await Deno.open(c.raw)).readable.pipeThrough(writer);
+      await Deno.writeFile(delta, bytes);
+      const summary = await writer.summary;
+      assert.strictEqual(
+        summary.dataClusters + summary.compressedClusters,
+        c.changed,
+        JSON.stringify(summary),
+      );
+      assert.strictEqual(summary.zeroClusters, 2);
+      assert.strictEqual(summary.fileSize, (await Deno.stat(delta)).size);
+      await qemuCheckClean(delta);
+      await qemuCompareIdentical(c.raw, delta, ["raw", "qcow2"]);
+      const info = JSON.parse(await qemuImg("info", "--output=json", delta));
+      assert.strictEqual(info["backing-filename"], "base.qcow2");
+      assert.strictEqual(info["backing-filename-format"], "qcow2");
+      // The same delta as the standard layout's, in other places.
+      await using again = await openImage(c.base);
+      const standard = await convertToBytes(await Deno.readFile(c.raw), {
+        compression,
+        workers: 1,
+        backingFile: { name: "base.qcow2", format: "qcow2" },
+        backingImage: again,
+      });
+      assert.strictEqual(standard.length, summary.fileSize);
+    },
   );
-});
+}
