@@ -175,6 +175,21 @@ function oneOf<T>(
   return a.value ?? b.value;
 }
 
+/** A number given as our flag or as an `-o` key; both is an error. */
+function flagOrOption(
+  [flag, text, parse]: [
+    string,
+    string | undefined,
+    (text: string, flag: string) => number,
+  ],
+  [key, value]: [string, number | undefined],
+): number | undefined {
+  return oneOf(
+    { flag, value: text === undefined ? undefined : parse(text, flag) },
+    { flag: key, value },
+  );
+}
+
 /** The output format: -O, else what the other flags or DST's name say. */
 function outputFormatOf(values: Values, dst: string | undefined) {
   const given = values["output-format"];
@@ -216,7 +231,63 @@ export function optionsHelpFormat(
 export function convertSettings(
   parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
 ): ConvertSettings {
-  const { values, positionals } = parsed;
+  const { values } = parsed;
+  const [src, dst] = operandsOf(parsed.positionals);
+  const format = outputFormatOf(values, dst);
+  if (format === undefined) {
+    throw new UsageError(
+      `Cannot convert: cannot tell the output format from "${dst}"; give -O raw or -O qcow2`,
+    );
+  }
+  const o: CreateOptions = parseCreateOptions(
+    values["target-format-options"] ?? [],
+    format,
+  );
+  const compression = compressionOf(values, o);
+  checkQcow2Flags(values, format, compression);
+  const backing = backingOf(values, o, dst);
+  const inPlace = values["no-create"] ?? false;
+  const targetIsZero = values["target-is-zero"] ?? false;
+  checkInPlace(values, { inPlace, targetIsZero, format, dst });
+  const workers = workersOf(values);
+  return {
+    src,
+    dst,
+    sourceFormat: parseFormat(values.format, "-f"),
+    outputFormat: format,
+    compression,
+    level: values.level === undefined
+      ? undefined
+      : parseInteger(values.level, "--level"),
+    zlibWindow: values["zlib-window"] === undefined
+      ? undefined
+      : parseZlibWindow(values["zlib-window"]),
+    clusterSize: flagOrOption(
+      ["--cluster-size", values["cluster-size"], parseSize],
+      ["-o cluster_size", o.clusterSize],
+    ),
+    refcountBits: flagOrOption(
+      ["--refcount-bits", values["refcount-bits"], parseInteger],
+      ["-o refcount_bits", o.refcountBits],
+    ),
+    backing,
+    snapshot: values.snapshot === undefined
+      ? undefined
+      : parseSnapshot(values.snapshot),
+    workers,
+    streamable: values.streamable ?? false,
+    sparsify: values.sparsify ?? false,
+    inPlace,
+    targetIsZero,
+    force: values.force ?? false,
+    sync: values.sync ?? false,
+    quiet: values.quiet ?? false,
+    progress: values.progress,
+  };
+}
+
+/** SRC and DST, exactly two. */
+function operandsOf(positionals: string[]): [string, string] {
   if (positionals.length > 2) {
     const hint = positionals.length === 3 &&
         (positionals[0] === "zlib" || positionals[0] === "zstd")
@@ -233,20 +304,17 @@ export function convertSettings(
       `Cannot convert: expected SRC and DST, got ${positionals.length} argument(s) (see --help)`,
     );
   }
-  const [src, dst] = positionals;
-  const format = outputFormatOf(values, dst);
-  if (format === undefined) {
-    throw new UsageError(
-      `Cannot convert: cannot tell the output format from "${dst}"; give -O raw or -O qcow2`,
-    );
-  }
-  const o: CreateOptions = parseCreateOptions(
-    values["target-format-options"] ?? [],
-    format,
-  );
+  return [positionals[0], positionals[1]];
+}
 
-  // Compression: -c (zlib unless -o compression_type says otherwise), or
-  // --compress TYPE.
+/**
+ * Compression: -c (zlib unless -o compression_type says otherwise), or
+ * --compress TYPE.
+ */
+function compressionOf(
+  values: Values,
+  o: CreateOptions,
+): ConvertSettings["compression"] {
   const compress = values.compress;
   if (compress !== undefined && compress !== "zlib" && compress !== "zstd") {
     throw new UsageError(
@@ -267,10 +335,16 @@ export function convertSettings(
       "Cannot convert: -o compression_type without -c is not supported (the header would name a type that no cluster uses); add -c",
     );
   }
-  const compression = compressed
-    ? compress ?? o.compressionType ?? "zlib"
-    : "none";
+  return compressed ? compress ?? o.compressionType ?? "zlib" : "none";
+}
 
+/** Refuses qcow2 flags for raw output, and --zlib-window without zlib. */
+function checkQcow2Flags(
+  values: Values,
+  format: "raw" | "qcow2",
+  compression: ConvertSettings["compression"],
+): void {
+  const compressed = compression !== "none";
   const qcow2Flags = [
     ["-c", compressed],
     ["--level", values.level],
@@ -294,10 +368,18 @@ export function convertSettings(
       "Cannot convert: --zlib-window needs zlib compression (-c)",
     );
   }
+}
 
-  const backing = backingOf(values, o, dst);
-  const inPlace = values["no-create"] ?? false;
-  const targetIsZero = values["target-is-zero"] ?? false;
+/** -n and --target-is-zero: what they go with. */
+function checkInPlace(
+  values: Values,
+  { inPlace, targetIsZero, format, dst }: {
+    inPlace: boolean;
+    targetIsZero: boolean;
+    format: "raw" | "qcow2";
+    dst: string;
+  },
+): void {
   if (targetIsZero && !inPlace) {
     throw new UsageError(
       "Cannot convert: --target-is-zero needs -n (it says that the existing DST reads as zeros)",
@@ -318,7 +400,10 @@ export function convertSettings(
       "Cannot convert: --sparsify with -n is not supported (free space would be left as the target holds it)",
     );
   }
+}
 
+/** --workers or -m, in range. */
+function workersOf(values: Values): number | undefined {
   const workers = oneOf(
     {
       flag: "--workers",
@@ -346,51 +431,7 @@ export function convertSettings(
       `Cannot convert: -m 0 is out of range [1, ${MAX_WORKERS}] (--workers 0 runs the codecs without workers)`,
     );
   }
-
-  return {
-    src,
-    dst,
-    sourceFormat: parseFormat(values.format, "-f"),
-    outputFormat: format,
-    compression,
-    level: values.level === undefined
-      ? undefined
-      : parseInteger(values.level, "--level"),
-    zlibWindow: values["zlib-window"] === undefined
-      ? undefined
-      : parseZlibWindow(values["zlib-window"]),
-    clusterSize: oneOf(
-      {
-        flag: "--cluster-size",
-        value: values["cluster-size"] === undefined
-          ? undefined
-          : parseSize(values["cluster-size"], "--cluster-size"),
-      },
-      { flag: "-o cluster_size", value: o.clusterSize },
-    ),
-    refcountBits: oneOf(
-      {
-        flag: "--refcount-bits",
-        value: values["refcount-bits"] === undefined
-          ? undefined
-          : parseInteger(values["refcount-bits"], "--refcount-bits"),
-      },
-      { flag: "-o refcount_bits", value: o.refcountBits },
-    ),
-    backing,
-    snapshot: values.snapshot === undefined
-      ? undefined
-      : parseSnapshot(values.snapshot),
-    workers,
-    streamable: values.streamable ?? false,
-    sparsify: values.sparsify ?? false,
-    inPlace,
-    targetIsZero,
-    force: values.force ?? false,
-    sync: values.sync ?? false,
-    quiet: values.quiet ?? false,
-    progress: values.progress,
-  };
+  return workers;
 }
 
 /**
@@ -422,8 +463,8 @@ function backingOf(
   }
   const format = parseFormat(formatText, "-F") as "raw" | "qcow2";
   if (dst === "-" || values.streamable) {
-    // The streamable writer has no delta images yet (issue 14 merges the
-    // two writers; deltas come with it).
+    // StreamableQcow2Writer writes deltas, but the streamable path of
+    // convert_cmd.ts does not hand it the backing file and image yet.
     throw new UsageError(
       "Cannot convert: a delta image (-B) in the streamable layout (standard output or --streamable) is not supported yet",
     );
