@@ -5,11 +5,11 @@ import { join } from "node:path";
 import {
   CodecPool,
   convert,
-  expandToFile,
   fileChunks,
   openImage,
   OutputFile,
 } from "../../mod.ts";
+import { expandToPath } from "../reader/expand_to_path.ts";
 import { formatBytes, formatRate, UsageError } from "./_util.ts";
 import { getopt } from "./_getopt.ts";
 import { prng } from "../_prng.ts";
@@ -175,7 +175,7 @@ export async function demoCommand(args: string[]): Promise<number> {
     t0 = performance.now();
     {
       await using image = await openImage(qcow2);
-      await expandToFile(image, await OutputFile.create(back), { pool });
+      await expandToPath(image, back, { pool });
     }
     const expandMs = performance.now() - t0;
     const onDisk = ((await Deno.stat(back)).blocks ?? 0) * 512;

@@ -7,6 +7,7 @@
 
 import { basename, dirname, join } from "node:path";
 import { fileError, fileReason, ioReason } from "./_errors.ts";
+import { trackTemporary, untrackTemporary } from "./_temp.ts";
 
 /**
  * Options of {@linkcode OutputFile.create}.
@@ -78,12 +79,6 @@ async function onDeviceFileSystem(dir: string): Promise<boolean> {
     return false;
   }
 }
-
-/**
- * Temporary files (and spool directories) still in use, removed by the CLI
- * on a signal.
- */
-export const liveTemporaryFiles: Set<string> = new Set();
 
 /**
  * A file written at arbitrary offsets, under a temporary name until
@@ -183,7 +178,7 @@ export class OutputFile {
     const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
     // Listed before it exists: a signal that arrives while the file is
     // being created still finds it (removing a missing file is harmless).
-    liveTemporaryFiles.add(temp);
+    trackTemporary(temp);
     let file: Deno.FsFile;
     try {
       // Created and registered in one turn of the event loop: a signal
@@ -194,7 +189,7 @@ export class OutputFile {
         mode: 0o644,
       });
     } catch (err) {
-      liveTemporaryFiles.delete(temp);
+      untrackTemporary(temp);
       const reason = err instanceof Deno.errors.NotFound
         ? `directory ${dirname(path)} does not exist`
         : err instanceof Deno.errors.PermissionDenied
@@ -348,7 +343,8 @@ export class OutputFile {
 
   /**
    * Flushes, sets the final size (holes at the end stay holes), and
-   * renames the temporary file over the destination.
+   * renames the temporary file over the destination. When the rename
+   * fails, the temporary file is removed.
    *
    * @param size Final file size in bytes; omit to keep what was written.
    */
@@ -370,9 +366,11 @@ export class OutputFile {
       try {
         await Deno.rename(this.writingPath, this.path);
       } catch (err) {
+        await Deno.remove(this.writingPath).catch(() => {});
         throw fileError(`rename ${this.writingPath} to ${this.path}`, err);
+      } finally {
+        untrackTemporary(this.writingPath);
       }
-      liveTemporaryFiles.delete(this.writingPath);
     }
   }
 
@@ -387,7 +385,7 @@ export class OutputFile {
     }
     if (!this.inPlace) {
       await Deno.remove(this.writingPath).catch(() => {});
-      liveTemporaryFiles.delete(this.writingPath);
+      untrackTemporary(this.writingPath);
     }
   }
 }
