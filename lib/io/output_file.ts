@@ -12,12 +12,16 @@ import { trackTemporary, untrackTemporary } from "./_temp.ts";
 /**
  * Options of {@linkcode OutputFile.create}.
  *
- * @example
+ * @example Replace an existing file
  * ```ts
  * import assert from "node:assert";
- * import type { OutputFileOptions } from "./output_file.ts";
- * const o: OutputFileOptions = { force: true };
- * assert.strictEqual(o.force, true);
+ * import { OutputFile } from "./output_file.ts";
+ * const path = await Deno.makeTempFile();
+ * const out = await OutputFile.create(path, { force: true });
+ * await out.writeAt(0, new Uint8Array([1]));
+ * await out.commit();
+ * assert.deepStrictEqual(await Deno.readFile(path), new Uint8Array([1]));
+ * await Deno.remove(path);
  * ```
  */
 export interface OutputFileOptions {
@@ -38,11 +42,13 @@ export interface OutputFileOptions {
 /**
  * The destination exists and `force` was not given.
  *
- * @example
+ * @example An existing file is kept
  * ```ts
  * import assert from "node:assert";
- * import { OutputExistsError } from "./output_file.ts";
- * assert.strictEqual(new OutputExistsError("x").name, "OutputExistsError");
+ * import { OutputExistsError, OutputFile } from "./output_file.ts";
+ * const path = await Deno.makeTempFile();
+ * await assert.rejects(OutputFile.create(path), OutputExistsError);
+ * await Deno.remove(path);
  * ```
  */
 export class OutputExistsError extends Error {

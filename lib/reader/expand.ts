@@ -17,6 +17,19 @@ import {
 
 /**
  * Options of {@linkcode expandToFile} and {@linkcode expandToStream}.
+ *
+ * @example Write zeros too, and follow the progress
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { expandToFile } from "./expand.ts";
+ * await using image = await openImage(new Uint8Array(8192));
+ * let done = 0;
+ * const sink = { writeAt: () => Promise.resolve(), commit: () => Promise.resolve(), abort: () => Promise.resolve() };
+ * const written = await expandToFile(image, sink, { holes: false, onProgress: (n) => done = n });
+ * assert.strictEqual(written, 8192);
+ * assert.strictEqual(done, 8192);
+ * ```
  */
 export interface ExpandOptions extends ReadImageOptions {
   /** Called with the number of guest bytes done. */
@@ -33,6 +46,18 @@ export interface ExpandOptions extends ReadImageOptions {
 /**
  * What is expanded: an opened image, or a raw byte stream whose zero
  * ranges may come as `{ zeros: n }` (the forward pipeline's input).
+ *
+ * @example A stream with a 1 MiB hole to a sparse file
+ * ```ts
+ * import assert from "node:assert";
+ * import { expandToFile } from "./expand.ts";
+ * import { OutputFile } from "../io/output_file.ts";
+ * const dir = await Deno.makeTempDir();
+ * const raw = ReadableStream.from([new Uint8Array([1]), { zeros: 1 << 20 }]);
+ * assert.strictEqual(await expandToFile(raw, await OutputFile.create(`${dir}/disk.raw`)), 1);
+ * assert.strictEqual((await Deno.stat(`${dir}/disk.raw`)).size, 1 + (1 << 20));
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export type ExpandSource = GuestImage | ReadableStream<Uint8Array | ZeroBytes>;
 

@@ -58,10 +58,10 @@ export interface ExpandToPathOptions extends ExpandOptions, OutputFileOptions {
  * import { expandToPath } from "./expand_to_path.ts";
  * const dir = await Deno.makeTempDir();
  * const raw = new Uint8Array(1 << 20);
- * raw.fill(3, 0, 4096);
+ * raw.fill(3, 0, 65536);
  * await using image = await openImage(await convertToBytes(raw));
  * const written = await expandToPath(image, `${dir}/disk.raw`);
- * assert.strictEqual(written, 4096); // the rest is a hole
+ * assert.strictEqual(written, 65536); // the rest is a hole
  * assert.deepStrictEqual(await Deno.readFile(`${dir}/disk.raw`), raw);
  * await Deno.remove(dir, { recursive: true });
  * ```
