@@ -4,16 +4,14 @@
 import {
   CodecPool,
   convert,
-  expandToFile,
   type GuestImage,
-  imageReadable,
   openImage,
   OutputFile,
 } from "../../mod.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
-import { createProgress } from "./progress.ts";
+import { createProgress, type Progress } from "./progress.ts";
 import { formatBytes, formatRate, UsageError, warn } from "./_util.ts";
-import { stdoutSink, writeOut } from "./_args.ts";
+import { writeOut } from "./_args.ts";
 import { getopt } from "./_getopt.ts";
 import { createOptionsHelp } from "./_create_options.ts";
 import {
@@ -24,10 +22,10 @@ import {
   MAX_WORKERS,
   optionsHelpFormat,
 } from "./_convert_settings.ts";
-import { openInput } from "./_convert_input.ts";
+import { type Input, openInput } from "./_convert_input.ts";
 import {
-  writeInto,
-  writeRawStream,
+  type RawSource,
+  writeRaw,
   writeStreamable,
 } from "./_convert_output.ts";
 import { type Sparsified, sparsifyInput, sparsifyLines } from "./_sparsify.ts";
@@ -150,167 +148,176 @@ async function openBacking(
   }
 }
 
-export async function convertCommand(args: string[]): Promise<number> {
+/** The parts of a run: settings, where notices go, the codec pool. */
+interface Run {
+  s: ConvertSettings;
+  notice: (line: string) => void;
+  pool: CodecPool;
+  /** Closed at the end, last first. */
+  cleanups: (() => Promise<void>)[];
+}
+
+/** What is read: the input, its free-space map, the backing of a delta. */
+interface Sources {
+  input: Input;
+  sparse: Sparsified | undefined;
+  backingImage: GuestImage | undefined;
+  /** The guest bytes to write. */
+  source: RawSource;
+}
+
+/** Opens the backing file of a delta, SRC and, with --sparsify, its map. */
+async function openSources(run: Run): Promise<Sources> {
+  const { s, cleanups } = run;
+  const backingImage = s.backing && await openBacking(s.backing, s.dst);
+  if (backingImage) cleanups.push(() => backingImage.close());
+  const input = await openInput(s.src, {
+    format: s.sourceFormat,
+    snapshot: s.snapshot,
+    toQcow2: s.outputFormat === "qcow2",
+    notice: run.notice,
+    cleanups,
+  });
+  const sparse = s.sparsify
+    ? await sparsifyInput(s.src, input, run.pool, cleanups)
+    : undefined;
+  const source = sparse?.stream ??
+    ("image" in input ? input.image : input.raw);
+  return { input, sparse, backingImage, source };
+}
+
+/** What a writer reports for the last line. */
+interface Written {
+  /** What was written, such as "1.2 MiB of qcow2 for 10 GiB virtual". */
+  what: string;
+  guestBytes: number;
+  more?: string;
+}
+
+/** Writes qcow2: streamable to stdout or with --streamable, else a file. */
+async function writeQcow2(
+  run: Run,
+  sources: Sources,
+  progress: Progress,
+): Promise<Written> {
+  const { s, pool } = run;
+  const total = sources.input.total;
+  const writerOptions = {
+    clusterSize: s.clusterSize,
+    compression: s.compression,
+    level: s.level,
+    zlibWindow: s.zlibWindow,
+    refcountBits: s.refcountBits,
+    pool,
+    onProgress: (n: number) => progress.update(Math.min(n, total ?? n)),
+  } as const;
+  const outputOptions = { force: s.force, sync: s.sync };
+  if (s.dst === "-" || s.streamable) {
+    const written = await writeStreamable(
+      sources.source,
+      s.dst,
+      outputOptions,
+      writerOptions,
+    );
+    return {
+      what: `${formatBytes(written.fileSize)} of streamable qcow2 for ${
+        formatBytes(written.virtualSize)
+      } virtual`,
+      guestBytes: written.virtualSize,
+      more: `; ${formatBytes(written.spoolBytes)} waited in the spool`,
+    };
+  }
+  const written = await convert(
+    sources.source,
+    await OutputFile.create(s.dst, outputOptions),
+    {
+      ...writerOptions,
+      backingFile: s.backing,
+      backingImage: sources.backingImage,
+    },
+  );
+  return {
+    what: `${formatBytes(written.fileSize)} of qcow2 for ${
+      formatBytes(written.virtualSize)
+    } virtual`,
+    guestBytes: written.virtualSize,
+    more: s.backing
+      ? `; ${written.backingClusters} clusters left to ${s.backing.name}`
+      : "",
+  };
+}
+
+/** Writes raw bytes: a sparse file, stdout, or with -n the target. */
+async function writeRawOutput(
+  run: Run,
+  sources: Sources,
+  progress: Progress,
+): Promise<Written> {
+  const size = await writeRaw(sources.source, sources.input.total, run.s, {
+    pool: run.pool,
+    progress,
+  });
+  return {
+    what: `${formatBytes(size)} of raw${run.s.inPlace ? " in place" : ""}`,
+    guestBytes: size,
+  };
+}
+
+/** Reads the command line; undefined when it only asked for help. */
+async function parseCommandLine(
+  args: string[],
+): Promise<ConvertSettings | undefined> {
   const parsed = getopt("convert", args, CONVERT_OPTIONS);
   if (parsed.values.help) {
     console.log(CONVERT_HELP);
-    return 0;
+    return undefined;
   }
   const helpFormat = optionsHelpFormat(parsed);
   if (helpFormat !== undefined) {
     await writeOut(createOptionsHelp(helpFormat));
-    return 0;
+    return undefined;
   }
   const s = convertSettings(parsed);
-  const { src, dst } = s;
-  if (src !== "-" && dst !== "-" && await sameFile(src, dst)) {
+  if (s.src !== "-" && s.dst !== "-" && await sameFile(s.src, s.dst)) {
     throw new UsageError(
-      `Cannot convert: SRC and DST are the same file (${dst})`,
+      `Cannot convert: SRC and DST are the same file (${s.dst})`,
     );
   }
   checkCompressedName(parsed, s);
-  const outputOptions = { force: s.force, sync: s.sync };
-  const showProgress = !s.quiet && (s.progress ?? Deno.stderr.isTerminal());
+  return s;
+}
+
+export async function convertCommand(args: string[]): Promise<number> {
+  const s = await parseCommandLine(args);
+  if (!s) return 0;
   const notice = (line: string) => {
     if (!s.quiet) warn(line);
   };
-
   await using pool = new CodecPool({ workers: s.workers });
-  const cleanups: (() => Promise<void>)[] = [];
+  const run: Run = { s, notice, pool, cleanups: [] };
   try {
-    const backingImage = s.backing && await openBacking(s.backing, dst);
-    if (backingImage) cleanups.push(() => backingImage.close());
-    const input = await openInput(src, {
-      format: s.sourceFormat,
-      snapshot: s.snapshot,
-      toQcow2: s.outputFormat === "qcow2",
-      notice,
-      cleanups,
-    });
-    const sparse: Sparsified | undefined = s.sparsify
-      ? await sparsifyInput(src, input, pool, cleanups)
-      : undefined;
-    const sparseReport = async () => {
-      if (sparse) {
-        for (const l of sparsifyLines(await sparse.report)) notice(l);
-      }
-    };
-    const progress = createProgress(showProgress, input.total);
+    const sources = await openSources(run);
+    const showProgress = !s.quiet && (s.progress ?? Deno.stderr.isTerminal());
+    const progress = createProgress(showProgress, sources.input.total);
     const started = performance.now();
-    const source = sparse?.stream ??
-      ("image" in input ? input.image : input.raw);
-    /** The last line, unless -q: what was written, how fast. */
-    const summary = (what: string, guestBytes: number, more = "") => {
-      const seconds = (performance.now() - started) / 1000;
-      notice(
-        `qcow2pipe: wrote ${
-          dst === "-" ? "standard output" : dst
-        }: ${what} in ${seconds.toFixed(2)} s (${
-          formatRate(seconds > 0 ? guestBytes / seconds : 0)
-        })${more}`,
-      );
-    };
-
-    if (s.outputFormat === "qcow2") {
-      const writerOptions = {
-        clusterSize: s.clusterSize,
-        compression: s.compression,
-        level: s.level,
-        zlibWindow: s.zlibWindow,
-        refcountBits: s.refcountBits,
-        pool,
-        onProgress: (n: number) =>
-          progress.update(Math.min(n, input.total ?? n)),
-      } as const;
-      if (dst === "-" || s.streamable) {
-        const written = await writeStreamable(
-          source,
-          dst,
-          outputOptions,
-          writerOptions,
-        );
-        progress.finish();
-        await sparseReport();
-        summary(
-          `${formatBytes(written.fileSize)} of streamable qcow2 for ${
-            formatBytes(written.virtualSize)
-          } virtual`,
-          written.virtualSize,
-          `; ${formatBytes(written.spoolBytes)} waited in the spool`,
-        );
-      } else {
-        const written = await convert(
-          source,
-          await OutputFile.create(dst, outputOptions),
-          {
-            ...writerOptions,
-            backingFile: s.backing,
-            backingImage,
-          },
-        );
-        progress.finish();
-        await sparseReport();
-        summary(
-          `${formatBytes(written.fileSize)} of qcow2 for ${
-            formatBytes(written.virtualSize)
-          } virtual`,
-          written.virtualSize,
-          s.backing
-            ? `; ${written.backingClusters} clusters left to ${s.backing.name}`
-            : "",
-        );
-      }
-      return 0;
-    }
-
-    let size: number;
-    if (s.inPlace) {
-      size = await writeInto(source, input.total, dst, {
-        targetIsZero: s.targetIsZero,
-        sync: s.sync,
-        pool,
-        progress,
-      });
-    } else if (sparse || "raw" in input) {
-      size = await writeRawStream(
-        sparse?.stream ?? (input as { raw: ReadableStream }).raw,
-        dst,
-        outputOptions,
-        progress,
-      );
-    } else if (dst === "-") {
-      let done = 0;
-      await imageReadable(input.image, { pool }).pipeThrough(
-        new TransformStream<Uint8Array, Uint8Array>({
-          transform(chunk, controller) {
-            done += chunk.length;
-            progress.update(done);
-            controller.enqueue(chunk);
-          },
-        }),
-      ).pipeTo(stdoutSink());
-      size = done;
-    } else {
-      const output = await OutputFile.create(dst, outputOptions);
-      try {
-        await expandToFile(input.image, output, {
-          pool,
-          onProgress: (n) => progress.update(n),
-        });
-      } catch (err) {
-        await output.abort();
-        throw err;
-      }
-      size = input.image.virtualSize;
-    }
+    const written = s.outputFormat === "qcow2"
+      ? await writeQcow2(run, sources, progress)
+      : await writeRawOutput(run, sources, progress);
     progress.finish();
-    await sparseReport();
-    summary(
-      `${formatBytes(size)} of raw${s.inPlace ? " in place" : ""}`,
-      size,
+    if (sources.sparse) {
+      for (const l of sparsifyLines(await sources.sparse.report)) notice(l);
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const rate = formatRate(seconds > 0 ? written.guestBytes / seconds : 0);
+    notice(
+      `qcow2pipe: wrote ${
+        s.dst === "-" ? "standard output" : s.dst
+      }: ${written.what} in ${seconds.toFixed(2)} s (${rate})${
+        written.more ?? ""
+      }`,
     );
     return 0;
   } finally {
-    for (const c of cleanups.reverse()) await c().catch(() => {});
+    for (const c of run.cleanups.reverse()) await c().catch(() => {});
   }
 }

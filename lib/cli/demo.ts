@@ -5,11 +5,11 @@ import { join } from "node:path";
 import {
   CodecPool,
   convert,
-  expandToFile,
   fileChunks,
   openImage,
   OutputFile,
 } from "../../mod.ts";
+import { expandToPath } from "../reader/expand_to_path.ts";
 import { formatBytes, formatRate, UsageError } from "./_util.ts";
 import { getopt } from "./_getopt.ts";
 import { prng } from "../_prng.ts";
@@ -121,7 +121,10 @@ async function qemuImg(args: string[]): Promise<string | undefined> {
   }
 }
 
-export async function demoCommand(args: string[]): Promise<number> {
+/** Reads the command line: the sample's size in bytes, or undefined for help. */
+function demoOptions(
+  args: string[],
+): { size: number; keep: boolean } | undefined {
   const { values } = getopt("demo", args, {
     size: { type: "string" },
     keep: { type: "boolean" },
@@ -129,7 +132,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   });
   if (values.help) {
     console.log(DEMO_HELP);
-    return 0;
+    return undefined;
   }
   const sizeMib = values.size === undefined ? 256 : Number(values.size);
   if (!Number.isInteger(sizeMib) || sizeMib < 1 || sizeMib > 1024 * 1024) {
@@ -137,99 +140,132 @@ export async function demoCommand(args: string[]): Promise<number> {
       `Cannot run demo: --size ${values.size} is out of range [1, 1048576] MiB`,
     );
   }
-  const size = sizeMib * 1024 * 1024;
+  return { size: sizeMib * 1024 * 1024, keep: !!values.keep };
+}
+
+const rate = (bytes: number, ms: number) => formatRate(bytes / (ms / 1000));
+
+/** The sample's files, its size and the codec pool. */
+interface Demo {
+  raw: string;
+  qcow2: string;
+  back: string;
+  size: number;
+  pool: CodecPool;
+}
+
+/** Converts the sample to zstd qcow2 and prints the line about it. */
+async function convertStep(d: Demo): Promise<void> {
+  const t0 = performance.now();
+  const summary = await convert(
+    fileChunks(await Deno.open(d.raw)),
+    await OutputFile.create(d.qcow2),
+    { compression: "zstd", pool: d.pool },
+  );
+  const ms = performance.now() - t0;
+  console.log(
+    `  raw -> zstd qcow2 ${formatBytes(summary.fileSize).padEnd(10)} ${
+      (ms / 1000).toFixed(2)
+    } s  ${
+      rate(d.size, ms)
+    }  (${summary.compressedClusters} compressed, ${summary.dataClusters} stored, ${summary.zeroClusters} zero clusters)`,
+  );
+}
+
+/** Expands the qcow2 image back to raw and prints the line about it. */
+async function expandStep(d: Demo): Promise<void> {
+  const t0 = performance.now();
+  {
+    await using image = await openImage(d.qcow2);
+    await expandToPath(image, d.back, { pool: d.pool });
+  }
+  const ms = performance.now() - t0;
+  const onDisk = ((await Deno.stat(d.back)).blocks ?? 0) * 512;
+  console.log(
+    `  qcow2 -> raw      ${formatBytes(d.size).padEnd(10)} ${
+      (ms / 1000).toFixed(2)
+    } s  ${rate(d.size, ms)}  (sparse: ${formatBytes(onDisk)} on disk)`,
+  );
+}
+
+/** Compares the round trip with the sample; returns whether they match. */
+async function verifyStep(d: Demo): Promise<boolean> {
+  const diff = await firstDifference(d.raw, d.back);
+  console.log(
+    diff === -1
+      ? `  verify            round trip identical (${
+        formatBytes(d.size)
+      } compared byte for byte)`
+      : `  verify            FAILED: the round trip differs at byte ${diff}`,
+  );
+  return diff === -1;
+}
+
+/**
+ * Has qemu-img check the image and compare it with the sample, when it is
+ * installed and allowed; returns false only when it finds a fault.
+ */
+async function qemuStep(d: Demo): Promise<boolean> {
+  const mayRun = Deno.permissions.querySync({
+    name: "run",
+    command: "qemu-img",
+  }).state === "granted";
+  if (!mayRun) {
+    console.log(
+      "  qemu-img          not allowed to run (--allow-run=qemu-img); skipped check and compare",
+    );
+    return true;
+  }
+  const check = await qemuImg(["check", d.qcow2]);
+  if (check === undefined) {
+    console.log(
+      "  qemu-img          not installed; skipped check and compare",
+    );
+    return true;
+  }
+  const compare = await qemuImg([
+    "compare",
+    "-f",
+    "raw",
+    "-F",
+    "qcow2",
+    d.raw,
+    d.qcow2,
+  ]);
+  console.log(`  qemu-img check    ${check}`);
+  console.log(`  qemu-img compare  ${compare}`);
+  return !check.startsWith("FAILED") && !compare?.startsWith("FAILED");
+}
+
+export async function demoCommand(args: string[]): Promise<number> {
+  const options = demoOptions(args);
+  if (!options) return 0;
+  const { size } = options;
   const dir = await Deno.makeTempDir({ prefix: "qcow2pipe-demo-" });
-  const raw = join(dir, "sample.raw");
-  const qcow2 = join(dir, "sample.qcow2");
-  const back = join(dir, "roundtrip.raw");
-  const rate = (bytes: number, ms: number) => formatRate(bytes / (ms / 1000));
-  let failed = false;
   try {
     console.log(`qcow2pipe demo: working in ${dir}`);
+    const raw = join(dir, "sample.raw");
     const data = await buildSample(raw, size);
     console.log(
       `  sample disk       ${formatBytes(size)} virtual, ${
         formatBytes(data)
       } written (text, random, pattern)`,
     );
-
     await using pool = new CodecPool();
-    let t0 = performance.now();
-    const summary = await convert(
-      fileChunks(await Deno.open(raw)),
-      await OutputFile.create(qcow2),
-      {
-        compression: "zstd",
-        pool,
-      },
-    );
-    const convertMs = performance.now() - t0;
-    console.log(
-      `  raw -> zstd qcow2 ${formatBytes(summary.fileSize).padEnd(10)} ${
-        (convertMs / 1000).toFixed(2)
-      } s  ${
-        rate(size, convertMs)
-      }  (${summary.compressedClusters} compressed, ${summary.dataClusters} stored, ${summary.zeroClusters} zero clusters)`,
-    );
-
-    t0 = performance.now();
-    {
-      await using image = await openImage(qcow2);
-      await expandToFile(image, await OutputFile.create(back), { pool });
-    }
-    const expandMs = performance.now() - t0;
-    const onDisk = ((await Deno.stat(back)).blocks ?? 0) * 512;
-    console.log(
-      `  qcow2 -> raw      ${formatBytes(size).padEnd(10)} ${
-        (expandMs / 1000).toFixed(2)
-      } s  ${rate(size, expandMs)}  (sparse: ${formatBytes(onDisk)} on disk)`,
-    );
-
-    const diff = await firstDifference(raw, back);
-    if (diff === -1) {
-      console.log(
-        `  verify            round trip identical (${
-          formatBytes(size)
-        } compared byte for byte)`,
-      );
-    } else {
-      console.log(
-        `  verify            FAILED: the round trip differs at byte ${diff}`,
-      );
-      failed = true;
-    }
-    const mayRun = Deno.permissions.querySync({
-      name: "run",
-      command: "qemu-img",
-    }).state === "granted";
-    const check = mayRun ? await qemuImg(["check", qcow2]) : undefined;
-    if (!mayRun) {
-      console.log(
-        "  qemu-img          not allowed to run (--allow-run=qemu-img); skipped check and compare",
-      );
-    } else if (check === undefined) {
-      console.log(
-        "  qemu-img          not installed; skipped check and compare",
-      );
-    } else {
-      const compare = await qemuImg([
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "qcow2",
-        raw,
-        qcow2,
-      ]);
-      console.log(`  qemu-img check    ${check}`);
-      console.log(`  qemu-img compare  ${compare}`);
-      if (check.startsWith("FAILED") || compare?.startsWith("FAILED")) {
-        failed = true;
-      }
-    }
+    const d: Demo = {
+      raw,
+      qcow2: join(dir, "sample.qcow2"),
+      back: join(dir, "roundtrip.raw"),
+      size,
+      pool,
+    };
+    await convertStep(d);
+    await expandStep(d);
+    const same = await verifyStep(d);
+    const accepted = await qemuStep(d);
+    return same && accepted ? 0 : 1;
   } finally {
-    if (values.keep) console.log(`  kept ${dir}`);
+    if (options.keep) console.log(`  kept ${dir}`);
     else await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
-  return failed ? 1 : 0;
 }

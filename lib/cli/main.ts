@@ -1,6 +1,6 @@
 // Command dispatch for the qcow2pipe CLI.
 import { reportError, warn } from "./_util.ts";
-import { liveTemporaryFiles } from "../../mod.ts";
+import { removeTemporaryFiles } from "../io/_temp.ts";
 import config from "../../deno.json" with { type: "json" };
 
 /** The version, from deno.json: `qcow2pipe 0.1.0`. */
@@ -27,18 +27,6 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   compare: async (a) => (await import("./compare_cmd.ts")).compareCommand(a),
   demo: async (a) => (await import("./demo.ts")).demoCommand(a),
 };
-
-/** Removes temporary output files and spool directories; used on signals. */
-function removeTemporaryFiles(): void {
-  for (const path of liveTemporaryFiles) {
-    try {
-      Deno.removeSync(path, { recursive: true });
-    } catch {
-      // already gone
-    }
-  }
-  liveTemporaryFiles.clear();
-}
 
 /** Runs the CLI and returns the exit code. */
 export async function main(args: string[]): Promise<number> {

@@ -19,12 +19,15 @@ import { loadZstdWasm, type ZstdWasm } from "./_zstd_wasm.ts";
 /**
  * Compression algorithms qcow2 defines.
  *
- * @example
+ * @example Round trip a cluster through each type
  * ```ts
  * import assert from "node:assert";
- * import type { CompressionType } from "./codecs.ts";
- * const t: CompressionType = "zstd";
- * assert.strictEqual(t, "zstd");
+ * import { type CompressionType, createCodec } from "./codecs.ts";
+ * const cluster = new Uint8Array(4096).fill(1);
+ * for (const type of ["zlib", "zstd"] satisfies CompressionType[]) {
+ *   const codec = await createCodec({ type });
+ *   assert.deepStrictEqual(codec.decompress(codec.compress(cluster)!, 4096), cluster);
+ * }
  * ```
  */
 export type CompressionType = "zlib" | "zstd";
@@ -33,12 +36,15 @@ export type CompressionType = "zlib" | "zstd";
  * Which implementation runs a codec. `auto` picks `node` when `node:zlib`
  * is available, else `fflate` (zlib) or `zstd-codec` (zstd).
  *
- * @example
+ * @example fflate inflates what node:zlib deflated
  * ```ts
  * import assert from "node:assert";
- * import type { CodecBackend } from "./codecs.ts";
- * const b: CodecBackend = "auto";
- * assert.strictEqual(b, "auto");
+ * import { type CodecBackend, createCodec } from "./codecs.ts";
+ * const [node, fflate] = await Promise.all(
+ *   (["node", "fflate"] satisfies CodecBackend[]).map((backend) => createCodec({ type: "zlib", backend })),
+ * );
+ * const cluster = new Uint8Array(65536).fill(3);
+ * assert.deepStrictEqual(fflate.decompress(node.compress(cluster)!, 65536), cluster);
  * ```
  */
 export type CodecBackend = "auto" | "node" | "fflate" | "zstd-codec";
@@ -46,12 +52,14 @@ export type CodecBackend = "auto" | "node" | "fflate" | "zstd-codec";
 /**
  * How to build a codec.
  *
- * @example
+ * @example Compress harder than the default
  * ```ts
  * import assert from "node:assert";
- * import type { CodecOptions } from "./codecs.ts";
- * const o: CodecOptions = { type: "zlib", level: 6 };
- * assert.strictEqual(o.level, 6);
+ * import { type CodecOptions, createCodec } from "./codecs.ts";
+ * const options: CodecOptions = { type: "zstd", level: 19 };
+ * const codec = await createCodec(options);
+ * assert.strictEqual(codec.level, 19);
+ * assert.ok(codec.compress(new Uint8Array(65536))!.length < 100);
  * ```
  */
 export interface CodecOptions {

@@ -47,12 +47,13 @@ export type PoolResponse =
 /**
  * Options of a {@linkcode CodecPool}.
  *
- * @example
+ * @example Run the codecs on the calling thread
  * ```ts
  * import assert from "node:assert";
- * import type { CodecPoolOptions } from "./pool.ts";
- * const o: CodecPoolOptions = { workers: 2 };
- * assert.strictEqual(o.workers, 2);
+ * import { CodecPool } from "./pool.ts";
+ * await using pool = new CodecPool({ workers: 0 });
+ * const { lengths } = await pool.compress({ type: "zlib" }, new Uint8Array(4096).fill(1), 4096);
+ * assert.ok(lengths[0] > 0 && lengths[0] < 4096);
  * ```
  */
 export interface CodecPoolOptions {
@@ -67,12 +68,16 @@ export interface CodecPoolOptions {
 /**
  * Compressed clusters returned by {@linkcode CodecPool.compress}.
  *
- * @example
+ * @example Random bytes do not compress
  * ```ts
  * import assert from "node:assert";
- * import type { CompressResult } from "./pool.ts";
- * const r: CompressResult = { data: new Uint8Array(3), lengths: [3, 0] };
- * assert.strictEqual(r.lengths.length, 2);
+ * import { CodecPool } from "./pool.ts";
+ * await using pool = new CodecPool({ workers: 0 });
+ * const clusters = new Uint8Array(2 * 4096);
+ * crypto.getRandomValues(clusters.subarray(4096));
+ * const result = await pool.compress({ type: "zstd" }, clusters, 4096);
+ * assert.strictEqual(result.lengths[1], 0); // stored as it is
+ * assert.strictEqual(result.data.length, result.lengths[0]);
  * ```
  */
 export interface CompressResult {

@@ -14,14 +14,6 @@ const SKIPPABLE_MAGIC = 0x184d2a50;
 
 /**
  * A zstd frame found in a buffer.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { ZstdFrame } from "./zstd_frames.ts";
- * const f: ZstdFrame = { length: 20, skippable: false };
- * assert.strictEqual(f.length, 20);
- * ```
  */
 export interface ZstdFrame {
   /** Length of the whole frame in bytes. */

@@ -1,4 +1,5 @@
-// Temporary directories for spools, their creation errors worded like the
+// Temporary files and directories: the ones still in use (removed on a
+// signal), and spool directories, their creation errors worded like the
 // other file errors.
 
 import { fileError } from "./_errors.ts";
@@ -20,4 +21,37 @@ export function makeTempDirIn(prefix: string, parent?: string): string {
       err,
     );
   }
+}
+
+/** Temporary files and spool directories still in use. */
+const live = new Set<string>();
+
+/** Registers a temporary file or directory for {@linkcode removeTemporaryFiles}. */
+export function trackTemporary(path: string): void {
+  live.add(path);
+}
+
+/** Unregisters a temporary file or directory, once removed or renamed. */
+export function untrackTemporary(path: string): void {
+  live.delete(path);
+}
+
+/** Whether a temporary file or directory is registered. */
+export function isTemporaryTracked(path: string): boolean {
+  return live.has(path);
+}
+
+/**
+ * Removes every registered temporary file and directory, synchronously:
+ * the CLI calls it on a signal, just before it exits.
+ */
+export function removeTemporaryFiles(): void {
+  for (const path of live) {
+    try {
+      Deno.removeSync(path, { recursive: true });
+    } catch {
+      // already gone
+    }
+  }
+  live.clear();
 }

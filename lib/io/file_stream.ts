@@ -90,6 +90,18 @@ function readerFor(
   return (p) => file.read(p);
 }
 
+/** Reads up to `length` bytes at the file position; fewer at its end. */
+function readUpTo(file: Deno.FsFile, length: number): Uint8Array {
+  const buf = new Uint8Array(length);
+  let filled = 0;
+  while (filled < length) {
+    const n = file.readSync(buf.subarray(filled));
+    if (n === null) break;
+    filled += n;
+  }
+  return buf.subarray(0, filled);
+}
+
 /**
  * A raw file as a stream for the forward pipeline, skipping its holes: data
  * extents are read in chunks of `chunkSize` bytes, holes (found with
@@ -171,17 +183,11 @@ export function sparseFileChunks(
           file!.seekSync(pos, Deno.SeekMode.Start);
         }
         const want = Math.min(chunkSize, dataEnd - pos);
-        const buf = new Uint8Array(want);
-        let filled = 0;
-        while (filled < want) {
-          const n = file!.readSync(buf.subarray(filled));
-          if (n === null) break;
-          filled += n;
-        }
-        if (filled < want) {
+        const buf = readUpTo(file!, want);
+        if (buf.length < want) {
           // The file shrank while being read: the rest reads as zeros.
-          controller.enqueue(buf.subarray(0, filled));
-          controller.enqueue({ zeros: size - pos - filled });
+          controller.enqueue(buf);
+          controller.enqueue({ zeros: size - pos - buf.length });
           pos = size;
           return;
         }

@@ -10,12 +10,18 @@ import { ioReason } from "./_errors.ts";
 /**
  * Options of {@linkcode HttpSource.open}.
  *
- * @example
+ * @example Send a token with every request
  * ```ts
  * import assert from "node:assert";
- * import type { HttpSourceOptions } from "./http_source.ts";
- * const o: HttpSourceOptions = { headers: { authorization: "Bearer x" } };
- * assert.ok(o.headers);
+ * import { HttpSource } from "./http_source.ts";
+ * await using server = Deno.serve({ port: 0, onListen() {} }, (req) =>
+ *   req.headers.get("authorization") === "Bearer t"
+ *     ? new Response("abcd".slice(0, 2), { status: 206, headers: { "content-range": "bytes 0-1/4" } })
+ *     : new Response(null, { status: 401 }));
+ * const url = `http://localhost:${server.addr.port}/disk`;
+ * await assert.rejects(HttpSource.open(url), /401/);
+ * await using src = await HttpSource.open(url, { headers: { authorization: "Bearer t" } });
+ * assert.strictEqual(src.size, 4);
  * ```
  */
 export interface HttpSourceOptions {
@@ -31,11 +37,12 @@ export interface HttpSourceOptions {
  * The server cannot serve byte ranges of the resource, or answered a range
  * request with the wrong range.
  *
- * @example
+ * @example A server that ignores Range
  * ```ts
  * import assert from "node:assert";
- * import { RangeNotSupportedError } from "./http_source.ts";
- * assert.strictEqual(new RangeNotSupportedError("x").name, "RangeNotSupportedError");
+ * import { HttpSource, RangeNotSupportedError } from "./http_source.ts";
+ * await using server = Deno.serve({ port: 0, onListen() {} }, () => new Response("whole body"));
+ * await assert.rejects(HttpSource.open(`http://localhost:${server.addr.port}/`), RangeNotSupportedError);
  * ```
  */
 export class RangeNotSupportedError extends Error {
@@ -358,12 +365,14 @@ function parseContentRange(
 /**
  * A resource's body as a stream, and its length when the server gave one.
  *
- * @example
+ * @example A transfer cut short fails
  * ```ts
  * import assert from "node:assert";
- * import type { HttpBody } from "./http_source.ts";
- * const res: HttpBody = { body: ReadableStream.from([new Uint8Array(3)]), size: 3 };
- * assert.strictEqual((await new Response(res.body).arrayBuffer()).byteLength, res.size);
+ * import { fetchStream } from "./http_source.ts";
+ * await using server = Deno.serve({ port: 0, onListen() {} }, () =>
+ *   new Response(ReadableStream.from([new TextEncoder().encode("ab")]), { headers: { "content-length": "5" } }));
+ * const { body } = await fetchStream(`http://localhost:${server.addr.port}/`);
+ * await assert.rejects(new Response(body).arrayBuffer());
  * ```
  */
 export interface HttpBody {

@@ -7,16 +7,21 @@
 
 import { basename, dirname, join } from "node:path";
 import { fileError, fileReason, ioReason } from "./_errors.ts";
+import { trackTemporary, untrackTemporary } from "./_temp.ts";
 
 /**
  * Options of {@linkcode OutputFile.create}.
  *
- * @example
+ * @example Replace an existing file
  * ```ts
  * import assert from "node:assert";
- * import type { OutputFileOptions } from "./output_file.ts";
- * const o: OutputFileOptions = { force: true };
- * assert.strictEqual(o.force, true);
+ * import { OutputFile } from "./output_file.ts";
+ * const path = await Deno.makeTempFile();
+ * const out = await OutputFile.create(path, { force: true });
+ * await out.writeAt(0, new Uint8Array([1]));
+ * await out.commit();
+ * assert.deepStrictEqual(await Deno.readFile(path), new Uint8Array([1]));
+ * await Deno.remove(path);
  * ```
  */
 export interface OutputFileOptions {
@@ -37,11 +42,13 @@ export interface OutputFileOptions {
 /**
  * The destination exists and `force` was not given.
  *
- * @example
+ * @example An existing file is kept
  * ```ts
  * import assert from "node:assert";
- * import { OutputExistsError } from "./output_file.ts";
- * assert.strictEqual(new OutputExistsError("x").name, "OutputExistsError");
+ * import { OutputExistsError, OutputFile } from "./output_file.ts";
+ * const path = await Deno.makeTempFile();
+ * await assert.rejects(OutputFile.create(path), OutputExistsError);
+ * await Deno.remove(path);
  * ```
  */
 export class OutputExistsError extends Error {
@@ -78,12 +85,6 @@ async function onDeviceFileSystem(dir: string): Promise<boolean> {
     return false;
   }
 }
-
-/**
- * Temporary files (and spool directories) still in use, removed by the CLI
- * on a signal.
- */
-export const liveTemporaryFiles: Set<string> = new Set();
 
 /**
  * A file written at arbitrary offsets, under a temporary name until
@@ -183,7 +184,7 @@ export class OutputFile {
     const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
     // Listed before it exists: a signal that arrives while the file is
     // being created still finds it (removing a missing file is harmless).
-    liveTemporaryFiles.add(temp);
+    trackTemporary(temp);
     let file: Deno.FsFile;
     try {
       // Created and registered in one turn of the event loop: a signal
@@ -194,7 +195,7 @@ export class OutputFile {
         mode: 0o644,
       });
     } catch (err) {
-      liveTemporaryFiles.delete(temp);
+      untrackTemporary(temp);
       const reason = err instanceof Deno.errors.NotFound
         ? `directory ${dirname(path)} does not exist`
         : err instanceof Deno.errors.PermissionDenied
@@ -348,7 +349,8 @@ export class OutputFile {
 
   /**
    * Flushes, sets the final size (holes at the end stay holes), and
-   * renames the temporary file over the destination.
+   * renames the temporary file over the destination. When the rename
+   * fails, the temporary file is removed.
    *
    * @param size Final file size in bytes; omit to keep what was written.
    */
@@ -370,9 +372,11 @@ export class OutputFile {
       try {
         await Deno.rename(this.writingPath, this.path);
       } catch (err) {
+        await Deno.remove(this.writingPath).catch(() => {});
         throw fileError(`rename ${this.writingPath} to ${this.path}`, err);
+      } finally {
+        untrackTemporary(this.writingPath);
       }
-      liveTemporaryFiles.delete(this.writingPath);
     }
   }
 
@@ -387,7 +391,7 @@ export class OutputFile {
     }
     if (!this.inPlace) {
       await Deno.remove(this.writingPath).catch(() => {});
-      liveTemporaryFiles.delete(this.writingPath);
+      untrackTemporary(this.writingPath);
     }
   }
 }

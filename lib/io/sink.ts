@@ -10,7 +10,8 @@
 /**
  * A destination written at offsets and then committed (or aborted). The
  * writer calls {@linkcode ImageSink.writeAt} any number of times, then
- * exactly one of {@linkcode ImageSink.commit} or {@linkcode ImageSink.abort}.
+ * {@linkcode ImageSink.commit}, or {@linkcode ImageSink.abort} when
+ * anything fails (a failed commit included).
  *
  * @example Collect an image in memory
  * ```ts
@@ -45,7 +46,10 @@ export interface ImageSink {
    * zeros), making it visible under its name.
    */
   commit(size: number): Promise<void>;
-  /** Discards the output. */
+  /**
+   * Discards the output. May follow a commit that failed, so it must be
+   * harmless once the output is committed.
+   */
   abort(): Promise<void>;
   /**
    * A block device: ranges must be written even when zero (there are no

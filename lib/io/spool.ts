@@ -6,9 +6,9 @@
  */
 
 import { join } from "node:path";
-import { liveTemporaryFiles, OutputFile } from "./output_file.ts";
+import { OutputFile } from "./output_file.ts";
 import { fileChunks } from "./file_stream.ts";
-import { makeTempDirIn } from "./_temp.ts";
+import { makeTempDirIn, trackTemporary, untrackTemporary } from "./_temp.ts";
 
 /**
  * A temporary file written at any offset and read back in order; removed
@@ -44,11 +44,11 @@ export class Spool implements AsyncDisposable {
     const dir = makeTempDirIn("qcow2pipe-spool-", parent);
     // Registered first, so that the CLI's signal handler removes the whole
     // directory (recursively) and not only the file inside it.
-    liveTemporaryFiles.add(dir);
+    trackTemporary(dir);
     try {
       return new Spool(await OutputFile.create(join(dir, "spool")), dir);
     } catch (err) {
-      liveTemporaryFiles.delete(dir);
+      untrackTemporary(dir);
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw err;
     }
@@ -111,7 +111,7 @@ export class Spool implements AsyncDisposable {
   async close(): Promise<void> {
     await this.#out.abort();
     await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
-    liveTemporaryFiles.delete(this.#dir);
+    untrackTemporary(this.#dir);
   }
 
   /** Same as {@linkcode Spool.close}. */

@@ -1,45 +1,144 @@
 /**
- * Expanding an image to raw: to a sparse file, or to a byte stream.
+ * Expanding an image, or a raw stream, to raw bytes: into a sparse file
+ * or device, or into a byte stream.
  *
  * @module
  */
 
 import type { ImageSink } from "../io/sink.ts";
 import { isZero } from "../writer/is_zero.ts";
+import type { ZeroBytes } from "../writer/records.ts";
 import type { GuestImage } from "./image.ts";
-import { type ReadImageOptions, readSegments } from "./segments.ts";
+import {
+  type ReadImageOptions,
+  readSegments,
+  type Segment,
+} from "./segments.ts";
 
 /**
- * Options of {@linkcode expandToFile}.
+ * Options of {@linkcode expandToFile} and {@linkcode expandToStream}.
  *
- * @example
+ * @example Write zeros too, and follow the progress
  * ```ts
  * import assert from "node:assert";
- * import type { ExpandOptions } from "./expand.ts";
- * const o: ExpandOptions = { onProgress: (n) => void n };
- * assert.ok(o.onProgress);
+ * import { openImage } from "./open.ts";
+ * import { expandToFile } from "./expand.ts";
+ * await using image = await openImage(new Uint8Array(8192));
+ * let done = 0;
+ * const sink = { writeAt: () => Promise.resolve(), commit: () => Promise.resolve(), abort: () => Promise.resolve() };
+ * const written = await expandToFile(image, sink, { holes: false, onProgress: (n) => done = n });
+ * assert.strictEqual(written, 8192);
+ * assert.strictEqual(done, 8192);
  * ```
  */
 export interface ExpandOptions extends ReadImageOptions {
   /** Called with the number of guest bytes done. */
   onProgress?: (guestBytes: number) => void;
+  /**
+   * Leave zero ranges and zero-filled blocks unwritten, as holes. Right for
+   * a new file, or for a target known to read as zeros; a device, or a file
+   * written in place, may hold old bytes there.
+   * @default {true, false when the sink is a device}
+   */
+  holes?: boolean;
 }
+
+/**
+ * What is expanded: an opened image, or a raw byte stream whose zero
+ * ranges may come as `{ zeros: n }` (the forward pipeline's input).
+ *
+ * @example A stream with a 1 MiB hole to a sparse file
+ * ```ts
+ * import assert from "node:assert";
+ * import { expandToFile } from "./expand.ts";
+ * import { OutputFile } from "../io/output_file.ts";
+ * const dir = await Deno.makeTempDir();
+ * const raw = ReadableStream.from([new Uint8Array([1]), { zeros: 1 << 20 }]);
+ * assert.strictEqual(await expandToFile(raw, await OutputFile.create(`${dir}/disk.raw`)), 1);
+ * assert.strictEqual((await Deno.stat(`${dir}/disk.raw`)).size, 1 + (1 << 20));
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export type ExpandSource = GuestImage | ReadableStream<Uint8Array | ZeroBytes>;
 
 /** Granularity at which written data is checked for zeros to leave holes. */
 const HOLE_GRANULE = 64 * 1024;
 
+/** Largest piece of zeros written at once. */
+const ZERO_PIECE = 4 * 1024 * 1024;
+
+/** The source's bytes in order as segments, holes as `data: null`. */
+async function* segmentsOf(
+  source: ExpandSource,
+  options: ReadImageOptions,
+): AsyncGenerator<Segment> {
+  if (!(source instanceof ReadableStream)) {
+    yield* readSegments(source, options);
+    return;
+  }
+  let offset = 0;
+  for await (const chunk of source) {
+    const bytes = chunk instanceof Uint8Array;
+    const length = bytes ? chunk.length : chunk.zeros;
+    yield { offset, length, data: bytes ? chunk : null };
+    offset += length;
+  }
+}
+
+/** Writes a data segment, each run of non-zero blocks at once. */
+async function writeData(
+  output: ImageSink,
+  s: Segment & { data: Uint8Array },
+  holes: boolean,
+): Promise<number> {
+  if (!holes) {
+    await output.writeAt(s.offset, s.data);
+    return s.length;
+  }
+  let written = 0;
+  let run = -1; // start of the current run of non-zero blocks
+  for (let at = 0; at < s.length; at += HOLE_GRANULE) {
+    const end = Math.min(s.length, at + HOLE_GRANULE);
+    const hole = isZero(s.data.subarray(at, end));
+    if (!hole && run < 0) run = at;
+    if ((hole || end === s.length) && run >= 0) {
+      const stop = hole ? at : end;
+      await output.writeAt(s.offset + run, s.data.subarray(run, stop));
+      written += stop - run;
+      run = -1;
+    }
+  }
+  return written;
+}
+
+/** Writes `length` zero bytes at `offset`, in pieces. */
+async function writeZeros(
+  output: ImageSink,
+  offset: number,
+  length: number,
+): Promise<void> {
+  const zeros = new Uint8Array(Math.min(length, ZERO_PIECE));
+  for (let at = 0; at < length; at += zeros.length) {
+    await output.writeAt(
+      offset + at,
+      zeros.subarray(0, Math.min(zeros.length, length - at)),
+    );
+  }
+}
+
 /**
- * Writes an image's guest bytes into an {@linkcode ImageSink} (an
- * `OutputFile`, for example): zero and unallocated ranges, and zero-filled
- * data blocks, become holes, so a 4 TiB image with three written clusters
- * expands in moments and takes kilobytes. The output is committed with the
- * virtual size; on error it is not, and the caller aborts it.
+ * Writes an image's guest bytes, or a raw byte stream, into an
+ * {@linkcode ImageSink} (an `OutputFile`, for example): zero and
+ * unallocated ranges, and zero-filled data blocks, become holes, so a
+ * 4 TiB image with three written clusters expands in moments and takes
+ * kilobytes. The output is committed with the virtual size (or the
+ * stream's length) when complete; on error it is aborted.
  *
- * @param image An opened image.
+ * @param source An opened image, or a raw byte stream.
  * @param output The output, such as an `OutputFile` (devices get explicit
  * zeros).
- * @param options Pool, chunk size, progress.
- * @returns Number of bytes actually written (data, not holes).
+ * @param options Pool, chunk size, progress, holes.
+ * @returns Number of bytes actually written (not holes).
  *
  * @example Expand a qcow2 image made in memory
  * ```ts
@@ -56,38 +155,85 @@ const HOLE_GRANULE = 64 * 1024;
  * ```
  */
 export async function expandToFile(
-  image: GuestImage,
+  source: ExpandSource,
   output: ImageSink,
   options: ExpandOptions = {},
 ): Promise<number> {
+  const holes = options.holes ?? !output.isDevice;
   let written = 0;
-  const zeros = output.isDevice ? new Uint8Array(4 * 1024 * 1024) : undefined;
-  for await (const s of readSegments(image, options)) {
-    if (s.data) {
-      // Write each run of non-zero blocks at once; zero blocks stay holes.
-      let run = -1;
-      const flush = async (end: number) => {
-        await output.writeAt(s.offset + run, s.data!.subarray(run, end));
-        written += end - run;
-        run = -1;
-      };
-      for (let at = 0; at < s.length; at += HOLE_GRANULE) {
-        const end = Math.min(s.length, at + HOLE_GRANULE);
-        const hole = !zeros && isZero(s.data.subarray(at, end));
-        if (!hole && run < 0) run = at;
-        if (hole && run >= 0) await flush(at);
+  let end = 0;
+  try {
+    for await (const s of segmentsOf(source, options)) {
+      if (s.data) {
+        written += await writeData(output, { ...s, data: s.data }, holes);
+      } else if (!holes) {
+        await writeZeros(output, s.offset, s.length);
+        written += s.length;
       }
-      if (run >= 0) await flush(s.length);
-    } else if (zeros) {
-      for (let at = 0; at < s.length; at += zeros.length) {
-        await output.writeAt(
-          s.offset + at,
-          zeros.subarray(0, Math.min(zeros.length, s.length - at)),
-        );
-      }
+      end = s.offset + s.length;
+      options.onProgress?.(end);
     }
-    options.onProgress?.(s.offset + s.length);
+    await output.commit(
+      source instanceof ReadableStream ? end : source.virtualSize,
+    );
+  } catch (err) {
+    await output.abort();
+    throw err;
   }
-  await output.commit(image.virtualSize);
   return written;
+}
+
+/**
+ * Writes an image's guest bytes, or a raw byte stream, into a byte stream
+ * (standard output, a pipe), zeros included, and closes it; on error the
+ * stream is aborted.
+ *
+ * @param source An opened image, or a raw byte stream.
+ * @param output Where the bytes go.
+ * @param options Pool, chunk size, progress (`holes` does not apply).
+ * @returns Number of bytes written.
+ *
+ * @example Expand a stream with a hole into bytes
+ * ```ts
+ * import assert from "node:assert";
+ * import { expandToStream } from "./expand.ts";
+ * const parts: Uint8Array[] = [];
+ * const n = await expandToStream(
+ *   ReadableStream.from([new Uint8Array([1, 2]), { zeros: 3 }]),
+ *   new WritableStream({ write: (c) => void parts.push(c.slice()) }),
+ * );
+ * assert.strictEqual(n, 5);
+ * assert.deepStrictEqual(parts.flatMap((p) => [...p]), [1, 2, 0, 0, 0]);
+ * ```
+ */
+export async function expandToStream(
+  source: ExpandSource,
+  output: WritableStream<Uint8Array>,
+  options: Omit<ExpandOptions, "holes"> = {},
+): Promise<number> {
+  const writer = output.getWriter();
+  let end = 0;
+  try {
+    for await (const s of segmentsOf(source, options)) {
+      if (s.data) {
+        await writer.write(s.data);
+      } else {
+        const zeros = new Uint8Array(Math.min(s.length, ZERO_PIECE));
+        for (let at = 0; at < s.length; at += zeros.length) {
+          await writer.write(
+            zeros.subarray(0, Math.min(zeros.length, s.length - at)),
+          );
+        }
+      }
+      end = s.offset + s.length;
+      options.onProgress?.(end);
+    }
+    await writer.close();
+  } catch (err) {
+    await writer.abort(err).catch(() => {});
+    throw err;
+  } finally {
+    writer.releaseLock();
+  }
+  return end;
 }

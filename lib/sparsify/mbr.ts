@@ -207,6 +207,63 @@ export async function readMbrPartitions(
   return { partitions: out, table };
 }
 
+/**
+ * Reads the EBR at sector `ebr`: its two entries, or why the chain cannot
+ * be followed further yet (a stream that cannot reach it: the partitions
+ * found so far are used, the rest of the chain is copied as it is).
+ */
+async function readEbr(
+  disk: DiskReader,
+  ebr: number,
+): Promise<MbrEntry[] | string> {
+  let sector: Uint8Array;
+  try {
+    sector = await disk.read(ebr * MBR_SECTOR_SIZE, MBR_SECTOR_SIZE);
+  } catch (err) {
+    if (!(err instanceof Refusal)) throw err;
+    return `logical partitions from the EBR at sector ${ebr} on were not read: ${err.message}`;
+  }
+  if (sector.length < MBR_SECTOR_SIZE) {
+    throw new Refusal(
+      `MBR EBR at sector ${ebr} lies past the end of the disk: truncated`,
+    );
+  }
+  const entries = parseMbrSector(sector);
+  if (!entries) {
+    throw new Refusal(
+      `MBR EBR at sector ${ebr} has no boot signature or a bad status byte`,
+    );
+  }
+  return entries;
+}
+
+/** A logical partition, which must lie inside its extended partition. */
+function logicalPartition(
+  logical: MbrEntry,
+  ebr: number,
+  number: number,
+  extStart: number,
+  extEnd: number,
+): Partition {
+  const first = ebr + logical.firstLba;
+  const end = first + logical.sectors;
+  if (logical.firstLba === 0 || end > extEnd) {
+    throw new Refusal(
+      `MBR logical partition ${number} (sectors ${first}-${
+        end - 1
+      }) is not inside its extended partition (sectors ${extStart}-${
+        extEnd - 1
+      })`,
+    );
+  }
+  return {
+    number,
+    offset: first * MBR_SECTOR_SIZE,
+    length: logical.sectors * MBR_SECTOR_SIZE,
+    type: mbrTypeName(logical.type),
+  };
+}
+
 /** Follows the EBR chain of an extended partition. */
 async function readLogical(
   disk: DiskReader,
@@ -232,49 +289,13 @@ async function readLogical(
     }
     seen.add(ebr);
     table.push({ offset: ebr * MBR_SECTOR_SIZE, length: MBR_SECTOR_SIZE });
-    let sector: Uint8Array;
-    try {
-      sector = await disk.read(ebr * MBR_SECTOR_SIZE, MBR_SECTOR_SIZE);
-    } catch (err) {
-      // A stream that cannot reach this EBR yet: the partitions found so
-      // far are used, the rest of the chain is copied as it is.
-      if (!(err instanceof Refusal)) throw err;
-      return {
-        partitions: out,
-        incomplete:
-          `logical partitions from the EBR at sector ${ebr} on were not read: ${err.message}`,
-      };
-    }
-    if (sector.length < MBR_SECTOR_SIZE) {
-      throw new Refusal(
-        `MBR EBR at sector ${ebr} lies past the end of the disk: truncated`,
-      );
-    }
-    const entries = parseMbrSector(sector);
-    if (!entries) {
-      throw new Refusal(
-        `MBR EBR at sector ${ebr} has no boot signature or a bad status byte`,
-      );
+    const entries = await readEbr(disk, ebr);
+    if (typeof entries === "string") {
+      return { partitions: out, incomplete: entries };
     }
     const [logical, link] = entries;
     if (used(logical)) {
-      const first = ebr + logical.firstLba;
-      const end = first + logical.sectors;
-      if (logical.firstLba === 0 || end > extEnd) {
-        throw new Refusal(
-          `MBR logical partition ${number} (sectors ${first}-${
-            end - 1
-          }) is not inside its extended partition (sectors ${extStart}-${
-            extEnd - 1
-          })`,
-        );
-      }
-      out.push({
-        number,
-        offset: first * MBR_SECTOR_SIZE,
-        length: logical.sectors * MBR_SECTOR_SIZE,
-        type: mbrTypeName(logical.type),
-      });
+      out.push(logicalPartition(logical, ebr, number, extStart, extEnd));
     } else {
       number--; // an EBR without a partition takes no number
     }

@@ -23,7 +23,7 @@ import { mapImage } from "../../lib/tools/map.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { openImageStream } from "../../lib/reader/stream_open.ts";
 import { readSegments } from "../../lib/reader/segments.ts";
-import { expandToFile } from "../../lib/reader/expand.ts";
+import { expandToPath } from "../../lib/reader/expand_to_path.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import { convert } from "../../lib/convert.ts";
@@ -207,13 +207,7 @@ async function runCase(
       detail = `virtual size ${image.virtualSize}`;
       if (image.virtualSize > EXPAND_LIMIT) return await drain(image, pool);
       const dst = join(scratch, `${job.id}.raw`);
-      const output = await OutputFile.create(dst, { force: true });
-      try {
-        await expandToFile(image, output, { pool });
-      } catch (err) {
-        await output.abort();
-        throw err;
-      }
+      await expandToPath(image, dst, { force: true, pool });
       const size = (await Deno.stat(dst)).size;
       if (size !== image.virtualSize) {
         return `raw output has ${size} bytes, virtual size ${image.virtualSize}`;

@@ -17,6 +17,7 @@ const DENO_ONLY = [
   "lib/io/_holes.ts",
   "lib/io/_temp.ts",
   "lib/reader/stream_open.ts",
+  "lib/reader/expand_to_path.ts",
   "lib/writer/streamable.ts",
   "lib/file_writable.ts",
   "lib/tools/_status.ts",

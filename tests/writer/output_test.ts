@@ -5,11 +5,8 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import {
-  liveTemporaryFiles,
-  OutputExistsError,
-  OutputFile,
-} from "../../lib/io/output_file.ts";
+import { OutputExistsError, OutputFile } from "../../lib/io/output_file.ts";
+import { isTemporaryTracked } from "../../lib/io/_temp.ts";
 import { fileChunks } from "../../lib/io/file_stream.ts";
 import { convert } from "../../lib/convert.ts";
 import { writesToBytes } from "../../lib/writer/qcow2_writer.ts";
@@ -34,13 +31,13 @@ Deno.test("OutputFile: a temporary file beside DST, renamed on commit", async ()
   assert.strictEqual(out.path, dst);
   assert.strictEqual(out.isDevice, false);
   assert.match(out.writingPath, /\/\.disk\.qcow2\.[0-9a-f]{8}\.partial$/);
-  assert.ok(liveTemporaryFiles.has(out.writingPath));
+  assert.ok(isTemporaryTracked(out.writingPath));
   assert.deepStrictEqual(await listDir(dir.path), [
     out.writingPath.split("/").at(-1)!,
   ]);
   await out.writeAt(0, new Uint8Array([1, 2, 3]));
   await out.commit();
-  assert.ok(!liveTemporaryFiles.has(out.writingPath));
+  assert.ok(!isTemporaryTracked(out.writingPath));
   assert.deepStrictEqual(await listDir(dir.path), ["disk.qcow2"]);
   assert.deepStrictEqual(await Deno.readFile(dst), new Uint8Array([1, 2, 3]));
 });
@@ -52,7 +49,7 @@ Deno.test("OutputFile: abort removes the temporary file (twice is fine); DST exi
   await out.writeAt(0, new Uint8Array(100));
   await out.abort();
   await out.abort();
-  assert.ok(!liveTemporaryFiles.has(out.writingPath));
+  assert.ok(!isTemporaryTracked(out.writingPath));
   assert.deepStrictEqual(await listDir(dir.path), []);
 
   await Deno.writeFile(dst, new Uint8Array([9]));

@@ -126,6 +126,53 @@ function uninit(fs: Ext4Fs, g: number): boolean {
 }
 
 /**
+ * Checks the metadata blocks inside group `g` against its bitmap: marked in
+ * a computed bitmap, required in a read one.
+ */
+function markMetadata(fs: Ext4Fs, g: number, bits: Uint8Array): void {
+  const { sb, meta } = fs;
+  const start = groupFirstBlock(sb, g);
+  const end = start + groupBlocks(sb, g);
+  for (
+    let k = firstEndingAfter(meta, start);
+    k < meta.length / 2 && meta[2 * k] < end;
+    k++
+  ) {
+    const from = Math.max(meta[2 * k], start) - start;
+    const to = Math.min(meta[2 * k + 1], end) - start;
+    for (let i = from; i < to; i++) {
+      if (bits[i >> 3] & (1 << (i & 7))) continue;
+      if (uninit(fs, g)) {
+        bits[i >> 3] |= 1 << (i & 7);
+      } else {
+        throw new Refusal(
+          `block bitmap of group ${g} marks metadata block ${start + i} free`,
+        );
+      }
+    }
+  }
+}
+
+/** The free blocks in group `g`'s bitmap, as its descriptor counts them. */
+function countFree(fs: Ext4Fs, g: number, bits: Uint8Array): number {
+  const blocks = groupBlocks(fs.sb, g);
+  let free = 0;
+  const whole = blocks >> 3;
+  for (let i = 0; i < whole; i++) free += ZERO_BITS[bits[i]];
+  for (let i = whole << 3; i < blocks; i++) {
+    if (!(bits[i >> 3] & (1 << (i & 7)))) free++;
+  }
+  if (free !== fs.table.freeBlocks[g]) {
+    throw new Refusal(
+      `block bitmap of group ${g} has ${free} free blocks, its descriptor counts ${
+        fs.table.freeBlocks[g]
+      }`,
+    );
+  }
+  return free;
+}
+
+/**
  * Every group's bitmap in group order, read (several blocks at a time when
  * they are adjacent, as flex_bg lays them out) or computed, and checked.
  */
@@ -133,15 +180,13 @@ async function* groupBitmaps(
   region: RegionReader,
   fs: Ext4Fs,
 ): AsyncGenerator<GroupBitmap> {
-  const { sb, table, meta } = fs;
+  const { sb, table } = fs;
   const bs = sb.blockSize;
   const csum = has(sb.roCompat, RO_COMPAT.METADATA_CSUM);
   const maxBatch = Math.max(1, MAX_BATCH_BYTES / bs);
   let batchFirst = -1;
   let batch: Uint8Array = new Uint8Array(0);
   for (let g = 0; g < sb.groupCount; g++) {
-    const start = groupFirstBlock(sb, g);
-    const blocks = groupBlocks(sb, g);
     let bits: Uint8Array;
     if (uninit(fs, g)) {
       bits = new Uint8Array(bs);
@@ -177,39 +222,8 @@ async function* groupBitmaps(
         }
       }
     }
-    // Metadata inside the group: marked in a computed bitmap, required in a read one.
-    const end = start + blocks;
-    for (
-      let k = firstEndingAfter(meta, start);
-      k < meta.length / 2 && meta[2 * k] < end;
-      k++
-    ) {
-      const from = Math.max(meta[2 * k], start) - start;
-      const to = Math.min(meta[2 * k + 1], end) - start;
-      for (let i = from; i < to; i++) {
-        if (bits[i >> 3] & (1 << (i & 7))) continue;
-        if (uninit(fs, g)) {
-          bits[i >> 3] |= 1 << (i & 7);
-        } else {
-          throw new Refusal(
-            `block bitmap of group ${g} marks metadata block ${start + i} free`,
-          );
-        }
-      }
-    }
-    let free = 0;
-    const whole = blocks >> 3;
-    for (let i = 0; i < whole; i++) free += ZERO_BITS[bits[i]];
-    for (let i = whole << 3; i < blocks; i++) {
-      if (!(bits[i >> 3] & (1 << (i & 7)))) free++;
-    }
-    if (free !== table.freeBlocks[g]) {
-      throw new Refusal(
-        `block bitmap of group ${g} has ${free} free blocks, its descriptor counts ${
-          table.freeBlocks[g]
-        }`,
-      );
-    }
+    markMetadata(fs, g, bits);
+    const free = countFree(fs, g, bits);
     yield { group: g, bits, free };
   }
 }

@@ -300,34 +300,93 @@ export function parseExt4Superblock(
   raw: Uint8Array,
   regionLength: number | undefined,
 ): Ext4Superblock {
-  const v = new DataView(raw.buffer, raw.byteOffset, EXT4_SUPERBLOCK_SIZE);
-  const u32 = (at: number) => v.getUint32(at, true);
-  const u16 = (at: number) => v.getUint16(at, true);
-  if (u16(SB.MAGIC) !== EXT4_MAGIC) {
-    throw new Refusal(`superblock magic ${hex(u16(SB.MAGIC))} is not 0xef53`);
-  }
-  const rev = u32(SB.REV_LEVEL);
-  const compat = rev === 0 ? 0 : u32(SB.FEATURE_COMPAT);
-  const incompat = rev === 0 ? 0 : u32(SB.FEATURE_INCOMPAT);
-  const roCompat = rev === 0 ? 0 : u32(SB.FEATURE_RO_COMPAT);
-
+  const f = fieldsOf(raw);
+  const { rev, compat, incompat, roCompat } = readFeatures(f);
   // The checksum first: with metadata_csum, nothing else is trusted before it.
-  if (has(roCompat, RO_COMPAT.METADATA_CSUM)) {
-    const type = raw[SB.CHECKSUM_TYPE];
-    if (type !== 1) {
-      throw new Refusal(`s_checksum_type ${type} is not 1 (crc32c)`);
-    }
-    const stored = u32(SB.CHECKSUM);
-    const actual = crc32cRaw(0xffffffff, raw.subarray(0, SB.CHECKSUM));
-    if (stored !== actual) {
-      throw new Refusal(
-        `superblock checksum ${hex(stored)} does not match its contents (${
-          hex(actual)
-        })`,
-      );
-    }
+  if (has(roCompat, RO_COMPAT.METADATA_CSUM)) checkChecksum(raw, f);
+  checkState(f, rev, incompat);
+  checkFeatures(incompat, roCompat);
+  const blocks = readBlockGeometry(f, rev, incompat, regionLength);
+  const { blockSize, groupCount } = blocks;
+  const inodes = readInodeGeometry(f, rev, blockSize, groupCount);
+  const descSize = readDescSize(f, incompat);
+  const descBlocks = Math.ceil(groupCount / (blockSize / descSize));
+  const firstMetaBg = f.u32(SB.FIRST_META_BG);
+  if (has(incompat, INCOMPAT.META_BG) && firstMetaBg > descBlocks) {
+    throw new Refusal(
+      `s_first_meta_bg ${firstMetaBg} is past the ${descBlocks} descriptor blocks`,
+    );
   }
-  const state = u16(SB.STATE);
+  const uuid = raw.slice(SB.UUID, SB.UUID + 16);
+  const csumSeed = has(incompat, INCOMPAT.CSUM_SEED)
+    ? f.u32(SB.CHECKSUM_SEED)
+    : crc32cRaw(0xffffffff, uuid);
+  return {
+    flavor: ext4Flavor(raw),
+    ...blocks,
+    ...inodes,
+    descSize,
+    compat,
+    incompat,
+    roCompat,
+    uuid,
+    reservedGdtBlocks: f.u16(SB.RESERVED_GDT_BLOCKS),
+    firstMetaBg,
+    backupBgs: [f.u32(SB.BACKUP_BGS), f.u32(SB.BACKUP_BGS + 4)],
+    csumSeed,
+  };
+}
+
+/** Little-endian readers of the superblock's fields. */
+interface Fields {
+  u32(at: number): number;
+  u16(at: number): number;
+}
+
+function fieldsOf(raw: Uint8Array): Fields {
+  const v = new DataView(raw.buffer, raw.byteOffset, EXT4_SUPERBLOCK_SIZE);
+  return {
+    u32: (at) => v.getUint32(at, true),
+    u16: (at) => v.getUint16(at, true),
+  };
+}
+
+/** The magic, the revision and the feature words (0 in revision 0). */
+function readFeatures(
+  f: Fields,
+): { rev: number; compat: number; incompat: number; roCompat: number } {
+  if (f.u16(SB.MAGIC) !== EXT4_MAGIC) {
+    throw new Refusal(`superblock magic ${hex(f.u16(SB.MAGIC))} is not 0xef53`);
+  }
+  const rev = f.u32(SB.REV_LEVEL);
+  return {
+    rev,
+    compat: rev === 0 ? 0 : f.u32(SB.FEATURE_COMPAT),
+    incompat: rev === 0 ? 0 : f.u32(SB.FEATURE_INCOMPAT),
+    roCompat: rev === 0 ? 0 : f.u32(SB.FEATURE_RO_COMPAT),
+  };
+}
+
+/** metadata_csum: the checksum type and the superblock's crc32c. */
+function checkChecksum(raw: Uint8Array, f: Fields): void {
+  const type = raw[SB.CHECKSUM_TYPE];
+  if (type !== 1) {
+    throw new Refusal(`s_checksum_type ${type} is not 1 (crc32c)`);
+  }
+  const stored = f.u32(SB.CHECKSUM);
+  const actual = crc32cRaw(0xffffffff, raw.subarray(0, SB.CHECKSUM));
+  if (stored !== actual) {
+    throw new Refusal(
+      `superblock checksum ${hex(stored)} does not match its contents (${
+        hex(actual)
+      })`,
+    );
+  }
+}
+
+/** Cleanly unmounted, no errors, a known revision, the primary copy. */
+function checkState(f: Fields, rev: number, incompat: number): void {
+  const state = f.u16(SB.STATE);
   if (has(incompat, INCOMPAT.RECOVER)) {
     throw new Refusal(
       "not cleanly unmounted: the journal needs recovery (needs_recovery)",
@@ -340,13 +399,17 @@ export function parseExt4Superblock(
     throw new Refusal(`errors recorded (s_state ${hex(state)}): run e2fsck`);
   }
   if (rev > 1) throw new Refusal(`s_rev_level ${rev} is unknown`);
-  if (rev !== 0 && u16(SB.BLOCK_GROUP_NR) !== 0) {
+  if (rev !== 0 && f.u16(SB.BLOCK_GROUP_NR) !== 0) {
     throw new Refusal(
       `superblock is the backup copy of group ${
-        u16(SB.BLOCK_GROUP_NR)
+        f.u16(SB.BLOCK_GROUP_NR)
       } (s_block_group_nr), not the start of a filesystem`,
     );
   }
+}
+
+/** No feature that is not handled, named or unknown. */
+function checkFeatures(incompat: number, roCompat: number): void {
   for (const [name, word, bit] of NAMED) {
     if (has(word === 0 ? incompat : roCompat, bit)) {
       throw new Refusal(`feature ${name} is not handled`);
@@ -360,20 +423,35 @@ export function parseExt4Superblock(
   if (unknownRo !== 0) {
     throw new Refusal(`unknown ro_compat feature bits ${hex(unknownRo)}`);
   }
+}
 
-  const logBlock = u32(SB.LOG_BLOCK_SIZE);
+/** Block size, blocks per group, block count and group count, checked. */
+function readBlockGeometry(
+  f: Fields,
+  rev: number,
+  incompat: number,
+  regionLength: number | undefined,
+): Pick<
+  Ext4Superblock,
+  | "blockSize"
+  | "blocksCount"
+  | "firstDataBlock"
+  | "blocksPerGroup"
+  | "groupCount"
+> {
+  const logBlock = f.u32(SB.LOG_BLOCK_SIZE);
   if (logBlock > 6) {
     throw new Refusal(`s_log_block_size ${logBlock} is out of range [0, 6]`);
   }
   const blockSize = 1024 << logBlock;
-  if (u32(SB.LOG_CLUSTER_SIZE) !== logBlock) {
+  if (f.u32(SB.LOG_CLUSTER_SIZE) !== logBlock) {
     throw new Refusal(
       `s_log_cluster_size ${
-        u32(SB.LOG_CLUSTER_SIZE)
+        f.u32(SB.LOG_CLUSTER_SIZE)
       } differs from s_log_block_size ${logBlock} without bigalloc`,
     );
   }
-  const bpg = u32(SB.BLOCKS_PER_GROUP);
+  const bpg = f.u32(SB.BLOCKS_PER_GROUP);
   if (bpg < 8 || bpg > 8 * blockSize || bpg % 8 !== 0) {
     throw new Refusal(
       `s_blocks_per_group ${bpg} is not a multiple of 8 in [8, ${
@@ -381,14 +459,14 @@ export function parseExt4Superblock(
       }]`,
     );
   }
-  if (u32(SB.CLUSTERS_PER_GROUP) !== bpg && rev !== 0) {
+  if (f.u32(SB.CLUSTERS_PER_GROUP) !== bpg && rev !== 0) {
     throw new Refusal(
       `s_clusters_per_group ${
-        u32(SB.CLUSTERS_PER_GROUP)
+        f.u32(SB.CLUSTERS_PER_GROUP)
       } differs from s_blocks_per_group ${bpg}`,
     );
   }
-  const firstDataBlock = u32(SB.FIRST_DATA_BLOCK);
+  const firstDataBlock = f.u32(SB.FIRST_DATA_BLOCK);
   if (firstDataBlock !== (blockSize === 1024 ? 1 : 0)) {
     throw new Refusal(
       `s_first_data_block ${firstDataBlock} is not ${
@@ -396,8 +474,8 @@ export function parseExt4Superblock(
       } for ${blockSize}-byte blocks`,
     );
   }
-  const hi = has(incompat, INCOMPAT.BIT64) ? u32(SB.BLOCKS_COUNT_HI) : 0;
-  const blocksCount = hi * 0x1_0000_0000 + u32(SB.BLOCKS_COUNT_LO);
+  const hi = has(incompat, INCOMPAT.BIT64) ? f.u32(SB.BLOCKS_COUNT_HI) : 0;
+  const blocksCount = hi * 0x1_0000_0000 + f.u32(SB.BLOCKS_COUNT_LO);
   if (!Number.isSafeInteger(blocksCount * blockSize)) {
     throw new Refusal(`block count ${blocksCount} is out of range`);
   }
@@ -417,8 +495,24 @@ export function parseExt4Superblock(
       `${groupCount} block groups are more than the ${EXT4_MAX_GROUPS} handled`,
     );
   }
-  const ipg = u32(SB.INODES_PER_GROUP);
-  const inodeSize = rev === 0 ? 128 : u16(SB.INODE_SIZE);
+  return {
+    blockSize,
+    blocksCount,
+    firstDataBlock,
+    blocksPerGroup: bpg,
+    groupCount,
+  };
+}
+
+/** Inodes per group and inode size, checked against the inode count. */
+function readInodeGeometry(
+  f: Fields,
+  rev: number,
+  blockSize: number,
+  groupCount: number,
+): Pick<Ext4Superblock, "inodesPerGroup" | "inodeSize"> {
+  const ipg = f.u32(SB.INODES_PER_GROUP);
+  const inodeSize = rev === 0 ? 128 : f.u16(SB.INODE_SIZE);
   if (
     inodeSize < 128 || inodeSize > blockSize ||
     (inodeSize & (inodeSize - 1)) !== 0
@@ -430,16 +524,21 @@ export function parseExt4Superblock(
       `s_inodes_per_group ${ipg} is out of range [1, ${8 * blockSize}]`,
     );
   }
-  if (u32(SB.INODES_COUNT) !== groupCount * ipg) {
+  if (f.u32(SB.INODES_COUNT) !== groupCount * ipg) {
     throw new Refusal(
       `s_inodes_count ${
-        u32(SB.INODES_COUNT)
+        f.u32(SB.INODES_COUNT)
       } is not ${groupCount} groups x ${ipg} inodes`,
     );
   }
+  return { inodesPerGroup: ipg, inodeSize };
+}
+
+/** The group descriptor size: 32, or s_desc_size with 64bit. */
+function readDescSize(f: Fields, incompat: number): number {
   let descSize = 32;
   if (has(incompat, INCOMPAT.BIT64)) {
-    descSize = u16(SB.DESC_SIZE);
+    descSize = f.u16(SB.DESC_SIZE);
     if (
       descSize < 64 || descSize > 1024 || (descSize & (descSize - 1)) !== 0
     ) {
@@ -448,34 +547,5 @@ export function parseExt4Superblock(
       );
     }
   }
-  const descBlocks = Math.ceil(groupCount / (blockSize / descSize));
-  const firstMetaBg = u32(SB.FIRST_META_BG);
-  if (has(incompat, INCOMPAT.META_BG) && firstMetaBg > descBlocks) {
-    throw new Refusal(
-      `s_first_meta_bg ${firstMetaBg} is past the ${descBlocks} descriptor blocks`,
-    );
-  }
-  const uuid = raw.slice(SB.UUID, SB.UUID + 16);
-  const csumSeed = has(incompat, INCOMPAT.CSUM_SEED)
-    ? u32(SB.CHECKSUM_SEED)
-    : crc32cRaw(0xffffffff, uuid);
-  return {
-    flavor: ext4Flavor(raw),
-    blockSize,
-    blocksCount,
-    firstDataBlock,
-    blocksPerGroup: bpg,
-    inodesPerGroup: ipg,
-    inodeSize,
-    groupCount,
-    descSize,
-    compat,
-    incompat,
-    roCompat,
-    uuid,
-    reservedGdtBlocks: u16(SB.RESERVED_GDT_BLOCKS),
-    firstMetaBg,
-    backupBgs: [u32(SB.BACKUP_BGS), u32(SB.BACKUP_BGS + 4)],
-    csumSeed,
-  };
+  return descSize;
 }

@@ -1,0 +1,120 @@
+/**
+ * Expanding to a path: a new sparse file that appears only when complete,
+ * a device, or (as `qemu-img convert -n`) an existing file written in
+ * place.
+ *
+ * @module
+ */
+
+import { OutputFile, type OutputFileOptions } from "../io/output_file.ts";
+import type { ImageSink } from "../io/sink.ts";
+import {
+  type ExpandOptions,
+  type ExpandSource,
+  expandToFile,
+} from "./expand.ts";
+
+/**
+ * Options of {@linkcode expandToPath}: reading, progress and holes, and
+ * how the destination is written.
+ */
+export interface ExpandToPathOptions extends ExpandOptions, OutputFileOptions {
+  /**
+   * Write into the existing file or device at the path, in place
+   * (`qemu-img convert -n`): nothing is created, truncated or removed, and
+   * bytes past the input keep what they held. Zero ranges are written as
+   * zeros unless `holes` says the target reads as zeros. A target smaller
+   * than the input is refused.
+   * @default {false}
+   */
+  inPlace?: boolean;
+  /**
+   * The length of a stream source, when known: with `inPlace`, a target
+   * smaller than it is refused before anything is written.
+   */
+  sourceLength?: number;
+}
+
+/**
+ * Expands an image, or a raw byte stream, to a path with
+ * {@linkcode expandToFile}. A new file is written under a temporary name
+ * beside the path and renamed over it when complete; on any error it is
+ * removed and nothing appears. An existing file is replaced only with
+ * `force`. A block or character device is written in place, zeros
+ * included.
+ *
+ * @param source An opened image, or a raw byte stream.
+ * @param path The destination.
+ * @param options Reading, progress, `force`, `sync`, `inPlace`.
+ * @returns Number of bytes written (not holes).
+ * @throws {OutputExistsError} When `path` exists and neither `force` nor
+ * `inPlace` is given.
+ *
+ * @example Expand a qcow2 image to a sparse raw file
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
+ * import { openImage } from "./open.ts";
+ * import { expandToPath } from "./expand_to_path.ts";
+ * const dir = await Deno.makeTempDir();
+ * const raw = new Uint8Array(1 << 20);
+ * raw.fill(3, 0, 65536);
+ * await using image = await openImage(await convertToBytes(raw));
+ * const written = await expandToPath(image, `${dir}/disk.raw`);
+ * assert.strictEqual(written, 65536); // the rest is a hole
+ * assert.deepStrictEqual(await Deno.readFile(`${dir}/disk.raw`), raw);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export async function expandToPath(
+  source: ExpandSource,
+  path: string,
+  options: ExpandToPathOptions = {},
+): Promise<number> {
+  if (!options.inPlace) {
+    return await expandToFile(
+      source,
+      await OutputFile.create(path, options),
+      options,
+    );
+  }
+  const { output, size } = await OutputFile.openInPlace(path, options);
+  const sink = bounded(output, size);
+  const length = source instanceof ReadableStream
+    ? options.sourceLength
+    : source.virtualSize;
+  try {
+    if (length !== undefined) sink.check(length);
+  } catch (err) {
+    await output.abort();
+    throw err;
+  }
+  return await expandToFile(source, sink, { holes: false, ...options });
+}
+
+/** An in-place output that refuses to be written past its size. */
+function bounded(
+  output: OutputFile,
+  size: number,
+): ImageSink & { check(end: number): void } {
+  const check = (end: number) => {
+    if (end > size) {
+      throw new Error(
+        `Cannot write into ${output.path}: it has ${size} bytes, fewer than the input's ${end} (it is not grown)`,
+      );
+    }
+  };
+  return {
+    isDevice: output.isDevice,
+    check,
+    writeAt: (offset, data) => {
+      check(offset + data.length);
+      return output.writeAt(offset, data);
+    },
+    commit: (end) => {
+      check(end);
+      return output.commit();
+    },
+    abort: () => output.abort(),
+  };
+}
