@@ -210,6 +210,8 @@ async function writeQcow2(
     refcountBits: s.refcountBits,
     pool,
     onProgress: (n: number) => progress.update(Math.min(n, total ?? n)),
+    backingFile: s.backing,
+    backingImage: sources.backingImage,
   } as const;
   const outputOptions = { force: s.force, sync: s.sync };
   if (s.dst === "-" || s.streamable) {
@@ -224,27 +226,28 @@ async function writeQcow2(
         formatBytes(written.virtualSize)
       } virtual`,
       guestBytes: written.virtualSize,
-      more: `; ${formatBytes(written.spoolBytes)} waited in the spool`,
+      more: `; ${formatBytes(written.spoolBytes)} waited in the spool${
+        leftToBacking(s, written.backingClusters)
+      }`,
     };
   }
   const written = await convert(
     sources.source,
     await OutputFile.create(s.dst, outputOptions),
-    {
-      ...writerOptions,
-      backingFile: s.backing,
-      backingImage: sources.backingImage,
-    },
+    writerOptions,
   );
   return {
     what: `${formatBytes(written.fileSize)} of qcow2 for ${
       formatBytes(written.virtualSize)
     } virtual`,
     guestBytes: written.virtualSize,
-    more: s.backing
-      ? `; ${written.backingClusters} clusters left to ${s.backing.name}`
-      : "",
+    more: leftToBacking(s, written.backingClusters),
   };
+}
+
+/** The summary's note on a delta image: how many clusters its base keeps. */
+function leftToBacking(s: ConvertSettings, clusters: number): string {
+  return s.backing ? `; ${clusters} clusters left to ${s.backing.name}` : "";
 }
 
 /** Writes raw bytes: a sparse file, stdout, or with -n the target. */

@@ -294,7 +294,7 @@ qemuTest(
 );
 
 qemuTest(
-  "cli convert: delta images from a pipe (raw and qcow2), zlib and zstd; not yet to standard output",
+  "cli convert: delta images from a pipe (raw and qcow2), zlib and zstd, and to standard output",
   async () => {
     await using fx = await makeFixtures();
     const cwd = fx.dir;
@@ -353,9 +353,12 @@ qemuTest(
       // Only what changed is stored: far less than the 9 MiB disk.
       assert.ok((await Deno.stat(join(cwd, delta))).size < 1024 * 1024);
     }
+    // The streamable layout writes deltas too: to standard output, and to
+    // a file with --streamable.
     for (const target of [["-"], ["--streamable", "s.qcow2"]]) {
       const r = await runCli([
         "convert",
+        "-q",
         "-O",
         "qcow2",
         "-B",
@@ -365,12 +368,20 @@ qemuTest(
         "new.raw",
         ...target,
       ], { cwd });
-      assert.strictEqual(r.code, 1);
-      assert.strictEqual(r.stdout.length, 0);
-      assert.match(
-        r.stderr,
-        /^qcow2pipe: Cannot convert: a delta image \(-B\) in the streamable layout \(standard output or --streamable\) is not supported yet\n$/,
-      );
+      assert.strictEqual(r.code, 0, r.stderr);
+      const delta = join(cwd, "s.qcow2");
+      if (target[0] === "-") await Deno.writeFile(delta, r.stdout);
+      else assert.strictEqual(r.stdout.length, 0);
+      await qemuCheckClean(delta);
+      await qemuCompareIdentical(join(cwd, "new.raw"), delta, [
+        "raw",
+        "qcow2",
+      ]);
+      const info = JSON.parse(await qemuImg("info", "--output=json", delta));
+      assert.strictEqual(info["backing-filename"], "base.qcow2");
+      assert.strictEqual(info["backing-filename-format"], "qcow2");
+      assert.ok((await Deno.stat(delta)).size < 1024 * 1024);
+      await Deno.remove(delta);
     }
     const missing = await runCli([
       "convert",
