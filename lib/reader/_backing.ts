@@ -1,8 +1,10 @@
-// The backing file format an overlay declares, shared by the reader and the
-// inspection tools.
+// Following a backing or data file reference, shared by the reader and the
+// inspection tools: the format an overlay declares, and opening the file.
 
 import { backingFormat, type Qcow2Header } from "../format/header.ts";
 import { Qcow2Error } from "../format/errors.ts";
+import type { RandomAccessSource } from "../io/source.ts";
+import { isNotFound } from "../io/_host_files.ts";
 
 /**
  * The format named by the backing-format extension, if any; one we cannot
@@ -20,4 +22,25 @@ export function declaredBackingFormat(
     );
   }
   return fmt;
+}
+
+/**
+ * Opens a backing or data file by its resolved name; a failure is a
+ * `BACKING` error naming `what` and the file.
+ */
+export async function openRelated(
+  openSource: (name: string) => Promise<RandomAccessSource>,
+  path: string,
+  what: string,
+): Promise<RandomAccessSource> {
+  try {
+    return await openSource(path);
+  } catch (err) {
+    const reason = isNotFound(err) ? "no such file" : (err as Error).message;
+    throw new Qcow2Error(
+      "BACKING",
+      `Cannot open ${what} "${path}": ${reason}`,
+      { cause: err },
+    );
+  }
 }

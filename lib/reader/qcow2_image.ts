@@ -7,7 +7,11 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import type { Qcow2Header } from "../format/header.ts";
-import { type Geometry, geometryOf } from "../format/geometry.ts";
+import {
+  type Geometry,
+  geometryOf,
+  qcow2VirtualSize,
+} from "../format/geometry.ts";
 import { decodeL1Entry } from "../format/l1.ts";
 import { decodeL2Entry, type L2Layout, subclusterType } from "../format/l2.ts";
 import { compressedRange } from "../format/compressed.ts";
@@ -35,6 +39,12 @@ export interface Qcow2ImageInit {
   snapshots: SnapshotEntry[];
   /** L2 cache budget in bytes. */
   cacheBytes: number;
+  /**
+   * Whether closing the image closes `source` (only when its opener opened
+   * it; a caller's source is left open). The data file and backing image
+   * are always closed.
+   */
+  ownsSource?: boolean;
 }
 
 /**
@@ -71,6 +81,7 @@ export class Qcow2Image implements GuestImage {
   /** Compression type of compressed clusters. */
   readonly compressionType: CompressionType;
   readonly #source: RandomAccessSource;
+  readonly #ownsSource: boolean;
   readonly #dataFile: RandomAccessSource | undefined;
   readonly #l1: Uint8Array;
   readonly #l1Offset: number;
@@ -80,7 +91,9 @@ export class Qcow2Image implements GuestImage {
   private constructor(init: Qcow2ImageInit, l1: Uint8Array, l1Offset: number) {
     this.header = init.header;
     this.geometry = geometryOf(init.header);
-    this.virtualSize = init.snapshot?.diskSize ?? init.header.size;
+    this.virtualSize = qcow2VirtualSize(
+      init.snapshot?.diskSize ?? init.header.size,
+    );
     this.backing = init.backing;
     this.snapshots = init.snapshots;
     this.snapshot = init.snapshot;
@@ -88,6 +101,7 @@ export class Qcow2Image implements GuestImage {
       ? "zstd"
       : "zlib";
     this.#source = init.source;
+    this.#ownsSource = init.ownsSource ?? false;
     this.#dataFile = init.dataFile;
     this.#l1 = l1;
     this.#l1Offset = l1Offset;
@@ -143,13 +157,14 @@ export class Qcow2Image implements GuestImage {
       ? await readExact(source, l1Offset, l1Size * 8, what)
       : new Uint8Array(0);
     const image = new Qcow2Image(init, l1, l1Offset);
+    const declared = snapshot?.diskSize ?? header.size;
     const needed = Math.ceil(
-      image.virtualSize / (clusterSize * image.geometry.l2Entries),
+      declared / (clusterSize * image.geometry.l2Entries),
     );
     if (l1Size < needed) {
       throw new Qcow2Error(
         "OUT_OF_RANGE",
-        `Cannot open image: ${what} has ${l1Size} entries, too few for virtual size ${image.virtualSize} (needs ${needed})`,
+        `Cannot open image: ${what} has ${l1Size} entries, too few for virtual size ${declared} (needs ${needed})`,
         { field: "l1_size" },
       );
     }
@@ -159,6 +174,21 @@ export class Qcow2Image implements GuestImage {
   /** Name of the image file. */
   get name(): string {
     return this.#source.name ?? "<qcow2>";
+  }
+
+  /** The image file. */
+  get source(): RandomAccessSource {
+    return this.#source;
+  }
+
+  /** The external data file, when the image has one. */
+  get dataFile(): RandomAccessSource | undefined {
+    return this.#dataFile;
+  }
+
+  /** The L1 table in use (the active one, or the snapshot's). */
+  get l1Table(): Uint8Array {
+    return this.#l1;
   }
 
   /**
@@ -437,12 +467,13 @@ export class Qcow2Image implements GuestImage {
   }
 
   /**
-   * Closes the image file, data file and backing chain.
+   * Closes the data file and backing chain, and the image file when the
+   * image opened it.
    *
    * @returns When everything is closed.
    */
   async close(): Promise<void> {
-    await this.#source.close?.();
+    if (this.#ownsSource) await this.#source.close?.();
     await this.#dataFile?.close?.();
     await this.backing?.close();
   }

@@ -337,9 +337,9 @@ function joinPieces(items: PlanItem[], clusters: Uint8Array): Segment {
  * import assert from "node:assert";
  * import { openImage } from "./open.ts";
  * import { imageReadable } from "./segments.ts";
- * await using image = await openImage(new Uint8Array(3000).fill(2));
+ * await using image = await openImage(new Uint8Array(4096).fill(2));
  * const bytes = new Uint8Array(await new Response(imageReadable(image)).arrayBuffer());
- * assert.strictEqual(bytes.length, 3000);
+ * assert.strictEqual(bytes.length, 4096);
  * ```
  */
 export function imageReadable(

@@ -10,6 +10,7 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
+import { hasQcow2Magic } from "../format/header.ts";
 import { decodeL2Entry, type L2Layout } from "../format/l2.ts";
 import { compressedRange } from "../format/compressed.ts";
 import { geometryOf } from "../format/geometry.ts";
@@ -240,8 +241,7 @@ export async function openImageStream(
   try {
     await cursor.spoolTo(file, 512);
     const head = await (await prefixSource()).read(0, 4);
-    const isQcow2 = head.length === 4 &&
-      new DataView(head.buffer, head.byteOffset).getUint32(0) === 0x514649fb;
+    const isQcow2 = hasQcow2Magic(head);
     let onePass = false;
     let split = 0;
     if (isQcow2 && options.format !== "raw" && !options.snapshot) {
@@ -299,6 +299,7 @@ export async function openImageStream(
         snapshot: undefined,
         snapshots: [],
         cacheBytes: options.cacheBytes ?? 32 * 1024 * 1024,
+        ownsSource: true,
       });
       return opened(image, true, split, file.writingPath, cleanup);
     }
@@ -307,11 +308,18 @@ export async function openImageStream(
     await file.flush();
     // Named as the stream, not the spool file: the names the image gives
     // resolve against `relativeTo`, never inside the spool directory.
-    const image = await openImage(
-      await FileSource.open(file.writingPath, "<stream>"),
-      options,
-    );
-    return opened(image, false, cursor.position, file.writingPath, cleanup);
+    const spooled = await FileSource.open(file.writingPath, "<stream>");
+    let image: GuestImage;
+    try {
+      image = await openImage(spooled, options);
+    } catch (err) {
+      spooled.close();
+      throw err;
+    }
+    return opened(image, false, cursor.position, file.writingPath, async () => {
+      spooled.close();
+      await cleanup();
+    });
   } catch (err) {
     await cleanup();
     throw err;

@@ -9,26 +9,29 @@ import type { Geometry } from "../format/geometry.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { SnapshotEntry } from "../format/snapshot.ts";
 import { INCOMPAT, MAX_L1_BYTES } from "../format/constants.ts";
+import { hex } from "../format/errors.ts";
 import { parseBitmapDirectory } from "../format/bitmaps.ts";
-import { readPadded, type StoredRefcounts } from "./_layers.ts";
+import type { StoredRefcounts } from "./_layers.ts";
+import { readPadded } from "../reader/_read.ts";
+import { qcow2VirtualSize } from "../format/geometry.ts";
 import { RefcountMap } from "./_refmap.ts";
 import { type BitmapDirectoryInfo, bitmapEntryProblem } from "./_tables.ts";
 
 const TWO_32 = 0x1_0000_0000;
 
-/** `%lx` of a u64 given as halves. */
+/** `%lx` of a u64 given as halves (a raw table entry). */
 export function hex64(hi: number, lo: number): string {
-  return ((BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0)).toString(16);
+  return hex((BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0), "bare");
 }
 
 /** `%lx` of a number. */
-export function hexOf(n: number): string {
-  return Number.isSafeInteger(n) ? n.toString(16) : BigInt(n).toString(16);
+function hexOf(n: number): string {
+  return hex(n, "bare");
 }
 
 /** C's `%#lx`: `0x` prefix except for zero. */
-export function altHex(n: number): string {
-  return n === 0 ? "0" : "0x" + hexOf(n);
+function altHex(n: number): string {
+  return hex(n, "c-alt");
 }
 
 /** Counters of a check, as QEMU's BdrvCheckResult. */
@@ -333,7 +336,7 @@ export class ReferenceWalk {
       const problem = bitmapEntryProblem(
         bm,
         cs,
-        Math.floor(header.size / 512) * 512,
+        qcow2VirtualSize(header.size),
       );
       if (problem !== undefined) {
         this.counters.corruptions++;

@@ -13,13 +13,9 @@ import {
   type HoleProber,
   openHoleProber,
 } from "../io/_holes.ts";
-import {
-  type Layer,
-  type Qcow2Layer,
-  rawVirtualSize,
-  readPadded,
-  RefblockError,
-} from "./_layers.ts";
+import { type Layer, type Qcow2Layer, RefblockError } from "./_layers.ts";
+import { readPadded } from "../reader/_read.ts";
+import { rawVirtualSize } from "../format/geometry.ts";
 import type { MapEntry } from "./map.ts";
 
 /**

@@ -8,19 +8,19 @@
  */
 
 import type { ImageFormat } from "../reader/open.ts";
-import { geometryOf } from "../format/geometry.ts";
+import { geometryOf, qcow2VirtualSize } from "../format/geometry.ts";
 import { getRefcount, refcountMax } from "../format/refcount.ts";
 import { INCOMPAT } from "../format/constants.ts";
 import {
   type ImageInput,
-  isQcow2,
-  readHeaderLenient,
-  readPadded,
   RefblockError,
   sourceOf,
   StoredRefcounts,
 } from "./_layers.ts";
-import { bitmapDirectoryOf, readSnapshotTable } from "./_tables.ts";
+import { bitmapDirectoryOf } from "./_tables.ts";
+import { detectFormat, readPadded } from "../reader/_read.ts";
+import { readHeader } from "../reader/open.ts";
+import { readSnapshotTable } from "../reader/_snapshots.ts";
 import { CheckFailure, hex64, ReferenceWalk } from "./_check_refs.ts";
 
 /**
@@ -152,22 +152,23 @@ export async function checkImage(
   try {
     const format = options.format ?? "auto";
     if (
-      format === "raw" || (format === "auto" && !(await isQcow2(source)))
+      format === "raw" ||
+      (format === "auto" && (await detectFormat(source)) === "raw")
     ) {
       const r = emptyResult(filename, "raw");
       r.exitCode = 63;
       r.failure = "This image format does not support checks";
       return r;
     }
-    const header = await readHeaderLenient(source);
+    const header = await readHeader(source, { inspection: true });
     const result = emptyResult(filename, "qcow2");
     const geometry = geometryOf(header);
     const cs = geometry.clusterSize;
-    result.totalClusters = Math.ceil(Math.floor(header.size / 512) * 512 / cs);
+    result.totalClusters = Math.ceil(qcow2VirtualSize(header.size) / cs);
 
     let snapshots;
     try {
-      snapshots = await readSnapshotTable(source, header);
+      snapshots = await readSnapshotTable(source, header, true);
     } catch (err) {
       result.checkErrors++;
       return fail(

@@ -10,14 +10,14 @@ import { type ImageFormat, openImage } from "../reader/open.ts";
 import type { ReferencePolicy } from "../reader/references.ts";
 
 import type { GuestImage } from "../reader/image.ts";
-import type { RandomAccessSource } from "../io/source.ts";
 import {
-  closeLayer,
   type ImageInput,
   type Layer,
-  openLayer,
+  layerOf,
   type OpenSource,
+  sourceOf,
 } from "./_layers.ts";
+import type { RandomAccessSource } from "../io/source.ts";
 import { type StatusRun, StatusWalker } from "./_status.ts";
 
 /**
@@ -82,17 +82,6 @@ export interface CompareImagesOptions {
 /** QEMU's IO_BUF_SIZE: compare reads at most this much at once. */
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 const SECTOR = 512;
-
-/** A caller's source, shielded from being closed by the reader. */
-function borrowed(source: RandomAccessSource): RandomAccessSource {
-  return {
-    get size() {
-      return source.size;
-    },
-    name: source.name,
-    read: (offset, length) => source.read(offset, length),
-  };
-}
 
 async function readGuest(
   image: GuestImage,
@@ -172,27 +161,22 @@ export async function compareImages(
 ): Promise<CompareResult> {
   const layers: Layer[] = [];
   const images: GuestImage[] = [];
+  const opened: RandomAccessSource[] = [];
   using walker = new StatusWalker(options.holes ?? true);
   try {
+    // Each input is opened once, by the reader; the status walk is a view
+    // over the same opened images.
     for (const [i, input] of [a, b].entries()) {
-      const format = options.formats?.[i];
-      const references = options.references;
-      layers.push(
-        await openLayer(input, {
-          backing: true,
-          format,
-          references,
-          openSource: options.openSource,
-        }),
-      );
-      images.push(
-        await openImage(
-          typeof input === "string" || input instanceof Uint8Array
-            ? input
-            : borrowed(input),
-          { format, references, openSource: options.openSource },
-        ),
-      );
+      // A path is opened here, for the tools' error on a missing file.
+      const source = typeof input === "string" ? await sourceOf(input) : input;
+      if (source !== input) opened.push(source as RandomAccessSource);
+      const image = await openImage(source, {
+        format: options.formats?.[i],
+        references: options.references,
+        openSource: options.openSource,
+      });
+      images.push(image);
+      layers.push(await layerOf(image));
     }
     const [la, lb] = layers;
     const [ia, ib] = images;
@@ -258,7 +242,7 @@ export async function compareImages(
     return result;
   } finally {
     for (const image of images) await image.close();
-    for (const layer of layers) await closeLayer(layer);
+    for (const source of opened) await source.close?.();
   }
 }
 

@@ -20,27 +20,18 @@ import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import { hostFiles } from "../io/_host_files.ts";
 import { fileReason } from "../io/_errors.ts";
-import {
-  type ImageInput,
-  isQcow2,
-  type OpenSource,
-  rawVirtualSize,
-  readHeaderLenient,
-  readPadded,
-  sourceOf,
-} from "./_layers.ts";
-import {
-  bitmapDirectoryOf,
-  readBitmapDirectory,
-  readSnapshotTable,
-} from "./_tables.ts";
+import { type ImageInput, type OpenSource, sourceOf } from "./_layers.ts";
+import { detectFormat, readPadded } from "../reader/_read.ts";
+import { qcow2VirtualSize, rawVirtualSize } from "../format/geometry.ts";
+import { readSnapshotTable } from "../reader/_snapshots.ts";
+import { bitmapDirectoryOf, readBitmapDirectory } from "./_tables.ts";
 import {
   directoryOf,
   followReference,
   type ReferencePolicy,
   resolveName,
 } from "../reader/references.ts";
-import { type ImageFormat, openByName } from "../reader/open.ts";
+import { type ImageFormat, openByName, readHeader } from "../reader/open.ts";
 import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
 
 export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
@@ -213,9 +204,7 @@ async function describe(
   const allocated = options.allocatedSize
     ? await options.allocatedSize(name)
     : await hostFiles()?.allocatedSize(source);
-  const qcow2 = format === undefined
-    ? await isQcow2(source)
-    : format === "qcow2";
+  const qcow2 = (format ?? await detectFormat(source)) === "qcow2";
   if (!qcow2) {
     const info: ImageInfo = {
       filename: name,
@@ -227,12 +216,12 @@ async function describe(
     if (allocated !== undefined) info.actualSize = allocated;
     return info;
   }
-  const header = await readHeaderLenient(source);
+  const header = await readHeader(source, { inspection: true });
   const v3 = header.version === 3;
   const info: ImageInfo = {
     filename: name,
     format: "qcow2",
-    virtualSize: Math.floor(header.size / 512) * 512,
+    virtualSize: qcow2VirtualSize(header.size),
     dirty: (header.incompatibleFeatures & INCOMPAT.DIRTY) !== 0n,
     clusterSize: 2 ** header.clusterBits,
     snapshots: [],
@@ -248,7 +237,7 @@ async function describe(
     const fmt = backingFormat(header);
     if (fmt !== undefined) info.backingFilenameFormat = fmt;
   }
-  const table = await readSnapshotTable(source, header);
+  const table = await readSnapshotTable(source, header, true);
   info.snapshots = table.entries.map((s) => {
     const snap: SnapshotInfo = {
       id: s.id,
