@@ -23,14 +23,6 @@
  *   image whose format was probed names a file outside its directory)
  * - `DECOMPRESS`: a compressed cluster does not decompress to a full cluster
  * - `IO`: the underlying source failed
- *
- * @example Branch on a code
- * ```ts
- * import assert from "node:assert";
- * import { Qcow2Error, type Qcow2ErrorCode } from "./errors.ts";
- * const code: Qcow2ErrorCode = new Qcow2Error("TRUNCATED", "Cannot read: short").code;
- * assert(code === "TRUNCATED");
- * ```
  */
 export type Qcow2ErrorCode =
   | "BAD_MAGIC"

@@ -5,6 +5,11 @@ import { backingFormat, type Qcow2Header } from "../format/header.ts";
 import { Qcow2Error } from "../format/errors.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import { isNotFound } from "../io/_host_files.ts";
+import {
+  followReference,
+  type ReferencePolicy,
+  type Referrer,
+} from "./references.ts";
 
 /**
  * The format named by the backing-format extension, if any; one we cannot
@@ -43,4 +48,29 @@ export async function openRelated(
       { cause: err },
     );
   }
+}
+
+/**
+ * Where an overlay's backing file is and the format it declares, as the
+ * policy allows; refused when the chain would grow deeper than `max`
+ * images below the top one.
+ */
+export async function backingReference(
+  referrer: Referrer,
+  header: Qcow2Header,
+  policy: ReferencePolicy,
+  depth: number,
+  max: number,
+): Promise<{ path: string; declared: "qcow2" | "raw" | undefined }> {
+  const name = header.backingFile!;
+  if (depth + 1 > max) {
+    throw new Qcow2Error(
+      "BACKING",
+      `Cannot open backing file "${name}": the backing chain is deeper than ${max} images`,
+      { field: "backing_file_offset", offset: 8 },
+    );
+  }
+  const declared = declaredBackingFormat(header, name);
+  const path = await followReference(referrer, name, "backing file", policy);
+  return { path, declared };
 }

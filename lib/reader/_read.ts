@@ -146,3 +146,26 @@ export async function readThroughPlan(
   }
   return out;
 }
+
+/** The extents of `[offset, offset + length)` of an image, from its plan. */
+export async function* extentsOf(
+  image: GuestImage,
+  offset: number,
+  length: number | undefined,
+): AsyncGenerator<Extent> {
+  const items = image.plan(offset, length ?? image.virtualSize - offset, 0);
+  for await (const item of items) yield toExtent(item);
+}
+
+/** Reads guest bytes; past the end of the disk they read as zeros. */
+export async function readPastEnd(
+  image: GuestImage,
+  offset: number,
+  length: number,
+): Promise<Uint8Array> {
+  const inside = Math.max(0, Math.min(length, image.virtualSize - offset));
+  if (inside === length) return await image.readAt(offset, length);
+  const out = new Uint8Array(length);
+  if (inside > 0) out.set(await image.readAt(offset, inside));
+  return out;
+}

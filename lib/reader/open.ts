@@ -26,7 +26,7 @@ import { fileError } from "../io/_errors.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
-import { declaredBackingFormat, openRelated } from "./_backing.ts";
+import { backingReference, openRelated } from "./_backing.ts";
 import {
   directoryOf,
   followReference,
@@ -258,20 +258,12 @@ async function openQcow2(
     }
 
     if (header.backingFile !== undefined && header.backingFile !== "") {
-      const max = options.maxBackingDepth ?? DEFAULT_MAX_DEPTH;
-      if (depth + 1 > max) {
-        throw new Qcow2Error(
-          "BACKING",
-          `Cannot open backing file "${header.backingFile}": the backing chain is deeper than ${max} images`,
-          { field: "backing_file_offset", offset: 8 },
-        );
-      }
-      const declared = declaredBackingFormat(header, header.backingFile);
-      const path = await followReference(
+      const { path, declared } = await backingReference(
         referrer,
-        header.backingFile,
-        "backing file",
+        header,
         policy,
+        depth,
+        options.maxBackingDepth ?? DEFAULT_MAX_DEPTH,
       );
       const me = await identity(referrer.name);
       const target = await identity(path);

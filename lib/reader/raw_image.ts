@@ -8,7 +8,7 @@ import type { RandomAccessSource } from "../io/source.ts";
 import type { Extent, GuestImage, PlanItem } from "./image.ts";
 import { checkRange } from "./qcow2_image.ts";
 import { rawVirtualSize } from "../format/geometry.ts";
-import { readThroughPlan, toExtent } from "./_read.ts";
+import { extentsOf, readThroughPlan } from "./_read.ts";
 
 /**
  * A raw disk image over a random-access source. Its virtual size is the
@@ -78,9 +78,8 @@ export class RawImage implements GuestImage {
    * @param length Length.
    * @returns The extent.
    */
-  async *extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    const items = this.plan(offset, length ?? this.virtualSize - offset, 0);
-    for await (const item of items) yield toExtent(item);
+  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
+    return extentsOf(this, offset, length);
   }
 
   /**

@@ -25,14 +25,6 @@ import { makeTempDirIn } from "../io/_temp.ts";
 
 /**
  * Options of {@linkcode openImageStream}.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { OpenStreamOptions } from "./stream_open.ts";
- * const o: OpenStreamOptions = { spoolDir: "/tmp" };
- * assert.strictEqual(o.spoolDir, "/tmp");
- * ```
  */
 export interface OpenStreamOptions extends OpenImageOptions {
   /** Directory for spool files. @default {the system temporary directory} */
@@ -41,14 +33,6 @@ export interface OpenStreamOptions extends OpenImageOptions {
 
 /**
  * An image opened from a stream.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { StreamedImage } from "./stream_open.ts";
- * const s: Partial<StreamedImage> = { onePass: true };
- * assert.ok(s.onePass);
- * ```
  */
 export interface StreamedImage extends AsyncDisposable {
   /**

@@ -21,7 +21,7 @@ import { LruCache } from "../io/lru.ts";
 import { fileReason } from "../io/_errors.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
-import { declaredBackingFormat, openRelated } from "../reader/_backing.ts";
+import { backingReference, openRelated } from "../reader/_backing.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
 import {
   directoryOf,
@@ -35,7 +35,6 @@ import { Qcow2Image } from "../reader/qcow2_image.ts";
 import { RawImage } from "../reader/raw_image.ts";
 
 export type { ImageInput, OpenSource };
-export { readPadded };
 
 /** Opens the input as a source (paths through the runtime's file access). */
 export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
@@ -53,6 +52,23 @@ export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
   }
   if (input instanceof Uint8Array) return new BytesSource(input);
   return input;
+}
+
+/**
+ * Runs `use` on the input as a source and its name, closing the source
+ * afterwards only if it was opened here (never a caller's source).
+ */
+export async function withSource<T>(
+  input: ImageInput,
+  use: (source: RandomAccessSource, name: string) => Promise<T>,
+): Promise<T> {
+  const source = await sourceOf(input);
+  const name = typeof input === "string" ? input : source.name ?? "<image>";
+  try {
+    return await use(source, name);
+  } finally {
+    if (source !== input) await source.close?.();
+  }
 }
 
 /** A raw image: its bytes are the guest disk. */
@@ -180,19 +196,12 @@ async function openFrom(
     }
   }
   if (options.backing && header.backingFile) {
-    const max = options.maxDepth ?? 256;
-    if (depth + 1 > max) {
-      throw new Qcow2Error(
-        "BACKING",
-        `Cannot open backing file "${header.backingFile}": the backing chain is deeper than ${max} images`,
-      );
-    }
-    const fmt = declaredBackingFormat(header, header.backingFile);
-    const path = await followReference(
+    const { path, declared: fmt } = await backingReference(
       referrer,
-      header.backingFile,
-      "backing file",
+      header,
       policy,
+      depth,
+      options.maxDepth ?? 256,
     );
     const backingSource = await openRelated(
       options.openSource ?? openByName,
