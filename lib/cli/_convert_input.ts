@@ -4,11 +4,11 @@
 import {
   fetchStream,
   type GuestImage,
+  hasQcow2Magic,
   HttpSource,
   isHttpUrl,
   openImage,
   openImageStream,
-  QCOW2_MAGIC,
   Qcow2Image,
   sparseFileChunks,
   type ZeroBytes,
@@ -129,11 +129,6 @@ async function peek(
   return { head, all };
 }
 
-function isQcow2(head: Uint8Array): boolean {
-  return head.length >= 4 &&
-    new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC;
-}
-
 function noSnapshots(): UsageError {
   return new UsageError("Cannot convert: -l / -s needs a qcow2 source");
 }
@@ -171,7 +166,7 @@ async function openStream(
     return { raw: stream, total: size };
   }
   const { head, all } = await peek(stream);
-  if (!isQcow2(head)) {
+  if (!hasQcow2Magic(head)) {
     if (options.format === "qcow2") {
       await all.cancel();
       throw new UsageError(
@@ -280,8 +275,10 @@ export async function openInput(
     }
     if (
       format !== "raw" &&
-      (format === "qcow2" || isQcow2(await opened.read(0, 4)))
+      (format === "qcow2" || hasQcow2Magic(await opened.read(0, 4)))
     ) {
+      // The image leaves a source passed in open: close it here.
+      options.cleanups.push(() => Promise.resolve(opened.close()));
       const image = await openSeekable(opened, options);
       options.cleanups.push(() => image.close());
       return { image, total: image.virtualSize };

@@ -1,5 +1,6 @@
 // `qcow2pipe map`: the guest ranges of an image, as `qemu-img map` lists
 // them, in its human form or its JSON form.
+import { hex } from "../format/errors.ts";
 import { formatMapEntryJson, mapImageEntries } from "../../mod.ts";
 import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
 import { parseSize, warn } from "./_util.ts";
@@ -36,7 +37,7 @@ Sizes take the suffixes k, M, G, T (powers of 1024).`;
 
 /** qemu-img's `%#-16x`: hexadecimal with 0x, except for 0, left-aligned in 16 columns. */
 function hex16(n: number): string {
-  return (n === 0 ? "0" : "0x" + n.toString(16)).padEnd(16);
+  return hex(n, "c-alt").padEnd(16);
 }
 
 /** The header of qemu-img's human map. */

@@ -34,14 +34,6 @@ export const BITMAP_FLAGS = {
 
 /**
  * A decoded bitmap directory entry.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { BitmapEntry } from "./bitmaps.ts";
- * const b: Partial<BitmapEntry> = { name: "b0", granularityBits: 16 };
- * assert(b.name === "b0");
- * ```
  */
 export interface BitmapEntry {
   /** Host offset of the bitmap table. */
@@ -126,8 +118,8 @@ function short(index: number, offset: number): Qcow2Error {
  *
  * @param table The bitmap table bytes.
  * @param index Entry number.
- * @returns The data cluster's host offset (0 when none) and whether an
- * unallocated cluster reads as all ones.
+ * @returns The data cluster's host offset (0 when none), whether an
+ * unallocated cluster reads as all ones, and whether reserved bits are set.
  *
  * @example An all-ones cluster
  * ```ts
@@ -141,10 +133,13 @@ function short(index: number, offset: number): Qcow2Error {
 export function decodeBitmapTableEntry(
   table: Uint8Array,
   index: number,
-): { offset: number; allOnes: boolean } {
+): { offset: number; allOnes: boolean; reserved: boolean } {
   const view = viewOf(table);
   const hi = view.getUint32(index * 8);
   const lo = view.getUint32(index * 8 + 4);
   const offset = joinU64(hi & 0x00ffffff, (lo & 0xfffffe00) >>> 0);
-  return { offset, allOnes: offset === 0 && (lo & 1) !== 0 };
+  // Bits 1-8 and 56-63 are reserved, and bit 0 too once there is an offset.
+  const reserved = (hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 ||
+    (offset !== 0 && (lo & 1) !== 0);
+  return { offset, allOnes: offset === 0 && (lo & 1) !== 0, reserved };
 }

@@ -23,14 +23,6 @@
  *   image whose format was probed names a file outside its directory)
  * - `DECOMPRESS`: a compressed cluster does not decompress to a full cluster
  * - `IO`: the underlying source failed
- *
- * @example Branch on a code
- * ```ts
- * import assert from "node:assert";
- * import { Qcow2Error, type Qcow2ErrorCode } from "./errors.ts";
- * const code: Qcow2ErrorCode = new Qcow2Error("TRUNCATED", "Cannot read: short").code;
- * assert(code === "TRUNCATED");
- * ```
  */
 export type Qcow2ErrorCode =
   | "BAD_MAGIC"
@@ -103,9 +95,13 @@ export class Qcow2Error extends Error {
 }
 
 /**
- * Formats a number as a hex string with `0x` prefix, for error messages.
+ * Formats a number as hex: the one hex formatter of the package. The
+ * default `0x10000` is for error messages; QEMU's messages, reproduced by
+ * the tools, use C's `%lx` (`bare`: `10000`) and `%#lx` (`c-alt`: `0x10000`,
+ * but `0` for zero).
  *
- * @param value A non-negative integer.
+ * @param value A non-negative integer (exact above 2^53 as a bigint).
+ * @param style `0x` (default), `bare` or `c-alt`.
  * @returns e.g. `0x10000`.
  *
  * @example Format an offset
@@ -113,8 +109,17 @@ export class Qcow2Error extends Error {
  * import assert from "node:assert";
  * import { hex } from "./errors.ts";
  * assert(hex(65536) === "0x10000");
+ * assert(hex(0, "c-alt") === "0" && hex(2n ** 63n, "bare") === "8000000000000000");
  * ```
  */
-export function hex(value: number | bigint): string {
-  return "0x" + value.toString(16);
+export function hex(
+  value: number | bigint,
+  style: "0x" | "bare" | "c-alt" = "0x",
+): string {
+  const digits = typeof value === "number" && !Number.isSafeInteger(value)
+    ? BigInt(value).toString(16)
+    : value.toString(16);
+  if (style === "bare") return digits;
+  if (style === "c-alt" && (value === 0 || value === 0n)) return "0";
+  return "0x" + digits;
 }

@@ -1,6 +1,13 @@
 /**
- * Sizes derived from a header: cluster size, entries per table, and the L1
- * size a virtual size needs.
+ * Sizes derived from a header: cluster size, entries per table, the L1
+ * size a virtual size needs, and the virtual size itself.
+ *
+ * Virtual size, the one definition every reader and tool uses: QEMU counts
+ * a disk in whole 512-byte sectors. A raw image's disk is its file size
+ * rounded *up* to a sector (the bytes past the end of the file read as
+ * zeros); a qcow2 image's disk is its header `size` (or a snapshot's
+ * `disk_size`) rounded *down* to a sector, the bytes past it being
+ * unreachable.
  *
  * @module
  */
@@ -103,4 +110,43 @@ export function l1SizeFor(
 ): number {
   const span = 2 ** clusterBits * l2Entries(clusterBits, extendedL2);
   return Math.ceil(size / span);
+}
+
+/** QEMU's sector: virtual sizes are whole multiples of it. */
+export const SECTOR_SIZE = 512;
+
+/**
+ * Virtual size of a raw image: its file size rounded up to a whole sector,
+ * as QEMU opens it (the tail of the last sector reads as zeros).
+ *
+ * @param fileSize Bytes in the file.
+ * @returns The guest disk size.
+ *
+ * @example A 1000-byte file is a 1024-byte disk
+ * ```ts
+ * import assert from "node:assert";
+ * import { rawVirtualSize } from "./geometry.ts";
+ * assert.strictEqual(rawVirtualSize(1000), 1024);
+ * ```
+ */
+export function rawVirtualSize(fileSize: number): number {
+  return Math.ceil(fileSize / SECTOR_SIZE) * SECTOR_SIZE;
+}
+
+/**
+ * Virtual size of a qcow2 image from its header `size` (or a snapshot's
+ * disk size): rounded down to a whole sector, as QEMU opens it.
+ *
+ * @param size The size field.
+ * @returns The guest disk size.
+ *
+ * @example A header size of 1000 bytes is a 512-byte disk
+ * ```ts
+ * import assert from "node:assert";
+ * import { qcow2VirtualSize } from "./geometry.ts";
+ * assert.strictEqual(qcow2VirtualSize(1000), 512);
+ * ```
+ */
+export function qcow2VirtualSize(size: number): number {
+  return Math.floor(size / SECTOR_SIZE) * SECTOR_SIZE;
 }

@@ -111,6 +111,26 @@ function outOfRange(
 }
 
 /**
+ * Whether bytes start with the qcow2 magic (`QFI\xfb`): how every reader
+ * and tool tells a qcow2 image from a raw one.
+ *
+ * @param head The first bytes of an image (at least 4 to match).
+ * @returns Whether they are the magic.
+ *
+ * @example Probe the format of an image
+ * ```ts
+ * import assert from "node:assert";
+ * import { defaultHeader, hasQcow2Magic, serializeHeader } from "./header.ts";
+ * assert(hasQcow2Magic(serializeHeader(defaultHeader({ size: 512 }))));
+ * assert(!hasQcow2Magic(new Uint8Array(512)));
+ * ```
+ */
+export function hasQcow2Magic(head: Uint8Array): boolean {
+  return head.length >= 4 &&
+    viewOf(head).getUint32(0) === QCOW2_MAGIC;
+}
+
+/**
  * Parses a qcow2 header from the first bytes of an image: the fixed fields,
  * the extensions (up to the backing file name or the end of the first
  * cluster) and the backing file name. Only the structure is checked here;

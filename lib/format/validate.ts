@@ -97,6 +97,15 @@ function aligned(field: string, value: number, clusterSize: number): void {
  * ```
  */
 export function validateHeader(header: Qcow2Header): void {
+  validateFields(header);
+  validateFeatures(header);
+  validateTables(header);
+  validateBackingName(header);
+  validateExtensions(header);
+}
+
+/** Widths and enumerations: cluster bits, header length, refcount order, crypt method. */
+function validateFields(header: Qcow2Header): void {
   range("cluster_bits", header.clusterBits, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS);
   const clusterSize = 2 ** header.clusterBits;
   if (header.version === 3) {
@@ -104,7 +113,10 @@ export function validateHeader(header: Qcow2Header): void {
     range("refcount_order", header.refcountOrder, 0, MAX_REFCOUNT_ORDER);
   }
   range("crypt_method", header.cryptMethod, 0, CRYPT_METHOD.LUKS);
+}
 
+/** Feature bits that constrain other fields: extended L2, compression type, raw data file. */
+function validateFeatures(header: Qcow2Header): void {
   const extendedL2 =
     (header.incompatibleFeatures & INCOMPAT.EXTENDED_L2) !== 0n;
   if (extendedL2 && header.clusterBits < MIN_EXTENDED_L2_CLUSTER_BITS) {
@@ -153,8 +165,13 @@ export function validateHeader(header: Qcow2Header): void {
       } sets raw external data without the external data file bit`,
     );
   }
+}
 
-  // Tables.
+/** The L1, refcount and snapshot tables: sizes within QEMU's limits, offsets aligned. */
+function validateTables(header: Qcow2Header): void {
+  const clusterSize = 2 ** header.clusterBits;
+  const extendedL2 =
+    (header.incompatibleFeatures & INCOMPAT.EXTENDED_L2) !== 0n;
   const maxL1 = MAX_L1_BYTES / 8;
   range("l1_size", header.l1Size, 0, maxL1);
   const needed = l1SizeFor(header.size, header.clusterBits, extendedL2);
@@ -185,7 +202,11 @@ export function validateHeader(header: Qcow2Header): void {
 
   range("nb_snapshots", header.nbSnapshots, 0, MAX_SNAPSHOTS);
   aligned("snapshots_offset", header.snapshotsOffset, clusterSize);
+}
 
+/** The backing file name lies inside the first cluster, after the header. */
+function validateBackingName(header: Qcow2Header): void {
+  const clusterSize = 2 ** header.clusterBits;
   if (header.backingFileOffset !== 0) {
     range(
       "backing_file_offset",
@@ -200,7 +221,11 @@ export function validateHeader(header: Qcow2Header): void {
       Math.min(MAX_BACKING_FILE_NAME, clusterSize - header.backingFileOffset),
     );
   }
+}
 
+/** Header extensions: QEMU's limits on each kind. */
+function validateExtensions(header: Qcow2Header): void {
+  const clusterSize = 2 ** header.clusterBits;
   for (const ext of header.extensions) {
     switch (ext.kind) {
       case "backing-format":
@@ -262,6 +287,8 @@ export function validateHeader(header: Qcow2Header): void {
  * feature bits, the corrupt bit, and encryption.
  *
  * @param header A parsed header.
+ * @param inspection Refuse only unknown features, as QEMU does when it
+ * opens an image read-only for `info`, `check`, `map` (default false).
  * @throws {Qcow2Error} `UNSUPPORTED_FEATURE`, `CORRUPT` or `ENCRYPTED` with
  * the reason; for unknown features the name from the image's feature name
  * table when it has one.
@@ -278,7 +305,10 @@ export function validateHeader(header: Qcow2Header): void {
  * assert(code === "ENCRYPTED");
  * ```
  */
-export function assertReadable(header: Qcow2Header): void {
+export function assertReadable(
+  header: Qcow2Header,
+  inspection = false,
+): void {
   const unknown = header.incompatibleFeatures & ~INCOMPAT_KNOWN;
   if (unknown !== 0n) {
     const names: string[] = [];
@@ -297,6 +327,9 @@ export function assertReadable(header: Qcow2Header): void {
       { offset: 72, field: "incompatible_features" },
     );
   }
+  // Inspecting an image read-only, QEMU accepts the corrupt bit (it only
+  // forbids writing) and encryption (it only hides the data).
+  if (inspection) return;
   if ((header.incompatibleFeatures & INCOMPAT.CORRUPT) !== 0n) {
     throw new Qcow2Error(
       "CORRUPT",

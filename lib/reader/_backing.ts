@@ -1,8 +1,15 @@
-// The backing file format an overlay declares, shared by the reader and the
-// inspection tools.
+// Following a backing or data file reference, shared by the reader and the
+// inspection tools: the format an overlay declares, and opening the file.
 
 import { backingFormat, type Qcow2Header } from "../format/header.ts";
 import { Qcow2Error } from "../format/errors.ts";
+import type { RandomAccessSource } from "../io/source.ts";
+import { isNotFound } from "../io/_host_files.ts";
+import {
+  followReference,
+  type ReferencePolicy,
+  type Referrer,
+} from "./references.ts";
 
 /**
  * The format named by the backing-format extension, if any; one we cannot
@@ -20,4 +27,50 @@ export function declaredBackingFormat(
     );
   }
   return fmt;
+}
+
+/**
+ * Opens a backing or data file by its resolved name; a failure is a
+ * `BACKING` error naming `what` and the file.
+ */
+export async function openRelated(
+  openSource: (name: string) => Promise<RandomAccessSource>,
+  path: string,
+  what: string,
+): Promise<RandomAccessSource> {
+  try {
+    return await openSource(path);
+  } catch (err) {
+    const reason = isNotFound(err) ? "no such file" : (err as Error).message;
+    throw new Qcow2Error(
+      "BACKING",
+      `Cannot open ${what} "${path}": ${reason}`,
+      { cause: err },
+    );
+  }
+}
+
+/**
+ * Where an overlay's backing file is and the format it declares, as the
+ * policy allows; refused when the chain would grow deeper than `max`
+ * images below the top one.
+ */
+export async function backingReference(
+  referrer: Referrer,
+  header: Qcow2Header,
+  policy: ReferencePolicy,
+  depth: number,
+  max: number,
+): Promise<{ path: string; declared: "qcow2" | "raw" | undefined }> {
+  const name = header.backingFile!;
+  if (depth + 1 > max) {
+    throw new Qcow2Error(
+      "BACKING",
+      `Cannot open backing file "${name}": the backing chain is deeper than ${max} images`,
+      { field: "backing_file_offset", offset: 8 },
+    );
+  }
+  const declared = declaredBackingFormat(header, name);
+  const path = await followReference(referrer, name, "backing file", policy);
+  return { path, declared };
 }

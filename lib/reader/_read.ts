@@ -1,12 +1,38 @@
 // Reading plan items: shared by Qcow2Image, RawImage and the segment stream.
 import { hex, Qcow2Error } from "../format/errors.ts";
 import { compressedRange } from "../format/compressed.ts";
+import { hasQcow2Magic } from "../format/header.ts";
 import {
   type ClusterCodec,
   type CompressionType,
   createCodec,
 } from "../codec/codecs.ts";
 import type { Extent, GuestImage, PlanItem } from "./image.ts";
+import type { RandomAccessSource } from "../io/source.ts";
+
+/**
+ * The format of an image by its first bytes: `qcow2` when they are the
+ * magic, `raw` otherwise.
+ */
+export async function detectFormat(
+  source: RandomAccessSource,
+): Promise<"qcow2" | "raw"> {
+  return hasQcow2Magic(await source.read(0, 4)) ? "qcow2" : "raw";
+}
+
+/** Reads `length` bytes at `offset`, zero-filled past the end (as QEMU reads). */
+export async function readPadded(
+  source: RandomAccessSource,
+  offset: number,
+  length: number,
+): Promise<Uint8Array> {
+  if (offset >= source.size || length === 0) return new Uint8Array(length);
+  const bytes = await source.read(offset, length);
+  if (bytes.length === length) return bytes;
+  const out = new Uint8Array(length);
+  out.set(bytes);
+  return out;
+}
 
 /** The public part of a plan item. */
 export function toExtent(item: PlanItem): Extent {
@@ -118,5 +144,28 @@ export async function readThroughPlan(
       out.set(await readCompressedItem(item), at);
     }
   }
+  return out;
+}
+
+/** The extents of `[offset, offset + length)` of an image, from its plan. */
+export async function* extentsOf(
+  image: GuestImage,
+  offset: number,
+  length: number | undefined,
+): AsyncGenerator<Extent> {
+  const items = image.plan(offset, length ?? image.virtualSize - offset, 0);
+  for await (const item of items) yield toExtent(item);
+}
+
+/** Reads guest bytes; past the end of the disk they read as zeros. */
+export async function readPastEnd(
+  image: GuestImage,
+  offset: number,
+  length: number,
+): Promise<Uint8Array> {
+  const inside = Math.max(0, Math.min(length, image.virtualSize - offset));
+  if (inside === length) return await image.readAt(offset, length);
+  const out = new Uint8Array(length);
+  if (inside > 0) out.set(await image.readAt(offset, inside));
   return out;
 }

@@ -8,6 +8,7 @@
 import { hex, Qcow2Error } from "../format/errors.ts";
 import {
   dataFileName,
+  hasQcow2Magic,
   parseHeader,
   type Qcow2Header,
 } from "../format/header.ts";
@@ -16,29 +17,24 @@ import {
   INCOMPAT,
   MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS,
-  QCOW2_MAGIC,
 } from "../format/constants.ts";
-import {
-  parseSnapshotTable,
-  SNAPSHOT_FIXED_LENGTH,
-  type SnapshotEntry,
-  snapshotEntryLength,
-} from "../format/snapshot.ts";
+import type { SnapshotEntry } from "../format/snapshot.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
 import { HttpSource, isHttpUrl } from "../io/http_source.ts";
-import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
+import { hostFiles, openHostFile } from "../io/_host_files.ts";
 import { fileError } from "../io/_errors.ts";
 import type { GuestImage } from "./image.ts";
-import { Qcow2Image, readExact } from "./qcow2_image.ts";
+import { Qcow2Image } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
-import { declaredBackingFormat } from "./_backing.ts";
+import { backingReference, openRelated } from "./_backing.ts";
 import {
   directoryOf,
   followReference,
   type ReferencePolicy,
   type Referrer,
 } from "./references.ts";
-import { concatBytes } from "../format/_bytes.ts";
+import { detectFormat, readPadded } from "./_read.ts";
+import { readSnapshotTable } from "./_snapshots.ts";
 
 /**
  * An image format as a caller gives it: `qcow2` or `raw`, or `auto` to
@@ -119,6 +115,12 @@ const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
  * data file. Without `format`, the format is detected from the first bytes
  * and the image may only lead to files in its own directory.
  *
+ * Who closes what (the one rule, for the reader and the tools alike):
+ * closing the image closes what opening it opened (a file or URL opened
+ * by name, the buffer's wrapper, backing and data files), never a
+ * {@linkcode RandomAccessSource} the caller passed in; the caller closes
+ * that, after the image.
+ *
  * @param input A file path (with `mod.ts` loaded, in Deno), an http(s) URL,
  * a source, or the image bytes.
  * @param options Format, reference policy, snapshot, how to open related
@@ -153,6 +155,7 @@ export async function openImage(
     : input instanceof Uint8Array
     ? new BytesSource(input)
     : input;
+  const owned = typeof input === "string" || input instanceof Uint8Array;
   try {
     const given = options.format !== undefined && options.format !== "auto";
     const format = given ? options.format! : await detectFormat(source);
@@ -164,7 +167,7 @@ export async function openImage(
           } is raw and has no snapshots`,
         );
       }
-      return new RawImage(source);
+      return new RawImage(source, owned);
     }
     const name = typeof input === "string" ? input : source.name ?? "<image>";
     const referrer: Referrer = {
@@ -174,9 +177,9 @@ export async function openImage(
         : directoryOf(name),
       trusted: given,
     };
-    return await openQcow2(source, referrer, options, [], 0);
+    return await openQcow2(source, owned, referrer, options, [], 0);
   } catch (err) {
-    await source.close?.();
+    if (owned) await source.close?.();
     throw err;
   }
 }
@@ -221,21 +224,9 @@ async function identity(name: string): Promise<string> {
   }
 }
 
-async function detectFormat(
-  source: RandomAccessSource,
-): Promise<"qcow2" | "raw"> {
-  const head = await source.read(0, 4);
-  if (
-    head.length === 4 &&
-    new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC
-  ) {
-    return "qcow2";
-  }
-  return "raw";
-}
-
 async function openQcow2(
   source: RandomAccessSource,
+  ownsSource: boolean,
   referrer: Referrer,
   options: OpenImageOptions,
   seen: string[],
@@ -267,20 +258,12 @@ async function openQcow2(
     }
 
     if (header.backingFile !== undefined && header.backingFile !== "") {
-      const max = options.maxBackingDepth ?? DEFAULT_MAX_DEPTH;
-      if (depth + 1 > max) {
-        throw new Qcow2Error(
-          "BACKING",
-          `Cannot open backing file "${header.backingFile}": the backing chain is deeper than ${max} images`,
-          { field: "backing_file_offset", offset: 8 },
-        );
-      }
-      const declared = declaredBackingFormat(header, header.backingFile);
-      const path = await followReference(
+      const { path, declared } = await backingReference(
         referrer,
-        header.backingFile,
-        "backing file",
+        header,
         policy,
+        depth,
+        options.maxBackingDepth ?? DEFAULT_MAX_DEPTH,
       );
       const me = await identity(referrer.name);
       const target = await identity(path);
@@ -296,9 +279,10 @@ async function openQcow2(
       try {
         const format = declared ?? await detectFormat(backingSource);
         backing = format === "raw"
-          ? new RawImage(backingSource)
+          ? new RawImage(backingSource, true)
           : await openQcow2(
             backingSource,
+            true,
             {
               name: path,
               dir: directoryOf(path),
@@ -315,7 +299,7 @@ async function openQcow2(
       }
     }
 
-    const snapshots = await readSnapshots(source, header);
+    const snapshots = (await readSnapshotTable(source, header)).entries;
     let snapshot: SnapshotEntry | undefined;
     if (depth === 0 && options.snapshot !== undefined) {
       const want = options.snapshot;
@@ -338,6 +322,7 @@ async function openQcow2(
       snapshot,
       snapshots,
       cacheBytes: options.cacheBytes ?? DEFAULT_CACHE_BYTES,
+      ownsSource,
     });
   } catch (err) {
     await dataFile?.close?.();
@@ -346,38 +331,54 @@ async function openQcow2(
   }
 }
 
-async function openRelated(
-  openSource: (name: string) => Promise<RandomAccessSource>,
-  path: string,
-  what: string,
-): Promise<RandomAccessSource> {
-  try {
-    return await openSource(path);
-  } catch (err) {
-    const reason = isNotFound(err) ? "no such file" : (err as Error).message;
-    throw new Qcow2Error(
-      "BACKING",
-      `Cannot open ${what} "${path}": ${reason}`,
-      { cause: err },
-    );
-  }
+/** Options of {@linkcode readHeader}. */
+export interface ReadHeaderOptions {
+  /**
+   * Read the header as QEMU does to inspect an image read-only (`info`,
+   * `check`, `map`): the corrupt bit and encryption are accepted, and a
+   * header cluster cut short by the end of the file reads as zero-filled.
+   * @default {false}
+   */
+  inspection?: boolean;
 }
 
-/** Reads, parses and validates the header of a qcow2 source. */
+/**
+ * Reads, parses and validates the header of a qcow2 source: the one place
+ * the reader and the tools read a header.
+ *
+ * @param source The image file.
+ * @param options Whether the image is only inspected.
+ * @returns The header.
+ * @throws {Qcow2Error} When the header is malformed, or the image cannot
+ * be read (unknown features; unless inspecting, the corrupt bit and
+ * encryption).
+ *
+ * @example Read the header of an image in memory
+ * ```ts
+ * import assert from "node:assert";
+ * import { readHeader } from "./open.ts";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
+ * import { BytesSource } from "../io/source.ts";
+ * const qcow2 = await convertToBytes(new Uint8Array(3 << 20));
+ * assert.strictEqual((await readHeader(new BytesSource(qcow2))).size, 3 << 20);
+ * ```
+ */
 export async function readHeader(
   source: RandomAccessSource,
+  options: ReadHeaderOptions = {},
 ): Promise<Qcow2Header> {
   const head = await source.read(0, 2 ** MIN_CLUSTER_BITS);
   const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
   const version = head.length >= 8 ? view.getUint32(4) : 0;
   if (
-    head.length < 24 || view.getUint32(0) !== QCOW2_MAGIC ||
+    head.length < 24 || !hasQcow2Magic(head) ||
     (version !== 2 && version !== 3)
   ) {
     parseHeader(head); // throws the precise error (truncated, magic, version)
   }
   const clusterBits = view.getUint32(20);
   if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
+    if (options.inspection) parseHeader(head); // a short header says so first
     throw new Qcow2Error(
       "OUT_OF_RANGE",
       `Cannot open image: cluster_bits ${clusterBits} is out of range [${MIN_CLUSTER_BITS}, ${MAX_CLUSTER_BITS}]`,
@@ -387,12 +388,17 @@ export async function readHeader(
   // QEMU keeps the header, its extensions and the backing file name within
   // the first cluster.
   const clusterSize = 2 ** clusterBits;
-  const first = clusterSize <= head.length
-    ? head
-    : await source.read(0, clusterSize);
-  const header = parseHeaderCluster(first, clusterSize);
+  let header: Qcow2Header;
+  if (options.inspection) {
+    header = parseHeader(await readPadded(source, 0, clusterSize));
+  } else {
+    const first = clusterSize <= head.length
+      ? head
+      : await source.read(0, clusterSize);
+    header = parseHeaderCluster(first, clusterSize);
+  }
   validateHeader(header);
-  assertReadable(header);
+  assertReadable(header, options.inspection);
   return header;
 }
 
@@ -430,44 +436,4 @@ function parseHeaderCluster(
       { offset: first.length, cause: err },
     );
   }
-}
-
-async function readSnapshots(
-  source: RandomAccessSource,
-  header: Qcow2Header,
-): Promise<SnapshotEntry[]> {
-  if (header.nbSnapshots === 0) return [];
-  const start = header.snapshotsOffset;
-  // Read entry by entry: each length is known only from its fixed part.
-  const parts: Uint8Array[] = [];
-  let at = start;
-  const limit = 1024 * 65536; // QEMU's QCOW_MAX_SNAPSHOTS_SIZE
-  for (let i = 0; i < header.nbSnapshots; i++) {
-    const fixed = await readExact(
-      source,
-      at,
-      SNAPSHOT_FIXED_LENGTH,
-      `snapshot ${i} header`,
-    );
-    const length = snapshotEntryLength(fixed, 0);
-    if (at + length - start > limit) {
-      throw new Qcow2Error(
-        "BAD_SNAPSHOT",
-        `Cannot open image: snapshot table at ${
-          hex(start)
-        } is larger than QEMU's limit of ${limit} bytes`,
-        { offset: start, field: "snapshots_offset" },
-      );
-    }
-    // QEMU pads entries to 8 bytes only between them: the last entry (often
-    // the last bytes of the file) has no padding, so read just its bytes.
-    const fv = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
-    const used = SNAPSHOT_FIXED_LENGTH + fv.getUint32(36) + fv.getUint16(12) +
-      fv.getUint16(14);
-    const entry = new Uint8Array(length);
-    entry.set(await readExact(source, at, used, `snapshot ${i}`));
-    parts.push(entry);
-    at += length;
-  }
-  return parseSnapshotTable(concatBytes(parts), header.nbSnapshots, start);
 }

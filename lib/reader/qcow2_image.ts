@@ -7,9 +7,18 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import type { Qcow2Header } from "../format/header.ts";
-import { type Geometry, geometryOf } from "../format/geometry.ts";
+import {
+  type Geometry,
+  geometryOf,
+  qcow2VirtualSize,
+} from "../format/geometry.ts";
 import { decodeL1Entry } from "../format/l1.ts";
-import { decodeL2Entry, type L2Layout, subclusterType } from "../format/l2.ts";
+import {
+  decodeL2Entry,
+  type L2Entry,
+  type L2Layout,
+  subclusterType,
+} from "../format/l2.ts";
 import { compressedRange } from "../format/compressed.ts";
 import { COMPRESSION_TYPE, MAX_L1_BYTES } from "../format/constants.ts";
 import type { SnapshotEntry } from "../format/snapshot.ts";
@@ -17,7 +26,7 @@ import type { RandomAccessSource } from "../io/source.ts";
 import { LruCache } from "../io/lru.ts";
 import type { CompressionType } from "../codec/codecs.ts";
 import type { Extent, GuestImage, PlanItem } from "./image.ts";
-import { readThroughPlan, toExtent } from "./_read.ts";
+import { extentsOf, readThroughPlan } from "./_read.ts";
 
 /** What a {@linkcode Qcow2Image} is built from; see `openImage`. */
 export interface Qcow2ImageInit {
@@ -35,6 +44,12 @@ export interface Qcow2ImageInit {
   snapshots: SnapshotEntry[];
   /** L2 cache budget in bytes. */
   cacheBytes: number;
+  /**
+   * Whether closing the image closes `source` (only when its opener opened
+   * it; a caller's source is left open). The data file and backing image
+   * are always closed.
+   */
+  ownsSource?: boolean;
 }
 
 /**
@@ -71,6 +86,7 @@ export class Qcow2Image implements GuestImage {
   /** Compression type of compressed clusters. */
   readonly compressionType: CompressionType;
   readonly #source: RandomAccessSource;
+  readonly #ownsSource: boolean;
   readonly #dataFile: RandomAccessSource | undefined;
   readonly #l1: Uint8Array;
   readonly #l1Offset: number;
@@ -80,7 +96,9 @@ export class Qcow2Image implements GuestImage {
   private constructor(init: Qcow2ImageInit, l1: Uint8Array, l1Offset: number) {
     this.header = init.header;
     this.geometry = geometryOf(init.header);
-    this.virtualSize = init.snapshot?.diskSize ?? init.header.size;
+    this.virtualSize = qcow2VirtualSize(
+      init.snapshot?.diskSize ?? init.header.size,
+    );
     this.backing = init.backing;
     this.snapshots = init.snapshots;
     this.snapshot = init.snapshot;
@@ -88,6 +106,7 @@ export class Qcow2Image implements GuestImage {
       ? "zstd"
       : "zlib";
     this.#source = init.source;
+    this.#ownsSource = init.ownsSource ?? false;
     this.#dataFile = init.dataFile;
     this.#l1 = l1;
     this.#l1Offset = l1Offset;
@@ -143,13 +162,14 @@ export class Qcow2Image implements GuestImage {
       ? await readExact(source, l1Offset, l1Size * 8, what)
       : new Uint8Array(0);
     const image = new Qcow2Image(init, l1, l1Offset);
+    const declared = snapshot?.diskSize ?? header.size;
     const needed = Math.ceil(
-      image.virtualSize / (clusterSize * image.geometry.l2Entries),
+      declared / (clusterSize * image.geometry.l2Entries),
     );
     if (l1Size < needed) {
       throw new Qcow2Error(
         "OUT_OF_RANGE",
-        `Cannot open image: ${what} has ${l1Size} entries, too few for virtual size ${image.virtualSize} (needs ${needed})`,
+        `Cannot open image: ${what} has ${l1Size} entries, too few for virtual size ${declared} (needs ${needed})`,
         { field: "l1_size" },
       );
     }
@@ -159,6 +179,21 @@ export class Qcow2Image implements GuestImage {
   /** Name of the image file. */
   get name(): string {
     return this.#source.name ?? "<qcow2>";
+  }
+
+  /** The image file. */
+  get source(): RandomAccessSource {
+    return this.#source;
+  }
+
+  /** The external data file, when the image has one. */
+  get dataFile(): RandomAccessSource | undefined {
+    return this.#dataFile;
+  }
+
+  /** The L1 table in use (the active one, or the snapshot's). */
+  get l1Table(): Uint8Array {
+    return this.#l1;
   }
 
   /**
@@ -182,9 +217,8 @@ export class Qcow2Image implements GuestImage {
    * @param length Bytes to cover.
    * @returns The extents.
    */
-  async *extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    const items = this.plan(offset, length ?? this.virtualSize - offset, 0);
-    for await (const item of items) yield toExtent(item);
+  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
+    return extentsOf(this, offset, length);
   }
 
   async #l2Table(l1Index: number, l2Offset: number): Promise<Uint8Array> {
@@ -261,188 +295,207 @@ export class Qcow2Image implements GuestImage {
     const { clusterSize: cs, subclusterSize: scs, l2Entries, extendedL2 } =
       this.geometry;
     const end = offset + length;
+    let table: Uint8Array | undefined;
+    let tableIndex = -1;
+    let entry: L2Entry | undefined;
+    let entryCluster = -1;
+    // The pending run of own-layer items, merged while they read alike.
     let run: PlanItem | undefined;
-    const dataSource = this.#dataFile ?? this.#source;
-    const dataName = dataSource.name;
-
-    // Flushes the pending run of own-layer items, resolving unallocated runs
-    // through the backing chain.
-    const flush = async function* (this: Qcow2Image): AsyncGenerator<PlanItem> {
-      if (!run) return;
-      const item = run;
-      run = undefined;
-      if (item.kind === "unallocated" && this.backing) {
-        yield* planBacking(this.backing, item.offset, item.length, depth + 1);
-      } else {
-        yield item;
+    for (let pos = offset; pos < end;) {
+      const c = Math.floor(pos / cs);
+      const l1Index = Math.floor(c / l2Entries);
+      if (l1Index !== tableIndex) {
+        table = await this.#l2For(l1Index);
+        tableIndex = l1Index;
       }
-    }.bind(this);
-
-    let pos = offset;
-    while (pos < end) {
-      const cluster = Math.floor(pos / cs);
-      const l1Index = Math.floor(cluster / l2Entries);
-      const tableEnd = Math.min(end, (l1Index + 1) * l2Entries * cs);
-      const l1Entry = l1Index < this.#l1.length / 8
-        ? decodeL1Entry(this.#l1, l1Index)
-        : undefined;
-      if (!l1Entry || l1Entry.l2Offset === 0) {
-        const item: PlanItem = {
+      let item: PlanItem;
+      if (!table) {
+        const tableEnd = Math.min(end, (l1Index + 1) * l2Entries * cs);
+        item = {
           offset: pos,
           length: tableEnd - pos,
           kind: "unallocated",
           depth,
         };
-        if (run && run.kind === "unallocated") run.length += item.length;
-        else {
-          yield* flush();
-          run = item;
-        }
-        pos = tableEnd;
-        continue;
-      }
-      const table = await this.#l2Table(l1Index, l1Entry.l2Offset);
-      while (pos < tableEnd) {
-        const c = Math.floor(pos / cs);
-        const entry = decodeL2Entry(table, c % l2Entries, this.#layout);
+      } else {
         const clusterStart = c * cs;
-        const clusterEnd = Math.min(tableEnd, clusterStart + cs);
-        if (entry.type === "compressed") {
-          if (this.geometry.dataFile) {
-            throw new Qcow2Error(
-              "CORRUPT",
-              `Cannot read image: guest cluster ${
-                hex(clusterStart)
-              } is compressed, which an image with an external data file cannot be`,
-              { offset: entry.hostOffset },
-            );
+        if (c !== entryCluster) {
+          entry = decodeL2Entry(table, c % l2Entries, this.#layout);
+          entryCluster = c;
+          if (entry.type !== "compressed") {
+            this.#checkHostCluster(entry, clusterStart);
           }
-          yield* flush();
-          const range = compressedRange(entry.compressed!);
-          if (range.offset >= this.#source.size) {
-            throw new Qcow2Error(
-              "TRUNCATED",
-              `Cannot read image: compressed cluster for guest offset ${
-                hex(clusterStart)
-              } starts at host offset ${
-                hex(range.offset)
-              }, past the end of the file (${this.#source.size} bytes)`,
-              { offset: range.offset },
-            );
-          }
-          yield {
-            offset: pos,
-            length: clusterEnd - pos,
-            kind: "compressed",
-            depth,
-            hostOffset: entry.hostOffset,
-            file: this.#source.name,
-            source: this.#source,
-            compressed: {
-              descriptor: entry.compressed!,
-              clusterOffset: clusterStart,
-              clusterSize: cs,
-              type: this.compressionType,
-            },
-          };
-          pos = clusterEnd;
-          continue;
         }
-        if (
-          (entry.type === "normal" || entry.type === "zero-alloc") &&
-          entry.hostOffset % cs !== 0
-        ) {
-          throw new Qcow2Error(
-            "UNALIGNED",
-            `Cannot read image: guest cluster ${
-              hex(clusterStart)
-            } maps to host offset ${
-              hex(entry.hostOffset)
-            }, which is not aligned to the cluster size ${cs}`,
-            { offset: entry.hostOffset },
-          );
-        }
-        if (
-          entry.type === "normal" && this.#dataFile === undefined &&
-          entry.hostOffset >= this.#source.size
-        ) {
-          throw new Qcow2Error(
-            "TRUNCATED",
-            `Cannot read image: guest cluster ${
-              hex(clusterStart)
-            } maps to host offset ${
-              hex(entry.hostOffset)
-            }, past the end of the file (${this.#source.size} bytes)`,
-            { offset: entry.hostOffset },
-          );
-        }
-        if (
-          this.#dataFile !== undefined && entry.type === "normal" &&
-          entry.hostOffset !== clusterStart
-        ) {
-          throw new Qcow2Error(
-            "CORRUPT",
-            `Cannot read image: guest cluster ${
-              hex(clusterStart)
-            } maps to data file offset ${
-              hex(entry.hostOffset)
-            }; an external data file requires the same offset`,
-            { offset: entry.hostOffset },
-          );
-        }
-        // Walk subclusters (one per cluster without extended L2).
-        while (pos < clusterEnd) {
+        const clusterEnd = Math.min(end, clusterStart + cs);
+        if (entry!.type === "compressed") {
+          item = this.#compressedItem(entry!, pos, clusterStart, depth);
+          item.length = clusterEnd - pos;
+        } else {
+          // One subcluster (the whole cluster without extended L2).
           const sc = extendedL2 ? Math.floor((pos - clusterStart) / scs) : 0;
           const scEnd = extendedL2
             ? Math.min(clusterEnd, clusterStart + (sc + 1) * scs)
             : clusterEnd;
-          const type = subclusterType(entry, sc, extendedL2);
-          if (type === "invalid") {
-            throw new Qcow2Error(
-              "CORRUPT",
-              `Cannot read image: guest cluster ${
-                hex(clusterStart)
-              } has an invalid subcluster bitmap (allocation ${
-                hex(entry.allocMask >>> 0)
-              }, zero ${hex(entry.zeroMask >>> 0)})`,
-            );
-          }
-          const kind = type === "normal"
-            ? "data"
-            : type === "zero"
-            ? "zero"
-            : "unallocated";
-          const hostOffset = kind === "data"
-            ? entry.hostOffset + (pos - clusterStart)
-            : undefined;
-          if (
-            run && run.kind === kind &&
-            (kind !== "data" || run.hostOffset! + run.length === hostOffset)
-          ) {
-            run.length += scEnd - pos;
-          } else {
-            yield* flush();
-            run = { offset: pos, length: scEnd - pos, kind, depth };
-            if (kind === "data") {
-              run.hostOffset = hostOffset;
-              run.source = dataSource;
-              run.file = dataName;
-            }
-          }
-          pos = scEnd;
+          item = this.#subclusterItem(entry!, sc, pos, clusterStart, depth);
+          item.length = scEnd - pos;
         }
       }
+      pos += item.length;
+      if (run && canExtend(run, item)) {
+        run.length += item.length;
+        continue;
+      }
+      if (run?.kind === "unallocated" && this.backing) {
+        yield* this.#planBacking(run, depth);
+      } else if (run) yield run;
+      run = item;
     }
-    yield* flush();
+    if (run?.kind === "unallocated" && this.backing) {
+      yield* this.#planBacking(run, depth);
+    } else if (run) yield run;
+  }
+
+  /** The L2 table of L1 entry `l1Index`, or undefined where there is none. */
+  async #l2For(l1Index: number): Promise<Uint8Array | undefined> {
+    if (l1Index >= this.#l1.length / 8) return undefined;
+    const { l2Offset } = decodeL1Entry(this.#l1, l1Index);
+    return l2Offset === 0 ? undefined : await this.#l2Table(l1Index, l2Offset);
+  }
+
+  /** An unallocated run as the backing chain reads it. */
+  #planBacking(run: PlanItem, depth: number): AsyncGenerator<PlanItem> {
+    return planBacking(this.backing!, run.offset, run.length, depth + 1);
+  }
+
+  /** The item of a compressed cluster from `pos` (length set by the caller). */
+  #compressedItem(
+    entry: L2Entry,
+    pos: number,
+    clusterStart: number,
+    depth: number,
+  ): PlanItem {
+    if (this.geometry.dataFile) {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Cannot read image: guest cluster ${
+          hex(clusterStart)
+        } is compressed, which an image with an external data file cannot be`,
+        { offset: entry.hostOffset },
+      );
+    }
+    const range = compressedRange(entry.compressed!);
+    if (range.offset >= this.#source.size) {
+      throw new Qcow2Error(
+        "TRUNCATED",
+        `Cannot read image: compressed cluster for guest offset ${
+          hex(clusterStart)
+        } starts at host offset ${
+          hex(range.offset)
+        }, past the end of the file (${this.#source.size} bytes)`,
+        { offset: range.offset },
+      );
+    }
+    return {
+      offset: pos,
+      length: 0,
+      kind: "compressed",
+      depth,
+      hostOffset: entry.hostOffset,
+      file: this.#source.name,
+      source: this.#source,
+      compressed: {
+        descriptor: entry.compressed!,
+        clusterOffset: clusterStart,
+        clusterSize: this.geometry.clusterSize,
+        type: this.compressionType,
+      },
+    };
+  }
+
+  /** Refuses a host cluster that is unaligned, past the file, or misplaced in a data file. */
+  #checkHostCluster(entry: L2Entry, clusterStart: number): void {
+    const cs = this.geometry.clusterSize;
+    const where = `guest cluster ${hex(clusterStart)} maps to`;
+    if (
+      (entry.type === "normal" || entry.type === "zero-alloc") &&
+      entry.hostOffset % cs !== 0
+    ) {
+      throw new Qcow2Error(
+        "UNALIGNED",
+        `Cannot read image: ${where} host offset ${
+          hex(entry.hostOffset)
+        }, which is not aligned to the cluster size ${cs}`,
+        { offset: entry.hostOffset },
+      );
+    }
+    if (entry.type !== "normal") return;
+    if (
+      this.#dataFile === undefined && entry.hostOffset >= this.#source.size
+    ) {
+      throw new Qcow2Error(
+        "TRUNCATED",
+        `Cannot read image: ${where} host offset ${
+          hex(entry.hostOffset)
+        }, past the end of the file (${this.#source.size} bytes)`,
+        { offset: entry.hostOffset },
+      );
+    }
+    if (this.#dataFile !== undefined && entry.hostOffset !== clusterStart) {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Cannot read image: ${where} data file offset ${
+          hex(entry.hostOffset)
+        }; an external data file requires the same offset`,
+        { offset: entry.hostOffset },
+      );
+    }
+  }
+
+  /** The item of subcluster `sc` from `pos` (length set by the caller). */
+  #subclusterItem(
+    entry: L2Entry,
+    sc: number,
+    pos: number,
+    clusterStart: number,
+    depth: number,
+  ): PlanItem {
+    const type = subclusterType(entry, sc, this.geometry.extendedL2);
+    if (type === "invalid") {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Cannot read image: guest cluster ${
+          hex(clusterStart)
+        } has an invalid subcluster bitmap (allocation ${
+          hex(entry.allocMask >>> 0)
+        }, zero ${hex(entry.zeroMask >>> 0)})`,
+      );
+    }
+    if (type === "normal") {
+      const source = this.#dataFile ?? this.#source;
+      return {
+        offset: pos,
+        length: 0,
+        kind: "data",
+        depth,
+        hostOffset: entry.hostOffset + (pos - clusterStart),
+        source,
+        file: source.name,
+      };
+    }
+    const kind = type === "zero-plain" || type === "zero-alloc"
+      ? "zero"
+      : "unallocated";
+    return { offset: pos, length: 0, kind, depth };
   }
 
   /**
-   * Closes the image file, data file and backing chain.
+   * Closes the data file and backing chain, and the image file when the
+   * image opened it.
    *
    * @returns When everything is closed.
    */
   async close(): Promise<void> {
-    await this.#source.close?.();
+    if (this.#ownsSource) await this.#source.close?.();
     await this.#dataFile?.close?.();
     await this.backing?.close();
   }
@@ -451,6 +504,16 @@ export class Qcow2Image implements GuestImage {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+/**
+ * Whether `item` continues `run`: the same kind, and for data the next host
+ * byte (a compressed cluster is always an item of its own).
+ */
+function canExtend(run: PlanItem, item: PlanItem): boolean {
+  if (run.kind !== item.kind || item.kind === "compressed") return false;
+  return item.kind !== "data" ||
+    run.hostOffset! + run.length === item.hostOffset;
 }
 
 /** Plans a range of a backing image; beyond its end the guest reads zeros. */

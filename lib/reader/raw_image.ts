@@ -7,18 +7,22 @@
 import type { RandomAccessSource } from "../io/source.ts";
 import type { Extent, GuestImage, PlanItem } from "./image.ts";
 import { checkRange } from "./qcow2_image.ts";
-import { readThroughPlan, toExtent } from "./_read.ts";
+import { rawVirtualSize } from "../format/geometry.ts";
+import { extentsOf, readThroughPlan } from "./_read.ts";
 
 /**
- * A raw disk image over a random-access source.
+ * A raw disk image over a random-access source. Its virtual size is the
+ * file size rounded up to a whole sector (`rawVirtualSize`); the bytes past
+ * the end of the file read as zeros.
  *
- * @example
+ * @example A 3-byte file is one 512-byte sector
  * ```ts
  * import assert from "node:assert";
  * import { RawImage } from "./raw_image.ts";
  * import { BytesSource } from "../io/source.ts";
  * await using image = new RawImage(new BytesSource(new Uint8Array([1, 2, 3])));
- * assert.strictEqual(image.virtualSize, 3);
+ * assert.strictEqual(image.virtualSize, 512);
+ * assert.deepStrictEqual(await image.readAt(2, 2), new Uint8Array([3, 0]));
  * ```
  */
 export class RawImage implements GuestImage {
@@ -27,19 +31,28 @@ export class RawImage implements GuestImage {
   /** Raw images have no backing file. */
   readonly backing: undefined = undefined;
   readonly #source: RandomAccessSource;
+  readonly #owned: boolean;
 
   /**
    * Wraps a source.
    *
    * @param source The bytes.
+   * @param owned Whether {@linkcode RawImage.close} closes the source
+   * (only for a source the image's opener opened itself).
    */
-  constructor(source: RandomAccessSource) {
+  constructor(source: RandomAccessSource, owned = false) {
     this.#source = source;
+    this.#owned = owned;
   }
 
-  /** The source's size. */
+  /** The file size rounded up to a whole sector. */
   get virtualSize(): number {
-    return this.#source.size;
+    return rawVirtualSize(this.#source.size);
+  }
+
+  /** The image file. */
+  get source(): RandomAccessSource {
+    return this.#source;
   }
 
   /** The source's name. */
@@ -65,13 +78,13 @@ export class RawImage implements GuestImage {
    * @param length Length.
    * @returns The extent.
    */
-  async *extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    const items = this.plan(offset, length ?? this.virtualSize - offset, 0);
-    for await (const item of items) yield toExtent(item);
+  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
+    return extentsOf(this, offset, length);
   }
 
   /**
-   * Plans a read: one data item per range.
+   * Plans a read: the file's bytes as data, the tail of its last sector as
+   * zeros.
    *
    * @param offset Offset.
    * @param length Length.
@@ -84,25 +97,35 @@ export class RawImage implements GuestImage {
     depth: number,
   ): AsyncGenerator<PlanItem> {
     checkRange(offset, length, this.virtualSize);
-    if (length === 0) return;
-    yield {
-      offset,
-      length,
-      kind: "data",
-      depth,
-      hostOffset: offset,
-      file: this.#source.name,
-      source: this.#source,
-    };
+    const inFile = Math.max(0, Math.min(length, this.#source.size - offset));
+    if (inFile > 0) {
+      yield {
+        offset,
+        length: inFile,
+        kind: "data",
+        depth,
+        hostOffset: offset,
+        file: this.#source.name,
+        source: this.#source,
+      };
+    }
+    if (inFile < length) {
+      yield {
+        offset: offset + inFile,
+        length: length - inFile,
+        kind: "zero",
+        depth,
+      };
+    }
   }
 
   /**
-   * Closes the source.
+   * Closes the source if the image owns it.
    *
    * @returns When closed.
    */
   async close(): Promise<void> {
-    await this.#source.close?.();
+    if (this.#owned) await this.#source.close?.();
   }
 
   /** Same as {@linkcode RawImage.close}. */

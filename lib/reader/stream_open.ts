@@ -10,6 +10,7 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
+import { hasQcow2Magic } from "../format/header.ts";
 import { decodeL2Entry, type L2Layout } from "../format/l2.ts";
 import { compressedRange } from "../format/compressed.ts";
 import { geometryOf } from "../format/geometry.ts";
@@ -24,14 +25,6 @@ import { makeTempDirIn } from "../io/_temp.ts";
 
 /**
  * Options of {@linkcode openImageStream}.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { OpenStreamOptions } from "./stream_open.ts";
- * const o: OpenStreamOptions = { spoolDir: "/tmp" };
- * assert.strictEqual(o.spoolDir, "/tmp");
- * ```
  */
 export interface OpenStreamOptions extends OpenImageOptions {
   /** Directory for spool files. @default {the system temporary directory} */
@@ -40,14 +33,6 @@ export interface OpenStreamOptions extends OpenImageOptions {
 
 /**
  * An image opened from a stream.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { StreamedImage } from "./stream_open.ts";
- * const s: Partial<StreamedImage> = { onePass: true };
- * assert.ok(s.onePass);
- * ```
  */
 export interface StreamedImage extends AsyncDisposable {
   /**
@@ -240,8 +225,7 @@ export async function openImageStream(
   try {
     await cursor.spoolTo(file, 512);
     const head = await (await prefixSource()).read(0, 4);
-    const isQcow2 = head.length === 4 &&
-      new DataView(head.buffer, head.byteOffset).getUint32(0) === 0x514649fb;
+    const isQcow2 = hasQcow2Magic(head);
     let onePass = false;
     let split = 0;
     if (isQcow2 && options.format !== "raw" && !options.snapshot) {
@@ -299,6 +283,7 @@ export async function openImageStream(
         snapshot: undefined,
         snapshots: [],
         cacheBytes: options.cacheBytes ?? 32 * 1024 * 1024,
+        ownsSource: true,
       });
       return opened(image, true, split, file.writingPath, cleanup);
     }
@@ -307,11 +292,18 @@ export async function openImageStream(
     await file.flush();
     // Named as the stream, not the spool file: the names the image gives
     // resolve against `relativeTo`, never inside the spool directory.
-    const image = await openImage(
-      await FileSource.open(file.writingPath, "<stream>"),
-      options,
-    );
-    return opened(image, false, cursor.position, file.writingPath, cleanup);
+    const spooled = await FileSource.open(file.writingPath, "<stream>");
+    let image: GuestImage;
+    try {
+      image = await openImage(spooled, options);
+    } catch (err) {
+      spooled.close();
+      throw err;
+    }
+    return opened(image, false, cursor.position, file.writingPath, async () => {
+      spooled.close();
+      await cleanup();
+    });
   } catch (err) {
     await cleanup();
     throw err;

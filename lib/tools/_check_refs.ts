@@ -9,26 +9,42 @@ import type { Geometry } from "../format/geometry.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { SnapshotEntry } from "../format/snapshot.ts";
 import { INCOMPAT, MAX_L1_BYTES } from "../format/constants.ts";
-import { parseBitmapDirectory } from "../format/bitmaps.ts";
-import { readPadded, type StoredRefcounts } from "./_layers.ts";
+import { hex, Qcow2Error } from "../format/errors.ts";
+import { decodeL1Entry } from "../format/l1.ts";
+import { decodeL2Entry, type L2Entry } from "../format/l2.ts";
+import {
+  decodeBitmapTableEntry,
+  parseBitmapDirectory,
+} from "../format/bitmaps.ts";
+import type { StoredRefcounts } from "./_layers.ts";
+import { readPadded } from "../reader/_read.ts";
+import { qcow2VirtualSize } from "../format/geometry.ts";
 import { RefcountMap } from "./_refmap.ts";
 import { type BitmapDirectoryInfo, bitmapEntryProblem } from "./_tables.ts";
 
-const TWO_32 = 0x1_0000_0000;
-
-/** `%lx` of a u64 given as halves. */
-export function hex64(hi: number, lo: number): string {
-  return ((BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0)).toString(16);
+/**
+ * `%lx` of the raw u64 table entry at byte `at` (QEMU prints entries as
+ * stored), optionally with bit 63 (COPIED) cleared.
+ */
+export function entryHex(
+  table: Uint8Array,
+  at: number,
+  clearCopied = false,
+): string {
+  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  let raw = view.getBigUint64(at);
+  if (clearCopied) raw &= ~(1n << 63n);
+  return hex(raw, "bare");
 }
 
 /** `%lx` of a number. */
-export function hexOf(n: number): string {
-  return Number.isSafeInteger(n) ? n.toString(16) : BigInt(n).toString(16);
+function hexOf(n: number): string {
+  return hex(n, "bare");
 }
 
 /** C's `%#lx`: `0x` prefix except for zero. */
-export function altHex(n: number): string {
-  return n === 0 ? "0" : "0x" + hexOf(n);
+function altHex(n: number): string {
+  return hex(n, "c-alt");
 }
 
 /** Counters of a check, as QEMU's BdrvCheckResult. */
@@ -169,146 +185,147 @@ export class ReferenceWalk {
     if (size === 0) return;
     this.inc(offset, size * 8);
     const table = await readPadded(this.#in.source, offset, size * 8);
-    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
     for (let i = 0; i < size; i++) {
-      const hi = view.getUint32(i * 8);
-      const lo = view.getUint32(i * 8 + 4);
-      if (hi === 0 && lo === 0) continue;
-      if ((hi & 0x7f000000) !== 0 || (lo & 0x1ff) !== 0) {
+      const entry = decodeL1Entry(table, i);
+      if (entry.reserved) {
         this.#error(
-          `ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`,
+          `ERROR found L1 entry with reserved bits set: ${
+            entryHex(table, i * 8)
+          }`,
         );
       }
-      const l2Offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
-      this.inc(l2Offset, this.#cs);
-      if (l2Offset % this.#cs !== 0) {
+      if (entry.l2Offset === 0 && !entry.copied && !entry.reserved) continue;
+      this.inc(entry.l2Offset, this.#cs);
+      if (entry.l2Offset % this.#cs !== 0) {
         this.#error(
           `ERROR l2_offset=${
-            hexOf(l2Offset)
+            hexOf(entry.l2Offset)
           }: Table is not cluster aligned; L1 entry corrupted`,
         );
       }
-      await this.#l2(l2Offset, active);
+      await this.#l2(entry.l2Offset, active);
     }
   }
 
   /** check_refcounts_l2(). */
   async #l2(l2Offset: number, active: boolean): Promise<void> {
-    const { clusterBits, l2Entries, extendedL2 } = this.#in.geometry;
-    const cs = this.#cs;
-    const entrySize = extendedL2 ? 16 : 8;
+    const { clusterBits, l2Entries, extendedL2, l2EntrySize } =
+      this.#in.geometry;
+    const layout = { clusterBits, extendedL2, dataFile: this.#dataFile };
     const table = await readPadded(
       this.#in.source,
       l2Offset,
-      l2Entries * entrySize,
+      l2Entries * l2EntrySize,
     );
-    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
-    const shift = 62 - (clusterBits - 8); // csize_shift
-    const hiBits = shift - 32;
     const c = this.counters;
     let nextContiguous = 0;
     for (let i = 0; i < l2Entries; i++) {
-      const at = i * entrySize;
-      let hi = view.getUint32(at);
-      const lo = view.getUint32(at + 4);
-      const zeroBits = extendedL2 ? view.getUint32(at + 8) : 0;
-      const allocBits = extendedL2 ? view.getUint32(at + 12) : 0;
-      const compressed = (hi & 0x40000000) !== 0;
-      const copied = (hi & 0x80000000) !== 0;
-      const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
-      let type:
-        | "compressed"
-        | "zero-plain"
-        | "zero-alloc"
-        | "normal"
-        | "unallocated";
-      if (compressed) type = "compressed";
-      else if ((lo & 1) !== 0 && !extendedL2) {
-        type = offset !== 0 ? "zero-alloc" : "zero-plain";
-      } else if (offset === 0 && !(this.#dataFile && copied)) {
-        type = "unallocated";
-      } else type = "normal";
-      if (!compressed && ((hi & 0x3f000000) !== 0 || (lo & 0x1fe) !== 0)) {
+      let entry: L2Entry;
+      try {
+        entry = decodeL2Entry(table, i, layout);
+      } catch (err) {
+        // A compressed offset past 2^53: far past the end of any file.
+        if (!(err instanceof Qcow2Error)) throw err;
+        this.#error(`ERROR compressed cluster ${i}: ${err.message}`);
+        if (active) {
+          c.allocatedClusters++;
+          c.compressedClusters++;
+          c.fragmentedClusters++;
+        }
+        continue;
+      }
+      if (entry.reserved) {
         this.#error(
-          `ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`,
+          `ERROR found l2 entry with reserved bits set: ${
+            entryHex(table, i * l2EntrySize)
+          }`,
         );
       }
-      switch (type) {
-        case "compressed": {
-          const coffset = (hi & ((1 << hiBits) - 1)) * TWO_32 + lo;
-          if (copied) {
-            this.#error(
-              `ERROR: coffset=0x${
-                hexOf(coffset)
-              }: copied flag must never be set for compressed clusters`,
-            );
-            hi = (hi & 0x7fffffff) >>> 0;
-          }
-          if (this.#dataFile) {
-            this.#error(
-              `ERROR compressed cluster ${i} with data file, entry=0x${
-                hex64(hi, lo)
-              }`,
-            );
-            break;
-          }
-          if (zeroBits !== 0 || allocBits !== 0) {
-            this.#error(
-              `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${
-                hex64(hi, lo)
-              }`,
-            );
-            break;
-          }
-          const sectors = ((hi >>> hiBits) & ((1 << (clusterBits - 8)) - 1)) +
-            1;
-          this.inc(coffset, sectors * 512 - (coffset % 512));
-          if (active) {
-            c.allocatedClusters++;
-            c.compressedClusters++;
-            c.fragmentedClusters++;
-          }
+      switch (entry.type) {
+        case "compressed":
+          this.#compressed(entry, table, i, l2EntrySize, active);
           break;
-        }
         case "zero-alloc":
         case "normal": {
-          if ((zeroBits & allocBits) !== 0) {
-            this.#error(
-              `ERROR offset=${
-                hexOf(offset)
-              }: Allocated cluster has corrupted subcluster allocation bitmap`,
-            );
-          }
-          if (offset % cs !== 0) {
-            const containsData = extendedL2 ? allocBits !== 0 : (lo & 1) === 0;
-            this.#error(
-              containsData
-                ? `ERROR offset=${
-                  hexOf(offset)
-                }: Data cluster is not properly aligned; L2 entry corrupted.`
-                : `ERROR offset=${
-                  hexOf(offset)
-                }: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
-            );
-          }
+          this.#allocated(entry);
           if (active) {
             c.allocatedClusters++;
-            if (nextContiguous !== 0 && offset !== nextContiguous) {
+            if (nextContiguous !== 0 && entry.hostOffset !== nextContiguous) {
               c.fragmentedClusters++;
             }
-            nextContiguous = offset + cs;
+            nextContiguous = entry.hostOffset + this.#cs;
           }
-          if (!this.#dataFile) this.inc(offset, cs);
+          if (!this.#dataFile) this.inc(entry.hostOffset, this.#cs);
           break;
         }
         case "unallocated":
-          if (allocBits !== 0) {
+          if (entry.allocMask !== 0) {
             this.#error(
               "ERROR: Unallocated cluster has non-zero subcluster allocation map",
             );
           }
           break;
       }
+    }
+  }
+
+  /** A compressed L2 entry: flags, data file, bitmap, then its sectors. */
+  #compressed(
+    entry: L2Entry,
+    table: Uint8Array,
+    i: number,
+    entrySize: number,
+    active: boolean,
+  ): void {
+    const coffset = entry.hostOffset;
+    // QEMU prints the entry with the copied flag it has just cleared.
+    const shown = entryHex(table, i * entrySize, entry.copied);
+    if (entry.copied) {
+      this.#error(
+        `ERROR: coffset=0x${
+          hexOf(coffset)
+        }: copied flag must never be set for compressed clusters`,
+      );
+    }
+    if (this.#dataFile) {
+      this.#error(
+        `ERROR compressed cluster ${i} with data file, entry=0x${shown}`,
+      );
+      return;
+    }
+    if (entry.zeroMask !== 0 || entry.allocMask !== 0) {
+      this.#error(
+        `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${shown}`,
+      );
+      return;
+    }
+    this.inc(coffset, entry.compressed!.sectors * 512 - (coffset % 512));
+    if (active) {
+      this.counters.allocatedClusters++;
+      this.counters.compressedClusters++;
+      this.counters.fragmentedClusters++;
+    }
+  }
+
+  /** A normal or preallocated zero entry: its bitmap and alignment. */
+  #allocated(entry: L2Entry): void {
+    const offset = entry.hostOffset;
+    if ((entry.zeroMask & entry.allocMask) !== 0) {
+      this.#error(
+        `ERROR offset=${
+          hexOf(offset)
+        }: Allocated cluster has corrupted subcluster allocation bitmap`,
+      );
+    }
+    if (offset % this.#cs !== 0) {
+      const containsData = this.#in.geometry.extendedL2
+        ? entry.allocMask !== 0
+        : entry.type === "normal";
+      this.#error(
+        `ERROR offset=${hexOf(offset)}: ${
+          containsData ? "Data" : "Preallocated"
+        } cluster is not properly aligned; L2 entry corrupted.`,
+      );
     }
   }
 
@@ -333,7 +350,7 @@ export class ReferenceWalk {
       const problem = bitmapEntryProblem(
         bm,
         cs,
-        Math.floor(header.size / 512) * 512,
+        qcow2VirtualSize(header.size),
       );
       if (problem !== undefined) {
         this.counters.corruptions++;
@@ -347,21 +364,10 @@ export class ReferenceWalk {
         bm.tableOffset,
         bm.tableSize * 8,
       );
-      const view = new DataView(
-        table.buffer,
-        table.byteOffset,
-        table.byteLength,
-      );
       for (let i = 0; i < bm.tableSize; i++) {
-        const hi = view.getUint32(i * 8);
-        const lo = view.getUint32(i * 8 + 4);
-        const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
-        // check_table_entry(): reserved bits, the all-ones flag with an
-        // offset, alignment.
-        if (
-          (hi & 0xff000000) !== 0 || (lo & 0x1fe) !== 0 ||
-          (offset !== 0 && ((lo & 1) !== 0 || offset % cs !== 0))
-        ) {
+        const { offset, reserved } = decodeBitmapTableEntry(table, i);
+        // check_table_entry(): reserved bits, alignment.
+        if (reserved || offset % cs !== 0) {
           this.counters.corruptions++;
           continue;
         }

@@ -1,33 +1,38 @@
-// Opening images for the inspection tools: the qcow2 header read leniently
-// (encrypted images and images with the corrupt bit set still open, as they
-// do read-only in QEMU), the active L1 table, the stored refcounts, and the
-// backing chain. Unlike the reader, nothing here needs the guest data.
+// The inspection tools' view of an image chain: the qcow2 header (read as
+// QEMU inspects an image: encrypted images and images with the corrupt bit
+// set still open), the active L1 table, the stored refcounts, and the
+// backing chain. It is built from the reader's model: from an opened
+// GuestImage (compare), or, for images the reader refuses to read, from
+// the same header reader and reference rules (info, check, map).
 
 import { hex, Qcow2Error } from "../format/errors.ts";
-import { parseHeader, type Qcow2Header } from "../format/header.ts";
-import { assertReadable, validateHeader } from "../format/validate.ts";
-import { type Geometry, geometryOf } from "../format/geometry.ts";
-import { getRefcount } from "../format/refcount.ts";
+import type { Qcow2Header } from "../format/header.ts";
 import {
-  CRYPT_METHOD,
-  MAX_CLUSTER_BITS,
-  MIN_CLUSTER_BITS,
-  QCOW2_MAGIC,
-} from "../format/constants.ts";
+  type Geometry,
+  geometryOf,
+  qcow2VirtualSize,
+  rawVirtualSize,
+} from "../format/geometry.ts";
+import { getRefcount } from "../format/refcount.ts";
+import { CRYPT_METHOD } from "../format/constants.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
-import { isNotFound, openHostFile } from "../io/_host_files.ts";
+import { openHostFile } from "../io/_host_files.ts";
 import { LruCache } from "../io/lru.ts";
 import { fileReason } from "../io/_errors.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
-import { declaredBackingFormat } from "../reader/_backing.ts";
+import { backingReference, openRelated } from "../reader/_backing.ts";
+import { detectFormat, readPadded } from "../reader/_read.ts";
 import {
   directoryOf,
   followReference,
   type ReferencePolicy,
   type Referrer,
 } from "../reader/references.ts";
-import { type ImageFormat, openByName } from "../reader/open.ts";
+import { type ImageFormat, openByName, readHeader } from "../reader/open.ts";
+import type { GuestImage } from "../reader/image.ts";
+import { Qcow2Image } from "../reader/qcow2_image.ts";
+import { RawImage } from "../reader/raw_image.ts";
 
 export type { ImageInput, OpenSource };
 
@@ -49,65 +54,21 @@ export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
   return input;
 }
 
-/** Reads `length` bytes at `offset`, zero-filled past the end (as QEMU reads). */
-export async function readPadded(
-  source: RandomAccessSource,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  if (offset >= source.size || length === 0) return new Uint8Array(length);
-  const bytes = await source.read(offset, length);
-  if (bytes.length === length) return bytes;
-  const out = new Uint8Array(length);
-  out.set(bytes);
-  return out;
-}
-
-/** Whether the source starts with the qcow2 magic. */
-export async function isQcow2(source: RandomAccessSource): Promise<boolean> {
-  const head = await source.read(0, 4);
-  return head.length === 4 &&
-    new DataView(head.buffer, head.byteOffset, 4).getUint32(0) === QCOW2_MAGIC;
-}
-
 /**
- * Reads and validates a qcow2 header as QEMU does when opening read-only:
- * unknown incompatible features are refused; the corrupt bit and
- * encryption are not.
+ * Runs `use` on the input as a source and its name, closing the source
+ * afterwards only if it was opened here (never a caller's source).
  */
-export async function readHeaderLenient(
-  source: RandomAccessSource,
-): Promise<Qcow2Header> {
-  const head = await source.read(0, 2 ** MIN_CLUSTER_BITS);
-  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
-  const version = head.length >= 8 ? view.getUint32(4) : 0;
-  if (head.length < (version === 3 ? 104 : 72)) {
-    return parseHeader(head); // throws the precise error (truncated, magic)
-  }
-  const clusterBits = view.getUint32(20);
-  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
-    parseHeader(head); // magic and version errors first
-    throw new Qcow2Error(
-      "OUT_OF_RANGE",
-      `Cannot open image: cluster_bits ${clusterBits} is out of range [${MIN_CLUSTER_BITS}, ${MAX_CLUSTER_BITS}]`,
-      { offset: 20, field: "cluster_bits" },
-    );
-  }
-  const first = await readPadded(source, 0, 2 ** clusterBits);
-  const header = parseHeader(first);
-  validateHeader(header);
+export async function withSource<T>(
+  input: ImageInput,
+  use: (source: RandomAccessSource, name: string) => Promise<T>,
+): Promise<T> {
+  const source = await sourceOf(input);
+  const name = typeof input === "string" ? input : source.name ?? "<image>";
   try {
-    assertReadable(header);
-  } catch (err) {
-    if (
-      !(err instanceof Qcow2Error) ||
-      (err.code !== "CORRUPT" && err.code !== "ENCRYPTED")
-    ) {
-      throw err;
-    }
-    // The corrupt bit only forbids writing; encryption only hides data.
+    return await use(source, name);
+  } finally {
+    if (source !== input) await source.close?.();
   }
-  return header;
 }
 
 /** A raw image: its bytes are the guest disk. */
@@ -161,11 +122,6 @@ export interface OpenLayerOptions {
   maxDepth?: number;
 }
 
-/** Rounds a raw file size up to whole 512-byte sectors, as QEMU does. */
-export function rawVirtualSize(size: number): number {
-  return Math.ceil(size / 512) * 512;
-}
-
 /** Opens an image and (optionally) its backing chain. */
 export async function openLayer(
   input: ImageInput,
@@ -199,9 +155,7 @@ async function openFrom(
   format?: string,
 ): Promise<Layer> {
   const name = referrer.name;
-  const qcow2 = format === undefined
-    ? await isQcow2(source)
-    : format === "qcow2";
+  const qcow2 = (format ?? await detectFormat(source)) === "qcow2";
   if (!qcow2) {
     return {
       format: "raw",
@@ -212,7 +166,7 @@ async function openFrom(
       backing: undefined,
     };
   }
-  const header = await readHeaderLenient(source);
+  const header = await readHeader(source, { inspection: true });
   const geometry = geometryOf(header);
   const l1 = await readPadded(source, header.l1TableOffset, header.l1Size * 8);
   const refcounts = await StoredRefcounts.load(source, header);
@@ -223,8 +177,7 @@ async function openFrom(
     owned: true,
     header,
     geometry,
-    // QEMU counts whole sectors: a size of 1000 bytes opens as 512.
-    virtualSize: Math.floor(header.size / 512) * 512,
+    virtualSize: qcow2VirtualSize(header.size),
     l1,
     encrypted: header.cryptMethod !== CRYPT_METHOD.NONE,
     dataFileName: undefined,
@@ -243,32 +196,18 @@ async function openFrom(
     }
   }
   if (options.backing && header.backingFile) {
-    const max = options.maxDepth ?? 256;
-    if (depth + 1 > max) {
-      throw new Qcow2Error(
-        "BACKING",
-        `Cannot open backing file "${header.backingFile}": the backing chain is deeper than ${max} images`,
-      );
-    }
-    const fmt = declaredBackingFormat(header, header.backingFile);
-    const path = await followReference(
+    const { path, declared: fmt } = await backingReference(
       referrer,
-      header.backingFile,
-      "backing file",
+      header,
       policy,
+      depth,
+      options.maxDepth ?? 256,
     );
-    const open = options.openSource ?? openByName;
-    let backingSource: RandomAccessSource;
-    try {
-      backingSource = await open(path);
-    } catch (err) {
-      const reason = isNotFound(err) ? "no such file" : (err as Error).message;
-      throw new Qcow2Error(
-        "BACKING",
-        `Cannot open backing file "${path}": ${reason}`,
-        { cause: err },
-      );
-    }
+    const backingSource = await openRelated(
+      options.openSource ?? openByName,
+      path,
+      "backing file",
+    );
     try {
       layer.backing = await openFrom(
         backingSource,
@@ -296,14 +235,45 @@ export async function closeLayer(layer: Layer | undefined): Promise<void> {
   }
 }
 
+/**
+ * The tools' view of an image the reader opened: the same source, header,
+ * L1 table and backing chain, nothing opened again. Closing the layer
+ * closes nothing (the image owns what it opened).
+ */
+export async function layerOf(image: GuestImage): Promise<Layer> {
+  if (image instanceof RawImage) {
+    return {
+      format: "raw",
+      name: image.name,
+      source: image.source,
+      owned: false,
+      virtualSize: image.virtualSize,
+      backing: undefined,
+    };
+  }
+  if (!(image instanceof Qcow2Image)) {
+    throw new TypeError(`Cannot inspect image ${image.name}: unknown kind`);
+  }
+  const { header, source } = image;
+  return {
+    format: "qcow2",
+    name: image.name,
+    source,
+    owned: false,
+    header,
+    geometry: image.geometry,
+    virtualSize: image.virtualSize,
+    l1: image.l1Table,
+    encrypted: false,
+    dataFileName: image.dataFile?.name,
+    backing: image.backing && await layerOf(image.backing),
+    refcounts: await StoredRefcounts.load(source, header),
+  };
+}
+
 /** Splits a big-endian u64 of a table into a number (inexact above 2^53). */
 export function u64At(view: DataView, at: number): number {
   return view.getUint32(at) * 0x1_0000_0000 + view.getUint32(at + 4);
-}
-
-/** C's `%#x`: a `0x` prefix except for zero. */
-function altHex(n: number): string {
-  return n === 0 ? "0" : hex(n);
 }
 
 /** Thrown by {@linkcode StoredRefcounts.get} for an unaligned refblock. */
@@ -393,8 +363,8 @@ export class StoredRefcounts {
     const cs = 2 ** this.#clusterBits;
     if ((this.tableLow[index] & (cs - 1) & ~0x1ff) !== 0) {
       throw new RefblockError(
-        `Refblock offset ${altHex(offset)} unaligned (reftable index: ${
-          altHex(index)
+        `Refblock offset ${hex(offset, "c-alt")} unaligned (reftable index: ${
+          hex(index, "c-alt")
         })`,
       );
     }

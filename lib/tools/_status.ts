@@ -6,6 +6,14 @@
 // them which ranges to read.
 
 import { hex, Qcow2Error } from "../format/errors.ts";
+import { decodeL1Entry } from "../format/l1.ts";
+import {
+  decodeL2Entry,
+  type L2Entry,
+  type L2Layout,
+  type SubclusterType,
+  subclusterType,
+} from "../format/l2.ts";
 import { FileSource } from "../io/file_source.ts";
 import {
   fileStatus,
@@ -13,13 +21,9 @@ import {
   type HoleProber,
   openHoleProber,
 } from "../io/_holes.ts";
-import {
-  type Layer,
-  type Qcow2Layer,
-  rawVirtualSize,
-  readPadded,
-  RefblockError,
-} from "./_layers.ts";
+import { type Layer, type Qcow2Layer, RefblockError } from "./_layers.ts";
+import { readPadded } from "../reader/_read.ts";
+import { rawVirtualSize } from "../format/geometry.ts";
 import type { MapEntry } from "./map.ts";
 
 /**
@@ -34,31 +38,25 @@ export interface StatusRun extends MapEntry {
   pastBacking?: boolean;
 }
 
-/** QEMU's subcluster types. */
-type SubclusterType =
-  | "normal"
-  | "compressed"
-  | "zero-plain"
-  | "zero-alloc"
-  | "unallocated-plain"
-  | "unallocated-alloc";
-
 interface RawRun {
   start: number;
   length: number;
-  type: SubclusterType;
+  type: Exclude<SubclusterType, "invalid">;
   /** Host offset of `start` (offset-carrying types). */
   host?: number;
 }
-
-const L1_OFFSET_HI = 0x00ffffff;
-const OFFSET_LO = 0xfffffe00;
 
 function corrupt(layer: Qcow2Layer, what: string): Qcow2Error {
   return new Qcow2Error(
     "CORRUPT",
     `Cannot read block status of ${layer.name}: ${what}`,
   );
+}
+
+/** Types whose runs carry a host offset. */
+function carriesOffset(type: SubclusterType): boolean {
+  return type === "normal" || type === "zero-alloc" ||
+    type === "unallocated-alloc";
 }
 
 /**
@@ -74,13 +72,12 @@ async function* qcow2Runs(
 ): AsyncGenerator<RawRun> {
   const { clusterSize: cs, l2Entries, extendedL2, subclusterSize, dataFile } =
     layer.geometry;
-  const entrySize = extendedL2 ? 16 : 8;
+  const layout = {
+    clusterBits: layer.geometry.clusterBits,
+    extendedL2,
+    dataFile,
+  };
   const span = cs * l2Entries;
-  const l1View = new DataView(
-    layer.l1.buffer,
-    layer.l1.byteOffset,
-    layer.l1.byteLength,
-  );
   let pos = start;
   let run: RawRun | undefined;
   while (pos < end) {
@@ -89,8 +86,7 @@ async function* qcow2Runs(
     if (run) yield run; // runs never cross an L2 table
     run = undefined;
     const l2Offset = l1Index < layer.header.l1Size
-      ? (l1View.getUint32(l1Index * 8) & L1_OFFSET_HI) * 0x1_0000_0000 +
-        ((l1View.getUint32(l1Index * 8 + 4) & OFFSET_LO) >>> 0)
+      ? decodeL1Entry(layer.l1, l1Index).l2Offset
       : 0;
     if (l2Offset === 0) {
       yield { start: pos, length: tableEnd - pos, type: "unallocated-plain" };
@@ -106,21 +102,14 @@ async function* qcow2Runs(
       );
     }
     const table = await readPadded(layer.source, l2Offset, cs);
-    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
     while (pos < tableEnd) {
       const c = Math.floor(pos / cs);
       const index = c % l2Entries;
-      const at = index * entrySize;
-      const hi = view.getUint32(at);
-      const lo = view.getUint32(at + 4);
-      const zeroBits = extendedL2 ? view.getUint32(at + 8) : 0;
-      const allocBits = extendedL2 ? view.getUint32(at + 12) : 0;
       const clusterStart = c * cs;
       const clusterEnd = Math.min(tableEnd, clusterStart + cs);
-      const hostCluster = (hi & L1_OFFSET_HI) * 0x1_0000_0000 +
-        ((lo & OFFSET_LO) >>> 0);
       const where = `(L2 offset: ${hex(l2Offset)}, L2 index: ${hex(index)})`;
-      if ((hi & 0x40000000) !== 0) {
+      const entry = decodeStatusEntry(table, index, layout);
+      if (entry.type === "compressed") {
         if (dataFile) {
           throw corrupt(
             layer,
@@ -133,32 +122,7 @@ async function* qcow2Runs(
         pos = clusterEnd;
         continue;
       }
-      // QEMU's qcow2_get_cluster_type().
-      const copied = (hi & 0x80000000) !== 0;
-      let clusterType: "zero-plain" | "zero-alloc" | "normal" | "unallocated";
-      if ((lo & 1) !== 0 && !extendedL2) {
-        clusterType = hostCluster !== 0 ? "zero-alloc" : "zero-plain";
-      } else if (hostCluster === 0 && !(dataFile && copied)) {
-        clusterType = "unallocated";
-      } else {
-        clusterType = "normal";
-      }
-      const typeOf = (sc: number): SubclusterType | "invalid" => {
-        if (!extendedL2) {
-          return clusterType === "unallocated"
-            ? "unallocated-plain"
-            : clusterType;
-        }
-        const bit = 2 ** sc;
-        const has = (mask: number) => Math.floor(mask / bit) % 2 === 1;
-        if (clusterType === "normal") {
-          if ((zeroBits & allocBits) !== 0) return "invalid";
-          if (has(zeroBits)) return "zero-alloc";
-          return has(allocBits) ? "normal" : "unallocated-alloc";
-        }
-        if (allocBits !== 0) return "invalid";
-        return has(zeroBits) ? "zero-plain" : "unallocated-plain";
-      };
+      const typeOf = (sc: number) => subclusterType(entry, sc, extendedL2);
       const firstSc = extendedL2
         ? Math.floor((pos - clusterStart) / subclusterSize)
         : 0;
@@ -166,10 +130,9 @@ async function* qcow2Runs(
       if (firstType === "invalid") {
         throw corrupt(layer, `Invalid cluster entry found ${where}`);
       }
-      const carriesOffset = firstType === "normal" ||
-        firstType === "zero-alloc" ||
-        firstType === "unallocated-alloc";
-      if (carriesOffset) {
+      const withOffset = carriesOffset(firstType);
+      const hostCluster = entry.hostOffset;
+      if (withOffset) {
         if (hostCluster % cs !== 0) {
           throw corrupt(
             layer,
@@ -195,18 +158,16 @@ async function* qcow2Runs(
         while (sc < lastSc && typeOf(sc) === firstType) sc++;
         scEnd = Math.min(clusterEnd, clusterStart + sc * subclusterSize);
       }
-      const host = carriesOffset
-        ? hostCluster + (pos - clusterStart)
-        : undefined;
+      const host = withOffset ? hostCluster + (pos - clusterStart) : undefined;
       const continues = run !== undefined && run.type === firstType &&
         pos === clusterStart &&
-        (!carriesOffset || run.host! + run.length === host);
+        (!withOffset || run.host! + run.length === host);
       if (continues) {
         run!.length += scEnd - pos;
       } else {
         if (run) yield run;
         run = { start: pos, length: scEnd - pos, type: firstType };
-        if (carriesOffset) run.host = host;
+        if (withOffset) run.host = host;
       }
       if (scEnd < clusterStart + cs) {
         // A type change inside the cluster (or the end) ends the run.
@@ -217,6 +178,31 @@ async function* qcow2Runs(
     }
   }
   if (run) yield run;
+}
+
+/**
+ * An L2 entry for block status: a compressed entry whose offset is past
+ * what a number holds is still a compressed cluster here (its offset is
+ * never reported).
+ */
+function decodeStatusEntry(
+  table: Uint8Array,
+  index: number,
+  layout: L2Layout,
+): L2Entry {
+  try {
+    return decodeL2Entry(table, index, layout);
+  } catch (err) {
+    if (!(err instanceof Qcow2Error) || err.code !== "OUT_OF_RANGE") throw err;
+    return {
+      type: "compressed",
+      hostOffset: 0,
+      copied: false,
+      reserved: false,
+      allocMask: 0,
+      zeroMask: 0,
+    };
+  }
 }
 
 /** Shared state of one status walk: hole probes and cached heuristics. */

@@ -1,14 +1,8 @@
-// Reading the snapshot table and the bitmap directory of an image, as QEMU
-// reads them when it opens one.
+// Reading the bitmap directory of an image, as QEMU reads it when it opens
+// one.
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import type { Qcow2Header } from "../format/header.ts";
-import {
-  parseSnapshotTable,
-  SNAPSHOT_FIXED_LENGTH,
-  type SnapshotEntry,
-  snapshotEntryLength,
-} from "../format/snapshot.ts";
 import {
   BITMAP_FLAGS,
   type BitmapEntry,
@@ -16,59 +10,8 @@ import {
 } from "../format/bitmaps.ts";
 import { AUTOCLEAR } from "../format/constants.ts";
 import type { RandomAccessSource } from "../io/source.ts";
-import { readPadded } from "./_layers.ts";
-import { concatBytes } from "../format/_bytes.ts";
-
-/** QEMU's QCOW_MAX_SNAPSHOTS_SIZE. */
-const MAX_SNAPSHOTS_SIZE = 1024 * 65536;
-
-/** The snapshot table and the bytes it spans (QEMU's snapshots_size). */
-export interface SnapshotTable {
-  entries: SnapshotEntry[];
-  /** From the table offset to the end of the last entry (unpadded). */
-  size: number;
-}
-
-/**
- * Reads the snapshot table entry by entry.
- *
- * @throws {Qcow2Error} When an entry is malformed or the table too large.
- */
-export async function readSnapshotTable(
-  source: RandomAccessSource,
-  header: Qcow2Header,
-): Promise<SnapshotTable> {
-  if (header.nbSnapshots === 0) return { entries: [], size: 0 };
-  const start = header.snapshotsOffset;
-  const parts: Uint8Array[] = [];
-  let at = start;
-  let end = start;
-  for (let i = 0; i < header.nbSnapshots; i++) {
-    const fixed = await readPadded(source, at, SNAPSHOT_FIXED_LENGTH);
-    const fv = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
-    const used = SNAPSHOT_FIXED_LENGTH + fv.getUint32(36) + fv.getUint16(12) +
-      fv.getUint16(14);
-    const length = snapshotEntryLength(fixed, 0);
-    if (at + used - start > MAX_SNAPSHOTS_SIZE) {
-      throw new Qcow2Error(
-        "BAD_SNAPSHOT",
-        `Cannot read snapshot table at ${
-          hex(start)
-        }: it is larger than QEMU's limit of ${MAX_SNAPSHOTS_SIZE} bytes`,
-        { offset: start, field: "snapshots_offset" },
-      );
-    }
-    const entry = new Uint8Array(length);
-    entry.set(await readPadded(source, at, Math.min(used, length)));
-    parts.push(entry);
-    end = at + used;
-    at += length;
-  }
-  return {
-    entries: parseSnapshotTable(concatBytes(parts), header.nbSnapshots, start),
-    size: end - start,
-  };
-}
+import { readPadded } from "../reader/_read.ts";
+import { qcow2VirtualSize } from "../format/geometry.ts";
 
 /** Where the bitmap directory is, when QEMU takes the bitmaps into account. */
 export interface BitmapDirectoryInfo {
@@ -180,7 +123,7 @@ export async function readBitmapDirectory(
     const problem = bitmapEntryProblem(
       entry,
       2 ** header.clusterBits,
-      Math.floor(header.size / 512) * 512,
+      qcow2VirtualSize(header.size),
     );
     if (problem !== undefined) {
       throw new Qcow2Error(

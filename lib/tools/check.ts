@@ -8,35 +8,37 @@
  */
 
 import type { ImageFormat } from "../reader/open.ts";
-import { geometryOf } from "../format/geometry.ts";
+import { geometryOf, qcow2VirtualSize } from "../format/geometry.ts";
 import { getRefcount, refcountMax } from "../format/refcount.ts";
-import { INCOMPAT } from "../format/constants.ts";
 import {
   type ImageInput,
-  isQcow2,
-  readHeaderLenient,
-  readPadded,
   RefblockError,
-  sourceOf,
   StoredRefcounts,
+  withSource,
 } from "./_layers.ts";
-import { bitmapDirectoryOf, readSnapshotTable } from "./_tables.ts";
-import { CheckFailure, hex64, ReferenceWalk } from "./_check_refs.ts";
+import { bitmapDirectoryOf } from "./_tables.ts";
+import { detectFormat, readPadded } from "../reader/_read.ts";
+import { readHeader } from "../reader/open.ts";
+import { readSnapshotTable } from "../reader/_snapshots.ts";
+import { CheckFailure, entryHex, ReferenceWalk } from "./_check_refs.ts";
+import { decodeL1Entry } from "../format/l1.ts";
+import { decodeL2Entry, type L2Entry, type L2Layout } from "../format/l2.ts";
+import { Qcow2Error } from "../format/errors.ts";
+import type { Qcow2Header } from "../format/header.ts";
+import type { RandomAccessSource } from "../io/source.ts";
 
 /**
  * What {@linkcode checkImage} found: QEMU's counters, its messages, and the
  * exit status `qemu-img check` would end with.
  *
- * @example
+ * @example Check an image and read its verdict
  * ```ts
  * import assert from "node:assert";
- * import type { CheckResult } from "./check.ts";
- * const r: CheckResult = {
- *   filename: "a.qcow2", format: "qcow2", corruptions: 0, leaks: 3, checkErrors: 0,
- *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
- *   fragmentedClusters: 0, compressedClusters: 0, messages: [], exitCode: 3,
- * };
- * assert.strictEqual(r.exitCode, 3);
+ * import { checkImage, type CheckResult, convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * const qcow2 = await convertToBytes(new Uint8Array(65536).fill(1));
+ * const clean: CheckResult = await checkImage(qcow2);
+ * assert.strictEqual(clean.exitCode, 0);
+ * assert.deepStrictEqual(clean.messages, []);
  * ```
  */
 export interface CheckResult {
@@ -75,12 +77,13 @@ export interface CheckResult {
 /**
  * Options of {@linkcode checkImage}.
  *
- * @example
+ * @example Bound the memory a check may take
  * ```ts
  * import assert from "node:assert";
- * import type { CheckImageOptions } from "./check.ts";
- * const o: CheckImageOptions = { maxClusters: 1 << 24 };
- * assert.ok(o.maxClusters);
+ * import { checkImage, type CheckImageOptions, convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * const qcow2 = await convertToBytes(new Uint8Array(1 << 20).fill(1));
+ * const options: CheckImageOptions = { maxClusters: 4 };
+ * assert.strictEqual((await checkImage(qcow2, options)).exitCode, 1);
  * ```
  */
 export interface CheckImageOptions {
@@ -147,181 +150,30 @@ export async function checkImage(
   input: ImageInput,
   options: CheckImageOptions = {},
 ): Promise<CheckResult> {
-  const source = await sourceOf(input);
-  const filename = typeof input === "string" ? input : source.name ?? "<image>";
-  try {
+  return await withSource(input, async (source, filename) => {
     const format = options.format ?? "auto";
     if (
-      format === "raw" || (format === "auto" && !(await isQcow2(source)))
+      format === "raw" ||
+      (format === "auto" && (await detectFormat(source)) === "raw")
     ) {
       const r = emptyResult(filename, "raw");
       r.exitCode = 63;
       r.failure = "This image format does not support checks";
       return r;
     }
-    const header = await readHeaderLenient(source);
+    const header = await readHeader(source, { inspection: true });
     const result = emptyResult(filename, "qcow2");
     const geometry = geometryOf(header);
-    const cs = geometry.clusterSize;
-    result.totalClusters = Math.ceil(Math.floor(header.size / 512) * 512 / cs);
-
-    let snapshots;
-    try {
-      snapshots = await readSnapshotTable(source, header);
-    } catch (err) {
-      result.checkErrors++;
-      return fail(
-        result,
-        `ERROR failed to read the snapshot table: ${(err as Error).message}`,
-      );
-    }
-
-    const clusters = Math.ceil(source.size / cs);
-    const limit = Math.min(options.maxClusters ?? INT_MAX, INT_MAX);
-    if (clusters > limit) {
-      result.checkErrors++;
-      return fail(
-        result,
-        `Cannot check image: the file has ${clusters} clusters, more than the limit of ${limit}`,
-      );
-    }
-    const stored = await StoredRefcounts.load(source, header);
-    const walk = new ReferenceWalk(
-      {
-        source,
-        header,
-        geometry,
-        snapshots: snapshots.entries,
-        snapshotsSize: snapshots.size,
-        stored,
-        bitmaps: bitmapDirectoryOf(header),
-      },
-      clusters,
-      refcountMax(header.refcountOrder),
-      result.messages,
+    result.totalClusters = Math.ceil(
+      qcow2VirtualSize(header.size) / geometry.clusterSize,
     );
-    try {
-      await walk.calculate();
-    } catch (err) {
-      if (!(err instanceof CheckFailure)) throw err;
-      Object.assign(result, walk.counters);
-      return fail(result, err.message);
-    }
-    Object.assign(result, walk.counters);
-
-    // compare_refcounts()
-    let signaled = false;
-    const signal = (err: RefblockError) => {
-      if (!signaled) {
-        result.messages.push(
-          `qcow2: Image is corrupt: ${err.message}; further non-fatal corruption events will be suppressed`,
-        );
-      }
-      signaled = true;
-    };
-    let highest = 0;
-    const n = walk.refs.size;
-    const perBlock = stored.perBlock;
-    for (let i = 0; i < n;) {
-      const index = Math.floor(i / perBlock);
-      const blockEnd = Math.min(n, (index + 1) * perBlock);
-      let block: Uint8Array | null;
-      try {
-        block = await stored.block(index);
-      } catch (err) {
-        if (!(err instanceof RefblockError)) throw err;
-        signal(err);
-        for (; i < blockEnd; i++) {
-          result.messages.push(
-            `Can't get refcount for cluster ${i}: Input/output error`,
-          );
-          result.checkErrors++;
-        }
-        continue;
-      }
-      for (; i < blockEnd; i++) {
-        const have = block === null
-          ? 0
-          : getRefcount(block, i % perBlock, stored.order);
-        const want = walk.refs.get(i);
-        if (have > 0 || want > 0) highest = i;
-        if (have !== want) {
-          result.messages.push(
-            `${
-              have < want ? "ERROR" : "Leaked"
-            } cluster ${i} refcount=${have} reference=${want}`,
-          );
-          if (have < want) result.corruptions++;
-          else result.leaks++;
-        }
-      }
-    }
-
-    // check_oflag_copied()
-    const dataFile = (header.incompatibleFeatures & INCOMPAT.DATA_FILE) !== 0n;
-    const l1 = await readPadded(
-      source,
-      header.l1TableOffset,
-      header.l1Size * 8,
-    );
-    const l1View = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
-    const { l2Entries, extendedL2 } = geometry;
-    const entrySize = extendedL2 ? 16 : 8;
-    const refcountOf = async (offset: number): Promise<number | undefined> => {
-      try {
-        return await stored.get(Math.floor(offset / cs));
-      } catch (err) {
-        if (!(err instanceof RefblockError)) throw err;
-        signal(err);
-        return undefined;
-      }
-    };
-    for (let i = 0; i < header.l1Size; i++) {
-      const hi = l1View.getUint32(i * 8);
-      const lo = l1View.getUint32(i * 8 + 4);
-      const l2Offset = (hi & 0x00ffffff) * 0x1_0000_0000 +
-        ((lo & 0xfffffe00) >>> 0);
-      if (l2Offset === 0) continue;
-      const refcount = await refcountOf(l2Offset);
-      if (refcount === undefined) continue;
-      if ((refcount === 1) !== ((hi & 0x80000000) !== 0)) {
-        result.corruptions++;
-        result.messages.push(
-          `ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${
-            hex64(hi, lo)
-          } refcount=${refcount}`,
-        );
-      }
-      const table = await readPadded(source, l2Offset, l2Entries * entrySize);
-      const view = new DataView(
-        table.buffer,
-        table.byteOffset,
-        table.byteLength,
-      );
-      for (let j = 0; j < l2Entries; j++) {
-        const ehi = view.getUint32(j * entrySize);
-        const elo = view.getUint32(j * entrySize + 4);
-        if ((ehi & 0x40000000) !== 0) continue; // compressed
-        const offset = (ehi & 0x00ffffff) * 0x1_0000_0000 +
-          ((elo & 0xfffffe00) >>> 0);
-        const copied = (ehi & 0x80000000) !== 0;
-        const zero = (elo & 1) !== 0 && !extendedL2;
-        const allocated = offset !== 0 || (!zero && dataFile && copied);
-        if (!allocated) continue; // unallocated or zero-plain
-        const count = dataFile ? 1 : await refcountOf(offset);
-        if (count === undefined) continue;
-        if ((count === 1) !== copied) {
-          result.corruptions++;
-          result.messages.push(
-            `ERROR OFLAG_COPIED data cluster: l2_entry=${
-              hex64(ehi, elo)
-            } refcount=${count}`,
-          );
-        }
-      }
-    }
-
-    result.imageEndOffset = (highest + 1) * cs;
+    const counted = await countReferences(source, header, result, options);
+    if (!counted) return result;
+    const { walk, stored } = counted;
+    const signal = corruptionSignal(result);
+    const highest = await compareRefcounts(walk, stored, result, signal);
+    await checkOflagCopied(source, header, stored, result, signal);
+    result.imageEndOffset = (highest + 1) * geometry.clusterSize;
     result.exitCode = result.checkErrors > 0
       ? 1
       : result.corruptions > 0
@@ -330,11 +182,204 @@ export async function checkImage(
       ? 3
       : 0;
     return result;
-  } finally {
-    if (typeof input === "string" || input instanceof Uint8Array) {
-      await source.close?.();
+  });
+}
+
+/**
+ * calculate_refcounts(): every reference counted into a walk, or undefined
+ * when the check stopped (the result then says why).
+ */
+async function countReferences(
+  source: RandomAccessSource,
+  header: Qcow2Header,
+  result: CheckResult,
+  options: CheckImageOptions,
+): Promise<{ walk: ReferenceWalk; stored: StoredRefcounts } | undefined> {
+  const geometry = geometryOf(header);
+  let snapshots;
+  try {
+    snapshots = await readSnapshotTable(source, header, true);
+  } catch (err) {
+    result.checkErrors++;
+    fail(
+      result,
+      `ERROR failed to read the snapshot table: ${(err as Error).message}`,
+    );
+    return undefined;
+  }
+  const clusters = Math.ceil(source.size / geometry.clusterSize);
+  const limit = Math.min(options.maxClusters ?? INT_MAX, INT_MAX);
+  if (clusters > limit) {
+    result.checkErrors++;
+    fail(
+      result,
+      `Cannot check image: the file has ${clusters} clusters, more than the limit of ${limit}`,
+    );
+    return undefined;
+  }
+  const stored = await StoredRefcounts.load(source, header);
+  const walk = new ReferenceWalk(
+    {
+      source,
+      header,
+      geometry,
+      snapshots: snapshots.entries,
+      snapshotsSize: snapshots.size,
+      stored,
+      bitmaps: bitmapDirectoryOf(header),
+    },
+    clusters,
+    refcountMax(header.refcountOrder),
+    result.messages,
+  );
+  try {
+    await walk.calculate();
+  } catch (err) {
+    if (!(err instanceof CheckFailure)) throw err;
+    Object.assign(result, walk.counters);
+    fail(result, err.message);
+    return undefined;
+  }
+  Object.assign(result, walk.counters);
+  return { walk, stored };
+}
+
+/** QEMU's corruption event: reported once, later ones suppressed. */
+function corruptionSignal(result: CheckResult): (err: RefblockError) => void {
+  let signaled = false;
+  return (err) => {
+    if (!signaled) {
+      result.messages.push(
+        `qcow2: Image is corrupt: ${err.message}; further non-fatal corruption events will be suppressed`,
+      );
+    }
+    signaled = true;
+  };
+}
+
+/**
+ * compare_refcounts(): stored against counted, cluster by cluster.
+ *
+ * @returns The highest cluster in use by either.
+ */
+async function compareRefcounts(
+  walk: ReferenceWalk,
+  stored: StoredRefcounts,
+  result: CheckResult,
+  signal: (err: RefblockError) => void,
+): Promise<number> {
+  let highest = 0;
+  const n = walk.refs.size;
+  const perBlock = stored.perBlock;
+  for (let i = 0; i < n;) {
+    const index = Math.floor(i / perBlock);
+    const blockEnd = Math.min(n, (index + 1) * perBlock);
+    let block: Uint8Array | null;
+    try {
+      block = await stored.block(index);
+    } catch (err) {
+      if (!(err instanceof RefblockError)) throw err;
+      signal(err);
+      for (; i < blockEnd; i++) {
+        result.messages.push(
+          `Can't get refcount for cluster ${i}: Input/output error`,
+        );
+        result.checkErrors++;
+      }
+      continue;
+    }
+    for (; i < blockEnd; i++) {
+      const have = block === null
+        ? 0
+        : getRefcount(block, i % perBlock, stored.order);
+      const want = walk.refs.get(i);
+      if (have > 0 || want > 0) highest = i;
+      if (have !== want) {
+        result.messages.push(
+          `${
+            have < want ? "ERROR" : "Leaked"
+          } cluster ${i} refcount=${have} reference=${want}`,
+        );
+        if (have < want) result.corruptions++;
+        else result.leaks++;
+      }
     }
   }
+  return highest;
+}
+
+/** check_oflag_copied(): COPIED set exactly where the refcount is 1. */
+async function checkOflagCopied(
+  source: RandomAccessSource,
+  header: Qcow2Header,
+  stored: StoredRefcounts,
+  result: CheckResult,
+  signal: (err: RefblockError) => void,
+): Promise<void> {
+  const geometry = geometryOf(header);
+  const { clusterSize: cs, l2Entries, l2EntrySize, dataFile } = geometry;
+  const layout: L2Layout = geometry;
+  const l1 = await readPadded(source, header.l1TableOffset, header.l1Size * 8);
+  const refcountOf = async (offset: number): Promise<number | undefined> => {
+    try {
+      return await stored.get(Math.floor(offset / cs));
+    } catch (err) {
+      if (!(err instanceof RefblockError)) throw err;
+      signal(err);
+      return undefined;
+    }
+  };
+  for (let i = 0; i < header.l1Size; i++) {
+    const { l2Offset, copied } = decodeL1Entry(l1, i);
+    if (l2Offset === 0) continue;
+    const refcount = await refcountOf(l2Offset);
+    if (refcount === undefined) continue;
+    if ((refcount === 1) !== copied) {
+      result.corruptions++;
+      result.messages.push(
+        `ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${
+          entryHex(l1, i * 8)
+        } refcount=${refcount}`,
+      );
+    }
+    const table = await readPadded(source, l2Offset, l2Entries * l2EntrySize);
+    for (let j = 0; j < l2Entries; j++) {
+      const type = l2TypeOf(table, j, layout);
+      if (type === undefined) continue; // compressed, unallocated, zero-plain
+      const { hostOffset, copied } = type;
+      const count = dataFile ? 1 : await refcountOf(hostOffset);
+      if (count === undefined) continue;
+      if ((count === 1) !== copied) {
+        result.corruptions++;
+        result.messages.push(
+          `ERROR OFLAG_COPIED data cluster: l2_entry=${
+            entryHex(table, j * l2EntrySize)
+          } refcount=${count}`,
+        );
+      }
+    }
+  }
+}
+
+/**
+ * An entry with a host cluster whose COPIED flag QEMU checks (normal and
+ * preallocated zero clusters), or undefined.
+ */
+function l2TypeOf(
+  table: Uint8Array,
+  index: number,
+  layout: L2Layout,
+): L2Entry | undefined {
+  let entry: L2Entry;
+  try {
+    entry = decodeL2Entry(table, index, layout);
+  } catch (err) {
+    if (err instanceof Qcow2Error) return undefined; // an absurd compressed entry
+    throw err;
+  }
+  return entry.type === "normal" || entry.type === "zero-alloc"
+    ? entry
+    : undefined;
 }
 
 function fail(result: CheckResult, message: string): CheckResult {

@@ -10,25 +10,27 @@ import { type ImageFormat, openImage } from "../reader/open.ts";
 import type { ReferencePolicy } from "../reader/references.ts";
 
 import type { GuestImage } from "../reader/image.ts";
-import type { RandomAccessSource } from "../io/source.ts";
 import {
-  closeLayer,
   type ImageInput,
   type Layer,
-  openLayer,
+  layerOf,
   type OpenSource,
+  sourceOf,
 } from "./_layers.ts";
+import type { RandomAccessSource } from "../io/source.ts";
+import { readPastEnd } from "../reader/_read.ts";
 import { type StatusRun, StatusWalker } from "./_status.ts";
 
 /**
  * What {@linkcode compareImages} found.
  *
- * @example
+ * @example Report where two images first differ
  * ```ts
  * import assert from "node:assert";
- * import type { CompareResult } from "./compare.ts";
- * const r: CompareResult = { identical: false, offset: 4096, sizeA: 8192, sizeB: 8192 };
- * assert.strictEqual(r.offset, 4096);
+ * import { compareImages, type CompareResult, formatCompareResult } from "@qcow2pipe/qcow2pipe";
+ * const a = new Uint8Array(4096), b = new Uint8Array(4096).fill(1, 1024);
+ * const result: CompareResult = await compareImages(a, b);
+ * assert.strictEqual(formatCompareResult(result), "Content mismatch at offset 1024!\n");
  * ```
  */
 export interface CompareResult {
@@ -49,12 +51,13 @@ export interface CompareResult {
 /**
  * Options of {@linkcode compareImages}.
  *
- * @example
+ * @example Compare a raw disk with the same disk as qcow2, both formats given
  * ```ts
  * import assert from "node:assert";
- * import type { CompareImagesOptions } from "./compare.ts";
- * const o: CompareImagesOptions = { holes: false };
- * assert.strictEqual(o.holes, false);
+ * import { compareImages, type CompareImagesOptions, convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * const raw = new Uint8Array(65536).fill(2);
+ * const options: CompareImagesOptions = { formats: ["raw", "qcow2"], holes: false };
+ * assert((await compareImages(raw, await convertToBytes(raw), options)).identical);
  * ```
  */
 export interface CompareImagesOptions {
@@ -82,29 +85,6 @@ export interface CompareImagesOptions {
 /** QEMU's IO_BUF_SIZE: compare reads at most this much at once. */
 const IO_BUF_SIZE = 2 * 1024 * 1024;
 const SECTOR = 512;
-
-/** A caller's source, shielded from being closed by the reader. */
-function borrowed(source: RandomAccessSource): RandomAccessSource {
-  return {
-    get size() {
-      return source.size;
-    },
-    name: source.name,
-    read: (offset, length) => source.read(offset, length),
-  };
-}
-
-async function readGuest(
-  image: GuestImage,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  const inside = Math.max(0, Math.min(length, image.virtualSize - offset));
-  if (inside === length) return await image.readAt(offset, length);
-  const out = new Uint8Array(length);
-  if (inside > 0) out.set(await image.readAt(offset, inside));
-  return out;
-}
 
 /** Index of the first 512-byte sector (from the start) with a non-zero byte. */
 function firstNonZeroSector(bytes: Uint8Array): number {
@@ -172,27 +152,22 @@ export async function compareImages(
 ): Promise<CompareResult> {
   const layers: Layer[] = [];
   const images: GuestImage[] = [];
+  const opened: RandomAccessSource[] = [];
   using walker = new StatusWalker(options.holes ?? true);
   try {
+    // Each input is opened once, by the reader; the status walk is a view
+    // over the same opened images.
     for (const [i, input] of [a, b].entries()) {
-      const format = options.formats?.[i];
-      const references = options.references;
-      layers.push(
-        await openLayer(input, {
-          backing: true,
-          format,
-          references,
-          openSource: options.openSource,
-        }),
-      );
-      images.push(
-        await openImage(
-          typeof input === "string" || input instanceof Uint8Array
-            ? input
-            : borrowed(input),
-          { format, references, openSource: options.openSource },
-        ),
-      );
+      // A path is opened here, for the tools' error on a missing file.
+      const source = typeof input === "string" ? await sourceOf(input) : input;
+      if (source !== input) opened.push(source as RandomAccessSource);
+      const image = await openImage(source, {
+        format: options.formats?.[i],
+        references: options.references,
+        openSource: options.openSource,
+      });
+      images.push(image);
+      layers.push(await layerOf(image));
     }
     const [la, lb] = layers;
     const [ia, ib] = images;
@@ -222,15 +197,15 @@ export async function compareImages(
         if (allocA) {
           chunk = Math.min(chunk, IO_BUF_SIZE);
           const i = firstDifferentSector(
-            await readGuest(ia, offset, chunk),
-            await readGuest(ib, offset, chunk),
+            await readPastEnd(ia, offset, chunk),
+            await readPastEnd(ib, offset, chunk),
           );
           if (i >= 0) return differ(offset + i);
         }
       } else {
         chunk = Math.min(chunk, IO_BUF_SIZE);
         const i = firstNonZeroSector(
-          await readGuest(allocA ? ia : ib, offset, chunk),
+          await readPastEnd(allocA ? ia : ib, offset, chunk),
         );
         if (i >= 0) return differ(offset + i);
       }
@@ -250,7 +225,7 @@ export async function compareImages(
           at += IO_BUF_SIZE
         ) {
           const n = Math.min(IO_BUF_SIZE, run.start + run.length - at);
-          const i = firstNonZeroSector(await readGuest(image, at, n));
+          const i = firstNonZeroSector(await readPastEnd(image, at, n));
           if (i >= 0) return differ(at + i);
         }
       }
@@ -258,7 +233,7 @@ export async function compareImages(
     return result;
   } finally {
     for (const image of images) await image.close();
-    for (const layer of layers) await closeLayer(layer);
+    for (const source of opened) await source.close?.();
   }
 }
 

@@ -20,41 +20,24 @@ import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import { hostFiles } from "../io/_host_files.ts";
 import { fileReason } from "../io/_errors.ts";
-import {
-  type ImageInput,
-  isQcow2,
-  type OpenSource,
-  rawVirtualSize,
-  readHeaderLenient,
-  readPadded,
-  sourceOf,
-} from "./_layers.ts";
-import {
-  bitmapDirectoryOf,
-  readBitmapDirectory,
-  readSnapshotTable,
-} from "./_tables.ts";
+import { type ImageInput, type OpenSource, withSource } from "./_layers.ts";
+import { detectFormat, readPadded } from "../reader/_read.ts";
+import { qcow2VirtualSize, rawVirtualSize } from "../format/geometry.ts";
+import { readSnapshotTable } from "../reader/_snapshots.ts";
+import { bitmapDirectoryOf, readBitmapDirectory } from "./_tables.ts";
 import {
   directoryOf,
   followReference,
   type ReferencePolicy,
   resolveName,
 } from "../reader/references.ts";
-import { type ImageFormat, openByName } from "../reader/open.ts";
+import { type ImageFormat, openByName, readHeader } from "../reader/open.ts";
 import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
 
 export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
 
 /**
  * An internal snapshot as `qemu-img info` lists it.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { SnapshotInfo } from "./info.ts";
- * const s: SnapshotInfo = { id: "1", name: "base", vmStateSize: 0, dateSec: 0, dateNsec: 0, vmClockNsec: 0n };
- * assert.strictEqual(s.name, "base");
- * ```
  */
 export interface SnapshotInfo {
   /** Unique ID. */
@@ -75,14 +58,6 @@ export interface SnapshotInfo {
 
 /**
  * A persistent dirty bitmap.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { BitmapInfo } from "./info.ts";
- * const b: BitmapInfo = { name: "b0", granularity: 65536, flags: ["auto"] };
- * assert.deepStrictEqual(b.flags, ["auto"]);
- * ```
  */
 export interface BitmapInfo {
   /** Name. */
@@ -95,14 +70,6 @@ export interface BitmapInfo {
 
 /**
  * The qcow2 part of {@linkcode ImageInfo}.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { Qcow2Info } from "./info.ts";
- * const q: Qcow2Info = { compat: "0.10", compressionType: "zlib", refcountBits: 16 };
- * assert.strictEqual(q.compat, "0.10");
- * ```
  */
 export interface Qcow2Info {
   /** `0.10` (version 2) or `1.1` (version 3). */
@@ -130,12 +97,13 @@ export interface Qcow2Info {
 /**
  * What `qemu-img info` reports about one image.
  *
- * @example
+ * @example Tell raw from qcow2 and read the virtual size
  * ```ts
  * import assert from "node:assert";
- * import type { ImageInfo } from "./info.ts";
- * const i: ImageInfo = { filename: "a.raw", format: "raw", virtualSize: 512, dirty: false, snapshots: [] };
- * assert.strictEqual(i.format, "raw");
+ * import { imageInfo, type ImageInfo } from "@qcow2pipe/qcow2pipe";
+ * const info: ImageInfo = await imageInfo(new Uint8Array(1000));
+ * assert.strictEqual(info.format, "raw");
+ * assert.strictEqual(info.virtualSize, 1024); // whole sectors, as QEMU says
  * ```
  */
 export interface ImageInfo {
@@ -170,12 +138,13 @@ export interface ImageInfo {
 /**
  * Options of {@linkcode imageInfo}.
  *
- * @example
+ * @example Describe bytes as raw whatever they hold
  * ```ts
  * import assert from "node:assert";
- * import type { ImageInfoOptions } from "./info.ts";
- * const o: ImageInfoOptions = { backingChain: true };
- * assert.ok(o.backingChain);
+ * import { convertToBytes, imageInfo, type ImageInfoOptions } from "@qcow2pipe/qcow2pipe";
+ * const options: ImageInfoOptions = { format: "raw" };
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(512)), options);
+ * assert.strictEqual(info.format, "raw");
  * ```
  */
 export interface ImageInfoOptions {
@@ -213,9 +182,7 @@ async function describe(
   const allocated = options.allocatedSize
     ? await options.allocatedSize(name)
     : await hostFiles()?.allocatedSize(source);
-  const qcow2 = format === undefined
-    ? await isQcow2(source)
-    : format === "qcow2";
+  const qcow2 = (format ?? await detectFormat(source)) === "qcow2";
   if (!qcow2) {
     const info: ImageInfo = {
       filename: name,
@@ -227,12 +194,12 @@ async function describe(
     if (allocated !== undefined) info.actualSize = allocated;
     return info;
   }
-  const header = await readHeaderLenient(source);
+  const header = await readHeader(source, { inspection: true });
   const v3 = header.version === 3;
   const info: ImageInfo = {
     filename: name,
     format: "qcow2",
-    virtualSize: Math.floor(header.size / 512) * 512,
+    virtualSize: qcow2VirtualSize(header.size),
     dirty: (header.incompatibleFeatures & INCOMPAT.DIRTY) !== 0n,
     clusterSize: 2 ** header.clusterBits,
     snapshots: [],
@@ -248,7 +215,7 @@ async function describe(
     const fmt = backingFormat(header);
     if (fmt !== undefined) info.backingFilenameFormat = fmt;
   }
-  const table = await readSnapshotTable(source, header);
+  const table = await readSnapshotTable(source, header, true);
   info.snapshots = table.entries.map((s) => {
     const snap: SnapshotInfo = {
       id: s.id,
@@ -336,19 +303,14 @@ export async function imageInfo(
   input: ImageInput,
   options: ImageInfoOptions = {},
 ): Promise<ImageInfo> {
-  const source = await sourceOf(input);
-  const name = typeof input === "string" ? input : source.name ?? "<image>";
   const given = options.format !== undefined && options.format !== "auto"
     ? options.format
     : undefined;
-  let info: ImageInfo;
-  try {
-    info = await describe(source, name, given, options);
-  } finally {
-    if (typeof input === "string" || input instanceof Uint8Array) {
-      await source.close?.();
-    }
-  }
+  let name = "";
+  const info = await withSource(input, (source, opened) => {
+    name = opened;
+    return describe(source, name, given, options);
+  });
   if (!options.backingChain) return info;
   info.chain = [];
   const open = options.openSource ?? openByName;

@@ -174,23 +174,31 @@ Deno.test("decodeBitmapTableEntry() reads the cluster offset and the all-ones bi
   assert.deepStrictEqual(decodeBitmapTableEntry(t, 0), {
     offset: 0,
     allOnes: false,
+    reserved: false,
   });
   assert.deepStrictEqual(decodeBitmapTableEntry(t, 1), {
     offset: 0,
     allOnes: true,
+    reserved: false,
   });
   assert.deepStrictEqual(decodeBitmapTableEntry(t, 2), {
     offset: 0x8001_0000,
     allOnes: false,
+    reserved: false,
   });
   assert.deepStrictEqual(decodeBitmapTableEntry(t, 3), {
     offset: 0xff_ffff_ffff_fe00,
     allOnes: false,
+    reserved: false,
   });
-  // Bit 0 means nothing when there is an offset; reserved bits are ignored.
+  // Bit 0 is reserved once there is an offset, as bits 1-8 and 56-63 are:
+  // the offset still decodes, and the entry says so.
   setU64(t, 0, (0x7fn << 56n) | 0x3_0000n | 0x1ffn);
   assert.deepStrictEqual(decodeBitmapTableEntry(t, 0), {
     offset: 0x3_0000,
     allOnes: false,
+    reserved: true,
   });
+  setU64(t, 0, 0x3_0001n);
+  assert.strictEqual(decodeBitmapTableEntry(t, 0).reserved, true);
 });

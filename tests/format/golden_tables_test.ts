@@ -123,7 +123,7 @@ async function checkTables(path: string): Promise<Stats> {
     const e = l2EntryFor(img, l1, guest);
     const within = guest % cs;
     const type = e === undefined
-      ? "unallocated"
+      ? "unallocated-plain"
       : subclusterType(e, Math.floor(within / sub), geo.extendedL2);
     const m = extentAt(map, guest);
     const at = `guest ${guest} (${type}): ${JSON.stringify(m)}`;
@@ -139,9 +139,11 @@ async function checkTables(path: string): Promise<Stats> {
         assert.ok(m.present && m.data && !m.zero && m.depth === 0, at);
         assert.strictEqual(m.offset, undefined, at);
         break;
-      case "zero": {
+      case "zero-plain":
+      case "zero-alloc": {
         assert.ok(m.present && m.zero && !m.data && m.depth === 0, at);
         const allocated = e!.type === "zero-alloc" || e!.type === "normal";
+        assert.strictEqual(type === "zero-alloc", allocated, at);
         assert.strictEqual(
           mapOffset,
           allocated ? e!.hostOffset + within : undefined,
@@ -149,8 +151,10 @@ async function checkTables(path: string): Promise<Stats> {
         );
         break;
       }
-      case "unallocated":
+      case "unallocated-plain":
+      case "unallocated-alloc":
         assert.ok(m.depth > 0 || !m.present, at);
+        assert.strictEqual(type === "unallocated-alloc", e?.type === "normal");
         if (m.depth === 0 && e?.type === "normal") {
           // An unallocated subcluster of an allocated cluster.
           assert.strictEqual(mapOffset, e.hostOffset + within, at);
@@ -333,15 +337,18 @@ const LAYOUTS: Layout[] = [
       assert.strictEqual(partial.type, "normal");
       assert.strictEqual(partial.allocMask, 0b10);
       assert.strictEqual(partial.zeroMask, 0b1000);
-      assert.strictEqual(subclusterType(partial, 0, true), "unallocated");
+      assert.strictEqual(
+        subclusterType(partial, 0, true),
+        "unallocated-alloc",
+      );
       assert.strictEqual(subclusterType(partial, 1, true), "normal");
-      assert.strictEqual(subclusterType(partial, 3, true), "zero");
+      assert.strictEqual(subclusterType(partial, 3, true), "zero-alloc");
       // A zeroed subcluster of an unallocated cluster.
       const z = l2EntryFor(s.img, l1, 18 * cs)!;
       assert.strictEqual(z.type, "unallocated");
       assert.strictEqual(z.zeroMask, 1);
-      assert.strictEqual(subclusterType(z, 0, true), "zero");
-      assert.strictEqual(subclusterType(z, 1, true), "unallocated");
+      assert.strictEqual(subclusterType(z, 0, true), "zero-plain");
+      assert.strictEqual(subclusterType(z, 1, true), "unallocated-plain");
       // A fully zeroed allocated cluster keeps its host cluster.
       const za = l2EntryFor(s.img, l1, 4 * cs)!;
       assert.strictEqual(za.type, "normal");
@@ -644,6 +651,7 @@ qemuTest(
       assert.deepStrictEqual(decodeBitmapTableEntry(emptyTable, i), {
         offset: 0,
         allOnes: false,
+        reserved: false,
       });
     }
   },

@@ -292,9 +292,9 @@ Deno.test("encodeL2Entry() writes extended L2 entries for every cluster type", (
 
 Deno.test("subclusterType() classifies non-extended entries as one subcluster", () => {
   const cases: [L2Entry, string][] = [
-    [entry({ type: "unallocated" }), "unallocated"],
-    [entry({ type: "zero-plain" }), "zero"],
-    [entry({ type: "zero-alloc", hostOffset: 0x10000 }), "zero"],
+    [entry({ type: "unallocated" }), "unallocated-plain"],
+    [entry({ type: "zero-plain" }), "zero-plain"],
+    [entry({ type: "zero-alloc", hostOffset: 0x10000 }), "zero-alloc"],
     [entry({ type: "normal", hostOffset: 0x10000 }), "normal"],
     [entry({ type: "compressed", hostOffset: 0x10000 }), "compressed"],
   ];
@@ -316,13 +316,13 @@ Deno.test("subclusterType() classifies every subcluster of extended entries like
     const want = sc < 8 || sc === 31
       ? "normal"
       : sc >= 16
-      ? "zero"
-      : "unallocated";
+      ? "zero-alloc"
+      : "unallocated-alloc";
     assert.strictEqual(subclusterType(normal, sc, true), want, `sc ${sc}`);
   }
   const unalloc = entry({ type: "unallocated", zeroMask: 0x8000_0001 });
   for (let sc = 0; sc < 32; sc++) {
-    const want = sc === 0 || sc === 31 ? "zero" : "unallocated";
+    const want = sc === 0 || sc === 31 ? "zero-plain" : "unallocated-plain";
     assert.strictEqual(subclusterType(unalloc, sc, true), want, `sc ${sc}`);
   }
   const compressed = entry({ type: "compressed", hostOffset: 0x10200 });
@@ -330,8 +330,8 @@ Deno.test("subclusterType() classifies every subcluster of extended entries like
   const zeroAlloc = entry({ type: "zero-alloc", hostOffset: 0x10000 });
   for (let sc = 0; sc < 32; sc++) {
     assert.strictEqual(subclusterType(compressed, sc, true), "compressed");
-    assert.strictEqual(subclusterType(zeroPlain, sc, true), "zero");
-    assert.strictEqual(subclusterType(zeroAlloc, sc, true), "zero");
+    assert.strictEqual(subclusterType(zeroPlain, sc, true), "zero-plain");
+    assert.strictEqual(subclusterType(zeroAlloc, sc, true), "zero-alloc");
   }
 });
 

@@ -20,6 +20,7 @@ import {
   verifyImage,
 } from "./_helpers.ts";
 import { openImage } from "../../lib/reader/open.ts";
+import { imageInfo } from "../../lib/tools/info.ts";
 import { expandSegments, expandStream } from "./_helpers.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 
@@ -191,11 +192,10 @@ for (
 }
 
 qemuTest(
-  "qemu layout: virtual size not a multiple of 512 (patched header) reads header.size bytes",
+  "qemu layout: virtual size not a multiple of 512 (patched header) reads whole sectors, as qemu-img convert does",
   async () => {
-    // QEMU never writes such a size (it rounds up on create and truncates
-    // to whole sectors on open), so the reference is a prefix of qemu's
-    // expansion of the same image with its original size.
+    // QEMU never writes such a size (it rounds up on create) and counts
+    // whole sectors on open: the disk is the header size rounded down.
     await using dir = await tempDir();
     const img = join(dir.path, "img.qcow2");
     const cs = 65536;
@@ -212,18 +212,22 @@ qemuTest(
     const pat = await patternFile(dir.path, 11);
     await qemuIoAll(img, scribble(1000448, cs, pat, { compress: true }));
     const full = await qemuRaw(img, dir.path);
-    for (const odd of [1000000, 999999, 983041]) {
+    for (const odd of [1000000, 999999, 983041, 1000]) {
       await patchFile(img, 24, u64(odd));
       await using pool = new CodecPool({ workers: 2 });
       await using image = await openImage(img);
-      assert.strictEqual(image.virtualSize, odd);
-      const want = full.subarray(0, odd);
+      const sectors = Math.floor(odd / 512) * 512;
+      assert.strictEqual(image.virtualSize, sectors);
+      const want = await qemuRaw(img, dir.path);
+      assert.strictEqual(want.length, sectors, "qemu-img's own expansion");
+      assert.deepStrictEqual(want, full.subarray(0, sectors));
       assert.deepStrictEqual(await expandStream(image, pool), want);
       assert.deepStrictEqual(
         await expandSegments(image, { chunkSize: 4096 }),
         want,
       );
-      await spotCheckReadAt(image, want, odd);
+      await spotCheckReadAt(image, want, sectors);
+      assert.strictEqual((await imageInfo(img)).virtualSize, sectors);
     }
   },
 );

@@ -18,6 +18,9 @@ import { assertOneLineError, partialFiles, runCli } from "./_cli.ts";
 import { QCOW2_MAGIC } from "../../lib/format/constants.ts";
 
 const INPUT = mixedBytes(3 * MiB + 1234, 42, 64 * 1024);
+/** INPUT as a raw disk: whole sectors, as qemu-img convert -O raw writes it. */
+const INPUT_DISK = new Uint8Array(Math.ceil(INPUT.length / 512) * 512);
+INPUT_DISK.set(INPUT);
 
 function isQcow2(bytes: Uint8Array): boolean {
   return bytes.length >= 4 &&
@@ -152,7 +155,11 @@ qemuTest(
         const bytes = await Deno.readFile(dst);
         assert.strictEqual(isQcow2(bytes), format === "qcow2", name);
         if (format === "raw") {
-          assert.deepStrictEqual(bytes, INPUT, `${name} is the raw input`);
+          assert.deepStrictEqual(
+            bytes,
+            INPUT_DISK,
+            `${name} is the raw input`,
+          );
         } else {
           await qemuCheckClean(dst);
           const info = await qemuInfo(dst);
@@ -227,7 +234,7 @@ qemuTest(
       });
       const ok2 = await runCli(["convert", "--force", src, rawDst]);
       assert.strictEqual(ok2.code, 0, ok2.stderr);
-      assert.deepStrictEqual(await Deno.readFile(rawDst), INPUT);
+      assert.deepStrictEqual(await Deno.readFile(rawDst), INPUT_DISK);
       assert.deepStrictEqual(await partialFiles(dir), []);
     });
   },
