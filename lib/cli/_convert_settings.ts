@@ -245,7 +245,7 @@ export function convertSettings(
   );
   const compression = compressionOf(values, o);
   checkQcow2Flags(values, format, compression);
-  const backing = backingOf(values, o, dst);
+  const backing = backingOf(values, o);
   const inPlace = values["no-create"] ?? false;
   const targetIsZero = values["target-is-zero"] ?? false;
   checkInPlace(values, { inPlace, targetIsZero, format, dst });
@@ -441,7 +441,6 @@ function workersOf(values: Values): number | undefined {
 function backingOf(
   values: Values,
   o: CreateOptions,
-  dst: string,
 ): ConvertSettings["backing"] {
   const name = values.backing ?? o.backingFile;
   const formatText = values["backing-format"] ?? o.backingFormat;
