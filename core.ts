@@ -6,7 +6,9 @@
  * into any {@linkcode ImageSink}; open qcow2 or raw images from bytes, a
  * `Blob` ({@linkcode BlobSource}), a URL with Range requests
  * ({@linkcode HttpSource}) or any {@linkcode RandomAccessSource}; describe
- * and check them as `qemu-img info` and `check` do.
+ * expand them to raw. Inspection (`qemu-img info`, `check`, `map`,
+`compare`) is `@qcow2pipe/qcow2pipe/tools`; the qcow2 format itself
+`@qcow2pipe/qcow2pipe/format`.
  *
  * Codecs are chosen by what the runtime offers: `node:zlib` in Deno and
  * Node, fflate (zlib) and zstd-codec (zstd, WebAssembly) elsewhere.
@@ -30,44 +32,101 @@
  * @module
  */
 
-export * from "./lib/format/mod.ts";
-
-export * from "./lib/io/source.ts";
-export * from "./lib/io/blob_source.ts";
-export * from "./lib/io/http_source.ts";
-export * from "./lib/io/sink.ts";
-
-export * from "./lib/codec/codecs.ts";
+// Convert: raw bytes to qcow2, in one call or stage by stage.
+export {
+  convert,
+  type ConvertOptions,
+  type ConvertSummary,
+} from "./lib/convert.ts";
+export {
+  convertToBytes,
+  Qcow2Writer,
+  type Qcow2WriterOptions,
+  writesToBytes,
+} from "./lib/writer/qcow2_writer.ts";
+export {
+  ClusterChunkStream,
+  type ClusterChunkStreamOptions,
+} from "./lib/writer/chunk_stream.ts";
+export { ZeroDetectStream } from "./lib/writer/zero_stream.ts";
+export {
+  BackingDiffStream,
+  type BackingDiffStreamOptions,
+} from "./lib/writer/backing_diff_stream.ts";
+export {
+  CompressStream,
+  type CompressStreamOptions,
+} from "./lib/writer/compress_stream.ts";
+export {
+  ClusterPacker,
+  type ClusterPackerOptions,
+} from "./lib/writer/packer.ts";
+export {
+  type FinalRefcountBlock,
+  HostAllocator,
+  type HostAllocatorOptions,
+} from "./lib/writer/host_allocator.ts";
+export {
+  type BackingFileName,
+  type FinalizerSummary,
+  MetadataFinalizer,
+  type MetadataFinalizerOptions,
+} from "./lib/writer/finalizer.ts";
+export type {
+  ClusterRecord,
+  HostWrite,
+  PlacedRecord,
+  ZeroBytes,
+} from "./lib/writer/records.ts";
+export {
+  type ClusterCodec,
+  type CodecBackend,
+  type CodecOptions,
+  type CompressionType,
+  createCodec,
+  type ZlibWindow,
+} from "./lib/codec/codecs.ts";
 export {
   CodecPool,
   type CodecPoolOptions,
   type CompressResult,
 } from "./lib/codec/pool.ts";
 
-export * from "./lib/reader/image.ts";
-export * from "./lib/reader/open.ts";
+// Open and expand: qcow2 or raw images to their guest bytes.
+export {
+  type ImageFormat,
+  openImage,
+  type OpenImageOptions,
+} from "./lib/reader/open.ts";
 export type { ReferencePolicy } from "./lib/reader/references.ts";
-export { Qcow2Image, type Qcow2ImageInit } from "./lib/reader/qcow2_image.ts";
-export * from "./lib/reader/raw_image.ts";
-export * from "./lib/reader/segments.ts";
-export * from "./lib/reader/expand.ts";
+export type { Extent, ExtentKind, GuestImage } from "./lib/reader/image.ts";
+export {
+  imageChunks,
+  imageReadable,
+  type ReadImageOptions,
+  readSegments,
+  type Segment,
+} from "./lib/reader/segments.ts";
+export {
+  type ExpandOptions,
+  type ExpandSource,
+  expandToFile,
+  expandToStream,
+} from "./lib/reader/expand.ts";
 
-export * from "./lib/writer/records.ts";
-export * from "./lib/writer/chunk_stream.ts";
-export * from "./lib/writer/zero_stream.ts";
-export * from "./lib/writer/backing_diff_stream.ts";
-export * from "./lib/writer/is_zero.ts";
-export * from "./lib/writer/compress_stream.ts";
-export * from "./lib/writer/host_allocator.ts";
-export * from "./lib/writer/packer.ts";
-export * from "./lib/writer/finalizer.ts";
-export * from "./lib/writer/qcow2_writer.ts";
-export * from "./lib/convert.ts";
+// Where bytes come from and go to.
+export { BytesSource, type RandomAccessSource } from "./lib/io/source.ts";
+export { BlobSource } from "./lib/io/blob_source.ts";
+export {
+  HttpSource,
+  type HttpSourceOptions,
+  RangeNotSupportedError,
+} from "./lib/io/http_source.ts";
+export type { ImageSink } from "./lib/io/sink.ts";
 
-export * from "./lib/sparsify/mod.ts";
-
-export * from "./lib/tools/input.ts";
-export * from "./lib/tools/info.ts";
-export * from "./lib/tools/info_text.ts";
-export * from "./lib/tools/check.ts";
-export * from "./lib/tools/check_text.ts";
+// Errors.
+export {
+  Qcow2Error,
+  type Qcow2ErrorCode,
+  type Qcow2ErrorOptions,
+} from "./lib/format/errors.ts";

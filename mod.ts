@@ -8,15 +8,15 @@
  * ClusterPacker → MetadataFinalizer`, composed by {@linkcode convert} and
  * {@linkcode Qcow2Writer}. Reverse: {@linkcode openImage}, then
  * {@linkcode imageReadable}, {@linkcode readSegments} or
- * {@linkcode expandToFile}. The qcow2 format core (pure functions) is also
- * available alone as `@qcow2pipe/qcow2pipe/format`, and everything that
- * runs without a file system (Node, browsers) as
- * `@qcow2pipe/qcow2pipe/core`; this module adds local files, spool files
- * and the tools that need them. `--sparsify` ({@linkcode mapFreeSpace},
- * {@linkcode freeSpaceChunks}, {@linkcode FreeSpaceStream}, or
- * `convert(..., { sparsify: true })`) drops the free space of ext2/3/4
- * filesystems and swap on MBR, GPT and bare disks; it is also
- * `@qcow2pipe/qcow2pipe/sparsify`.
+ * {@linkcode expandToPath}. Everything that runs without a file system
+ * (Node, browsers) is also `@qcow2pipe/qcow2pipe/core`; this module adds
+ * local files, spool files and the streamable layout.
+ *
+ * Subpaths: `@qcow2pipe/qcow2pipe/tools` (`qemu-img info`, `check`, `map`
+ * and `compare` as functions), `@qcow2pipe/qcow2pipe/format` (the qcow2
+ * format as pure functions and constants), `@qcow2pipe/qcow2pipe/sparsify`
+ * (the free space of ext2/3/4 and swap on MBR, GPT and bare disks, which
+ * `convert(..., { sparsify: true })` drops).
  *
  * @example Round trip through qcow2 in memory
  * ```ts
@@ -33,15 +33,26 @@
 
 export * from "./core.ts";
 
-// Deno: local files (this import also gives the core file access by
-// path), temporary spool files, and what is built on them.
-export * from "./lib/io/file_source.ts";
-export * from "./lib/io/output_file.ts";
-export * from "./lib/io/file_stream.ts";
-export * from "./lib/io/spool.ts";
-export * from "./lib/reader/stream_open.ts";
-export * from "./lib/writer/streamable.ts";
-export * from "./lib/file_writable.ts";
-
-export * from "./lib/tools/map.ts";
-export * from "./lib/tools/compare.ts";
+// Deno: local files, spool files, and what is built on them.
+export { FileSource } from "./lib/io/file_source.ts";
+export {
+  OutputExistsError,
+  OutputFile,
+  type OutputFileOptions,
+} from "./lib/io/output_file.ts";
+export { fileChunks, sparseFileChunks } from "./lib/io/file_stream.ts";
+export {
+  expandToPath,
+  type ExpandToPathOptions,
+} from "./lib/reader/expand_to_path.ts";
+export {
+  openImageStream,
+  type OpenStreamOptions,
+  type StreamedImage,
+} from "./lib/reader/stream_open.ts";
+export {
+  StreamableQcow2Writer,
+  type StreamableSummary,
+  type StreamableWriterOptions,
+} from "./lib/writer/streamable.ts";
+export { qcow2FileWritable } from "./lib/file_writable.ts";

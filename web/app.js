@@ -7,17 +7,19 @@
 
 import {
   BlobSource,
-  checkImage,
   CodecPool,
   convert,
   createCodec,
   expandToFile,
+  openImage,
+} from "@qcow2pipe/qcow2pipe/core";
+import {
+  checkImage,
   formatCheckResult,
   formatImageInfo,
   imageInfo,
-  openImage,
-  QCOW2_MAGIC,
-} from "@qcow2pipe/qcow2pipe/core";
+} from "@qcow2pipe/qcow2pipe/tools";
+import { hasQcow2Magic } from "@qcow2pipe/qcow2pipe/format";
 
 const $ = (id) => document.getElementById(id);
 const fileInput = $("file");
@@ -45,8 +47,7 @@ function mib(bytes) {
 
 async function choose(file) {
   const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
-  const qcow2 = head.length === 4 &&
-    new DataView(head.buffer).getUint32(0) === QCOW2_MAGIC;
+  const qcow2 = hasQcow2Magic(head);
   input = { file, format: qcow2 ? "qcow2" : "raw" };
   $("input").textContent = `${file.name}: ${mib(file.size)}, ${input.format}`;
   $(qcow2 ? "target-raw" : "target-zstd").checked = true;

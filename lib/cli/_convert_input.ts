@@ -1,18 +1,17 @@
 // The SRC of `qcow2pipe convert`: a file, standard input or an http(s)
 // URL, raw or qcow2 (given with -f or probed), with the internal snapshot
 // -l / -s selects.
+import { fetchStream, isHttpUrl } from "../io/http_source.ts";
 import {
-  fetchStream,
   type GuestImage,
-  hasQcow2Magic,
   HttpSource,
-  isHttpUrl,
   openImage,
   openImageStream,
-  Qcow2Image,
   sparseFileChunks,
   type ZeroBytes,
 } from "../../mod.ts";
+import { hasQcow2Magic } from "../format/mod.ts";
+import { Qcow2Image } from "../reader/qcow2_image.ts";
 import { formatBytes, UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import { concatBytes } from "../format/_bytes.ts";

@@ -10,7 +10,12 @@ import {
   type CreateOptions,
   parseCreateOptions,
 } from "./_create_options.ts";
-import type { OptionValues, ParsedArgs } from "./_getopt.ts";
+import {
+  NO_CACHE_MODES,
+  type OptionValues,
+  type ParsedArgs,
+  SOURCE_CACHE_OPTION,
+} from "./_getopt.ts";
 import { parseSnapshot, type SnapshotSelector } from "./_convert_input.ts";
 import { parseInteger, parseSize, UsageError } from "./_util.ts";
 
@@ -20,8 +25,6 @@ import { parseInteger, parseSize, UsageError } from "./_util.ts";
  * past the number of cores more workers only add memory and scheduling.
  */
 export const MAX_WORKERS = 64;
-
-const CACHE = "there are no cache modes; the page cache is used";
 
 /** The options of `convert`: qemu-img's, then ours. */
 export const CONVERT_OPTIONS = {
@@ -53,8 +56,8 @@ export const CONVERT_OPTIONS = {
     unsupported:
       "zero clusters are always left unallocated, and zero ranges of raw files are holes",
   },
-  "target-cache": { type: "string", short: "t", unsupported: CACHE },
-  "source-cache": { type: "string", short: "T", unsupported: CACHE },
+  "target-cache": { type: "string", short: "t", unsupported: NO_CACHE_MODES },
+  ...SOURCE_CACHE_OPTION,
   rate: { type: "string", short: "r", unsupported: "no rate limit is kept" },
   object: {
     type: "string",

@@ -174,6 +174,15 @@ export function outputFormat(
   return json ? "json" : output ?? "human";
 }
 
+/** What `-t` and `-T` (cache modes) say when given. */
+export const NO_CACHE_MODES =
+  "there are no cache modes; the page cache is used";
+
+/** `-T`, the source cache mode of qemu-img's check, compare and convert. */
+export const SOURCE_CACHE_OPTION = {
+  "source-cache": { type: "string", short: "T", unsupported: NO_CACHE_MODES },
+} as const satisfies OptionSpecs;
+
 /** The options every inspection command shares with qemu-img's. */
 export const INSPECT_OPTIONS = {
   help: { type: "boolean", short: "h" },

@@ -1,7 +1,9 @@
 // Images named on the command line of the inspection commands: a path is
 // handed to the tool as is; an http(s) URL is opened here with Range
 // requests, so that the tool reads the metadata and what it needs only.
-import { HttpSource, type ImageInput, isHttpUrl } from "../../mod.ts";
+import { HttpSource } from "../../mod.ts";
+import { type ImageInput } from "../tools/mod.ts";
+import { isHttpUrl } from "../io/http_source.ts";
 
 /** An image argument, ready for `imageInfo`, `checkImage`, `mapImage`... */
 export interface NamedImage extends AsyncDisposable {

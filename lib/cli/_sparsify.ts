@@ -4,15 +4,17 @@
 // lines for stderr.
 import {
   FileSource,
-  freeSpaceChunks,
-  FreeSpaceStream,
   HttpSource,
-  isHttpUrl,
   RangeNotSupportedError,
-  type RegionReport,
-  type SparsifyReport,
   type ZeroBytes,
 } from "../../mod.ts";
+import {
+  freeSpaceChunks,
+  FreeSpaceStream,
+  type RegionReport,
+  type SparsifyReport,
+} from "../sparsify/mod.ts";
+import { isHttpUrl } from "../io/http_source.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import { formatBytes } from "./_util.ts";
 import type { Input as OpenedInput } from "./_convert_input.ts";

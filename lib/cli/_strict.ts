@@ -3,12 +3,12 @@
 // `qemu-img map --output=json` shows of it (allocated, zero, data, whether
 // it has a host offset) and whether the run reaches the end of the image:
 // QEMU compares its status flags whole, end-of-file flag included.
+import { type ImageFormat } from "../../mod.ts";
 import {
-  type ImageFormat,
   type ImageInput,
   type MapEntry,
   mapImageEntries,
-} from "../../mod.ts";
+} from "../tools/mod.ts";
 
 /** The flags qemu-img compares for a run that ends the image or not. */
 function status(e: MapEntry, size: number): string {

@@ -1,9 +1,18 @@
 // `qcow2pipe check`: a read-only `qemu-img check`, with its messages,
 // summary and exit status.
-import { checkImage, formatCheckJson, formatCheckResult } from "../../mod.ts";
+import {
+  checkImage,
+  formatCheckJson,
+  formatCheckResult,
+} from "../tools/mod.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { warn } from "./_util.ts";
-import { getopt, INSPECT_OPTIONS, outputFormat } from "./_getopt.ts";
+import {
+  getopt,
+  INSPECT_OPTIONS,
+  outputFormat,
+  SOURCE_CACHE_OPTION,
+} from "./_getopt.ts";
 import { openNamed } from "./_inputs.ts";
 
 export const CHECK_HELP =
@@ -45,11 +54,7 @@ export async function checkCommand(args: string[]): Promise<number> {
       unsupported:
         "repair is not supported: check only reads the image; qemu-img check -r repairs it in place",
     },
-    "source-cache": {
-      type: "string",
-      short: "T",
-      unsupported: "there are no cache modes; the page cache is used",
-    },
+    ...SOURCE_CACHE_OPTION,
     ...INSPECT_OPTIONS,
   });
   if (values.help) {

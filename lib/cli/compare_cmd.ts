@@ -1,9 +1,9 @@
 // `qcow2pipe compare`: are two images the same as the guest sees them, as
 // `qemu-img compare` answers it (exit 0 identical, 1 different, 2 error).
-import { compareImages, formatCompareResult } from "../../mod.ts";
+import { compareImages, formatCompareResult } from "../tools/mod.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { reportError } from "./_util.ts";
-import { getopt, INSPECT_OPTIONS } from "./_getopt.ts";
+import { getopt, INSPECT_OPTIONS, SOURCE_CACHE_OPTION } from "./_getopt.ts";
 import { openNamed } from "./_inputs.ts";
 import { firstStatusMismatch } from "./_strict.ts";
 
@@ -46,11 +46,7 @@ export async function compareCommand(args: string[]): Promise<number> {
         short: "p",
         unsupported: "compare shows no progress",
       },
-      "source-cache": {
-        type: "string",
-        short: "T",
-        unsupported: "there are no cache modes; the page cache is used",
-      },
+      ...SOURCE_CACHE_OPTION,
       ...INSPECT_OPTIONS,
     });
     if (values.help) {

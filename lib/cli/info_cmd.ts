@@ -1,5 +1,9 @@
 // `qcow2pipe info`: what `qemu-img info` prints, in its human or JSON form.
-import { formatImageInfo, formatImageInfoJson, imageInfo } from "../../mod.ts";
+import {
+  formatImageInfo,
+  formatImageInfoJson,
+  imageInfo,
+} from "../tools/mod.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { getopt, INSPECT_OPTIONS, outputFormat } from "./_getopt.ts";
 import { openNamed } from "./_inputs.ts";

@@ -1,7 +1,8 @@
 // `qcow2pipe map`: the guest ranges of an image, as `qemu-img map` lists
 // them, in its human form or its JSON form.
 import { hex } from "../format/errors.ts";
-import { formatMapEntryJson, mapImageEntries } from "../../mod.ts";
+import { formatMapEntryJson } from "../tools/map.ts";
+import { mapImageEntries } from "../tools/mod.ts";
 import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
 import { parseSize, warn } from "./_util.ts";
 import { getopt, INSPECT_OPTIONS, outputFormat } from "./_getopt.ts";

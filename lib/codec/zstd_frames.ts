@@ -6,6 +6,8 @@
  * @module
  */
 
+import { hex } from "../format/errors.ts";
+
 /** Magic number of a zstd frame (little endian on disk). */
 export const ZSTD_MAGIC = 0xfd2fb528;
 /** Skippable frames have magics 0x184D2A50 to 0x184D2A5F. */
@@ -49,7 +51,7 @@ export function zstdFrameAt(bytes: Uint8Array, at: number): ZstdFrame | string {
     if (at + length > bytes.length) return "truncated skippable frame";
     return { length, skippable: true };
   }
-  if (magic !== ZSTD_MAGIC) return `bad frame magic 0x${magic.toString(16)}`;
+  if (magic !== ZSTD_MAGIC) return `bad frame magic ${hex(magic)}`;
   if (at + 5 > bytes.length) return "truncated frame header";
   const fhd = bytes[at + 4];
   const fcsFlag = fhd >> 6;

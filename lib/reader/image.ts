@@ -106,7 +106,12 @@ export interface GuestImage extends AsyncDisposable {
   readAt(offset: number, length: number): Promise<Uint8Array>;
   /** Lists the extents covering `[offset, offset + length)`, in order. */
   extents(offset?: number, length?: number): AsyncGenerator<Extent>;
-  /** Like `extents`, with what is needed to read each one. */
+  /**
+   * Like `extents`, with what is needed to read each one: the hook the
+   * segment reader uses, not part of the public API.
+   *
+   * @ignore
+   */
   plan(offset: number, length: number, depth: number): AsyncGenerator<PlanItem>;
   /** Closes the image and its backing chain. */
   close(): Promise<void>;

@@ -202,7 +202,8 @@ function asDirectory(dir: string): string {
  * @example
  * ```ts
  * import assert from "node:assert";
- * import { openByName } from "../../mod.ts";
+ * import "../../mod.ts"; // lends the reader Deno's file access
+ * import { openByName } from "./open.ts";
  * const path = await Deno.makeTempFile();
  * await using src = await openByName(path) as AsyncDisposable & { size: number };
  * assert.strictEqual(src.size, 0);

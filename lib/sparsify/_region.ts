@@ -35,10 +35,8 @@ export interface DiskReader {
   read(offset: number, length: number): Promise<Uint8Array>;
 }
 
-/** Hexadecimal for messages: `0x1f`. */
-export function hex(n: number | bigint): string {
-  return "0x" + n.toString(16);
-}
+/** Hexadecimal for messages (`0x1f`): the format module's one formatter. */
+export { hex } from "../format/errors.ts";
 
 /**
  * A partition (or a whole bare disk) seen from its first byte: reads are

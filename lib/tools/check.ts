@@ -34,7 +34,8 @@ import type { RandomAccessSource } from "../io/source.ts";
  * @example Check an image and read its verdict
  * ```ts
  * import assert from "node:assert";
- * import { checkImage, type CheckResult, convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { checkImage, type CheckResult } from "@qcow2pipe/qcow2pipe/tools";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
  * const qcow2 = await convertToBytes(new Uint8Array(65536).fill(1));
  * const clean: CheckResult = await checkImage(qcow2);
  * assert.strictEqual(clean.exitCode, 0);
@@ -80,7 +81,8 @@ export interface CheckResult {
  * @example Bound the memory a check may take
  * ```ts
  * import assert from "node:assert";
- * import { checkImage, type CheckImageOptions, convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { checkImage, type CheckImageOptions } from "@qcow2pipe/qcow2pipe/tools";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
  * const qcow2 = await convertToBytes(new Uint8Array(1 << 20).fill(1));
  * const options: CheckImageOptions = { maxClusters: 4 };
  * assert.strictEqual((await checkImage(qcow2, options)).exitCode, 1);
@@ -140,7 +142,8 @@ function emptyResult(filename: string, format: "qcow2" | "raw"): CheckResult {
  * @example Check an image written by the forward pipeline
  * ```ts
  * import assert from "node:assert";
- * import { checkImage, convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { checkImage } from "@qcow2pipe/qcow2pipe/tools";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
  * const result = await checkImage(await convertToBytes(new Uint8Array(200_000).fill(1)));
  * assert.strictEqual(result.exitCode, 0);
  * assert.strictEqual(result.allocatedClusters, 4);

@@ -27,7 +27,7 @@ import { type StatusRun, StatusWalker } from "./_status.ts";
  * @example Report where two images first differ
  * ```ts
  * import assert from "node:assert";
- * import { compareImages, type CompareResult, formatCompareResult } from "@qcow2pipe/qcow2pipe";
+ * import { compareImages, type CompareResult, formatCompareResult } from "@qcow2pipe/qcow2pipe/tools";
  * const a = new Uint8Array(4096), b = new Uint8Array(4096).fill(1, 1024);
  * const result: CompareResult = await compareImages(a, b);
  * assert.strictEqual(formatCompareResult(result), "Content mismatch at offset 1024!\n");
@@ -54,7 +54,8 @@ export interface CompareResult {
  * @example Compare a raw disk with the same disk as qcow2, both formats given
  * ```ts
  * import assert from "node:assert";
- * import { compareImages, type CompareImagesOptions, convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { compareImages, type CompareImagesOptions } from "@qcow2pipe/qcow2pipe/tools";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
  * const raw = new Uint8Array(65536).fill(2);
  * const options: CompareImagesOptions = { formats: ["raw", "qcow2"], holes: false };
  * assert((await compareImages(raw, await convertToBytes(raw), options)).identical);
@@ -136,7 +137,8 @@ const allocated = (r: StatusRun) => r.present || r.pastBacking === true;
  * @example Raw and qcow2 with the same content
  * ```ts
  * import assert from "node:assert";
- * import { compareImages, convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { compareImages } from "@qcow2pipe/qcow2pipe/tools";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
  * const raw = new Uint8Array(1 << 20);
  * raw.fill(7, 1000, 5000);
  * const qcow2 = await convertToBytes(raw);

@@ -100,7 +100,7 @@ export interface Qcow2Info {
  * @example Tell raw from qcow2 and read the virtual size
  * ```ts
  * import assert from "node:assert";
- * import { imageInfo, type ImageInfo } from "@qcow2pipe/qcow2pipe";
+ * import { imageInfo, type ImageInfo } from "@qcow2pipe/qcow2pipe/tools";
  * const info: ImageInfo = await imageInfo(new Uint8Array(1000));
  * assert.strictEqual(info.format, "raw");
  * assert.strictEqual(info.virtualSize, 1024); // whole sectors, as QEMU says
@@ -141,7 +141,8 @@ export interface ImageInfo {
  * @example Describe bytes as raw whatever they hold
  * ```ts
  * import assert from "node:assert";
- * import { convertToBytes, imageInfo, type ImageInfoOptions } from "@qcow2pipe/qcow2pipe";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { imageInfo, type ImageInfoOptions } from "@qcow2pipe/qcow2pipe/tools";
  * const options: ImageInfoOptions = { format: "raw" };
  * const info = await imageInfo(await convertToBytes(new Uint8Array(512)), options);
  * assert.strictEqual(info.format, "raw");
@@ -293,7 +294,8 @@ async function describe(
  * @example Describe a qcow2 image in memory
  * ```ts
  * import assert from "node:assert";
- * import { convertToBytes, imageInfo } from "@qcow2pipe/qcow2pipe";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { imageInfo } from "@qcow2pipe/qcow2pipe/tools";
  * const info = await imageInfo(await convertToBytes(new Uint8Array(1 << 20), { compression: "zstd" }));
  * assert.strictEqual(info.virtualSize, 1 << 20);
  * assert.strictEqual(info.qcow2?.compressionType, "zstd");

@@ -136,7 +136,8 @@ function toEntry(run: StatusRun): MapEntry {
  * @example List the entries of a small image
  * ```ts
  * import assert from "node:assert";
- * import { convertToBytes, mapImageEntries } from "@qcow2pipe/qcow2pipe";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { mapImageEntries } from "@qcow2pipe/qcow2pipe/tools";
  * const raw = new Uint8Array(3 * 65536);
  * raw.fill(1, 65536, 131072);
  * const entries = [];
@@ -211,7 +212,8 @@ export async function* mapImageEntries(
  * @example An empty qcow2 image is one unallocated range
  * ```ts
  * import assert from "node:assert";
- * import { convertToBytes, mapImage } from "@qcow2pipe/qcow2pipe";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { mapImage } from "@qcow2pipe/qcow2pipe/tools";
  * const map = await mapImage(await convertToBytes(new Uint8Array(1 << 20)));
  * assert.deepStrictEqual(map, [
  *   { start: 0, length: 1 << 20, depth: 0, present: false, zero: true, data: false },

@@ -9,6 +9,7 @@ import { checkClusterSize, checkRecord } from "./_options.ts";
 import { isZero } from "./is_zero.ts";
 import type { ClusterRecord } from "./records.ts";
 import type { GuestImage } from "../reader/image.ts";
+import { readPastEnd } from "../reader/_read.ts";
 
 /**
  * Options of {@linkcode BackingDiffStream}.
@@ -99,7 +100,7 @@ export class BackingDiffStream
           for (let c = 0; c < run.count; c += readClusters) {
             const start = run.start + c;
             const n = Math.min(readClusters, run.count - c);
-            const theirs = await readGuest(backing, start * cs, n * cs);
+            const theirs = await readPastEnd(backing, start * cs, n * cs);
             for (let i = 0; i < n; i++) {
               const b = theirs.subarray(i * cs, (i + 1) * cs);
               out.add(
@@ -163,19 +164,6 @@ async function* backingRuns(
     }
   }
   if (end > next) yield { start: next, count: end - next, zero: true };
-}
-
-/** Guest bytes of the backing, zeros past its end. */
-async function readGuest(
-  image: GuestImage,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  const inside = Math.max(0, Math.min(length, image.virtualSize - offset));
-  if (inside === length) return await image.readAt(offset, length);
-  const out = new Uint8Array(length);
-  if (inside > 0) out.set(await image.readAt(offset, inside));
-  return out;
 }
 
 /** Whether two equally long arrays hold the same bytes. */

@@ -64,7 +64,8 @@ export interface MetadataFinalizerOptions {
  * @example Name a base image beside the delta
  * ```ts
  * import assert from "node:assert";
- * import { convertToBytes, imageInfo, type BackingFileName } from "../../mod.ts";
+ * import { convertToBytes, type BackingFileName } from "../../mod.ts";
+ * import { imageInfo } from "../tools/mod.ts";
  * const backingFile: BackingFileName = { name: "base.qcow2", format: "qcow2" };
  * const info = await imageInfo(await convertToBytes(new Uint8Array(4096), { backingFile }));
  * assert.strictEqual(info.backingFilename, "base.qcow2");

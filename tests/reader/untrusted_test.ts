@@ -6,7 +6,7 @@
 import assert from "node:assert";
 import { join } from "node:path";
 import { openImage, Qcow2Error } from "../../mod.ts";
-import { imageInfo, mapImage } from "../../mod.ts";
+import { imageInfo, mapImage } from "../../lib/tools/mod.ts";
 import { qemuCompareIdentical, qemuImg, qemuIo, qemuTest } from "../_qemu.ts";
 import { assertOneLineError, partialFiles, runCli } from "../writer/_cli.ts";
 import { serveFiles } from "../streams/_server.ts";

@@ -12,7 +12,7 @@ import {
   formatMapJson,
   imageInfo,
   mapImage,
-} from "../../mod.ts";
+} from "../../lib/tools/mod.ts";
 import { join } from "node:path";
 import { qemuImg, qemuIo, run, runStatus } from "../_qemu.ts";
 import { mulberry32 } from "../../lib/_prng.ts";

@@ -23,7 +23,8 @@ import {
   setRefcount,
   u64At,
 } from "./_helpers.ts";
-import { checkImage, imageInfo, mapImage, Qcow2Error } from "../../mod.ts";
+import { checkImage, imageInfo, mapImage } from "../../lib/tools/mod.ts";
+import { Qcow2Error } from "../../mod.ts";
 
 const KiB = 1024;
 const CS = 64 * KiB;

@@ -6,7 +6,8 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { qemuTest, tempDir } from "../_qemu.ts";
 import { makeImage, pattern, qemuImg, qemuStatus } from "./_helpers.ts";
-import { compareImages, formatCompareResult, Qcow2Error } from "../../mod.ts";
+import { compareImages, formatCompareResult } from "../../lib/tools/mod.ts";
+import { Qcow2Error } from "../../mod.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

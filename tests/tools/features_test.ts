@@ -21,13 +21,9 @@ import {
   runStatus,
   u64At,
 } from "./_helpers.ts";
-import {
-  checkImage,
-  imageInfo,
-  mapImage,
-  parseHeader,
-  Qcow2Error,
-} from "../../mod.ts";
+import { checkImage, imageInfo, mapImage } from "../../lib/tools/mod.ts";
+import { parseHeader } from "../../lib/format/mod.ts";
+import { Qcow2Error } from "../../mod.ts";
 
 const MiB = 1024 * 1024;
 

@@ -13,7 +13,7 @@ import {
   makeImage,
   mixedWrites,
 } from "./_helpers.ts";
-import { imageInfo, mapImage } from "../../mod.ts";
+import { imageInfo, mapImage } from "../../lib/tools/mod.ts";
 
 const MiB = 1024 * 1024;
 

@@ -20,7 +20,8 @@ import {
   type HoleProbe,
   openHoleProber,
 } from "../../lib/io/_holes.ts";
-import { type CheckResult, formatCheckResult, Qcow2Error } from "../../mod.ts";
+import { type CheckResult, formatCheckResult } from "../../lib/tools/mod.ts";
+import { Qcow2Error } from "../../mod.ts";
 
 Deno.test("qemuJson() orders keys as a QDict and prints like QEMU's JSON writer", () => {
   // tdb_hash() buckets: "virtual-size" 309, "filename" 313, "dirty-flag" 501.

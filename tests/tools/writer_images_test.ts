@@ -15,15 +15,17 @@ import {
 } from "./_helpers.ts";
 import {
   BytesSource,
-  checkImage,
-  compareImages,
   convert,
   convertToBytes,
-  imageInfo,
-  mapImage,
   openImage,
   OutputFile,
 } from "../../mod.ts";
+import {
+  checkImage,
+  compareImages,
+  imageInfo,
+  mapImage,
+} from "../../lib/tools/mod.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
