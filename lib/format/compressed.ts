@@ -21,12 +21,13 @@ import { joinU64 } from "./_bytes.ts";
 /**
  * A decoded compressed cluster descriptor.
  *
- * @example The bytes a descriptor covers
+ * @example The host bytes a compressed L2 entry names
  * ```ts
  * import assert from "node:assert";
- * import type { CompressedDescriptor } from "./compressed.ts";
- * const d: CompressedDescriptor = { hostOffset: 0x30200, sectors: 2 };
- * assert(d.sectors * 512 - (d.hostOffset % 512) === 1024);
+ * import { compressedRange, type CompressedDescriptor, decodeCompressedDescriptor, encodeCompressedDescriptor } from "./compressed.ts";
+ * const [hi, lo] = encodeCompressedDescriptor({ hostOffset: 0x30200, sectors: 2 }, 16);
+ * const d: CompressedDescriptor = decodeCompressedDescriptor(hi, lo, 16);
+ * assert.deepStrictEqual(compressedRange(d), { offset: 0x30200, length: 1024 });
  * ```
  */
 export interface CompressedDescriptor {

@@ -19,12 +19,14 @@ import {
 /**
  * One entry of the feature name table extension.
  *
- * @example A named feature
+ * @example The feature names an image carries
  * ```ts
  * import assert from "node:assert";
- * import type { FeatureName } from "./extensions.ts";
- * const f: FeatureName = { type: 0, bit: 0, name: "dirty bit" };
- * assert(f.name === "dirty bit");
+ * import { type FeatureName, parseExtensions, serializeExtensions } from "./extensions.ts";
+ * const features: FeatureName[] = [{ type: 0, bit: 0, name: "dirty bit" }];
+ * const bytes = serializeExtensions([{ kind: "feature-table", features }]);
+ * const [ext] = parseExtensions(bytes, 0, bytes.length);
+ * assert.deepStrictEqual(ext, { kind: "feature-table", features });
  * ```
  */
 export interface FeatureName {
@@ -40,12 +42,13 @@ export interface FeatureName {
  * A decoded header extension. Unknown types keep their raw data so that
  * serializing gives back the same bytes.
  *
- * @example Build a backing format extension
+ * @example Encode a backing format extension and read it back
  * ```ts
  * import assert from "node:assert";
- * import type { HeaderExtension } from "./extensions.ts";
+ * import { type HeaderExtension, parseExtensions, serializeExtensions } from "./extensions.ts";
  * const ext: HeaderExtension = { kind: "backing-format", format: "raw" };
- * assert(ext.kind === "backing-format");
+ * const bytes = serializeExtensions([ext]);
+ * assert.deepStrictEqual(parseExtensions(bytes, 0, bytes.length), [ext]);
  * ```
  */
 export type HeaderExtension =

@@ -17,12 +17,14 @@ import { joinU64, splitTableOffset } from "./_bytes.ts";
 /**
  * A decoded L1 entry.
  *
- * @example An entry pointing at 0x30000
+ * @example Read an entry back from an L1 table
  * ```ts
  * import assert from "node:assert";
- * import type { L1Entry } from "./l1.ts";
- * const e: L1Entry = { l2Offset: 0x30000, copied: true, reserved: false };
- * assert(e.l2Offset === 0x30000);
+ * import { decodeL1Entry, encodeL1Entry, type L1Entry } from "./l1.ts";
+ * const table = new Uint8Array(16);
+ * encodeL1Entry(table, 1, { l2Offset: 0x30000, copied: true });
+ * const e: L1Entry = decodeL1Entry(table, 1);
+ * assert.deepStrictEqual(e, { l2Offset: 0x30000, copied: true, reserved: false });
  * ```
  */
 export interface L1Entry {

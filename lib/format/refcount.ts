@@ -183,12 +183,14 @@ export function setRefcount(
 /**
  * A decoded refcount table entry.
  *
- * @example
+ * @example Read an entry back from a refcount table
  * ```ts
  * import assert from "node:assert";
- * import type { RefcountTableEntry } from "./refcount.ts";
- * const e: RefcountTableEntry = { blockOffset: 0x20000, reserved: false };
- * assert(e.blockOffset === 0x20000);
+ * import { decodeRefcountTableEntry, encodeRefcountTableEntry, type RefcountTableEntry } from "./refcount.ts";
+ * const table = new Uint8Array(8);
+ * encodeRefcountTableEntry(table, 0, 0x20000);
+ * const e: RefcountTableEntry = decodeRefcountTableEntry(table, 0);
+ * assert.deepStrictEqual(e, { blockOffset: 0x20000, reserved: false });
  * ```
  */
 export interface RefcountTableEntry {

@@ -30,12 +30,18 @@ export const SNAPSHOT_FIXED_LENGTH = 40;
 /**
  * A decoded snapshot table entry.
  *
- * @example Effective disk size
+ * @example An entry through the table codec
  * ```ts
  * import assert from "node:assert";
- * import type { SnapshotEntry } from "./snapshot.ts";
- * const sn: Partial<SnapshotEntry> = { diskSize: 1 << 20 };
- * assert(sn.diskSize === 1 << 20);
+ * import { parseSnapshotTable, serializeSnapshotEntry, type SnapshotEntry } from "./snapshot.ts";
+ * const entry: SnapshotEntry = {
+ *   l1TableOffset: 0x40000, l1Size: 1, id: "1", name: "before upgrade",
+ *   dateSec: 1_700_000_000, dateNsec: 0, vmClockNsec: 0n, vmStateSize: 0,
+ *   vmStateSize32: 0, diskSize: 1 << 20, icount: undefined, extraData: new Uint8Array(16),
+ * };
+ * const [back] = parseSnapshotTable(serializeSnapshotEntry(entry), 1);
+ * assert.strictEqual(back.name, "before upgrade");
+ * assert.strictEqual(back.diskSize, 1 << 20);
  * ```
  */
 export interface SnapshotEntry {

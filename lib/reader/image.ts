@@ -17,12 +17,18 @@ import type { CompressionType } from "../codec/codecs.ts";
  * - `zero`: the image says it reads as zeros
  * - `unallocated`: no image in the chain holds it; reads as zeros
  *
- * @example
+ * @example Count the unallocated extents of a sparse image
  * ```ts
  * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
  * import type { ExtentKind } from "./image.ts";
- * const k: ExtentKind = "unallocated";
- * assert.strictEqual(k, "unallocated");
+ * const raw = new Uint8Array(4 << 16);
+ * raw[0] = 1;
+ * await using image = await openImage(await convertToBytes(raw, { workers: 1 }));
+ * const kinds: ExtentKind[] = [];
+ * for await (const e of image.extents()) kinds.push(e.kind);
+ * assert.deepStrictEqual(kinds, ["data", "unallocated"]);
  * ```
  */
 export type ExtentKind = "data" | "compressed" | "zero" | "unallocated";
@@ -31,12 +37,16 @@ export type ExtentKind = "data" | "compressed" | "zero" | "unallocated";
  * A guest range with one way of reading, as {@linkcode GuestImage.extents}
  * reports it.
  *
- * @example
+ * @example Where the data of a qcow2 image is stored
  * ```ts
  * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
  * import type { Extent } from "./image.ts";
- * const e: Extent = { offset: 0, length: 65536, kind: "data", depth: 0, hostOffset: 0x50000 };
- * assert.strictEqual(e.kind, "data");
+ * await using image = await openImage(await convertToBytes(new Uint8Array(65536).fill(1), { workers: 1 }));
+ * const [first]: Extent[] = await Array.fromAsync(image.extents());
+ * assert.strictEqual(first.kind, "data");
+ * assert.strictEqual(first.hostOffset! % 65536, 0);
  * ```
  */
 export interface Extent {

@@ -20,14 +20,6 @@ const SECTOR = 512;
 
 /**
  * One LUKS key slot as `qemu-img info` lists it.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import type { LuksSlotInfo } from "./_luks.ts";
- * const slot: LuksSlotInfo = { active: false, keyOffset: 262144 };
- * assert.strictEqual(slot.active, false);
- * ```
  */
 export interface LuksSlotInfo {
   /** Whether the slot holds a key. */

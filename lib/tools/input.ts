@@ -11,12 +11,13 @@ import type { RandomAccessSource } from "../io/source.ts";
  * An image to inspect: a file path, a source (left open for the caller to
  * close), or the image's bytes.
  *
- * @example
+ * @example Describe an image held in memory
  * ```ts
  * import assert from "node:assert";
+ * import { imageInfo } from "./info.ts";
  * import type { ImageInput } from "./input.ts";
- * const inputs: ImageInput[] = ["disk.qcow2", new Uint8Array(512)];
- * assert.strictEqual(inputs.length, 2);
+ * const input: ImageInput = new Uint8Array(1000);
+ * assert.strictEqual((await imageInfo(input)).virtualSize, 1024);
  * ```
  */
 export type ImageInput = string | RandomAccessSource | Uint8Array;

@@ -21,12 +21,15 @@ import { type StatusRun, StatusWalker } from "./_status.ts";
  * the file holding `offset` and whether the range is compressed (QEMU 7.2
  * reports neither in JSON).
  *
- * @example
+ * @example The map of a sparse image
  * ```ts
  * import assert from "node:assert";
- * import type { MapEntry } from "./map.ts";
- * const e: MapEntry = { start: 0, length: 65536, depth: 0, present: true, zero: false, data: true, offset: 327680 };
- * assert.strictEqual(e.offset, 327680);
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
+ * import { type MapEntry, mapImage } from "./map.ts";
+ * const raw = new Uint8Array(4 << 16);
+ * raw[0] = 1;
+ * const entries: MapEntry[] = await mapImage(await convertToBytes(raw, { workers: 1 }));
+ * assert.deepStrictEqual(entries.map((e) => e.data), [true, false]);
  * ```
  */
 export interface MapEntry {
@@ -53,12 +56,15 @@ export interface MapEntry {
 /**
  * Options of {@linkcode mapImage}.
  *
- * @example
+ * @example Map only the second cluster
  * ```ts
  * import assert from "node:assert";
- * import type { MapImageOptions } from "./map.ts";
- * const o: MapImageOptions = { start: 65536, length: 1 << 20 };
- * assert.strictEqual(o.start, 65536);
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
+ * import { mapImage, type MapImageOptions } from "./map.ts";
+ * const options: MapImageOptions = { start: 65536, length: 65536 };
+ * const qcow2 = await convertToBytes(new Uint8Array(4 << 16).fill(1), { workers: 1 });
+ * const [entry] = await mapImage(qcow2, options);
+ * assert.strictEqual(entry.start, 65536);
  * ```
  */
 export interface MapImageOptions {

@@ -11,12 +11,17 @@ import { checkClusterSize } from "./_options.ts";
 /**
  * Options of {@linkcode ClusterChunkStream}.
  *
- * @example
+ * @example Chunk at 4 KiB clusters
  * ```ts
  * import assert from "node:assert";
- * import type { ClusterChunkStreamOptions } from "./chunk_stream.ts";
- * const o: ClusterChunkStreamOptions = { clusterSize: 65536 };
- * assert.strictEqual(o.clusterSize, 65536);
+ * import { ClusterChunkStream, type ClusterChunkStreamOptions } from "./chunk_stream.ts";
+ * const options: ClusterChunkStreamOptions = { clusterSize: 4096 };
+ * const kinds: string[] = [];
+ * await ReadableStream.from([new Uint8Array(10_000)])
+ *   .pipeThrough(new ClusterChunkStream(options))
+ *   .pipeTo(new WritableStream({ write: (r) => void kinds.push(r.kind) }));
+ * // Two whole clusters as they come, then the tail padded to a third.
+ * assert.deepStrictEqual(kinds, ["data", "data", "end"]);
  * ```
  */
 export interface ClusterChunkStreamOptions {

@@ -17,14 +17,19 @@ import { checkClusterSize, checkRecord } from "./_options.ts";
 /**
  * Options of {@linkcode CompressStream}.
  *
- * @example
+ * @example Compress clusters with zstd on this thread
  * ```ts
  * import assert from "node:assert";
- * import type { CompressStreamOptions } from "./compress_stream.ts";
  * import { CodecPool } from "../codec/pool.ts";
+ * import { CompressStream, type CompressStreamOptions } from "./compress_stream.ts";
  * await using pool = new CodecPool({ workers: 0 });
- * const o: CompressStreamOptions = { pool, clusterSize: 65536, type: "zstd" };
- * assert.strictEqual(o.type, "zstd");
+ * const options: CompressStreamOptions = { pool, clusterSize: 65536, type: "zstd" };
+ * const kinds: string[] = [];
+ * await ReadableStream.from([
+ *   { kind: "data" as const, index: 0, count: 1, data: new Uint8Array(65536).fill(7) },
+ * ]).pipeThrough(new CompressStream(options))
+ *   .pipeTo(new WritableStream({ write: (r) => void kinds.push(r.kind) }));
+ * assert.deepStrictEqual(kinds, ["compressed"]);
  * ```
  */
 export interface CompressStreamOptions {

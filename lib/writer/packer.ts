@@ -15,12 +15,14 @@ import type { ClusterRecord, PlacedRecord } from "./records.ts";
  * Options of {@linkcode ClusterPacker}: an allocator to share with the
  * finalizer, or the settings to make one.
  *
- * @example
+ * @example A packer that shares its allocator with the finalizer
  * ```ts
  * import assert from "node:assert";
- * import type { ClusterPackerOptions } from "./packer.ts";
- * const o: ClusterPackerOptions = { clusterSize: 65536 };
- * assert.strictEqual(o.clusterSize, 65536);
+ * import { ClusterPacker, type ClusterPackerOptions } from "./packer.ts";
+ * import { HostAllocator } from "./host_allocator.ts";
+ * const allocator = new HostAllocator({ clusterSize: 65536 });
+ * const options: ClusterPackerOptions = { allocator };
+ * assert.strictEqual(new ClusterPacker(options).allocator, allocator);
  * ```
  */
 export type ClusterPackerOptions =

@@ -20,12 +20,16 @@
  *   `lengths[i]` bytes, the payloads back to back in `data`
  * - `end`: the input is over; `size` is its exact length in bytes
  *
- * @example A run of two data clusters
+ * @example The records of a raw stream with a hole
  * ```ts
  * import assert from "node:assert";
+ * import { ClusterChunkStream } from "./chunk_stream.ts";
  * import type { ClusterRecord } from "./records.ts";
- * const r: ClusterRecord = { kind: "data", index: 4, count: 2, data: new Uint8Array(1024) };
- * assert.strictEqual(r.kind, "data");
+ * const records: ClusterRecord[] = [];
+ * await ReadableStream.from([new Uint8Array(1024).fill(1), { zeros: 2048 }])
+ *   .pipeThrough(new ClusterChunkStream({ clusterSize: 512 }))
+ *   .pipeTo(new WritableStream({ write: (r) => void records.push(r) }));
+ * assert.deepStrictEqual(records.map((r) => r.kind), ["data", "zero", "end"]);
  * ```
  */
 export type ClusterRecord =
@@ -46,12 +50,18 @@ export type ClusterRecord =
  * be materialized (a hole in a sparse source, or free space found by the
  * free-space map of `--sparsify`).
  *
- * @example
+ * @example A 1 GiB hole costs nothing to convert
  * ```ts
  * import assert from "node:assert";
- * import type { ZeroBytes } from "./records.ts";
+ * import { convert } from "../convert.ts";
+ * import { writesToBytes } from "./qcow2_writer.ts";
+ * import type { HostWrite, ZeroBytes } from "./records.ts";
  * const hole: ZeroBytes = { zeros: 1 << 30 };
- * assert.strictEqual(hole.zeros, 1 << 30);
+ * const { readable, writable } = new TransformStream<HostWrite, HostWrite>();
+ * const bytes = writesToBytes(readable);
+ * const summary = await convert(ReadableStream.from([hole]), writable);
+ * assert.strictEqual(summary.virtualSize, 1 << 30);
+ * assert.ok((await bytes).length < 1 << 20);
  * ```
  */
 export interface ZeroBytes {
@@ -73,12 +83,19 @@ export interface ZeroBytes {
  * - `write`: bytes to write at a host offset
  * - `end`: the input is over; `size` is its exact length in bytes
  *
- * @example A normal run
+ * @example Where the packer puts a data cluster
  * ```ts
  * import assert from "node:assert";
+ * import { ClusterPacker } from "./packer.ts";
  * import type { PlacedRecord } from "./records.ts";
- * const r: PlacedRecord = { kind: "normal", index: 0, count: 1, hostOffset: 0x30000 };
- * assert.strictEqual(r.kind, "normal");
+ * const placed: PlacedRecord[] = [];
+ * await ReadableStream.from([
+ *   { kind: "data" as const, index: 0, count: 1, data: new Uint8Array(512).fill(1) },
+ *   { kind: "end" as const, size: 512 },
+ * ]).pipeThrough(new ClusterPacker({ clusterSize: 512 }))
+ *   .pipeTo(new WritableStream({ write: (r) => void placed.push(r) }));
+ * const normal = placed.find((r) => r.kind === "normal");
+ * assert.ok(normal && normal.hostOffset % 512 === 0);
  * ```
  */
 export type PlacedRecord =
@@ -98,12 +115,17 @@ export type PlacedRecord =
 /**
  * Bytes to write at a host offset of the output file.
  *
- * @example
+ * @example The writes of a conversion, gathered into a file image
  * ```ts
  * import assert from "node:assert";
+ * import { Qcow2Writer } from "./qcow2_writer.ts";
  * import type { HostWrite } from "./records.ts";
- * const w: HostWrite = { offset: 0, data: new Uint8Array(512) };
- * assert.strictEqual(w.offset, 0);
+ * await using writer = new Qcow2Writer({ workers: 1 });
+ * const writes: HostWrite[] = [];
+ * const done = writer.readable.pipeTo(new WritableStream({ write: (w) => void writes.push(w) }));
+ * await ReadableStream.from([new Uint8Array(4096).fill(5)]).pipeTo(writer.writable);
+ * await done;
+ * assert.ok(writes.some((w) => w.offset === 0)); // the header
  * ```
  */
 export interface HostWrite {
