@@ -64,6 +64,9 @@ export class OutputExistsError extends Error {
 }
 
 const COALESCE_BYTES = 8 * 1024 * 1024;
+// Writes at least this long go out as they are: copying them into the
+// coalescing buffer costs more than the system call it saves.
+const DIRECT_BYTES = 64 * 1024;
 
 /**
  * Whether `dir` is on the file system of /dev (devtmpfs on Linux, devfs on
@@ -294,7 +297,7 @@ export class OutputFile {
       return;
     }
     this.#flush();
-    if (data.length >= this.#buf.length / 2) {
+    if (data.length >= DIRECT_BYTES) {
       this.#writeNow(offset, data);
       return;
     }

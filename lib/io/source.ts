@@ -26,6 +26,14 @@ export interface RandomAccessSource {
    * past the end of the source.
    */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Reads into a buffer the caller owns (and may reuse): `into.length`
+   * bytes at `offset`, fewer only past the end of the source. Optional: a
+   * source whose reads land in fresh memory anyway leaves it out.
+   *
+   * @returns The number of bytes read.
+   */
+  readInto?(offset: number, into: Uint8Array): Promise<number>;
   /** Releases the source. */
   close?(): void | Promise<void>;
 }

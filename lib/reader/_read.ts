@@ -58,11 +58,24 @@ export function inlineCodec(type: CompressionType): Promise<ClusterCodec> {
   return codec;
 }
 
-/** Reads the host bytes of a `data` item; past the end of the file reads zeros. */
-export async function readDataItem(item: PlanItem): Promise<Uint8Array> {
+/**
+ * Reads the host bytes of a `data` item; past the end of the file reads
+ * zeros. With `into` (at least `item.length` bytes) and a source that reads
+ * into buffers, the bytes land there.
+ */
+export async function readDataItem(
+  item: PlanItem,
+  into?: Uint8Array,
+): Promise<Uint8Array> {
   const source = item.source!;
   let bytes: Uint8Array;
   try {
+    if (into && source.readInto) {
+      const target = into.subarray(0, item.length);
+      const n = await source.readInto(item.hostOffset!, target);
+      target.fill(0, n);
+      return target;
+    }
     bytes = await source.read(item.hostOffset!, item.length);
   } catch (err) {
     throw new Qcow2Error(

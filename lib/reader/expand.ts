@@ -162,8 +162,11 @@ export async function expandToFile(
   const holes = options.holes ?? !output.isDevice;
   let written = 0;
   let end = 0;
+  // The sink is done with each write's bytes once it resolves (the
+  // contract of ImageSink.writeAt), so read buffers can be used again.
+  const reading = { reuseBuffers: true, ...options };
   try {
-    for await (const s of segmentsOf(source, options)) {
+    for await (const s of segmentsOf(source, reading)) {
       if (s.data) {
         written += await writeData(output, { ...s, data: s.data }, holes);
       } else if (!holes) {

@@ -52,6 +52,15 @@ export interface ReadImageOptions {
    * @default {8 * chunkSize} (32 MiB)
    */
   maxInFlightBytes?: number;
+  /**
+   * Read data into buffers that are used again once the consumer asks for
+   * the next segment. For consumers that are done with a segment's bytes
+   * by then, as `expandToFile()` is: fresh memory costs a
+   * page fault per 4 KiB, several times the copy itself. Sources without
+   * `readInto` read into fresh buffers anyway.
+   * @default {false}
+   */
+  reuseBuffers?: boolean;
   /** Guest offset to start at. @default {0} */
   offset?: number;
   /** Bytes to read. @default {the rest of the disk} */
@@ -98,7 +107,14 @@ export async function* readSegments(
   // Segments in order. Only reads and decompression count against
   // maxInFlight: holes are free, and must not keep reads from going out
   // (over HTTP every read is a round trip). The queue itself stays short.
-  const queue: { job: Promise<Segment>; bytes: number }[] = [];
+  const queue: {
+    job: Promise<Segment>;
+    bytes: number;
+    buffer?: Uint8Array;
+  }[] = [];
+  const buffers = options.reuseBuffers ? new BufferPool() : undefined;
+  // The buffer of the segment last handed out, taken back one step later.
+  let lent: Uint8Array | undefined;
   let io = 0;
   let ioBytes = 0;
   const maxQueued = 16 * maxInFlight;
@@ -106,9 +122,13 @@ export async function* readSegments(
   let groupBytes = 0;
 
   /** Queues a segment; `bytes` of I/O (0 for holes and cached pieces). */
-  const push = (job: Promise<Segment>, bytes: number) => {
+  const push = (
+    job: Promise<Segment>,
+    bytes: number,
+    buffer?: Uint8Array,
+  ) => {
     job.catch(() => {}); // awaited in order below; avoid unhandled rejections
-    queue.push({ job, bytes });
+    queue.push({ job, bytes, buffer });
     if (bytes > 0) {
       io++;
       ioBytes += bytes;
@@ -116,13 +136,17 @@ export async function* readSegments(
   };
   const full = () =>
     io >= maxInFlight || ioBytes >= maxBytes || queue.length >= maxQueued;
-  const next = (): Promise<Segment> => {
+  const next = async (): Promise<Segment> => {
     const entry = queue.shift()!;
     if (entry.bytes > 0) {
       io--;
       ioBytes -= entry.bytes;
     }
-    return entry.job;
+    const segment = await entry.job;
+    // The consumer asked for this one: it is done with the one before.
+    if (lent) buffers!.put(lent);
+    lent = entry.buffer;
+    return segment;
   };
   // The last decompressed cluster: an overlay with small clusters over a
   // compressed backing cluster reads that cluster in several pieces.
@@ -183,13 +207,17 @@ export async function* readSegments(
               length: n,
               hostOffset: item.hostOffset! + at,
             };
+            const buffer = buffers && item.source?.readInto
+              ? buffers.take(n)
+              : undefined;
             push(
-              readDataItem(piece).then((data) => ({
+              readDataItem(piece, buffer).then((data) => ({
                 offset: piece.offset,
                 length: n,
                 data,
               })),
               n,
+              buffer,
             );
             while (full()) yield await next();
           }
@@ -210,6 +238,27 @@ export async function* readSegments(
     while (queue.length > 0) yield await next();
   } finally {
     queue.length = 0;
+  }
+}
+
+/**
+ * Buffers by size class (powers of two from 64 KiB): what is put back is
+ * taken again, so a long read allocates only as many as are out at once.
+ */
+class BufferPool {
+  #free = new Map<number, Uint8Array[]>();
+
+  /** A buffer of at least `length` bytes. */
+  take(length: number): Uint8Array {
+    const size = Math.max(65536, 2 ** Math.ceil(Math.log2(length)));
+    return this.#free.get(size)?.pop() ?? new Uint8Array(size);
+  }
+
+  /** Gives a buffer back. */
+  put(buffer: Uint8Array): void {
+    const list = this.#free.get(buffer.length);
+    if (list) list.push(buffer);
+    else this.#free.set(buffer.length, [buffer]);
   }
 }
 

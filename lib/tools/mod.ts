@@ -1,7 +1,7 @@
 /**
  * What `qemu-img info`, `check`, `map` and `compare` report, as functions
  * that return plain objects, with the text and JSON that qemu-img prints
- * for them. Each takes a path, bytes or a {@linkcode RandomAccessSource},
+ * for them. Each takes a path, bytes or a `RandomAccessSource`,
  * opens it through the reader (so backing chains, external data files and
  * the rules for untrusted images are the reader's), and closes only what it
  * opened. `check` also reads images the reader refuses (corrupt, encrypted,
@@ -31,8 +31,6 @@
  *
  * @module
  */
-
-import type { RandomAccessSource } from "../io/source.ts";
 
 export type { ImageInput, OpenSource } from "./input.ts";
 export {

@@ -211,10 +211,14 @@ Deno.test("expandToPath() -n: a target smaller than the input is refused before 
     expandToPath(image, target, { inPlace: true }),
     /^Error: Cannot write into .*small\.raw: it has 1048576 bytes, fewer than the input's 2097152 \(it is not grown\)$/,
   );
+  assert.ok((await Deno.readFile(target)).every((b) => b === 9), "untouched");
+  // A stream of unknown length is refused when it overruns the target; what
+  // came before is written by then.
   await assert.rejects(
     expandToPath(failingStream(4 * MiB), target, { inPlace: true }),
     /fewer than the input's 2097152/,
   );
+  await Deno.writeFile(target, old);
   await assert.rejects(
     expandToPath(failingStream(4 * MiB), target, {
       inPlace: true,
