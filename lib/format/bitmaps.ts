@@ -34,6 +34,24 @@ export const BITMAP_FLAGS = {
 
 /**
  * A decoded bitmap directory entry.
+ *
+ * @example One entry of a bitmap directory, decoded
+ * ```ts
+ * import assert from "node:assert";
+ * import { BITMAP_FLAGS, type BitmapEntry, parseBitmapDirectory } from "./bitmaps.ts";
+ * const dir = new Uint8Array(32);
+ * const v = new DataView(dir.buffer);
+ * v.setBigUint64(0, 0x70000n); // bitmap table offset
+ * v.setUint32(8, 1); // table entries
+ * v.setUint32(12, BITMAP_FLAGS.AUTO);
+ * dir[16] = 1; // dirty tracking
+ * dir[17] = 16; // one bit per 64 KiB
+ * v.setUint16(18, 5); // name length, no extra data
+ * dir.set(new TextEncoder().encode("dirty"), 24);
+ * const [entry]: BitmapEntry[] = parseBitmapDirectory(dir, 1);
+ * assert.strictEqual(entry.name, "dirty");
+ * assert.strictEqual(2 ** entry.granularityBits, 65536);
+ * ```
  */
 export interface BitmapEntry {
   /** Host offset of the bitmap table. */

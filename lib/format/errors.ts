@@ -23,6 +23,18 @@
  *   image whose format was probed names a file outside its directory)
  * - `DECOMPRESS`: a compressed cluster does not decompress to a full cluster
  * - `IO`: the underlying source failed
+ *
+ * @example Tell a damaged image from a failing disk
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "../reader/open.ts";
+ * import { Qcow2Error, type Qcow2ErrorCode } from "./errors.ts";
+ * const bad = new Uint8Array(512);
+ * bad.set([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 9]); // qcow2 magic, version 9
+ * const code: Qcow2ErrorCode | undefined = await openImage(bad, { format: "qcow2" })
+ *   .then(() => undefined, (e) => e instanceof Qcow2Error ? e.code : undefined);
+ * assert.strictEqual(code, "UNSUPPORTED_VERSION");
+ * ```
  */
 export type Qcow2ErrorCode =
   | "BAD_MAGIC"
@@ -41,7 +53,16 @@ export type Qcow2ErrorCode =
   | "DECOMPRESS"
   | "IO";
 
-/** Where in an image a {@linkcode Qcow2Error} was found. */
+/** Where in an image a {@linkcode Qcow2Error} was found. *
+ * @example Point at the field that is wrong
+ * ```ts
+ * import assert from "node:assert";
+ * import { Qcow2Error, type Qcow2ErrorOptions } from "./errors.ts";
+ * const where: Qcow2ErrorOptions = { offset: 20, field: "cluster_bits" };
+ * const err = new Qcow2Error("OUT_OF_RANGE", "Cannot parse header: cluster_bits 31 is out of range [9, 21]", where);
+ * assert.strictEqual(`${err.field} at ${err.offset}`, "cluster_bits at 20");
+ * ```
+ */
 export interface Qcow2ErrorOptions extends ErrorOptions {
   /** Host (file) offset of the offending structure, when known. */
   offset?: number;

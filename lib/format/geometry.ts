@@ -112,7 +112,14 @@ export function l1SizeFor(
   return Math.ceil(size / span);
 }
 
-/** QEMU's sector: virtual sizes are whole multiples of it. */
+/** QEMU's sector: virtual sizes are whole multiples of it. *
+ * @example The virtual size QEMU gives a raw file of 1000 bytes
+ * ```ts
+ * import assert from "node:assert";
+ * import { rawVirtualSize, SECTOR_SIZE } from "./geometry.ts";
+ * assert.strictEqual(rawVirtualSize(1000), 2 * SECTOR_SIZE);
+ * ```
+ */
 export const SECTOR_SIZE = 512;
 
 /**

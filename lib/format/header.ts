@@ -328,7 +328,17 @@ export function serializeHeader(header: Qcow2Header): Uint8Array {
   return out;
 }
 
-/** Fields a caller may set when building a new header. */
+/** Fields a caller may set when building a new header. *
+ * @example A header for 1 GiB at 4 KiB clusters, as bytes
+ * ```ts
+ * import assert from "node:assert";
+ * import { defaultHeader, type DefaultHeaderOptions, parseHeader, serializeHeader } from "./header.ts";
+ * const options: DefaultHeaderOptions = { size: 2 ** 30, clusterBits: 12 };
+ * const back = parseHeader(serializeHeader(defaultHeader(options)));
+ * assert.strictEqual(back.size, 2 ** 30);
+ * assert.strictEqual(back.clusterBits, 12);
+ * ```
+ */
 export interface DefaultHeaderOptions {
   /** Virtual disk size in bytes. */
   size: number;
@@ -376,7 +386,16 @@ export const QEMU_FEATURE_NAMES: readonly FeatureNameEntry[] = [
   { type: 2, bit: 1, name: "raw external data" },
 ];
 
-/** Shape of {@linkcode QEMU_FEATURE_NAMES} entries. */
+/** Shape of {@linkcode QEMU_FEATURE_NAMES} entries. *
+ * @example Name an incompatible feature bit as QEMU does
+ * ```ts
+ * import assert from "node:assert";
+ * import { type FeatureNameEntry, QEMU_FEATURE_NAMES } from "./header.ts";
+ * const name = (type: number, bit: number): string | undefined =>
+ *   QEMU_FEATURE_NAMES.find((f: FeatureNameEntry) => f.type === type && f.bit === bit)?.name;
+ * assert.strictEqual(name(0, 1), "corrupt bit");
+ * ```
+ */
 export interface FeatureNameEntry {
   /** 0 incompatible, 1 compatible, 2 autoclear. */
   type: number;

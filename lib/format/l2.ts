@@ -35,6 +35,17 @@ import { splitTableOffset } from "./_bytes.ts";
  * - `zero-alloc`: reads as zeros, a host cluster is preallocated
  * - `normal`: data in a host cluster
  * - `compressed`: compressed data somewhere in the file
+ *
+ * @example The type of an encoded entry
+ * ```ts
+ * import assert from "node:assert";
+ * import { type ClusterType, decodeL2Entry, encodeL2Entry } from "./l2.ts";
+ * const layout = { clusterBits: 16, extendedL2: false, dataFile: false };
+ * const table = new Uint8Array(8);
+ * encodeL2Entry(table, 0, { type: "zero-plain" }, layout);
+ * const type: ClusterType = decodeL2Entry(table, 0, layout).type;
+ * assert.strictEqual(type, "zero-plain");
+ * ```
  */
 export type ClusterType =
   | "unallocated"
@@ -45,6 +56,21 @@ export type ClusterType =
 
 /**
  * How a table is laid out: what every L2 decode needs to know.
+ *
+ * @example A compressed entry read with the cluster size it was written at
+ * ```ts
+ * import assert from "node:assert";
+ * import { decodeL2Entry, encodeL2Entry, type L2Layout } from "./l2.ts";
+ * const layout: L2Layout = { clusterBits: 12, extendedL2: false, dataFile: false };
+ * const table = new Uint8Array(8);
+ * encodeL2Entry(table, 0, { type: "compressed", hostOffset: 0x30200, sectors: 2 }, layout);
+ * // The split between offset and sector count depends on the cluster size.
+ * assert.strictEqual(decodeL2Entry(table, 0, layout).compressed?.sectors, 2);
+ * assert.notStrictEqual(
+ *   decodeL2Entry(table, 0, { ...layout, clusterBits: 16 }).compressed?.sectors,
+ *   2,
+ * );
+ * ```
  */
 export interface L2Layout {
   /** log2 of the cluster size. */
@@ -57,6 +83,18 @@ export interface L2Layout {
 
 /**
  * A decoded L2 entry.
+ *
+ * @example Where a guest cluster is stored
+ * ```ts
+ * import assert from "node:assert";
+ * import { decodeL2Entry, encodeL2Entry, type L2Entry } from "./l2.ts";
+ * const layout = { clusterBits: 16, extendedL2: false, dataFile: false };
+ * const table = new Uint8Array(8);
+ * encodeL2Entry(table, 0, { type: "normal", hostOffset: 0x50000, copied: true }, layout);
+ * const entry: L2Entry = decodeL2Entry(table, 0, layout);
+ * assert.strictEqual(entry.hostOffset, 0x50000);
+ * assert.ok(entry.copied);
+ * ```
  */
 export interface L2Entry {
   /** The cluster type. */
@@ -183,6 +221,17 @@ function u32At(bytes: Uint8Array, at: number): number {
 
 /**
  * What to encode into an L2 entry.
+ *
+ * @example A compressed cluster's entry
+ * ```ts
+ * import assert from "node:assert";
+ * import { decodeL2Entry, encodeL2Entry, type L2EntryInit } from "./l2.ts";
+ * const layout = { clusterBits: 16, extendedL2: false, dataFile: false };
+ * const init: L2EntryInit = { type: "compressed", hostOffset: 0x30200, sectors: 3 };
+ * const table = new Uint8Array(8);
+ * encodeL2Entry(table, 0, init, layout);
+ * assert.deepStrictEqual(decodeL2Entry(table, 0, layout).compressed, { hostOffset: 0x30200, sectors: 3 });
+ * ```
  */
 export type L2EntryInit =
   | { type: "unallocated"; allocMask?: number; zeroMask?: number }
@@ -278,6 +327,18 @@ const ALL_SUBCLUSTERS = 0xffffffff;
  *   cluster is allocated (extended L2)
  * - `invalid`: the bitmap contradicts itself (a subcluster both allocated
  *   and zero, or allocated bits in an unallocated cluster)
+ *
+ * @example A cluster written only in its first half
+ * ```ts
+ * import assert from "node:assert";
+ * import { decodeL2Entry, encodeL2Entry, subclusterType, type SubclusterType } from "./l2.ts";
+ * const layout = { clusterBits: 16, extendedL2: true, dataFile: false };
+ * const table = new Uint8Array(16);
+ * encodeL2Entry(table, 0, { type: "normal", hostOffset: 0x10000, allocMask: 0xffff }, layout);
+ * const entry = decodeL2Entry(table, 0, layout);
+ * const types: SubclusterType[] = [0, 31].map((sc) => subclusterType(entry, sc, true));
+ * assert.deepStrictEqual(types, ["normal", "unallocated-alloc"]);
+ * ```
  */
 export type SubclusterType =
   | "normal"

@@ -24,7 +24,21 @@ import {
   writeU64,
 } from "./_bytes.ts";
 
-/** Length of the fixed part of a snapshot table entry. */
+/** Length of the fixed part of a snapshot table entry. *
+ * @example Where an entry's extra data starts
+ * ```ts
+ * import assert from "node:assert";
+ * import { serializeSnapshotEntry, SNAPSHOT_FIXED_LENGTH } from "./snapshot.ts";
+ * const bytes = serializeSnapshotEntry({
+ *   l1TableOffset: 0x40000, l1Size: 1, id: "1", name: "s", dateSec: 0, dateNsec: 0,
+ *   vmClockNsec: 0n, vmStateSize: 0, vmStateSize32: 0, diskSize: 512, icount: undefined,
+ *   extraData: new Uint8Array(16),
+ * });
+ * const extra = new DataView(bytes.buffer).getUint32(36); // extra_data_size
+ * assert.strictEqual(extra, 16);
+ * assert.strictEqual(new DataView(bytes.buffer).getBigUint64(SNAPSHOT_FIXED_LENGTH + 8), 512n); // disk_size
+ * ```
+ */
 export const SNAPSHOT_FIXED_LENGTH = 40;
 
 /**

@@ -17,6 +17,22 @@ import {
 /**
  * Options of {@linkcode expandToPath}: reading, progress and holes, and
  * how the destination is written.
+ *
+ * @example Replace an existing file, reporting progress
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { expandToPath, type ExpandToPathOptions } from "./expand_to_path.ts";
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeFile(`${dir}/disk.raw`, new Uint8Array([1, 2, 3]));
+ * let done = 0;
+ * const options: ExpandToPathOptions = { force: true, onProgress: (n) => done = n };
+ * await using image = await openImage(new Uint8Array(4096).fill(8));
+ * await expandToPath(image, `${dir}/disk.raw`, options);
+ * assert.strictEqual(done, 4096);
+ * assert.strictEqual((await Deno.stat(`${dir}/disk.raw`)).size, 4096);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export interface ExpandToPathOptions extends ExpandOptions, OutputFileOptions {
   /**

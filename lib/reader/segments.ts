@@ -19,6 +19,18 @@ import { hex, Qcow2Error } from "../format/errors.ts";
 /**
  * A run of guest bytes: `data` holds them, or is `null` when they are all
  * zeros (a hole).
+ *
+ * @example Count the bytes an expansion would write
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { readSegments, type Segment } from "./segments.ts";
+ * const raw = new Uint8Array(1 << 20);
+ * raw.fill(1, 0, 4096);
+ * await using image = await openImage(raw);
+ * const segments: Segment[] = await Array.fromAsync(readSegments(image));
+ * assert.strictEqual(segments.reduce((n, s) => n + s.length, 0), 1 << 20);
+ * ```
  */
 export interface Segment {
   /** Guest offset. */
@@ -31,6 +43,18 @@ export interface Segment {
 
 /**
  * Options for reading an image in order.
+ *
+ * @example Read one MiB from the middle, in 64 KiB pieces
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { type ReadImageOptions, readSegments } from "./segments.ts";
+ * await using image = await openImage(new Uint8Array(4 << 20).fill(2));
+ * const options: ReadImageOptions = { offset: 1 << 20, length: 1 << 20, chunkSize: 65536 };
+ * const pieces = await Array.fromAsync(readSegments(image, options));
+ * assert.strictEqual(pieces.length, 16);
+ * assert.strictEqual(pieces[0].offset, 1 << 20);
+ * ```
  */
 export interface ReadImageOptions {
   /** Workers for decompression; without a pool it runs on this thread. */

@@ -25,6 +25,19 @@ import { makeTempDirIn } from "../io/_temp.ts";
 
 /**
  * Options of {@linkcode openImageStream}.
+ *
+ * @example Spool a standard-layout image in a directory of your choice
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
+ * import { openImageStream, type OpenStreamOptions } from "./stream_open.ts";
+ * const spoolDir = await Deno.makeTempDir();
+ * const options: OpenStreamOptions = { spoolDir, format: "qcow2" };
+ * const qcow2 = await convertToBytes(new Uint8Array(65536).fill(4), { workers: 1 });
+ * await using opened = await openImageStream(ReadableStream.from([qcow2]), options);
+ * assert.ok(opened.spoolPath.startsWith(spoolDir));
+ * assert.deepStrictEqual(await opened.image.readAt(0, 2), new Uint8Array([4, 4]));
+ * ```
  */
 export interface OpenStreamOptions extends OpenImageOptions {
   /** Directory for spool files. @default {the system temporary directory} */
@@ -33,6 +46,19 @@ export interface OpenStreamOptions extends OpenImageOptions {
 
 /**
  * An image opened from a stream.
+ *
+ * @example Say how a piped image was read
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
+ * import { openImageStream, type StreamedImage } from "./stream_open.ts";
+ * const qcow2 = await convertToBytes(new Uint8Array(1 << 20).fill(1), { workers: 1 });
+ * await using opened: StreamedImage = await openImageStream(ReadableStream.from([qcow2]));
+ * // The standard layout writes L2 tables after the data they map: the image
+ * // waits whole in the spool before it is read (the streamable one does not).
+ * assert.strictEqual(opened.onePass, false);
+ * assert.strictEqual(opened.spoolBytes, qcow2.length);
+ * ```
  */
 export interface StreamedImage extends AsyncDisposable {
   /**

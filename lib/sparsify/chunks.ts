@@ -45,7 +45,21 @@ export interface FreeSpaceChunksOptions {
   map?: FreeSpaceMap;
 }
 
-/** A disk as a stream for the forward pipeline, and what its map found. */
+/** A disk as a stream for the forward pipeline, and what its map found. *
+ * @example Stream a bare swap area and say what was dropped
+ * ```ts
+ * import assert from "node:assert";
+ * import { BytesSource } from "../io/source.ts";
+ * import { freeSpaceChunks, type SparsifiedStream } from "./chunks.ts";
+ * const disk = new Uint8Array(1 << 20);
+ * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
+ * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
+ * disk.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+ * const { readable, report }: SparsifiedStream = await freeSpaceChunks(new BytesSource(disk));
+ * await readable.cancel();
+ * assert.strictEqual(report.regions[0].found, "swap");
+ * ```
+ */
 export interface SparsifiedStream {
   /** Bytes, with free ranges (and holes) as `{ zeros: n }`. */
   readable: ReadableStream<Uint8Array | ZeroBytes>;

@@ -38,6 +38,16 @@ export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
 
 /**
  * An internal snapshot as `qemu-img info` lists it.
+ *
+ * @example List the snapshots of an image (ours has none)
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { imageInfo, type SnapshotInfo } from "@qcow2pipe/qcow2pipe/tools";
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { workers: 1 }));
+ * const names = info.snapshots.map((s: SnapshotInfo) => `${s.id} ${s.name}`);
+ * assert.deepStrictEqual(names, []);
+ * ```
  */
 export interface SnapshotInfo {
   /** Unique ID. */
@@ -58,6 +68,16 @@ export interface SnapshotInfo {
 
 /**
  * A persistent dirty bitmap.
+ *
+ * @example The bitmaps of an image (ours has none)
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { type BitmapInfo, imageInfo } from "@qcow2pipe/qcow2pipe/tools";
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { workers: 1 }));
+ * const bitmaps: BitmapInfo[] = info.qcow2?.bitmaps ?? [];
+ * assert.strictEqual(bitmaps.length, 0);
+ * ```
  */
 export interface BitmapInfo {
   /** Name. */
@@ -70,6 +90,16 @@ export interface BitmapInfo {
 
 /**
  * The qcow2 part of {@linkcode ImageInfo}.
+ *
+ * @example What kind of qcow2 an image is
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { imageInfo, type Qcow2Info } from "@qcow2pipe/qcow2pipe/tools";
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { compression: "zstd", workers: 1 }));
+ * const q: Qcow2Info = info.qcow2!;
+ * assert.deepStrictEqual([q.compat, q.compressionType, q.refcountBits], ["1.1", "zstd", 16]);
+ * ```
  */
 export interface Qcow2Info {
   /** `0.10` (version 2) or `1.1` (version 3). */
