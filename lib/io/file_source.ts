@@ -82,14 +82,12 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * @param length Bytes wanted.
    * @returns The bytes (shorter at the end of the file).
    */
-  read(offset: number, length: number): Promise<Uint8Array> {
-    try {
-      return Promise.resolve(this.#readNow(offset, length));
-    } catch (err) {
-      return Promise.reject(
-        fileError(`read ${this.name} at offset ${offset}`, err),
-      );
-    }
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    const out = new Uint8Array(
+      Math.max(0, Math.min(length, this.#size - offset)),
+    );
+    const done = await this.readInto(offset, out);
+    return done === out.length ? out : out.subarray(0, done);
   }
 
   /**
@@ -108,13 +106,6 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
         fileError(`read ${this.name} at offset ${offset}`, err),
       );
     }
-  }
-
-  #readNow(offset: number, length: number): Uint8Array {
-    const want = Math.max(0, Math.min(length, this.#size - offset));
-    const out = new Uint8Array(want);
-    const done = this.#readIntoNow(offset, out);
-    return done === want ? out : out.subarray(0, done);
   }
 
   #readIntoNow(offset: number, into: Uint8Array): number {
