@@ -15,6 +15,7 @@ import type { HostWrite, ZeroBytes } from "./writer/records.ts";
 import { freeSpaceChunks } from "./sparsify/chunks.ts";
 import type { SparsifyReport } from "./sparsify/report.ts";
 import { FreeSpaceStream } from "./sparsify/stream.ts";
+import { doneWith } from "./io/_recycle.ts";
 
 /**
  * Options of {@linkcode convert}: the writer's, and `sparsify`.
@@ -140,7 +141,12 @@ export async function convert(
     try {
       const sink = isFile
         ? new WritableStream<HostWrite>({
-          write: (w) => output.writeAt(w.offset, w.data),
+          async write(w) {
+            await output.writeAt(w.offset, w.data);
+            // An ImageSink is done with bytes once writeAt resolves, and
+            // writes come in pipeline order: buffers may go round.
+            doneWith(w.data);
+          },
         })
         : output;
       await stream.pipeThrough(writer).pipeTo(sink);

@@ -291,7 +291,11 @@ export async function openInput(
   options.cleanups.push(() => image.close());
   if (image.format === "raw" && options.toQcow2) {
     // Raw file to qcow2: large sequential reads that skip the file's holes.
-    return { raw: sparseFileChunks(src), total: image.virtualSize };
+    // Its chunks go round: convert() to a file reports when they are written.
+    return {
+      raw: sparseFileChunks(src, undefined, { recycle: true }),
+      total: image.virtualSize,
+    };
   }
   return { image, total: image.virtualSize };
 }

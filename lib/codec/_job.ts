@@ -1,6 +1,6 @@
 // One pool job, run either in a worker or inline on the calling thread.
 import { type ClusterCodec, type CodecOptions, createCodec } from "./codecs.ts";
-import { concatBytes } from "../format/_bytes.ts";
+import { COMPRESSED_SECTOR_SIZE } from "../format/constants.ts";
 
 /**
  * A cache of codecs for one thread (a worker, or the pool's inline path),
@@ -25,40 +25,80 @@ export function codecCache(): (options: CodecOptions) => Promise<ClusterCodec> {
 export interface JobInput {
   op: "compress" | "decompress";
   clusterSize: number;
-  /** compress: whole clusters back to back; decompress: payloads back to back. */
+  /**
+   * compress: whole clusters back to back, laid out again in place as the
+   * result; decompress: payloads back to back.
+   */
   data: Uint8Array;
   /** decompress: the length of each payload. */
   lengths: number[];
+  /** decompress: where the clusters go (allocated when absent). */
+  out?: Uint8Array;
 }
 
+/** What one job gives back. */
+export interface JobOutput {
+  /**
+   * compress: in the input's memory, each cluster at `offsets[i]`: its
+   * payload (`lengths[i]` bytes, zero-padded to the next 512-byte boundary)
+   * or, where `lengths[i]` is 0, the cluster as it was.
+   * decompress: the clusters back to back.
+   */
+  data: Uint8Array;
+  /** compress: payload lengths, 0 for a cluster that does not compress. */
+  lengths: number[];
+  /** compress: where each cluster's bytes start in `data`. */
+  offsets: number[];
+}
+
+/** Compression output of one cluster, before it is moved into place. */
+let scratch = new Uint8Array(0);
+
 /**
- * compress: returns the compressed payloads back to back and their lengths
- * (0 for a cluster that does not compress).
- * decompress: returns the clusters back to back.
+ * Runs one job. Compression lays its result out over its input: cluster
+ * `i` starts at or before `i * clusterSize` (a payload never takes more
+ * room than its cluster), so nothing is overwritten before it is read.
+ * Payloads start at 512-byte boundaries, as the packer places them, so a
+ * run of them is written straight from this memory.
  */
-export function runJob(
-  codec: ClusterCodec,
-  job: JobInput,
-): { data: Uint8Array; lengths: number[] } {
+export function runJob(codec: ClusterCodec, job: JobInput): JobOutput {
   const cs = job.clusterSize;
+  const { data } = job;
   if (job.op === "compress") {
-    const count = job.data.length / cs;
-    const parts: Uint8Array[] = [];
+    if (scratch.length < cs) scratch = new Uint8Array(cs);
+    const count = data.length / cs;
     const lengths: number[] = [];
+    const offsets: number[] = [];
+    let at = 0;
     for (let i = 0; i < count; i++) {
-      const out = codec.compress(job.data.subarray(i * cs, (i + 1) * cs));
-      lengths.push(out ? out.length : 0);
-      if (out) parts.push(out);
+      const n = codec.compressTo(data.subarray(i * cs, (i + 1) * cs), scratch);
+      lengths.push(n);
+      offsets.push(at);
+      if (n === 0) {
+        if (at !== i * cs) data.copyWithin(at, i * cs, (i + 1) * cs);
+        at += cs;
+      } else {
+        const end = at + n;
+        data.set(scratch.subarray(0, n), at);
+        at = Math.ceil(end / COMPRESSED_SECTOR_SIZE) * COMPRESSED_SECTOR_SIZE;
+        data.fill(0, end, at);
+      }
     }
-    return { data: concatBytes(parts), lengths };
+    return { data: data.subarray(0, at), lengths, offsets };
   }
-  const data = new Uint8Array(job.lengths.length * cs);
+  const count = job.lengths.length;
+  const out = job.out?.subarray(0, count * cs) ?? new Uint8Array(count * cs);
+  if (out.length < count * cs) {
+    throw new RangeError(
+      `Cannot decompress ${count} clusters into ${out.length} bytes`,
+    );
+  }
   let at = 0;
   job.lengths.forEach((length, i) => {
     try {
-      data.set(
-        codec.decompress(job.data.subarray(at, at + length), cs),
-        i * cs,
+      codec.decompressTo(
+        data.subarray(at, at + length),
+        out.subarray(i * cs, (i + 1) * cs),
       );
     } catch (err) {
       (err as { index?: number }).index = i;
@@ -66,5 +106,5 @@ export function runJob(
     }
     at += length;
   });
-  return { data, lengths: [] };
+  return { data: out, lengths: [], offsets: [] };
 }

@@ -41,9 +41,13 @@ export function serveCodecJobs(): void {
     let res: PoolResponse;
     try {
       const codec = await codecFor(req.codec);
-      const { data, lengths } = runJob(codec, req);
-      res = { id: req.id, data, lengths };
-      scope.postMessage(res, [data.buffer as ArrayBuffer]);
+      const { data, lengths, offsets } = runJob(codec, req);
+      // Every buffer goes back: the pool uses them again.
+      const input = req.data.buffer === data.buffer ? undefined : req.data;
+      res = { id: req.id, data, lengths, offsets, input };
+      const transfer = [data.buffer as ArrayBuffer];
+      if (input) transfer.push(input.buffer as ArrayBuffer);
+      scope.postMessage(res, transfer);
     } catch (err) {
       const e = err as {
         message?: string;

@@ -32,11 +32,21 @@ export interface PoolRequest {
   data: Uint8Array;
   /** decompress: payload lengths. */
   lengths: number[];
+  /** decompress: where the clusters go (transferred). */
+  out?: Uint8Array;
 }
 
 /** A codec worker's answer. */
 export type PoolResponse =
-  | { id: number; data: Uint8Array; lengths: number[] }
+  | {
+    id: number;
+    /** The result, in the memory of the request's `data` (compress) or `out`. */
+    data: Uint8Array;
+    lengths: number[];
+    offsets: number[];
+    /** decompress: the request's `data`, given back to be used again. */
+    input?: Uint8Array;
+  }
   | {
     id: number;
     error: { message: string; code?: string; name?: string; index?: number };
@@ -77,18 +87,26 @@ export interface CodecPoolOptions {
  * crypto.getRandomValues(clusters.subarray(4096));
  * const result = await pool.compress({ type: "zstd" }, clusters, 4096);
  * assert.strictEqual(result.lengths[1], 0); // stored as it is
- * assert.strictEqual(result.data.length, result.lengths[0]);
+ * assert.strictEqual(result.offsets[1], 512); // after the first payload, padded
+ * const stored = result.data.subarray(result.offsets[1], result.offsets[1] + 4096);
+ * assert.deepStrictEqual(stored, clusters.subarray(4096));
  * ```
  */
 export interface CompressResult {
-  /** Compressed payloads back to back. */
+  /**
+   * Each cluster's bytes: its payload, zero-padded to the next 512-byte
+   * boundary (where the packer places payloads), or the cluster itself
+   * when it did not compress.
+   */
   data: Uint8Array;
   /** Payload length per cluster; 0 when the cluster did not compress. */
   lengths: number[];
+  /** Where each cluster's bytes start in `data`. */
+  offsets: number[];
 }
 
 interface Pending {
-  resolve: (r: { data: Uint8Array; lengths: number[] }) => void;
+  resolve: (r: CompressResult) => void;
   reject: (e: unknown) => void;
   worker: number;
 }
@@ -108,7 +126,7 @@ interface Pending {
  * await using pool = new CodecPool({ workers: 2 });
  * const clusters = new Uint8Array(2 * 4096).fill(1);
  * const packed = await pool.compress({ type: "zstd" }, clusters, 4096);
- * const payloads = [packed.data.subarray(0, packed.lengths[0]), packed.data.subarray(packed.lengths[0])];
+ * const payloads = packed.offsets.map((at, i) => packed.data.subarray(at, at + packed.lengths[i]));
  * assert.deepStrictEqual(await pool.decompress({ type: "zstd" }, payloads, 4096), clusters);
  * ```
  */
@@ -121,6 +139,8 @@ export class CodecPool implements AsyncDisposable {
   #failure: Error | undefined;
   #inline = codecCache();
   #count: number;
+  /** Buffers that carried payloads to a worker and came back. */
+  #carriers: ArrayBuffer[] = [];
 
   /**
    * Creates the pool; its workers start with the first job.
@@ -175,21 +195,43 @@ export class CodecPool implements AsyncDisposable {
    * Compresses whole clusters.
    *
    * @param codec Codec type, level and backend.
-   * @param clusters `n * clusterSize` bytes. Not modified.
+   * @param clusters `n * clusterSize` bytes. Not modified, unless they
+   * are `job` itself.
    * @param clusterSize Cluster size in bytes.
-   * @returns The payloads and their lengths.
+   * @param job A buffer of at least `clusters.length` bytes to carry the
+   * job (a copy of the clusters is made in it when they are not there
+   * already). Its whole `ArrayBuffer` is handed to the worker, and the
+   * result comes back in its memory, so the caller can use it again
+   * once done with the result. Allocated when absent.
+   * @returns The payloads, their lengths and where each starts.
    * @throws {Error} When the pool is closed or a worker failed.
    */
   compress(
     codec: CodecOptions,
     clusters: Uint8Array,
     clusterSize: number,
+    job?: Uint8Array,
   ): Promise<CompressResult> {
+    let data: Uint8Array;
+    if (job === undefined) {
+      data = clusters.slice();
+    } else if (job.length < clusters.length) {
+      throw new RangeError(
+        `Cannot compress clusters: the job buffer holds ${job.length} bytes, not ${clusters.length}`,
+      );
+    } else {
+      data = job.subarray(0, clusters.length);
+      if (
+        clusters.buffer !== job.buffer || clusters.byteOffset !== job.byteOffset
+      ) {
+        data.set(clusters);
+      }
+    }
     return this.#submit({
       op: "compress",
       codec: plainOptions(codec),
       clusterSize,
-      data: clusters.slice(),
+      data,
       lengths: [],
     });
   }
@@ -201,6 +243,9 @@ export class CodecPool implements AsyncDisposable {
    * @param payloads One compressed payload per cluster (may carry trailing
    * bytes of the last sector).
    * @param clusterSize Cluster size in bytes.
+   * @param out Where the clusters go, at least `payloads.length *
+   * clusterSize` bytes. Its whole `ArrayBuffer` is handed to the worker;
+   * the result comes back in its memory. Allocated when absent.
    * @returns The clusters back to back.
    * @throws {Qcow2Error} `DECOMPRESS` naming the reason; its `index` says
    * which payload failed.
@@ -209,9 +254,16 @@ export class CodecPool implements AsyncDisposable {
     codec: CodecOptions,
     payloads: Uint8Array[],
     clusterSize: number,
+    out?: Uint8Array,
   ): Promise<Uint8Array> {
+    const need = payloads.length * clusterSize;
+    if (out !== undefined && out.length < need) {
+      throw new RangeError(
+        `Cannot decompress clusters: the output holds ${out.length} bytes, not ${need}`,
+      );
+    }
     const total = payloads.reduce((n, p) => n + p.length, 0);
-    const data = new Uint8Array(total);
+    const data = this.#carrier(total);
     let at = 0;
     for (const p of payloads) {
       data.set(p, at);
@@ -223,12 +275,28 @@ export class CodecPool implements AsyncDisposable {
       clusterSize,
       data,
       lengths: payloads.map((p) => p.length),
+      out: out?.subarray(0, need),
     }).then((r) => r.data);
   }
 
-  #submit(
-    job: Omit<PoolRequest, "id">,
-  ): Promise<{ data: Uint8Array; lengths: number[] }> {
+  /** A buffer for `length` bytes of payloads: one that came back, or new. */
+  #carrier(length: number): Uint8Array {
+    const i = this.#carriers.findIndex((b) => b.byteLength >= length);
+    if (i >= 0) {
+      return new Uint8Array(this.#carriers.splice(i, 1)[0], 0, length);
+    }
+    const size = Math.max(65536, 2 ** Math.ceil(Math.log2(length || 1)));
+    return new Uint8Array(new ArrayBuffer(size), 0, length);
+  }
+
+  /** Keeps a carrier that came back (a few, for the jobs in flight). */
+  #keep(buffer: ArrayBuffer): void {
+    if (this.#carriers.length < 2 * this.#count + 4) {
+      this.#carriers.push(buffer);
+    }
+  }
+
+  #submit(job: Omit<PoolRequest, "id">): Promise<CompressResult> {
     if (this.#failure) return Promise.reject(this.#failure);
     if (this.#closed) {
       return Promise.reject(
@@ -246,14 +314,16 @@ export class CodecPool implements AsyncDisposable {
       this.#pending.set(id, { resolve, reject, worker });
       this.#load[worker]++;
       const req: PoolRequest = { id, ...job };
-      this.#workers[worker].postMessage(req, [job.data.buffer as ArrayBuffer]);
+      const transfer = [job.data.buffer as ArrayBuffer];
+      if (job.out) transfer.push(job.out.buffer as ArrayBuffer);
+      this.#workers[worker].postMessage(req, transfer);
     });
   }
 
-  async #runInline(
-    job: Omit<PoolRequest, "id">,
-  ): Promise<{ data: Uint8Array; lengths: number[] }> {
-    return runJob(await this.#inline(job.codec), job);
+  async #runInline(job: Omit<PoolRequest, "id">): Promise<CompressResult> {
+    const result = runJob(await this.#inline(job.codec), job);
+    if (job.op === "decompress") this.#keep(job.data.buffer as ArrayBuffer);
+    return result;
   }
 
   #settle(res: Exclude<PoolResponse, { fatal: string }>): void {
@@ -269,7 +339,12 @@ export class CodecPool implements AsyncDisposable {
       if (index !== undefined) Object.assign(err, { index });
       pending.reject(err);
     } else {
-      pending.resolve({ data: res.data, lengths: res.lengths });
+      if (res.input) this.#keep(res.input.buffer as ArrayBuffer);
+      pending.resolve({
+        data: res.data,
+        lengths: res.lengths,
+        offsets: res.offsets,
+      });
     }
   }
 

@@ -1,5 +1,9 @@
 // Argument checks shared by the writer stages.
-import { MAX_CLUSTER_BITS, MIN_CLUSTER_BITS } from "../format/constants.ts";
+import {
+  COMPRESSED_SECTOR_SIZE,
+  MAX_CLUSTER_BITS,
+  MIN_CLUSTER_BITS,
+} from "../format/constants.ts";
 import type { ClusterRecord } from "./records.ts";
 import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
 import type { BackingFileName } from "./finalizer.ts";
@@ -112,12 +116,17 @@ export function checkRecord(
       );
     }
   } else if (record.kind === "compressed") {
-    const total = record.lengths.reduce((n, l) => n + l, 0);
-    const tooLong = record.lengths.find((l) => l >= clusterSize);
-    if (
-      record.lengths.length !== record.count || total !== record.data.length ||
-      tooLong !== undefined
-    ) {
+    const { lengths, offsets } = record;
+    const total = lengths.reduce((n, l) => n + l, 0);
+    const tooLong = lengths.find((l) => l >= clusterSize);
+    const laidOut = offsets
+      ? offsets.length === lengths.length &&
+        offsets.every((at, i) =>
+          at % COMPRESSED_SECTOR_SIZE === 0 &&
+          at + lengths[i] <= (offsets[i + 1] ?? record.data.length)
+        )
+      : total === record.data.length;
+    if (lengths.length !== record.count || !laidOut || tooLong !== undefined) {
       throw mismatch(
         `a compressed record of ${record.count} cluster(s) at index ${record.index} has ${record.lengths.length} payload(s) of ${total} bytes${
           tooLong === undefined ? "" : `, one of ${tooLong} bytes`

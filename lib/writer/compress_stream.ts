@@ -13,6 +13,7 @@ import type {
 } from "../codec/codecs.ts";
 import type { ClusterRecord } from "./records.ts";
 import { checkClusterSize, checkRecord } from "./_options.ts";
+import { doneWith, Recycler } from "../io/_recycle.ts";
 
 /**
  * Options of {@linkcode CompressStream}.
@@ -105,6 +106,8 @@ export class CompressStream
       1,
       Math.floor((options.jobBytes ?? 1024 * 1024) / cs),
     );
+    // Job buffers go round: see lib/io/_recycle.ts.
+    const jobs = new Recycler(jobClusters * cs);
     const queue: Promise<ClusterRecord[]>[] = [];
     const push = (job: Promise<ClusterRecord[]>) => {
       job.catch(() => {}); // awaited in order; avoid unhandled rejections
@@ -118,12 +121,17 @@ export class CompressStream
             const count = Math.min(jobClusters, record.count - i);
             const data = record.data.subarray(i * cs, (i + count) * cs);
             const index = record.index + i;
+            const job = jobs.take();
             push(
-              pool.compress(codec, data, cs).then((r) =>
-                split(r, index, count, data, cs)
-              ),
+              pool.compress(codec, data, cs, job).then((r) => {
+                jobs.moved(job.buffer, r.data.buffer as ArrayBuffer);
+                return split(r, index, count, cs);
+              }),
             );
           }
+          // Copied into the jobs: nothing after this stage holds the
+          // input's bytes, so its buffers may go round (if they do).
+          doneWith(record.data);
         } else {
           push(Promise.resolve([record]));
         }
@@ -145,36 +153,33 @@ function split(
   result: CompressResult,
   index: number,
   count: number,
-  data: Uint8Array,
   cs: number,
 ): ClusterRecord[] {
+  const { data, lengths, offsets } = result;
   const out: ClusterRecord[] = [];
   let i = 0;
-  let payloadAt = 0;
   while (i < count) {
     const start = i;
-    if (result.lengths[i] === 0) {
-      while (i < count && result.lengths[i] === 0) i++;
+    const from = offsets[start];
+    if (lengths[i] === 0) {
+      while (i < count && lengths[i] === 0) i++;
       out.push({
         kind: "data",
         index: index + start,
         count: i - start,
-        data: data.subarray(start * cs, i * cs),
+        data: data.subarray(from, from + (i - start) * cs),
       });
     } else {
-      const from = payloadAt;
-      const lengths: number[] = [];
-      while (i < count && result.lengths[i] !== 0) {
-        lengths.push(result.lengths[i]);
-        payloadAt += result.lengths[i];
-        i++;
-      }
+      while (i < count && lengths[i] !== 0) i++;
+      // Up to the next cluster's bytes: the last payload's padding too.
+      const to = i < count ? offsets[i] : data.length;
       out.push({
         kind: "compressed",
         index: index + start,
         count: i - start,
-        data: result.data.subarray(from, payloadAt),
-        lengths,
+        data: data.subarray(from, to),
+        lengths: lengths.slice(start, i),
+        offsets: offsets.slice(start, i).map((at) => at - from),
       });
     }
   }

@@ -86,18 +86,28 @@ export class ClusterPacker
           case "compressed": {
             const hostOffsets: number[] = [];
             const sectors: number[] = [];
-            // Merge payloads that land back to back into one write.
+            const { data, lengths, offsets } = record;
+            // Payloads that land back to back become one write: a view of
+            // `data` when it lays them out as they land (CompressStream's
+            // records, with `offsets`), else a copy.
             let runStart = -1;
             let runEnd = -1;
+            let runFrom = 0; // where the run starts in data
+            let inPlace = true;
             let parts: Uint8Array[] = [];
             const flush = () => {
               if (parts.length === 0) return;
-              const buf = new Uint8Array(runEnd - runStart);
-              let at = 0;
-              for (const p of parts) {
-                buf.set(p, at);
-                at += Math.ceil(p.length / COMPRESSED_SECTOR_SIZE) *
-                  COMPRESSED_SECTOR_SIZE;
+              const length = runEnd - runStart;
+              let buf: Uint8Array;
+              if (inPlace && runFrom + length <= data.length) {
+                buf = data.subarray(runFrom, runFrom + length);
+              } else {
+                buf = new Uint8Array(length);
+                let at = 0;
+                for (const p of parts) {
+                  buf.set(p, at);
+                  at += padded(p.length);
+                }
               }
               controller.enqueue({
                 kind: "write",
@@ -107,19 +117,25 @@ export class ClusterPacker
               parts = [];
             };
             let from = 0;
-            for (const length of record.lengths) {
-              const payload = record.data.subarray(from, from + length);
-              from += length;
+            for (let k = 0; k < lengths.length; k++) {
+              const length = lengths[k];
+              const at = offsets ? offsets[k] : from;
+              const payload = data.subarray(at, at + length);
               const offset = allocator.allocCompressed(length);
-              const span = Math.ceil(length / COMPRESSED_SECTOR_SIZE);
+              const span = padded(length);
               hostOffsets.push(offset);
-              sectors.push(span);
+              sectors.push(span / COMPRESSED_SECTOR_SIZE);
               if (offset !== runEnd) {
                 flush();
                 runStart = offset;
+                runFrom = at;
+                inPlace = offsets !== undefined;
+              } else if (at !== runFrom + (offset - runStart)) {
+                inPlace = false;
               }
               parts.push(payload);
-              runEnd = offset + span * COMPRESSED_SECTOR_SIZE;
+              runEnd = offset + span;
+              from = at + length;
             }
             flush();
             controller.enqueue({
@@ -138,4 +154,9 @@ export class ClusterPacker
     });
     this.allocator = allocator;
   }
+}
+
+/** A payload's room: its length rounded up to whole 512-byte sectors. */
+function padded(length: number): number {
+  return Math.ceil(length / COMPRESSED_SECTOR_SIZE) * COMPRESSED_SECTOR_SIZE;
 }

@@ -17,7 +17,10 @@
  * - `backing`: `count` clusters that read the same as the backing image
  *   (delta images: left unallocated for the backing to answer)
  * - `compressed`: `count` clusters compressed; payload `i` is
- *   `lengths[i]` bytes, the payloads back to back in `data`
+ *   `lengths[i]` bytes, the payloads back to back in `data`, or, with
+ *   `offsets`, payload `i` at `offsets[i]`, each starting at a 512-byte
+ *   boundary after the one before with zeros between (what
+ *   `CompressStream` makes: the packer writes such runs without copying)
  * - `end`: the input is over; `size` is its exact length in bytes
  *
  * @example The records of a raw stream with a hole
@@ -42,6 +45,7 @@ export type ClusterRecord =
     count: number;
     data: Uint8Array;
     lengths: number[];
+    offsets?: number[];
   }
   | { kind: "end"; size: number };
 

@@ -14,6 +14,7 @@
  * @module
  */
 
+import { doneWith } from "../io/_recycle.ts";
 import { l1SizeFor } from "../format/geometry.ts";
 import { encodeRefcountTableEntry } from "../format/refcount.ts";
 import type { CodecPool } from "../codec/pool.ts";
@@ -270,6 +271,7 @@ async function collect(
   for await (const record of placed) {
     if (record.kind === "write") {
       await spools.data.writeAt(record.offset - cs, record.data);
+      doneWith(record.data); // written: buffers may go round
       continue;
     }
     if (record.kind === "end") {
