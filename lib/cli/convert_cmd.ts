@@ -87,7 +87,7 @@ qemu-img's options:
 Options of our own:
       --compress TYPE   compress with zlib or zstd (the same as -c -o
                         compression_type=TYPE)
-      --level N         compression level (zlib 1-9, default 6, 9 with
+      --level N         compression level (zlib 1-9, default 4, 9 with
                         --zlib-window 4k; zstd 1-22, default 3)
       --zlib-window SIZE
                         deflate window: 32k (default; smaller and faster,

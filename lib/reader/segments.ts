@@ -134,7 +134,8 @@ export async function* readSegments(
   const queue: {
     job: Promise<Segment>;
     bytes: number;
-    buffer?: Uint8Array;
+    /** The pooled buffer the segment's bytes are in, once it is known. */
+    buffer?: () => Uint8Array | undefined;
   }[] = [];
   const buffers = options.reuseBuffers ? new BufferPool() : undefined;
   // The buffer of the segment last handed out, taken back one step later.
@@ -149,7 +150,7 @@ export async function* readSegments(
   const push = (
     job: Promise<Segment>,
     bytes: number,
-    buffer?: Uint8Array,
+    buffer?: () => Uint8Array | undefined,
   ) => {
     job.catch(() => {}); // awaited in order below; avoid unhandled rejections
     queue.push({ job, bytes, buffer });
@@ -169,7 +170,7 @@ export async function* readSegments(
     const segment = await entry.job;
     // The consumer asked for this one: it is done with the one before.
     if (lent) buffers!.put(lent);
-    lent = entry.buffer;
+    lent = entry.buffer?.();
     return segment;
   };
   // The last decompressed cluster: an overlay with small clusters over a
@@ -178,13 +179,28 @@ export async function* readSegments(
   const flushGroup = () => {
     if (group.length === 0) return;
     const items = group;
-    const clusters = decompressClusters(items, options.pool);
     const cs = items[0].compressed!.clusterSize;
     const n = items.length;
-    push(clusters.then((c) => joinPieces(items, c)), n * cs);
+    const out = buffers?.take(n * cs);
+    const size = out?.length ?? 0; // a transfer detaches `out`: 0 after
+    const clusters = decompressClusters(items, options.pool, out, buffers);
+    // With `out`, the clusters come back in its memory (a transfer gives
+    // it a new ArrayBuffer): that goes back to the pool.
+    let pooled: Uint8Array | undefined;
+    push(
+      clusters.then((c) => {
+        if (out) pooled = new Uint8Array(c.buffer, 0, size);
+        return joinPieces(items, c);
+      }),
+      n * cs,
+      () => pooled,
+    );
     last = {
       item: items[n - 1],
-      cluster: clusters.then((c) => c.subarray((n - 1) * cs, n * cs)),
+      // A copy when the clusters' buffer goes round.
+      cluster: clusters.then((c) =>
+        out ? c.slice((n - 1) * cs, n * cs) : c.subarray((n - 1) * cs, n * cs)
+      ),
     };
     last.cluster.catch(() => {});
     group = [];
@@ -241,7 +257,7 @@ export async function* readSegments(
                 data,
               })),
               n,
-              buffer,
+              buffer && (() => buffer),
             );
             while (full()) yield await next();
           }
@@ -286,23 +302,37 @@ class BufferPool {
   }
 }
 
-/** Reads and decompresses the clusters of consecutive compressed items as one job. */
+/**
+ * Reads and decompresses the clusters of consecutive compressed items as
+ * one job, into `out` when given (else a new buffer); payloads are read
+ * into buffers from `buffers` when given.
+ */
 async function decompressClusters(
   items: PlanItem[],
   pool: CodecPool | undefined,
+  out: Uint8Array | undefined,
+  buffers: BufferPool | undefined,
 ): Promise<Uint8Array> {
   const ranges = items.map((i) => compressedRange(i.compressed!.descriptor));
   const lo = Math.min(...ranges.map((r) => r.offset));
   const hi = Math.max(...ranges.map((r) => r.offset + r.length));
   const total = ranges.reduce((n, r) => n + r.length, 0);
   let payloads: Uint8Array[];
+  let into: Uint8Array | undefined; // a pooled buffer the payloads are in
   if (
     hi - lo <= 2 * total && items.every((i) => i.source === items[0].source)
   ) {
     // Usually packed back to back: one read for the whole group.
     let bytes: Uint8Array;
+    const source = items[0].source!;
+    if (buffers && source.readInto) into = buffers.take(hi - lo);
     try {
-      bytes = await items[0].source!.read(lo, hi - lo);
+      bytes = into
+        ? into.subarray(
+          0,
+          await source.readInto!(lo, into.subarray(0, hi - lo)),
+        )
+        : await source.read(lo, hi - lo);
     } catch (err) {
       throw new Qcow2Error(
         "IO",
@@ -322,23 +352,29 @@ async function decompressClusters(
     payloads = await Promise.all(items.map(readCompressedPayload));
   }
   const { type, clusterSize } = items[0].compressed!;
+  const cs = clusterSize;
   let clusters: Uint8Array;
   try {
     if (pool) {
-      clusters = await pool.decompress({ type }, payloads, clusterSize);
+      // The payloads are copied into the job at once: their buffer is free.
+      const job = pool.decompress({ type }, payloads, cs, out);
+      if (into) buffers!.put(into);
+      clusters = await job;
     } else {
       const codec = await inlineCodec(type);
-      clusters = new Uint8Array(items.length * clusterSize);
+      clusters = out?.subarray(0, items.length * cs) ??
+        new Uint8Array(items.length * cs);
       for (let i = 0; i < items.length; i++) {
         try {
-          clusters.set(
-            codec.decompress(payloads[i], clusterSize),
-            i * clusterSize,
+          codec.decompressTo(
+            payloads[i],
+            clusters.subarray(i * cs, (i + 1) * cs),
           );
         } catch (err) {
           throw Object.assign(err as Error, { index: i });
         }
       }
+      if (into) buffers!.put(into);
     }
   } catch (err) {
     const index = (err as { index?: number }).index ?? 0;

@@ -48,8 +48,8 @@ export interface Qcow2WriterOptions {
   compression?: "none" | "zlib" | "zstd";
   /**
    * Compression level (zlib 1-9, zstd 1-22).
-   * @default {defaultLevel(compression, backend, zlibWindow)}: zlib 6
-   * (9 with node:zlib and a 4 KiB window), zstd 3
+   * @default {defaultLevel(compression, backend, zlibWindow)}: zlib 4 on
+   * node:zlib (9 with a 4 KiB window), 6 on fflate; zstd 3
    */
   level?: number;
   /**

@@ -1,0 +1,127 @@
+// Buffers that go round on the forward path (lib/io/_recycle.ts): the raw
+// file's chunks and the compression jobs are used again once the sink has
+// written what came after them, and the image is still what QEMU reads.
+import assert from "node:assert";
+import { join } from "node:path";
+import { doneWith, Recycler } from "../../lib/io/_recycle.ts";
+import { sparseFileChunks } from "../../lib/io/file_stream.ts";
+import { OutputFile } from "../../lib/io/output_file.ts";
+import { convert } from "../../lib/convert.ts";
+import { ClusterPacker } from "../../lib/writer/packer.ts";
+import type { ClusterRecord, PlacedRecord } from "../../lib/writer/records.ts";
+import {
+  qemuCheckClean,
+  qemuCompareIdentical,
+  qemuTest,
+  tempDir,
+} from "../_qemu.ts";
+import { mixedBytes } from "./_helpers.ts";
+
+Deno.test("Recycler: buffers come back only once a later one is done with, oldest first", () => {
+  const recycler = new Recycler(4096);
+  const [a, b, c] = [recycler.take(), recycler.take(), recycler.take()];
+  assert.strictEqual(new Set([a.buffer, b.buffer, c.buffer]).size, 3);
+  doneWith(b.subarray(100, 200)); // done with a, not yet with b
+  const d = recycler.take();
+  assert.strictEqual(d.buffer, a.buffer, "a is used again");
+  const e = recycler.take();
+  assert.ok(
+    ![b.buffer, c.buffer, d.buffer].includes(e.buffer),
+    "nothing else is free",
+  );
+  doneWith(new Uint8Array(4096)); // not a recycler's: ignored
+  const taken = Array.from({ length: 50 }, () => recycler.take());
+  assert.strictEqual(
+    new Set(taken.map((t) => t.buffer)).size,
+    50,
+    "without doneWith every buffer is new",
+  );
+});
+
+Deno.test("ClusterPacker writes runs of laid-out payloads straight from the record, and copies others", async () => {
+  const cs = 4096;
+  const data = new Uint8Array(4 * 512); // the last padding included
+  data.fill(1, 0, 300); // payload 0: 300 bytes, padding to 512
+  data.fill(2, 512, 512 + 700); // payload 1: 700 bytes, padding to 1536
+  data.fill(3, 1536, 1636); // payload 2: 100 bytes
+  const laidOut: ClusterRecord = {
+    kind: "compressed",
+    index: 0,
+    count: 3,
+    data,
+    lengths: [300, 700, 100],
+    offsets: [0, 512, 1536],
+  };
+  const packed: ClusterRecord = {
+    kind: "compressed",
+    index: 3,
+    count: 2,
+    data: new Uint8Array([...new Uint8Array(10).fill(4), 5, 5]),
+    lengths: [10, 2],
+  };
+  const out: PlacedRecord[] = await Array.fromAsync(
+    ReadableStream.from([laidOut, packed]).pipeThrough(
+      new ClusterPacker({ clusterSize: cs }),
+    ),
+  );
+  const writes = out.filter((r) => r.kind === "write");
+  assert.strictEqual(writes.length, 2);
+  const [first, second] = writes;
+  assert.strictEqual(first.data.buffer, data.buffer, "no copy");
+  assert.deepStrictEqual(first.data, data.subarray(0, 2048));
+  assert.strictEqual(first.offset + 2048, second.offset, "back to back");
+  assert.notStrictEqual(second.data.buffer, packed.data.buffer, "a copy");
+  const expected = new Uint8Array(1024);
+  expected.fill(4, 0, 10);
+  expected.fill(5, 512, 514);
+  assert.deepStrictEqual(second.data, expected);
+});
+
+/** A raw file of `bytes` with a hole before and after the data at `holeAt`. */
+async function sparseRaw(path: string, bytes: Uint8Array, holeAt: number) {
+  using file = await Deno.open(path, { write: true, create: true });
+  await file.write(bytes.subarray(0, holeAt));
+  await file.seek(holeAt + (2 << 20), Deno.SeekMode.Start);
+  await file.write(bytes.subarray(holeAt));
+  await file.truncate(holeAt + (2 << 20) + bytes.length - holeAt + (1 << 20));
+}
+
+for (const compression of ["none", "zlib", "zstd"] as const) {
+  for (const [clusterSize, chunkSize] of [[65536, 100_000], [4096, 65536]]) {
+    qemuTest(
+      `convert: a raw file read in chunks that go round (${compression}, ${clusterSize}-byte clusters, ${chunkSize}-byte chunks) is what QEMU reads`,
+      async () => {
+        await using dir = await tempDir();
+        const raw = join(dir.path, "disk.raw");
+        const out = join(dir.path, "disk.qcow2");
+        await sparseRaw(raw, mixedBytes(6 << 20, 17), 3 << 20);
+        const buffers = new Set<ArrayBufferLike>();
+        let chunks = 0;
+        const seen = new TransformStream<
+          Uint8Array | { zeros: number },
+          Uint8Array | { zeros: number }
+        >({
+          transform(chunk, controller) {
+            if (chunk instanceof Uint8Array) {
+              buffers.add(chunk.buffer);
+              chunks++;
+            }
+            controller.enqueue(chunk);
+          },
+        });
+        await convert(
+          sparseFileChunks(raw, chunkSize, { recycle: true }).pipeThrough(seen),
+          await OutputFile.create(out),
+          { compression, clusterSize, workers: 2 },
+        );
+        await qemuCheckClean(out);
+        await qemuCompareIdentical(raw, out);
+        assert.ok(chunks > 40, `${chunks} chunks`);
+        assert.ok(
+          buffers.size < chunks / 4,
+          `${buffers.size} buffers for ${chunks} chunks`,
+        );
+      },
+    );
+  }
+}
