@@ -265,3 +265,17 @@ export function httpMarkdown(rows: HttpRow[], delayMs = 50): string[] {
     }),
   ];
 }
+
+/** Issue 13's HTTP target: no slower than qemu-img's curl driver. */
+export function httpTargets(
+  rows: HttpRow[],
+): { name: string; met: boolean; measured: string }[] {
+  return rows.map((r) => {
+    const x = median(r.ours) / median(r.qemu);
+    return {
+      name: `HTTP ${r.image} time ≤ 1× qemu-img (curl)`,
+      met: !r.problem && x <= 1,
+      measured: `${x.toFixed(2)}×`,
+    };
+  });
+}

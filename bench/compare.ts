@@ -51,7 +51,12 @@ import {
   sh,
 } from "./_compare_util.ts";
 import { buildBigDisk, buildDisk, diskUsage } from "./_compare_disk.ts";
-import { httpMarkdown, type HttpRow, runHttp } from "./_compare_http.ts";
+import {
+  httpMarkdown,
+  type HttpRow,
+  httpTargets,
+  runHttp,
+} from "./_compare_http.ts";
 import {
   mainTable,
   markdownTable,
@@ -522,7 +527,7 @@ async function main(): Promise<number> {
 
     const mainRows = mainTable(results, reps);
     const scaling = scalingTable(results);
-    const ts = targets(results);
+    const ts = [...targets(results), ...httpTargets(http)];
     const all = results.flatMap((r) => [...r.samples.ours, ...r.samples.qemu]);
     const others = all.map((s) => s.otherCores);
     const loadNote = `other processes kept a median ${
