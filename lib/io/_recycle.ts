@@ -63,6 +63,16 @@ export class Recycler {
     owners.set(now, this);
   }
 
+  /** A buffer taken and never handed on is free again at once. */
+  giveBack(view: Uint8Array): void {
+    const buffer = view.buffer as ArrayBuffer;
+    const i = this.#lent.lastIndexOf(buffer);
+    if (i < 0) return;
+    this.#lent.splice(i, 1);
+    owners.delete(buffer);
+    if (this.#free.length < this.#most) this.#free.push(buffer);
+  }
+
   /** Every buffer lent before `buffer` may be used again. */
   releaseBefore(buffer: ArrayBuffer): void {
     const i = this.#lent.indexOf(buffer);

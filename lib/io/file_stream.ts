@@ -7,6 +7,7 @@
 import { openHoleProber } from "./_holes.ts";
 import { fileError } from "./_errors.ts";
 import { Recycler } from "./_recycle.ts";
+import { isZero } from "../writer/is_zero.ts";
 
 /**
  * A byte stream over a file, read in fresh chunks of `chunkSize` bytes
@@ -188,6 +189,12 @@ export function sparseFileChunks(
         return [buf, { zeros: size - at - buf.length }];
       }
       pos += want;
+      if (isZero(buf)) {
+        // Zeros on disk (a zeroed journal, inode tables) go on as a hole:
+        // the buffer is free again at once, and no stage scans it again.
+        buffers?.giveBack(buf);
+        return [{ zeros: want }];
+      }
       return [buf];
     } catch (err) {
       throw fileError(`read ${path} at offset ${at}`, err);

@@ -125,3 +125,24 @@ for (const compression of ["none", "zlib", "zstd"] as const) {
     );
   }
 }
+
+Deno.test("sparseFileChunks: zeros written in the file go on as holes, their buffers used again at once", async () => {
+  await using dir = await tempDir();
+  const path = join(dir.path, "zeros.raw");
+  const cs = 65536;
+  const file = new Uint8Array(6 * cs);
+  file.fill(1, 0, cs);
+  file.fill(2, 5 * cs); // four chunks of written zeros between
+  await Deno.writeFile(path, file);
+  const chunks = await Array.fromAsync(
+    sparseFileChunks(path, cs, { recycle: true }),
+  );
+  assert.deepStrictEqual(
+    chunks.map((c) => c instanceof Uint8Array ? c[0] : c.zeros),
+    [1, cs, cs, cs, cs, 2],
+  );
+  const [first, last] = [chunks[0], chunks[5]] as Uint8Array[];
+  assert.ok(last.every((b) => b === 2), "the last chunk's own bytes");
+  assert.ok(first.every((b) => b === 1), "the first chunk is not reused");
+  assert.notStrictEqual(first.buffer, last.buffer);
+});
