@@ -23,7 +23,9 @@ export interface RandomAccessSource {
   readonly name?: string;
   /**
    * Reads `length` bytes at `offset`. Returns fewer only when the range runs
-   * past the end of the source.
+   * past the end of the source. The bytes may be a view into a buffer
+   * shared with other reads (`HttpSource` answers reads merged into one
+   * request so): copy them before transferring them to a worker.
    */
   read(offset: number, length: number): Promise<Uint8Array>;
   /**
