@@ -70,7 +70,7 @@ export class Recycler {
     if (i < 0) return;
     this.#lent.splice(i, 1);
     owners.delete(buffer);
-    if (this.#free.length < this.#most) this.#free.push(buffer);
+    this.#keep(buffer);
   }
 
   /** Every buffer lent before `buffer` may be used again. */
@@ -79,7 +79,14 @@ export class Recycler {
     if (i <= 0) return;
     for (const done of this.#lent.splice(0, i)) {
       owners.delete(done);
-      if (this.#free.length < this.#most) this.#free.push(done);
+      this.#keep(done);
+    }
+  }
+
+  /** Keeps a free buffer, unless a transfer that never came back emptied it. */
+  #keep(buffer: ArrayBuffer): void {
+    if (buffer.byteLength === this.size && this.#free.length < this.#most) {
+      this.#free.push(buffer);
     }
   }
 }
