@@ -72,12 +72,13 @@ function answered(res: Response): string {
 /**
  * Bytes asked for by the request that opens a resource: enough for the
  * format detection, the qcow2 header and its extensions, and in an image
- * QEMU made with 64 KiB clusters also its refcount table, L1 table and
- * first L2 table (at 64 to 320 KiB), so that opening an image costs one
- * round trip. At 100 MB/s the extra bytes cost about 5 ms, less than a
- * round trip to a distant server.
+ * QEMU made with clusters up to 128 KiB also its refcount table, L1 table
+ * and first L2 table (at 64 to 320 KiB with 64 KiB clusters, to 640 KiB
+ * with 128 KiB ones), so that opening an image costs one round trip. At
+ * 100 MB/s the extra bytes cost about 10 ms, less than a round trip to a
+ * distant server.
  */
-const PREFIX_BYTES = 512 * 1024;
+const PREFIX_BYTES = 1024 * 1024;
 
 /**
  * Reads closer together than this (bytes between them) go out as one
@@ -98,7 +99,7 @@ interface PendingRead {
 
 /**
  * A {@linkcode RandomAccessSource} over an HTTP(S) resource: opening it is
- * one `Range` request for its first 512 KiB, and reads beyond them go out
+ * one `Range` request for its first 1 MiB, and reads beyond them go out
  * as Range requests, those asked for together merged when they are close, so reading a qcow2 image fetches only its metadata and the clusters
  * read.
  *
@@ -142,7 +143,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   }
 
   /**
-   * Opens the resource with one Range request for its first 512 KiB, which
+   * Opens the resource with one Range request for its first 1 MiB, which
    * gives the size and answers the reads that fall inside them (format
    * detection, the qcow2 header) without more requests.
    *

@@ -215,10 +215,10 @@ qemuTest(
         );
         assert.strictEqual(r.code, 0, r.stderr);
         const what = `${name}, ranges ${ranges}: ${server.requests.join(", ")}`;
-        // Opening is one request for the first 512 KiB.
+        // Opening is one request for the first 1 MiB.
         assert.strictEqual(
           server.requests[0],
-          `GET ${name} bytes=0-524287`,
+          `GET ${name} bytes=0-1048575`,
           what,
         );
         assert.ok(

@@ -61,40 +61,40 @@ async function bytesOf(
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-Deno.test("HttpSource.open() opens with one request for 512 KiB and fetches only what is read", async () => {
-  const body = sampleDisk(1_200_000);
+Deno.test("HttpSource.open() opens with one request for 1 MiB and fetches only what is read", async () => {
+  const body = sampleDisk(2_400_000);
   await using server = serveFiles({
     "disk.raw": body,
     "small.raw": body.slice(0, 3000),
   });
   await using src = await HttpSource.open(server.url("disk.raw"));
   assert.strictEqual(src.size, body.length);
-  // Reads inside the first 512 KiB (format, header, tables) need no request.
-  for (const [offset, length] of [[0, 1], [0, 4], [0, 512], [0, 524288]]) {
+  // Reads inside the first 1 MiB (format, header, tables) need no request.
+  for (const [offset, length] of [[0, 1], [0, 4], [0, 512], [0, 1048576]]) {
     assert.deepStrictEqual(
       await src.read(offset, length),
       body.subarray(offset, offset + length),
     );
   }
-  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-524287"]);
+  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-1048575"]);
   assert.deepStrictEqual(
-    await src.read(723_457, 1000),
-    body.subarray(723_457, 724_457),
+    await src.read(1_723_457, 1000),
+    body.subarray(1_723_457, 1_724_457),
   );
   assert.deepStrictEqual(
     await src.read(body.length - 10, 100),
     body.subarray(body.length - 10),
   );
   assert.deepStrictEqual(server.requests, [
-    "GET disk.raw bytes=0-524287",
-    "GET disk.raw bytes=723457-724456",
-    "GET disk.raw bytes=1199990-1199999",
+    "GET disk.raw bytes=0-1048575",
+    "GET disk.raw bytes=1723457-1724456",
+    "GET disk.raw bytes=2399990-2399999",
   ]);
-  assert.strictEqual(server.bytesSent, 524288 + 1000 + 10);
+  assert.strictEqual(server.bytesSent, 1048576 + 1000 + 10);
   // A resource smaller than that is read whole by the first request.
   await using small = await HttpSource.open(server.url("small.raw"));
   assert.deepStrictEqual(await small.read(0, 5000), body.subarray(0, 3000));
-  assert.strictEqual(server.requests.at(-1), "GET small.raw bytes=0-524287");
+  assert.strictEqual(server.requests.at(-1), "GET small.raw bytes=0-1048575");
 });
 
 Deno.test("HttpSource: reads asked for together go out merged when they are close", async () => {
@@ -102,9 +102,9 @@ Deno.test("HttpSource: reads asked for together go out merged when they are clos
   await using server = serveFiles({ "disk.raw": body });
   await using src = await HttpSource.open(server.url("disk.raw"));
   const asked: [number, number][] = [
-    [600_000, 1000],
-    [700_000, 5000], // 99 KB after the first: merged
-    [650_000, 10], // inside the gap, asked out of order: merged
+    [1_600_000, 1000],
+    [1_700_000, 5000], // 99 KB after the first: merged
+    [1_650_000, 10], // inside the gap, asked out of order: merged
     [3_000_000, 100], // far: a request of its own
   ];
   const got = await Promise.all(asked.map(([o, n]) => src.read(o, n)));
@@ -112,7 +112,7 @@ Deno.test("HttpSource: reads asked for together go out merged when they are clos
     assert.deepStrictEqual(got[i], body.subarray(o, o + n));
   });
   assert.deepStrictEqual(server.requests.slice(1), [
-    "GET disk.raw bytes=600000-704999",
+    "GET disk.raw bytes=1600000-1704999",
     "GET disk.raw bytes=3000000-3000099",
   ]);
   // Reads merged into one request are views of its response, not copies.
@@ -120,16 +120,16 @@ Deno.test("HttpSource: reads asked for together go out merged when they are clos
   assert.notStrictEqual(got[0].buffer, got[3].buffer);
   // Reads one after another are not held back for each other.
   assert.deepStrictEqual(
-    await src.read(800_000, 10),
-    body.subarray(800_000, 800_010),
+    await src.read(1_800_000, 10),
+    body.subarray(1_800_000, 1_800_010),
   );
   assert.deepStrictEqual(
-    await src.read(801_000, 10),
-    body.subarray(801_000, 801_010),
+    await src.read(1_801_000, 10),
+    body.subarray(1_801_000, 1_801_010),
   );
   assert.deepStrictEqual(server.requests.slice(3), [
-    "GET disk.raw bytes=800000-800009",
-    "GET disk.raw bytes=801000-801009",
+    "GET disk.raw bytes=1800000-1800009",
+    "GET disk.raw bytes=1801000-1801009",
   ]);
 });
 
@@ -150,7 +150,7 @@ Deno.test("HttpSource.openOrStream() streams the first response of a server with
   assert.ok(!(opened instanceof HttpSource));
   assert.strictEqual(opened.size, body.length);
   assert.deepStrictEqual(await bytesOf(opened.body), body);
-  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-524287"]);
+  assert.deepStrictEqual(server.requests, ["GET disk.raw bytes=0-1048575"]);
   // With Range support, the same call gives random access.
   await using ranged = serveFiles({ "disk.raw": body });
   const source = await HttpSource.openOrStream(ranged.url("disk.raw"));
@@ -183,17 +183,17 @@ Deno.test("fetchStream() fails when the server cuts the transfer", async () => {
 });
 
 Deno.test("openImage() reads a qcow2 image over HTTP ranges, fetching a fraction of it", async () => {
-  const raw = sampleDisk(4 << 20);
-  raw.fill(0, 1 << 20); // mostly zeros after the first MiB
-  raw.set(sampleDisk(70_000, 7), 3 << 20);
+  const raw = sampleDisk(8 << 20);
+  raw.fill(0, 3 << 20); // mostly zeros after the first 3 MiB
+  raw.set(sampleDisk(70_000, 7), 6 << 20);
   const qcow2 = await convertToBytes(raw, { compression: "zstd", workers: 1 });
   await using server = serveFiles({ "disk.qcow2": qcow2 });
   await using image = await openImage(
     await HttpSource.open(server.url("disk.qcow2")),
   );
   assert.deepStrictEqual(
-    await image.readAt((3 << 20) + 5, 60_000),
-    raw.subarray((3 << 20) + 5, (3 << 20) + 60_005),
+    await image.readAt((6 << 20) + 5, 60_000),
+    raw.subarray((6 << 20) + 5, (6 << 20) + 60_005),
   );
   assert.ok(
     server.bytesSent < qcow2.length,
