@@ -1,6 +1,6 @@
 // One pool job, run either in a worker or inline on the calling thread.
 import { type ClusterCodec, type CodecOptions, createCodec } from "./codecs.ts";
-import { COMPRESSED_SECTOR_SIZE } from "../format/constants.ts";
+import { compressedSpan } from "../format/compressed.ts";
 
 /**
  * A cache of codecs for one thread (a worker, or the pool's inline path),
@@ -80,7 +80,7 @@ export function runJob(codec: ClusterCodec, job: JobInput): JobOutput {
       } else {
         const end = at + n;
         data.set(scratch.subarray(0, n), at);
-        at = Math.ceil(end / COMPRESSED_SECTOR_SIZE) * COMPRESSED_SECTOR_SIZE;
+        at += compressedSpan(n); // `at` stays on a sector boundary
         data.fill(0, end, at);
       }
     }

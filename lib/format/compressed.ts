@@ -205,3 +205,21 @@ export function sectorsFor(hostOffset: number, length: number): number {
   const last = Math.floor((hostOffset + length - 1) / COMPRESSED_SECTOR_SIZE);
   return last - first + 1;
 }
+
+/**
+ * Bytes a compressed payload of `length` bytes takes when it starts on a
+ * sector boundary, as the writer places them: whole 512-byte sectors.
+ *
+ * @param length Payload length in bytes.
+ * @returns The length rounded up to whole sectors.
+ *
+ * @example Payloads in whole sectors
+ * ```ts
+ * import assert from "node:assert";
+ * import { compressedSpan } from "./compressed.ts";
+ * assert.deepStrictEqual([1, 512, 513].map(compressedSpan), [512, 512, 1024]);
+ * ```
+ */
+export function compressedSpan(length: number): number {
+  return Math.ceil(length / COMPRESSED_SECTOR_SIZE) * COMPRESSED_SECTOR_SIZE;
+}

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { COMPRESSED_SECTOR_SIZE } from "../format/constants.ts";
+import { compressedSpan } from "../format/compressed.ts";
 import {
   getRefcount,
   refcountBlockEntries,
@@ -171,8 +171,7 @@ export class HostAllocator {
         }]`,
       );
     }
-    const span = Math.ceil(length / COMPRESSED_SECTOR_SIZE) *
-      COMPRESSED_SECTOR_SIZE;
+    const span = compressedSpan(length);
     let start = this.#fromFragment(span);
     if (start !== -1) return start;
     if (this.#tail !== 0) {

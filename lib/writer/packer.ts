@@ -8,6 +8,7 @@
 
 import { checkRecord } from "./_options.ts";
 import { COMPRESSED_SECTOR_SIZE } from "../format/constants.ts";
+import { compressedSpan } from "../format/compressed.ts";
 import { HostAllocator, type HostAllocatorOptions } from "./host_allocator.ts";
 import type { ClusterRecord, PlacedRecord } from "./records.ts";
 
@@ -106,7 +107,7 @@ export class ClusterPacker
                 let at = 0;
                 for (const p of parts) {
                   buf.set(p, at);
-                  at += padded(p.length);
+                  at += compressedSpan(p.length);
                 }
               }
               controller.enqueue({
@@ -122,7 +123,7 @@ export class ClusterPacker
               const at = offsets ? offsets[k] : from;
               const payload = data.subarray(at, at + length);
               const offset = allocator.allocCompressed(length);
-              const span = padded(length);
+              const span = compressedSpan(length);
               hostOffsets.push(offset);
               sectors.push(span / COMPRESSED_SECTOR_SIZE);
               if (offset !== runEnd) {
@@ -154,9 +155,4 @@ export class ClusterPacker
     });
     this.allocator = allocator;
   }
-}
-
-/** A payload's room: its length rounded up to whole 512-byte sectors. */
-function padded(length: number): number {
-  return Math.ceil(length / COMPRESSED_SECTOR_SIZE) * COMPRESSED_SECTOR_SIZE;
 }
