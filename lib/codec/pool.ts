@@ -8,6 +8,7 @@
 import { Qcow2Error, type Qcow2ErrorCode } from "../format/errors.ts";
 import type { CodecOptions } from "./codecs.ts";
 import { codecCache, runJob } from "./_job.ts";
+import { BufferPool } from "../io/_recycle.ts";
 import {
   CODEC_WORKER_NAME,
   inCodecWorker,
@@ -140,7 +141,7 @@ export class CodecPool implements AsyncDisposable {
   #inline = codecCache();
   #count: number;
   /** Buffers that carried payloads to a worker and came back. */
-  #carriers: ArrayBuffer[] = [];
+  #carriers = new BufferPool();
 
   /**
    * Creates the pool; its workers start with the first job.
@@ -263,7 +264,7 @@ export class CodecPool implements AsyncDisposable {
       );
     }
     const total = payloads.reduce((n, p) => n + p.length, 0);
-    const data = this.#carrier(total);
+    const data = this.#carriers.take(total).subarray(0, total);
     let at = 0;
     for (const p of payloads) {
       data.set(p, at);
@@ -279,21 +280,9 @@ export class CodecPool implements AsyncDisposable {
     }).then((r) => r.data);
   }
 
-  /** A buffer for `length` bytes of payloads: one that came back, or new. */
-  #carrier(length: number): Uint8Array {
-    const i = this.#carriers.findIndex((b) => b.byteLength >= length);
-    if (i >= 0) {
-      return new Uint8Array(this.#carriers.splice(i, 1)[0], 0, length);
-    }
-    const size = Math.max(65536, 2 ** Math.ceil(Math.log2(length || 1)));
-    return new Uint8Array(new ArrayBuffer(size), 0, length);
-  }
-
-  /** Keeps a carrier that came back (a few, for the jobs in flight). */
-  #keep(buffer: ArrayBuffer): void {
-    if (this.#carriers.length < 2 * this.#count + 4) {
-      this.#carriers.push(buffer);
-    }
+  /** Keeps a carrier that came back, for the next job. */
+  #keep(carrier: Uint8Array): void {
+    this.#carriers.put(new Uint8Array(carrier.buffer as ArrayBuffer));
   }
 
   #submit(job: Omit<PoolRequest, "id">): Promise<CompressResult> {
@@ -322,7 +311,7 @@ export class CodecPool implements AsyncDisposable {
 
   async #runInline(job: Omit<PoolRequest, "id">): Promise<CompressResult> {
     const result = runJob(await this.#inline(job.codec), job);
-    if (job.op === "decompress") this.#keep(job.data.buffer as ArrayBuffer);
+    if (job.op === "decompress") this.#keep(job.data);
     return result;
   }
 
@@ -339,7 +328,7 @@ export class CodecPool implements AsyncDisposable {
       if (index !== undefined) Object.assign(err, { index });
       pending.reject(err);
     } else {
-      if (res.input) this.#keep(res.input.buffer as ArrayBuffer);
+      if (res.input) this.#keep(res.input);
       pending.resolve({
         data: res.data,
         lengths: res.lengths,

@@ -92,6 +92,28 @@ export class Recycler {
 }
 
 /**
+ * Buffers by size class (powers of two from 64 KiB), for a holder that
+ * knows when each is done with: what is put back is taken again, so a long
+ * read allocates only as many as are out at once.
+ */
+export class BufferPool {
+  #free = new Map<number, Uint8Array[]>();
+
+  /** A buffer of at least `length` bytes. */
+  take(length: number): Uint8Array {
+    const size = Math.max(65536, 2 ** Math.ceil(Math.log2(length)));
+    return this.#free.get(size)?.pop() ?? new Uint8Array(size);
+  }
+
+  /** Gives a buffer back. */
+  put(buffer: Uint8Array): void {
+    const list = this.#free.get(buffer.length);
+    if (list) list.push(buffer);
+    else this.#free.set(buffer.length, [buffer]);
+  }
+}
+
+/**
  * The last consumer of a pipeline is done with `view`'s bytes and with
  * every buffer its recycler handed out before `view`'s: those may be used
  * again. A view of anything else is ignored.

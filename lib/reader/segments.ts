@@ -5,6 +5,7 @@
  * @module
  */
 
+import { BufferPool } from "../io/_recycle.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import type { GuestImage, PlanItem } from "./image.ts";
 import {
@@ -298,27 +299,6 @@ export async function* readSegments(
     while (queue.length > 0) yield await next();
   } finally {
     queue.length = 0;
-  }
-}
-
-/**
- * Buffers by size class (powers of two from 64 KiB): what is put back is
- * taken again, so a long read allocates only as many as are out at once.
- */
-class BufferPool {
-  #free = new Map<number, Uint8Array[]>();
-
-  /** A buffer of at least `length` bytes. */
-  take(length: number): Uint8Array {
-    const size = Math.max(65536, 2 ** Math.ceil(Math.log2(length)));
-    return this.#free.get(size)?.pop() ?? new Uint8Array(size);
-  }
-
-  /** Gives a buffer back. */
-  put(buffer: Uint8Array): void {
-    const list = this.#free.get(buffer.length);
-    if (list) list.push(buffer);
-    else this.#free.set(buffer.length, [buffer]);
   }
 }
 
