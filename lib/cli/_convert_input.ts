@@ -10,7 +10,12 @@ import {
   sparseFileChunks,
   type ZeroBytes,
 } from "../../mod.ts";
-import { hasQcow2Magic } from "../format/mod.ts";
+import {
+  hasQcow2Magic,
+  PROBE_BYTES,
+  probeFormat,
+  readableFormat,
+} from "../format/mod.ts";
 import { Qcow2Image } from "../reader/qcow2_image.ts";
 import { formatBytes, UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
@@ -104,7 +109,7 @@ async function peek(
   const reader = stream.getReader();
   const parts: Uint8Array[] = [];
   let have = 0;
-  while (have < 4) {
+  while (have < PROBE_BYTES) {
     const { value, done } = await reader.read();
     if (done) break;
     parts.push(value);
@@ -165,13 +170,21 @@ async function openStream(
     return { raw: stream, total: size };
   }
   const { head, all } = await peek(stream);
-  if (!hasQcow2Magic(head)) {
-    if (options.format === "qcow2") {
-      await all.cancel();
-      throw new UsageError(
-        `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
-      );
-    }
+  let qcow2: boolean;
+  try {
+    qcow2 = options.format === "qcow2" ||
+      readableFormat(probeFormat(head, what), what) === "qcow2";
+  } catch (err) {
+    await all.cancel();
+    throw err;
+  }
+  if (qcow2 && !hasQcow2Magic(head)) {
+    await all.cancel();
+    throw new UsageError(
+      `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
+    );
+  }
+  if (!qcow2) {
     if (options.snapshot !== undefined) throw noSnapshots();
     return { raw: all, total: size };
   }
@@ -273,8 +286,12 @@ export async function openInput(
       );
     }
     if (
-      format !== "raw" &&
-      (format === "qcow2" || hasQcow2Magic(await opened.read(0, 4)))
+      format === "qcow2" ||
+      (format !== "raw" &&
+        readableFormat(
+            probeFormat(await opened.read(0, PROBE_BYTES), src),
+            src,
+          ) === "qcow2")
     ) {
       // The image leaves a source passed in open: close it here.
       options.cleanups.push(() => Promise.resolve(opened.close()));

@@ -10,7 +10,7 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
-import { hasQcow2Magic } from "../format/header.ts";
+import { PROBE_BYTES, probeFormat, readableFormat } from "../format/probe.ts";
 import { decodeL2Entry, type L2Layout } from "../format/l2.ts";
 import { compressedRange } from "../format/compressed.ts";
 import { geometryOf } from "../format/geometry.ts";
@@ -249,12 +249,15 @@ export async function openImageStream(
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
   try {
-    await cursor.spoolTo(file, 512);
-    const head = await (await prefixSource()).read(0, 4);
-    const isQcow2 = hasQcow2Magic(head);
+    await cursor.spoolTo(file, PROBE_BYTES);
+    const head = await (await prefixSource()).read(0, PROBE_BYTES);
+    // A probed stream in another format is refused before it is spooled.
+    const isQcow2 = options.format === "qcow2" ||
+      (options.format !== "raw" &&
+        readableFormat(probeFormat(head), "<stream>") === "qcow2");
     let onePass = false;
     let split = 0;
-    if (isQcow2 && options.format !== "raw" && !options.snapshot) {
+    if (isQcow2 && !options.snapshot) {
       // The first cluster holds the header, its extensions and the backing
       // file name; its cluster size is in bytes 20-23.
       const first = await (await prefixSource()).read(20, 4);
