@@ -85,10 +85,17 @@ function readerSnapshot(
   return selector.idOrName ?? selector.id ?? selector.name!;
 }
 
-/** An opened input: an image to read at random, or a raw byte stream. */
+/**
+ * An opened input: an image to read at random, or a raw byte stream (with
+ * the raw file image it streams, when it is one: the files it reads).
+ */
 export type Input =
   | { image: GuestImage; total: number }
-  | { raw: ReadableStream<Uint8Array | ZeroBytes>; total: number | undefined };
+  | {
+    raw: ReadableStream<Uint8Array | ZeroBytes>;
+    total: number | undefined;
+    from?: GuestImage;
+  };
 
 /** How to open SRC. */
 export interface InputOptions {
@@ -314,6 +321,7 @@ export async function openInput(
     return {
       raw: sparseFileChunks(src, 2 * 1024 * 1024, { recycle: true }),
       total: image.virtualSize,
+      from: image,
     };
   }
   return { image, total: image.virtualSize };

@@ -92,7 +92,9 @@ export const CONVERT_OPTIONS = {
   streamable: { type: "boolean" },
   sparsify: { type: "boolean" },
   workers: { type: "string" },
+  // accepted: replacing an existing DST is the default, as in qemu-img
   force: { type: "boolean" },
+  "no-clobber": { type: "boolean" },
   sync: { type: "boolean" },
 } as const;
 
@@ -138,7 +140,8 @@ export interface ConvertSettings {
   /** -n: write into the existing DST. */
   inPlace: boolean;
   targetIsZero: boolean;
-  force: boolean;
+  /** --no-clobber: keep an existing DST, even one that appears meanwhile. */
+  noClobber: boolean;
   sync: boolean;
   quiet: boolean;
   progress?: boolean;
@@ -252,6 +255,11 @@ export function convertSettings(
   const inPlace = values["no-create"] ?? false;
   const targetIsZero = values["target-is-zero"] ?? false;
   checkInPlace(values, { inPlace, targetIsZero, format, dst });
+  if (values["no-clobber"] && values.force) {
+    throw new UsageError(
+      "Cannot convert: --force and --no-clobber contradict each other (replacing DST is the default; --no-clobber keeps it)",
+    );
+  }
   const workers = workersOf(values);
   return {
     src,
@@ -282,7 +290,7 @@ export function convertSettings(
     sparsify: values.sparsify ?? false,
     inPlace,
     targetIsZero,
-    force: values.force ?? false,
+    noClobber: values["no-clobber"] ?? false,
     sync: values.sync ?? false,
     quiet: values.quiet ?? false,
     progress: values.progress,
@@ -396,6 +404,11 @@ function checkInPlace(
   if (inPlace && dst === "-") {
     throw new UsageError(
       "Cannot convert: -n writes into an existing file or device, not standard output",
+    );
+  }
+  if (inPlace && values["no-clobber"]) {
+    throw new UsageError(
+      "Cannot convert: -n writes into the existing DST, which --no-clobber keeps; give one",
     );
   }
   if (inPlace && values.sparsify) {

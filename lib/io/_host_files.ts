@@ -5,7 +5,7 @@
 // mod.ts imports it; core.ts, the runtime-neutral entry, does not, so there
 // a path is refused with one line instead of reaching for `Deno`.
 
-import type { RandomAccessSource } from "./source.ts";
+import type { FileIdentity, RandomAccessSource } from "./source.ts";
 import type { HoleProbe } from "./_holes.ts";
 
 /** What a runtime's file module provides. */
@@ -14,6 +14,12 @@ export interface HostFiles {
   open(path: string): Promise<RandomAccessSource & AsyncDisposable>;
   /** The canonical path (symlinks resolved), to recognise a file met twice. */
   realPath(path: string): Promise<string>;
+  /**
+   * Which file a source opened by {@linkcode HostFiles.open} reads (device
+   * and inode of its open descriptor); undefined for any other source or
+   * where the system has no inode numbers.
+   */
+  identity(source: RandomAccessSource): FileIdentity | undefined;
   /**
    * Whether the local path `target` lies inside directory `dir` (`""` is
    * the working directory), on the file system: symbolic links must not

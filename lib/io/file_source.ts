@@ -10,7 +10,8 @@ import { resolve, sep } from "node:path";
 import { fileError } from "./_errors.ts";
 import { installHostFiles } from "./_host_files.ts";
 import { openHoleProber } from "./_holes.ts";
-import type { RandomAccessSource } from "./source.ts";
+import { identityOf } from "./identity.ts";
+import type { FileIdentity, RandomAccessSource } from "./source.ts";
 
 /**
  * A {@linkcode RandomAccessSource} over a file opened read-only. Reads are
@@ -34,11 +35,23 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
   #size: number;
   /** The path the file was opened from. */
   readonly name: string;
+  /**
+   * The file this source reads, from the open descriptor (`fstat`): what
+   * an output is compared with so that it never overwrites an input.
+   * Undefined where the system has no inode numbers (Windows).
+   */
+  readonly identity: FileIdentity | undefined;
 
-  private constructor(file: Deno.FsFile, size: number, name: string) {
+  private constructor(
+    file: Deno.FsFile,
+    size: number,
+    name: string,
+    identity: FileIdentity | undefined,
+  ) {
     this.#file = file;
     this.#size = size;
     this.name = name;
+    this.identity = identity;
   }
 
   /**
@@ -63,7 +76,7 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
         // Block devices report size 0 in stat; find the end by seeking.
         size = await file.seek(0, Deno.SeekMode.End);
       }
-      return new FileSource(file, size, name);
+      return new FileSource(file, size, name, identityOf(info, name));
     } catch (err) {
       file.close();
       throw err;
@@ -148,6 +161,8 @@ async function realPathOr(path: string): Promise<string> {
 installHostFiles({
   open: (path) => FileSource.open(path),
   realPath: (path) => Deno.realPath(path),
+  identity: (source) =>
+    source instanceof FileSource ? source.identity : undefined,
   async contains(dir, target) {
     const root = resolve(dir === "" ? "." : dir);
     const lexical = resolve(target);
