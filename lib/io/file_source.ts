@@ -6,7 +6,7 @@
  * @module
  */
 
-import { resolve, sep } from "node:path";
+import { sep } from "node:path";
 import { fileError } from "./_errors.ts";
 import { installHostFiles } from "./_host_files.ts";
 import { openHoleProber } from "./_holes.ts";
@@ -32,12 +32,20 @@ import type { RandomAccessSource } from "./source.ts";
 export class FileSource implements RandomAccessSource, AsyncDisposable {
   #file: Deno.FsFile;
   #size: number;
-  /** The path the file was opened from. */
+  /** What the file is called in messages and reports (default: its path). */
   readonly name: string;
+  /** The path the file was opened from. */
+  readonly path: string;
 
-  private constructor(file: Deno.FsFile, size: number, name: string) {
+  private constructor(
+    file: Deno.FsFile,
+    size: number,
+    path: string,
+    name: string,
+  ) {
     this.#file = file;
     this.#size = size;
+    this.path = path;
     this.name = name;
   }
 
@@ -63,7 +71,9 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
         // Block devices report size 0 in stat; find the end by seeking.
         size = await file.seek(0, Deno.SeekMode.End);
       }
-      return new FileSource(file, size, name);
+      const source = new FileSource(file, size, path, name);
+      openedAs.set(source, info);
+      return source;
     } catch (err) {
       file.close();
       throw err;
@@ -137,32 +147,77 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
   }
 }
 
-async function realPathOr(path: string): Promise<string> {
+/** The file status each source had when opened (fstat of its descriptor). */
+const openedAs = new WeakMap<FileSource, Deno.FileInfo>();
+
+/** Whether real path `path` lies strictly inside real directory `root`. */
+function isWithin(root: string, path: string): boolean {
+  return path.startsWith(root.endsWith(sep) ? root : root + sep);
+}
+
+/**
+ * Where `target` leads: `Deno.realPath` of the name exactly as given
+ * (realpath(3) resolves each component in turn, a link before the `..`
+ * after it; a text normalisation first would fold `link/..` away and
+ * decide on another file). A name that leads nowhere is placed by its
+ * deepest existing ancestor.
+ */
+async function locate(dir: string, target: string) {
+  let root: string;
   try {
-    return await Deno.realPath(path);
-  } catch {
-    return resolve(path);
+    root = await Deno.realPath(dir === "" ? "." : dir);
+  } catch (error) {
+    return { path: undefined, inside: false, error };
+  }
+  try {
+    const path = await Deno.realPath(target);
+    return { path, inside: isWithin(root, path) };
+  } catch (error) {
+    const absolute = target.startsWith("/") || target.startsWith(sep);
+    const parts = target.split(sep === "/" ? "/" : /[\\/]/)
+      .filter((p) => p !== "");
+    for (let keep = parts.length - 1; keep >= 0; keep--) {
+      const prefix = (absolute ? sep : "") + parts.slice(0, keep).join(sep);
+      let ancestor: string;
+      try {
+        ancestor = await Deno.realPath(prefix === "" ? "." : prefix);
+      } catch {
+        continue;
+      }
+      return {
+        path: undefined,
+        inside: ancestor === root || isWithin(root, ancestor),
+        error,
+      };
+    }
+    return { path: undefined, inside: false, error };
   }
 }
 
 installHostFiles({
-  open: (path) => FileSource.open(path),
+  open: (path, name) => FileSource.open(path, name),
   realPath: (path) => Deno.realPath(path),
-  async contains(dir, target) {
-    const root = resolve(dir === "" ? "." : dir);
-    const lexical = resolve(target);
-    if (!lexical.startsWith(root.endsWith(sep) ? root : root + sep)) {
+  locate,
+  async isOpenedAt(source, path) {
+    const opened = source instanceof FileSource
+      ? openedAs.get(source)
+      : undefined;
+    if (opened === undefined) return undefined;
+    try {
+      const [now, real] = await Promise.all([
+        Deno.stat(path),
+        Deno.realPath(path),
+      ]);
+      return real === path && now.dev === opened.dev &&
+        now.ino === opened.ino;
+    } catch {
       return false;
     }
-    // Symbolic links must not lead out either.
-    const realRoot = await realPathOr(root);
-    const real = await realPathOr(lexical);
-    return real.startsWith(realRoot.endsWith(sep) ? realRoot : realRoot + sep);
   },
   holeProbe(source) {
     if (!(source instanceof FileSource)) return undefined;
     const prober = openHoleProber();
-    const probe = prober.open(source.name);
+    const probe = prober.open(source.path);
     if (!probe) {
       prober[Symbol.dispose]();
       return undefined;
@@ -178,7 +233,7 @@ installHostFiles({
   async allocatedSize(source) {
     if (!(source instanceof FileSource)) return undefined;
     try {
-      const st = await Deno.stat(source.name);
+      const st = await Deno.stat(source.path);
       return st.blocks === null ? undefined : st.blocks * 512;
     } catch {
       return undefined;
