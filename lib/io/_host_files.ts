@@ -59,6 +59,11 @@ export interface HostFiles {
     path: string,
   ): Promise<boolean | undefined>;
   /**
+   * The path a source opened by {@linkcode HostFiles.open} reads (which
+   * its name may not be); undefined for any other source.
+   */
+  pathOf(source: RandomAccessSource): string | undefined;
+  /**
    * Bytes a source opened by {@linkcode HostFiles.open} occupies on disk;
    * undefined for any other source or when unknown.
    */

@@ -198,6 +198,7 @@ installHostFiles({
   open: (path, name) => FileSource.open(path, name),
   realPath: (path) => Deno.realPath(path),
   locate,
+  pathOf: (source) => source instanceof FileSource ? source.path : undefined,
   async isOpenedAt(source, path) {
     const opened = source instanceof FileSource
       ? openedAs.get(source)

@@ -16,8 +16,7 @@ import {
 import { getRefcount } from "../format/refcount.ts";
 import { CRYPT_METHOD } from "../format/constants.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
-import { openHostFile } from "../io/_host_files.ts";
-import { FileSource } from "../io/file_source.ts";
+import { hostFiles, openHostFile } from "../io/_host_files.ts";
 import { LruCache } from "../io/lru.ts";
 import { fileReason } from "../io/_errors.ts";
 
@@ -263,9 +262,8 @@ export async function layerOf(image: GuestImage): Promise<Layer> {
     l1: image.l1Table,
     encrypted: false,
     dataFileName: image.dataFile?.name,
-    dataFilePath: image.dataFile instanceof FileSource
-      ? image.dataFile.path
-      : image.dataFile?.name,
+    dataFilePath: image.dataFile &&
+      (hostFiles()?.pathOf(image.dataFile) ?? image.dataFile.name),
     backing: image.backing && await layerOf(image.backing),
     refcounts: await StoredRefcounts.load(source, header),
   };
