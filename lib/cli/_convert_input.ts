@@ -163,13 +163,13 @@ function assertSelected(image: GuestImage, selector: SnapshotSelector): void {
 /**
  * Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout
  * allows, else spooled. Relative names the image gives resolve against
- * `relativeTo`.
+ * `relativeTo`; with none, a probed image follows no backing or data file.
  */
 async function openStream(
   stream: ReadableStream<Uint8Array>,
   size: number | undefined,
   what: string,
-  relativeTo: string,
+  relativeTo: string | undefined,
   options: InputOptions,
 ): Promise<Input> {
   if (options.format === "raw") {
@@ -199,6 +199,7 @@ async function openStream(
     snapshot: options.snapshot && readerSnapshot(options.snapshot),
     format: options.format,
     relativeTo,
+    name: what,
   });
   options.cleanups.push(() => opened.close());
   if (options.snapshot) assertSelected(opened.image, options.snapshot);
@@ -269,13 +270,15 @@ export async function openInput(
 ): Promise<Input> {
   const { format } = options;
   if (src === "-") {
-    // Names in an image read from a pipe resolve against the working
-    // directory (never the spool directory).
+    // A pipe has no directory: a probed image from it follows no backing
+    // or data file (a service started in / would otherwise follow any
+    // absolute name). With -f qcow2, names resolve against the working
+    // directory by QEMU's rules (never against the spool directory).
     return await openStream(
       stdinReadable(),
       undefined,
       "standard input",
-      Deno.cwd(),
+      format === "qcow2" ? Deno.cwd() : undefined,
       options,
     );
   }

@@ -19,19 +19,20 @@ import { backingFormat, dataFileName } from "../format/header.ts";
 import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import { hostFiles } from "../io/_host_files.ts";
-import { fileReason } from "../io/_errors.ts";
 import { type ImageInput, type OpenSource, withSource } from "./_layers.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
 import { qcow2VirtualSize, rawVirtualSize } from "../format/geometry.ts";
 import { readSnapshotTable } from "../reader/_snapshots.ts";
 import { bitmapDirectoryOf, readBitmapDirectory } from "./_tables.ts";
 import {
+  backingReferrer,
   directoryOf,
-  followReference,
+  ReferenceGate,
   type ReferencePolicy,
   resolveName,
+  topReferrer,
 } from "../reader/references.ts";
-import { type ImageFormat, openByName, readHeader } from "../reader/open.ts";
+import { type ImageFormat, readHeader } from "../reader/open.ts";
 import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
 
 export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
@@ -345,47 +346,25 @@ export async function imageInfo(
   });
   if (!options.backingChain) return info;
   info.chain = [];
-  const open = options.openSource ?? openByName;
-  const seen = new Set<string>([name]);
-  let referrer = { name, dir: directoryOf(name), trusted: given === "qcow2" };
+  const gate = new ReferenceGate({
+    policy: options.references,
+    openSource: options.openSource,
+  });
+  await gate.start(name);
+  let referrer = topReferrer(name, given !== undefined);
   for (let at: ImageInfo = info; at.backingFilename !== undefined;) {
-    const path = await followReference(
-      referrer,
-      at.backingFilename,
-      "backing file",
-      options.references ?? "auto",
-    );
-    if (seen.has(path) || info.chain.length >= 256) {
-      throw new Qcow2Error(
-        "BACKING",
-        `Cannot open backing file "${path}": the backing chain loops or is deeper than 256 images`,
-      );
-    }
-    seen.add(path);
-    let src: RandomAccessSource;
-    try {
-      src = await open(path);
-    } catch (err) {
-      throw new Qcow2Error(
-        "BACKING",
-        `Cannot open backing file "${path}": ${fileReason(err)}`,
-        { cause: err },
-      );
-    }
+    const ref = await gate.backing(referrer, at.backingFilename);
+    const src = await gate.open(ref);
     try {
       const fmt = at.backingFilenameFormat;
       const next = await describe(
         src,
-        path,
+        ref.name,
         fmt === "raw" || fmt === "qcow2" ? fmt : undefined,
         options,
       );
       info.chain.push(next);
-      referrer = {
-        name: path,
-        dir: directoryOf(path),
-        trusted: referrer.trusted && fmt === "qcow2",
-      };
+      referrer = backingReferrer(referrer, ref, fmt);
       at = next;
     } finally {
       await src.close?.();
