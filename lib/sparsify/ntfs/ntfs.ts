@@ -39,6 +39,7 @@ import { checkLogFile, LOGFILE_HEAD_BYTES } from "./logfile.ts";
 import {
   ATTR,
   find,
+  forEachRun,
   type MftRecord,
   parseRecord,
   RECORD_IN_USE,
@@ -351,15 +352,22 @@ async function walkMft(
           TYPE_NAMES[attr.type] ?? `attribute type 0x${attr.type.toString(16)}`
         }${attr.name ? ` "${attr.name}"` : ""}`;
         if (attr.nonResident) {
-          for (const run of runsOf(rec, attr, boot, what)) {
-            if (run.lcn < 0) continue;
-            const c = bitmap.firstFree(run.lcn, run.lcn + run.length);
-            if (c >= 0) {
-              throw new Refusal(
-                `${what} (in use) has data on cluster ${c}, which $Bitmap calls free`,
-              );
-            }
-          }
+          forEachRun(
+            rec.bytes,
+            attr.nonResident,
+            boot.clusters,
+            boot.clusterSize,
+            what,
+            (_vcn, lcn, length) => {
+              if (lcn < 0) return;
+              const c = bitmap.firstFree(lcn, lcn + length);
+              if (c >= 0) {
+                throw new Refusal(
+                  `${what} (in use) has data on cluster ${c}, which $Bitmap calls free`,
+                );
+              }
+            },
+          );
         }
         if (attr.type === ATTR.ATTRIBUTE_LIST) {
           listBytes += attr.resident?.length ?? attr.nonResident!.dataSize;

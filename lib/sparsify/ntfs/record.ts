@@ -411,7 +411,109 @@ function readSigned(
  * Decodes a non-resident attribute's data runs, checking that every run
  * has a positive length and lies inside the volume's clusters, and that
  * the runs cover exactly the attribute's VCNs, which (in the first part
- * of an attribute) its allocated size must hold.
+ * of an attribute) its allocated size must hold. Each run is handed to
+ * `visit` as it is decoded (nothing is allocated per run: the MFT walk
+ * decodes every run of every record).
+ *
+ * @param rec The record with fixups undone.
+ * @param nr The attribute's non-resident header.
+ * @param clusters Clusters in the volume.
+ * @param clusterSize Bytes per cluster.
+ * @param what The attribute, for refusals.
+ * @param visit Called with each run's first VCN, LCN (-1: sparse) and length.
+ * @throws {Refusal} For a run out of range, of zero length, or runs that
+ * do not add up to the VCNs (runs before the bad one have been visited).
+ *
+ * @example Count the clusters an attribute occupies
+ * ```ts
+ * import assert from "node:assert";
+ * import { forEachRun } from "./record.ts";
+ * const rec = Uint8Array.of(0x11, 4, 10, 0x01, 2, 0x11, 1, 0xfe, 0); // 4 at LCN 10, 2 sparse, 1 at LCN 8
+ * const nr = { lowestVcn: 0, highestVcn: 6, pairsOffset: 0, pairsEnd: 9,
+ *   allocatedSize: 7 * 4096, dataSize: 7 * 4096, initializedSize: 7 * 4096 };
+ * let used = 0;
+ * forEachRun(rec, nr, 100, 4096, "x", (_vcn, lcn, length) => {
+ *   if (lcn >= 0) used += length;
+ * });
+ * assert.strictEqual(used, 5);
+ * ```
+ */
+export function forEachRun(
+  rec: Uint8Array,
+  nr: NonResident,
+  clusters: number,
+  clusterSize: number,
+  what: string,
+  visit: (vcn: number, lcn: number, length: number) => void,
+): void {
+  const end = nr.highestVcn + 1;
+  if (nr.lowestVcn === 0 && end * clusterSize > nr.allocatedSize) {
+    throw new Refusal(
+      `${what}: VCNs 0-${nr.highestVcn} (${
+        end * clusterSize
+      } bytes) exceed the allocated size ${nr.allocatedSize}`,
+    );
+  }
+  const pairsEnd = nr.pairsEnd;
+  let vcn = nr.lowestVcn;
+  let lcn = 0;
+  let at = nr.pairsOffset;
+  for (;;) {
+    if (at >= pairsEnd) {
+      throw new Refusal(`${what}: data runs have no end marker`);
+    }
+    const head = rec[at];
+    if (head === 0) break;
+    const lenBytes = head & 0x0f;
+    const offBytes = head >> 4;
+    if (lenBytes === 0 || lenBytes > 8 || offBytes > 8) {
+      throw new Refusal(
+        `${what}: data run header ${hex(head)} at byte ${at} is not valid`,
+      );
+    }
+    if (at + 1 + lenBytes + offBytes > pairsEnd) {
+      throw new Refusal(
+        `${what}: data run at byte ${at} overruns the attribute`,
+      );
+    }
+    const length = readSigned(rec, at + 1, lenBytes);
+    if (length === undefined || length <= 0 || length > end - vcn) {
+      throw new Refusal(
+        `${what}: data run at VCN ${vcn} has length ${
+          length ?? "(over 2^53)"
+        }, not in [1, ${end - vcn}] (the VCNs left)`,
+      );
+    }
+    if (offBytes === 0) {
+      visit(vcn, -1, length);
+    } else {
+      const delta = readSigned(rec, at + 1 + lenBytes, offBytes);
+      const next = delta === undefined ? NaN : lcn + delta;
+      if (!(next >= 0 && next + length <= clusters)) {
+        throw new Refusal(
+          `${what}: data run at VCN ${vcn}: LCNs ${
+            Number.isNaN(next) ? "(over 2^53)" : `${next}-${next + length - 1}`
+          } lie outside the volume's ${clusters} clusters`,
+        );
+      }
+      lcn = next;
+      visit(vcn, lcn, length);
+    }
+    vcn += length;
+    at += 1 + lenBytes + offBytes;
+  }
+  if (vcn !== end) {
+    throw new Refusal(
+      `${what}: data runs cover VCNs ${nr.lowestVcn}-${
+        vcn - 1
+      }, the attribute says ${nr.lowestVcn}-${nr.highestVcn}`,
+    );
+  }
+}
+
+/**
+ * Decodes a non-resident attribute's data runs into a list, with the
+ * checks of {@linkcode forEachRun}.
  *
  * @param rec The record with fixups undone.
  * @param nr The attribute's non-resident header.
@@ -444,68 +546,9 @@ export function decodeRuns(
   what: string,
 ): Run[] {
   const runs: Run[] = [];
-  const end = nr.highestVcn + 1;
-  if (nr.lowestVcn === 0 && end * clusterSize > nr.allocatedSize) {
-    throw new Refusal(
-      `${what}: VCNs 0-${nr.highestVcn} (${
-        end * clusterSize
-      } bytes) exceed the allocated size ${nr.allocatedSize}`,
-    );
-  }
-  let vcn = nr.lowestVcn;
-  let lcn = 0;
-  let at = nr.pairsOffset;
-  for (;;) {
-    if (at >= nr.pairsEnd) {
-      throw new Refusal(`${what}: data runs have no end marker`);
-    }
-    const head = rec[at];
-    if (head === 0) break;
-    const lenBytes = head & 0x0f;
-    const offBytes = head >> 4;
-    if (lenBytes === 0 || lenBytes > 8 || offBytes > 8) {
-      throw new Refusal(
-        `${what}: data run header ${hex(head)} at byte ${at} is not valid`,
-      );
-    }
-    if (at + 1 + lenBytes + offBytes > nr.pairsEnd) {
-      throw new Refusal(
-        `${what}: data run at byte ${at} overruns the attribute`,
-      );
-    }
-    const length = readSigned(rec, at + 1, lenBytes);
-    if (length === undefined || length <= 0 || length > end - vcn) {
-      throw new Refusal(
-        `${what}: data run at VCN ${vcn} has length ${
-          length ?? "(over 2^53)"
-        }, not in [1, ${end - vcn}] (the VCNs left)`,
-      );
-    }
-    if (offBytes === 0) {
-      runs.push({ vcn, lcn: -1, length });
-    } else {
-      const delta = readSigned(rec, at + 1 + lenBytes, offBytes);
-      const next = delta === undefined ? NaN : lcn + delta;
-      if (!(next >= 0 && next + length <= clusters)) {
-        throw new Refusal(
-          `${what}: data run at VCN ${vcn}: LCNs ${
-            Number.isNaN(next) ? "(over 2^53)" : `${next}-${next + length - 1}`
-          } lie outside the volume's ${clusters} clusters`,
-        );
-      }
-      lcn = next;
-      runs.push({ vcn, lcn, length });
-    }
-    vcn += length;
-    at += 1 + lenBytes + offBytes;
-  }
-  if (vcn !== end) {
-    throw new Refusal(
-      `${what}: data runs cover VCNs ${nr.lowestVcn}-${
-        vcn - 1
-      }, the attribute says ${nr.lowestVcn}-${nr.highestVcn}`,
-    );
-  }
+  forEachRun(rec, nr, clusters, clusterSize, what, (vcn, lcn, length) => {
+    runs.push({ vcn, lcn, length });
+  });
   return runs;
 }
 
