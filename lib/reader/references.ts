@@ -419,12 +419,16 @@ export function openByName(
 /**
  * Options of a {@linkcode ReferenceGate}.
  *
- * @example
+ * @example A gate that follows no chain longer than one image
  * ```ts
  * import assert from "node:assert";
- * import type { GateOptions } from "./references.ts";
- * const options: GateOptions = { policy: "contained", maxDepth: 8 };
- * assert.strictEqual(options.maxDepth, 8);
+ * import { type GateOptions, ReferenceGate, topReferrer } from "./references.ts";
+ * const options: GateOptions = { policy: "auto", maxDepth: 1 };
+ * const gate = new ReferenceGate(options);
+ * const top = topReferrer("/srv/vm/top.qcow2", true);
+ * const mid = await gate.backing(top, "mid.qcow2");
+ * assert.strictEqual(mid.path, "/srv/vm/mid.qcow2");
+ * await assert.rejects(gate.backing(top, "base.qcow2"), /deeper than 1 images/);
  * ```
  */
 export interface GateOptions {
