@@ -13,6 +13,7 @@ import type { RegionReader } from "./_region.ts";
 import type { FreeRange } from "./report.ts";
 import { ext4Module } from "./ext4/ext4.ts";
 import { swapModule } from "./swap.ts";
+import { fatModule } from "./fat/fat.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
@@ -52,6 +53,7 @@ export interface FilesystemModule {
 export const FILESYSTEMS: readonly FilesystemModule[] = [
   ext4Module,
   swapModule,
+  fatModule,
 ];
 
 /**
@@ -62,9 +64,6 @@ export const KNOWN_SIGNATURES: ReadonlyArray<[string, number, string]> = [
   ["xfs", 0, "XFSB"],
   ["btrfs", 0x10040, "_BHRfS_M"],
   ["ntfs", 3, "NTFS    "],
-  ["vfat", 0x52, "FAT32   "],
-  ["vfat", 0x36, "FAT16   "],
-  ["vfat", 0x36, "FAT12   "],
   ["exfat", 3, "EXFAT   "],
   ["LUKS", 0, "LUKS\xba\xbe"],
   ["LVM2 PV", 0x218, "LVM2 001"],
