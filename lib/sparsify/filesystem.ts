@@ -3,8 +3,8 @@
  * recognizes its filesystem from the first bytes of a partition, reads the
  * metadata it needs through a {@linkcode RegionReader}, checks it, and
  * lists the free ranges; anything it does not trust ends in a `Refusal`
- * and the partition is copied as it is. Adding XFS, FAT or NTFS means
- * adding a module here.
+ * and the partition is copied as it is. Adding XFS or NTFS means adding a
+ * module here.
  *
  * @module
  */
@@ -17,7 +17,7 @@ import { fatModule } from "./fat/fat.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
-  /** What was found: `ext4`, `swap`. */
+  /** What was found: `ext4`, `swap`, `fat32`. */
   found: string;
   /** Details for the report (block size, groups, features). */
   detail: string;

@@ -18,6 +18,8 @@ import {
 } from "../_qemu.ts";
 import { runCli } from "../writer/_cli.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
+import { mapFreeSpace } from "../../lib/sparsify/map.ts";
+import { BytesSource } from "../../lib/io/source.ts";
 import {
   blank,
   debugfsRm,
@@ -497,5 +499,31 @@ diskTest(
     const ideal = join(dir.path, "ideal.img");
     await zeroed(b.p.disk, ideal, free);
     await qemuCompareIdentical(ideal, out);
+  },
+);
+
+diskTest(
+  "mapFreeSpace() refuses to list free clusters when the FAT changed after the analysis",
+  { tools: FAT_TOOLS },
+  async () => {
+    await using dir = await tempDir();
+    const disk = join(dir.path, "fat.img");
+    await blank(disk, 16 * MiB);
+    const p: FatPart = { disk, offset: 0, length: 16 * MiB };
+    await makeFat(p, 16);
+    await fillFat(p, dir.path, 5, 256 * 1024);
+    const { geometry: g } = await fsckFat(p, dir.path);
+    const bytes = await Deno.readFile(disk);
+    const map = await mapFreeSpace(new BytesSource(bytes));
+    assert.strictEqual(map.report.regions[0].status, "mapped");
+    // The last cluster is free; now the FAT says it is the end of a chain.
+    const last = g.clusters + 1;
+    bytes.set([0xff, 0xff], g.fatStart + 2 * last);
+    await assert.rejects(
+      Array.fromAsync(map.ranges()),
+      new RegExp(
+        `^Error: Cannot sparsify: the FAT changed since it was checked \\(the entry of cluster ${last} is now not free\\)$`,
+      ),
+    );
   },
 );

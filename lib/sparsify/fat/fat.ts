@@ -24,7 +24,7 @@ import {
 import {
   FAT_WINDOW_BYTES,
   fatEntry,
-  fatWindows,
+  fatWindowCount,
   readFatTable,
   readFatWindow,
 } from "./table.ts";
@@ -66,7 +66,7 @@ async function* freeRanges(
   const perWindow = FAT_WINDOW_BYTES * 8 / vol.type;
   let runStart = -1;
   let runEnd = -1;
-  const windows = fatWindows(vol, 0).length;
+  const windows = fatWindowCount(vol);
   for (let w = 0; w < windows; w++) {
     let part: Uint8Array;
     try {

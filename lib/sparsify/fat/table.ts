@@ -108,17 +108,9 @@ export interface FatTable {
   readonly freeBits: Uint8Array;
 }
 
-/** The windows `[offset, length]` of the used part of FAT copy `k`. */
-export function fatWindows(
-  vol: FatVolume,
-  k: number,
-): Array<[number, number]> {
-  const used = fatBytesUsed(vol);
-  const out: Array<[number, number]> = [];
-  for (let at = 0; at < used; at += FAT_WINDOW_BYTES) {
-    out.push([fatOffset(vol, k) + at, Math.min(FAT_WINDOW_BYTES, used - at)]);
-  }
-  return out;
+/** Windows the used part of one FAT copy is read in. */
+export function fatWindowCount(vol: FatVolume): number {
+  return Math.ceil(fatBytesUsed(vol) / FAT_WINDOW_BYTES);
 }
 
 /**
@@ -131,7 +123,9 @@ export function readFatWindow(
   k: number,
   w: number,
 ): Promise<Uint8Array> {
-  const [at, length] = fatWindows(vol, k)[w];
+  const from = w * FAT_WINDOW_BYTES;
+  const length = Math.min(FAT_WINDOW_BYTES, fatBytesUsed(vol) - from);
+  const at = fatOffset(vol, k) + from;
   return region.read(
     at,
     length,
@@ -166,12 +160,12 @@ export async function readFatTable(
     );
   }
   const bytes = new Uint8Array(used);
-  const windows = fatWindows(vol, 0);
-  for (let w = 0; w < windows.length; w++) {
+  const windows = fatWindowCount(vol);
+  for (let w = 0; w < windows; w++) {
     bytes.set(await readFatWindow(region, vol, 0, w), w * FAT_WINDOW_BYTES);
   }
   for (let k = 1; k < vol.fats; k++) {
-    for (let w = 0; w < windows.length; w++) {
+    for (let w = 0; w < windows; w++) {
       const part = await readFatWindow(region, vol, k, w);
       const base = w * FAT_WINDOW_BYTES;
       for (let i = 0; i < part.length; i++) {

@@ -64,6 +64,8 @@ const KANJI_E5 = 0x05;
 const LFN_UNITS = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30];
 /** Long-name entries of one name at most (255 characters). */
 const LFN_MAX_ENTRIES = 20;
+/** Characters of a path shown in a message (its end is kept). */
+const PATH_SHOWN = 240;
 
 /** What the walk found. */
 export interface TreeCount {
@@ -310,7 +312,8 @@ export async function walkTree(
     }
     const e = next.value;
     const isRoot = dir === root;
-    const path = `${isRoot ? "" : dir.path}/${e.name}`;
+    let path = `${isRoot ? "" : dir.path}/${e.name}`;
+    if (path.length > PATH_SHOWN) path = `…${path.slice(-PATH_SHOWN)}`;
     if (e.raw === ".          " || e.raw === "..         ") {
       const dot = e.raw[1] === " " ? "." : "..";
       const target = dot === "." ? (isRoot ? 0 : dir.start) : dir.parent;
