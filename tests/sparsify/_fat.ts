@@ -7,7 +7,7 @@
 import { join } from "node:path";
 import { mulberry32 } from "../../lib/_prng.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
-import { merge, MiB, noise, readAt, sh } from "./_disks.ts";
+import { blank, merge, MiB, noise, readAt, sh, writeInto } from "./_disks.ts";
 
 /** The tools these helpers run. */
 export const FAT_TOOLS = [
@@ -44,21 +44,21 @@ export function mtools(
   return sh(cmd, ["-i", image(p), ...args], { env: MTOOLS_ENV });
 }
 
-/** Makes a FAT volume with mkfs.vfat at `p.offset` (a multiple of 512) of `p.disk`. */
+/**
+ * Makes a FAT volume with mkfs.vfat in a file of the partition's size and
+ * writes it at `p.offset` of `p.disk` (mkfs.vfat --offset would choose the
+ * cluster size by the size of the whole disk).
+ */
 export async function makeFat(
   p: FatPart,
   bits: 12 | 16 | 32,
   args: string[] = [],
 ): Promise<void> {
-  await sh("mkfs.vfat", [
-    "-F",
-    String(bits),
-    "--offset",
-    String(p.offset / 512),
-    ...args,
-    p.disk,
-    String(p.length / 1024),
-  ]);
+  const file = `${p.disk}.fat-${p.offset}`;
+  await blank(file, p.length);
+  await sh("mkfs.vfat", ["-F", String(bits), ...args, file]);
+  await writeInto(p.disk, p.offset, file);
+  await Deno.remove(file);
 }
 
 /** A file written to a volume: its path there and its content. */

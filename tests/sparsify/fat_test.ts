@@ -20,6 +20,7 @@ import { runCli } from "../writer/_cli.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import { BytesSource } from "../../lib/io/source.ts";
+import { parseFatBootSector } from "../../lib/sparsify/fat/boot.ts";
 import {
   blank,
   debugfsRm,
@@ -527,3 +528,133 @@ diskTest(
     );
   },
 );
+
+diskTest(
+  "convert --sparsify maps a FAT32 volume below 65525 clusters as Linux reads it",
+  { tools: TOOLS },
+  async () => {
+    await using dir = await tempDir();
+    // Filled while it has 76643 clusters, then cut to 65000: Linux still
+    // reads it as FAT32 (a 16-bit FAT size of 0), mtools as FAT16 with no
+    // root directory entries.
+    const disk = join(dir.path, "small32.img");
+    const p: FatPart = { disk, offset: 0, length: 300 * MiB };
+    await blank(disk, p.length);
+    await makeFat(p, 32, ["-s", "8"]);
+    const files = await fillFat(p, dir.path, 8, 6 * MiB);
+    const { geometry: g } = await fsckFat(p, dir.path);
+    assert.strictEqual(g.clusters, 76643);
+    const total = g.dataStart / 512 + 65000 * 8;
+    const free = (await fatFree(p, dir.path)).flatMap((r) =>
+      r.offset >= total * 512
+        ? []
+        : [{ ...r, length: Math.min(r.length, total * 512 - r.offset) }]
+    );
+    await patch(disk, 0x20, le(total, 4));
+    await patch(disk, 512 + 488, le(0xffffffff, 4)); // FSInfo: count unknown
+    {
+      using f = await Deno.open(disk, { write: true });
+      await f.truncate(total * 512);
+    }
+    const small = { ...p, length: total * 512 };
+    const fsck = await fsckFat(small, dir.path);
+    assert.strictEqual(fsck.code, 0, fsck.text);
+    assert.strictEqual(fsck.geometry.clusters, 65000);
+    assert.match(fsck.text, new RegExp(`${files.length + 20} files`)); // 20 directories
+    await assert.rejects(mtools("mdir", small, "::/EFI"), /not found/);
+
+    const out = join(dir.path, "out.qcow2");
+    const r = await runCli(["convert", "--sparsify", "-O", "qcow2", disk, out]);
+    assert.strictEqual(r.code, 0, r.stderr);
+    assert.match(
+      r.stderr,
+      new RegExp(
+        `: fat32 \\(4 KiB clusters, FAT32 with 65000 clusters \\(fewer than 65525\\), 2 FATs, 20 directories, ${files.length} files\\): [\\d.]+ MiB free, dropped\\n`,
+      ),
+    );
+    const back = join(dir.path, "back.raw");
+    await qemuImg("convert", "-f", "qcow2", "-O", "raw", out, back);
+    const ideal = join(dir.path, "ideal.img");
+    await zeroed(disk, ideal, free);
+    await sh("cmp", [ideal, back]);
+  },
+);
+
+/** BPB fields of the crafted boot sectors, by their offsets. */
+const FIELD = {
+  sectorsPerCluster: [0x0d, 1],
+  rootEntries: [0x11, 2],
+  total16: [0x13, 2],
+  fat16: [0x16, 2],
+  total32: [0x20, 4],
+  fat32: [0x24, 4],
+  rootCluster: [0x2c, 4],
+} as const;
+
+/**
+ * A boot sector: 512-byte sectors, 8 per cluster, 1 reserved, 2 FATs,
+ * media 0xf8, and the given fields.
+ */
+function bootSector(
+  fields: Partial<Record<keyof typeof FIELD, number>>,
+): Uint8Array {
+  const s = new Uint8Array(512);
+  s.set([0xeb, 0x3c, 0x90]);
+  s.set(le(512, 2), 0x0b);
+  s.set([8, 1, 0, 2], 0x0d);
+  s[0x15] = 0xf8;
+  s.set([0x55, 0xaa], 510);
+  for (const [name, value] of Object.entries(fields)) {
+    const [at, size] = FIELD[name as keyof typeof FIELD];
+    s.set(le(value, size), at);
+  }
+  return s;
+}
+
+Deno.test("parseFatBootSector() decides the FAT type by cluster count and refuses what Linux would read otherwise", () => {
+  const sectors = (mib: number) => mib * 2048;
+  // FAT16 by count and by the 16-bit FAT size; a "FAT32" label changes nothing.
+  const fat16 = bootSector({
+    rootEntries: 512,
+    total32: sectors(64),
+    fat16: 64,
+  });
+  fat16.set(new TextEncoder().encode("FAT32   "), 0x52);
+  const v16 = parseFatBootSector(fat16, 64 * MiB);
+  assert.deepStrictEqual([v16.type, v16.clusters], [16, 16363]);
+  // FAT12 by count though the label says FAT16.
+  const fat12 = bootSector({ rootEntries: 512, total16: sectors(8), fat16: 6 });
+  fat12.set(new TextEncoder().encode("FAT16   "), 0x36);
+  assert.strictEqual(parseFatBootSector(fat12, 8 * MiB).type, 12);
+  // 65525 clusters or more with a 16-bit FAT size: FAT32 by count, FAT16 for Linux.
+  const big16 = bootSector({
+    sectorsPerCluster: 1,
+    rootEntries: 512,
+    total32: sectors(40),
+    fat16: 320,
+  });
+  assert.throws(
+    () => parseFatBootSector(big16, 40 * MiB),
+    /^Refusal: 81247 clusters make FAT32, but the 16-bit FAT size 320 says FAT12\/16$/,
+  );
+  // A 16-bit FAT size of 0 (FAT32 for Linux) with few clusters and root
+  // directory entries: FAT16 for the specification, with a root to read.
+  const rooted = bootSector({
+    rootEntries: 512,
+    total32: sectors(64),
+    fat32: 64,
+    rootCluster: 2,
+  });
+  assert.throws(
+    () => parseFatBootSector(rooted, 64 * MiB),
+    /^Refusal: 16363 clusters make FAT16, but the 16-bit FAT size 0 says FAT32$/,
+  );
+  // The same without root directory entries: FAT32, flagged.
+  const small = bootSector({
+    total32: sectors(64),
+    fat32: 128,
+    rootCluster: 2,
+  });
+  const v = parseFatBootSector(small, 64 * MiB);
+  assert.deepStrictEqual([v.type, v.clusters, v.smallFat32], [32, 16351, true]);
+});

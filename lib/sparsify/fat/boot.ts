@@ -5,7 +5,9 @@
  * decides it (never by the `FAT16   ` label). Linux decides differently
  * (FAT32 when the 16-bit FAT size is 0, else 12 or 16 by the count): a
  * volume on which the two rules disagree is refused, so that every reader
- * sees the layout checked here.
+ * sees the layout checked here; except a FAT32 below the minimum cluster
+ * count with no root directory entries, which the specification's readers
+ * see as an empty FAT12/16 (mtools finds no directory slot in it).
  *
  * ```text
  * boot sector, little-endian (Microsoft FAT specification, "BPB"):
@@ -114,6 +116,8 @@ export interface FatVolume {
   extFlags: number;
   /** Volume label from the boot sector, trimmed. */
   label: string;
+  /** FAT32 with fewer clusters than the specification's minimum (65525). */
+  smallFat32: boolean;
 }
 
 function isPowerOfTwo(n: number): boolean {
@@ -293,7 +297,13 @@ export function parseFatBootSector(
       } data sectors hold no ${spc}-sector cluster`,
     );
   }
-  const type = fatTypeOf(clusters);
+  const byCount = fatTypeOf(clusters);
+  // FAT32 below 65525 clusters (mkfs.fat makes them, with a warning): the
+  // specification's reader takes it for FAT12/16 with a root directory of
+  // RootEntCnt = 0 entries, which holds nothing, so the FAT32 tree is all
+  // any reader can reach. Any other disagreement is refused below.
+  const smallFat32 = linuxFat32 && rootEntries === 0 && byCount !== 32;
+  const type = smallFat32 ? 32 : byCount;
   const found = { found: `fat${type}` };
   const bytes = totalSectors * bps;
   if (regionLength !== undefined && bytes > regionLength) {
@@ -304,7 +314,7 @@ export function parseFatBootSector(
   }
   if ((type === 32) !== linuxFat32) {
     throw new Refusal(
-      `${clusters} clusters make FAT${type}, but the 16-bit FAT size ${fat16Sectors} says FAT${
+      `${clusters} clusters make FAT${byCount}, but the 16-bit FAT size ${fat16Sectors} says FAT${
         linuxFat32 ? 32 : "12/16"
       }`,
     );
@@ -386,6 +396,7 @@ export function parseFatBootSector(
     fsInfoSector,
     extFlags,
     label: labelOf(label),
+    smallFat32,
   };
 }
 

@@ -42,6 +42,9 @@ function describe(
   const { directories: d, files: f } = tree;
   return [
     `${size} clusters`,
+    ...(vol.smallFat32
+      ? [`FAT32 with ${vol.clusters} clusters (fewer than 65525)`]
+      : []),
     `${vol.fats} FAT${vol.fats === 1 ? "" : "s"}`,
     `${d} director${d === 1 ? "y" : "ies"}`,
     `${f} file${f === 1 ? "" : "s"}`,
@@ -129,11 +132,13 @@ async function analyzeFat(region: RegionReader): Promise<FilesystemAnalysis> {
     }
     const table = await readFatTable(region, vol);
     const tree = await walkTree(region, vol, table);
+    // Only the free set outlives the analysis, not the FAT it came from.
+    const { free, freeBits } = table;
     return {
       found,
-      detail: describe(vol, tree, table.free, fsInfoFree),
-      freeBytes: table.free * vol.clusterSize,
-      ranges: (r) => freeRanges(r, vol, table.freeBits),
+      detail: describe(vol, tree, free, fsInfoFree),
+      freeBytes: free * vol.clusterSize,
+      ranges: (r) => freeRanges(r, vol, freeBits),
     };
   } catch (err) {
     if (err instanceof Refusal) err.found ??= found;

@@ -84,12 +84,18 @@ interface DirEntry {
   size: number;
 }
 
-/** Control characters as `?`, so that names are safe in a one-line report. */
+/**
+ * Control, line-separating and direction-changing characters as `?`, so
+ * that a name shows as it is on one line of the report.
+ */
 function printable(s: string): string {
   let out = "";
   for (const ch of s) {
     const c = ch.charCodeAt(0);
-    out += c < 0x20 || c === 0x7f ? "?" : ch;
+    const hidden = c < 0x20 || (c >= 0x7f && c < 0xa0) ||
+      c === 0x2028 || c === 0x2029 || (c >= 0x202a && c <= 0x202e) ||
+      (c >= 0x2066 && c <= 0x2069);
+    out += hidden ? "?" : ch;
   }
   return out;
 }
