@@ -3,8 +3,8 @@
  * recognizes its filesystem from the first bytes of a partition, reads the
  * metadata it needs through a {@linkcode RegionReader}, checks it, and
  * lists the free ranges; anything it does not trust ends in a `Refusal`
- * and the partition is copied as it is. Adding XFS or FAT means
- * adding a module here.
+ * and the partition is copied as it is. Adding XFS or btrfs means adding
+ * a module here.
  *
  * @module
  */
@@ -14,10 +14,11 @@ import type { FreeRange } from "./report.ts";
 import { ext4Module } from "./ext4/ext4.ts";
 import { swapModule } from "./swap.ts";
 import { ntfsModule } from "./ntfs/ntfs.ts";
+import { fatModule } from "./fat/fat.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
-  /** What was found: `ext4`, `swap`. */
+  /** What was found: `ext4`, `swap`, `fat32`. */
   found: string;
   /** Details for the report (block size, groups, features). */
   detail: string;
@@ -54,6 +55,7 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
   ext4Module,
   swapModule,
   ntfsModule,
+  fatModule,
 ];
 
 /**
@@ -63,9 +65,6 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
 export const KNOWN_SIGNATURES: ReadonlyArray<[string, number, string]> = [
   ["xfs", 0, "XFSB"],
   ["btrfs", 0x10040, "_BHRfS_M"],
-  ["vfat", 0x52, "FAT32   "],
-  ["vfat", 0x36, "FAT16   "],
-  ["vfat", 0x36, "FAT12   "],
   ["exfat", 3, "EXFAT   "],
   ["LUKS", 0, "LUKS\xba\xbe"],
   ["LVM2 PV", 0x218, "LVM2 001"],

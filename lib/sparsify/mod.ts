@@ -6,8 +6,10 @@
  * Partition tables: GPT (primary header and entry array, CRC32s checked)
  * and MBR (primary and logical partitions), or none (a bare filesystem).
  * Filesystems: ext2, ext3 and ext4 (free blocks by the block bitmaps, with
- * every checksum checked), Linux swap (all but the header page) and NTFS
- * (the clusters `$Bitmap` marks free, checked against every MFT record). Any
+ * every checksum checked), FAT12/16/32 (free clusters by the FAT, checked
+ * against every copy and a walk of the directory tree), Linux swap (all but
+ * the header page) and NTFS (the clusters `$Bitmap` marks free, checked
+ * against every MFT record). Any
  * other content, and any filesystem that fails a check, is copied as it
  * is; the {@linkcode SparsifyReport} says what was found and why.
  *

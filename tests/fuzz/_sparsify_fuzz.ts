@@ -86,6 +86,8 @@ export interface Mutation {
   desc: string[];
   /** A bitmap bit was flipped already. */
   flipped?: boolean;
+  /** Byte ranges the mutation made live (free before it), never to be dropped. */
+  live?: FreeRange[];
 }
 
 // ---------------------------------------------------------------------------
@@ -285,7 +287,8 @@ export async function buildFuzzBases(root: string): Promise<FuzzBase[]> {
 // ---------------------------------------------------------------------------
 // Mutations
 
-class Rand {
+/** Seeded choices. */
+export class Rand {
   readonly #next: () => number;
   constructor(seed: number) {
     this.#next = mulberry32(seed);
@@ -346,7 +349,7 @@ const GD_FIELDS: Array<[string, number, number]> = [
 ];
 
 /** Reads the current bytes of `[at, at + n)` with the patches applied. */
-function current(
+export function current(
   base: Uint8Array,
   patches: Patch[],
   at: number,
@@ -362,13 +365,15 @@ function current(
   return out;
 }
 
-function le(value: number, size: number): number[] {
+/** Little-endian bytes of `value`. */
+export function le(value: number, size: number): number[] {
   const out: number[] = [];
   for (let i = 0; i < size; i++) out.push(Math.floor(value / 256 ** i) % 256);
   return out;
 }
 
-function interesting(
+/** A value worth trying in a field of `size` bytes that holds `old`. */
+export function interesting(
   r: Rand,
   old: number,
   size: number,

@@ -13,114 +13,11 @@ import { join } from "node:path";
 import { tempDir } from "../_qemu.ts";
 import { diskTest } from "../sparsify/_disks.ts";
 import { caseSeed } from "./_fuzz.ts";
-import {
-  buildFuzzBases,
-  CASE_TIMEOUT_MS,
-  type FuzzBase,
-  RUNNER,
-  RUNNER_HEAP_MIB,
-} from "./_sparsify_fuzz.ts";
+import { buildFuzzBases } from "./_sparsify_fuzz.ts";
+import { type Case, runCases } from "./_sparsify_cases.ts";
 
 const CASES = Number(Deno.env.get("FUZZ_CASES") ?? 300);
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 1);
-const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
-
-interface Case {
-  id: string;
-  base: string;
-  seed: number;
-}
-
-interface Outcome {
-  id: string;
-  outcome: string;
-  problem?: string;
-  mutation?: string[];
-}
-
-/** Splits a text stream into lines. */
-async function* lines(stream: ReadableStream<Uint8Array>) {
-  let rest = "";
-  for await (const text of stream.pipeThrough(new TextDecoderStream())) {
-    rest += text;
-    let nl: number;
-    while ((nl = rest.indexOf("\n")) >= 0) {
-      yield rest.slice(0, nl);
-      rest = rest.slice(nl + 1);
-    }
-  }
-}
-
-/** Runs cases in one runner process; a case that hangs is killed and reported. */
-async function runCases(
-  dir: string,
-  bases: FuzzBase[],
-  cases: Case[],
-  tag: string,
-): Promise<Outcome[]> {
-  const out: Outcome[] = [];
-  let pending = cases;
-  while (pending.length > 0) {
-    const file = join(dir, `jobs-${tag}.json`);
-    await Deno.writeTextFile(file, JSON.stringify({ bases, cases: pending }));
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        "--quiet",
-        `--v8-flags=--max-old-space-size=${RUNNER_HEAP_MIB}`,
-        "--config",
-        CONFIG,
-        RUNNER,
-        file,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-      env: { NO_COLOR: "1" },
-    }).spawn();
-    const stderr = new Response(child.stderr).text();
-    let current: string | undefined;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    let killed = false;
-    const arm = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        killed = true;
-        child.kill("SIGKILL");
-      }, CASE_TIMEOUT_MS);
-    };
-    arm();
-    for await (const line of lines(child.stdout)) {
-      const msg = JSON.parse(line) as { begin?: string } & Outcome;
-      if (msg.begin !== undefined) {
-        current = msg.begin;
-        arm();
-      } else {
-        out.push(msg);
-        current = undefined;
-      }
-    }
-    clearTimeout(timer);
-    const status = await child.status;
-    const done = new Set(out.map((o) => o.id));
-    const left = pending.filter((c) => !done.has(c.id));
-    if (left.length > 0 || !status.success) {
-      const id = current ?? left[0]?.id ?? "(runner)";
-      out.push({
-        id,
-        outcome: "crash",
-        problem: killed
-          ? `did not finish within ${CASE_TIMEOUT_MS} ms`
-          : `runner exited with ${status.code}: ${(await stderr).slice(-2000)}`,
-      });
-      pending = left.filter((c) => c.id !== id);
-    } else {
-      pending = [];
-    }
-  }
-  return out;
-}
-
 diskTest(
   `sparsify fuzz: ${CASES} seeded cases (seed ${SEED}) of mutated ext2/3/4, GPT and MBR disks`,
   { tools: ["mke2fs", "debugfs", "dumpe2fs", "sfdisk", "mkswap"] },

@@ -74,7 +74,7 @@ export function diskTest(
     if (!warned.has(key)) {
       warned.add(key);
       console.error(
-        `${key} not available: skipping the --sparsify tests that need it (apt-get install e2fsprogs fdisk util-linux mount zerofree python3; loop devices need root)`,
+        `${key} not available: skipping the --sparsify tests that need it (apt-get install e2fsprogs fdisk util-linux mount zerofree python3 dosfstools mtools; loop devices need root)`,
       );
     }
     Deno.test({ name, ignore: true, fn });
