@@ -38,7 +38,7 @@ export class Lookahead {
     this.#size = size;
     this.reader = {
       size,
-      read: (offset, length) => this.#read(offset, length),
+      read: (offset, length, once) => this.#read(offset, length, once),
     };
   }
 
@@ -48,7 +48,11 @@ export class Lookahead {
    */
   readonly reader: DiskReader;
 
-  async #read(offset: number, length: number): Promise<Uint8Array> {
+  async #read(
+    offset: number,
+    length: number,
+    once = false,
+  ): Promise<Uint8Array> {
     if (offset < this.#base) {
       throw new Refusal(
         `metadata at byte ${offset} was needed after the stream had passed it (at byte ${this.#base}); a stream is mapped only by metadata that precedes the data`,
@@ -62,7 +66,7 @@ export class Lookahead {
     while (this.#end < offset + length && await this.#pull());
     const n = Math.max(0, Math.min(length, this.#end - offset));
     const bytes = this.#copy(offset, n);
-    this.#retained?.push({ offset, bytes });
+    if (!once) this.#retained?.push({ offset, bytes });
     return bytes;
   }
 
@@ -112,7 +116,7 @@ export class Lookahead {
     return out;
   }
 
-  /** Starts keeping every read made through `reader`. */
+  /** Starts keeping every read made through `reader` (but those read `once`). */
   retain(): void {
     this.#retained = [];
   }

@@ -6,9 +6,12 @@
  * Partition tables: GPT (primary header and entry array, CRC32s checked)
  * and MBR (primary and logical partitions), or none (a bare filesystem).
  * Filesystems: ext2, ext3 and ext4 (free blocks by the block bitmaps, with
- * every checksum checked) and Linux swap (all but the header page). Any
- * other content, and any filesystem that fails a check, is copied as it
- * is; the {@linkcode SparsifyReport} says what was found and why.
+ * every checksum checked, every count cross-checked, and every block a
+ * possibly-live inode uses required to be marked in use) and Linux swap
+ * (all but the header page; only in a partition typed swap, or on a bare
+ * disk). Any other content, and any filesystem whose metadata disagrees
+ * with itself, is copied as it is; the {@linkcode SparsifyReport} says
+ * what was found and why.
  *
  * - {@linkcode mapFreeSpace}: the map of a disk read at random
  * - {@linkcode freeSpaceChunks}: a disk read at random, free ranges never read
