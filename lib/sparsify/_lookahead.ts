@@ -26,6 +26,7 @@ export class Lookahead {
   #base = 0;
   #end = 0;
   #done = false;
+  #pulling: Promise<boolean> | undefined;
   #retained: Array<{ offset: number; bytes: Uint8Array }> | undefined;
 
   constructor(
@@ -75,8 +76,19 @@ export class Lookahead {
     return this.#end;
   }
 
-  /** Reads one more input chunk; false at the end of the input. */
-  async #pull(): Promise<boolean> {
+  /**
+   * Reads one more input chunk; false at the end of the input. Readers
+   * asking at the same time share one pull, so that together they hold
+   * back no more than one of them would.
+   */
+  #pull(): Promise<boolean> {
+    this.#pulling ??= this.#pullOne().finally(() => {
+      this.#pulling = undefined;
+    });
+    return this.#pulling;
+  }
+
+  async #pullOne(): Promise<boolean> {
     if (this.#done) return false;
     const { value, done } = await this.#input.read();
     if (done) {

@@ -159,7 +159,20 @@ export function diskReaderOf(
           : source.readAt(offset, Math.min(length, size - offset)),
     };
   }
-  return { size: source.size, read: (o, n) => source.read(o, n) };
+  const into = source.readInto?.bind(source);
+  return {
+    size: source.size,
+    read: (o, n) => source.read(o, n),
+    ...(into
+      ? {
+        readInto: (o: number, buffer: Uint8Array) =>
+          o >= source.size ? Promise.resolve(0) : into(
+            o,
+            buffer.subarray(0, Math.min(buffer.length, source.size - o)),
+          ),
+      }
+      : {}),
+  };
 }
 
 /**

@@ -18,7 +18,11 @@
  * there instead (a number above any inode number). Groups flagged
  * INODE_UNINIT, and the tail `bg_itable_unused` calls unused, are read
  * like the rest: the flags are claims, and an inode hidden there would be
- * found by e2fsck.
+ * found by e2fsck. (A table left uninitialized on a reused disk may hold
+ * old bytes that look live and malformed: the filesystem is then left as
+ * it is, never the other way round.) Inode and extent block checksums are
+ * not needed: an inode the kernel would refuse for its checksum is
+ * followed all the same, which can only keep more.
  *
  * ```text
  * inode (s_inode_size bytes, little-endian), the fields read here:
@@ -96,12 +100,42 @@ const DIRECT_BLOCKS = 12;
 /** A fast symlink's text is shorter than `i_block`. */
 const FAST_SYMLINK_MAX = I_BLOCK_BYTES;
 
+/** Tree blocks read together (merged by a source that can, such as HTTP). */
+const TREE_READS = 64;
+/** Most tree blocks waiting on the work stack per read batch, times the batch. */
+const TREE_STACK_BUDGET = 1 << 16;
+/** Work stack codes: extent node of depth `d` is `d`; indirect block of level `l` is `INDIRECT + l`. */
+const INDIRECT = 8;
+
 /** What the walk did. */
 export interface WalkStats {
   /** Inodes read. */
   inodes: number;
   /** Inodes followed (possibly live). */
   followed: number;
+  /** Tree blocks read (extent tree and indirect blocks). */
+  treeBlocks: number;
+}
+
+/**
+ * Tree blocks waiting to be read: block, inode and what the block is (see
+ * {@linkcode INDIRECT}). Taken from the top, so that the walk goes depth
+ * first and the stack stays within a few levels' worth of children.
+ */
+class TreeStack {
+  readonly blocks: number[] = [];
+  readonly inodes: number[] = [];
+  readonly codes: number[] = [];
+
+  get length(): number {
+    return this.blocks.length;
+  }
+
+  push(block: number, ino: number, code: number): void {
+    this.blocks.push(block);
+    this.inodes.push(ino);
+    this.codes.push(code);
+  }
 }
 
 /** The filesystem as the walk reads it. */
@@ -109,13 +143,16 @@ interface Walk {
   region: RegionReader;
   sb: Ext4Superblock;
   refs: ReferenceCheck;
+  stack: TreeStack;
+  stats: WalkStats;
 }
 
 /**
  * Reads every inode table and follows every possibly-live inode's block
  * references into `refs`. Inode tables are read in windows of at most
- * {@linkcode MAX_BATCH_BYTES}; tree blocks one at a time, each once per
- * reference (their number is bounded by `refs`).
+ * {@linkcode MAX_BATCH_BYTES}; the tree blocks the inodes of a window point
+ * to, after it, depth first, up to {@linkcode TREE_READS} at a time, each
+ * once per reference (their number is bounded by `refs`).
  *
  * @param region The filesystem's region.
  * @param sb The checked superblock.
@@ -131,34 +168,124 @@ export async function walkInodes(
   table: GroupTable,
   refs: ReferenceCheck,
 ): Promise<WalkStats> {
-  const w: Walk = { region, sb, refs };
+  const stats: WalkStats = { inodes: 0, followed: 0, treeBlocks: 0 };
+  const w: Walk = { region, sb, refs, stack: new TreeStack(), stats };
   const isz = sb.inodeSize;
-  const perWindow = Math.max(1, Math.floor(MAX_BATCH_BYTES / isz));
-  const stats: WalkStats = { inodes: 0, followed: 0 };
-  for (let g = 0; g < sb.groupCount; g++) {
-    const tableAt = table.inodeTable[g] * sb.blockSize;
-    for (let i = 0; i < sb.inodesPerGroup; i += perWindow) {
-      const n = Math.min(perWindow, sb.inodesPerGroup - i);
-      const bytes = await region.read(
-        tableAt + i * isz,
-        n * isz,
-        `inode table of group ${g}`,
-        true,
-      );
+  const perWindow = Math.max(
+    1,
+    Math.min(sb.inodesPerGroup, Math.floor(MAX_BATCH_BYTES / isz)),
+  );
+  // Windows in table order (`perGroup` to a group); the next one is read
+  // while one is walked. Two buffers, reused: a window's references are all
+  // taken (its tree blocks on the stack, by number) before it is read over.
+  const perGroup = Math.ceil(sb.inodesPerGroup / perWindow);
+  const windows = sb.groupCount * perGroup;
+  const where = (k: number) => {
+    const g = Math.floor(k / perGroup);
+    const i = (k % perGroup) * perWindow;
+    return { g, i, n: Math.min(perWindow, sb.inodesPerGroup - i) };
+  };
+  const buffers = [
+    new Uint8Array(perWindow * isz),
+    new Uint8Array(perWindow * isz),
+  ];
+  const read = (k: number) => {
+    const { g, i, n } = where(k);
+    return region.readInto(
+      table.inodeTable[g] * sb.blockSize + i * isz,
+      buffers[k % 2].subarray(0, n * isz),
+      `inode table of group ${g}`,
+    );
+  };
+  let next = windows > 0 ? read(0) : undefined;
+  try {
+    for (let k = 0; k < windows; k++) {
+      const bytes = await next!;
+      next = k + 1 < windows ? read(k + 1) : undefined;
+      next?.catch(() => {}); // reported when awaited
+      const { g, i, n } = where(k);
       const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-      for (let k = 0; k < n; k++) {
-        const at = k * isz;
-        const ino = g * sb.inodesPerGroup + i + k + 1;
+      for (let j = 0; j < n; j++) {
+        const at = j * isz;
+        const ino = g * sb.inodesPerGroup + i + j + 1;
         if (!possiblyLive(sb, view, at, ino)) continue;
         stats.followed++;
         if (refs.full) await refs.flush();
-        const pending = followInode(w, view, at, ino);
-        if (pending) await pending;
+        followInode(w, view, at, ino);
       }
       stats.inodes += n;
+      await drainTrees(w);
     }
+  } finally {
+    // No read outlives the walk (a stream must not be pulled from behind).
+    await next?.catch(() => {});
   }
   return stats;
+}
+
+/**
+ * Reads the tree blocks on the stack, a batch at a time from its top, and
+ * follows each (which may push its children), until it is empty. A batch
+ * is small enough that the children it can push stay within
+ * {@linkcode TREE_STACK_BUDGET} per level.
+ */
+async function drainTrees(w: Walk): Promise<void> {
+  const { sb, stack, refs } = w;
+  const fanout = sb.blockSize / 4;
+  const batch = Math.max(
+    1,
+    Math.min(TREE_READS, Math.floor(TREE_STACK_BUDGET / fanout)),
+  );
+  const capacity = Math.floor((sb.blockSize - 12) / 12);
+  while (stack.length > 0) {
+    const n = Math.min(batch, stack.length);
+    const from = stack.length - n;
+    const blocks = stack.blocks.splice(from, n);
+    const inodes = stack.inodes.splice(from, n);
+    const codes = stack.codes.splice(from, n);
+    // Settled, all of them, before any failure is reported: no read
+    // outlives the walk.
+    const settled = await Promise.allSettled(
+      blocks.map((b, k) =>
+        readBlocks(
+          w.region,
+          sb,
+          b,
+          1,
+          codes[k] > INDIRECT
+            ? `indirect block ${b} of inode ${inodes[k]}`
+            : `extent tree block ${b} of inode ${inodes[k]}`,
+          true,
+        )
+      ),
+    );
+    const read = settled.map((r) => {
+      if (r.status === "rejected") throw r.reason;
+      return r.value;
+    });
+    w.stats.treeBlocks += n;
+    for (let k = 0; k < n; k++) {
+      if (refs.full) await refs.flush();
+      const view = new DataView(
+        read[k].buffer,
+        read[k].byteOffset,
+        read[k].length,
+      );
+      if (codes[k] > INDIRECT) {
+        indirectBlock(w, inodes[k], view, codes[k] - INDIRECT);
+      } else {
+        extentNode(
+          w,
+          inodes[k],
+          view,
+          0,
+          capacity,
+          codes[k],
+          `extent tree block ${blocks[k]}`,
+        );
+      }
+    }
+  }
 }
 
 /** Whether an inode may be live (see the module notes). */
@@ -183,15 +310,15 @@ function emptyBlockField(view: DataView, at: number): boolean {
 }
 
 /**
- * Follows one inode's references. Returns a promise only when blocks must
- * be read (a tree deeper than the inode); the rest is done at once.
+ * Follows one inode's references: those in the inode are added at once,
+ * the tree blocks it points to go on the stack.
  */
 function followInode(
   w: Walk,
   view: DataView,
   at: number,
   ino: number,
-): Promise<void> | undefined {
+): void {
   const { sb } = w;
   const mode = view.getUint16(at + INODE.MODE, true);
   const flags = view.getUint32(at + INODE.FLAGS, true);
@@ -206,7 +333,7 @@ function followInode(
         `inode ${ino} has the inline-data flag, but the filesystem lacks the inline_data feature`,
       );
     }
-    return undefined; // the data is in the inode
+    return; // the data is in the inode
   }
   if (ino >= sb.firstIno) {
     const type = mode & 0xf000;
@@ -215,16 +342,16 @@ function followInode(
       case S_IF.DIR:
         break;
       case S_IF.LNK:
-        if (fastSymlink(sb, view, at, flags, acl)) return undefined;
+        if (fastSymlink(sb, view, at, flags, acl)) return;
         break;
       case S_IF.CHR:
       case S_IF.BLK:
       case S_IF.FIFO:
       case S_IF.SOCK:
         checkSpecial(view, at, ino, flags);
-        return undefined;
+        return;
       default:
-        if (emptyBlockField(view, at)) return undefined;
+        if (emptyBlockField(view, at)) return;
         throw new Refusal(
           `inode ${ino} (links ${
             view.getUint16(at + INODE.LINKS_COUNT, true)
@@ -232,16 +359,14 @@ function followInode(
         );
     }
   } else if (emptyBlockField(view, at)) {
-    return undefined; // a reserved inode not in use
+    return; // a reserved inode not in use
   }
-  const root = new DataView(
-    view.buffer,
-    view.byteOffset + at + INODE.BLOCK,
-    I_BLOCK_BYTES,
-  );
-  return flags & INODE_FLAG.EXTENTS
-    ? extentNode(w, ino, root, ROOT_EXTENTS, -1, "its extent root")
-    : blockMap(w, ino, root);
+  const root = at + INODE.BLOCK;
+  if (flags & INODE_FLAG.EXTENTS) {
+    extentNode(w, ino, view, root, ROOT_EXTENTS, -1, "its extent root");
+  } else {
+    blockMap(w, ino, view, root);
+  }
 }
 
 /**
@@ -291,8 +416,9 @@ function checkSpecial(
 }
 
 /**
- * One extent tree node (the root in `i_block`, or a tree block): its leaf
- * extents, or its children, each read and followed one level down.
+ * One extent tree node (the root in `i_block`, or a tree block) at byte
+ * `at` of `node`: its leaf extents are added, its children pushed to be
+ * read and followed one level down.
  *
  * @param capacity Most entries the node can hold.
  * @param depth The depth the node must have, or -1 for the root (which
@@ -302,19 +428,20 @@ function extentNode(
   w: Walk,
   ino: number,
   node: DataView,
+  at: number,
   capacity: number,
   depth: number,
   what: string,
-): Promise<void> | undefined {
-  const magic = node.getUint16(0, true);
+): void {
+  const magic = node.getUint16(at, true);
   if (magic !== EXT4_EXT_MAGIC) {
     throw new Refusal(
       `inode ${ino}: ${what} has extent header magic ${hex(magic)}, not 0xf30a`,
     );
   }
-  const entries = node.getUint16(2, true);
-  const max = node.getUint16(4, true);
-  const nodeDepth = node.getUint16(6, true);
+  const entries = node.getUint16(at + 2, true);
+  const max = node.getUint16(at + 4, true);
+  const nodeDepth = node.getUint16(at + 6, true);
   if (max > capacity || entries > max) {
     throw new Refusal(
       `inode ${ino}: ${what} has ${entries} of ${max} extents, where ${capacity} fit`,
@@ -331,44 +458,24 @@ function extentNode(
   }
   if (nodeDepth === 0) {
     for (let e = 0; e < entries; e++) {
-      const at = 12 + 12 * e;
-      const len = node.getUint16(at + 4, true);
+      const x = at + 12 + 12 * e;
+      const len = node.getUint16(x + 4, true);
       const count = len > EXT_INIT_MAX_LEN ? len - EXT_INIT_MAX_LEN : len;
       if (count === 0) {
         throw new Refusal(`inode ${ino}: ${what} has an empty extent`);
       }
-      const start = node.getUint16(at + 6, true) * 0x1_0000_0000 +
-        node.getUint32(at + 8, true);
+      const start = node.getUint16(x + 6, true) * 0x1_0000_0000 +
+        node.getUint32(x + 8, true);
       w.refs.add(start, count, ino, REF.DATA);
     }
-    return undefined;
+    return;
   }
-  const children: number[] = [];
   for (let e = 0; e < entries; e++) {
-    const at = 12 + 12 * e;
-    const child = node.getUint16(at + 8, true) * 0x1_0000_0000 +
-      node.getUint32(at + 4, true);
+    const x = at + 12 + 12 * e;
+    const child = node.getUint16(x + 8, true) * 0x1_0000_0000 +
+      node.getUint32(x + 4, true);
     w.refs.add(child, 1, ino, REF.EXTENT_TREE);
-    children.push(child);
-  }
-  return extentChildren(w, ino, children, nodeDepth - 1);
-}
-
-async function extentChildren(
-  w: Walk,
-  ino: number,
-  children: number[],
-  depth: number,
-): Promise<void> {
-  const { sb } = w;
-  const capacity = Math.floor((sb.blockSize - 12) / 12);
-  for (const child of children) {
-    if (w.refs.full) await w.refs.flush();
-    const what = `extent tree block ${child}`;
-    const block = await readBlocks(w.region, sb, child, 1, what, true);
-    const node = new DataView(block.buffer, block.byteOffset, block.length);
-    const pending = extentNode(w, ino, node, capacity, depth, what);
-    if (pending) await pending;
+    w.stack.push(child, ino, nodeDepth - 1);
   }
 }
 
@@ -379,51 +486,39 @@ async function extentChildren(
 function blockMap(
   w: Walk,
   ino: number,
-  root: DataView,
-): Promise<void> | undefined {
+  view: DataView,
+  root: number,
+): void {
   for (let i = 0; i < DIRECT_BLOCKS; i++) {
-    const b = root.getUint32(4 * i, true);
+    const b = view.getUint32(root + 4 * i, true);
     if (b !== 0) w.refs.add(b, 1, ino, REF.DATA);
   }
-  const indirect: Array<[number, number]> = [];
   for (let level = 1; level <= 3; level++) {
-    const b = root.getUint32(4 * (DIRECT_BLOCKS + level - 1), true);
+    const b = view.getUint32(root + 4 * (DIRECT_BLOCKS + level - 1), true);
     if (b !== 0) {
       w.refs.add(b, 1, ino, REF.INDIRECT);
-      indirect.push([b, level]);
+      w.stack.push(b, ino, INDIRECT + level);
     }
   }
-  return indirect.length > 0 ? indirectBlocks(w, ino, indirect) : undefined;
 }
 
-/** Indirect blocks `[block, level]`: level 1 lists data blocks, level n blocks of level n - 1. */
-async function indirectBlocks(
+/**
+ * An indirect block of `level`: level 1 lists data blocks, level `n`
+ * blocks of level `n - 1` (pushed to be read).
+ */
+function indirectBlock(
   w: Walk,
   ino: number,
-  blocks: Array<[number, number]>,
-): Promise<void> {
-  const { sb } = w;
-  for (const [block, level] of blocks) {
-    if (w.refs.full) await w.refs.flush();
-    const bytes = await readBlocks(
-      w.region,
-      sb,
-      block,
-      1,
-      `indirect block ${block}`,
-      true,
-    );
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
-    const below: Array<[number, number]> = [];
-    for (let at = 0; at < sb.blockSize; at += 4) {
-      const b = view.getUint32(at, true);
-      if (b === 0) continue;
-      if (level === 1) w.refs.add(b, 1, ino, REF.DATA);
-      else {
-        w.refs.add(b, 1, ino, REF.INDIRECT);
-        below.push([b, level - 1]);
-      }
+  view: DataView,
+  level: number,
+): void {
+  for (let at = 0; at < view.byteLength; at += 4) {
+    const b = view.getUint32(at, true);
+    if (b === 0) continue;
+    if (level === 1) w.refs.add(b, 1, ino, REF.DATA);
+    else {
+      w.refs.add(b, 1, ino, REF.INDIRECT);
+      w.stack.push(b, ino, INDIRECT + level - 1);
     }
-    if (below.length > 0) await indirectBlocks(w, ino, below);
   }
 }

@@ -41,7 +41,7 @@ const KIND_NAMES = [
   "its extended-attribute block",
 ];
 
-/** References held before they are checked: about 2.6 MiB of buffers. */
+/** References held before they are checked (3.4 MiB of buffers with the slack). */
 export const REFERENCE_BUFFER = 1 << 17;
 /** Room past a full buffer: the references one inode or one tree block adds before the walker flushes. */
 const SLACK = 1 << 15;
