@@ -26,6 +26,7 @@ export class Lookahead {
   #base = 0;
   #end = 0;
   #done = false;
+  #pulling: Promise<boolean> | undefined;
   #retained: Array<{ offset: number; bytes: Uint8Array }> | undefined;
 
   constructor(
@@ -38,7 +39,7 @@ export class Lookahead {
     this.#size = size;
     this.reader = {
       size,
-      read: (offset, length) => this.#read(offset, length),
+      read: (offset, length, once) => this.#read(offset, length, once),
     };
   }
 
@@ -48,7 +49,11 @@ export class Lookahead {
    */
   readonly reader: DiskReader;
 
-  async #read(offset: number, length: number): Promise<Uint8Array> {
+  async #read(
+    offset: number,
+    length: number,
+    once = false,
+  ): Promise<Uint8Array> {
     if (offset < this.#base) {
       throw new Refusal(
         `metadata at byte ${offset} was needed after the stream had passed it (at byte ${this.#base}); a stream is mapped only by metadata that precedes the data`,
@@ -62,7 +67,7 @@ export class Lookahead {
     while (this.#end < offset + length && await this.#pull());
     const n = Math.max(0, Math.min(length, this.#end - offset));
     const bytes = this.#copy(offset, n);
-    this.#retained?.push({ offset, bytes });
+    if (!once) this.#retained?.push({ offset, bytes });
     return bytes;
   }
 
@@ -71,8 +76,19 @@ export class Lookahead {
     return this.#end;
   }
 
-  /** Reads one more input chunk; false at the end of the input. */
-  async #pull(): Promise<boolean> {
+  /**
+   * Reads one more input chunk; false at the end of the input. Readers
+   * asking at the same time share one pull, so that together they hold
+   * back no more than one of them would.
+   */
+  #pull(): Promise<boolean> {
+    this.#pulling ??= this.#pullOne().finally(() => {
+      this.#pulling = undefined;
+    });
+    return this.#pulling;
+  }
+
+  async #pullOne(): Promise<boolean> {
     if (this.#done) return false;
     const { value, done } = await this.#input.read();
     if (done) {
@@ -112,7 +128,7 @@ export class Lookahead {
     return out;
   }
 
-  /** Starts keeping every read made through `reader`. */
+  /** Starts keeping every read made through `reader` (but those read `once`). */
   retain(): void {
     this.#retained = [];
   }

@@ -31,8 +31,17 @@ export class Refusal extends Error {
 export interface DiskReader {
   /** Disk size in bytes, when known (a pipe may not say). */
   readonly size: number | undefined;
-  /** Reads `length` bytes at `offset`. */
-  read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Reads `length` bytes at `offset`. `once` says the bytes are used only
+   * while the analysis runs (inode tables, tree blocks): a stream need not
+   * keep them for listing the free ranges.
+   */
+  read(offset: number, length: number, once?: boolean): Promise<Uint8Array>;
+  /**
+   * Reads `into.length` bytes at `offset` into a buffer the caller reuses
+   * (read `once`), when the disk can; returns the bytes read.
+   */
+  readInto?(offset: number, into: Uint8Array): Promise<number>;
 }
 
 /** Hexadecimal for messages (`0x1f`): the format module's one formatter. */
@@ -69,10 +78,49 @@ export class RegionReader {
    * @param at Offset inside the region.
    * @param length Bytes wanted.
    * @param what What is read, for the refusal message (`block bitmap of group 3`).
+   * @param once Whether the bytes are needed only during the analysis
+   * (see {@linkcode DiskReader.read}).
    * @returns The bytes.
    * @throws {Refusal} When the bytes lie past the end of the region or the disk.
    */
-  async read(at: number, length: number, what: string): Promise<Uint8Array> {
+  async read(
+    at: number,
+    length: number,
+    what: string,
+    once = false,
+  ): Promise<Uint8Array> {
+    this.#check(at, length, what);
+    const bytes = await this.#disk.read(this.offset + at, length, once);
+    if (bytes.length < length) throw this.#short(at, what);
+    return bytes;
+  }
+
+  /**
+   * Reads exactly `into.length` bytes at region offset `at` into a buffer
+   * the caller reuses, for bytes needed only during the analysis.
+   *
+   * @param at Offset inside the region.
+   * @param into Where the bytes go.
+   * @param what What is read, for the refusal message.
+   * @returns `into`.
+   * @throws {Refusal} When the bytes lie past the end of the region or the disk.
+   */
+  async readInto(
+    at: number,
+    into: Uint8Array,
+    what: string,
+  ): Promise<Uint8Array> {
+    if (!this.#disk.readInto) {
+      into.set(await this.read(at, into.length, what, true));
+      return into;
+    }
+    this.#check(at, into.length, what);
+    const n = await this.#disk.readInto(this.offset + at, into);
+    if (n < into.length) throw this.#short(at, what);
+    return into;
+  }
+
+  #check(at: number, length: number, what: string): void {
     if (!Number.isSafeInteger(at) || at < 0) {
       throw new Refusal(`${what} at byte ${at} is out of range`);
     }
@@ -81,13 +129,12 @@ export class RegionReader {
         `${what} at byte ${at} lies past the end of the region (${this.length} bytes): truncated`,
       );
     }
-    const bytes = await this.#disk.read(this.offset + at, length);
-    if (bytes.length < length) {
-      throw new Refusal(
-        `${what} at byte ${at} lies past the end of the disk: truncated`,
-      );
-    }
-    return bytes;
+  }
+
+  #short(at: number, what: string): Refusal {
+    return new Refusal(
+      `${what} at byte ${at} lies past the end of the disk: truncated`,
+    );
   }
 
   /**
@@ -115,6 +162,12 @@ export interface Partition {
   length: number;
   /** The type as the table names it. */
   type: string;
+  /**
+   * What the table's type declares: `swap` for Linux swap (MBR 0x82, GPT
+   * 0657FD6D-A4AB-43C4-84E5-0933C84B4F4F), `other` for any other type.
+   * Absent on a bare disk, where there is no type to consult.
+   */
+  typeKind?: "swap" | "other";
 }
 
 /** What a partition table reader finds. */

@@ -43,6 +43,13 @@ export interface FilesystemModule {
   /** Whether a partition starting with `head` holds this filesystem. */
   detect(head: Uint8Array): boolean;
   /**
+   * The partition type a table must give for the signature to be trusted
+   * (a bare disk has no type and needs none). A signature of a few bytes,
+   * such as swap's, could be written into any partition; its type is an
+   * independent word.
+   */
+  readonly partitionType?: "swap";
+  /**
    * Reads and checks the metadata.
    *
    * @throws {Refusal} To leave the partition as it is, saying why.

@@ -33,9 +33,12 @@ export const GPT_MAX_ENTRY_ARRAY = 4 * 1024 * 1024;
 /** Sector sizes tried, in order: the header is in LBA 1. */
 export const GPT_SECTOR_SIZES: readonly number[] = [512, 4096];
 
+/** Type GUID of a Linux swap partition. */
+export const GPT_TYPE_LINUX_SWAP = "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F";
+
 const TYPE_NAMES: Record<string, string> = {
   "0FC63DAF-8483-4772-8E79-3D69D8477DE4": "Linux filesystem",
-  "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F": "Linux swap",
+  [GPT_TYPE_LINUX_SWAP]: "Linux swap",
   "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709": "Linux root (x86-64)",
   "B921B045-1DF0-41C3-AF44-4C6F280D3FAE": "Linux root (ARM-64)",
   "933AC7E1-2EB4-4F13-B844-0E14E2AEF915": "Linux home",
@@ -384,6 +387,7 @@ export async function readGptPartitions(
       offset: e.firstLba * ss,
       length: (e.lastLba - e.firstLba + 1) * ss,
       type: gptTypeName(e.typeGuid),
+      typeKind: e.typeGuid === GPT_TYPE_LINUX_SWAP ? "swap" : "other",
     })),
     table: [
       { offset: 0, length: 2 * ss },

@@ -37,6 +37,8 @@ export const MBR_SIGNATURE_OFFSET = 510;
 export const MBR_TYPE_GPT_PROTECTIVE = 0xee;
 /** Partition types of extended partitions (CHS, LBA, Linux). */
 export const MBR_EXTENDED_TYPES: readonly number[] = [0x05, 0x0f, 0x85];
+/** Partition type of Linux swap. */
+export const MBR_TYPE_LINUX_SWAP = 0x82;
 /** Most logical partitions followed in an EBR chain. */
 export const MBR_MAX_LOGICAL = 256;
 
@@ -132,6 +134,10 @@ export function mbrTypeName(type: number): string {
   return TYPE_NAMES[type] ?? hex(type);
 }
 
+function typeKind(type: number): "swap" | "other" {
+  return type === MBR_TYPE_LINUX_SWAP ? "swap" : "other";
+}
+
 function used(e: MbrEntry): boolean {
   return e.type !== 0 && e.sectors !== 0;
 }
@@ -164,7 +170,7 @@ function used(e: MbrEntry): boolean {
  * disk.set([0x55, 0xaa], 510);
  * const reader = { size: disk.length, read: (o: number, n: number) => Promise.resolve(disk.subarray(o, o + n)) };
  * const { partitions } = await readMbrPartitions(reader, parseMbrSector(disk)!);
- * assert.deepStrictEqual(partitions, [{ number: 2, offset: 1024 * 512, length: 512 * 512, type: "Linux swap" }]);
+ * assert.deepStrictEqual(partitions, [{ number: 2, offset: 1024 * 512, length: 512 * 512, type: "Linux swap", typeKind: "swap" }]);
  * ```
  */
 export async function readMbrPartitions(
@@ -195,6 +201,7 @@ export async function readMbrPartitions(
       offset: e.firstLba * MBR_SECTOR_SIZE,
       length: e.sectors * MBR_SECTOR_SIZE,
       type: mbrTypeName(e.type),
+      typeKind: typeKind(e.type),
     });
   }
   if (extended.length === 1) {
@@ -261,6 +268,7 @@ function logicalPartition(
     offset: first * MBR_SECTOR_SIZE,
     length: logical.sectors * MBR_SECTOR_SIZE,
     type: mbrTypeName(logical.type),
+    typeKind: typeKind(logical.type),
   };
 }
 

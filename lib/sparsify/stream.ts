@@ -98,9 +98,11 @@ class FreeCursor {
  * leave the stage as `{ zeros: n }`, everything else as it came. A
  * partition whose metadata lies beyond the read-ahead, or before data
  * already passed on, is left as it is, and the report says so. For an
- * ext4 with flex_bg (mke2fs's default) the bitmaps of the first 16 groups
- * (2 GiB with 4 KiB blocks) follow the superblock: such filesystems are
- * mapped whole from a stream.
+ * ext4 with flex_bg (mke2fs's default) the bitmaps and inode tables of the
+ * first 16 groups (2 GiB with 4 KiB blocks) follow the superblock: such
+ * filesystems are mapped whole from a stream, when the extent tree and
+ * attribute blocks of their files lie within the read-ahead too (ext2 and
+ * ext3 files larger than 12 blocks have indirect blocks anywhere).
  *
  * @example Drop a bare swap area's free pages from a stream
  * ```ts

@@ -14,6 +14,10 @@
  * (`S1SUSPEND`, `S2SUSPEND`, `ULSUSPEND`, `LINHIB0001`): it is left as it is,
  * as is the old `SWAP-SPACE` format.
  *
+ * Ten bytes at the end of a page can be written into any partition: a
+ * signature is trusted only where the partition table's type says swap
+ * (MBR 0x82, the GPT Linux swap GUID), or on a bare disk with no table.
+ *
  * @module
  */
 
@@ -157,10 +161,14 @@ async function analyzeSwap(region: RegionReader): Promise<FilesystemAnalysis> {
   };
 }
 
-/** Linux swap (SWAPSPACE2): all but the header page is free. */
+/**
+ * Linux swap (SWAPSPACE2): all but the header page is free. Trusted only in
+ * a partition typed Linux swap, or on a bare disk.
+ */
 export const swapModule: FilesystemModule = {
   name: "swap",
   headBytes: SWAP_PAGE_SIZES.at(-1)!,
+  partitionType: "swap",
   detect: (head) => findSwapSignature(head) !== undefined,
   analyze: analyzeSwap,
 };

@@ -2,15 +2,23 @@
 // (bare ext2/3/4 in several layouts, GPT and MBR disks with ext4 and swap)
 // with their metadata mutated: superblock fields, group descriptors,
 // bitmap bits and pointers, GPT headers and entries, MBR and EBR entries,
-// truncations, raw bytes. Checksums are sometimes fixed up after a
-// mutation so that the parsers meet hostile values that pass them.
+// truncations, raw bytes, inode fields. Checksums are sometimes fixed up
+// after a mutation so that the parsers meet hostile values that pass them.
+// One operator is the attack of issue 22 in full: used blocks marked free
+// with the group's and the superblock's free counts and every checksum
+// (bitmap, descriptor, superblock) recomputed, so that only the inodes
+// still say the blocks are in use.
 //
 // The oracle is independent of the parsers: the free ranges of the
 // unmutated disk as dumpe2fs lists them (and the swap pages past the
 // header). A mutated disk may be mapped, partly mapped or left as it is,
 // but every byte called free must be free in the original: anything else
-// is a wrong zero. A case is (base, seed): the same pair always gives the
-// same bytes.
+// is a wrong zero — a live block dropped. The attack and the inode
+// mutations are each a case of their own (never combined with other
+// operators): an inode edit that "deletes" the file whose blocks another
+// operator freed would make a consistent filesystem in which that file is
+// gone, which no reader of the metadata could tell from a real deletion.
+// A case is (base, seed): the same pair always gives the same bytes.
 
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -56,6 +64,13 @@ export interface ExtInfo {
   csum: "crc32c" | "crc16" | "none";
   /** Disk offsets of the superblock backups. */
   backups: number[];
+  blocksPerGroup: number;
+  firstDataBlock: number;
+  blocksCount: number;
+  inodeSize: number;
+  inodesPerGroup: number;
+  /** Disk offset of group 0's inode table. */
+  inodeTable: number;
 }
 
 /** A disk to mutate, and what is free on it by e2fsprogs and the swap layout. */
@@ -126,6 +141,13 @@ async function extInfo(image: string, offset: number): Promise<ExtInfo> {
       ? "crc16"
       : "none",
     backups,
+    blocksPerGroup: num(/^Blocks per group:\s+(\d+)$/m),
+    firstDataBlock: num(/^First block:\s+(\d+)$/m),
+    blocksCount: num(/^Block count:\s+(\d+)$/m),
+    inodeSize: num(/^Inode size:\s+(\d+)$/m, 128),
+    inodesPerGroup: num(/^Inodes per group:\s+(\d+)$/m),
+    inodeTable: offset +
+      num(/^Group 0:[^]*?Inode table at (\d+)/m) * blockSize,
   };
 }
 
@@ -464,9 +486,151 @@ function fixGpt(
   m.desc.push("fixed the GPT CRC32s");
 }
 
+/** The crc32c seed of an ext4 with metadata_csum, from the current superblock. */
+function csumSeed(sb: Uint8Array): number {
+  const v = new DataView(sb.buffer, sb.byteOffset, 1024);
+  return v.getUint32(0x60, true) & 0x2000
+    ? v.getUint32(0x270, true)
+    : crc32cRaw(0xffffffff, sb.subarray(0x68, 0x78));
+}
+
+/** Reads a little-endian unsigned field of the current bytes. */
+function field(
+  base: Uint8Array,
+  m: Mutation,
+  at: number,
+  size: number,
+): number {
+  return [...current(base, m.patches, at, size)]
+    .reduceRight((v, x) => v * 256 + x, 0);
+}
+
+/**
+ * The attack of issue 22: clears a run of set bits (used blocks) in a
+ * group's bitmap, then makes every count and checksum agree as an attacker
+ * would — the group's free count, its bitmap checksum and descriptor
+ * checksum, the superblock's free count and checksum. Groups with
+ * BLOCK_UNINIT have no bitmap on disk and are not picked.
+ */
+function freeUsedBlocks(
+  r: Rand,
+  base: Uint8Array,
+  b: FuzzBase,
+  m: Mutation,
+): void {
+  const e = r.pick(b.ext);
+  const g = r.int(e.groups);
+  const desc = e.gdt + g * e.descSize;
+  if (e.csum !== "none" && field(base, m, desc + 0x12, 2) & 0x2) return;
+  const blocks = Math.min(
+    e.blocksPerGroup,
+    e.blocksCount - e.firstDataBlock - g * e.blocksPerGroup,
+  );
+  const bitmap = current(base, m.patches, e.bitmaps[g], e.blockSize);
+  const set = (i: number) => (bitmap[i >> 3] & (1 << (i & 7))) !== 0;
+  let i = r.int(blocks);
+  for (let tries = 0; tries < blocks && !set(i); tries++) i = (i + 1) % blocks;
+  if (!set(i)) return;
+  const want = 1 + r.int(r.chance(0.5) ? 4 : 256);
+  let n = 0;
+  while (n < want && i + n < blocks && set(i + n)) {
+    bitmap[(i + n) >> 3] &= ~(1 << ((i + n) & 7));
+    n++;
+  }
+  m.patches.push({ at: e.bitmaps[g], bytes: [...bitmap] });
+  const free = field(base, m, desc + 0x0c, 2) +
+    (e.descSize >= 64 ? field(base, m, desc + 0x2c, 2) * 0x10000 : 0) + n;
+  m.patches.push({ at: desc + 0x0c, bytes: le(free & 0xffff, 2) });
+  if (e.descSize >= 64) {
+    m.patches.push({ at: desc + 0x2c, bytes: le(free >>> 16, 2) });
+  }
+  const sbAt = e.offset + 1024;
+  const wide = field(base, m, sbAt + 0x60, 4) & 0x80;
+  const total = field(base, m, sbAt + 0x0c, 4) +
+    (wide ? field(base, m, sbAt + 0x158, 4) * 2 ** 32 : 0) + n;
+  m.patches.push({ at: sbAt + 0x0c, bytes: le(total % 2 ** 32, 4) });
+  if (wide) {
+    m.patches.push({
+      at: sbAt + 0x158,
+      bytes: le(Math.floor(total / 2 ** 32), 4),
+    });
+  }
+  if (e.csum === "crc32c") {
+    const seed = csumSeed(current(base, m.patches, sbAt, 1024));
+    const c = crc32cRaw(seed, bitmap.subarray(0, e.blocksPerGroup / 8));
+    m.patches.push({ at: desc + 0x18, bytes: le(c & 0xffff, 2) });
+    if (e.descSize >= 64) {
+      m.patches.push({ at: desc + 0x38, bytes: le(c >>> 16, 2) });
+    }
+  }
+  const first = e.firstDataBlock + g * e.blocksPerGroup + i;
+  m.desc.push(
+    `freed used blocks ${first}-${
+      first + n - 1
+    } (group ${g}) with counts fixed`,
+  );
+  fixDescriptor(base, m, e, g);
+  fixSuperblock(base, m, e);
+}
+
+const INODE_FIELDS: Array<[string, number, number]> = [
+  ["i_mode", 0x00, 2],
+  ["i_size_lo", 0x04, 4],
+  ["i_dtime", 0x14, 4],
+  ["i_links_count", 0x1a, 2],
+  ["i_blocks_lo", 0x1c, 4],
+  ["i_flags", 0x20, 4],
+  ["i_block[0]", 0x28, 4],
+  ["i_block[1]", 0x2c, 4],
+  ["i_block[2]", 0x30, 4],
+  ["i_block[3]", 0x34, 4],
+  ["i_block[4]", 0x38, 4],
+  ["i_block[5]", 0x3c, 4],
+  ["i_block[6]", 0x40, 4],
+  ["i_block[12]", 0x58, 4],
+  ["i_block[13]", 0x5c, 4],
+  ["i_block[14]", 0x60, 4],
+  ["i_file_acl_lo", 0x68, 4],
+  ["l_i_file_acl_high", 0x76, 2],
+];
+
+/**
+ * A field of one of the first inodes of group 0 (the reserved ones, the
+ * root, the first files): the walk must stay bounded and never call more
+ * free than the bitmaps do. Inode checksums are not fixed: they are not
+ * what the walk relies on.
+ */
+function inodeField(
+  r: Rand,
+  base: Uint8Array,
+  b: FuzzBase,
+  m: Mutation,
+): void {
+  const e = r.pick(b.ext);
+  const ino = 1 + r.int(Math.min(40, e.inodesPerGroup));
+  const [name, off, size] = r.pick(INODE_FIELDS);
+  const at = e.inodeTable + (ino - 1) * e.inodeSize + off;
+  const old = field(base, m, at, size);
+  const blocks = b.targets.map((t) => Math.floor((t - e.offset) / e.blockSize))
+    .filter((x) => x >= 0);
+  const value = interesting(r, old, size, [
+    ...blocks,
+    0xf30a, // an extent header's magic
+    0x80000, // EXTENTS_FL
+    0x10000000, // INLINE_DATA_FL
+    0x2000 | 0o644, // a character device
+    0xa000 | 0o777, // a symlink
+  ]);
+  m.patches.push({ at, bytes: le(value, size) });
+  m.desc.push(`inode ${ino} ${name} ${old} -> ${value}`);
+}
+
 type Operator = (r: Rand, base: Uint8Array, b: FuzzBase, m: Mutation) => void;
 
-const OPERATORS: Array<[number, Operator]> = [
+/** `[weight, operator, alone]`: an operator marked alone is a whole case by itself. */
+const OPERATORS: Array<[number, Operator, boolean?]> = [
+  [4, freeUsedBlocks, true],
+  [3, inodeField, true],
   // A superblock field.
   [3, (r, base, b, m) => {
     const e = r.pick(b.ext);
@@ -626,9 +790,11 @@ export function mutate(
   const rounds = 1 + r.int(3);
   while (m.desc.length === 0 || m.desc.length < rounds) {
     let roll = r.int(total);
-    const op = OPERATORS.find(([w]) => (roll -= w) < 0)![1];
+    const [, op, alone] = OPERATORS.find(([w]) => (roll -= w) < 0)!;
+    if (alone && m.desc.length > 0) break;
     const before = m.desc.length;
     op(r, base, b, m);
+    if (alone && m.desc.length > before) break;
     if (m.desc.length === before && m.desc.length > 0) break;
   }
   return m;

@@ -348,3 +348,181 @@ export async function zeroed(
     }
   }
 }
+
+/** An inode in use and the blocks it uses, as debugfs lists them. */
+export interface LiveInode {
+  ino: number;
+  /** `[first, last]` block ranges: data, extent tree, indirect and attribute blocks. */
+  blocks: Array<[number, number]>;
+}
+
+/**
+ * Every inode of an ext image that is in use (marked in its inode bitmap,
+ * or with links), with every block `debugfs stat` lists for it (data,
+ * ETB, IND/DIND/TIND) and its attribute block. Independent of our code.
+ */
+export async function liveInodes(
+  image: string,
+): Promise<{ blockSize: number; inodes: LiveInode[] }> {
+  const head = await sh("dumpe2fs", ["-h", image]);
+  const count = Number(/^Inode count:\s+(\d+)$/m.exec(head)![1]);
+  const blockSize = Number(/^Block size:\s+(\d+)$/m.exec(head)![1]);
+  const script = Array.from(
+    { length: count },
+    (_, i) => `testi <${i + 1}>\nstat <${i + 1}>\n`,
+  ).join("");
+  const out = await sh("debugfs", ["-f", "-", image], { stdin: script });
+  const inodes: LiveInode[] = [];
+  for (const chunk of out.split("debugfs: testi <").slice(1)) {
+    const ino = Number(/^(\d+)>/.exec(chunk)![1]);
+    const links = Number(/Links: (\d+)/.exec(chunk)?.[1] ?? 0);
+    if (!/is marked in use/.test(chunk) && links === 0) continue;
+    const blocks: Array<[number, number]> = [];
+    const map = /\n(?:BLOCKS|EXTENTS):\n([^]*?)(?:\nTOTAL|\n\n|$)/.exec(chunk);
+    for (
+      const m of (map?.[1] ?? "").matchAll(
+        /\([^)]*\)(?:\[[^\]]*\])?:(\d+)(?:-(\d+))?/g,
+      )
+    ) {
+      blocks.push([Number(m[1]), Number(m[2] ?? m[1])]);
+    }
+    const acl = Number(/File ACL: (\d+)/.exec(chunk)?.[1] ?? 0);
+    if (acl !== 0) blocks.push([acl, acl]);
+    if (blocks.length > 0) inodes.push({ ino, blocks });
+  }
+  return { blockSize, inodes };
+}
+
+/** The blocks debugfs lists for one path (`stat`): `[first, last]` ranges and kinds. */
+export async function blocksOf(
+  image: string,
+  path: string,
+): Promise<Array<{ kind: string; first: number; last: number }>> {
+  const out = await sh("debugfs", ["-R", `stat ${path}`, image]);
+  const map = /\n(?:BLOCKS|EXTENTS):\n([^]*?)(?:\nTOTAL|\n\n|$)/.exec(out);
+  const found = [];
+  for (
+    const m of (map?.[1] ?? "").matchAll(
+      /\(([^)]*)\)(?:\[[^\]]*\])?:(\d+)(?:-(\d+))?/g,
+    )
+  ) {
+    const kind = /^[A-Z]/.test(m[1]) ? m[1] : "data";
+    found.push({ kind, first: Number(m[2]), last: Number(m[3] ?? m[2]) });
+  }
+  const acl = Number(/File ACL: (\d+)/.exec(out)?.[1] ?? 0);
+  if (acl !== 0) found.push({ kind: "ACL", first: acl, last: acl });
+  return found;
+}
+
+/**
+ * Makes an ext image's metadata call blocks free as an attacker would:
+ * the bits cleared in the block bitmaps (debugfs recomputes their
+ * checksums), then every group's free count set to its bitmap's zero bits
+ * and the superblock's to their sum, descriptor and superblock checksums
+ * recomputed. e2fsck would find the blocks in use by their inodes; the
+ * counts and checksums all agree.
+ */
+export async function freeAsAttacker(
+  image: string,
+  ranges: Array<[number, number]>,
+): Promise<void> {
+  await debugfsSet(
+    image,
+    ...ranges.map(([first, last]) => `freeb ${first} ${last - first + 1}`),
+  );
+  await fixFreeCounts(image);
+}
+
+/**
+ * Sets every group's free block count to its bitmap's zero bits and the
+ * superblock's to their sum, with their checksums (what an attacker does
+ * after editing a bitmap).
+ */
+export async function fixFreeCounts(image: string): Promise<void> {
+  const text = await sh("dumpe2fs", [image]);
+  const commands: string[] = [];
+  let total = 0;
+  for (
+    const m of text.matchAll(
+      /^Group (\d+):[^]*?^\s+(\d+) free blocks,[^]*?^\s+Free blocks: (.*)$/gm,
+    )
+  ) {
+    let free = 0;
+    for (const part of m[3].split(",").map((s) => s.trim()).filter(Boolean)) {
+      const [a, b] = part.split("-").map(Number);
+      free += (b ?? a) - a + 1;
+    }
+    total += free;
+    if (free !== Number(m[2])) {
+      commands.push(
+        `set_bg ${m[1]} free_blocks_count ${free}`,
+        `set_bg ${m[1]} checksum calc`,
+      );
+    }
+  }
+  commands.push(`ssv free_blocks_count ${total}`);
+  await debugfsSet(image, ...commands);
+}
+
+const CRC32C_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+  return c >>> 0;
+});
+
+/** CRC-32C continued from `crc`, without inversions (ext4's chaining form); the tests' own. */
+function crc32c(crc: number, bytes: Uint8Array): number {
+  let c = crc >>> 0;
+  for (const b of bytes) c = CRC32C_TABLE[(c ^ b) & 0xff] ^ (c >>> 8);
+  return c >>> 0;
+}
+
+/**
+ * Recomputes, as an attacker would after editing geometry, every checksum
+ * of an ext4 with metadata_csum (no meta_bg) from its current bytes: each
+ * block bitmap's (over `s_blocks_per_group / 8` bytes), each group
+ * descriptor's, then the superblock's.
+ */
+export async function fixExtChecksums(image: string): Promise<void> {
+  const bytes = await Deno.readFile(image);
+  const sb = new DataView(bytes.buffer, 1024, 1024);
+  const blockSize = 1024 << sb.getUint32(0x18, true);
+  const bpg = sb.getUint32(0x20, true);
+  const blocks = sb.getUint32(0x04, true) +
+    (sb.getUint32(0x60, true) & 0x80 ? sb.getUint32(0x150, true) * 2 ** 32 : 0);
+  const first = sb.getUint32(0x14, true);
+  const groups = Math.ceil((blocks - first) / bpg);
+  const descSize = sb.getUint32(0x60, true) & 0x80
+    ? sb.getUint16(0xfe, true)
+    : 32;
+  const seed = sb.getUint32(0x60, true) & 0x2000
+    ? sb.getUint32(0x270, true)
+    : crc32c(0xffffffff, bytes.subarray(1024 + 0x68, 1024 + 0x78));
+  const gdt = (first + 1) * blockSize;
+  for (let g = 0; g < groups; g++) {
+    const at = gdt + g * descSize;
+    const d = new DataView(bytes.buffer, at, descSize);
+    const bitmap = d.getUint32(0, true) +
+      (descSize >= 64 ? d.getUint32(0x20, true) * 2 ** 32 : 0);
+    const bits = bytes.subarray(
+      bitmap * blockSize,
+      bitmap * blockSize + bpg / 8,
+    );
+    const c = crc32c(seed, bits);
+    d.setUint16(0x18, c & 0xffff, true);
+    if (descSize >= 64) d.setUint16(0x38, c >>> 16, true);
+    const le = new Uint8Array(4);
+    new DataView(le.buffer).setUint32(0, g, true);
+    let x = crc32c(seed, le);
+    x = crc32c(x, bytes.subarray(at, at + 0x1e));
+    x = crc32c(x, new Uint8Array(2));
+    if (descSize > 32) x = crc32c(x, bytes.subarray(at + 0x20, at + descSize));
+    d.setUint16(0x1e, x & 0xffff, true);
+  }
+  sb.setUint32(
+    0x3fc,
+    crc32c(0xffffffff, bytes.subarray(1024, 1024 + 0x3fc)),
+    true,
+  );
+  await Deno.writeFile(image, bytes);
+}

@@ -50,20 +50,36 @@ export const BG_BLOCK_UNINIT = 0x0002;
 /** Descriptors at least this long carry all 32 bits of the bitmap checksum. */
 const BLOCK_BITMAP_CSUM_HI_END = 0x3a;
 
-/** The group descriptors, one entry per group. Block numbers are filesystem blocks. */
+/**
+ * The group descriptors, one entry per group, appended as each is checked
+ * (so that memory follows the descriptors actually read, not the group
+ * count a superblock claims). Block numbers are filesystem blocks.
+ */
 export interface GroupTable {
   /** Block bitmap location. */
-  blockBitmap: Float64Array;
+  blockBitmap: number[];
   /** Inode bitmap location. */
-  inodeBitmap: Float64Array;
+  inodeBitmap: number[];
   /** First block of the inode table. */
-  inodeTable: Float64Array;
+  inodeTable: number[];
   /** Free blocks the descriptor counts. */
-  freeBlocks: Float64Array;
+  freeBlocks: number[];
   /** `bg_flags`. */
-  flags: Uint16Array;
+  flags: number[];
   /** Stored block bitmap checksum (16 or 32 bits). */
-  bitmapCsum: Uint32Array;
+  bitmapCsum: number[];
+}
+
+/** A group table with no group yet. */
+export function emptyGroupTable(): GroupTable {
+  return {
+    blockBitmap: [],
+    inodeBitmap: [],
+    inodeTable: [],
+    freeBlocks: [],
+    flags: [],
+    bitmapCsum: [],
+  };
 }
 
 /**
@@ -278,12 +294,17 @@ export function bitmapChecksum(sb: Ext4Superblock, bitmap: Uint8Array): number {
 }
 
 /**
- * Parses every group descriptor, checking its checksum (uninit_bg,
- * metadata_csum) and that its bitmaps and inode table lie inside the
- * filesystem (and inside the group itself without flex_bg).
+ * Parses group descriptors and appends them to a table: the descriptors in
+ * `bytes` belong to the groups that follow those already in `table`. Each
+ * is checked: its checksum (uninit_bg, metadata_csum), its bitmaps and
+ * inode table inside the filesystem (and inside the group itself without
+ * flex_bg, as the kernel checks), its free count at most its group's
+ * blocks. The first descriptor that fails stops the parse.
  *
  * @param sb The superblock.
- * @param bytes The descriptor blocks back to back, in index order.
+ * @param bytes Descriptor blocks back to back, in index order (descriptors
+ * past the last group are ignored).
+ * @param table The table to append to.
  * @returns The table.
  * @throws {Refusal} For a checksum mismatch or a location out of range.
  *
@@ -302,23 +323,21 @@ export function bitmapChecksum(sb: Ext4Superblock, bitmap: Uint8Array): number {
 export function parseGroupDescriptors(
   sb: Ext4Superblock,
   bytes: Uint8Array,
+  table: GroupTable = emptyGroupTable(),
 ): GroupTable {
-  const n = sb.groupCount;
-  const t: GroupTable = {
-    blockBitmap: new Float64Array(n),
-    inodeBitmap: new Float64Array(n),
-    inodeTable: new Float64Array(n),
-    freeBlocks: new Float64Array(n),
-    flags: new Uint16Array(n),
-    bitmapCsum: new Uint32Array(n),
-  };
+  const t = table;
+  const first = t.blockBitmap.length;
+  const end = Math.min(
+    sb.groupCount,
+    first + Math.floor(bytes.length / sb.descSize),
+  );
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
   const wide = sb.descSize >= 64;
   const checked = hasGroupChecksums(sb);
   const flex = has(sb.incompat, INCOMPAT.FLEX_BG);
   const itb = inodeTableBlocks(sb);
-  for (let g = 0; g < n; g++) {
-    const at = g * sb.descSize;
+  for (let g = first; g < end; g++) {
+    const at = (g - first) * sb.descSize;
     const u32 = (o: number) => view.getUint32(at + o, true);
     const u16 = (o: number) => view.getUint16(at + o, true);
     const loc = (lo: number, hi: number) =>
@@ -338,23 +357,19 @@ export function parseGroupDescriptors(
         );
       }
     }
-    t.blockBitmap[g] = loc(GD.BLOCK_BITMAP_LO, GD.BLOCK_BITMAP_HI);
-    t.inodeBitmap[g] = loc(GD.INODE_BITMAP_LO, GD.INODE_BITMAP_HI);
-    t.inodeTable[g] = loc(GD.INODE_TABLE_LO, GD.INODE_TABLE_HI);
-    t.freeBlocks[g] = (wide ? u16(GD.FREE_BLOCKS_HI) * 0x10000 : 0) +
+    const blockBitmap = loc(GD.BLOCK_BITMAP_LO, GD.BLOCK_BITMAP_HI);
+    const inodeBitmap = loc(GD.INODE_BITMAP_LO, GD.INODE_BITMAP_HI);
+    const inodeTable = loc(GD.INODE_TABLE_LO, GD.INODE_TABLE_HI);
+    const freeBlocks = (wide ? u16(GD.FREE_BLOCKS_HI) * 0x10000 : 0) +
       u16(GD.FREE_BLOCKS_LO);
-    t.flags[g] = checked ? u16(GD.FLAGS) : 0;
-    t.bitmapCsum[g] = (sb.descSize >= BLOCK_BITMAP_CSUM_HI_END
-      ? u16(GD.BLOCK_BITMAP_CSUM_HI) * 0x10000
-      : 0) + u16(GD.BLOCK_BITMAP_CSUM_LO);
     const lo = flex ? sb.firstDataBlock : groupFirstBlock(sb, g);
     const hi = flex ? sb.blocksCount : lo + groupBlocks(sb, g);
     const where = flex ? "the filesystem" : `its group`;
     for (
       const [what, start, count] of [
-        ["block bitmap", t.blockBitmap[g], 1],
-        ["inode bitmap", t.inodeBitmap[g], 1],
-        ["inode table", t.inodeTable[g], itb],
+        ["block bitmap", blockBitmap, 1],
+        ["inode bitmap", inodeBitmap, 1],
+        ["inode table", inodeTable, itb],
       ] as const
     ) {
       if (start < lo || start + count > hi) {
@@ -365,20 +380,31 @@ export function parseGroupDescriptors(
         );
       }
     }
-    if (t.freeBlocks[g] > groupBlocks(sb, g)) {
+    if (freeBlocks > groupBlocks(sb, g)) {
       throw new Refusal(
-        `group ${g} counts ${t.freeBlocks[g]} free blocks, more than its ${
+        `group ${g} counts ${freeBlocks} free blocks, more than its ${
           groupBlocks(sb, g)
         }`,
       );
     }
+    t.blockBitmap.push(blockBitmap);
+    t.inodeBitmap.push(inodeBitmap);
+    t.inodeTable.push(inodeTable);
+    t.freeBlocks.push(freeBlocks);
+    t.flags.push(checked ? u16(GD.FLAGS) : 0);
+    t.bitmapCsum.push(
+      (sb.descSize >= BLOCK_BITMAP_CSUM_HI_END
+        ? u16(GD.BLOCK_BITMAP_CSUM_HI) * 0x10000
+        : 0) + u16(GD.BLOCK_BITMAP_CSUM_LO),
+    );
   }
   return t;
 }
 
 /**
  * Every block that holds filesystem metadata: superblocks, descriptor and
- * reserved GDT blocks, block and inode bitmaps, inode tables. Sorted by
+ * reserved GDT blocks, block and inode bitmaps, inode tables, the MMP
+ * block. Sorted by
  * first block, as `[first, end)` pairs in one flat array.
  *
  * @param sb The superblock.
@@ -393,7 +419,8 @@ export function parseGroupDescriptors(
  * import { metadataExtents } from "./groups.ts";
  * import type { Ext4Superblock } from "./superblock.ts";
  * const sb = { firstDataBlock: 1, blocksPerGroup: 8192, blocksCount: 8193, groupCount: 1, blockSize: 1024,
- *   descSize: 32, incompat: 0, compat: 0, roCompat: 0, reservedGdtBlocks: 0, inodesPerGroup: 16, inodeSize: 128 } as Ext4Superblock;
+ *   descSize: 32, incompat: 0, compat: 0, roCompat: 0, reservedGdtBlocks: 0, inodesPerGroup: 16, inodeSize: 128,
+ *   mmpBlock: 0 } as Ext4Superblock;
  * const t = { blockBitmap: [3], inodeBitmap: [4], inodeTable: [5] } as unknown as Parameters<typeof metadataExtents>[1];
  * assert.deepStrictEqual([...metadataExtents(sb, t)], [1, 2, 2, 3, 3, 4, 4, 5, 5, 7]);
  * ```
@@ -415,6 +442,7 @@ export function metadataExtents(
     add(t.inodeBitmap[g], 1);
     add(t.inodeTable[g], itb);
   }
+  if (sb.mmpBlock !== 0) add(sb.mmpBlock, 1);
   // meta_bg descriptor blocks before s_first_meta_bg are in group 0's extent.
   const order = Array.from(starts.keys()).sort((a, b) =>
     starts[a] - starts[b] || ends[a] - ends[b]

@@ -18,6 +18,10 @@ export const EXT4_SUPERBLOCK_SIZE = 1024;
 export const EXT4_MAGIC = 0xef53;
 /** Most block groups handled (128 TiB with 4 KiB blocks). */
 export const EXT4_MAX_GROUPS = 1 << 20;
+/** `s_first_ino` of revision 0, and the least any revision may have. */
+export const EXT4_GOOD_OLD_FIRST_INO = 11;
+/** `s_creator_os` of GNU Hurd, whose inodes carry a translator block. */
+const CREATOR_OS_HURD = 1;
 
 /** Offsets of the superblock fields read here. */
 export const SB = {
@@ -25,6 +29,8 @@ export const SB = {
   INODES_COUNT: 0x00,
   /** `s_blocks_count_lo` u32 */
   BLOCKS_COUNT_LO: 0x04,
+  /** `s_free_blocks_count_lo` u32 */
+  FREE_BLOCKS_COUNT_LO: 0x0c,
   /** `s_first_data_block` u32: 1 with 1 KiB blocks, else 0 */
   FIRST_DATA_BLOCK: 0x14,
   /** `s_log_block_size` u32: block size is 1024 << this */
@@ -41,8 +47,12 @@ export const SB = {
   MAGIC: 0x38,
   /** `s_state` u16: bit 0 cleanly unmounted, bit 1 errors, bit 2 orphans */
   STATE: 0x3a,
+  /** `s_creator_os` u32: 0 Linux, 1 Hurd, 2 Masix, 3 FreeBSD, 4 Lites */
+  CREATOR_OS: 0x48,
   /** `s_rev_level` u32: 0 original, 1 dynamic (inode size and features) */
   REV_LEVEL: 0x4c,
+  /** `s_first_ino` u32: first inode that is not reserved (11 in revision 0) */
+  FIRST_INO: 0x54,
   /** `s_inode_size` u16 */
   INODE_SIZE: 0x58,
   /** `s_block_group_nr` u16: the group a superblock copy is in (0 for the primary) */
@@ -63,6 +73,10 @@ export const SB = {
   FIRST_META_BG: 0x104,
   /** `s_blocks_count_hi` u32 (64bit) */
   BLOCKS_COUNT_HI: 0x150,
+  /** `s_free_blocks_count_hi` u32 (64bit) */
+  FREE_BLOCKS_COUNT_HI: 0x158,
+  /** `s_mmp_block` u64: the multi-mount protection block (mmp) */
+  MMP_BLOCK: 0x168,
   /** `s_checksum_type` u8: 1 is crc32c */
   CHECKSUM_TYPE: 0x175,
   /** `s_backup_bgs` 2 x u32: the groups with backups under sparse_super2 */
@@ -171,8 +185,14 @@ export interface Ext4Superblock {
   firstDataBlock: number;
   /** Blocks per group. */
   blocksPerGroup: number;
+  /** Free blocks the superblock counts (`s_free_blocks_count`). */
+  freeBlocksCount: number;
   /** Inodes per group. */
   inodesPerGroup: number;
+  /** Inodes in the filesystem. */
+  inodesCount: number;
+  /** First inode that is not reserved. */
+  firstIno: number;
   /** Inode size in bytes. */
   inodeSize: number;
   /** Block groups. */
@@ -193,6 +213,8 @@ export interface Ext4Superblock {
   firstMetaBg: number;
   /** `s_backup_bgs` (sparse_super2). */
   backupBgs: [number, number];
+  /** The MMP block with the mmp feature, else 0. */
+  mmpBlock: number;
   /** Seed of the metadata checksums: `s_checksum_seed`, or crc32c(~0, uuid). */
   csumSeed: number;
 }
@@ -280,7 +302,10 @@ export function ext4Flavor(raw: Uint8Array): "ext2" | "ext3" | "ext4" {
 /**
  * Parses the superblock and decides whether the filesystem can be mapped:
  * clean, no unknown or unsupported feature, checksum right (metadata_csum),
- * geometry consistent and inside the region.
+ * geometry consistent and inside the region (block count within the
+ * partition, groups as the block count divides, inode count as the groups
+ * multiply, descriptors and reserved GDT blocks fitting in group 0, free
+ * count at most the block count), not made by GNU Hurd.
  *
  * @param raw The 1024 superblock bytes.
  * @param regionLength Bytes in the partition, when known.
@@ -310,11 +335,20 @@ export function parseExt4Superblock(
   const { blockSize, groupCount } = blocks;
   const inodes = readInodeGeometry(f, rev, blockSize, groupCount);
   const descSize = readDescSize(f, incompat);
-  const descBlocks = Math.ceil(groupCount / (blockSize / descSize));
-  const firstMetaBg = f.u32(SB.FIRST_META_BG);
-  if (has(incompat, INCOMPAT.META_BG) && firstMetaBg > descBlocks) {
+  const firstMetaBg = readDescriptorLayout(f, incompat, blocks, descSize);
+  const creator = f.u32(SB.CREATOR_OS);
+  if (creator === CREATOR_OS_HURD) {
     throw new Refusal(
-      `s_first_meta_bg ${firstMetaBg} is past the ${descBlocks} descriptor blocks`,
+      "made by GNU Hurd (s_creator_os 1), whose inodes may point at translator blocks that are not followed here",
+    );
+  }
+  const freeBlocksCount = f.u32(SB.FREE_BLOCKS_COUNT_LO) +
+    (has(incompat, INCOMPAT.BIT64)
+      ? f.u32(SB.FREE_BLOCKS_COUNT_HI) * 0x1_0000_0000
+      : 0);
+  if (freeBlocksCount > blocks.blocksCount) {
+    throw new Refusal(
+      `s_free_blocks_count ${freeBlocksCount} is more than the ${blocks.blocksCount} blocks`,
     );
   }
   const uuid = raw.slice(SB.UUID, SB.UUID + 16);
@@ -324,6 +358,7 @@ export function parseExt4Superblock(
   return {
     flavor: ext4Flavor(raw),
     ...blocks,
+    freeBlocksCount,
     ...inodes,
     descSize,
     compat,
@@ -333,6 +368,7 @@ export function parseExt4Superblock(
     reservedGdtBlocks: f.u16(SB.RESERVED_GDT_BLOCKS),
     firstMetaBg,
     backupBgs: [f.u32(SB.BACKUP_BGS), f.u32(SB.BACKUP_BGS + 4)],
+    mmpBlock: readMmpBlock(f, incompat, blocks),
     csumSeed,
   };
 }
@@ -504,13 +540,16 @@ function readBlockGeometry(
   };
 }
 
-/** Inodes per group and inode size, checked against the inode count. */
+/** Inodes per group, inode size and the first free inode, checked against the inode count. */
 function readInodeGeometry(
   f: Fields,
   rev: number,
   blockSize: number,
   groupCount: number,
-): Pick<Ext4Superblock, "inodesPerGroup" | "inodeSize"> {
+): Pick<
+  Ext4Superblock,
+  "inodesPerGroup" | "inodeSize" | "inodesCount" | "firstIno"
+> {
   const ipg = f.u32(SB.INODES_PER_GROUP);
   const inodeSize = rev === 0 ? 128 : f.u16(SB.INODE_SIZE);
   if (
@@ -524,14 +563,19 @@ function readInodeGeometry(
       `s_inodes_per_group ${ipg} is out of range [1, ${8 * blockSize}]`,
     );
   }
-  if (f.u32(SB.INODES_COUNT) !== groupCount * ipg) {
+  const inodesCount = f.u32(SB.INODES_COUNT);
+  if (inodesCount !== groupCount * ipg) {
     throw new Refusal(
-      `s_inodes_count ${
-        f.u32(SB.INODES_COUNT)
-      } is not ${groupCount} groups x ${ipg} inodes`,
+      `s_inodes_count ${inodesCount} is not ${groupCount} groups x ${ipg} inodes`,
     );
   }
-  return { inodesPerGroup: ipg, inodeSize };
+  const firstIno = rev === 0 ? EXT4_GOOD_OLD_FIRST_INO : f.u32(SB.FIRST_INO);
+  if (firstIno < EXT4_GOOD_OLD_FIRST_INO) {
+    throw new Refusal(
+      `s_first_ino ${firstIno} is less than ${EXT4_GOOD_OLD_FIRST_INO}`,
+    );
+  }
+  return { inodesPerGroup: ipg, inodeSize, inodesCount, firstIno };
 }
 
 /** The group descriptor size: 32, or s_desc_size with 64bit. */
@@ -548,4 +592,71 @@ function readDescSize(f: Fields, incompat: number): number {
     }
   }
   return descSize;
+}
+
+/**
+ * `s_first_meta_bg`, after checking that the descriptor blocks kept after
+ * the superblock (all of them, or those before the first meta group with
+ * meta_bg) and the reserved GDT blocks fit in group 0, as mke2fs lays
+ * them out.
+ */
+function readDescriptorLayout(
+  f: Fields,
+  incompat: number,
+  blocks: Pick<
+    Ext4Superblock,
+    | "blockSize"
+    | "groupCount"
+    | "blocksPerGroup"
+    | "blocksCount"
+    | "firstDataBlock"
+  >,
+  descSize: number,
+): number {
+  const { blockSize, groupCount } = blocks;
+  const descBlocks = Math.ceil(groupCount / (blockSize / descSize));
+  const firstMetaBg = f.u32(SB.FIRST_META_BG);
+  const metaBg = has(incompat, INCOMPAT.META_BG);
+  if (metaBg && firstMetaBg > descBlocks) {
+    throw new Refusal(
+      `s_first_meta_bg ${firstMetaBg} is past the ${descBlocks} descriptor blocks`,
+    );
+  }
+  const reserved = f.u16(SB.RESERVED_GDT_BLOCKS);
+  if (reserved > blockSize / 4) {
+    throw new Refusal(
+      `s_reserved_gdt_blocks ${reserved} is more than ${blockSize / 4}`,
+    );
+  }
+  const kept = metaBg ? firstMetaBg : descBlocks + reserved;
+  const group0 = Math.min(
+    blocks.blocksPerGroup,
+    blocks.blocksCount - blocks.firstDataBlock,
+  );
+  if (1 + kept > group0) {
+    throw new Refusal(
+      `the superblock and ${kept} group descriptor blocks (${groupCount} groups of ${descSize}-byte descriptors${
+        metaBg ? "" : `, ${reserved} reserved`
+      }) do not fit in group 0 (${group0} blocks)`,
+    );
+  }
+  return firstMetaBg;
+}
+
+/** `s_mmp_block` with the mmp feature (inside the filesystem), else 0. */
+function readMmpBlock(
+  f: Fields,
+  incompat: number,
+  blocks: Pick<Ext4Superblock, "blocksCount" | "firstDataBlock">,
+): number {
+  if (!has(incompat, INCOMPAT.MMP)) return 0;
+  const block = f.u32(SB.MMP_BLOCK) + f.u32(SB.MMP_BLOCK + 4) * 0x1_0000_0000;
+  if (block <= blocks.firstDataBlock || block >= blocks.blocksCount) {
+    throw new Refusal(
+      `s_mmp_block ${block} lies outside the filesystem (blocks ${
+        blocks.firstDataBlock + 1
+      }-${blocks.blocksCount - 1})`,
+    );
+  }
+  return block;
 }
