@@ -73,22 +73,25 @@ const TREE_BLOCK_INFO_SIZE = 18;
  * ```
  */
 export class GapList {
-  readonly start: Float64Array;
-  readonly length: Float64Array;
+  start: Float64Array;
+  length: Float64Array;
   count = 0;
   /** Ranges shorter than this are not kept. */
   minLength = 1;
   /** Free ranges forgotten to stay within the capacity. */
   forgotten = 0;
+  readonly #capacity: number;
 
   /**
-   * Creates the list.
+   * Creates the list (it grows as ranges come, up to its capacity).
    *
    * @param capacity Most ranges kept.
    */
   constructor(capacity = MAX_GAPS) {
-    this.start = new Float64Array(capacity);
-    this.length = new Float64Array(capacity);
+    this.#capacity = capacity;
+    const first = Math.min(capacity, 1024);
+    this.start = new Float64Array(first);
+    this.length = new Float64Array(first);
   }
 
   /** Adds a free range after every one added so far. */
@@ -97,7 +100,10 @@ export class GapList {
       this.forgotten++;
       return;
     }
-    if (this.count === this.start.length) this.#compact();
+    if (this.count === this.start.length) {
+      if (this.count < this.#capacity) this.#grow();
+      else this.#compact();
+    }
     if (length < this.minLength) {
       this.forgotten++;
       return;
@@ -105,6 +111,16 @@ export class GapList {
     this.start[this.count] = start;
     this.length[this.count] = length;
     this.count++;
+  }
+
+  #grow(): void {
+    const n = Math.min(this.#capacity, this.start.length * 2);
+    const start = new Float64Array(n);
+    const length = new Float64Array(n);
+    start.set(this.start);
+    length.set(this.length);
+    this.start = start;
+    this.length = length;
   }
 
   #compact(): void {
