@@ -379,6 +379,23 @@ const CASES: Array<{
     },
   },
   {
+    name: "a subvolume half deleted (drop_progress set, checksum fixed)",
+    reason:
+      /the top subvolume \(5\) is being deleted \(its root item has a drop_progress key\)/,
+    damage: async (image, layout) => {
+      const { leaf, item } = await findItem(
+        image,
+        layout,
+        "ROOT_TREE",
+        (i) => i.type === ROOT_ITEM && i.objectid === 5n,
+      );
+      await editTreeBlock(image, layout, leaf, (b) => {
+        b[item.at + 220] = 1; // drop_progress.objectid
+        b[item.at + 237] = 1; // drop_level
+      });
+    },
+  },
+  {
     name: "an unknown incompat feature",
     reason: /unknown incompat feature bits 0x100000$/,
     damage: (image) =>
