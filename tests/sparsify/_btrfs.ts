@@ -317,11 +317,15 @@ export function itemIndex(
   return b.keys.indexOf(key);
 }
 
-/** Mounts a btrfs image file through a loop device; unmounted and detached on dispose. */
+/**
+ * Mounts a btrfs image file through a loop device; unmounted and detached
+ * on dispose. Without discard: the kernel would otherwise punch the extents
+ * of deleted files out of the image file, and they must keep their bytes.
+ */
 export async function mountBtrfs(
   image: string,
   dir: string,
-  options = "",
+  options = "nodiscard",
 ): Promise<AsyncDisposable> {
   await Deno.mkdir(dir, { recursive: true });
   const dev = (await sh("losetup", ["-f", "--show", image])).trim();
