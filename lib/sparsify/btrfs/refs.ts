@@ -151,12 +151,8 @@ export function rootOf(leaf: TreeBlock, i: number): TreeRoot {
 
 /** What the walk found, for the report. */
 export interface ReferenceCount {
-  /** Trees walked from the root tree (the root tree itself excluded). */
-  trees: number;
-  /** Subvolumes and snapshots among them (the top subvolume included). */
+  /** Subvolumes and snapshots walked (the top subvolume included). */
   subvolumes: number;
-  /** File extents on disk (regular and preallocated, holes excluded). */
-  fileExtents: number;
 }
 
 /** What the reference walk needs. */
@@ -183,7 +179,7 @@ export async function checkReferences(
   input: ReferenceInput,
 ): Promise<ReferenceCount> {
   const { reader, map, space, seen, sb } = input;
-  const count: ReferenceCount = { trees: 0, subvolumes: 0, fileExtents: 0 };
+  const count: ReferenceCount = { subvolumes: 0 };
   const allocated = (b: TreeBlock, tree: TreeRoot) => {
     if (!space.treeBlocks.has(b.bytenr)) {
       throw new Refusal(
@@ -236,7 +232,6 @@ export async function checkReferences(
         `${where()} points at logical ${disk} (${bytes} bytes), where the extent tree leaves free space`,
       );
     }
-    count.fileExtents++;
   };
 
   const checksums = (leaf: TreeBlock, i: number, tree: TreeRoot) => {
@@ -278,7 +273,6 @@ export async function checkReferences(
               throw new Refusal(`the ${tree.name} holds a root item`);
             }
             const sub = rootOf(leaf, i);
-            count.trees++;
             if (isSubvolume(sub.id!)) count.subvolumes++;
             await walk(sub, false);
           }

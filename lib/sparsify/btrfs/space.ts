@@ -292,7 +292,6 @@ export class ExtentScanner {
   /** The chunk whose free ranges are being listed, and how far. */
   #chunk = 0;
   #cursor: number;
-  #lastBg = -1;
 
   /**
    * Starts a scan.
@@ -412,7 +411,6 @@ export class ExtentScanner {
       );
     }
     this.#bgUsed[c] = used;
-    this.#lastBg = c;
   }
 
   #extent(leaf: TreeBlock, k: number, type: number, at: number, size: number) {
