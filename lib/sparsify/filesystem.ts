@@ -52,8 +52,8 @@ export interface FilesystemModule {
 /** The filesystems that are mapped, tried in this order. */
 export const FILESYSTEMS: readonly FilesystemModule[] = [
   ext4Module,
-  swapModule,
   btrfsModule,
+  swapModule,
 ];
 
 /**

@@ -28,6 +28,7 @@ import {
   MiB,
   mkfs,
   noise,
+  patch,
   populate,
   sfdiskParts,
   sh,
@@ -533,3 +534,32 @@ for (const [name, script, at] of DISKS) {
     },
   );
 }
+
+diskTest(
+  "mapFreeSpace() reads a btrfs that also carries a swap signature as btrfs, not as swap",
+  { tools: TOOLS },
+  async () => {
+    await using dir = await tempDir();
+    const tree = join(dir.path, "tree");
+    await populate(tree, 8, 20 * MiB);
+    const image = join(dir.path, "fs.img");
+    await mkbtrfs(image, 128 * MiB, [], tree);
+    // A swap header in the first page, which btrfs leaves unused: as swap,
+    // everything past it would be free, live btrfs metadata and files too.
+    const header = new Uint8Array(4096);
+    const v = new DataView(header.buffer);
+    v.setUint32(1024, 1, true); // version
+    v.setUint32(1028, 128 * 256 - 1, true); // last_page
+    header.set(new TextEncoder().encode("SWAPSPACE2"), 4096 - 10);
+    await patch(image, 0, header);
+    await using src = await FileSource.open(image);
+    const map = await mapFreeSpace(src);
+    const [region] = map.report.regions;
+    assert.strictEqual(region.found, "btrfs");
+    assert.strictEqual(region.status, "mapped", region.reason);
+    assert.deepStrictEqual(
+      await Array.fromAsync(map.ranges()),
+      btrfsFree(await btrfsLayout(image)),
+    );
+  },
+);
