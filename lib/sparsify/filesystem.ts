@@ -15,6 +15,7 @@ import { ext4Module } from "./ext4/ext4.ts";
 import { swapModule } from "./swap.ts";
 import { ntfsModule } from "./ntfs/ntfs.ts";
 import { fatModule } from "./fat/fat.ts";
+import { btrfsModule } from "./btrfs/btrfs.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
@@ -60,6 +61,7 @@ export interface FilesystemModule {
 /** The filesystems that are mapped, tried in this order. */
 export const FILESYSTEMS: readonly FilesystemModule[] = [
   ext4Module,
+  btrfsModule,
   swapModule,
   ntfsModule,
   fatModule,
@@ -71,7 +73,6 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
  */
 export const KNOWN_SIGNATURES: ReadonlyArray<[string, number, string]> = [
   ["xfs", 0, "XFSB"],
-  ["btrfs", 0x10040, "_BHRfS_M"],
   ["exfat", 3, "EXFAT   "],
   ["LUKS", 0, "LUKS\xba\xbe"],
   ["LVM2 PV", 0x218, "LVM2 001"],

@@ -7,13 +7,15 @@
  * and MBR (primary and logical partitions), or none (a bare filesystem).
  * Filesystems: ext2, ext3 and ext4 (free blocks by the block bitmaps, with
  * every checksum checked, every count cross-checked, and every block a
- * possibly-live inode uses required to be marked in use), FAT12/16/32 (free
- * clusters by the FAT, checked against every copy and a walk of the
- * directory tree), NTFS (the clusters `$Bitmap` marks free, checked against
- * every MFT record) and Linux swap (all but the header page; only in a
- * partition typed swap, or on a bare disk). Any other content, and any
- * filesystem whose metadata disagrees with itself, is copied as it is; the
- * {@linkcode SparsifyReport} says what was found and why.
+ * possibly-live inode uses required to be marked in use), btrfs on one
+ * device (free space by the extent tree, checked against every tree and
+ * file extent), FAT12/16/32 (free clusters by the FAT, checked against
+ * every copy and a walk of the directory tree), NTFS (the clusters
+ * `$Bitmap` marks free, checked against every MFT record) and Linux swap
+ * (all but the header page; only in a partition typed swap, or on a bare
+ * disk). Any other content, and any filesystem whose metadata disagrees
+ * with itself, is copied as it is; the {@linkcode SparsifyReport} says what
+ * was found and why.
  *
  * - {@linkcode mapFreeSpace}: the map of a disk read at random
  * - {@linkcode freeSpaceChunks}: a disk read at random, free ranges never read
