@@ -93,12 +93,28 @@ export const HEAD_BYTES: number = Math.max(
  */
 export function recognize(head: Uint8Array): string {
   for (const [name, at, sig] of KNOWN_SIGNATURES) {
-    if (head.length < at + sig.length) continue;
-    let ok = true;
-    for (let i = 0; i < sig.length && ok; i++) {
-      ok = head[at + i] === sig.charCodeAt(i);
-    }
-    if (ok) return name;
+    if (hasSignature(head, at, sig)) return name;
   }
   return "unknown";
+}
+
+/**
+ * Whether `head` holds the signature `sig` (one byte per character) at
+ * offset `at`.
+ *
+ * @param head A partition's first bytes.
+ * @param at Where the signature is.
+ * @param sig The signature.
+ * @returns Whether it is there.
+ */
+export function hasSignature(
+  head: Uint8Array,
+  at: number,
+  sig: string,
+): boolean {
+  if (head.length < at + sig.length) return false;
+  for (let i = 0; i < sig.length; i++) {
+    if (head[at + i] !== sig.charCodeAt(i)) return false;
+  }
+  return true;
 }

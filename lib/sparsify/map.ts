@@ -16,7 +16,9 @@ import {
 import {
   type FilesystemAnalysis,
   FILESYSTEMS,
+  hasSignature,
   HEAD_BYTES,
+  KNOWN_SIGNATURES,
   recognize,
 } from "./filesystem.ts";
 import { readDiskLayout } from "./partitions.ts";
@@ -108,7 +110,24 @@ export async function analyzeRegion(
     if (!(err instanceof Refusal)) throw err;
     return untouched("unknown", err.message);
   }
-  const module = FILESYSTEMS.find((m) => m.detect(head));
+  // Two signatures at once (a filesystem made over another without
+  // wiping it, or bytes crafted to look like both) leave the partition as
+  // it is, as blkid calls such a result ambivalent: the free space of one
+  // may be the other's live data.
+  const matches = FILESYSTEMS.filter((m) => m.detect(head));
+  const others = KNOWN_SIGNATURES.filter(([, at, sig]) =>
+    hasSignature(head, at, sig)
+  ).map(([name]) => name);
+  const names = [...new Set([...matches.map((m) => m.name), ...others])];
+  if (matches.length > 0 && names.length > 1) {
+    return untouched(
+      names[0],
+      `signatures of ${
+        names.join(" and ")
+      } were both found: which one the partition holds is ambiguous`,
+    );
+  }
+  const module = matches[0];
   if (!module) {
     const found = recognize(head);
     return untouched(

@@ -420,3 +420,32 @@ diskTest(
     assert.ok(dropped > 2, r.stderr);
   },
 );
+
+// ---------------------------------------------------------------------------
+// Two signatures in one partition
+
+diskTest(
+  "--sparsify leaves a filesystem that also carries another filesystem's signature as it is (ambiguous, as blkid says)",
+  { tools: ["mke2fs", "qemu-img"] },
+  async () => {
+    await using dir = await tempDir();
+    const cases: Array<[string, number, string, RegExp]> = [
+      // btrfs's superblock magic at 64 KiB + 0x40, inside ext4's data.
+      ["btrfs", 0x10040, "_BHRfS_M", /ext4 and btrfs were both found/],
+      // A swap signature at the end of the first 4 KiB page, which ext4's
+      // first block leaves unused.
+      ["swap", 4096 - 10, "SWAPSPACE2", /ext4 and swap were both found/],
+      // An XFS magic at byte 0 (ext4 leaves its boot block unused).
+      ["xfs", 0, "XFSB", /ext4 and xfs were both found/],
+    ];
+    for (const [what, at, sig, reason] of cases) {
+      const fs = join(dir.path, `ext4-${what}.img`);
+      await mkfs(fs, 16 * MiB, ["-t", "ext4", "-b", "4096"]);
+      const f = await Deno.open(fs, { write: true });
+      await f.seek(at, Deno.SeekMode.Start);
+      await f.write(new TextEncoder().encode(sig));
+      f.close();
+      await expectKept(dir.path, fs, reason);
+    }
+  },
+);
