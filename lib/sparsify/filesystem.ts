@@ -13,6 +13,7 @@ import type { RegionReader } from "./_region.ts";
 import type { FreeRange } from "./report.ts";
 import { ext4Module } from "./ext4/ext4.ts";
 import { swapModule } from "./swap.ts";
+import { xfsModule } from "./xfs/xfs.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
@@ -52,6 +53,7 @@ export interface FilesystemModule {
 export const FILESYSTEMS: readonly FilesystemModule[] = [
   ext4Module,
   swapModule,
+  xfsModule,
 ];
 
 /**
@@ -59,7 +61,6 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
  * mapped, so that the report can name them: `[name, offset, bytes]`.
  */
 export const KNOWN_SIGNATURES: ReadonlyArray<[string, number, string]> = [
-  ["xfs", 0, "XFSB"],
   ["btrfs", 0x10040, "_BHRfS_M"],
   ["ntfs", 3, "NTFS    "],
   ["vfat", 0x52, "FAT32   "],
