@@ -27,6 +27,8 @@ export class Lookahead {
   #end = 0;
   #done = false;
   #retained: Array<{ offset: number; bytes: Uint8Array }> | undefined;
+  /** The reads kept, as `offset+length`. */
+  #retainedAt = new Set<string>();
 
   constructor(
     input: ReadableStreamDefaultReader<Chunk>,
@@ -62,7 +64,13 @@ export class Lookahead {
     while (this.#end < offset + length && await this.#pull());
     const n = Math.max(0, Math.min(length, this.#end - offset));
     const bytes = this.#copy(offset, n);
-    this.#retained?.push({ offset, bytes });
+    // A read made again is kept once: a module re-reading a block (a
+    // hostile filesystem can make one read the same block many times)
+    // keeps no more than the read-ahead.
+    if (this.#retained && !this.#retainedAt.has(`${offset}+${n}`)) {
+      this.#retained.push({ offset, bytes });
+      this.#retainedAt.add(`${offset}+${n}`);
+    }
     return bytes;
   }
 
@@ -115,6 +123,7 @@ export class Lookahead {
   /** Starts keeping every read made through `reader`. */
   retain(): void {
     this.#retained = [];
+    this.#retainedAt.clear();
   }
 
   /**
@@ -124,6 +133,7 @@ export class Lookahead {
   retained(): DiskReader {
     const kept = this.#retained ?? [];
     this.#retained = undefined;
+    this.#retainedAt.clear();
     return {
       size: this.#size,
       read(offset: number, length: number): Promise<Uint8Array> {

@@ -97,8 +97,12 @@ export class XfsReader {
     return await this.region.read(at, length, what);
   }
 
-  /** Reads `count` blocks from AG block `agbno` of AG `agno`. */
-  readBlocks(
+  /**
+   * Reads `count` blocks from AG block `agbno` of AG `agno`, a block at a
+   * time: a block that a hostile filesystem makes the analysis read again
+   * is then the same read, which a stream's read-ahead keeps once.
+   */
+  async readBlocks(
     agno: number,
     agbno: number,
     count: number,
@@ -109,11 +113,13 @@ export class XfsReader {
         `${what} at AG ${agno} block ${agbno} lies past the end of its AG`,
       );
     }
-    return this.read(
-      this.byteOf(agno, agbno),
-      count * this.sb.blockSize,
-      what,
-    );
+    const bs = this.sb.blockSize;
+    if (count === 1) return await this.read(this.byteOf(agno, agbno), bs, what);
+    const out = new Uint8Array(count * bs);
+    for (let i = 0; i < count; i++) {
+      out.set(await this.read(this.byteOf(agno, agbno + i), bs, what), i * bs);
+    }
+    return out;
   }
 
   /**
