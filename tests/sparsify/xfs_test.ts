@@ -88,6 +88,11 @@ const VARIANTS: Variant[] = [
     detail: /^v5, 4 KiB blocks, 2 AGs, /,
   },
   {
+    name: "v5 striped, log stripe unit 32 KiB",
+    args: ["-d", "su=64k,sw=2", "-l", "su=32k"],
+    detail: /^v5, 4 KiB blocks, /,
+  },
+  {
     name: "v4",
     args: ["-m", "crc=0"],
     detail: /^v4, 4 KiB blocks, 4 AGs, \d+ inodes in use$/,
@@ -266,7 +271,9 @@ async function logHead(
   const start = (agno * g.agblocks + agbno) * g.blockSize;
   const log = await readAt(image, start, g.logblocks * g.blockSize);
   const view = new DataView(log.buffer, log.byteOffset, log.length);
-  const c0 = view.getUint32(4);
+  const c0 = view.getUint32(0) === 0xfeedbabe
+    ? view.getUint32(4)
+    : view.getUint32(0);
   let last = -1;
   for (let b = 0; b < log.length / 512; b++) {
     if (
@@ -715,5 +722,47 @@ diskTest(
     const [region] = map.report.regions;
     assert.strictEqual(region.status, "untouched");
     assert.match(region.reason!, /^log is dirty: /);
+  },
+);
+
+diskTest(
+  "mapFreeSpace() maps an XFS whose log has wrapped, as xfs_logprint finds it clean",
+  { tools: [...XFS_TOOLS, "xfs_logprint"], loop: true },
+  async () => {
+    await using dir = await tempDir();
+    const image = join(dir.path, "fs.img");
+    await blank(image, 96 * MiB);
+    // The smallest log mkfs makes for this size: churn wraps it.
+    await sh("mkfs.xfs", ["-q", "-f", "-l", "size=1368b", image], {
+      env: SMALL_FS_ENV,
+    });
+    {
+      await using dev = await loop(image, 0, 96 * MiB);
+      const mnt = join(dir.path, "m");
+      await using _m = await mount(dev.dev, mnt, "rw");
+      for (let round = 0; round < 3; round++) {
+        await manyFiles(join(mnt, "churn"), 6000);
+        await sh("sync", []);
+        await Deno.remove(join(mnt, "churn"), { recursive: true });
+        await sh("sync", []);
+      }
+      await manyFiles(join(mnt, "kept"), 500);
+    }
+    const print = await sh("xfs_logprint", ["-t", image]);
+    const m = /log tail: (\d+) head: (\d+) state: <CLEAN>/.exec(print);
+    assert.ok(m, print);
+    const { start } = await logHead(image);
+    const log = await readAt(image, start, 512);
+    const w = new DataView(log.buffer);
+    const cycle = w.getUint32(0) === 0xfeedbabe
+      ? w.getUint32(4)
+      : w.getUint32(0);
+    assert.ok(cycle > 1, `the log wrapped (cycle ${cycle} at its start)`);
+    await using disk = await FileSource.open(image);
+    const map = await mapFreeSpace(disk);
+    const [region] = map.report.regions;
+    assert.strictEqual(region.status, "mapped", region.reason);
+    const theirs = await xfsDbFree(image);
+    assert.ok(within(await Array.fromAsync(map.ranges()), theirs.ranges));
   },
 );
