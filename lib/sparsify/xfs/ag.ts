@@ -27,7 +27,7 @@
 
 import { hex, Refusal } from "../_region.ts";
 import { type Leaf, type TreeKind, walkTree } from "./btree.ts";
-import type { XfsReader } from "./reader.ts";
+import { MAX_FREE_EXTENTS, type XfsReader } from "./reader.ts";
 import { checkCrc, Fields } from "./superblock.ts";
 
 const XAGF = 0x58414746;
@@ -260,6 +260,7 @@ export async function readAg(
   const starts = new Growable();
   const lens = new Growable();
   const bnoBlocks: number[] = [];
+  const room = xr.freeRoom;
   let prevEnd = 0;
   let total = 0;
   let longest = 0;
@@ -277,6 +278,11 @@ export async function readAg(
         if (n === 0 || s < prevEnd || s + n > agLen) {
           throw new Refusal(
             `free-space btree by block of AG ${agno}: extent ${s}+${n} overlaps the previous one or leaves the AG (${agLen} blocks)`,
+          );
+        }
+        if (starts.n >= room) {
+          throw new Refusal(
+            `free space is in more than ${MAX_FREE_EXTENTS} extents: more than the memory budget`,
           );
         }
         prevEnd = s + n;

@@ -40,6 +40,8 @@ const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
 /** `XFS_DIFLAG_REALTIME`. */
 const DIFLAG_REALTIME = 0x0001;
+/** Most extents of one directory kept to read its blocks. */
+export const MAX_DIR_EXTENTS = 1 << 20;
 /** `XFS_DIFLAG2_NREXT64`. */
 const DIFLAG2_NREXT64 = 2 ** 4;
 
@@ -126,7 +128,14 @@ function checkExtent(
     throw new Refusal(`${what} overlaps the previous extent`);
   }
   xr.usedFsb(startblock, count, `inode ${ino}`);
-  out?.push({ startoff, startblock, count });
+  if (out) {
+    if (out.length >= MAX_DIR_EXTENTS) {
+      throw new Refusal(
+        `directory inode ${ino} has more than ${MAX_DIR_EXTENTS} extents: more than the memory budget`,
+      );
+    }
+    out.push({ startoff, startblock, count });
+  }
   return { end: startoff + count, blocks: count };
 }
 

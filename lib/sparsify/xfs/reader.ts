@@ -122,6 +122,11 @@ export class XfsReader {
     return out;
   }
 
+  /** Free extents that may still be kept. */
+  get freeRoom(): number {
+    return MAX_FREE_EXTENTS - this.#freeCount;
+  }
+
   /**
    * Records AG `agno`'s free extents (ascending, not overlapping, checked
    * by the caller), within the memory budget.
