@@ -16,6 +16,11 @@ import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import { freeSpaceChunks } from "../../lib/sparsify/chunks.ts";
 import { FreeSpaceStream } from "../../lib/sparsify/stream.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
+import { RegionReader } from "../../lib/sparsify/_region.ts";
+import { BNO_TREE } from "../../lib/sparsify/xfs/ag.ts";
+import { walkTree } from "../../lib/sparsify/xfs/btree.ts";
+import { XfsReader } from "../../lib/sparsify/xfs/reader.ts";
+import type { XfsSuperblock } from "../../lib/sparsify/xfs/superblock.ts";
 import {
   blank,
   diskTest,
@@ -775,3 +780,108 @@ diskTest(
     assert.ok(within(await Array.fromAsync(map.ranges()), theirs.ranges));
   },
 );
+
+/** A one-AG v4 filesystem of `blocks` 4 KiB blocks in memory, for the tree walker. */
+function memoryFs(blocks: number) {
+  const bytes = new Uint8Array(blocks * 4096);
+  const sb = {
+    version: 4,
+    blockSize: 4096,
+    agblocks: blocks,
+    agblklog: Math.ceil(Math.log2(blocks)),
+    agcount: 1,
+    dblocks: blocks,
+  } as XfsSuperblock;
+  const region = new RegionReader(
+    {
+      size: bytes.length,
+      read: (o, n) => Promise.resolve(bytes.slice(o, o + n)),
+    },
+    0,
+    bytes.length,
+  );
+  return { bytes, xr: new XfsReader(region, sb) };
+}
+
+/** Writes a v4 free-space btree block (ABTB) at `block`. */
+function abtb(
+  bytes: Uint8Array,
+  block: number,
+  level: number,
+  entries: Array<[number, number]>,
+  ptrs: number[] = [],
+): void {
+  const v = new DataView(bytes.buffer, block * 4096, 4096);
+  v.setUint32(0, 0x41425442);
+  v.setUint16(4, level);
+  v.setUint16(6, entries.length);
+  entries.forEach(([s, n], i) => {
+    v.setUint32(16 + 8 * i, s);
+    v.setUint32(20 + 8 * i, n);
+  });
+  const maxKeys = Math.floor((4096 - 16) / 12);
+  ptrs.forEach((p, i) => v.setUint32(16 + 8 * maxKeys + 4 * i, p));
+}
+
+Deno.test("walkTree() refuses a tree that reaches one block twice", async () => {
+  const { bytes, xr } = memoryFs(64);
+  abtb(bytes, 2, 0, [[10, 1], [20, 2]]);
+  // Two root entries (as an inode's block map root has) naming one block.
+  await assert.rejects(
+    walkTree(
+      xr,
+      BNO_TREE,
+      { agno: 0, owner: 0, levels: 1, where: "AG 0" },
+      [{ ptr: 2, key: 10 }, { ptr: 2, key: 30 }],
+      0,
+      () => {},
+      () => {},
+    ),
+    /free-space btree by block of AG 0 \(block 2 of AG 0\) is reached twice/,
+  );
+  // A node naming one block twice fails its key order first.
+  abtb(bytes, 1, 1, [[10, 1], [10, 1]], [2, 2]);
+  await assert.rejects(
+    walkTree(
+      xr,
+      BNO_TREE,
+      { agno: 0, owner: 0, levels: 2, where: "AG 0" },
+      [{
+        ptr: 1,
+        key: undefined,
+      }],
+      1,
+      () => {},
+      () => {},
+    ),
+    /\(block 1 of AG 0\): key 1 \(10\) does not ascend/,
+  );
+  // One pointer each: the records are handed over in order.
+  abtb(bytes, 1, 1, [[10, 1], [30, 1]], [2, 3]);
+  abtb(bytes, 3, 0, [[30, 1]]);
+  const seen: number[] = [];
+  await walkTree(
+    xr,
+    BNO_TREE,
+    { agno: 0, owner: 0, levels: 2, where: "AG 0" },
+    [{ ptr: 1, key: undefined }],
+    1,
+    () => {},
+    ({ f, at, count }) => {
+      for (let i = 0; i < count; i++) seen.push(f.u32(at + 8 * i));
+    },
+  );
+  assert.deepStrictEqual(seen, [10, 20, 30]);
+});
+
+Deno.test("XfsReader refuses to read more metadata than the filesystem holds", async () => {
+  const { xr } = memoryFs(64);
+  for (let i = 0; i < 64; i++) await xr.readBlocks(0, i, 1, "block");
+  // The budget: the filesystem's size plus a constant.
+  const left = Math.floor((xr.budget - xr.spent) / 4096);
+  for (let i = 0; i < left; i++) await xr.readBlocks(0, i % 64, 1, "block");
+  await assert.rejects(
+    xr.readBlocks(0, 5, 1, "block 5"),
+    /reading block 5 would take the metadata read past \d+ bytes, more than the filesystem holds/,
+  );
+});

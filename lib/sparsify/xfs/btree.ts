@@ -183,6 +183,8 @@ export async function walkTree(
   const hdr = headerSize(kind, v5);
   const bs = xr.sb.blockSize;
   let blocks = 0;
+  /** Blocks visited: a tree is a tree, not a graph that loops or shares. */
+  const seen = new Set<number>();
   let lastKey = -Infinity;
   let first = true;
   const walk = async (
@@ -200,6 +202,9 @@ export async function walkTree(
       );
     }
     const what = `${what0} (block ${agbno} of AG ${agno})`;
+    const key0 = agno * 2 ** 32 + agbno;
+    if (seen.has(key0)) throw new Refusal(`${what} is reached twice`);
+    seen.add(key0);
     onBlock(agno, agbno, what);
     blocks++;
     const block = await xr.readBlocks(agno, agbno, 1, what);

@@ -12,10 +12,11 @@ import type { XfsSuperblock } from "./superblock.ts";
 
 /**
  * Bytes of metadata read per byte of the filesystem, at most, plus a
- * constant: every structure of a consistent filesystem is read once, so
- * twice its size bounds a hostile one's loops and shared subtrees.
+ * constant: every block of a consistent filesystem is read at most once
+ * (the AG header sectors and the superblock twice), so its size bounds a
+ * hostile one's shared subtrees and directories.
  */
-const READ_BUDGET_FACTOR = 2;
+const READ_BUDGET_FACTOR = 1;
 const READ_BUDGET_SLACK = 64 * 1024 * 1024;
 /** Most free extents kept, all AGs together (8 bytes each). */
 export const MAX_FREE_EXTENTS = 1 << 22;
@@ -88,7 +89,7 @@ export class XfsReader {
     this.spent += length;
     if (this.spent > this.budget) {
       throw new Refusal(
-        `reading ${what} would take the metadata read past ${this.budget} bytes, twice the filesystem's size: its structures loop or share blocks`,
+        `reading ${what} would take the metadata read past ${this.budget} bytes, more than the filesystem holds: its structures share blocks`,
       );
     }
     if (at + length > this.sb.dblocks * this.sb.blockSize) {
