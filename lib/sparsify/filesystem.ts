@@ -3,7 +3,7 @@
  * recognizes its filesystem from the first bytes of a partition, reads the
  * metadata it needs through a {@linkcode RegionReader}, checks it, and
  * lists the free ranges; anything it does not trust ends in a `Refusal`
- * and the partition is copied as it is. Adding XFS, FAT or NTFS means
+ * and the partition is copied as it is. Adding FAT or NTFS means
  * adding a module here.
  *
  * @module

@@ -6,7 +6,9 @@
  * Partition tables: GPT (primary header and entry array, CRC32s checked)
  * and MBR (primary and logical partitions), or none (a bare filesystem).
  * Filesystems: ext2, ext3 and ext4 (free blocks by the block bitmaps, with
- * every checksum checked) and Linux swap (all but the header page). Any
+ * every checksum checked), XFS v4 and v5 (the free-space btrees, once every
+ * inode in use and a clean log agree) and Linux swap (all but the header
+ * page). Any
  * other content, and any filesystem that fails a check, is copied as it
  * is; the {@linkcode SparsifyReport} says what was found and why.
  *
