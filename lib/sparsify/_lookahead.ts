@@ -120,6 +120,11 @@ export class Lookahead {
     return out;
   }
 
+  /** Bytes kept since `retain()`: at most what was read, once each. */
+  get retainedBytes(): number {
+    return (this.#retained ?? []).reduce((n, r) => n + r.bytes.length, 0);
+  }
+
   /** Starts keeping every read made through `reader`. */
   retain(): void {
     this.#retained = [];
