@@ -1,5 +1,7 @@
 // Seeded fuzzing of the XFS module (not a test file): XFS images made by
-// mkfs.xfs from a prototype file (v5 with and without rmapbt, v4), with
+// mkfs.xfs from a prototype file (v5 with and without rmapbt, v4) and,
+// with root and loop devices, one filled through a kernel mount (block map
+// btrees, attributes in blocks, deleted files), with
 // their metadata mutated: superblocks, AG headers, free lists, every kind
 // of btree block and record, inodes and their extent records, directory
 // blocks, the log. Checksums are recomputed after most mutations, as an
@@ -15,7 +17,7 @@ import { fileURLToPath } from "node:url";
 import { mulberry32 } from "../../lib/_prng.ts";
 import { crc32cRaw } from "../../lib/sparsify/_crc.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
-import { MiB, populate, sh } from "../sparsify/_disks.ts";
+import { canLoop, MiB, populate, sh } from "../sparsify/_disks.ts";
 import {
   inodeOf,
   manyFiles,
@@ -226,7 +228,108 @@ export async function buildXfsBases(root: string): Promise<XfsBase[]> {
       blocks,
     });
   }
+  if (canLoop()) bases.push(await kernelBase(root));
   return bases;
+}
+
+/**
+ * A v5 image filled through a kernel mount (root and loop devices): a
+ * directory and a file in many extents (block map btrees), extended
+ * attributes in blocks of their own, files deleted.
+ */
+async function kernelBase(root: string): Promise<XfsBase> {
+  const path = join(root, "kernel.img");
+  const size = 64 * MiB;
+  await protoImage(path, size, [], join(root, "tree"), 3);
+  const dev = (await sh("losetup", ["-f", "--show", path])).trim();
+  const mnt = join(root, "mnt");
+  await Deno.mkdir(mnt, { recursive: true });
+  try {
+    await sh("mount", ["-t", "xfs", dev, mnt]);
+    try {
+      // A sparse file of 300 extents, and a directory whose blocks lie
+      // between its files' blocks: both in btree format.
+      using f = await Deno.open(join(mnt, "fragmented"), {
+        create: true,
+        write: true,
+      });
+      for (let i = 0; i < 300; i++) {
+        await f.seek(i * 8192, Deno.SeekMode.Start);
+        await f.write(new Uint8Array(4096).fill(i));
+      }
+      await Deno.mkdir(join(mnt, "spread"));
+      for (let i = 0; i < 1500; i++) {
+        await Deno.writeFile(
+          join(mnt, "spread", `a-rather-long-file-name-number-${i}`),
+          new Uint8Array(4096).fill(i),
+        );
+      }
+      await sh("python3", [
+        "-c",
+        "import os, sys; os.setxattr(sys.argv[1], 'user.big', os.urandom(3000))",
+        join(mnt, "fragmented"),
+      ]);
+      for (let i = 0; i < 1500; i += 2) {
+        await Deno.remove(
+          join(mnt, "spread", `a-rather-long-file-name-number-${i}`),
+        );
+      }
+    } finally {
+      await sh("umount", [mnt]);
+    }
+  } finally {
+    await sh("losetup", ["-d", dev]);
+  }
+  const g = await xfsGeometry(path);
+  const targets = [
+    ...await agTargets(path, g, true),
+    ...await dirTargets(path, "/spread", g),
+  ];
+  // The block map btree blocks of the fragmented file and the directory.
+  for (const p of ["/fragmented", "/spread"]) {
+    const ino = await inodeOf(path, p);
+    const out = await sh("xfs_db", [
+      "-r",
+      "-c",
+      `inode ${ino}`,
+      "-c",
+      "p",
+      path,
+    ]);
+    for (const m of out.matchAll(/^u3\.bmbt\.ptrs\[[^\]]*\] = (.*)$/gm)) {
+      for (const x of m[1].matchAll(/\d+:(\d+)/g)) {
+        const fsb = Number(x[1]);
+        const agno = Math.floor(fsb / 2 ** g.agblklog);
+        const agbno = fsb % 2 ** g.agblklog;
+        targets.push({
+          kind: "bmbt",
+          name: `block map of ${p} (fsb ${fsb})`,
+          at: (agno * g.agblocks + agbno) * g.blockSize,
+          length: g.blockSize,
+        });
+      }
+    }
+  }
+  const free = (await xfsDbFree(path)).ranges;
+  const fsbOf = (at: number) => {
+    const b = Math.floor(at / g.blockSize);
+    return Math.floor(b / g.agblocks) * 2 ** g.agblklog + b % g.agblocks;
+  };
+  return {
+    name: "v5-kernel",
+    path,
+    size,
+    v5: true,
+    blockSize: g.blockSize,
+    inodeSize: 512,
+    sectSize: g.sectSize,
+    free,
+    targets,
+    blocks: [
+      ...free.flatMap((r) => [fsbOf(r.offset), fsbOf(r.offset + r.length - 1)]),
+      ...targets.map((t) => fsbOf(t.at)),
+    ],
+  };
 }
 
 class Rand {
