@@ -82,8 +82,8 @@ export function crc32(bytes: Uint8Array): number {
 
 /**
  * CRC-32C continued from `crc` without pre- or post-inversion: the form of
- * the kernel's `crc32c(crc, data, len)` that ext4 chains (seeded with ~0 or
- * with the filesystem's checksum seed).
+ * the kernel's `crc32c(crc, data, len)` that ext4 and XFS chain (seeded
+ * with ~0 or with the filesystem's checksum seed).
  */
 export function crc32cRaw(crc: number, bytes: Uint8Array): number {
   return update(CRC32C_TABLES, crc, bytes);

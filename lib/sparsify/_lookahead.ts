@@ -28,6 +28,8 @@ export class Lookahead {
   #done = false;
   #pulling: Promise<boolean> | undefined;
   #retained: Array<{ offset: number; bytes: Uint8Array }> | undefined;
+  /** The reads kept, as `offset+length`. */
+  #retainedAt = new Set<string>();
 
   constructor(
     input: ReadableStreamDefaultReader<Chunk>,
@@ -67,7 +69,13 @@ export class Lookahead {
     while (this.#end < offset + length && await this.#pull());
     const n = Math.max(0, Math.min(length, this.#end - offset));
     const bytes = this.#copy(offset, n);
-    if (!once) this.#retained?.push({ offset, bytes });
+    // A read made again is kept once: a module re-reading a block (a
+    // hostile filesystem can make one read the same block many times)
+    // keeps no more than the read-ahead.
+    if (!once && this.#retained && !this.#retainedAt.has(`${offset}+${n}`)) {
+      this.#retained.push({ offset, bytes });
+      this.#retainedAt.add(`${offset}+${n}`);
+    }
     return bytes;
   }
 
@@ -128,9 +136,15 @@ export class Lookahead {
     return out;
   }
 
+  /** Bytes kept since `retain()`: at most what was read, once each. */
+  get retainedBytes(): number {
+    return (this.#retained ?? []).reduce((n, r) => n + r.bytes.length, 0);
+  }
+
   /** Starts keeping every read made through `reader` (but those read `once`). */
   retain(): void {
     this.#retained = [];
+    this.#retainedAt.clear();
   }
 
   /**
@@ -140,6 +154,7 @@ export class Lookahead {
   retained(): DiskReader {
     const kept = this.#retained ?? [];
     this.#retained = undefined;
+    this.#retainedAt.clear();
     return {
       size: this.#size,
       read(offset: number, length: number): Promise<Uint8Array> {

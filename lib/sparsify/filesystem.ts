@@ -3,7 +3,7 @@
  * recognizes its filesystem from the first bytes of a partition, reads the
  * metadata it needs through a {@linkcode RegionReader}, checks it, and
  * lists the free ranges; anything it does not trust ends in a `Refusal`
- * and the partition is copied as it is. Adding XFS or btrfs means adding
+ * and the partition is copied as it is. Adding a filesystem means adding
  * a module here.
  *
  * @module
@@ -16,6 +16,7 @@ import { swapModule } from "./swap.ts";
 import { ntfsModule } from "./ntfs/ntfs.ts";
 import { fatModule } from "./fat/fat.ts";
 import { btrfsModule } from "./btrfs/btrfs.ts";
+import { xfsModule } from "./xfs/xfs.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
@@ -65,6 +66,7 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
   swapModule,
   ntfsModule,
   fatModule,
+  xfsModule,
 ];
 
 /**
@@ -72,7 +74,6 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
  * mapped, so that the report can name them: `[name, offset, bytes]`.
  */
 export const KNOWN_SIGNATURES: ReadonlyArray<[string, number, string]> = [
-  ["xfs", 0, "XFSB"],
   ["exfat", 3, "EXFAT   "],
   ["LUKS", 0, "LUKS\xba\xbe"],
   ["LVM2 PV", 0x218, "LVM2 001"],

@@ -9,7 +9,8 @@
  * every checksum checked, every count cross-checked, and every block a
  * possibly-live inode uses required to be marked in use), btrfs on one
  * device (free space by the extent tree, checked against every tree and
- * file extent), FAT12/16/32 (free clusters by the FAT, checked against
+ * file extent), XFS v4 and v5 (the free-space btrees, once every inode in
+ * use and a clean log agree), FAT12/16/32 (free clusters by the FAT, checked against
  * every copy and a walk of the directory tree), NTFS (the clusters
  * `$Bitmap` marks free, checked against every MFT record) and Linux swap
  * (all but the header page; only in a partition typed swap, or on a bare

@@ -57,7 +57,7 @@ export interface RegionReport {
   length: number;
   /** Partition type as the table names it (`Linux swap`, `0x83`), when there is a table. */
   type?: string;
-  /** What is on it: `ext2`, `ext3`, `ext4`, `fat12`, `fat16`, `fat32`, `swap`, a recognized but unhandled kind (`xfs`), or `unknown`. */
+  /** What is on it: `ext2`, `ext3`, `ext4`, `btrfs`, `xfs`, `ntfs`, `fat12`, `fat16`, `fat32`, `swap`, a recognized but unhandled kind (`exfat`), or `unknown`. */
   found: string;
   /** Details of what was found (block size, groups, features). */
   detail?: string;
