@@ -10,8 +10,9 @@
  * possibly-live inode uses required to be marked in use), btrfs on one
  * device (free space by the extent tree, checked against every tree and
  * file extent), XFS v4 and v5 (the free-space btrees, once every inode in
- * use and a clean log agree), FAT12/16/32 (free clusters by the FAT, checked against
- * every copy and a walk of the directory tree), NTFS (the clusters
+ * use and a clean log agree), FAT12/16/32 (free clusters by the FAT,
+ * checked against every copy and a walk of the directory tree), NTFS (the
+ * clusters
  * `$Bitmap` marks free, checked against every MFT record) and Linux swap
  * (all but the header page; only in a partition typed swap, or on a bare
  * disk). Any other content, and any filesystem whose metadata disagrees
