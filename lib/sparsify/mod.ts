@@ -12,10 +12,9 @@
  * file extent), XFS v4 and v5 (the free-space btrees, once every inode in
  * use and a clean log agree), FAT12/16/32 (free clusters by the FAT,
  * checked against every copy and a walk of the directory tree), NTFS (the
- * clusters
- * `$Bitmap` marks free, checked against every MFT record) and Linux swap
- * (all but the header page; only in a partition typed swap, or on a bare
- * disk). Any other content, and any filesystem whose metadata disagrees
+ * clusters `$Bitmap` marks free, checked against every MFT record) and
+ * Linux swap (all but the header page; only in a partition typed swap, or
+ * on a bare disk). Any other content, and any filesystem whose metadata disagrees
  * with itself, is copied as it is; the {@linkcode SparsifyReport} says what
  * was found and why.
  *
