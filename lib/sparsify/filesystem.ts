@@ -9,11 +9,12 @@
  * @module
  */
 
-import type { RegionReader } from "./_region.ts";
-import type { FreeRange } from "./report.ts";
+import { Refusal, type RegionReader } from "./_region.ts";
+import type { ContentsReport, FreeRange, VolumeReport } from "./report.ts";
 import { ext4Module } from "./ext4/ext4.ts";
 import { swapModule } from "./swap.ts";
 import { ntfsModule } from "./ntfs/ntfs.ts";
+import { createLvmModule } from "./lvm/lvm.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
@@ -31,6 +32,8 @@ export interface FilesystemAnalysis {
    * @throws {Error} When the metadata changed since the analysis.
    */
   ranges(region: RegionReader): AsyncGenerator<FreeRange>;
+  /** The volumes of a container (an LVM2 PV's LVs), each with its own report. */
+  volumes?: VolumeReport[];
 }
 
 /** A filesystem kind that can be mapped. */
@@ -54,6 +57,7 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
   ext4Module,
   swapModule,
   ntfsModule,
+  createLvmModule(analyzeContents),
 ];
 
 /**
@@ -68,7 +72,6 @@ export const KNOWN_SIGNATURES: ReadonlyArray<[string, number, string]> = [
   ["vfat", 0x36, "FAT12   "],
   ["exfat", 3, "EXFAT   "],
   ["LUKS", 0, "LUKS\xba\xbe"],
-  ["LVM2 PV", 0x218, "LVM2 001"],
   ["iso9660", 0x8001, "CD001"],
 ];
 
@@ -94,4 +97,87 @@ export function recognize(head: Uint8Array): string {
     if (ok) return name;
   }
   return "unknown";
+}
+
+/** What {@linkcode analyzeContents} found: the report, and the analysis when mapped. */
+export interface ContentsResult {
+  /** What was found and what became of it. */
+  report: ContentsReport;
+  /** The analysis of a mapped region. */
+  analysis?: FilesystemAnalysis;
+}
+
+/**
+ * Recognizes and analyzes what a region holds with the first module that
+ * detects it. Refusals become an `untouched` report saying why, and so
+ * does a region that more than one module detects (a filesystem's
+ * signature left beside another's): which one the guest reads is not
+ * known. Other errors (I/O) are thrown.
+ *
+ * @param region The region (a partition, a bare disk, a logical volume).
+ * @returns The report and, when mapped, the analysis.
+ * @throws {Error} When the region cannot be read.
+ *
+ * @example A region with no filesystem is left as it is
+ * ```ts
+ * import assert from "node:assert";
+ * import { RegionReader } from "./_region.ts";
+ * import { analyzeContents } from "./filesystem.ts";
+ * const bytes = new Uint8Array(1 << 16);
+ * const disk = { size: bytes.length, read: (o: number, n: number) => Promise.resolve(bytes.subarray(o, o + n)) };
+ * const { report } = await analyzeContents(new RegionReader(disk, 0, bytes.length));
+ * assert.deepStrictEqual(report, {
+ *   found: "unknown", status: "untouched", freeBytes: 0,
+ *   reason: "no filesystem that --sparsify handles was found",
+ * });
+ * ```
+ */
+export async function analyzeContents(
+  region: RegionReader,
+): Promise<ContentsResult> {
+  const untouched = (found: string, reason: string): ContentsResult => ({
+    report: { found, status: "untouched", reason, freeBytes: 0 },
+  });
+  let head: Uint8Array;
+  try {
+    head = await region.head(HEAD_BYTES);
+  } catch (err) {
+    if (!(err instanceof Refusal)) throw err;
+    return untouched("unknown", err.message);
+  }
+  const modules = FILESYSTEMS.filter((m) => m.detect(head));
+  if (modules.length === 0) {
+    const found = recognize(head);
+    return untouched(
+      found,
+      found === "unknown"
+        ? "no filesystem that --sparsify handles was found"
+        : `${found} is not handled`,
+    );
+  }
+  if (modules.length > 1) {
+    const names = modules.map((m) => m.name);
+    return untouched(
+      names.join(" or "),
+      `signatures of ${
+        names.join(" and ")
+      } are both present: which one is used is not clear`,
+    );
+  }
+  const [module] = modules;
+  try {
+    const analysis = await module.analyze(region);
+    return {
+      report: {
+        found: analysis.found,
+        detail: analysis.detail,
+        status: "mapped",
+        freeBytes: analysis.freeBytes,
+      },
+      analysis,
+    };
+  } catch (err) {
+    if (!(err instanceof Refusal)) throw err;
+    return untouched(err.found ?? module.name, err.message);
+  }
 }

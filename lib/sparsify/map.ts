@@ -7,18 +7,8 @@
 
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
-import {
-  type DiskReader,
-  type Partition,
-  Refusal,
-  RegionReader,
-} from "./_region.ts";
-import {
-  type FilesystemAnalysis,
-  FILESYSTEMS,
-  HEAD_BYTES,
-  recognize,
-} from "./filesystem.ts";
+import { type DiskReader, type Partition, RegionReader } from "./_region.ts";
+import { analyzeContents, type FilesystemAnalysis } from "./filesystem.ts";
 import { readDiskLayout } from "./partitions.ts";
 import type { FreeRange, RegionReport, SparsifyReport } from "./report.ts";
 
@@ -89,51 +79,27 @@ export async function analyzeRegion(
     ...(p.type ? { type: p.type } : {}),
     freeBytes: 0,
   };
-  const untouched = (found: string, reason: string): RegionResult => ({
-    report: { ...base, found, status: "untouched", reason },
-  });
   if (disk.size !== undefined && p.offset + p.length > disk.size) {
-    return untouched(
-      "unknown",
-      `partition ends at byte ${
-        p.offset + p.length
-      }, past the end of the disk (${disk.size} bytes): truncated`,
-    );
-  }
-  const region = regionOf(disk, p);
-  let head: Uint8Array;
-  try {
-    head = await region.head(HEAD_BYTES);
-  } catch (err) {
-    if (!(err instanceof Refusal)) throw err;
-    return untouched("unknown", err.message);
-  }
-  const module = FILESYSTEMS.find((m) => m.detect(head));
-  if (!module) {
-    const found = recognize(head);
-    return untouched(
-      found,
-      found === "unknown"
-        ? "no filesystem that --sparsify handles was found"
-        : `${found} is not handled`,
-    );
-  }
-  try {
-    const analysis = await module.analyze(region);
     return {
       report: {
         ...base,
-        found: analysis.found,
-        detail: analysis.detail,
-        status: "mapped",
-        freeBytes: analysis.freeBytes,
+        found: "unknown",
+        status: "untouched",
+        reason: `partition ends at byte ${
+          p.offset + p.length
+        }, past the end of the disk (${disk.size} bytes): truncated`,
       },
-      analysis,
     };
-  } catch (err) {
-    if (!(err instanceof Refusal)) throw err;
-    return untouched(err.found ?? module.name, err.message);
   }
+  const { report, analysis } = await analyzeContents(regionOf(disk, p));
+  return {
+    report: {
+      ...base,
+      ...report,
+      ...(analysis?.volumes ? { volumes: analysis.volumes } : {}),
+    },
+    analysis,
+  };
 }
 
 /** A source or an opened image as the analysis reads it. */

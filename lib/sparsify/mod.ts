@@ -7,7 +7,9 @@
  * and MBR (primary and logical partitions), or none (a bare filesystem).
  * Filesystems: ext2, ext3 and ext4 (free blocks by the block bitmaps, with
  * every checksum checked), Linux swap (all but the header page) and NTFS
- * (the clusters `$Bitmap` marks free, checked against every MFT record). Any
+ * (the clusters `$Bitmap` marks free, checked against every MFT record).
+ * LVM2 physical volumes: the extents no LV uses, and each linear LV read as
+ * a partition of its own (its segments laid end to end). Any
  * other content, and any filesystem that fails a check, is copied as it
  * is; the {@linkcode SparsifyReport} says what was found and why.
  *
