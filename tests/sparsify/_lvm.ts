@@ -484,3 +484,45 @@ export async function readMetadataText(
 export function inDir(dir: string): (f: string) => string {
   return (f: string) => join(dir, f);
 }
+
+/**
+ * A PV built in memory, without LVM2: a label in sector 1 (UUID `uuid`),
+ * one metadata area of `mdaSize` bytes at 4 KiB holding `text`, extents
+ * from `peStart`; CRCs computed. For tests that run without root.
+ */
+export function pvBytes(
+  size: number,
+  text: string,
+  options: { uuid?: string; peStart?: number; mdaSize?: number } = {},
+): Uint8Array {
+  const uuid = options.uuid ?? "zGhZhnYzF8Ue3gMf0fbXQaoUr8af1KEE";
+  const peStart = options.peStart ?? MiB;
+  const mdaSize = options.mdaSize ?? peStart - 4096;
+  const disk = new Uint8Array(size);
+  const v = new DataView(disk.buffer);
+  const enc = new TextEncoder();
+  const L = 512;
+  disk.set(enc.encode("LABELONE"), L);
+  v.setBigUint64(L + 8, 1n, true);
+  v.setUint32(L + 20, 32, true);
+  disk.set(enc.encode("LVM2 001"), L + 24);
+  disk.set(enc.encode(uuid), L + 32);
+  v.setBigUint64(L + 64, BigInt(size), true);
+  v.setBigUint64(L + 72, BigInt(peStart), true); // data area, to the end
+  v.setBigUint64(L + 104, 4096n, true); // metadata area
+  v.setBigUint64(L + 112, BigInt(mdaSize), true);
+  v.setUint32(L + 136, 2, true); // extension version 2, no bootloader area
+  v.setUint32(L + 16, lvmCrc(disk.subarray(L + 20, L + 512)), true);
+  const M = 4096;
+  const bytes = enc.encode(text + "\0");
+  disk.set(enc.encode(" LVM2 x[5A%r0N*>"), M + 4);
+  v.setUint32(M + 20, 1, true);
+  v.setBigUint64(M + 24, 4096n, true);
+  v.setBigUint64(M + 32, BigInt(mdaSize), true);
+  v.setBigUint64(M + 40, 512n, true);
+  v.setBigUint64(M + 48, BigInt(bytes.length), true);
+  v.setUint32(M + 56, lvmCrc(bytes), true);
+  v.setUint32(M, lvmCrc(disk.subarray(M + 4, M + 512)), true);
+  disk.set(bytes, M + 512);
+  return disk;
+}

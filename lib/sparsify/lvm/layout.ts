@@ -266,14 +266,22 @@ export function planPv(
     }
   }
 
-  // This PV's runs, and the LVs that have extents here.
+  // This PV's runs, and the LVs that have extents here (each LV's uses in
+  // PV order).
   const here = byPv.get(pv.key) ?? [];
+  const usesOf = new Map<number, Use[]>();
+  for (const u of here) {
+    let list = usesOf.get(u.lv);
+    if (!list) usesOf.set(u.lv, list = []);
+    list.push(u);
+  }
   const volumeOf = new Map<number, number>();
   const volumes: VolumePlan[] = [];
   for (const [i, lv] of vg.lvs.entries()) {
-    if (!here.some((u) => u.lv === i)) continue;
+    const uses = usesOf.get(i);
+    if (!uses) continue;
     volumeOf.set(i, volumes.length);
-    volumes.push(planVolume(vg, lv, pv, peStart, extentBytes, here, i));
+    volumes.push(planVolume(vg, lv, pv, peStart, extentBytes, uses));
   }
   const runs: ExtentRun[] = [];
   let next = 0;
@@ -294,21 +302,31 @@ export function planPv(
   };
 }
 
-/** Decides whether an LV with extents on this PV is read. */
+/** An LV segment's use of a PV's extents. */
+interface Use {
+  pe: number;
+  count: number;
+  /** Index of the LV in the VG. */
+  lv: number;
+  /** Segment number. */
+  seg: number;
+  /** The segment's first LV extent. */
+  lvExtent: number;
+}
+
+/** Decides whether an LV with extents on this PV (`mine`, in PV order) is read. */
 function planVolume(
   vg: VolumeGroup,
   lv: LvEntry,
   pv: PvEntry,
   peStart: number,
   extentBytes: number,
-  here: Array<{ pe: number; lv: number; lvExtent: number }>,
-  index: number,
+  mine: Use[],
 ): VolumePlan {
   const name = `${vg.name}/${lv.name}`;
-  const length = lv.extents * extentBytes;
+  const length = bytes(lv.extents, extentBytes, `LV ${name} extent count`);
   const elsewhere = lv.segments.filter((s) => s.stripes![0].pv !== pv.key);
   // In PV order, how often the LV's extents go backwards.
-  const mine = here.filter((u) => u.lv === index);
   let passes = 1;
   for (let k = 1; k < mine.length; k++) {
     if (mine[k].lvExtent < mine[k - 1].lvExtent) passes++;
