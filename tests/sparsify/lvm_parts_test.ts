@@ -319,3 +319,28 @@ Deno.test("mapFreeSpace() does not read a PV inside an LV, and keeps an LV with 
     { offset: 11 * MiB, length: 13 * MiB },
   ]);
 });
+
+Deno.test("mapFreeSpace() reads the flags newer LVM2 writes (NOAUTOACTIVATE, WRITE_LOCKED) and keeps the PV for any other", async () => {
+  const flagged = (vgFlags: string, lvFlags: string) => {
+    const text = vgText(PE, lv("swap", [[10, 2], [2, 2], [6, 2]]))
+      .replace("flags = []", `flags = [${vgFlags}]`)
+      .replace('VISIBLE"]\nflags = []', `VISIBLE"]\nflags = [${lvFlags}]`);
+    const disk = pvBytes(SIZE, text);
+    disk.set(swapHeader(6 * MiB), MiB + 10 * MiB);
+    return disk;
+  };
+  let [region] = (await mapFreeSpace(
+    new BytesSource(
+      flagged('"NOAUTOACTIVATE"', '"NOAUTOACTIVATE", "WRITE_LOCKED"'),
+    ),
+  )).report.regions;
+  assert.strictEqual(region.status, "mapped", region.reason);
+  [region] = (await mapFreeSpace(
+    new BytesSource(flagged("", '"CACHE_VOL"')),
+  )).report.regions;
+  assert.strictEqual(region.status, "untouched");
+  assert.strictEqual(
+    region.reason,
+    'LV vg0/swap flags has unknown word "CACHE_VOL"',
+  );
+});

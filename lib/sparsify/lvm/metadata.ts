@@ -50,8 +50,14 @@ const PV_STATUS = new Set(["ALLOCATABLE", "EXPORTED"]);
 const PV_FLAGS = new Set(["MISSING"]);
 /** LV status words that leave a linear LV as it is; PVMOVE, LOCKED refused apart. */
 const LV_STATUS = new Set(["READ", "WRITE", "VISIBLE", "FIXED_MINOR"]);
-/** LV flags: ACTIVATION_SKIP only says the LV is not activated by default. */
-const LV_FLAGS = new Set(["ACTIVATION_SKIP"]);
+/**
+ * VG and LV flags (LVM2's "compatible" words) that leave a linear LV as
+ * it is: whether it is activated by default, and a lock against older
+ * LVM2 versions writing it. Any other (CACHE_VOL, ERROR_WHEN_FULL, ...)
+ * belongs to a kind of LV that is not read.
+ */
+const VG_FLAGS = new Set(["NOAUTOACTIVATE", "WRITE_LOCKED"]);
+const LV_FLAGS = new Set(["ACTIVATION_SKIP", "NOAUTOACTIVATE", "WRITE_LOCKED"]);
 /** Keys of a segment of type striped. */
 const STRIPED_KEYS = new Set([
   "start_extent",
@@ -290,7 +296,7 @@ export function readVolumeGroup(root: ConfigSection): VolumeGroup {
   }
   checkWords(status, VG_STATUS, `VG ${name} status`);
   if (s.has("flags")) {
-    checkWords(s.strings("flags"), new Set(), `VG ${name} flags`);
+    checkWords(s.strings("flags"), VG_FLAGS, `VG ${name} flags`);
   }
   if (s.has("format") && s.get("format") !== "lvm2") {
     throw new Refusal(`VG ${name} format is not "lvm2"`);
