@@ -9,6 +9,7 @@ import {
   type ZeroBytes,
 } from "../../mod.ts";
 import {
+  type ContentsReport,
   freeSpaceChunks,
   FreeSpaceStream,
   type RegionReport,
@@ -92,15 +93,20 @@ export function sparsifyLines(report: SparsifyReport): string[] {
   if (report.tableIncomplete) {
     lines.push(`${p} ${table}: ${report.tableIncomplete}`);
   }
-  for (const r of report.regions) {
+  const outcome = (r: ContentsReport) => {
     const found = r.detail ? `${r.found} (${r.detail})` : r.found;
-    lines.push(
-      r.status === "mapped"
-        ? `${p} ${where(r)}: ${found}: ${
-          formatBytes(r.freeBytes)
-        } free, dropped`
-        : `${p} ${where(r)}: ${found} left as it is: ${r.reason}`,
-    );
+    return r.status === "mapped"
+      ? `${found}: ${formatBytes(r.freeBytes)} free, dropped`
+      : `${found} left as it is: ${r.reason}`;
+  };
+  for (const r of report.regions) {
+    lines.push(`${p} ${where(r)}: ${outcome(r)}`);
+    for (const v of r.volumes ?? []) {
+      const n = v.segments === 1 ? "" : `, ${v.segments} segments`;
+      lines.push(
+        `${p}   LV ${v.name} (${formatBytes(v.length)}${n}): ${outcome(v)}`,
+      );
+    }
   }
   lines.push(`${p} ${formatBytes(report.freeBytes)} dropped as free space`);
   return lines;

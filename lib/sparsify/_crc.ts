@@ -1,7 +1,8 @@
 // The three checksums the partition tables and filesystems read here use:
-// CRC-32 (IEEE 802.3, GPT headers and entry arrays), CRC-32C (Castagnoli,
-// ext4 metadata_csum) and CRC-16 (ANSI, ext4 group descriptors without
-// metadata_csum). All are the reflected, table-driven forms.
+// CRC-32 (IEEE 802.3, GPT headers and entry arrays; LVM2 labels and
+// metadata, seeded differently), CRC-32C (Castagnoli, ext4 metadata_csum)
+// and CRC-16 (ANSI, ext4 group descriptors without metadata_csum). All are
+// the reflected, table-driven forms.
 
 function table(poly: number, bits: 16 | 32): Uint32Array {
   const t = new Uint32Array(256);
@@ -78,6 +79,14 @@ function update(t: Uint32Array, crc: number, bytes: Uint8Array): number {
  */
 export function crc32(bytes: Uint8Array): number {
   return ~update(CRC32_TABLES, 0xffffffff, bytes) >>> 0;
+}
+
+/**
+ * CRC-32 (IEEE 802.3) continued from `crc` without pre- or post-inversion:
+ * the form LVM2 seeds with 0xf597a6cf for its labels and metadata.
+ */
+export function crc32Raw(crc: number, bytes: Uint8Array): number {
+  return update(CRC32_TABLES, crc, bytes);
 }
 
 /**

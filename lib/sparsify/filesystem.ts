@@ -9,14 +9,15 @@
  * @module
  */
 
-import type { RegionReader } from "./_region.ts";
-import type { FreeRange } from "./report.ts";
+import { type Partition, Refusal, type RegionReader } from "./_region.ts";
+import type { ContentsReport, FreeRange, VolumeReport } from "./report.ts";
 import { ext4Module } from "./ext4/ext4.ts";
 import { swapModule } from "./swap.ts";
 import { ntfsModule } from "./ntfs/ntfs.ts";
 import { fatModule } from "./fat/fat.ts";
 import { btrfsModule } from "./btrfs/btrfs.ts";
 import { xfsModule } from "./xfs/xfs.ts";
+import { createLvmModule } from "./lvm/lvm.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
@@ -34,6 +35,8 @@ export interface FilesystemAnalysis {
    * @throws {Error} When the metadata changed since the analysis.
    */
   ranges(region: RegionReader): AsyncGenerator<FreeRange>;
+  /** The volumes of a container (an LVM2 PV's LVs), each with its own report. */
+  volumes?: VolumeReport[];
 }
 
 /** A filesystem kind that can be mapped. */
@@ -67,6 +70,7 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
   ntfsModule,
   fatModule,
   xfsModule,
+  createLvmModule(analyzeContents),
 ];
 
 /**
@@ -76,7 +80,6 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
 export const KNOWN_SIGNATURES: ReadonlyArray<[string, number, string]> = [
   ["exfat", 3, "EXFAT   "],
   ["LUKS", 0, "LUKS\xba\xbe"],
-  ["LVM2 PV", 0x218, "LVM2 001"],
   ["iso9660", 0x8001, "CD001"],
 ];
 
@@ -118,4 +121,109 @@ export function hasSignature(
     if (head[at + i] !== sig.charCodeAt(i)) return false;
   }
   return true;
+}
+
+/** What {@linkcode analyzeContents} found: the report, and the analysis when mapped. */
+export interface ContentsResult {
+  /** What was found and what became of it. */
+  report: ContentsReport;
+  /** The analysis of a mapped region. */
+  analysis?: FilesystemAnalysis;
+}
+
+/**
+ * Recognizes and analyzes what a region holds with the first module that
+ * detects it. Refusals become an `untouched` report saying why, and so
+ * does a region that more than one module detects (a filesystem's
+ * signature left beside another's): which one the guest reads is not
+ * known. Other errors (I/O) are thrown.
+ *
+ * @param region The region (a partition, a bare disk, a logical volume).
+ * @param table The partition's type as its table gives it, when the region
+ * is a partition: a signature its type does not confirm is not trusted.
+ * @returns The report and, when mapped, the analysis.
+ * @throws {Error} When the region cannot be read.
+ *
+ * @example A region with no filesystem is left as it is
+ * ```ts
+ * import assert from "node:assert";
+ * import { RegionReader } from "./_region.ts";
+ * import { analyzeContents } from "./filesystem.ts";
+ * const bytes = new Uint8Array(1 << 16);
+ * const disk = { size: bytes.length, read: (o: number, n: number) => Promise.resolve(bytes.subarray(o, o + n)) };
+ * const { report } = await analyzeContents(new RegionReader(disk, 0, bytes.length));
+ * assert.deepStrictEqual(report, {
+ *   found: "unknown", status: "untouched", freeBytes: 0,
+ *   reason: "no filesystem that --sparsify handles was found",
+ * });
+ * ```
+ */
+export async function analyzeContents(
+  region: RegionReader,
+  table?: Pick<Partition, "type" | "typeKind">,
+): Promise<ContentsResult> {
+  const untouched = (found: string, reason: string): ContentsResult => ({
+    report: { found, status: "untouched", reason, freeBytes: 0 },
+  });
+  let head: Uint8Array;
+  try {
+    head = await region.head(HEAD_BYTES);
+  } catch (err) {
+    if (!(err instanceof Refusal)) throw err;
+    return untouched("unknown", err.message);
+  }
+  // Two signatures at once (a filesystem made over another without
+  // wiping it, or bytes crafted to look like both) leave the region as it
+  // is, as blkid calls such a result ambivalent: the free space of one
+  // may be the other's live data.
+  const modules = FILESYSTEMS.filter((m) => m.detect(head));
+  const others = KNOWN_SIGNATURES.filter(([, at, sig]) =>
+    hasSignature(head, at, sig)
+  ).map(([name]) => name);
+  const names = [...new Set([...modules.map((m) => m.name), ...others])];
+  if (modules.length === 0) {
+    const found = recognize(head);
+    return untouched(
+      found,
+      found === "unknown"
+        ? "no filesystem that --sparsify handles was found"
+        : `${found} is not handled`,
+    );
+  }
+  if (names.length > 1) {
+    return untouched(
+      names[0],
+      `signatures of ${
+        names.join(" and ")
+      } were both found: which one the region holds is ambiguous`,
+    );
+  }
+  const [module] = modules;
+  // A signature the partition table does not confirm (swap in a partition
+  // typed NTFS) is not trusted; a bare disk or a logical volume has no
+  // type to disagree.
+  if (
+    module.partitionType && table?.typeKind !== undefined &&
+    table.typeKind !== module.partitionType
+  ) {
+    return untouched(
+      module.name,
+      `a ${module.name} signature in a partition whose type (${table.type}) does not say ${module.partitionType}: not trusted`,
+    );
+  }
+  try {
+    const analysis = await module.analyze(region);
+    return {
+      report: {
+        found: analysis.found,
+        detail: analysis.detail,
+        status: "mapped",
+        freeBytes: analysis.freeBytes,
+      },
+      analysis,
+    };
+  } catch (err) {
+    if (!(err instanceof Refusal)) throw err;
+    return untouched(err.found ?? module.name, err.message);
+  }
 }

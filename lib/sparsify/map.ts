@@ -7,20 +7,8 @@
 
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
-import {
-  type DiskReader,
-  type Partition,
-  Refusal,
-  RegionReader,
-} from "./_region.ts";
-import {
-  type FilesystemAnalysis,
-  FILESYSTEMS,
-  hasSignature,
-  HEAD_BYTES,
-  KNOWN_SIGNATURES,
-  recognize,
-} from "./filesystem.ts";
+import { type DiskReader, type Partition, RegionReader } from "./_region.ts";
+import { analyzeContents, type FilesystemAnalysis } from "./filesystem.ts";
 import { readDiskLayout } from "./partitions.ts";
 import type { FreeRange, RegionReport, SparsifyReport } from "./report.ts";
 
@@ -91,77 +79,27 @@ export async function analyzeRegion(
     ...(p.type ? { type: p.type } : {}),
     freeBytes: 0,
   };
-  const untouched = (found: string, reason: string): RegionResult => ({
-    report: { ...base, found, status: "untouched", reason },
-  });
   if (disk.size !== undefined && p.offset + p.length > disk.size) {
-    return untouched(
-      "unknown",
-      `partition ends at byte ${
-        p.offset + p.length
-      }, past the end of the disk (${disk.size} bytes): truncated`,
-    );
-  }
-  const region = regionOf(disk, p);
-  let head: Uint8Array;
-  try {
-    head = await region.head(HEAD_BYTES);
-  } catch (err) {
-    if (!(err instanceof Refusal)) throw err;
-    return untouched("unknown", err.message);
-  }
-  // Two signatures at once (a filesystem made over another without
-  // wiping it, or bytes crafted to look like both) leave the partition as
-  // it is, as blkid calls such a result ambivalent: the free space of one
-  // may be the other's live data.
-  const matches = FILESYSTEMS.filter((m) => m.detect(head));
-  const others = KNOWN_SIGNATURES.filter(([, at, sig]) =>
-    hasSignature(head, at, sig)
-  ).map(([name]) => name);
-  const names = [...new Set([...matches.map((m) => m.name), ...others])];
-  if (matches.length > 0 && names.length > 1) {
-    return untouched(
-      names[0],
-      `signatures of ${
-        names.join(" and ")
-      } were both found: which one the partition holds is ambiguous`,
-    );
-  }
-  const module = matches[0];
-  if (!module) {
-    const found = recognize(head);
-    return untouched(
-      found,
-      found === "unknown"
-        ? "no filesystem that --sparsify handles was found"
-        : `${found} is not handled`,
-    );
-  }
-  if (
-    module.partitionType && p.typeKind !== undefined &&
-    p.typeKind !== module.partitionType
-  ) {
-    return untouched(
-      module.name,
-      `a ${module.name} signature in a partition whose type (${p.type}) does not say ${module.partitionType}: not trusted`,
-    );
-  }
-  try {
-    const analysis = await module.analyze(region);
     return {
       report: {
         ...base,
-        found: analysis.found,
-        detail: analysis.detail,
-        status: "mapped",
-        freeBytes: analysis.freeBytes,
+        found: "unknown",
+        status: "untouched",
+        reason: `partition ends at byte ${
+          p.offset + p.length
+        }, past the end of the disk (${disk.size} bytes): truncated`,
       },
-      analysis,
     };
-  } catch (err) {
-    if (!(err instanceof Refusal)) throw err;
-    return untouched(err.found ?? module.name, err.message);
   }
+  const { report, analysis } = await analyzeContents(regionOf(disk, p), p);
+  return {
+    report: {
+      ...base,
+      ...report,
+      ...(analysis?.volumes ? { volumes: analysis.volumes } : {}),
+    },
+    analysis,
+  };
 }
 
 /** A source or an opened image as the analysis reads it. */

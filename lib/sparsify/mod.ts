@@ -14,9 +14,12 @@
  * checked against every copy and a walk of the directory tree), NTFS (the
  * clusters `$Bitmap` marks free, checked against every MFT record) and
  * Linux swap (all but the header page; only in a partition typed swap, or
- * on a bare disk). Any other content, and any filesystem whose metadata disagrees
- * with itself, is copied as it is; the {@linkcode SparsifyReport} says what
- * was found and why.
+ * on a bare disk or in a logical volume). LVM2 physical volumes: the extents
+ * no LV uses, and each linear LV read as a partition of its own (its
+ * segments laid end to end). A region carrying the signatures of two
+ * filesystems, any other content, and any filesystem whose metadata
+ * disagrees with itself, are copied as they are; the
+ * {@linkcode SparsifyReport} says what was found and why.
  *
  * - {@linkcode mapFreeSpace}: the map of a disk read at random
  * - {@linkcode freeSpaceChunks}: a disk read at random, free ranges never read

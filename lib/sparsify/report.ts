@@ -30,11 +30,66 @@ export interface FreeRange {
 }
 
 /**
- * One partition (or the whole disk when there is no partition table): what
- * was found on it and what became of it.
+ * What was found in a region (a partition, a bare disk, a logical volume)
+ * and what became of it.
  *
  * - `mapped`: its free space reads as zeros in the output
  * - `untouched`: it is copied exactly as it is; `reason` says why
+ *
+ * @example Say why a partition was left as it is
+ * ```ts
+ * import assert from "node:assert";
+ * import { BytesSource } from "../io/source.ts";
+ * import { mapFreeSpace } from "./map.ts";
+ * import type { ContentsReport } from "./report.ts";
+ * const disk = new Uint8Array(1 << 20); // no table, no filesystem
+ * const { report } = await mapFreeSpace(new BytesSource(disk));
+ * const region: ContentsReport = report.regions[0];
+ * assert.strictEqual(region.status, "untouched");
+ * assert.match(region.reason!, /no filesystem/);
+ * ```
+ */
+export interface ContentsReport {
+  /** What is on it: `ext2`, `ext3`, `ext4`, `btrfs`, `xfs`, `ntfs`, `fat12`, `fat16`, `fat32`, `swap`, `LVM2 PV`, a recognized but unhandled kind (`exfat`), or `unknown`. */
+  found: string;
+  /** Details of what was found (block size, groups, features). */
+  detail?: string;
+  /** Whether its free space was dropped. */
+  status: "mapped" | "untouched";
+  /** Why it was left untouched. */
+  reason?: string;
+  /** Bytes dropped as free. */
+  freeBytes: number;
+}
+
+/**
+ * A logical volume of an LVM2 physical volume: what was found in it, or
+ * why its extents were copied as they are.
+ *
+ * @example List the LVs of a PV
+ * ```ts
+ * import type { RegionReport } from "./report.ts";
+ * function lines(region: RegionReport): string[] {
+ *   return (region.volumes ?? []).map((v) =>
+ *     v.status === "mapped"
+ *       ? `${v.name}: ${v.found}, ${v.freeBytes} bytes free`
+ *       : `${v.name}: kept, ${v.reason}`
+ *   );
+ * }
+ * ```
+ */
+export interface VolumeReport extends ContentsReport {
+  /** `vg/lv`. */
+  name: string;
+  /** Bytes of the LV (all its segments). */
+  length: number;
+  /** Segments of the LV. */
+  segments: number;
+}
+
+/**
+ * One partition (or the whole disk when there is no partition table): what
+ * was found on it and what became of it.
  *
  * @example Say why a partition was left as it is
  * ```ts
@@ -48,7 +103,7 @@ export interface FreeRange {
  * assert.match(region.reason!, /no filesystem/);
  * ```
  */
-export interface RegionReport {
+export interface RegionReport extends ContentsReport {
   /** Partition number as Linux numbers it (1-4 primary, 5+ logical), or 0 for a bare disk. */
   partition: number;
   /** Disk offset of the partition in bytes. */
@@ -57,16 +112,8 @@ export interface RegionReport {
   length: number;
   /** Partition type as the table names it (`Linux swap`, `0x83`), when there is a table. */
   type?: string;
-  /** What is on it: `ext2`, `ext3`, `ext4`, `btrfs`, `xfs`, `ntfs`, `fat12`, `fat16`, `fat32`, `swap`, a recognized but unhandled kind (`exfat`), or `unknown`. */
-  found: string;
-  /** Details of what was found (block size, groups, features). */
-  detail?: string;
-  /** Whether its free space was dropped. */
-  status: "mapped" | "untouched";
-  /** Why it was left untouched. */
-  reason?: string;
-  /** Bytes dropped as free. */
-  freeBytes: number;
+  /** The logical volumes of an LVM2 PV that was mapped, in metadata order. */
+  volumes?: VolumeReport[];
 }
 
 /**
