@@ -94,6 +94,7 @@ export {
 
 // Open and expand: qcow2 or raw images to their guest bytes.
 export {
+  type HttpTransport,
   type ImageFormat,
   openImage,
   type OpenImageOptions,
@@ -118,6 +119,7 @@ export {
 export { BytesSource, type RandomAccessSource } from "./lib/io/source.ts";
 export { BlobSource } from "./lib/io/blob_source.ts";
 export {
+  type HttpBody,
   HttpSource,
   type HttpSourceOptions,
   RangeNotSupportedError,

@@ -3,7 +3,7 @@
 // make no sense, and the one-line error for each.
 import { extname } from "node:path";
 import type { ZlibWindow } from "../../mod.ts";
-import type { ImageFormat } from "../reader/open.ts";
+import type { HttpTransport, ImageFormat } from "../reader/open.ts";
 import { parseFormat } from "./_args.ts";
 import {
   asksForHelp,
@@ -11,6 +11,8 @@ import {
   parseCreateOptions,
 } from "./_create_options.ts";
 import {
+  HTTP_OPTIONS,
+  httpTransport,
   NO_CACHE_MODES,
   type OptionValues,
   type ParsedArgs,
@@ -94,6 +96,7 @@ export const CONVERT_OPTIONS = {
   workers: { type: "string" },
   force: { type: "boolean" },
   sync: { type: "boolean" },
+  ...HTTP_OPTIONS,
 } as const;
 
 type Values = OptionValues<typeof CONVERT_OPTIONS>;
@@ -142,6 +145,8 @@ export interface ConvertSettings {
   sync: boolean;
   quiet: boolean;
   progress?: boolean;
+  /** How http(s) URLs are fetched (--http-timeout). */
+  http: HttpTransport;
 }
 
 /** The output format a DST's name says, if it says one. */
@@ -286,6 +291,7 @@ export function convertSettings(
     sync: values.sync ?? false,
     quiet: values.quiet ?? false,
     progress: values.progress,
+    http: httpTransport("convert", values["http-timeout"]),
   };
 }
 

@@ -16,6 +16,7 @@ import {
 } from "../sparsify/mod.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 import type { CodecPool } from "../codec/pool.ts";
+import type { HttpTransport } from "../reader/open.ts";
 import { formatBytes } from "./_util.ts";
 import type { Input as OpenedInput } from "./_convert_input.ts";
 
@@ -35,6 +36,7 @@ export async function sparsifyInput(
   input: OpenedInput,
   pool: CodecPool,
   cleanups: (() => Promise<void>)[],
+  http: HttpTransport,
 ): Promise<Sparsified> {
   if ("image" in input && input.image.format !== "raw") {
     const { readable, report } = await freeSpaceChunks(input.image, { pool });
@@ -43,7 +45,7 @@ export async function sparsifyInput(
   let random: FileSource | HttpSource | undefined;
   if (isHttpUrl(src)) {
     try {
-      random = await HttpSource.open(src);
+      random = await HttpSource.open(src, http);
     } catch (err) {
       if (!(err instanceof RangeNotSupportedError)) throw err;
     }

@@ -8,6 +8,7 @@ import {
   type ImageInput,
   type MapEntry,
   mapImageEntries,
+  type OpenSource,
 } from "../tools/mod.ts";
 
 /** The flags qemu-img compares for a run that ends the image or not. */
@@ -30,9 +31,10 @@ export async function firstStatusMismatch(
   b: ImageInput,
   formats: [ImageFormat | undefined, ImageFormat | undefined],
   size: number,
+  openSource?: OpenSource,
 ): Promise<number | undefined> {
-  const ia = mapImageEntries(a, { format: formats[0] });
-  const ib = mapImageEntries(b, { format: formats[1] });
+  const ia = mapImageEntries(a, { format: formats[0], openSource });
+  const ib = mapImageEntries(b, { format: formats[1], openSource });
   try {
     let ea = (await ia.next()).value as MapEntry | undefined;
     let eb = (await ib.next()).value as MapEntry | undefined;

@@ -5,6 +5,7 @@ import { backingFormat, type Qcow2Header } from "../format/header.ts";
 import { Qcow2Error } from "../format/errors.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import { isNotFound } from "../io/_host_files.ts";
+import { isHttpUrl } from "../io/http_source.ts";
 import {
   followReference,
   type ReferencePolicy,
@@ -38,8 +39,9 @@ export async function openRelated(
   path: string,
   what: string,
 ): Promise<RandomAccessSource> {
+  let source: RandomAccessSource;
   try {
-    return await openSource(path);
+    source = await openSource(path);
   } catch (err) {
     const reason = isNotFound(err) ? "no such file" : (err as Error).message;
     throw new Qcow2Error(
@@ -48,6 +50,29 @@ export async function openRelated(
       { cause: err },
     );
   }
+  await checkAnswered(path, source, what);
+  return source;
+}
+
+/**
+ * Refuses (and closes) a source for the URL `path` that was answered from
+ * another origin: the policy allowed `path`'s origin, and the origin that
+ * counts is the one that answered. The default opener refuses such a
+ * redirect before following it; this holds for any `openSource`.
+ */
+export async function checkAnswered(
+  path: string,
+  source: RandomAccessSource,
+  what: string,
+): Promise<void> {
+  if (source.url === undefined || !isHttpUrl(path)) return;
+  const asked = new URL(path).origin;
+  if (new URL(source.url).origin === asked) return;
+  await source.close?.();
+  throw new Qcow2Error(
+    "UNTRUSTED_REFERENCE",
+    `Cannot open ${what} "${path}": it was answered by ${source.url}, on another origin than ${asked}`,
+  );
 }
 
 /**

@@ -20,7 +20,11 @@ import {
 } from "../format/constants.ts";
 import type { SnapshotEntry } from "../format/snapshot.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
-import { HttpSource, isHttpUrl } from "../io/http_source.ts";
+import {
+  HttpSource,
+  type HttpSourceOptions,
+  isHttpUrl,
+} from "../io/http_source.ts";
 import { hostFiles, openHostFile } from "../io/_host_files.ts";
 import { fileError } from "../io/_errors.ts";
 import type { GuestImage } from "./image.ts";
@@ -28,7 +32,7 @@ import { Qcow2Image } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
 import { backingReference, openRelated } from "./_backing.ts";
 import {
-  directoryOf,
+  directoryOfSource,
   followReference,
   type ReferencePolicy,
   type Referrer,
@@ -102,10 +106,28 @@ export interface OpenImageOptions {
   cacheBytes?: number;
   /**
    * Opens backing and data files by the names the policy allows. The
-   * default ({@linkcode openByName}) opens local files and http(s) URLs.
+   * default ({@linkcode referenceOpener}) opens local files and http(s)
+   * URLs, the URLs held to their origin.
    */
   openSource?: (name: string) => Promise<RandomAccessSource>;
+  /**
+   * How http(s) URLs are fetched: the image's own, when `input` is one,
+   * and those of its backing and data files unless `openSource` is given
+   * (idle timeout, retries, fetch, signal). Headers are not part of it:
+   * they would go to every file an image names; open the image with
+   * {@linkcode HttpSource.open} to send some.
+   */
+  http?: HttpTransport;
 }
+
+/**
+ * The settings of {@linkcode OpenImageOptions.http}: those of
+ * {@linkcode HttpSourceOptions} that may apply to every URL of a chain.
+ */
+export type HttpTransport = Pick<
+  HttpSourceOptions,
+  "idleTimeout" | "retryDelays" | "fetch" | "signal"
+>;
 
 const DEFAULT_MAX_DEPTH = 256;
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
@@ -145,7 +167,7 @@ export async function openImage(
   options: OpenImageOptions = {},
 ): Promise<GuestImage> {
   const source: RandomAccessSource = typeof input === "string"
-    ? await openByName(input).catch((err) => {
+    ? await openByName(input, options.http).catch((err) => {
       // An OS error is worded here; a URL's error and the refusal of a
       // path where no file access is loaded (TypeError) say it already.
       throw isHttpUrl(input) || err instanceof TypeError
@@ -174,7 +196,7 @@ export async function openImage(
       name,
       dir: options.relativeTo !== undefined
         ? asDirectory(options.relativeTo)
-        : directoryOf(name),
+        : directoryOfSource(name, source),
       trusted: given,
     };
     return await openQcow2(source, owned, referrer, options, [], 0);
@@ -190,14 +212,16 @@ function asDirectory(dir: string): string {
 }
 
 /**
- * Opens a file path, or an http(s) URL with Range requests: how backing and
- * data files are opened by default. Paths need the runtime's file access
- * (`mod.ts` in Deno); URLs work wherever `fetch` does.
+ * Opens a file path, or an http(s) URL with Range requests. Paths need the
+ * runtime's file access (`mod.ts` in Deno); URLs work wherever `fetch`
+ * does.
  *
  * @param name A path or URL.
+ * @param http How a URL is fetched.
  * @returns The source.
  * @throws {TypeError} For a path where the runtime has no file access
  * (`core.ts` in a browser or Node).
+ * @throws {Error} When the file cannot be opened or the URL fetched.
  *
  * @example
  * ```ts
@@ -212,8 +236,37 @@ function asDirectory(dir: string): string {
  */
 export function openByName(
   name: string,
+  http: HttpSourceOptions = {},
 ): Promise<RandomAccessSource & AsyncDisposable> {
-  return isHttpUrl(name) ? HttpSource.open(name) : openHostFile(name);
+  return isHttpUrl(name) ? HttpSource.open(name, http) : openHostFile(name);
+}
+
+/**
+ * How backing and data files are opened by default: by
+ * {@linkcode openByName}, a URL held to its origin (a redirect elsewhere
+ * is refused: the origin the policy allowed is the one that must answer).
+ *
+ * @param http How URLs are fetched (idle timeout, retries...).
+ * @returns The opener, for `openSource` options.
+ *
+ * @example Refuse a backing file that redirects to another origin
+ * ```ts
+ * import assert from "node:assert";
+ * import { referenceOpener } from "./open.ts";
+ * await using elsewhere = Deno.serve({ port: 0, onListen() {} }, () => new Response("secret"));
+ * await using server = Deno.serve({ port: 0, onListen() {} }, () =>
+ *   Response.redirect(`http://localhost:${elsewhere.addr.port}/`, 302));
+ * const open = referenceOpener({ retryDelays: [] });
+ * await assert.rejects(
+ *   open(`http://localhost:${server.addr.port}/base.raw`),
+ *   /redirects to http:\/\/localhost:\d+\/: another origin/,
+ * );
+ * ```
+ */
+export function referenceOpener(
+  http: HttpTransport = {},
+): (name: string) => Promise<RandomAccessSource & AsyncDisposable> {
+  return (name) => openByName(name, { ...http, stayOnOrigin: true });
 }
 
 async function identity(name: string): Promise<string> {
@@ -234,7 +287,7 @@ async function openQcow2(
   depth: number,
 ): Promise<Qcow2Image> {
   const header = await readHeader(source);
-  const openSource = options.openSource ?? openByName;
+  const openSource = options.openSource ?? referenceOpener(options.http);
   const policy = options.references ?? "auto";
 
   let dataFile: RandomAccessSource | undefined;
@@ -286,7 +339,7 @@ async function openQcow2(
             true,
             {
               name: path,
-              dir: directoryOf(path),
+              dir: directoryOfSource(path, backingSource),
               // Trust passes down only through named formats.
               trusted: referrer.trusted && declared === "qcow2",
             },

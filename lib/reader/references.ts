@@ -16,6 +16,7 @@
 
 import { Qcow2Error } from "../format/errors.ts";
 import { hostFiles } from "../io/_host_files.ts";
+import type { RandomAccessSource } from "../io/source.ts";
 import { isAbsolute, join } from "../io/_path.ts";
 
 /**
@@ -92,6 +93,38 @@ export function directoryOf(name: string | undefined): string | undefined {
   if (SCHEME.test(name)) return new URL(".", name).href;
   const slash = name.lastIndexOf("/");
   return slash < 0 ? "" : name.slice(0, slash + 1);
+}
+
+/**
+ * The directory the names an opened image gives resolve against: that of
+ * the URL that answered when the image came over HTTP (after redirects,
+ * {@linkcode RandomAccessSource.url}), else that of the name it was
+ * opened by. Over HTTP, the origin that counts is the one that answered,
+ * not the one asked.
+ *
+ * @param name The path or URL the image was opened by.
+ * @param source The opened image.
+ * @returns The directory, or undefined (see {@linkcode directoryOf}).
+ *
+ * @example A download link that redirected
+ * ```ts
+ * import assert from "node:assert";
+ * import { BytesSource } from "../io/source.ts";
+ * import { directoryOfSource } from "./references.ts";
+ * const answered = Object.assign(new BytesSource(new Uint8Array(0)), {
+ *   url: "https://cdn.example.org/v2/disk.qcow2",
+ * });
+ * assert.strictEqual(
+ *   directoryOfSource("https://example.org/latest", answered),
+ *   "https://cdn.example.org/v2/",
+ * );
+ * ```
+ */
+export function directoryOfSource(
+  name: string | undefined,
+  source: RandomAccessSource,
+): string | undefined {
+  return directoryOf(source.url ?? name);
 }
 
 /**

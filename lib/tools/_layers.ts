@@ -24,12 +24,16 @@ import type { ImageInput, OpenSource } from "./input.ts";
 import { backingReference, openRelated } from "../reader/_backing.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
 import {
-  directoryOf,
+  directoryOfSource,
   followReference,
   type ReferencePolicy,
   type Referrer,
 } from "../reader/references.ts";
-import { type ImageFormat, openByName, readHeader } from "../reader/open.ts";
+import {
+  type ImageFormat,
+  readHeader,
+  referenceOpener,
+} from "../reader/open.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { Qcow2Image } from "../reader/qcow2_image.ts";
 import { RawImage } from "../reader/raw_image.ts";
@@ -134,7 +138,7 @@ export async function openLayer(
     const given = options.format !== undefined && options.format !== "auto";
     const layer = await openFrom(
       source,
-      { name, dir: directoryOf(name), trusted: given },
+      { name, dir: directoryOfSource(name, source), trusted: given },
       options,
       0,
       given ? options.format : undefined,
@@ -204,7 +208,7 @@ async function openFrom(
       options.maxDepth ?? 256,
     );
     const backingSource = await openRelated(
-      options.openSource ?? openByName,
+      options.openSource ?? referenceOpener(),
       path,
       "backing file",
     );
@@ -213,7 +217,7 @@ async function openFrom(
         backingSource,
         {
           name: path,
-          dir: directoryOf(path),
+          dir: directoryOfSource(path, backingSource),
           trusted: referrer.trusted && fmt === "qcow2",
         },
         options,

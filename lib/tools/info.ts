@@ -26,12 +26,17 @@ import { qcow2VirtualSize, rawVirtualSize } from "../format/geometry.ts";
 import { readSnapshotTable } from "../reader/_snapshots.ts";
 import { bitmapDirectoryOf, readBitmapDirectory } from "./_tables.ts";
 import {
-  directoryOf,
+  directoryOfSource,
   followReference,
   type ReferencePolicy,
   resolveName,
 } from "../reader/references.ts";
-import { type ImageFormat, openByName, readHeader } from "../reader/open.ts";
+import { checkAnswered } from "../reader/_backing.ts";
+import {
+  type ImageFormat,
+  readHeader,
+  referenceOpener,
+} from "../reader/open.ts";
 import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
 
 export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
@@ -195,7 +200,7 @@ export interface ImageInfoOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing files by name; default: local files and http(s) URLs (`openByName`). */
+  /** Opens backing files by name; default: local files and http(s) URLs held to their origin (`referenceOpener`). */
   openSource?: OpenSource;
   /**
    * Bytes a named file occupies on disk; default: blocks × 512 from the
@@ -240,7 +245,7 @@ async function describe(
   if (header.backingFile) {
     info.backingFilename = header.backingFile;
     info.fullBackingFilename = resolveName(
-      directoryOf(name) ?? "",
+      directoryOfSource(name, source) ?? "",
       header.backingFile,
     );
     const fmt = backingFormat(header);
@@ -339,15 +344,17 @@ export async function imageInfo(
     ? options.format
     : undefined;
   let name = "";
+  let dir: string | undefined;
   const info = await withSource(input, (source, opened) => {
     name = opened;
+    dir = directoryOfSource(name, source);
     return describe(source, name, given, options);
   });
   if (!options.backingChain) return info;
   info.chain = [];
-  const open = options.openSource ?? openByName;
+  const open = options.openSource ?? referenceOpener();
   const seen = new Set<string>([name]);
-  let referrer = { name, dir: directoryOf(name), trusted: given === "qcow2" };
+  let referrer = { name, dir, trusted: given === "qcow2" };
   for (let at: ImageInfo = info; at.backingFilename !== undefined;) {
     const path = await followReference(
       referrer,
@@ -373,6 +380,7 @@ export async function imageInfo(
       );
     }
     try {
+      await checkAnswered(path, src, "backing file");
       const fmt = at.backingFilenameFormat;
       const next = await describe(
         src,
@@ -383,7 +391,7 @@ export async function imageInfo(
       info.chain.push(next);
       referrer = {
         name: path,
-        dir: directoryOf(path),
+        dir: directoryOfSource(path, src),
         trusted: referrer.trusted && fmt === "qcow2",
       };
       at = next;

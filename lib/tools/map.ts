@@ -88,7 +88,7 @@ export interface MapImageOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing and data files by name; default: local files and http(s) URLs (`openByName`). */
+  /** Opens backing and data files by name; default: local files and http(s) URLs held to their origin (`referenceOpener`). */
   openSource?: OpenSource;
   /**
    * Ask the file system where local files have holes (QEMU does, through
