@@ -94,7 +94,6 @@ export {
 
 // Open and expand: qcow2 or raw images to their guest bytes.
 export {
-  type HttpTransport,
   type ImageFormat,
   openImage,
   type OpenImageOptions,
@@ -122,6 +121,7 @@ export {
   type HttpBody,
   HttpSource,
   type HttpSourceOptions,
+  type HttpTransport,
   RangeNotSupportedError,
 } from "./lib/io/http_source.ts";
 export type { ImageSink } from "./lib/io/sink.ts";

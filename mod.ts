@@ -35,6 +35,7 @@ export * from "./core.ts";
 
 // Deno: local files, spool files, and what is built on them.
 export { FileSource } from "./lib/io/file_source.ts";
+export type { FileIdentity } from "./lib/io/source.ts";
 export {
   OutputExistsError,
   OutputFile,

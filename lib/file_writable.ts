@@ -4,7 +4,7 @@
  * @module
  */
 
-import { OutputFile } from "./io/output_file.ts";
+import { OutputFile, type OutputFileOptions } from "./io/output_file.ts";
 import {
   convert,
   type ConvertOptions,
@@ -18,7 +18,8 @@ import type { ZeroBytes } from "./writer/records.ts";
  * when the stream closes successfully; on abort or error nothing is left.
  *
  * @param path Where to write the qcow2 image.
- * @param options Writer options, and `force` to replace an existing file.
+ * @param options Writer options, and `noClobber` to keep an existing file
+ * (by default it is replaced once the new one is complete).
  * @returns The writable side; `closed` resolves with the summary once the
  * file is in place.
  *
@@ -36,7 +37,7 @@ import type { ZeroBytes } from "./writer/records.ts";
  */
 export function qcow2FileWritable(
   path: string,
-  options: ConvertOptions & { force?: boolean } = {},
+  options: ConvertOptions & Pick<OutputFileOptions, "noClobber"> = {},
 ): {
   writable: WritableStream<Uint8Array | ZeroBytes>;
   closed: Promise<ConvertSummary>;
@@ -45,9 +46,10 @@ export function qcow2FileWritable(
     Uint8Array | ZeroBytes,
     Uint8Array | ZeroBytes
   >();
-  const closed = OutputFile.create(path, { force: options.force }).then((
-    output,
-  ) => convert(readable, output, options));
+  const { noClobber } = options;
+  const closed = OutputFile.create(path, { noClobber }).then((output) =>
+    convert(readable, output, options)
+  );
   closed.catch(() => {});
   // The writable side reports the conversion's failure to the producer too.
   const inner = writable.getWriter();

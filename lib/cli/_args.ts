@@ -1,7 +1,6 @@
 // Values and operands shared by the commands (-f/-F formats, the operands
-// expected), and buffered writes to standard output. The options
+// expected), and buffered text on standard output. The options
 // themselves are read by _getopt.ts.
-import { ioReason } from "../io/_errors.ts";
 import { UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
 
@@ -47,33 +46,6 @@ export async function writeOut(text: string): Promise<void> {
   while (done < bytes.length) {
     done += await Deno.stdout.write(bytes.subarray(done));
   }
-}
-
-/**
- * Standard output as a byte sink whose errors say where they happened
- * (`Cannot write to standard output at offset N: no space left on device`).
- * It never closes standard output.
- */
-export function stdoutSink(): WritableStream<Uint8Array> {
-  let at = 0;
-  return new WritableStream({
-    async write(chunk) {
-      let done = 0;
-      try {
-        while (done < chunk.length) {
-          done += await Deno.stdout.write(chunk.subarray(done));
-        }
-      } catch (err) {
-        throw new Error(
-          `Cannot write to standard output at offset ${at + done}: ${
-            ioReason(err)
-          }`,
-          { cause: err },
-        );
-      }
-      at += chunk.length;
-    },
-  }, { highWaterMark: 1 });
 }
 
 /** Collects text and writes it to standard output in large pieces. */

@@ -10,10 +10,16 @@ import {
   sparseFileChunks,
   type ZeroBytes,
 } from "../../mod.ts";
-import { hasQcow2Magic } from "../format/mod.ts";
+import {
+  hasQcow2Magic,
+  PROBE_BYTES,
+  probeFormat,
+  readableFormat,
+} from "../format/mod.ts";
 import { Qcow2Image } from "../reader/qcow2_image.ts";
 import { formatBytes, UsageError } from "./_util.ts";
-import type { HttpTransport, ImageFormat } from "../reader/open.ts";
+import type { ImageFormat } from "../reader/open.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { directoryOf } from "../reader/references.ts";
 import { concatBytes } from "../format/_bytes.ts";
 import { fileError } from "../io/_errors.ts";
@@ -81,10 +87,17 @@ function readerSnapshot(
   return selector.idOrName ?? selector.id ?? selector.name!;
 }
 
-/** An opened input: an image to read at random, or a raw byte stream. */
+/**
+ * An opened input: an image to read at random, or a raw byte stream (with
+ * the raw file image it streams, when it is one: the files it reads).
+ */
 export type Input =
   | { image: GuestImage; total: number }
-  | { raw: ReadableStream<Uint8Array | ZeroBytes>; total: number | undefined };
+  | {
+    raw: ReadableStream<Uint8Array | ZeroBytes>;
+    total: number | undefined;
+    from?: GuestImage;
+  };
 
 /** How to open SRC. */
 export interface InputOptions {
@@ -107,7 +120,7 @@ async function peek(
   const reader = stream.getReader();
   const parts: Uint8Array[] = [];
   let have = 0;
-  while (have < 4) {
+  while (have < PROBE_BYTES) {
     const { value, done } = await reader.read();
     if (done) break;
     parts.push(value);
@@ -154,13 +167,13 @@ function assertSelected(image: GuestImage, selector: SnapshotSelector): void {
 /**
  * Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout
  * allows, else spooled. Relative names the image gives resolve against
- * `relativeTo`.
+ * `relativeTo`; with none, a probed image follows no backing or data file.
  */
 async function openStream(
   stream: ReadableStream<Uint8Array>,
   size: number | undefined,
   what: string,
-  relativeTo: string,
+  relativeTo: string | undefined,
   options: InputOptions,
 ): Promise<Input> {
   if (options.format === "raw") {
@@ -168,13 +181,21 @@ async function openStream(
     return { raw: stream, total: size };
   }
   const { head, all } = await peek(stream);
-  if (!hasQcow2Magic(head)) {
-    if (options.format === "qcow2") {
-      await all.cancel();
-      throw new UsageError(
-        `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
-      );
-    }
+  let qcow2: boolean;
+  try {
+    qcow2 = options.format === "qcow2" ||
+      readableFormat(probeFormat(head, what), what) === "qcow2";
+  } catch (err) {
+    await all.cancel();
+    throw err;
+  }
+  if (qcow2 && !hasQcow2Magic(head)) {
+    await all.cancel();
+    throw new UsageError(
+      `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
+    );
+  }
+  if (!qcow2) {
     if (options.snapshot !== undefined) throw noSnapshots();
     return { raw: all, total: size };
   }
@@ -182,6 +203,7 @@ async function openStream(
     snapshot: options.snapshot && readerSnapshot(options.snapshot),
     format: options.format,
     relativeTo,
+    name: what,
     http: options.http,
   });
   options.cleanups.push(() => opened.close());
@@ -254,13 +276,15 @@ export async function openInput(
 ): Promise<Input> {
   const { format } = options;
   if (src === "-") {
-    // Names in an image read from a pipe resolve against the working
-    // directory (never the spool directory).
+    // A pipe has no directory: a probed image from it follows no backing
+    // or data file (a service started in / would otherwise follow any
+    // absolute name). With -f qcow2, names resolve against the working
+    // directory by QEMU's rules (never against the spool directory).
     return await openStream(
       stdinReadable(),
       undefined,
       "standard input",
-      Deno.cwd(),
+      format === "qcow2" ? Deno.cwd() : undefined,
       options,
     );
   }
@@ -279,8 +303,12 @@ export async function openInput(
       );
     }
     if (
-      format !== "raw" &&
-      (format === "qcow2" || hasQcow2Magic(await opened.read(0, 4)))
+      format === "qcow2" ||
+      (format !== "raw" &&
+        readableFormat(
+            probeFormat(await opened.read(0, PROBE_BYTES), src),
+            src,
+          ) === "qcow2")
     ) {
       // The image leaves a source passed in open: close it here.
       options.cleanups.push(() => Promise.resolve(opened.close()));
@@ -309,6 +337,7 @@ export async function openInput(
     return {
       raw: sparseFileChunks(src, 2 * 1024 * 1024, { recycle: true }),
       total: image.virtualSize,
+      from: image,
     };
   }
   return { image, total: image.virtualSize };

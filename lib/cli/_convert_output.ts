@@ -1,10 +1,13 @@
-// Where `qcow2pipe convert` writes: raw bytes or qcow2, to a file, standard
-// output, or (with -n) an existing file or device in place. The library
-// writes the files (under a temporary name, renamed when complete, removed
-// on failure); this only chooses the call.
+// Where `qcow2pipe convert` writes: raw bytes or qcow2, to a file, a
+// stream (standard output, a FIFO, a character device, what /dev/stdout or
+// /proc/self/fd/N leads to), or (with -n) an existing file or device in
+// place. The library writes the files (under a temporary name, put in
+// place when complete, removed on failure) and refuses to write onto an
+// input; this only chooses the call.
 import {
   type CodecPool,
   expandToStream,
+  type FileIdentity,
   type GuestImage,
   imageChunks,
   StreamableQcow2Writer,
@@ -12,16 +15,39 @@ import {
   type ZeroBytes,
 } from "../../mod.ts";
 import { expandToPath } from "../reader/expand_to_path.ts";
+import { openStreamOutput, standardOutput } from "../io/stream_output.ts";
 import type { ConvertSettings } from "./_convert_settings.ts";
 import type { Progress } from "./progress.ts";
-import { stdoutSink } from "./_args.ts";
 
 /** The guest bytes to write: an opened image or a raw stream. */
 export type RawSource = GuestImage | ReadableStream<Uint8Array | ZeroBytes>;
 
 /**
- * Writes raw bytes to DST: a sparse file, standard output, or (-n) the
- * existing target in place.
+ * Where DST's bytes go: a stream, written in order (standard output for
+ * `-`, or a DST that is a stream), or a path written at offsets (a file
+ * created or replaced, a block device, or with -n the existing target).
+ */
+export type Target = { stream: WritableStream<Uint8Array> } | {
+  path: string;
+};
+
+/**
+ * Opens DST when it is a stream (a FIFO waits here for its reader); any
+ * DST that is one of `inputs` is refused before a byte is written.
+ */
+export async function openTarget(
+  s: Pick<ConvertSettings, "dst" | "inPlace">,
+  inputs: FileIdentity[],
+): Promise<Target> {
+  if (s.dst === "-") return { stream: standardOutput({ inputs }) };
+  if (s.inPlace) return { path: s.dst };
+  const stream = await openStreamOutput(s.dst, { inputs });
+  return stream ? { stream } : { path: s.dst };
+}
+
+/**
+ * Writes raw bytes to DST: a sparse file, a stream (zeros included), or
+ * (-n) the existing target in place.
  *
  * @returns The number of guest bytes.
  */
@@ -30,39 +56,46 @@ export async function writeRaw(
   sourceLength: number | undefined,
   s: Pick<
     ConvertSettings,
-    "dst" | "force" | "sync" | "inPlace" | "targetIsZero"
+    "noClobber" | "sync" | "inPlace" | "targetIsZero"
   >,
-  options: { pool: CodecPool; progress: Progress },
+  options: {
+    pool: CodecPool;
+    progress: Progress;
+    target: Target;
+    inputs: FileIdentity[];
+  },
 ): Promise<number> {
   let size = 0;
   const onProgress = (n: number) => {
     size = n;
     options.progress.update(n);
   };
-  if (s.dst === "-" && !s.inPlace) {
-    await expandToStream(source, stdoutSink(), {
+  const { target } = options;
+  if ("stream" in target) {
+    await expandToStream(source, target.stream, {
       pool: options.pool,
       onProgress,
     });
   } else {
-    await expandToPath(source, s.dst, {
+    await expandToPath(source, target.path, {
       pool: options.pool,
       onProgress,
-      force: s.force,
+      noClobber: s.noClobber,
       sync: s.sync,
       inPlace: s.inPlace,
       holes: s.inPlace ? s.targetIsZero : undefined,
       sourceLength,
+      inputs: options.inputs,
     });
   }
   return size;
 }
 
-/** qcow2 in the streamable layout, to stdout or to a file. */
+/** qcow2 in the streamable layout, to a stream or to a file. */
 export async function writeStreamable(
   source: RawSource,
-  dst: string,
-  outputOptions: { force: boolean; sync: boolean },
+  target: Target,
+  outputOptions: { noClobber: boolean; sync: boolean; inputs: FileIdentity[] },
   options: ConstructorParameters<typeof StreamableQcow2Writer>[0] & object,
 ): Promise<StreamableSummary> {
   const stream = source instanceof ReadableStream
@@ -70,10 +103,10 @@ export async function writeStreamable(
     : imageChunks(source, { pool: options.pool });
   await using writer = new StreamableQcow2Writer(options);
   const bytes = stream.pipeThrough(writer);
-  if (dst === "-") {
-    await bytes.pipeTo(stdoutSink());
+  if ("stream" in target) {
+    await bytes.pipeTo(target.stream);
   } else {
-    await expandToPath(bytes, dst, outputOptions);
+    await expandToPath(bytes, target.path, outputOptions);
   }
   return await writer.summary;
 }

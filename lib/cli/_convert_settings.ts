@@ -3,7 +3,8 @@
 // make no sense, and the one-line error for each.
 import { extname } from "node:path";
 import type { ZlibWindow } from "../../mod.ts";
-import type { HttpTransport, ImageFormat } from "../reader/open.ts";
+import type { ImageFormat } from "../reader/open.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { parseFormat } from "./_args.ts";
 import {
   asksForHelp,
@@ -94,7 +95,9 @@ export const CONVERT_OPTIONS = {
   streamable: { type: "boolean" },
   sparsify: { type: "boolean" },
   workers: { type: "string" },
+  // accepted: replacing an existing DST is the default, as in qemu-img
   force: { type: "boolean" },
+  "no-clobber": { type: "boolean" },
   sync: { type: "boolean" },
   ...HTTP_OPTIONS,
 } as const;
@@ -141,7 +144,8 @@ export interface ConvertSettings {
   /** -n: write into the existing DST. */
   inPlace: boolean;
   targetIsZero: boolean;
-  force: boolean;
+  /** --no-clobber: keep an existing DST, even one that appears meanwhile. */
+  noClobber: boolean;
   sync: boolean;
   quiet: boolean;
   progress?: boolean;
@@ -257,6 +261,11 @@ export function convertSettings(
   const inPlace = values["no-create"] ?? false;
   const targetIsZero = values["target-is-zero"] ?? false;
   checkInPlace(values, { inPlace, targetIsZero, format, dst });
+  if (values["no-clobber"] && values.force) {
+    throw new UsageError(
+      "Cannot convert: --force and --no-clobber contradict each other (replacing DST is the default; --no-clobber keeps it)",
+    );
+  }
   const workers = workersOf(values);
   return {
     src,
@@ -287,7 +296,7 @@ export function convertSettings(
     sparsify: values.sparsify ?? false,
     inPlace,
     targetIsZero,
-    force: values.force ?? false,
+    noClobber: values["no-clobber"] ?? false,
     sync: values.sync ?? false,
     quiet: values.quiet ?? false,
     progress: values.progress,
@@ -402,6 +411,11 @@ function checkInPlace(
   if (inPlace && dst === "-") {
     throw new UsageError(
       "Cannot convert: -n writes into an existing file or device, not standard output",
+    );
+  }
+  if (inPlace && values["no-clobber"]) {
+    throw new UsageError(
+      "Cannot convert: -n writes into the existing DST, which --no-clobber keeps; give one",
     );
   }
   if (inPlace && values.sparsify) {

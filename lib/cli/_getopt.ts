@@ -6,8 +6,7 @@
 // options. Options that qemu-img has and we do not are named, so that each
 // gets a one-line error instead of a misreading.
 import { UsageError } from "./_util.ts";
-import { DEFAULT_IDLE_TIMEOUT } from "../io/http_source.ts";
-import type { HttpTransport } from "../reader/open.ts";
+import { DEFAULT_IDLE_TIMEOUT, type HttpTransport } from "../io/http_source.ts";
 
 /** What each command does, for messages: `Cannot describe image: ...`. */
 export const ACTIONS: Record<string, string> = {

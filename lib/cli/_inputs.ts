@@ -2,7 +2,7 @@
 // handed to the tool as is; an http(s) URL is opened here with Range
 // requests, so that the tool reads the metadata and what it needs only.
 import { HttpSource } from "../../mod.ts";
-import type { HttpTransport } from "../reader/open.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import type { ImageInput } from "../tools/mod.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 

@@ -16,7 +16,7 @@ import {
 } from "../sparsify/mod.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 import type { CodecPool } from "../codec/pool.ts";
-import type { HttpTransport } from "../reader/open.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { formatBytes } from "./_util.ts";
 import type { Input as OpenedInput } from "./_convert_input.ts";
 

@@ -11,7 +11,6 @@ import {
   INSPECT_OPTIONS,
   SOURCE_CACHE_OPTION,
 } from "./_getopt.ts";
-import { referenceOpener } from "../reader/open.ts";
 import { openNamed } from "./_inputs.ts";
 import { firstStatusMismatch } from "./_strict.ts";
 
@@ -71,10 +70,9 @@ export async function compareCommand(args: string[]): Promise<number> {
     const http = httpTransport("compare images", values["http-timeout"]);
     await using first = await openNamed(a, http);
     await using second = await openNamed(b, http);
-    const openSource = referenceOpener(http);
     const result = await compareImages(first.input, second.input, {
       formats: [...formats],
-      openSource,
+      http,
     });
     let text = formatCompareResult(result);
     let identical = result.identical;
@@ -88,7 +86,7 @@ export async function compareCommand(args: string[]): Promise<number> {
           second.input,
           formats,
           result.sizeA,
-          openSource,
+          http,
         );
         // qemu-img walks the images in order: a content difference before
         // the first status difference is found first.

@@ -1,16 +1,19 @@
 // `qcow2pipe convert`: raw or qcow2 in (file, stdin or http(s) URL), raw or
-// qcow2 out (file, stdout, or an existing file or device with -n), with
-// qemu-img's command line.
+// qcow2 out (file, stdout, a FIFO or device, or an existing file or device
+// with -n), with qemu-img's command line.
 import {
   CodecPool,
   convert,
+  type FileIdentity,
   type GuestImage,
   openImage,
   OutputFile,
 } from "../../mod.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
+import { fileIdentities } from "../io/identity.ts";
+import { descriptorIdentity } from "../io/stream_output.ts";
 import { createProgress, type Progress } from "./progress.ts";
-import { formatBytes, formatRate, UsageError, warn } from "./_util.ts";
+import { formatBytes, formatRate, warn } from "./_util.ts";
 import { writeOut } from "./_args.ts";
 import { getopt, httpTimeoutHelp } from "./_getopt.ts";
 import { createOptionsHelp } from "./_create_options.ts";
@@ -24,7 +27,9 @@ import {
 } from "./_convert_settings.ts";
 import { type Input, openInput } from "./_convert_input.ts";
 import {
+  openTarget,
   type RawSource,
+  type Target,
   writeRaw,
   writeStreamable,
 } from "./_convert_output.ts";
@@ -37,8 +42,10 @@ qemu-img" in the README for what differs). SRC is raw or qcow2: give its
 format with -f, or it is detected from its first bytes (probed). qcow2
 backing chains, external data files and snapshots are followed; a probed
 image may only lead to files in its own directory (see "Untrusted images"
-in the README). DST is written under a temporary name and renamed when
-complete; an existing DST is replaced only with --force.
+in the README). DST is written under a temporary name and put in place
+when complete, replacing an existing file as qemu-img does (--no-clobber
+keeps it). DST is never SRC, its backing or data files, or -B's file: they
+are compared by device and inode (hard and symbolic links included).
 
 SRC may be a file, "-" for standard input, or an http(s) URL: qcow2 over
 HTTP is read with Range requests (metadata and needed clusters only); raw
@@ -46,10 +53,12 @@ input and servers without Range support are streamed. A qcow2 stream whose
 tables come before its data is decoded in one pass; any other qcow2 stream
 is first spooled to a temporary file (said on stderr).
 
-DST may be a file or "-" for standard output. qcow2 on standard output uses
-the streamable layout (header, refcounts, L1 and L2 tables, then data); the
-data waits in a temporary spool file (never larger than the output) until
-the input ends.
+DST may be a file or "-" for standard output. A FIFO, a character device,
+or a name leading through /dev or /proc (/dev/stdout, /proc/self/fd/N) is
+written as a stream, like standard output, and never replaced. qcow2 to a
+stream uses the streamable layout (header, refcounts, L1 and L2 tables,
+then data); the data waits in a temporary spool file (never larger than the
+output) until the input ends.
 
 qemu-img's options:
   -f FMT               format of SRC: raw or qcow2 (default: probed). -f raw
@@ -104,9 +113,11 @@ Options of our own:
       --workers N       compression/decompression workers, 0 to ${MAX_WORKERS}
                         (default: the number of cores); 0 runs the
                         codecs on the main thread, without workers
-      --force           replace DST if it exists (qemu-img always does)
+      --no-clobber      keep an existing DST: refuse it, and fail without
+                        replacing a DST that appears during the run
+      --force           accepted: an existing DST is replaced by default
       --sync            flush DST to the device (fdatasync) before
-                        renaming it into place
+                        putting it in place
 ${httpTimeoutHelp(24)}
 
 qemu-img options that are not supported (-C, -S, -t, -T, -r, --object,
@@ -114,14 +125,6 @@ qemu-img options that are not supported (-C, -S, -t, -T, -r, --object,
 --skip-broken-bitmaps) are refused with a line saying why.
 
 Raw output files are sparse: zero ranges become holes.`;
-
-async function sameFile(a: string, b: string): Promise<boolean> {
-  try {
-    return (await Deno.realPath(a)) === (await Deno.realPath(b));
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Opens the backing file of a delta image: its name as the user gave it,
@@ -133,11 +136,6 @@ async function openBacking(
   http: ConvertSettings["http"],
 ): Promise<GuestImage> {
   const path = resolveName(directoryOf(dst), backing.name) ?? backing.name;
-  if (await sameFile(path, dst)) {
-    throw new UsageError(
-      `Cannot convert: the backing file ${path} is DST itself`,
-    );
-  }
   try {
     return await openImage(path, { format: backing.format, http });
   } catch (err) {
@@ -166,6 +164,11 @@ interface Sources {
   backingImage: GuestImage | undefined;
   /** The guest bytes to write. */
   source: RawSource;
+  /**
+   * Every local file read (SRC or standard input, its data and backing
+   * files, -B's chain): DST may be none of them.
+   */
+  inputs: FileIdentity[];
 }
 
 /** Opens the backing file of a delta, SRC and, with --sparsify, its map. */
@@ -187,7 +190,16 @@ async function openSources(run: Run): Promise<Sources> {
     : undefined;
   const source = sparse?.stream ??
     ("image" in input ? input.image : input.raw);
-  return { input, sparse, backingImage, source };
+  const images = [
+    "image" in input ? input.image : input.from,
+    backingImage,
+  ];
+  const inputs = fileIdentities(images.flatMap((i) => i?.sources() ?? []));
+  if (s.src === "-") {
+    const stdin = descriptorIdentity(0, "standard input");
+    if (stdin) inputs.push(stdin);
+  }
+  return { input, sparse, backingImage, source, inputs };
 }
 
 /** What a writer reports for the last line. */
@@ -198,10 +210,11 @@ interface Written {
   more?: string;
 }
 
-/** Writes qcow2: streamable to stdout or with --streamable, else a file. */
+/** Writes qcow2: streamable to a stream or with --streamable, else a file. */
 async function writeQcow2(
   run: Run,
   sources: Sources,
+  target: Target,
   progress: Progress,
 ): Promise<Written> {
   const { s, pool } = run;
@@ -217,11 +230,15 @@ async function writeQcow2(
     backingFile: s.backing,
     backingImage: sources.backingImage,
   } as const;
-  const outputOptions = { force: s.force, sync: s.sync };
-  if (s.dst === "-" || s.streamable) {
+  const outputOptions = {
+    noClobber: s.noClobber,
+    sync: s.sync,
+    inputs: sources.inputs,
+  };
+  if ("stream" in target || s.streamable) {
     const written = await writeStreamable(
       sources.source,
-      s.dst,
+      target,
       outputOptions,
       writerOptions,
     );
@@ -254,15 +271,18 @@ function leftToBacking(s: ConvertSettings, clusters: number): string {
   return s.backing ? `; ${clusters} clusters left to ${s.backing.name}` : "";
 }
 
-/** Writes raw bytes: a sparse file, stdout, or with -n the target. */
+/** Writes raw bytes: a sparse file, a stream, or with -n the target. */
 async function writeRawOutput(
   run: Run,
   sources: Sources,
+  target: Target,
   progress: Progress,
 ): Promise<Written> {
   const size = await writeRaw(sources.source, sources.input.total, run.s, {
     pool: run.pool,
     progress,
+    target,
+    inputs: sources.inputs,
   });
   return {
     what: `${formatBytes(size)} of raw${run.s.inPlace ? " in place" : ""}`,
@@ -285,11 +305,6 @@ async function parseCommandLine(
     return undefined;
   }
   const s = convertSettings(parsed);
-  if (s.src !== "-" && s.dst !== "-" && await sameFile(s.src, s.dst)) {
-    throw new UsageError(
-      `Cannot convert: SRC and DST are the same file (${s.dst})`,
-    );
-  }
   checkCompressedName(parsed, s);
   return s;
 }
@@ -304,12 +319,17 @@ export async function convertCommand(args: string[]): Promise<number> {
   const run: Run = { s, notice, pool, cleanups: [] };
   try {
     const sources = await openSources(run);
+    const target = await openTarget(s, sources.inputs);
+    if ("stream" in target) {
+      // Closes a stream nothing was written to; once written, a no-op.
+      run.cleanups.push(() => target.stream.abort().catch(() => {}));
+    }
     const showProgress = !s.quiet && (s.progress ?? Deno.stderr.isTerminal());
     const progress = createProgress(showProgress, sources.input.total);
     const started = performance.now();
     const written = s.outputFormat === "qcow2"
-      ? await writeQcow2(run, sources, progress)
-      : await writeRawOutput(run, sources, progress);
+      ? await writeQcow2(run, sources, target, progress)
+      : await writeRawOutput(run, sources, target, progress);
     progress.finish();
     if (sources.sparse) {
       for (const l of sparsifyLines(await sources.sparse.report)) notice(l);

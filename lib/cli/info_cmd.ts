@@ -13,7 +13,6 @@ import {
   INSPECT_OPTIONS,
   outputFormat,
 } from "./_getopt.ts";
-import { referenceOpener } from "../reader/open.ts";
 import { openNamed } from "./_inputs.ts";
 
 export const INFO_HELP =
@@ -61,7 +60,7 @@ export async function infoCommand(args: string[]): Promise<number> {
   const info = await imageInfo(image.input, {
     backingChain: chain,
     format,
-    openSource: referenceOpener(http),
+    http,
   });
   await writeOut(
     output === "json"

@@ -13,7 +13,6 @@ import {
   INSPECT_OPTIONS,
   outputFormat,
 } from "./_getopt.ts";
-import { referenceOpener } from "../reader/open.ts";
 import { openNamed } from "./_inputs.ts";
 
 export const MAP_HELP =
@@ -87,7 +86,7 @@ export async function mapCommand(args: string[]): Promise<number> {
     start,
     length,
     format,
-    openSource: referenceOpener(http),
+    http,
   });
   if (!json) await out.add(HUMAN_HEADER);
   for await (const e of entries) {

@@ -8,6 +8,8 @@
  * Machine-readable reason a {@linkcode Qcow2Error} was raised.
  *
  * - `BAD_MAGIC`: the file does not start with the qcow2 magic
+ * - `UNSUPPORTED_FORMAT`: the image is in another format (VMDK, VHD, ...),
+ *   probed by its signature
  * - `UNSUPPORTED_VERSION`: version other than 2 or 3
  * - `OUT_OF_RANGE`: a field holds a value outside what the format or QEMU allows
  * - `UNALIGNED`: an offset that must be cluster (or sector) aligned is not
@@ -38,6 +40,7 @@
  */
 export type Qcow2ErrorCode =
   | "BAD_MAGIC"
+  | "UNSUPPORTED_FORMAT"
   | "UNSUPPORTED_VERSION"
   | "OUT_OF_RANGE"
   | "UNALIGNED"

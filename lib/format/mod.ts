@@ -27,3 +27,4 @@ export * from "./snapshot.ts";
 export * from "./bitmaps.ts";
 export * from "./geometry.ts";
 export * from "./validate.ts";
+export * from "./probe.ts";

@@ -5,21 +5,70 @@
 // mod.ts imports it; core.ts, the runtime-neutral entry, does not, so there
 // a path is refused with one line instead of reaching for `Deno`.
 
-import type { RandomAccessSource } from "./source.ts";
+import type { FileIdentity, RandomAccessSource } from "./source.ts";
 import type { HoleProbe } from "./_holes.ts";
+
+/**
+ * Where a local name leads, as the OS resolves it: the answer of
+ * {@linkcode HostFiles.locate}.
+ */
+export interface Located {
+  /**
+   * The real path: every component resolved in order as the OS resolves
+   * it, symbolic links included (`..` after a link goes to the parent of
+   * the link's target), no link left in it. Undefined when the name does
+   * not lead to an existing file.
+   */
+  path: string | undefined;
+  /**
+   * Whether `path` lies inside the real path of the directory. For a name
+   * that leads nowhere: whether its deepest existing ancestor is that
+   * directory or lies inside it (so a missing file outside is reported as
+   * outside, never as missing).
+   */
+  inside: boolean;
+  /** Why the name leads nowhere (the OS error), when `path` is undefined. */
+  error?: unknown;
+}
 
 /** What a runtime's file module provides. */
 export interface HostFiles {
-  /** Opens a file for reading. */
-  open(path: string): Promise<RandomAccessSource & AsyncDisposable>;
+  /**
+   * Opens a file for reading: `path` is opened, `name` (default: `path`)
+   * is what the source is called in messages and reports.
+   */
+  open(
+    path: string,
+    name?: string,
+  ): Promise<RandomAccessSource & AsyncDisposable>;
   /** The canonical path (symlinks resolved), to recognise a file met twice. */
   realPath(path: string): Promise<string>;
   /**
-   * Whether the local path `target` lies inside directory `dir` (`""` is
-   * the working directory), on the file system: symbolic links must not
-   * lead out either.
+   * Which file a source opened by {@linkcode HostFiles.open} reads (device
+   * and inode of its open descriptor); undefined for any other source or
+   * where the system has no inode numbers.
    */
-  contains(dir: string, target: string): Promise<boolean>;
+  identity(source: RandomAccessSource): FileIdentity | undefined;
+  /**
+   * Where the local name `target` leads and whether that lies inside
+   * directory `dir` (`""` is the working directory), decided on the file
+   * system, never on the name's text.
+   */
+  locate(dir: string, target: string): Promise<Located>;
+  /**
+   * Whether a source opened by {@linkcode HostFiles.open} is the file that
+   * the real path `path` names now (same device and inode, and `path`
+   * still has no link in it); undefined for any other source.
+   */
+  isOpenedAt(
+    source: RandomAccessSource,
+    path: string,
+  ): Promise<boolean | undefined>;
+  /**
+   * The path a source opened by {@linkcode HostFiles.open} reads (which
+   * its name may not be); undefined for any other source.
+   */
+  pathOf(source: RandomAccessSource): string | undefined;
   /**
    * Bytes a source opened by {@linkcode HostFiles.open} occupies on disk;
    * undefined for any other source or when unknown.
@@ -45,13 +94,15 @@ export function hostFiles(): HostFiles | undefined {
 }
 
 /**
- * Opens a file by path through the runtime's file module.
+ * Opens a file by path through the runtime's file module, calling it
+ * `name` (default: the path) in messages.
  *
  * @throws {TypeError} When no file module was loaded (core.ts alone, as in a
  * browser or Node): the caller passes a source or the bytes instead.
  */
 export function openHostFile(
   path: string,
+  name?: string,
 ): Promise<RandomAccessSource & AsyncDisposable> {
   if (!installed) {
     return Promise.reject(
@@ -60,7 +111,7 @@ export function openHostFile(
       ),
     );
   }
-  return installed.open(path);
+  return installed.open(path, name);
 }
 
 /** Whether an error says that a file does not exist (Deno or Node). */

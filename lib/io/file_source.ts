@@ -6,11 +6,12 @@
  * @module
  */
 
-import { resolve, sep } from "node:path";
+import { sep } from "node:path";
 import { fileError } from "./_errors.ts";
 import { installHostFiles } from "./_host_files.ts";
 import { openHoleProber } from "./_holes.ts";
-import type { RandomAccessSource } from "./source.ts";
+import { identityOf } from "./identity.ts";
+import type { FileIdentity, RandomAccessSource } from "./source.ts";
 
 /**
  * A {@linkcode RandomAccessSource} over a file opened read-only. Reads are
@@ -32,13 +33,30 @@ import type { RandomAccessSource } from "./source.ts";
 export class FileSource implements RandomAccessSource, AsyncDisposable {
   #file: Deno.FsFile;
   #size: number;
-  /** The path the file was opened from. */
+  /** What the file is called in messages and reports (default: its path). */
   readonly name: string;
+  /** The path the file was opened from. */
+  readonly path: string;
+  /**
+   * The file this source reads, from the open descriptor (`fstat`): what
+   * an output is compared with so that it never overwrites an input, and
+   * what a reference is checked against after it is opened. Undefined
+   * where the system has no inode numbers (Windows).
+   */
+  readonly identity: FileIdentity | undefined;
 
-  private constructor(file: Deno.FsFile, size: number, name: string) {
+  private constructor(
+    file: Deno.FsFile,
+    size: number,
+    path: string,
+    name: string,
+    identity: FileIdentity | undefined,
+  ) {
     this.#file = file;
     this.#size = size;
+    this.path = path;
     this.name = name;
+    this.identity = identity;
   }
 
   /**
@@ -63,7 +81,7 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
         // Block devices report size 0 in stat; find the end by seeking.
         size = await file.seek(0, Deno.SeekMode.End);
       }
-      return new FileSource(file, size, name);
+      return new FileSource(file, size, path, name, identityOf(info, name));
     } catch (err) {
       file.close();
       throw err;
@@ -137,32 +155,75 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
   }
 }
 
-async function realPathOr(path: string): Promise<string> {
+/** Whether real path `path` lies strictly inside real directory `root`. */
+function isWithin(root: string, path: string): boolean {
+  return path.startsWith(root.endsWith(sep) ? root : root + sep);
+}
+
+/**
+ * Where `target` leads: `Deno.realPath` of the name exactly as given
+ * (realpath(3) resolves each component in turn, a link before the `..`
+ * after it; a text normalisation first would fold `link/..` away and
+ * decide on another file). A name that leads nowhere is placed by its
+ * deepest existing ancestor.
+ */
+async function locate(dir: string, target: string) {
+  let root: string;
   try {
-    return await Deno.realPath(path);
-  } catch {
-    return resolve(path);
+    root = await Deno.realPath(dir === "" ? "." : dir);
+  } catch (error) {
+    return { path: undefined, inside: false, error };
+  }
+  try {
+    const path = await Deno.realPath(target);
+    return { path, inside: isWithin(root, path) };
+  } catch (error) {
+    const absolute = target.startsWith("/") || target.startsWith(sep);
+    const parts = target.split(sep === "/" ? "/" : /[\\/]/)
+      .filter((p) => p !== "");
+    for (let keep = parts.length - 1; keep >= 0; keep--) {
+      const prefix = (absolute ? sep : "") + parts.slice(0, keep).join(sep);
+      let ancestor: string;
+      try {
+        ancestor = await Deno.realPath(prefix === "" ? "." : prefix);
+      } catch {
+        continue;
+      }
+      return {
+        path: undefined,
+        inside: ancestor === root || isWithin(root, ancestor),
+        error,
+      };
+    }
+    return { path: undefined, inside: false, error };
   }
 }
 
 installHostFiles({
-  open: (path) => FileSource.open(path),
+  open: (path, name) => FileSource.open(path, name),
   realPath: (path) => Deno.realPath(path),
-  async contains(dir, target) {
-    const root = resolve(dir === "" ? "." : dir);
-    const lexical = resolve(target);
-    if (!lexical.startsWith(root.endsWith(sep) ? root : root + sep)) {
+  identity: (source) =>
+    source instanceof FileSource ? source.identity : undefined,
+  locate,
+  pathOf: (source) => source instanceof FileSource ? source.path : undefined,
+  async isOpenedAt(source, path) {
+    const opened = source instanceof FileSource ? source.identity : undefined;
+    if (opened === undefined) return undefined;
+    try {
+      const [now, real] = await Promise.all([
+        Deno.stat(path),
+        Deno.realPath(path),
+      ]);
+      return real === path && now.dev === opened.dev &&
+        now.ino === opened.ino;
+    } catch {
       return false;
     }
-    // Symbolic links must not lead out either.
-    const realRoot = await realPathOr(root);
-    const real = await realPathOr(lexical);
-    return real.startsWith(realRoot.endsWith(sep) ? realRoot : realRoot + sep);
   },
   holeProbe(source) {
     if (!(source instanceof FileSource)) return undefined;
     const prober = openHoleProber();
-    const probe = prober.open(source.name);
+    const probe = prober.open(source.path);
     if (!probe) {
       prober[Symbol.dispose]();
       return undefined;
@@ -178,7 +239,7 @@ installHostFiles({
   async allocatedSize(source) {
     if (!(source instanceof FileSource)) return undefined;
     try {
-      const st = await Deno.stat(source.name);
+      const st = await Deno.stat(source.path);
       return st.blocks === null ? undefined : st.blocks * 512;
     } catch {
       return undefined;

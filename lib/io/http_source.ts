@@ -88,6 +88,28 @@ export interface HttpSourceOptions {
 }
 
 /**
+ * The settings of {@linkcode HttpSourceOptions} that may apply to every
+ * URL of a backing chain (`OpenImageOptions.http`, the tools' `http`):
+ * idle timeout, retries, fetch, signal. Headers are not among them: they
+ * would go to every file an image names.
+ *
+ * @example Give up on any file of a chain after 5 s of silence
+ * ```ts
+ * import assert from "node:assert";
+ * import { HttpSource, type HttpTransport } from "./http_source.ts";
+ * const http: HttpTransport = { idleTimeout: 5000, retryDelays: [100] };
+ * await using server = Deno.serve({ port: 0, onListen() {} }, () =>
+ *   new Response("ab", { status: 206, headers: { "content-range": "bytes 0-1/2" } }));
+ * await using src = await HttpSource.open(`http://localhost:${server.addr.port}/`, http);
+ * assert.strictEqual(src.size, 2);
+ * ```
+ */
+export type HttpTransport = Pick<
+  HttpSourceOptions,
+  "idleTimeout" | "retryDelays" | "fetch" | "signal"
+>;
+
+/**
  * The server cannot serve byte ranges of the resource, or answered a range
  * request with the wrong range.
  *

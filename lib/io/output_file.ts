@@ -1,6 +1,8 @@
 /**
  * Output files that appear under their name only when complete: writes go
- * to a temporary file beside the destination, renamed over it at the end.
+ * to a temporary file beside the destination, renamed over it at the end
+ * (or, to keep a file that appeared meanwhile, linked to its name). An
+ * output is never one of the files being read.
  *
  * @module
  */
@@ -8,28 +10,38 @@
 import { basename, dirname, join } from "node:path";
 import { fileError, fileReason, ioReason } from "./_errors.ts";
 import { trackTemporary, untrackTemporary } from "./_temp.ts";
+import { inspectDestination, temporaryName } from "./_destination.ts";
+import { assertNotInput } from "./identity.ts";
+import type { FileIdentity } from "./source.ts";
 
 /**
  * Options of {@linkcode OutputFile.create}.
  *
- * @example Replace an existing file
+ * @example Keep a file that appears while the output is written
  * ```ts
  * import assert from "node:assert";
- * import { OutputFile } from "./output_file.ts";
- * const path = await Deno.makeTempFile();
- * const out = await OutputFile.create(path, { force: true });
+ * import { OutputExistsError, OutputFile } from "./output_file.ts";
+ * const dir = await Deno.makeTempDir();
+ * const out = await OutputFile.create(`${dir}/disk.raw`, { noClobber: true });
  * await out.writeAt(0, new Uint8Array([1]));
- * await out.commit();
- * assert.deepStrictEqual(await Deno.readFile(path), new Uint8Array([1]));
- * await Deno.remove(path);
+ * await Deno.writeFile(`${dir}/disk.raw`, new Uint8Array([2])); // someone else's
+ * await assert.rejects(out.commit(), OutputExistsError);
+ * assert.deepStrictEqual(await Deno.readFile(`${dir}/disk.raw`), new Uint8Array([2]));
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export interface OutputFileOptions {
   /**
-   * Replace an existing destination.
+   * Keep an existing regular file at the destination: refuse it at the
+   * start, and commit by linking the finished file to the name, which
+   * fails, leaving it as it is, when a file appeared there meanwhile.
+   * Without it an existing file is replaced (renamed over) by the
+   * complete output only, as `qemu-img convert` replaces it. Devices and
+   * streams are written either way, as the shell's `noclobber` writes
+   * them.
    * @default {false}
    */
-  force?: boolean;
+  noClobber?: boolean;
   /**
    * Flush the data to the device (`fdatasync`) before renaming it into
    * place, so the file survives a power failure complete or not at all.
@@ -37,17 +49,27 @@ export interface OutputFileOptions {
    * @default {false}
    */
   sync?: boolean;
+  /**
+   * The files being read (the `identity` of each `FileSource` among an
+   * image's `sources()`): the destination is refused when it is one of them,
+   * compared by device and inode (hard links, symbolic links and
+   * `/proc/self/fd/N` names of an input included), before anything is
+   * written.
+   * @default {[]}
+   */
+  inputs?: Iterable<FileIdentity>;
 }
 
 /**
- * The destination exists and `force` was not given.
+ * The destination exists and `noClobber` keeps it: found at the start, or
+ * appeared while the output was written (the output is then discarded).
  *
  * @example An existing file is kept
  * ```ts
  * import assert from "node:assert";
  * import { OutputExistsError, OutputFile } from "./output_file.ts";
  * const path = await Deno.makeTempFile();
- * await assert.rejects(OutputFile.create(path), OutputExistsError);
+ * await assert.rejects(OutputFile.create(path, { noClobber: true }), OutputExistsError);
  * await Deno.remove(path);
  * ```
  */
@@ -56,9 +78,14 @@ export class OutputExistsError extends Error {
    * Creates the error.
    *
    * @param path The destination.
+   * @param appeared Whether the file appeared during the run.
    */
-  constructor(path: string) {
-    super(`Cannot write ${path}: the file exists (use --force to replace it)`);
+  constructor(path: string, appeared = false) {
+    super(
+      appeared
+        ? `Cannot write ${path}: a file appeared there while the output was written; it is kept and the output discarded (no-clobber)`
+        : `Cannot write ${path}: the file exists and is kept (no-clobber)`,
+    );
     this.name = "OutputExistsError";
   }
 }
@@ -68,32 +95,62 @@ const COALESCE_BYTES = 2 * 1024 * 1024;
 // coalescing buffer costs more than the system call it saves.
 const DIRECT_BYTES = 64 * 1024;
 
+/** Tries for a fresh temporary name before giving up. */
+const TEMP_ATTEMPTS = 8;
+
+/** Opens a device or file that exists, to write into it. */
+async function openExisting(path: string, what: string): Promise<Deno.FsFile> {
+  // Never `truncate`: nothing may change before the descriptor is known
+  // not to be an input.
+  return await Deno.open(path, { write: true }).catch((err) => {
+    throw fileError(what, err);
+  });
+}
+
 /**
- * Whether `dir` is on the file system of /dev (devtmpfs on Linux, devfs on
- * macOS), where a missing name is a mistyped device (`/dev/sdX`), not a
- * file to create. /dev/shm and other file systems mounted below /dev are
- * not, and neither is anything when /dev is no file system of its own.
+ * The descriptor's own stat (`fstat`), refused when it is an input: the
+ * file actually opened is what counts, whatever the name led to.
  */
-async function onDeviceFileSystem(dir: string): Promise<boolean> {
-  const paths = [dir, "/dev", "/"];
-  // Without read permission for these (a narrow --allow-read), no answer
-  // rather than a permission prompt.
-  const readable = (path: string) =>
-    Deno.permissions.querySync({ name: "read", path }).state === "granted";
-  if (!paths.every(readable)) return false;
+async function checkOpened(
+  file: Deno.FsFile,
+  path: string,
+  what: string,
+  inputs: Iterable<FileIdentity>,
+): Promise<Deno.FileInfo> {
   try {
-    const [at, dev, root] = await Promise.all(paths.map((p) => Deno.stat(p)));
-    return dev.dev !== root.dev && at.dev === dev.dev;
-  } catch {
-    return false;
+    const info = await file.stat().catch((err) => {
+      throw fileError(what, err);
+    });
+    assertNotInput(info, path, inputs);
+    return info;
+  } catch (err) {
+    file.close();
+    throw err;
   }
+}
+
+/** How an {@linkcode OutputFile} was opened. */
+interface Opened {
+  path: string;
+  writingPath: string;
+  file: Deno.FsFile;
+  isDevice: boolean;
+  inPlace: boolean;
+  sync: boolean;
+  /** Where the temporary file goes at commit (the real path of DST). */
+  target: string;
+  noClobber: boolean;
 }
 
 /**
  * A file written at arbitrary offsets, under a temporary name until
  * {@linkcode OutputFile.commit}. Sequential writes are coalesced into
- * large ones; skipped ranges stay holes (sparse). Block and character
- * devices (for example a disk, or `/dev/null`) are written in place.
+ * large ones; skipped ranges stay holes (sparse). A block device is
+ * written in place. Streams (a FIFO, a character device, a socket, or
+ * what a name in /dev or /proc leads to, such as `/dev/stdout`) cannot be
+ * written at offsets and are refused: `expandToPath` writes raw bytes to
+ * them in order. A destination that is one of the `inputs` is refused
+ * before anything is written.
  *
  * @example Write, then publish
  * ```ts
@@ -112,7 +169,7 @@ export class OutputFile {
   readonly path: string;
   /** The path being written (the temporary file, or the device itself). */
   readonly writingPath: string;
-  /** Whether the destination is a device written in place. */
+  /** Whether the destination is a block device written in place. */
   readonly isDevice: boolean;
   /**
    * Whether the destination itself is written (a device, or a file opened
@@ -127,98 +184,95 @@ export class OutputFile {
   #bufLen = 0;
   #done = false;
   #sync: boolean;
+  #target: string;
+  #noClobber: boolean;
 
-  private constructor(
-    path: string,
-    writingPath: string,
-    file: Deno.FsFile,
-    isDevice: boolean,
-    sync: boolean,
-    inPlace = isDevice,
-  ) {
-    this.path = path;
-    this.writingPath = writingPath;
-    this.#file = file;
-    this.isDevice = isDevice;
-    this.inPlace = inPlace;
-    this.#sync = sync;
+  private constructor(opened: Opened) {
+    this.path = opened.path;
+    this.writingPath = opened.writingPath;
+    this.#file = opened.file;
+    this.isDevice = opened.isDevice;
+    this.inPlace = opened.inPlace;
+    this.#sync = opened.sync;
+    this.#target = opened.target;
+    this.#noClobber = opened.noClobber;
     this.#buf = new Uint8Array(COALESCE_BYTES);
   }
 
   /**
-   * Creates the temporary file beside `path`.
+   * Creates the temporary file beside `path` (beside the file it links
+   * to, when it is a symbolic link to one), or opens a block device.
    *
    * @param path The destination.
-   * @param options Whether to replace an existing destination.
+   * @param options Whether to keep an existing file; the inputs.
    * @returns The output.
-   * @throws {OutputExistsError} When `path` exists and `force` is false.
+   * @throws {OutputExistsError} When `path` exists and `noClobber` is set.
+   * @throws {Error} When `path` is one of the inputs, a directory, a
+   * stream, a symbolic link to nothing, or a missing name in /dev; when
+   * the temporary file cannot be created.
    */
   static async create(
     path: string,
     options: OutputFileOptions = {},
   ): Promise<OutputFile> {
-    let info: Deno.FileInfo | undefined;
-    try {
-      info = await Deno.stat(path);
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) {
-        throw fileError(`write ${path}`, err);
-      }
-    }
-    if (info && (info.isBlockDevice || info.isCharDevice)) {
-      let file: Deno.FsFile;
-      try {
-        file = await Deno.open(path, { write: true });
-      } catch (err) {
-        throw fileError(`write ${path}`, err);
-      }
-      return new OutputFile(path, path, file, true, options.sync ?? false);
-    }
-    if (info?.isDirectory) {
-      throw new Error(`Cannot write ${path}: it is a directory`);
-    }
-    if (info && !options.force) throw new OutputExistsError(path);
-    if (!info && await onDeviceFileSystem(dirname(path))) {
+    const inputs = [...options.inputs ?? []];
+    const sync = options.sync ?? false;
+    const noClobber = options.noClobber ?? false;
+    const dest = await inspectDestination(path);
+    if (dest.kind === "stream") {
       throw new Error(
-        `Cannot write ${path}: no such device (regular files are not created in /dev)`,
+        `Cannot write ${path}: it is ${dest.what}, written as a stream, in order, not at offsets`,
       );
     }
-    const suffix = crypto.randomUUID().slice(0, 8);
-    const temp = join(dirname(path), `.${basename(path)}.${suffix}.partial`);
-    // Listed before it exists: a signal that arrives while the file is
-    // being created still finds it (removing a missing file is harmless).
-    trackTemporary(temp);
-    let file: Deno.FsFile;
-    try {
-      // Created and registered in one turn of the event loop: a signal
-      // handler cannot run between the two and miss the file.
-      file = Deno.openSync(temp, {
-        write: true,
-        createNew: true,
-        mode: 0o644,
+    if (dest.kind === "device") {
+      const what = `write ${path}`;
+      const file = await openExisting(path, what);
+      const info = await checkOpened(file, path, what, inputs);
+      if (!info.isBlockDevice) {
+        file.close();
+        throw new Error(`Cannot ${what}: it changed while being opened`);
+      }
+      return new OutputFile({
+        path,
+        writingPath: path,
+        file,
+        isDevice: true,
+        inPlace: true,
+        sync,
+        target: path,
+        noClobber,
       });
-    } catch (err) {
-      untrackTemporary(temp);
-      const reason = err instanceof Deno.errors.NotFound
-        ? `directory ${dirname(path)} does not exist`
-        : err instanceof Deno.errors.PermissionDenied
-        ? `no permission to create files in ${dirname(path)}`
-        : fileReason(err);
-      throw new Error(`Cannot write ${path}: ${reason}`, { cause: err });
     }
-    return new OutputFile(path, temp, file, false, options.sync ?? false);
+    if (dest.kind === "file") {
+      assertNotInput(dest.info, path, inputs);
+      if (noClobber) throw new OutputExistsError(path);
+    }
+    const target = dest.kind === "file" ? dest.target : path;
+    const { temp, file } = createTemporary(path, target);
+    return new OutputFile({
+      path,
+      writingPath: temp,
+      file,
+      isDevice: false,
+      inPlace: false,
+      sync,
+      target,
+      noClobber,
+    });
   }
 
   /**
-   * Opens an existing file or device to write into it in place (`qemu-img
-   * convert -n`): nothing is created, truncated or renamed; bytes not
-   * written keep what they held.
+   * Opens an existing file or block device to write into it in place
+   * (`qemu-img convert -n`): nothing is created, truncated or renamed;
+   * bytes not written keep what they held. The opened descriptor is
+   * compared with the inputs before anything is written.
    *
    * @param path The existing destination.
-   * @param options `sync` flushes it at {@linkcode OutputFile.commit}.
+   * @param options `sync` flushes it at {@linkcode OutputFile.commit};
+   * `inputs` are refused.
    * @returns The output and the destination's size in bytes.
-   * @throws {Error} When it does not exist, is a directory or cannot be
-   * opened for writing.
+   * @throws {Error} When it does not exist, is a directory or a stream,
+   * is one of the inputs, or cannot be opened for writing.
    *
    * @example Overwrite the start of an existing file
    * ```ts
@@ -236,32 +290,39 @@ export class OutputFile {
    */
   static async openInPlace(
     path: string,
-    options: Pick<OutputFileOptions, "sync"> = {},
+    options: Pick<OutputFileOptions, "sync" | "inputs"> = {},
   ): Promise<{ output: OutputFile; size: number }> {
     const what = `write into ${path}`;
-    const info = await Deno.stat(path).catch((err) => {
-      throw fileError(what, err);
-    });
-    if (info.isDirectory) {
-      throw new Error(`Cannot ${what}: it is a directory`);
+    const dest = await inspectDestination(path, what);
+    if (dest.kind === "absent") {
+      throw new Deno.errors.NotFound(`Cannot ${what}: no such file`);
     }
-    const file = await Deno.open(path, { write: true }).catch((err) => {
-      throw fileError(what, err);
-    });
-    const device = !!(info.isBlockDevice || info.isCharDevice);
+    if (dest.kind === "stream" && !dest.info.isFile) {
+      throw new Error(
+        `Cannot ${what}: it is ${dest.what}, which cannot be written at offsets (a file or a block device can)`,
+      );
+    }
+    const file = await openExisting(path, what);
+    const info = await checkOpened(file, path, what, options.inputs ?? []);
+    if (!info.isFile && !info.isBlockDevice) {
+      file.close();
+      throw new Error(`Cannot ${what}: it is not a file or a block device`);
+    }
     try {
       // A block device's size is where its end is, not what stat says.
       const size = await file.seek(0, Deno.SeekMode.End);
       await file.seek(0, Deno.SeekMode.Start);
       return {
-        output: new OutputFile(
+        output: new OutputFile({
           path,
-          path,
+          writingPath: path,
           file,
-          device,
-          options.sync ?? false,
-          true,
-        ),
+          isDevice: !!info.isBlockDevice,
+          inPlace: true,
+          sync: options.sync ?? false,
+          target: path,
+          noClobber: false,
+        }),
         size,
       };
     } catch (err) {
@@ -351,11 +412,14 @@ export class OutputFile {
   }
 
   /**
-   * Flushes, sets the final size (holes at the end stay holes), and
-   * renames the temporary file over the destination. When the rename
-   * fails, the temporary file is removed.
+   * Flushes, sets the final size (holes at the end stay holes), and puts
+   * the temporary file in place: renamed over the destination, or with
+   * `noClobber` linked to its name (which fails if a file appeared there)
+   * and then unlinked. On failure the temporary file is removed.
    *
    * @param size Final file size in bytes; omit to keep what was written.
+   * @throws {OutputExistsError} With `noClobber`, when a file appeared at
+   * the destination meanwhile (it is kept).
    */
   async commit(size?: number): Promise<void> {
     this.#flush();
@@ -371,16 +435,38 @@ export class OutputFile {
     }
     this.#file.close();
     this.#done = true;
-    if (!this.inPlace) {
-      try {
-        await Deno.rename(this.writingPath, this.path);
-      } catch (err) {
-        await Deno.remove(this.writingPath).catch(() => {});
-        throw fileError(`rename ${this.writingPath} to ${this.path}`, err);
-      } finally {
-        untrackTemporary(this.writingPath);
-      }
+    if (this.inPlace) return;
+    try {
+      if (this.#noClobber) await this.#linkIntoPlace();
+      else await this.#renameIntoPlace();
+    } finally {
+      untrackTemporary(this.writingPath);
     }
+  }
+
+  async #renameIntoPlace(): Promise<void> {
+    try {
+      await Deno.rename(this.writingPath, this.#target);
+    } catch (err) {
+      await Deno.remove(this.writingPath).catch(() => {});
+      throw fileError(`rename ${this.writingPath} to ${this.path}`, err);
+    }
+  }
+
+  // link(2) never replaces: the name is taken only if nothing holds it.
+  async #linkIntoPlace(): Promise<void> {
+    try {
+      await Deno.link(this.writingPath, this.#target);
+    } catch (err) {
+      await Deno.remove(this.writingPath).catch(() => {});
+      if (err instanceof Deno.errors.AlreadyExists) {
+        throw new OutputExistsError(this.path, true);
+      }
+      throw fileError(`link ${this.writingPath} to ${this.path}`, err);
+    }
+    // The output is in place; a temporary name left behind would be only
+    // a second name for it.
+    await Deno.remove(this.writingPath).catch(() => {});
   }
 
   /** Closes and removes the temporary file. Safe to call more than once. */
@@ -395,6 +481,45 @@ export class OutputFile {
     if (!this.inPlace) {
       await Deno.remove(this.writingPath).catch(() => {});
       untrackTemporary(this.writingPath);
+    }
+  }
+}
+
+/**
+ * Creates the temporary file beside `target` (named after it), registered
+ * for removal on a signal.
+ */
+function createTemporary(
+  path: string,
+  target: string,
+): { temp: string; file: Deno.FsFile } {
+  const dir = dirname(target);
+  for (let attempt = 1;; attempt++) {
+    const random = crypto.randomUUID().slice(0, 8);
+    const temp = join(dir, temporaryName(basename(target), random));
+    // Listed before it exists: a signal that arrives while the file is
+    // being created still finds it (removing a missing file is harmless).
+    trackTemporary(temp);
+    try {
+      // Created and registered in one turn of the event loop: a signal
+      // handler cannot run between the two and miss the file.
+      const file = Deno.openSync(temp, {
+        write: true,
+        createNew: true,
+        mode: 0o644,
+      });
+      return { temp, file };
+    } catch (err) {
+      untrackTemporary(temp);
+      if (
+        err instanceof Deno.errors.AlreadyExists && attempt < TEMP_ATTEMPTS
+      ) continue;
+      const reason = err instanceof Deno.errors.NotFound
+        ? `directory ${dir} does not exist`
+        : err instanceof Deno.errors.PermissionDenied
+        ? `no permission to create files in ${dir}`
+        : fileReason(err);
+      throw new Error(`Cannot write ${path}: ${reason}`, { cause: err });
     }
   }
 }

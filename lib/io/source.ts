@@ -47,6 +47,40 @@ export interface RandomAccessSource {
 }
 
 /**
+ * Which file a local source reads, as the system identifies it: the device
+ * of its file system and its inode number (`st_dev`, `st_ino`), taken from
+ * the open descriptor. Two names (hard links, symbolic links,
+ * `/proc/self/fd/N`, bind mounts) are one file exactly when these agree.
+ *
+ * @example Two names of one file
+ * ```ts
+ * import assert from "node:assert";
+ * import { FileSource } from "../../mod.ts";
+ * const dir = await Deno.makeTempDir();
+ * await Deno.writeFile(`${dir}/a`, new Uint8Array(4));
+ * await Deno.link(`${dir}/a`, `${dir}/b`);
+ * await using a = await FileSource.open(`${dir}/a`);
+ * await using b = await FileSource.open(`${dir}/b`);
+ * assert.strictEqual(a.identity!.ino, b.identity!.ino);
+ * assert.strictEqual(a.identity!.dev, b.identity!.dev);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export interface FileIdentity {
+  /** The device of the file system holding the file (`st_dev`). */
+  readonly dev: number;
+  /** The inode number (`st_ino`). */
+  readonly ino: number;
+  /**
+   * For a block device, the device it is (`st_rdev`): two device nodes of
+   * one disk are one file.
+   */
+  readonly rdev?: number;
+  /** The name it was opened by, for messages. */
+  readonly name: string;
+}
+
+/**
  * A {@linkcode RandomAccessSource} over a `Uint8Array`.
  *
  * @example Read past the end

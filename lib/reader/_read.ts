@@ -1,7 +1,7 @@
 // Reading plan items: shared by Qcow2Image, RawImage and the segment stream.
 import { hex, Qcow2Error } from "../format/errors.ts";
 import { compressedRange } from "../format/compressed.ts";
-import { hasQcow2Magic } from "../format/header.ts";
+import { PROBE_BYTES, probeFormat, readableFormat } from "../format/probe.ts";
 import {
   type ClusterCodec,
   type CompressionType,
@@ -11,13 +11,18 @@ import type { Extent, GuestImage, PlanItem } from "./image.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 
 /**
- * The format of an image by its first bytes: `qcow2` when they are the
- * magic, `raw` otherwise.
+ * The format of an image by its first bytes, as qemu-img probes it:
+ * `qcow2` or `raw`, or a {@linkcode Qcow2Error} (`UNSUPPORTED_FORMAT`)
+ * naming any other format qemu-img would have read it as.
  */
 export async function detectFormat(
   source: RandomAccessSource,
+  name: string | undefined = source.name,
 ): Promise<"qcow2" | "raw"> {
-  return hasQcow2Magic(await source.read(0, 4)) ? "qcow2" : "raw";
+  return readableFormat(
+    probeFormat(await source.read(0, PROBE_BYTES), name),
+    name ?? "the image",
+  );
 }
 
 /** Reads `length` bytes at `offset`, zero-filled past the end (as QEMU reads). */

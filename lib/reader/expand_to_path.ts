@@ -7,30 +7,35 @@
  */
 
 import { OutputFile, type OutputFileOptions } from "../io/output_file.ts";
+import { openStreamOutput } from "../io/stream_output.ts";
+import { fileIdentities } from "../io/identity.ts";
+import type { FileIdentity } from "../io/source.ts";
 import type { ImageSink } from "../io/sink.ts";
 import {
   type ExpandOptions,
   type ExpandSource,
   expandToFile,
+  expandToStream,
 } from "./expand.ts";
 
 /**
  * Options of {@linkcode expandToPath}: reading, progress and holes, and
  * how the destination is written.
  *
- * @example Replace an existing file, reporting progress
+ * @example Keep an existing file, reporting progress
  * ```ts
  * import assert from "node:assert";
  * import { openImage } from "./open.ts";
  * import { expandToPath, type ExpandToPathOptions } from "./expand_to_path.ts";
  * const dir = await Deno.makeTempDir();
- * await Deno.writeFile(`${dir}/disk.raw`, new Uint8Array([1, 2, 3]));
+ * await Deno.writeFile(`${dir}/old.raw`, new Uint8Array([1, 2, 3]));
  * let done = 0;
- * const options: ExpandToPathOptions = { force: true, onProgress: (n) => done = n };
+ * const options: ExpandToPathOptions = { noClobber: true, onProgress: (n) => done = n };
  * await using image = await openImage(new Uint8Array(4096).fill(8));
- * await expandToPath(image, `${dir}/disk.raw`, options);
+ * await assert.rejects(expandToPath(image, `${dir}/old.raw`, options), /exists/);
+ * await expandToPath(image, `${dir}/new.raw`, options);
  * assert.strictEqual(done, 4096);
- * assert.strictEqual((await Deno.stat(`${dir}/disk.raw`)).size, 4096);
+ * assert.strictEqual((await Deno.stat(`${dir}/new.raw`)).size, 4096);
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
@@ -54,17 +59,24 @@ export interface ExpandToPathOptions extends ExpandOptions, OutputFileOptions {
 /**
  * Expands an image, or a raw byte stream, to a path with
  * {@linkcode expandToFile}. A new file is written under a temporary name
- * beside the path and renamed over it when complete; on any error it is
- * removed and nothing appears. An existing file is replaced only with
- * `force`. A block or character device is written in place, zeros
- * included.
+ * beside the path and put in place when complete, replacing an existing
+ * file (`noClobber` keeps it); on any error it is removed and nothing
+ * appears. A block device is written in place, zeros included. A stream
+ * (a FIFO, a character device, `/dev/stdout`, `/proc/self/fd/N`) gets
+ * the bytes in order with {@linkcode expandToStream}, zeros included.
+ * The path is refused when it is a file the source reads (its image file,
+ * data file or backing chain, or one of `inputs`), compared by device and
+ * inode before anything is written.
  *
  * @param source An opened image, or a raw byte stream.
  * @param path The destination.
- * @param options Reading, progress, `force`, `sync`, `inPlace`.
+ * @param options Reading, progress, `noClobber`, `sync`, `inPlace`,
+ * `inputs`.
  * @returns Number of bytes written (not holes).
- * @throws {OutputExistsError} When `path` exists and neither `force` nor
- * `inPlace` is given.
+ * @throws {OutputExistsError} When `path` exists, `noClobber` is given
+ * and `inPlace` is not, or when a file appeared there meanwhile.
+ * @throws {Error} When `path` is one of the files being read, a
+ * directory, or (with `inPlace`) smaller than the source.
  *
  * @example Expand a qcow2 image to a sparse raw file
  * ```ts
@@ -87,14 +99,23 @@ export async function expandToPath(
   path: string,
   options: ExpandToPathOptions = {},
 ): Promise<number> {
+  const inputs: FileIdentity[] = [
+    ...source instanceof ReadableStream ? [] : fileIdentities(source.sources()),
+    ...options.inputs ?? [],
+  ];
   if (!options.inPlace) {
+    const stream = await openStreamOutput(path, { inputs });
+    if (stream) return await expandToStream(source, stream, options);
     return await expandToFile(
       source,
-      await OutputFile.create(path, options),
+      await OutputFile.create(path, { ...options, inputs }),
       options,
     );
   }
-  const { output, size } = await OutputFile.openInPlace(path, options);
+  const { output, size } = await OutputFile.openInPlace(path, {
+    sync: options.sync,
+    inputs,
+  });
   const sink = bounded(output, size);
   const length = source instanceof ReadableStream
     ? options.sourceLength

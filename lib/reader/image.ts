@@ -123,6 +123,30 @@ export interface GuestImage extends AsyncDisposable {
    * @ignore
    */
   plan(offset: number, length: number, depth: number): AsyncGenerator<PlanItem>;
+  /**
+   * Every source this image reads: its own file, its external data file,
+   * then its backing chain's, top image first. Whoever writes a file
+   * compares it with these, so that no input is overwritten.
+   *
+   * @returns The sources, in that order.
+   *
+   * @example The files a qcow2 overlay reads
+   * ```ts
+   * import assert from "node:assert";
+   * import { convertToBytes, openImage } from "../../mod.ts";
+   * const dir = await Deno.makeTempDir();
+   * await Deno.writeFile(`${dir}/base.raw`, new Uint8Array(65536));
+   * const overlay = await convertToBytes(new Uint8Array(65536), {
+   *   backingFile: { name: "base.raw", format: "raw" },
+   * });
+   * await Deno.writeFile(`${dir}/top.qcow2`, overlay);
+   * await using image = await openImage(`${dir}/top.qcow2`, { format: "qcow2" });
+   * const names = image.sources().map((s) => s.name);
+   * assert.deepStrictEqual(names, [`${dir}/top.qcow2`, `${dir}/base.raw`]);
+   * await Deno.remove(dir, { recursive: true });
+   * ```
+   */
+  sources(): RandomAccessSource[];
   /** Closes the image and its backing chain. */
   close(): Promise<void>;
 }

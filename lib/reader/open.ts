@@ -20,22 +20,19 @@ import {
 } from "../format/constants.ts";
 import type { SnapshotEntry } from "../format/snapshot.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
-import {
-  HttpSource,
-  type HttpSourceOptions,
-  isHttpUrl,
-} from "../io/http_source.ts";
-import { hostFiles, openHostFile } from "../io/_host_files.ts";
+import { type HttpTransport, isHttpUrl } from "../io/http_source.ts";
 import { fileError } from "../io/_errors.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image } from "./qcow2_image.ts";
 import { RawImage } from "./raw_image.ts";
-import { backingReference, openRelated } from "./_backing.ts";
 import {
-  directoryOfSource,
-  followReference,
+  backingReferrer,
+  declaredBackingFormat,
+  openByName,
+  ReferenceGate,
   type ReferencePolicy,
   type Referrer,
+  topReferrer,
 } from "./references.ts";
 import { detectFormat, readPadded } from "./_read.ts";
 import { readSnapshotTable } from "./_snapshots.ts";
@@ -89,9 +86,14 @@ export interface OpenImageOptions {
    * relative backing and data file names resolve against, and which a
    * probed image may not leave. Default: the directory of the image's own
    * path or URL; an image without a name (bytes, a stream) has none, so
-   * its relative names are refused.
+   * its relative names are refused, and a probed one follows no file.
    */
   relativeTo?: string;
+  /**
+   * What to call the top image in messages (default: its path, URL or
+   * source name). It does not decide where its names resolve.
+   */
+  name?: string;
   /** Read this internal snapshot (matched by ID first, then by name). */
   snapshot?: string;
   /**
@@ -106,30 +108,22 @@ export interface OpenImageOptions {
   cacheBytes?: number;
   /**
    * Opens backing and data files by the names the policy allows. The
-   * default ({@linkcode referenceOpener}) opens local files and http(s)
-   * URLs, the URLs held to their origin.
+   * default ({@linkcode openByName}) opens local files and http(s) URLs.
+   * Where the runtime has file access, a file held to its directory is
+   * passed as the real path that was checked, not as the image names it.
+   * A URL it opens must be answered from the origin asked (judged on the
+   * source's `url`).
    */
   openSource?: (name: string) => Promise<RandomAccessSource>;
   /**
    * How http(s) URLs are fetched: the image's own, when `input` is one,
    * and those of its backing and data files unless `openSource` is given
-   * (idle timeout, retries, fetch, signal). Headers are not part of it:
-   * they would go to every file an image names; open the image with
-   * {@linkcode HttpSource.open} to send some.
+   * (idle timeout, retries, fetch, signal). To send headers, open the
+   * image with `HttpSource.open` and pass the source.
    */
   http?: HttpTransport;
 }
 
-/**
- * The settings of {@linkcode OpenImageOptions.http}: those of
- * {@linkcode HttpSourceOptions} that may apply to every URL of a chain.
- */
-export type HttpTransport = Pick<
-  HttpSourceOptions,
-  "idleTimeout" | "retryDelays" | "fetch" | "signal"
->;
-
-const DEFAULT_MAX_DEPTH = 256;
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 
 /**
@@ -167,7 +161,7 @@ export async function openImage(
   options: OpenImageOptions = {},
 ): Promise<GuestImage> {
   const source: RandomAccessSource = typeof input === "string"
-    ? await openByName(input, options.http).catch((err) => {
+    ? await openByName(input, input, options.http).catch((err) => {
       // An OS error is worded here; a URL's error and the refusal of a
       // path where no file access is loaded (TypeError) say it already.
       throw isHttpUrl(input) || err instanceof TypeError
@@ -192,89 +186,24 @@ export async function openImage(
       return new RawImage(source, owned);
     }
     const name = typeof input === "string" ? input : source.name ?? "<image>";
-    const referrer: Referrer = {
-      name,
-      dir: options.relativeTo !== undefined
-        ? asDirectory(options.relativeTo)
-        : directoryOfSource(name, source),
-      trusted: given,
-    };
-    return await openQcow2(source, owned, referrer, options, [], 0);
+    // Over HTTP, names resolve against the URL that answered.
+    const referrer = topReferrer(
+      source.url ?? name,
+      given,
+      options.relativeTo,
+      options.name ?? name,
+    );
+    const gate = new ReferenceGate({
+      policy: options.references,
+      maxDepth: options.maxBackingDepth,
+      openSource: options.openSource,
+      http: options.http,
+    });
+    await gate.start(name);
+    return await openQcow2(source, owned, referrer, options, gate, 0);
   } catch (err) {
     if (owned) await source.close?.();
     throw err;
-  }
-}
-
-/** A directory name as {@linkcode Referrer.dir} wants it (ending with `/`). */
-function asDirectory(dir: string): string {
-  return dir === "" || dir.endsWith("/") ? dir : dir + "/";
-}
-
-/**
- * Opens a file path, or an http(s) URL with Range requests. Paths need the
- * runtime's file access (`mod.ts` in Deno); URLs work wherever `fetch`
- * does.
- *
- * @param name A path or URL.
- * @param http How a URL is fetched.
- * @returns The source.
- * @throws {TypeError} For a path where the runtime has no file access
- * (`core.ts` in a browser or Node).
- * @throws {Error} When the file cannot be opened or the URL fetched.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import "../../mod.ts"; // lends the reader Deno's file access
- * import { openByName } from "./open.ts";
- * const path = await Deno.makeTempFile();
- * await using src = await openByName(path) as AsyncDisposable & { size: number };
- * assert.strictEqual(src.size, 0);
- * await Deno.remove(path);
- * ```
- */
-export function openByName(
-  name: string,
-  http: HttpSourceOptions = {},
-): Promise<RandomAccessSource & AsyncDisposable> {
-  return isHttpUrl(name) ? HttpSource.open(name, http) : openHostFile(name);
-}
-
-/**
- * How backing and data files are opened by default: by
- * {@linkcode openByName}, a URL held to its origin (a redirect elsewhere
- * is refused: the origin the policy allowed is the one that must answer).
- *
- * @param http How URLs are fetched (idle timeout, retries...).
- * @returns The opener, for `openSource` options.
- *
- * @example Refuse a backing file that redirects to another origin
- * ```ts
- * import assert from "node:assert";
- * import { referenceOpener } from "./open.ts";
- * await using elsewhere = Deno.serve({ port: 0, onListen() {} }, () => new Response("secret"));
- * await using server = Deno.serve({ port: 0, onListen() {} }, () =>
- *   Response.redirect(`http://localhost:${elsewhere.addr.port}/`, 302));
- * const open = referenceOpener({ retryDelays: [] });
- * await assert.rejects(
- *   open(`http://localhost:${server.addr.port}/base.raw`),
- *   /redirects to http:\/\/localhost:\d+\/: another origin/,
- * );
- * ```
- */
-export function referenceOpener(
-  http: HttpTransport = {},
-): (name: string) => Promise<RandomAccessSource & AsyncDisposable> {
-  return (name) => openByName(name, { ...http, stayOnOrigin: true });
-}
-
-async function identity(name: string): Promise<string> {
-  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(name)) return name;
-  try {
-    return await hostFiles()?.realPath(name) ?? name;
-  } catch {
-    return name;
   }
 }
 
@@ -283,12 +212,10 @@ async function openQcow2(
   ownsSource: boolean,
   referrer: Referrer,
   options: OpenImageOptions,
-  seen: string[],
+  gate: ReferenceGate,
   depth: number,
 ): Promise<Qcow2Image> {
   const header = await readHeader(source);
-  const openSource = options.openSource ?? referenceOpener(options.http);
-  const policy = options.references ?? "auto";
 
   let dataFile: RandomAccessSource | undefined;
   let backing: GuestImage | undefined;
@@ -302,34 +229,13 @@ async function openQcow2(
           { field: "incompatible_features", offset: 72 },
         );
       }
-      const path = await followReference(
-        referrer,
-        dataName,
-        "external data file",
-        policy,
-      );
-      dataFile = await openRelated(openSource, path, "external data file");
+      dataFile = await gate.open(await gate.dataFile(referrer, dataName));
     }
 
     if (header.backingFile !== undefined && header.backingFile !== "") {
-      const { path, declared } = await backingReference(
-        referrer,
-        header,
-        policy,
-        depth,
-        options.maxBackingDepth ?? DEFAULT_MAX_DEPTH,
-      );
-      const me = await identity(referrer.name);
-      const target = await identity(path);
-      const chain = [...seen, me];
-      if (chain.includes(target)) {
-        throw new Qcow2Error(
-          "BACKING",
-          `Cannot open backing file "${header.backingFile}": the backing chain loops back to ${path}`,
-          { field: "backing_file_offset", offset: 8 },
-        );
-      }
-      const backingSource = await openRelated(openSource, path, "backing file");
+      const declared = declaredBackingFormat(header, header.backingFile);
+      const ref = await gate.backing(referrer, header.backingFile);
+      const backingSource = await gate.open(ref);
       try {
         const format = declared ?? await detectFormat(backingSource);
         backing = format === "raw"
@@ -337,14 +243,9 @@ async function openQcow2(
           : await openQcow2(
             backingSource,
             true,
-            {
-              name: path,
-              dir: directoryOfSource(path, backingSource),
-              // Trust passes down only through named formats.
-              trusted: referrer.trusted && declared === "qcow2",
-            },
+            backingReferrer(referrer, ref, declared, backingSource),
             options,
-            chain,
+            gate,
             depth + 1,
           );
       } catch (err) {

@@ -191,6 +191,19 @@ export class Qcow2Image implements GuestImage {
     return this.#dataFile;
   }
 
+  /**
+   * The image file, its data file, then the backing chain's sources.
+   *
+   * @returns The sources this image reads.
+   */
+  sources(): RandomAccessSource[] {
+    return [
+      this.#source,
+      ...this.#dataFile ? [this.#dataFile] : [],
+      ...this.backing?.sources() ?? [],
+    ];
+  }
+
   /** The L1 table in use (the active one, or the snapshot's). */
   get l1Table(): Uint8Array {
     return this.#l1;

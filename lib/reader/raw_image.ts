@@ -55,6 +55,15 @@ export class RawImage implements GuestImage {
     return this.#source;
   }
 
+  /**
+   * The one source a raw image reads.
+   *
+   * @returns `[source]`.
+   */
+  sources(): RandomAccessSource[] {
+    return [this.#source];
+  }
+
   /** The source's name. */
   get name(): string {
     return this.#source.name ?? "<raw>";

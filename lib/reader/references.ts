@@ -1,23 +1,37 @@
 /**
- * Which files an image may lead us to. A qcow2 image names other files,
- * its backing file and its external data file, and the image may come from
- * a guest or the network: a raw disk whose first bytes a guest wrote as a
- * qcow2 header must not make us read host files (QEMU's CVE-2008-2004).
+ * Which files an image may lead us to: the one gate every backing and
+ * external data file passes, whoever follows it (the reader, `imageInfo`,
+ * the tools' chain walks). A qcow2 image names other files, and the image
+ * may come from a guest or the network: a raw disk whose first bytes a
+ * guest wrote as a qcow2 header must not make us read host files (QEMU's
+ * CVE-2008-2004).
  *
  * The rule: an image whose format was probed (not given) may only lead to
- * files inside its own directory, or on its own origin over HTTP. An image
- * whose format was given follows QEMU's rules: relative names resolve
- * against its directory, absolute names are allowed. A backing file keeps
- * that trust only when its parent's format was given and its parent names
- * the backing format (`backing_fmt`) that the file really has.
+ * files inside its own directory, or on its own origin over HTTP; an image
+ * without a directory (a stream, bytes) leads nowhere. Containment is
+ * decided on the file the OS opens: the name is resolved as the OS resolves
+ * it, every component and symbolic link in turn, the real path must lie
+ * inside the real path of the image's directory, and that real path (no
+ * link left in it) is what is opened. An image whose format was given
+ * follows QEMU's rules: relative names resolve against its directory,
+ * absolute names are allowed. A backing file keeps that trust only when
+ * its parent's format was given and its parent names the backing format
+ * (`backing_fmt`) that the file really has.
  *
  * @module
  */
 
 import { Qcow2Error } from "../format/errors.ts";
-import { hostFiles } from "../io/_host_files.ts";
-import type { RandomAccessSource } from "../io/source.ts";
+import { backingFormat, type Qcow2Header } from "../format/header.ts";
+import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
+import {
+  HttpSource,
+  type HttpSourceOptions,
+  type HttpTransport,
+} from "../io/http_source.ts";
+import { fileReason } from "../io/_errors.ts";
 import { isAbsolute, join } from "../io/_path.ts";
+import type { RandomAccessSource } from "../io/source.ts";
 
 /**
  * Which backing and external data files an image may lead to.
@@ -96,38 +110,6 @@ export function directoryOf(name: string | undefined): string | undefined {
 }
 
 /**
- * The directory the names an opened image gives resolve against: that of
- * the URL that answered when the image came over HTTP (after redirects,
- * {@linkcode RandomAccessSource.url}), else that of the name it was
- * opened by. Over HTTP, the origin that counts is the one that answered,
- * not the one asked.
- *
- * @param name The path or URL the image was opened by.
- * @param source The opened image.
- * @returns The directory, or undefined (see {@linkcode directoryOf}).
- *
- * @example A download link that redirected
- * ```ts
- * import assert from "node:assert";
- * import { BytesSource } from "../io/source.ts";
- * import { directoryOfSource } from "./references.ts";
- * const answered = Object.assign(new BytesSource(new Uint8Array(0)), {
- *   url: "https://cdn.example.org/v2/disk.qcow2",
- * });
- * assert.strictEqual(
- *   directoryOfSource("https://example.org/latest", answered),
- *   "https://cdn.example.org/v2/",
- * );
- * ```
- */
-export function directoryOfSource(
-  name: string | undefined,
-  source: RandomAccessSource,
-): string | undefined {
-  return directoryOf(source.url ?? name);
-}
-
-/**
  * Resolves a name an image gives (QEMU's `path_combine()`): relative to the
  * image's directory, without normalizing (`sub/` and `../base.qcow2` give
  * `sub/../base.qcow2`, as qemu-img prints it); URLs and absolute paths as
@@ -157,99 +139,512 @@ export function resolveName(
   return dir === undefined ? undefined : dir + name;
 }
 
+/** What an image names: a backing file or an external data file. */
+export type ReferenceKind = "backing file" | "external data file";
+
 /**
- * Whether `target` lies inside directory `dir` (local paths). The runtime's
- * file module checks on the file system, links resolved; without one
- * (core.ts alone, where only the caller's `openSource` opens names) names
- * are only names, and the check is on their text.
+ * A file an image names, as the gate lets it be followed: what to call it
+ * and what to open.
  */
-async function insideDirectory(dir: string, target: string): Promise<boolean> {
-  const files = hostFiles();
-  if (files) return await files.contains(dir, target);
-  const root = join(dir === "" ? "." : dir);
-  const path = join(target);
-  if (root === ".") {
-    return !isAbsolute(path) && path !== ".." && !path.startsWith("../");
-  }
-  return path.startsWith(root.endsWith("/") ? root : root + "/");
+export interface Reference {
+  /** Which kind of file it is, for messages. */
+  what: ReferenceKind;
+  /**
+   * The name resolved as QEMU resolves it ({@linkcode resolveName}), for
+   * messages and reports (what qemu-img prints).
+   */
+  name: string;
+  /**
+   * What to open. For a local file held to its directory, the real path
+   * that was checked (no link left in it); otherwise `name`.
+   */
+  path: string;
+  /** Whether `path` was checked to lie inside the referrer's directory. */
+  contained: boolean;
 }
 
 /**
- * Resolves a backing or external data file named by an image and checks
- * that the policy allows following it.
+ * The referrer of the image a walk starts at: trusted (QEMU's rules) when
+ * its format was given, with relative names resolving against
+ * `relativeTo` or else the directory of its own name. Over HTTP, give the
+ * URL that answered (`source.url ?? name`, after redirects) as `name` and
+ * the URL as named as `label`: the origin that counts is the one that
+ * answered.
+ *
+ * @param name The path or URL the image was opened by, or a source's name.
+ * @param formatGiven Whether the caller gave the image's format.
+ * @param relativeTo The directory its relative names resolve against,
+ * when not its own.
+ * @param label What to call it in messages (default: `name`).
+ * @returns The referrer.
+ *
+ * @example A probed image beside its backing file
+ * ```ts
+ * import assert from "node:assert";
+ * import { topReferrer } from "./references.ts";
+ * assert.deepStrictEqual(topReferrer("vm/disk.raw", false), { name: "vm/disk.raw", dir: "vm/", trusted: false });
+ * assert.strictEqual(topReferrer("<stream>", true, "/srv").dir, "/srv/");
+ * ```
+ */
+export function topReferrer(
+  name: string,
+  formatGiven: boolean,
+  relativeTo?: string,
+  label?: string,
+): Referrer {
+  return {
+    name: label ?? name,
+    dir: relativeTo === undefined
+      ? directoryOf(name)
+      : relativeTo === "" || relativeTo.endsWith("/")
+      ? relativeTo
+      : relativeTo + "/",
+    trusted: formatGiven,
+  };
+}
+
+/**
+ * The referrer of a backing file, whose own names are judged in turn: its
+ * directory is its own (over HTTP, that of the URL that answered), and it
+ * keeps QEMU's rules only when its parent had them and names its format
+ * as qcow2 (trust passes down only through named formats).
+ *
+ * @param parent The image that named the backing file.
+ * @param ref The backing file, as the gate allowed it.
+ * @param declared The backing format the parent names, if any.
+ * @param source The backing file as opened (its `url`, when a redirect
+ * led elsewhere, is where its own names resolve).
+ * @returns The backing file's referrer.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { backingReferrer } from "./references.ts";
+ * const parent = { name: "top.qcow2", dir: "", trusted: true };
+ * const ref = { what: "backing file" as const, name: "b/base.qcow2", path: "b/base.qcow2", contained: false };
+ * assert.deepStrictEqual(backingReferrer(parent, ref, "qcow2"), { name: "b/base.qcow2", dir: "b/", trusted: true });
+ * assert.strictEqual(backingReferrer(parent, ref, undefined).trusted, false);
+ * ```
+ */
+export function backingReferrer(
+  parent: Referrer,
+  ref: Reference,
+  declared: string | undefined,
+  source?: RandomAccessSource,
+): Referrer {
+  return {
+    name: ref.name,
+    dir: directoryOf(source?.url ?? ref.name),
+    trusted: parent.trusted && declared === "qcow2",
+  };
+}
+
+/**
+ * The format named by an overlay's backing-format extension, if any; one
+ * we cannot read (anything but qcow2 or raw) is refused.
+ *
+ * @param header The overlay's header.
+ * @param name The backing file's name, for the message.
+ * @returns `qcow2`, `raw` or undefined.
+ * @throws {Qcow2Error} With code `BACKING` for another format.
+ *
+ * @example An image made without a backing format
+ * ```ts
+ * import assert from "node:assert";
+ * import { declaredBackingFormat } from "./references.ts";
+ * import { parseHeader } from "../format/header.ts";
+ * import { convertToBytes } from "../writer/qcow2_writer.ts";
+ * const header = parseHeader(await convertToBytes(new Uint8Array(512)));
+ * assert.strictEqual(declaredBackingFormat(header, "base"), undefined);
+ * ```
+ */
+export function declaredBackingFormat(
+  header: Qcow2Header,
+  name: string,
+): "qcow2" | "raw" | undefined {
+  const fmt = backingFormat(header);
+  if (fmt !== undefined && fmt !== "qcow2" && fmt !== "raw") {
+    throw new Qcow2Error(
+      "BACKING",
+      `Cannot open backing file "${name}": backing format "${fmt}" is not supported (qcow2 or raw)`,
+    );
+  }
+  return fmt;
+}
+
+/** Whether any component of a name is `..` (either slash separates). */
+function climbs(name: string): boolean {
+  return name.split(/[\\/]/).includes("..");
+}
+
+/**
+ * Decides whether a backing or external data file named by an image may be
+ * followed, and what to open: the one decision every follower asks.
+ *
+ * A local file held to its directory (a probed image, or the `contained`
+ * policy) is located as the OS resolves the name, links included, and
+ * allowed only when its real path lies inside the real path of the
+ * referrer's directory; the reference then opens that real path. Without
+ * the runtime's file module (core.ts alone, where names only mean what
+ * the caller's `openSource` makes of them) links cannot be resolved, so
+ * an absolute name or a `..` component is refused outright.
  *
  * @param referrer The image that names the file.
- * @param name The name stored in the image.
+ * @param stored The name stored in the image.
  * @param what `backing file` or `external data file`, for messages.
  * @param policy Which files may be followed.
- * @returns The resolved name to open.
+ * @returns The reference: its name for messages and the path to open.
  * @throws {Qcow2Error} With code `UNTRUSTED_REFERENCE` when the file may
- * not be followed, naming it and what would allow it.
+ * not be followed, naming it and what would allow it; with code `BACKING`
+ * when a file it may follow does not exist.
  *
  * @example A probed image may not leave its directory
  * ```ts
  * import assert from "node:assert";
  * import { followReference } from "./references.ts";
  * const probed = { name: "vm/disk.raw", dir: "vm/", trusted: false };
- * assert.strictEqual(await followReference(probed, "base.qcow2", "backing file", "auto"), "vm/base.qcow2");
  * await assert.rejects(
  *   followReference(probed, "/etc/passwd", "backing file", "auto"),
  *   /outside the directory of vm\/disk.raw.*-f qcow2/,
  * );
  * const given = { ...probed, trusted: true };
- * assert.strictEqual(await followReference(given, "/srv/base.raw", "backing file", "auto"), "/srv/base.raw");
+ * const ref = await followReference(given, "/srv/base.raw", "backing file", "auto");
+ * assert.strictEqual(ref.path, "/srv/base.raw");
  * ```
  */
 export async function followReference(
   referrer: Referrer,
-  name: string,
-  what: "backing file" | "external data file",
+  stored: string,
+  what: ReferenceKind,
   policy: ReferencePolicy,
-): Promise<string> {
-  const refuse = (reason: string) =>
+): Promise<Reference> {
+  // A refusal names the file as the image names it; a missing file, as
+  // it was looked for.
+  const refuse = (reason: string, code: "UNTRUSTED_REFERENCE" | "BACKING") =>
     new Qcow2Error(
-      "UNTRUSTED_REFERENCE",
-      `Cannot open ${what} "${name}": ${reason}`,
+      code,
+      `Cannot open ${what} "${
+        code === "BACKING" ? resolved : stored
+      }": ${reason}`,
       {
         field: what === "backing file" ? "backing_file_offset" : "data_file",
       },
     );
+  const { dir } = referrer;
+  const resolved = resolveName(dir, stored);
+  const untrusted = (reason: string) => refuse(reason, "UNTRUSTED_REFERENCE");
   if (policy === "none") {
-    throw refuse(
+    throw untrusted(
       `following backing and data files is turned off (references: "none")`,
     );
   }
-  const { dir } = referrer;
-  const resolved = resolveName(dir, name);
-  if (resolved === undefined || (dir === undefined && !referrer.trusted)) {
-    throw refuse(
+  const hint = policy === "auto" && !referrer.trusted
+    ? `; its format was probed: pass -f qcow2 to follow it`
+    : policy === "contained"
+    ? ` (references: "contained")`
+    : "";
+  if (dir === undefined && !referrer.trusted) {
+    throw untrusted(
+      `${referrer.name} has no directory that could hold it${hint}`,
+    );
+  }
+  if (resolved === undefined) {
+    throw untrusted(
       `${referrer.name} is not in a directory that could hold it`,
     );
   }
+  const reference = (path: string, contained: boolean): Reference => ({
+    what,
+    name: resolved,
+    path,
+    contained,
+  });
   const remote = dir !== undefined && isHttp(dir);
   if (remote && !isHttp(resolved)) {
-    throw refuse(`an image read over HTTP may only name http(s) files`);
+    throw untrusted(`an image read over HTTP may only name http(s) files`);
   }
-  if (referrer.trusted && policy === "auto") return resolved;
+  if (referrer.trusted && policy === "auto") return reference(resolved, false);
 
-  const hint = policy === "auto"
-    ? `; its format was probed: pass -f qcow2 to follow it`
-    : ` (references: "contained")`;
   if (remote) {
     if (new URL(resolved).origin !== new URL(dir).origin) {
-      throw refuse(
-        `it is on another origin than ${referrer.name}${hint}`,
+      throw untrusted(`it is on another origin than ${referrer.name}${hint}`);
+    }
+    return reference(resolved, false);
+  }
+  const outside = `it is outside the directory of ${referrer.name}${hint}`;
+  if (dir === undefined || SCHEME.test(resolved)) throw untrusted(outside);
+  const files = hostFiles();
+  if (!files) {
+    // Names are only names here: nothing can tell where a link leads, so
+    // nothing may climb.
+    if (isAbsolute(stored)) throw untrusted(outside);
+    if (climbs(stored)) {
+      throw untrusted(
+        `its name has a ".." component, which cannot be resolved without file access${hint}`,
       );
     }
-    return resolved;
+    return reference(resolved, true);
   }
-  if (
-    dir === undefined || SCHEME.test(resolved) ||
-    !(await insideDirectory(dir, resolved))
-  ) {
-    throw refuse(
-      `it is outside the directory of ${referrer.name}${hint}`,
+  const located = await files.locate(dir, resolved);
+  if (!located.inside) throw untrusted(outside);
+  if (located.path === undefined) {
+    const reason = isNotFound(located.error)
+      ? "no such file"
+      : fileReason(located.error);
+    throw refuse(reason, "BACKING");
+  }
+  return reference(located.path, true);
+}
+
+/**
+ * Opens a file path, or an http(s) URL with Range requests: how images,
+ * backing and data files are opened by default. Paths need the runtime's
+ * file access (`mod.ts` in Deno); URLs work wherever `fetch` does.
+ *
+ * @param path A path or URL.
+ * @param name What to call a local file in messages and reports (default:
+ * `path`), such as the name an image gives for the real path opened.
+ * @param http How a URL is fetched (timeouts, retries, redirects).
+ * @returns The source.
+ * @throws {TypeError} For a path where the runtime has no file access
+ * (`core.ts` in a browser or Node).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import "../../mod.ts"; // lends the reader Deno's file access
+ * import { openByName } from "./references.ts";
+ * const path = await Deno.makeTempFile();
+ * await using src = await openByName(path, "empty.raw") as AsyncDisposable & { size: number; name: string };
+ * assert.deepStrictEqual([src.size, src.name], [0, "empty.raw"]);
+ * await Deno.remove(path);
+ * ```
+ */
+export function openByName(
+  path: string,
+  name: string = path,
+  http: HttpSourceOptions = {},
+): Promise<RandomAccessSource & AsyncDisposable> {
+  return isHttp(path) ? HttpSource.open(path, http) : openHostFile(path, name);
+}
+
+/**
+ * Options of a {@linkcode ReferenceGate}.
+ *
+ * @example A gate that follows no chain longer than one image
+ * ```ts
+ * import assert from "node:assert";
+ * import { type GateOptions, ReferenceGate, topReferrer } from "./references.ts";
+ * const options: GateOptions = { policy: "auto", maxDepth: 1 };
+ * const gate = new ReferenceGate(options);
+ * const top = topReferrer("/srv/vm/top.qcow2", true);
+ * const mid = await gate.backing(top, "mid.qcow2");
+ * assert.strictEqual(mid.path, "/srv/vm/mid.qcow2");
+ * await assert.rejects(gate.backing(top, "base.qcow2"), /deeper than 1 images/);
+ * ```
+ */
+export interface GateOptions {
+  /**
+   * Which files may be followed.
+   * @default {"auto"}
+   */
+  policy?: ReferencePolicy;
+  /**
+   * Longest backing chain accepted (the top image not counted).
+   * @default {256}
+   */
+  maxDepth?: number;
+  /**
+   * Opens what a reference names (its `path`); default: local files
+   * through the runtime's file module, http(s) URLs with Range requests
+   * that may not be redirected off the origin asked.
+   */
+  openSource?: (path: string) => Promise<RandomAccessSource>;
+  /** How the default opener fetches URLs (idle timeout, retries...). */
+  http?: HttpTransport;
+}
+
+/**
+ * One walk down a backing chain through the gate: every backing and data
+ * file is decided by {@linkcode followReference}, opened where it was
+ * checked, and the chain is refused when it would loop (images are known
+ * by their real paths, whatever names lead to them) or grow past its
+ * limit, before anything more is opened.
+ *
+ * @example Walk a chain made by qemu-img
+ * ```ts
+ * import assert from "node:assert";
+ * import "../../mod.ts"; // lends the reader Deno's file access
+ * import { ReferenceGate, topReferrer } from "./references.ts";
+ * const dir = await Deno.makeTempDir();
+ * const qemuImg = (...args: string[]) => new Deno.Command("qemu-img", { args }).output();
+ * await qemuImg("create", "-q", "-f", "raw", `${dir}/base.raw`, "1M");
+ * await qemuImg("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", `${dir}/top.qcow2`);
+ * const gate = new ReferenceGate();
+ * const top = topReferrer(`${dir}/top.qcow2`, false);
+ * await gate.start(`${dir}/top.qcow2`);
+ * const ref = await gate.backing(top, "base.raw");
+ * const base = await gate.open(ref);
+ * assert.strictEqual(base.size, 1 << 20);
+ * await base.close?.();
+ * // The top image again, by another name: the chain would loop.
+ * await assert.rejects(gate.backing(top, "./top.qcow2"), /loops back/);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export class ReferenceGate {
+  readonly #policy: ReferencePolicy;
+  readonly #maxDepth: number;
+  readonly #openSource:
+    | ((path: string) => Promise<RandomAccessSource>)
+    | undefined;
+  readonly #http: HttpTransport;
+  readonly #seen = new Set<string>();
+  #depth = 0;
+
+  /**
+   * @param options Policy, depth limit, how to open files.
+   */
+  constructor(options: GateOptions = {}) {
+    this.#policy = options.policy ?? "auto";
+    this.#maxDepth = options.maxDepth ?? 256;
+    this.#openSource = options.openSource;
+    this.#http = options.http ?? {};
+  }
+
+  /**
+   * Starts the walk at the top image, remembering what it is.
+   *
+   * @param place The path or URL it was opened by, when it has one.
+   */
+  async start(place: string | undefined): Promise<void> {
+    if (place !== undefined && !place.startsWith("<")) {
+      this.#seen.add(await identity(place));
+    }
+  }
+
+  /**
+   * Decides an external data file.
+   *
+   * @param referrer The image that names it.
+   * @param stored The name stored in the image.
+   * @returns The reference.
+   * @throws {Qcow2Error} As {@linkcode followReference}.
+   */
+  dataFile(referrer: Referrer, stored: string): Promise<Reference> {
+    return followReference(
+      referrer,
+      stored,
+      "external data file",
+      this.#policy,
     );
   }
-  return resolved;
+
+  /**
+   * Decides the next backing file of the chain: refused when the chain
+   * would grow deeper than the limit, or lead back to an image already in
+   * it.
+   *
+   * @param referrer The image that names it (the last one of the walk).
+   * @param stored The name stored in the image.
+   * @returns The reference.
+   * @throws {Qcow2Error} As {@linkcode followReference}; with code
+   * `BACKING` for a chain too deep or that loops.
+   */
+  async backing(referrer: Referrer, stored: string): Promise<Reference> {
+    const fail = (reason: string) =>
+      new Qcow2Error(
+        "BACKING",
+        `Cannot open backing file "${stored}": ${reason}`,
+        {
+          field: "backing_file_offset",
+          offset: 8,
+        },
+      );
+    if (this.#depth + 1 > this.#maxDepth) {
+      throw fail(`the backing chain is deeper than ${this.#maxDepth} images`);
+    }
+    const ref = await followReference(
+      referrer,
+      stored,
+      "backing file",
+      this.#policy,
+    );
+    const id = await identity(ref.path);
+    if (this.#seen.has(id)) {
+      throw fail(`the backing chain loops back to ${ref.name}`);
+    }
+    this.#seen.add(id);
+    this.#depth++;
+    return ref;
+  }
+
+  /**
+   * Opens what a reference names: the path that was checked. A local file
+   * held to its directory is then checked once more on what was opened
+   * (same device and inode as its real path, which still has no link in
+   * it), so that a link swapped in between is caught. A URL must be
+   * answered from the origin it was asked from: the default opener
+   * refuses a redirect elsewhere before following it, and any opener's
+   * source is judged on the URL that answered.
+   *
+   * @param ref The reference, from this gate.
+   * @returns The source; the caller closes it.
+   * @throws {Qcow2Error} With code `BACKING` when it cannot be opened;
+   * `UNTRUSTED_REFERENCE` when the file changed under the check, or a URL
+   * was answered from another origin.
+   */
+  async open(ref: Reference): Promise<RandomAccessSource> {
+    let source: RandomAccessSource;
+    try {
+      source = this.#openSource
+        ? await this.#openSource(ref.path)
+        : await openByName(ref.path, ref.name, {
+          ...this.#http,
+          stayOnOrigin: true,
+        });
+    } catch (err) {
+      const reason = isNotFound(err) ? "no such file" : (err as Error).message;
+      throw new Qcow2Error(
+        "BACKING",
+        `Cannot open ${ref.what} "${ref.name}": ${reason}`,
+        { cause: err },
+      );
+    }
+    if (
+      ref.contained && await hostFiles()?.isOpenedAt(source, ref.path) === false
+    ) {
+      await source.close?.();
+      throw new Qcow2Error(
+        "UNTRUSTED_REFERENCE",
+        `Cannot open ${ref.what} "${ref.name}": it changed while it was opened (${ref.path} is no longer the file opened)`,
+      );
+    }
+    const asked = isHttp(ref.path) ? new URL(ref.path).origin : undefined;
+    if (
+      asked !== undefined && source.url !== undefined &&
+      new URL(source.url).origin !== asked
+    ) {
+      await source.close?.();
+      throw new Qcow2Error(
+        "UNTRUSTED_REFERENCE",
+        `Cannot open ${ref.what} "${ref.name}": it was answered by ${source.url}, on another origin than ${asked}`,
+      );
+    }
+    return source;
+  }
+}
+
+/**
+ * What a file is, to recognise it met twice: its real path (a URL as it
+ * is); without file access, or when it cannot be resolved, its name
+ * normalised.
+ */
+async function identity(place: string): Promise<string> {
+  if (SCHEME.test(place)) return place;
+  try {
+    return await hostFiles()?.realPath(place) ?? join(place);
+  } catch {
+    return join(place);
+  }
 }

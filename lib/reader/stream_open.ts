@@ -10,7 +10,8 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
-import { hasQcow2Magic } from "../format/header.ts";
+import { PROBE_BYTES, probeFormat, readableFormat } from "../format/probe.ts";
+import { dataFileName, type Qcow2Header } from "../format/header.ts";
 import { decodeL2Entry, type L2Layout } from "../format/l2.ts";
 import { compressedRange } from "../format/compressed.ts";
 import { geometryOf } from "../format/geometry.ts";
@@ -22,6 +23,7 @@ import type { GuestImage } from "./image.ts";
 import { openImage, type OpenImageOptions, readHeader } from "./open.ts";
 import { Qcow2Image } from "./qcow2_image.ts";
 import { makeTempDirIn } from "../io/_temp.ts";
+import { ReferenceGate, topReferrer } from "./references.ts";
 
 /**
  * Options of {@linkcode openImageStream}.
@@ -75,6 +77,9 @@ export interface StreamedImage extends AsyncDisposable {
   /** Closes the image and deletes the spool. */
   close(): Promise<void>;
 }
+
+/** What a stream's source is called: a name with no directory. */
+const STREAM_NAME = "<stream>";
 
 /** How far behind the last read a compressed cluster may start (shared sectors). */
 const LOOKBACK = 4096;
@@ -249,12 +254,15 @@ export async function openImageStream(
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   };
   try {
-    await cursor.spoolTo(file, 512);
-    const head = await (await prefixSource()).read(0, 4);
-    const isQcow2 = hasQcow2Magic(head);
+    await cursor.spoolTo(file, PROBE_BYTES);
+    const head = await (await prefixSource()).read(0, PROBE_BYTES);
+    // A probed stream in another format is refused before it is spooled.
+    const isQcow2 = options.format === "qcow2" ||
+      (options.format !== "raw" &&
+        readableFormat(probeFormat(head), "<stream>") === "qcow2");
     let onePass = false;
     let split = 0;
-    if (isQcow2 && options.format !== "raw" && !options.snapshot) {
+    if (isQcow2) {
       // The first cluster holds the header, its extensions and the backing
       // file name; its cluster size is in bytes 20-23.
       const first = await (await prefixSource()).read(20, 4);
@@ -263,8 +271,10 @@ export async function openImageStream(
         : 16;
       await cursor.spoolTo(file, 2 ** Math.min(Math.max(clusterBits, 9), 21));
       const header = await readHeader(await prefixSource());
-      const simple = header.backingFile === undefined &&
-        !geometryOf(header).dataFile;
+      const references = header.backingFile !== undefined ||
+        geometryOf(header).dataFile;
+      if (references) await decideEarly(header, options);
+      const simple = !references && !options.snapshot;
       if (simple) {
         const l1End = header.l1TableOffset + header.l1Size * 8;
         await cursor.spoolTo(file, l1End);
@@ -300,7 +310,7 @@ export async function openImageStream(
       // Everything read so far is in the spool file; the rest comes from
       // the stream.
       split = cursor.position;
-      const forward = new ForwardSource(src, split, cursor, "<stream>");
+      const forward = new ForwardSource(src, split, cursor, STREAM_NAME);
       const image = await Qcow2Image.create({
         source: forward,
         header,
@@ -318,7 +328,7 @@ export async function openImageStream(
     await file.flush();
     // Named as the stream, not the spool file: the names the image gives
     // resolve against `relativeTo`, never inside the spool directory.
-    const spooled = await FileSource.open(file.writingPath, "<stream>");
+    const spooled = await FileSource.open(file.writingPath, STREAM_NAME);
     let image: GuestImage;
     try {
       image = await openImage(spooled, options);
@@ -334,6 +344,31 @@ export async function openImageStream(
     await cleanup();
     throw err;
   }
+}
+
+/**
+ * Asks the gate about the files the header names before the stream is
+ * spooled whole, so that a refused reference (a probed stream names any)
+ * stops the run at its first cluster. What is allowed is decided again,
+ * and opened, when the spooled image is opened.
+ */
+async function decideEarly(
+  header: Qcow2Header,
+  options: OpenStreamOptions,
+): Promise<void> {
+  const given = options.format !== undefined && options.format !== "auto";
+  const referrer = topReferrer(
+    STREAM_NAME,
+    given,
+    options.relativeTo,
+    options.name,
+  );
+  const gate = new ReferenceGate({ policy: options.references });
+  const data = dataFileName(header);
+  if (geometryOf(header).dataFile && data !== undefined) {
+    await gate.dataFile(referrer, data);
+  }
+  if (header.backingFile) await gate.backing(referrer, header.backingFile);
 }
 
 function opened(

@@ -3,7 +3,7 @@
  * recognizes its filesystem from the first bytes of a partition, reads the
  * metadata it needs through a {@linkcode RegionReader}, checks it, and
  * lists the free ranges; anything it does not trust ends in a `Refusal`
- * and the partition is copied as it is. Adding XFS, FAT or NTFS means
+ * and the partition is copied as it is. Adding XFS or FAT means
  * adding a module here.
  *
  * @module
@@ -13,6 +13,7 @@ import type { RegionReader } from "./_region.ts";
 import type { FreeRange } from "./report.ts";
 import { ext4Module } from "./ext4/ext4.ts";
 import { swapModule } from "./swap.ts";
+import { ntfsModule } from "./ntfs/ntfs.ts";
 
 /** The result of a module's analysis of one partition. */
 export interface FilesystemAnalysis {
@@ -52,6 +53,7 @@ export interface FilesystemModule {
 export const FILESYSTEMS: readonly FilesystemModule[] = [
   ext4Module,
   swapModule,
+  ntfsModule,
 ];
 
 /**
@@ -61,7 +63,6 @@ export const FILESYSTEMS: readonly FilesystemModule[] = [
 export const KNOWN_SIGNATURES: ReadonlyArray<[string, number, string]> = [
   ["xfs", 0, "XFSB"],
   ["btrfs", 0x10040, "_BHRfS_M"],
-  ["ntfs", 3, "NTFS    "],
   ["vfat", 0x52, "FAT32   "],
   ["vfat", 0x36, "FAT16   "],
   ["vfat", 0x36, "FAT12   "],

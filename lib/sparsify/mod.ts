@@ -6,7 +6,8 @@
  * Partition tables: GPT (primary header and entry array, CRC32s checked)
  * and MBR (primary and logical partitions), or none (a bare filesystem).
  * Filesystems: ext2, ext3 and ext4 (free blocks by the block bitmaps, with
- * every checksum checked) and Linux swap (all but the header page). Any
+ * every checksum checked), Linux swap (all but the header page) and NTFS
+ * (the clusters `$Bitmap` marks free, checked against every MFT record). Any
  * other content, and any filesystem that fails a check, is copied as it
  * is; the {@linkcode SparsifyReport} says what was found and why.
  *

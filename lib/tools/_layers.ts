@@ -16,24 +16,22 @@ import {
 import { getRefcount } from "../format/refcount.ts";
 import { CRYPT_METHOD } from "../format/constants.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
-import { openHostFile } from "../io/_host_files.ts";
+import { hostFiles, openHostFile } from "../io/_host_files.ts";
 import { LruCache } from "../io/lru.ts";
 import { fileReason } from "../io/_errors.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
-import { backingReference, openRelated } from "../reader/_backing.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
 import {
-  directoryOfSource,
-  followReference,
+  backingReferrer,
+  declaredBackingFormat,
+  ReferenceGate,
   type ReferencePolicy,
   type Referrer,
+  topReferrer,
 } from "../reader/references.ts";
-import {
-  type ImageFormat,
-  readHeader,
-  referenceOpener,
-} from "../reader/open.ts";
+import { type ImageFormat, readHeader } from "../reader/open.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { Qcow2Image } from "../reader/qcow2_image.ts";
 import { RawImage } from "../reader/raw_image.ts";
@@ -101,8 +99,13 @@ export interface Qcow2Layer {
   l1: Uint8Array;
   /** Whether guest data is encrypted (host offsets are then not reported). */
   encrypted: boolean;
-  /** Path of the external data file, when there is one. */
+  /**
+   * Name of the external data file, when there is one: as QEMU resolves
+   * it, for reports.
+   */
   dataFileName: string | undefined;
+  /** What the data file's name led to (the real path, when checked). */
+  dataFilePath: string | undefined;
   /** The backing image, when opened. */
   backing: Layer | undefined;
   /** Stored refcounts. */
@@ -122,6 +125,8 @@ export interface OpenLayerOptions {
   references?: ReferencePolicy;
   /** Opens related files by name. */
   openSource?: OpenSource;
+  /** How the default opener fetches URLs. */
+  http?: HttpTransport;
   /** Longest chain accepted. */
   maxDepth?: number;
 }
@@ -136,11 +141,18 @@ export async function openLayer(
   try {
     const name = typeof input === "string" ? input : source.name ?? "<image>";
     const given = options.format !== undefined && options.format !== "auto";
+    const gate = new ReferenceGate({
+      policy: options.references,
+      maxDepth: options.maxDepth,
+      openSource: options.openSource,
+      http: options.http,
+    });
+    await gate.start(name);
     const layer = await openFrom(
       source,
-      { name, dir: directoryOfSource(name, source), trusted: given },
+      topReferrer(source.url ?? name, given, undefined, name),
       options,
-      0,
+      gate,
       given ? options.format : undefined,
     );
     layer.owned = owned;
@@ -155,7 +167,7 @@ async function openFrom(
   source: RandomAccessSource,
   referrer: Referrer,
   options: OpenLayerOptions,
-  depth: number,
+  gate: ReferenceGate,
   format?: string,
 ): Promise<Layer> {
   const name = referrer.name;
@@ -185,44 +197,28 @@ async function openFrom(
     l1,
     encrypted: header.cryptMethod !== CRYPT_METHOD.NONE,
     dataFileName: undefined,
+    dataFilePath: undefined,
     backing: undefined,
     refcounts,
   };
-  const policy = options.references ?? "auto";
   for (const ext of header.extensions) {
     if (ext.kind === "data-file") {
-      layer.dataFileName = await followReference(
-        referrer,
-        ext.name,
-        "external data file",
-        policy,
-      );
+      const ref = await gate.dataFile(referrer, ext.name);
+      layer.dataFileName = ref.name;
+      layer.dataFilePath = ref.path;
     }
   }
   if (options.backing && header.backingFile) {
-    const { path, declared: fmt } = await backingReference(
-      referrer,
-      header,
-      policy,
-      depth,
-      options.maxDepth ?? 256,
-    );
-    const backingSource = await openRelated(
-      options.openSource ?? referenceOpener(),
-      path,
-      "backing file",
-    );
+    const declared = declaredBackingFormat(header, header.backingFile);
+    const ref = await gate.backing(referrer, header.backingFile);
+    const backingSource = await gate.open(ref);
     try {
       layer.backing = await openFrom(
         backingSource,
-        {
-          name: path,
-          dir: directoryOfSource(path, backingSource),
-          trusted: referrer.trusted && fmt === "qcow2",
-        },
+        backingReferrer(referrer, ref, declared, backingSource),
         options,
-        depth + 1,
-        fmt,
+        gate,
+        declared,
       );
     } catch (err) {
       await backingSource.close?.();
@@ -270,6 +266,8 @@ export async function layerOf(image: GuestImage): Promise<Layer> {
     l1: image.l1Table,
     encrypted: false,
     dataFileName: image.dataFile?.name,
+    dataFilePath: image.dataFile &&
+      (hostFiles()?.pathOf(image.dataFile) ?? image.dataFile.name),
     backing: image.backing && await layerOf(image.backing),
     refcounts: await StoredRefcounts.load(source, header),
   };

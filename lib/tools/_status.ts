@@ -246,7 +246,7 @@ export class StatusWalker implements Disposable {
         ) return false;
         let allocated: number;
         try {
-          const st = await Deno.stat(layer.name);
+          const st = await Deno.stat(layer.source.path);
           if (st.blocks === null) return false;
           allocated = st.blocks * 512;
         } catch {
@@ -282,7 +282,7 @@ export class StatusWalker implements Disposable {
     const end = start + length;
     if (layer.format === "raw") {
       const probe = layer.source instanceof FileSource
-        ? this.#probe(layer.name)
+        ? this.#probe(layer.source.path)
         : undefined;
       let pos = start;
       while (pos < end) {
@@ -386,10 +386,13 @@ export class StatusWalker implements Disposable {
       yield run;
       return;
     }
-    const size = layer.dataFileName === undefined
+    const size = layer.dataFilePath === undefined
       ? layer.source.size
-      : await this.#fileSize(layer.dataFileName) ?? 0;
-    const probe = this.#probe(file);
+      : await this.#fileSize(layer.dataFilePath) ?? 0;
+    const probe = this.#probe(
+      layer.dataFilePath ??
+        (layer.source instanceof FileSource ? layer.source.path : layer.name),
+    );
     let done = 0;
     while (done < r.length) {
       const host = r.host! + done;

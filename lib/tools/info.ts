@@ -18,25 +18,22 @@ import { Qcow2Error } from "../format/errors.ts";
 import { backingFormat, dataFileName } from "../format/header.ts";
 import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import type { RandomAccessSource } from "../io/source.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { hostFiles } from "../io/_host_files.ts";
-import { fileReason } from "../io/_errors.ts";
 import { type ImageInput, type OpenSource, withSource } from "./_layers.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
 import { qcow2VirtualSize, rawVirtualSize } from "../format/geometry.ts";
 import { readSnapshotTable } from "../reader/_snapshots.ts";
 import { bitmapDirectoryOf, readBitmapDirectory } from "./_tables.ts";
 import {
-  directoryOfSource,
-  followReference,
+  backingReferrer,
+  directoryOf,
+  ReferenceGate,
   type ReferencePolicy,
   resolveName,
+  topReferrer,
 } from "../reader/references.ts";
-import { checkAnswered } from "../reader/_backing.ts";
-import {
-  type ImageFormat,
-  readHeader,
-  referenceOpener,
-} from "../reader/open.ts";
+import { type ImageFormat, readHeader } from "../reader/open.ts";
 import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
 
 export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
@@ -200,8 +197,10 @@ export interface ImageInfoOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing files by name; default: local files and http(s) URLs held to their origin (`referenceOpener`). */
+  /** Opens backing files by name; default: local files and http(s) URLs held to their origin (`openByName`). */
   openSource?: OpenSource;
+  /** How the default opener fetches URLs (idle timeout, retries...). */
+  http?: HttpTransport;
   /**
    * Bytes a named file occupies on disk; default: blocks × 512 from the
    * file system for local files.
@@ -244,8 +243,9 @@ async function describe(
   if (header.cryptMethod !== CRYPT_METHOD.NONE) info.encrypted = true;
   if (header.backingFile) {
     info.backingFilename = header.backingFile;
+    // Over HTTP, against the URL that answered.
     info.fullBackingFilename = resolveName(
-      directoryOfSource(name, source) ?? "",
+      directoryOf(source.url ?? name) ?? "",
       header.backingFile,
     );
     const fmt = backingFormat(header);
@@ -344,56 +344,39 @@ export async function imageInfo(
     ? options.format
     : undefined;
   let name = "";
-  let dir: string | undefined;
+  let answered: string | undefined;
   const info = await withSource(input, (source, opened) => {
     name = opened;
-    dir = directoryOfSource(name, source);
+    answered = source.url;
     return describe(source, name, given, options);
   });
   if (!options.backingChain) return info;
   info.chain = [];
-  const open = options.openSource ?? referenceOpener();
-  const seen = new Set<string>([name]);
-  let referrer = { name, dir, trusted: given === "qcow2" };
+  const gate = new ReferenceGate({
+    policy: options.references,
+    openSource: options.openSource,
+    http: options.http,
+  });
+  await gate.start(name);
+  let referrer = topReferrer(
+    answered ?? name,
+    given !== undefined,
+    undefined,
+    name,
+  );
   for (let at: ImageInfo = info; at.backingFilename !== undefined;) {
-    const path = await followReference(
-      referrer,
-      at.backingFilename,
-      "backing file",
-      options.references ?? "auto",
-    );
-    if (seen.has(path) || info.chain.length >= 256) {
-      throw new Qcow2Error(
-        "BACKING",
-        `Cannot open backing file "${path}": the backing chain loops or is deeper than 256 images`,
-      );
-    }
-    seen.add(path);
-    let src: RandomAccessSource;
+    const ref = await gate.backing(referrer, at.backingFilename);
+    const src = await gate.open(ref);
     try {
-      src = await open(path);
-    } catch (err) {
-      throw new Qcow2Error(
-        "BACKING",
-        `Cannot open backing file "${path}": ${fileReason(err)}`,
-        { cause: err },
-      );
-    }
-    try {
-      await checkAnswered(path, src, "backing file");
       const fmt = at.backingFilenameFormat;
       const next = await describe(
         src,
-        path,
+        ref.name,
         fmt === "raw" || fmt === "qcow2" ? fmt : undefined,
         options,
       );
       info.chain.push(next);
-      referrer = {
-        name: path,
-        dir: directoryOfSource(path, src),
-        trusted: referrer.trusted && fmt === "qcow2",
-      };
+      referrer = backingReferrer(referrer, ref, fmt, src);
       at = next;
     } finally {
       await src.close?.();

@@ -45,7 +45,6 @@ qemuTest(
       const got = join(dir.path, "ours.raw");
       const r = await runCli([
         "convert",
-        "--force",
         "-q",
         "-O",
         "raw",

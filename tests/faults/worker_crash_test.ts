@@ -60,7 +60,7 @@ Deno.test("faults: a codec worker that crashes while compressing fails the conve
     await assert.rejects(
       convert(
         ReadableStream.from(chunks),
-        await OutputFile.create(dst, { force: true }),
+        await OutputFile.create(dst),
         { compression: "zstd", pool },
       ),
       /Codec worker \d failed: .*injected fault in a codec worker/,
@@ -88,7 +88,7 @@ Deno.test("faults: a codec worker that crashes while decompressing fails the exp
   await withCrashingWorkers(async () => {
     await using pool = new CodecPool({ workers: 2 });
     await using opened = await openImage(src);
-    const output = await OutputFile.create(dst, { force: true });
+    const output = await OutputFile.create(dst);
     await assert.rejects(
       expandToFile(opened, output, { pool }),
       /Codec worker \d failed: .*injected fault in a codec worker/,

@@ -207,7 +207,7 @@ async function runCase(
       detail = `virtual size ${image.virtualSize}`;
       if (image.virtualSize > EXPAND_LIMIT) return await drain(image, pool);
       const dst = join(scratch, `${job.id}.raw`);
-      await expandToPath(image, dst, { force: true, pool });
+      await expandToPath(image, dst, { pool });
       const size = (await Deno.stat(dst)).size;
       if (size !== image.virtualSize) {
         return `raw output has ${size} bytes, virtual size ${image.virtualSize}`;
@@ -235,7 +235,7 @@ async function runCase(
       const dst = join(job.convertDir, `${job.id}.qcow2`);
       const ok = await op(ops, "convert-qcow2", async () => {
         await using image = await openImage(path);
-        await convert(image, await OutputFile.create(dst, { force: true }), {
+        await convert(image, await OutputFile.create(dst), {
           compression: "zstd",
           pool,
         });

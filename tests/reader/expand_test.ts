@@ -142,13 +142,13 @@ Deno.test("expandToPath() leaves no file and no temporary file when the image re
   assert.strictEqual(done, 8 * MiB, "failed mid-way");
   assert.deepStrictEqual(await listDir(dir.path), []);
 
-  // An existing DST replaced with force keeps its bytes, as it does when
-  // the image is found corrupt before anything is written.
+  // An existing DST, replaced only by a complete output, keeps its bytes,
+  // as it does when the image is found corrupt before anything is written.
   await using bad = await openImage(await badImage());
   for (const failing of [image, bad]) {
     await Deno.writeFile(dst, new Uint8Array([1, 2, 3]));
     await assert.rejects(
-      expandToPath(failing, dst, { force: true }),
+      expandToPath(failing, dst),
       /injected|past the end of the file/,
     );
     assert.deepStrictEqual(await listDir(dir.path), ["out.raw"]);
@@ -233,8 +233,8 @@ Deno.test("cli convert: a corrupt qcow2 SRC leaves no DST and no temporary file,
   await using dir = await tempDir();
   const src = join(dir.path, "bad.qcow2");
   await Deno.writeFile(src, await badImage());
-  for (const [dst, old] of [["out.raw", undefined], ["old.raw", "--force"]]) {
-    const path = join(dir.path, dst!);
+  for (const [dst, old] of [["out.raw", false], ["old.raw", true]] as const) {
+    const path = join(dir.path, dst);
     if (old) await Deno.writeFile(path, new Uint8Array([4, 5]));
     const r = await new Deno.Command("deno", {
       args: [
@@ -243,7 +243,6 @@ Deno.test("cli convert: a corrupt qcow2 SRC leaves no DST and no temporary file,
         CLI,
         "convert",
         "-q",
-        ...(old ? [old] : []),
         src,
         path,
       ],

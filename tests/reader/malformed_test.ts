@@ -161,7 +161,6 @@ qemuTest("malformed: truncated at every structure", async () => {
   // Inside the header and its extensions: refused at open.
   for (
     const [n, code, fragment] of [
-      [4, "TRUNCATED", "shorter than the 72-byte header"],
       [50, "TRUNCATED", "shorter than the 72-byte header"],
       [100, "TRUNCATED", "shorter than the 104-byte v3 header"],
       [108, "TRUNCATED", "header_length 112"],
@@ -176,13 +175,17 @@ qemuTest("malformed: truncated at every structure", async () => {
     await failsToOpen(cut, code, fragment);
     await failsToOpen(full.slice(0, n), code, fragment);
   }
-  // Too short to even carry the magic: only a forced qcow2 open can tell.
-  await cutAt(3);
-  {
-    await using raw = await openImage(cut);
-    assert.strictEqual(raw.format, "raw");
+  // Too short to carry the magic and a version (qemu-img probes 4 bytes of
+  // magic as raw too: its probe reads version 0 past the end): only a
+  // forced qcow2 open can tell.
+  for (const n of [3, 4]) {
+    await cutAt(n);
+    {
+      await using raw = await openImage(cut);
+      assert.strictEqual(raw.format, "raw");
+    }
+    await failsToOpen(cut, "TRUNCATED", "72-byte header", { format: "qcow2" });
   }
-  await failsToOpen(cut, "TRUNCATED", "72-byte header", { format: "qcow2" });
 
   // Inside the L2 table: refused when reading.
   await cutAt(l.l2Offset + 100);

@@ -409,7 +409,7 @@ qemuTest(
 );
 
 qemuTest(
-  "untrusted: a qcow2 from standard input resolves names against the working directory",
+  "untrusted: a probed qcow2 from standard input follows no file; with -f qcow2 names resolve against the working directory",
   async () => {
     await using a = await attack();
     await qemuImg(
@@ -445,35 +445,41 @@ qemuTest(
       expected,
     );
     const out = join(a.root, "o.raw");
-    const r = await runCli(["convert", "-q", "-", "-O", "raw", out], {
+    // Probed: a pipe has no directory, so not even a name beside the
+    // working directory's files is followed.
+    const probed = await runCli(["convert", "-", "-O", "raw", out], {
       stdin: top,
       cwd: a.img,
     });
-    assert.strictEqual(r.code, 0, r.stderr);
+    assertOneLineError(
+      probed,
+      /Cannot open backing file "base\.qcow2": standard input has no directory that could hold it; its format was probed: pass -f qcow2 to follow it/,
+    );
+    await assert.rejects(Deno.stat(out));
+    // -f qcow2: QEMU's rules, relative to the working directory.
+    const given = await runCli(
+      ["convert", "-q", "-f", "qcow2", "-", "-O", "raw", out],
+      { stdin: top, cwd: a.img },
+    );
+    assert.strictEqual(given.code, 0, given.stderr);
     assert.deepStrictEqual(
       await Deno.readFile(out),
       await Deno.readFile(expected),
     );
     // From another directory the name is not found there, and the spool
     // directory is never searched.
-    const elsewhere = await runCli([
-      "convert",
-      "-q",
-      "-",
-      "-O",
-      "raw",
-      out + "2",
-    ], {
-      stdin: top,
-      cwd: a.root,
-    });
+    const elsewhere = await runCli(
+      ["convert", "-q", "-f", "qcow2", "-", "-O", "raw", out + "2"],
+      { stdin: top, cwd: a.root },
+    );
     assertOneLineError(
       elsewhere,
-      /Cannot open backing file "[^"]*base\.qcow2"/,
+      /Cannot open backing file "[^"]*base\.qcow2": no such file/,
     );
     assert.doesNotMatch(elsewhere.stderr, /qcow2pipe-stream-/);
     assert.ok(elsewhere.stderr.includes(join(a.root, "base.qcow2")));
-    // A reference out of the working directory is refused unless -f qcow2.
+    // A reference out of the working directory: refused when probed, QEMU's
+    // rules with -f qcow2.
     const rel = await Deno.readFile(join(a.img, "rel.raw"));
     const refused = await runCli(["convert", "-", "-O", "raw", out + "3"], {
       stdin: rel,
@@ -481,7 +487,7 @@ qemuTest(
     });
     assertOneLineError(
       refused,
-      refusal("backing file", /\.\.\/secret\/secret\.img/),
+      /Cannot open backing file "\.\.\/secret\/secret\.img": standard input has no directory .*pass -f qcow2/,
     );
     const allowed = await runCli(
       ["convert", "-q", "-f", "qcow2", "-", "-O", "raw", out + "4"],

@@ -150,9 +150,7 @@ qemuTest(
       });
       // raw URL -> qcow2 file, streamed without a temporary copy
       const a = await sh(
-        `${run} convert -q --force --compress zstd ${
-          server.url("disk.raw")
-        } a.qcow2`,
+        `${run} convert -q --compress zstd ${server.url("disk.raw")} a.qcow2`,
         dir.path,
       );
       assert.strictEqual(a.code, 0, a.stderr);
@@ -163,7 +161,7 @@ qemuTest(
       // qcow2 URL -> raw file
       const before = server.bytesSent;
       const b = await sh(
-        `${run} convert --force ${server.url("q.qcow2")} b.raw`,
+        `${run} convert ${server.url("q.qcow2")} b.raw`,
         dir.path,
       );
       assert.strictEqual(b.code, 0, b.stderr);

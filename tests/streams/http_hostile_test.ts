@@ -11,6 +11,7 @@ import {
   RangeNotSupportedError,
 } from "../../lib/io/http_source.ts";
 import { openImage } from "../../lib/reader/open.ts";
+import type { Qcow2Error } from "../../lib/format/errors.ts";
 import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { qemuImg, qemuIo, qemuTest, tempDir } from "../_qemu.ts";
 import {
@@ -743,4 +744,34 @@ Deno.test("openImage() resolves a backing file's relative name against the URL t
   assertSameBytes(await image.readAt(0, MiB), base);
   assert.deepStrictEqual(front.requests, ["GET top.qcow2 bytes=0-1048575"]);
   assert.ok(mirror.requests.some((r) => r.startsWith("GET a/base.raw")));
+});
+
+Deno.test("openImage() refuses a backing file that any opener got from another origin", async () => {
+  const base = stamped(MiB, 12);
+  await using backing = await openImage(base);
+  const top = await convertToBytes(base, {
+    backingFile: { name: "base.raw", format: "raw" },
+    backingImage: backing,
+    workers: 0,
+  });
+  await using elsewhere = serveFiles({ "secret.raw": stamped(MiB, 0x5ec2e7) });
+  await using server = serveFiles({ "img/top.qcow2": top }, {
+    redirects: { "img/base.raw": elsewhere.url("secret.raw") },
+  });
+  // An opener of the caller's that follows any redirect: the gate judges
+  // what it returns on the URL that answered.
+  const follows = (path: string) => HttpSource.open(path, { retryDelays: [] });
+  for (const format of ["auto", "qcow2"] as const) {
+    await assert.rejects(
+      openImage(server.url("img/top.qcow2"), { format, openSource: follows }),
+      (err: Qcow2Error) => {
+        assert.strictEqual(err.code, "UNTRUSTED_REFERENCE");
+        assert.match(
+          err.message,
+          /^Cannot open backing file "http:\S+\/img\/base\.raw": it was answered by http:\S+\/secret\.raw, on another origin than http:\/\/127\.0\.0\.1:\d+$/,
+        );
+        return true;
+      },
+    );
+  }
 });

@@ -198,7 +198,6 @@ Deno.test("convert draws no progress bar when stderr is a pipe", async () => {
   const forced = await cli([
     "convert",
     "-p",
-    "--force",
     "in.raw",
     "out.qcow2",
   ], { cwd: dir.path });

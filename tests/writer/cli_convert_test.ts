@@ -1,6 +1,6 @@
 // The CLI's forward path: `deno run -A cli.ts convert ... SRC DST.qcow2`.
 // Output format from the extension and -O, options reaching the image,
-// SRC "-" (stdin), --force to replace DST, and errors: one line on stderr, exit
+// SRC "-" (stdin), DST replaced (or kept with --no-clobber), and errors: one line on stderr, exit
 // code 1, no DST and no temporary `.partial` file left behind.
 
 import assert from "node:assert";
@@ -194,15 +194,22 @@ qemuTest(
 );
 
 qemuTest(
-  "cli convert: an existing DST needs -f; without it DST is untouched",
+  "cli convert: an existing DST is replaced as qemu-img replaces it; --no-clobber keeps it untouched",
   async () => {
     await withSource(async (dir, src) => {
       const dst = join(dir, "dst.qcow2");
       const old = new TextEncoder().encode("precious bytes, not an image\n");
       await Deno.writeFile(dst, old);
       const before = await Deno.stat(dst);
-      const r = await runCli(["convert", "--compress", "zstd", src, dst]);
-      assertOneLineError(r, /exists.*--force/);
+      const r = await runCli([
+        "convert",
+        "--no-clobber",
+        "--compress",
+        "zstd",
+        src,
+        dst,
+      ]);
+      assertOneLineError(r, /dst\.qcow2: the file exists and is kept/);
       assert.deepStrictEqual(await Deno.readFile(dst), old);
       assert.strictEqual(
         (await Deno.stat(dst)).mtime?.getTime(),
@@ -213,19 +220,12 @@ qemuTest(
       const rawDst = join(dir, "dst.img");
       await Deno.writeFile(rawDst, old);
       assertOneLineError(
-        await runCli(["convert", src, rawDst]),
-        /exists.*--force/,
+        await runCli(["convert", "--no-clobber", src, rawDst]),
+        /exists and is kept/,
       );
       assert.deepStrictEqual(await Deno.readFile(rawDst), old);
-      // with --force it is replaced
-      const ok = await runCli([
-        "convert",
-        "--force",
-        "--compress",
-        "zstd",
-        src,
-        dst,
-      ]);
+      // without it (and with --force, accepted) it is replaced
+      const ok = await runCli(["convert", "--compress", "zstd", src, dst]);
       assert.strictEqual(ok.code, 0, ok.stderr);
       await verifyImage(dir, dst, INPUT, {
         compression: "zstd",
@@ -312,8 +312,11 @@ Deno.test("cli convert: errors leave no DST and no temporary file", async () => 
       [["convert", "--bogus", src, dst], /bogus/],
       [["convert", src], /expected SRC and DST/],
       [["convert", src, dst, "extra"], /expected SRC and DST/],
-      [["convert", src, src], /same file/],
-      [["convert", "--force", "--compress", "zstd", src, src], /same file/],
+      [["convert", src, src], /src\.raw: it is the input/],
+      [
+        ["convert", "--compress", "zstd", "-O", "qcow2", src, src],
+        /src\.raw: it is the input/,
+      ],
     ];
     for (const [args, pattern] of cases) {
       const r = await runCli(args);

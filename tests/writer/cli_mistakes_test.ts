@@ -107,8 +107,8 @@ Deno.test("cli convert: DST under a file, or an existing directory, is named wit
     1,
     "Cannot write in.raw/x.qcow2: a part of the path is not a directory",
   );
-  // Not "the file exists": a directory is never replaced, --force or not.
-  for (const force of [[], ["--force"]]) {
+  // A directory is never replaced, --no-clobber or not.
+  for (const force of [[], ["--no-clobber"]]) {
     assertOneLine(
       await runCli(["convert", ...force, "in.raw", "d.qcow2"], {
         cwd: dir.path,
@@ -331,7 +331,7 @@ qemuTest(
       assert.strictEqual(r.code, 0, r.stderr);
       assert.match(r.stderr, summary, args.join(" "));
       const quiet = await runCli(
-        ["convert", "-q", "--force", ...args.slice(1)],
+        ["convert", "-q", ...args.slice(1)],
         { cwd },
       );
       assert.strictEqual(quiet.code, 0, quiet.stderr);

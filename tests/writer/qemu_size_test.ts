@@ -66,7 +66,7 @@ async function compressBoth(
   );
   const summary = await convert(
     fileChunks(await Deno.open(raw)),
-    await OutputFile.create(path, { force: true }),
+    await OutputFile.create(path),
     { compression: type, workers: 2, ...options },
   );
   const qemu = (await Deno.stat(theirs)).size;
