@@ -118,8 +118,10 @@ export {
 export { BytesSource, type RandomAccessSource } from "./lib/io/source.ts";
 export { BlobSource } from "./lib/io/blob_source.ts";
 export {
+  type HttpBody,
   HttpSource,
   type HttpSourceOptions,
+  type HttpTransport,
   RangeNotSupportedError,
 } from "./lib/io/http_source.ts";
 export type { ImageSink } from "./lib/io/sink.ts";
