@@ -7,8 +7,9 @@ import { doneWith, Recycler } from "../../lib/io/_recycle.ts";
 import { sparseFileChunks } from "../../lib/io/file_stream.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { convert } from "../../lib/convert.ts";
-import { ClusterPacker } from "../../lib/writer/packer.ts";
-import type { ClusterRecord, PlacedRecord } from "../../lib/writer/records.ts";
+import { HostAllocator } from "../../lib/writer/_host_allocator.ts";
+import { ClusterPacker, type PlacedRecord } from "../../lib/writer/_packer.ts";
+import type { ClusterRecord } from "../../lib/writer/records.ts";
 import {
   qemuCheckClean,
   qemuCompareIdentical,
@@ -38,7 +39,7 @@ Deno.test("Recycler: buffers come back only once a later one is done with, oldes
   );
 });
 
-Deno.test("ClusterPacker writes runs of laid-out payloads straight from the record, and copies others", async () => {
+Deno.test("ClusterPacker writes runs of laid-out payloads straight from the record, and copies others", () => {
   const cs = 4096;
   const data = new Uint8Array(4 * 512); // the last padding included
   data.fill(1, 0, 300); // payload 0: 300 bytes, padding to 512
@@ -59,11 +60,9 @@ Deno.test("ClusterPacker writes runs of laid-out payloads straight from the reco
     data: new Uint8Array([...new Uint8Array(10).fill(4), 5, 5]),
     lengths: [10, 2],
   };
-  const out: PlacedRecord[] = await Array.fromAsync(
-    ReadableStream.from([laidOut, packed]).pipeThrough(
-      new ClusterPacker({ clusterSize: cs }),
-    ),
-  );
+  const packer = new ClusterPacker(new HostAllocator({ clusterSize: cs }));
+  const out: PlacedRecord[] = [];
+  for (const r of [laidOut, packed]) packer.place(r, (p) => out.push(p));
   const writes = out.filter((r) => r.kind === "write");
   assert.strictEqual(writes.length, 2);
   const [first, second] = writes;
