@@ -106,6 +106,7 @@ interface LastCluster {
 export interface ReadAheadOptions {
   /** Largest data segment, and most guest bytes per decompression job. */
   chunk: number;
+  /** How far work runs ahead. */
   budget: ReadAheadBudget;
   /** Workers for decompression; without a pool it runs on this thread. */
   pool?: CodecPool;
@@ -134,7 +135,10 @@ export class ReadAhead {
   /** Compressed items gathered for one decompression job. */
   #group: PlanItem[] = [];
   #groupBytes = 0;
-  /** An overlay with small clusters over a compressed backing cluster reads it in pieces. */
+  /**
+   * The last cluster decompressed: an overlay with small clusters over a
+   * compressed backing cluster reads that cluster in several pieces.
+   */
   #last: LastCluster | undefined;
   /** The buffer of the segment last handed out, lent to the consumer. */
   #lent: Uint8Array | undefined;
