@@ -3,7 +3,13 @@
 // written what came after them, and the image is still what QEMU reads.
 import assert from "node:assert";
 import { join } from "node:path";
-import { doneWith, Recycler } from "../../lib/io/_recycle.ts";
+import {
+  BufferPool,
+  doneWith,
+  POISON_BYTE,
+  Recycler,
+  setPoisoning,
+} from "../../lib/io/_recycle.ts";
 import { sparseFileChunks } from "../../lib/io/file_stream.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { convert } from "../../lib/convert.ts";
@@ -37,6 +43,63 @@ Deno.test("Recycler: buffers come back only once a later one is done with, oldes
     50,
     "without doneWith every buffer is new",
   );
+});
+
+Deno.test("Recycler and BufferPool poison a buffer when it is free again, not before (debug mode)", () => {
+  const was = setPoisoning(true);
+  try {
+    const recycler = new Recycler(4096);
+    const [a, b, c] = [recycler.take(), recycler.take(), recycler.take()];
+    for (const view of [a, b, c]) view.fill(1);
+    doneWith(a); // nothing was lent before a
+    assert.ok(a.every((x) => x === 1), "a is still lent");
+    doneWith(b);
+    assert.ok(a.every((x) => x === POISON_BYTE), "a is free: poisoned");
+    assert.ok(b.every((x) => x === 1), "b is still lent");
+    recycler.giveBack(c);
+    assert.ok(c.every((x) => x === POISON_BYTE), "c given back: poisoned");
+
+    const pool = new BufferPool();
+    const d = pool.take(100_000).fill(2);
+    const view = d.subarray(10, 20);
+    pool.put(d);
+    assert.ok(view.every((x) => x === POISON_BYTE), "put back: poisoned");
+    assert.strictEqual(pool.take(100_000), d, "and used again");
+
+    setPoisoning(false);
+    const e = pool.take(100).fill(3);
+    pool.put(e);
+    assert.ok(e.every((x) => x === 3), "off: left as it was");
+  } finally {
+    setPoisoning(was);
+  }
+});
+
+Deno.test("QCOW2PIPE_POISON=1 turns poisoning on where Deno's file module is loaded and env access is allowed", async () => {
+  await using dir = await tempDir();
+  const script = join(dir.path, "poisoning.ts");
+  const lib = new URL("../../lib/io/", import.meta.url);
+  await Deno.writeTextFile(
+    script,
+    `import "${new URL("file_source.ts", lib)}";
+import { setPoisoning } from "${new URL("_recycle.ts", lib)}";
+console.log(setPoisoning(false));
+`,
+  );
+  const run = async (env: string | undefined, flags: string[]) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-prompt", "--no-lock", ...flags, script],
+      env: env === undefined ? {} : { QCOW2PIPE_POISON: env },
+      clearEnv: true,
+      stdin: "null",
+    }).output();
+    assert.strictEqual(out.code, 0, new TextDecoder().decode(out.stderr));
+    return new TextDecoder().decode(out.stdout).trim();
+  };
+  assert.strictEqual(await run("1", ["-A"]), "true");
+  assert.strictEqual(await run(undefined, ["-A"]), "false");
+  assert.strictEqual(await run("0", ["-A"]), "false");
+  assert.strictEqual(await run("1", ["-R", "--allow-ffi"]), "false");
 });
 
 Deno.test("ClusterPacker writes runs of laid-out payloads straight from the record, and copies others", () => {
