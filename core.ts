@@ -98,6 +98,7 @@ export {
   type OpenImageOptions,
 } from "./lib/reader/open.ts";
 export type { ReferencePolicy } from "./lib/reader/references.ts";
+export type { FormatName } from "./lib/reader/formats.ts";
 export type { Extent, ExtentKind, GuestImage } from "./lib/reader/image.ts";
 export {
   imageChunks,

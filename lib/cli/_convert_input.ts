@@ -10,13 +10,9 @@ import {
   sparseFileChunks,
   type ZeroBytes,
 } from "../../mod.ts";
-import {
-  hasQcow2Magic,
-  PROBE_BYTES,
-  probeFormat,
-  readableFormat,
-} from "../format/mod.ts";
-import { Qcow2Image } from "../reader/qcow2_image.ts";
+import { hasQcow2Magic, PROBE_BYTES, probeFormat } from "../format/mod.ts";
+import { readableFormat } from "../reader/formats.ts";
+import { Qcow2Image } from "../reader/qcow2/image.ts";
 import { formatBytes, UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import type { HttpTransport } from "../io/http_source.ts";

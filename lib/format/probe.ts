@@ -1,15 +1,15 @@
 /**
  * Format probing: which disk image format the first bytes of a file are,
- * by the signatures qemu-img 7.2 recognises. qcow2pipe reads raw and qcow2;
- * probing the others too means that a VMDK or VHDX file is named as such
- * instead of being copied as a raw disk, container bytes and all.
+ * by the signatures qemu-img 7.2 recognises. Probing every one of them
+ * means that a file in a format qcow2pipe does not read (VMDK, VHDX...) is
+ * named as such instead of being copied as a raw disk, container bytes and
+ * all; the reader's registry of image types says which formats it reads.
  *
  * @module
  */
 
 import { viewOf } from "./_bytes.ts";
 import { QCOW2_MAGIC } from "./constants.ts";
-import { Qcow2Error } from "./errors.ts";
 
 /**
  * Bytes at the start of an image that probing looks at: QEMU's probe
@@ -27,16 +27,16 @@ export const PROBE_BYTES = 2048;
 
 /**
  * A format qemu-img 7.2 recognises by probing, named as qemu-img names it
- * (`vpc` is VHD). Only `qcow2` and `raw` are read by qcow2pipe.
+ * (`vpc` is VHD). Which of them qcow2pipe reads is the reader's registry
+ * of image types.
  *
- * @example Tell a format qcow2pipe reads from one it names
+ * @example Name what a file is
  * ```ts
  * import assert from "node:assert";
- * import { type ProbedFormat, probeFormat, READ_FORMATS } from "./probe.ts";
+ * import { formatTitle, type ProbedFormat, probeFormat } from "./probe.ts";
  * const vhdx = new TextEncoder().encode("vhdxfile");
  * const format: ProbedFormat = probeFormat(vhdx);
- * assert.strictEqual(format, "vhdx");
- * assert(!(READ_FORMATS as readonly string[]).includes(format));
+ * assert.strictEqual(formatTitle(format), "VHDX (Hyper-V)");
  * ```
  */
 export type ProbedFormat =
@@ -53,18 +53,6 @@ export type ProbedFormat =
   | "cloop"
   | "dmg"
   | "parallels";
-
-/**
- * The probed formats qcow2pipe reads.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import { probeFormat, READ_FORMATS } from "./probe.ts";
- * assert(READ_FORMATS.some((f) => f === probeFormat(new Uint8Array(512))));
- * ```
- */
-export const READ_FORMATS = ["qcow2", "raw"] as const;
 
 /** How each format is called in messages. */
 const TITLES: Record<ProbedFormat, string> = {
@@ -254,40 +242,4 @@ export function probeFormat(bytes: Uint8Array, name?: string): ProbedFormat {
     return "dmg";
   }
   return "raw";
-}
-
-/**
- * A probed format qcow2pipe reads, or the one-line refusal naming what the
- * image is: where a signature says VMDK, reading the file as a raw disk
- * would copy the container's bytes as the guest's.
- *
- * @param format What {@linkcode probeFormat} found.
- * @param name The image, for the message.
- * @returns `qcow2` or `raw`.
- * @throws {Qcow2Error} With code `UNSUPPORTED_FORMAT` for any other format.
- *
- * @example Refuse a VHD, read a raw disk
- * ```ts
- * import assert from "node:assert";
- * import { probeFormat, readableFormat } from "./probe.ts";
- * const vhd = new TextEncoder().encode("conectix");
- * assert.throws(
- *   () => readableFormat(probeFormat(vhd), "vm.vhd"),
- *   /vm.vhd is a VHD \(Virtual PC, Hyper-V, Azure\) image; qcow2pipe reads raw and qcow2/,
- * );
- * assert.strictEqual(readableFormat(probeFormat(new Uint8Array(512)), "disk.img"), "raw");
- * ```
- */
-export function readableFormat(
-  format: ProbedFormat,
-  name: string,
-): "qcow2" | "raw" {
-  if (format === "qcow2" || format === "raw") return format;
-  throw new Qcow2Error(
-    "UNSUPPORTED_FORMAT",
-    `Cannot open image: ${name} is a ${
-      TITLES[format]
-    } image; qcow2pipe reads raw and qcow2 (-f raw reads its bytes as a raw disk)`,
-    { offset: 0 },
-  );
 }

@@ -50,6 +50,12 @@ export interface HostFiles {
    */
   identity(source: RandomAccessSource): FileIdentity | undefined;
   /**
+   * Which file a local name leads to now (device and inode, links
+   * followed), without opening it; undefined when it leads nowhere or the
+   * system has no inode numbers.
+   */
+  identityAt(path: string): Promise<FileIdentity | undefined>;
+  /**
    * Where the local name `target` leads and whether that lies inside
    * directory `dir` (`""` is the working directory), decided on the file
    * system, never on the name's text.

@@ -216,6 +216,13 @@ installHostFiles({
   realPath: (path) => Deno.realPath(path),
   identity: (source) =>
     source instanceof FileSource ? source.identity : undefined,
+  async identityAt(path) {
+    try {
+      return identityOf(await Deno.stat(path), path);
+    } catch {
+      return undefined;
+    }
+  },
   locate,
   pathOf: (source) => source instanceof FileSource ? source.path : undefined,
   async isOpenedAt(source, path) {

@@ -1,7 +1,6 @@
-// Reading plan items: shared by Qcow2Image, RawImage and the segment stream.
+// Reading plan items: shared by the image types and the segment stream.
 import { hex, Qcow2Error } from "../format/errors.ts";
 import { compressedRange } from "../format/compressed.ts";
-import { PROBE_BYTES, probeFormat, readableFormat } from "../format/probe.ts";
 import {
   type ClusterCodec,
   type CompressionType,
@@ -9,21 +8,6 @@ import {
 } from "../codec/codecs.ts";
 import type { Extent, GuestImage, PlanItem } from "./image.ts";
 import type { RandomAccessSource } from "../io/source.ts";
-
-/**
- * The format of an image by its first bytes, as qemu-img probes it:
- * `qcow2` or `raw`, or a {@linkcode Qcow2Error} (`UNSUPPORTED_FORMAT`)
- * naming any other format qemu-img would have read it as.
- */
-export async function detectFormat(
-  source: RandomAccessSource,
-  name: string | undefined = source.name,
-): Promise<"qcow2" | "raw"> {
-  return readableFormat(
-    probeFormat(await source.read(0, PROBE_BYTES), name),
-    name ?? "the image",
-  );
-}
 
 /** Reads `length` bytes at `offset`, zero-filled past the end (as QEMU reads). */
 export async function readPadded(

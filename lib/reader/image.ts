@@ -111,6 +111,121 @@ export interface Segment {
 }
 
 /**
+ * One run of an image's own block status: how the image itself (not its
+ * backing chain) answers for a guest range, as a QEMU block driver's
+ * `bdrv_co_block_status` does. `qemu-img map` and `compare` build on it,
+ * descending into the backing image where a run is not allocated. Internal
+ * to the reader and the tools.
+ */
+export interface BlockStatus {
+  /** Guest offset. */
+  offset: number;
+  /** Length in bytes. */
+  length: number;
+  /** Whether this image answers for the range (else its backing image does, or zeros). */
+  allocated: boolean;
+  /** Reads as zeros. */
+  zero: boolean;
+  /** Holds data. */
+  data: boolean;
+  /** Host offset of `offset` in `file`, when the format reports one. */
+  hostOffset?: number;
+  /** Name of the file holding `hostOffset` (the image or its data file). */
+  file?: string;
+  /** The range is made of compressed clusters. */
+  compressed?: boolean;
+}
+
+/** Options of {@linkcode GuestImage.blockStatus}. */
+export interface BlockStatusOptions {
+  /**
+   * Ask the file system where local files have holes, as QEMU does
+   * (SEEK_DATA / SEEK_HOLE); without it every byte of a file is data.
+   */
+  holes: boolean;
+}
+
+/**
+ * A value of QEMU's format-specific information (a QAPI object's JSON).
+ *
+ * @example The compat level of a qcow2 image, as `info --output=json` has it
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { imageInfo, type InfoValue } from "@qcow2pipe/qcow2pipe/tools";
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { workers: 1 }));
+ * const compat: InfoValue | undefined = info.formatSpecific?.data.compat;
+ * assert.strictEqual(compat, "1.1");
+ * ```
+ */
+export type InfoValue =
+  | string
+  | number
+  | boolean
+  | InfoValue[]
+  | { [key: string]: InfoValue };
+
+/**
+ * An internal snapshot as `qemu-img info` lists it.
+ *
+ * @example List the snapshots of an image (ours has none)
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { imageInfo, type SnapshotInfo } from "@qcow2pipe/qcow2pipe/tools";
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { workers: 1 }));
+ * const names = info.snapshots.map((s: SnapshotInfo) => `${s.id} ${s.name}`);
+ * assert.deepStrictEqual(names, []);
+ * ```
+ */
+export interface SnapshotInfo {
+  /** Unique ID. */
+  id: string;
+  /** Name (tag). */
+  name: string;
+  /** Bytes of saved VM state. */
+  vmStateSize: number;
+  /** When it was taken: seconds since the epoch. */
+  dateSec: number;
+  /** Nanosecond part of the date. */
+  dateNsec: number;
+  /** Guest run time in nanoseconds. */
+  vmClockNsec: bigint;
+  /** Instruction count (record/replay), when recorded. */
+  icount?: bigint;
+}
+
+/**
+ * What an image says of itself for `qemu-img info` (QEMU's `bdrv_get_info`
+ * and `bdrv_get_specific_info`): the generic fields, and the format's own
+ * section. Internal to the reader and the tools.
+ */
+export interface ImageDescription {
+  /** Virtual size as QEMU sees it (whole 512-byte sectors). */
+  virtualSize: number;
+  /** The dirty bit (lazy refcounts not yet written back). */
+  dirty: boolean;
+  /** Cluster size, for formats that have one. */
+  clusterSize?: number;
+  /** Whether guest data is encrypted (present only when it is). */
+  encrypted?: boolean;
+  /** Backing file name as stored in the image. */
+  backingFile?: string;
+  /** Backing format, when the image names one. */
+  backingFormat?: string;
+  /** Internal snapshots. */
+  snapshots: SnapshotInfo[];
+  /**
+   * QEMU's `format-specific` object: the format's name and its data, with
+   * QAPI key names in schema order (what `info` prints under "Format
+   * specific information").
+   */
+  specific?: { type: string; data: { [key: string]: InfoValue } };
+  /** The same section as typed fields, for the library's callers. */
+  details?: unknown;
+}
+
+/**
  * An opened disk image (qcow2 or raw) as the guest sees it.
  *
  * @example Read from a raw image in memory
@@ -124,8 +239,8 @@ export interface Segment {
  * ```
  */
 export interface GuestImage extends AsyncDisposable {
-  /** `qcow2` or `raw`. */
-  readonly format: "qcow2" | "raw";
+  /** The image's format, as qemu-img names it: `qcow2` or `raw`. */
+  readonly format: string;
   /** Virtual disk size in bytes. */
   readonly virtualSize: number;
   /** Name of the image (path or URL) for messages. */
@@ -148,6 +263,24 @@ export interface GuestImage extends AsyncDisposable {
    * @ignore
    */
   plan(offset: number, length: number, depth: number): AsyncGenerator<PlanItem>;
+  /**
+   * This image's own block status over `[offset, offset + length)`, in
+   * order: the hook `map` and `compare` use, not part of the public API.
+   *
+   * @ignore
+   */
+  blockStatus(
+    offset: number,
+    length: number,
+    options: BlockStatusOptions,
+  ): AsyncGenerator<BlockStatus>;
+  /**
+   * What `info` says of this image: the hook the tools use, not part of
+   * the public API.
+   *
+   * @ignore
+   */
+  describe(): Promise<ImageDescription>;
   /**
    * Every source this image reads: its own file, its external data file,
    * then its backing chain's, top image first. Whoever writes a file

@@ -22,7 +22,6 @@
  */
 
 import { Qcow2Error } from "../format/errors.ts";
-import { backingFormat, type Qcow2Header } from "../format/header.ts";
 import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
 import {
   HttpSource,
@@ -31,7 +30,7 @@ import {
 } from "../io/http_source.ts";
 import { fileReason } from "../io/_errors.ts";
 import { isAbsolute, join } from "../io/_path.ts";
-import type { RandomAccessSource } from "../io/source.ts";
+import type { FileIdentity, RandomAccessSource } from "../io/source.ts";
 
 /**
  * Which backing and external data files an image may lead to.
@@ -207,7 +206,8 @@ export function topReferrer(
  * The referrer of a backing file, whose own names are judged in turn: its
  * directory is its own (over HTTP, that of the URL that answered), and it
  * keeps QEMU's rules only when its parent had them and names its format
- * as qcow2 (trust passes down only through named formats).
+ * (trust passes down only through named formats: a probed backing file is
+ * judged as any probed image).
  *
  * @param parent The image that named the backing file.
  * @param ref The backing file, as the gate allowed it.
@@ -235,41 +235,8 @@ export function backingReferrer(
   return {
     name: ref.name,
     dir: directoryOf(source?.url ?? ref.name),
-    trusted: parent.trusted && declared === "qcow2",
+    trusted: parent.trusted && declared !== undefined,
   };
-}
-
-/**
- * The format named by an overlay's backing-format extension, if any; one
- * we cannot read (anything but qcow2 or raw) is refused.
- *
- * @param header The overlay's header.
- * @param name The backing file's name, for the message.
- * @returns `qcow2`, `raw` or undefined.
- * @throws {Qcow2Error} With code `BACKING` for another format.
- *
- * @example An image made without a backing format
- * ```ts
- * import assert from "node:assert";
- * import { declaredBackingFormat } from "./references.ts";
- * import { parseHeader } from "../format/header.ts";
- * import { convertToBytes } from "../writer/qcow2_writer.ts";
- * const header = parseHeader(await convertToBytes(new Uint8Array(512)));
- * assert.strictEqual(declaredBackingFormat(header, "base"), undefined);
- * ```
- */
-export function declaredBackingFormat(
-  header: Qcow2Header,
-  name: string,
-): "qcow2" | "raw" | undefined {
-  const fmt = backingFormat(header);
-  if (fmt !== undefined && fmt !== "qcow2" && fmt !== "raw") {
-    throw new Qcow2Error(
-      "BACKING",
-      `Cannot open backing file "${name}": backing format "${fmt}" is not supported (qcow2 or raw)`,
-    );
-  }
-  return fmt;
 }
 
 /** Whether any component of a name is `..` (either slash separates). */
@@ -429,6 +396,22 @@ export function openByName(
 }
 
 /**
+ * The longest backing chain any command follows, the top image not
+ * counted: the one limit of the reader and the tools alike (QEMU has no
+ * limit but its stack; a longer chain is refused before anything more is
+ * opened).
+ *
+ * @example A chain limit for a caller that wants fewer
+ * ```ts
+ * import assert from "node:assert";
+ * import { MAX_BACKING_DEPTH } from "./references.ts";
+ * const limit = Math.min(8, MAX_BACKING_DEPTH);
+ * assert.strictEqual(limit, 8);
+ * ```
+ */
+export const MAX_BACKING_DEPTH = 256;
+
+/**
  * Options of a {@linkcode ReferenceGate}.
  *
  * @example A gate that follows no chain longer than one image
@@ -451,7 +434,7 @@ export interface GateOptions {
   policy?: ReferencePolicy;
   /**
    * Longest backing chain accepted (the top image not counted).
-   * @default {256}
+   * @default {256} ({@linkcode MAX_BACKING_DEPTH})
    */
   maxDepth?: number;
   /**
@@ -467,28 +450,31 @@ export interface GateOptions {
 /**
  * One walk down a backing chain through the gate: every backing and data
  * file is decided by {@linkcode followReference}, opened where it was
- * checked, and the chain is refused when it would loop (images are known
- * by their real paths, whatever names lead to them) or grow past its
- * limit, before anything more is opened.
+ * checked, and the chain is refused when it would grow past its limit or
+ * loop. Images are known by what they are, whatever names lead to them: a
+ * local file by the device and inode of the descriptor opened (and, before
+ * opening the next one, of the file its name leads to, so that an image
+ * met again is refused without being opened again), a URL by the URL that
+ * answered; a source that is neither, by the name it was opened by.
  *
  * @example Walk a chain made by qemu-img
  * ```ts
  * import assert from "node:assert";
  * import "../../mod.ts"; // lends the reader Deno's file access
- * import { ReferenceGate, topReferrer } from "./references.ts";
+ * import { openByName, ReferenceGate, topReferrer } from "./references.ts";
  * const dir = await Deno.makeTempDir();
  * const qemuImg = (...args: string[]) => new Deno.Command("qemu-img", { args }).output();
  * await qemuImg("create", "-q", "-f", "raw", `${dir}/base.raw`, "1M");
  * await qemuImg("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", `${dir}/top.qcow2`);
  * const gate = new ReferenceGate();
- * const top = topReferrer(`${dir}/top.qcow2`, false);
- * await gate.start(`${dir}/top.qcow2`);
- * const ref = await gate.backing(top, "base.raw");
- * const base = await gate.open(ref);
+ * await using top = await openByName(`${dir}/top.qcow2`);
+ * await gate.start(top, `${dir}/top.qcow2`);
+ * const referrer = topReferrer(`${dir}/top.qcow2`, false);
+ * const base = await gate.open(await gate.backing(referrer, "base.raw"));
  * assert.strictEqual(base.size, 1 << 20);
  * await base.close?.();
  * // The top image again, by another name: the chain would loop.
- * await assert.rejects(gate.backing(top, "./top.qcow2"), /loops back/);
+ * await assert.rejects(gate.backing(referrer, "./top.qcow2"), /loops back/);
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
@@ -499,15 +485,23 @@ export class ReferenceGate {
     | ((path: string) => Promise<RandomAccessSource>)
     | undefined;
   readonly #http: HttpTransport;
+  /** What the images of the chain are (see {@linkcode placeKeys}). */
   readonly #seen = new Set<string>();
   #depth = 0;
 
   /**
    * @param options Policy, depth limit, how to open files.
+   * @throws {RangeError} When `maxDepth` is not a non-negative integer.
    */
   constructor(options: GateOptions = {}) {
+    const maxDepth = options.maxDepth ?? MAX_BACKING_DEPTH;
+    if (!Number.isSafeInteger(maxDepth) || maxDepth < 0) {
+      throw new RangeError(
+        `Cannot open image: maxBackingDepth ${maxDepth} is not an integer in [0, 2^53)`,
+      );
+    }
     this.#policy = options.policy ?? "auto";
-    this.#maxDepth = options.maxDepth ?? 256;
+    this.#maxDepth = maxDepth;
     this.#openSource = options.openSource;
     this.#http = options.http ?? {};
   }
@@ -515,11 +509,20 @@ export class ReferenceGate {
   /**
    * Starts the walk at the top image, remembering what it is.
    *
+   * @param source The top image as opened.
    * @param place The path or URL it was opened by, when it has one.
+   * @returns When it is remembered.
    */
-  async start(place: string | undefined): Promise<void> {
-    if (place !== undefined && !place.startsWith("<")) {
-      this.#seen.add(await identity(place));
+  async start(
+    source: RandomAccessSource,
+    place: string | undefined,
+  ): Promise<void> {
+    const named = place !== undefined && !place.startsWith("<");
+    for (const key of sourceKeys(source, named ? place : undefined)) {
+      this.#seen.add(key);
+    }
+    if (named) {
+      for (const key of await placeKeys(place)) this.#seen.add(key);
     }
   }
 
@@ -542,8 +545,9 @@ export class ReferenceGate {
 
   /**
    * Decides the next backing file of the chain: refused when the chain
-   * would grow deeper than the limit, or lead back to an image already in
-   * it.
+   * would grow deeper than the limit, or when its name leads to an image
+   * already in it (decided before it is opened; {@linkcode open} decides
+   * again on the file it opens).
    *
    * @param referrer The image that names it (the last one of the walk).
    * @param stored The name stored in the image.
@@ -552,17 +556,11 @@ export class ReferenceGate {
    * `BACKING` for a chain too deep or that loops.
    */
   async backing(referrer: Referrer, stored: string): Promise<Reference> {
-    const fail = (reason: string) =>
-      new Qcow2Error(
-        "BACKING",
-        `Cannot open backing file "${stored}": ${reason}`,
-        {
-          field: "backing_file_offset",
-          offset: 8,
-        },
-      );
     if (this.#depth + 1 > this.#maxDepth) {
-      throw fail(`the backing chain is deeper than ${this.#maxDepth} images`);
+      throw chainError(
+        stored,
+        `the backing chain is deeper than ${this.#maxDepth} images`,
+      );
     }
     const ref = await followReference(
       referrer,
@@ -570,11 +568,9 @@ export class ReferenceGate {
       "backing file",
       this.#policy,
     );
-    const id = await identity(ref.path);
-    if (this.#seen.has(id)) {
-      throw fail(`the backing chain loops back to ${ref.name}`);
+    for (const key of await placeKeys(ref.path)) {
+      if (this.#seen.has(key)) throw loopError(ref);
     }
-    this.#seen.add(id);
     this.#depth++;
     return ref;
   }
@@ -586,13 +582,14 @@ export class ReferenceGate {
    * it), so that a link swapped in between is caught. A URL must be
    * answered from the origin it was asked from: the default opener
    * refuses a redirect elsewhere before following it, and any opener's
-   * source is judged on the URL that answered.
+   * source is judged on the URL that answered. A backing file is refused
+   * when what was opened is an image already in the chain.
    *
    * @param ref The reference, from this gate.
    * @returns The source; the caller closes it.
-   * @throws {Qcow2Error} With code `BACKING` when it cannot be opened;
-   * `UNTRUSTED_REFERENCE` when the file changed under the check, or a URL
-   * was answered from another origin.
+   * @throws {Qcow2Error} With code `BACKING` when it cannot be opened or
+   * the chain loops; `UNTRUSTED_REFERENCE` when the file changed under the
+   * check, or a URL was answered from another origin.
    */
   async open(ref: Reference): Promise<RandomAccessSource> {
     let source: RandomAccessSource;
@@ -611,10 +608,20 @@ export class ReferenceGate {
         { cause: err },
       );
     }
+    try {
+      await this.#judge(ref, source);
+    } catch (err) {
+      await source.close?.();
+      throw err;
+    }
+    return source;
+  }
+
+  /** The checks on what was opened for a reference (see {@linkcode open}). */
+  async #judge(ref: Reference, source: RandomAccessSource): Promise<void> {
     if (
       ref.contained && await hostFiles()?.isOpenedAt(source, ref.path) === false
     ) {
-      await source.close?.();
       throw new Qcow2Error(
         "UNTRUSTED_REFERENCE",
         `Cannot open ${ref.what} "${ref.name}": it changed while it was opened (${ref.path} is no longer the file opened)`,
@@ -625,26 +632,66 @@ export class ReferenceGate {
       asked !== undefined && source.url !== undefined &&
       new URL(source.url).origin !== asked
     ) {
-      await source.close?.();
       throw new Qcow2Error(
         "UNTRUSTED_REFERENCE",
         `Cannot open ${ref.what} "${ref.name}": it was answered by ${source.url}, on another origin than ${asked}`,
       );
     }
-    return source;
+    if (ref.what !== "backing file") return;
+    const keys = [
+      ...sourceKeys(source, ref.path),
+      ...await placeKeys(ref.path),
+    ];
+    if (keys.some((key) => this.#seen.has(key))) throw loopError(ref);
+    for (const key of keys) this.#seen.add(key);
   }
 }
 
+/** A backing chain refused as a whole (too deep). */
+function chainError(stored: string, reason: string): Qcow2Error {
+  return new Qcow2Error(
+    "BACKING",
+    `Cannot open backing file "${stored}": ${reason}`,
+    { field: "backing_file_offset", offset: 8 },
+  );
+}
+
+/** A backing file that is an image already in the chain. */
+function loopError(ref: Reference): Qcow2Error {
+  return chainError(ref.name, `the backing chain loops back to ${ref.name}`);
+}
+
+/** The key of a local file: device and inode (a block device: the device). */
+function fileKeys(id: FileIdentity): string[] {
+  const keys = [`file ${id.dev}:${id.ino}`];
+  if (id.rdev !== undefined) keys.push(`device ${id.rdev}`);
+  return keys;
+}
+
 /**
- * What a file is, to recognise it met twice: its real path (a URL as it
- * is); without file access, or when it cannot be resolved, its name
- * normalised.
+ * What an opened source is: the device and inode of its descriptor, or
+ * the URL that answered (and the URL asked); otherwise the name it was
+ * opened by, normalised.
  */
-async function identity(place: string): Promise<string> {
-  if (SCHEME.test(place)) return place;
-  try {
-    return await hostFiles()?.realPath(place) ?? join(place);
-  } catch {
-    return join(place);
-  }
+function sourceKeys(
+  source: RandomAccessSource,
+  place: string | undefined,
+): string[] {
+  const id = hostFiles()?.identity(source);
+  if (id) return fileKeys(id);
+  const urls = [source.url, place].filter((u) => u !== undefined && isHttp(u));
+  if (urls.length > 0) return urls.map((u) => `url ${new URL(u!).href}`);
+  return place === undefined ? [] : [`name ${join(place)}`];
+}
+
+/**
+ * What a name leads to before it is opened: the device and inode of the
+ * local file it names now (links followed), a URL as asked; a name that
+ * leads to no local file, the name normalised.
+ */
+async function placeKeys(place: string): Promise<string[]> {
+  if (isHttp(place)) return [`url ${new URL(place).href}`];
+  if (SCHEME.test(place)) return [`name ${place}`];
+  const id = await hostFiles()?.identityAt(place);
+  return id ? fileKeys(id) : [`name ${join(place)}`];
 }

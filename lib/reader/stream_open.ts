@@ -10,9 +10,8 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
-import { PROBE_BYTES, probeFormat, readableFormat } from "../format/probe.ts";
+import { PROBE_BYTES, probeFormat } from "../format/probe.ts";
 import { dataFileName, type Qcow2Header } from "../format/header.ts";
-import { decodeL2Entry, type L2Layout } from "../format/l2.ts";
 import { compressedRange } from "../format/compressed.ts";
 import { geometryOf } from "../format/geometry.ts";
 import type { RandomAccessSource } from "../io/source.ts";
@@ -20,8 +19,10 @@ import { FileSource } from "../io/file_source.ts";
 import { OutputFile } from "../io/output_file.ts";
 import { join } from "node:path";
 import type { GuestImage } from "./image.ts";
-import { openImage, type OpenImageOptions, readHeader } from "./open.ts";
-import { Qcow2Image } from "./qcow2_image.ts";
+import { openImage, type OpenImageOptions } from "./open.ts";
+import { readableFormat } from "./formats.ts";
+import { readHeader } from "./qcow2/header.ts";
+import { Qcow2Image } from "./qcow2/image.ts";
 import { makeTempDirIn } from "../io/_temp.ts";
 import { ReferenceGate, topReferrer } from "./references.ts";
 
@@ -296,9 +297,7 @@ export async function openImageStream(
           split = metaEnd;
           onePass = await dataFollowsInOrder(
             await prefixSource(),
-            header.clusterBits,
-            geometryOf(header).extendedL2,
-            l1,
+            header,
             metaEnd,
           );
         }
@@ -318,7 +317,7 @@ export async function openImageStream(
         dataFile: undefined,
         snapshot: undefined,
         snapshots: [],
-        cacheBytes: options.cacheBytes ?? 32 * 1024 * 1024,
+        cacheBytes: options.cacheBytes ?? SCAN_CACHE_BYTES,
         ownsSource: true,
       });
       return opened(image, true, split, file.writingPath, cleanup);
@@ -392,45 +391,48 @@ function opened(
   };
 }
 
+/** L2 cache of the images decoded here, in bytes. */
+const SCAN_CACHE_BYTES = 32 * 1024 * 1024;
+
 /**
  * Whether every data and compressed cluster lies at or after `metaEnd` and
  * the reads in guest order only go forward (compressed clusters may share
- * their first sector with the previous one).
+ * their first sector with the previous one): asked of the image's own
+ * lookup over the spooled metadata, as the one-pass read will ask it.
+ *
+ * @throws {Qcow2Error} When the tables are malformed (as the read would).
  */
 async function dataFollowsInOrder(
-  source: RandomAccessSource,
-  clusterBits: number,
-  extendedL2: boolean,
-  l1: Uint8Array,
+  prefix: RandomAccessSource,
+  header: Qcow2Header,
   metaEnd: number,
 ): Promise<boolean> {
-  const cs = 2 ** clusterBits;
-  const layout: L2Layout = { clusterBits, extendedL2, dataFile: false };
-  const entries = cs / (extendedL2 ? 16 : 8);
+  const image = await Qcow2Image.create({
+    source: prefix,
+    header,
+    backing: undefined,
+    dataFile: undefined,
+    snapshot: undefined,
+    snapshots: [],
+    cacheBytes: SCAN_CACHE_BYTES,
+  });
   let lastEnd = metaEnd;
-  for (let i = 0; i < l1.length / 8; i++) {
-    const { l2Offset } = decodeL1Entry(l1, i);
-    if (l2Offset === 0) continue;
-    const table = await source.read(l2Offset, cs);
-    if (table.length < cs) return false;
-    for (let e = 0; e < entries; e++) {
-      const entry = decodeL2Entry(table, e, layout);
-      let start: number, end: number;
-      if (entry.type === "normal") {
-        start = entry.hostOffset;
-        end = start + cs;
-      } else if (entry.type === "compressed") {
-        const r = compressedRange(entry.compressed!);
-        start = r.offset;
-        end = r.offset + r.length;
-      } else {
-        continue;
-      }
-      if (start < lastEnd - (entry.type === "compressed" ? 512 : 0)) {
-        return false;
-      }
-      lastEnd = Math.max(lastEnd, end);
+  for await (const m of image.mapping.mappings(0, image.virtualSize)) {
+    let start: number, end: number;
+    if (m.type === "normal") {
+      start = m.hostOffset!;
+      end = start + m.length;
+    } else if (m.type === "compressed") {
+      // A span no number holds cannot be read in order, or at all.
+      if (m.compressed === undefined) return false;
+      const r = compressedRange(m.compressed);
+      start = r.offset;
+      end = r.offset + r.length;
+    } else {
+      continue;
     }
+    if (start < lastEnd - (m.type === "compressed" ? 512 : 0)) return false;
+    lastEnd = Math.max(lastEnd, end);
   }
   return true;
 }

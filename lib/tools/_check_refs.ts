@@ -9,18 +9,22 @@ import type { Geometry } from "../format/geometry.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { SnapshotEntry } from "../format/snapshot.ts";
 import { INCOMPAT, MAX_L1_BYTES } from "../format/constants.ts";
-import { hex, Qcow2Error } from "../format/errors.ts";
+import { hex } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
-import { decodeL2Entry, type L2Entry } from "../format/l2.ts";
+import type { L2Entry } from "../format/l2.ts";
+import { l2EntryAt } from "../reader/qcow2/mapping.ts";
 import {
   decodeBitmapTableEntry,
   parseBitmapDirectory,
 } from "../format/bitmaps.ts";
-import type { StoredRefcounts } from "./_layers.ts";
+import type { StoredRefcounts } from "../reader/qcow2/refcounts.ts";
 import { readPadded } from "../reader/_read.ts";
 import { qcow2VirtualSize } from "../format/geometry.ts";
 import { RefcountMap } from "./_refmap.ts";
-import { type BitmapDirectoryInfo, bitmapEntryProblem } from "./_tables.ts";
+import {
+  type BitmapDirectoryInfo,
+  bitmapEntryProblem,
+} from "../reader/qcow2/bitmaps.ts";
 
 /**
  * `%lx` of the raw u64 table entry at byte `at` (QEMU prints entries as
@@ -220,13 +224,12 @@ export class ReferenceWalk {
     const c = this.counters;
     let nextContiguous = 0;
     for (let i = 0; i < l2Entries; i++) {
-      let entry: L2Entry;
-      try {
-        entry = decodeL2Entry(table, i, layout);
-      } catch (err) {
+      const entry = l2EntryAt(table, i, layout);
+      if (entry.undecodable) {
         // A compressed offset past 2^53: far past the end of any file.
-        if (!(err instanceof Qcow2Error)) throw err;
-        this.#error(`ERROR compressed cluster ${i}: ${err.message}`);
+        this.#error(
+          `ERROR compressed cluster ${i}: ${entry.undecodable.message}`,
+        );
         if (active) {
           c.allocatedClusters++;
           c.compressedClusters++;

@@ -8,22 +8,19 @@
  */
 
 import type { ImageFormat } from "../reader/open.ts";
+import type { FormatName } from "../reader/formats.ts";
 import { geometryOf, qcow2VirtualSize } from "../format/geometry.ts";
 import { getRefcount, refcountMax } from "../format/refcount.ts";
-import {
-  type ImageInput,
-  RefblockError,
-  StoredRefcounts,
-  withSource,
-} from "./_layers.ts";
-import { bitmapDirectoryOf } from "./_tables.ts";
-import { detectFormat, readPadded } from "../reader/_read.ts";
-import { readHeader } from "../reader/open.ts";
-import { readSnapshotTable } from "../reader/_snapshots.ts";
+import { type ImageInput, openForTool } from "./_open.ts";
+import { RefblockError, StoredRefcounts } from "../reader/qcow2/refcounts.ts";
+import { bitmapDirectoryOf } from "../reader/qcow2/bitmaps.ts";
+import { Qcow2Image } from "../reader/qcow2/image.ts";
+import { l2EntryAt } from "../reader/qcow2/mapping.ts";
+import { readPadded } from "../reader/_read.ts";
+import { readSnapshotTable } from "../reader/qcow2/snapshots.ts";
 import { CheckFailure, entryHex, ReferenceWalk } from "./_check_refs.ts";
 import { decodeL1Entry } from "../format/l1.ts";
-import { decodeL2Entry, type L2Entry, type L2Layout } from "../format/l2.ts";
-import { Qcow2Error } from "../format/errors.ts";
+import type { L2Entry, L2Layout } from "../format/l2.ts";
 import type { Qcow2Header } from "../format/header.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 
@@ -45,8 +42,8 @@ import type { RandomAccessSource } from "../io/source.ts";
 export interface CheckResult {
   /** The name the image was opened by. */
   filename: string;
-  /** `qcow2` (or `raw`, which cannot be checked). */
-  format: "qcow2" | "raw";
+  /** `qcow2` (or another format, such as `raw`, which cannot be checked). */
+  format: FormatName;
   /** References the stored refcounts do not cover, and other corruptions. */
   corruptions: number;
   /** Clusters with a stored refcount but fewer references. */
@@ -68,7 +65,7 @@ export interface CheckResult {
   /**
    * `qemu-img check`'s exit status: 0 clean, 2 corruptions, 3 leaks only,
    * 1 the check failed (check errors, or a structure that stops QEMU's
-   * check), 63 the format does not support checks (raw).
+   * check), 63 the format does not support checks (raw: only qcow2 does).
    */
   exitCode: 0 | 1 | 2 | 3 | 63;
   /** Why the check stopped, when it did (exit status 1 or 63). */
@@ -105,7 +102,7 @@ export interface CheckImageOptions {
 
 const INT_MAX = 2 ** 31 - 1;
 
-function emptyResult(filename: string, format: "qcow2" | "raw"): CheckResult {
+function emptyResult(filename: string, format: FormatName): CheckResult {
   return {
     filename,
     format,
@@ -153,39 +150,40 @@ export async function checkImage(
   input: ImageInput,
   options: CheckImageOptions = {},
 ): Promise<CheckResult> {
-  return await withSource(input, async (source, filename) => {
-    const format = options.format ?? "auto";
-    if (
-      format === "raw" ||
-      (format === "auto" && (await detectFormat(source)) === "raw")
-    ) {
-      const r = emptyResult(filename, "raw");
-      r.exitCode = 63;
-      r.failure = "This image format does not support checks";
-      return r;
-    }
-    const header = await readHeader(source, { inspection: true });
-    const result = emptyResult(filename, "qcow2");
-    const geometry = geometryOf(header);
-    result.totalClusters = Math.ceil(
-      qcow2VirtualSize(header.size) / geometry.clusterSize,
-    );
-    const counted = await countReferences(source, header, result, options);
-    if (!counted) return result;
-    const { walk, stored } = counted;
-    const signal = corruptionSignal(result);
-    const highest = await compareRefcounts(walk, stored, result, signal);
-    await checkOflagCopied(source, header, stored, result, signal);
-    result.imageEndOffset = (highest + 1) * geometry.clusterSize;
-    result.exitCode = result.checkErrors > 0
-      ? 1
-      : result.corruptions > 0
-      ? 2
-      : result.leaks > 0
-      ? 3
-      : 0;
-    return result;
+  // The image's own metadata is checked: no backing or data file is
+  // followed (so no chain can loop, and no name can lead anywhere).
+  await using image = await openForTool(input, {
+    purpose: "describe",
+    backing: false,
+    format: options.format,
   });
+  if (!(image instanceof Qcow2Image)) {
+    const r = emptyResult(image.name, image.format as FormatName);
+    r.exitCode = 63;
+    r.failure = "This image format does not support checks";
+    return r;
+  }
+  const { source, header } = image;
+  const result = emptyResult(image.name, "qcow2");
+  const geometry = geometryOf(header);
+  result.totalClusters = Math.ceil(
+    qcow2VirtualSize(header.size) / geometry.clusterSize,
+  );
+  const counted = await countReferences(source, header, result, options);
+  if (!counted) return result;
+  const { walk, stored } = counted;
+  const signal = corruptionSignal(result);
+  const highest = await compareRefcounts(walk, stored, result, signal);
+  await checkOflagCopied(source, header, stored, result, signal);
+  result.imageEndOffset = (highest + 1) * geometry.clusterSize;
+  result.exitCode = result.checkErrors > 0
+    ? 1
+    : result.corruptions > 0
+    ? 2
+    : result.leaks > 0
+    ? 3
+    : 0;
+  return result;
 }
 
 /**
@@ -373,13 +371,7 @@ function l2TypeOf(
   index: number,
   layout: L2Layout,
 ): L2Entry | undefined {
-  let entry: L2Entry;
-  try {
-    entry = decodeL2Entry(table, index, layout);
-  } catch (err) {
-    if (err instanceof Qcow2Error) return undefined; // an absurd compressed entry
-    throw err;
-  }
+  const entry = l2EntryAt(table, index, layout);
   return entry.type === "normal" || entry.type === "zero-alloc"
     ? entry
     : undefined;

@@ -6,21 +6,13 @@
  * @module
  */
 
-import { type ImageFormat, openImage } from "../reader/open.ts";
+import type { ImageFormat } from "../reader/open.ts";
 import type { ReferencePolicy } from "../reader/references.ts";
-
 import type { GuestImage } from "../reader/image.ts";
-import {
-  type ImageInput,
-  type Layer,
-  layerOf,
-  type OpenSource,
-  sourceOf,
-} from "./_layers.ts";
-import type { RandomAccessSource } from "../io/source.ts";
+import { type ImageInput, openForTool, type OpenSource } from "./_open.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import { readPastEnd } from "../reader/_read.ts";
-import { type StatusRun, StatusWalker } from "./_status.ts";
+import { type StatusRun, statusRuns } from "./_status.ts";
 
 /**
  * What {@linkcode compareImages} found.
@@ -155,41 +147,36 @@ export async function compareImages(
   b: ImageInput,
   options: CompareImagesOptions = {},
 ): Promise<CompareResult> {
-  const layers: Layer[] = [];
   const images: GuestImage[] = [];
-  const opened: RandomAccessSource[] = [];
-  using walker = new StatusWalker(options.holes ?? true);
+  const holes = { holes: options.holes ?? true };
   try {
-    // Each input is opened once, by the reader; the status walk is a view
-    // over the same opened images.
+    // Each input is opened once, to be read; its block status is asked of
+    // the same opened images.
     for (const [i, input] of [a, b].entries()) {
-      // A path is opened here, for the tools' error on a missing file.
-      const source = typeof input === "string" ? await sourceOf(input) : input;
-      if (source !== input) opened.push(source as RandomAccessSource);
-      const image = await openImage(source, {
-        format: options.formats?.[i],
-        references: options.references,
-        openSource: options.openSource,
-        http: options.http,
-      });
-      images.push(image);
-      layers.push(await layerOf(image));
+      images.push(
+        await openForTool(input, {
+          purpose: "read",
+          format: options.formats?.[i],
+          references: options.references,
+          openSource: options.openSource,
+          http: options.http,
+        }),
+      );
     }
-    const [la, lb] = layers;
     const [ia, ib] = images;
     const result: CompareResult = {
       identical: true,
-      sizeA: la.virtualSize,
-      sizeB: lb.virtualSize,
+      sizeA: ia.virtualSize,
+      sizeB: ib.virtualSize,
     };
-    const common = Math.min(la.virtualSize, lb.virtualSize);
+    const common = Math.min(ia.virtualSize, ib.virtualSize);
     const differ = (offset: number) => {
       result.identical = false;
       result.offset = offset;
       return result;
     };
-    const ca = new Cursor(walker.runs(la, 0, common));
-    const cb = new Cursor(walker.runs(lb, 0, common));
+    const ca = new Cursor(statusRuns(ia, 0, common, holes));
+    const cb = new Cursor(statusRuns(ib, 0, common, holes));
     for (let offset = 0; offset < common;) {
       const ra = await ca.at(offset);
       const rb = await cb.at(offset);
@@ -217,12 +204,15 @@ export async function compareImages(
       }
       offset += chunk;
     }
-    if (la.virtualSize !== lb.virtualSize) {
-      const [longer, image] = la.virtualSize > lb.virtualSize
-        ? [la, ia]
-        : [lb, ib];
+    if (ia.virtualSize !== ib.virtualSize) {
+      const image = ia.virtualSize > ib.virtualSize ? ia : ib;
       for await (
-        const run of walker.runs(longer, common, longer.virtualSize - common)
+        const run of statusRuns(
+          image,
+          common,
+          image.virtualSize - common,
+          holes,
+        )
       ) {
         if (!allocated(run)) continue;
         for (
@@ -239,7 +229,6 @@ export async function compareImages(
     return result;
   } finally {
     for (const image of images) await image.close();
-    for (const source of opened) await source.close?.();
   }
 }
 

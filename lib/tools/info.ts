@@ -7,124 +7,22 @@
  * @module
  */
 
-import {
-  AUTOCLEAR,
-  COMPAT,
-  COMPRESSION_TYPE,
-  CRYPT_METHOD,
-  INCOMPAT,
-} from "../format/constants.ts";
-import { Qcow2Error } from "../format/errors.ts";
-import { backingFormat, dataFileName } from "../format/header.ts";
-import { BITMAP_FLAGS } from "../format/bitmaps.ts";
-import type { RandomAccessSource } from "../io/source.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import { hostFiles } from "../io/_host_files.ts";
-import { type ImageInput, type OpenSource, withSource } from "./_layers.ts";
-import { detectFormat, readPadded } from "../reader/_read.ts";
-import { qcow2VirtualSize, rawVirtualSize } from "../format/geometry.ts";
-import { readSnapshotTable } from "../reader/_snapshots.ts";
-import { bitmapDirectoryOf, readBitmapDirectory } from "./_tables.ts";
+import type { GuestImage, InfoValue, SnapshotInfo } from "../reader/image.ts";
+import type { FormatName } from "../reader/formats.ts";
+import type { Qcow2Info } from "../reader/qcow2/info.ts";
 import {
-  backingReferrer,
   directoryOf,
-  ReferenceGate,
   type ReferencePolicy,
   resolveName,
-  topReferrer,
 } from "../reader/references.ts";
-import { type ImageFormat, readHeader } from "../reader/open.ts";
-import { LUKS_HEADER_LENGTH, type LuksInfo, parseLuksHeader } from "./_luks.ts";
+import type { ImageFormat } from "../reader/open.ts";
+import { type ImageInput, openForTool, type OpenSource } from "./_open.ts";
 
-export type { LuksInfo, LuksSlotInfo } from "./_luks.ts";
-
-/**
- * An internal snapshot as `qemu-img info` lists it.
- *
- * @example List the snapshots of an image (ours has none)
- * ```ts
- * import assert from "node:assert";
- * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
- * import { imageInfo, type SnapshotInfo } from "@qcow2pipe/qcow2pipe/tools";
- * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { workers: 1 }));
- * const names = info.snapshots.map((s: SnapshotInfo) => `${s.id} ${s.name}`);
- * assert.deepStrictEqual(names, []);
- * ```
- */
-export interface SnapshotInfo {
-  /** Unique ID. */
-  id: string;
-  /** Name (tag). */
-  name: string;
-  /** Bytes of saved VM state. */
-  vmStateSize: number;
-  /** When it was taken: seconds since the epoch. */
-  dateSec: number;
-  /** Nanosecond part of the date. */
-  dateNsec: number;
-  /** Guest run time in nanoseconds. */
-  vmClockNsec: bigint;
-  /** Instruction count (record/replay), when recorded. */
-  icount?: bigint;
-}
-
-/**
- * A persistent dirty bitmap.
- *
- * @example The bitmaps of an image (ours has none)
- * ```ts
- * import assert from "node:assert";
- * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
- * import { type BitmapInfo, imageInfo } from "@qcow2pipe/qcow2pipe/tools";
- * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { workers: 1 }));
- * const bitmaps: BitmapInfo[] = info.qcow2?.bitmaps ?? [];
- * assert.strictEqual(bitmaps.length, 0);
- * ```
- */
-export interface BitmapInfo {
-  /** Name. */
-  name: string;
-  /** Bytes of guest disk per bit. */
-  granularity: number;
-  /** `in-use` (not saved cleanly) and `auto` (enabled), in that order. */
-  flags: ("in-use" | "auto")[];
-}
-
-/**
- * The qcow2 part of {@linkcode ImageInfo}.
- *
- * @example What kind of qcow2 an image is
- * ```ts
- * import assert from "node:assert";
- * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
- * import { imageInfo, type Qcow2Info } from "@qcow2pipe/qcow2pipe/tools";
- * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { compression: "zstd", workers: 1 }));
- * const q: Qcow2Info = info.qcow2!;
- * assert.deepStrictEqual([q.compat, q.compressionType, q.refcountBits], ["1.1", "zstd", 16]);
- * ```
- */
-export interface Qcow2Info {
-  /** `0.10` (version 2) or `1.1` (version 3). */
-  compat: "0.10" | "1.1";
-  /** Compression type of compressed clusters. */
-  compressionType: "zlib" | "zstd";
-  /** Refcount width in bits. */
-  refcountBits: number;
-  /** Version 3: lazy refcounts enabled. */
-  lazyRefcounts?: boolean;
-  /** Version 3: the corrupt bit. */
-  corrupt?: boolean;
-  /** Version 3: extended L2 entries (subclusters). */
-  extendedL2?: boolean;
-  /** External data file name, as stored. */
-  dataFile?: string;
-  /** With a data file: whether it is a valid raw image. */
-  dataFileRaw?: boolean;
-  /** Persistent bitmaps (version 3, when there are any). */
-  bitmaps?: BitmapInfo[];
-  /** Encryption: `aes` or `luks`, with the LUKS header's public fields. */
-  encrypt?: { format: "aes" } | ({ format: "luks" } & LuksInfo);
-}
+export type { LuksInfo, LuksSlotInfo } from "../format/luks.ts";
+export type { InfoValue, SnapshotInfo } from "../reader/image.ts";
+export type { BitmapInfo, Qcow2Info } from "../reader/qcow2/info.ts";
 
 /**
  * What `qemu-img info` reports about one image.
@@ -141,8 +39,8 @@ export interface Qcow2Info {
 export interface ImageInfo {
   /** The name the image was opened by. */
   filename: string;
-  /** `qcow2` or `raw`. */
-  format: "qcow2" | "raw";
+  /** The format: `qcow2` or `raw`. */
+  format: FormatName;
   /** Virtual size as QEMU sees it (whole 512-byte sectors). */
   virtualSize: number;
   /** Bytes allocated on disk (local files only). */
@@ -161,8 +59,14 @@ export interface ImageInfo {
   backingFilenameFormat?: string;
   /** Internal snapshots. */
   snapshots: SnapshotInfo[];
-  /** qcow2 specifics. */
+  /** qcow2 specifics (of a qcow2 image): the format-specific section as fields. */
   qcow2?: Qcow2Info;
+  /**
+   * The format-specific section as QEMU's `format-specific` object: the
+   * format's name and its data with QAPI key names, in schema order (what
+   * "Format specific information" lists).
+   */
+  formatSpecific?: { type: string; data: { [key: string]: InfoValue } };
   /** The rest of the backing chain, top first (with `backingChain: true`). */
   chain?: ImageInfo[];
 }
@@ -208,109 +112,42 @@ export interface ImageInfoOptions {
   allocatedSize?: (name: string) => Promise<number | undefined>;
 }
 
+/** One image of the chain as `info` reports it. */
 async function describe(
-  source: RandomAccessSource,
-  name: string,
-  format: string | undefined,
+  image: GuestImage,
   options: ImageInfoOptions,
 ): Promise<ImageInfo> {
+  const source = image.sources()[0];
   const allocated = options.allocatedSize
-    ? await options.allocatedSize(name)
+    ? await options.allocatedSize(image.name)
     : await hostFiles()?.allocatedSize(source);
-  const qcow2 = (format ?? await detectFormat(source)) === "qcow2";
-  if (!qcow2) {
-    const info: ImageInfo = {
-      filename: name,
-      format: "raw",
-      virtualSize: rawVirtualSize(source.size),
-      dirty: false,
-      snapshots: [],
-    };
-    if (allocated !== undefined) info.actualSize = allocated;
-    return info;
-  }
-  const header = await readHeader(source, { inspection: true });
-  const v3 = header.version === 3;
+  const d = await image.describe();
   const info: ImageInfo = {
-    filename: name,
-    format: "qcow2",
-    virtualSize: qcow2VirtualSize(header.size),
-    dirty: (header.incompatibleFeatures & INCOMPAT.DIRTY) !== 0n,
-    clusterSize: 2 ** header.clusterBits,
-    snapshots: [],
+    filename: image.name,
+    format: image.format as FormatName,
+    virtualSize: d.virtualSize,
+    dirty: d.dirty,
+    snapshots: d.snapshots,
   };
   if (allocated !== undefined) info.actualSize = allocated;
-  if (header.cryptMethod !== CRYPT_METHOD.NONE) info.encrypted = true;
-  if (header.backingFile) {
-    info.backingFilename = header.backingFile;
+  if (d.clusterSize !== undefined) info.clusterSize = d.clusterSize;
+  if (d.encrypted) info.encrypted = true;
+  if (d.backingFile !== undefined) {
+    info.backingFilename = d.backingFile;
     // Over HTTP, against the URL that answered.
     info.fullBackingFilename = resolveName(
-      directoryOf(source.url ?? name) ?? "",
-      header.backingFile,
+      directoryOf(source.url ?? image.name) ?? "",
+      d.backingFile,
     );
-    const fmt = backingFormat(header);
-    if (fmt !== undefined) info.backingFilenameFormat = fmt;
-  }
-  const table = await readSnapshotTable(source, header, true);
-  info.snapshots = table.entries.map((s) => {
-    const snap: SnapshotInfo = {
-      id: s.id,
-      name: s.name,
-      vmStateSize: s.vmStateSize,
-      dateSec: s.dateSec,
-      dateNsec: s.dateNsec,
-      vmClockNsec: s.vmClockNsec,
-    };
-    if (s.icount !== undefined && s.icount !== -1n) snap.icount = s.icount;
-    return snap;
-  });
-  const q: Qcow2Info = {
-    compat: v3 ? "1.1" : "0.10",
-    compressionType: header.compressionType === COMPRESSION_TYPE.ZSTD
-      ? "zstd"
-      : "zlib",
-    refcountBits: 2 ** header.refcountOrder,
-  };
-  if (v3) {
-    q.lazyRefcounts =
-      (header.compatibleFeatures & COMPAT.LAZY_REFCOUNTS) !== 0n;
-    q.corrupt = (header.incompatibleFeatures & INCOMPAT.CORRUPT) !== 0n;
-    q.extendedL2 = (header.incompatibleFeatures & INCOMPAT.EXTENDED_L2) !== 0n;
-    const data = dataFileName(header);
-    if (data !== undefined) q.dataFile = data;
-    if ((header.incompatibleFeatures & INCOMPAT.DATA_FILE) !== 0n) {
-      q.dataFileRaw =
-        (header.autoclearFeatures & AUTOCLEAR.DATA_FILE_RAW) !== 0n;
-    }
-    const dir = bitmapDirectoryOf(header);
-    if (dir) {
-      q.bitmaps = (await readBitmapDirectory(source, dir, header)).map((b) => {
-        const flags: BitmapInfo["flags"] = [];
-        if (b.flags & BITMAP_FLAGS.IN_USE) flags.push("in-use");
-        if (b.flags & BITMAP_FLAGS.AUTO) flags.push("auto");
-        return { name: b.name, granularity: 2 ** b.granularityBits, flags };
-      });
+    if (d.backingFormat !== undefined) {
+      info.backingFilenameFormat = d.backingFormat;
     }
   }
-  if (header.cryptMethod === CRYPT_METHOD.AES) q.encrypt = { format: "aes" };
-  if (header.cryptMethod === CRYPT_METHOD.LUKS) {
-    const ext = header.extensions.find((e) => e.kind === "crypto-header");
-    if (!ext || ext.kind !== "crypto-header") {
-      throw new Qcow2Error(
-        "BAD_EXTENSION",
-        "Cannot open image: it is LUKS encrypted but has no crypto header extension",
-      );
-    }
-    const luks = parseLuksHeader(
-      await readPadded(
-        source,
-        ext.offset,
-        Math.max(ext.length, LUKS_HEADER_LENGTH),
-      ),
-    );
-    q.encrypt = { format: "luks", ...luks };
+  // The format's section, typed under its name (`qcow2`) and as QEMU's object.
+  if (d.details !== undefined) {
+    Object.assign(info, { [image.format]: d.details });
   }
-  info.qcow2 = q;
+  if (d.specific !== undefined) info.formatSpecific = d.specific;
   return info;
 }
 
@@ -340,47 +177,24 @@ export async function imageInfo(
   input: ImageInput,
   options: ImageInfoOptions = {},
 ): Promise<ImageInfo> {
-  const given = options.format !== undefined && options.format !== "auto"
-    ? options.format
-    : undefined;
-  let name = "";
-  let answered: string | undefined;
-  const info = await withSource(input, (source, opened) => {
-    name = opened;
-    answered = source.url;
-    return describe(source, name, given, options);
-  });
-  if (!options.backingChain) return info;
-  info.chain = [];
-  const gate = new ReferenceGate({
-    policy: options.references,
+  // qemu-img info opens the image alone; with --backing-chain, the chain.
+  const image = await openForTool(input, {
+    purpose: "describe",
+    backing: options.backingChain ?? false,
+    format: options.format,
+    references: options.references,
     openSource: options.openSource,
     http: options.http,
   });
-  await gate.start(name);
-  let referrer = topReferrer(
-    answered ?? name,
-    given !== undefined,
-    undefined,
-    name,
-  );
-  for (let at: ImageInfo = info; at.backingFilename !== undefined;) {
-    const ref = await gate.backing(referrer, at.backingFilename);
-    const src = await gate.open(ref);
-    try {
-      const fmt = at.backingFilenameFormat;
-      const next = await describe(
-        src,
-        ref.name,
-        fmt === "raw" || fmt === "qcow2" ? fmt : undefined,
-        options,
-      );
-      info.chain.push(next);
-      referrer = backingReferrer(referrer, ref, fmt, src);
-      at = next;
-    } finally {
-      await src.close?.();
+  try {
+    const info = await describe(image, options);
+    if (!options.backingChain) return info;
+    info.chain = [];
+    for (let b = image.backing; b !== undefined; b = b.backing) {
+      info.chain.push(await describe(b, options));
     }
+    return info;
+  } finally {
+    await image.close();
   }
-  return info;
 }

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ImageInfo, Qcow2Info, SnapshotInfo } from "./info.ts";
+import type { ImageInfo, SnapshotInfo } from "./info.ts";
 import { qemuDump, qemuJson, type QValue, sizeToStr } from "./_qemu_text.ts";
 
 type QObject = { [key: string]: QValue };
@@ -22,50 +22,6 @@ function snapshotJson(s: SnapshotInfo): QObject {
     "vm-clock-nsec": Number(s.vmClockNsec % 1_000_000_000n),
   };
   if (s.icount !== undefined) o.icount = Number(s.icount);
-  return o;
-}
-
-function qcow2Json(q: Qcow2Info): QObject {
-  const o: QObject = { compat: q.compat };
-  if (q.dataFile !== undefined) o["data-file"] = q.dataFile;
-  if (q.dataFileRaw !== undefined) o["data-file-raw"] = q.dataFileRaw;
-  if (q.extendedL2 !== undefined) o["extended-l2"] = q.extendedL2;
-  if (q.lazyRefcounts !== undefined) o["lazy-refcounts"] = q.lazyRefcounts;
-  if (q.corrupt !== undefined) o.corrupt = q.corrupt;
-  o["refcount-bits"] = q.refcountBits;
-  if (q.encrypt !== undefined) {
-    const e = q.encrypt;
-    if (e.format === "aes") o.encrypt = { format: "aes" };
-    else {
-      const luks: QObject = {
-        format: "luks",
-        "cipher-alg": e.cipherAlg,
-        "cipher-mode": e.cipherMode,
-        "ivgen-alg": e.ivgenAlg,
-      };
-      if (e.ivgenHashAlg !== undefined) luks["ivgen-hash-alg"] = e.ivgenHashAlg;
-      luks["hash-alg"] = e.hashAlg;
-      luks["payload-offset"] = e.payloadOffset;
-      luks["master-key-iters"] = e.masterKeyIters;
-      luks.uuid = e.uuid;
-      luks.slots = e.slots.map((s) => {
-        const slot: QObject = { active: s.active };
-        if (s.iters !== undefined) slot.iters = s.iters;
-        if (s.stripes !== undefined) slot.stripes = s.stripes;
-        slot["key-offset"] = s.keyOffset;
-        return slot;
-      });
-      o.encrypt = luks;
-    }
-  }
-  if (q.bitmaps !== undefined) {
-    o.bitmaps = q.bitmaps.map((b) => ({
-      name: b.name,
-      granularity: b.granularity,
-      flags: [...b.flags],
-    }));
-  }
-  o["compression-type"] = q.compressionType;
   return o;
 }
 
@@ -106,8 +62,9 @@ export function imageInfoJson(info: ImageInfo): Record<string, unknown> {
     o["backing-filename-format"] = info.backingFilenameFormat;
   }
   if (info.snapshots.length > 0) o.snapshots = info.snapshots.map(snapshotJson);
-  if (info.qcow2 !== undefined) {
-    o["format-specific"] = { type: "qcow2", data: qcow2Json(info.qcow2) };
+  if (info.formatSpecific !== undefined) {
+    const { type, data } = info.formatSpecific;
+    o["format-specific"] = { type, data };
   }
   return o;
 }
@@ -210,9 +167,9 @@ export function formatImageInfo(info: ImageInfo, chain = false): string {
     }${"VM CLOCK".padStart(13)}${"ICOUNT".padStart(11)}\n`;
     for (const s of info.snapshots) out += snapshotLine(s) + "\n";
   }
-  if (info.qcow2 !== undefined) {
+  if (info.formatSpecific !== undefined) {
     out += "Format specific information:\n";
-    out += qemuDump(qcow2Json(info.qcow2), 1);
+    out += qemuDump(info.formatSpecific.data, 1);
   }
   return out;
 }

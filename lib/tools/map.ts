@@ -9,13 +9,8 @@
 import type { ReferencePolicy } from "../reader/references.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import type { HttpTransport } from "../io/http_source.ts";
-import {
-  closeLayer,
-  type ImageInput,
-  openLayer,
-  type OpenSource,
-} from "./_layers.ts";
-import { type StatusRun, StatusWalker } from "./_status.ts";
+import { type ImageInput, openForTool, type OpenSource } from "./_open.ts";
+import { type StatusRun, statusRuns } from "./_status.ts";
 
 /**
  * One range of the map: the fields of `qemu-img map --output=json`, plus
@@ -158,16 +153,16 @@ export async function* mapImageEntries(
   input: ImageInput,
   options: MapImageOptions = {},
 ): AsyncGenerator<MapEntry> {
-  const layer = await openLayer(input, {
-    backing: true,
+  const image = await openForTool(input, {
+    purpose: "inspect",
     format: options.format,
     references: options.references,
     openSource: options.openSource,
     http: options.http,
   });
-  using walker = new StatusWalker(options.holes ?? true);
+  const holes = options.holes ?? true;
   try {
-    const size = layer.virtualSize;
+    const size = image.virtualSize;
     const start = options.start ?? 0;
     if (!Number.isSafeInteger(start) || start < 0) {
       throw new RangeError(
@@ -194,7 +189,9 @@ export async function* mapImageEntries(
       data: false,
     };
     if (start < end) {
-      for await (const run of walker.runs(layer, start, end - start)) {
+      for await (
+        const run of statusRuns(image, start, end - start, { holes })
+      ) {
         if (mergeable(curr, run)) {
           curr.length += run.length;
           if (!run.compressed) delete curr.compressed;
@@ -206,7 +203,7 @@ export async function* mapImageEntries(
     }
     yield curr;
   } finally {
-    await closeLayer(layer);
+    await image.close();
   }
 }
 

@@ -38,6 +38,7 @@ export {
   type ImageInfo,
   imageInfo,
   type ImageInfoOptions,
+  type InfoValue,
   type LuksInfo,
   type LuksSlotInfo,
   type Qcow2Info,

@@ -8,11 +8,8 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { qemuImg, qemuTest, runStatus, tempDir } from "../_qemu.ts";
 import { assertOneLineError, runCli } from "../writer/_cli.ts";
-import {
-  PROBE_BYTES,
-  probeFormat,
-  readableFormat,
-} from "../../lib/format/probe.ts";
+import { PROBE_BYTES, probeFormat } from "../../lib/format/probe.ts";
+import { readableFormat } from "../../lib/reader/formats.ts";
 import { Qcow2Error } from "../../lib/format/errors.ts";
 import { openImage } from "../../mod.ts";
 import { openImageStream } from "../../lib/reader/stream_open.ts";

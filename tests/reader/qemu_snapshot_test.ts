@@ -19,7 +19,7 @@ import {
   verifyImage,
 } from "./_helpers.ts";
 import { openImage } from "../../lib/reader/open.ts";
-import type { Qcow2Image } from "../../lib/reader/qcow2_image.ts";
+import type { Qcow2Image } from "../../lib/reader/qcow2/image.ts";
 import { INCOMPAT } from "../../lib/format/constants.ts";
 
 const MiB = 1024 * 1024;

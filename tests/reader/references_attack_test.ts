@@ -11,7 +11,12 @@
 import assert from "node:assert";
 import { join } from "node:path";
 import { FileSource, openImage, Qcow2Error } from "../../mod.ts";
-import { compareImages, imageInfo, mapImage } from "../../lib/tools/mod.ts";
+import {
+  checkImage,
+  compareImages,
+  imageInfo,
+  mapImage,
+} from "../../lib/tools/mod.ts";
 import { qemuImg, qemuIo, qemuTest } from "../_qemu.ts";
 import {
   assertOneLineError,
@@ -621,6 +626,73 @@ qemuTest(
         );
       }
     }
+  },
+);
+
+qemuTest(
+  "references: every command refuses a chain that loops through a hard link before opening it again",
+  async () => {
+    await using s = await scene();
+    const { img } = s;
+    // a -> b -> hard, a hard link to a: another name, no link to resolve,
+    // the same device and inode.
+    await overlay(join(img, "a.qcow2"), "b.qcow2", "qcow2");
+    await overlay(join(img, "b.qcow2"), "hard.qcow2", "qcow2");
+    await Deno.link(join(img, "a.qcow2"), join(img, "hard.qcow2"));
+    const src = join(img, "a.qcow2");
+    const loops = /the backing chain loops back to /;
+    for (const format of ["auto", "qcow2"] as const) {
+      const opened: string[] = [];
+      const openSource = async (name: string) => {
+        opened.push(name);
+        return await FileSource.open(name);
+      };
+      const commands: [string, () => Promise<unknown>][] = [
+        ["openImage", () => openImage(src, { format, openSource })],
+        [
+          "imageInfo",
+          () => imageInfo(src, { format, backingChain: true, openSource }),
+        ],
+        ["mapImage", () => mapImage(src, { format, openSource })],
+        [
+          "compareImages",
+          () =>
+            compareImages(src, join(img, "base.raw"), {
+              formats: [format, "raw"],
+              openSource,
+            }),
+        ],
+      ];
+      for (const [what, run] of commands) {
+        opened.length = 0;
+        await assert.rejects(run(), loops, what);
+        // b.qcow2 only: hard.qcow2 is known for a.qcow2 before it is opened.
+        assert.deepStrictEqual(opened, [join(img, "b.qcow2")], what);
+      }
+      // check reads the image's own metadata: it follows no file, so a
+      // loop cannot hold it (qemu-img check recurses down this chain).
+      const checked = await checkImage(src, { format });
+      assert.strictEqual(checked.exitCode, 0, checked.failure);
+    }
+    for (
+      const args of [
+        ["map", src],
+        ["info", "--backing-chain", src],
+        ["convert", "-O", "raw", src, join(s.root, "o.raw")],
+      ]
+    ) {
+      assertOneLineError(await runCli(args), loops);
+    }
+    const compare = await runCli(["compare", src, join(img, "base.raw")]);
+    assert.strictEqual(compare.code, 2, compare.stderr);
+    assert.match(compare.stderr.trim(), loops);
+    assert.strictEqual(compare.stderr.trim().split("\n").length, 1);
+    const check = await runCli(["check", src]);
+    assert.strictEqual(check.code, 0, check.stderr);
+    await assert.rejects(
+      Deno.stat(join(s.root, "o.raw")),
+      Deno.errors.NotFound,
+    );
   },
 );
 

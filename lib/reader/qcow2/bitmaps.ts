@@ -1,17 +1,21 @@
-// Reading the bitmap directory of an image, as QEMU reads it when it opens
-// one.
+/**
+ * Reading the bitmap directory of a qcow2 image, as QEMU reads it when it
+ * opens one: for `info`, and for `check`, which counts its references.
+ *
+ * @module
+ */
 
-import { hex, Qcow2Error } from "../format/errors.ts";
-import type { Qcow2Header } from "../format/header.ts";
+import { hex, Qcow2Error } from "../../format/errors.ts";
+import type { Qcow2Header } from "../../format/header.ts";
 import {
   BITMAP_FLAGS,
   type BitmapEntry,
   parseBitmapDirectory,
-} from "../format/bitmaps.ts";
-import { AUTOCLEAR } from "../format/constants.ts";
-import type { RandomAccessSource } from "../io/source.ts";
-import { readPadded } from "../reader/_read.ts";
-import { qcow2VirtualSize } from "../format/geometry.ts";
+} from "../../format/bitmaps.ts";
+import { AUTOCLEAR } from "../../format/constants.ts";
+import type { RandomAccessSource } from "../../io/source.ts";
+import { readPadded } from "../_read.ts";
+import { qcow2VirtualSize } from "../../format/geometry.ts";
 
 /** Where the bitmap directory is, when QEMU takes the bitmaps into account. */
 export interface BitmapDirectoryInfo {

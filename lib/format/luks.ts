@@ -1,15 +1,22 @@
-// The LUKS1 header of an encrypted qcow2 image, decoded into what
-// `qemu-img info` reports about it (no key needed: only public fields).
-//
-// Layout (big endian), 592 bytes:
-//   0 magic "LUKS\xba\xbe"  6 version u16  8 cipher_name[32]
-//  40 cipher_mode[32]  72 hash_spec[32]  104 payload_offset (sectors)
-// 108 key_bytes  112 mk_digest[20]  132 mk_digest_salt[32]
-// 164 mk_digest_iterations  168 uuid[40]
-// 208 eight key slots of 48 bytes: active, iterations, salt[32],
-//     key_material_offset (sectors), stripes
+/**
+ * The LUKS1 header (of an encrypted qcow2 image, or a LUKS volume),
+ * decoded into what `qemu-img info` reports about it (no key needed: only
+ * public fields).
+ *
+ * ```text
+ * Layout (big endian), 592 bytes:
+ *   0 magic "LUKS\xba\xbe"  6 version u16  8 cipher_name[32]
+ *  40 cipher_mode[32]  72 hash_spec[32]  104 payload_offset (sectors)
+ * 108 key_bytes  112 mk_digest[20]  132 mk_digest_salt[32]
+ * 164 mk_digest_iterations  168 uuid[40]
+ * 208 eight key slots of 48 bytes: active, iterations, salt[32],
+ *     key_material_offset (sectors), stripes
+ * ```
+ *
+ * @module
+ */
 
-import { Qcow2Error } from "../format/errors.ts";
+import { Qcow2Error } from "./errors.ts";
 
 /** Length of a LUKS1 header. */
 export const LUKS_HEADER_LENGTH = 592;
@@ -38,7 +45,7 @@ export interface LuksSlotInfo {
  * @example
  * ```ts
  * import assert from "node:assert";
- * import type { LuksInfo } from "./_luks.ts";
+ * import type { LuksInfo } from "./luks.ts";
  * const luks: LuksInfo = {
  *   cipherAlg: "aes-256", cipherMode: "xts", ivgenAlg: "plain64", hashAlg: "sha256",
  *   payloadOffset: 2068480, masterKeyIters: 1000, uuid: "d094ec27-60ad-4d55-95da-ef707f7c4b19", slots: [],

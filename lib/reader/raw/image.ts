@@ -4,11 +4,19 @@
  * @module
  */
 
-import type { RandomAccessSource } from "../io/source.ts";
-import type { Extent, GuestImage, PlanItem } from "./image.ts";
-import { checkRange } from "./qcow2_image.ts";
-import { rawVirtualSize } from "../format/geometry.ts";
-import { extentsOf, readThroughPlan } from "./_read.ts";
+import type { RandomAccessSource } from "../../io/source.ts";
+import type {
+  BlockStatus,
+  BlockStatusOptions,
+  Extent,
+  GuestImage,
+  ImageDescription,
+  PlanItem,
+} from "../image.ts";
+import { checkRange } from "../_bounds.ts";
+import { rawVirtualSize } from "../../format/geometry.ts";
+import { extentsOf, readThroughPlan } from "../_read.ts";
+import { fileStatus, SourceHoles } from "../_file_status.ts";
 
 /**
  * A raw disk image over a random-access source. Its virtual size is the
@@ -18,8 +26,8 @@ import { extentsOf, readThroughPlan } from "./_read.ts";
  * @example A 3-byte file is one 512-byte sector
  * ```ts
  * import assert from "node:assert";
- * import { RawImage } from "./raw_image.ts";
- * import { BytesSource } from "../io/source.ts";
+ * import { RawImage } from "./image.ts";
+ * import { BytesSource } from "../../io/source.ts";
  * await using image = new RawImage(new BytesSource(new Uint8Array([1, 2, 3])));
  * assert.strictEqual(image.virtualSize, 512);
  * assert.deepStrictEqual(await image.readAt(2, 2), new Uint8Array([3, 0]));
@@ -32,6 +40,8 @@ export class RawImage implements GuestImage {
   readonly backing: undefined = undefined;
   readonly #source: RandomAccessSource;
   readonly #owned: boolean;
+  readonly #name: string;
+  readonly #holes: SourceHoles;
 
   /**
    * Wraps a source.
@@ -39,10 +49,13 @@ export class RawImage implements GuestImage {
    * @param source The bytes.
    * @param owned Whether {@linkcode RawImage.close} closes the source
    * (only for a source the image's opener opened itself).
+   * @param name What to call the image (default: the source's name).
    */
-  constructor(source: RandomAccessSource, owned = false) {
+  constructor(source: RandomAccessSource, owned = false, name?: string) {
     this.#source = source;
     this.#owned = owned;
+    this.#name = name ?? source.name ?? "<raw>";
+    this.#holes = new SourceHoles(source);
   }
 
   /** The file size rounded up to a whole sector. */
@@ -64,9 +77,9 @@ export class RawImage implements GuestImage {
     return [this.#source];
   }
 
-  /** The source's name. */
+  /** The image's name (by default, its source's). */
   get name(): string {
-    return this.#source.name ?? "<raw>";
+    return this.#name;
   }
 
   /**
@@ -129,11 +142,57 @@ export class RawImage implements GuestImage {
   }
 
   /**
+   * The block status of the file, as QEMU's file driver reports it: data,
+   * or zeros where the file has holes (when asked) and past its end.
+   *
+   * @param offset Offset.
+   * @param length Length.
+   * @param options Whether to ask the file system for holes.
+   * @returns The runs, in order.
+   */
+  async *blockStatus(
+    offset: number,
+    length: number,
+    options: BlockStatusOptions,
+  ): AsyncGenerator<BlockStatus> {
+    const probe = options.holes ? this.#holes.probe : undefined;
+    const end = offset + length;
+    for (let pos = offset; pos < end;) {
+      const st = fileStatus(probe, this.virtualSize, pos, end - pos);
+      if (st.length === 0) break;
+      yield {
+        offset: pos,
+        length: st.length,
+        allocated: true,
+        zero: st.zero,
+        data: !st.zero,
+        hostOffset: pos,
+        file: this.#name,
+      };
+      pos += st.length;
+    }
+  }
+
+  /**
+   * What `info` says of a raw image: its size.
+   *
+   * @returns The description.
+   */
+  describe(): Promise<ImageDescription> {
+    return Promise.resolve({
+      virtualSize: this.virtualSize,
+      dirty: false,
+      snapshots: [],
+    });
+  }
+
+  /**
    * Closes the source if the image owns it.
    *
    * @returns When closed.
    */
   async close(): Promise<void> {
+    this.#holes.close();
     if (this.#owned) await this.#source.close?.();
   }
 

@@ -1,19 +1,23 @@
-// Reading the snapshot table of an image entry by entry, for the reader
-// (strict: a table cut short by the end of the file is an error) and the
-// tools (inspection: the missing bytes read as zeros, as QEMU reads them).
+/**
+ * Reading the snapshot table of a qcow2 image entry by entry, for reading
+ * (strict: a table cut short by the end of the file is an error) and for
+ * inspection (the missing bytes read as zeros, as QEMU reads them).
+ *
+ * @module
+ */
 
-import { hex, Qcow2Error } from "../format/errors.ts";
-import type { Qcow2Header } from "../format/header.ts";
+import { hex, Qcow2Error } from "../../format/errors.ts";
+import type { Qcow2Header } from "../../format/header.ts";
 import {
   parseSnapshotTable,
   SNAPSHOT_FIXED_LENGTH,
   type SnapshotEntry,
   snapshotEntryLength,
-} from "../format/snapshot.ts";
-import { concatBytes } from "../format/_bytes.ts";
-import type { RandomAccessSource } from "../io/source.ts";
-import { readPadded } from "./_read.ts";
-import { readExact } from "./qcow2_image.ts";
+} from "../../format/snapshot.ts";
+import { concatBytes } from "../../format/_bytes.ts";
+import type { RandomAccessSource } from "../../io/source.ts";
+import { readPadded } from "../_read.ts";
+import { readExact } from "../_bounds.ts";
 
 /** QEMU's QCOW_MAX_SNAPSHOTS_SIZE. */
 const MAX_SNAPSHOTS_SIZE = 1024 * 65536;

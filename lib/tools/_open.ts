@@ -1,0 +1,74 @@
+// How the inspection tools open what they are given: a path, bytes or a
+// caller's source, then the image and its chain through the reader's one
+// walk (the same reference rules, loop detection and depth limit as
+// openImage), for what the tool needs.
+
+import { Qcow2Error } from "../format/errors.ts";
+import { BytesSource, type RandomAccessSource } from "../io/source.ts";
+import { openHostFile } from "../io/_host_files.ts";
+import { fileReason } from "../io/_errors.ts";
+import type { HttpTransport } from "../io/http_source.ts";
+import type { GuestImage } from "../reader/image.ts";
+import type { OpenPurpose } from "../reader/image_type.ts";
+import { openChain } from "../reader/chain.ts";
+import type { ReferencePolicy } from "../reader/references.ts";
+import type { ImageFormat } from "../reader/open.ts";
+import type { ImageInput, OpenSource } from "./input.ts";
+
+export type { ImageInput, OpenSource };
+
+/** Opens the input as a source (paths through the runtime's file access). */
+export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
+  if (typeof input === "string") {
+    try {
+      return await openHostFile(input);
+    } catch (err) {
+      if (err instanceof TypeError) throw err; // no file access: it says so
+      throw new Qcow2Error(
+        "IO",
+        `Cannot open image ${input}: ${fileReason(err)}`,
+        { cause: err },
+      );
+    }
+  }
+  if (input instanceof Uint8Array) return new BytesSource(input);
+  return input;
+}
+
+/** How a tool opens its image. */
+export interface ToolOpenOptions {
+  /** What the image is opened for. */
+  purpose: OpenPurpose;
+  /**
+   * Follow backing files.
+   * @default {true}
+   */
+  backing?: boolean;
+  /** Format of the top image; probed when absent or `auto`. */
+  format?: ImageFormat;
+  /** Which backing and data files may be followed. */
+  references?: ReferencePolicy;
+  /** Opens related files by name. */
+  openSource?: OpenSource;
+  /** How the default opener fetches URLs. */
+  http?: HttpTransport;
+}
+
+/**
+ * Opens a tool's input and its chain. Closing the image closes what was
+ * opened here (a path, the bytes' wrapper, backing and data files), never
+ * a source the caller gave.
+ */
+export async function openForTool(
+  input: ImageInput,
+  options: ToolOpenOptions,
+): Promise<GuestImage> {
+  const source = await sourceOf(input);
+  const owned = typeof input === "string" || input instanceof Uint8Array;
+  return await openChain(
+    source,
+    typeof input === "string" ? input : undefined,
+    owned,
+    options,
+  );
+}
