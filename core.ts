@@ -121,12 +121,14 @@ export {
   HttpSource,
   type HttpSourceOptions,
   type HttpTransport,
-  RangeNotSupportedError,
 } from "./lib/io/http_source.ts";
 export type { ImageSink } from "./lib/io/sink.ts";
 
-// Errors.
+// Errors: the contract is the module doc of lib/format/errors.ts.
 export {
+  InternalError,
+  IoError,
+  type IoErrorCode,
   Qcow2Error,
   type Qcow2ErrorCode,
   type Qcow2ErrorOptions,
