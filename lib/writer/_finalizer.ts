@@ -87,7 +87,7 @@ export class MetadataFinalizer {
    *
    * @param record A placed record.
    * @param emit Receives host writes.
-   * @throws {Error} For clusters mapped out of order or beyond the end
+   * @throws {InternalError} For clusters mapped out of order or beyond the end
    * (internal errors: the packer lets no such record through).
    */
   accept(record: PlacedRecord, emit: (w: HostWrite) => void): void {

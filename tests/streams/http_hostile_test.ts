@@ -336,7 +336,7 @@ Deno.test("HttpSource follows at most 10 redirects, only to http(s), never from 
   };
   await assert.rejects(
     HttpSource.open("https://example.org/disk.raw", { fetch: fake }),
-    /^Error: Cannot fetch https:\/\/example\.org\/disk\.raw: it redirects to http:\/\/example\.org\/disk\.raw: it would leave https for plain http$/,
+    /^IoError: Cannot fetch https:\/\/example\.org\/disk\.raw: it redirects to http:\/\/example\.org\/disk\.raw: it would leave https for plain http$/,
   );
   assert.deepStrictEqual(asked, ["https://example.org/disk.raw"]);
   // A browser's fetch hides a redirect's target until it has followed it:
@@ -643,7 +643,7 @@ Deno.test("HttpSource and fetchStream retry a 5xx answer, and give up after the 
   failing = 4;
   await assert.rejects(
     src.read(2 * MiB, 100),
-    /^Error: Cannot read 100 bytes at 2097152 of http:\S+: the server answered 503 Service Unavailable \(4 attempts\)$/,
+    /^IoError: Cannot read 100 bytes at 2097152 of http:\S+: the server answered 503 Service Unavailable \(4 attempts\)$/,
   );
 });
 

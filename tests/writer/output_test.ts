@@ -107,7 +107,7 @@ Deno.test("OutputFile: writes at any offset, in any order, coalesced or not, wit
 Deno.test("OutputFile: a character device is a stream, refused for writes at offsets", async () => {
   await assert.rejects(
     OutputFile.create("/dev/null"),
-    /^Error: Cannot write \/dev\/null: it is a character device, written as a stream, in order, not at offsets$/m,
+    /^IoError: Cannot write \/dev\/null: it is a character device, written as a stream, in order, not at offsets$/m,
   );
   assert.ok((await Deno.stat("/dev/null")).isCharDevice);
 });
