@@ -24,6 +24,12 @@
  * inline where it does not. `deno task bundle` builds this module into one
  * ES module file. File paths, spool files and the CLI are in `mod.ts`.
  *
+ * Errors follow one contract: {@linkcode Qcow2Error} for what the image
+ * holds (malformed, unsupported, corrupt, a reference that may not be
+ * followed), {@linkcode IoError} for files and HTTP (with a `code` and the
+ * lower error as `cause`), `RangeError` or `TypeError` for bad options and
+ * arguments, {@linkcode InternalError} for a bug in qcow2pipe.
+ *
  * @example Convert a byte stream to zstd qcow2 in memory and read it back
  * ```ts
  * import assert from "node:assert";
@@ -122,12 +128,14 @@ export {
   HttpSource,
   type HttpSourceOptions,
   type HttpTransport,
-  RangeNotSupportedError,
 } from "./lib/io/http_source.ts";
 export type { ImageSink } from "./lib/io/sink.ts";
 
-// Errors.
+// Errors: the contract is the module doc of lib/format/errors.ts.
 export {
+  InternalError,
+  IoError,
+  type IoErrorCode,
   Qcow2Error,
   type Qcow2ErrorCode,
   type Qcow2ErrorOptions,

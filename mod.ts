@@ -37,11 +37,7 @@ export * from "./core.ts";
 // Deno: local files, spool files, and what is built on them.
 export { FileSource } from "./lib/io/file_source.ts";
 export type { FileIdentity } from "./lib/io/source.ts";
-export {
-  OutputExistsError,
-  OutputFile,
-  type OutputFileOptions,
-} from "./lib/io/output_file.ts";
+export { OutputFile, type OutputFileOptions } from "./lib/io/output_file.ts";
 export { fileChunks, sparseFileChunks } from "./lib/io/file_stream.ts";
 export {
   expandToPath,

@@ -2,12 +2,7 @@
 // chosen by what the source allows (random reads of a file or of an HTTP
 // resource with Range support, else the stream stage), and the report as
 // lines for stderr.
-import {
-  FileSource,
-  HttpSource,
-  RangeNotSupportedError,
-  type ZeroBytes,
-} from "../../mod.ts";
+import { FileSource, HttpSource, IoError, type ZeroBytes } from "../../mod.ts";
 import {
   type ContentsReport,
   freeSpaceChunks,
@@ -48,7 +43,9 @@ export async function sparsifyInput(
     try {
       random = await HttpSource.open(src, http);
     } catch (err) {
-      if (!(err instanceof RangeNotSupportedError)) throw err;
+      if (!(err instanceof IoError && err.code === "RANGE_NOT_SUPPORTED")) {
+        throw err;
+      }
     }
   } else if (src !== "-") {
     random = await FileSource.open(src);

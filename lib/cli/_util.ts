@@ -1,7 +1,6 @@
 // Small helpers shared by the CLI commands. The library never prints; only
 // the CLI owns stdout, stderr and exit codes.
-import { Qcow2Error } from "../format/errors.ts";
-import { OutputExistsError } from "../io/output_file.ts";
+import { InternalError, IoError, Qcow2Error } from "../format/errors.ts";
 
 /** A usage error: wrong flags or arguments (exit code 1, message only). */
 export class UsageError extends Error {
@@ -74,15 +73,30 @@ export function formatBytes(n: number): string {
 }
 
 /**
- * One line for an error, without a stack trace. The library's errors say
- * what could not be done to what (`Cannot open image x: no such file`);
- * anything else keeps its class name, so that it can be found.
+ * The exit status of a run that failed on an {@linkcode InternalError}
+ * (BSD's EX_SOFTWARE): a bug in qcow2pipe, told apart from bad input,
+ * whose status is the command's own (1, or 2 for compare, as qemu-img's).
+ */
+export const EXIT_INTERNAL = 70;
+
+/**
+ * One line for an error, without a stack trace: the one place that words
+ * errors for the user, by the classes of the error contract
+ * (lib/format/errors.ts). The library's errors say what could not be done
+ * to what (`Cannot open image x: no such file`); an internal error says it
+ * is a bug and asks for a report; anything else keeps its class name, so
+ * that it can be found.
  */
 export function describeError(err: unknown): string {
+  if (err instanceof InternalError) {
+    return `${
+      err.message.split("\n")[0]
+    } (an internal error: a bug in qcow2pipe, not a fault of the input; please report it with the command line and the output of QCOW2PIPE_DEBUG=1)`;
+  }
   if (
-    err instanceof Qcow2Error || err instanceof RangeError ||
-    err instanceof UsageError || err instanceof OutputExistsError
-  ) return err.message;
+    err instanceof Qcow2Error || err instanceof IoError ||
+    err instanceof RangeError || err instanceof UsageError
+  ) return err.message.split("\n")[0];
   if (err instanceof Error) {
     const line = err.message.split("\n")[0];
     return line.startsWith("Cannot ")
@@ -104,12 +118,43 @@ function debugRequested(): boolean {
 }
 
 /**
- * Reports a failed command: one line on stderr (`qcow2pipe: Cannot ...`),
- * and the whole error with its stack when QCOW2PIPE_DEBUG is set.
+ * Reports a failed command and gives its exit status: one line on stderr
+ * (`qcow2pipe: Cannot ...`), the whole error with its stack only when
+ * QCOW2PIPE_DEBUG is set; the status is `status`, the command's status
+ * for a failure, except {@linkcode EXIT_INTERNAL} for an internal error.
+ *
+ * @param err What the command threw.
+ * @param status The command's exit status for a failure.
+ * @returns The exit status.
  */
-export function reportError(err: unknown): void {
+export function reportError(err: unknown, status = 1): number {
   warn(`qcow2pipe: ${describeError(err)}`);
   if (debugRequested()) console.error(err);
+  return err instanceof InternalError ? EXIT_INTERNAL : status;
+}
+
+/**
+ * The same failure in other words: an error of the same class and code
+ * with `message`, the original as its cause (a backing file's open error,
+ * said of the backing file).
+ */
+export function reworded(err: unknown, message: string): Error {
+  if (err instanceof Qcow2Error) {
+    return new Qcow2Error(err.code, message, {
+      offset: err.offset,
+      field: err.field,
+      cause: err,
+    });
+  }
+  if (err instanceof IoError) {
+    return new IoError(err.code, message, { cause: err });
+  }
+  if (err instanceof InternalError) {
+    return new InternalError(message, { cause: err });
+  }
+  if (err instanceof RangeError) return new RangeError(message, { cause: err });
+  if (err instanceof TypeError) return new TypeError(message, { cause: err });
+  return new InternalError(message, { cause: err });
 }
 
 const encoder = new TextEncoder();

@@ -99,7 +99,6 @@ export async function compareCommand(args: string[]): Promise<number> {
     if (!values.quiet) await writeOut(text);
     return identical ? 0 : 1;
   } catch (err) {
-    reportError(err);
-    return 2;
+    return reportError(err, 2);
   }
 }

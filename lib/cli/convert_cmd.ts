@@ -13,7 +13,7 @@ import { directoryOf, resolveName } from "../reader/references.ts";
 import { fileIdentities } from "../io/identity.ts";
 import { descriptorIdentity } from "../io/stream_output.ts";
 import { createProgress, type Progress } from "./progress.ts";
-import { formatBytes, formatRate, warn } from "./_util.ts";
+import { formatBytes, formatRate, reworded, warn } from "./_util.ts";
 import { writeOut } from "./_args.ts";
 import { getopt, httpTimeoutHelp } from "./_getopt.ts";
 import { createOptionsHelp } from "./_create_options.ts";
@@ -141,10 +141,7 @@ async function openBacking(
   } catch (err) {
     const reason = (err as Error).message.replace(/^Cannot [^:]*: /, "");
     const where = path === backing.name ? "" : ` (-B ${backing.name})`;
-    throw new Error(
-      `Cannot open backing file ${path}${where}: ${reason}`,
-      { cause: err },
-    );
+    throw reworded(err, `Cannot open backing file ${path}${where}: ${reason}`);
   }
 }
 

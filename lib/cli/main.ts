@@ -62,8 +62,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     return await run(rest);
   } catch (err) {
-    reportError(err);
-    return 1;
+    return reportError(err, 1);
   } finally {
     for (const [sig, handler] of handlers) {
       Deno.removeSignalListener(sig, handler);

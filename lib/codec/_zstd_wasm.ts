@@ -5,6 +5,8 @@
 // (about 5 MB less). The binding is an Emscripten module: classes
 // ZstdCodec, VectorU8 and ZstdDecompressStreamBinding over the C library.
 
+import { InternalError } from "../format/errors.ts";
+
 // deno-lint-ignore no-explicit-any
 type Any = any;
 
@@ -41,7 +43,7 @@ function instantiate(factory: (module: Any) => unknown): Promise<ZstdWasm> {
       print: () => {},
       printErr: () => {},
       onAbort: (what: unknown) =>
-        reject(new Error(`Cannot load zstd-codec: ${String(what)}`)),
+        reject(new InternalError(`Cannot load zstd-codec: ${String(what)}`)),
       // Resolve with a wrapper: the module itself has a `then` method.
       onRuntimeInitialized: () => resolve(wrap(module)),
     };

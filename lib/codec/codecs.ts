@@ -12,7 +12,7 @@
  * @module
  */
 
-import { Qcow2Error } from "../format/errors.ts";
+import { InternalError, Qcow2Error } from "../format/errors.ts";
 import { zstdFrameAt } from "./zstd_frames.ts";
 import { loadZstdWasm, type ZstdWasm } from "./_zstd_wasm.ts";
 
@@ -235,6 +235,7 @@ function fail(reason: string): never {
  * @throws {RangeError} For a level out of range or a backend that does not
  * implement the type (`fflate` is zlib only, `zstd-codec` zstd only) or is
  * not available in this runtime.
+ * @throws {InternalError} When zstd-codec's WebAssembly fails to load.
  *
  * @example zlib through fflate
  * ```ts
@@ -382,7 +383,7 @@ class NativeContext {
    * Runs all of `input` through into `out`.
    *
    * @returns Bytes written and input bytes left unread.
-   * @throws {Error} With the codec's message.
+   * @throws {InternalError} With the codec's message.
    */
   run(
     flush: number,
@@ -405,7 +406,9 @@ class NativeContext {
     };
     if (this.#error !== undefined) {
       this.#handle.reset();
-      throw new Error(this.#error);
+      // Decompression turns it into a Qcow2Error (the data was bad); a
+      // compressor that fails on bytes it was given is a bug.
+      throw new InternalError(this.#error);
     }
     return result;
   }
@@ -653,7 +656,7 @@ function zstdCodecBackend(zstd: ZstdWasm, level: number): ClusterCodec {
     compressTo(cluster, out) {
       const packed = zstd.compress(cluster, level);
       if (!packed) {
-        throw new Error("Cannot compress cluster: zstd-codec failed");
+        throw new InternalError("Cannot compress cluster: zstd-codec failed");
       }
       return storeIn(packed, cluster, out);
     },

@@ -5,7 +5,13 @@
  * @module
  */
 
-import { Qcow2Error, type Qcow2ErrorCode } from "../format/errors.ts";
+import {
+  InternalError,
+  IoError,
+  type IoErrorCode,
+  Qcow2Error,
+  type Qcow2ErrorCode,
+} from "../format/errors.ts";
 import type { CodecOptions } from "./codecs.ts";
 import { codecCache, runJob } from "./_job.ts";
 import { BufferPool } from "../io/_recycle.ts";
@@ -172,12 +178,20 @@ export class CodecPool implements AsyncDisposable {
       worker.onmessage = (event: MessageEvent<PoolResponse>) => {
         const res = event.data;
         if ("fatal" in res) {
-          this.#fail(new Error(`Codec worker ${i} failed: ${res.fatal}`));
+          this.#fail(
+            new InternalError(
+              `Cannot run codec jobs: codec worker ${i} failed: ${res.fatal}`,
+            ),
+          );
         } else this.#settle(res);
       };
       worker.onerror = (event: ErrorEvent) => {
         event.preventDefault();
-        this.#fail(new Error(`Codec worker ${i} failed: ${event.message}`));
+        this.#fail(
+          new InternalError(
+            `Cannot run codec jobs: codec worker ${i} failed: ${event.message}`,
+          ),
+        );
       };
       this.#workers.push(worker);
       this.#load.push(0);
@@ -205,7 +219,8 @@ export class CodecPool implements AsyncDisposable {
    * result comes back in its memory, so the caller can use it again
    * once done with the result. Allocated when absent.
    * @returns The payloads, their lengths and where each starts.
-   * @throws {Error} When the pool is closed or a worker failed.
+   * @throws {TypeError} When the pool is closed.
+   * @throws {InternalError} When a worker failed.
    */
   compress(
     codec: CodecOptions,
@@ -250,6 +265,8 @@ export class CodecPool implements AsyncDisposable {
    * @returns The clusters back to back.
    * @throws {Qcow2Error} `DECOMPRESS` naming the reason; its `index` says
    * which payload failed.
+   * @throws {TypeError} When the pool is closed.
+   * @throws {InternalError} When a worker failed.
    */
   decompress(
     codec: CodecOptions,
@@ -289,7 +306,7 @@ export class CodecPool implements AsyncDisposable {
     if (this.#failure) return Promise.reject(this.#failure);
     if (this.#closed) {
       return Promise.reject(
-        new Error("Cannot run codec job: the pool is closed"),
+        new TypeError("Cannot run codec job: the pool is closed"),
       );
     }
     if (this.#count === 0) return this.#runInline(job);
@@ -322,9 +339,7 @@ export class CodecPool implements AsyncDisposable {
     this.#load[pending.worker]--;
     if ("error" in res) {
       const { message, code, name, index } = res.error;
-      const err = name === "Qcow2Error" && code
-        ? new Qcow2Error(code as Qcow2ErrorCode, message)
-        : new Error(message);
+      const err = workerError(name, code, message);
       if (index !== undefined) Object.assign(err, { index });
       pending.reject(err);
     } else {
@@ -337,7 +352,7 @@ export class CodecPool implements AsyncDisposable {
     }
   }
 
-  #fail(err: Error): void {
+  #fail(err: InternalError): void {
     this.#failure ??= err;
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
@@ -357,7 +372,7 @@ export class CodecPool implements AsyncDisposable {
   close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = true;
-      const err = new Error("Cannot run codec job: the pool was closed");
+      const err = new TypeError("Cannot run codec job: the pool was closed");
       for (const p of this.#pending.values()) p.reject(err);
       this.#pending.clear();
       this.#terminate();
@@ -379,4 +394,24 @@ function plainOptions(codec: CodecOptions): CodecOptions {
     backend: codec.backend,
     zlibWindow: codec.zlibWindow,
   };
+}
+
+/**
+ * A job's error, sent by a worker as its name, code and message, made again
+ * of the class it had there; any other error from a codec is a bug.
+ */
+function workerError(
+  name: string | undefined,
+  code: string | undefined,
+  message: string,
+): Error {
+  if (name === "Qcow2Error" && code) {
+    return new Qcow2Error(code as Qcow2ErrorCode, message);
+  }
+  if (name === "IoError" && code) {
+    return new IoError(code as IoErrorCode, message);
+  }
+  if (name === "RangeError") return new RangeError(message);
+  if (name === "TypeError") return new TypeError(message);
+  return new InternalError(message);
 }

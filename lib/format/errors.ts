@@ -1,5 +1,43 @@
 /**
- * The error type for images that are malformed, unsupported or corrupt.
+ * The error contract of qcow2pipe: which class a caller catches for what.
+ * Every function of the package throws (or rejects with) one of four kinds
+ * of error, and nothing else:
+ *
+ * | class | when | what it carries |
+ * | --- | --- | --- |
+ * | {@linkcode Qcow2Error} | the image's content: malformed, unsupported, corrupt, or a reference (backing or data file) that may not be followed | `code` ({@linkcode Qcow2ErrorCode}), `offset` and `field` where known |
+ * | {@linkcode IoError} | files and HTTP: a file cannot be opened, read, written or renamed, a destination exists or is refused, a server answers with an error, ignores Range, times out or drops the connection | `code` ({@linkcode IoErrorCode}) and `cause`: the operating system's or `fetch`'s error, when there is one |
+ * | `RangeError`, `TypeError` | bad options or arguments, found without looking at any file: a value out of range, a wrong type, a path where no file access is loaded | the option, its value and the allowed range in the message |
+ * | {@linkcode InternalError} | a broken invariant: a bug in qcow2pipe, never the input's fault | what was found, and `cause` when there is one |
+ *
+ * A rule decides between the first three: what is found by reading the
+ * image's bytes is a `Qcow2Error`; what the file system or the network
+ * says (including "this file exists" and "this is a directory") is an
+ * `IoError`; what is wrong with the call itself, whatever the files hold,
+ * is a `RangeError` or `TypeError`. Where a read from a source fails
+ * inside the reader, the reader still wraps the source's `IoError` in a
+ * `Qcow2Error` with code `IO` (deprecated: the reader moves to `IoError`);
+ * its `cause` is the `IoError`.
+ *
+ * Every message is one line, `Cannot <action>: <reason>`, naming the file,
+ * URL or option and the value and limit involved
+ * (`Cannot open image disk.raw: no such file`). A stream that a caller
+ * cancels or aborts fails with the reason the caller gave.
+ *
+ * @example Catch by class
+ * ```ts
+ * import assert from "node:assert";
+ * import { InternalError, IoError, Qcow2Error } from "./errors.ts";
+ * function advice(err: unknown): string {
+ *   if (err instanceof Qcow2Error) return `the image is bad (${err.code})`;
+ *   if (err instanceof IoError) return `check the file or server (${err.code})`;
+ *   if (err instanceof RangeError || err instanceof TypeError) return "fix the call";
+ *   if (err instanceof InternalError) return "report a bug";
+ *   throw err;
+ * }
+ * const missing = new IoError("NOT_FOUND", "Cannot open image a.raw: no such file");
+ * assert.strictEqual(advice(missing), "check the file or server (NOT_FOUND)");
+ * ```
  *
  * @module
  */
@@ -24,7 +62,8 @@
  * - `UNTRUSTED_REFERENCE`: a backing or data file may not be followed (an
  *   image whose format was probed names a file outside its directory)
  * - `DECOMPRESS`: a compressed cluster does not decompress to a full cluster
- * - `IO`: the underlying source failed
+ * - `IO` (deprecated: the reader moves to {@linkcode IoError}): the
+ *   underlying source failed; `cause` is the source's error
  *
  * @example Tell a damaged image from a failing disk
  * ```ts
@@ -56,7 +95,9 @@ export type Qcow2ErrorCode =
   | "DECOMPRESS"
   | "IO";
 
-/** Where in an image a {@linkcode Qcow2Error} was found. *
+/**
+ * Where in an image a {@linkcode Qcow2Error} was found.
+ *
  * @example Point at the field that is wrong
  * ```ts
  * import assert from "node:assert";
@@ -115,6 +156,118 @@ export class Qcow2Error extends Error {
     this.code = code;
     this.offset = options.offset;
     this.field = options.field;
+  }
+}
+
+/**
+ * Machine-readable reason an {@linkcode IoError} was raised.
+ *
+ * - `NOT_FOUND`: a file, directory or device does not exist (a symbolic
+ *   link to nothing included)
+ * - `PERMISSION`: the operating system or the runtime's permissions refused
+ *   access
+ * - `EXISTS`: the destination exists and `noClobber` keeps it, or a file
+ *   appeared there while the output was written
+ * - `NOT_A_FILE`: the path is a directory, a socket or another kind of file
+ *   that cannot be used for this (a stream where offsets are needed)
+ * - `CHANGED`: a file or resource changed while it was being read or opened
+ *   (its size, ETag or contents)
+ * - `HTTP`: the server answered with an error status, or with an answer that
+ *   cannot be used (a refused redirect, an encoded body, a wrong range)
+ * - `RANGE_NOT_SUPPORTED`: the server does not serve byte ranges of the
+ *   resource (it answered a Range request with the whole resource)
+ * - `NETWORK`: the connection failed or broke, after the retries
+ * - `TIMEOUT`: no data came within the idle timeout
+ * - `OTHER`: any other failure; `cause` holds the operating system's error
+ *   (no space left on the device, an input/output error, the output is
+ *   one of the inputs)
+ *
+ * @example Retry only what may pass the next time
+ * ```ts
+ * import assert from "node:assert";
+ * import { IoError, type IoErrorCode } from "./errors.ts";
+ * const transient: IoErrorCode[] = ["NETWORK", "TIMEOUT"];
+ * const err = new IoError("TIMEOUT", "Cannot fetch http://h/d.qcow2: no data came for 30 s");
+ * assert.ok(transient.includes(err.code));
+ * ```
+ */
+export type IoErrorCode =
+  | "NOT_FOUND"
+  | "PERMISSION"
+  | "EXISTS"
+  | "NOT_A_FILE"
+  | "CHANGED"
+  | "HTTP"
+  | "RANGE_NOT_SUPPORTED"
+  | "NETWORK"
+  | "TIMEOUT"
+  | "OTHER";
+
+/**
+ * A file or an HTTP resource cannot be opened, read, written or put in
+ * place. The message is one line in the form `Cannot <action>: <reason>`
+ * naming the file or URL; {@linkcode IoError.code} says why in a
+ * machine-readable way, and `cause` is the lower error (the operating
+ * system's, `fetch`'s) when there is one.
+ *
+ * @example Tell a missing file from other failures
+ * ```ts
+ * import assert from "node:assert";
+ * import { IoError } from "./errors.ts";
+ * const os = new Error("No such file or directory (os error 2)");
+ * const err = new IoError("NOT_FOUND", "Cannot open image a.raw: no such file", { cause: os });
+ * assert.ok(err instanceof IoError && err.code === "NOT_FOUND" && err.cause === os);
+ * ```
+ */
+export class IoError extends Error {
+  /** Machine-readable reason. */
+  readonly code: IoErrorCode;
+
+  /**
+   * Creates an error.
+   *
+   * @param code Machine-readable reason.
+   * @param message One-line message, `Cannot <action>: <reason>`, naming
+   * the file or URL.
+   * @param options The lower error as `cause`, when there is one.
+   */
+  constructor(code: IoErrorCode, message: string, options: ErrorOptions = {}) {
+    super(message, options.cause === undefined ? {} : { cause: options.cause });
+    this.name = "IoError";
+    this.code = code;
+  }
+}
+
+/**
+ * A broken invariant: a bug in qcow2pipe, never the fault of the input or
+ * of the call. The message says what was found (`Cannot finish the
+ * metadata: refcount block 3 was never written`); a caller can only report
+ * it.
+ *
+ * @example Report a bug apart from bad input
+ * ```ts
+ * import assert from "node:assert";
+ * import { InternalError } from "./errors.ts";
+ * function line(err: Error): string {
+ *   return err instanceof InternalError
+ *     ? `${err.message} (a bug in qcow2pipe; please report it)`
+ *     : err.message;
+ * }
+ * const err = new InternalError("Cannot place L2 table 2: it was already written");
+ * assert.match(line(err), /a bug in qcow2pipe/);
+ * assert.doesNotMatch(line(new RangeError("Cannot convert: workers -1")), /bug/);
+ * ```
+ */
+export class InternalError extends Error {
+  /**
+   * Creates an error.
+   *
+   * @param message One-line message, `Cannot <action>: <reason>`.
+   * @param options The error that revealed the bug, as `cause`.
+   */
+  constructor(message: string, options: ErrorOptions = {}) {
+    super(message, options.cause === undefined ? {} : { cause: options.cause });
+    this.name = "InternalError";
   }
 }
 

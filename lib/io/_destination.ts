@@ -3,6 +3,7 @@
 // file written beside it.
 
 import { dirname, isAbsolute, join } from "node:path";
+import { IoError } from "../format/errors.ts";
 import { fileError } from "./_errors.ts";
 
 /**
@@ -105,7 +106,7 @@ function streamKind(info: Deno.FileInfo): string | undefined {
  *
  * @param path The destination.
  * @param action What is refused, for messages (`write disk.raw`).
- * @throws {Error} For those, and when `path` cannot be looked at.
+ * @throws {IoError} For those, and when `path` cannot be looked at.
  */
 export async function inspectDestination(
   path: string,
@@ -122,25 +123,30 @@ export async function inspectDestination(
     }
     const link = await Deno.readLink(path).catch(() => undefined);
     if (link !== undefined) {
-      throw new Error(
+      throw new IoError(
+        "NOT_FOUND",
         `Cannot ${action}: it is a symbolic link to ${link}, which does not exist`,
       );
     }
     if (special) {
-      throw new Error(
+      throw new IoError(
+        "NOT_FOUND",
         `Cannot ${action}: no such device (regular files are not created in /dev)`,
       );
     }
     return { kind: "absent" };
   }
   if (info.isDirectory) {
-    throw new Error(`Cannot ${action}: it is a directory`);
+    throw new IoError("NOT_A_FILE", `Cannot ${action}: it is a directory`);
   }
   if (info.isBlockDevice) return { kind: "device", info };
   const what = streamKind(info);
   if (what) return { kind: "stream", info, what };
   if (!info.isFile) {
-    throw new Error(`Cannot ${action}: it is not a file or a device`);
+    throw new IoError(
+      "NOT_A_FILE",
+      `Cannot ${action}: it is not a file or a device`,
+    );
   }
   const target = await Deno.realPath(path).catch(() => undefined);
   if (special || !target || await onDevices(dirname(target), devices)) {

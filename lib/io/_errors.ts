@@ -1,5 +1,9 @@
 // Wording of operating-system errors inside our one-line messages, so that
-// every command says the same thing for the same failure.
+// every command says the same thing for the same failure, and the one
+// place that turns them into IoErrors (lib/format/errors.ts has the
+// contract).
+
+import { IoError, type IoErrorCode } from "../format/errors.ts";
 
 /**
  * The OS's words for an I/O error, first letter lowered to continue a
@@ -51,13 +55,67 @@ function osError(err: unknown): string | undefined {
     : undefined;
 }
 
+/** Node's error codes (`err.code`) for the same failures, where Node runs this. */
+const NODE_CODES: Record<string, IoErrorCode> = {
+  ENOENT: "NOT_FOUND",
+  ENOTDIR: "NOT_FOUND",
+  EACCES: "PERMISSION",
+  EPERM: "PERMISSION",
+  EEXIST: "EXISTS",
+  EISDIR: "NOT_A_FILE",
+  ETIMEDOUT: "TIMEOUT",
+  ECONNREFUSED: "NETWORK",
+  ECONNRESET: "NETWORK",
+  ENETUNREACH: "NETWORK",
+};
+
+/**
+ * The {@linkcode IoErrorCode} of an operating-system error (Deno's classes
+ * by name, Node's `code`), or of an IoError already made; `OTHER` for
+ * anything else.
+ */
+export function ioCode(err: unknown): IoErrorCode {
+  if (err instanceof IoError) return err.code;
+  switch (osError(err)) {
+    case "NotFound":
+    case "NotADirectory":
+      return "NOT_FOUND";
+    case "PermissionDenied":
+    case "NotCapable":
+      return "PERMISSION";
+    case "AlreadyExists":
+      return "EXISTS";
+    case "IsADirectory":
+      return "NOT_A_FILE";
+    case "TimedOut":
+      return "TIMEOUT";
+    case "ConnectionRefused":
+    case "ConnectionReset":
+    case "ConnectionAborted":
+    case "NotConnected":
+    case "NetworkUnreachable":
+    case "AddrNotAvailable":
+      return "NETWORK";
+  }
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && Object.hasOwn(NODE_CODES, code)
+    ? NODE_CODES[code]
+    : "OTHER";
+}
+
 /**
  * Why a file could not be opened, read or written, in the words every
  * command uses: "no such file", "it is a directory", "permission denied",
  * a missing Deno permission as Deno words it, else the OS's words without
- * the call and path Deno appends (`: open 'x'`).
+ * the call and path Deno appends (`: open 'x'`). For an IoError already
+ * made (`FileSource.open`'s), the words for its cause.
  */
 export function fileReason(err: unknown): string {
+  if (err instanceof IoError) {
+    return err.cause !== undefined
+      ? fileReason(err.cause)
+      : err.message.replace(/^Cannot .*?: /, "");
+  }
   switch (osError(err)) {
     case "NotFound":
       return "no such file";
@@ -72,18 +130,17 @@ export function fileReason(err: unknown): string {
 }
 
 /**
- * An error saying what could not be done to which file
- * (`Cannot open image disk.raw: no such file`), of the same class as the
- * OS error it wraps, so that callers can still tell a missing file from
- * other failures.
+ * An IoError saying what could not be done to which file
+ * (`Cannot open image disk.raw: no such file`), its code from the OS error
+ * (`NOT_FOUND`), and the OS error as its cause (an IoError given is
+ * unwrapped to its cause, so that the OS error stays the cause).
  *
  * @param what The action and the file: `open image disk.raw`.
  * @param err The OS error.
  */
-export function fileError(what: string, err: unknown): Error {
-  const message = `Cannot ${what}: ${fileReason(err)}`;
-  const Class = osError(err)
-    ? (err as Error).constructor as ErrorConstructor
-    : Error;
-  return new Class(message, { cause: err });
+export function fileError(what: string, err: unknown): IoError {
+  const cause = err instanceof IoError ? err.cause ?? err : err;
+  return new IoError(ioCode(err), `Cannot ${what}: ${fileReason(err)}`, {
+    cause,
+  });
 }

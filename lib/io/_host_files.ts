@@ -5,6 +5,7 @@
 // mod.ts imports it; core.ts, the runtime-neutral entry, does not, so there
 // a path is refused with one line instead of reaching for `Deno`.
 
+import { IoError } from "../format/errors.ts";
 import type { FileIdentity, RandomAccessSource } from "./source.ts";
 import type { HoleProbe } from "./_holes.ts";
 
@@ -120,14 +121,19 @@ export function openHostFile(
   return installed.open(path, name);
 }
 
-/** Whether an error says that a file does not exist (Deno or Node). */
+/**
+ * Whether an error says that a file does not exist (Deno, Node, or an
+ * IoError such as `FileSource.open` throws).
+ */
 export function isNotFound(err: unknown): boolean {
+  if (err instanceof IoError) return err.code === "NOT_FOUND";
   const e = err as { name?: string; code?: string } | null;
   return e?.name === "NotFound" || e?.code === "ENOENT";
 }
 
-/** Whether an error says that access to a file was refused (Deno or Node). */
+/** Whether an error says that access to a file was refused (Deno, Node, IoError). */
 export function isPermissionDenied(err: unknown): boolean {
+  if (err instanceof IoError) return err.code === "PERMISSION";
   const e = err as { name?: string; code?: string } | null;
   return e?.name === "PermissionDenied" || e?.code === "EACCES" ||
     e?.code === "EPERM";

@@ -6,7 +6,8 @@
 // up to the bytes asked for and no further; a dropped connection or a 5xx
 // answer is tried again after a pause, from where it stopped.
 
-import { ioReason } from "./_errors.ts";
+import { IoError, type IoErrorCode } from "../format/errors.ts";
+import { ioCode, ioReason } from "./_errors.ts";
 
 /** The most redirects one request follows. */
 export const MAX_REDIRECTS = 10;
@@ -47,13 +48,21 @@ export interface RequestOptions {
 /**
  * Why an attempt failed, in words that follow "Cannot read ... of URL: ".
  * `retry` says whether another attempt may succeed (a dropped connection,
- * a 5xx answer).
+ * a 5xx answer); `code` is the IoError's code it becomes. Private to this
+ * folder: {@linkcode HttpClient.retrying} turns it into an IoError.
  */
 export class Failure extends Error {
   readonly retry: boolean;
-  constructor(reason: string, retry: boolean, cause?: unknown) {
+  readonly code: IoErrorCode;
+  constructor(
+    reason: string,
+    retry: boolean,
+    code: IoErrorCode,
+    cause?: unknown,
+  ) {
     super(reason, { cause });
     this.retry = retry;
+    this.code = code;
   }
 }
 
@@ -119,6 +128,7 @@ class Watchdog {
         throw new Failure(
           `no data came for ${this.#ms / 1000} s`,
           false,
+          "TIMEOUT",
           err,
         );
       }
@@ -263,7 +273,7 @@ export class HttpClient {
         this.#settled = true;
       }
       try {
-        if (res.status >= 500) throw new Failure(answered(res), true);
+        if (res.status >= 500) throw new Failure(answered(res), true, "HTTP");
         if (res.ok) {
           checkEncoding(res);
           this.#checkUnchanged(res);
@@ -307,6 +317,7 @@ export class HttpClient {
           from === start ? "it" : from
         } answered ${res.status} with a Location that is not a URL ("${location}")`,
         false,
+        "HTTP",
       );
     }
     const who = from === start ? "it" : from;
@@ -314,6 +325,7 @@ export class HttpClient {
       throw new Failure(
         `${who} redirects to ${to.href}: more than ${MAX_REDIRECTS} redirects`,
         false,
+        "HTTP",
       );
     }
     this.#allowed(who, new URL(from), to, origin);
@@ -331,7 +343,7 @@ export class HttpClient {
     origin: string | undefined,
   ): void {
     const refuse = (why: string) =>
-      new Failure(`${who} redirects to ${to.href}: ${why}`, false);
+      new Failure(`${who} redirects to ${to.href}: ${why}`, false, "HTTP");
     if (to.protocol !== "http:" && to.protocol !== "https:") {
       throw refuse(`only http(s) URLs are followed`);
     }
@@ -367,7 +379,12 @@ export class HttpClient {
       // fetch rejects with a TypeError when the network fails; anything
       // else (the caller's abort, a missing permission) is final.
       const network = err instanceof TypeError && !this.#signal?.aborted;
-      throw new Failure(ioReason(err), network, err);
+      throw new Failure(
+        ioReason(err),
+        network,
+        network ? "NETWORK" : ioCode(err),
+        err,
+      );
     }
   }
 
@@ -394,6 +411,7 @@ export class HttpClient {
             was[key]
           } became ${now[key]})`,
           false,
+          "CHANGED",
         );
       }
     }
@@ -403,7 +421,7 @@ export class HttpClient {
    * Runs `attempt` until it succeeds, trying again after each retryable
    * failure, with the pauses of `retryDelays`; an attempt that moved
    * `progress` forward starts the count again. Failures are worded
-   * `${what}: ${reason}`.
+   * `${what}: ${reason}`, as an IoError with the failure's code and cause.
    */
   async retrying<T>(
     what: string,
@@ -425,8 +443,8 @@ export class HttpClient {
           const tries = err.retry && failures > 0
             ? ` (${failures + 1} attempts)`
             : "";
-          throw new Error(`${what}: ${err.message}${tries}`, {
-            cause: err.cause ?? err,
+          throw new IoError(err.code, `${what}: ${err.message}${tries}`, {
+            cause: err.cause,
           });
         }
         await pause(this.#retryDelays[failures++], this.#signal);
@@ -482,6 +500,7 @@ function answerOf(res: Response, watch: Watchdog): Answer {
         throw new Failure(
           `the transfer broke after ${received} bytes (${ioReason(err)})`,
           true,
+          "NETWORK",
           err,
         );
       }
@@ -502,6 +521,7 @@ function checkEncoding(res: Response): void {
     throw new Failure(
       `the server sent it with Content-Encoding: ${encoding}, and only identity is accepted (encoded bytes are not the resource's bytes)`,
       false,
+      "HTTP",
     );
   }
 }

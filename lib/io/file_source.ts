@@ -7,6 +7,7 @@
  */
 
 import { sep } from "node:path";
+import { IoError } from "../format/errors.ts";
 import { fileError } from "./_errors.ts";
 import { installHostFiles } from "./_host_files.ts";
 import { setPoisoning } from "./_recycle.ts";
@@ -67,15 +68,22 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * @param name Name for messages and for resolving the names an image
    * gives (default: the path).
    * @returns The source.
-   * @throws {Deno.errors.NotFound} When the file does not exist.
-   * @throws {Deno.errors.IsADirectory} When `path` is a directory.
+   * @throws {IoError} `NOT_FOUND` when the file does not exist,
+   * `NOT_A_FILE` when `path` is a directory, `PERMISSION` when it may not
+   * be read (`Cannot open disk.raw: no such file`), with the OS error as
+   * `cause`.
    */
   static async open(path: string, name: string = path): Promise<FileSource> {
-    const file = await Deno.open(path, { read: true });
+    const file = await Deno.open(path, { read: true }).catch((err) => {
+      throw fileError(`open ${name}`, err);
+    });
     try {
       const info = await file.stat();
       if (info.isDirectory) {
-        throw new Deno.errors.IsADirectory(`Is a directory: ${path}`);
+        throw new IoError(
+          "NOT_A_FILE",
+          `Cannot open ${name}: it is a directory`,
+        );
       }
       let size = info.size;
       if (!info.isFile) {
@@ -85,7 +93,7 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
       return new FileSource(file, size, path, name, identityOf(info, name));
     } catch (err) {
       file.close();
-      throw err;
+      throw err instanceof IoError ? err : fileError(`open ${name}`, err);
     }
   }
 
@@ -100,6 +108,8 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * @param offset Start offset.
    * @param length Bytes wanted.
    * @returns The bytes (shorter at the end of the file).
+   * @throws {IoError} When the file cannot be read (`Cannot read disk.raw at
+   * offset 0: ...`), with the OS error as `cause`.
    */
   async read(offset: number, length: number): Promise<Uint8Array> {
     const out = new Uint8Array(
@@ -116,6 +126,8 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * @param offset Start offset.
    * @param into Where the bytes go (`into.length` of them).
    * @returns The number of bytes read (fewer at the end of the file).
+   * @throws {IoError} When the file cannot be read, with the OS error as
+   * `cause`.
    */
   readInto(offset: number, into: Uint8Array): Promise<number> {
     try {

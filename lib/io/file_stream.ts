@@ -17,7 +17,10 @@ import { isZero } from "../writer/is_zero.ts";
  *
  * @param file An open file (or `Deno.stdin`).
  * @param chunkSize Bytes per chunk.
- * @returns The stream.
+ * @param name What the file is called in messages.
+ * @returns The stream, which fails with an `IoError` when the file
+ * cannot be read (`Cannot read disk.raw at offset 0: ...`, the OS error as
+ * `cause`).
  *
  * @example Read a file
  * ```ts
@@ -33,8 +36,10 @@ import { isZero } from "../writer/is_zero.ts";
 export function fileChunks(
   file: { read(p: Uint8Array): Promise<number | null>; close(): void },
   chunkSize = 4 * 1024 * 1024,
+  name = "the file",
 ): ReadableStream<Uint8Array> {
   const read = readerFor(file);
+  let at = 0;
   let closed = false;
   const close = () => {
     if (closed) return;
@@ -57,8 +62,9 @@ export function fileChunks(
         }
       } catch (err) {
         close();
-        throw err;
+        throw fileError(`read ${name} at offset ${at + filled}`, err);
       }
+      at += filled;
       if (filled > 0) {
         controller.enqueue(filled === chunkSize ? buf : buf.slice(0, filled));
       }

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { IoError } from "../format/errors.ts";
 import type { RandomAccessSource } from "./source.ts";
 
 export { DEFAULT_IDLE_TIMEOUT } from "./_http.ts";
@@ -108,30 +109,6 @@ export type HttpTransport = Pick<
   HttpSourceOptions,
   "idleTimeout" | "retryDelays" | "fetch" | "signal"
 >;
-
-/**
- * The server cannot serve byte ranges of the resource, or answered a range
- * request with the wrong range.
- *
- * @example A server that ignores Range
- * ```ts
- * import assert from "node:assert";
- * import { HttpSource, RangeNotSupportedError } from "./http_source.ts";
- * await using server = Deno.serve({ port: 0, onListen() {} }, () => new Response("whole body"));
- * await assert.rejects(HttpSource.open(`http://localhost:${server.addr.port}/`), RangeNotSupportedError);
- * ```
- */
-export class RangeNotSupportedError extends Error {
-  /**
-   * Creates the error.
-   *
-   * @param message What the server did.
-   */
-  constructor(message: string) {
-    super(message);
-    this.name = "RangeNotSupportedError";
-  }
-}
 
 /** Whether a string is an http(s) URL. */
 export function isHttpUrl(name: string): boolean {
@@ -246,11 +223,13 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    * @param url The resource.
    * @param options Headers, fetch, signal, idle timeout, retries.
    * @returns The source.
-   * @throws {RangeNotSupportedError} When the server ignores ranges.
+   * @throws {IoError} `RANGE_NOT_SUPPORTED` when the server ignores ranges;
+   * else when the request fails (`Cannot fetch URL: ...`): an answer that
+   * is not 2xx (`HTTP`), a redirect the rules refuse (`HTTP`), an encoded
+   * body (`HTTP`), a silence longer than the idle timeout (`TIMEOUT`),
+   * network failures past the retries (`NETWORK`, `fetch`'s error as
+   * `cause`).
    * @throws {RangeError} For an idle timeout or retry delay out of range.
-   * @throws {Error} When the request fails (`Cannot fetch URL: ...`): an
-   * answer that is not 2xx, a redirect the rules refuse, an encoded body,
-   * a silence longer than the idle timeout, failures past the retries.
    */
   static async open(
     url: string,
@@ -259,7 +238,8 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     const opened = await HttpSource.openOrStream(url, options);
     if (opened instanceof HttpSource) return opened;
     await opened.body.cancel();
-    throw new RangeNotSupportedError(
+    throw new IoError(
+      "RANGE_NOT_SUPPORTED",
       `Cannot read ${url} at random offsets: the server ignored a Range request`,
     );
   }
@@ -275,7 +255,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    * @returns A source, or the body, its length when the server gave one,
    * and the URL that answered.
    * @throws {RangeError} For an idle timeout or retry delay out of range.
-   * @throws {Error} When the request fails or the status is not 2xx.
+   * @throws {IoError} When the request fails or the status is not 2xx.
    *
    * @example Stream from a server without Range support
    * ```ts
@@ -312,7 +292,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     }
     if (res.status !== 206) {
       await first.close();
-      throw new Error(`${what}: ${answered(res)}`);
+      throw new IoError("HTTP", `${what}: ${answered(res)}`);
     }
     const range = parseContentRange(res.headers.get("content-range"));
     if (
@@ -320,7 +300,8 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
       range.end >= range.total
     ) {
       await first.close();
-      throw new RangeNotSupportedError(
+      throw new IoError(
+        "RANGE_NOT_SUPPORTED",
         `Cannot read ${url} at random offsets: the server ${
           range?.start ? "sent another range" : "did not give the total size"
         }`,
@@ -340,6 +321,8 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    * @param offset Start offset.
    * @param length Bytes wanted.
    * @returns The bytes (shorter at the end of the resource).
+   * @throws {IoError} When the request fails (`Cannot read N bytes at X of
+   * URL: ...`), the server ignores the range, or the resource changed.
    */
   read(offset: number, length: number): Promise<Uint8Array> {
     const want = Math.max(0, Math.min(length, this.size - offset));
@@ -363,8 +346,8 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    * resumes with a Range request from where it stopped.
    *
    * @returns The body, the size and the URL.
-   * @throws {Error} When the request fails, or the resource is not the
-   * one opened (another size, ETag or Last-Modified).
+   * @throws {IoError} When the request fails, or the resource is not the
+   * one opened (`CHANGED`: another size, ETag or Last-Modified).
    *
    * @example Read a resource through after probing its first bytes
    * ```ts
@@ -393,13 +376,17 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
       const answer = await client.send(undefined);
       const length = answer.res.headers.get("content-length");
       const problem = answer.res.status !== 200
-        ? answered(answer.res)
+        ? new Failure(answered(answer.res), false, "HTTP")
         : length !== null && Number(length) !== this.size
-        ? `its size changed from ${this.size} to ${length} bytes`
+        ? new Failure(
+          `its size changed from ${this.size} to ${length} bytes`,
+          false,
+          "CHANGED",
+        )
         : undefined;
       if (problem !== undefined) {
         await answer.close();
-        throw new Failure(problem, false);
+        throw problem;
       }
       return answer;
     });
@@ -505,6 +492,7 @@ async function readRange(
             stop - before
           } bytes the server announced`,
           true,
+          "NETWORK",
         );
       }
     }, () => have);
@@ -528,24 +516,32 @@ async function rangeOf(
   await answer.close();
   if (res.status !== 206) {
     if (res.ok) {
-      throw new RangeNotSupportedError(
+      throw new IoError(
+        "RANGE_NOT_SUPPORTED",
         `${what}: the server ignored a Range request`,
       );
     }
-    throw new Failure(answered(res), false);
+    throw new Failure(answered(res), false, "HTTP");
   }
   if (range && range.start !== from) {
-    throw new RangeNotSupportedError(
+    throw new IoError(
+      "RANGE_NOT_SUPPORTED",
       `${what}: the server sent bytes from ${range.start}`,
     );
   }
+  if (range?.total !== undefined) {
+    throw new Failure(
+      `its size changed from ${total} to ${range.total} bytes`,
+      false,
+      "CHANGED",
+    );
+  }
   throw new Failure(
-    range?.total !== undefined
-      ? `its size changed from ${total} to ${range.total} bytes`
-      : `the server answered 206 with Content-Range ${
-        header === null ? "missing" : `"${header}"`
-      }, not a range of the ${total} bytes`,
+    `the server answered 206 with Content-Range ${
+      header === null ? "missing" : `"${header}"`
+    }, not a range of the ${total} bytes`,
     false,
+    "HTTP",
   );
 }
 
@@ -588,7 +584,7 @@ export interface HttpBody {
  * @returns The body stream, its length when the server gave one, and the
  * URL that answered.
  * @throws {RangeError} For an idle timeout or retry delay out of range.
- * @throws {Error} When the request fails or the status is not 2xx.
+ * @throws {IoError} When the request fails or the status is not 2xx.
  *
  * @example
  * ```ts
@@ -609,7 +605,7 @@ export async function fetchStream(
     const answer = await client.send(undefined);
     if (!answer.res.ok || !answer.res.body) {
       await answer.close();
-      throw new Failure(answered(answer.res), false);
+      throw new Failure(answered(answer.res), false, "HTTP");
     }
     return answer;
   });
@@ -639,6 +635,7 @@ function bodyOf(client: HttpClient, first: Answer, size?: number): HttpBody {
           throw new Failure(
             `the transfer ended after ${seen} of ${total} bytes`,
             true,
+            "NETWORK",
           );
         }
         return undefined;
@@ -690,21 +687,33 @@ async function resume(
   const res = answer.res;
   const range = parseContentRange(res.headers.get("content-range"));
   const problem = !res.ok
-    ? answered(res)
+    ? new Failure(answered(res), false, "HTTP")
     : seen === 0
     ? undefined
     : res.status !== 206
-    ? `the transfer broke after ${seen} bytes, and the server answered ${res.status} to a Range request for the rest: it cannot resume`
+    ? new Failure(
+      `the transfer broke after ${seen} bytes, and the server answered ${res.status} to a Range request for the rest: it cannot resume`,
+      false,
+      "RANGE_NOT_SUPPORTED",
+    )
     : range?.start !== seen
-    ? `the transfer broke after ${seen} bytes, and the server resumed it at ${
-      range?.start ?? "an unknown offset"
-    }`
+    ? new Failure(
+      `the transfer broke after ${seen} bytes, and the server resumed it at ${
+        range?.start ?? "an unknown offset"
+      }`,
+      false,
+      "HTTP",
+    )
     : total !== undefined && range.total !== undefined && range.total !== total
-    ? `its size changed from ${total} to ${range.total} bytes`
+    ? new Failure(
+      `its size changed from ${total} to ${range.total} bytes`,
+      false,
+      "CHANGED",
+    )
     : undefined;
   if (problem !== undefined) {
     await answer.close();
-    throw new Failure(problem, false);
+    throw problem;
   }
   return answer;
 }

@@ -3,6 +3,7 @@
 // /proc/self/fd/N and bind mounts all lead to one identity. Runtime-neutral:
 // which file a source reads is asked of the runtime's file module.
 
+import { IoError } from "../format/errors.ts";
 import { hostFiles } from "./_host_files.ts";
 import type { FileIdentity, RandomAccessSource } from "./source.ts";
 
@@ -64,7 +65,7 @@ export function sameFile(a: FileIdentity, b: FileIdentity): boolean {
  * Refuses to write the file `info` describes (reached as `path`) when it
  * is one of `inputs`.
  *
- * @throws {Error} Naming both, when it is.
+ * @throws {IoError} `OTHER`, naming both, when it is.
  */
 export function assertNotInput(
   info: StatIdentity,
@@ -76,7 +77,8 @@ export function assertNotInput(
   for (const input of inputs) {
     if (!sameFile(target, input)) continue;
     const same = input.name === path ? "" : ` ${input.name}`;
-    throw new Error(
+    throw new IoError(
+      "OTHER",
       `Cannot write ${path}: it is the input${same} (device ${target.dev}, inode ${target.ino}); an input is never overwritten`,
     );
   }

@@ -8,7 +8,8 @@
  */
 
 import { basename, dirname, join } from "node:path";
-import { fileError, fileReason, ioReason } from "./_errors.ts";
+import { IoError } from "../format/errors.ts";
+import { fileError, fileReason, ioCode, ioReason } from "./_errors.ts";
 import { trackTemporary, untrackTemporary } from "./_temp.ts";
 import { inspectDestination, temporaryName } from "./_destination.ts";
 import { assertNotInput } from "./identity.ts";
@@ -20,12 +21,13 @@ import type { FileIdentity } from "./source.ts";
  * @example Keep a file that appears while the output is written
  * ```ts
  * import assert from "node:assert";
- * import { OutputExistsError, OutputFile } from "./output_file.ts";
+ * import { IoError } from "../format/errors.ts";
+ * import { OutputFile } from "./output_file.ts";
  * const dir = await Deno.makeTempDir();
  * const out = await OutputFile.create(`${dir}/disk.raw`, { noClobber: true });
  * await out.writeAt(0, new Uint8Array([1]));
  * await Deno.writeFile(`${dir}/disk.raw`, new Uint8Array([2])); // someone else's
- * await assert.rejects(out.commit(), OutputExistsError);
+ * await assert.rejects(out.commit(), (e) => e instanceof IoError && e.code === "EXISTS");
  * assert.deepStrictEqual(await Deno.readFile(`${dir}/disk.raw`), new Uint8Array([2]));
  * await Deno.remove(dir, { recursive: true });
  * ```
@@ -61,33 +63,17 @@ export interface OutputFileOptions {
 }
 
 /**
- * The destination exists and `noClobber` keeps it: found at the start, or
- * appeared while the output was written (the output is then discarded).
- *
- * @example An existing file is kept
- * ```ts
- * import assert from "node:assert";
- * import { OutputExistsError, OutputFile } from "./output_file.ts";
- * const path = await Deno.makeTempFile();
- * await assert.rejects(OutputFile.create(path, { noClobber: true }), OutputExistsError);
- * await Deno.remove(path);
- * ```
+ * The IoError (`EXISTS`) for a destination that `noClobber` keeps: found at
+ * the start, or appeared while the output was written (the output is then
+ * discarded).
  */
-export class OutputExistsError extends Error {
-  /**
-   * Creates the error.
-   *
-   * @param path The destination.
-   * @param appeared Whether the file appeared during the run.
-   */
-  constructor(path: string, appeared = false) {
-    super(
-      appeared
-        ? `Cannot write ${path}: a file appeared there while the output was written; it is kept and the output discarded (no-clobber)`
-        : `Cannot write ${path}: the file exists and is kept (no-clobber)`,
-    );
-    this.name = "OutputExistsError";
-  }
+function outputExists(path: string, appeared = false): IoError {
+  return new IoError(
+    "EXISTS",
+    appeared
+      ? `Cannot write ${path}: a file appeared there while the output was written; it is kept and the output discarded (no-clobber)`
+      : `Cannot write ${path}: the file exists and is kept (no-clobber)`,
+  );
 }
 
 const COALESCE_BYTES = 2 * 1024 * 1024;
@@ -206,10 +192,11 @@ export class OutputFile {
    * @param path The destination.
    * @param options Whether to keep an existing file; the inputs.
    * @returns The output.
-   * @throws {OutputExistsError} When `path` exists and `noClobber` is set.
-   * @throws {Error} When `path` is one of the inputs, a directory, a
-   * stream, a symbolic link to nothing, or a missing name in /dev; when
-   * the temporary file cannot be created.
+   * @throws {IoError} `EXISTS` when `path` exists and `noClobber` is set;
+   * `NOT_A_FILE` for a directory or a stream; `NOT_FOUND` for a symbolic
+   * link to nothing or a missing name in /dev; `OTHER` when `path` is one
+   * of the inputs; the OS's code when the temporary file cannot be
+   * created (its error as `cause`).
    */
   static async create(
     path: string,
@@ -220,7 +207,8 @@ export class OutputFile {
     const noClobber = options.noClobber ?? false;
     const dest = await inspectDestination(path);
     if (dest.kind === "stream") {
-      throw new Error(
+      throw new IoError(
+        "NOT_A_FILE",
         `Cannot write ${path}: it is ${dest.what}, written as a stream, in order, not at offsets`,
       );
     }
@@ -230,7 +218,10 @@ export class OutputFile {
       const info = await checkOpened(file, path, what, inputs);
       if (!info.isBlockDevice) {
         file.close();
-        throw new Error(`Cannot ${what}: it changed while being opened`);
+        throw new IoError(
+          "CHANGED",
+          `Cannot ${what}: it changed while being opened`,
+        );
       }
       return new OutputFile({
         path,
@@ -245,7 +236,7 @@ export class OutputFile {
     }
     if (dest.kind === "file") {
       assertNotInput(dest.info, path, inputs);
-      if (noClobber) throw new OutputExistsError(path);
+      if (noClobber) throw outputExists(path);
     }
     const target = dest.kind === "file" ? dest.target : path;
     const { temp, file } = createTemporary(path, target);
@@ -271,8 +262,9 @@ export class OutputFile {
    * @param options `sync` flushes it at {@linkcode OutputFile.commit};
    * `inputs` are refused.
    * @returns The output and the destination's size in bytes.
-   * @throws {Error} When it does not exist, is a directory or a stream,
-   * is one of the inputs, or cannot be opened for writing.
+   * @throws {IoError} When it does not exist (`NOT_FOUND`), is a directory
+   * or a stream (`NOT_A_FILE`), is one of the inputs (`OTHER`), or cannot
+   * be opened for writing (the OS error as `cause`).
    *
    * @example Overwrite the start of an existing file
    * ```ts
@@ -295,10 +287,11 @@ export class OutputFile {
     const what = `write into ${path}`;
     const dest = await inspectDestination(path, what);
     if (dest.kind === "absent") {
-      throw new Deno.errors.NotFound(`Cannot ${what}: no such file`);
+      throw new IoError("NOT_FOUND", `Cannot ${what}: no such file`);
     }
     if (dest.kind === "stream" && !dest.info.isFile) {
-      throw new Error(
+      throw new IoError(
+        "NOT_A_FILE",
         `Cannot ${what}: it is ${dest.what}, which cannot be written at offsets (a file or a block device can)`,
       );
     }
@@ -306,7 +299,10 @@ export class OutputFile {
     const info = await checkOpened(file, path, what, options.inputs ?? []);
     if (!info.isFile && !info.isBlockDevice) {
       file.close();
-      throw new Error(`Cannot ${what}: it is not a file or a block device`);
+      throw new IoError(
+        "NOT_A_FILE",
+        `Cannot ${what}: it is not a file or a block device`,
+      );
     }
     try {
       // A block device's size is where its end is, not what stat says.
@@ -401,7 +397,8 @@ export class OutputFile {
       }
     } catch (err) {
       this.#pos = -1; // unknown: seek before the next write
-      throw new Error(
+      throw new IoError(
+        ioCode(err),
         `Cannot write ${this.path} at offset ${offset + done}: ${
           ioReason(err)
         }`,
@@ -418,8 +415,9 @@ export class OutputFile {
    * and then unlinked. On failure the temporary file is removed.
    *
    * @param size Final file size in bytes; omit to keep what was written.
-   * @throws {OutputExistsError} With `noClobber`, when a file appeared at
-   * the destination meanwhile (it is kept).
+   * @throws {IoError} `EXISTS` with `noClobber`, when a file appeared at
+   * the destination meanwhile (it is kept); with the OS's code when the
+   * file cannot be flushed, truncated or renamed.
    */
   async commit(size?: number): Promise<void> {
     this.#flush();
@@ -429,9 +427,11 @@ export class OutputFile {
       }
       if (this.#sync) await this.#file.syncData();
     } catch (err) {
-      throw new Error(`Cannot finish ${this.path}: ${ioReason(err)}`, {
-        cause: err,
-      });
+      throw new IoError(
+        ioCode(err),
+        `Cannot finish ${this.path}: ${ioReason(err)}`,
+        { cause: err },
+      );
     }
     this.#file.close();
     this.#done = true;
@@ -460,7 +460,7 @@ export class OutputFile {
     } catch (err) {
       await Deno.remove(this.writingPath).catch(() => {});
       if (err instanceof Deno.errors.AlreadyExists) {
-        throw new OutputExistsError(this.path, true);
+        throw outputExists(this.path, true);
       }
       throw fileError(`link ${this.writingPath} to ${this.path}`, err);
     }
@@ -519,7 +519,9 @@ function createTemporary(
         : err instanceof Deno.errors.PermissionDenied
         ? `no permission to create files in ${dir}`
         : fileReason(err);
-      throw new Error(`Cannot write ${path}: ${reason}`, { cause: err });
+      throw new IoError(ioCode(err), `Cannot write ${path}: ${reason}`, {
+        cause: err,
+      });
     }
   }
 }

@@ -8,7 +8,8 @@
  */
 
 import { fstatSync } from "node:fs";
-import { fileError, ioReason } from "./_errors.ts";
+import { IoError } from "../format/errors.ts";
+import { fileError, ioCode, ioReason } from "./_errors.ts";
 import { inspectDestination } from "./_destination.ts";
 import { assertNotInput, identityOf, type StatIdentity } from "./identity.ts";
 import type { FileIdentity } from "./source.ts";
@@ -110,7 +111,8 @@ function writableOver(
           done += await write(chunk.subarray(done));
         }
       } catch (err) {
-        throw new Error(
+        throw new IoError(
+          ioCode(err),
           `Cannot write ${where} at offset ${at + done}: ${ioReason(err)}`,
           { cause: err },
         );
@@ -128,7 +130,7 @@ function writableOver(
  *
  * @param options The inputs.
  * @returns The sink.
- * @throws {Error} When standard output is one of the inputs.
+ * @throws {IoError} When standard output is one of the inputs.
  *
  * @example Write to standard output
  * ```ts
@@ -165,7 +167,7 @@ export function standardOutput(
  * @returns The stream (closing it closes the file), or undefined when the
  * path is a file to create or replace, or a block device: write those
  * with `OutputFile`.
- * @throws {Error} When the path is one of the inputs, a directory, a
+ * @throws {IoError} When the path is one of the inputs, a directory, a
  * socket other than standard output, or cannot be opened.
  *
  * @example Write to a FIFO that a reader drains
@@ -201,7 +203,8 @@ export async function openStreamOutput(
     stdout.ino === dest.info.ino
   ) return standardOutput({ inputs });
   if (dest.info.isSocket) {
-    throw new Error(
+    throw new IoError(
+      "NOT_A_FILE",
       `Cannot ${what}: it is a socket, which cannot be opened as a file`,
     );
   }
@@ -213,13 +216,13 @@ export async function openStreamOutput(
   try {
     const info = await file.stat();
     assertNotInput(info, path, inputs);
-    if (info.isDirectory) throw new Error(`Cannot ${what}: it is a directory`);
+    if (info.isDirectory) {
+      throw new IoError("NOT_A_FILE", `Cannot ${what}: it is a directory`);
+    }
     if (info.isFile) await file.truncate(0);
   } catch (err) {
     file.close();
-    throw err instanceof Error && err.message.startsWith("Cannot ")
-      ? err
-      : fileError(what, err);
+    throw err instanceof IoError ? err : fileError(what, err);
   }
   let closed = false;
   return writableOver((bytes) => file.write(bytes), path, () => {

@@ -3,6 +3,7 @@
 // on. Private to lib/sparsify (the FreeSpaceStream stage).
 
 import type { ZeroBytes } from "../writer/records.ts";
+import { InternalError } from "../format/errors.ts";
 import { type DiskReader, Refusal } from "./_region.ts";
 
 /** What flows: bytes, or a run of zero bytes. */
@@ -168,7 +169,7 @@ export class Lookahead {
           }
         }
         return Promise.reject(
-          new Error(
+          new InternalError(
             `Cannot map free space: bytes ${offset}-${
               offset + length - 1
             } were not kept from the stream`,

@@ -79,7 +79,8 @@ const DEFAULT_CHUNK = 4 * 1024 * 1024;
  * @param input A raw disk read at random, or an opened image.
  * @param options Pool, chunk size, a map made already.
  * @returns The stream and the report.
- * @throws {Error} When the source cannot be read.
+ * @throws {IoError} When the source cannot be read (a Qcow2Error when it
+ * is an image whose content is bad).
  *
  * @example Convert a bare swap area: only its header page is stored
  * ```ts

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { IoError } from "../format/errors.ts";
 import { type Partition, Refusal, type RegionReader } from "./_region.ts";
 import type { ContentsReport, FreeRange, VolumeReport } from "./report.ts";
 import { ext4Module } from "./ext4/ext4.ts";
@@ -32,7 +33,9 @@ export interface FilesystemAnalysis {
    * overlapping. Metadata is read again through `region` (the same reads
    * as the analysis made) and checked again.
    *
-   * @throws {Error} When the metadata changed since the analysis.
+   * @throws {IoError} `CHANGED` when the metadata changed since the
+   * analysis (a module may also end in a `Refusal` then:
+   * {@linkcode rangesOf} turns it into that IoError).
    */
   ranges(region: RegionReader): AsyncGenerator<FreeRange>;
   /** The volumes of a container (an LVM2 PV's LVs), each with its own report. */
@@ -142,7 +145,7 @@ export interface ContentsResult {
  * @param table The partition's type as its table gives it, when the region
  * is a partition: a signature its type does not confirm is not trusted.
  * @returns The report and, when mapped, the analysis.
- * @throws {Error} When the region cannot be read.
+ * @throws {IoError} When the region cannot be read.
  *
  * @example A region with no filesystem is left as it is
  * ```ts
@@ -225,5 +228,26 @@ export async function analyzeContents(
   } catch (err) {
     if (!(err instanceof Refusal)) throw err;
     return untouched(err.found ?? module.name, err.message);
+  }
+}
+
+/**
+ * The free ranges of an analysis, as the public API lists them: a refusal
+ * while they are listed means that the metadata read again no longer
+ * passes the checks it passed in the analysis, which is an IoError
+ * (`CHANGED`); a `Refusal` never leaves this folder.
+ */
+export async function* rangesOf(
+  analysis: FilesystemAnalysis,
+  region: RegionReader,
+): AsyncGenerator<FreeRange> {
+  try {
+    yield* analysis.ranges(region);
+  } catch (err) {
+    if (!(err instanceof Refusal)) throw err;
+    throw new IoError(
+      "CHANGED",
+      `Cannot sparsify: the ${analysis.found} metadata changed since it was checked (${err.message})`,
+    );
   }
 }

@@ -8,7 +8,11 @@
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { type DiskReader, type Partition, RegionReader } from "./_region.ts";
-import { analyzeContents, type FilesystemAnalysis } from "./filesystem.ts";
+import {
+  analyzeContents,
+  type FilesystemAnalysis,
+  rangesOf,
+} from "./filesystem.ts";
 import { readDiskLayout } from "./partitions.ts";
 import type { FreeRange, RegionReport, SparsifyReport } from "./report.ts";
 
@@ -38,7 +42,9 @@ export interface FreeSpaceMap {
    * bitmaps are read again (and checked again) as the ranges are listed,
    * so memory stays small whatever the disk size.
    *
-   * @throws {Error} When the metadata changed since the map was made.
+   * @throws {IoError} `CHANGED` when the metadata changed since the map
+   * was made; the source's own errors (an IoError, or a Qcow2Error from an
+   * image) as they are.
    */
   ranges(): AsyncGenerator<FreeRange>;
 }
@@ -144,7 +150,8 @@ export function diskReaderOf(
  * @param source A raw disk (file, HTTP with Range requests, buffer), or an
  * opened image whose guest view is the disk.
  * @returns The map.
- * @throws {Error} When the source cannot be read.
+ * @throws {IoError} When the source cannot be read (a Qcow2Error when it
+ * is an image whose content is bad).
  *
  * @example What is on a disk with no table and no filesystem
  * ```ts
@@ -184,7 +191,7 @@ export async function mapFreeSpace(
           length: r.length,
           type: "",
         });
-        for await (const f of analysis.ranges(region)) {
+        for await (const f of rangesOf(analysis, region)) {
           yield { offset: r.offset + f.offset, length: f.length };
         }
       }

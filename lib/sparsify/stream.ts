@@ -10,6 +10,7 @@ import { type Chunk, chunkLength, Lookahead } from "./_lookahead.ts";
 import type { RegionReader } from "./_region.ts";
 import { analyzeRegion, regionOf } from "./map.ts";
 import { readDiskLayout } from "./partitions.ts";
+import { rangesOf } from "./filesystem.ts";
 import type { FreeRange, RegionReport, SparsifyReport } from "./report.ts";
 
 /**
@@ -174,7 +175,12 @@ export class FreeSpaceStream
       } finally {
         if (!ended) {
           // An error, or the consumer cancelled: stop the producer too.
-          reject(new Error("Cannot map free space: the stream was cancelled"));
+          reject(
+            new DOMException(
+              "Cannot map free space: the stream was cancelled",
+              "AbortError",
+            ),
+          );
           await input.cancel().catch(() => {});
         }
         input.releaseLock();
@@ -217,7 +223,7 @@ async function* mapStream(
     }
     const region = regionOf(kept, p);
     const cursor = new FreeCursor(
-      absolute(region, result.analysis.ranges(region)),
+      absolute(region, rangesOf(result.analysis, region)),
     );
     for await (const [at, c] of la.take(p.offset + p.length)) {
       yield* cursor.cut(at, c);

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { InternalError } from "../format/errors.ts";
 import { l1SizeFor } from "../format/geometry.ts";
 import { encodeRefcountTableEntry } from "../format/refcount.ts";
 import {
@@ -86,7 +87,7 @@ export class MetadataFinalizer {
    *
    * @param record A placed record.
    * @param emit Receives host writes.
-   * @throws {Error} For clusters mapped out of order or beyond the end
+   * @throws {InternalError} For clusters mapped out of order or beyond the end
    * (internal errors: the packer lets no such record through).
    */
   accept(record: PlacedRecord, emit: (w: HostWrite) => void): void {
@@ -137,8 +138,8 @@ export class MetadataFinalizer {
     this.#writeTablesBelow(Infinity, emit);
     const l1Size = l1SizeFor(virtualSize, Math.log2(this.#cs), false);
     if (this.#l1.length > l1Size) {
-      throw new Error(
-        `Internal error: clusters were mapped beyond the end of the input (${this.#l1.length} L1 entries, ${l1Size} expected)`,
+      throw new InternalError(
+        `Cannot write the L1 table: clusters were mapped beyond the end of the input (${this.#l1.length} L1 entries, ${l1Size} expected)`,
       );
     }
     let l1Offset = 0;
@@ -200,8 +201,8 @@ export class MetadataFinalizer {
     const reftableOffset = this.#alloc.allocClusters(tableClusters);
     for (const { index, block } of this.#alloc.takeFinalBlocks(true)) {
       if (index < placed || index >= blocks) {
-        throw new Error(
-          `Internal error: refcount block ${index} is outside [${placed}, ${blocks})`,
+        throw new InternalError(
+          `Cannot write the refcount table: refcount block ${index} is outside [${placed}, ${blocks})`,
         );
       }
       const offset = blocksOffset + (index - placed) * cs;
@@ -212,8 +213,8 @@ export class MetadataFinalizer {
     const reftable = new Uint8Array(tableClusters * cs);
     for (let j = 0; j < blocks; j++) {
       if (this.#reftable[j] === undefined) {
-        throw new Error(
-          `Internal error: refcount block ${j} was never written`,
+        throw new InternalError(
+          `Cannot write the refcount table: refcount block ${j} was never written`,
         );
       }
       encodeRefcountTableEntry(reftable, j, this.#reftable[j]);

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { InternalError } from "../format/errors.ts";
 import { compressedSpan } from "../format/compressed.ts";
 import {
   getRefcount,
@@ -271,8 +272,8 @@ export class HostAllocator {
     const cluster = Math.floor(offset / this.clusterSize);
     const index = Math.floor(cluster / this.blockEntries);
     if (index < this.#taken) {
-      throw new Error(
-        `Internal error: refcount block ${index} was already written`,
+      throw new InternalError(
+        `Cannot count cluster ${cluster}: refcount block ${index} was already written`,
       );
     }
     let block = this.#blocks.get(index);

@@ -2,6 +2,7 @@
 // the L1 table, refcount sizing and the header cluster. The default layout
 // (_finalizer.ts) puts them after the data, the streamable one
 // (_metadata_first.ts) before it.
+import { InternalError } from "../format/errors.ts";
 import { COMPRESSION_TYPE } from "../format/constants.ts";
 import {
   defaultHeader,
@@ -131,8 +132,8 @@ export class L2Tables {
   #table(index: number): Uint8Array {
     const t = Math.floor(index / this.#entries);
     if (t < this.#doneBelow) {
-      throw new Error(
-        `Internal error: L2 table ${t} was already written (cluster ${index} arrived late)`,
+      throw new InternalError(
+        `Cannot map cluster ${index}: L2 table ${t} was already written (the cluster arrived late)`,
       );
     }
     let table = this.#tables.get(t);

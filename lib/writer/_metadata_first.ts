@@ -16,6 +16,7 @@
  */
 
 import { doneWith } from "../io/_recycle.ts";
+import { InternalError } from "../format/errors.ts";
 import { l1SizeFor } from "../format/geometry.ts";
 import { encodeRefcountTableEntry } from "../format/refcount.ts";
 import {
@@ -281,8 +282,8 @@ async function* refcountBlocks(
   const take = function* (all: boolean) {
     for (const { index, block } of refcounts.takeFinalBlocks(all)) {
       if (index !== next++) {
-        throw new Error(
-          `Internal error: refcount block ${index} is out of order`,
+        throw new InternalError(
+          `Cannot write the refcount blocks: block ${index} is out of order`,
         );
       }
       yield block;
@@ -301,14 +302,14 @@ async function* refcountBlocks(
   }
   const end = (p.metaClusters + c.dataClusters) * cs;
   if (refcounts.end !== end) {
-    throw new Error(
-      `Internal error: the data region ends at ${refcounts.end}, not ${end}`,
+    throw new InternalError(
+      `Cannot write the refcount blocks: the data region ends at ${refcounts.end}, not ${end}`,
     );
   }
   yield* take(true);
   if (next !== p.blocks) {
-    throw new Error(
-      `Internal error: ${next} refcount blocks written, ${p.blocks} placed`,
+    throw new InternalError(
+      `Cannot write the refcount blocks: ${next} written, ${p.blocks} placed`,
     );
   }
 }
@@ -324,7 +325,9 @@ async function* l2Tables(
   const take = function* (limit: number) {
     for (const { index, table } of l2.takeBelow(limit)) {
       if (index !== tables[k++]) {
-        throw new Error(`Internal error: L2 table ${index} was not placed`);
+        throw new InternalError(
+          `Cannot write the L2 tables: table ${index} was not placed`,
+        );
       }
       yield table;
     }
@@ -336,8 +339,8 @@ async function* l2Tables(
   }
   yield* take(Infinity);
   if (k !== tables.length) {
-    throw new Error(
-      `Internal error: ${k} L2 tables written, ${tables.length} placed`,
+    throw new InternalError(
+      `Cannot write the L2 tables: ${k} written, ${tables.length} placed`,
     );
   }
 }

@@ -11,6 +11,7 @@
  * @module
  */
 
+import { InternalError } from "../format/errors.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import { Spool } from "../io/spool.ts";
 import { writerStages } from "./_stages.ts";
@@ -130,8 +131,8 @@ function fileBytes(
         return;
       }
       if (value.offset !== offset) {
-        const err = new Error(
-          `Internal error: a streamable write at ${value.offset} does not follow the one ending at ${offset}`,
+        const err = new InternalError(
+          `Cannot write the streamable layout: a write at ${value.offset} does not follow the one ending at ${offset}`,
         );
         await reader.cancel(err);
         throw err;

@@ -523,7 +523,7 @@ diskTest(
     await assert.rejects(
       Array.fromAsync(map.ranges()),
       new RegExp(
-        `^Error: Cannot sparsify: the FAT changed since it was checked \\(the entry of cluster ${last} is now not free\\)$`,
+        `^IoError: Cannot sparsify: the FAT changed since it was checked \\(the entry of cluster ${last} is now not free\\)$`,
       ),
     );
   },

@@ -1,10 +1,7 @@
 import assert from "node:assert";
 import { join } from "node:path";
-import {
-  fetchStream,
-  HttpSource,
-  RangeNotSupportedError,
-} from "../../lib/io/http_source.ts";
+import { fetchStream, HttpSource } from "../../lib/io/http_source.ts";
+import { IoError } from "../../lib/format/errors.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 import { openImageStream } from "../../lib/reader/stream_open.ts";
 import {
@@ -139,7 +136,7 @@ Deno.test("HttpSource.open() refuses a server that ignores Range", async () => {
   });
   await assert.rejects(
     () => HttpSource.open(server.url("disk.raw")),
-    RangeNotSupportedError,
+    (e) => e instanceof IoError && e.code === "RANGE_NOT_SUPPORTED",
   );
 });
 

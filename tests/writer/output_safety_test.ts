@@ -28,7 +28,8 @@ import {
   runCli,
 } from "./_cli.ts";
 import { FileSource } from "../../lib/io/file_source.ts";
-import { OutputExistsError, OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/io/output_file.ts";
+import { IoError } from "../../lib/format/errors.ts";
 import { openStreamOutput } from "../../lib/io/stream_output.ts";
 import { temporaryName } from "../../lib/io/_destination.ts";
 import { isTemporaryTracked } from "../../lib/io/_temp.ts";
@@ -747,7 +748,10 @@ Deno.test("OutputFile: noClobber commits by link, so a file that appeared meanwh
   const out = await OutputFile.create(dst, { noClobber: true });
   await out.writeAt(0, new Uint8Array([1, 2, 3]));
   await Deno.writeFile(dst, new Uint8Array([9]), { createNew: true });
-  await assert.rejects(out.commit(3), OutputExistsError);
+  await assert.rejects(
+    out.commit(3),
+    (e) => e instanceof IoError && e.code === "EXISTS",
+  );
   assert.deepStrictEqual(await Deno.readFile(dst), new Uint8Array([9]));
   assert.ok(!isTemporaryTracked(out.writingPath));
   assert.deepStrictEqual(await listDir(dir.path), ["disk.raw"]);

@@ -5,7 +5,8 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { OutputExistsError, OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/io/output_file.ts";
+import { IoError } from "../../lib/format/errors.ts";
 import { isTemporaryTracked } from "../../lib/io/_temp.ts";
 import { fileChunks } from "../../lib/io/file_stream.ts";
 import { convert } from "../../lib/convert.ts";
@@ -55,7 +56,7 @@ Deno.test("OutputFile: abort removes the temporary file (twice is fine); an exis
   await Deno.writeFile(dst, new Uint8Array([9]));
   await assert.rejects(
     OutputFile.create(dst, { noClobber: true }),
-    OutputExistsError,
+    (e) => e instanceof IoError && e.code === "EXISTS",
   );
   assert.deepStrictEqual(await listDir(dir.path), ["disk.qcow2"]);
   const replacing = await OutputFile.create(dst);
@@ -106,7 +107,7 @@ Deno.test("OutputFile: writes at any offset, in any order, coalesced or not, wit
 Deno.test("OutputFile: a character device is a stream, refused for writes at offsets", async () => {
   await assert.rejects(
     OutputFile.create("/dev/null"),
-    /^Error: Cannot write \/dev\/null: it is a character device, written as a stream, in order, not at offsets$/m,
+    /^IoError: Cannot write \/dev\/null: it is a character device, written as a stream, in order, not at offsets$/m,
   );
   assert.ok((await Deno.stat("/dev/null")).isCharDevice);
 });

@@ -18,6 +18,7 @@
  * @module
  */
 
+import { IoError } from "../../format/errors.ts";
 import { Refusal, type RegionReader } from "../_region.ts";
 import type { FilesystemAnalysis, FilesystemModule } from "../filesystem.ts";
 import type { FreeRange } from "../report.ts";
@@ -185,9 +186,9 @@ async function* freeRanges(
     }
   } catch (err) {
     if (!(err instanceof Refusal)) throw err;
-    throw new Error(
+    throw new IoError(
+      "CHANGED",
       `Cannot sparsify: the ext4 metadata changed since it was checked (${err.message})`,
-      { cause: err },
     );
   }
   if (runStart >= 0) {

@@ -15,6 +15,7 @@
  * @module
  */
 
+import { InternalError } from "../../format/errors.ts";
 import { Refusal } from "../_region.ts";
 import type { GroupBitmaps } from "./bitmaps.ts";
 import type { Ext4Superblock } from "./superblock.ts";
@@ -122,8 +123,8 @@ export class ReferenceCheck {
       return;
     }
     if (this.#n === this.#starts.length) {
-      throw new Error(
-        "Cannot map free space: the reference buffer overflowed (internal error)",
+      throw new InternalError(
+        "Cannot map free space: the reference buffer overflowed",
       );
     }
     this.#starts[this.#n] = start;

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { IoError } from "../../format/errors.ts";
 import { Refusal, type RegionReader } from "../_region.ts";
 import type { FilesystemAnalysis, FilesystemModule } from "../filesystem.ts";
 import type { FreeRange } from "../report.ts";
@@ -76,7 +77,7 @@ async function* freeRanges(
       part = await readFatWindow(region, vol, 0, w);
     } catch (err) {
       if (!(err instanceof Refusal)) throw err;
-      throw changed(err.message, err);
+      throw changed(err.message);
     }
     const first = w * perWindow;
     const stop = Math.min(end, first + perWindow);
@@ -100,10 +101,10 @@ async function* freeRanges(
   if (runStart >= 0) yield run(vol, runStart, runEnd);
 }
 
-function changed(what: string, cause?: unknown): Error {
-  return new Error(
+function changed(what: string): IoError {
+  return new IoError(
+    "CHANGED",
     `Cannot sparsify: the FAT changed since it was checked (${what})`,
-    { cause },
   );
 }
 

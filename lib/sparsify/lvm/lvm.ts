@@ -18,6 +18,7 @@
  * @module
  */
 
+import { InternalError, IoError } from "../../format/errors.ts";
 import { type Piece, PiecewiseDisk } from "../_piecewise.ts";
 import { Refusal, RegionReader } from "../_region.ts";
 import type {
@@ -164,7 +165,7 @@ class VolumeCursor {
       !(value.length > 0 && value.offset >= this.#end &&
         value.offset + value.length <= size)
     ) {
-      throw new Error(
+      throw new InternalError(
         `Cannot map free space: a filesystem module listed range ${
           JSON.stringify(value)
         } out of order or outside its ${size}-byte volume`,
@@ -178,7 +179,7 @@ class VolumeCursor {
   async *within(from: number, to: number): AsyncGenerator<FreeRange> {
     if (from < this.#pos) {
       if (++this.#started > this.#passes) {
-        throw new Error(
+        throw new InternalError(
           `Cannot map free space: more than ${this.#passes} passes over a volume's free ranges`,
         );
       }
@@ -310,15 +311,21 @@ export function createLvmModule(inner: VolumeAnalyzer): FilesystemModule {
         freeBytes,
         volumes,
         async *ranges(again: RegionReader) {
-          const now = await readPhysicalVolume(again);
-          if (now.digest !== pv.digest) {
-            throw new Error(
-              "Cannot map free space: the LVM2 label or metadata changed since it was read",
-            );
-          }
+          const now = await readPhysicalVolume(again).catch((err) => {
+            if (!(err instanceof Refusal)) throw err;
+            throw lvmChanged();
+          });
+          if (now.digest !== pv.digest) throw lvmChanged();
           yield* pvRanges(again, now.layout, mapped);
         },
       };
     },
   };
+}
+
+function lvmChanged(): IoError {
+  return new IoError(
+    "CHANGED",
+    "Cannot map free space: the LVM2 label or metadata changed since it was read",
+  );
 }

@@ -25,6 +25,7 @@
  * @module
  */
 
+import { IoError } from "../../format/errors.ts";
 import { Refusal, type RegionReader } from "../_region.ts";
 import type { FilesystemAnalysis, FilesystemModule } from "../filesystem.ts";
 import type { FreeRange } from "../report.ts";
@@ -426,14 +427,15 @@ async function* freeRanges(
       bytes = await region.read(w.at, w.length, "$Bitmap");
     } catch (err) {
       if (!(err instanceof Refusal)) throw err;
-      throw new Error(
+      throw new IoError(
+        "CHANGED",
         `Cannot sparsify: the NTFS $Bitmap cannot be read again (${err.message})`,
-        { cause: err },
       );
     }
     const digest = await sha256(bytes);
     if (!digest.every((x, i) => x === w.digest[i])) {
-      throw new Error(
+      throw new IoError(
+        "CHANGED",
         `Cannot sparsify: the NTFS $Bitmap at byte ${w.at} changed since it was checked`,
       );
     }
