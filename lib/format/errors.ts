@@ -14,10 +14,9 @@
  * image's bytes is a `Qcow2Error`; what the file system or the network
  * says (including "this file exists" and "this is a directory") is an
  * `IoError`; what is wrong with the call itself, whatever the files hold,
- * is a `RangeError` or `TypeError`. Where a read from a source fails
- * inside the reader, the reader still wraps the source's `IoError` in a
- * `Qcow2Error` with code `IO` (deprecated: the reader moves to `IoError`);
- * its `cause` is the `IoError`.
+ * is a `RangeError` or `TypeError`. Where a source fails under a read,
+ * the reader says what it was reading in an `IoError` with the source's
+ * code, and the source's error as its `cause`.
  *
  * Every message is one line, `Cannot <action>: <reason>`, naming the file,
  * URL or option and the value and limit involved
@@ -62,8 +61,6 @@
  * - `UNTRUSTED_REFERENCE`: a backing or data file may not be followed (an
  *   image whose format was probed names a file outside its directory)
  * - `DECOMPRESS`: a compressed cluster does not decompress to a full cluster
- * - `IO` (deprecated: the reader moves to {@linkcode IoError}): the
- *   underlying source failed; `cause` is the source's error
  *
  * @example Tell a damaged image from a failing disk
  * ```ts
@@ -92,8 +89,7 @@ export type Qcow2ErrorCode =
   | "BAD_SNAPSHOT"
   | "BACKING"
   | "UNTRUSTED_REFERENCE"
-  | "DECOMPRESS"
-  | "IO";
+  | "DECOMPRESS";
 
 /**
  * Where in an image a {@linkcode Qcow2Error} was found.

@@ -3,7 +3,12 @@
 // place that turns them into IoErrors (lib/format/errors.ts has the
 // contract).
 
-import { IoError, type IoErrorCode } from "../format/errors.ts";
+import {
+  InternalError,
+  IoError,
+  type IoErrorCode,
+  Qcow2Error,
+} from "../format/errors.ts";
 
 /**
  * The OS's words for an I/O error, first letter lowered to continue a
@@ -142,5 +147,22 @@ export function fileError(what: string, err: unknown): IoError {
   const cause = err instanceof IoError ? err.cause ?? err : err;
   return new IoError(ioCode(err), `Cannot ${what}: ${fileReason(err)}`, {
     cause,
+  });
+}
+
+/**
+ * A source's failure while the reader reads `what` (`guest offset 0x10000:
+ * 65536 bytes at host offset 0x50000 of disk.qcow2`): an IoError with the
+ * source's code and the failure as its cause. What the source found wrong
+ * with the image (a Qcow2Error), a bug (InternalError) and a bad call
+ * (RangeError) pass through as they are.
+ */
+export function readError(what: string, err: unknown): Error {
+  if (
+    err instanceof Qcow2Error || err instanceof InternalError ||
+    err instanceof RangeError
+  ) return err;
+  return new IoError(ioCode(err), `Cannot read ${what}: ${ioReason(err)}`, {
+    cause: err,
   });
 }

@@ -3,6 +3,7 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import type { RandomAccessSource } from "../io/source.ts";
+import { readError } from "../io/_errors.ts";
 
 /** Throws a RangeError unless `[offset, offset + length)` is inside the disk. */
 export function checkRange(offset: number, length: number, size: number): void {
@@ -30,14 +31,7 @@ export async function readExact(
   try {
     bytes = await source.read(offset, length);
   } catch (err) {
-    throw new Qcow2Error(
-      "IO",
-      `Cannot read ${what} at ${hex(offset)}: ${(err as Error).message}`,
-      {
-        offset,
-        cause: err,
-      },
-    );
+    throw readError(`${what} at ${hex(offset)}`, err);
   }
   if (bytes.length < length) {
     throw new Qcow2Error(

@@ -8,6 +8,7 @@ import {
 } from "../codec/codecs.ts";
 import type { Extent, GuestImage, PlanItem } from "./image.ts";
 import type { RandomAccessSource } from "../io/source.ts";
+import { readError } from "../io/_errors.ts";
 
 /** Reads `length` bytes at `offset`, zero-filled past the end (as QEMU reads). */
 export async function readPadded(
@@ -67,14 +68,11 @@ export async function readDataItem(
     }
     bytes = await source.read(item.hostOffset!, item.length);
   } catch (err) {
-    throw new Qcow2Error(
-      "IO",
-      `Cannot read guest offset ${
-        hex(item.offset)
-      }: reading ${item.length} bytes at host offset ${
+    throw readError(
+      `guest offset ${hex(item.offset)}: ${item.length} bytes at host offset ${
         hex(item.hostOffset!)
-      } of ${source.name ?? "the image"} failed: ${(err as Error).message}`,
-      { offset: item.hostOffset, cause: err },
+      } of ${source.name ?? "the image"}`,
+      err,
     );
   }
   if (bytes.length === item.length) return bytes;
@@ -91,13 +89,7 @@ export async function readCompressedPayload(
   try {
     return await item.source!.read(offset, length);
   } catch (err) {
-    throw new Qcow2Error(
-      "IO",
-      `Cannot read compressed cluster at host offset ${hex(offset)}: ${
-        (err as Error).message
-      }`,
-      { offset, cause: err },
-    );
+    throw readError(`compressed cluster at host offset ${hex(offset)}`, err);
   }
 }
 

@@ -34,6 +34,7 @@
 // goes back, so a consumer that breaks the rule reads garbage at once.
 
 import { BufferPool } from "../io/_recycle.ts";
+import { readError } from "../io/_errors.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import type { PlanItem, Segment } from "./image.ts";
 import {
@@ -43,7 +44,7 @@ import {
   readDataItem,
 } from "./_read.ts";
 import { compressedRange } from "../format/compressed.ts";
-import { hex, Qcow2Error } from "../format/errors.ts";
+import { hex, type Qcow2Error } from "../format/errors.ts";
 
 /** Largest data segment and decompression job when none is asked for. */
 export const DEFAULT_CHUNK = 2 * 1024 * 1024;
@@ -349,13 +350,7 @@ async function decompressClusters(
         )
         : await source.read(lo, hi - lo);
     } catch (err) {
-      throw new Qcow2Error(
-        "IO",
-        `Cannot read compressed clusters at host offset ${hex(lo)}: ${
-          (err as Error).message
-        }`,
-        { offset: lo, cause: err },
-      );
+      throw readError(`compressed clusters at host offset ${hex(lo)}`, err);
     }
     payloads = ranges.map((r) =>
       bytes.subarray(

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "../format/errors.ts";
+import { hex, InternalError, type Qcow2Error } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
 import { PROBE_BYTES, probeFormat } from "../format/probe.ts";
 import { dataFileName, type Qcow2Header } from "../format/header.ts";
@@ -120,14 +120,13 @@ class StreamCursor {
   async read(offset: number, length: number): Promise<Uint8Array> {
     const oldest = this.#chunks[0]?.at ?? this.position;
     if (offset < oldest) {
-      throw new Qcow2Error(
-        "IO",
+      // The layout was found streamable: reads only go forward.
+      throw new InternalError(
         `Cannot read ${
           hex(offset)
         } from the stream: it has already gone past (now at ${
           hex(this.position)
         })`,
-        { offset },
       );
     }
     while (this.position < offset + length) {

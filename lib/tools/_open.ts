@@ -3,10 +3,10 @@
 // walk (the same reference rules, loop detection and depth limit as
 // openImage), for what the tool needs.
 
-import { Qcow2Error } from "../format/errors.ts";
+import type { Qcow2Error } from "../format/errors.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
 import { openHostFile } from "../io/_host_files.ts";
-import { fileReason } from "../io/_errors.ts";
+import { fileError } from "../io/_errors.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import type { OpenPurpose } from "../reader/image_type.ts";
@@ -24,11 +24,7 @@ export async function sourceOf(input: ImageInput): Promise<RandomAccessSource> {
       return await openHostFile(input);
     } catch (err) {
       if (err instanceof TypeError) throw err; // no file access: it says so
-      throw new Qcow2Error(
-        "IO",
-        `Cannot open image ${input}: ${fileReason(err)}`,
-        { cause: err },
-      );
+      throw fileError(`open image ${input}`, err);
     }
   }
   if (input instanceof Uint8Array) return new BytesSource(input);

@@ -22,7 +22,7 @@ Deno.test("Qcow2Error carries code, message, offset, field and cause", () => {
 });
 
 Deno.test("Qcow2Error leaves offset, field and cause undefined when not given", () => {
-  const err = new Qcow2Error("IO", "Cannot read: source failed");
+  const err = new Qcow2Error("CORRUPT", "Cannot read: the image is corrupt");
   assert.strictEqual(err.offset, undefined);
   assert.strictEqual(err.field, undefined);
   assert.strictEqual(err.cause, undefined);
