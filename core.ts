@@ -78,11 +78,8 @@ export {
   type Qcow2PackStreamOptions,
   type SpoolStore,
 } from "./lib/writer/pack_stream.ts";
-export type {
-  ClusterRecord,
-  HostWrite,
-  ZeroBytes,
-} from "./lib/writer/records.ts";
+export type { ClusterRecord, HostWrite } from "./lib/writer/records.ts";
+export type { ZeroBytes } from "./lib/bytes/zeros.ts";
 export {
   type ClusterCodec,
   type CodecBackend,

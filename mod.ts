@@ -35,10 +35,10 @@
 export * from "./core.ts";
 
 // Deno: local files, spool files, and what is built on them.
-export { FileSource } from "./lib/io/file_source.ts";
+export { FileSource } from "./lib/host/file_source.ts";
 export type { FileIdentity } from "./lib/io/source.ts";
-export { OutputFile, type OutputFileOptions } from "./lib/io/output_file.ts";
-export { fileChunks, sparseFileChunks } from "./lib/io/file_stream.ts";
+export { OutputFile, type OutputFileOptions } from "./lib/host/output_file.ts";
+export { fileChunks, sparseFileChunks } from "./lib/host/file_stream.ts";
 export {
   expandToPath,
   type ExpandToPathOptions,

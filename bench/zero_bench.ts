@@ -11,7 +11,7 @@
 // `deno run -A bench/throughput.ts zero` prints the MB/s column directly.
 
 import { Buffer } from "node:buffer";
-import { isZero } from "../lib/writer/is_zero.ts";
+import { isZero } from "../lib/bytes/zeros.ts";
 import { CLUSTER, MiB, perIter, sampleClusters, sink } from "./_data.ts";
 
 const TOTAL = 64 * MiB;

@@ -11,11 +11,12 @@ import { imageChunks } from "./reader/segments.ts";
 import { CodecPool } from "./codec/pool.ts";
 import { Qcow2Writer, type Qcow2WriterOptions } from "./writer/qcow2_writer.ts";
 import type { PackSummary } from "./writer/pack_stream.ts";
-import type { HostWrite, ZeroBytes } from "./writer/records.ts";
+import type { ZeroBytes } from "./bytes/zeros.ts";
+import type { HostWrite } from "./writer/records.ts";
 import { freeSpaceChunks } from "./sparsify/chunks.ts";
 import type { SparsifyReport } from "./sparsify/report.ts";
 import { FreeSpaceStream } from "./sparsify/stream.ts";
-import { doneWith } from "./io/_recycle.ts";
+import { doneWith } from "./bytes/recycle.ts";
 
 /**
  * Options of {@linkcode convert}: the writer's, and `sparsify`.
@@ -24,7 +25,7 @@ import { doneWith } from "./io/_recycle.ts";
  * ```ts
  * import assert from "node:assert";
  * import { convert } from "./convert.ts";
- * import { OutputFile } from "./io/output_file.ts";
+ * import { OutputFile } from "./host/output_file.ts";
  * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
  * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
  * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
@@ -59,7 +60,7 @@ export interface ConvertOptions extends Qcow2WriterOptions {
  * import assert from "node:assert";
  * import { convert } from "./convert.ts";
  * import { openImage } from "./reader/open.ts";
- * import { OutputFile } from "./io/output_file.ts";
+ * import { OutputFile } from "./host/output_file.ts";
  * const disk = new Uint8Array(1 << 20).fill(0x5a); // a bare swap area, old bytes in its pages
  * new DataView(disk.buffer).setUint32(1024, 1, true); // version 1
  * new DataView(disk.buffer).setUint32(1028, 255, true); // last_page
@@ -100,7 +101,7 @@ export interface ConvertSummary extends PackSummary {
  * ```ts
  * import assert from "node:assert";
  * import { convert } from "./convert.ts";
- * import { OutputFile } from "./io/output_file.ts";
+ * import { OutputFile } from "./host/output_file.ts";
  * const dir = await Deno.makeTempDir();
  * const summary = await convert(
  *   ReadableStream.from([new Uint8Array(1 << 20).fill(1)]),

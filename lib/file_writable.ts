@@ -4,13 +4,13 @@
  * @module
  */
 
-import { OutputFile, type OutputFileOptions } from "./io/output_file.ts";
+import { OutputFile, type OutputFileOptions } from "./host/output_file.ts";
 import {
   convert,
   type ConvertOptions,
   type ConvertSummary,
 } from "./convert.ts";
-import type { ZeroBytes } from "./writer/records.ts";
+import type { ZeroBytes } from "./bytes/zeros.ts";
 
 /**
  * A `WritableStream` of raw disk bytes that becomes a qcow2 file: pipe a

@@ -5,7 +5,7 @@
 import assert from "node:assert";
 // Tests run in Deno and open images by path through modules under lib/
 // (not only mod.ts): give the runtime-neutral reader Deno's file access.
-import "../lib/io/file_source.ts";
+import "../lib/host/file_source.ts";
 
 /** Whether `cmd` runs (`cmd --version`, or the given arguments). */
 export function has(cmd: string, args = ["--version"]): boolean {

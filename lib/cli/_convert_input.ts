@@ -17,8 +17,8 @@ import { formatBytes, UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import { directoryOf } from "../reader/references.ts";
-import { concatBytes } from "../format/_bytes.ts";
-import { fileError } from "../io/_errors.ts";
+import { concatBytes } from "../bytes/binary.ts";
+import { fileError } from "../io/os_errors.ts";
 import { splitOptionList } from "./_create_options.ts";
 
 /**

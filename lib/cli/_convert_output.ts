@@ -15,7 +15,7 @@ import {
   type ZeroBytes,
 } from "../../mod.ts";
 import { expandToPath } from "../reader/expand_to_path.ts";
-import { openStreamOutput, standardOutput } from "../io/stream_output.ts";
+import { openStreamOutput, standardOutput } from "../host/stream_output.ts";
 import type { ConvertSettings } from "./_convert_settings.ts";
 import type { Progress } from "./progress.ts";
 

@@ -11,7 +11,7 @@ import {
 } from "../../mod.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
 import { fileIdentities } from "../io/identity.ts";
-import { descriptorIdentity } from "../io/stream_output.ts";
+import { descriptorIdentity } from "../host/stream_output.ts";
 import { createProgress, type Progress } from "./progress.ts";
 import { formatBytes, formatRate, reworded, warn } from "./_util.ts";
 import { writeOut } from "./_args.ts";

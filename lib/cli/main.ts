@@ -1,6 +1,6 @@
 // Command dispatch for the qcow2pipe CLI.
 import { reportError, warn } from "./_util.ts";
-import { removeTemporaryFiles } from "../io/_temp.ts";
+import { removeTemporaryFiles } from "../host/temp.ts";
 import config from "../../deno.json" with { type: "json" };
 
 /** The version, from deno.json: `qcow2pipe 0.1.0`. */

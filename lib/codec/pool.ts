@@ -14,7 +14,7 @@ import {
 } from "../format/errors.ts";
 import type { CodecOptions } from "./codecs.ts";
 import { codecCache, runJob } from "./_job.ts";
-import { BufferPool } from "../io/_recycle.ts";
+import { BufferPool } from "../bytes/recycle.ts";
 import {
   CODEC_WORKER_NAME,
   inCodecWorker,

@@ -14,7 +14,8 @@
  */
 
 import { hex, Qcow2Error } from "./errors.ts";
-import { alignUp, decodeText, joinU64, readU64, viewOf } from "./_bytes.ts";
+import { alignUp, decodeText, joinU64, viewOf } from "../bytes/binary.ts";
+import { readU64 } from "./_bytes.ts";
 
 /**
  * Bitmap flags (directory entry bytes 12-15).

@@ -16,7 +16,7 @@
 
 import { COMPRESSED_SECTOR_SIZE } from "./constants.ts";
 import { hex, Qcow2Error } from "./errors.ts";
-import { joinU64 } from "./_bytes.ts";
+import { joinU64 } from "../bytes/binary.ts";
 
 /**
  * A decoded compressed cluster descriptor.

@@ -11,10 +11,10 @@ import {
   alignUp,
   decodeText,
   encodeText,
-  readU64,
   viewOf,
   writeU64,
-} from "./_bytes.ts";
+} from "../bytes/binary.ts";
+import { readU64 } from "./_bytes.ts";
 
 /**
  * One entry of the feature name table extension.

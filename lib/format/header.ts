@@ -30,7 +30,8 @@ import {
   parseExtensions,
   serializeExtensions,
 } from "./extensions.ts";
-import { decodeText, encodeText, readU64, viewOf, writeU64 } from "./_bytes.ts";
+import { decodeText, encodeText, viewOf, writeU64 } from "../bytes/binary.ts";
+import { readU64 } from "./_bytes.ts";
 
 /**
  * Every field of a qcow2 header, plus its extensions and backing file name.

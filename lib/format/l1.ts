@@ -12,7 +12,8 @@
  */
 
 import { ENTRY } from "./constants.ts";
-import { joinU64, splitTableOffset } from "./_bytes.ts";
+import { joinU64 } from "../bytes/binary.ts";
+import { splitTableOffset } from "./_bytes.ts";
 
 /**
  * A decoded L1 entry.

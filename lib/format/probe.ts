@@ -8,7 +8,7 @@
  * @module
  */
 
-import { viewOf } from "./_bytes.ts";
+import { viewOf } from "../bytes/binary.ts";
 import { QCOW2_MAGIC } from "./constants.ts";
 
 /**

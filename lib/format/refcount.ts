@@ -12,7 +12,8 @@
 
 import { MAX_REFCOUNT_ORDER, REFTABLE_RESERVED_LO } from "./constants.ts";
 import { hex, Qcow2Error } from "./errors.ts";
-import { joinU64, splitTableOffset } from "./_bytes.ts";
+import { joinU64 } from "../bytes/binary.ts";
+import { splitTableOffset } from "./_bytes.ts";
 
 function checkOrder(order: number): void {
   if (!Number.isInteger(order) || order < 0 || order > MAX_REFCOUNT_ORDER) {

@@ -19,10 +19,10 @@ import {
   alignUp,
   decodeText,
   encodeText,
-  readU64,
   viewOf,
   writeU64,
-} from "./_bytes.ts";
+} from "../bytes/binary.ts";
+import { readU64 } from "./_bytes.ts";
 
 /** Length of the fixed part of a snapshot table entry. *
  * @example Where an entry's extra data starts

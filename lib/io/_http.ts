@@ -7,7 +7,7 @@
 // answer is tried again after a pause, from where it stopped.
 
 import { IoError, type IoErrorCode } from "../format/errors.ts";
-import { ioCode, ioReason } from "./_errors.ts";
+import { ioCode, ioReason } from "./os_errors.ts";
 
 /** The most redirects one request follows. */
 export const MAX_REDIRECTS = 10;

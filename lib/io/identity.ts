@@ -4,7 +4,7 @@
 // which file a source reads is asked of the runtime's file module.
 
 import { IoError } from "../format/errors.ts";
-import { hostFiles } from "./_host_files.ts";
+import { hostFiles } from "./host_files.ts";
 import type { FileIdentity, RandomAccessSource } from "./source.ts";
 
 /**

@@ -3,7 +3,7 @@
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import type { RandomAccessSource } from "../io/source.ts";
-import { readError } from "../io/_errors.ts";
+import { readError } from "../io/os_errors.ts";
 
 /** Throws a RangeError unless `[offset, offset + length)` is inside the disk. */
 export function checkRange(offset: number, length: number, size: number): void {

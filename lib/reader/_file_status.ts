@@ -3,7 +3,7 @@
 // SEEK_HOLE, asked through the runtime's file module), for raw images and
 // the data clusters of preallocated qcow2 images.
 
-import { type HostFiles, hostFiles } from "../io/_host_files.ts";
+import { type HostFiles, hostFiles } from "../io/host_files.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 
 /** Data/hole queries on one open file (see `HostFiles.holeProbe`). */

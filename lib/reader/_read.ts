@@ -1,5 +1,5 @@
 // Reading plan items: shared by the image types and the segment stream.
-import { hex, Qcow2Error } from "../format/errors.ts";
+import { hex, InternalError, Qcow2Error } from "../format/errors.ts";
 import { compressedRange } from "../format/compressed.ts";
 import {
   type ClusterCodec,
@@ -7,22 +7,7 @@ import {
   createCodec,
 } from "../codec/codecs.ts";
 import type { Extent, GuestImage, PlanItem } from "./image.ts";
-import type { RandomAccessSource } from "../io/source.ts";
-import { readError } from "../io/_errors.ts";
-
-/** Reads `length` bytes at `offset`, zero-filled past the end (as QEMU reads). */
-export async function readPadded(
-  source: RandomAccessSource,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  if (offset >= source.size || length === 0) return new Uint8Array(length);
-  const bytes = await source.read(offset, length);
-  if (bytes.length === length) return bytes;
-  const out = new Uint8Array(length);
-  out.set(bytes);
-  return out;
-}
+import { readError } from "../io/os_errors.ts";
 
 /** The public part of a plan item. */
 export function toExtent(item: PlanItem): Extent {
@@ -95,6 +80,8 @@ export async function readCompressedPayload(
 
 /** Adds where a decompression failed to a codec error. */
 export function decompressError(item: PlanItem, err: unknown): Error {
+  // A codec that failed (a crashed worker) says nothing about the image.
+  if (err instanceof InternalError) return err;
   const c = item.compressed!;
   return new Qcow2Error(
     "DECOMPRESS",
@@ -149,17 +136,4 @@ export async function* extentsOf(
 ): AsyncGenerator<Extent> {
   const items = image.plan(offset, length ?? image.virtualSize - offset, 0);
   for await (const item of items) yield toExtent(item);
-}
-
-/** Reads guest bytes; past the end of the disk they read as zeros. */
-export async function readPastEnd(
-  image: GuestImage,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  const inside = Math.max(0, Math.min(length, image.virtualSize - offset));
-  if (inside === length) return await image.readAt(offset, length);
-  const out = new Uint8Array(length);
-  if (inside > 0) out.set(await image.readAt(offset, inside));
-  return out;
 }

@@ -17,7 +17,7 @@
 // - 64 jobs: many small reads may be out at once (an HTTP source merges
 //   reads asked for together); the bytes bound the memory.
 //
-// Buffers (only with `reuseBuffers`; lib/io/_recycle.ts's BufferPool).
+// Buffers (only with `reuseBuffers`; lib/bytes/recycle.ts's BufferPool).
 // - A job takes its buffer when it is queued: a data piece's (read with
 //   `readInto`), a compressed group's output, and the payload buffer the
 //   group's compressed bytes are read into.
@@ -33,8 +33,8 @@
 // In debug mode (QCOW2PIPE_POISON=1) a buffer is filled with 0xDB when it
 // goes back, so a consumer that breaks the rule reads garbage at once.
 
-import { BufferPool } from "../io/_recycle.ts";
-import { readError } from "../io/_errors.ts";
+import { BufferPool } from "../bytes/recycle.ts";
+import { readError } from "../io/os_errors.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import type { PlanItem, Segment } from "./image.ts";
 import {
@@ -44,7 +44,7 @@ import {
   readDataItem,
 } from "./_read.ts";
 import { compressedRange } from "../format/compressed.ts";
-import { hex, type Qcow2Error } from "../format/errors.ts";
+import { hex } from "../format/errors.ts";
 
 /** Largest data segment and decompression job when none is asked for. */
 export const DEFAULT_CHUNK = 2 * 1024 * 1024;

@@ -6,8 +6,8 @@
  */
 
 import type { ImageSink } from "../io/sink.ts";
-import { isZero } from "../writer/is_zero.ts";
-import type { ZeroBytes } from "../writer/records.ts";
+import { isZero } from "../bytes/zeros.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
 import type { GuestImage } from "./image.ts";
 import {
   type ReadImageOptions,
@@ -51,7 +51,7 @@ export interface ExpandOptions extends ReadImageOptions {
  * ```ts
  * import assert from "node:assert";
  * import { expandToFile } from "./expand.ts";
- * import { OutputFile } from "../io/output_file.ts";
+ * import { OutputFile } from "../host/output_file.ts";
  * const dir = await Deno.makeTempDir();
  * const raw = ReadableStream.from([new Uint8Array([1]), { zeros: 1 << 20 }]);
  * assert.strictEqual(await expandToFile(raw, await OutputFile.create(`${dir}/disk.raw`)), 1);
@@ -146,7 +146,7 @@ async function writeZeros(
  * import { convertToBytes } from "../writer/qcow2_writer.ts";
  * import { openImage } from "./open.ts";
  * import { expandToFile } from "./expand.ts";
- * import { OutputFile } from "../io/output_file.ts";
+ * import { OutputFile } from "../host/output_file.ts";
  * const dir = await Deno.makeTempDir();
  * await using image = await openImage(await convertToBytes(new Uint8Array(5000).fill(4)));
  * await expandToFile(image, await OutputFile.create(`${dir}/disk.raw`));

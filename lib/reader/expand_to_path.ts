@@ -6,8 +6,8 @@
  * @module
  */
 
-import { OutputFile, type OutputFileOptions } from "../io/output_file.ts";
-import { openStreamOutput } from "../io/stream_output.ts";
+import { OutputFile, type OutputFileOptions } from "../host/output_file.ts";
+import { openStreamOutput } from "../host/stream_output.ts";
 import { fileIdentities } from "../io/identity.ts";
 import type { FileIdentity } from "../io/source.ts";
 import type { ImageSink } from "../io/sink.ts";

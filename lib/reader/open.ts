@@ -7,7 +7,7 @@
 
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
 import { type HttpTransport, isHttpUrl } from "../io/http_source.ts";
-import { fileError } from "../io/_errors.ts";
+import { fileError } from "../io/os_errors.ts";
 import type { GuestImage } from "./image.ts";
 import { openByName, type ReferencePolicy } from "./references.ts";
 import { openChain } from "./chain.ts";

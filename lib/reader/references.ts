@@ -22,14 +22,14 @@
  */
 
 import { Qcow2Error } from "../format/errors.ts";
-import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
+import { hostFiles, isNotFound, openHostFile } from "../io/host_files.ts";
 import {
   HttpSource,
   type HttpSourceOptions,
   type HttpTransport,
 } from "../io/http_source.ts";
-import { fileReason } from "../io/_errors.ts";
-import { isAbsolute, join } from "../io/_path.ts";
+import { fileReason } from "../io/os_errors.ts";
+import { isAbsolute, join } from "../io/path.ts";
 import type { FileIdentity, RandomAccessSource } from "../io/source.ts";
 
 /**

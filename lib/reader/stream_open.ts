@@ -8,22 +8,22 @@
  * @module
  */
 
-import { hex, InternalError, type Qcow2Error } from "../format/errors.ts";
+import { hex, InternalError } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
 import { PROBE_BYTES, probeFormat } from "../format/probe.ts";
 import { dataFileName, type Qcow2Header } from "../format/header.ts";
 import { compressedRange } from "../format/compressed.ts";
 import { geometryOf } from "../format/geometry.ts";
 import type { RandomAccessSource } from "../io/source.ts";
-import { FileSource } from "../io/file_source.ts";
-import { OutputFile } from "../io/output_file.ts";
+import { FileSource } from "../host/file_source.ts";
+import { OutputFile } from "../host/output_file.ts";
 import { join } from "node:path";
 import type { GuestImage } from "./image.ts";
 import { openImage, type OpenImageOptions } from "./open.ts";
 import { readableFormat } from "./formats.ts";
 import { readHeader } from "./qcow2/header.ts";
 import { Qcow2Image } from "./qcow2/image.ts";
-import { makeTempDirIn } from "../io/_temp.ts";
+import { makeTempDirIn, removeTempDir } from "../host/temp.ts";
 import { ReferenceGate, topReferrer } from "./references.ts";
 
 /**
@@ -251,7 +251,7 @@ export async function openImageStream(
     prefix?.close();
     await cursor.cancel();
     await file.abort();
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await removeTempDir(dir);
   };
   try {
     await cursor.spoolTo(file, PROBE_BYTES);

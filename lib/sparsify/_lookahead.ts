@@ -2,7 +2,7 @@
 // the output position can be read before the bytes it describes are passed
 // on. Private to lib/sparsify (the FreeSpaceStream stage).
 
-import type { ZeroBytes } from "../writer/records.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
 import { InternalError } from "../format/errors.ts";
 import { type DiskReader, Refusal } from "./_region.ts";
 

@@ -7,12 +7,12 @@
  */
 
 import type { CodecPool } from "../codec/pool.ts";
-import type { HoleProbe } from "../io/_holes.ts";
-import { hostFiles } from "../io/_host_files.ts";
+import type { HoleProbe } from "../io/host_files.ts";
+import { hostFiles } from "../io/host_files.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { readSegments } from "../reader/segments.ts";
-import type { ZeroBytes } from "../writer/records.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
 import { type FreeSpaceMap, mapFreeSpace } from "./map.ts";
 import type { SparsifyReport } from "./report.ts";
 

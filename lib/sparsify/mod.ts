@@ -28,7 +28,7 @@
  * @example Sparsify a disk image in a file
  * ```ts
  * import assert from "node:assert";
- * import { FileSource } from "../io/file_source.ts";
+ * import { FileSource } from "../host/file_source.ts";
  * import { freeSpaceChunks } from "./mod.ts";
  * const path = await Deno.makeTempFile();
  * await Deno.writeFile(path, new Uint8Array(1 << 20)); // no table, no filesystem

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ZeroBytes } from "../writer/records.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
 import { type Chunk, chunkLength, Lookahead } from "./_lookahead.ts";
 import type { RegionReader } from "./_region.ts";
 import { analyzeRegion, regionOf } from "./map.ts";

@@ -18,7 +18,7 @@ import {
   parseBitmapDirectory,
 } from "../format/bitmaps.ts";
 import type { StoredRefcounts } from "../reader/qcow2/refcounts.ts";
-import { readPadded } from "../reader/_read.ts";
+import { readPadded } from "../reader/read.ts";
 import { qcow2VirtualSize } from "../format/geometry.ts";
 import { RefcountMap } from "./_refmap.ts";
 import {

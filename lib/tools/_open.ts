@@ -3,10 +3,9 @@
 // walk (the same reference rules, loop detection and depth limit as
 // openImage), for what the tool needs.
 
-import type { Qcow2Error } from "../format/errors.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
-import { openHostFile } from "../io/_host_files.ts";
-import { fileError } from "../io/_errors.ts";
+import { openHostFile } from "../io/host_files.ts";
+import { fileError } from "../io/os_errors.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import type { OpenPurpose } from "../reader/image_type.ts";

@@ -16,7 +16,7 @@ import { RefblockError, StoredRefcounts } from "../reader/qcow2/refcounts.ts";
 import { bitmapDirectoryOf } from "../reader/qcow2/bitmaps.ts";
 import { Qcow2Image } from "../reader/qcow2/image.ts";
 import { l2EntryAt } from "../reader/qcow2/mapping.ts";
-import { readPadded } from "../reader/_read.ts";
+import { readPadded } from "../reader/read.ts";
 import { readSnapshotTable } from "../reader/qcow2/snapshots.ts";
 import { CheckFailure, entryHex, ReferenceWalk } from "./_check_refs.ts";
 import { decodeL1Entry } from "../format/l1.ts";

@@ -11,7 +11,7 @@ import type { ReferencePolicy } from "../reader/references.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { type ImageInput, openForTool, type OpenSource } from "./_open.ts";
 import type { HttpTransport } from "../io/http_source.ts";
-import { readPastEnd } from "../reader/_read.ts";
+import { readPastEnd } from "../reader/read.ts";
 import { type StatusRun, statusRuns } from "./_status.ts";
 
 /**

@@ -8,7 +8,7 @@
  */
 
 import type { HttpTransport } from "../io/http_source.ts";
-import { hostFiles } from "../io/_host_files.ts";
+import { hostFiles } from "../io/host_files.ts";
 import type { GuestImage, InfoValue, SnapshotInfo } from "../reader/image.ts";
 import type { FormatName } from "../reader/formats.ts";
 import type { Qcow2Info } from "../reader/qcow2/info.ts";

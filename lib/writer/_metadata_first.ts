@@ -15,7 +15,7 @@
  * @module
  */
 
-import { doneWith } from "../io/_recycle.ts";
+import { doneWith } from "../bytes/recycle.ts";
 import { InternalError } from "../format/errors.ts";
 import { l1SizeFor } from "../format/geometry.ts";
 import { encodeRefcountTableEntry } from "../format/refcount.ts";

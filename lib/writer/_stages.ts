@@ -8,7 +8,8 @@ import { ClusterChunkStream } from "./chunk_stream.ts";
 import { CompressStream } from "./compress_stream.ts";
 import { Qcow2PackStream, type Qcow2PackStreamOptions } from "./pack_stream.ts";
 import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
-import type { HostWrite, ZeroBytes } from "./records.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
+import type { HostWrite } from "./records.ts";
 import { ZeroDetectStream } from "./zero_stream.ts";
 
 /** The stages, wired. */

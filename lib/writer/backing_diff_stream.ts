@@ -6,10 +6,10 @@
  */
 
 import { checkClusterSize, checkRecord } from "./_options.ts";
-import { isZero } from "./is_zero.ts";
+import { isZero } from "../bytes/zeros.ts";
 import type { ClusterRecord } from "./records.ts";
 import type { GuestImage } from "../reader/image.ts";
-import { readPastEnd } from "../reader/_read.ts";
+import { readPastEnd } from "../reader/read.ts";
 
 /**
  * Options of {@linkcode BackingDiffStream}.

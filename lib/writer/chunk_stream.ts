@@ -5,7 +5,8 @@
  * @module
  */
 
-import type { ClusterRecord, ZeroBytes } from "./records.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
+import type { ClusterRecord } from "./records.ts";
 import { checkClusterSize } from "./_options.ts";
 
 /**

@@ -13,7 +13,7 @@ import type {
 } from "../codec/codecs.ts";
 import type { ClusterRecord } from "./records.ts";
 import { checkClusterSize, checkRecord } from "./_options.ts";
-import { doneWith, Recycler } from "../io/_recycle.ts";
+import { doneWith, Recycler } from "../bytes/recycle.ts";
 
 /**
  * Options of {@linkcode CompressStream}.
@@ -106,7 +106,7 @@ export class CompressStream
       1,
       Math.floor((options.jobBytes ?? 1024 * 1024) / cs),
     );
-    // Job buffers go round: see lib/io/_recycle.ts.
+    // Job buffers go round: see lib/bytes/recycle.ts.
     const jobs = new Recycler(jobClusters * cs);
     const queue: Promise<ClusterRecord[]>[] = [];
     const push = (job: Promise<ClusterRecord[]>) => {

@@ -9,7 +9,8 @@ import type { CodecBackend, ZlibWindow } from "../codec/codecs.ts";
 import { writerStages } from "./_stages.ts";
 import type { PackSummary, Qcow2PackStreamOptions } from "./pack_stream.ts";
 import type { GuestImage } from "../reader/image.ts";
-import type { HostWrite, ZeroBytes } from "./records.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
+import type { HostWrite } from "./records.ts";
 
 /**
  * Options of the forward pipeline: the pack stage's (cluster size,

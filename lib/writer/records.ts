@@ -51,30 +51,6 @@ export type ClusterRecord =
   | { kind: "end"; size: number };
 
 /**
- * What the chunker accepts besides bytes: a run of zero bytes that need not
- * be materialized (a hole in a sparse source, or free space found by the
- * free-space map of `--sparsify`).
- *
- * @example A 1 GiB hole costs nothing to convert
- * ```ts
- * import assert from "node:assert";
- * import { convert } from "../convert.ts";
- * import { writesToBytes } from "./qcow2_writer.ts";
- * import type { HostWrite, ZeroBytes } from "./records.ts";
- * const hole: ZeroBytes = { zeros: 1 << 30 };
- * const { readable, writable } = new TransformStream<HostWrite, HostWrite>();
- * const bytes = writesToBytes(readable);
- * const summary = await convert(ReadableStream.from([hole]), writable);
- * assert.strictEqual(summary.virtualSize, 1 << 30);
- * assert.ok((await bytes).length < 1 << 20);
- * ```
- */
-export interface ZeroBytes {
-  /** Number of zero bytes. */
-  zeros: number;
-}
-
-/**
  * Bytes to write at a host offset of the output file.
  *
  * @example The writes of a conversion, gathered into a file image

@@ -13,11 +13,12 @@
 
 import { InternalError } from "../format/errors.ts";
 import type { CodecPool } from "../codec/pool.ts";
-import { Spool } from "../io/spool.ts";
+import { Spool } from "../host/spool.ts";
 import { writerStages } from "./_stages.ts";
 import type { PackSummary, Qcow2PackStream } from "./pack_stream.ts";
 import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
-import type { HostWrite, ZeroBytes } from "./records.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
+import type { HostWrite } from "./records.ts";
 
 /**
  * Options of {@linkcode StreamableQcow2Writer}: `Qcow2Writer`'s, and where

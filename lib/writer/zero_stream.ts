@@ -6,7 +6,7 @@
  */
 
 import type { ClusterRecord } from "./records.ts";
-import { isZero } from "./is_zero.ts";
+import { isZero } from "../bytes/zeros.ts";
 import { checkClusterSize, checkRecord } from "./_options.ts";
 
 /**

@@ -4,12 +4,11 @@ import {
   decodeText,
   encodeText,
   joinU64,
-  readU64,
-  splitTableOffset,
   splitU64,
   viewOf,
   writeU64,
-} from "../../lib/format/_bytes.ts";
+} from "../../lib/bytes/binary.ts";
+import { readU64, splitTableOffset } from "../../lib/format/_bytes.ts";
 import {
   assertQcow2Error,
   assertRangeError,

@@ -24,7 +24,7 @@ import { openImage } from "../../lib/reader/open.ts";
 import { openImageStream } from "../../lib/reader/stream_open.ts";
 import { readSegments } from "../../lib/reader/segments.ts";
 import { expandToPath } from "../../lib/reader/expand_to_path.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import { convert } from "../../lib/convert.ts";
 import type { GuestImage } from "../../lib/reader/image.ts";

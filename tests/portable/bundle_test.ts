@@ -10,12 +10,12 @@ import { buildBundle } from "../_bundle.ts";
 
 /** Modules that use Deno's APIs (or the CLI): never in the bundle. */
 const DENO_ONLY = [
-  "lib/io/file_source.ts",
-  "lib/io/output_file.ts",
-  "lib/io/file_stream.ts",
-  "lib/io/spool.ts",
-  "lib/io/_holes.ts",
-  "lib/io/_temp.ts",
+  "lib/host/file_source.ts",
+  "lib/host/output_file.ts",
+  "lib/host/file_stream.ts",
+  "lib/host/spool.ts",
+  "lib/host/_holes.ts",
+  "lib/host/temp.ts",
   "lib/reader/stream_open.ts",
   "lib/reader/expand_to_path.ts",
   "lib/writer/streamable.ts",

@@ -6,7 +6,7 @@ import assert from "node:assert";
 import { posix } from "node:path";
 import { fileURLToPath } from "node:url";
 import { CodecPool } from "../../lib/codec/pool.ts";
-import { dirname, isAbsolute, join } from "../../lib/io/_path.ts";
+import { dirname, isAbsolute, join } from "../../lib/io/path.ts";
 import { tempDir } from "../_qemu.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { expandToFile } from "../../lib/reader/expand.ts";
 import { expandToPath } from "../../lib/reader/expand_to_path.ts";
 import { openImage } from "../../lib/reader/open.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import type { ImageSink } from "../../lib/io/sink.ts";
 import { BytesSource, type RandomAccessSource } from "../../lib/io/source.ts";
 import { listDir } from "../writer/_helpers.ts";
@@ -137,7 +137,7 @@ Deno.test("expandToPath() leaves no file and no temporary file when the image re
   const reading = { chunkSize: MiB, maxInFlight: 1 }; // little read-ahead
   await assert.rejects(
     expandToPath(image, dst, { ...reading, onProgress: (n) => done = n }),
-    /Cannot read SRC at 8388608: injected/,
+    /Cannot read guest offset 0x800000: .*: Cannot read SRC at 8388608: injected/,
   );
   assert.strictEqual(done, 8 * MiB, "failed mid-way");
   assert.deepStrictEqual(await listDir(dir.path), []);

@@ -5,9 +5,9 @@ import {
   type ReadImageOptions,
   readSegments,
 } from "../../lib/reader/segments.ts";
-import { FileSource } from "../../lib/io/file_source.ts";
+import { FileSource } from "../../lib/host/file_source.ts";
 import type { RandomAccessSource } from "../../lib/io/source.ts";
-import { POISON_BYTE, setPoisoning } from "../../lib/io/_recycle.ts";
+import { POISON_BYTE, setPoisoning } from "../../lib/bytes/recycle.ts";
 import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { tempDir } from "../_qemu.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";

@@ -7,7 +7,7 @@
 import assert from "node:assert";
 import { join } from "node:path";
 import { tempDir } from "../_qemu.ts";
-import { FileSource } from "../../lib/io/file_source.ts";
+import { FileSource } from "../../lib/host/file_source.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import { freeSpaceChunks } from "../../lib/sparsify/chunks.ts";
 import {

@@ -12,7 +12,7 @@
 import assert from "node:assert";
 import { join } from "node:path";
 import { tempDir } from "../_qemu.ts";
-import { FileSource } from "../../lib/io/file_source.ts";
+import { FileSource } from "../../lib/host/file_source.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import type { FreeRange, RegionReport } from "../../lib/sparsify/report.ts";
 import {

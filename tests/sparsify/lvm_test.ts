@@ -12,7 +12,7 @@
 import assert from "node:assert";
 import { qemuCheckClean, qemuImg, tempDir } from "../_qemu.ts";
 import { runCli } from "../writer/_cli.ts";
-import { FileSource } from "../../lib/io/file_source.ts";
+import { FileSource } from "../../lib/host/file_source.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import { FreeSpaceStream } from "../../lib/sparsify/stream.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";

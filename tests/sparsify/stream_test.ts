@@ -7,17 +7,17 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { qemuCheckClean, qemuCompareIdentical, tempDir } from "../_qemu.ts";
 import { runCli } from "../writer/_cli.ts";
-import { FileSource } from "../../lib/io/file_source.ts";
+import { FileSource } from "../../lib/host/file_source.ts";
 import { HttpSource } from "../../lib/io/http_source.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { convert } from "../../lib/convert.ts";
-import { fileChunks } from "../../lib/io/file_stream.ts";
+import { fileChunks } from "../../lib/host/file_stream.ts";
 import { freeSpaceChunks } from "../../lib/sparsify/chunks.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import { FreeSpaceStream } from "../../lib/sparsify/stream.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
-import type { ZeroBytes } from "../../lib/writer/records.ts";
+import type { ZeroBytes } from "../../lib/bytes/zeros.ts";
 import { formatBytes } from "../../lib/cli/_util.ts";
 import {
   buildDisk,

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { qemuCompareIdentical, tempDir } from "../_qemu.ts";
 import { runCli } from "../writer/_cli.ts";
 import { BytesSource } from "../../lib/io/source.ts";
-import { FileSource } from "../../lib/io/file_source.ts";
+import { FileSource } from "../../lib/host/file_source.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import { crc32 } from "../../lib/sparsify/_crc.ts";
 import {

@@ -11,7 +11,7 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { qemuCheckClean, qemuImg, tempDir } from "../_qemu.ts";
 import { runCli } from "../writer/_cli.ts";
-import { FileSource } from "../../lib/io/file_source.ts";
+import { FileSource } from "../../lib/host/file_source.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
 import { freeSpaceChunks } from "../../lib/sparsify/chunks.ts";
 import { FreeSpaceStream } from "../../lib/sparsify/stream.ts";

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { qemuTest, tempDir } from "../_qemu.ts";
 import { makeImage, pattern, qemuImg, qemuStatus } from "./_helpers.ts";
 import { compareImages, formatCompareResult } from "../../lib/tools/mod.ts";
-import { Qcow2Error } from "../../mod.ts";
+import { IoError, Qcow2Error } from "../../mod.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -143,7 +143,7 @@ Deno.test("compare: in-memory images and errors", async () => {
   await assert.rejects(
     compareImages(raw, "/nonexistent/disk.qcow2"),
     (e: Error) =>
-      e instanceof Qcow2Error &&
+      e instanceof IoError && e.code === "NOT_FOUND" &&
       e.message === "Cannot open image /nonexistent/disk.qcow2: no such file",
   );
 });

@@ -15,7 +15,8 @@ import {
 } from "../../lib/tools/_qemu_text.ts";
 import { RefcountMap } from "../../lib/tools/_refmap.ts";
 import { parseLuksHeader } from "../../lib/format/luks.ts";
-import { type HoleProbe, openHoleProber } from "../../lib/io/_holes.ts";
+import type { HoleProbe } from "../../lib/io/host_files.ts";
+import { openHoleProber } from "../../lib/host/_holes.ts";
 import { fileStatus } from "../../lib/reader/_file_status.ts";
 import { type CheckResult, formatCheckResult } from "../../lib/tools/mod.ts";
 import { Qcow2Error } from "../../mod.ts";

@@ -16,7 +16,7 @@ import {
 } from "../_qemu.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { imageReadable } from "../../lib/reader/segments.ts";
-import type { ZeroBytes } from "../../lib/writer/records.ts";
+import type { ZeroBytes } from "../../lib/bytes/zeros.ts";
 import { parseHeader } from "../../lib/format/header.ts";
 import { decodeL1Entry } from "../../lib/format/l1.ts";
 import { decodeL2Entry } from "../../lib/format/l2.ts";

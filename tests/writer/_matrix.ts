@@ -12,10 +12,10 @@ import {
   type Qcow2WriterOptions,
   writesToBytes,
 } from "../../lib/writer/qcow2_writer.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import type { CodecBackend } from "../../lib/codec/codecs.ts";
 import type { PackSummary } from "../../lib/writer/pack_stream.ts";
-import { isZero } from "../../lib/writer/is_zero.ts";
+import { isZero } from "../../lib/bytes/zeros.ts";
 import {
   bytesInput,
   holesInput,

@@ -3,13 +3,14 @@
 // (zero clusters split out of data runs).
 
 import assert from "node:assert";
-import { isZero } from "../../lib/writer/is_zero.ts";
+import { isZero } from "../../lib/bytes/zeros.ts";
 import { ClusterChunkStream } from "../../lib/writer/chunk_stream.ts";
 import { ZeroDetectStream } from "../../lib/writer/zero_stream.ts";
 import { CompressStream } from "../../lib/writer/compress_stream.ts";
 import { Qcow2PackStream } from "../../lib/writer/pack_stream.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
-import type { ClusterRecord, ZeroBytes } from "../../lib/writer/records.ts";
+import type { ZeroBytes } from "../../lib/bytes/zeros.ts";
+import type { ClusterRecord } from "../../lib/writer/records.ts";
 import { chunked, mixedBytes, prng, randomBytes } from "./_helpers.ts";
 
 type Chunk = Uint8Array | ZeroBytes;

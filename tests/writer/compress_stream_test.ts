@@ -16,7 +16,7 @@ import {
 import { CompressStream } from "../../lib/writer/compress_stream.ts";
 import type { ClusterRecord } from "../../lib/writer/records.ts";
 import { convert } from "../../lib/convert.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { Qcow2Writer, writesToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { tempDir } from "../_qemu.ts";
 import { listDir, prng, randomBytes, textBytes } from "./_helpers.ts";

@@ -15,7 +15,7 @@ import {
   tempDir,
 } from "../_qemu.ts";
 import { convert } from "../../lib/convert.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { convertToBytes, Qcow2Writer } from "../../lib/writer/qcow2_writer.ts";
 import { BackingDiffStream } from "../../lib/writer/backing_diff_stream.ts";

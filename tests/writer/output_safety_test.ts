@@ -27,12 +27,12 @@ import {
   partialFiles,
   runCli,
 } from "./_cli.ts";
-import { FileSource } from "../../lib/io/file_source.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { FileSource } from "../../lib/host/file_source.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { IoError } from "../../lib/format/errors.ts";
-import { openStreamOutput } from "../../lib/io/stream_output.ts";
-import { temporaryName } from "../../lib/io/_destination.ts";
-import { isTemporaryTracked } from "../../lib/io/_temp.ts";
+import { openStreamOutput } from "../../lib/host/stream_output.ts";
+import { temporaryName } from "../../lib/host/_destination.ts";
+import { isTemporaryTracked } from "../../lib/host/temp.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { expandToPath } from "../../lib/reader/expand_to_path.ts";
 

@@ -5,10 +5,10 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { IoError } from "../../lib/format/errors.ts";
-import { isTemporaryTracked } from "../../lib/io/_temp.ts";
-import { fileChunks } from "../../lib/io/file_stream.ts";
+import { isTemporaryTracked } from "../../lib/host/temp.ts";
+import { fileChunks } from "../../lib/host/file_stream.ts";
 import { convert } from "../../lib/convert.ts";
 import { writesToBytes } from "../../lib/writer/qcow2_writer.ts";
 import type { HostWrite } from "../../lib/writer/records.ts";

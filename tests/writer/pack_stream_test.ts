@@ -12,11 +12,8 @@ import {
   type SpoolStore,
 } from "../../lib/writer/pack_stream.ts";
 import { Qcow2Writer, writesToBytes } from "../../lib/writer/qcow2_writer.ts";
-import type {
-  ClusterRecord,
-  HostWrite,
-  ZeroBytes,
-} from "../../lib/writer/records.ts";
+import type { ZeroBytes } from "../../lib/bytes/zeros.ts";
+import type { ClusterRecord, HostWrite } from "../../lib/writer/records.ts";
 import { parseHeader } from "../../lib/format/header.ts";
 import { decodeL1Entry } from "../../lib/format/l1.ts";
 import { openImage } from "../../lib/reader/open.ts";

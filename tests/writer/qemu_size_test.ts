@@ -27,8 +27,8 @@ import {
 import { convert } from "../../lib/convert.ts";
 import type { Qcow2WriterOptions } from "../../lib/writer/qcow2_writer.ts";
 import type { PackSummary } from "../../lib/writer/pack_stream.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
-import { fileChunks } from "../../lib/io/file_stream.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
+import { fileChunks } from "../../lib/host/file_stream.ts";
 import { KiB, MiB, mixedBytes, qemuInfo } from "./_helpers.ts";
 
 type Compression = "zlib" | "zstd";

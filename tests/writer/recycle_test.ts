@@ -1,4 +1,4 @@
-// Buffers that go round on the forward path (lib/io/_recycle.ts): the raw
+// Buffers that go round on the forward path (lib/bytes/recycle.ts): the raw
 // file's chunks and the compression jobs are used again once the sink has
 // written what came after them, and the image is still what QEMU reads.
 import assert from "node:assert";
@@ -9,9 +9,9 @@ import {
   POISON_BYTE,
   Recycler,
   setPoisoning,
-} from "../../lib/io/_recycle.ts";
-import { sparseFileChunks } from "../../lib/io/file_stream.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+} from "../../lib/bytes/recycle.ts";
+import { sparseFileChunks } from "../../lib/host/file_stream.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { convert } from "../../lib/convert.ts";
 import { HostAllocator } from "../../lib/writer/_host_allocator.ts";
 import { ClusterPacker, type PlacedRecord } from "../../lib/writer/_packer.ts";
@@ -78,11 +78,11 @@ Deno.test("Recycler and BufferPool poison a buffer when it is free again, not be
 Deno.test("QCOW2PIPE_POISON=1 turns poisoning on where Deno's file module is loaded and env access is allowed", async () => {
   await using dir = await tempDir();
   const script = join(dir.path, "poisoning.ts");
-  const lib = new URL("../../lib/io/", import.meta.url);
+  const lib = new URL("../../lib/", import.meta.url);
   await Deno.writeTextFile(
     script,
-    `import "${new URL("file_source.ts", lib)}";
-import { setPoisoning } from "${new URL("_recycle.ts", lib)}";
+    `import "${new URL("host/file_source.ts", lib)}";
+import { setPoisoning } from "${new URL("bytes/recycle.ts", lib)}";
 console.log(setPoisoning(false));
 `,
   );

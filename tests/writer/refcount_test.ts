@@ -13,7 +13,7 @@ import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import type { Qcow2WriterOptions } from "../../lib/writer/qcow2_writer.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { convert } from "../../lib/convert.ts";
 import { qemuCheckClean, qemuImg, qemuTest, tempDir } from "../_qemu.ts";
 import {

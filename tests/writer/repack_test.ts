@@ -13,7 +13,7 @@ import {
   tempDir,
 } from "../_qemu.ts";
 import { convert } from "../../lib/convert.ts";
-import { OutputFile } from "../../lib/io/output_file.ts";
+import { OutputFile } from "../../lib/host/output_file.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import {

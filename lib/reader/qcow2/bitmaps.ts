@@ -14,7 +14,7 @@ import {
 } from "../../format/bitmaps.ts";
 import { AUTOCLEAR } from "../../format/constants.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
-import { readPadded } from "../_read.ts";
+import { readPadded } from "../read.ts";
 import { qcow2VirtualSize } from "../../format/geometry.ts";
 
 /** Where the bitmap directory is, when QEMU takes the bitmaps into account. */

@@ -14,7 +14,7 @@ import {
 import { assertReadable, validateHeader } from "../../format/validate.ts";
 import { MAX_CLUSTER_BITS, MIN_CLUSTER_BITS } from "../../format/constants.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
-import { readPadded } from "../_read.ts";
+import { readPadded } from "../read.ts";
 
 /** Options of {@linkcode readHeader}. */
 export interface ReadHeaderOptions {

@@ -33,7 +33,8 @@ import type {
   PlanItem,
 } from "../image.ts";
 import type { OpenedDataFile, OpenPurpose } from "../image_type.ts";
-import { extentsOf, readPadded, readThroughPlan } from "../_read.ts";
+import { readPadded } from "../read.ts";
+import { extentsOf, readThroughPlan } from "../_read.ts";
 import { checkRange, readExact } from "../_bounds.ts";
 import { type Mapping, Qcow2Mapping } from "./mapping.ts";
 import { Qcow2Status } from "./status.ts";

@@ -30,7 +30,7 @@ import {
 import type { SnapshotEntry } from "../../format/snapshot.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import type { ImageDescription, InfoValue, SnapshotInfo } from "../image.ts";
-import { readPadded } from "../_read.ts";
+import { readPadded } from "../read.ts";
 import { bitmapDirectoryOf, readBitmapDirectory } from "./bitmaps.ts";
 import { readSnapshotTable } from "./snapshots.ts";
 

@@ -11,7 +11,7 @@ import type { Qcow2Header } from "../../format/header.ts";
 import { getRefcount } from "../../format/refcount.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import { LruCache } from "../../io/lru.ts";
-import { readPadded } from "../_read.ts";
+import { readPadded } from "../read.ts";
 
 /** Splits a big-endian u64 of a table into a number (inexact above 2^53). */
 function u64At(view: DataView, at: number): number {

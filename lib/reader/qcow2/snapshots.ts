@@ -14,9 +14,9 @@ import {
   type SnapshotEntry,
   snapshotEntryLength,
 } from "../../format/snapshot.ts";
-import { concatBytes } from "../../format/_bytes.ts";
+import { concatBytes } from "../../bytes/binary.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
-import { readPadded } from "../_read.ts";
+import { readPadded } from "../read.ts";
 import { readExact } from "../_bounds.ts";
 
 /** QEMU's QCOW_MAX_SNAPSHOTS_SIZE. */

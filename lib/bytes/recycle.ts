@@ -28,7 +28,7 @@ export const POISON_BYTE = 0xdb;
 
 /**
  * Whether freed buffers are poisoned: off unless the runtime's file module
- * (lib/io/file_source.ts for Deno) finds QCOW2PIPE_POISON=1.
+ * (lib/host/file_source.ts for Deno) finds QCOW2PIPE_POISON=1.
  */
 let poisoning = false;
 

@@ -9,11 +9,11 @@
 
 import { basename, dirname, join } from "node:path";
 import { IoError } from "../format/errors.ts";
-import { fileError, fileReason, ioCode, ioReason } from "./_errors.ts";
-import { trackTemporary, untrackTemporary } from "./_temp.ts";
+import { fileError, fileReason, ioCode, ioReason } from "../io/os_errors.ts";
+import { trackTemporary, untrackTemporary } from "./temp.ts";
 import { inspectDestination, temporaryName } from "./_destination.ts";
-import { assertNotInput } from "./identity.ts";
-import type { FileIdentity } from "./source.ts";
+import { assertNotInput } from "../io/identity.ts";
+import type { FileIdentity } from "../io/source.ts";
 
 /**
  * Options of {@linkcode OutputFile.create}.

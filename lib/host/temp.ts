@@ -2,7 +2,7 @@
 // signal), and spool directories, their creation errors worded like the
 // other file errors.
 
-import { fileError } from "./_errors.ts";
+import { fileError } from "../io/os_errors.ts";
 
 /**
  * Creates a fresh directory named `prefix...` in `parent`, or in the
@@ -21,6 +21,15 @@ export function makeTempDirIn(prefix: string, parent?: string): string {
       err,
     );
   }
+}
+
+/**
+ * Removes a temporary directory made by {@linkcode makeTempDirIn} and what
+ * it holds. A failure is ignored: the directory holds nothing of the
+ * user's, and the error being reported matters more.
+ */
+export async function removeTempDir(dir: string): Promise<void> {
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
 }
 
 /** Temporary files and spool directories still in use. */

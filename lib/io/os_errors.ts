@@ -155,14 +155,20 @@ export function fileError(what: string, err: unknown): IoError {
  * 65536 bytes at host offset 0x50000 of disk.qcow2`): an IoError with the
  * source's code and the failure as its cause. What the source found wrong
  * with the image (a Qcow2Error), a bug (InternalError) and a bad call
- * (RangeError) pass through as they are.
+ * (RangeError) pass through as they are. The source's message is kept as
+ * it is (an operating-system error in the words every command uses).
  */
 export function readError(what: string, err: unknown): Error {
   if (
     err instanceof Qcow2Error || err instanceof InternalError ||
     err instanceof RangeError
   ) return err;
-  return new IoError(ioCode(err), `Cannot read ${what}: ${ioReason(err)}`, {
+  const reason = osError(err) !== undefined
+    ? fileReason(err)
+    : err instanceof Error
+    ? err.message
+    : String(err);
+  return new IoError(ioCode(err), `Cannot read ${what}: ${reason}`, {
     cause: err,
   });
 }

@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { OutputFile } from "./output_file.ts";
 import { fileChunks } from "./file_stream.ts";
-import { makeTempDirIn, trackTemporary, untrackTemporary } from "./_temp.ts";
+import { makeTempDirIn, trackTemporary, untrackTemporary } from "./temp.ts";
 
 /**
  * A temporary file written at any offset and read back in order; removed

@@ -1,5 +1,6 @@
 /**
- * Fast all-zero test for cluster buffers.
+ * Zeros: the fast all-zero test for cluster buffers, and the run of zero
+ * bytes that stands for them in a stream of guest bytes.
  *
  * @module
  */
@@ -16,7 +17,7 @@
  * @example
  * ```ts
  * import assert from "node:assert";
- * import { isZero } from "./is_zero.ts";
+ * import { isZero } from "./zeros.ts";
  * const cluster = new Uint8Array(65536);
  * assert.strictEqual(isZero(cluster), true);
  * cluster[65535] = 1;
@@ -49,4 +50,29 @@ export function isZero(bytes: Uint8Array): boolean {
   }
   for (; i < length; i++) if (bytes[i] !== 0) return false;
   return true;
+}
+
+/**
+ * What the chunker accepts besides bytes: a run of zero bytes that need not
+ * be materialized (a hole in a sparse source, or free space found by the
+ * free-space map of `--sparsify`).
+ *
+ * @example A 1 GiB hole costs nothing to convert
+ * ```ts
+ * import assert from "node:assert";
+ * import { convert } from "../convert.ts";
+ * import { writesToBytes } from "../writer/qcow2_writer.ts";
+ * import type { HostWrite } from "../writer/records.ts";
+ * import type { ZeroBytes } from "./zeros.ts";
+ * const hole: ZeroBytes = { zeros: 1 << 30 };
+ * const { readable, writable } = new TransformStream<HostWrite, HostWrite>();
+ * const bytes = writesToBytes(readable);
+ * const summary = await convert(ReadableStream.from([hole]), writable);
+ * assert.strictEqual(summary.virtualSize, 1 << 30);
+ * assert.ok((await bytes).length < 1 << 20);
+ * ```
+ */
+export interface ZeroBytes {
+  /** Number of zero bytes. */
+  zeros: number;
 }

@@ -5,9 +5,9 @@
  */
 
 import { openHoleProber } from "./_holes.ts";
-import { fileError } from "./_errors.ts";
-import { Recycler } from "./_recycle.ts";
-import { isZero } from "../writer/is_zero.ts";
+import { fileError } from "../io/os_errors.ts";
+import { Recycler } from "../bytes/recycle.ts";
+import { isZero } from "../bytes/zeros.ts";
 
 /**
  * A byte stream over a file, read in fresh chunks of `chunkSize` bytes

@@ -6,18 +6,7 @@
 // libc) there is no information, and QEMU's answer for that case applies:
 // everything is data.
 
-/** Data/hole queries on one open file. */
-export interface HoleProbe {
-  /**
-   * `lseek(fd, offset, SEEK_DATA)` then `SEEK_HOLE`, as QEMU's
-   * find_allocation(): `{ data, hole }` with `data > offset` when `offset`
-   * is in a hole, `"enxio"` for a trailing hole or past the end, or
-   * `undefined` when nothing could be learned.
-   */
-  find(offset: number): { data: number; hole: number } | "enxio" | undefined;
-  /** Releases the file. */
-  close(): void;
-}
+import type { HoleProbe } from "../io/host_files.ts";
 
 /** Opens hole probes for local files; dispose to release libc. */
 export interface HoleProber extends Disposable {

@@ -1,13 +1,25 @@
 // File access by path, which only some runtimes have. The runtime-neutral
 // code (reader, writer, tools over sources and bytes) never calls a
 // runtime's file API: it asks here, and the runtime's file module
-// (lib/io/file_source.ts, for Deno) installs itself when it is imported.
+// (lib/host/file_source.ts, for Deno) installs itself when it is imported.
 // mod.ts imports it; core.ts, the runtime-neutral entry, does not, so there
 // a path is refused with one line instead of reaching for `Deno`.
 
 import { IoError } from "../format/errors.ts";
 import type { FileIdentity, RandomAccessSource } from "./source.ts";
-import type { HoleProbe } from "./_holes.ts";
+
+/** Data/hole queries on one open file. */
+export interface HoleProbe {
+  /**
+   * `lseek(fd, offset, SEEK_DATA)` then `SEEK_HOLE`, as QEMU's
+   * find_allocation(): `{ data, hole }` with `data > offset` when `offset`
+   * is in a hole, `"enxio"` for a trailing hole or past the end, or
+   * `undefined` when nothing could be learned.
+   */
+  find(offset: number): { data: number; hole: number } | "enxio" | undefined;
+  /** Releases the file. */
+  close(): void;
+}
 
 /**
  * Where a local name leads, as the OS resolves it: the answer of

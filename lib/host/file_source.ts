@@ -8,12 +8,12 @@
 
 import { sep } from "node:path";
 import { IoError } from "../format/errors.ts";
-import { fileError } from "./_errors.ts";
-import { installHostFiles } from "./_host_files.ts";
-import { setPoisoning } from "./_recycle.ts";
+import { fileError } from "../io/os_errors.ts";
+import { installHostFiles } from "../io/host_files.ts";
+import { setPoisoning } from "../bytes/recycle.ts";
 import { openHoleProber } from "./_holes.ts";
-import { identityOf } from "./identity.ts";
-import type { FileIdentity, RandomAccessSource } from "./source.ts";
+import { identityOf } from "../io/identity.ts";
+import type { FileIdentity, RandomAccessSource } from "../io/source.ts";
 
 /**
  * A {@linkcode RandomAccessSource} over a file opened read-only. Reads are
@@ -212,7 +212,7 @@ async function locate(dir: string, target: string) {
   }
 }
 
-// The debug mode of buffer recycling (lib/io/_recycle.ts), asked for with
+// The debug mode of buffer recycling (lib/bytes/recycle.ts), asked for with
 // QCOW2PIPE_POISON=1 (`deno task test` sets it). Read here because this is
 // where Deno's side of the library is loaded; only where Deno already
 // allows it, so that a missing `--allow-env` neither prompts nor throws.

@@ -9,10 +9,14 @@
 
 import { fstatSync } from "node:fs";
 import { IoError } from "../format/errors.ts";
-import { fileError, ioCode, ioReason } from "./_errors.ts";
+import { fileError, ioCode, ioReason } from "../io/os_errors.ts";
 import { inspectDestination } from "./_destination.ts";
-import { assertNotInput, identityOf, type StatIdentity } from "./identity.ts";
-import type { FileIdentity } from "./source.ts";
+import {
+  assertNotInput,
+  identityOf,
+  type StatIdentity,
+} from "../io/identity.ts";
+import type { FileIdentity } from "../io/source.ts";
 
 /**
  * Options of {@linkcode openStreamOutput} and {@linkcode standardOutput}.

@@ -4,7 +4,7 @@
 
 import { dirname, isAbsolute, join } from "node:path";
 import { IoError } from "../format/errors.ts";
-import { fileError } from "./_errors.ts";
+import { fileError } from "../io/os_errors.ts";
 
 /**
  * A destination, as found before writing:
