@@ -6,13 +6,13 @@
  */
 
 import type { ImageSink } from "../io/sink.ts";
-import { isZero } from "../bytes/zeros.ts";
-import type { ZeroBytes } from "../bytes/zeros.ts";
+import { isZero, type ZeroBytes } from "../bytes/zeros.ts";
 import type { GuestImage } from "./image.ts";
 import {
   type ReadImageOptions,
   readSegments,
   type Segment,
+  segmentsReadable,
 } from "./segments.ts";
 
 /**
@@ -214,29 +214,10 @@ export async function expandToStream(
   output: WritableStream<Uint8Array>,
   options: Omit<ExpandOptions, "holes"> = {},
 ): Promise<number> {
-  const writer = output.getWriter();
   let end = 0;
-  try {
-    for await (const s of segmentsOf(source, options)) {
-      if (s.data) {
-        await writer.write(s.data);
-      } else {
-        const zeros = new Uint8Array(Math.min(s.length, ZERO_PIECE));
-        for (let at = 0; at < s.length; at += zeros.length) {
-          await writer.write(
-            zeros.subarray(0, Math.min(zeros.length, s.length - at)),
-          );
-        }
-      }
-      end = s.offset + s.length;
-      options.onProgress?.(end);
-    }
-    await writer.close();
-  } catch (err) {
-    await writer.abort(err).catch(() => {});
-    throw err;
-  } finally {
-    writer.releaseLock();
-  }
+  await segmentsReadable(segmentsOf(source, options), ZERO_PIECE, (s) => {
+    end = s.offset + s.length;
+    options.onProgress?.(end);
+  }).pipeTo(output);
   return end;
 }

@@ -153,9 +153,24 @@ export function imageReadable(
   image: GuestImage,
   options: ReadImageOptions = {},
 ): ReadableStream<Uint8Array> {
-  const chunk = options.chunkSize ?? DEFAULT_CHUNK;
-  const segments = readSegments(image, options);
+  return segmentsReadable(
+    readSegments(image, options),
+    options.chunkSize ?? DEFAULT_CHUNK,
+  );
+}
+
+/**
+ * Segments as a byte stream: data as it is, holes as zeros at most `chunk`
+ * bytes at a time. `taken` is told of each segment once the consumer has
+ * taken all of it (asked for what comes next).
+ */
+export function segmentsReadable(
+  segments: AsyncGenerator<Segment>,
+  chunk: number,
+  taken?: (segment: Segment) => void,
+): ReadableStream<Uint8Array> {
   let zeroLeft = 0;
+  let last: Segment | undefined;
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       if (zeroLeft > 0) {
@@ -164,12 +179,13 @@ export function imageReadable(
         controller.enqueue(new Uint8Array(n));
         return;
       }
+      if (last) taken?.(last);
       const next = await segments.next();
       if (next.done) {
         controller.close();
         return;
       }
-      const s = next.value;
+      const s = last = next.value;
       if (s.data) {
         controller.enqueue(s.data);
       } else if (s.length > 0) {
