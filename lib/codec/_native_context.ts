@@ -4,11 +4,10 @@
  * The native context behind a `node:zlib` stream, driven synchronously
  * through the handle that Node's (and Deno's) own `*Sync` functions use:
  * one context for every cluster instead of one per call, and output
- * written straight into the caller's buffer. Measured on clusters of the
- * bench disk, against the `*Sync` calls: zstd decompression 1124 against
- * 271 MB/s, inflate 667 against 396, zstd level 3 compression 324 against
- * 295, deflate level 6 86 against 75. `undefined` where the runtime lacks
- * that handle; the `*Sync` calls serve then.
+ * written straight into the caller's buffer: faster than the `*Sync`
+ * calls, several times so for decompression (bench/RESULTS.md, History,
+ * has the measurement). `undefined` where the runtime lacks that handle;
+ * the `*Sync` calls serve then.
  */
 export class NativeContext {
   #handle: NativeHandle;

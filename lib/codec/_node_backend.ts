@@ -94,10 +94,10 @@ const ZSTD_PLEDGED_FROM = 10;
 export function nodeZstd(zlib: NodeZlib, level: number): ClusterCodec {
   const { ZSTD_c_compressionLevel, ZSTD_e_end } = zlib.constants;
   const params = { [ZSTD_c_compressionLevel]: level };
-  // Up to level 9 one reused context is fastest (324 against 295 MB/s at
-  // level 3), and writes frames without a content size, as QEMU does.
-  // Above, the parameters zstd picks for a pledged 64 KiB input are faster
-  // than a reused context's (4.8 against 3.2 MB/s at level 19).
+  // Up to level 9 one reused context is fastest, and writes frames without
+  // a content size, as QEMU does. Above, the parameters zstd picks for a
+  // pledged 64 KiB input are faster than a reused context's
+  // (bench/RESULTS.md, History).
   const compressor = level < ZSTD_PLEDGED_FROM
     ? NativeContext.of(zlib.createZstdCompress({ params }))
     : undefined;
@@ -114,7 +114,7 @@ export function nodeZstd(zlib: NodeZlib, level: number): ClusterCodec {
         return written < room.length ? written : 0;
       }
       // The pledged size lets zstd size its context for one cluster
-      // instead of an unknown input (200x faster at high levels).
+      // instead of an unknown input (much faster at high levels).
       return storeIn(
         zlib.zstdCompressSync(
           cluster,

@@ -3,7 +3,8 @@
  * QEMU does, with zlib (raw deflate) or zstd, on a choice of backends.
  *
  * Backends:
- * - `node`: `node:zlib` (built into Deno; fastest, measured in bench/).
+ * - `node`: `node:zlib` (built into Deno and Node; the fastest, as
+ *   bench/codec_bench.ts shows).
  * - `fflate`: pure JavaScript deflate/inflate, for runtimes without
  *   `node:zlib`.
  * - `zstd-codec`: zstd compiled to WebAssembly, for runtimes without
@@ -164,11 +165,11 @@ export interface ClusterCodec {
  * The level used when {@linkcode CodecOptions.level} is not given.
  *
  * zstd uses QEMU's level, 3. zlib with the default 32 KiB window uses
- * level 4 on node:zlib: on 2000 clusters of the bench disk it stored 1.5%
- * more than level 6 at 1.3× its speed (108 against 84 MB/s), still about
- * 2% below QEMU's output; fflate keeps QEMU's level, 6. With a 4 KiB
- * window, the Chromium zlib inside node:zlib needs level 9 to reach the
- * size of QEMU's output (system zlib at level 6, same window).
+ * level 4 on node:zlib: a little larger than level 6 and faster, and still
+ * smaller than QEMU's output (bench/RESULTS.md, History, has the
+ * measurement); fflate keeps QEMU's level, 6. With a 4 KiB window, the
+ * Chromium zlib inside node:zlib needs level 9 to reach the size of
+ * QEMU's output (system zlib at level 6, same window).
  *
  * @param type Compression type.
  * @param backend The backend in use, after `"auto"` is resolved.
