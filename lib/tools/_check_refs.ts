@@ -20,7 +20,7 @@ import type { StoredRefcounts } from "./_layers.ts";
 import { readPadded } from "../reader/_read.ts";
 import { qcow2VirtualSize } from "../format/geometry.ts";
 import { RefcountMap } from "./_refmap.ts";
-import { type BitmapDirectoryInfo, bitmapEntryProblem } from "./_bitmaps.ts";
+import { type BitmapDirectoryInfo, bitmapEntryProblem } from "./_tables.ts";
 
 /**
  * `%lx` of the raw u64 table entry at byte `at` (QEMU prints entries as

@@ -16,7 +16,7 @@ import {
   StoredRefcounts,
   withSource,
 } from "./_layers.ts";
-import { bitmapDirectoryOf } from "./_bitmaps.ts";
+import { bitmapDirectoryOf } from "./_tables.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
 import { readHeader } from "../reader/open.ts";
 import { readSnapshotTable } from "../reader/_snapshots.ts";

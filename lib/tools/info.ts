@@ -23,7 +23,7 @@ import { type ImageInput, type OpenSource, withSource } from "./_layers.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
 import { qcow2VirtualSize, rawVirtualSize } from "../format/geometry.ts";
 import { readSnapshotTable } from "../reader/_snapshots.ts";
-import { bitmapDirectoryOf, readBitmapDirectory } from "./_bitmaps.ts";
+import { bitmapDirectoryOf, readBitmapDirectory } from "./_tables.ts";
 import {
   backingReferrer,
   directoryOf,

@@ -1,5 +1,5 @@
-// The bitmap directory of an image: where it is, reading it, and checking
-// its entries against the constraints QEMU enforces when it opens one.
+// Reading the bitmap directory of an image, as QEMU reads it when it opens
+// one.
 
 import { hex, Qcow2Error } from "../format/errors.ts";
 import type { Qcow2Header } from "../format/header.ts";
