@@ -62,8 +62,8 @@ export interface ReadImageOptions {
   pool?: CodecPool;
   /**
    * Largest data segment, and most guest bytes per decompression job.
-   * @default {2097152} (2 MiB: as fast as 4 MiB when expanding the 4 GiB
-   * zstd bench image, 3.31 s, with a peak of 154 against 176 MiB)
+   * @default {2097152} (2 MiB; bench/RESULTS.md, History, has the
+   * measurement behind it)
    */
   chunkSize?: number;
   /**
@@ -79,8 +79,7 @@ export interface ReadImageOptions {
    * source without `readInto` (over HTTP, where bytes in flight hide round
    * trips); else `2 * chunkSize`: a local file answers from the page
    * cache, two chunks keep two workers busy, and more only holds memory
-   * (expanding a zstd image of 1 GiB with 4 MiB chunks: 0.93 s and 123
-   * MiB peak with 2 in flight, against 1.00 s and 165 MiB with 8)
+   * (bench/RESULTS.md, History)
    */
   maxInFlightBytes?: number;
   /**
