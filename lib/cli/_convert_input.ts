@@ -1,7 +1,7 @@
 // The SRC of `qcow2pipe convert`: a file, standard input or an http(s)
 // URL, raw or qcow2 (given with -f or probed), with the internal snapshot
 // -l / -s selects.
-import { fetchStream, isHttpUrl } from "../io/http_source.ts";
+import { isHttpUrl } from "../io/http_source.ts";
 import {
   type GuestImage,
   HttpSource,
@@ -19,6 +19,8 @@ import {
 import { Qcow2Image } from "../reader/qcow2_image.ts";
 import { formatBytes, UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
+import type { HttpTransport } from "../io/http_source.ts";
+import { directoryOf } from "../reader/references.ts";
 import { concatBytes } from "../format/_bytes.ts";
 import { fileError } from "../io/_errors.ts";
 import { splitOptionList } from "./_create_options.ts";
@@ -107,6 +109,8 @@ export interface InputOptions {
   notice: (line: string) => void;
   /** Where the input's closing is registered. */
   cleanups: (() => Promise<void>)[];
+  /** How http(s) URLs are fetched. */
+  http: HttpTransport;
 }
 
 /** Reads the first bytes of a stream to detect its format, and gives them back. */
@@ -200,6 +204,7 @@ async function openStream(
     format: options.format,
     relativeTo,
     name: what,
+    http: options.http,
   });
   options.cleanups.push(() => opened.close());
   if (options.snapshot) assertSelected(opened.image, options.snapshot);
@@ -247,17 +252,18 @@ async function openSeekable(
   input: string | HttpSource,
   options: InputOptions,
 ): Promise<GuestImage> {
-  const { format, snapshot } = options;
+  const { format, snapshot, http } = options;
   if (snapshot !== undefined && format === "raw") throw noSnapshots();
   let image = await openImage(input, {
     format,
     snapshot: snapshot && readerSnapshot(snapshot),
+    http,
   });
   if (snapshot && image instanceof Qcow2Image) {
     const want = readerSnapshot(snapshot, image.snapshots);
     if (want !== image.snapshot?.id) {
       await image.close();
-      image = await openImage(input, { format, snapshot: want });
+      image = await openImage(input, { format, snapshot: want, http });
     }
   }
   return image;
@@ -285,13 +291,14 @@ export async function openInput(
   if (isHttpUrl(src)) {
     // One request opens it: with Range support, its first bytes tell the
     // format; without, the answer is the whole resource, streamed as is.
-    const opened = await HttpSource.openOrStream(src);
+    // Names the image gives resolve against the URL that answered.
+    const opened = await HttpSource.openOrStream(src, options.http);
     if (!(opened instanceof HttpSource)) {
       return await openStream(
         opened.body,
         opened.size,
         src,
-        new URL(".", src).href,
+        directoryOf(opened.url)!,
         options,
       );
     }
@@ -311,8 +318,14 @@ export async function openInput(
     }
     if (options.snapshot !== undefined) throw noSnapshots();
     // Raw over HTTP: one streamed request beats many range requests.
-    const { body, size } = await fetchStream(src);
-    return await openStream(body, size, src, new URL(".", src).href, options);
+    const { body, size } = await opened.stream();
+    return await openStream(
+      body,
+      size,
+      src,
+      directoryOf(opened.url)!,
+      options,
+    );
   }
   const image = await openSeekable(src, options);
   options.cleanups.push(() => image.close());

@@ -4,6 +4,7 @@
 import { extname } from "node:path";
 import type { ZlibWindow } from "../../mod.ts";
 import type { ImageFormat } from "../reader/open.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { parseFormat } from "./_args.ts";
 import {
   asksForHelp,
@@ -11,6 +12,8 @@ import {
   parseCreateOptions,
 } from "./_create_options.ts";
 import {
+  HTTP_OPTIONS,
+  httpTransport,
   NO_CACHE_MODES,
   type OptionValues,
   type ParsedArgs,
@@ -96,6 +99,7 @@ export const CONVERT_OPTIONS = {
   force: { type: "boolean" },
   "no-clobber": { type: "boolean" },
   sync: { type: "boolean" },
+  ...HTTP_OPTIONS,
 } as const;
 
 type Values = OptionValues<typeof CONVERT_OPTIONS>;
@@ -145,6 +149,8 @@ export interface ConvertSettings {
   sync: boolean;
   quiet: boolean;
   progress?: boolean;
+  /** How http(s) URLs are fetched (--http-timeout). */
+  http: HttpTransport;
 }
 
 /** The output format a DST's name says, if it says one. */
@@ -294,6 +300,7 @@ export function convertSettings(
     sync: values.sync ?? false,
     quiet: values.quiet ?? false,
     progress: values.progress,
+    http: httpTransport("convert", values["http-timeout"]),
   };
 }
 

@@ -6,6 +6,7 @@
 // options. Options that qemu-img has and we do not are named, so that each
 // gets a one-line error instead of a misreading.
 import { UsageError } from "./_util.ts";
+import { DEFAULT_IDLE_TIMEOUT, type HttpTransport } from "../io/http_source.ts";
 
 /** What each command does, for messages: `Cannot describe image: ...`. */
 export const ACTIONS: Record<string, string> = {
@@ -196,3 +197,47 @@ export const INSPECT_OPTIONS = {
     unsupported: "give the image as a file name or an http(s) URL",
   },
 } as const satisfies OptionSpecs;
+
+/** `--http-timeout`, which every command that reads http(s) URLs takes. */
+export const HTTP_OPTIONS = {
+  "http-timeout": { type: "string" },
+} as const satisfies OptionSpecs;
+
+/** The longest `--http-timeout`, in seconds (a day). */
+const MAX_HTTP_TIMEOUT = 86_400;
+
+/**
+ * How URLs are fetched, from `--http-timeout SECONDS` (how long a request
+ * may wait for data; decimals allowed).
+ *
+ * @throws {UsageError} For a value that is not a number of seconds in
+ * range.
+ */
+export function httpTransport(
+  action: string,
+  timeout: string | undefined,
+): HttpTransport {
+  if (timeout === undefined) return {};
+  const seconds = /^\d+(\.\d+)?$/.test(timeout) ? Number(timeout) : NaN;
+  if (!(seconds > 0 && seconds <= MAX_HTTP_TIMEOUT)) {
+    throw new UsageError(
+      `Cannot ${action}: --http-timeout "${timeout}" is not a number of seconds in (0, ${MAX_HTTP_TIMEOUT}]`,
+    );
+  }
+  return { idleTimeout: Math.max(1, Math.round(seconds * 1000)) };
+}
+
+/**
+ * The help lines of `--http-timeout`, its description starting at
+ * `column` as the other options' do.
+ */
+export function httpTimeoutHelp(column: number): string {
+  const flag = "      --http-timeout S";
+  const pad = " ".repeat(column);
+  const first = flag.length < column ? flag.padEnd(column) : `${flag}\n${pad}`;
+  return `${first}give up on an http(s) URL when no data came for S
+${pad}seconds (default ${
+    DEFAULT_IDLE_TIMEOUT / 1000
+  }); a dropped connection or a 5xx
+${pad}answer is retried from where it stopped`;
+}

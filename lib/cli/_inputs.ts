@@ -2,6 +2,7 @@
 // handed to the tool as is; an http(s) URL is opened here with Range
 // requests, so that the tool reads the metadata and what it needs only.
 import { HttpSource } from "../../mod.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import type { ImageInput } from "../tools/mod.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 
@@ -15,11 +16,14 @@ export interface NamedImage extends AsyncDisposable {
  * Opens an image argument: a path stays a path (the tool opens and closes
  * it); a URL becomes an {@linkcode HttpSource} closed on disposal.
  */
-export async function openNamed(name: string): Promise<NamedImage> {
+export async function openNamed(
+  name: string,
+  http: HttpTransport,
+): Promise<NamedImage> {
   if (!isHttpUrl(name)) {
     return { input: name, [Symbol.asyncDispose]: () => Promise.resolve() };
   }
-  const source = await HttpSource.open(name);
+  const source = await HttpSource.open(name, http);
   return {
     input: source,
     [Symbol.asyncDispose]: async () => await source.close(),

@@ -17,6 +17,7 @@ import {
 } from "../sparsify/mod.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 import type { CodecPool } from "../codec/pool.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { formatBytes } from "./_util.ts";
 import type { Input as OpenedInput } from "./_convert_input.ts";
 
@@ -36,6 +37,7 @@ export async function sparsifyInput(
   input: OpenedInput,
   pool: CodecPool,
   cleanups: (() => Promise<void>)[],
+  http: HttpTransport,
 ): Promise<Sparsified> {
   if ("image" in input && input.image.format !== "raw") {
     const { readable, report } = await freeSpaceChunks(input.image, { pool });
@@ -44,7 +46,7 @@ export async function sparsifyInput(
   let random: FileSource | HttpSource | undefined;
   if (isHttpUrl(src)) {
     try {
-      random = await HttpSource.open(src);
+      random = await HttpSource.open(src, http);
     } catch (err) {
       if (!(err instanceof RangeNotSupportedError)) throw err;
     }

@@ -9,6 +9,7 @@ import {
   type MapEntry,
   mapImageEntries,
 } from "../tools/mod.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 
 /** The flags qemu-img compares for a run that ends the image or not. */
 function status(e: MapEntry, size: number): string {
@@ -30,9 +31,10 @@ export async function firstStatusMismatch(
   b: ImageInput,
   formats: [ImageFormat | undefined, ImageFormat | undefined],
   size: number,
+  http?: HttpTransport,
 ): Promise<number | undefined> {
-  const ia = mapImageEntries(a, { format: formats[0] });
-  const ib = mapImageEntries(b, { format: formats[1] });
+  const ia = mapImageEntries(a, { format: formats[0], http });
+  const ib = mapImageEntries(b, { format: formats[1], http });
   try {
     let ea = (await ia.next()).value as MapEntry | undefined;
     let eb = (await ib.next()).value as MapEntry | undefined;

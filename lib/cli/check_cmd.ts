@@ -9,6 +9,9 @@ import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { warn } from "./_util.ts";
 import {
   getopt,
+  HTTP_OPTIONS,
+  httpTimeoutHelp,
+  httpTransport,
   INSPECT_OPTIONS,
   outputFormat,
   SOURCE_CACHE_OPTION,
@@ -16,7 +19,7 @@ import {
 import { openNamed } from "./_inputs.ts";
 
 export const CHECK_HELP =
-  `Usage: qcow2pipe check [-f FMT] [--output=human|json] [-q] [-U] IMG
+  `Usage: qcow2pipe check [-f FMT] [--output=human|json] [-q] [--http-timeout S] [-U] IMG
 
 Check a qcow2 image for consistency without writing to it, as
 "qemu-img check" does: refcounts are rebuilt from every reference (header,
@@ -38,6 +41,7 @@ Options:
       --json          the same as --output=json
   -q, --quiet         no summary; each problem is still one line on
                       standard error, as with qemu-img check -q
+${httpTimeoutHelp(22)}
   -U, --force-share   accepted, as qemu-img takes it: images are read
                       without locks
   -h, --help          show this help`;
@@ -55,6 +59,7 @@ export async function checkCommand(args: string[]): Promise<number> {
         "repair is not supported: check only reads the image; qemu-img check -r repairs it in place",
     },
     ...SOURCE_CACHE_OPTION,
+    ...HTTP_OPTIONS,
     ...INSPECT_OPTIONS,
   });
   if (values.help) {
@@ -64,7 +69,8 @@ export async function checkCommand(args: string[]): Promise<number> {
   const [path] = expectPositionals("check image", positionals, ["IMG"]);
   const output = outputFormat("check image", values.output, values.json);
   const format = parseFormat(values.format, "-f");
-  await using image = await openNamed(path);
+  const http = httpTransport("check image", values["http-timeout"]);
+  await using image = await openNamed(path, http);
   const result = await checkImage(image.input, { format });
   const quiet = values.quiet ?? false;
   if (result.exitCode === 63) {

@@ -7,12 +7,19 @@ import {
 } from "../tools/compare_text.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { reportError } from "./_util.ts";
-import { getopt, INSPECT_OPTIONS, SOURCE_CACHE_OPTION } from "./_getopt.ts";
+import {
+  getopt,
+  HTTP_OPTIONS,
+  httpTimeoutHelp,
+  httpTransport,
+  INSPECT_OPTIONS,
+  SOURCE_CACHE_OPTION,
+} from "./_getopt.ts";
 import { openNamed } from "./_inputs.ts";
 import { firstStatusMismatch } from "./_strict.ts";
 
 export const COMPARE_HELP =
-  `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-s] [-q] [-U] A B
+  `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-s] [-q] [--http-timeout S] [-U] A B
 
 Compare the guest content of two images (any mix of raw and qcow2, backing
 chains followed), as "qemu-img compare" does. Prints "Images are
@@ -33,6 +40,7 @@ Options:
                 of every range, as "map --output=json" shows it ("Strict
                 mode: Offset N block status mismatch!")
   -q, --quiet   print nothing; only the exit status
+${httpTimeoutHelp(16)}
   -U, --force-share
                 accepted, as qemu-img takes it: images are read without
                 locks
@@ -51,6 +59,7 @@ export async function compareCommand(args: string[]): Promise<number> {
         unsupported: "compare shows no progress",
       },
       ...SOURCE_CACHE_OPTION,
+      ...HTTP_OPTIONS,
       ...INSPECT_OPTIONS,
     });
     if (values.help) {
@@ -62,10 +71,12 @@ export async function compareCommand(args: string[]): Promise<number> {
       parseFormat(values.format, "-f"),
       parseFormat(values["second-format"], "-F"),
     ] as [ReturnType<typeof parseFormat>, ReturnType<typeof parseFormat>];
-    await using first = await openNamed(a);
-    await using second = await openNamed(b);
+    const http = httpTransport("compare images", values["http-timeout"]);
+    await using first = await openNamed(a, http);
+    await using second = await openNamed(b, http);
     const result = await compareImages(first.input, second.input, {
       formats: [...formats],
+      http,
     });
     let text = formatCompareResult(result);
     let identical = result.identical;
@@ -79,6 +90,7 @@ export async function compareCommand(args: string[]): Promise<number> {
           second.input,
           formats,
           result.sizeA,
+          http,
         );
         // qemu-img walks the images in order: a content difference before
         // the first status difference is found first.

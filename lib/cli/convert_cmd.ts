@@ -15,7 +15,7 @@ import { descriptorIdentity } from "../io/stream_output.ts";
 import { createProgress, type Progress } from "./progress.ts";
 import { formatBytes, formatRate, warn } from "./_util.ts";
 import { writeOut } from "./_args.ts";
-import { getopt } from "./_getopt.ts";
+import { getopt, httpTimeoutHelp } from "./_getopt.ts";
 import { createOptionsHelp } from "./_create_options.ts";
 import {
   checkCompressedName,
@@ -118,6 +118,7 @@ Options of our own:
       --force           accepted: an existing DST is replaced by default
       --sync            flush DST to the device (fdatasync) before
                         putting it in place
+${httpTimeoutHelp(24)}
 
 qemu-img options that are not supported (-C, -S, -t, -T, -r, --object,
 --image-opts, --target-image-opts, --salvage, --bitmaps,
@@ -132,10 +133,11 @@ Raw output files are sparse: zero ranges become holes.`;
 async function openBacking(
   backing: NonNullable<ConvertSettings["backing"]>,
   dst: string,
+  http: ConvertSettings["http"],
 ): Promise<GuestImage> {
   const path = resolveName(directoryOf(dst), backing.name) ?? backing.name;
   try {
-    return await openImage(path, { format: backing.format });
+    return await openImage(path, { format: backing.format, http });
   } catch (err) {
     const reason = (err as Error).message.replace(/^Cannot [^:]*: /, "");
     const where = path === backing.name ? "" : ` (-B ${backing.name})`;
@@ -172,7 +174,8 @@ interface Sources {
 /** Opens the backing file of a delta, SRC and, with --sparsify, its map. */
 async function openSources(run: Run): Promise<Sources> {
   const { s, cleanups } = run;
-  const backingImage = s.backing && await openBacking(s.backing, s.dst);
+  const backingImage = s.backing &&
+    await openBacking(s.backing, s.dst, s.http);
   if (backingImage) cleanups.push(() => backingImage.close());
   const input = await openInput(s.src, {
     format: s.sourceFormat,
@@ -180,9 +183,10 @@ async function openSources(run: Run): Promise<Sources> {
     toQcow2: s.outputFormat === "qcow2",
     notice: run.notice,
     cleanups,
+    http: s.http,
   });
   const sparse = s.sparsify
-    ? await sparsifyInput(s.src, input, run.pool, cleanups)
+    ? await sparsifyInput(s.src, input, run.pool, cleanups, s.http)
     : undefined;
   const source = sparse?.stream ??
     ("image" in input ? input.image : input.raw);

@@ -5,11 +5,18 @@ import {
   imageInfo,
 } from "../tools/mod.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
-import { getopt, INSPECT_OPTIONS, outputFormat } from "./_getopt.ts";
+import {
+  getopt,
+  HTTP_OPTIONS,
+  httpTimeoutHelp,
+  httpTransport,
+  INSPECT_OPTIONS,
+  outputFormat,
+} from "./_getopt.ts";
 import { openNamed } from "./_inputs.ts";
 
 export const INFO_HELP =
-  `Usage: qcow2pipe info [-f FMT] [--output=human|json] [--backing-chain] [-U] IMG
+  `Usage: qcow2pipe info [-f FMT] [--output=human|json] [--backing-chain] [--http-timeout S] [-U] IMG
 
 Describe a disk image (qcow2 or raw) as "qemu-img info" does: format,
 virtual size, disk size, cluster size, backing file, snapshots and the
@@ -26,6 +33,7 @@ Options:
                         --output=json" (same keys)
       --json            the same as --output=json
       --backing-chain   describe every image of the backing chain
+${httpTimeoutHelp(24)}
   -U, --force-share     accepted, as qemu-img takes it: images are read
                         without locks
   -h, --help            show this help`;
@@ -36,6 +44,7 @@ export async function infoCommand(args: string[]): Promise<number> {
     output: { type: "string" },
     json: { type: "boolean" },
     "backing-chain": { type: "boolean" },
+    ...HTTP_OPTIONS,
     ...INSPECT_OPTIONS,
   });
   if (values.help) {
@@ -46,8 +55,13 @@ export async function infoCommand(args: string[]): Promise<number> {
   const output = outputFormat("describe image", values.output, values.json);
   const chain = values["backing-chain"] ?? false;
   const format = parseFormat(values.format, "-f");
-  await using image = await openNamed(path);
-  const info = await imageInfo(image.input, { backingChain: chain, format });
+  const http = httpTransport("describe image", values["http-timeout"]);
+  await using image = await openNamed(path, http);
+  const info = await imageInfo(image.input, {
+    backingChain: chain,
+    format,
+    http,
+  });
   await writeOut(
     output === "json"
       ? formatImageInfoJson(info, chain) + "\n"

@@ -8,11 +8,18 @@ import {
 import { mapImageEntries } from "../tools/mod.ts";
 import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
 import { parseSize, warn } from "./_util.ts";
-import { getopt, INSPECT_OPTIONS, outputFormat } from "./_getopt.ts";
+import {
+  getopt,
+  HTTP_OPTIONS,
+  httpTimeoutHelp,
+  httpTransport,
+  INSPECT_OPTIONS,
+  outputFormat,
+} from "./_getopt.ts";
 import { openNamed } from "./_inputs.ts";
 
 export const MAP_HELP =
-  `Usage: qcow2pipe map [-f FMT] [--output=human|json] [--start-offset N] [--max-length N] [-U] IMG
+  `Usage: qcow2pipe map [-f FMT] [--output=human|json] [--start-offset N] [--max-length N] [--http-timeout S] [-U] IMG
 
 List the guest ranges of an image and its backing chain, as "qemu-img map"
 does. The default form is qemu-img's: one line for each range that holds
@@ -33,6 +40,7 @@ Options:
       --json              the same as --output=json
       --start-offset N    start at guest offset N (default 0)
       --max-length N      map at most N bytes
+${httpTimeoutHelp(26)}
   -U, --force-share       accepted, as qemu-img takes it: images are read
                           without locks
   -h, --help              show this help
@@ -46,6 +54,7 @@ export async function mapCommand(args: string[]): Promise<number> {
     json: { type: "boolean" },
     "start-offset": { type: "string" },
     "max-length": { type: "string" },
+    ...HTTP_OPTIONS,
     ...INSPECT_OPTIONS,
   });
   if (values.help) {
@@ -64,8 +73,14 @@ export async function mapCommand(args: string[]): Promise<number> {
   const out = new OutBuffer();
   let first = true;
   const format = parseFormat(values.format, "-f");
-  await using image = await openNamed(path);
-  const entries = mapImageEntries(image.input, { start, length, format });
+  const http = httpTransport("map image", values["http-timeout"]);
+  await using image = await openNamed(path, http);
+  const entries = mapImageEntries(image.input, {
+    start,
+    length,
+    format,
+    http,
+  });
   if (!json) await out.add(MAP_HUMAN_HEADER);
   for await (const e of entries) {
     if (json) {

@@ -5,10 +5,20 @@
  */
 
 import type { RandomAccessSource } from "./source.ts";
-import { ioReason } from "./_errors.ts";
+
+export { DEFAULT_IDLE_TIMEOUT } from "./_http.ts";
+import {
+  type Answer,
+  answered,
+  type ContentRange,
+  Failure,
+  HttpClient,
+  parseContentRange,
+  readInto,
+} from "./_http.ts";
 
 /**
- * Options of {@linkcode HttpSource.open}.
+ * Options of {@linkcode HttpSource.open} and {@linkcode fetchStream}.
  *
  * @example Send a token with every request
  * ```ts
@@ -16,22 +26,88 @@ import { ioReason } from "./_errors.ts";
  * import { HttpSource } from "./http_source.ts";
  * await using server = Deno.serve({ port: 0, onListen() {} }, (req) =>
  *   req.headers.get("authorization") === "Bearer t"
- *     ? new Response("abcd".slice(0, 2), { status: 206, headers: { "content-range": "bytes 0-1/4" } })
+ *     ? new Response("abcd", { status: 206, headers: { "content-range": "bytes 0-3/4" } })
  *     : new Response(null, { status: 401 }));
  * const url = `http://localhost:${server.addr.port}/disk`;
  * await assert.rejects(HttpSource.open(url), /401/);
  * await using src = await HttpSource.open(url, { headers: { authorization: "Bearer t" } });
  * assert.strictEqual(src.size, 4);
  * ```
+ *
+ * @example Give up sooner on a server that stops sending
+ * ```ts
+ * import assert from "node:assert";
+ * import { HttpSource } from "./http_source.ts";
+ * const silent = Promise.withResolvers<void>();
+ * await using server = Deno.serve({ port: 0, onListen() {} }, async () => {
+ *   await silent.promise;
+ *   return new Response(null, { status: 500 });
+ * });
+ * const url = `http://localhost:${server.addr.port}/disk`;
+ * await assert.rejects(
+ *   HttpSource.open(url, { idleTimeout: 200, retryDelays: [] }),
+ *   /no data came for 0.2 s/,
+ * );
+ * silent.resolve();
+ * ```
  */
 export interface HttpSourceOptions {
-  /** Extra request headers (for example authorization). */
+  /**
+   * Extra request headers (for example authorization). Authorization,
+   * Cookie and Proxy-Authorization go only to the origin of the URL
+   * opened, not to another origin it redirects to.
+   */
   headers?: HeadersInit;
   /** The fetch function to use. @default {globalThis.fetch} */
   fetch?: typeof fetch;
   /** Aborts every request. */
   signal?: AbortSignal;
+  /**
+   * How long a request may wait for its answer or the next bytes of its
+   * body before it fails (`no data came for 30 s`), in milliseconds. It
+   * bounds silences, not transfers: a long download that keeps moving
+   * is never cut.
+   * @default {30000}
+   */
+  idleTimeout?: number;
+  /**
+   * The pauses, in milliseconds, before each new attempt after a dropped
+   * connection or a 5xx answer; a transfer that broke resumes from where
+   * it stopped with a Range request, and a pause sequence starts over
+   * once bytes came. `[]` tries once.
+   * @default {[500, 1000, 2000]}
+   */
+  retryDelays?: readonly number[];
+  /**
+   * Refuse a redirect to another origin (scheme, host and port). The
+   * reader sets it for the backing and data files an image names, which
+   * must stay on the origin they were asked from.
+   * @default {false}
+   */
+  stayOnOrigin?: boolean;
 }
+
+/**
+ * The settings of {@linkcode HttpSourceOptions} that may apply to every
+ * URL of a backing chain (`OpenImageOptions.http`, the tools' `http`):
+ * idle timeout, retries, fetch, signal. Headers are not among them: they
+ * would go to every file an image names.
+ *
+ * @example Give up on any file of a chain after 5 s of silence
+ * ```ts
+ * import assert from "node:assert";
+ * import { HttpSource, type HttpTransport } from "./http_source.ts";
+ * const http: HttpTransport = { idleTimeout: 5000, retryDelays: [100] };
+ * await using server = Deno.serve({ port: 0, onListen() {} }, () =>
+ *   new Response("ab", { status: 206, headers: { "content-range": "bytes 0-1/2" } }));
+ * await using src = await HttpSource.open(`http://localhost:${server.addr.port}/`, http);
+ * assert.strictEqual(src.size, 2);
+ * ```
+ */
+export type HttpTransport = Pick<
+  HttpSourceOptions,
+  "idleTimeout" | "retryDelays" | "fetch" | "signal"
+>;
 
 /**
  * The server cannot serve byte ranges of the resource, or answered a range
@@ -60,13 +136,6 @@ export class RangeNotSupportedError extends Error {
 /** Whether a string is an http(s) URL. */
 export function isHttpUrl(name: string): boolean {
   return /^https?:\/\//i.test(name);
-}
-
-/** What the server answered: "the server answered 404 Not Found". */
-function answered(res: Response): string {
-  return `the server answered ${res.status}${
-    res.statusText ? " " + res.statusText : ""
-  }`;
 }
 
 /**
@@ -100,8 +169,19 @@ interface PendingRead {
 /**
  * A {@linkcode RandomAccessSource} over an HTTP(S) resource: opening it is
  * one `Range` request for its first 1 MiB, and reads beyond them go out
- * as Range requests, those asked for together merged when they are close, so reading a qcow2 image fetches only its metadata and the clusters
+ * as Range requests, those asked for together merged when they are close,
+ * so reading a qcow2 image fetches only its metadata and the clusters
  * read.
+ *
+ * What a server sends is held to what was asked: redirects are followed
+ * at most 10 times, to http(s) URLs only and never from https to http;
+ * later requests go to the URL that answered the first one and stay on
+ * its origin; only identity encoding is accepted; a body is read up to
+ * the bytes asked for and no further; a Content-Range must start where
+ * asked and give the same total; an ETag or Last-Modified that changes
+ * between requests stops the reads. A silence longer than the idle
+ * timeout fails; a dropped connection or a 5xx answer is retried from
+ * where it stopped.
  *
  * @example Read a range from a local server
  * ```ts
@@ -110,7 +190,7 @@ interface PendingRead {
  * const body = new Uint8Array([0, 1, 2, 3, 4, 5, 6, 7]);
  * await using server = Deno.serve({ port: 0, onListen() {} }, (req) => {
  *   const m = /bytes=(\d+)-(\d+)/.exec(req.headers.get("range") ?? "")!;
- *   const [a, b] = [Number(m[1]), Number(m[2])];
+ *   const [a, b] = [Number(m[1]), Math.min(Number(m[2]), body.length - 1)];
  *   return new Response(body.slice(a, b + 1), {
  *     status: 206,
  *     headers: { "content-range": `bytes ${a}-${b}/${body.length}` },
@@ -122,24 +202,40 @@ interface PendingRead {
  * ```
  */
 export class HttpSource implements RandomAccessSource, AsyncDisposable {
-  /** The URL. */
+  /** The URL as it was named (for messages). */
   readonly name: string;
   /** Size of the resource in bytes. */
   readonly size: number;
-  #options: HttpSourceOptions;
+  #client: HttpClient;
   #prefix: Uint8Array;
   #batch: PendingRead[] = [];
 
-  private constructor(
-    url: string,
-    size: number,
-    prefix: Uint8Array,
-    options: HttpSourceOptions,
-  ) {
-    this.name = url;
+  private constructor(client: HttpClient, size: number, prefix: Uint8Array) {
+    this.name = client.name;
     this.size = size;
+    this.#client = client;
     this.#prefix = prefix;
-    this.#options = options;
+  }
+
+  /**
+   * The URL that answered when the resource was opened, after redirects:
+   * where later requests go, and what the names an image gives resolve
+   * against.
+   *
+   * @example Follow a download link
+   * ```ts
+   * import assert from "node:assert";
+   * import { HttpSource } from "./http_source.ts";
+   * await using server = Deno.serve({ port: 0, onListen() {} }, (req) =>
+   *   new URL(req.url).pathname === "/latest"
+   *     ? Response.redirect(new URL("/v2/disk.raw", req.url), 302)
+   *     : new Response("ab", { status: 206, headers: { "content-range": "bytes 0-1/2" } }));
+   * await using src = await HttpSource.open(`http://localhost:${server.addr.port}/latest`);
+   * assert.strictEqual(new URL(src.url).pathname, "/v2/disk.raw");
+   * ```
+   */
+  get url(): string {
+    return this.#client.url;
   }
 
   /**
@@ -148,10 +244,13 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    * detection, the qcow2 header) without more requests.
    *
    * @param url The resource.
-   * @param options Headers, fetch, signal.
+   * @param options Headers, fetch, signal, idle timeout, retries.
    * @returns The source.
    * @throws {RangeNotSupportedError} When the server ignores ranges.
-   * @throws {Error} When the request fails (`Cannot fetch URL: ...`).
+   * @throws {RangeError} For an idle timeout or retry delay out of range.
+   * @throws {Error} When the request fails (`Cannot fetch URL: ...`): an
+   * answer that is not 2xx, a redirect the rules refuse, an encoded body,
+   * a silence longer than the idle timeout, failures past the retries.
    */
   static async open(
     url: string,
@@ -172,8 +271,10 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    * dropped and fetched again.
    *
    * @param url The resource.
-   * @param options Headers, fetch, signal.
-   * @returns A source, or the body and its length when the server gave one.
+   * @param options Headers, fetch, signal, idle timeout, retries.
+   * @returns A source, or the body, its length when the server gave one,
+   * and the URL that answered.
+   * @throws {RangeError} For an idle timeout or retry delay out of range.
    * @throws {Error} When the request fails or the status is not 2xx.
    *
    * @example Stream from a server without Range support
@@ -190,38 +291,46 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     url: string,
     options: HttpSourceOptions = {},
   ): Promise<HttpSource | HttpBody> {
-    const res = await request(url, 0, PREFIX_BYTES, options);
+    const client = new HttpClient(url, options);
+    const what = `Cannot fetch ${url}`;
+    const first = await client.retrying(
+      what,
+      () => client.send(`bytes=0-${PREFIX_BYTES - 1}`),
+    );
+    const res = first.res;
     if (res.status === 416) {
       // An empty resource: no range of it can be satisfied.
-      await res.body?.cancel();
+      await first.close();
       const total = /\*\/(\d+)/.exec(res.headers.get("content-range") ?? "");
       if (total && Number(total[1]) === 0) {
-        return new HttpSource(url, 0, new Uint8Array(0), options);
+        return new HttpSource(client, 0, new Uint8Array(0));
       }
     }
-    if (res.ok && res.status !== 206 && res.body) {
+    if (res.ok && res.status !== 206) {
       // Ranges are not served: this response is the whole resource.
-      return bodyStream(url, res);
+      return bodyOf(client, first);
     }
     if (res.status !== 206) {
-      await res.body?.cancel();
-      throw new Error(`Cannot fetch ${url}: ${answered(res)}`);
+      await first.close();
+      throw new Error(`${what}: ${answered(res)}`);
     }
     const range = parseContentRange(res.headers.get("content-range"));
-    if (!range || range.total === undefined || range.start !== 0) {
-      await res.body?.cancel();
+    if (
+      !range || range.total === undefined || range.start !== 0 ||
+      range.end >= range.total
+    ) {
+      await first.close();
       throw new RangeNotSupportedError(
         `Cannot read ${url} at random offsets: the server ${
           range?.start ? "sent another range" : "did not give the total size"
         }`,
       );
     }
-    const prefix = await bodyPrefix(
-      res,
-      Math.min(range.end + 1, PREFIX_BYTES),
-      `Cannot read the first bytes of ${url}`,
-    );
-    return new HttpSource(url, range.total, prefix, options);
+    // The first bytes as the first answer brings them (no more than were
+    // asked for), the rest, should it break, with more Range requests.
+    const prefix = new Uint8Array(Math.min(range.total, PREFIX_BYTES));
+    await readRange(client, 0, prefix, range.total, what, first);
+    return new HttpSource(client, range.total, prefix);
   }
 
   /**
@@ -245,6 +354,56 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
       if (this.#batch.length === 0) setTimeout(() => this.#flush(), 0);
       this.#batch.push({ offset, length: want, resolve, reject });
     });
+  }
+
+  /**
+   * The whole resource as a byte stream, in one request to the URL that
+   * answered when it was opened (for reading it through, where Range
+   * requests of a few MiB would cost round trips). A transfer that breaks
+   * resumes with a Range request from where it stopped.
+   *
+   * @returns The body, the size and the URL.
+   * @throws {Error} When the request fails, or the resource is not the
+   * one opened (another size, ETag or Last-Modified).
+   *
+   * @example Read a resource through after probing its first bytes
+   * ```ts
+   * import assert from "node:assert";
+   * import { HttpSource } from "./http_source.ts";
+   * const body = "0123456789";
+   * await using server = Deno.serve({ port: 0, onListen() {} }, (req) => {
+   *   const m = /bytes=(\d+)-(\d+)/.exec(req.headers.get("range") ?? "");
+   *   if (!m) return new Response(body);
+   *   const [a, b] = [Number(m[1]), Math.min(Number(m[2]), body.length - 1)];
+   *   return new Response(body.slice(a, b + 1), {
+   *     status: 206,
+   *     headers: { "content-range": `bytes ${a}-${b}/${body.length}` },
+   *   });
+   * });
+   * await using src = await HttpSource.open(`http://localhost:${server.addr.port}/disk`);
+   * const { body: stream, size } = await src.stream();
+   * assert.strictEqual(size, 10);
+   * assert.strictEqual(await new Response(stream).text(), body);
+   * ```
+   */
+  async stream(): Promise<HttpBody> {
+    const client = this.#client;
+    const what = `Cannot fetch ${this.name}`;
+    const first = await client.retrying(what, async () => {
+      const answer = await client.send(undefined);
+      const length = answer.res.headers.get("content-length");
+      const problem = answer.res.status !== 200
+        ? answered(answer.res)
+        : length !== null && Number(length) !== this.size
+        ? `its size changed from ${this.size} to ${length} bytes`
+        : undefined;
+      if (problem !== undefined) {
+        await answer.close();
+        throw new Failure(problem, false);
+      }
+      return answer;
+    });
+    return bodyOf(client, first, this.size);
   }
 
   #flush(): void {
@@ -289,33 +448,17 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     send();
   }
 
-  /** One Range request for `[offset, offset + want)`. */
+  /** `[offset, offset + want)`, with Range requests. */
   async #fetchRange(offset: number, want: number): Promise<Uint8Array> {
-    const res = await request(this.name, offset, want, this.#options);
-    const what = `Cannot read ${want} bytes at ${offset} of ${this.name}`;
-    if (res.status !== 206) {
-      await res.body?.cancel();
-      if (res.ok) {
-        throw new RangeNotSupportedError(
-          `${what}: the server ignored a Range request`,
-        );
-      }
-      throw new Error(`${what}: ${answered(res)}`);
-    }
-    const range = parseContentRange(res.headers.get("content-range"));
-    if (range && range.start !== offset) {
-      await res.body?.cancel();
-      throw new RangeNotSupportedError(
-        `${what}: the server sent bytes from ${range.start}`,
-      );
-    }
-    const bytes = await bodyBytes(res, what);
-    if (bytes.length < want) {
-      throw new Error(
-        `${what}: the transfer ended after ${bytes.length} bytes`,
-      );
-    }
-    return bytes.length === want ? bytes : bytes.subarray(0, want);
+    const into = new Uint8Array(want);
+    await readRange(
+      this.#client,
+      offset,
+      into,
+      this.size,
+      `Cannot read ${want} bytes at ${offset} of ${this.name}`,
+    );
+    return into;
   }
 
   /** Nothing to release (each read is its own request). */
@@ -327,44 +470,88 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   }
 }
 
-async function request(
-  url: string,
+/**
+ * Fills `into` with the bytes at `offset` of a resource of `total` bytes:
+ * one Range request, and more when the answer is shorter or breaks (each
+ * from where the last stopped). `first` is an answer already received for
+ * the start of the range. A body is never read past the range asked for.
+ */
+async function readRange(
+  client: HttpClient,
   offset: number,
-  length: number,
-  options: HttpSourceOptions,
-): Promise<Response> {
-  const headers = new Headers(options.headers);
-  headers.set("range", `bytes=${offset}-${offset + length - 1}`);
-  // Compressed transfer encodings would change the byte offsets.
-  headers.set("accept-encoding", "identity");
-  try {
-    return await (options.fetch ?? fetch)(url, {
-      headers,
-      signal: options.signal,
-    });
-  } catch (err) {
-    throw new Error(`Cannot fetch ${url}: ${ioReason(err)}`, {
-      cause: err,
-    });
+  into: Uint8Array,
+  total: number,
+  what: string,
+  first?: Answer,
+): Promise<void> {
+  let have = 0;
+  let pending = first;
+  while (have < into.length) {
+    await client.retrying(what, async () => {
+      const from = offset + have;
+      const last = offset + into.length - 1;
+      const answer = pending ?? await client.send(`bytes=${from}-${last}`);
+      pending = undefined;
+      const range = await rangeOf(answer, from, total, what);
+      // Bytes past the range asked for are not read.
+      const stop = Math.min(range.end, last) + 1 - offset;
+      const before = have;
+      await readInto(answer, into.subarray(0, stop), have, (n) => {
+        have += n;
+      });
+      if (have < stop) {
+        throw new Failure(
+          `the transfer ended after ${have - before} of the ${
+            stop - before
+          } bytes the server announced`,
+          true,
+        );
+      }
+    }, () => have);
   }
 }
 
-function parseContentRange(
-  value: string | null,
-): { start: number; end: number; total?: number } | undefined {
-  const m = value
-    ? /^bytes\s+(\d+)-(\d+)\/(\d+|\*)$/i.exec(value.trim())
-    : null;
-  if (!m) return undefined;
-  return {
-    start: Number(m[1]),
-    end: Number(m[2]),
-    total: m[3] === "*" ? undefined : Number(m[3]),
-  };
+/**
+ * The range an answer to a Range request for bytes from `from` holds:
+ * a 206 whose Content-Range starts there, of a resource of `total` bytes.
+ */
+async function rangeOf(
+  answer: Answer,
+  from: number,
+  total: number,
+  what: string,
+): Promise<ContentRange> {
+  const res = answer.res;
+  const header = res.headers.get("content-range");
+  const range = res.status === 206 ? parseContentRange(header) : undefined;
+  if (range && range.start === from && range.total === total) return range;
+  await answer.close();
+  if (res.status !== 206) {
+    if (res.ok) {
+      throw new RangeNotSupportedError(
+        `${what}: the server ignored a Range request`,
+      );
+    }
+    throw new Failure(answered(res), false);
+  }
+  if (range && range.start !== from) {
+    throw new RangeNotSupportedError(
+      `${what}: the server sent bytes from ${range.start}`,
+    );
+  }
+  throw new Failure(
+    range?.total !== undefined
+      ? `its size changed from ${total} to ${range.total} bytes`
+      : `the server answered 206 with Content-Range ${
+        header === null ? "missing" : `"${header}"`
+      }, not a range of the ${total} bytes`,
+    false,
+  );
 }
 
 /**
- * A resource's body as a stream, and its length when the server gave one.
+ * A resource's body as a stream, its length when the server gave one,
+ * and the URL that answered.
  *
  * @example A transfer cut short fails
  * ```ts
@@ -372,61 +559,35 @@ function parseContentRange(
  * import { fetchStream } from "./http_source.ts";
  * await using server = Deno.serve({ port: 0, onListen() {} }, () =>
  *   new Response(ReadableStream.from([new TextEncoder().encode("ab")]), { headers: { "content-length": "5" } }));
- * const { body } = await fetchStream(`http://localhost:${server.addr.port}/`);
+ * const { body } = await fetchStream(`http://localhost:${server.addr.port}/`, { retryDelays: [] });
  * await assert.rejects(new Response(body).arrayBuffer());
  * ```
  */
 export interface HttpBody {
-  /** The bytes; transfer errors name the URL, and a short transfer fails. */
+  /**
+   * The bytes; a transfer that breaks resumes with a Range request from
+   * where it stopped, and fails (naming the URL) when it cannot.
+   */
   body: ReadableStream<Uint8Array>;
   /** Content-Length, when given. */
   size: number | undefined;
-}
-
-/**
- * The first `max` bytes of a response's body (the rest is dropped, should a
- * server send more than was asked for), its errors naming what was read.
- */
-async function bodyPrefix(
-  res: Response,
-  max: number,
-  what: string,
-): Promise<Uint8Array> {
-  const out = new Uint8Array(max);
-  let have = 0;
-  const reader = res.body!.getReader();
-  try {
-    while (have < max) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      const take = Math.min(value.length, max - have);
-      out.set(value.subarray(0, take), have);
-      have += take;
-    }
-  } catch (err) {
-    throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
-  } finally {
-    await reader.cancel().catch(() => {});
-  }
-  return out.subarray(0, have);
-}
-
-/** The whole body of a response, its errors naming what was being read. */
-async function bodyBytes(res: Response, what: string): Promise<Uint8Array> {
-  try {
-    return new Uint8Array(await res.arrayBuffer());
-  } catch (err) {
-    throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
-  }
+  /** The URL that answered, after redirects. */
+  url: string;
 }
 
 /**
  * Fetches a resource as a byte stream (for raw input, or a qcow2 image from
- * a server without Range support).
+ * a server without Range support), under the same rules as
+ * {@linkcode HttpSource}: redirects, identity encoding, idle timeout. A
+ * dropped connection resumes with a Range request from where it stopped;
+ * a server that then answers 200 (it cannot resume) or another resource
+ * (another size, ETag or Last-Modified) fails the stream.
  *
  * @param url The resource.
- * @param options Headers, fetch, signal.
- * @returns The body stream and its length when the server gave one.
+ * @param options Headers, fetch, signal, idle timeout, retries.
+ * @returns The body stream, its length when the server gave one, and the
+ * URL that answered.
+ * @throws {RangeError} For an idle timeout or retry delay out of range.
  * @throws {Error} When the request fails or the status is not 2xx.
  *
  * @example
@@ -443,63 +604,107 @@ export async function fetchStream(
   url: string,
   options: HttpSourceOptions = {},
 ): Promise<HttpBody> {
-  let res: Response;
-  const headers = new Headers(options.headers);
-  headers.set("accept-encoding", "identity");
-  try {
-    res = await (options.fetch ?? fetch)(url, {
-      headers,
-      signal: options.signal,
-    });
-  } catch (err) {
-    throw new Error(`Cannot fetch ${url}: ${ioReason(err)}`, {
-      cause: err,
-    });
-  }
-  if (!res.ok || !res.body) {
-    await res.body?.cancel();
-    throw new Error(`Cannot fetch ${url}: ${answered(res)}`);
-  }
-  return bodyStream(url, res);
+  const client = new HttpClient(url, options);
+  const first = await client.retrying(`Cannot fetch ${url}`, async () => {
+    const answer = await client.send(undefined);
+    if (!answer.res.ok || !answer.res.body) {
+      await answer.close();
+      throw new Failure(answered(answer.res), false);
+    }
+    return answer;
+  });
+  return bodyOf(client, first);
 }
 
 /**
- * A 2xx response's body, checked on the way: transfer errors name the URL,
- * and a transfer cut short of Content-Length must not look complete.
+ * The body of a 2xx answer for the whole resource, as a stream that
+ * resumes where it broke; `size` is the resource's size when known
+ * (else the answer's Content-Length).
  */
-function bodyStream(url: string, res: Response): HttpBody {
-  const length = res.headers.get("content-length");
-  const size = length !== null && /^\d+$/.test(length)
-    ? Number(length)
-    : undefined;
+function bodyOf(client: HttpClient, first: Answer, size?: number): HttpBody {
+  const length = first.res.headers.get("content-length");
+  const total = size ??
+    (length !== null && /^\d{1,16}$/.test(length) ? Number(length) : undefined);
+  const what = `Cannot read ${client.name}`;
   let seen = 0;
-  const reader = res.body!.getReader();
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      let next: ReadableStreamReadResult<Uint8Array>;
-      try {
-        next = await reader.read();
-      } catch (err) {
-        throw new Error(
-          `Cannot read ${url}: the transfer failed after ${seen} bytes (${
-            (err as Error).message
-          })`,
-          { cause: err },
-        );
-      }
-      if (next.done) {
-        if (size !== undefined && seen !== size) {
-          throw new Error(
-            `Cannot read ${url}: the transfer ended after ${seen} of ${size} bytes`,
+  let current: Answer | undefined = first;
+  const next = async (): Promise<Uint8Array | undefined> => {
+    try {
+      current ??= await resume(client, seen, total);
+      const chunk = await current.next();
+      if (chunk.done) {
+        await current.close();
+        current = undefined;
+        if (total !== undefined && seen < total) {
+          throw new Failure(
+            `the transfer ended after ${seen} of ${total} bytes`,
+            true,
           );
         }
+        return undefined;
+      }
+      // Never more than the resource's size.
+      return total === undefined
+        ? chunk.value
+        : chunk.value.subarray(0, total - seen);
+    } catch (err) {
+      await current?.close();
+      current = undefined;
+      throw err;
+    }
+  };
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const chunk = await client.retrying(what, next, () => seen);
+      if (chunk === undefined) {
         controller.close();
         return;
       }
-      seen += next.value.length;
-      controller.enqueue(next.value);
+      seen += chunk.length;
+      controller.enqueue(chunk);
+      if (seen === total) {
+        await current?.close();
+        current = undefined;
+        controller.close();
+      }
     },
-    cancel: (reason) => reader.cancel(reason),
+    cancel: async () => {
+      await current?.close();
+      current = undefined;
+    },
   }, { highWaterMark: 0 });
-  return { body, size };
+  return { body, size: total, url: client.url };
+}
+
+/**
+ * A new answer for the rest of a resource whose transfer broke after
+ * `seen` bytes: a Range request from there, which must be answered with
+ * that range of a resource of the same size.
+ */
+async function resume(
+  client: HttpClient,
+  seen: number,
+  total: number | undefined,
+): Promise<Answer> {
+  const answer = await client.send(seen === 0 ? undefined : `bytes=${seen}-`);
+  const res = answer.res;
+  const range = parseContentRange(res.headers.get("content-range"));
+  const problem = !res.ok
+    ? answered(res)
+    : seen === 0
+    ? undefined
+    : res.status !== 206
+    ? `the transfer broke after ${seen} bytes, and the server answered ${res.status} to a Range request for the rest: it cannot resume`
+    : range?.start !== seen
+    ? `the transfer broke after ${seen} bytes, and the server resumed it at ${
+      range?.start ?? "an unknown offset"
+    }`
+    : total !== undefined && range.total !== undefined && range.total !== total
+    ? `its size changed from ${total} to ${range.total} bytes`
+    : undefined;
+  if (problem !== undefined) {
+    await answer.close();
+    throw new Failure(problem, false);
+  }
+  return answer;
 }

@@ -22,6 +22,12 @@ export interface RandomAccessSource {
   /** A name for messages (a path or URL), when there is one. */
   readonly name?: string;
   /**
+   * The URL that answered, when the bytes came over the network and a
+   * redirect led elsewhere than `name`: the names an image gives resolve
+   * against it, and its origin is the one the image may lead to.
+   */
+  readonly url?: string;
+  /**
    * Reads `length` bytes at `offset`. Returns fewer only when the range runs
    * past the end of the source. The bytes may be a view into a buffer
    * shared with other reads (`HttpSource` answers reads merged into one

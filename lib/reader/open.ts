@@ -20,7 +20,7 @@ import {
 } from "../format/constants.ts";
 import type { SnapshotEntry } from "../format/snapshot.ts";
 import { BytesSource, type RandomAccessSource } from "../io/source.ts";
-import { isHttpUrl } from "../io/http_source.ts";
+import { type HttpTransport, isHttpUrl } from "../io/http_source.ts";
 import { fileError } from "../io/_errors.ts";
 import type { GuestImage } from "./image.ts";
 import { Qcow2Image } from "./qcow2_image.ts";
@@ -111,8 +111,17 @@ export interface OpenImageOptions {
    * default ({@linkcode openByName}) opens local files and http(s) URLs.
    * Where the runtime has file access, a file held to its directory is
    * passed as the real path that was checked, not as the image names it.
+   * A URL it opens must be answered from the origin asked (judged on the
+   * source's `url`).
    */
   openSource?: (name: string) => Promise<RandomAccessSource>;
+  /**
+   * How http(s) URLs are fetched: the image's own, when `input` is one,
+   * and those of its backing and data files unless `openSource` is given
+   * (idle timeout, retries, fetch, signal). To send headers, open the
+   * image with `HttpSource.open` and pass the source.
+   */
+  http?: HttpTransport;
 }
 
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
@@ -152,7 +161,7 @@ export async function openImage(
   options: OpenImageOptions = {},
 ): Promise<GuestImage> {
   const source: RandomAccessSource = typeof input === "string"
-    ? await openByName(input).catch((err) => {
+    ? await openByName(input, input, options.http).catch((err) => {
       // An OS error is worded here; a URL's error and the refusal of a
       // path where no file access is loaded (TypeError) say it already.
       throw isHttpUrl(input) || err instanceof TypeError
@@ -177,11 +186,18 @@ export async function openImage(
       return new RawImage(source, owned);
     }
     const name = typeof input === "string" ? input : source.name ?? "<image>";
-    const referrer = topReferrer(name, given, options.relativeTo, options.name);
+    // Over HTTP, names resolve against the URL that answered.
+    const referrer = topReferrer(
+      source.url ?? name,
+      given,
+      options.relativeTo,
+      options.name ?? name,
+    );
     const gate = new ReferenceGate({
       policy: options.references,
       maxDepth: options.maxBackingDepth,
       openSource: options.openSource,
+      http: options.http,
     });
     await gate.start(name);
     return await openQcow2(source, owned, referrer, options, gate, 0);
@@ -227,7 +243,7 @@ async function openQcow2(
           : await openQcow2(
             backingSource,
             true,
-            backingReferrer(referrer, ref, declared),
+            backingReferrer(referrer, ref, declared, backingSource),
             options,
             gate,
             depth + 1,

@@ -24,7 +24,11 @@
 import { Qcow2Error } from "../format/errors.ts";
 import { backingFormat, type Qcow2Header } from "../format/header.ts";
 import { hostFiles, isNotFound, openHostFile } from "../io/_host_files.ts";
-import { HttpSource } from "../io/http_source.ts";
+import {
+  HttpSource,
+  type HttpSourceOptions,
+  type HttpTransport,
+} from "../io/http_source.ts";
 import { fileReason } from "../io/_errors.ts";
 import { isAbsolute, join } from "../io/_path.ts";
 import type { RandomAccessSource } from "../io/source.ts";
@@ -162,7 +166,10 @@ export interface Reference {
 /**
  * The referrer of the image a walk starts at: trusted (QEMU's rules) when
  * its format was given, with relative names resolving against
- * `relativeTo` or else the directory of its own name.
+ * `relativeTo` or else the directory of its own name. Over HTTP, give the
+ * URL that answered (`source.url ?? name`, after redirects) as `name` and
+ * the URL as named as `label`: the origin that counts is the one that
+ * answered.
  *
  * @param name The path or URL the image was opened by, or a source's name.
  * @param formatGiven Whether the caller gave the image's format.
@@ -198,13 +205,15 @@ export function topReferrer(
 
 /**
  * The referrer of a backing file, whose own names are judged in turn: its
- * directory is its own, and it keeps QEMU's rules only when its parent had
- * them and names its format as qcow2 (trust passes down only through
- * named formats).
+ * directory is its own (over HTTP, that of the URL that answered), and it
+ * keeps QEMU's rules only when its parent had them and names its format
+ * as qcow2 (trust passes down only through named formats).
  *
  * @param parent The image that named the backing file.
  * @param ref The backing file, as the gate allowed it.
  * @param declared The backing format the parent names, if any.
+ * @param source The backing file as opened (its `url`, when a redirect
+ * led elsewhere, is where its own names resolve).
  * @returns The backing file's referrer.
  *
  * @example
@@ -221,10 +230,11 @@ export function backingReferrer(
   parent: Referrer,
   ref: Reference,
   declared: string | undefined,
+  source?: RandomAccessSource,
 ): Referrer {
   return {
     name: ref.name,
-    dir: directoryOf(ref.name),
+    dir: directoryOf(source?.url ?? ref.name),
     trusted: parent.trusted && declared === "qcow2",
   };
 }
@@ -394,6 +404,7 @@ export async function followReference(
  * @param path A path or URL.
  * @param name What to call a local file in messages and reports (default:
  * `path`), such as the name an image gives for the real path opened.
+ * @param http How a URL is fetched (timeouts, retries, redirects).
  * @returns The source.
  * @throws {TypeError} For a path where the runtime has no file access
  * (`core.ts` in a browser or Node).
@@ -412,8 +423,9 @@ export async function followReference(
 export function openByName(
   path: string,
   name: string = path,
+  http: HttpSourceOptions = {},
 ): Promise<RandomAccessSource & AsyncDisposable> {
-  return isHttp(path) ? HttpSource.open(path) : openHostFile(path, name);
+  return isHttp(path) ? HttpSource.open(path, http) : openHostFile(path, name);
 }
 
 /**
@@ -444,9 +456,12 @@ export interface GateOptions {
   maxDepth?: number;
   /**
    * Opens what a reference names (its `path`); default: local files
-   * through the runtime's file module, http(s) URLs with Range requests.
+   * through the runtime's file module, http(s) URLs with Range requests
+   * that may not be redirected off the origin asked.
    */
   openSource?: (path: string) => Promise<RandomAccessSource>;
+  /** How the default opener fetches URLs (idle timeout, retries...). */
+  http?: HttpTransport;
 }
 
 /**
@@ -483,6 +498,7 @@ export class ReferenceGate {
   readonly #openSource:
     | ((path: string) => Promise<RandomAccessSource>)
     | undefined;
+  readonly #http: HttpTransport;
   readonly #seen = new Set<string>();
   #depth = 0;
 
@@ -493,6 +509,7 @@ export class ReferenceGate {
     this.#policy = options.policy ?? "auto";
     this.#maxDepth = options.maxDepth ?? 256;
     this.#openSource = options.openSource;
+    this.#http = options.http ?? {};
   }
 
   /**
@@ -566,19 +583,26 @@ export class ReferenceGate {
    * Opens what a reference names: the path that was checked. A local file
    * held to its directory is then checked once more on what was opened
    * (same device and inode as its real path, which still has no link in
-   * it), so that a link swapped in between is caught.
+   * it), so that a link swapped in between is caught. A URL must be
+   * answered from the origin it was asked from: the default opener
+   * refuses a redirect elsewhere before following it, and any opener's
+   * source is judged on the URL that answered.
    *
    * @param ref The reference, from this gate.
    * @returns The source; the caller closes it.
    * @throws {Qcow2Error} With code `BACKING` when it cannot be opened;
-   * `UNTRUSTED_REFERENCE` when the file changed under the check.
+   * `UNTRUSTED_REFERENCE` when the file changed under the check, or a URL
+   * was answered from another origin.
    */
   async open(ref: Reference): Promise<RandomAccessSource> {
     let source: RandomAccessSource;
     try {
       source = this.#openSource
         ? await this.#openSource(ref.path)
-        : await openByName(ref.path, ref.name);
+        : await openByName(ref.path, ref.name, {
+          ...this.#http,
+          stayOnOrigin: true,
+        });
     } catch (err) {
       const reason = isNotFound(err) ? "no such file" : (err as Error).message;
       throw new Qcow2Error(
@@ -594,6 +618,17 @@ export class ReferenceGate {
       throw new Qcow2Error(
         "UNTRUSTED_REFERENCE",
         `Cannot open ${ref.what} "${ref.name}": it changed while it was opened (${ref.path} is no longer the file opened)`,
+      );
+    }
+    const asked = isHttp(ref.path) ? new URL(ref.path).origin : undefined;
+    if (
+      asked !== undefined && source.url !== undefined &&
+      new URL(source.url).origin !== asked
+    ) {
+      await source.close?.();
+      throw new Qcow2Error(
+        "UNTRUSTED_REFERENCE",
+        `Cannot open ${ref.what} "${ref.name}": it was answered by ${source.url}, on another origin than ${asked}`,
       );
     }
     return source;

@@ -21,6 +21,7 @@ import { LruCache } from "../io/lru.ts";
 import { fileReason } from "../io/_errors.ts";
 
 import type { ImageInput, OpenSource } from "./input.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
 import {
   backingReferrer,
@@ -124,6 +125,8 @@ export interface OpenLayerOptions {
   references?: ReferencePolicy;
   /** Opens related files by name. */
   openSource?: OpenSource;
+  /** How the default opener fetches URLs. */
+  http?: HttpTransport;
   /** Longest chain accepted. */
   maxDepth?: number;
 }
@@ -142,11 +145,12 @@ export async function openLayer(
       policy: options.references,
       maxDepth: options.maxDepth,
       openSource: options.openSource,
+      http: options.http,
     });
     await gate.start(name);
     const layer = await openFrom(
       source,
-      topReferrer(name, given),
+      topReferrer(source.url ?? name, given, undefined, name),
       options,
       gate,
       given ? options.format : undefined,
@@ -211,7 +215,7 @@ async function openFrom(
     try {
       layer.backing = await openFrom(
         backingSource,
-        backingReferrer(referrer, ref, declared),
+        backingReferrer(referrer, ref, declared, backingSource),
         options,
         gate,
         declared,

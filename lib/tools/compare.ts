@@ -18,6 +18,7 @@ import {
   sourceOf,
 } from "./_layers.ts";
 import type { RandomAccessSource } from "../io/source.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { readPastEnd } from "../reader/_read.ts";
 import { type StatusRun, StatusWalker } from "./_status.ts";
 
@@ -73,8 +74,10 @@ export interface CompareImagesOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing and data files by name; default: local files and http(s) URLs (`openByName`). */
+  /** Opens backing and data files by name; default: local files and http(s) URLs held to their origin (`openByName`). */
   openSource?: OpenSource;
+  /** How the default opener fetches URLs (idle timeout, retries...). */
+  http?: HttpTransport;
   /**
    * Ask the file system where local files have holes, as QEMU does (needs
    * FFI); ranges both images know to be zero are skipped without reading.
@@ -167,6 +170,7 @@ export async function compareImages(
         format: options.formats?.[i],
         references: options.references,
         openSource: options.openSource,
+        http: options.http,
       });
       images.push(image);
       layers.push(await layerOf(image));

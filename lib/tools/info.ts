@@ -18,6 +18,7 @@ import { Qcow2Error } from "../format/errors.ts";
 import { backingFormat, dataFileName } from "../format/header.ts";
 import { BITMAP_FLAGS } from "../format/bitmaps.ts";
 import type { RandomAccessSource } from "../io/source.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import { hostFiles } from "../io/_host_files.ts";
 import { type ImageInput, type OpenSource, withSource } from "./_layers.ts";
 import { detectFormat, readPadded } from "../reader/_read.ts";
@@ -196,8 +197,10 @@ export interface ImageInfoOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing files by name; default: local files and http(s) URLs (`openByName`). */
+  /** Opens backing files by name; default: local files and http(s) URLs held to their origin (`openByName`). */
   openSource?: OpenSource;
+  /** How the default opener fetches URLs (idle timeout, retries...). */
+  http?: HttpTransport;
   /**
    * Bytes a named file occupies on disk; default: blocks × 512 from the
    * file system for local files.
@@ -240,8 +243,9 @@ async function describe(
   if (header.cryptMethod !== CRYPT_METHOD.NONE) info.encrypted = true;
   if (header.backingFile) {
     info.backingFilename = header.backingFile;
+    // Over HTTP, against the URL that answered.
     info.fullBackingFilename = resolveName(
-      directoryOf(name) ?? "",
+      directoryOf(source.url ?? name) ?? "",
       header.backingFile,
     );
     const fmt = backingFormat(header);
@@ -340,8 +344,10 @@ export async function imageInfo(
     ? options.format
     : undefined;
   let name = "";
+  let answered: string | undefined;
   const info = await withSource(input, (source, opened) => {
     name = opened;
+    answered = source.url;
     return describe(source, name, given, options);
   });
   if (!options.backingChain) return info;
@@ -349,9 +355,15 @@ export async function imageInfo(
   const gate = new ReferenceGate({
     policy: options.references,
     openSource: options.openSource,
+    http: options.http,
   });
   await gate.start(name);
-  let referrer = topReferrer(name, given !== undefined);
+  let referrer = topReferrer(
+    answered ?? name,
+    given !== undefined,
+    undefined,
+    name,
+  );
   for (let at: ImageInfo = info; at.backingFilename !== undefined;) {
     const ref = await gate.backing(referrer, at.backingFilename);
     const src = await gate.open(ref);
@@ -364,7 +376,7 @@ export async function imageInfo(
         options,
       );
       info.chain.push(next);
-      referrer = backingReferrer(referrer, ref, fmt);
+      referrer = backingReferrer(referrer, ref, fmt, src);
       at = next;
     } finally {
       await src.close?.();

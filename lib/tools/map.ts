@@ -8,6 +8,7 @@
 
 import type { ReferencePolicy } from "../reader/references.ts";
 import type { ImageFormat } from "../reader/open.ts";
+import type { HttpTransport } from "../io/http_source.ts";
 import {
   closeLayer,
   type ImageInput,
@@ -88,8 +89,10 @@ export interface MapImageOptions {
    * @default {"auto"}
    */
   references?: ReferencePolicy;
-  /** Opens backing and data files by name; default: local files and http(s) URLs (`openByName`). */
+  /** Opens backing and data files by name; default: local files and http(s) URLs held to their origin (`openByName`). */
   openSource?: OpenSource;
+  /** How the default opener fetches URLs (idle timeout, retries...). */
+  http?: HttpTransport;
   /**
    * Ask the file system where local files have holes (QEMU does, through
    * SEEK_DATA/SEEK_HOLE, for raw files and for qcow2 images with
@@ -160,6 +163,7 @@ export async function* mapImageEntries(
     format: options.format,
     references: options.references,
     openSource: options.openSource,
+    http: options.http,
   });
   using walker = new StatusWalker(options.holes ?? true);
   try {

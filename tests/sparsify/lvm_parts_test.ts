@@ -284,7 +284,7 @@ Deno.test("mapFreeSpace() leaves a PV as it is when its metadata text's CRC does
   assert.strictEqual(region.status, "untouched");
   assert.strictEqual(
     region.reason,
-    "signatures of ntfs and LVM2 PV are both present: which one is used is not clear",
+    "signatures of ntfs and LVM2 PV were both found: which one the region holds is ambiguous",
   );
 });
 

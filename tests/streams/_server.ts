@@ -1,5 +1,6 @@
 // A loopback HTTP server for the stream tests: serves files with or without
-// Range support, and can fail in the middle of a transfer.
+// Range support, and can fail in the middle of a transfer, redirect, or
+// answer as a test's own handler says.
 
 export interface ServeOptions {
   /** Answer Range requests with 206 (default true). */
@@ -14,6 +15,22 @@ export interface ServeOptions {
    * test needs).
    */
   pauseAfter?: number;
+  /**
+   * Offsets into the served files at which the connection is cut, each
+   * once: the response that reaches one sends the bytes before it and
+   * breaks (a flaky network).
+   */
+  dropAt?: number[];
+  /** Paths answered with `302` to the given Location. */
+  redirects?: Record<string, string>;
+  /**
+   * Answers a request before the files do (a hostile server); undefined
+   * lets the files answer.
+   */
+  intercept?: (
+    req: Request,
+    path: string,
+  ) => Response | undefined | Promise<Response | undefined>;
 }
 
 export interface TestServer extends AsyncDisposable {
@@ -26,49 +43,97 @@ export interface TestServer extends AsyncDisposable {
   resume(): void;
 }
 
-/** Serves `files` (name → bytes) on 127.0.0.1 on a free port. */
+/** A served file: its bytes, or the path of a local file read as asked. */
+export type Served = Uint8Array | string;
+
+/** Reads `[start, start + length)` of a served file, a chunk at a time. */
+interface Reader {
+  read(at: number, length: number): Promise<Uint8Array>;
+  close(): void;
+}
+
+function readerOf(file: Served): Reader {
+  if (typeof file !== "string") {
+    return {
+      read: (at, length) => Promise.resolve(file.slice(at, at + length)),
+      close() {},
+    };
+  }
+  let opened: Deno.FsFile | undefined;
+  return {
+    async read(at, length) {
+      opened ??= await Deno.open(file);
+      await opened.seek(at, Deno.SeekMode.Start);
+      const out = new Uint8Array(length);
+      let have = 0;
+      while (have < length) {
+        const n = await opened.read(out.subarray(have));
+        if (n === null) break;
+        have += n;
+      }
+      return out.subarray(0, have);
+    },
+    close() {
+      opened?.close();
+      opened = undefined;
+    },
+  };
+}
+
+/**
+ * Serves `files` (name → bytes, or the path of a local file) on 127.0.0.1
+ * on a free port.
+ */
 export function serveFiles(
-  files: Record<string, Uint8Array>,
+  files: Record<string, Served>,
   options: ServeOptions = {},
 ): TestServer {
   const ranges = options.ranges ?? true;
   const state = { requests: [] as string[], bytesSent: 0 };
   const resumed = Promise.withResolvers<void>();
+  const drops = [...options.dropAt ?? []].sort((a, b) => a - b);
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    (req) => {
+    async (req) => {
       const path = new URL(req.url).pathname.slice(1);
       const range = req.headers.get("range");
       state.requests.push(`${req.method} ${path} ${range ?? ""}`.trim());
-      const body = files[path];
-      if (!body) return new Response("not found", { status: 404 });
+      const own = await options.intercept?.(req, path);
+      if (own) return own;
+      const to = options.redirects?.[path];
+      if (to !== undefined) {
+        return new Response(null, { status: 302, headers: { location: to } });
+      }
+      const file = files[path];
+      if (file === undefined) {
+        return new Response("not found", { status: 404 });
+      }
+      const length = typeof file === "string"
+        ? Deno.statSync(file).size
+        : file.length;
       let status = 200;
-      let slice = body;
+      let start = 0;
+      let end = length - 1;
       const headers = new Headers();
       if (ranges) headers.set("accept-ranges", "bytes");
       if (range && ranges) {
         const m = /^bytes=(\d+)-(\d*)$/.exec(range);
         if (m) {
-          const start = Number(m[1]);
-          const end = m[2] === ""
-            ? body.length - 1
-            : Math.min(Number(m[2]), body.length - 1);
-          if (start >= body.length) {
+          start = Number(m[1]);
+          end = m[2] === "" ? length - 1 : Math.min(Number(m[2]), length - 1);
+          if (start >= length) {
             return new Response(null, {
               status: 416,
-              headers: { "content-range": `bytes */${body.length}` },
+              headers: { "content-range": `bytes */${length}` },
             });
           }
-          slice = body.subarray(start, end + 1);
           status = 206;
-          headers.set("content-range", `bytes ${start}-${end}/${body.length}`);
+          headers.set("content-range", `bytes ${start}-${end}/${length}`);
         }
       }
+      const size = end + 1 - start;
       if (options.contentLength ?? true) {
-        headers.set(
-          "content-length",
-          String(slice.length),
-        );
+        headers.set("content-length", String(size));
       }
       if (req.method === "HEAD") {
         // A HEAD answer has no body.
@@ -76,30 +141,46 @@ export function serveFiles(
       }
       const failAfter = options.failAfter;
       let sent = 0;
+      const reader = readerOf(file);
       const stream = new ReadableStream<Uint8Array>({
         async pull(controller) {
           if (options.pauseAfter !== undefined && sent >= options.pauseAfter) {
             await resumed.promise;
           }
-          if (sent >= slice.length) {
+          if (sent >= size) {
+            reader.close();
             controller.close();
             return;
           }
-          let n = Math.min(64 * 1024, slice.length - sent);
+          // Files on disk go in larger chunks: fewer reads of a 1 GiB one.
+          const chunk = typeof file === "string" ? 1024 * 1024 : 64 * 1024;
+          let n = Math.min(chunk, size - sent);
+          const drop = drops.find((d) => d >= start + sent && d <= end);
+          if (drop !== undefined) {
+            if (drop === start + sent) {
+              drops.splice(drops.indexOf(drop), 1);
+              reader.close();
+              controller.error(new Error("simulated network failure"));
+              return;
+            }
+            n = Math.min(n, drop - start - sent);
+          }
           if (options.pauseAfter !== undefined && sent < options.pauseAfter) {
             n = Math.min(n, options.pauseAfter - sent);
           }
           if (failAfter !== undefined) {
             if (sent >= failAfter) {
+              reader.close();
               controller.error(new Error("simulated failure"));
               return;
             }
             n = Math.min(n, failAfter - sent);
           }
-          controller.enqueue(slice.slice(sent, sent + n));
+          controller.enqueue(await reader.read(start + sent, n));
           sent += n;
           state.bytesSent += n;
         },
+        cancel: () => reader.close(),
       });
       return new Response(stream, { status, headers });
     },

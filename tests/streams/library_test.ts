@@ -174,12 +174,24 @@ Deno.test("HttpSource.open() reports a 404 in one line, with a colon after the U
   );
 });
 
-Deno.test("fetchStream() fails when the server cuts the transfer", async () => {
+Deno.test("fetchStream() fails when the server cuts the transfer and cannot resume it", async () => {
   await using server = serveFiles({
     "disk.raw": new Uint8Array(500_000).fill(1),
-  }, { failAfter: 200_000 });
-  const { body } = await fetchStream(server.url("disk.raw"));
-  await assert.rejects(() => bytesOf(body));
+  }, { failAfter: 200_000, ranges: false });
+  const { body } = await fetchStream(server.url("disk.raw"), {
+    retryDelays: [1],
+  });
+  await assert.rejects(() => bytesOf(body), (err: Error) => {
+    assert.match(
+      err.message,
+      /^Cannot read http:\/\/127\.0\.0\.1:\d+\/disk\.raw: the transfer broke after 200000 bytes, and the server answered 200 to a Range request for the rest: it cannot resume$/,
+    );
+    return true;
+  });
+  assert.deepStrictEqual(server.requests, [
+    "GET disk.raw",
+    "GET disk.raw bytes=200000-",
+  ]);
 });
 
 Deno.test("openImage() reads a qcow2 image over HTTP ranges, fetching a fraction of it", async () => {
