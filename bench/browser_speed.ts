@@ -98,15 +98,13 @@ function record(
     const bundle = await buildBundle(join(dir, "qcow2pipe.js"));
     await using server = serveWeb({ port: 0, bundle, onListen() {} });
     await using browser = await Chromium.launch();
-    await browser.navigate(`http://127.0.0.1:${server.addr.port}/`);
+    await browser.page.goto(`http://127.0.0.1:${server.addr.port}/`);
     await browser.waitFor(`document.body.dataset.state === "idle"`, "page");
-    await browser.setFiles("#file", [input]);
+    await browser.pickFiles("#file", [input]);
     await browser.waitFor(`document.body.dataset.state === "ready"`, "file");
     for (let rep = 0; rep < reps; rep++) {
       for (const c of CASES) {
-        const r = await browser.evaluate<
-          { backend: string; ms: number; fileSize: number }
-        >(`(async () => {
+        const r = await browser.page.evaluate(`(async () => {
           const q = await import("@qcow2pipe/qcow2pipe/core");
           const file = document.getElementById("file").files[0];
           const backend = (await q.createCodec({ type: "${c.compression}" })).backend;
@@ -120,7 +118,7 @@ function record(
           } finally {
             await pool.close();
           }
-        })()`);
+        })()`) as { backend: string; ms: number; fileSize: number };
         record("Chromium", c, r.backend, r.ms, r.fileSize);
       }
     }

@@ -1,9 +1,14 @@
+// @ts-check
 // The page's script: pick or drop a file, convert it in the page with the
 // qcow2pipe bundle (built by `deno task bundle`, served as ./qcow2pipe.js
 // and mapped to the package's name by index.html's import map), then
 // download the result or describe it. The input is read as a stream
 // (raw) or in slices (qcow2), and the output goes to the Origin Private
 // File System, so memory stays bounded whatever the size of the disk.
+//
+// `deno check .` type-checks this file (// @ts-check, JSDoc types) with the
+// DOM's types and against web/bundle.ts, the module index.html's import map
+// gives it: web/deno.json maps the same names.
 
 import {
   BlobSource,
@@ -20,37 +25,72 @@ import {
   imageInfo,
 } from "@qcow2pipe/qcow2pipe/tools";
 import { hasQcow2Magic } from "@qcow2pipe/qcow2pipe/format";
+/** @import { GuestImage, ImageSink } from "@qcow2pipe/qcow2pipe/core" */
 
-const $ = (id) => document.getElementById(id);
-const fileInput = $("file");
-const drop = $("drop");
-const convertButton = $("convert");
-const progress = $("progress");
-const status = $("status");
-const error = $("error");
-const result = $("result");
-const download = $("download");
-const info = $("info");
+/**
+ * Where a result goes: an {@linkcode ImageSink} that keeps the committed
+ * file and can remove it again.
+ * @typedef {ImageSink & {
+ *   storage: string,
+ *   file?: File,
+ *   remove(): Promise<void>,
+ * }} ResultSink
+ */
 
-/** The chosen input: the File and its format, detected from its magic. */
+/**
+ * The element of index.html with this id, checked to be of its kind.
+ * @template {HTMLElement} T
+ * @param {string} id
+ * @param {{ new (): T, name: string }} kind
+ * @returns {T}
+ */
+function $(id, kind) {
+  const element = document.getElementById(id);
+  if (!(element instanceof kind)) {
+    throw new Error(`index.html has no ${kind.name} with id "${id}"`);
+  }
+  return element;
+}
+const fileInput = $("file", HTMLInputElement);
+const drop = $("drop", HTMLLabelElement);
+const convertButton = $("convert", HTMLButtonElement);
+const progress = $("progress", HTMLProgressElement);
+const status = $("status", HTMLParagraphElement);
+const error = $("error", HTMLParagraphElement);
+const result = $("result", HTMLDivElement);
+const download = $("download", HTMLAnchorElement);
+const info = $("info", HTMLPreElement);
+
+/**
+ * The chosen input: the File and its format, detected from its magic.
+ * @type {{ file: File, format: "qcow2" | "raw" } | undefined}
+ */
 let input;
-/** The last result: a File in private storage (or in memory) and its name. */
+/**
+ * The last result: a File in private storage (or in memory) and its name.
+ * @type {{ name: string, sink: ResultSink, file: File } | undefined}
+ */
 let output;
 
+/** @param {"idle" | "ready" | "converting" | "done" | "error"} state */
 function setState(state) {
   document.body.dataset.state = state;
 }
 
+/** @param {number} bytes */
 function mib(bytes) {
   return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
+/** @param {File} file */
 async function choose(file) {
   const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
   const qcow2 = hasQcow2Magic(head);
   input = { file, format: qcow2 ? "qcow2" : "raw" };
-  $("input").textContent = `${file.name}: ${mib(file.size)}, ${input.format}`;
-  $(qcow2 ? "target-raw" : "target-zstd").checked = true;
+  $("input", HTMLParagraphElement).textContent = `${file.name}: ${
+    mib(file.size)
+  }, ${input.format}`;
+  $(qcow2 ? "target-raw" : "target-zstd", HTMLInputElement).checked = true;
   error.textContent = "";
   convertButton.disabled = false;
   setState("ready");
@@ -60,6 +100,9 @@ async function choose(file) {
  * Where the result is written: a file in the Origin Private File System,
  * written at offsets and committed with its final size. Without it (an old
  * browser) the writes are kept in memory.
+ *
+ * @param {string} name
+ * @returns {Promise<ResultSink>}
  */
 async function createSink(name) {
   const storage = navigator.storage;
@@ -68,14 +111,20 @@ async function createSink(name) {
     const handle = await root.getFileHandle(name, { create: true });
     if (handle.createWritable) {
       const writable = await handle.createWritable();
-      return {
+      /** @type {ResultSink} */
+      const sink = {
         storage: "private file system",
+        // The library's buffers are never shared memory.
         writeAt: (position, data) =>
-          writable.write({ type: "write", position, data }),
+          writable.write({
+            type: "write",
+            position,
+            data: /** @type {Uint8Array<ArrayBuffer>} */ (data),
+          }),
         async commit(size) {
           await writable.truncate(size);
           await writable.close();
-          this.file = await handle.getFile();
+          sink.file = await handle.getFile();
         },
         async abort() {
           await writable.abort().catch(() => {});
@@ -83,10 +132,13 @@ async function createSink(name) {
         },
         remove: () => root.removeEntry(name).catch(() => {}),
       };
+      return sink;
     }
   }
+  /** @type {{ offset: number, data: Uint8Array<ArrayBuffer> }[]} */
   const parts = [];
-  return {
+  /** @type {ResultSink} */
+  const sink = {
     storage: "memory",
     writeAt(offset, data) {
       parts.push({ offset, data: data.slice() });
@@ -95,6 +147,7 @@ async function createSink(name) {
     commit(size) {
       // Writes never overlap; the gaps read as zeros.
       parts.sort((a, b) => a.offset - b.offset);
+      /** @type {BlobPart[]} */
       const blobs = [];
       let at = 0;
       for (const { offset, data } of parts) {
@@ -103,7 +156,7 @@ async function createSink(name) {
         at = offset + data.length;
       }
       if (size > at) blobs.push(new Uint8Array(size - at));
-      this.file = new File(blobs, name);
+      sink.file = new File(blobs, name);
       return Promise.resolve();
     },
     abort() {
@@ -112,15 +165,36 @@ async function createSink(name) {
     },
     remove: () => Promise.resolve(),
   };
+  return sink;
 }
 
+/**
+ * What the checked "Convert to" button asks for: qcow2 with no compression,
+ * with zlib or zstd, or raw.
+ * @returns {"qcow2" | "zlib" | "zstd" | "raw"}
+ */
+function chosenTarget() {
+  const value = document.querySelector("input[name=target]:checked")
+    ?.getAttribute("value");
+  if (
+    value === "qcow2" || value === "zlib" || value === "zstd" ||
+    value === "raw"
+  ) return value;
+  throw new Error(`Cannot convert: no known target is chosen (${value})`);
+}
+
+/**
+ * @param {string} name
+ * @param {"qcow2" | "zlib" | "zstd" | "raw"} target
+ */
 function outputName(name, target) {
   const base = name.replace(/\.(raw|img|qcow2)$/i, "");
   return target === "raw" ? `${base}.raw` : `${base}.qcow2`;
 }
 
 async function run() {
-  const target = document.querySelector("input[name=target]:checked").value;
+  if (!input) return;
+  const target = chosenTarget();
   const name = outputName(input.file.name, target);
   convertButton.disabled = true;
   result.hidden = true;
@@ -135,6 +209,7 @@ async function run() {
   const pool = new CodecPool();
   const sink = await createSink(`qcow2pipe-${Date.now()}-${name}`);
   let total = input.file.size;
+  /** @param {number} done */
   const onProgress = (done) => {
     progress.value = total > 0 ? done / total : 1;
     const seconds = (performance.now() - started) / 1000;
@@ -142,25 +217,30 @@ async function run() {
       (done / 2 ** 20 / Math.max(seconds, 0.001)).toFixed(1)
     } MiB/s`;
   };
+  /** @type {GuestImage | undefined} */
   let image;
   try {
-    const compression = target === "qcow2" ? "none" : target;
     if (target === "raw") {
       image = await openImage(new BlobSource(input.file));
       total = image.virtualSize;
       await expandToFile(image, sink, { pool, onProgress });
     } else if (input.format === "raw") {
       await convert(input.file.stream(), sink, {
-        compression,
+        compression: target === "qcow2" ? "none" : target,
         pool,
         onProgress,
       });
     } else {
       image = await openImage(new BlobSource(input.file));
       total = image.virtualSize;
-      await convert(image, sink, { compression, pool, onProgress });
+      await convert(image, sink, {
+        compression: target === "qcow2" ? "none" : target,
+        pool,
+        onProgress,
+      });
     }
     const seconds = (performance.now() - started) / 1000;
+    if (!sink.file) throw new Error(`${name} was not committed`);
     output = { name, sink, file: sink.file };
     download.href = URL.createObjectURL(output.file);
     download.download = name;
@@ -183,6 +263,7 @@ async function run() {
 }
 
 async function showInfo() {
+  if (!output) return;
   const source = new BlobSource(output.file, output.name);
   let text = formatImageInfo(await imageInfo(source));
   if (text.includes("file format: qcow2")) {
@@ -193,7 +274,8 @@ async function showInfo() {
 }
 
 fileInput.addEventListener("change", () => {
-  if (fileInput.files[0]) choose(fileInput.files[0]);
+  const file = fileInput.files?.[0];
+  if (file) choose(file);
 });
 drop.addEventListener("dragover", (event) => {
   event.preventDefault();
@@ -203,14 +285,17 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (event) => {
   event.preventDefault();
   drop.classList.remove("over");
-  const file = event.dataTransfer.files[0];
+  const file = event.dataTransfer?.files[0];
   if (file) choose(file);
 });
 convertButton.addEventListener("click", run);
-$("show-info").addEventListener("click", () =>
-  showInfo().catch((err) => {
-    error.textContent = err.message;
-  }));
+$("show-info", HTMLButtonElement).addEventListener(
+  "click",
+  () =>
+    showInfo().catch((err) => {
+      error.textContent = err instanceof Error ? err.message : String(err);
+    }),
+);
 
 // Say which codecs this browser gets and how many workers run them.
 const [zlib, zstd] = await Promise.all([
@@ -218,7 +303,8 @@ const [zlib, zstd] = await Promise.all([
   createCodec({ type: "zstd" }),
 ]);
 const workers = new CodecPool().size;
-$("env").textContent = `Codecs: zlib on ${zlib.backend}, zstd on ${
-  zstd.backend === "zstd-codec" ? "zstd-codec (WebAssembly)" : zstd.backend
-}; ${workers} worker${workers === 1 ? "" : "s"}.`;
+$("env", HTMLParagraphElement).textContent =
+  `Codecs: zlib on ${zlib.backend}, zstd on ${
+    zstd.backend === "zstd-codec" ? "zstd-codec (WebAssembly)" : zstd.backend
+  }; ${workers} worker${workers === 1 ? "" : "s"}.`;
 setState("idle");

@@ -1,6 +1,10 @@
 // `qcow2pipe compare`: are two images the same as the guest sees them, as
 // `qemu-img compare` answers it (exit 0 identical, 1 different, 2 error).
 import { compareImages, formatCompareResult } from "../tools/mod.ts";
+import {
+  formatStatusMismatch,
+  STRICT_SIZE_MISMATCH,
+} from "../tools/compare_text.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { reportError } from "./_util.ts";
 import {
@@ -78,7 +82,7 @@ export async function compareCommand(args: string[]): Promise<number> {
     let identical = result.identical;
     if (values.strict) {
       if (result.sizeA !== result.sizeB) {
-        text = "Strict mode: Image size mismatch!\n";
+        text = STRICT_SIZE_MISMATCH;
         identical = false;
       } else {
         const at = await firstStatusMismatch(
@@ -91,7 +95,7 @@ export async function compareCommand(args: string[]): Promise<number> {
         // qemu-img walks the images in order: a content difference before
         // the first status difference is found first.
         if (at !== undefined && (result.identical || result.offset! >= at)) {
-          text = `Strict mode: Offset ${at} block status mismatch!\n`;
+          text = formatStatusMismatch(at);
           identical = false;
         }
       }

@@ -1,7 +1,10 @@
 // `qcow2pipe map`: the guest ranges of an image, as `qemu-img map` lists
 // them, in its human form or its JSON form.
-import { hex } from "../format/errors.ts";
-import { formatMapEntryJson } from "../tools/map.ts";
+import {
+  formatMapEntryHuman,
+  formatMapEntryJson,
+  MAP_HUMAN_HEADER,
+} from "../tools/map_text.ts";
 import { mapImageEntries } from "../tools/mod.ts";
 import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
 import { parseSize, warn } from "./_util.ts";
@@ -44,16 +47,6 @@ ${httpTimeoutHelp(26)}
 
 Sizes take the suffixes k, M, G, T (powers of 1024).`;
 
-/** qemu-img's `%#-16x`: hexadecimal with 0x, except for 0, left-aligned in 16 columns. */
-function hex16(n: number): string {
-  return hex(n, "c-alt").padEnd(16);
-}
-
-/** The header of qemu-img's human map. */
-const HUMAN_HEADER = `${"Offset".padEnd(16)}${"Length".padEnd(16)}${
-  "Mapped to".padEnd(16)
-}File\n`;
-
 export async function mapCommand(args: string[]): Promise<number> {
   const { values, positionals } = getopt("map", args, {
     format: { type: "string", short: "f" },
@@ -88,25 +81,23 @@ export async function mapCommand(args: string[]): Promise<number> {
     format,
     http,
   });
-  if (!json) await out.add(HUMAN_HEADER);
+  if (!json) await out.add(MAP_HUMAN_HEADER);
   for await (const e of entries) {
     if (json) {
       await out.add((first ? "[" : ",\n") + formatMapEntryJson(e));
-    } else if (e.data && e.offset === undefined) {
+      first = false;
+      continue;
+    }
+    const line = formatMapEntryHuman(e);
+    if (line === undefined) {
       // qemu-img prints the lines before it and gives up here, exit 1.
       await out.flush();
       warn(
         "qcow2pipe: File contains external, encrypted or compressed clusters.",
       );
       return 1;
-    } else if (e.data && !e.zero) {
-      await out.add(
-        `${hex16(e.start)}${hex16(e.length)}${hex16(e.offset!)}${
-          e.file ?? ""
-        }\n`,
-      );
     }
-    first = false;
+    await out.add(line);
   }
   if (json) await out.add("]\n");
   await out.flush();

@@ -11,11 +11,13 @@
  * The four bytes every qcow2 image starts with: `"QFI\xfb"`, read as a
  * big-endian u32.
  *
- * @example Check a magic number
+ * @example Start a header with the magic
  * ```ts
  * import assert from "node:assert";
  * import { QCOW2_MAGIC } from "./constants.ts";
- * assert(QCOW2_MAGIC === 0x514649fb);
+ * const head = new Uint8Array(4);
+ * new DataView(head.buffer).setUint32(0, QCOW2_MAGIC);
+ * assert.strictEqual(new TextDecoder().decode(head.subarray(0, 3)), "QFI");
  * ```
  */
 export const QCOW2_MAGIC = 0x514649fb;
@@ -24,11 +26,13 @@ export const QCOW2_MAGIC = 0x514649fb;
  * Length in bytes of a version 2 header, and the fixed part of a version 3
  * header that both versions share.
  *
- * @example Size of a v2 header
+ * @example How much of a file to read before a header can be parsed
  * ```ts
  * import assert from "node:assert";
  * import { V2_HEADER_LENGTH } from "./constants.ts";
- * assert(V2_HEADER_LENGTH === 72);
+ * import { defaultHeader, parseHeader, serializeHeader } from "./header.ts";
+ * const image = serializeHeader(defaultHeader({ size: 1 << 20 }));
+ * assert.throws(() => parseHeader(image.subarray(0, V2_HEADER_LENGTH - 1)), /shorter than/);
  * ```
  */
 export const V2_HEADER_LENGTH = 72;
@@ -37,11 +41,15 @@ export const V2_HEADER_LENGTH = 72;
  * Smallest header length of a version 3 image (fields up to and including
  * `header_length`).
  *
- * @example Minimum v3 header
+ * @example Read `compression_type`, the byte right after the minimal header
  * ```ts
  * import assert from "node:assert";
- * import { V3_MIN_HEADER_LENGTH } from "./constants.ts";
- * assert(V3_MIN_HEADER_LENGTH === 104);
+ * import { COMPRESSION_TYPE, V3_MIN_HEADER_LENGTH } from "./constants.ts";
+ * import { defaultHeader, serializeHeader } from "./header.ts";
+ * const bytes = serializeHeader(defaultHeader({ size: 1 << 20, compressionType: COMPRESSION_TYPE.ZSTD }));
+ * const headerLength = new DataView(bytes.buffer).getUint32(100);
+ * assert(headerLength > V3_MIN_HEADER_LENGTH);
+ * assert.strictEqual(bytes[V3_MIN_HEADER_LENGTH], COMPRESSION_TYPE.ZSTD);
  * ```
  */
 export const V3_MIN_HEADER_LENGTH = 104;
@@ -50,11 +58,14 @@ export const V3_MIN_HEADER_LENGTH = 104;
  * Header length QEMU writes for version 3 images: 104 bytes plus the
  * one-byte `compression_type` field at byte 104, padded to a multiple of 8.
  *
- * @example Header length with compression_type
+ * @example Find the first header extension of a new image
  * ```ts
  * import assert from "node:assert";
- * import { V3_HEADER_LENGTH } from "./constants.ts";
- * assert(V3_HEADER_LENGTH === 112);
+ * import { EXTENSION, V3_HEADER_LENGTH } from "./constants.ts";
+ * import { defaultHeader, serializeHeader } from "./header.ts";
+ * const bytes = serializeHeader(defaultHeader({ size: 1 << 20 }));
+ * const view = new DataView(bytes.buffer);
+ * assert.strictEqual(view.getUint32(V3_HEADER_LENGTH), EXTENSION.FEATURE_TABLE);
  * ```
  */
 export const V3_HEADER_LENGTH = 112;
@@ -62,11 +73,16 @@ export const V3_HEADER_LENGTH = 112;
 /**
  * Smallest `cluster_bits` (512-byte clusters).
  *
- * @example Smallest cluster
+ * @example Check a cluster size a user asked for
  * ```ts
  * import assert from "node:assert";
- * import { MIN_CLUSTER_BITS } from "./constants.ts";
- * assert(1 << MIN_CLUSTER_BITS === 512);
+ * import { MAX_CLUSTER_BITS, MIN_CLUSTER_BITS } from "./constants.ts";
+ * const isClusterSize = (bytes: number) => {
+ *   const bits = Math.log2(bytes);
+ *   return Number.isInteger(bits) && bits >= MIN_CLUSTER_BITS && bits <= MAX_CLUSTER_BITS;
+ * };
+ * assert(isClusterSize(512) && isClusterSize(65536));
+ * assert(!isClusterSize(256) && !isClusterSize(3 << 16));
  * ```
  */
 export const MIN_CLUSTER_BITS = 9;
@@ -74,11 +90,17 @@ export const MIN_CLUSTER_BITS = 9;
 /**
  * Largest `cluster_bits` QEMU opens (2 MiB clusters).
  *
- * @example Largest cluster
+ * @example Larger clusters are refused
  * ```ts
  * import assert from "node:assert";
  * import { MAX_CLUSTER_BITS } from "./constants.ts";
- * assert(1 << MAX_CLUSTER_BITS === 2 * 1024 * 1024);
+ * import { defaultHeader } from "./header.ts";
+ * import { validateHeader } from "./validate.ts";
+ * const largest = defaultHeader({ size: 0, clusterBits: MAX_CLUSTER_BITS });
+ * largest.refcountTableClusters = 1;
+ * validateHeader(largest);
+ * const larger = { ...largest, clusterBits: MAX_CLUSTER_BITS + 1 };
+ * assert.throws(() => validateHeader(larger), /cluster_bits 22 is out of range/);
  * ```
  */
 export const MAX_CLUSTER_BITS = 21;
@@ -87,11 +109,15 @@ export const MAX_CLUSTER_BITS = 21;
  * Smallest `cluster_bits` allowed together with extended L2 entries
  * (16 KiB clusters: 32 subclusters of 512 bytes).
  *
- * @example Extended L2 minimum
+ * @example Extended L2 entries need 16 KiB clusters
  * ```ts
  * import assert from "node:assert";
- * import { MIN_EXTENDED_L2_CLUSTER_BITS } from "./constants.ts";
- * assert(MIN_EXTENDED_L2_CLUSTER_BITS === 14);
+ * import { INCOMPAT, MIN_EXTENDED_L2_CLUSTER_BITS } from "./constants.ts";
+ * import { defaultHeader } from "./header.ts";
+ * import { validateHeader } from "./validate.ts";
+ * const h = defaultHeader({ size: 1 << 20, clusterBits: MIN_EXTENDED_L2_CLUSTER_BITS - 1 });
+ * h.incompatibleFeatures |= INCOMPAT.EXTENDED_L2;
+ * assert.throws(() => validateHeader(h), /for extended L2 entries/);
  * ```
  */
 export const MIN_EXTENDED_L2_CLUSTER_BITS = 14;
@@ -99,11 +125,15 @@ export const MIN_EXTENDED_L2_CLUSTER_BITS = 14;
 /**
  * Size of the sectors compressed cluster descriptors count in.
  *
- * @example Sector size
+ * @example The sectors a compressed payload touches
  * ```ts
  * import assert from "node:assert";
  * import { COMPRESSED_SECTOR_SIZE } from "./constants.ts";
- * assert(COMPRESSED_SECTOR_SIZE === 512);
+ * import { sectorsFor } from "./compressed.ts";
+ * const hostOffset = 0x30100, length = 1000;
+ * const first = Math.floor(hostOffset / COMPRESSED_SECTOR_SIZE);
+ * const last = Math.floor((hostOffset + length - 1) / COMPRESSED_SECTOR_SIZE);
+ * assert.strictEqual(last - first + 1, sectorsFor(hostOffset, length));
  * ```
  */
 export const COMPRESSED_SECTOR_SIZE = 512;
@@ -111,11 +141,17 @@ export const COMPRESSED_SECTOR_SIZE = 512;
 /**
  * QEMU's limit on the size of an L1 table, in bytes (32 MiB).
  *
- * @example Largest L1 table in entries
+ * @example The largest disk QEMU opens with 64 KiB clusters (2 PiB)
  * ```ts
  * import assert from "node:assert";
  * import { MAX_L1_BYTES } from "./constants.ts";
- * assert(MAX_L1_BYTES / 8 === 4194304);
+ * import { defaultHeader } from "./header.ts";
+ * import { l2Entries } from "./l2.ts";
+ * import { validateHeader } from "./validate.ts";
+ * const largest = (MAX_L1_BYTES / 8) * l2Entries(16, false) * 65536;
+ * const h = defaultHeader({ size: largest + 65536 });
+ * h.l1Size = MAX_L1_BYTES / 8;
+ * assert.throws(() => validateHeader(h), /more than QEMU's limit/);
  * ```
  */
 export const MAX_L1_BYTES = 32 * 1024 * 1024;
@@ -123,11 +159,15 @@ export const MAX_L1_BYTES = 32 * 1024 * 1024;
 /**
  * QEMU's limit on the size of the refcount table, in bytes (8 MiB).
  *
- * @example Largest refcount table
+ * @example How many clusters the refcount table may take
  * ```ts
  * import assert from "node:assert";
  * import { MAX_REFTABLE_BYTES } from "./constants.ts";
- * assert(MAX_REFTABLE_BYTES === 8388608);
+ * import { defaultHeader } from "./header.ts";
+ * import { validateHeader } from "./validate.ts";
+ * const h = defaultHeader({ size: 0 });
+ * h.refcountTableClusters = MAX_REFTABLE_BYTES / 65536 + 1;
+ * assert.throws(() => validateHeader(h), /refcount_table_clusters 129 is out of range \[1, 128\]/);
  * ```
  */
 export const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
@@ -135,23 +175,40 @@ export const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
 /**
  * QEMU's limit on the number of internal snapshots.
  *
- * @example Snapshot limit
+ * @example A header claiming more snapshots is refused
  * ```ts
  * import assert from "node:assert";
  * import { MAX_SNAPSHOTS } from "./constants.ts";
- * assert(MAX_SNAPSHOTS === 65536);
+ * import { defaultHeader } from "./header.ts";
+ * import { validateHeader } from "./validate.ts";
+ * const h = defaultHeader({ size: 0 });
+ * h.refcountTableClusters = 1;
+ * h.nbSnapshots = MAX_SNAPSHOTS + 1;
+ * assert.throws(() => validateHeader(h), /nb_snapshots 65537 is out of range/);
  * ```
  */
 export const MAX_SNAPSHOTS = 65536;
 
 /**
- * QEMU's limit on the size of one snapshot entry's extra data, in bytes.
+ * QEMU's limit on `extra_data_size` in a snapshot table entry, in bytes
+ * (`QCOW_MAX_SNAPSHOT_EXTRA_DATA`): QEMU does not open an image with a
+ * larger one, and the snapshot table parser refuses it.
  *
- * @example Extra data limit
+ * @example A snapshot entry with more extra data is refused
  * ```ts
  * import assert from "node:assert";
  * import { MAX_SNAPSHOT_EXTRA_DATA } from "./constants.ts";
- * assert(MAX_SNAPSHOT_EXTRA_DATA === 1024);
+ * import { parseSnapshotTable, serializeSnapshotEntry } from "./snapshot.ts";
+ * const entry = (extraBytes: number) => serializeSnapshotEntry({
+ *   l1TableOffset: 0x50000, l1Size: 1, id: "1", name: "base", dateSec: 0,
+ *   dateNsec: 0, vmClockNsec: 0n, vmStateSize: 0, vmStateSize32: 0,
+ *   diskSize: 1 << 20, icount: undefined, extraData: new Uint8Array(extraBytes),
+ * });
+ * assert.strictEqual(parseSnapshotTable(entry(MAX_SNAPSHOT_EXTRA_DATA), 1)[0].name, "base");
+ * assert.throws(
+ *   () => parseSnapshotTable(entry(MAX_SNAPSHOT_EXTRA_DATA + 8), 1),
+ *   /extra_data_size 1032 is out of range \[0, 1024\]/,
+ * );
  * ```
  */
 export const MAX_SNAPSHOT_EXTRA_DATA = 1024;
@@ -159,23 +216,36 @@ export const MAX_SNAPSHOT_EXTRA_DATA = 1024;
 /**
  * Longest backing file name the specification allows, in bytes.
  *
- * @example Backing name limit
+ * @example Check a backing file name before writing it
  * ```ts
  * import assert from "node:assert";
  * import { MAX_BACKING_FILE_NAME } from "./constants.ts";
- * assert(MAX_BACKING_FILE_NAME === 1023);
+ * const fits = (name: string) => new TextEncoder().encode(name).length <= MAX_BACKING_FILE_NAME;
+ * assert(fits("base.qcow2"));
+ * assert(!fits("é".repeat(512)));
  * ```
  */
 export const MAX_BACKING_FILE_NAME = 1023;
 
 /**
- * QEMU's limit on the number of persistent bitmaps in one image.
+ * QEMU's limit on `nb_bitmaps` in the bitmaps extension, the number of
+ * persistent bitmaps in one image (`QCOW2_MAX_BITMAPS`): QEMU does not open
+ * an image that declares more, and header validation refuses it.
  *
- * @example Bitmap limit
+ * @example A bitmaps extension declaring more bitmaps is refused
  * ```ts
  * import assert from "node:assert";
  * import { MAX_BITMAPS } from "./constants.ts";
- * assert(MAX_BITMAPS === 65535);
+ * import { defaultHeader } from "./header.ts";
+ * import { validateHeader } from "./validate.ts";
+ * const withBitmaps = (nbBitmaps: number) => {
+ *   const h = defaultHeader({ size: 0 });
+ *   h.refcountTableClusters = 1;
+ *   h.extensions.push({ kind: "bitmaps", nbBitmaps, reserved: 0, directorySize: 32, directoryOffset: 0x90000 });
+ *   return h;
+ * };
+ * validateHeader(withBitmaps(MAX_BITMAPS));
+ * assert.throws(() => validateHeader(withBitmaps(MAX_BITMAPS + 1)), /nb_bitmaps 65536 is out of range \[1, 65535\]/);
  * ```
  */
 export const MAX_BITMAPS = 65535;
@@ -183,11 +253,14 @@ export const MAX_BITMAPS = 65535;
 /**
  * Number of subclusters in a cluster of an image with extended L2 entries.
  *
- * @example Subclusters
+ * @example Which subcluster holds a guest offset
  * ```ts
  * import assert from "node:assert";
  * import { SUBCLUSTERS_PER_CLUSTER } from "./constants.ts";
- * assert(SUBCLUSTERS_PER_CLUSTER === 32);
+ * const clusterSize = 65536;
+ * const subclusterSize = clusterSize / SUBCLUSTERS_PER_CLUSTER;
+ * const guestOffset = 3 * clusterSize + 5000;
+ * assert.strictEqual(Math.floor((guestOffset % clusterSize) / subclusterSize), 2);
  * ```
  */
 export const SUBCLUSTERS_PER_CLUSTER = 32;
@@ -201,12 +274,14 @@ export const SUBCLUSTERS_PER_CLUSTER = 32;
  * - bit 3 `COMPRESSION_TYPE`: `compression_type` is present and not zlib
  * - bit 4 `EXTENDED_L2`: L2 entries are 128 bits with subcluster bitmaps
  *
- * @example Test a feature bit
+ * @example A zstd image sets the compression type bit
  * ```ts
  * import assert from "node:assert";
- * import { INCOMPAT } from "./constants.ts";
- * const features = 0b1000n;
- * assert((features & INCOMPAT.COMPRESSION_TYPE) !== 0n);
+ * import { COMPRESSION_TYPE, INCOMPAT } from "./constants.ts";
+ * import { defaultHeader, parseHeader, serializeHeader } from "./header.ts";
+ * const h = parseHeader(serializeHeader(defaultHeader({ size: 1 << 20, compressionType: COMPRESSION_TYPE.ZSTD })));
+ * assert((h.incompatibleFeatures & INCOMPAT.COMPRESSION_TYPE) !== 0n);
+ * assert((h.incompatibleFeatures & INCOMPAT.DIRTY) === 0n);
  * ```
  */
 export const INCOMPAT = {
@@ -220,11 +295,14 @@ export const INCOMPAT = {
 /**
  * All incompatible feature bits this implementation understands.
  *
- * @example Find unknown bits
+ * @example Find the feature bits of a newer QEMU
  * ```ts
  * import assert from "node:assert";
  * import { INCOMPAT_KNOWN } from "./constants.ts";
- * assert(((1n << 7n) & ~INCOMPAT_KNOWN) !== 0n);
+ * import { defaultHeader } from "./header.ts";
+ * const h = defaultHeader({ size: 0 });
+ * h.incompatibleFeatures |= 1n << 5n;
+ * assert.strictEqual(h.incompatibleFeatures & ~INCOMPAT_KNOWN, 1n << 5n);
  * ```
  */
 export const INCOMPAT_KNOWN = 0b11111n;
@@ -232,11 +310,14 @@ export const INCOMPAT_KNOWN = 0b11111n;
 /**
  * Compatible feature bits (header bytes 80-87). Bit 0 `LAZY_REFCOUNTS`.
  *
- * @example Lazy refcounts
+ * @example Set lazy refcounts: the last byte of the compatible features
  * ```ts
  * import assert from "node:assert";
  * import { COMPAT } from "./constants.ts";
- * assert(COMPAT.LAZY_REFCOUNTS === 1n);
+ * import { defaultHeader, serializeHeader } from "./header.ts";
+ * const h = defaultHeader({ size: 1 << 20 });
+ * h.compatibleFeatures |= COMPAT.LAZY_REFCOUNTS;
+ * assert.strictEqual(serializeHeader(h)[87], 1);
  * ```
  */
 export const COMPAT = {
@@ -249,11 +330,16 @@ export const COMPAT = {
  * - bit 0 `BITMAPS`: the bitmaps extension is consistent
  * - bit 1 `DATA_FILE_RAW`: the external data file is a valid raw image
  *
- * @example Raw data file bit
+ * @example Raw external data needs an external data file
  * ```ts
  * import assert from "node:assert";
  * import { AUTOCLEAR } from "./constants.ts";
- * assert(AUTOCLEAR.DATA_FILE_RAW === 2n);
+ * import { defaultHeader } from "./header.ts";
+ * import { validateHeader } from "./validate.ts";
+ * const h = defaultHeader({ size: 0 });
+ * h.refcountTableClusters = 1;
+ * h.autoclearFeatures |= AUTOCLEAR.DATA_FILE_RAW;
+ * assert.throws(() => validateHeader(h), /without the external data file bit/);
  * ```
  */
 export const AUTOCLEAR = {
@@ -264,11 +350,15 @@ export const AUTOCLEAR = {
 /**
  * Header extension types (the first u32 of each extension).
  *
- * @example Name an extension
+ * @example Whether an image names its backing file's format
  * ```ts
  * import assert from "node:assert";
  * import { EXTENSION } from "./constants.ts";
- * assert(EXTENSION.BACKING_FORMAT === 0xe2792aca);
+ * import { defaultHeader, hasExtension } from "./header.ts";
+ * const h = defaultHeader({ size: 1 << 20 });
+ * assert(!hasExtension(h, EXTENSION.BACKING_FORMAT));
+ * h.extensions.push({ kind: "backing-format", format: "raw" });
+ * assert(hasExtension(h, EXTENSION.BACKING_FORMAT));
  * ```
  */
 export const EXTENSION = {
@@ -283,11 +373,15 @@ export const EXTENSION = {
 /**
  * Values of the `crypt_method` header field.
  *
- * @example Encryption methods
+ * @example An encrypted image is refused
  * ```ts
  * import assert from "node:assert";
  * import { CRYPT_METHOD } from "./constants.ts";
- * assert(CRYPT_METHOD.LUKS === 2);
+ * import { defaultHeader } from "./header.ts";
+ * import { assertReadable } from "./validate.ts";
+ * const h = defaultHeader({ size: 0 });
+ * h.cryptMethod = CRYPT_METHOD.LUKS;
+ * assert.throws(() => assertReadable(h), /encrypted \(crypt_method 2, LUKS\)/);
  * ```
  */
 export const CRYPT_METHOD = {
@@ -299,11 +393,13 @@ export const CRYPT_METHOD = {
 /**
  * Values of the `compression_type` header field (byte 104).
  *
- * @example zstd
+ * @example Write a zstd header
  * ```ts
  * import assert from "node:assert";
  * import { COMPRESSION_TYPE } from "./constants.ts";
- * assert(COMPRESSION_TYPE.ZSTD === 1);
+ * import { defaultHeader, serializeHeader } from "./header.ts";
+ * const bytes = serializeHeader(defaultHeader({ size: 1 << 20, compressionType: COMPRESSION_TYPE.ZSTD }));
+ * assert.strictEqual(bytes[104], COMPRESSION_TYPE.ZSTD);
  * ```
  */
 export const COMPRESSION_TYPE = {
@@ -334,13 +430,18 @@ export const COMPRESSION_TYPE = {
  *     56 - 61: reserved (0)
  * ```
  *
- * @example Split an entry into halves
+ * @example Read an L2 entry by hand
  * ```ts
  * import assert from "node:assert";
  * import { ENTRY } from "./constants.ts";
- * const hi = 0x80000000, lo = 0x00050000;
- * assert((hi & ENTRY.COPIED_HI) !== 0);
- * assert((lo & ENTRY.OFFSET_LO) === 0x50000);
+ * import { encodeL2Entry } from "./l2.ts";
+ * const layout = { clusterBits: 16, extendedL2: false, dataFile: false };
+ * const table = new Uint8Array(8);
+ * encodeL2Entry(table, 0, { type: "normal", hostOffset: 0x1_0005_0000, copied: true }, layout);
+ * const view = new DataView(table.buffer);
+ * const hi = view.getUint32(0), lo = view.getUint32(4);
+ * assert((hi & ENTRY.COPIED_HI) !== 0 && (hi & ENTRY.COMPRESSED_HI) === 0);
+ * assert.strictEqual((hi & ENTRY.OFFSET_HI) * 2 ** 32 + ((lo & ENTRY.OFFSET_LO) >>> 0), 0x1_0005_0000);
  * ```
  */
 export const ENTRY = {
@@ -368,11 +469,18 @@ export const ENTRY = {
  * Refcount table entry layout: bits 0-8 reserved, bits 9-63 the offset of a
  * refcount block (cluster aligned); 0 means no block.
  *
- * @example Reserved bits
+ * @example Find a refcount table entry with reserved bits set
  * ```ts
  * import assert from "node:assert";
  * import { REFTABLE_RESERVED_LO } from "./constants.ts";
- * assert(REFTABLE_RESERVED_LO === 0x1ff);
+ * import { encodeRefcountTableEntry } from "./refcount.ts";
+ * const table = new Uint8Array(16);
+ * encodeRefcountTableEntry(table, 0, 0x30000);
+ * encodeRefcountTableEntry(table, 1, 0x40000);
+ * table[15] |= 0x10;
+ * const view = new DataView(table.buffer);
+ * const bad = [0, 1].filter((i) => (view.getUint32(i * 8 + 4) & REFTABLE_RESERVED_LO) !== 0);
+ * assert.deepStrictEqual(bad, [1]);
  * ```
  */
 export const REFTABLE_RESERVED_LO = 0x1ff;
@@ -380,11 +488,15 @@ export const REFTABLE_RESERVED_LO = 0x1ff;
 /**
  * Largest refcount_order (64-bit refcounts).
  *
- * @example Widest refcount
+ * @example Every refcount width an image may use
  * ```ts
  * import assert from "node:assert";
  * import { MAX_REFCOUNT_ORDER } from "./constants.ts";
- * assert(1 << MAX_REFCOUNT_ORDER === 64);
+ * import { refcountMax } from "./refcount.ts";
+ * const widths = [];
+ * for (let order = 0; order <= MAX_REFCOUNT_ORDER; order++) widths.push(1 << order);
+ * assert.deepStrictEqual(widths, [1, 2, 4, 8, 16, 32, 64]);
+ * assert.throws(() => refcountMax(MAX_REFCOUNT_ORDER + 1));
  * ```
  */
 export const MAX_REFCOUNT_ORDER = 6;
@@ -392,11 +504,14 @@ export const MAX_REFCOUNT_ORDER = 6;
 /**
  * Length of one feature name table entry in bytes (type, bit, 46-byte name).
  *
- * @example Entry size
+ * @example Count the entries of a feature name table
  * ```ts
  * import assert from "node:assert";
  * import { FEATURE_NAME_ENTRY_LENGTH } from "./constants.ts";
- * assert(FEATURE_NAME_ENTRY_LENGTH === 48);
+ * import { encodeExtensionData } from "./extensions.ts";
+ * import { QEMU_FEATURE_NAMES } from "./header.ts";
+ * const data = encodeExtensionData({ kind: "feature-table", features: QEMU_FEATURE_NAMES.slice() });
+ * assert.strictEqual(data.length / FEATURE_NAME_ENTRY_LENGTH, QEMU_FEATURE_NAMES.length);
  * ```
  */
 export const FEATURE_NAME_ENTRY_LENGTH = 48;

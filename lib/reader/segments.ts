@@ -31,7 +31,8 @@ export interface ReadImageOptions {
   pool?: CodecPool;
   /**
    * Largest data segment, and most guest bytes per decompression job.
-   * @default {2097152} (2 MiB)
+   * @default {2097152} (2 MiB; bench/RESULTS.md, History, has the
+   * measurement behind it)
    */
   chunkSize?: number;
   /**
@@ -45,8 +46,9 @@ export interface ReadImageOptions {
    * Guest bytes of the reads and decompression jobs running ahead.
    * @default {16 * chunkSize} (32 MiB) while any of them reads from a
    * source without `readInto` (over HTTP, where bytes in flight hide round
-   * trips); else `2 * chunkSize` (a local file answers from the page
-   * cache: two chunks keep two workers busy)
+   * trips); else `2 * chunkSize`: a local file answers from the page
+   * cache, two chunks keep two workers busy, and more only holds memory
+   * (bench/RESULTS.md, History)
    */
   maxInFlightBytes?: number;
   /**

@@ -231,36 +231,3 @@ export async function compareImages(
     for (const image of images) await image.close();
   }
 }
-
-/**
- * What `qemu-img compare` prints for a result: `Images are identical.` or
- * `Content mismatch at offset N!`, after `Warning: Image size mismatch!`
- * when the sizes differ and the common part matched.
- *
- * @param result What {@linkcode compareImages} returned.
- * @returns QEMU's text, ending with a newline.
- *
- * @example
- * ```ts
- * import assert from "node:assert";
- * import { formatCompareResult } from "./compare.ts";
- * assert.strictEqual(
- *   formatCompareResult({ identical: true, sizeA: 1024, sizeB: 512 }),
- *   "Warning: Image size mismatch!\nImages are identical.\n",
- * );
- * ```
- */
-export function formatCompareResult(result: CompareResult): string {
-  const common = Math.min(result.sizeA, result.sizeB);
-  let text = "";
-  if (
-    result.sizeA !== result.sizeB &&
-    (result.identical || result.offset! >= common)
-  ) {
-    text += "Warning: Image size mismatch!\n";
-  }
-  return text +
-    (result.identical
-      ? "Images are identical.\n"
-      : `Content mismatch at offset ${result.offset}!\n`);
-}

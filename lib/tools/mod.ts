@@ -52,15 +52,15 @@ export {
 } from "./check.ts";
 export { formatCheckJson, formatCheckResult } from "./check_text.ts";
 export {
-  formatMapJson,
   type MapEntry,
   mapImage,
   mapImageEntries,
   type MapImageOptions,
 } from "./map.ts";
+export { formatMapJson } from "./map_text.ts";
 export {
   compareImages,
   type CompareImagesOptions,
   type CompareResult,
-  formatCompareResult,
 } from "./compare.ts";
+export { formatCompareResult } from "./compare_text.ts";

@@ -17,6 +17,14 @@ import { serveWeb } from "../../web/serve.ts";
 
 const OUTPUT = new URL("../../test-output/browser/", import.meta.url).pathname;
 
+/** Saves a PNG of the whole page as test-output/browser/`name`. */
+async function screenshot(browser: Chromium, name: string): Promise<void> {
+  await Deno.writeFile(
+    join(OUTPUT, name),
+    await browser.page.screenshot({ fullPage: true }),
+  );
+}
+
 /** Picks `file`, converts it to `target` in the page, downloads the result. */
 async function convertInPage(
   browser: Chromium,
@@ -24,22 +32,23 @@ async function convertInPage(
   file: string | undefined,
   target: "qcow2" | "zlib" | "zstd" | "raw",
 ): Promise<{ name: string; path: string; status: string }> {
+  const page = browser.page;
   if (file) {
-    await browser.evaluate(`document.body.dataset.state = "picking"`);
-    await browser.setFiles("#file", [file]);
+    await page.evaluate(`document.body.dataset.state = "picking"`);
+    await browser.pickFiles("#file", [file]);
     await browser.waitFor(
       `document.body.dataset.state === "ready"`,
       "the file to be read",
     );
   }
-  await browser.click(`input[name=target][value=${target}]`);
-  await browser.click("#convert");
+  await page.click(`input[name=target][value=${target}]`);
+  await page.click("#convert");
   const state = await browser.waitFor<string>(
     `["done", "error"].includes(document.body.dataset.state) && document.body.dataset.state`,
     `the conversion to ${target}`,
   );
   if (state !== "done") {
-    const error = await browser.evaluate(
+    const error = await page.evaluate(
       `document.getElementById("error").textContent`,
     );
     throw new Error(
@@ -48,12 +57,12 @@ async function convertInPage(
       }`,
     );
   }
-  const status = await browser.evaluate<string>(
+  const status = await page.evaluate(
     `document.getElementById("status").textContent`,
-  );
+  ) as string;
   const saved = await browser.download(
     downloads,
-    () => browser.click("#download"),
+    () => page.click("#download"),
   );
   return { ...saved, status };
 }
@@ -75,15 +84,15 @@ toolTest(
     await using server = serveWeb({ port: 0, bundle, onListen() {} });
     const url = `http://127.0.0.1:${server.addr.port}/`;
     await using browser = await Chromium.launch(downloads);
-    await browser.navigate(url);
+    await browser.page.goto(url);
     await browser.waitFor(
       `document.body.dataset.state === "idle"`,
       "the page to start",
     );
     // A browser has no node:zlib: fflate and zstd-codec, on Web Workers.
-    const env = await browser.evaluate<string>(
+    const env = await browser.page.evaluate(
       `document.getElementById("env").textContent`,
-    );
+    ) as string;
     assert.match(env, /zlib on fflate/);
     assert.match(env, /zstd on zstd-codec \(WebAssembly\)/);
     assert.match(env, /; [1-9]\d* workers?\./);
@@ -99,7 +108,7 @@ toolTest(
     });
     await qemuCompareIdentical(rawPath, zstd.path);
     await assertOtherReaders(zstd.path, raw, "zstd", dir.path);
-    await browser.click("#show-info");
+    await browser.page.click("#show-info");
     const info = await browser.waitFor<string>(
       `!document.getElementById("info").hidden && document.getElementById("info").textContent`,
       "the info",
@@ -107,7 +116,7 @@ toolTest(
     assert.match(info, /file format: qcow2/);
     assert.match(info, /compression type: zstd/);
     assert.match(info, /No errors were found on the image\./);
-    await browser.screenshot(join(OUTPUT, "zstd-done.png"));
+    await screenshot(browser, "zstd-done.png");
 
     // the same file -> zlib qcow2
     const zlib = await convertInPage(browser, downloads, undefined, "zlib");
@@ -117,7 +126,7 @@ toolTest(
       refcountBits: 16,
     });
     await assertOtherReaders(zlib.path, raw, "zlib", dir.path);
-    await browser.screenshot(join(OUTPUT, "zlib-done.png"));
+    await screenshot(browser, "zlib-done.png");
 
     // the downloaded zstd image (under its name again) -> raw
     const qcow2Path = join(dir.path, "disk.qcow2");
@@ -130,7 +139,7 @@ toolTest(
     assert.strictEqual(bytes.length, padded.length);
     assert.ok(bytes.every((b, i) => b === padded[i]), "expanded raw differs");
     await qemuCompareIdentical(rawPath, back.path, ["raw", "raw"]);
-    await browser.screenshot(join(OUTPUT, "raw-done.png"));
+    await screenshot(browser, "raw-done.png");
     console.log(`screenshots in ${OUTPUT}`);
   },
 );
