@@ -152,11 +152,25 @@ export async function checkImage(
 ): Promise<CheckResult> {
   // The image's own metadata is checked: no backing or data file is
   // followed (so no chain can loop, and no name can lead anywhere).
-  await using image = await openForTool(input, {
+  const image = await openForTool(input, {
     purpose: "describe",
     backing: false,
     format: options.format,
   });
+  // try/finally, not `await using`: the bundle runs in Node 20, which has
+  // no explicit resource management.
+  try {
+    return await checkOpened(image, options);
+  } finally {
+    await image[Symbol.asyncDispose]();
+  }
+}
+
+/** checkImage() on an opened image. */
+async function checkOpened(
+  image: Awaited<ReturnType<typeof openForTool>>,
+  options: CheckImageOptions,
+): Promise<CheckResult> {
   if (!(image instanceof Qcow2Image)) {
     const r = emptyResult(image.name, image.format as FormatName);
     r.exitCode = 63;

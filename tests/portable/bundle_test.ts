@@ -10,17 +10,11 @@ import { buildBundle } from "../_bundle.ts";
 
 /** Modules that use Deno's APIs (or the CLI): never in the bundle. */
 const DENO_ONLY = [
-  "lib/host/file_source.ts",
-  "lib/host/output_file.ts",
-  "lib/host/file_stream.ts",
-  "lib/host/spool.ts",
-  "lib/host/_holes.ts",
-  "lib/host/temp.ts",
+  "lib/host/",
   "lib/reader/stream_open.ts",
   "lib/reader/expand_to_path.ts",
   "lib/writer/streamable.ts",
   "lib/file_writable.ts",
-  "lib/tools/_status.ts",
   "lib/cli/",
   "mod.ts",
 ];
