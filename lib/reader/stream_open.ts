@@ -237,111 +237,163 @@ export async function openImageStream(
   stream: ReadableStream<Uint8Array>,
   options: OpenStreamOptions = {},
 ): Promise<StreamedImage> {
-  const dir = makeTempDirIn("qcow2pipe-stream-", options.spoolDir);
-  const file = await OutputFile.create(join(dir, "image.qcow2"));
-  const cursor = new StreamCursor(stream);
-  let prefix: FileSource | undefined;
-  const prefixSource = async () => {
-    await file.flush();
-    prefix?.close();
-    prefix = await FileSource.open(file.writingPath);
-    return prefix;
-  };
-  const cleanup = async () => {
-    prefix?.close();
-    await cursor.cancel();
-    await file.abort();
-    await removeTempDir(dir);
-  };
+  const spool = await StreamSpool.create(stream, options.spoolDir);
   try {
-    await cursor.spoolTo(file, PROBE_BYTES);
-    const head = await (await prefixSource()).read(0, PROBE_BYTES);
-    // A probed stream in another format is refused before it is spooled.
-    const isQcow2 = options.format === "qcow2" ||
-      (options.format !== "raw" &&
-        readableFormat(probeFormat(head), "<stream>") === "qcow2");
-    let onePass = false;
-    let split = 0;
-    if (isQcow2) {
-      // The first cluster holds the header, its extensions and the backing
-      // file name; its cluster size is in bytes 20-23.
-      const first = await (await prefixSource()).read(20, 4);
-      const clusterBits = first.length === 4
-        ? new DataView(first.buffer, first.byteOffset).getUint32(0)
-        : 16;
-      await cursor.spoolTo(file, 2 ** Math.min(Math.max(clusterBits, 9), 21));
-      const header = await readHeader(await prefixSource());
-      const references = header.backingFile !== undefined ||
-        geometryOf(header).dataFile;
-      if (references) await decideEarly(header, options);
-      const simple = !references && !options.snapshot;
-      if (simple) {
-        const l1End = header.l1TableOffset + header.l1Size * 8;
-        await cursor.spoolTo(file, l1End);
-        const src = await prefixSource();
-        const l1 = header.l1Size > 0
-          ? await src.read(header.l1TableOffset, header.l1Size * 8)
-          : new Uint8Array(0);
-        if (l1.length === header.l1Size * 8) {
-          let metaEnd = l1End;
-          const tables: number[] = [];
-          for (let i = 0; i < header.l1Size; i++) {
-            const { l2Offset } = decodeL1Entry(l1, i);
-            if (l2Offset !== 0) {
-              tables.push(l2Offset);
-              metaEnd = Math.max(metaEnd, l2Offset + 2 ** header.clusterBits);
-            }
-          }
-          await cursor.spoolTo(file, metaEnd);
-          split = metaEnd;
-          onePass = await dataFollowsInOrder(
-            await prefixSource(),
-            header,
-            metaEnd,
-          );
-        }
-      }
-    }
-    if (onePass) {
-      const src = await prefixSource();
-      const header = await readHeader(src);
-      // Everything read so far is in the spool file; the rest comes from
-      // the stream.
-      split = cursor.position;
-      const forward = new ForwardSource(src, split, cursor, STREAM_NAME);
-      const image = await Qcow2Image.create({
-        source: forward,
-        header,
-        backing: undefined,
-        dataFile: undefined,
-        snapshot: undefined,
-        snapshots: [],
-        cacheBytes: options.cacheBytes ?? SCAN_CACHE_BYTES,
-        ownsSource: true,
-      });
-      return opened(image, true, split, file.writingPath, cleanup);
-    }
-    // Spool the rest and read the copy at random offsets.
-    await cursor.spoolTo(file, Infinity);
-    await file.flush();
-    // Named as the stream, not the spool file: the names the image gives
-    // resolve against `relativeTo`, never inside the spool directory.
-    const spooled = await FileSource.open(file.writingPath, STREAM_NAME);
-    let image: GuestImage;
-    try {
-      image = await openImage(spooled, options);
-    } catch (err) {
-      spooled.close();
-      throw err;
-    }
-    return opened(image, false, cursor.position, file.writingPath, async () => {
-      spooled.close();
-      await cleanup();
-    });
+    return await metadataComesFirst(spool, options)
+      ? await openOnePass(spool, options)
+      : await openSpooled(spool, options);
   } catch (err) {
-    await cleanup();
+    await spool.cleanup();
     throw err;
   }
+}
+
+/**
+ * The stream's bytes so far in a file of their own, in a temporary
+ * directory; `prefix()` reads what has been spooled.
+ */
+class StreamSpool {
+  readonly cursor: StreamCursor;
+  readonly file: OutputFile;
+  readonly #dir: string;
+  #prefix: FileSource | undefined;
+
+  private constructor(cursor: StreamCursor, file: OutputFile, dir: string) {
+    this.cursor = cursor;
+    this.file = file;
+    this.#dir = dir;
+  }
+
+  static async create(
+    stream: ReadableStream<Uint8Array>,
+    spoolDir: string | undefined,
+  ): Promise<StreamSpool> {
+    const dir = makeTempDirIn("qcow2pipe-stream-", spoolDir);
+    const file = await OutputFile.create(join(dir, "image.qcow2"));
+    return new StreamSpool(new StreamCursor(stream), file, dir);
+  }
+
+  /** Spools the stream up to `end` (or its end). */
+  async spoolTo(end: number): Promise<void> {
+    await this.cursor.spoolTo(this.file, end);
+  }
+
+  /** A source over everything spooled so far. */
+  async prefix(): Promise<FileSource> {
+    await this.file.flush();
+    this.#prefix?.close();
+    this.#prefix = await FileSource.open(this.file.writingPath);
+    return this.#prefix;
+  }
+
+  /** Stops reading the stream and deletes the spool. */
+  async cleanup(): Promise<void> {
+    this.#prefix?.close();
+    await this.cursor.cancel();
+    await this.file.abort();
+    await removeTempDir(this.#dir);
+  }
+}
+
+/**
+ * Spools the stream's metadata and says whether the image can be decoded
+ * in one pass: a qcow2 image with no references and no snapshot asked
+ * for, whose L1 and L2 tables all come before its data, with the data in
+ * guest order. A probed stream in another format is refused here, before
+ * it is spooled.
+ */
+async function metadataComesFirst(
+  spool: StreamSpool,
+  options: OpenStreamOptions,
+): Promise<boolean> {
+  await spool.spoolTo(PROBE_BYTES);
+  const head = await (await spool.prefix()).read(0, PROBE_BYTES);
+  const isQcow2 = options.format === "qcow2" ||
+    (options.format !== "raw" &&
+      readableFormat(probeFormat(head), STREAM_NAME) === "qcow2");
+  if (!isQcow2) return false;
+  // The first cluster holds the header, its extensions and the backing
+  // file name; its cluster size is in bytes 20-23.
+  const first = await (await spool.prefix()).read(20, 4);
+  const clusterBits = first.length === 4
+    ? new DataView(first.buffer, first.byteOffset).getUint32(0)
+    : 16;
+  await spool.spoolTo(2 ** Math.min(Math.max(clusterBits, 9), 21));
+  const header = await readHeader(await spool.prefix());
+  const references = header.backingFile !== undefined ||
+    geometryOf(header).dataFile;
+  if (references) await decideEarly(header, options);
+  if (references || options.snapshot) return false;
+  const l1End = header.l1TableOffset + header.l1Size * 8;
+  await spool.spoolTo(l1End);
+  const l1 = header.l1Size > 0
+    ? await (await spool.prefix()).read(header.l1TableOffset, header.l1Size * 8)
+    : new Uint8Array(0);
+  if (l1.length !== header.l1Size * 8) return false;
+  let metaEnd = l1End;
+  for (let i = 0; i < header.l1Size; i++) {
+    const { l2Offset } = decodeL1Entry(l1, i);
+    if (l2Offset !== 0) {
+      metaEnd = Math.max(metaEnd, l2Offset + 2 ** header.clusterBits);
+    }
+  }
+  await spool.spoolTo(metaEnd);
+  return await dataFollowsInOrder(await spool.prefix(), header, metaEnd);
+}
+
+/**
+ * Opens an image whose metadata is spooled: what was read so far comes
+ * from the spool file, the rest from the stream as the reads go forward.
+ */
+async function openOnePass(
+  spool: StreamSpool,
+  options: OpenStreamOptions,
+): Promise<StreamedImage> {
+  const src = await spool.prefix();
+  const header = await readHeader(src);
+  const split = spool.cursor.position;
+  const forward = new ForwardSource(src, split, spool.cursor, STREAM_NAME);
+  const image = await Qcow2Image.create({
+    source: forward,
+    header,
+    backing: undefined,
+    dataFile: undefined,
+    snapshot: undefined,
+    snapshots: [],
+    cacheBytes: options.cacheBytes ?? SCAN_CACHE_BYTES,
+    ownsSource: true,
+  });
+  return opened(
+    image,
+    true,
+    split,
+    spool.file.writingPath,
+    () => spool.cleanup(),
+  );
+}
+
+/** Spools the rest of the stream and opens the copy, read at random offsets. */
+async function openSpooled(
+  spool: StreamSpool,
+  options: OpenStreamOptions,
+): Promise<StreamedImage> {
+  await spool.spoolTo(Infinity);
+  await spool.file.flush();
+  // Named as the stream, not the spool file: the names the image gives
+  // resolve against `relativeTo`, never inside the spool directory.
+  const spooled = await FileSource.open(spool.file.writingPath, STREAM_NAME);
+  let image: GuestImage;
+  try {
+    image = await openImage(spooled, options);
+  } catch (err) {
+    spooled.close();
+    throw err;
+  }
+  const path = spool.file.writingPath;
+  return opened(image, false, spool.cursor.position, path, async () => {
+    spooled.close();
+    await spool.cleanup();
+  });
 }
 
 /**
