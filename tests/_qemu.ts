@@ -221,3 +221,33 @@ export async function qemuCompareIdentical(
   );
   assert.match(r.stdout, /Images are identical\./);
 }
+
+/** `qemu-img create -q -f qcow2 ARGS... DIR/NAME SIZE`, returning the path. */
+export async function createQcow2(
+  dir: string,
+  name: string,
+  size: string,
+  ...args: string[]
+): Promise<string> {
+  const path = `${dir}/${name}`;
+  await qemuImg("create", "-q", "-f", "qcow2", ...args, path, size);
+  return path;
+}
+
+/** Reads `length` bytes of a file at `offset` (fewer at its end). */
+export async function readAt(
+  path: string,
+  offset: number,
+  length: number,
+): Promise<Uint8Array> {
+  using file = await Deno.open(path);
+  await file.seek(offset, Deno.SeekMode.Start);
+  const out = new Uint8Array(length);
+  let n = 0;
+  while (n < length) {
+    const r = await file.read(out.subarray(n));
+    if (r === null) break;
+    n += r;
+  }
+  return out.subarray(0, n);
+}

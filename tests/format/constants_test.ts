@@ -8,7 +8,15 @@
 // the exact errors in validate_test.ts and snapshot_test.ts.
 import assert from "node:assert";
 import { constants as zlibConstants, inflateRawSync } from "node:zlib";
-import { qemuImg, qemuIo, qemuTest, runStatus, tempDir } from "../_qemu.ts";
+import {
+  createQcow2,
+  qemuImg,
+  qemuIo,
+  qemuTest,
+  readAt,
+  runStatus,
+  tempDir,
+} from "../_qemu.ts";
 import {
   AUTOCLEAR,
   COMPAT,
@@ -33,35 +41,6 @@ import {
   V3_HEADER_LENGTH,
   V3_MIN_HEADER_LENGTH,
 } from "../../lib/format/constants.ts";
-
-/** `qemu-img create -q -f qcow2 ARGS... DIR/NAME SIZE`, returning the path. */
-async function create(
-  dir: string,
-  name: string,
-  size: string,
-  ...args: string[]
-): Promise<string> {
-  const path = `${dir}/${name}`;
-  await qemuImg("create", "-q", "-f", "qcow2", ...args, path, size);
-  return path;
-}
-
-/** `length` bytes of a file at `offset` (files may be large and sparse). */
-async function readAt(
-  path: string,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  using file = await Deno.open(path);
-  await file.seek(offset, Deno.SeekMode.Start);
-  const out = new Uint8Array(length);
-  for (let at = 0; at < length;) {
-    const n = await file.read(out.subarray(at));
-    if (n === null) throw new Error(`${path} ends before ${offset + length}`);
-    at += n;
-  }
-  return out;
-}
 
 const view = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset);
 
@@ -119,7 +98,7 @@ qemuTest(
         ["zstd", COMPRESSION_TYPE.ZSTD],
       ] as const
     ) {
-      const path = await create(
+      const path = await createQcow2(
         dir.path,
         `${type}.qcow2`,
         "1M",
@@ -154,7 +133,7 @@ qemuTest(
   async () => {
     await using dir = await tempDir();
     await qemuImg("create", "-q", "-f", "raw", `${dir.path}/base.raw`, "1M");
-    const path = await create(
+    const path = await createQcow2(
       dir.path,
       "v2.qcow2",
       "1M",
@@ -180,7 +159,7 @@ qemuTest(
   "INCOMPAT, COMPAT, AUTOCLEAR, INCOMPAT_KNOWN and FEATURE_NAME_ENTRY_LENGTH agree with the feature name table qemu-img writes",
   async () => {
     await using dir = await tempDir();
-    const path = await create(dir.path, "a.qcow2", "1M");
+    const path = await createQcow2(dir.path, "a.qcow2", "1M");
     const head = await readAt(path, 0, 4096);
     const table = extensions(head, V3_HEADER_LENGTH).find((e) =>
       e.type === EXTENSION.FEATURE_TABLE
@@ -272,7 +251,7 @@ qemuTest(
     ];
     for (const [i, c] of cases.entries()) {
       const what = c.args.join(" ") || (c.after ? "bitmap --add" : "plain");
-      const path = await create(dir.path, `${i}.qcow2`, "1M", ...c.args);
+      const path = await createQcow2(dir.path, `${i}.qcow2`, "1M", ...c.args);
       await c.after?.(path);
       const head = await readAt(path, 0, 4096);
       const v = view(head);
@@ -367,7 +346,7 @@ qemuTest(
   "ENTRY masks read the L1 and L2 tables qemu wrote: COPIED, offsets below and above 4 GiB, zero clusters",
   async () => {
     await using dir = await tempDir();
-    const path = await create(dir.path, "a.qcow2", "1M");
+    const path = await createQcow2(dir.path, "a.qcow2", "1M");
     await qemuIo(path, ["write -P 0x11 0 64k", "write -z 64k 64k"]);
     const file = await Deno.readFile(path);
     const l1 = halves(file, Number(view(file).getBigUint64(40)));
@@ -391,7 +370,7 @@ qemuTest(
 
     // Host offsets past 4 GiB use the high half: the last cluster of a
     // 6 GiB image with preallocated metadata, against qemu-img map.
-    const big = await create(
+    const big = await createQcow2(
       dir.path,
       "big.qcow2",
       "6G",
@@ -485,7 +464,7 @@ qemuTest(
   "SUBCLUSTERS_PER_CLUSTER is the number of bits in the allocation and zero bitmaps qemu-io fills",
   async () => {
     await using dir = await tempDir();
-    const path = await create(
+    const path = await createQcow2(
       dir.path,
       "x.qcow2",
       "1M",

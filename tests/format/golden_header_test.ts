@@ -1,7 +1,14 @@
 // Golden tests: headers of images made by qemu-img, parsed with the format
 // functions and checked against `qemu-img info` and the file's own bytes.
 import assert from "node:assert";
-import { qemuImg, qemuIo, qemuTest, runStatus, tempDir } from "../_qemu.ts";
+import {
+  createQcow2,
+  qemuImg,
+  qemuIo,
+  qemuTest,
+  runStatus,
+  tempDir,
+} from "../_qemu.ts";
 import {
   assertReadable,
   AUTOCLEAR,
@@ -29,18 +36,6 @@ import {
   snapshots,
 } from "./_golden.ts";
 import { assertQcow2Error } from "./_util.ts";
-
-/** `qemu-img create -q -f qcow2 ARGS... DIR/NAME SIZE`, returning the path. */
-async function create(
-  dir: string,
-  name: string,
-  size: string,
-  ...args: string[]
-): Promise<string> {
-  const path = `${dir}/${name}`;
-  await qemuImg("create", "-q", "-f", "qcow2", ...args, path, size);
-  return path;
-}
 
 /**
  * Checks every header field `qemu-img info` reports, the extensions and
@@ -203,7 +198,7 @@ interface Layout {
 const LAYOUTS: Layout[] = [
   {
     name: "a v2 image (compat=0.10)",
-    make: (d) => create(d, "v2.qcow2", "1G", "-o", "compat=0.10"),
+    make: (d) => createQcow2(d, "v2.qcow2", "1G", "-o", "compat=0.10"),
     check: ({ header }) => {
       assert.strictEqual(header.version, 2);
       assert.deepStrictEqual(header.extensions, []);
@@ -212,7 +207,7 @@ const LAYOUTS: Layout[] = [
   },
   {
     name: "a v3 image with default options",
-    make: (d) => create(d, "v3.qcow2", "1G"),
+    make: (d) => createQcow2(d, "v3.qcow2", "1G"),
     check: ({ header }) => {
       assert.strictEqual(header.version, 3);
       assert.strictEqual(header.clusterBits, 16);
@@ -232,7 +227,7 @@ const LAYOUTS: Layout[] = [
   },
   {
     name: "512-byte clusters",
-    make: (d) => create(d, "c512.qcow2", "64M", "-o", "cluster_size=512"),
+    make: (d) => createQcow2(d, "c512.qcow2", "64M", "-o", "cluster_size=512"),
     check: ({ header }) => {
       assert.strictEqual(header.clusterBits, 9);
       assert.strictEqual(header.l1Size, 2048);
@@ -242,7 +237,13 @@ const LAYOUTS: Layout[] = [
     name:
       "4 KiB clusters and a size that is not a multiple of the cluster size",
     make: (d) =>
-      create(d, "c4k.qcow2", String(512 * 195313), "-o", "cluster_size=4k"),
+      createQcow2(
+        d,
+        "c4k.qcow2",
+        String(512 * 195313),
+        "-o",
+        "cluster_size=4k",
+      ),
     check: ({ header }) => {
       assert.strictEqual(header.clusterBits, 12);
       assert.strictEqual(header.size, 100000256);
@@ -250,7 +251,7 @@ const LAYOUTS: Layout[] = [
   },
   {
     name: "2 MiB clusters",
-    make: (d) => create(d, "c2m.qcow2", "1T", "-o", "cluster_size=2M"),
+    make: (d) => createQcow2(d, "c2m.qcow2", "1T", "-o", "cluster_size=2M"),
     check: ({ header }) => {
       assert.strictEqual(header.clusterBits, 21);
       assert.strictEqual(header.l1Size, 2);
@@ -259,14 +260,15 @@ const LAYOUTS: Layout[] = [
   ...[1, 2, 4, 8, 16, 32, 64].map((bits): Layout => ({
     name: `${bits}-bit refcounts (refcount_bits=${bits})`,
     make: (d) =>
-      create(d, `rc${bits}.qcow2`, "256M", "-o", `refcount_bits=${bits}`),
+      createQcow2(d, `rc${bits}.qcow2`, "256M", "-o", `refcount_bits=${bits}`),
     check: ({ header }) => {
       assert.strictEqual(1 << header.refcountOrder, bits);
     },
   })),
   {
     name: "zstd compression (compression_type=zstd)",
-    make: (d) => create(d, "zstd.qcow2", "1G", "-o", "compression_type=zstd"),
+    make: (d) =>
+      createQcow2(d, "zstd.qcow2", "1G", "-o", "compression_type=zstd"),
     check: ({ header }) => {
       assert.strictEqual(header.compressionType, 1);
       assert.strictEqual(
@@ -277,7 +279,7 @@ const LAYOUTS: Layout[] = [
   },
   {
     name: "extended L2 entries (extended_l2=on)",
-    make: (d) => create(d, "ext.qcow2", "1G", "-o", "extended_l2=on"),
+    make: (d) => createQcow2(d, "ext.qcow2", "1G", "-o", "extended_l2=on"),
     check: ({ header, geo }) => {
       assert.strictEqual(header.incompatibleFeatures, INCOMPAT.EXTENDED_L2);
       assert.strictEqual(geo.subclusterSize, 2048);
@@ -287,7 +289,13 @@ const LAYOUTS: Layout[] = [
   {
     name: "extended L2 entries with 16 KiB clusters",
     make: (d) =>
-      create(d, "ext16k.qcow2", "64M", "-o", "extended_l2=on,cluster_size=16k"),
+      createQcow2(
+        d,
+        "ext16k.qcow2",
+        "64M",
+        "-o",
+        "extended_l2=on,cluster_size=16k",
+      ),
     check: ({ geo }) => {
       assert.strictEqual(geo.extendedL2, true);
       assert.strictEqual(geo.subclusterSize, 512);
@@ -296,14 +304,20 @@ const LAYOUTS: Layout[] = [
   {
     name: "extended L2 entries with 2 MiB clusters",
     make: (d) =>
-      create(d, "ext2m.qcow2", "1T", "-o", "extended_l2=on,cluster_size=2M"),
+      createQcow2(
+        d,
+        "ext2m.qcow2",
+        "1T",
+        "-o",
+        "extended_l2=on,cluster_size=2M",
+      ),
     check: ({ geo }) => {
       assert.strictEqual(geo.subclusterSize, 65536);
     },
   },
   {
     name: "lazy refcounts (lazy_refcounts=on)",
-    make: (d) => create(d, "lazy.qcow2", "1G", "-o", "lazy_refcounts=on"),
+    make: (d) => createQcow2(d, "lazy.qcow2", "1G", "-o", "lazy_refcounts=on"),
     check: ({ header }) => {
       assert.strictEqual(header.compatibleFeatures, COMPAT.LAZY_REFCOUNTS);
     },
@@ -311,8 +325,16 @@ const LAYOUTS: Layout[] = [
   {
     name: "a qcow2 backing file (-b base -F qcow2)",
     make: async (d) => {
-      await create(d, "base.qcow2", "1G");
-      return create(d, "top.qcow2", "2G", "-b", "base.qcow2", "-F", "qcow2");
+      await createQcow2(d, "base.qcow2", "1G");
+      return createQcow2(
+        d,
+        "top.qcow2",
+        "2G",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+      );
     },
     check: ({ header }) => {
       assert.strictEqual(header.backingFile, "base.qcow2");
@@ -325,7 +347,7 @@ const LAYOUTS: Layout[] = [
     make: async (d) => {
       const base = `${d}/${"b".repeat(100)}.raw`;
       await qemuImg("create", "-q", "-f", "raw", base, "1M");
-      return create(d, "top.qcow2", "1M", "-b", base, "-F", "raw");
+      return createQcow2(d, "top.qcow2", "1M", "-b", base, "-F", "raw");
     },
     check: ({ header }, d) => {
       assert.strictEqual(header.backingFile, `${d}/${"b".repeat(100)}.raw`);
@@ -335,8 +357,8 @@ const LAYOUTS: Layout[] = [
   {
     name: "a v2 image with a backing file",
     make: async (d) => {
-      await create(d, "base.qcow2", "1G", "-o", "compat=0.10");
-      return create(
+      await createQcow2(d, "base.qcow2", "1G", "-o", "compat=0.10");
+      return createQcow2(
         d,
         "top.qcow2",
         "1G",
@@ -358,8 +380,8 @@ const LAYOUTS: Layout[] = [
   {
     name: "a backing file and 512-byte clusters (no room for a feature table)",
     make: async (d) => {
-      await create(d, "base.qcow2", "1M");
-      return create(
+      await createQcow2(d, "base.qcow2", "1M");
+      return createQcow2(
         d,
         "top.qcow2",
         "1M",
@@ -378,7 +400,8 @@ const LAYOUTS: Layout[] = [
   },
   {
     name: "an external data file (data_file=...)",
-    make: (d) => create(d, "df.qcow2", "1G", "-o", `data_file=${d}/df.raw`),
+    make: (d) =>
+      createQcow2(d, "df.qcow2", "1G", "-o", `data_file=${d}/df.raw`),
     check: ({ header }, d) => {
       assert.strictEqual(dataFileName(header), `${d}/df.raw`);
       assert.strictEqual(header.incompatibleFeatures, INCOMPAT.DATA_FILE);
@@ -388,7 +411,7 @@ const LAYOUTS: Layout[] = [
   {
     name: "a raw external data file (data_file_raw=on)",
     make: (d) =>
-      create(
+      createQcow2(
         d,
         "dfr.qcow2",
         "1G",
@@ -402,7 +425,7 @@ const LAYOUTS: Layout[] = [
   {
     name: "two internal snapshots (qemu-img snapshot -c)",
     make: async (d) => {
-      const path = await create(d, "snap.qcow2", "1G");
+      const path = await createQcow2(d, "snap.qcow2", "1G");
       await qemuImg("snapshot", "-c", "first", path);
       await qemuIo(path, ["write -P 0x5a 0 64k"]);
       await qemuImg(
@@ -429,7 +452,13 @@ const LAYOUTS: Layout[] = [
   {
     name: "a snapshot in a v2 image",
     make: async (d) => {
-      const path = await create(d, "snap2.qcow2", "1G", "-o", "compat=0.10");
+      const path = await createQcow2(
+        d,
+        "snap2.qcow2",
+        "1G",
+        "-o",
+        "compat=0.10",
+      );
       await qemuImg("snapshot", "-c", "only", path);
       return path;
     },
@@ -441,7 +470,7 @@ const LAYOUTS: Layout[] = [
   {
     name: "persistent bitmaps (qemu-img bitmap --add)",
     make: async (d) => {
-      const path = await create(d, "bm.qcow2", "1G");
+      const path = await createQcow2(d, "bm.qcow2", "1G");
       await qemuImg("bitmap", "--add", "-g", "4096", path, "fine");
       await qemuImg("bitmap", "--add", path, "coarse");
       await qemuImg("bitmap", "--disable", path, "coarse");
@@ -461,8 +490,8 @@ const LAYOUTS: Layout[] = [
     name:
       "every feature at once (zstd, extended L2, lazy refcounts, 64-bit refcounts, backing file, bitmap, snapshot)",
     make: async (d) => {
-      await create(d, "base.qcow2", "64M");
-      const path = await create(
+      await createQcow2(d, "base.qcow2", "64M");
+      const path = await createQcow2(
         d,
         "all.qcow2",
         "64M",
@@ -509,7 +538,7 @@ qemuTest(
   "parseHeader() and validateHeader() accept a LUKS image made by qemu-img, and assertReadable() refuses it",
   async () => {
     await using dir = await tempDir();
-    const path = await create(
+    const path = await createQcow2(
       dir.path,
       "luks.qcow2",
       "1M",
@@ -543,7 +572,7 @@ qemuTest(
   "assertReadable() refuses an AES-encrypted image made by qemu-img",
   async () => {
     await using dir = await tempDir();
-    const path = await create(
+    const path = await createQcow2(
       dir.path,
       "aes.qcow2",
       "1M",
@@ -566,7 +595,7 @@ qemuTest(
   "parseHeader() reads the dirty bit QEMU leaves when it stops without closing a lazy-refcounts image",
   async () => {
     await using dir = await tempDir();
-    const path = await create(
+    const path = await createQcow2(
       dir.path,
       "dirty.qcow2",
       "1M",
@@ -591,7 +620,7 @@ qemuTest(
   "assertReadable() refuses an image whose corrupt bit qemu-img info reports",
   async () => {
     await using dir = await tempDir();
-    const path = await create(dir.path, "corrupt.qcow2", "1M");
+    const path = await createQcow2(dir.path, "corrupt.qcow2", "1M");
     const file = await Deno.open(path, { write: true });
     await file.seek(79, Deno.SeekMode.Start);
     await file.write(new Uint8Array([Number(INCOMPAT.CORRUPT)]));
@@ -609,7 +638,7 @@ qemuTest(
   "assertReadable() refuses an unknown incompatible bit like qemu-img does, naming it from the feature table",
   async () => {
     await using dir = await tempDir();
-    const path = await create(dir.path, "future.qcow2", "1M");
+    const path = await createQcow2(dir.path, "future.qcow2", "1M");
     const file = await Deno.open(path, { write: true });
     await file.seek(79, Deno.SeekMode.Start);
     await file.write(new Uint8Array([0x20]));

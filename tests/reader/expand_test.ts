@@ -8,26 +8,9 @@ import type { ImageSink } from "../../lib/io/sink.ts";
 import { BytesSource, type RandomAccessSource } from "../../lib/io/source.ts";
 import { listDir } from "../writer/_helpers.ts";
 import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
-import { qemuImg, qemuIo, qemuTest, tempDir } from "../_qemu.ts";
+import { qemuImg, qemuIo, qemuTest, readAt, tempDir } from "../_qemu.ts";
 
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
-
-async function readAt(
-  path: string,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  using file = await Deno.open(path);
-  await file.seek(offset, Deno.SeekMode.Start);
-  const out = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = await file.read(out.subarray(done));
-    if (n === null) break;
-    done += n;
-  }
-  return out.subarray(0, done);
-}
 
 qemuTest(
   "convert expands a 4 TiB image with three written clusters to a sparse file of kilobytes",

@@ -14,7 +14,7 @@ import {
   mapImage,
 } from "../../lib/tools/mod.ts";
 import { join } from "node:path";
-import { qemuImg, qemuIo, run, runStatus } from "../_qemu.ts";
+import { qemuImg, qemuIo, readAt, run, runStatus } from "../_qemu.ts";
 import { mulberry32 } from "../../lib/_prng.ts";
 
 export { qemuImg, qemuIo, run, runStatus };
@@ -22,23 +22,7 @@ export { qemuImg, qemuIo, run, runStatus };
 /** The repository root (where cli.ts lives). */
 export const ROOT = new URL("../../", import.meta.url).pathname;
 
-/** Reads bytes of a file (short at the end). */
-export async function readAt(
-  path: string,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  using file = await Deno.open(path);
-  await file.seek(offset, Deno.SeekMode.Start);
-  const out = new Uint8Array(length);
-  let n = 0;
-  while (n < length) {
-    const r = await file.read(out.subarray(n));
-    if (r === null) break;
-    n += r;
-  }
-  return out.subarray(0, n);
-}
+export { readAt };
 
 /** Overwrites bytes of a file in place. */
 export async function patch(
