@@ -15,7 +15,7 @@ import type { Extent, GuestImage } from "../../lib/reader/image.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import { Qcow2Error, type Qcow2ErrorCode } from "../../lib/format/errors.ts";
 import { parseHeader, type Qcow2Header } from "../../lib/format/header.ts";
-import { qemuImg } from "../_qemu.ts";
+import { qemuImg, readAt } from "../_qemu.ts";
 import { prng } from "../../lib/_prng.ts";
 export { prng };
 
@@ -638,30 +638,8 @@ export async function assertQcow2Rejects(
 
 /** Reads a big-endian u64 (as a number) from a file. */
 export async function readU64At(path: string, offset: number): Promise<number> {
-  const b = await readAtFile(path, offset, 8);
+  const b = await readAt(path, offset, 8);
   return Number(new DataView(b.buffer).getBigUint64(0));
-}
-
-/** Reads bytes of a file. */
-export async function readAtFile(
-  path: string,
-  offset: number,
-  length: number,
-): Promise<Uint8Array> {
-  const file = await Deno.open(path);
-  try {
-    await file.seek(offset, Deno.SeekMode.Start);
-    const out = new Uint8Array(length);
-    let n = 0;
-    while (n < length) {
-      const r = await file.read(out.subarray(n));
-      if (r === null) break;
-      n += r;
-    }
-    return out.subarray(0, n);
-  } finally {
-    file.close();
-  }
 }
 
 /** Overwrites bytes of a file in place. */

@@ -4,7 +4,7 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuTest, tempDir } from "../_qemu.ts";
+import { qemuTest, readAt, tempDir } from "../_qemu.ts";
 import {
   assertQcow2Rejects,
   assertSameBytes,
@@ -18,7 +18,6 @@ import {
   qemuImg,
   qemuIoAll,
   qemuRaw,
-  readAtFile,
   u32,
   u64,
 } from "./_helpers.ts";
@@ -50,9 +49,9 @@ interface Layout {
 async function layoutOf(path: string): Promise<Layout> {
   const header = await headerOf(path);
   const g = geometryOf(header);
-  const l1 = await readAtFile(path, header.l1TableOffset, header.l1Size * 8);
+  const l1 = await readAt(path, header.l1TableOffset, header.l1Size * 8);
   const l2Offset = decodeL1Entry(l1, 0).l2Offset;
-  const table = await readAtFile(path, l2Offset, g.clusterSize);
+  const table = await readAt(path, l2Offset, g.clusterSize);
   const entries = [];
   for (let i = 0; i < g.l2Entries; i++) {
     const entry = decodeL2Entry(table, i, {
@@ -319,7 +318,7 @@ qemuTest("malformed: table offsets past the end or unaligned", async () => {
   // Compressed descriptor pointing past the end of the file.
   const comp = l.entries.find((e) => e.entry.type === "compressed")!;
   await fresh();
-  const raw = await readAtFile(path, comp.at, 8);
+  const raw = await readAt(path, comp.at, 8);
   const hi = new DataView(raw.buffer).getUint32(0);
   // Keep the sector count, move the offset to 1 GiB.
   await patchFile(path, comp.at, u32((hi & ~0x3fffff) | 0));

@@ -5,7 +5,7 @@
 
 import assert from "node:assert";
 import { join, relative } from "node:path";
-import { qemuTest, tempDir } from "../_qemu.ts";
+import { qemuTest, readAt, tempDir } from "../_qemu.ts";
 import {
   bytesOf,
   headerOf,
@@ -14,7 +14,6 @@ import {
   patternFile,
   qemuImg,
   qemuIoAll,
-  readAtFile,
   runIn,
   scribble,
   u32,
@@ -236,7 +235,7 @@ qemuTest(
         // images from QEMU versions before backing formats look): both QEMU
         // and we must then probe the backing file's format.
         const start = before.headerLength;
-        const head = await readAtFile(top, 0, 4096);
+        const head = await readAt(top, 0, 4096);
         const view = new DataView(head.buffer);
         let at = start;
         let found = -1;

@@ -8,6 +8,7 @@
 import { crc32cRaw } from "../../lib/sparsify/_crc.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import { merge, MiB, sh } from "./_disks.ts";
+import { readAt } from "../_qemu.ts";
 
 /** What btrfs-progs lists on a btrfs image. */
 export interface BtrfsLayout {
@@ -226,19 +227,6 @@ export function btrfsCsum(block: Uint8Array): number {
   return (crc32cRaw(0xffffffff, block.subarray(32)) ^ 0xffffffff) >>> 0;
 }
 
-async function readAtFile(path: string, at: number, n: number) {
-  using f = await Deno.open(path, { read: true });
-  await f.seek(at, Deno.SeekMode.Start);
-  const out = new Uint8Array(n);
-  let got = 0;
-  while (got < n) {
-    const k = await f.read(out.subarray(got));
-    if (k === null) break;
-    got += k;
-  }
-  return out;
-}
-
 async function writeAtFile(path: string, at: number, bytes: Uint8Array) {
   using f = await Deno.open(path, { write: true });
   await f.seek(at, Deno.SeekMode.Start);
@@ -260,7 +248,7 @@ export async function editTreeBlock(
 ): Promise<void> {
   const base = options.base ?? 0;
   const where = physicalOf(layout, bytenr, layout.nodesize);
-  const block = await readAtFile(image, base + where[0], layout.nodesize);
+  const block = await readAt(image, base + where[0], layout.nodesize);
   edit(block, new DataView(block.buffer));
   if (!options.keepCsum) {
     new DataView(block.buffer).setUint32(0, btrfsCsum(block), true);
@@ -277,7 +265,7 @@ export async function editSuper(
   edit: (sb: Uint8Array, view: DataView) => void,
   base = 0,
 ): Promise<void> {
-  const sb = await readAtFile(image, base + 0x10000, 4096);
+  const sb = await readAt(image, base + 0x10000, 4096);
   edit(sb, new DataView(sb.buffer));
   new DataView(sb.buffer).setUint32(0, btrfsCsum(sb), true);
   await writeAtFile(image, base + 0x10000, sb);
