@@ -6,6 +6,7 @@
  * @module
  */
 
+import { IoError } from "../format/errors.ts";
 import { OutputFile, type OutputFileOptions } from "../host/output_file.ts";
 import { openStreamOutput } from "../host/stream_output.ts";
 import { fileIdentities } from "../io/identity.ts";
@@ -136,7 +137,8 @@ function bounded(
 ): ImageSink & { check(end: number): void } {
   const check = (end: number) => {
     if (end > size) {
-      throw new Error(
+      throw new IoError(
+        "OTHER",
         `Cannot write into ${output.path}: it has ${size} bytes, fewer than the input's ${end} (it is not grown)`,
       );
     }

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { InternalError } from "../format/errors.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import type { ReferencePolicy } from "../reader/references.ts";
 import type { GuestImage } from "../reader/image.ts";
@@ -107,7 +108,11 @@ class Cursor {
   async at(offset: number): Promise<StatusRun> {
     while (!this.#run || this.#run.start + this.#run.length <= offset) {
       const next = await this.#it.next();
-      if (next.done) throw new Error(`status runs end before ${offset}`);
+      if (next.done) {
+        throw new InternalError(
+          `Cannot compare images: block status runs end before ${offset}`,
+        );
+      }
       this.#run = next.value;
     }
     return this.#run;

@@ -192,7 +192,7 @@ Deno.test("expandToPath() -n: a target smaller than the input is refused before 
   await using image = await openImage(new Uint8Array(2 * MiB).fill(1));
   await assert.rejects(
     expandToPath(image, target, { inPlace: true }),
-    /^Error: Cannot write into .*small\.raw: it has 1048576 bytes, fewer than the input's 2097152 \(it is not grown\)$/,
+    /^IoError: Cannot write into .*small\.raw: it has 1048576 bytes, fewer than the input's 2097152 \(it is not grown\)$/,
   );
   assert.ok((await Deno.readFile(target)).every((b) => b === 9), "untouched");
   // A stream of unknown length is refused when it overruns the target; what
