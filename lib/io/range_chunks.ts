@@ -12,6 +12,13 @@ import { Recycler } from "./_recycle.ts";
 import type { RandomAccessSource } from "./source.ts";
 
 /**
+ * Bytes asked for at once, ahead of the reader, from a source whose every
+ * read is a request (HTTP): as much as `HttpSource` puts in one merged
+ * request, so that a 4 MiB chunk does not cost a round trip of its own.
+ */
+const READ_AHEAD_BYTES = 16 * 1024 * 1024;
+
+/**
  * Options of {@linkcode RangeChunks}.
  *
  * @example Read a source in 4 KiB chunks
@@ -65,6 +72,8 @@ export class RangeChunks implements Disposable {
   readonly #source: RandomAccessSource;
   readonly #chunkSize: number;
   readonly #buffers: Recycler | undefined;
+  /** Chunks asked for ahead of the one handed on. */
+  readonly #depth: number;
   #probe: HoleProbe | undefined;
 
   /**
@@ -87,6 +96,12 @@ export class RangeChunks implements Disposable {
     this.#buffers = options.recycle && source.readInto
       ? new Recycler(chunkSize)
       : undefined;
+    // A source that reads into buffers (a local file) is read a chunk at a
+    // time, as the system reads ahead; any other is asked for up to
+    // READ_AHEAD_BYTES at once.
+    this.#depth = source.readInto
+      ? 1
+      : Math.max(1, Math.floor(READ_AHEAD_BYTES / chunkSize));
     // Where a local file has holes, when the runtime's file module can tell.
     this.#probe = hostFiles()?.holeProbe(source);
   }
@@ -122,21 +137,44 @@ export class RangeChunks implements Disposable {
         }
         dataEnd = Math.min(found.hole, to);
       }
-      while (pos < dataEnd) {
-        const want = Math.min(this.#chunkSize, dataEnd - pos);
-        const bytes = await this.#read(pos, want);
-        if (bytes.length > 0 && isZero(bytes)) {
-          // Zeros on disk go on as a zero run: the buffer is free again at
-          // once, and no later stage scans it again.
-          this.#buffers?.giveBack(bytes);
-          yield { zeros: bytes.length };
-        } else if (bytes.length > 0) yield bytes;
-        if (bytes.length < want) {
-          // The source ended early (it shrank): the rest reads as zeros.
-          yield { zeros: to - pos - bytes.length };
-          return;
+      // Reads ahead: a source whose every read is a request (no readInto)
+      // gets several chunks asked for together, which it may send as one
+      // request, and the next ones asked for while these are handed on.
+      const queue: Array<{ want: number; bytes: Promise<Uint8Array> }> = [];
+      let asked = pos;
+      try {
+        while (pos < dataEnd) {
+          if (queue.length <= this.#depth / 2) {
+            for (
+              let k = queue.length;
+              k < this.#depth && asked < dataEnd;
+              k++
+            ) {
+              const want = Math.min(this.#chunkSize, dataEnd - asked);
+              const bytes = this.#read(asked, want);
+              bytes.catch(() => {}); // reported when awaited
+              queue.push({ want, bytes });
+              asked += want;
+            }
+          }
+          const { want, bytes: next } = queue.shift()!;
+          const bytes = await next;
+          if (bytes.length > 0 && isZero(bytes)) {
+            // Zeros on disk go on as a zero run: the buffer is free again
+            // at once, and no later stage scans it again.
+            this.#buffers?.giveBack(bytes);
+            yield { zeros: bytes.length };
+          } else if (bytes.length > 0) yield bytes;
+          if (bytes.length < want) {
+            // The source ended early (it shrank): the rest reads as zeros.
+            yield { zeros: to - pos - bytes.length };
+            return;
+          }
+          pos += want;
         }
-        pos += want;
+      } finally {
+        // No read outlives the range (a consumer that stops early).
+        await Promise.allSettled(queue.map((q) => q.bytes));
       }
     }
   }

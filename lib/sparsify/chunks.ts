@@ -8,6 +8,7 @@
 
 import type { CodecPool } from "../codec/pool.ts";
 import { RangeChunks } from "../io/range_chunks.ts";
+import { ReadAhead } from "../io/read_ahead.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { readSegments } from "../reader/segments.ts";
@@ -115,7 +116,12 @@ export async function freeSpaceChunks(
       `Cannot read disk: chunkSize ${chunkSize} is out of range [512, 2^53)`,
     );
   }
-  const map = options.map ?? await mapFreeSpace(input);
+  // The map's reads, over a source whose every read is a request (HTTP),
+  // read ahead where they follow one another (inode tables, bitmaps).
+  const map = options.map ??
+    await mapFreeSpace(
+      "readAt" in input || input.readInto ? input : new ReadAhead(input),
+    );
   const size = "readAt" in input ? input.virtualSize : input.size;
   async function* all(): AsyncGenerator<Uint8Array | ZeroBytes> {
     // try/finally rather than `using`: Node 20, which runs the bundle,
