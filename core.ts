@@ -5,10 +5,18 @@
  * stream through `Readable.toWeb`) to sparse or compressed qcow2 v3, written
  * into any {@linkcode ImageSink}; open qcow2 or raw images from bytes, a
  * `Blob` ({@linkcode BlobSource}), a URL with Range requests
- * ({@linkcode HttpSource}) or any {@linkcode RandomAccessSource}; describe
+ * ({@linkcode HttpSource}) or any {@linkcode RandomAccessSource}, and
  * expand them to raw. Inspection (`qemu-img info`, `check`, `map`,
-`compare`) is `@qcow2pipe/qcow2pipe/tools`; the qcow2 format itself
-`@qcow2pipe/qcow2pipe/format`.
+ * `compare`) is `@qcow2pipe/qcow2pipe/tools`; the qcow2 format itself
+ * `@qcow2pipe/qcow2pipe/format`.
+ *
+ * The forward pipeline, each stage a Web Streams transform usable alone:
+ * `ClusterChunkStream → ZeroDetectStream → BackingDiffStream →
+ * CompressStream (CodecPool) → Qcow2PackStream`. The first four turn bytes
+ * into cluster records ({@linkcode ClusterRecord}); the last places them in
+ * the file and writes the metadata, giving host writes
+ * ({@linkcode HostWrite}). {@linkcode Qcow2Writer} and {@linkcode convert}
+ * compose them.
  *
  * Codecs are chosen by what the runtime offers: `node:zlib` in Deno and
  * Node, fflate (zlib) and zstd-codec (zstd, WebAssembly) elsewhere.
@@ -58,24 +66,15 @@ export {
   type CompressStreamOptions,
 } from "./lib/writer/compress_stream.ts";
 export {
-  ClusterPacker,
-  type ClusterPackerOptions,
-} from "./lib/writer/packer.ts";
-export {
-  type FinalRefcountBlock,
-  HostAllocator,
-  type HostAllocatorOptions,
-} from "./lib/writer/host_allocator.ts";
-export {
   type BackingFileName,
-  type FinalizerSummary,
-  MetadataFinalizer,
-  type MetadataFinalizerOptions,
-} from "./lib/writer/finalizer.ts";
+  type PackSummary,
+  Qcow2PackStream,
+  type Qcow2PackStreamOptions,
+  type SpoolStore,
+} from "./lib/writer/pack_stream.ts";
 export type {
   ClusterRecord,
   HostWrite,
-  PlacedRecord,
   ZeroBytes,
 } from "./lib/writer/records.ts";
 export {

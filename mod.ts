@@ -4,9 +4,10 @@
  * (any layout QEMU writes, backing chains included) back to raw.
  *
  * Forward pipeline, each stage usable alone:
- * `ClusterChunkStream → ZeroDetectStream → CompressStream (CodecPool) →
- * ClusterPacker → MetadataFinalizer`, composed by {@linkcode convert} and
- * {@linkcode Qcow2Writer}. Reverse: {@linkcode openImage}, then
+ * `ClusterChunkStream → ZeroDetectStream → BackingDiffStream →
+ * CompressStream (CodecPool) → Qcow2PackStream` (cluster records in, host
+ * writes out: placement and metadata), composed by {@linkcode convert},
+ * {@linkcode Qcow2Writer} and {@linkcode StreamableQcow2Writer}. Reverse: {@linkcode openImage}, then
  * {@linkcode imageReadable}, {@linkcode readSegments} or
  * {@linkcode expandToPath}. Everything that runs without a file system
  * (Node, browsers) is also `@qcow2pipe/qcow2pipe/core`; this module adds
@@ -53,7 +54,6 @@ export {
 } from "./lib/reader/stream_open.ts";
 export {
   StreamableQcow2Writer,
-  type StreamableSummary,
   type StreamableWriterOptions,
 } from "./lib/writer/streamable.ts";
 export { qcow2FileWritable } from "./lib/file_writable.ts";

@@ -1,5 +1,6 @@
-// Packer + finalizer: ClusterPacker → MetadataFinalizer on records prepared
-// in advance (no I/O, no compression in the timed part), by disk fullness.
+// The pack stage (Qcow2PackStream: placement, then L2 tables, refcounts, L1
+// and header) on records prepared in advance (no I/O, no compression in the
+// timed part), by disk fullness.
 //
 // How to read: every iteration maps a 256 MiB virtual disk ("[256 MiB/iter]"
 // counts guest bytes, data or not), so guest MB/s = 268 435 / (time/iter in
@@ -7,18 +8,16 @@
 // stages (ClusterChunkStream → ZeroDetectStream → CompressStream) emit for a
 // disk of that fullness, so run shapes are realistic: "sparse" records are
 // data runs of up to 64 clusters, "zstd" records compressed runs of up to
-// 16 clusters whose payloads the packer copies into sector-aligned writes.
+// 16 clusters whose payloads the stage copies into sector-aligned writes.
 // Host writes are counted and dropped. Baselines: the sparse records.
 // `deno run -A bench/throughput.ts packer` prints the MB/s column directly.
 
 import {
   ClusterChunkStream,
-  ClusterPacker,
   type ClusterRecord,
   CodecPool,
   CompressStream,
-  HostAllocator,
-  MetadataFinalizer,
+  Qcow2PackStream,
   ZeroDetectStream,
 } from "../mod.ts";
 import { CLUSTER, FULLNESS, makeDisk, MiB, perIter, sink } from "./_data.ts";
@@ -45,15 +44,12 @@ async function prepare(
 }
 
 async function run(records: ClusterRecord[], zstd: boolean): Promise<void> {
-  const allocator = new HostAllocator({ clusterSize: CLUSTER });
-  const writes = ReadableStream.from(records)
-    .pipeThrough(new ClusterPacker({ allocator }))
-    .pipeThrough(
-      new MetadataFinalizer({
-        allocator,
-        compressionType: zstd ? "zstd" : "zlib",
-      }),
-    );
+  const writes = ReadableStream.from(records).pipeThrough(
+    new Qcow2PackStream({
+      clusterSize: CLUSTER,
+      compressionType: zstd ? "zstd" : "zlib",
+    }),
+  );
   let n = 0;
   for await (const w of writes) n += w.data.length;
   sink.n += n;

@@ -10,7 +10,7 @@ import type { GuestImage } from "./reader/image.ts";
 import { imageChunks } from "./reader/segments.ts";
 import { CodecPool } from "./codec/pool.ts";
 import { Qcow2Writer, type Qcow2WriterOptions } from "./writer/qcow2_writer.ts";
-import type { FinalizerSummary } from "./writer/finalizer.ts";
+import type { PackSummary } from "./writer/pack_stream.ts";
 import type { HostWrite, ZeroBytes } from "./writer/records.ts";
 import { freeSpaceChunks } from "./sparsify/chunks.ts";
 import type { SparsifyReport } from "./sparsify/report.ts";
@@ -73,16 +73,16 @@ export interface ConvertOptions extends Qcow2WriterOptions {
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export interface ConvertSummary extends FinalizerSummary {
+export interface ConvertSummary extends PackSummary {
   /** The free-space report, when `sparsify` was asked for. */
   sparsify?: SparsifyReport;
 }
 
 /**
  * Converts to qcow2: raw bytes from a stream, or the guest view of an
- * opened image (qcow2 of any layout or chain, or raw), written through the
- * stages `ClusterChunkStream → ZeroDetectStream → CompressStream →
- * ClusterPacker → MetadataFinalizer` into `output`: an
+ * opened image (qcow2 of any layout or chain, or raw), written through
+ * {@linkcode Qcow2Writer}'s stages `ClusterChunkStream → ZeroDetectStream →
+ * CompressStream → Qcow2PackStream` into `output`: an
  * {@linkcode ImageSink} (an `OutputFile`, committed when complete and
  * aborted on error) or a `WritableStream` of host writes.
  *

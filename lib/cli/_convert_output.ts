@@ -10,8 +10,8 @@ import {
   type FileIdentity,
   type GuestImage,
   imageChunks,
+  type PackSummary,
   StreamableQcow2Writer,
-  type StreamableSummary,
   type ZeroBytes,
 } from "../../mod.ts";
 import { expandToPath } from "../reader/expand_to_path.ts";
@@ -97,7 +97,7 @@ export async function writeStreamable(
   target: Target,
   outputOptions: { noClobber: boolean; sync: boolean; inputs: FileIdentity[] },
   options: ConstructorParameters<typeof StreamableQcow2Writer>[0] & object,
-): Promise<StreamableSummary> {
+): Promise<PackSummary> {
   const stream = source instanceof ReadableStream
     ? source
     : imageChunks(source, { pool: options.pool });

@@ -14,6 +14,43 @@
 // is done with every buffer taken before N. Nothing is reused until a
 // consumer says so: a pipeline whose end never calls doneWith allocates
 // as before.
+//
+// A stage that breaks the order (or keeps a view past doneWith) reads
+// bytes of a later chunk, which mostly look like data: nothing fails. So
+// in debug mode (QCOW2PIPE_POISON=1, which `deno task test` sets) every
+// buffer, a Recycler's or a BufferPool's, is filled with POISON_BYTE when
+// it becomes free, before anyone may take it again: a late reader sees
+// 0xDB everywhere, and the image or raw bytes it makes differ from QEMU's
+// at once.
+
+/** The byte freed buffers are filled with in debug mode. */
+export const POISON_BYTE = 0xdb;
+
+/**
+ * Whether freed buffers are poisoned: off unless the runtime's file module
+ * (lib/io/file_source.ts for Deno) finds QCOW2PIPE_POISON=1.
+ */
+let poisoning = false;
+
+/**
+ * Turns poisoning of freed buffers on or off.
+ *
+ * @param on Whether to poison.
+ * @returns The setting before.
+ */
+export function setPoisoning(on: boolean): boolean {
+  const was = poisoning;
+  poisoning = on;
+  return was;
+}
+
+/** Fills a freed buffer with POISON_BYTE in debug mode. */
+function poison(buffer: ArrayBuffer | Uint8Array): void {
+  // A buffer a transfer detached has no bytes left to poison.
+  if (!poisoning || buffer.byteLength === 0) return;
+  (buffer instanceof Uint8Array ? buffer : new Uint8Array(buffer))
+    .fill(POISON_BYTE);
+}
 
 const owners = new WeakMap<ArrayBuffer, Recycler>();
 
@@ -70,6 +107,7 @@ export class Recycler {
     if (i < 0) return;
     this.#lent.splice(i, 1);
     owners.delete(buffer);
+    poison(buffer);
     this.#keep(buffer);
   }
 
@@ -79,6 +117,7 @@ export class Recycler {
     if (i <= 0) return;
     for (const done of this.#lent.splice(0, i)) {
       owners.delete(done);
+      poison(done);
       this.#keep(done);
     }
   }
@@ -105,8 +144,9 @@ export class BufferPool {
     return this.#free.get(size)?.pop() ?? new Uint8Array(size);
   }
 
-  /** Gives a buffer back. */
+  /** Gives a buffer back: no view of it may be read after this. */
   put(buffer: Uint8Array): void {
+    poison(buffer);
     const list = this.#free.get(buffer.length);
     if (list) list.push(buffer);
     else this.#free.set(buffer.length, [buffer]);

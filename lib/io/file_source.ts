@@ -9,6 +9,7 @@
 import { sep } from "node:path";
 import { fileError } from "./_errors.ts";
 import { installHostFiles } from "./_host_files.ts";
+import { setPoisoning } from "./_recycle.ts";
 import { openHoleProber } from "./_holes.ts";
 import { identityOf } from "./identity.ts";
 import type { FileIdentity, RandomAccessSource } from "./source.ts";
@@ -197,6 +198,17 @@ async function locate(dir: string, target: string) {
     }
     return { path: undefined, inside: false, error };
   }
+}
+
+// The debug mode of buffer recycling (lib/io/_recycle.ts), asked for with
+// QCOW2PIPE_POISON=1 (`deno task test` sets it). Read here because this is
+// where Deno's side of the library is loaded; only where Deno already
+// allows it, so that a missing `--allow-env` neither prompts nor throws.
+if (
+  Deno.permissions.querySync({ name: "env", variable: "QCOW2PIPE_POISON" })
+      .state === "granted" && Deno.env.get("QCOW2PIPE_POISON") === "1"
+) {
+  setPoisoning(true);
 }
 
 installHostFiles({

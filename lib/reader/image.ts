@@ -86,6 +86,31 @@ export interface PlanItem extends Extent {
 }
 
 /**
+ * A run of guest bytes: `data` holds them, or is `null` when they are all
+ * zeros (a hole).
+ *
+ * @example Count the bytes an expansion would write
+ * ```ts
+ * import assert from "node:assert";
+ * import { openImage } from "./open.ts";
+ * import { readSegments, type Segment } from "./segments.ts";
+ * const raw = new Uint8Array(1 << 20);
+ * raw.fill(1, 0, 4096);
+ * await using image = await openImage(raw);
+ * const segments: Segment[] = await Array.fromAsync(readSegments(image));
+ * assert.strictEqual(segments.reduce((n, s) => n + s.length, 0), 1 << 20);
+ * ```
+ */
+export interface Segment {
+  /** Guest offset. */
+  offset: number;
+  /** Length in bytes. */
+  length: number;
+  /** The bytes, or null for zeros. */
+  data: Uint8Array | null;
+}
+
+/**
  * An opened disk image (qcow2 or raw) as the guest sees it.
  *
  * @example Read from a raw image in memory

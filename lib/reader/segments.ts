@@ -5,42 +5,11 @@
  * @module
  */
 
-import { BufferPool } from "../io/_recycle.ts";
 import type { CodecPool } from "../codec/pool.ts";
-import type { GuestImage, PlanItem } from "./image.ts";
-import {
-  decompressError,
-  inlineCodec,
-  readCompressedPayload,
-  readDataItem,
-} from "./_read.ts";
-import { compressedRange } from "../format/compressed.ts";
-import { hex, Qcow2Error } from "../format/errors.ts";
+import type { GuestImage, Segment } from "./image.ts";
+import { DEFAULT_CHUNK, ReadAhead, readAheadBudget } from "./_read_ahead.ts";
 
-/**
- * A run of guest bytes: `data` holds them, or is `null` when they are all
- * zeros (a hole).
- *
- * @example Count the bytes an expansion would write
- * ```ts
- * import assert from "node:assert";
- * import { openImage } from "./open.ts";
- * import { readSegments, type Segment } from "./segments.ts";
- * const raw = new Uint8Array(1 << 20);
- * raw.fill(1, 0, 4096);
- * await using image = await openImage(raw);
- * const segments: Segment[] = await Array.fromAsync(readSegments(image));
- * assert.strictEqual(segments.reduce((n, s) => n + s.length, 0), 1 << 20);
- * ```
- */
-export interface Segment {
-  /** Guest offset. */
-  offset: number;
-  /** Length in bytes. */
-  length: number;
-  /** The bytes, or null for zeros. */
-  data: Uint8Array | null;
-}
+export type { Segment } from "./image.ts";
 
 /**
  * Options for reading an image in order.
@@ -62,8 +31,7 @@ export interface ReadImageOptions {
   pool?: CodecPool;
   /**
    * Largest data segment, and most guest bytes per decompression job.
-   * @default {2097152} (2 MiB: as fast as 4 MiB when expanding the 4 GiB
-   * zstd bench image, 3.31 s, with a peak of 154 against 176 MiB)
+   * @default {2097152} (2 MiB)
    */
   chunkSize?: number;
   /**
@@ -77,18 +45,17 @@ export interface ReadImageOptions {
    * Guest bytes of the reads and decompression jobs running ahead.
    * @default {16 * chunkSize} (32 MiB) while any of them reads from a
    * source without `readInto` (over HTTP, where bytes in flight hide round
-   * trips); else `2 * chunkSize`: a local file answers from the page
-   * cache, two chunks keep two workers busy, and more only holds memory
-   * (expanding a zstd image of 1 GiB with 4 MiB chunks: 0.93 s and 123
-   * MiB peak with 2 in flight, against 1.00 s and 165 MiB with 8)
+   * trips); else `2 * chunkSize` (a local file answers from the page
+   * cache: two chunks keep two workers busy)
    */
   maxInFlightBytes?: number;
   /**
    * Read data into buffers that are used again once the consumer asks for
-   * the next segment. For consumers that are done with a segment's bytes
-   * by then, as `expandToFile()` is: fresh memory costs a
-   * page fault per 4 KiB, several times the copy itself. Sources without
-   * `readInto` read into fresh buffers anyway.
+   * the next segment: a segment's bytes may change after that. For
+   * consumers that are done with a segment's bytes by then, as
+   * `expandToFile()` is: fresh memory costs a page fault per 4 KiB,
+   * several times the copy itself. Sources without `readInto` read data
+   * into fresh buffers anyway.
    * @default {false}
    */
   reuseBuffers?: boolean;
@@ -97,8 +64,6 @@ export interface ReadImageOptions {
   /** Bytes to read. @default {the rest of the disk} */
   length?: number;
 }
-
-const DEFAULT_CHUNK = 2 * 1024 * 1024;
 
 /**
  * Reads an image's guest bytes in order as segments, holes for zero and
@@ -109,6 +74,9 @@ const DEFAULT_CHUNK = 2 * 1024 * 1024;
  * @param image An opened image.
  * @param options Pool, chunk size, range.
  * @returns The segments, covering the range without gaps.
+ * @throws {RangeError} When `chunkSize`, `maxInFlight` or
+ * `maxInFlightBytes` is out of range.
+ * @throws {Qcow2Error} When the image is corrupt or a read fails.
  *
  * @example Sum the data bytes of an image
  * ```ts
@@ -126,294 +94,40 @@ export async function* readSegments(
   options: ReadImageOptions = {},
 ): AsyncGenerator<Segment> {
   const chunk = options.chunkSize ?? DEFAULT_CHUNK;
-  if (!Number.isInteger(chunk) || chunk < 512) {
-    throw new RangeError(
-      `Cannot read image: chunkSize ${chunk} is out of range [512, ∞)`,
-    );
-  }
-  const maxInFlight = options.maxInFlight ?? 64;
-  const remoteBytes = options.maxInFlightBytes ?? 16 * chunk;
-  const localBytes = options.maxInFlightBytes ?? 2 * chunk;
-  const start = options.offset ?? 0;
-  const length = options.length ?? image.virtualSize - start;
-  // Segments in order. Only reads and decompression count against
-  // maxInFlight: holes are free, and must not keep reads from going out
-  // (over HTTP every read is a round trip). The queue itself stays short.
-  const queue: {
-    job: Promise<Segment>;
-    bytes: number;
-    remote: boolean;
-    /** The pooled buffer the segment's bytes are in, once it is known. */
-    buffer?: () => Uint8Array | undefined;
-  }[] = [];
-  const buffers = options.reuseBuffers ? new BufferPool() : undefined;
-  // The buffer of the segment last handed out, taken back one step later.
-  let lent: Uint8Array | undefined;
-  let io = 0;
-  let ioBytes = 0;
-  let remote = 0; // of the `io` jobs, those reading from the network
-  const maxQueued = 16 * maxInFlight;
-  let group: PlanItem[] = [];
-  let groupBytes = 0;
-
-  /**
-   * Queues a segment; `bytes` of I/O (0 for holes and cached pieces) from
-   * `source`.
-   */
-  const push = (
-    job: Promise<Segment>,
-    bytes: number,
-    source?: PlanItem["source"],
-    buffer?: () => Uint8Array | undefined,
-  ) => {
-    job.catch(() => {}); // awaited in order below; avoid unhandled rejections
-    const far = bytes > 0 && typeof source?.readInto !== "function";
-    queue.push({ job, bytes, remote: far, buffer });
-    if (bytes > 0) {
-      io++;
-      ioBytes += bytes;
-      if (far) remote++;
-    }
-  };
-  const full = () =>
-    io >= maxInFlight ||
-    ioBytes >= (remote > 0 ? remoteBytes : localBytes) ||
-    queue.length >= maxQueued;
-  const next = async (): Promise<Segment> => {
-    const entry = queue.shift()!;
-    if (entry.bytes > 0) {
-      io--;
-      ioBytes -= entry.bytes;
-      if (entry.remote) remote--;
-    }
-    const segment = await entry.job;
-    // The consumer asked for this one: it is done with the one before.
-    if (lent) buffers!.put(lent);
-    lent = entry.buffer?.();
-    return segment;
-  };
-  // The last decompressed cluster: an overlay with small clusters over a
-  // compressed backing cluster reads that cluster in several pieces.
-  let last: { item: PlanItem; cluster: Promise<Uint8Array> } | undefined;
-  const flushGroup = () => {
-    if (group.length === 0) return;
-    const items = group;
-    const cs = items[0].compressed!.clusterSize;
-    const n = items.length;
-    const out = buffers?.take(n * cs);
-    const size = out?.length ?? 0; // a transfer detaches `out`: 0 after
-    const clusters = decompressClusters(items, options.pool, out, buffers);
-    // With `out`, the clusters come back in its memory (a transfer gives
-    // it a new ArrayBuffer): that goes back to the pool.
-    let pooled: Uint8Array | undefined;
-    push(
-      clusters.then((c) => {
-        if (out) pooled = new Uint8Array(c.buffer, 0, size);
-        return joinPieces(items, c);
-      }),
-      n * cs,
-      items[0].source,
-      () => pooled,
-    );
-    last = {
-      item: items[n - 1],
-      // A copy when the clusters' buffer goes round.
-      cluster: clusters.then((c) =>
-        out ? c.slice((n - 1) * cs, n * cs) : c.subarray((n - 1) * cs, n * cs)
-      ),
-    };
-    last.cluster.catch(() => {});
-    group = [];
-    groupBytes = 0;
-  };
-
-  try {
-    for await (const item of image.plan(start, length, 0)) {
-      if (
-        item.kind === "compressed" && group.length === 0 && last &&
-        sameCluster(last.item, item)
-      ) {
-        const from = item.offset - item.compressed!.clusterOffset;
-        push(
-          last.cluster.then((c) => ({
-            offset: item.offset,
-            length: item.length,
-            data: c.subarray(from, from + item.length),
-          })),
-          0,
-        );
-      } else if (item.kind === "compressed") {
-        // A group is decompressed with one codec and cluster size and read
-        // from one file: images of a backing chain may differ in all three.
-        const head = group[0];
-        if (
-          head !== undefined && (head.source !== item.source ||
-            head.compressed!.type !== item.compressed!.type ||
-            head.compressed!.clusterSize !== item.compressed!.clusterSize)
-        ) {
-          flushGroup();
-        }
-        group.push(item);
-        groupBytes += item.compressed!.clusterSize;
-        if (groupBytes >= chunk) flushGroup();
-      } else {
-        flushGroup();
-        if (item.kind === "data") {
-          for (let at = 0; at < item.length; at += chunk) {
-            const n = Math.min(chunk, item.length - at);
-            const piece = {
-              ...item,
-              offset: item.offset + at,
-              length: n,
-              hostOffset: item.hostOffset! + at,
-            };
-            const buffer = buffers && item.source?.readInto
-              ? buffers.take(n)
-              : undefined;
-            push(
-              readDataItem(piece, buffer).then((data) => ({
-                offset: piece.offset,
-                length: n,
-                data,
-              })),
-              n,
-              item.source,
-              buffer && (() => buffer),
-            );
-            while (full()) yield await next();
-          }
-        } else {
-          push(
-            Promise.resolve({
-              offset: item.offset,
-              length: item.length,
-              data: null,
-            }),
-            0,
-          );
-        }
-      }
-      while (full()) yield await next();
-    }
-    flushGroup();
-    while (queue.length > 0) yield await next();
-  } finally {
-    queue.length = 0;
-  }
-}
-
-/**
- * Reads and decompresses the clusters of consecutive compressed items as
- * one job, into `out` when given (else a new buffer); payloads are read
- * into buffers from `buffers` when given.
- */
-async function decompressClusters(
-  items: PlanItem[],
-  pool: CodecPool | undefined,
-  out: Uint8Array | undefined,
-  buffers: BufferPool | undefined,
-): Promise<Uint8Array> {
-  const ranges = items.map((i) => compressedRange(i.compressed!.descriptor));
-  const lo = Math.min(...ranges.map((r) => r.offset));
-  const hi = Math.max(...ranges.map((r) => r.offset + r.length));
-  const total = ranges.reduce((n, r) => n + r.length, 0);
-  let payloads: Uint8Array[];
-  let into: Uint8Array | undefined; // a pooled buffer the payloads are in
-  if (
-    hi - lo <= 2 * total && items.every((i) => i.source === items[0].source)
+  const { maxInFlight, maxInFlightBytes } = options;
+  for (
+    const [name, value, least] of [
+      ["chunkSize", chunk, 512],
+      ["maxInFlight", maxInFlight ?? 1, 1],
+      ["maxInFlightBytes", maxInFlightBytes ?? 1, 1],
+    ] as const
   ) {
-    // Usually packed back to back: one read for the whole group.
-    let bytes: Uint8Array;
-    const source = items[0].source!;
-    if (buffers && source.readInto) into = buffers.take(hi - lo);
-    try {
-      bytes = into
-        ? into.subarray(
-          0,
-          await source.readInto!(lo, into.subarray(0, hi - lo)),
-        )
-        : await source.read(lo, hi - lo);
-    } catch (err) {
-      throw new Qcow2Error(
-        "IO",
-        `Cannot read compressed clusters at host offset ${hex(lo)}: ${
-          (err as Error).message
-        }`,
-        { offset: lo, cause: err },
+    if (!Number.isInteger(value) || value < least) {
+      throw new RangeError(
+        `Cannot read image: ${name} ${value} is out of range [${least}, ∞)`,
       );
     }
-    payloads = ranges.map((r) =>
-      bytes.subarray(
-        r.offset - lo,
-        Math.min(bytes.length, r.offset - lo + r.length),
-      )
-    );
-  } else {
-    payloads = await Promise.all(items.map(readCompressedPayload));
   }
-  const { type, clusterSize } = items[0].compressed!;
-  const cs = clusterSize;
-  let clusters: Uint8Array;
+  const start = options.offset ?? 0;
+  const length = options.length ?? image.virtualSize - start;
+  const ahead = new ReadAhead({
+    chunk,
+    budget: readAheadBudget(chunk, maxInFlight, maxInFlightBytes),
+    pool: options.pool,
+    reuseBuffers: options.reuseBuffers,
+  });
   try {
-    if (pool) {
-      // The payloads are copied into the job at once: their buffer is free.
-      const job = pool.decompress({ type }, payloads, cs, out);
-      if (into) buffers!.put(into);
-      clusters = await job;
-    } else {
-      const codec = await inlineCodec(type);
-      clusters = out?.subarray(0, items.length * cs) ??
-        new Uint8Array(items.length * cs);
-      for (let i = 0; i < items.length; i++) {
-        try {
-          codec.decompressTo(
-            payloads[i],
-            clusters.subarray(i * cs, (i + 1) * cs),
-          );
-        } catch (err) {
-          throw Object.assign(err as Error, { index: i });
-        }
+    for await (const item of image.plan(start, length, 0)) {
+      for (const piece of ahead.pieces(item)) {
+        ahead.add(piece);
+        while (ahead.full) yield await ahead.next();
       }
-      if (into) buffers!.put(into);
     }
-  } catch (err) {
-    const index = (err as { index?: number }).index ?? 0;
-    throw decompressError(items[index] ?? items[0], err);
+    ahead.flush();
+    while (ahead.queued > 0) yield await ahead.next();
+  } finally {
+    ahead.clear();
   }
-  return clusters;
-}
-
-/** Whether two compressed items are pieces of the same cluster. */
-function sameCluster(a: PlanItem, b: PlanItem): boolean {
-  return a.source === b.source &&
-    a.compressed!.descriptor.hostOffset ===
-      b.compressed!.descriptor.hostOffset &&
-    a.compressed!.clusterOffset === b.compressed!.clusterOffset;
-}
-
-/** Cuts each item's bytes out of its decompressed cluster. */
-function joinPieces(items: PlanItem[], clusters: Uint8Array): Segment {
-  const clusterSize = items[0].compressed!.clusterSize;
-  const offset = items[0].offset;
-  const length = items.reduce((n, i) => n + i.length, 0);
-  if (
-    items.every((it) =>
-      it.offset === it.compressed!.clusterOffset && it.length === clusterSize
-    )
-  ) {
-    return { offset, length, data: clusters }; // whole clusters: already in place
-  }
-  const out = items.length === 1 ? undefined : new Uint8Array(length);
-  let at = 0;
-  for (let i = 0; i < items.length; i++) {
-    const it = items[i];
-    const from = i * clusterSize + (it.offset - it.compressed!.clusterOffset);
-    const part = clusters.subarray(from, from + it.length);
-    if (!out) return { offset, length, data: part };
-    out.set(part, at);
-    at += it.length;
-  }
-  return { offset, length, data: out! };
 }
 
 /**

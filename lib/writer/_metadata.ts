@@ -1,6 +1,7 @@
-// qcow2 metadata as both writers build it: L2 tables from placed clusters,
-// the L1 table, refcount sizing and the header cluster. The finalizer puts
-// them after the data, the streamable writer before it.
+// qcow2 metadata as both layouts of the pack stage build it: L2 tables from placed clusters,
+// the L1 table, refcount sizing and the header cluster. The default layout
+// (_finalizer.ts) puts them after the data, the streamable one
+// (_metadata_first.ts) before it.
 import { COMPRESSION_TYPE } from "../format/constants.ts";
 import {
   defaultHeader,
@@ -10,8 +11,8 @@ import {
 import { encodeL1Entry } from "../format/l1.ts";
 import { encodeL2Entry, type L2Layout } from "../format/l2.ts";
 import type { CompressionType } from "../codec/codecs.ts";
-import type { BackingFileName } from "./finalizer.ts";
-import type { PlacedRecord } from "./records.ts";
+import type { BackingFileName } from "./pack_stream.ts";
+import type { PlacedRecord } from "./_packer.ts";
 
 /** The placed records that map guest clusters. */
 export type MappingRecord = Extract<

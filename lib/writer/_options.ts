@@ -4,9 +4,45 @@ import {
   MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS,
 } from "../format/constants.ts";
+import type { CompressionType } from "../codec/codecs.ts";
 import type { ClusterRecord } from "./records.ts";
 import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
-import type { BackingFileName } from "./finalizer.ts";
+import type { BackingFileName, Qcow2PackStreamOptions } from "./pack_stream.ts";
+
+/** The pack stage's options, checked, with their defaults. */
+export interface PackSettings {
+  clusterSize: number;
+  refcountBits: number;
+  compressionType: CompressionType;
+  backingFile: BackingFileName | undefined;
+  onProgress: ((guestBytes: number) => void) | undefined;
+}
+
+/**
+ * Checks the pack stage's options and settles their defaults.
+ *
+ * @throws {RangeError} For a bad cluster size, refcount width, compression
+ * type or backing file name.
+ */
+export function packSettings(options: Qcow2PackStreamOptions): PackSettings {
+  const clusterSize = checkClusterSize(options.clusterSize ?? 65536);
+  const refcountBits = options.refcountBits ?? 16;
+  refcountOrderOf(refcountBits);
+  const compressionType = options.compressionType ?? "zlib";
+  if (compressionType !== "zlib" && compressionType !== "zstd") {
+    throw new RangeError(
+      `Cannot pack qcow2: compression type "${compressionType}" is not zlib or zstd`,
+    );
+  }
+  if (options.backingFile) checkBackingFile(options.backingFile);
+  return {
+    clusterSize,
+    refcountBits,
+    compressionType,
+    backingFile: options.backingFile,
+    onProgress: options.onProgress,
+  };
+}
 
 /** What both writers need settled before they build their stages. */
 export interface WriterSettings {
@@ -40,9 +76,7 @@ export function writerSettings(options: Qcow2WriterOptions): WriterSettings {
       "Cannot write qcow2: a backing image to compare with needs backingFile (its name and format)",
     );
   }
-  const clusterSize = checkClusterSize(options.clusterSize ?? 65536);
-  refcountOrderOf(options.refcountBits ?? 16);
-  if (options.backingFile) checkBackingFile(options.backingFile);
+  const { clusterSize } = packSettings(options);
   return { clusterSize, compression };
 }
 

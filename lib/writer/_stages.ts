@@ -1,32 +1,41 @@
-// The stages both writers share, from raw bytes to cluster records:
-// chunker, zero detection, backing comparison (deltas), compression.
+// The forward pipeline wired once for both writers: chunker, zero
+// detection, backing comparison (deltas), compression, then the pack stage
+// in the layout the writer asks for.
 import { CodecPool } from "../codec/pool.ts";
-import { type WriterSettings, writerSettings } from "./_options.ts";
+import { writerSettings } from "./_options.ts";
 import { BackingDiffStream } from "./backing_diff_stream.ts";
 import { ClusterChunkStream } from "./chunk_stream.ts";
 import { CompressStream } from "./compress_stream.ts";
+import { Qcow2PackStream, type Qcow2PackStreamOptions } from "./pack_stream.ts";
 import type { Qcow2WriterOptions } from "./qcow2_writer.ts";
-import type { ClusterRecord, ZeroBytes } from "./records.ts";
+import type { HostWrite, ZeroBytes } from "./records.ts";
 import { ZeroDetectStream } from "./zero_stream.ts";
 
-/** The record stages, wired. */
-export interface RecordStages extends WriterSettings {
+/** The stages, wired. */
+export interface WriterStages {
   /** Bytes (or `{ zeros }`) in. */
   writable: WritableStream<Uint8Array | ZeroBytes>;
-  /** Cluster records out, in guest order. */
-  records: ReadableStream<ClusterRecord>;
+  /** Host writes out. */
+  readable: ReadableStream<HostWrite>;
+  /** The last stage: its summary, and its spools to delete. */
+  pack: Qcow2PackStream;
   /** The pool started here (none given and compression asked for). */
   ownPool: CodecPool | undefined;
 }
 
 /**
- * Checks the options and wires the stages up to cluster records.
+ * Checks the options and wires the stages from bytes to host writes.
  *
+ * @param options The writer's options.
+ * @param streamable The streamable layout's spools (default: the metadata
+ * after the data).
  * @throws {RangeError} For invalid options.
  */
-export function recordStages(options: Qcow2WriterOptions): RecordStages {
-  const settings = writerSettings(options);
-  const { clusterSize, compression } = settings;
+export function writerStages(
+  options: Qcow2WriterOptions,
+  streamable?: Qcow2PackStreamOptions["streamable"],
+): WriterStages {
+  const { clusterSize, compression } = writerSettings(options);
   const chunker = new ClusterChunkStream({ clusterSize });
   let records = chunker.readable.pipeThrough(
     new ZeroDetectStream({ clusterSize }),
@@ -37,10 +46,10 @@ export function recordStages(options: Qcow2WriterOptions): RecordStages {
     );
   }
   let ownPool: CodecPool | undefined;
-  if (compression !== "none") {
-    const pool = options.pool ??
-      (ownPool = new CodecPool({ workers: options.workers }));
-    try {
+  try {
+    if (compression !== "none") {
+      const pool = options.pool ??
+        (ownPool = new CodecPool({ workers: options.workers }));
       records = records.pipeThrough(
         new CompressStream({
           pool,
@@ -51,10 +60,23 @@ export function recordStages(options: Qcow2WriterOptions): RecordStages {
           zlibWindow: options.zlibWindow,
         }),
       );
-    } catch (err) {
-      void ownPool?.close();
-      throw err;
     }
+    const pack = new Qcow2PackStream({
+      clusterSize,
+      refcountBits: options.refcountBits,
+      compressionType: compression === "zstd" ? "zstd" : "zlib",
+      backingFile: options.backingFile,
+      onProgress: options.onProgress,
+      streamable,
+    });
+    return {
+      writable: chunker.writable,
+      readable: records.pipeThrough(pack),
+      pack,
+      ownPool,
+    };
+  } catch (err) {
+    void ownPool?.close();
+    throw err;
   }
-  return { ...settings, writable: chunker.writable, records, ownPool };
 }

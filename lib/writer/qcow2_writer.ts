@@ -6,19 +6,14 @@
 
 import type { CodecPool } from "../codec/pool.ts";
 import type { CodecBackend, ZlibWindow } from "../codec/codecs.ts";
-import { recordStages } from "./_stages.ts";
-import { ClusterPacker } from "./packer.ts";
-import {
-  type BackingFileName,
-  type FinalizerSummary,
-  MetadataFinalizer,
-} from "./finalizer.ts";
+import { writerStages } from "./_stages.ts";
+import type { PackSummary, Qcow2PackStreamOptions } from "./pack_stream.ts";
 import type { GuestImage } from "../reader/image.ts";
-import { HostAllocator } from "./host_allocator.ts";
 import type { HostWrite, ZeroBytes } from "./records.ts";
 
 /**
- * Options of the forward pipeline.
+ * Options of the forward pipeline: the pack stage's (cluster size,
+ * refcount width, backing file, progress), and compression.
  *
  * @example Small clusters, 8-bit refcounts
  * ```ts
@@ -35,12 +30,11 @@ import type { HostWrite, ZeroBytes } from "./records.ts";
  * assert.strictEqual(image.length, 7 * 4096);
  * ```
  */
-export interface Qcow2WriterOptions {
-  /**
-   * Cluster size in bytes, a power of two from 512 to 2 MiB.
-   * @default {65536}
-   */
-  clusterSize?: number;
+export interface Qcow2WriterOptions extends
+  Pick<
+    Qcow2PackStreamOptions,
+    "clusterSize" | "refcountBits" | "backingFile" | "onProgress"
+  > {
   /**
    * `none` writes a sparse image; `zlib` and `zstd` compress clusters.
    * @default {"none"}
@@ -59,11 +53,6 @@ export interface Qcow2WriterOptions {
    */
   zlibWindow?: ZlibWindow;
   /**
-   * Refcount width in bits: 1, 2, 4, 8, 16, 32 or 64.
-   * @default {16}
-   */
-  refcountBits?: number;
-  /**
    * Compression workers; ignored when `pool` is given.
    * @default {navigator.hardwareConcurrency}
    */
@@ -75,14 +64,6 @@ export interface Qcow2WriterOptions {
    * @default {"auto"}
    */
   backend?: CodecBackend;
-  /** Called as guest bytes are mapped (after compression and packing). */
-  onProgress?: (guestBytes: number) => void;
-  /**
-   * Make a delta image: the backing file named in the header (name as
-   * stored, and format). Zero clusters become zero entries so that they do
-   * not read from it.
-   */
-  backingFile?: BackingFileName;
   /**
    * The backing file's guest view, opened by the caller: clusters that read
    * the same in it are left unallocated for it to answer, so the image
@@ -93,7 +74,9 @@ export interface Qcow2WriterOptions {
 
 /**
  * The whole forward pipeline as one transform: bytes (or `{ zeros }`
- * holes) in, host writes of a qcow2 v3 image out (the header last).
+ * holes) in, host writes of a qcow2 v3 image out (the header last), through
+ * `ClusterChunkStream → ZeroDetectStream → BackingDiffStream` (deltas)
+ * `→ CompressStream` (compression) `→ Qcow2PackStream`.
  * {@linkcode Qcow2Writer.summary} resolves when the image is complete.
  * Start it, then close it with `await using` or
  * {@linkcode Qcow2Writer.close} to stop its workers.
@@ -115,7 +98,7 @@ export class Qcow2Writer
     AsyncDisposable {
   #writable: WritableStream<Uint8Array | ZeroBytes>;
   #readable: ReadableStream<HostWrite>;
-  #summary: Promise<FinalizerSummary>;
+  #summary: Promise<PackSummary>;
   #ownPool: CodecPool | undefined;
 
   /**
@@ -125,30 +108,11 @@ export class Qcow2Writer
    * @throws {RangeError} For invalid options.
    */
   constructor(options: Qcow2WriterOptions = {}) {
-    const stages = recordStages(options);
+    const stages = writerStages(options);
     this.#ownPool = stages.ownPool;
-    const allocator = new HostAllocator({
-      clusterSize: stages.clusterSize,
-      refcountBits: options.refcountBits,
-    });
-    const finalizer = new MetadataFinalizer({
-      allocator,
-      compressionType: stages.compression === "zstd" ? "zstd" : "zlib",
-      onProgress: options.onProgress,
-      backingFile: options.backingFile,
-    });
     this.#writable = stages.writable;
-    this.#readable = stages.records.pipeThrough(
-      new ClusterPacker({ allocator }),
-    )
-      .pipeThrough(finalizer);
-    // The finalizer's summary exists once its readable side has closed.
-    const { readable, writable } = new TransformStream<HostWrite, HostWrite>();
-    this.#summary = this.#readable.pipeTo(writable).then(() =>
-      finalizer.summary!
-    );
-    this.#summary.catch(() => {}); // callers that never ask for the summary
-    this.#readable = readable;
+    this.#readable = stages.readable;
+    this.#summary = stages.pack.summary;
   }
 
   /** Bytes in. */
@@ -162,7 +126,7 @@ export class Qcow2Writer
   }
 
   /** Resolves with what was written once the image is complete. */
-  get summary(): Promise<FinalizerSummary> {
+  get summary(): Promise<PackSummary> {
     return this.#summary;
   }
 

@@ -3,7 +3,7 @@
  *
  * ```text
  * bytes ─ ClusterChunkStream ─ ZeroDetectStream ─ CompressStream ─▶ ClusterRecord
- * ClusterRecord ─ ClusterPacker ─▶ PlacedRecord ─ MetadataFinalizer ─▶ HostWrite
+ * ClusterRecord ─ Qcow2PackStream ─▶ HostWrite
  * ```
  *
  * @module
@@ -20,7 +20,8 @@
  *   `lengths[i]` bytes, the payloads back to back in `data`, or, with
  *   `offsets`, payload `i` at `offsets[i]`, each starting at a 512-byte
  *   boundary after the one before with zeros between (what
- *   `CompressStream` makes: the packer writes such runs without copying)
+ *   `CompressStream` makes: `Qcow2PackStream` writes such runs without
+ *   copying)
  * - `end`: the input is over; `size` is its exact length in bytes
  *
  * @example The records of a raw stream with a hole
@@ -72,49 +73,6 @@ export interface ZeroBytes {
   /** Number of zero bytes. */
   zeros: number;
 }
-
-/**
- * The packer's output: guest clusters with their host placement, bytes to
- * write, and the end of input.
- *
- * - `normal`: guest clusters `index..index+count-1` live in the host
- *   clusters starting at `hostOffset`
- * - `compressed`: guest cluster `index + i` is compressed at
- *   `hostOffsets[i]` over `sectors[i]` sectors
- * - `zero`: clusters that read as zeros: left unallocated, or zero entries
- *   when the image has a backing file
- * - `backing`: clusters left unallocated for the backing file to answer
- * - `write`: bytes to write at a host offset
- * - `end`: the input is over; `size` is its exact length in bytes
- *
- * @example Where the packer puts a data cluster
- * ```ts
- * import assert from "node:assert";
- * import { ClusterPacker } from "./packer.ts";
- * import type { PlacedRecord } from "./records.ts";
- * const placed: PlacedRecord[] = [];
- * await ReadableStream.from([
- *   { kind: "data" as const, index: 0, count: 1, data: new Uint8Array(512).fill(1) },
- *   { kind: "end" as const, size: 512 },
- * ]).pipeThrough(new ClusterPacker({ clusterSize: 512 }))
- *   .pipeTo(new WritableStream({ write: (r) => void placed.push(r) }));
- * const normal = placed.find((r) => r.kind === "normal");
- * assert.ok(normal && normal.hostOffset % 512 === 0);
- * ```
- */
-export type PlacedRecord =
-  | { kind: "normal"; index: number; count: number; hostOffset: number }
-  | {
-    kind: "compressed";
-    index: number;
-    count: number;
-    hostOffsets: number[];
-    sectors: number[];
-  }
-  | { kind: "zero"; index: number; count: number }
-  | { kind: "backing"; index: number; count: number }
-  | { kind: "write"; offset: number; data: Uint8Array }
-  | { kind: "end"; size: number };
 
 /**
  * Bytes to write at a host offset of the output file.

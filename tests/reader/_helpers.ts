@@ -9,6 +9,8 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { openImage, type OpenImageOptions } from "../../lib/reader/open.ts";
 import { imageReadable, readSegments } from "../../lib/reader/segments.ts";
+import { expandToFile } from "../../lib/reader/expand.ts";
+import type { ImageSink } from "../../lib/io/sink.ts";
 import type { Extent, GuestImage } from "../../lib/reader/image.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import { Qcow2Error, type Qcow2ErrorCode } from "../../lib/format/errors.ts";
@@ -307,6 +309,28 @@ export async function expandStream(
 }
 
 /**
+ * Expands an image into memory through `expandToFile`, as `convert -O raw`
+ * does: its read buffers go round (and are poisoned in debug mode when
+ * they do), so a segment read after its buffer went back shows.
+ */
+export async function expandToMemory(
+  image: GuestImage,
+  options: { pool?: CodecPool; chunkSize?: number } = {},
+): Promise<Uint8Array> {
+  const out = new Uint8Array(image.virtualSize);
+  const sink: ImageSink = {
+    writeAt(offset, data) {
+      out.set(data, offset);
+      return Promise.resolve();
+    },
+    commit: () => Promise.resolve(),
+    abort: () => Promise.resolve(),
+  };
+  await expandToFile(image, sink, options);
+  return out;
+}
+
+/**
  * Expands an image through `readSegments`, checking the segments are in
  * order, contiguous and consistent.
  */
@@ -527,6 +551,14 @@ export async function verifyImage(
     }),
     expected,
     `${path}: readSegments without a pool`,
+  );
+  assertSameBytes(
+    await expandToMemory(image, {
+      pool,
+      chunkSize: options.chunkSize ?? 65536,
+    }),
+    expected,
+    `${path}: expandToFile, its read buffers going round`,
   );
   // A sub-range at unaligned bounds, through the pool.
   const size = expected.length;

@@ -1,8 +1,13 @@
 import assert from "node:assert";
 import { join } from "node:path";
 import { openImage } from "../../lib/reader/open.ts";
-import { readSegments } from "../../lib/reader/segments.ts";
+import {
+  type ReadImageOptions,
+  readSegments,
+} from "../../lib/reader/segments.ts";
 import { FileSource } from "../../lib/io/file_source.ts";
+import type { RandomAccessSource } from "../../lib/io/source.ts";
+import { POISON_BYTE, setPoisoning } from "../../lib/io/_recycle.ts";
 import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { tempDir } from "../_qemu.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
@@ -89,5 +94,135 @@ Deno.test("readSegments({ reuseBuffers }) decompresses into buffers used again: 
       assert.ok(segments > 10, `${segments} data segments`);
       assert.deepStrictEqual(got, raw, `${compression}, ${workers} workers`);
     }
+  }
+});
+
+/**
+ * A raw source of 3s whose reads wait while held, counting those started;
+ * with `readInto` as a local file has, or without as an HTTP source.
+ */
+function heldSource(size: number, withReadInto: boolean) {
+  const bytes = new Uint8Array(size).fill(3);
+  const waiting: (() => void)[] = [];
+  let held = true;
+  const wait = () =>
+    held ? new Promise<void>((go) => waiting.push(go)) : Promise.resolve();
+  const source: RandomAccessSource = {
+    size,
+    read: async (offset, length) => {
+      await wait();
+      return bytes.slice(offset, offset + length);
+    },
+  };
+  if (withReadInto) {
+    source.readInto = async (offset, into) => {
+      await wait();
+      const part = bytes.subarray(offset, offset + into.length);
+      into.set(part);
+      return part.length;
+    };
+  }
+  return {
+    source,
+    started: () => waiting.length,
+    release() {
+      held = false;
+      for (const go of waiting.splice(0)) go();
+    },
+  };
+}
+
+Deno.test("readSegments() reads 2 chunks ahead from a source with readInto, 16 without, within maxInFlight and maxInFlightBytes", async () => {
+  const chunkSize = 65536;
+  const cases: [boolean, ReadImageOptions, number][] = [
+    [true, {}, 2],
+    [false, {}, 16],
+    [false, { maxInFlight: 3 }, 3],
+    [true, { maxInFlightBytes: 5 * chunkSize }, 5],
+    [false, { maxInFlightBytes: 5 * chunkSize - 1 }, 5],
+  ];
+  for (const [readInto, options, ahead] of cases) {
+    const held = heldSource(64 * chunkSize, readInto);
+    await using image = await openImage(held.source, { format: "raw" });
+    const segments = readSegments(image, { chunkSize, ...options });
+    const first = segments.next();
+    await new Promise((settled) => setTimeout(settled, 0));
+    const what = `readInto ${readInto}, ${JSON.stringify(options)}`;
+    assert.strictEqual(held.started(), ahead, what);
+    held.release();
+    let bytes = (await first).value!.length;
+    for await (const s of segments) {
+      assert.ok(s.data!.every((b) => b === 3));
+      bytes += s.length;
+    }
+    assert.strictEqual(bytes, 64 * chunkSize, what);
+  }
+});
+
+Deno.test("readSegments({ reuseBuffers }) lends a segment's buffer until the next one is asked for: kept longer, it reads as poison", async () => {
+  await using dir = await tempDir();
+  const raw = scattered();
+  for (let i = 0; i < raw.length; i += 4096) {
+    if (raw[i] !== 0) raw.fill(raw[i], i, i + 1000);
+  }
+  const was = setPoisoning(true);
+  try {
+    for (const compression of ["none", "zstd"] as const) {
+      const path = join(dir.path, `${compression}.qcow2`);
+      await Deno.writeFile(
+        path,
+        await convertToBytes(raw, { compression, workers: 1 }),
+      );
+      for (const workers of [0, 2]) {
+        await using pool = new CodecPool({ workers });
+        await using image = await openImage(path, { format: "qcow2" });
+        const what = `${compression}, ${workers} workers`;
+        let kept: Uint8Array | undefined;
+        let poisoned = 0;
+        for await (
+          const s of readSegments(image, {
+            pool,
+            reuseBuffers: true,
+            chunkSize: 256 << 10,
+          })
+        ) {
+          if (kept) {
+            assert.ok(kept.every((b) => b === POISON_BYTE), what);
+            poisoned++;
+          }
+          kept = s.data ?? undefined;
+          if (!s.data) continue;
+          assert.deepStrictEqual(
+            s.data,
+            raw.subarray(s.offset, s.offset + s.length),
+            `${what}: intact while lent`,
+          );
+        }
+        assert.ok(poisoned > 10, `${what}: ${poisoned} segments poisoned`);
+      }
+    }
+  } finally {
+    setPoisoning(was);
+  }
+});
+
+Deno.test("readSegments() refuses a read-ahead budget of nothing", async () => {
+  await using image = await openImage(new Uint8Array(65536));
+  for (
+    const [options, message] of [
+      [{ maxInFlight: 0 }, "maxInFlight 0 is out of range [1, ∞)"],
+      [{ maxInFlightBytes: 0 }, "maxInFlightBytes 0 is out of range [1, ∞)"],
+      [{ maxInFlight: 1.5 }, "maxInFlight 1.5 is out of range [1, ∞)"],
+      [{ chunkSize: 256 }, "chunkSize 256 is out of range [512, ∞)"],
+    ] as const
+  ) {
+    await assert.rejects(
+      Array.fromAsync(readSegments(image, options)),
+      (err) => {
+        assert.ok(err instanceof RangeError);
+        assert.strictEqual(err.message, `Cannot read image: ${message}`);
+        return true;
+      },
+    );
   }
 });

@@ -14,7 +14,7 @@ import {
 } from "../../lib/writer/qcow2_writer.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import type { CodecBackend } from "../../lib/codec/codecs.ts";
-import type { FinalizerSummary } from "../../lib/writer/finalizer.ts";
+import type { PackSummary } from "../../lib/writer/pack_stream.ts";
 import { isZero } from "../../lib/writer/is_zero.ts";
 import {
   bytesInput,
@@ -95,7 +95,7 @@ async function produce(
   c: MatrixCase,
   input: Input,
   path: string,
-): Promise<FinalizerSummary> {
+): Promise<PackSummary> {
   const options: Qcow2WriterOptions = {
     clusterSize: c.clusterSize,
     refcountBits: c.refcountBits,
@@ -135,6 +135,7 @@ async function produce(
         backingClusters: -1,
         l2Tables: -1,
         refcountBlocks: -1,
+        spoolBytes: 0,
       };
     }
   }

@@ -1,12 +1,13 @@
-// HostAllocator and ClusterPacker alone: compressed payloads packed at
+// The pack stage's private parts, HostAllocator and ClusterPacker, alone
+// (through their modules): compressed payloads packed at
 // 512-byte granularity, crossing into the next host cluster only when it
 // is free, the refcount maximum respected (1- and 2-bit refcounts), and
 // refcount blocks handed over once final.
 
 import assert from "node:assert";
-import { HostAllocator } from "../../lib/writer/host_allocator.ts";
-import { ClusterPacker } from "../../lib/writer/packer.ts";
-import type { ClusterRecord, PlacedRecord } from "../../lib/writer/records.ts";
+import { HostAllocator } from "../../lib/writer/_host_allocator.ts";
+import { ClusterPacker, type PlacedRecord } from "../../lib/writer/_packer.ts";
+import type { ClusterRecord } from "../../lib/writer/records.ts";
 import { getRefcount } from "../../lib/format/refcount.ts";
 import { randomBytes } from "./_helpers.ts";
 
@@ -165,16 +166,13 @@ Deno.test("HostAllocator: 1-bit refcount blocks", () => {
   }
 });
 
-async function pack(
-  records: ClusterRecord[],
-  packer: ClusterPacker,
-): Promise<PlacedRecord[]> {
-  return await Array.fromAsync(
-    ReadableStream.from(records).pipeThrough(packer),
-  );
+function pack(records: ClusterRecord[], packer: ClusterPacker): PlacedRecord[] {
+  const out: PlacedRecord[] = [];
+  for (const record of records) packer.place(record, (p) => out.push(p));
+  return out;
 }
 
-Deno.test("ClusterPacker: placements, merged payload writes with zero padding", async () => {
+Deno.test("ClusterPacker: placements, merged payload writes with zero padding", () => {
   const cs = 4096;
   const p = [100, 600, 3000].map((n, i) => randomBytes(n, i));
   const joined = new Uint8Array(3700);
@@ -187,8 +185,8 @@ Deno.test("ClusterPacker: placements, merged payload writes with zero padding", 
   const bigJoined = new Uint8Array(8000);
   bigJoined.set(big[0], 0);
   bigJoined.set(big[1], 4000);
-  const packer = new ClusterPacker({ clusterSize: cs });
-  const out = await pack([
+  const packer = new ClusterPacker(new HostAllocator({ clusterSize: cs }));
+  const out = pack([
     {
       kind: "compressed",
       index: 0,
@@ -259,11 +257,10 @@ Deno.test("ClusterPacker: placements, merged payload writes with zero padding", 
   assert.strictEqual(a.end, 28672);
 });
 
-Deno.test("ClusterPacker: a shared allocator", async () => {
+Deno.test("ClusterPacker: 1-bit refcounts put each payload in a cluster of its own", () => {
   const allocator = new HostAllocator({ clusterSize: 512, refcountBits: 1 });
-  const packer = new ClusterPacker({ allocator });
-  assert.strictEqual(packer.allocator, allocator);
-  const out = await pack([
+  const packer = new ClusterPacker(allocator);
+  const out = pack([
     {
       kind: "compressed",
       index: 0,

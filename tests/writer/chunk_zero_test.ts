@@ -7,7 +7,7 @@ import { isZero } from "../../lib/writer/is_zero.ts";
 import { ClusterChunkStream } from "../../lib/writer/chunk_stream.ts";
 import { ZeroDetectStream } from "../../lib/writer/zero_stream.ts";
 import { CompressStream } from "../../lib/writer/compress_stream.ts";
-import { ClusterPacker } from "../../lib/writer/packer.ts";
+import { Qcow2PackStream } from "../../lib/writer/pack_stream.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import type { ClusterRecord, ZeroBytes } from "../../lib/writer/records.ts";
 import { chunked, mixedBytes, prng, randomBytes } from "./_helpers.ts";
@@ -364,7 +364,7 @@ Deno.test("stages refuse records made at another cluster size", async () => {
   );
   await assert.rejects(
     Array.fromAsync(
-      chunks().pipeThrough(new ClusterPacker({ clusterSize: 512 })),
+      chunks().pipeThrough(new Qcow2PackStream({ clusterSize: 512 })),
     ),
     /Cannot place clusters: .* at cluster size 512/,
   );
@@ -378,7 +378,7 @@ Deno.test("stages refuse records made at another cluster size", async () => {
   }]);
   await assert.rejects(
     Array.fromAsync(
-      compressed.pipeThrough(new ClusterPacker({ clusterSize: 512 })),
+      compressed.pipeThrough(new Qcow2PackStream({ clusterSize: 512 })),
     ),
     /one of 600 bytes/,
   );

@@ -26,7 +26,7 @@ import {
 } from "../_qemu.ts";
 import { convert } from "../../lib/convert.ts";
 import type { Qcow2WriterOptions } from "../../lib/writer/qcow2_writer.ts";
-import type { FinalizerSummary } from "../../lib/writer/finalizer.ts";
+import type { PackSummary } from "../../lib/writer/pack_stream.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { fileChunks } from "../../lib/io/file_stream.ts";
 import { KiB, MiB, mixedBytes, qemuInfo } from "./_helpers.ts";
@@ -43,7 +43,7 @@ async function compressBoth(
   type: Compression,
   options: Qcow2WriterOptions = {},
 ): Promise<
-  { qemu: number; ours: number; path: string; summary: FinalizerSummary }
+  { qemu: number; ours: number; path: string; summary: PackSummary }
 > {
   const theirs = join(dir, `qemu-${type}.qcow2`);
   const path = join(

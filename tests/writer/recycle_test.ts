@@ -3,12 +3,19 @@
 // written what came after them, and the image is still what QEMU reads.
 import assert from "node:assert";
 import { join } from "node:path";
-import { doneWith, Recycler } from "../../lib/io/_recycle.ts";
+import {
+  BufferPool,
+  doneWith,
+  POISON_BYTE,
+  Recycler,
+  setPoisoning,
+} from "../../lib/io/_recycle.ts";
 import { sparseFileChunks } from "../../lib/io/file_stream.ts";
 import { OutputFile } from "../../lib/io/output_file.ts";
 import { convert } from "../../lib/convert.ts";
-import { ClusterPacker } from "../../lib/writer/packer.ts";
-import type { ClusterRecord, PlacedRecord } from "../../lib/writer/records.ts";
+import { HostAllocator } from "../../lib/writer/_host_allocator.ts";
+import { ClusterPacker, type PlacedRecord } from "../../lib/writer/_packer.ts";
+import type { ClusterRecord } from "../../lib/writer/records.ts";
 import {
   qemuCheckClean,
   qemuCompareIdentical,
@@ -38,7 +45,64 @@ Deno.test("Recycler: buffers come back only once a later one is done with, oldes
   );
 });
 
-Deno.test("ClusterPacker writes runs of laid-out payloads straight from the record, and copies others", async () => {
+Deno.test("Recycler and BufferPool poison a buffer when it is free again, not before (debug mode)", () => {
+  const was = setPoisoning(true);
+  try {
+    const recycler = new Recycler(4096);
+    const [a, b, c] = [recycler.take(), recycler.take(), recycler.take()];
+    for (const view of [a, b, c]) view.fill(1);
+    doneWith(a); // nothing was lent before a
+    assert.ok(a.every((x) => x === 1), "a is still lent");
+    doneWith(b);
+    assert.ok(a.every((x) => x === POISON_BYTE), "a is free: poisoned");
+    assert.ok(b.every((x) => x === 1), "b is still lent");
+    recycler.giveBack(c);
+    assert.ok(c.every((x) => x === POISON_BYTE), "c given back: poisoned");
+
+    const pool = new BufferPool();
+    const d = pool.take(100_000).fill(2);
+    const view = d.subarray(10, 20);
+    pool.put(d);
+    assert.ok(view.every((x) => x === POISON_BYTE), "put back: poisoned");
+    assert.strictEqual(pool.take(100_000), d, "and used again");
+
+    setPoisoning(false);
+    const e = pool.take(100).fill(3);
+    pool.put(e);
+    assert.ok(e.every((x) => x === 3), "off: left as it was");
+  } finally {
+    setPoisoning(was);
+  }
+});
+
+Deno.test("QCOW2PIPE_POISON=1 turns poisoning on where Deno's file module is loaded and env access is allowed", async () => {
+  await using dir = await tempDir();
+  const script = join(dir.path, "poisoning.ts");
+  const lib = new URL("../../lib/io/", import.meta.url);
+  await Deno.writeTextFile(
+    script,
+    `import "${new URL("file_source.ts", lib)}";
+import { setPoisoning } from "${new URL("_recycle.ts", lib)}";
+console.log(setPoisoning(false));
+`,
+  );
+  const run = async (env: string | undefined, flags: string[]) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--no-prompt", "--no-lock", ...flags, script],
+      env: env === undefined ? {} : { QCOW2PIPE_POISON: env },
+      clearEnv: true,
+      stdin: "null",
+    }).output();
+    assert.strictEqual(out.code, 0, new TextDecoder().decode(out.stderr));
+    return new TextDecoder().decode(out.stdout).trim();
+  };
+  assert.strictEqual(await run("1", ["-A"]), "true");
+  assert.strictEqual(await run(undefined, ["-A"]), "false");
+  assert.strictEqual(await run("0", ["-A"]), "false");
+  assert.strictEqual(await run("1", ["-R", "--allow-ffi"]), "false");
+});
+
+Deno.test("ClusterPacker writes runs of laid-out payloads straight from the record, and copies others", () => {
   const cs = 4096;
   const data = new Uint8Array(4 * 512); // the last padding included
   data.fill(1, 0, 300); // payload 0: 300 bytes, padding to 512
@@ -59,11 +123,9 @@ Deno.test("ClusterPacker writes runs of laid-out payloads straight from the reco
     data: new Uint8Array([...new Uint8Array(10).fill(4), 5, 5]),
     lengths: [10, 2],
   };
-  const out: PlacedRecord[] = await Array.fromAsync(
-    ReadableStream.from([laidOut, packed]).pipeThrough(
-      new ClusterPacker({ clusterSize: cs }),
-    ),
-  );
+  const packer = new ClusterPacker(new HostAllocator({ clusterSize: cs }));
+  const out: PlacedRecord[] = [];
+  for (const r of [laidOut, packed]) packer.place(r, (p) => out.push(p));
   const writes = out.filter((r) => r.kind === "write");
   assert.strictEqual(writes.length, 2);
   const [first, second] = writes;

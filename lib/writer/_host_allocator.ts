@@ -1,6 +1,7 @@
 /**
  * Host space allocation and reference counting for a qcow2 file being
- * written front to back.
+ * written front to back. Private to `Qcow2PackStream`, which owns one: its
+ * packer and its metadata draw from the same allocator.
  *
  * @module
  */
@@ -23,7 +24,7 @@ const MAX_FRAGMENTS = 8;
  * @example Keep payloads in allocation order
  * ```ts
  * import assert from "node:assert";
- * import { HostAllocator } from "./host_allocator.ts";
+ * import { HostAllocator } from "./_host_allocator.ts";
  * const alloc = new HostAllocator({ clusterSize: 4096, backfill: false });
  * const a = alloc.allocCompressed(3000);
  * const table = alloc.allocClusters(1);
@@ -55,7 +56,7 @@ export interface HostAllocatorOptions {
  * @example Take the block of the clusters allocated so far
  * ```ts
  * import assert from "node:assert";
- * import { HostAllocator } from "./host_allocator.ts";
+ * import { HostAllocator } from "./_host_allocator.ts";
  * import { getRefcount } from "../format/refcount.ts";
  * const alloc = new HostAllocator({ clusterSize: 512, refcountBits: 16 });
  * alloc.allocClusters(300); // past the first block's 256 clusters
@@ -93,7 +94,7 @@ export interface FinalRefcountBlock {
  * @example Pack two small payloads into one cluster
  * ```ts
  * import assert from "node:assert";
- * import { HostAllocator } from "./host_allocator.ts";
+ * import { HostAllocator } from "./_host_allocator.ts";
  * const alloc = new HostAllocator({ clusterSize: 4096 });
  * const a = alloc.allocCompressed(100);
  * const b = alloc.allocCompressed(100);

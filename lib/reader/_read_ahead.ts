@@ -1,0 +1,432 @@
+// The read-ahead queue behind readSegments(): an image's plan items go in,
+// in guest order; segments come out in the same order, while the reads
+// and decompression jobs of the next ones run. Its two rules:
+//
+// Budget. Work runs ahead of the consumer until one limit is reached:
+// `jobs` reads and decompression jobs, `localBytes` guest bytes of them
+// (`remoteBytes` while any reads from a source without `readInto`, over
+// HTTP), or `segments` queued in all. Holes, and pieces of a cluster that
+// is already decompressed, cost no job and no byte: they must not keep
+// reads from going out (over HTTP each read is a round trip), and
+// `segments` keeps their queue short. Why these numbers:
+// - A local file answers from the page cache: two chunks keep two codec
+//   workers busy and more only holds memory (expanding a 1 GiB zstd image
+//   with 4 MiB chunks: 0.93 s and 123 MiB peak with 2 in flight, against
+//   1.00 s and 165 MiB with 8).
+// - Over HTTP the bytes in flight hide round trips: 16 chunks (32 MiB).
+// - 64 jobs: many small reads may be out at once (an HTTP source merges
+//   reads asked for together); the bytes bound the memory.
+//
+// Buffers (only with `reuseBuffers`; lib/io/_recycle.ts's BufferPool).
+// - A job takes its buffer when it is queued: a data piece's (read with
+//   `readInto`), a compressed group's output, and the payload buffer the
+//   group's compressed bytes are read into.
+// - The payload buffer goes back as soon as the payloads are copied into
+//   a worker's job, or decompressed on this thread.
+// - A segment's buffer is lent to the consumer when next() hands the
+//   segment out, and comes back at the following next(): a consumer that
+//   asks for reuseBuffers is done with a segment's bytes by the time it
+//   asks for the next one (expandToFile() has written them).
+// - Bytes kept longer than their segment (the last decompressed cluster,
+//   for the next pieces of it) are a copy, never a view of a pooled buffer.
+// - On an error or an early stop, buffers out are left to the collector.
+// In debug mode (QCOW2PIPE_POISON=1) a buffer is filled with 0xDB when it
+// goes back, so a consumer that breaks the rule reads garbage at once.
+
+import { BufferPool } from "../io/_recycle.ts";
+import type { CodecPool } from "../codec/pool.ts";
+import type { PlanItem, Segment } from "./image.ts";
+import {
+  decompressError,
+  inlineCodec,
+  readCompressedPayload,
+  readDataItem,
+} from "./_read.ts";
+import { compressedRange } from "../format/compressed.ts";
+import { hex, Qcow2Error } from "../format/errors.ts";
+
+/** Largest data segment and decompression job when none is asked for. */
+export const DEFAULT_CHUNK = 2 * 1024 * 1024;
+/** Reads and decompression jobs ahead when none is asked for. */
+export const DEFAULT_JOBS_AHEAD = 64;
+/** Chunks of guest bytes ahead while every read is from a local file. */
+export const LOCAL_CHUNKS_AHEAD = 2;
+/** Chunks of guest bytes ahead while a read is from a remote source. */
+export const REMOTE_CHUNKS_AHEAD = 16;
+/** Segments queued in all (holes included), per job allowed ahead. */
+const SEGMENTS_PER_JOB = 16;
+
+/** How much work may run ahead of the consumer. */
+export interface ReadAheadBudget {
+  /** Reads and decompression jobs queued. */
+  jobs: number;
+  /** Their guest bytes, while every one reads from a source with `readInto`. */
+  localBytes: number;
+  /** Their guest bytes, while any reads from a source without `readInto`. */
+  remoteBytes: number;
+  /** Segments queued, holes included. */
+  segments: number;
+}
+
+/**
+ * The budget for a chunk size: `jobs` and `bytes` (both kinds of source)
+ * when given, the defaults above otherwise.
+ */
+export function readAheadBudget(
+  chunk: number,
+  jobs = DEFAULT_JOBS_AHEAD,
+  bytes?: number,
+): ReadAheadBudget {
+  return {
+    jobs,
+    localBytes: bytes ?? LOCAL_CHUNKS_AHEAD * chunk,
+    remoteBytes: bytes ?? REMOTE_CHUNKS_AHEAD * chunk,
+    segments: SEGMENTS_PER_JOB * jobs,
+  };
+}
+
+/** A segment in the queue, read or still being read. */
+interface Queued {
+  segment: Promise<Segment>;
+  /** Guest bytes of its read or decompression job; 0 for none. */
+  bytes: number;
+  /** Whether its job reads from a source without `readInto`. */
+  remote: boolean;
+  /** The pooled buffer its bytes are in, known once it is read. */
+  buffer?: () => Uint8Array | undefined;
+}
+
+/** The last cluster decompressed, kept for the next pieces of it. */
+interface LastCluster {
+  item: PlanItem;
+  cluster: Promise<Uint8Array>;
+}
+
+/** What a read-ahead queue needs. */
+export interface ReadAheadOptions {
+  /** Largest data segment, and most guest bytes per decompression job. */
+  chunk: number;
+  /** How far work runs ahead. */
+  budget: ReadAheadBudget;
+  /** Workers for decompression; without a pool it runs on this thread. */
+  pool?: CodecPool;
+  /** Read into buffers used again (see the buffer rule above). */
+  reuseBuffers?: boolean;
+}
+
+/**
+ * Plan items in, segments out in the same order, with reads and
+ * decompression running ahead within a budget. The caller adds items
+ * until {@linkcode ReadAhead.full}, then takes segments.
+ */
+export class ReadAhead {
+  readonly #chunk: number;
+  readonly #budget: ReadAheadBudget;
+  readonly #pool: CodecPool | undefined;
+  /** With reuseBuffers: where every buffer of a job comes from. */
+  readonly #buffers: BufferPool | undefined;
+  /** Segments in guest order, oldest first. */
+  readonly #queue: Queued[] = [];
+  /** Of the queued segments, those with a job: how many, their bytes. */
+  #jobs = 0;
+  #jobBytes = 0;
+  /** Of those jobs, the ones reading from a source without `readInto`. */
+  #remoteJobs = 0;
+  /** Compressed items gathered for one decompression job. */
+  #group: PlanItem[] = [];
+  #groupBytes = 0;
+  /**
+   * The last cluster decompressed: an overlay with small clusters over a
+   * compressed backing cluster reads that cluster in several pieces.
+   */
+  #last: LastCluster | undefined;
+  /** The buffer of the segment last handed out, lent to the consumer. */
+  #lent: Uint8Array | undefined;
+
+  /** @param options Chunk size, budget, pool, buffer reuse. */
+  constructor(options: ReadAheadOptions) {
+    this.#chunk = options.chunk;
+    this.#budget = options.budget;
+    this.#pool = options.pool;
+    this.#buffers = options.reuseBuffers ? new BufferPool() : undefined;
+  }
+
+  /** Whether the budget is spent: segments must be taken before more is added. */
+  get full(): boolean {
+    const b = this.#budget;
+    return this.#jobs >= b.jobs ||
+      this.#jobBytes >= (this.#remoteJobs > 0 ? b.remoteBytes : b.localBytes) ||
+      this.#queue.length >= b.segments;
+  }
+
+  /** Segments queued, read or not. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /**
+   * The pieces `item` is added as: a data item in chunks, each its own
+   * read; any other item whole.
+   */
+  *pieces(item: PlanItem): Generator<PlanItem> {
+    if (item.kind !== "data") {
+      yield item;
+      return;
+    }
+    for (let at = 0; at < item.length; at += this.#chunk) {
+      yield {
+        ...item,
+        offset: item.offset + at,
+        length: Math.min(this.#chunk, item.length - at),
+        hostOffset: item.hostOffset! + at,
+      };
+    }
+  }
+
+  /**
+   * Queues the segment of a plan item (a data item at most one chunk, see
+   * {@linkcode ReadAhead.pieces}). Compressed items are gathered into one
+   * job until a chunk's worth, or until an item that does not belong.
+   */
+  add(item: PlanItem): void {
+    if (item.kind !== "compressed") {
+      this.flush();
+      if (item.kind === "data") this.#addData(item);
+      else {
+        const { offset, length } = item;
+        this.#push(Promise.resolve({ offset, length, data: null }), 0);
+      }
+    } else if (
+      this.#group.length === 0 && this.#last &&
+      sameCluster(this.#last.item, item)
+    ) {
+      const from = item.offset - item.compressed!.clusterOffset;
+      const { offset, length } = item;
+      this.#push(
+        this.#last.cluster.then((c) => ({
+          offset,
+          length,
+          data: c.subarray(from, from + length),
+        })),
+        0,
+      );
+    } else {
+      // A group is decompressed with one codec and cluster size and read
+      // from one file: images of a backing chain may differ in all three.
+      const head = this.#group[0];
+      if (
+        head !== undefined && (head.source !== item.source ||
+          head.compressed!.type !== item.compressed!.type ||
+          head.compressed!.clusterSize !== item.compressed!.clusterSize)
+      ) {
+        this.flush();
+      }
+      this.#group.push(item);
+      this.#groupBytes += item.compressed!.clusterSize;
+      if (this.#groupBytes >= this.#chunk) this.flush();
+    }
+  }
+
+  /** Sends the compressed items gathered so far as one job. */
+  flush(): void {
+    if (this.#group.length === 0) return;
+    const items = this.#group;
+    this.#group = [];
+    this.#groupBytes = 0;
+    const cs = items[0].compressed!.clusterSize;
+    const n = items.length;
+    const buffers = this.#buffers;
+    const out = buffers?.take(n * cs);
+    const size = out?.length ?? 0; // a transfer detaches `out`: 0 after
+    const clusters = decompressClusters(items, this.#pool, out, buffers);
+    // With `out`, the clusters come back in its memory (a transfer gives
+    // it a new ArrayBuffer): that is the buffer that goes back.
+    let pooled: Uint8Array | undefined;
+    this.#push(
+      clusters.then((c) => {
+        if (out) pooled = new Uint8Array(c.buffer, 0, size);
+        return joinPieces(items, c);
+      }),
+      n * cs,
+      items[0].source,
+      () => pooled,
+    );
+    this.#last = {
+      item: items[n - 1],
+      // A copy when the clusters' buffer goes back.
+      cluster: clusters.then((c) =>
+        out ? c.slice((n - 1) * cs, n * cs) : c.subarray((n - 1) * cs, n * cs)
+      ),
+    };
+    this.#last.cluster.catch(() => {}); // awaited by a later piece, if any
+  }
+
+  /**
+   * The oldest segment, once read. The consumer is done with the one
+   * handed out before: its buffer goes back.
+   *
+   * @throws {Qcow2Error} When its read or decompression failed.
+   */
+  async next(): Promise<Segment> {
+    const entry = this.#queue.shift()!;
+    if (entry.bytes > 0) {
+      this.#jobs--;
+      this.#jobBytes -= entry.bytes;
+      if (entry.remote) this.#remoteJobs--;
+    }
+    const segment = await entry.segment;
+    if (this.#lent) this.#buffers!.put(this.#lent);
+    this.#lent = entry.buffer?.();
+    return segment;
+  }
+
+  /** Forgets what is queued: the consumer stopped. */
+  clear(): void {
+    this.#queue.length = 0;
+  }
+
+  /** Queues a read of a data piece, into a pooled buffer when it can. */
+  #addData(piece: PlanItem): void {
+    const buffer = this.#buffers && piece.source?.readInto
+      ? this.#buffers.take(piece.length)
+      : undefined;
+    const { offset, length } = piece;
+    this.#push(
+      readDataItem(piece, buffer).then((data) => ({ offset, length, data })),
+      length,
+      piece.source,
+      buffer && (() => buffer),
+    );
+  }
+
+  /** Queues a segment whose job is `bytes` of I/O or decompression from `source`. */
+  #push(
+    segment: Promise<Segment>,
+    bytes: number,
+    source?: PlanItem["source"],
+    buffer?: () => Uint8Array | undefined,
+  ): void {
+    segment.catch(() => {}); // awaited in order by next()
+    const remote = bytes > 0 && typeof source?.readInto !== "function";
+    this.#queue.push({ segment, bytes, remote, buffer });
+    if (bytes > 0) {
+      this.#jobs++;
+      this.#jobBytes += bytes;
+      if (remote) this.#remoteJobs++;
+    }
+  }
+}
+
+/**
+ * Reads and decompresses the clusters of consecutive compressed items as
+ * one job, into `out` when given (else a new buffer); payloads are read
+ * into a buffer from `buffers` when given.
+ */
+async function decompressClusters(
+  items: PlanItem[],
+  pool: CodecPool | undefined,
+  out: Uint8Array | undefined,
+  buffers: BufferPool | undefined,
+): Promise<Uint8Array> {
+  const ranges = items.map((i) => compressedRange(i.compressed!.descriptor));
+  const lo = Math.min(...ranges.map((r) => r.offset));
+  const hi = Math.max(...ranges.map((r) => r.offset + r.length));
+  const total = ranges.reduce((n, r) => n + r.length, 0);
+  let payloads: Uint8Array[];
+  let into: Uint8Array | undefined; // the pooled buffer the payloads are in
+  if (
+    hi - lo <= 2 * total && items.every((i) => i.source === items[0].source)
+  ) {
+    // Usually packed back to back: one read for the whole group.
+    let bytes: Uint8Array;
+    const source = items[0].source!;
+    if (buffers && source.readInto) into = buffers.take(hi - lo);
+    try {
+      bytes = into
+        ? into.subarray(
+          0,
+          await source.readInto!(lo, into.subarray(0, hi - lo)),
+        )
+        : await source.read(lo, hi - lo);
+    } catch (err) {
+      throw new Qcow2Error(
+        "IO",
+        `Cannot read compressed clusters at host offset ${hex(lo)}: ${
+          (err as Error).message
+        }`,
+        { offset: lo, cause: err },
+      );
+    }
+    payloads = ranges.map((r) =>
+      bytes.subarray(
+        r.offset - lo,
+        Math.min(bytes.length, r.offset - lo + r.length),
+      )
+    );
+  } else {
+    payloads = await Promise.all(items.map(readCompressedPayload));
+  }
+  const { type, clusterSize } = items[0].compressed!;
+  const cs = clusterSize;
+  let clusters: Uint8Array;
+  try {
+    if (pool) {
+      // The payloads are copied into the job at once: their buffer is free.
+      const job = pool.decompress({ type }, payloads, cs, out);
+      if (into) buffers!.put(into);
+      clusters = await job;
+    } else {
+      const codec = await inlineCodec(type);
+      clusters = out?.subarray(0, items.length * cs) ??
+        new Uint8Array(items.length * cs);
+      for (let i = 0; i < items.length; i++) {
+        try {
+          codec.decompressTo(
+            payloads[i],
+            clusters.subarray(i * cs, (i + 1) * cs),
+          );
+        } catch (err) {
+          throw Object.assign(err as Error, { index: i });
+        }
+      }
+      if (into) buffers!.put(into);
+    }
+  } catch (err) {
+    const index = (err as { index?: number }).index ?? 0;
+    throw decompressError(items[index] ?? items[0], err);
+  }
+  return clusters;
+}
+
+/** Whether two compressed items are pieces of the same cluster. */
+function sameCluster(a: PlanItem, b: PlanItem): boolean {
+  return a.source === b.source &&
+    a.compressed!.descriptor.hostOffset ===
+      b.compressed!.descriptor.hostOffset &&
+    a.compressed!.clusterOffset === b.compressed!.clusterOffset;
+}
+
+/** Cuts each item's bytes out of its decompressed cluster. */
+function joinPieces(items: PlanItem[], clusters: Uint8Array): Segment {
+  const clusterSize = items[0].compressed!.clusterSize;
+  const offset = items[0].offset;
+  const length = items.reduce((n, i) => n + i.length, 0);
+  if (
+    items.every((it) =>
+      it.offset === it.compressed!.clusterOffset && it.length === clusterSize
+    )
+  ) {
+    return { offset, length, data: clusters }; // whole clusters: already in place
+  }
+  const out = items.length === 1 ? undefined : new Uint8Array(length);
+  let at = 0;
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
+    const from = i * clusterSize + (it.offset - it.compressed!.clusterOffset);
+    const part = clusters.subarray(from, from + it.length);
+    if (!out) return { offset, length, data: part };
+    out.set(part, at);
+    at += it.length;
+  }
+  return { offset, length, data: out! };
+}
