@@ -8,6 +8,13 @@
 
 import { ioReason } from "./_errors.ts";
 
+/**
+ * The largest request that reads are merged into, in bytes: `HttpSource`
+ * merges reads asked for together up to this, and `--sparsify` asks a
+ * remote source for this much at once.
+ */
+export const MERGE_MAX = 16 * 1024 * 1024;
+
 /** The most redirects one request follows. */
 export const MAX_REDIRECTS = 10;
 

@@ -8,15 +8,9 @@
 import { isZero } from "../writer/is_zero.ts";
 import type { HoleProbe } from "./_holes.ts";
 import { hostFiles } from "./_host_files.ts";
+import { MERGE_MAX } from "./_http.ts";
 import { Recycler } from "./_recycle.ts";
 import type { RandomAccessSource } from "./source.ts";
-
-/**
- * Bytes asked for at once, ahead of the reader, from a source whose every
- * read is a request (HTTP): as much as `HttpSource` puts in one merged
- * request, so that a 4 MiB chunk does not cost a round trip of its own.
- */
-const READ_AHEAD_BYTES = 16 * 1024 * 1024;
 
 /**
  * Options of {@linkcode RangeChunks}.
@@ -97,11 +91,12 @@ export class RangeChunks implements Disposable {
       ? new Recycler(chunkSize)
       : undefined;
     // A source that reads into buffers (a local file) is read a chunk at a
-    // time, as the system reads ahead; any other is asked for up to
-    // READ_AHEAD_BYTES at once.
+    // time, as the system reads ahead; any other (HTTP) is asked for as much
+    // as HttpSource puts in one merged request, MERGE_MAX, so that a 4 MiB
+    // chunk does not cost a round trip of its own.
     this.#depth = source.readInto
       ? 1
-      : Math.max(1, Math.floor(READ_AHEAD_BYTES / chunkSize));
+      : Math.max(1, Math.floor(MERGE_MAX / chunkSize));
     // Where a local file has holes, when the runtime's file module can tell.
     this.#probe = hostFiles()?.holeProbe(source);
   }

@@ -8,7 +8,7 @@
 
 import type { CodecPool } from "../codec/pool.ts";
 import { RangeChunks } from "../io/range_chunks.ts";
-import { ReadAhead } from "../io/read_ahead.ts";
+import { SequentialReads } from "../io/sequential_reads.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { readSegments } from "../reader/segments.ts";
@@ -120,7 +120,7 @@ export async function freeSpaceChunks(
   // read ahead where they follow one another (inode tables, bitmaps).
   const map = options.map ??
     await mapFreeSpace(
-      "readAt" in input || input.readInto ? input : new ReadAhead(input),
+      "readAt" in input || input.readInto ? input : new SequentialReads(input),
     );
   const size = "readAt" in input ? input.virtualSize : input.size;
   async function* all(): AsyncGenerator<Uint8Array | ZeroBytes> {

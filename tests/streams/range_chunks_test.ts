@@ -2,15 +2,15 @@
 // ranges of a raw file or an HTTP resource through: a file's chunks go
 // round when asked to, zeros on disk become zero runs, an HTTP source is
 // asked for several chunks at once, and the bytes are the source's. And
-// ReadAhead (lib/io/read_ahead.ts), what the map reads an HTTP source
-// through.
+// SequentialReads (lib/io/sequential_reads.ts), what the map reads an HTTP
+// source through.
 import assert from "node:assert";
 import { join } from "node:path";
 import { doneWith } from "../../lib/io/_recycle.ts";
 import { FileSource } from "../../lib/io/file_source.ts";
 import { HttpSource } from "../../lib/io/http_source.ts";
 import { RangeChunks } from "../../lib/io/range_chunks.ts";
-import { ReadAhead } from "../../lib/io/read_ahead.ts";
+import { SequentialReads } from "../../lib/io/sequential_reads.ts";
 import { BytesSource, type RandomAccessSource } from "../../lib/io/source.ts";
 import { tempDir } from "../_qemu.ts";
 
@@ -120,7 +120,7 @@ Deno.test("RangeChunks asks an HTTP source for 16 MiB at once, in fewer requests
   assert.ok(requests >= 2 && requests <= 3, `${requests} requests`);
 });
 
-Deno.test("ReadAhead answers reads that follow one another from fewer, larger reads, and others as asked", async () => {
+Deno.test("SequentialReads answers reads that follow one another from fewer, larger reads, and others as asked", async () => {
   const bytes = new Uint8Array(64 * MiB).map((_, i) => (i * 5 + 2) % 241);
   const inner = new BytesSource(bytes);
   const reads: number[] = [];
@@ -131,12 +131,12 @@ Deno.test("ReadAhead answers reads that follow one another from fewer, larger re
       return inner.read(offset, length);
     },
   };
-  const ahead = new ReadAhead(counted);
+  const merged = new SequentialReads(counted);
   // As the ext4 inode walk reads: 1 MiB windows, the next one asked for
   // before the 4 KiB tree blocks the last one points to, elsewhere.
   const window = async (k: number) => {
     const at = k * MiB;
-    const got = await ahead.read(at, MiB);
+    const got = await merged.read(at, MiB);
     assert.deepStrictEqual(got, bytes.subarray(at, at + MiB));
   };
   await window(0);
@@ -145,7 +145,7 @@ Deno.test("ReadAhead answers reads that follow one another from fewer, larger re
     if (k + 1 < 32) await window(k + 1);
     const block = 48 * MiB + k * 8192;
     assert.deepStrictEqual(
-      await ahead.read(block, 4096),
+      await merged.read(block, 4096),
       bytes.subarray(block, block + 4096),
     );
     asked += (k + 1 < 32 ? MiB : 0) + 4096;
@@ -160,7 +160,7 @@ Deno.test("ReadAhead answers reads that follow one another from fewer, larger re
   reads.length = 0;
   for (const at of [60 * MiB, 50 * MiB + 7, 20 * MiB, 61 * MiB + 4096]) {
     assert.deepStrictEqual(
-      await ahead.read(at, 512),
+      await merged.read(at, 512),
       bytes.subarray(at, at + 512),
     );
   }

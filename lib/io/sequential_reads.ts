@@ -6,24 +6,25 @@
  * @module
  */
 
+import { MERGE_MAX } from "./_http.ts";
 import type { RandomAccessSource } from "./source.ts";
 
 /**
- * Options of {@linkcode ReadAhead}.
+ * Options of {@linkcode SequentialReads}.
  *
  * @example Read ahead at most 64 KiB
  * ```ts
  * import assert from "node:assert";
- * import { ReadAhead } from "./read_ahead.ts";
+ * import { SequentialReads } from "./sequential_reads.ts";
  * import { BytesSource } from "./source.ts";
- * const ahead = new ReadAhead(new BytesSource(new Uint8Array(1 << 20)), { maxBytes: 65536 });
- * assert.strictEqual((await ahead.read(0, 4096)).length, 4096);
+ * const merged = new SequentialReads(new BytesSource(new Uint8Array(1 << 20)), { maxBytes: 65536 });
+ * assert.strictEqual((await merged.read(0, 4096)).length, 4096);
  * ```
  */
-export interface ReadAheadOptions {
+export interface SequentialReadsOptions {
   /**
    * Most bytes fetched by one read (and held between reads), in bytes.
-   * @default {16777216} (16 MiB)
+   * @default {16777216} (16 MiB, the largest request `HttpSource` merges)
    */
   maxBytes?: number;
 }
@@ -48,7 +49,7 @@ interface Span {
  * @example Ten 1 KiB reads in a row cost four reads of the source
  * ```ts
  * import assert from "node:assert";
- * import { ReadAhead } from "./read_ahead.ts";
+ * import { SequentialReads } from "./sequential_reads.ts";
  * import { BytesSource } from "./source.ts";
  * const disk = new Uint8Array(1 << 20).map((_, i) => i % 251);
  * const bytes = new BytesSource(disk);
@@ -60,14 +61,14 @@ interface Span {
  *     return bytes.read(offset, length);
  *   },
  * };
- * const ahead = new ReadAhead(counted);
+ * const merged = new SequentialReads(counted);
  * for (let k = 0; k < 10; k++) {
- *   assert.deepStrictEqual(await ahead.read(k * 1024, 1024), disk.subarray(k * 1024, (k + 1) * 1024));
+ *   assert.deepStrictEqual(await merged.read(k * 1024, 1024), disk.subarray(k * 1024, (k + 1) * 1024));
  * }
  * assert.strictEqual(reads, 4);
  * ```
  */
-export class ReadAhead implements RandomAccessSource {
+export class SequentialReads implements RandomAccessSource {
   readonly #source: RandomAccessSource;
   readonly #max: number;
   #span: Span | undefined;
@@ -81,8 +82,11 @@ export class ReadAhead implements RandomAccessSource {
    * @param options How far to read ahead.
    * @throws {RangeError} For a `maxBytes` that is not a positive integer.
    */
-  constructor(source: RandomAccessSource, options: ReadAheadOptions = {}) {
-    const max = options.maxBytes ?? 16 * 1024 * 1024;
+  constructor(
+    source: RandomAccessSource,
+    options: SequentialReadsOptions = {},
+  ) {
+    const max = options.maxBytes ?? MERGE_MAX;
     if (!Number.isSafeInteger(max) || max < 1) {
       throw new RangeError(
         `Cannot read ahead: maxBytes ${max} is out of range [1, 2^53)`,
