@@ -8,7 +8,6 @@
 
 import type { CodecPool } from "../codec/pool.ts";
 import { RangeChunks } from "../io/range_chunks.ts";
-import { SequentialReads } from "../io/sequential_reads.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { readSegments } from "../reader/segments.ts";
@@ -116,12 +115,7 @@ export async function freeSpaceChunks(
       `Cannot read disk: chunkSize ${chunkSize} is out of range [512, 2^53)`,
     );
   }
-  // The map's reads, over a source whose every read is a request (HTTP),
-  // read ahead where they follow one another (inode tables, bitmaps).
-  const map = options.map ??
-    await mapFreeSpace(
-      "readAt" in input || input.readInto ? input : new SequentialReads(input),
-    );
+  const map = options.map ?? await mapFreeSpace(input);
   const size = "readAt" in input ? input.virtualSize : input.size;
   async function* all(): AsyncGenerator<Uint8Array | ZeroBytes> {
     // try/finally rather than `using`: Node 20, which runs the bundle,

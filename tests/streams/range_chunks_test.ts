@@ -1,17 +1,13 @@
 // RangeChunks (lib/io/range_chunks.ts), what `--sparsify` streams the kept
 // ranges of a raw file or an HTTP resource through: a file's chunks go
 // round when asked to, zeros on disk become zero runs, an HTTP source is
-// asked for several chunks at once, and the bytes are the source's. And
-// SequentialReads (lib/io/sequential_reads.ts), what the map reads an HTTP
-// source through.
+// asked for several chunks at once, and the bytes are the source's.
 import assert from "node:assert";
 import { join } from "node:path";
 import { doneWith } from "../../lib/io/_recycle.ts";
 import { FileSource } from "../../lib/io/file_source.ts";
 import { HttpSource } from "../../lib/io/http_source.ts";
 import { RangeChunks } from "../../lib/io/range_chunks.ts";
-import { SequentialReads } from "../../lib/io/sequential_reads.ts";
-import { BytesSource, type RandomAccessSource } from "../../lib/io/source.ts";
 import { tempDir } from "../_qemu.ts";
 
 const MiB = 1024 * 1024;
@@ -118,51 +114,4 @@ Deno.test("RangeChunks asks an HTTP source for 16 MiB at once, in fewer requests
   // (merged further when asked for before a request goes out); a chunk at
   // a time would be 8 requests.
   assert.ok(requests >= 2 && requests <= 3, `${requests} requests`);
-});
-
-Deno.test("SequentialReads answers reads that follow one another from fewer, larger reads, and others as asked", async () => {
-  const bytes = new Uint8Array(64 * MiB).map((_, i) => (i * 5 + 2) % 241);
-  const inner = new BytesSource(bytes);
-  const reads: number[] = [];
-  const counted: RandomAccessSource = {
-    size: inner.size,
-    read(offset: number, length: number) {
-      reads.push(length);
-      return inner.read(offset, length);
-    },
-  };
-  const merged = new SequentialReads(counted);
-  // As the ext4 inode walk reads: 1 MiB windows, the next one asked for
-  // before the 4 KiB tree blocks the last one points to, elsewhere.
-  const window = async (k: number) => {
-    const at = k * MiB;
-    const got = await merged.read(at, MiB);
-    assert.deepStrictEqual(got, bytes.subarray(at, at + MiB));
-  };
-  await window(0);
-  let asked = MiB;
-  for (let k = 0; k < 32; k++) {
-    if (k + 1 < 32) await window(k + 1);
-    const block = 48 * MiB + k * 8192;
-    assert.deepStrictEqual(
-      await merged.read(block, 4096),
-      bytes.subarray(block, block + 4096),
-    );
-    asked += (k + 1 < 32 ? MiB : 0) + 4096;
-  }
-  const windows = reads.filter((n) => n !== 4096);
-  // 1, 2, 4, 8, 16 MiB, then 16: 6 reads for 32 windows.
-  assert.strictEqual(windows.length, 6);
-  assert.strictEqual(reads.filter((n) => n === 4096).length, 32);
-  const fetched = reads.reduce((a, n) => a + n, 0);
-  assert.ok(fetched <= asked + 16 * MiB, `${fetched} fetched, ${asked} asked`);
-  // Reads that jump about are read as asked, never ahead.
-  reads.length = 0;
-  for (const at of [60 * MiB, 50 * MiB + 7, 20 * MiB, 61 * MiB + 4096]) {
-    assert.deepStrictEqual(
-      await merged.read(at, 512),
-      bytes.subarray(at, at + 512),
-    );
-  }
-  assert.deepStrictEqual(reads, [512, 512, 512, 512]);
 });
