@@ -62,6 +62,38 @@ export async function have(
   }
 }
 
+/**
+ * A disk image built once into `path` and described by `path.json`: the
+ * description recorded last time, unless `rebuild`; else a new empty file
+ * of `bytes` that `build` fills and describes, the description recorded
+ * once it is done (an interrupted build is built again).
+ */
+export async function cachedDisk<T>(
+  path: string,
+  bytes: number,
+  rebuild: boolean,
+  build: (path: string) => Promise<T>,
+): Promise<T> {
+  const meta = `${path}.json`;
+  if (!rebuild) {
+    try {
+      return JSON.parse(await Deno.readTextFile(meta)) as T;
+    } catch {
+      // not built yet
+    }
+  }
+  await Deno.mkdir(CACHE, { recursive: true });
+  await Deno.remove(meta).catch(() => {});
+  await Deno.remove(path).catch(() => {});
+  {
+    using f = await Deno.open(path, { create: true, write: true });
+    await f.truncate(bytes);
+  }
+  const disk = await build(path);
+  await Deno.writeTextFile(meta, JSON.stringify(disk));
+  return disk;
+}
+
 export async function exists(path: string): Promise<boolean> {
   try {
     await Deno.lstat(path);

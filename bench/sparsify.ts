@@ -14,7 +14,8 @@
 //   200 MiB swap partition whose pages hold old bytes (an archive of
 //   /usr/lib/llvm-14), made swap by mkswap.
 
-import { CACHE, must, sh } from "./_compare_util.ts";
+import { CACHE, cachedDisk, must, sh } from "./_compare_util.ts";
+import { loop, sh as run } from "../tests/sparsify/_disks.ts";
 
 const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const MiB = 1024 * 1024;
@@ -32,22 +33,6 @@ interface Disk {
   /** ext4 [offset, length], swap [offset, length]. */
   ext4: [number, number];
   swap?: [number, number];
-}
-
-async function loop(
-  file: string,
-  offset: number,
-  length: number,
-): Promise<string> {
-  return (await must("losetup", [
-    "-f",
-    "--show",
-    "-o",
-    String(offset),
-    "--sizelimit",
-    String(length),
-    file,
-  ])).trim();
 }
 
 async function fillExt4(
@@ -75,75 +60,53 @@ async function fillExt4(
   }
 }
 
-async function build(name: string): Promise<Disk> {
-  const path = `${CACHE}sparsify-${name}.img`;
-  const metaPath = `${path}.json`;
-  if (!REBUILD) {
-    try {
-      return JSON.parse(await Deno.readTextFile(metaPath)) as Disk;
-    } catch {
-      // not built yet
-    }
-  }
-  await Deno.mkdir(CACHE, { recursive: true });
-  await Deno.remove(path).catch(() => {});
-  {
-    using f = await Deno.open(path, { create: true, write: true });
-    await f.truncate(1024 * MiB);
-  }
-  const disk: Disk = { name, path, ext4: [0, 1024 * MiB] };
-  if (name.startsWith("gpt")) {
-    const child = new Deno.Command("sfdisk", {
-      args: ["-q", path],
-      stdin: "piped",
-    }).spawn();
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode("label: gpt\n,700M,L\n,200M,S\n"));
-    await w.close();
-    if (!(await child.status).success) throw new Error("sfdisk failed");
-    const parts = JSON.parse(await must("sfdisk", ["-J", path]))
-      .partitiontable.partitions as Array<{ start: number; size: number }>;
-    disk.ext4 = [parts[0].start * 512, parts[0].size * 512];
-    disk.swap = [parts[1].start * 512, parts[1].size * 512];
-  }
-  const dev = await loop(path, ...disk.ext4);
-  try {
-    const filled = await fillExt4(dev);
-    console.error(
-      `${name}: ext4 keeps ${(filled.kept / 1e6).toFixed(0)} MB, ${
-        (filled.deleted / 1e6).toFixed(0)
-      } MB deleted`,
-    );
-  } finally {
-    await must("losetup", ["-d", dev]);
-  }
-  if (disk.swap) {
-    const sdev = await loop(path, ...disk.swap);
-    try {
-      await sh("bash", [
-        "-c",
-        `tar -cf - ${SWAP_FILL} 2>/dev/null | head -c ${
-          disk.swap[1]
-        } > ${sdev}`,
-      ]);
-      await must("mkswap", ["-q", sdev]);
-    } finally {
-      await must("losetup", ["-d", sdev]);
-    }
-  }
-  await Deno.writeTextFile(metaPath, JSON.stringify(disk));
-  return disk;
+function build(name: string): Promise<Disk> {
+  return cachedDisk(
+    `${CACHE}sparsify-${name}.img`,
+    1024 * MiB,
+    REBUILD,
+    async (path) => {
+      const disk: Disk = { name, path, ext4: [0, 1024 * MiB] };
+      if (name.startsWith("gpt")) {
+        await run("sfdisk", ["-q", path], {
+          stdin: "label: gpt\n,700M,L\n,200M,S\n",
+        });
+        const parts = JSON.parse(await must("sfdisk", ["-J", path]))
+          .partitiontable.partitions as Array<{ start: number; size: number }>;
+        disk.ext4 = [parts[0].start * 512, parts[0].size * 512];
+        disk.swap = [parts[1].start * 512, parts[1].size * 512];
+      }
+      {
+        await using ext4 = await loop(path, ...disk.ext4);
+        const filled = await fillExt4(ext4.dev);
+        console.error(
+          `${name}: ext4 keeps ${(filled.kept / 1e6).toFixed(0)} MB, ${
+            (filled.deleted / 1e6).toFixed(0)
+          } MB deleted`,
+        );
+      }
+      if (disk.swap) {
+        await using swap = await loop(path, ...disk.swap);
+        await sh("bash", [
+          "-c",
+          `tar -cf - ${SWAP_FILL} 2>/dev/null | head -c ${
+            disk.swap[1]
+          } > ${swap.dev}`,
+        ]);
+        await must("mkswap", ["-q", swap.dev]);
+      }
+      return disk;
+    },
+  );
 }
 
 /** The zerofree'd copy: free blocks zeroed, swap zeroed past its header. */
 async function ideal(disk: Disk): Promise<string> {
   const path = `${CACHE}sparsify-${disk.name}-zerofree.img`;
   await must("cp", ["--sparse=always", disk.path, path]);
-  const dev = await loop(path, ...disk.ext4);
-  try {
-    await must("zerofree", [dev]);
-  } finally {
-    await must("losetup", ["-d", dev]);
+  {
+    await using ext4 = await loop(path, ...disk.ext4);
+    await must("zerofree", [ext4.dev]);
   }
   if (disk.swap) {
     using f = await Deno.open(path, { write: true });

@@ -25,7 +25,9 @@ export interface Sparsified {
 /**
  * Puts the free-space map in front of the input. A raw file or a raw HTTP
  * resource with Range support is reopened for random reads, so that free
- * blocks are never read; a pipe goes through the stream stage.
+ * blocks are never read; a pipe goes through the stream stage. `recycle`
+ * (qcow2 output, whose writers say when bytes are written) lets a file's
+ * chunks go round, as the plain path's do.
  */
 export async function sparsifyInput(
   src: string,
@@ -33,6 +35,7 @@ export async function sparsifyInput(
   pool: CodecPool,
   cleanups: (() => Promise<void>)[],
   http: HttpTransport,
+  recycle: boolean,
 ): Promise<Sparsified> {
   if ("image" in input && input.image.format !== "raw") {
     const { readable, report } = await freeSpaceChunks(input.image, { pool });
@@ -53,7 +56,7 @@ export async function sparsifyInput(
   }
   if (random) {
     if ("raw" in input) await input.raw.cancel();
-    const { readable, report } = await freeSpaceChunks(random);
+    const { readable, report } = await freeSpaceChunks(random, { recycle });
     return { stream: readable, report: Promise.resolve(report) };
   }
   if ("image" in input) {

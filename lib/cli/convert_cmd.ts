@@ -183,7 +183,14 @@ async function openSources(run: Run): Promise<Sources> {
     http: s.http,
   });
   const sparse = s.sparsify
-    ? await sparsifyInput(s.src, input, run.pool, cleanups, s.http)
+    ? await sparsifyInput(
+      s.src,
+      input,
+      run.pool,
+      cleanups,
+      s.http,
+      s.outputFormat === "qcow2",
+    )
     : undefined;
   const source = sparse?.stream ??
     ("image" in input ? input.image : input.raw);

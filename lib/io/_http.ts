@@ -9,6 +9,13 @@
 import { IoError, type IoErrorCode } from "../format/errors.ts";
 import { ioCode, ioReason } from "./os_errors.ts";
 
+/**
+ * The largest request that reads are merged into, in bytes: `HttpSource`
+ * merges reads asked for together up to this, and `--sparsify` asks a
+ * remote source for this much at once.
+ */
+export const MERGE_MAX = 16 * 1024 * 1024;
+
 /** The most redirects one request follows. */
 export const MAX_REDIRECTS = 10;
 

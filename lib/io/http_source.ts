@@ -14,6 +14,7 @@ import {
   type ContentRange,
   Failure,
   HttpClient,
+  MERGE_MAX,
   parseContentRange,
   readInto,
 } from "./_http.ts";
@@ -131,9 +132,6 @@ const PREFIX_BYTES = 1024 * 1024;
  * request: at 100 MB/s, 256 KiB cost less than a round trip of a few ms.
  */
 const MERGE_GAP = 256 * 1024;
-
-/** The largest merged request, in bytes. */
-const MERGE_MAX = 16 * 1024 * 1024;
 
 /** A read waiting for its batch to be sent. */
 interface PendingRead {

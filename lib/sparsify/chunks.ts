@@ -7,8 +7,7 @@
  */
 
 import type { CodecPool } from "../codec/pool.ts";
-import type { HoleProbe } from "../io/host_files.ts";
-import { hostFiles } from "../io/host_files.ts";
+import { RangeChunks } from "../io/range_chunks.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { readSegments } from "../reader/segments.ts";
@@ -43,6 +42,14 @@ export interface FreeSpaceChunksOptions {
   chunkSize?: number;
   /** A map made already (by {@linkcode mapFreeSpace} on the same input). */
   map?: FreeSpaceMap;
+  /**
+   * Read a raw source's chunks into buffers that go round instead of
+   * allocating each (see `sparseFileChunks`): only for a pipeline that
+   * hands the chunks on in order and keeps none of them, ending in
+   * `convert()` to an `ImageSink`. Without it, each chunk is fresh memory.
+   * @default {false}
+   */
+  recycle?: boolean;
 }
 
 /** A disk as a stream for the forward pipeline, and what its map found. *
@@ -112,13 +119,16 @@ export async function freeSpaceChunks(
   const map = options.map ?? await mapFreeSpace(input);
   const size = "readAt" in input ? input.virtualSize : input.size;
   async function* all(): AsyncGenerator<Uint8Array | ZeroBytes> {
-    // Where a local file has holes, when the runtime's file module can tell.
-    const probe = hostFiles()?.holeProbe(input);
-    const kept = "readAt" in input
-      ? (from: number, to: number) =>
-        imageRange(input, from, to, chunkSize, options.pool)
+    // try/finally rather than `using`: Node 20, which runs the bundle,
+    // cannot parse `using` declarations.
+    const reader = "readAt" in input ? undefined : new RangeChunks(input, {
+      chunkSize,
+      recycle: options.recycle,
+    });
+    const kept = reader
+      ? (from: number, to: number) => reader.range(from, to)
       : (from: number, to: number) =>
-        sourceRange(input, probe, from, to, chunkSize);
+        imageRange(input as GuestImage, from, to, chunkSize, options.pool);
     try {
       let pos = 0;
       for await (const free of map.ranges()) {
@@ -130,7 +140,7 @@ export async function freeSpaceChunks(
       }
       if (pos < size) yield* kept(pos, size);
     } finally {
-      probe?.close();
+      reader?.[Symbol.dispose]();
     }
   }
   return { readable: ReadableStream.from(all()), report: map.report };
@@ -152,43 +162,4 @@ async function* imageRange(
       pool,
     })
   ) yield s.data ?? { zeros: s.length };
-}
-
-/** A source's bytes in `[from, to)`, a local file's holes as zeros. */
-async function* sourceRange(
-  source: RandomAccessSource,
-  probe: HoleProbe | undefined,
-  from: number,
-  to: number,
-  chunkSize: number,
-): AsyncGenerator<Uint8Array | ZeroBytes> {
-  let pos = from;
-  while (pos < to) {
-    let dataEnd = to;
-    const found = probe?.find(pos);
-    if (found === "enxio") {
-      yield { zeros: to - pos };
-      return;
-    }
-    if (found !== undefined) {
-      if (found.data > pos) {
-        const zeros = Math.min(found.data, to) - pos;
-        yield { zeros };
-        pos += zeros;
-        continue;
-      }
-      dataEnd = Math.min(found.hole, to);
-    }
-    while (pos < dataEnd) {
-      const want = Math.min(chunkSize, dataEnd - pos);
-      const bytes = await source.read(pos, want);
-      if (bytes.length > 0) yield bytes;
-      if (bytes.length < want) {
-        // The source ended early (it shrank): the rest reads as zeros.
-        yield { zeros: to - pos - bytes.length };
-        return;
-      }
-      pos += want;
-    }
-  }
 }

@@ -15,9 +15,7 @@
 // same bytes.
 
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { mulberry32 } from "../../lib/_prng.ts";
-import type { RandomAccessSource } from "../../lib/io/source.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import {
   blank,
@@ -38,18 +36,13 @@ import {
   physicalOf,
   removeItem,
 } from "../sparsify/_btrfs.ts";
-import type { Patch } from "./_sparsify_fuzz.ts";
-
-export { outside } from "./_sparsify_fuzz.ts";
-
-/** Wall-clock limit of one case, in milliseconds (the issue's bound is 20 s). */
-export const CASE_TIMEOUT_MS = 20_000;
-/** Peak resident memory allowed for one case's process, in bytes (the issue's bound). */
-export const CASE_MEMORY_BYTES = 300 * MiB;
-/** Path of the runner script. */
-export const RUNNER = fileURLToPath(
-  new URL("./_btrfs_fuzz_runner.ts", import.meta.url),
-);
+import {
+  applyPatches,
+  type FuzzTarget,
+  type Mutation,
+  type Patch,
+  PatchedSource,
+} from "./_sparsify_target.ts";
 
 /** One tree block of a base: where its copies are on the disk. */
 export interface FuzzBlock {
@@ -75,13 +68,6 @@ export interface BtrfsFuzzBase {
   targets: number[];
   /** Small enough to stream whole through FreeSpaceStream. */
   stream: boolean;
-}
-
-/** A mutated disk: patches over the base and a size (smaller when truncated). */
-export interface Mutation {
-  patches: Patch[];
-  size: number;
-  desc: string[];
 }
 
 // ---------------------------------------------------------------------------
@@ -236,37 +222,11 @@ export class BaseFile {
       if (k === null || k === 0) break;
       got += k;
     }
-    for (const p of patches) {
-      if (p.at >= at + len || p.at + p.bytes.length <= at) continue;
-      p.bytes.forEach((b, i) => {
-        const k = p.at + i - at;
-        if (k >= 0 && k < len) out[k] = b;
-      });
-    }
-    return out;
+    return applyPatches(out, at, patches);
   }
 
   close(): void {
     this.#file.close();
-  }
-}
-
-/** A base file with a mutation's patches over it, as a source. */
-export class PatchedFileSource implements RandomAccessSource {
-  readonly #base: BaseFile;
-  readonly #patches: Patch[];
-  readonly size: number;
-  readonly name = "<btrfs fuzz case>";
-
-  constructor(base: BaseFile, m: Mutation) {
-    this.#base = base;
-    this.#patches = m.patches;
-    this.size = m.size;
-  }
-
-  read(offset: number, length: number): Promise<Uint8Array> {
-    const n = Math.max(0, Math.min(length, this.size - offset));
-    return Promise.resolve(this.#base.read(offset, n, this.#patches));
   }
 }
 
@@ -712,3 +672,35 @@ export function mutate(
   }
   return s.m;
 }
+
+/**
+ * The btrfs target of the case runner: bases read from their files as
+ * needed (they are never held in memory); the outcome of the btrfs
+ * region, and every region's reason one line with no `undefined` or
+ * `NaN` in it; every fourth case of a base small enough streamed with a
+ * 64 MiB read-ahead.
+ */
+export const target: FuzzTarget<BtrfsFuzzBase, BaseFile> = {
+  load: (base) => Promise.resolve(new BaseFile(base.path)),
+  held: () => 0,
+  mutate: (base, file, seed) => mutate(file, base, seed),
+  source: (file, m) => new PatchedSource(file, m),
+  judge: (_b, report) => {
+    const btrfs = report.regions.find((r) => r.found === "btrfs");
+    const bad = report.regions.find((r) =>
+      r.reason !== undefined && /\n|undefined|NaN/.test(r.reason)
+    );
+    return {
+      outcome: report.tableProblem
+        ? "table refused"
+        : btrfs === undefined
+        ? "no btrfs"
+        : btrfs.status === "mapped"
+        ? "mapped"
+        : "untouched",
+      reason: btrfs?.reason,
+      problem: bad ? `bad reason: ${JSON.stringify(bad.reason)}` : undefined,
+    };
+  },
+  readAhead: (base) => base.stream ? 64 << 20 : undefined,
+};

@@ -24,14 +24,14 @@ import {
   makeFat,
 } from "../sparsify/_fat.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
+import { type FuzzBase, interesting, le, Rand } from "./_sparsify_fuzz.ts";
 import {
   current,
-  type FuzzBase,
-  interesting,
-  le,
+  diskOutcome,
+  type FuzzTarget,
+  inMemory,
   type Mutation,
-  Rand,
-} from "./_sparsify_fuzz.ts";
+} from "./_sparsify_target.ts";
 
 /** One FAT volume of a base disk; every offset is a disk offset. */
 export interface FatInfo {
@@ -201,7 +201,7 @@ function readLe(bytes: Uint8Array): number {
 }
 
 /** A cluster number worth pointing something at. */
-function target(r: Rand, v: FatInfo): number {
+function clusterTarget(r: Rand, v: FatInfo): number {
   const chain = r.pick(v.chains);
   return r.pick([
     0,
@@ -315,8 +315,8 @@ const OPERATORS: Array<[number, Operator]> = [
         max - 8, // bad
         c,
         c + 1,
-        target(r, v),
-        target(r, v),
+        clusterTarget(r, v),
+        clusterTarget(r, v),
         r.u32() % (max + 1),
       ]),
     );
@@ -347,7 +347,7 @@ const OPERATORS: Array<[number, Operator]> = [
   [4, (r, base, b, m) => {
     const v = r.pick(b.fat);
     const at = r.pick(v.entries);
-    const y = target(r, v);
+    const y = clusterTarget(r, v);
     const hi = v.bits === 32 || r.chance(0.2);
     m.patches.push({ at: at + 26, bytes: le(y & 0xffff, 2) });
     if (hi) m.patches.push({ at: at + 20, bytes: le(y >>> 16, 2) });
@@ -454,3 +454,10 @@ export function mutate(
   if (ran > 1) delete m.live;
   return m;
 }
+
+/** The FAT target of the case runner: every fourth case streamed with a 4 MiB read-ahead. */
+export const target: FuzzTarget<FuzzBase, Uint8Array> = inMemory({
+  mutate,
+  judge: (_b, report) => ({ outcome: diskOutcome(report) }),
+  readAhead: () => 4 << 20,
+});

@@ -22,7 +22,6 @@
 //
 // A case is (base, seed): the same pair always gives the same bytes.
 
-import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { mulberry32 } from "../../lib/_prng.ts";
 import { lvmCrc } from "../../lib/sparsify/lvm/label.ts";
@@ -31,10 +30,10 @@ import {
   blank,
   debugfsRm,
   dumpe2fsFree,
+  fillNoise,
   merge,
   MiB,
   mkfs,
-  noise,
   populate,
   readAt,
   sfdiskParts,
@@ -49,12 +48,12 @@ import {
   vgText,
   writeLv,
 } from "../sparsify/_lvm.ts";
-import type { Mutation, Patch } from "./_sparsify_fuzz.ts";
-
-/** Path of the runner script. */
-export const LVM_RUNNER = fileURLToPath(
-  new URL("./_lvm_runner.ts", import.meta.url),
-);
+import {
+  current,
+  type FuzzTarget,
+  inMemory,
+  type Mutation,
+} from "./_sparsify_target.ts";
 
 /** A base disk with one PV, where its structures are and what is free. */
 export interface LvmFuzzBase {
@@ -88,15 +87,6 @@ export interface LvmMutation extends Mutation {
 
 // ---------------------------------------------------------------------------
 // Bases
-
-async function fillNoise(disk: string, offset: number, length: number) {
-  using f = await Deno.open(disk, { write: true });
-  await f.seek(offset, Deno.SeekMode.Start);
-  const chunk = noise(MiB, 17);
-  for (let done = 0; done < length; done += MiB) {
-    await f.write(chunk.subarray(0, Math.min(MiB, length - done)));
-  }
-}
 
 async function fillLvs(
   dir: string,
@@ -140,7 +130,7 @@ async function buildBase(
     await sh("sfdisk", ["-q", path], { stdin: table });
     part = (await sfdiskParts(path))[0];
   }
-  await fillNoise(path, part.offset, part.length);
+  await fillNoise(path, part.offset, part.length, 17);
   let vg: VgSpec;
   const free: FreeRange[] = [];
   {
@@ -252,23 +242,6 @@ class Rand {
   pick<T>(xs: readonly T[]): T {
     return xs[this.int(xs.length)];
   }
-}
-
-/** The disk's bytes at `[at, at + n)` with the patches so far. */
-function current(
-  base: Uint8Array,
-  patches: Patch[],
-  at: number,
-  n: number,
-): Uint8Array {
-  const out = base.slice(at, at + n);
-  for (const p of patches) {
-    for (let i = 0; i < p.bytes.length; i++) {
-      const k = p.at + i - at;
-      if (k >= 0 && k < n) out[k] = p.bytes[i];
-    }
-  }
-  return out;
 }
 
 function le(v: number | bigint, size: number): number[] {
@@ -686,3 +659,33 @@ export function mutateLvm(
   }
   return m;
 }
+
+/**
+ * The LVM2 target of the case runner: zeros only where the case allows
+ * them, an inconsistent VG never mapped, and the outcome of the PV's
+ * region (mapped when every LV is); every fourth case streamed with a
+ * 64 MiB read-ahead.
+ */
+export const target: FuzzTarget<LvmFuzzBase, Uint8Array> = inMemory({
+  mutate: mutateLvm,
+  judge: (b, report, m) => {
+    const region = report.regions.find((r) => r.offset === b.pvOffset);
+    const pvMapped = region?.found === "LVM2 PV" && region.status === "mapped";
+    const mustRefuse = (m as LvmMutation).mustRefuse;
+    return {
+      outcome: report.tableProblem
+        ? "table refused"
+        : pvMapped
+        ? (region.volumes ?? []).every((v) => v.status === "mapped")
+          ? "mapped"
+          : "partly mapped"
+        : "untouched",
+      reason: region?.reason ?? report.tableProblem ??
+        region?.volumes?.map((v) => v.reason).filter(Boolean).join("; "),
+      problem: mustRefuse && pvMapped
+        ? `mapped a VG that is inconsistent (${mustRefuse})`
+        : undefined,
+    };
+  },
+  readAhead: () => 64 << 20,
+});

@@ -17,7 +17,6 @@
 // clusters freed) that no reader of the metadata can tell from damage.
 
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { mulberry32 } from "../../lib/_prng.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import { blank, MiB, sfdiskParts, sh, writeInto } from "../sparsify/_disks.ts";
@@ -29,12 +28,12 @@ import {
   readRecord,
   runsIn,
 } from "../sparsify/_ntfs.ts";
-import type { Mutation, Patch } from "./_sparsify_fuzz.ts";
-
-/** Path of the runner script. */
-export const NTFS_RUNNER = fileURLToPath(
-  new URL("./_ntfs_runner.ts", import.meta.url),
-);
+import {
+  current,
+  type FuzzTarget,
+  inMemory,
+  type Mutation,
+} from "./_sparsify_target.ts";
 
 /** An attribute of an in-use record: where it is in the record. */
 interface AttrInfo {
@@ -229,23 +228,6 @@ class Rand {
   pick<T>(items: readonly T[]): T {
     return items[this.int(items.length)];
   }
-}
-
-/** The current bytes of `[at, at + n)` with the patches applied. */
-function current(
-  base: Uint8Array,
-  patches: Patch[],
-  at: number,
-  n: number,
-): Uint8Array {
-  const out = base.slice(at, at + n);
-  for (const p of patches) {
-    p.bytes.forEach((b, i) => {
-      const k = p.at + i - at;
-      if (k >= 0 && k < n) out[k] = b;
-    });
-  }
-  return out;
 }
 
 function le(value: number, size: number): number[] {
@@ -527,3 +509,24 @@ export function mutateNtfs(
   }
   return m;
 }
+
+/**
+ * The NTFS target of the case runner: the outcome and reason of the NTFS
+ * region; every fourth case streamed with a read-ahead that holds these
+ * small volumes.
+ */
+export const target: FuzzTarget<NtfsFuzzBase, Uint8Array> = inMemory({
+  mutate: mutateNtfs,
+  judge: (_b, report) => {
+    const region = report.regions.find((r) => r.found === "ntfs");
+    return {
+      outcome: report.tableProblem
+        ? "table refused"
+        : region?.status === "mapped"
+        ? "mapped"
+        : "untouched",
+      reason: region?.reason ?? report.tableProblem,
+    };
+  },
+  readAhead: () => 64 << 20,
+});

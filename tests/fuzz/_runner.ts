@@ -28,37 +28,7 @@ import { OutputFile } from "../../lib/host/output_file.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import { convert } from "../../lib/convert.ts";
 import type { GuestImage } from "../../lib/reader/image.ts";
-
-const encoder = new TextEncoder();
-function emit(value: unknown): void {
-  const line = encoder.encode(JSON.stringify(value) + "\n");
-  let done = 0;
-  while (done < line.length) done += Deno.stdout.writeSync(line.subarray(done));
-}
-
-function resetPeak(): void {
-  try {
-    const f = Deno.openSync("/proc/self/clear_refs", { write: true });
-    try {
-      f.writeSync(encoder.encode("5"));
-    } finally {
-      f.close();
-    }
-  } catch {
-    // not Linux, or not allowed: the sampled values still count
-  }
-}
-
-function peakRss(): number {
-  try {
-    const m = /VmHWM:\s+(\d+)\s+kB/.exec(
-      Deno.readTextFileSync("/proc/self/status"),
-    );
-    return m ? Number(m[1]) * 1024 : 0;
-  } catch {
-    return 0;
-  }
-}
+import { emit, peakResident, resetPeak } from "./_process.ts";
 
 let sampled = 0;
 function sample(): void {
@@ -253,7 +223,7 @@ async function runCase(
   } finally {
     clearInterval(timer);
     sample();
-    out.memory = Math.max(sampled, peakRss());
+    out.memory = Math.max(sampled, peakResident());
     out.ms = Math.round(performance.now() - started);
     if (temp) await Deno.remove(temp).catch(() => {});
   }

@@ -21,16 +21,12 @@
 // A case is (base, seed): the same pair always gives the same bytes.
 
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { mulberry32 } from "../../lib/_prng.ts";
 import { crc16, crc32, crc32cRaw } from "../../lib/sparsify/_crc.ts";
-import type { RandomAccessSource } from "../../lib/io/source.ts";
-import type { FreeRange } from "../../lib/sparsify/report.ts";
 import {
   blank,
   debugfsRm,
   dumpe2fsFree,
-  merge,
   MiB,
   mkfs,
   noise,
@@ -39,15 +35,14 @@ import {
   sh,
   writeInto,
 } from "../sparsify/_disks.ts";
-
-/** Wall-clock limit of one case, in milliseconds. */
-export const CASE_TIMEOUT_MS = 10_000;
-/** Heap limit of the runner process, in MiB. */
-export const RUNNER_HEAP_MIB = 512;
-/** Path of the runner script. */
-export const RUNNER = fileURLToPath(
-  new URL("./_sparsify_runner.ts", import.meta.url),
-);
+import {
+  type CaseBase,
+  current,
+  diskOutcome,
+  type FuzzTarget,
+  inMemory,
+  type Mutation,
+} from "./_sparsify_target.ts";
 
 /** One ext filesystem of a base disk, where its structures are. */
 export interface ExtInfo {
@@ -74,11 +69,7 @@ export interface ExtInfo {
 }
 
 /** A disk to mutate, and what is free on it by e2fsprogs and the swap layout. */
-export interface FuzzBase {
-  name: string;
-  path: string;
-  size: number;
-  free: FreeRange[];
+export interface FuzzBase extends CaseBase {
   ext: ExtInfo[];
   /** GPT: the entry array's disk offset and shape. */
   gpt?: { entries: number; count: number; entrySize: number };
@@ -86,23 +77,6 @@ export interface FuzzBase {
   mbr?: number[];
   /** Disk offsets worth pointing things at. */
   targets: number[];
-}
-
-/** Bytes to overwrite at a disk offset. */
-export interface Patch {
-  at: number;
-  bytes: number[];
-}
-
-/** A mutated disk: patches over the base and a size (smaller when truncated). */
-export interface Mutation {
-  patches: Patch[];
-  size: number;
-  desc: string[];
-  /** A bitmap bit was flipped already. */
-  flipped?: boolean;
-  /** Byte ranges the mutation made live (free before it), never to be dropped. */
-  live?: FreeRange[];
 }
 
 // ---------------------------------------------------------------------------
@@ -369,23 +343,6 @@ const GD_FIELDS: Array<[string, number, number]> = [
   ["bg_free_blocks_count_hi", 0x2c, 2],
   ["bg_block_bitmap_csum_hi", 0x38, 2],
 ];
-
-/** Reads the current bytes of `[at, at + n)` with the patches applied. */
-export function current(
-  base: Uint8Array,
-  patches: Patch[],
-  at: number,
-  n: number,
-): Uint8Array {
-  const out = base.slice(at, at + n);
-  for (const p of patches) {
-    p.bytes.forEach((b, i) => {
-      const k = p.at + i - at;
-      if (k >= 0 && k < n) out[k] = b;
-    });
-  }
-  return out;
-}
 
 /** Little-endian bytes of `value`. */
 export function le(value: number, size: number): number[] {
@@ -800,36 +757,13 @@ export function mutate(
   return m;
 }
 
-/** The base's bytes with a mutation's patches over them, as a source. */
-export class PatchedSource implements RandomAccessSource {
-  readonly #base: Uint8Array;
-  readonly #patches: Patch[];
-  readonly size: number;
-  readonly name = "<fuzz case>";
-
-  constructor(base: Uint8Array, m: Mutation) {
-    this.#base = base;
-    this.#patches = m.patches;
-    this.size = m.size;
-  }
-
-  read(offset: number, length: number): Promise<Uint8Array> {
-    const n = Math.max(0, Math.min(length, this.size - offset));
-    return Promise.resolve(current(this.#base, this.#patches, offset, n));
-  }
-}
-
-/** The first range of `inner` not inside the union of `outer`, if any. */
-export function outside(
-  inner: FreeRange[],
-  outer: FreeRange[],
-): FreeRange | undefined {
-  const o = merge(outer);
-  for (const r of inner) {
-    const hit = o.find((x) =>
-      x.offset <= r.offset && r.offset + r.length <= x.offset + x.length
-    );
-    if (!hit) return r;
-  }
-  return undefined;
-}
+/**
+ * The ext2/3/4, GPT and MBR target of the case runner: every fourth case
+ * streamed with a 4 MiB read-ahead (so that a filesystem whose metadata
+ * lies further is left as it is).
+ */
+export const target: FuzzTarget<FuzzBase, Uint8Array> = inMemory({
+  mutate,
+  judge: (_b, report) => ({ outcome: diskOutcome(report) }),
+  readAhead: () => 4 << 20,
+});

@@ -13,7 +13,6 @@
 // A case is (base, seed): the same pair always gives the same bytes.
 
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { mulberry32 } from "../../lib/_prng.ts";
 import { crc32cRaw } from "../../lib/sparsify/_crc.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
@@ -26,16 +25,12 @@ import {
   xfsDbFree,
   xfsGeometry,
 } from "../sparsify/_xfs.ts";
-import type { Mutation } from "./_sparsify_fuzz.ts";
-
-/** Wall-clock limit of one case, in milliseconds. */
-export const CASE_TIMEOUT_MS = 10_000;
-/** Heap limit of the runner process, in MiB. */
-export const RUNNER_HEAP_MIB = 512;
-/** Path of the runner script. */
-export const RUNNER = fileURLToPath(
-  new URL("./_xfs_runner.ts", import.meta.url),
-);
+import {
+  current,
+  type FuzzTarget,
+  inMemory,
+  type Mutation,
+} from "./_sparsify_target.ts";
 
 /** How a structure's checksum is fixed after a mutation. */
 type Kind =
@@ -352,14 +347,7 @@ function view(
   at: number,
   n: number,
 ): Uint8Array {
-  const out = base.slice(at, at + n);
-  for (const p of m.patches) {
-    for (let i = 0; i < p.bytes.length; i++) {
-      const k = p.at + i - at;
-      if (k >= 0 && k < n) out[k] = p.bytes[i];
-    }
-  }
-  return out;
+  return current(base, m.patches, at, n);
 }
 
 function be(value: number, size: number): number[] {
@@ -520,3 +508,24 @@ export function mutateXfs(
   }
   return m;
 }
+
+/**
+ * The XFS target of the case runner: the outcome of the image's one
+ * region, whose reason must be one line; every fourth case streamed with
+ * FreeSpaceStream's default read-ahead (64 MiB).
+ */
+export const target: FuzzTarget<XfsBase, Uint8Array> = inMemory({
+  mutate: mutateXfs,
+  judge: (_b, report) => {
+    const [region] = report.regions;
+    return {
+      outcome: region.status,
+      reason: region.reason,
+      problem: region.status === "untouched" &&
+          /\n/.test(region.reason ?? "\n")
+        ? `reason is not one line: ${JSON.stringify(region.reason)}`
+        : undefined,
+    };
+  },
+  readAhead: () => 64 << 20,
+});

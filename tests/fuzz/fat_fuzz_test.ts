@@ -1,7 +1,7 @@
 // Seeded fuzzing of the FAT module: mutated FAT12/16/32 volumes (bare, on
 // GPT and on MBR; see _fat_fuzz.ts) must be mapped or left as they are,
-// never crash, hang (CASE_TIMEOUT_MS per case) or grow the runner's peak
-// memory by more than RSS_LIMIT_MIB while mapping, never call a byte free
+// never crash, hang (10 s per case) or grow the runner's peak memory by
+// more than 64 MiB while mapping, never call a byte free
 // that mtools finds in use in the unmutated volume, and never drop a
 // cluster that the mutation made reachable.
 //
@@ -14,19 +14,11 @@
 // cases (default 300, seed 1); a failure names the base and the case seed.
 
 import assert from "node:assert";
-import { join } from "node:path";
-import { tempDir } from "../_qemu.ts";
 import { diskTest, MiB } from "../sparsify/_disks.ts";
 import { FAT_TOOLS } from "../sparsify/_fat.ts";
-import { caseSeed } from "./_fuzz.ts";
 import { buildFatFuzzBases } from "./_fat_fuzz.ts";
-import { type Case, runCases } from "./_sparsify_cases.ts";
+import { CASES, fuzzTarget, SEED } from "./_sparsify_cases.ts";
 
-const CASES = Number(Deno.env.get("FUZZ_CASES") ?? 300);
-const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 1);
-/** Most growth of the runner's peak resident memory while a disk is mapped. */
-const RSS_LIMIT_MIB = 64;
-const MUTATOR = new URL("./_fat_fuzz.ts", import.meta.url).href;
 /** Bounds of the hostile volumes (_fat_hostile.ts), for the whole process. */
 const HOSTILE_MS = 20_000;
 const HOSTILE_MIB = 300;
@@ -35,43 +27,13 @@ diskTest(
   `FAT fuzz: ${CASES} seeded cases (seed ${SEED}) of mutated FAT12/16/32 volumes`,
   { tools: [...FAT_TOOLS, "sfdisk"] },
   async () => {
-    assert.ok(Number.isSafeInteger(CASES) && CASES > 0, "FUZZ_CASES");
-    await using dir = await tempDir();
-    const bases = await buildFatFuzzBases(join(dir.path, "bases"));
-    const cases: Case[] = [];
-    for (let i = 0; i < CASES; i++) {
-      const seed = caseSeed(SEED, i);
-      cases.push({
-        id: `${SEED}-${i}`,
-        base: bases[seed % bases.length].name,
-        seed,
-      });
-    }
-    const halves = [
-      cases.filter((_, i) => i % 2 === 0),
-      cases.filter((_, i) => i % 2 === 1),
-    ];
-    const options = { mutator: MUTATOR, rssLimitMiB: RSS_LIMIT_MIB };
-    const outcomes = (await Promise.all(
-      halves.map((h, k) => runCases(dir.path, bases, h, String(k), options)),
-    )).flat();
-    const bad = outcomes.filter((o) => o.problem !== undefined);
-    const describe = bad.map((o) => {
-      const c = cases.find((x) => x.id === o.id);
-      return `case ${o.id} (base ${c?.base}, seed ${c?.seed}): ${o.problem}\n    mutation: ${
-        (o.mutation ?? []).join("; ")
-      }`;
-    }).join("\n");
-    assert.strictEqual(
-      bad.length,
-      0,
-      `${bad.length} of ${CASES} cases broke the rules:\n${describe}`,
+    const { bases, cases, counts } = await fuzzTarget(
+      new URL("./_fat_fuzz.ts", import.meta.url),
+      buildFatFuzzBases,
+      { timeoutMs: 10_000, memoryMiB: 300, growthMiB: 64 },
     );
-    assert.strictEqual(outcomes.length, CASES);
 
     // The mutations reach both outcomes, and every base.
-    const counts: Record<string, number> = {};
-    for (const o of outcomes) counts[o.outcome] = (counts[o.outcome] ?? 0) + 1;
     const refused = (counts["untouched"] ?? 0) +
       (counts["partly mapped"] ?? 0) +
       (counts["table refused"] ?? 0);

@@ -1,8 +1,9 @@
 // Seeded fuzzing of the --sparsify parsers (ext2/3/4, GPT, MBR, swap):
 // mutated real disks must be mapped, partly mapped or left as they are,
-// never crash, hang (CASE_TIMEOUT_MS per case) or run out of memory
-// (RUNNER_HEAP_MIB), and never call a byte free that is not free in the
-// unmutated disk by dumpe2fs (see _sparsify_fuzz.ts): no live block is
+// never crash, hang (10 s per case) or take more than 300 MiB of memory,
+// and never call a byte free that is not free in the unmutated disk by
+// dumpe2fs (see _sparsify_fuzz.ts, and _sparsify_runner.ts for the rules
+// every case is held to): no live block is
 // dropped, including when used blocks are freed with every count and
 // checksum fixed up as an attacker would.
 //
@@ -11,55 +12,21 @@
 // case seed, and `mutate(base, bytes, seed)` rebuilds the case.
 
 import assert from "node:assert";
-import { join } from "node:path";
-import { tempDir } from "../_qemu.ts";
 import { diskTest } from "../sparsify/_disks.ts";
-import { caseSeed } from "./_fuzz.ts";
 import { buildFuzzBases } from "./_sparsify_fuzz.ts";
-import { type Case, runCases } from "./_sparsify_cases.ts";
+import { CASES, fuzzTarget, SEED } from "./_sparsify_cases.ts";
 
-const CASES = Number(Deno.env.get("FUZZ_CASES") ?? 300);
-const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 1);
 diskTest(
   `sparsify fuzz: ${CASES} seeded cases (seed ${SEED}) of mutated ext2/3/4, GPT and MBR disks`,
   { tools: ["mke2fs", "debugfs", "dumpe2fs", "sfdisk", "mkswap"] },
   async () => {
-    assert.ok(Number.isSafeInteger(CASES) && CASES > 0, "FUZZ_CASES");
-    await using dir = await tempDir();
-    const bases = await buildFuzzBases(join(dir.path, "bases"));
-    const cases: Case[] = [];
-    for (let i = 0; i < CASES; i++) {
-      const seed = caseSeed(SEED, i);
-      cases.push({
-        id: `${SEED}-${i}`,
-        base: bases[seed % bases.length].name,
-        seed,
-      });
-    }
-    const halves = [
-      cases.filter((_, i) => i % 2 === 0),
-      cases.filter((_, i) => i % 2 === 1),
-    ];
-    const outcomes = (await Promise.all(
-      halves.map((h, k) => runCases(dir.path, bases, h, String(k))),
-    )).flat();
-    const bad = outcomes.filter((o) => o.problem !== undefined);
-    const describe = bad.map((o) => {
-      const c = cases.find((x) => x.id === o.id);
-      return `case ${o.id} (base ${c?.base}, seed ${c?.seed}): ${o.problem}\n    mutation: ${
-        (o.mutation ?? []).join("; ")
-      }`;
-    }).join("\n");
-    assert.strictEqual(
-      bad.length,
-      0,
-      `${bad.length} of ${CASES} cases broke the rules:\n${describe}`,
+    const { bases, cases, outcomes, counts } = await fuzzTarget(
+      new URL("./_sparsify_fuzz.ts", import.meta.url),
+      buildFuzzBases,
+      { timeoutMs: 10_000, memoryMiB: 300 },
     );
-    assert.strictEqual(outcomes.length, CASES);
 
     // The mutations reach every outcome, and every base.
-    const counts: Record<string, number> = {};
-    for (const o of outcomes) counts[o.outcome] = (counts[o.outcome] ?? 0) + 1;
     const refused = (counts["untouched"] ?? 0) +
       (counts["partly mapped"] ?? 0) +
       (counts["table refused"] ?? 0);

@@ -8,6 +8,8 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { mulberry32 } from "../../lib/_prng.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
+import { qemuCheckClean, qemuCompareIdentical } from "../_qemu.ts";
+import { runCli } from "../writer/_cli.ts";
 
 export { patch, readAt } from "../tools/_helpers.ts";
 
@@ -525,4 +527,129 @@ export async function fixExtChecksums(image: string): Promise<void> {
     true,
   );
   await Deno.writeFile(image, bytes);
+}
+
+// ---------------------------------------------------------------------------
+// Old bytes, loop devices and mounts, and the untouched check
+
+/** Fills `length` bytes of `disk` at `offset` with old bytes: one seeded MiB, repeated. */
+export async function fillNoise(
+  disk: string,
+  offset: number,
+  length: number,
+  seed: number,
+): Promise<void> {
+  using f = await Deno.open(disk, { write: true });
+  await f.seek(offset, Deno.SeekMode.Start);
+  const chunk = noise(MiB, seed);
+  for (let done = 0; done < length;) {
+    done += await f.write(chunk.subarray(0, Math.min(MiB, length - done)));
+  }
+}
+
+/** A loop device over `length` bytes of `file` at `offset`, detached on dispose. */
+export async function loop(
+  file: string,
+  offset: number,
+  length: number,
+  readOnly = false,
+): Promise<{ dev: string } & AsyncDisposable> {
+  const dev = (await sh("losetup", [
+    "-f",
+    "--show",
+    ...(readOnly ? ["-r"] : []),
+    "-o",
+    String(offset),
+    "--sizelimit",
+    String(length),
+    file,
+  ])).trim();
+  return {
+    dev,
+    async [Symbol.asyncDispose]() {
+      await sh("losetup", ["-d", dev]).catch(() => {});
+    },
+  };
+}
+
+/** Mounts `dev` (of filesystem `type` when given) on `dir`; unmounted on dispose. */
+export async function mount(
+  dev: string,
+  dir: string,
+  options: string,
+  type?: string,
+): Promise<AsyncDisposable> {
+  await Deno.mkdir(dir, { recursive: true });
+  await sh("mount", [...(type ? ["-t", type] : []), "-o", options, dev, dir]);
+  return {
+    async [Symbol.asyncDispose]() {
+      await sh("umount", [dir]).catch(() => {});
+    },
+  };
+}
+
+/**
+ * Every extended attribute under a directory (symlinks not followed), as
+ * text, through Python (Deno has no xattr calls).
+ */
+const LIST_XATTRS = `
+import os, sys
+root = sys.argv[1]
+for base, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in [base] + sorted(os.path.join(base, f) for f in files + dirs):
+        for attr in sorted(os.listxattr(name, follow_symlinks=False)):
+            value = os.getxattr(name, attr, follow_symlinks=False)
+            print(os.path.relpath(name, root), attr, value.hex())
+`;
+
+/**
+ * The tree of a mount as text: paths, types, modes, owners, sizes, link
+ * targets, sorted; then, with `xattrs`, every extended attribute.
+ */
+export async function listing(
+  dir: string,
+  options: { xattrs?: boolean } = {},
+): Promise<string> {
+  const find = await sh("find", [dir, "-printf", "%P %y %m %U %G %s %l\\n"]);
+  const lines = find.trim().split("\n").sort().join("\n");
+  if (!options.xattrs) return lines;
+  return lines + "\n" + await sh("python3", ["-c", LIST_XATTRS, dir]);
+}
+
+/**
+ * Converts `src` with `--sparsify --compress zstd` and checks that nothing
+ * was dropped: exactly one stderr line says a region was left as it is,
+ * naming `found` (`btrfs`) when given and matching `reason`; the report
+ * ends with 0 B dropped; qemu-img finds the image clean and identical to
+ * the source.
+ */
+export async function expectUntouched(
+  dir: string,
+  src: string,
+  reason: RegExp,
+  found?: string,
+): Promise<void> {
+  const dst = join(dir, "out.qcow2");
+  const r = await runCli([
+    "convert",
+    "--sparsify",
+    "--compress",
+    "zstd",
+    src,
+    dst,
+  ]);
+  assert.strictEqual(r.code, 0, r.stderr);
+  const lines = r.stderr.trimEnd().split("\n");
+  const refused = lines.filter((l) => l.includes("left as it is"));
+  assert.strictEqual(refused.length, 1, r.stderr);
+  if (found) {
+    assert.ok(refused[0].includes(`: ${found} left as it is: `), refused[0]);
+  }
+  assert.match(refused[0], reason);
+  // The report, then the summary line of every conversion.
+  assert.match(lines.at(-2)!, /: 0 B dropped as free space$/);
+  assert.match(lines.at(-1)!, /^qcow2pipe: wrote /);
+  await qemuCheckClean(dst);
+  await qemuCompareIdentical(src, dst);
 }

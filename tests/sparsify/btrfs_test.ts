@@ -24,9 +24,12 @@ import {
   blank,
   diskTest,
   dumpe2fsFree,
+  listing,
+  loop,
   merge,
   MiB,
   mkfs,
+  mount,
   noise,
   patch,
   populate,
@@ -335,52 +338,6 @@ diskTest(
     assert.deepStrictEqual(merge(zeros), free);
   },
 );
-
-/** A loop device over part of a file, detached on dispose. */
-async function loop(
-  file: string,
-  offset: number,
-  length: number,
-  readOnly = false,
-): Promise<{ dev: string } & AsyncDisposable> {
-  const dev = (await sh("losetup", [
-    "-f",
-    "--show",
-    ...(readOnly ? ["-r"] : []),
-    "-o",
-    String(offset),
-    "--sizelimit",
-    String(length),
-    file,
-  ])).trim();
-  return {
-    dev,
-    async [Symbol.asyncDispose]() {
-      await sh("losetup", ["-d", dev]).catch(() => {});
-    },
-  };
-}
-
-/** Mounts `dev`; unmounted on dispose. */
-async function mount(
-  dev: string,
-  dir: string,
-  options: string,
-): Promise<AsyncDisposable> {
-  await Deno.mkdir(dir, { recursive: true });
-  await sh("mount", ["-o", options, dev, dir]);
-  return {
-    async [Symbol.asyncDispose]() {
-      await sh("umount", [dir]).catch(() => {});
-    },
-  };
-}
-
-/** The tree of a mount as text: paths, types, modes, owners, sizes, link targets. */
-async function listing(dir: string): Promise<string> {
-  const find = await sh("find", [dir, "-printf", "%P %y %m %U %G %s %l\\n"]);
-  return find.trim().split("\n").sort().join("\n");
-}
 
 const DISKS: Array<[string, string, { btrfs: number; ext4: number }]> = [
   ["GPT", "label: gpt\n,300M,L\n,64M,L\n,8M,L\n", { btrfs: 0, ext4: 1 }],

@@ -6,13 +6,13 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuCheckClean, qemuCompareIdentical, tempDir } from "../_qemu.ts";
-import { runCli } from "../writer/_cli.ts";
+import { tempDir } from "../_qemu.ts";
 import {
   blank,
   debugfsRm,
   debugfsSet,
   diskTest,
+  expectUntouched,
   MiB,
   mkfs,
   patch,
@@ -47,33 +47,6 @@ async function dumpField(image: string, re: RegExp): Promise<number> {
   const m = re.exec(await sh("dumpe2fs", [image]));
   assert.ok(m, `dumpe2fs shows ${re}`);
   return Number(m[1]);
-}
-
-/** Converts with --sparsify and checks that nothing was dropped. */
-async function expectUntouched(
-  dir: string,
-  src: string,
-  reason: RegExp,
-): Promise<void> {
-  const dst = join(dir, "out.qcow2");
-  const r = await runCli([
-    "convert",
-    "--sparsify",
-    "--compress",
-    "zstd",
-    src,
-    dst,
-  ]);
-  assert.strictEqual(r.code, 0, r.stderr);
-  const lines = r.stderr.trimEnd().split("\n");
-  const refused = lines.filter((l) => l.includes("left as it is"));
-  assert.strictEqual(refused.length, 1, r.stderr);
-  assert.match(refused[0], reason);
-  // The report, then the summary line of every conversion.
-  assert.match(lines.at(-2)!, /: 0 B dropped as free space$/);
-  assert.match(lines.at(-1)!, /^qcow2pipe: wrote /);
-  await qemuCheckClean(dst);
-  await qemuCompareIdentical(src, dst);
 }
 
 const CASES: Array<{

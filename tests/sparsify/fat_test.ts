@@ -26,6 +26,7 @@ import {
   debugfsRm,
   diskTest,
   dumpe2fsFree,
+  expectUntouched,
   MiB,
   mkfs,
   patch,
@@ -336,25 +337,6 @@ async function entryOf(b: Base, dir: string, short: string): Promise<number> {
 async function pointEntry(b: Base, entry: number, cluster: number) {
   await patch(b.p.disk, entry + 20, le(cluster >>> 16, 2));
   await patch(b.p.disk, entry + 26, le(cluster & 0xffff, 2));
-}
-
-/** Converts with --sparsify; the volume must be left as it is, saying why. */
-async function expectUntouched(
-  dir: string,
-  disk: string,
-  reason: RegExp,
-): Promise<void> {
-  const out = join(dir, "out.qcow2");
-  const r = await runCli(["convert", "--sparsify", "-O", "qcow2", disk, out]);
-  assert.strictEqual(r.code, 0, r.stderr);
-  const refused = r.stderr.split("\n").filter((l) =>
-    l.includes("left as it is")
-  );
-  assert.strictEqual(refused.length, 1, r.stderr);
-  assert.match(refused[0], reason);
-  assert.match(r.stderr, /: 0 B dropped as free space\n/);
-  await qemuCheckClean(out);
-  await qemuCompareIdentical(disk, out);
 }
 
 const ATTACKS: Array<{

@@ -19,10 +19,10 @@ import {
   blank,
   debugfsRm,
   dumpe2fsFree,
+  fillNoise,
   merge,
   MiB,
   mkfs,
-  noise,
   patch,
   populate,
   readAt,
@@ -46,16 +46,6 @@ import {
 } from "./_lvm.ts";
 
 const TOOLS = ["mke2fs", "debugfs", "dumpe2fs", "sfdisk"];
-
-/** Seeded old bytes over `length` bytes of `disk` at `offset`. */
-async function fillNoise(disk: string, offset: number, length: number) {
-  using f = await Deno.open(disk, { write: true });
-  await f.seek(offset, Deno.SeekMode.Start);
-  const chunk = noise(MiB, 9);
-  for (let done = 0; done < length; done += MiB) {
-    await f.write(chunk.subarray(0, Math.min(MiB, length - done)));
-  }
-}
 
 /** Writes an ext4 with files, part deleted, into `lv`; returns its free ranges on the disk. */
 async function ext4Lv(
@@ -95,7 +85,7 @@ async function makeBase(
 ): Promise<Base> {
   const path = join(dir, "base.img");
   await blank(path, 64 * MiB);
-  await fillNoise(path, 0, 64 * MiB);
+  await fillNoise(path, 0, 64 * MiB, 9);
   let vg: VgSpec;
   let pv: PvInfo;
   const free: FreeRange[] = [];
@@ -557,7 +547,7 @@ lvmTest(
     await t.step("wrapping text", async () => {
       const path = join(dir.path, "wrap.img");
       await blank(path, 32 * MiB);
-      await fillNoise(path, 0, 32 * MiB);
+      await fillNoise(path, 0, 32 * MiB, 9);
       let vg: VgSpec;
       let wrapped = false;
       const free: FreeRange[] = [];
@@ -665,7 +655,7 @@ lvmTest(
         "label: gpt\n,60M,E6D6D379-F507-44C2-A23C-238F2A3DF928\n,,E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
     });
     const parts = await sfdiskParts(path);
-    for (const p of parts) await fillNoise(path, p.offset, p.length);
+    for (const p of parts) await fillNoise(path, p.offset, p.length, 9);
     let vg: VgSpec;
     const free: FreeRange[] = [];
     {

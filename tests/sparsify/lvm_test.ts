@@ -20,6 +20,7 @@ import {
   blank,
   debugfsRm,
   dumpe2fsFree,
+  fillNoise,
   merge,
   MiB,
   mkfs,
@@ -47,23 +48,6 @@ import {
 
 const EXTENT = 4 * MiB;
 const GPT_LVM = "E6D6D379-F507-44C2-A23C-238F2A3DF928";
-
-/** Fills `length` bytes of `disk` at `offset` with seeded noise (old data). */
-async function fillNoise(
-  disk: string,
-  offset: number,
-  length: number,
-  seed: number,
-): Promise<void> {
-  using f = await Deno.open(disk, { write: true });
-  await f.seek(offset, Deno.SeekMode.Start);
-  for (let done = 0; done < length;) {
-    const n = Math.min(8 * MiB, length - done);
-    const chunk = noise(n, seed + done / MiB);
-    for (let w = 0; w < n;) w += await f.write(chunk.subarray(w));
-    done += n;
-  }
-}
 
 /** What a built disk holds and what is free on it, by the tools. */
 interface LvmDisk {

@@ -24,8 +24,10 @@ import type { XfsSuperblock } from "../../lib/sparsify/xfs/superblock.ts";
 import {
   blank,
   diskTest,
+  loop,
   merge,
   MiB,
+  mount,
   populate,
   readAt,
   sfdiskParts,
@@ -530,46 +532,6 @@ for (const attack of ATTACKS) {
   );
 }
 
-/** A loop device over part of a file, detached on dispose. */
-async function loop(
-  file: string,
-  offset: number,
-  length: number,
-  readOnly = false,
-): Promise<{ dev: string } & AsyncDisposable> {
-  const dev = (await sh("losetup", [
-    "-f",
-    "--show",
-    ...(readOnly ? ["-r"] : []),
-    "-o",
-    String(offset),
-    "--sizelimit",
-    String(length),
-    file,
-  ])).trim();
-  return {
-    dev,
-    async [Symbol.asyncDispose]() {
-      await sh("losetup", ["-d", dev]).catch(() => {});
-    },
-  };
-}
-
-/** A mount, unmounted on dispose. */
-async function mount(
-  dev: string,
-  dir: string,
-  options: string,
-): Promise<AsyncDisposable> {
-  await Deno.mkdir(dir, { recursive: true });
-  await sh("mount", ["-t", "xfs", "-o", options, dev, dir]);
-  return {
-    async [Symbol.asyncDispose]() {
-      await sh("umount", [dir]).catch(() => {});
-    },
-  };
-}
-
 /** Fills a mounted XFS through the kernel, then deletes two thirds of the generated files. */
 async function fill(dir: string): Promise<void> {
   const files = await populate(join(dir, "data"), 31, 64 * MiB);
@@ -630,7 +592,12 @@ for (const [name, script, xfsAt, extAt] of LAYOUTS) {
       {
         await using dev = await loop(disk, xfs.offset, xfs.length);
         await sh("mkfs.xfs", ["-q", "-f", dev.dev], { env: SMALL_FS_ENV });
-        await using _m = await mount(dev.dev, join(dir.path, "fill"), "rw");
+        await using _m = await mount(
+          dev.dev,
+          join(dir.path, "fill"),
+          "rw",
+          "xfs",
+        );
         await fill(join(dir.path, "fill"));
       }
       {
@@ -667,8 +634,8 @@ for (const [name, script, xfsAt, extAt] of LAYOUTS) {
         await using b = await loop(back, xfs.offset, xfs.length, true);
         const ma = join(dir.path, "a");
         const mb = join(dir.path, "b");
-        await using _a = await mount(a.dev, ma, "ro,norecovery");
-        await using _b = await mount(b.dev, mb, "ro,norecovery,nouuid");
+        await using _a = await mount(a.dev, ma, "ro,norecovery", "xfs");
+        await using _b = await mount(b.dev, mb, "ro,norecovery,nouuid", "xfs");
         await sh("diff", ["-r", "--no-dereference", ma, mb]);
         const attrs =
           "import os,sys\nfor b,d,f in sorted(os.walk(sys.argv[1])):\n for n in sorted(f): p=os.path.join(b,n); print(os.path.relpath(p,sys.argv[1]),[(a,os.getxattr(p,a,follow_symlinks=False).hex()) for a in sorted(os.listxattr(p,follow_symlinks=False))])";
@@ -725,7 +692,7 @@ diskTest(
     {
       await using dev = await loop(image, 0, 64 * MiB);
       const mnt = join(dir.path, "m");
-      await using _m = await mount(dev.dev, mnt, "rw");
+      await using _m = await mount(dev.dev, mnt, "rw", "xfs");
       await Deno.writeFile(join(mnt, "a"), new Uint8Array(1 << 20).fill(1));
       await sh("sync", []);
       await Deno.writeFile(join(mnt, "b"), new Uint8Array(1 << 20).fill(2));
@@ -753,7 +720,7 @@ diskTest(
     {
       await using dev = await loop(image, 0, 96 * MiB);
       const mnt = join(dir.path, "m");
-      await using _m = await mount(dev.dev, mnt, "rw");
+      await using _m = await mount(dev.dev, mnt, "rw", "xfs");
       for (let round = 0; round < 3; round++) {
         await manyFiles(join(mnt, "churn"), 6000);
         await sh("sync", []);
