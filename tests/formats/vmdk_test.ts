@@ -270,6 +270,16 @@ qemuTest(
       await runCli(["convert", "-O", "raw", outside, join(dir.path, "x.raw")]),
       /Cannot open backing file .*outside the directory.*-f vmdk/,
     );
+    // A parent written after the child was made has a new CID: qemu-img
+    // reads nothing through it, and we refuse it.
+    await qemuIo(base, ["write -P 1 0 512"], "vmdk");
+    await assert.rejects(
+      qemuImg("convert", "-O", "raw", child, join(dir.path, "q.raw")),
+    );
+    assertOneLineError(
+      await runCli(["convert", "-O", "raw", child, join(dir.path, "o.raw")]),
+      /parentCID [0-9a-f]+ of .*child\.vmdk is not the CID [0-9a-f]+ of its parent/,
+    );
   },
 );
 

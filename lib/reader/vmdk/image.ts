@@ -97,6 +97,8 @@ export class VmdkImage implements GuestImage {
   readonly backing: GuestImage | undefined;
   /** `createType` (for a sparse file, what its header says). */
   readonly createType: string;
+  /** The descriptor's `CID`. */
+  readonly cid: number | undefined;
   readonly #init: VmdkImageInit;
 
   /**
@@ -108,6 +110,7 @@ export class VmdkImage implements GuestImage {
     this.#init = init;
     this.backing = init.backing;
     this.createType = init.createType;
+    this.cid = init.cid;
     const last = init.extents.at(-1);
     this.virtualSize = last ? last.start + last.length : 0;
   }

@@ -140,6 +140,22 @@ async function openVmdk(
         throw referenceError(err, "parentFileNameHint");
       }
     }
+    // QEMU reads nothing through a parent whose CID is not the child's
+    // parentCID (the parent changed after the child was made).
+    if (
+      context.purpose === "read" && backing instanceof VmdkImage &&
+      backing.cid !== desc.parentCid
+    ) {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Cannot open image: the parentCID ${
+          hex(desc.parentCid, "bare")
+        } of ${name} is not the CID ${
+          hex(backing.cid ?? 0, "bare")
+        } of its parent ${backing.name} (the parent changed after the child was made)`,
+        { field: "parentCID" },
+      );
+    }
     return new VmdkImage({
       source,
       name,
