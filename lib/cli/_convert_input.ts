@@ -177,21 +177,23 @@ async function openStream(
     return { raw: stream, total: size };
   }
   const { head, all } = await peek(stream);
-  let qcow2: boolean;
+  let format: string;
   try {
-    qcow2 = options.format === "qcow2" ||
-      readableFormat(probeFormat(head, what), what) === "qcow2";
+    format = options.format !== undefined && options.format !== "auto"
+      ? options.format
+      : readableFormat(probeFormat(head, what), what);
   } catch (err) {
     await all.cancel();
     throw err;
   }
+  const qcow2 = format === "qcow2";
   if (qcow2 && !hasQcow2Magic(head)) {
     await all.cancel();
     throw new UsageError(
       `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
     );
   }
-  if (!qcow2) {
+  if (format === "raw") {
     if (options.snapshot !== undefined) throw noSnapshots();
     return { raw: all, total: size };
   }
@@ -209,6 +211,10 @@ async function openStream(
       ? `qcow2pipe: ${what} is qcow2 with its tables first: decoding it in one pass (${
         formatBytes(opened.spoolBytes)
       } of metadata spooled to ${opened.spoolPath})`
+      : !qcow2
+      ? `qcow2pipe: ${what} is ${format}, which is read at random offsets: spooled it whole (${
+        formatBytes(opened.spoolBytes)
+      }) to ${opened.spoolPath}`
       : `qcow2pipe: ${what} is qcow2 whose tables do not all precede its data: spooled it whole (${
         formatBytes(opened.spoolBytes)
       }) to ${opened.spoolPath} to read it at random offsets`,
@@ -274,13 +280,16 @@ export async function openInput(
   if (src === "-") {
     // A pipe has no directory: a probed image from it follows no backing
     // or data file (a service started in / would otherwise follow any
-    // absolute name). With -f qcow2, names resolve against the working
-    // directory by QEMU's rules (never against the spool directory).
+    // absolute name). With -f qcow2 (or another format that names
+    // files), names resolve against the working directory by QEMU's rules
+    // (never against the spool directory).
     return await openStream(
       stdinReadable(),
       undefined,
       "standard input",
-      format === "qcow2" ? Deno.cwd() : undefined,
+      format !== undefined && format !== "auto" && format !== "raw"
+        ? Deno.cwd()
+        : undefined,
       options,
     );
   }
@@ -304,7 +313,7 @@ export async function openInput(
         readableFormat(
             probeFormat(await opened.read(0, PROBE_BYTES), src),
             src,
-          ) === "qcow2")
+          ) !== "raw")
     ) {
       // The image leaves a source passed in open: close it here.
       options.cleanups.push(() => Promise.resolve(opened.close()));

@@ -32,7 +32,7 @@ Exit status: 0 identical, 1 different, 2 an image could not be opened or
 read.
 
 Options:
-  -f FMT        format of A: raw or qcow2 (default: probed; a probed image
+  -f FMT        format of A: raw, qcow2 or vmdk (default: probed; a probed image
                 may only lead to files in its own directory)
   -F FMT        format of B
   -s            strict, as in qemu-img: the sizes must be equal ("Strict

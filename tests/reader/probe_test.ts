@@ -184,8 +184,8 @@ qemuTest(
   "info, convert, map, check and compare refuse an image in a format qcow2pipe does not read, in one line naming it and its format",
   async () => {
     await using dir = await tempDir();
-    const vmdk = join(dir.path, "vm.vmdk");
-    await qemuImg("create", "-q", "-f", "vmdk", vmdk, "8M");
+    const qed = join(dir.path, "vm.qed");
+    await qemuImg("create", "-q", "-f", "qed", qed, "8M");
     const vhdx = join(dir.path, "vm.vhdx");
     await qemuImg("create", "-q", "-f", "vhdx", vhdx, "8M");
     const raw = join(dir.path, "disk.raw");
@@ -195,16 +195,16 @@ qemuTest(
       new RegExp(
         `${
           path.replaceAll(".", "\\.")
-        } is a ${title} image; qcow2pipe reads raw and qcow2`,
+        } is a ${title} image; qcow2pipe reads raw, qcow2`,
       );
     for (
       const [args, pattern] of [
-        [["info", vmdk], says(vmdk, "VMDK \\(VMware\\)")],
+        [["info", qed], says(qed, "QED")],
         [["map", vhdx], says(vhdx, "VHDX \\(Hyper-V\\)")],
-        [["check", vmdk], says(vmdk, "VMDK \\(VMware\\)")],
+        [["check", qed], says(qed, "QED")],
         [
-          ["convert", "-O", "qcow2", vmdk, out],
-          says(vmdk, "VMDK \\(VMware\\)"),
+          ["convert", "-O", "qcow2", qed, out],
+          says(qed, "QED"),
         ],
         [["convert", "-O", "raw", vhdx, out], says(vhdx, "VHDX \\(Hyper-V\\)")],
       ] as Array<[string[], RegExp]>
@@ -221,11 +221,11 @@ qemuTest(
     );
     // From standard input, the stream is named.
     const piped = await runCli(["convert", "-O", "raw", "-", out], {
-      stdin: await Deno.readFile(vmdk),
+      stdin: await Deno.readFile(qed),
     });
     assertOneLineError(
       piped,
-      /standard input is a VMDK \(VMware\) image; qcow2pipe reads raw and qcow2/,
+      /standard input is a QED image; qcow2pipe reads raw, qcow2/,
     );
     await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
   },
@@ -302,27 +302,27 @@ Deno.test("readableFormat() refuses only the formats qcow2pipe does not read", (
 });
 
 qemuTest(
-  "a VMDK over HTTP is refused, with and without Range support",
+  "a QED image over HTTP is refused, with and without Range support",
   async () => {
     await using dir = await tempDir();
-    const vmdk = join(dir.path, "vm.vmdk");
-    await qemuImg("create", "-q", "-f", "vmdk", vmdk, "8M");
+    const qed = join(dir.path, "vm.qed");
+    await qemuImg("create", "-q", "-f", "qed", qed, "8M");
     const out = join(dir.path, "out.raw");
     for (const ranges of [true, false]) {
       await using server = serveFiles(
-        { "vm.vmdk": await Deno.readFile(vmdk) },
+        { "vm.qed": await Deno.readFile(qed) },
         {
           ranges,
         },
       );
-      const url = server.url("vm.vmdk");
+      const url = server.url("vm.qed");
       const r = await runCli(["convert", "-O", "raw", url, out]);
       assertOneLineError(
         r,
         new RegExp(
           `${
             url.replaceAll(".", "\\.")
-          } is a VMDK \\(VMware\\) image; qcow2pipe reads raw and qcow2`,
+          } is a QED image; qcow2pipe reads raw, qcow2`,
         ),
       );
       await assert.rejects(Deno.stat(out), Deno.errors.NotFound);

@@ -228,11 +228,11 @@ qemuTest(
     // A format we do not read is a usage error, in every command.
     for (const command of ["convert", "info", "check", "map"]) {
       const args = command === "convert"
-        ? [command, "-f", "vmdk", join(a.img, "abs.raw"), join(a.root, "x.raw")]
-        : [command, "-f", "vmdk", join(a.img, "abs.raw")];
+        ? [command, "-f", "qed", join(a.img, "abs.raw"), join(a.root, "x.raw")]
+        : [command, "-f", "qed", join(a.img, "abs.raw")];
       assertOneLineError(
         await runCli(args),
-        /Cannot parse -f: image format "vmdk" is not raw or qcow2/,
+        /Cannot parse -f: image format "qed" is not raw, qcow2/,
       );
     }
     // check: -f raw has no checks, as in qemu-img.
