@@ -483,6 +483,11 @@ function backingOf(
       "Cannot convert: a backing file (-B) needs its format (-F raw or -F qcow2), as qemu-img requires",
     );
   }
-  const format = parseFormat(formatText, "-F") as "raw" | "qcow2";
-  return { name, format };
+  // The base of an output is one the writer names: raw or qcow2.
+  if (formatText !== "raw" && formatText !== "qcow2") {
+    throw new UsageError(
+      `Cannot parse -F: image format "${formatText}" is not raw or qcow2`,
+    );
+  }
+  return { name, format: formatText };
 }

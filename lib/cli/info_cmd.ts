@@ -18,17 +18,17 @@ import { openNamed } from "./_inputs.ts";
 export const INFO_HELP =
   `Usage: qcow2pipe info [-f FMT] [--output=human|json] [--backing-chain] [--http-timeout S] [-U] IMG
 
-Describe a disk image (qcow2 or raw) as "qemu-img info" does: format,
-virtual size, disk size, cluster size, backing file, snapshots and the
+Describe a disk image (qcow2, raw, qcow or vdi) as "qemu-img info" does:
+format, virtual size, disk size, cluster size, backing file, snapshots and the
 qcow2 specifics (compat, compression type, lazy refcounts, refcount bits,
 corrupt bit, extended L2, data file, bitmaps, encryption). IMG is a file
 or an http(s) URL (read with Range requests: the header and the tables
 described, nothing else).
 
 Options:
-  -f, --format FMT      format of IMG: raw or qcow2 (default: probed; a
-                        probed image may only lead to files in its own
-                        directory)
+  -f, --format FMT      format of IMG: raw, qcow2, qcow or vdi (default:
+                        probed; a probed image may only lead to files in
+                        its own directory)
       --output FMT      human (default) or json: "qemu-img info
                         --output=json" (same keys)
       --json            the same as --output=json

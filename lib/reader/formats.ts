@@ -19,6 +19,8 @@ import type { RandomAccessSource } from "../io/source.ts";
 import type { ImageType } from "./image_type.ts";
 import { rawType } from "./raw/type.ts";
 import { qcow2Type } from "./qcow2/type.ts";
+import { qcowType } from "./qcow/type.ts";
+import { vdiType } from "./vdi/type.ts";
 
 /**
  * The formats read, in the order messages list them: one line each.
@@ -27,19 +29,21 @@ import { qcow2Type } from "./qcow2/type.ts";
  * ```ts
  * import assert from "node:assert";
  * import { IMAGE_TYPES } from "./formats.ts";
- * assert.deepStrictEqual(Object.keys(IMAGE_TYPES), ["raw", "qcow2"]);
+ * assert.deepStrictEqual(Object.keys(IMAGE_TYPES), ["raw", "qcow2", "qcow", "vdi"]);
  * ```
  */
 export const IMAGE_TYPES: Readonly<Record<FormatName, ImageType>> = {
   raw: rawType,
   qcow2: qcow2Type,
+  qcow: qcowType,
+  vdi: vdiType,
 };
 
 /**
  * The name of a format the reader opens, as qemu-img names it: the keys of
  * the registry (the compiler holds the two to each other).
  */
-export type FormatName = "raw" | "qcow2";
+export type FormatName = "raw" | "qcow2" | "qcow" | "vdi";
 
 /**
  * Whether a format name is one the reader opens.
@@ -60,8 +64,8 @@ export function isReadFormat(name: string): name is FormatName {
 }
 
 /**
- * The formats read, for messages: `raw and qcow2`, `raw or qcow2`, or with
- * one of them named first (`qcow2 or raw`, where a backing file is meant).
+ * The formats read, for messages: `raw, qcow2, qcow and vdi`, `raw, qcow2, qcow or vdi`, or with
+ * one of them named first (`qcow2, raw, qcow or vdi`, where a backing file is meant).
  *
  * @param conjunction The word before the last name.
  * @param first A format to list first (default: registry order).
@@ -71,8 +75,8 @@ export function isReadFormat(name: string): name is FormatName {
  * ```ts
  * import assert from "node:assert";
  * import { readFormatsText } from "./formats.ts";
- * assert.strictEqual(readFormatsText("or"), "raw or qcow2");
- * assert.strictEqual(readFormatsText("or", "qcow2"), "qcow2 or raw");
+ * assert.strictEqual(readFormatsText("or"), "raw, qcow2, qcow or vdi");
+ * assert.strictEqual(readFormatsText("or", "qcow2"), "qcow2, raw, qcow or vdi");
  * ```
  */
 export function readFormatsText(
@@ -124,7 +128,7 @@ export function imageType(name: FormatName): ImageType {
  * const vhd = new TextEncoder().encode("conectix");
  * assert.throws(
  *   () => readableFormat(probeFormat(vhd), "vm.vhd"),
- *   /vm.vhd is a VHD \(Virtual PC, Hyper-V, Azure\) image; qcow2pipe reads raw and qcow2/,
+ *   /vm.vhd is a VHD \(Virtual PC, Hyper-V, Azure\) image; qcow2pipe reads raw, qcow2, qcow and vdi/,
  * );
  * assert.strictEqual(readableFormat(probeFormat(new Uint8Array(512)), "disk.img"), "raw");
  * ```
