@@ -4,12 +4,7 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import {
-  qemuCheckClean,
-  qemuCompareIdentical,
-  qemuImg,
-  runStatus,
-} from "../_qemu.ts";
+import { qemuCheckClean, qemuCompareIdentical, runStatus } from "../_qemu.ts";
 import { SEVEN_ZIP, withTool } from "../_tools.ts";
 import { runCli } from "../writer/_cli.ts";
 import {

@@ -518,17 +518,17 @@ qemuTest(
       "-b",
       "base.qcow2",
       "-F",
-      "vmdk",
+      "qed",
       img,
       "1M",
     );
     const why =
-      'Cannot open backing file "base.qcow2": backing format "vmdk" is not supported (qcow2 or raw)';
+      'Cannot open backing file "base.qcow2": backing format "qed" is not supported (qcow2, raw, qcow or vdi)';
     await failsToOpen(img, "BACKING", why);
     await assertQcow2Rejects(
       () => mapImage(img),
       "BACKING",
-      `"vmdk" is not supported`,
+      `"qed" is not supported`,
     );
   },
 );

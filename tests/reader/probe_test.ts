@@ -195,7 +195,7 @@ qemuTest(
       new RegExp(
         `${
           path.replaceAll(".", "\\.")
-        } is a ${title} image; qcow2pipe reads raw and qcow2`,
+        } is a ${title} image; qcow2pipe reads raw, qcow2, qcow and vdi`,
       );
     for (
       const [args, pattern] of [
@@ -225,7 +225,7 @@ qemuTest(
     });
     assertOneLineError(
       piped,
-      /standard input is a VMDK \(VMware\) image; qcow2pipe reads raw and qcow2/,
+      /standard input is a VMDK \(VMware\) image; qcow2pipe reads raw, qcow2, qcow and vdi/,
     );
     await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
   },
@@ -295,9 +295,11 @@ qemuTest(
 Deno.test("readableFormat() refuses only the formats qcow2pipe does not read", () => {
   assert.strictEqual(readableFormat("qcow2", "a"), "qcow2");
   assert.strictEqual(readableFormat("raw", "a"), "raw");
+  assert.strictEqual(readableFormat("qcow", "old.img"), "qcow");
+  assert.strictEqual(readableFormat("vdi", "vm.vdi"), "vdi");
   assert.throws(
-    () => readableFormat("qcow", "old.img"),
-    /old\.img is a qcow \(version 1\) image/,
+    () => readableFormat("qed", "old.img"),
+    /old\.img is a QED image/,
   );
 });
 
@@ -322,7 +324,7 @@ qemuTest(
         new RegExp(
           `${
             url.replaceAll(".", "\\.")
-          } is a VMDK \\(VMware\\) image; qcow2pipe reads raw and qcow2`,
+          } is a VMDK \\(VMware\\) image; qcow2pipe reads raw, qcow2, qcow and vdi`,
         ),
       );
       await assert.rejects(Deno.stat(out), Deno.errors.NotFound);

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { qemuTest, tempDir } from "../_qemu.ts";
 import { makeImage, pattern, qemuImg, qemuStatus } from "./_helpers.ts";
 import { compareImages, formatCompareResult } from "../../lib/tools/mod.ts";
-import { IoError, Qcow2Error } from "../../mod.ts";
+import { IoError } from "../../mod.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
