@@ -118,11 +118,20 @@ export async function holdToOracles(
   assert.strictEqual(c.code, 0, c.stderr);
   await qemuCompareIdentical(image, qcow2, [format, "qcow2"]);
   await qemuCheckClean(qcow2);
+  // Our compare agrees.
+  const same = await runCli(["compare", image, qcow2], { cwd: options.cwd });
+  assert.strictEqual(same.code, 0, same.stderr);
+  assert.strictEqual(decoder.decode(same.stdout), "Images are identical.\n");
   await Deno.remove(qcow2);
 
-  // (c) info, text and JSON.
-  for (const json of [false, true]) {
-    const flags = json ? ["--output=json"] : [];
+  // (c) info, text and JSON, alone and with the backing chain.
+  for (
+    const [json, flags] of [
+      [false, []],
+      [true, ["--output=json"]],
+      [false, ["--backing-chain"]],
+    ] as const
+  ) {
     const ours = await runCli(["info", ...flags, image], { cwd: options.cwd });
     assert.strictEqual(ours.code, 0, ours.stderr);
     const theirs = await runStatus("qemu-img", ["info", ...flags, image]);
