@@ -11,7 +11,7 @@ import {
   type ZeroBytes,
 } from "../../mod.ts";
 import { hasQcow2Magic, PROBE_BYTES, probeFormat } from "../format/mod.ts";
-import { readableFormat } from "../reader/formats.ts";
+import { type FormatName, readableFormat } from "../reader/formats.ts";
 import { Qcow2Image } from "../reader/qcow2/image.ts";
 import { formatBytes, UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
@@ -161,8 +161,8 @@ function assertSelected(image: GuestImage, selector: SnapshotSelector): void {
 }
 
 /**
- * Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout
- * allows, else spooled. Relative names the image gives resolve against
+ * Opens a stream: raw is streamed, qcow2 is decoded in one pass when its
+ * layout allows, and anything else is spooled. Relative names the image gives resolve against
  * `relativeTo`; with none, a probed image follows no backing or data file.
  */
 async function openStream(
@@ -177,7 +177,7 @@ async function openStream(
     return { raw: stream, total: size };
   }
   const { head, all } = await peek(stream);
-  let format: string;
+  let format: FormatName;
   try {
     format = options.format !== undefined && options.format !== "auto"
       ? options.format
@@ -197,9 +197,10 @@ async function openStream(
     if (options.snapshot !== undefined) throw noSnapshots();
     return { raw: all, total: size };
   }
+  // Another format the reader opens (qcow, VDI, ...) is spooled whole.
   const opened = await openImageStream(all, {
     snapshot: options.snapshot && readerSnapshot(options.snapshot),
-    format: options.format,
+    format: qcow2 ? options.format : format,
     relativeTo,
     name: what,
     http: options.http,
@@ -212,9 +213,9 @@ async function openStream(
         formatBytes(opened.spoolBytes)
       } of metadata spooled to ${opened.spoolPath})`
       : !qcow2
-      ? `qcow2pipe: ${what} is ${format}, which is read at random offsets: spooled it whole (${
+      ? `qcow2pipe: ${what} is ${format}: spooled it whole (${
         formatBytes(opened.spoolBytes)
-      }) to ${opened.spoolPath}`
+      }) to ${opened.spoolPath} to read it at random offsets`
       : `qcow2pipe: ${what} is qcow2 whose tables do not all precede its data: spooled it whole (${
         formatBytes(opened.spoolBytes)
       }) to ${opened.spoolPath} to read it at random offsets`,
@@ -280,16 +281,14 @@ export async function openInput(
   if (src === "-") {
     // A pipe has no directory: a probed image from it follows no backing
     // or data file (a service started in / would otherwise follow any
-    // absolute name). With -f qcow2 (or another format that names
-    // files), names resolve against the working directory by QEMU's rules
-    // (never against the spool directory).
+    // absolute name). With -f qcow2 (or another named format), names
+    // resolve against the working directory by QEMU's rules (never
+    // against the spool directory).
     return await openStream(
       stdinReadable(),
       undefined,
       "standard input",
-      format !== undefined && format !== "auto" && format !== "raw"
-        ? Deno.cwd()
-        : undefined,
+      format !== undefined && format !== "auto" ? Deno.cwd() : undefined,
       options,
     );
   }
@@ -307,13 +306,13 @@ export async function openInput(
         options,
       );
     }
+    // Any format but raw is read at random offsets, with Range requests.
+    const named = format !== undefined && format !== "auto";
     if (
-      format === "qcow2" ||
-      (format !== "raw" &&
-        readableFormat(
-            probeFormat(await opened.read(0, PROBE_BYTES), src),
-            src,
-          ) !== "raw")
+      named ? format !== "raw" : readableFormat(
+        probeFormat(await opened.read(0, PROBE_BYTES), src),
+        src,
+      ) !== "raw"
     ) {
       // The image leaves a source passed in open: close it here.
       options.cleanups.push(() => Promise.resolve(opened.close()));

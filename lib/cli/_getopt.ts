@@ -5,6 +5,7 @@
 // prefix, options and operands mix in any order, and `--` ends the
 // options. Options that qemu-img has and we do not are named, so that each
 // gets a one-line error instead of a misreading.
+import { readFormatsText } from "../reader/formats.ts";
 import { UsageError } from "./_util.ts";
 import { DEFAULT_IDLE_TIMEOUT, type HttpTransport } from "../io/http_source.ts";
 
@@ -240,4 +241,46 @@ ${pad}seconds (default ${
     DEFAULT_IDLE_TIMEOUT / 1000
   }); a dropped connection or a 5xx
 ${pad}answer is retried from where it stopped`;
+}
+
+/**
+ * An option's help: `flags`, then `text` from `column` on, wrapped at 80
+ * columns. For text that is not a literal (the formats read come from the
+ * reader's registry).
+ */
+export function optionHelp(
+  flags: string,
+  column: number,
+  text: string,
+): string {
+  const pad = " ".repeat(column);
+  const lines: string[] = [];
+  let line = flags.length < column ? flags.padEnd(column) : `${flags}\n${pad}`;
+  let empty = true;
+  for (const word of text.split(/\s+/)) {
+    const lastLine = line.slice(line.lastIndexOf("\n") + 1);
+    if (!empty && lastLine.length + 1 + word.length > 80) {
+      lines.push(line);
+      line = pad;
+      empty = true;
+    }
+    line += (empty ? "" : " ") + word;
+    empty = false;
+  }
+  lines.push(line);
+  return lines.join("\n");
+}
+
+/** The help of `-f`: the formats read, and what probing means. */
+export function formatHelp(
+  flags: string,
+  column: number,
+  image: string,
+  more = "a probed image may only lead to files in its own directory",
+): string {
+  return optionHelp(
+    flags,
+    column,
+    `format of ${image}: ${readFormatsText("or")} (default: probed; ${more})`,
+  );
 }

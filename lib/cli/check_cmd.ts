@@ -8,6 +8,7 @@ import {
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { warn } from "./_util.ts";
 import {
+  formatHelp,
   getopt,
   HTTP_OPTIONS,
   httpTimeoutHelp,
@@ -35,7 +36,7 @@ Exit status: 0 no problems, 2 corruptions, 3 leaked clusters only,
 ("This image format does not support checks", as qemu-img says).
 
 Options:
-  -f, --format FMT    format of IMG: raw, qcow2 or vmdk (default: probed)
+${formatHelp("  -f, --format FMT", 22, "IMG")}
       --output FMT    human (default) or json: "qemu-img check
                       --output=json" (same keys)
       --json          the same as --output=json

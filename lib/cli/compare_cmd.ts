@@ -8,6 +8,7 @@ import {
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { reportError } from "./_util.ts";
 import {
+  formatHelp,
   getopt,
   HTTP_OPTIONS,
   httpTimeoutHelp,
@@ -21,8 +22,8 @@ import { firstStatusMismatch } from "./_strict.ts";
 export const COMPARE_HELP =
   `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-s] [-q] [--http-timeout S] [-U] A B
 
-Compare the guest content of two images (any mix of raw and qcow2, backing
-chains followed), as "qemu-img compare" does. Prints "Images are
+Compare the guest content of two images (any mix of raw, qcow2, qcow and
+vdi, backing chains followed), as "qemu-img compare" does. Prints "Images are
 identical." or "Content mismatch at offset N!" (N is the start of the
 first differing 512-byte sector). When the sizes differ, the extra part
 of the larger image must read as zeros ("Warning: Image size mismatch!").
@@ -32,8 +33,7 @@ Exit status: 0 identical, 1 different, 2 an image could not be opened or
 read.
 
 Options:
-  -f FMT        format of A: raw, qcow2 or vmdk (default: probed; a probed image
-                may only lead to files in its own directory)
+${formatHelp("  -f FMT", 16, "A")}
   -F FMT        format of B
   -s            strict, as in qemu-img: the sizes must be equal ("Strict
                 mode: Image size mismatch!") and so must the allocation

@@ -15,7 +15,8 @@ import { descriptorIdentity } from "../host/stream_output.ts";
 import { createProgress, type Progress } from "./progress.ts";
 import { formatBytes, formatRate, reworded, warn } from "./_util.ts";
 import { writeOut } from "./_args.ts";
-import { getopt, httpTimeoutHelp } from "./_getopt.ts";
+import { readFormatsText } from "../reader/formats.ts";
+import { getopt, httpTimeoutHelp, optionHelp } from "./_getopt.ts";
 import { createOptionsHelp } from "./_create_options.ts";
 import {
   checkCompressedName,
@@ -38,11 +39,11 @@ import { type Sparsified, sparsifyInput, sparsifyLines } from "./_sparsify.ts";
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
 Convert a disk image, with qemu-img's command line (see "Coming from
-qemu-img" in the README for what differs). SRC is raw, qcow2 or vmdk: give its
-format with -f, or it is detected from its first bytes (probed). qcow2
-backing chains, external data files and snapshots are followed; a probed
-image may only lead to files in its own directory (see "Untrusted images"
-in the README). DST is written under a temporary name and put in place
+qemu-img" in the README for what differs). SRC is an image in one of the
+formats read (see -f): give its format with -f, or it is detected from its
+first bytes (probed). Backing chains, external data files, extents and
+snapshots are followed; a probed image may only lead to files in its own
+directory (see "Untrusted images" in the README). DST is written under a temporary name and put in place
 when complete, replacing an existing file as qemu-img does (--no-clobber
 keeps it). DST is never SRC, its backing or data files, or -B's file: they
 are compared by device and inode (hard and symbolic links included).
@@ -61,10 +62,15 @@ then data); the data waits in a temporary spool file (never larger than the
 output) until the input ends.
 
 qemu-img's options:
-  -f FMT               format of SRC: raw, qcow2 or vmdk (default: probed). -f raw
-                       reads SRC as raw whatever its bytes; -f qcow2
-                       follows its backing and data files wherever they
-                       are, as qemu-img does
+${
+  optionHelp(
+    "  -f FMT",
+    23,
+    `format of SRC: ${
+      readFormatsText("or")
+    } (default: probed). -f raw reads SRC as raw whatever its bytes; -f with another format follows its backing and data files wherever they are, as qemu-img does`,
+  )
+}
   -O FMT               raw or qcow2 (default: from DST's extension; qcow2
                        with -c or -B)
   -c                   compress clusters: zlib, or what -o compression_type

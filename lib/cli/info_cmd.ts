@@ -6,6 +6,7 @@ import {
 } from "../tools/mod.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import {
+  formatHelp,
   getopt,
   HTTP_OPTIONS,
   httpTimeoutHelp,
@@ -18,17 +19,15 @@ import { openNamed } from "./_inputs.ts";
 export const INFO_HELP =
   `Usage: qcow2pipe info [-f FMT] [--output=human|json] [--backing-chain] [--http-timeout S] [-U] IMG
 
-Describe a disk image (qcow2 or raw) as "qemu-img info" does: format,
-virtual size, disk size, cluster size, backing file, snapshots and the
+Describe a disk image (any format read, see -f) as "qemu-img info" does:
+format, virtual size, disk size, cluster size, backing file, snapshots and the
 qcow2 specifics (compat, compression type, lazy refcounts, refcount bits,
 corrupt bit, extended L2, data file, bitmaps, encryption). IMG is a file
 or an http(s) URL (read with Range requests: the header and the tables
 described, nothing else).
 
 Options:
-  -f, --format FMT      format of IMG: raw, qcow2 or vmdk (default: probed; a
-                        probed image may only lead to files in its own
-                        directory)
+${formatHelp("  -f, --format FMT", 24, "IMG")}
       --output FMT      human (default) or json: "qemu-img info
                         --output=json" (same keys)
       --json            the same as --output=json

@@ -9,6 +9,7 @@ import { mapImageEntries } from "../tools/mod.ts";
 import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
 import { parseSize, warn } from "./_util.ts";
 import {
+  formatHelp,
   getopt,
   HTTP_OPTIONS,
   httpTimeoutHelp,
@@ -32,9 +33,7 @@ and holds data. IMG is a file or an http(s) URL (read with Range
 requests: the metadata, never the data).
 
 Options:
-  -f, --format FMT        format of IMG: raw, qcow2 or vmdk (default: probed; a
-                          probed image may only lead to files in its own
-                          directory)
+${formatHelp("  -f, --format FMT", 26, "IMG")}
       --output FMT        human (default) or json: "qemu-img map
                           --output=json"
       --json              the same as --output=json

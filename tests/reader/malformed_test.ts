@@ -2,6 +2,7 @@
 // patched: each must end in a thrown Qcow2Error naming the problem, at
 // open or at read time, through every read path, never a hang or a crash.
 
+import { readFormatsText } from "../../lib/reader/formats.ts";
 import assert from "node:assert";
 import { join } from "node:path";
 import { qemuTest, readAt, tempDir } from "../_qemu.ts";
@@ -523,7 +524,9 @@ qemuTest(
       "1M",
     );
     const why =
-      'Cannot open backing file "base.qcow2": backing format "qed" is not supported (qcow2, raw or vmdk)';
+      `Cannot open backing file "base.qcow2": backing format "qed" is not supported (${
+        readFormatsText("or", "qcow2")
+      })`;
     await failsToOpen(img, "BACKING", why);
     await assertQcow2Rejects(
       () => mapImage(img),
