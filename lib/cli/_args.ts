@@ -3,19 +3,22 @@
 // themselves are read by _getopt.ts.
 import { UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
+import { isReadFormat, readFormatsText } from "../reader/formats.ts";
 
 /**
- * The value of `-f`/`-F` (an image's format, as in qemu-img): `raw` or
- * `qcow2`; absent means probe it.
+ * The value of `-f`/`-F` (an image's format, as in qemu-img): one the
+ * reader opens (`raw`, `qcow2`, `vpc`...); absent means probe it.
  */
 export function parseFormat(
   text: string | undefined,
   flag: string,
 ): ImageFormat | undefined {
   if (text === undefined) return undefined;
-  if (text !== "raw" && text !== "qcow2") {
+  if (!isReadFormat(text)) {
     throw new UsageError(
-      `Cannot parse ${flag}: image format "${text}" is not raw or qcow2`,
+      `Cannot parse ${flag}: image format "${text}" is not ${
+        readFormatsText("or")
+      }`,
     );
   }
   return text;

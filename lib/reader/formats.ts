@@ -19,6 +19,7 @@ import type { RandomAccessSource } from "../io/source.ts";
 import type { ImageType } from "./image_type.ts";
 import { rawType } from "./raw/type.ts";
 import { qcow2Type } from "./qcow2/type.ts";
+import { vpcType } from "./vpc/type.ts";
 
 /**
  * The formats read, in the order messages list them: one line each.
@@ -33,13 +34,14 @@ import { qcow2Type } from "./qcow2/type.ts";
 export const IMAGE_TYPES: Readonly<Record<FormatName, ImageType>> = {
   raw: rawType,
   qcow2: qcow2Type,
+  vpc: vpcType,
 };
 
 /**
  * The name of a format the reader opens, as qemu-img names it: the keys of
  * the registry (the compiler holds the two to each other).
  */
-export type FormatName = "raw" | "qcow2";
+export type FormatName = "raw" | "qcow2" | "vpc";
 
 /**
  * Whether a format name is one the reader opens.
