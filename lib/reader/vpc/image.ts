@@ -13,7 +13,7 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "../../format/errors.ts";
+import { hex } from "../../format/errors.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import { LruCache } from "../../io/lru.ts";
 import { rawVirtualSize } from "../../format/geometry.ts";
