@@ -483,6 +483,11 @@ function backingOf(
       "Cannot convert: a backing file (-B) needs its format (-F raw or -F qcow2), as qemu-img requires",
     );
   }
-  const format = parseFormat(formatText, "-F") as "raw" | "qcow2";
+  const format = parseFormat(formatText, "-F");
+  if (format !== "raw" && format !== "qcow2") {
+    throw new UsageError(
+      `Cannot parse -F: backing format "${formatText}" is not raw or qcow2`,
+    );
+  }
   return { name, format };
 }

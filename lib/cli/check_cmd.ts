@@ -35,7 +35,7 @@ Exit status: 0 no problems, 2 corruptions, 3 leaked clusters only,
 ("This image format does not support checks", as qemu-img says).
 
 Options:
-  -f, --format FMT    format of IMG: raw or qcow2 (default: probed)
+  -f, --format FMT    format of IMG: raw, qcow2 or vpc (default: probed)
       --output FMT    human (default) or json: "qemu-img check
                       --output=json" (same keys)
       --json          the same as --output=json

@@ -21,7 +21,7 @@ import { firstStatusMismatch } from "./_strict.ts";
 export const COMPARE_HELP =
   `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-s] [-q] [--http-timeout S] [-U] A B
 
-Compare the guest content of two images (any mix of raw and qcow2, backing
+Compare the guest content of two images (any mix of raw, qcow2 and vpc,
 chains followed), as "qemu-img compare" does. Prints "Images are
 identical." or "Content mismatch at offset N!" (N is the start of the
 first differing 512-byte sector). When the sizes differ, the extra part
@@ -32,7 +32,7 @@ Exit status: 0 identical, 1 different, 2 an image could not be opened or
 read.
 
 Options:
-  -f FMT        format of A: raw or qcow2 (default: probed; a probed image
+  -f FMT        format of A: raw, qcow2 or vpc (default: probed; a probed
                 may only lead to files in its own directory)
   -F FMT        format of B
   -s            strict, as in qemu-img: the sizes must be equal ("Strict

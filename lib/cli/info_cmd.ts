@@ -26,9 +26,9 @@ or an http(s) URL (read with Range requests: the header and the tables
 described, nothing else).
 
 Options:
-  -f, --format FMT      format of IMG: raw or qcow2 (default: probed; a
-                        probed image may only lead to files in its own
-                        directory)
+  -f, --format FMT      format of IMG: raw, qcow2 or vpc (VHD) (default:
+                        probed; a probed image may only lead to files in
+                        its own directory)
       --output FMT      human (default) or json: "qemu-img info
                         --output=json" (same keys)
       --json            the same as --output=json

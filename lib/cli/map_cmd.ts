@@ -32,9 +32,9 @@ and holds data. IMG is a file or an http(s) URL (read with Range
 requests: the metadata, never the data).
 
 Options:
-  -f, --format FMT        format of IMG: raw or qcow2 (default: probed; a
-                          probed image may only lead to files in its own
-                          directory)
+  -f, --format FMT        format of IMG: raw, qcow2 or vpc (VHD) (default:
+                          probed; a probed image may only lead to files in
+                          its own directory)
       --output FMT        human (default) or json: "qemu-img map
                           --output=json"
       --json              the same as --output=json

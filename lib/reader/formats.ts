@@ -28,7 +28,7 @@ import { vpcType } from "./vpc/type.ts";
  * ```ts
  * import assert from "node:assert";
  * import { IMAGE_TYPES } from "./formats.ts";
- * assert.deepStrictEqual(Object.keys(IMAGE_TYPES), ["raw", "qcow2"]);
+ * assert.deepStrictEqual(Object.keys(IMAGE_TYPES), ["raw", "qcow2", "vpc"]);
  * ```
  */
 export const IMAGE_TYPES: Readonly<Record<FormatName, ImageType>> = {
@@ -62,8 +62,9 @@ export function isReadFormat(name: string): name is FormatName {
 }
 
 /**
- * The formats read, for messages: `raw and qcow2`, `raw or qcow2`, or with
- * one of them named first (`qcow2 or raw`, where a backing file is meant).
+ * The formats read, for messages: `raw, qcow2 and vpc`, `raw, qcow2 or
+ * vpc`, or with one of them named first (`qcow2, raw or vpc`, where a
+ * backing file is meant).
  *
  * @param conjunction The word before the last name.
  * @param first A format to list first (default: registry order).
@@ -73,8 +74,8 @@ export function isReadFormat(name: string): name is FormatName {
  * ```ts
  * import assert from "node:assert";
  * import { readFormatsText } from "./formats.ts";
- * assert.strictEqual(readFormatsText("or"), "raw or qcow2");
- * assert.strictEqual(readFormatsText("or", "qcow2"), "qcow2 or raw");
+ * assert.strictEqual(readFormatsText("or"), "raw, qcow2 or vpc");
+ * assert.strictEqual(readFormatsText("or", "qcow2"), "qcow2, raw or vpc");
  * ```
  */
 export function readFormatsText(
@@ -118,15 +119,15 @@ export function imageType(name: FormatName): ImageType {
  * @throws {Qcow2Error} With code `UNSUPPORTED_FORMAT` for a format that is
  * not registered.
  *
- * @example Refuse a VHD, read a raw disk
+ * @example Refuse a QED image, read a raw disk
  * ```ts
  * import assert from "node:assert";
  * import { probeFormat } from "../format/probe.ts";
  * import { readableFormat } from "./formats.ts";
- * const vhd = new TextEncoder().encode("conectix");
+ * const qed = new Uint8Array([0x51, 0x45, 0x44, 0x00]);
  * assert.throws(
- *   () => readableFormat(probeFormat(vhd), "vm.vhd"),
- *   /vm.vhd is a VHD \(Virtual PC, Hyper-V, Azure\) image; qcow2pipe reads raw and qcow2/,
+ *   () => readableFormat(probeFormat(qed), "vm.qed"),
+ *   /vm.qed is a QED image; qcow2pipe reads raw, qcow2 and vpc/,
  * );
  * assert.strictEqual(readableFormat(probeFormat(new Uint8Array(512)), "disk.img"), "raw");
  * ```

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { qemuImg, qemuTest, runStatus, tempDir } from "../_qemu.ts";
 import { assertOneLineError, runCli } from "../writer/_cli.ts";
 import { PROBE_BYTES, probeFormat } from "../../lib/format/probe.ts";
-import { readableFormat } from "../../lib/reader/formats.ts";
+import { readableFormat, readFormatsText } from "../../lib/reader/formats.ts";
 import { Qcow2Error } from "../../lib/format/errors.ts";
 import { openImage } from "../../mod.ts";
 import { openImageStream } from "../../lib/reader/stream_open.ts";
@@ -193,9 +193,9 @@ qemuTest(
     const out = join(dir.path, "out.qcow2");
     const says = (path: string, title: string) =>
       new RegExp(
-        `${
-          path.replaceAll(".", "\\.")
-        } is a ${title} image; qcow2pipe reads raw and qcow2`,
+        `${path.replaceAll(".", "\\.")} is a ${title} image; qcow2pipe reads ${
+          readFormatsText("and")
+        }`,
       );
     for (
       const [args, pattern] of [
@@ -225,7 +225,11 @@ qemuTest(
     });
     assertOneLineError(
       piped,
-      /standard input is a VMDK \(VMware\) image; qcow2pipe reads raw and qcow2/,
+      new RegExp(
+        `standard input is a VMDK \\(VMware\\) image; qcow2pipe reads ${
+          readFormatsText("and")
+        }`,
+      ),
     );
     await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
   },
@@ -256,28 +260,28 @@ qemuTest(
 );
 
 qemuTest(
-  "openImage() and openImageStream() refuse a probed VHD with UNSUPPORTED_FORMAT, a backing file in another format too",
+  "openImage() and openImageStream() refuse a probed QED image with UNSUPPORTED_FORMAT, a backing file in another format too",
   async () => {
     await using dir = await tempDir();
-    const vhd = join(dir.path, "vm.vhd");
-    await qemuImg("create", "-q", "-f", "vpc", vhd, "8M");
+    const qed = join(dir.path, "vm.qed");
+    await qemuImg("create", "-q", "-f", "qed", qed, "8M");
     const isUnsupported = (err: unknown) =>
       err instanceof Qcow2Error && err.code === "UNSUPPORTED_FORMAT" &&
-      /is a VHD \(Virtual PC, Hyper-V, Azure\) image/.test(err.message);
-    await assert.rejects(openImage(vhd), isUnsupported);
-    const bytes = await Deno.readFile(vhd);
+      /is a QED image/.test(err.message);
+    await assert.rejects(openImage(qed), isUnsupported);
+    const bytes = await Deno.readFile(qed);
     await assert.rejects(
       openImageStream(ReadableStream.from([bytes])),
       isUnsupported,
     );
     // Given as raw, it opens at its file size.
-    await using image = await openImage(vhd, { format: "raw" });
+    await using image = await openImage(qed, { format: "raw" });
     assert.strictEqual(image.virtualSize, bytes.length);
     // A qcow2 overlay whose backing file is probed (no backing format).
     const top = join(dir.path, "top.qcow2");
     await qemuImg("create", "-q", "-f", "qcow2", top, "8M");
     const header = await Deno.readFile(top);
-    const name = ascii("vm.vhd");
+    const name = ascii("vm.qed");
     const view = new DataView(header.buffer);
     view.setBigUint64(8, 0x1000n); // backing_file_offset
     view.setUint32(16, name.length); // backing_file_size
@@ -287,14 +291,35 @@ qemuTest(
       openImage(top),
       (err: unknown) =>
         err instanceof Qcow2Error && err.code === "UNSUPPORTED_FORMAT" &&
-        err.message.includes(join(dir.path, "vm.vhd")),
+        err.message.includes(join(dir.path, "vm.qed")),
     );
+  },
+);
+
+qemuTest(
+  "openImage() and openImageStream() read a probed dynamic VHD as vpc",
+  async () => {
+    await using dir = await tempDir();
+    const vhd = join(dir.path, "vm.vhd");
+    await qemuImg("create", "-q", "-f", "vpc", vhd, "8M");
+    await using image = await openImage(vhd);
+    assert.strictEqual(image.format, "vpc");
+    const stream = await openImageStream(
+      ReadableStream.from([await Deno.readFile(vhd)]),
+    );
+    try {
+      assert.strictEqual(stream.image.format, "vpc");
+      assert.strictEqual(stream.image.virtualSize, image.virtualSize);
+    } finally {
+      await stream.close();
+    }
   },
 );
 
 Deno.test("readableFormat() refuses only the formats qcow2pipe does not read", () => {
   assert.strictEqual(readableFormat("qcow2", "a"), "qcow2");
   assert.strictEqual(readableFormat("raw", "a"), "raw");
+  assert.strictEqual(readableFormat("vpc", "a"), "vpc");
   assert.throws(
     () => readableFormat("qcow", "old.img"),
     /old\.img is a qcow \(version 1\) image/,
@@ -322,7 +347,9 @@ qemuTest(
         new RegExp(
           `${
             url.replaceAll(".", "\\.")
-          } is a VMDK \\(VMware\\) image; qcow2pipe reads raw and qcow2`,
+          } is a VMDK \\(VMware\\) image; qcow2pipe reads ${
+            readFormatsText("and")
+          }`,
         ),
       );
       await assert.rejects(Deno.stat(out), Deno.errors.NotFound);

@@ -11,6 +11,7 @@ import { qemuCompareIdentical, qemuImg, qemuIo, qemuTest } from "../_qemu.ts";
 import { assertOneLineError, partialFiles, runCli } from "../writer/_cli.ts";
 import { serveFiles } from "../streams/_server.ts";
 import { prng } from "./_helpers.ts";
+import { readFormatsText } from "../../lib/reader/formats.ts";
 
 const MiB = 1024 * 1024;
 
@@ -228,11 +229,13 @@ qemuTest(
     // A format we do not read is a usage error, in every command.
     for (const command of ["convert", "info", "check", "map"]) {
       const args = command === "convert"
-        ? [command, "-f", "vmdk", join(a.img, "abs.raw"), join(a.root, "x.raw")]
-        : [command, "-f", "vmdk", join(a.img, "abs.raw")];
+        ? [command, "-f", "qed", join(a.img, "abs.raw"), join(a.root, "x.raw")]
+        : [command, "-f", "qed", join(a.img, "abs.raw")];
       assertOneLineError(
         await runCli(args),
-        /Cannot parse -f: image format "vmdk" is not raw or qcow2/,
+        new RegExp(
+          `Cannot parse -f: image format "qed" is not ${readFormatsText("or")}`,
+        ),
       );
     }
     // check: -f raw has no checks, as in qemu-img.

@@ -46,7 +46,7 @@ const MAX_TABLE_ENTRIES = 0x1fffffff;
  * await new Deno.Command("qemu-img", { args: ["create", "-q", "-f", "vpc", `${dir}/d.vhd`, "4M"] }).output();
  * await using image = await openImage(`${dir}/d.vhd`);
  * assert.strictEqual(image.format, "vpc");
- * assert.strictEqual(image.virtualSize, 4208640); // the CHS geometry's size
+ * assert.strictEqual(image.virtualSize, 4212736); // 4 MiB rounded up to a CHS geometry
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
