@@ -31,6 +31,7 @@ import { decodeL1Entry } from "../../lib/format/l1.ts";
 import { decodeL2Entry, type L2Entry } from "../../lib/format/l2.ts";
 import { compressedRange } from "../../lib/format/compressed.ts";
 import { geometryOf } from "../../lib/format/geometry.ts";
+import { readFormatsText } from "../../lib/reader/formats.ts";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -518,17 +519,19 @@ qemuTest(
       "-b",
       "base.qcow2",
       "-F",
-      "vmdk",
+      "qed",
       img,
       "1M",
     );
     const why =
-      'Cannot open backing file "base.qcow2": backing format "vmdk" is not supported (qcow2 or raw)';
+      `Cannot open backing file "base.qcow2": backing format "qed" is not supported (${
+        readFormatsText("or", "qcow2")
+      })`;
     await failsToOpen(img, "BACKING", why);
     await assertQcow2Rejects(
       () => mapImage(img),
       "BACKING",
-      `"vmdk" is not supported`,
+      `"qed" is not supported`,
     );
   },
 );
