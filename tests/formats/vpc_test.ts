@@ -14,6 +14,8 @@ import {
 } from "../_qemu.ts";
 import { SEVEN_ZIP, withTool } from "../_tools.ts";
 import { cli } from "../tools/_helpers.ts";
+import { runCli } from "../writer/_cli.ts";
+import { serveFiles } from "../streams/_server.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { Qcow2Error } from "../../lib/format/errors.ts";
 import { prng } from "../../lib/_prng.ts";
@@ -227,6 +229,63 @@ qemuTest(
         view.setBigUint64(48, BigInt(6 * MiB - 4096));
       });
       await judge(dir.path, max, `${sub}-maxchs`);
+    }
+  },
+);
+
+qemuTest(
+  "vpc: a VHD from a pipe and over HTTP (with and without Range support) converts as from a file",
+  async () => {
+    await using dir = await tempDir();
+    const raw = await makeDisk(dir.path);
+    const files: Record<string, Uint8Array> = {};
+    for (const sub of ["fixed", "dynamic"]) {
+      const vhd = join(dir.path, `${sub}.vhd`);
+      await qemuImg("convert", "-O", "vpc", "-o", `subformat=${sub}`, raw, vhd);
+      files[`${sub}.vhd`] = await Deno.readFile(vhd);
+    }
+    const expected = join(dir.path, "expected.raw");
+    await qemuImg(
+      "convert",
+      "-f",
+      "vpc",
+      "-O",
+      "raw",
+      join(dir.path, "dynamic.vhd"),
+      expected,
+    );
+    const want = await Deno.readFile(expected);
+    const out = join(dir.path, "out.raw");
+    // A fixed VHD probes as raw, in qemu-img too: it needs -f vpc.
+    for (
+      const [name, f] of [["dynamic.vhd", []], ["fixed.vhd", ["-f", "vpc"]]]
+    ) {
+      const piped = await runCli(["convert", ...f, "-O", "raw", "-", out], {
+        stdin: files[name as string],
+      });
+      assert.strictEqual(piped.code, 0, piped.stderr);
+      assert.deepStrictEqual(
+        await Deno.readFile(out),
+        want,
+        `${name} from a pipe`,
+      );
+      for (const ranges of [true, false]) {
+        await using server = serveFiles(files, { ranges });
+        const r = await runCli([
+          "convert",
+          ...f,
+          "-O",
+          "raw",
+          server.url(name as string),
+          out,
+        ]);
+        assert.strictEqual(r.code, 0, r.stderr);
+        assert.deepStrictEqual(
+          await Deno.readFile(out),
+          want,
+          `${name} over HTTP (ranges: ${ranges})`,
+        );
+      }
     }
   },
 );
