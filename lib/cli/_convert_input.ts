@@ -1,6 +1,6 @@
 // The SRC of `qcow2pipe convert`: a file, standard input or an http(s)
-// URL, raw or qcow2 (given with -f or probed), with the internal snapshot
-// -l / -s selects.
+// URL, in a format the reader opens (given with -f or probed), with the
+// internal snapshot -l / -s selects.
 import { isHttpUrl } from "../io/http_source.ts";
 import {
   type GuestImage,

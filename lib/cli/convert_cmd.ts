@@ -1,4 +1,4 @@
-// `qcow2pipe convert`: raw or qcow2 in (file, stdin or http(s) URL), raw or
+// `qcow2pipe convert`: raw, qcow2 or vpc in (file, stdin or http(s) URL), raw or
 // qcow2 out (file, stdout, a FIFO or device, or an existing file or device
 // with -n), with qemu-img's command line.
 import {

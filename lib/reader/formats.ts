@@ -22,6 +22,7 @@ import { qcow2Type } from "./qcow2/type.ts";
 import { qcowType } from "./qcow/type.ts";
 import { vdiType } from "./vdi/type.ts";
 import { vmdkType } from "./vmdk/type.ts";
+import { vpcType } from "./vpc/type.ts";
 
 /**
  * The formats read, in the order messages list them: one line each.
@@ -41,13 +42,14 @@ export const IMAGE_TYPES: Readonly<Record<FormatName, ImageType>> = {
   qcow: qcowType,
   vdi: vdiType,
   vmdk: vmdkType,
+  vpc: vpcType,
 };
 
 /**
  * The name of a format the reader opens, as qemu-img names it: the keys of
  * the registry (the compiler holds the two to each other).
  */
-export type FormatName = "raw" | "qcow2" | "qcow" | "vdi" | "vmdk";
+export type FormatName = "raw" | "qcow2" | "qcow" | "vdi" | "vmdk" | "vpc";
 
 /**
  * Whether a format name is one the reader opens.
@@ -69,8 +71,8 @@ export function isReadFormat(name: string): name is FormatName {
 }
 
 /**
- * The formats read, for messages: `raw, qcow2, ... and vmdk`, `raw, qcow2,
- * ... or vmdk`, or with one of them named first (`qcow2, raw, ...`, where a
+ * The formats read, for messages: `raw, qcow2, ... and vpc`, `raw, qcow2,
+ * ... or vpc`, or with one of them named first (`qcow2, raw, ...`, where a
  * backing file is meant).
  *
  * @param conjunction The word before the last name.

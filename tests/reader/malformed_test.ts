@@ -2,7 +2,6 @@
 // patched: each must end in a thrown Qcow2Error naming the problem, at
 // open or at read time, through every read path, never a hang or a crash.
 
-import { readFormatsText } from "../../lib/reader/formats.ts";
 import assert from "node:assert";
 import { join } from "node:path";
 import { qemuTest, readAt, tempDir } from "../_qemu.ts";
@@ -32,6 +31,7 @@ import { decodeL1Entry } from "../../lib/format/l1.ts";
 import { decodeL2Entry, type L2Entry } from "../../lib/format/l2.ts";
 import { compressedRange } from "../../lib/format/compressed.ts";
 import { geometryOf } from "../../lib/format/geometry.ts";
+import { readFormatsText } from "../../lib/reader/formats.ts";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;

@@ -256,28 +256,28 @@ qemuTest(
 );
 
 qemuTest(
-  "openImage() and openImageStream() refuse a probed VHD with UNSUPPORTED_FORMAT, a backing file in another format too",
+  "openImage() and openImageStream() refuse a probed QED image with UNSUPPORTED_FORMAT, a backing file in another format too",
   async () => {
     await using dir = await tempDir();
-    const vhd = join(dir.path, "vm.vhd");
-    await qemuImg("create", "-q", "-f", "vpc", vhd, "8M");
+    const qed = join(dir.path, "vm.qed");
+    await qemuImg("create", "-q", "-f", "qed", qed, "8M");
     const isUnsupported = (err: unknown) =>
       err instanceof Qcow2Error && err.code === "UNSUPPORTED_FORMAT" &&
-      /is a VHD \(Virtual PC, Hyper-V, Azure\) image/.test(err.message);
-    await assert.rejects(openImage(vhd), isUnsupported);
-    const bytes = await Deno.readFile(vhd);
+      /is a QED image/.test(err.message);
+    await assert.rejects(openImage(qed), isUnsupported);
+    const bytes = await Deno.readFile(qed);
     await assert.rejects(
       openImageStream(ReadableStream.from([bytes])),
       isUnsupported,
     );
     // Given as raw, it opens at its file size.
-    await using image = await openImage(vhd, { format: "raw" });
+    await using image = await openImage(qed, { format: "raw" });
     assert.strictEqual(image.virtualSize, bytes.length);
     // A qcow2 overlay whose backing file is probed (no backing format).
     const top = join(dir.path, "top.qcow2");
     await qemuImg("create", "-q", "-f", "qcow2", top, "8M");
     const header = await Deno.readFile(top);
-    const name = ascii("vm.vhd");
+    const name = ascii("vm.qed");
     const view = new DataView(header.buffer);
     view.setBigUint64(8, 0x1000n); // backing_file_offset
     view.setUint32(16, name.length); // backing_file_size
@@ -287,8 +287,28 @@ qemuTest(
       openImage(top),
       (err: unknown) =>
         err instanceof Qcow2Error && err.code === "UNSUPPORTED_FORMAT" &&
-        err.message.includes(join(dir.path, "vm.vhd")),
+        err.message.includes(join(dir.path, "vm.qed")),
     );
+  },
+);
+
+qemuTest(
+  "openImage() and openImageStream() read a probed dynamic VHD as vpc",
+  async () => {
+    await using dir = await tempDir();
+    const vhd = join(dir.path, "vm.vhd");
+    await qemuImg("create", "-q", "-f", "vpc", vhd, "8M");
+    await using image = await openImage(vhd);
+    assert.strictEqual(image.format, "vpc");
+    const stream = await openImageStream(
+      ReadableStream.from([await Deno.readFile(vhd)]),
+    );
+    try {
+      assert.strictEqual(stream.image.format, "vpc");
+      assert.strictEqual(stream.image.virtualSize, image.virtualSize);
+    } finally {
+      await stream.close();
+    }
   },
 );
 
@@ -297,6 +317,7 @@ Deno.test("readableFormat() refuses only the formats qcow2pipe does not read", (
   assert.strictEqual(readableFormat("raw", "a"), "raw");
   assert.strictEqual(readableFormat("qcow", "old.img"), "qcow");
   assert.strictEqual(readableFormat("vdi", "vm.vdi"), "vdi");
+  assert.strictEqual(readableFormat("vpc", "a"), "vpc");
   assert.throws(
     () => readableFormat("qed", "old.img"),
     /old\.img is a QED image/,
