@@ -117,12 +117,15 @@ export async function openChain(
     });
     await gate.start(source, place ?? source.name);
     // Over HTTP, names resolve against the URL that answered.
-    const referrer = topReferrer(
-      source.url ?? name,
-      given,
-      options.relativeTo,
-      options.label ?? name,
-    );
+    const referrer = {
+      ...topReferrer(
+        source.url ?? name,
+        given,
+        options.relativeTo,
+        options.label ?? name,
+      ),
+      format,
+    };
     const walk = new ChainWalk(gate, options);
     return await imageType(format).open(
       source,

@@ -71,6 +71,11 @@ export interface Referrer {
   dir: string | undefined;
   /** Whether QEMU's rules apply (its format was given), not containment. */
   trusted: boolean;
+  /**
+   * The top image's format, for the hint of a refusal (`pass -f vmdk to
+   * follow it`); qcow2 when unknown.
+   */
+  format?: string;
 }
 
 const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
@@ -236,6 +241,7 @@ export function backingReferrer(
     name: ref.name,
     dir: directoryOf(source?.url ?? ref.name),
     trusted: parent.trusted && declared !== undefined,
+    format: parent.format,
   };
 }
 
@@ -306,7 +312,9 @@ export async function followReference(
     );
   }
   const hint = policy === "auto" && !referrer.trusted
-    ? `; its format was probed: pass -f qcow2 to follow it`
+    ? `; its format was probed: pass -f ${
+      referrer.format ?? "qcow2"
+    } to follow it`
     : policy === "contained"
     ? ` (references: "contained")`
     : "";
