@@ -159,10 +159,13 @@ console.error(
   }`,
 );
 
-const virtSparsify = await have("virt-sparsify", ["--version"]);
+const virtSparsify = VIRT_REPS > 0 &&
+  await have("virt-sparsify", ["--version"]);
 if (!virtSparsify) {
   console.error(
-    "virt-sparsify not found (apt-get install libguestfs-tools): its row is skipped",
+    VIRT_REPS > 0
+      ? "virt-sparsify not found (apt-get install libguestfs-tools): its row is skipped"
+      : "--virt-reps 0: virt-sparsify's row is skipped",
   );
 }
 
