@@ -19,6 +19,7 @@ import type { RandomAccessSource } from "../io/source.ts";
 import type { ImageType } from "./image_type.ts";
 import { rawType } from "./raw/type.ts";
 import { qcow2Type } from "./qcow2/type.ts";
+import { vhdxType } from "./vhdx/type.ts";
 
 /**
  * The formats read, in the order messages list them: one line each.
@@ -27,19 +28,20 @@ import { qcow2Type } from "./qcow2/type.ts";
  * ```ts
  * import assert from "node:assert";
  * import { IMAGE_TYPES } from "./formats.ts";
- * assert.deepStrictEqual(Object.keys(IMAGE_TYPES), ["raw", "qcow2"]);
+ * assert.deepStrictEqual(Object.keys(IMAGE_TYPES), ["raw", "qcow2", "vhdx"]);
  * ```
  */
 export const IMAGE_TYPES: Readonly<Record<FormatName, ImageType>> = {
   raw: rawType,
   qcow2: qcow2Type,
+  vhdx: vhdxType,
 };
 
 /**
  * The name of a format the reader opens, as qemu-img names it: the keys of
  * the registry (the compiler holds the two to each other).
  */
-export type FormatName = "raw" | "qcow2";
+export type FormatName = "raw" | "qcow2" | "vhdx";
 
 /**
  * Whether a format name is one the reader opens.
@@ -71,8 +73,8 @@ export function isReadFormat(name: string): name is FormatName {
  * ```ts
  * import assert from "node:assert";
  * import { readFormatsText } from "./formats.ts";
- * assert.strictEqual(readFormatsText("or"), "raw or qcow2");
- * assert.strictEqual(readFormatsText("or", "qcow2"), "qcow2 or raw");
+ * assert.strictEqual(readFormatsText("or"), "raw, qcow2 or vhdx");
+ * assert.strictEqual(readFormatsText("or", "qcow2"), "qcow2, raw or vhdx");
  * ```
  */
 export function readFormatsText(
@@ -124,7 +126,7 @@ export function imageType(name: FormatName): ImageType {
  * const vhd = new TextEncoder().encode("conectix");
  * assert.throws(
  *   () => readableFormat(probeFormat(vhd), "vm.vhd"),
- *   /vm.vhd is a VHD \(Virtual PC, Hyper-V, Azure\) image; qcow2pipe reads raw and qcow2/,
+ *   /vm.vhd is a VHD \(Virtual PC, Hyper-V, Azure\) image; qcow2pipe reads raw, qcow2 and vhdx/,
  * );
  * assert.strictEqual(readableFormat(probeFormat(new Uint8Array(512)), "disk.img"), "raw");
  * ```

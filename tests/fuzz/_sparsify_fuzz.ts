@@ -23,7 +23,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { mulberry32 } from "../../lib/_prng.ts";
-import { crc16, crc32, crc32cRaw } from "../../lib/sparsify/_crc.ts";
+import { crc16, crc32, crc32cRaw } from "../../lib/bytes/crc.ts";
 import type { RandomAccessSource } from "../../lib/io/source.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import {

@@ -15,7 +15,7 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { mulberry32 } from "../../lib/_prng.ts";
-import { crc32cRaw } from "../../lib/sparsify/_crc.ts";
+import { crc32cRaw } from "../../lib/bytes/crc.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import { canLoop, MiB, populate, sh } from "../sparsify/_disks.ts";
 import {
