@@ -1,6 +1,7 @@
 // Values and operands shared by the commands (-f/-F formats, the operands
 // expected), and buffered text on standard output. The options
 // themselves are read by _getopt.ts.
+import { isReadFormat, readFormatsText } from "../reader/formats.ts";
 import { UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
 
@@ -13,9 +14,11 @@ export function parseFormat(
   flag: string,
 ): ImageFormat | undefined {
   if (text === undefined) return undefined;
-  if (text !== "raw" && text !== "qcow2") {
+  if (!isReadFormat(text)) {
     throw new UsageError(
-      `Cannot parse ${flag}: image format "${text}" is not raw or qcow2`,
+      `Cannot parse ${flag}: image format "${text}" is not ${
+        readFormatsText("or")
+      }`,
     );
   }
   return text;

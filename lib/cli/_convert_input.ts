@@ -1,5 +1,5 @@
 // The SRC of `qcow2pipe convert`: a file, standard input or an http(s)
-// URL, raw or qcow2 (given with -f or probed), with the internal snapshot
+// URL, in a format read (given with -f or probed), with the internal snapshot
 // -l / -s selects.
 import { isHttpUrl } from "../io/http_source.ts";
 import {
@@ -161,8 +161,8 @@ function assertSelected(image: GuestImage, selector: SnapshotSelector): void {
 }
 
 /**
- * Opens a qcow2 or raw stream: qcow2 is decoded in one pass when its layout
- * allows, else spooled. Relative names the image gives resolve against
+ * Opens a stream: raw is passed on, qcow2 is decoded in one pass when its
+ * layout allows, anything else is spooled. Relative names the image gives resolve against
  * `relativeTo`; with none, a probed image follows no backing or data file.
  */
 async function openStream(
@@ -177,21 +177,22 @@ async function openStream(
     return { raw: stream, total: size };
   }
   const { head, all } = await peek(stream);
-  let qcow2: boolean;
+  let format: string;
   try {
-    qcow2 = options.format === "qcow2" ||
-      readableFormat(probeFormat(head, what), what) === "qcow2";
+    format = options.format !== undefined && options.format !== "auto"
+      ? options.format
+      : readableFormat(probeFormat(head, what), what);
   } catch (err) {
     await all.cancel();
     throw err;
   }
-  if (qcow2 && !hasQcow2Magic(head)) {
+  if (format === "qcow2" && !hasQcow2Magic(head)) {
     await all.cancel();
     throw new UsageError(
       `Cannot convert: ${what} is not a qcow2 image (it does not start with the qcow2 magic), but -f qcow2 was given`,
     );
   }
-  if (!qcow2) {
+  if (format === "raw") {
     if (options.snapshot !== undefined) throw noSnapshots();
     return { raw: all, total: size };
   }
@@ -209,7 +210,11 @@ async function openStream(
       ? `qcow2pipe: ${what} is qcow2 with its tables first: decoding it in one pass (${
         formatBytes(opened.spoolBytes)
       } of metadata spooled to ${opened.spoolPath})`
-      : `qcow2pipe: ${what} is qcow2 whose tables do not all precede its data: spooled it whole (${
+      : `qcow2pipe: ${what} is ${
+        format === "qcow2"
+          ? "qcow2 whose tables do not all precede its data"
+          : format
+      }: spooled it whole (${
         formatBytes(opened.spoolBytes)
       }) to ${opened.spoolPath} to read it at random offsets`,
   );
@@ -299,12 +304,10 @@ export async function openInput(
       );
     }
     if (
-      format === "qcow2" ||
-      (format !== "raw" &&
-        readableFormat(
-            probeFormat(await opened.read(0, PROBE_BYTES), src),
-            src,
-          ) === "qcow2")
+      (format !== undefined && format !== "auto" ? format : readableFormat(
+        probeFormat(await opened.read(0, PROBE_BYTES), src),
+        src,
+      )) !== "raw"
     ) {
       // The image leaves a source passed in open: close it here.
       options.cleanups.push(() => Promise.resolve(opened.close()));

@@ -1,5 +1,6 @@
 // `qcow2pipe check`: a read-only `qemu-img check`, with its messages,
 // summary and exit status.
+import { readFormatsText } from "../reader/formats.ts";
 import {
   checkImage,
   formatCheckJson,
@@ -35,7 +36,7 @@ Exit status: 0 no problems, 2 corruptions, 3 leaked clusters only,
 ("This image format does not support checks", as qemu-img says).
 
 Options:
-  -f, --format FMT    format of IMG: raw or qcow2 (default: probed)
+  -f, --format FMT    format of IMG: ${readFormatsText("or")} (default: probed)
       --output FMT    human (default) or json: "qemu-img check
                       --output=json" (same keys)
       --json          the same as --output=json

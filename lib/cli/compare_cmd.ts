@@ -1,5 +1,6 @@
 // `qcow2pipe compare`: are two images the same as the guest sees them, as
 // `qemu-img compare` answers it (exit 0 identical, 1 different, 2 error).
+import { readFormatsText } from "../reader/formats.ts";
 import { compareImages, formatCompareResult } from "../tools/mod.ts";
 import {
   formatStatusMismatch,
@@ -32,7 +33,9 @@ Exit status: 0 identical, 1 different, 2 an image could not be opened or
 read.
 
 Options:
-  -f FMT        format of A: raw or qcow2 (default: probed; a probed image
+  -f FMT        format of A: ${
+    readFormatsText("or")
+  } (default: probed; a probed image
                 may only lead to files in its own directory)
   -F FMT        format of B
   -s            strict, as in qemu-img: the sizes must be equal ("Strict

@@ -1,6 +1,7 @@
 // `qcow2pipe convert`: raw or qcow2 in (file, stdin or http(s) URL), raw or
 // qcow2 out (file, stdout, a FIFO or device, or an existing file or device
 // with -n), with qemu-img's command line.
+import { readFormatsText } from "../reader/formats.ts";
 import {
   CodecPool,
   convert,
@@ -38,7 +39,9 @@ import { type Sparsified, sparsifyInput, sparsifyLines } from "./_sparsify.ts";
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
 Convert a disk image, with qemu-img's command line (see "Coming from
-qemu-img" in the README for what differs). SRC is raw or qcow2: give its
+qemu-img" in the README for what differs). SRC is ${
+  readFormatsText("or")
+}: give its
 format with -f, or it is detected from its first bytes (probed). qcow2
 backing chains, external data files and snapshots are followed; a probed
 image may only lead to files in its own directory (see "Untrusted images"
@@ -61,7 +64,9 @@ then data); the data waits in a temporary spool file (never larger than the
 output) until the input ends.
 
 qemu-img's options:
-  -f FMT               format of SRC: raw or qcow2 (default: probed). -f raw
+  -f FMT               format of SRC: ${
+  readFormatsText("or")
+} (default: probed). -f raw
                        reads SRC as raw whatever its bytes; -f qcow2
                        follows its backing and data files wherever they
                        are, as qemu-img does

@@ -1,4 +1,5 @@
 // `qcow2pipe info`: what `qemu-img info` prints, in its human or JSON form.
+import { readFormatsText } from "../reader/formats.ts";
 import {
   formatImageInfo,
   formatImageInfoJson,
@@ -26,7 +27,9 @@ or an http(s) URL (read with Range requests: the header and the tables
 described, nothing else).
 
 Options:
-  -f, --format FMT      format of IMG: raw or qcow2 (default: probed; a
+  -f, --format FMT      format of IMG: ${
+    readFormatsText("or")
+  } (default: probed; a
                         probed image may only lead to files in its own
                         directory)
       --output FMT      human (default) or json: "qemu-img info

@@ -1,5 +1,6 @@
 // `qcow2pipe map`: the guest ranges of an image, as `qemu-img map` lists
 // them, in its human form or its JSON form.
+import { readFormatsText } from "../reader/formats.ts";
 import {
   formatMapEntryHuman,
   formatMapEntryJson,
@@ -32,7 +33,9 @@ and holds data. IMG is a file or an http(s) URL (read with Range
 requests: the metadata, never the data).
 
 Options:
-  -f, --format FMT        format of IMG: raw or qcow2 (default: probed; a
+  -f, --format FMT        format of IMG: ${
+    readFormatsText("or")
+  } (default: probed; a
                           probed image may only lead to files in its own
                           directory)
       --output FMT        human (default) or json: "qemu-img map
