@@ -186,8 +186,8 @@ qemuTest(
     await using dir = await tempDir();
     const vmdk = join(dir.path, "vm.vmdk");
     await qemuImg("create", "-q", "-f", "vmdk", vmdk, "8M");
-    const vhdx = join(dir.path, "vm.vhdx");
-    await qemuImg("create", "-q", "-f", "vhdx", vhdx, "8M");
+    const vhd = join(dir.path, "vm.vhd");
+    await qemuImg("create", "-q", "-f", "vpc", vhd, "8M");
     const raw = join(dir.path, "disk.raw");
     await Deno.writeFile(raw, new Uint8Array(8 << 20));
     const out = join(dir.path, "out.qcow2");
@@ -195,18 +195,21 @@ qemuTest(
       new RegExp(
         `${
           path.replaceAll(".", "\\.")
-        } is a ${title} image; qcow2pipe reads raw and qcow2`,
+        } is a ${title} image; qcow2pipe reads raw, qcow2`,
       );
     for (
       const [args, pattern] of [
         [["info", vmdk], says(vmdk, "VMDK \\(VMware\\)")],
-        [["map", vhdx], says(vhdx, "VHDX \\(Hyper-V\\)")],
+        [["map", vhd], says(vhd, "VHD \\(Virtual PC, Hyper-V, Azure\\)")],
         [["check", vmdk], says(vmdk, "VMDK \\(VMware\\)")],
         [
           ["convert", "-O", "qcow2", vmdk, out],
           says(vmdk, "VMDK \\(VMware\\)"),
         ],
-        [["convert", "-O", "raw", vhdx, out], says(vhdx, "VHDX \\(Hyper-V\\)")],
+        [
+          ["convert", "-O", "raw", vhd, out],
+          says(vhd, "VHD \\(Virtual PC, Hyper-V, Azure\\)"),
+        ],
       ] as Array<[string[], RegExp]>
     ) {
       const r = await runCli(args);
@@ -214,10 +217,10 @@ qemuTest(
       await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
     }
     // compare says it with exit code 2, as qemu-img compare does for errors.
-    const compared = await runCli(["compare", raw, vhdx]);
+    const compared = await runCli(["compare", raw, vhd]);
     assertOneLineError(
       { ...compared, code: compared.code === 2 ? 1 : compared.code },
-      says(vhdx, "VHDX \\(Hyper-V\\)"),
+      says(vhd, "VHD \\(Virtual PC, Hyper-V, Azure\\)"),
     );
     // From standard input, the stream is named.
     const piped = await runCli(["convert", "-O", "raw", "-", out], {
@@ -225,7 +228,7 @@ qemuTest(
     });
     assertOneLineError(
       piped,
-      /standard input is a VMDK \(VMware\) image; qcow2pipe reads raw and qcow2/,
+      /standard input is a VMDK \(VMware\) image; qcow2pipe reads raw, qcow2/,
     );
     await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
   },
@@ -322,7 +325,7 @@ qemuTest(
         new RegExp(
           `${
             url.replaceAll(".", "\\.")
-          } is a VMDK \\(VMware\\) image; qcow2pipe reads raw and qcow2`,
+          } is a VMDK \\(VMware\\) image; qcow2pipe reads raw, qcow2`,
         ),
       );
       await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
