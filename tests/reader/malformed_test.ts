@@ -24,6 +24,7 @@ import {
 import { openImage, type OpenImageOptions } from "../../lib/reader/open.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import { mapImage } from "../../lib/tools/map.ts";
+import { readFormatsText } from "../../lib/reader/formats.ts";
 import { imageInfo } from "../../lib/tools/info.ts";
 import type { Qcow2ErrorCode } from "../../lib/format/errors.ts";
 import type { Qcow2Header } from "../../lib/format/header.ts";
@@ -523,7 +524,9 @@ qemuTest(
       "1M",
     );
     const why =
-      'Cannot open backing file "base.qcow2": backing format "vmdk" is not supported (qcow2 or raw)';
+      `Cannot open backing file "base.qcow2": backing format "vmdk" is not supported (${
+        readFormatsText("or", "qcow2")
+      })`;
     await failsToOpen(img, "BACKING", why);
     await assertQcow2Rejects(
       () => mapImage(img),
