@@ -242,18 +242,18 @@ function regions(bytes: Uint8Array): { bat: number; metadata: number } {
   return out;
 }
 
-/** The file offset of the file parameters item. */
-function fileParameters(bytes: Uint8Array): number {
+/** The file offset of the metadata item whose GUID starts with `first` (default: file parameters). */
+function fileParameters(bytes: Uint8Array, first = 0xcaa16737): number {
   const { metadata } = regions(bytes);
   const v = view(bytes);
   const count = v.getUint16(metadata + 10, true);
   for (let i = 0; i < count; i++) {
     const e = metadata + 32 + i * 32;
-    if (v.getUint32(e, true) === 0xcaa16737) {
+    if (v.getUint32(e, true) === first) {
       return metadata + v.getUint32(e + 16, true);
     }
   }
-  throw new Error("no file parameters item");
+  throw new Error(`no metadata item ${first.toString(16)}`);
 }
 
 /** The index of the current header: the one with the higher sequence number. */
@@ -442,6 +442,25 @@ qemuTest(
       past,
       "TRUNCATED",
       /BAT entry 0 puts block 0 at 0x[0-9a-f]+, past the end of the file/,
+    );
+
+    // A 64 TiB disk whose BAT region claims 4 GiB at 1 TiB: refused before
+    // anything is read there.
+    const huge = good.slice();
+    view(huge).setBigUint64(fileParameters(huge, 0x2fa54224), 64n << 40n, true);
+    const hv = view(huge);
+    for (let i = 0; i < hv.getUint32(REGION_TABLE + 8, true); i++) {
+      const e = REGION_TABLE + 16 + i * 32;
+      if (hv.getUint32(e, true) === 0x2dc27766) {
+        hv.setBigUint64(e + 16, 1n << 40n, true);
+        hv.setUint32(e + 24, 0xfff00000, true);
+      }
+    }
+    fixHeaders(huge);
+    await rejectsWith(
+      huge,
+      "TRUNCATED",
+      /the BAT at 0x[0-9a-f]+ with 67125247 entries ends past the end of the file/,
     );
 
     // A block over the BAT.

@@ -79,6 +79,15 @@ export async function checkLog(
       `(${header.logLength} bytes, log GUID ${header.logGuid}) is too large to scan`,
     );
   }
+  if (header.logOffset + header.logLength > source.size) {
+    throw new Qcow2Error(
+      "TRUNCATED",
+      `Cannot open image ${name}: the VHDX log at ${
+        hex(header.logOffset)
+      } (${header.logLength} bytes) ends past the end of the file (${source.size} bytes)`,
+      field("log_offset", 72),
+    );
+  }
   const log = await readExact(
     source,
     header.logOffset,

@@ -96,9 +96,10 @@ export async function readVhdx(
   const taken: { start: number; end: number; what: string }[] = [
     { start: 0, end: HEADER_SECTION_SIZE, what: "the header section" },
   ];
+  let sorted = false;
   const claim = (start: number, length: number, what: string, at: number) => {
     const end = start + length;
-    const hit = taken.find((t) => start < t.end && t.start < end);
+    const hit = overlapping(taken, start, end, sorted);
     if (hit) {
       throw new Qcow2Error(
         "CORRUPT",
@@ -170,7 +171,19 @@ export async function readVhdx(
       { offset: bat.offset, field: "length" },
     );
   }
+  if (bat.offset + batEntries * 8 > source.size) {
+    throw new Qcow2Error(
+      "TRUNCATED",
+      `Cannot open image ${name}: the BAT at ${
+        hex(bat.offset)
+      } with ${batEntries} entries ends past the end of the file (${source.size} bytes)`,
+      { offset: bat.offset, field: "file_offset" },
+    );
+  }
   const batBytes = await read(bat.offset, batEntries * 8, "VHDX BAT");
+  // The areas are disjoint: sorted, a block is checked by binary search.
+  taken.sort((a, b) => a.start - b.start);
+  sorted = true;
   const view = viewOf(batBytes);
   const virtualSize = Math.floor(md.virtualDiskSize / 512) * 512;
   for (let block = 0; block < dataBlocks; block++) {
@@ -202,6 +215,30 @@ export async function readVhdx(
     batRegion: bat,
     bat: view,
   };
+}
+
+/**
+ * An area of `taken` that overlaps `[start, end)`: by binary search when
+ * `taken` is `sorted` (disjoint, by start: for the blocks), else by a scan
+ * (for the regions, at most 2049 of them).
+ */
+function overlapping<T extends { start: number; end: number }>(
+  taken: T[],
+  start: number,
+  end: number,
+  sorted: boolean,
+): T | undefined {
+  if (!sorted) return taken.find((t) => start < t.end && t.start < end);
+  let lo = 0;
+  let hi = taken.length;
+  // The last area starting before `end`.
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (taken[mid].start < end) lo = mid + 1;
+    else hi = mid;
+  }
+  const t = taken[lo - 1];
+  return t !== undefined && start < t.end ? t : undefined;
 }
 
 /** The metadata items the reader uses. */
