@@ -17,6 +17,7 @@ import { mixedRaw, qemuMap, type QemuMapEntry } from "../reader/_helpers.ts";
 import { assertOneLineError, runCli } from "../writer/_cli.ts";
 import { sevenZipExtract } from "../_readers.ts";
 import { SEVEN_ZIP, withTool } from "../_tools.ts";
+import { serveFiles } from "../streams/_server.ts";
 import { openImage, Qcow2Error } from "../../mod.ts";
 import { BytesSource } from "../../lib/io/source.ts";
 import { crc32c } from "../../lib/bytes/crc.ts";
@@ -204,6 +205,33 @@ qemuTest(
     assert.strictEqual(r.code, 0, r.stderr);
     assert.match(r.stderr, /standard input is vhdx: spooled it whole/);
     await qemuCompareIdentical(raw, out, ["raw", "raw"]);
+  },
+);
+
+qemuTest(
+  "a VHDX image over HTTP is read with Range requests, or spooled without them",
+  async () => {
+    await using dir = await tempDir();
+    const raw = await sourceRaw(dir.path);
+    const image = join(dir.path, "d.vhdx");
+    await qemuImg("convert", "-O", "vhdx", raw, image);
+    for (const ranges of [true, false]) {
+      await using server = serveFiles(
+        { "d.vhdx": await Deno.readFile(image) },
+        { ranges },
+      );
+      const out = join(dir.path, `http-${ranges}.raw`);
+      const r = await runCli([
+        "convert",
+        "-O",
+        "raw",
+        server.url("d.vhdx"),
+        out,
+      ]);
+      assert.strictEqual(r.code, 0, r.stderr);
+      await qemuCompareIdentical(raw, out, ["raw", "raw"]);
+      if (!ranges) assert.match(r.stderr, /is vhdx: spooled it whole/);
+    }
   },
 );
 
