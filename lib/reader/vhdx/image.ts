@@ -1,5 +1,5 @@
 /**
- * A VHDX image (fixed or dynamic) as the guest sees it: the BAT maps each
+ * A VHDX image (fixed, dynamic or differencing) as the guest sees it: the BAT maps each
  * payload block to a run of the file, or says it reads as zeros. One
  * lookup ({@linkcode VhdxImage.mappings}) serves reads and extents.
  *
@@ -19,8 +19,9 @@ import type {
 } from "../image.ts";
 import { checkRange } from "../_bounds.ts";
 import { extentsOf, readThroughPlan } from "../_read.ts";
+import { readExact } from "../_bounds.ts";
 import { batEntry, BLOCK_STATE } from "./layout.ts";
-import type { VhdxLayout } from "./open.ts";
+import { parentPath, type VhdxLayout } from "./open.ts";
 
 /** A guest run of one payload block, as its BAT entry maps it. */
 export interface VhdxMapping {
@@ -28,20 +29,25 @@ export interface VhdxMapping {
   offset: number;
   /** Length in bytes (within one block). */
   length: number;
-  /** `data` (FULLY_PRESENT), `zero` (ZERO) or `unallocated` (the rest). */
+  /**
+   * `data` (FULLY_PRESENT, or the sectors a PARTIALLY_PRESENT block's
+   * bitmap marks), `zero` (ZERO) or `unallocated` (the rest: the parent's
+   * bytes in a differencing image, zeros in any other).
+   */
   kind: Exclude<ExtentKind, "compressed">;
   /** File offset of `offset`, for `data`. */
   hostOffset?: number;
 }
 
 const STATE_NAMES: Record<number, string> = {
+  0: "0",
   4: "4 (reserved)",
   [BLOCK_STATE.PARTIALLY_PRESENT]:
     "PARTIALLY_PRESENT, which only a differencing image may use",
 };
 
 /**
- * A fixed or dynamic VHDX image. Open it with `openImage`.
+ * A fixed, dynamic or differencing VHDX image. Open it with `openImage`.
  *
  * @example Read a VHDX image made by qemu-img
  * ```ts
@@ -59,8 +65,8 @@ const STATE_NAMES: Record<number, string> = {
 export class VhdxImage implements GuestImage {
   /** Always `vhdx`. */
   readonly format = "vhdx" as const;
-  /** Differencing images are refused, so there is no backing image. */
-  readonly backing: undefined = undefined;
+  /** The parent of a differencing image. */
+  readonly backing: GuestImage | undefined;
   /** The metadata read at open. */
   readonly layout: VhdxLayout;
   /** Virtual size: `virtual_disk_size` in whole 512-byte sectors. */
@@ -76,13 +82,16 @@ export class VhdxImage implements GuestImage {
    * @param layout Its metadata, from `readVhdx`.
    * @param owned Whether closing the image closes the source.
    * @param name What to call the image.
+   * @param backing The parent of a differencing image, opened.
    */
   constructor(
     source: RandomAccessSource,
     layout: VhdxLayout,
     owned: boolean,
     name: string,
+    backing?: GuestImage,
   ) {
+    this.backing = backing;
     this.#source = source;
     this.layout = layout;
     this.#owned = owned;
@@ -96,12 +105,12 @@ export class VhdxImage implements GuestImage {
   }
 
   /**
-   * The one source a VHDX image reads.
+   * The image's file, then its parent's sources.
    *
-   * @returns `[source]`.
+   * @returns The sources.
    */
   sources(): RandomAccessSource[] {
-    return [this.#source];
+    return [this.#source, ...this.backing?.sources() ?? []];
   }
 
   /**
@@ -114,8 +123,11 @@ export class VhdxImage implements GuestImage {
    * @throws {Qcow2Error} With code `CORRUPT` for a block whose state cannot
    * be read (PARTIALLY_PRESENT without a parent, or the reserved state 4).
    */
-  *mappings(offset: number, length: number): Generator<VhdxMapping> {
-    const { blockSize, chunkRatio, bat, batRegion } = this.layout;
+  async *mappings(
+    offset: number,
+    length: number,
+  ): AsyncGenerator<VhdxMapping> {
+    const { blockSize, chunkRatio, bat, parent } = this.layout;
     const end = offset + length;
     for (let pos = offset; pos < end;) {
       const block = Math.floor(pos / blockSize);
@@ -141,18 +153,78 @@ export class VhdxImage implements GuestImage {
         case BLOCK_STATE.UNMAPPED_V095:
           yield { offset: pos, length: n, kind: "unallocated" };
           break;
+        case BLOCK_STATE.PARTIALLY_PRESENT:
+          if (parent === undefined) throw this.#badState(index, block);
+          yield* this.#partial(block, e.offset, pos, n);
+          break;
         default:
-          throw new Qcow2Error(
-            "CORRUPT",
-            `Cannot read image ${this.#name}: BAT entry ${index} at ${
-              hex(batRegion.offset + index * 8)
-            } (guest offset ${hex(block * blockSize)}) has state ${
-              STATE_NAMES[e.state]
-            }`,
-            { offset: batRegion.offset + index * 8, field: "bat" },
-          );
+          throw this.#badState(index, block);
       }
       pos += n;
+    }
+  }
+
+  /** A block state this image cannot read. */
+  #badState(index: number, block: number): Qcow2Error {
+    const { batRegion, bat, blockSize } = this.layout;
+    const at = batRegion.offset + index * 8;
+    return new Qcow2Error(
+      "CORRUPT",
+      `Cannot read image ${this.#name}: BAT entry ${index} at ${
+        hex(at)
+      } (guest offset ${hex(block * blockSize)}) has state ${
+        STATE_NAMES[batEntry(bat, index).state]
+      }`,
+      { offset: at, field: "bat" },
+    );
+  }
+
+  /**
+   * The runs of a PARTIALLY_PRESENT block over `[pos, pos + n)`: a sector
+   * whose bit is set in its chunk's sector bitmap (least significant bit
+   * first) is in this file, any other is the parent's.
+   */
+  async *#partial(
+    block: number,
+    blockOffset: number,
+    pos: number,
+    n: number,
+  ): AsyncGenerator<VhdxMapping> {
+    const { blockSize, chunkRatio, bat, logicalSectorSize: ss } = this.layout;
+    const chunk = Math.floor(block / chunkRatio);
+    const bitmapAt =
+      batEntry(bat, chunk * (chunkRatio + 1) + chunkRatio).offset;
+    const blockStart = block * blockSize;
+    const s0 = Math.floor((pos - blockStart) / ss);
+    const s1 = Math.floor((pos + n - 1 - blockStart) / ss);
+    // Bit of sector s of this block in the chunk's bitmap.
+    const bit0 = (block % chunkRatio) * (blockSize / ss);
+    const firstByte = (bit0 + s0) >> 3;
+    const bits = await readExact(
+      this.#source,
+      bitmapAt + firstByte,
+      ((bit0 + s1) >> 3) - firstByte + 1,
+      `sector bitmap of chunk ${chunk} of ${this.#name}`,
+    );
+    const present = (s: number) => {
+      const b = bit0 + s;
+      return ((bits[(b >> 3) - firstByte] >> (b & 7)) & 1) === 1;
+    };
+    for (let s = s0; s <= s1;) {
+      const own = present(s);
+      let t = s + 1;
+      while (t <= s1 && present(t) === own) t++;
+      const from = Math.max(pos, blockStart + s * ss);
+      const to = Math.min(pos + n, blockStart + t * ss);
+      yield own
+        ? {
+          offset: from,
+          length: to - from,
+          kind: "data",
+          hostOffset: blockOffset + (from - blockStart),
+        }
+        : { offset: from, length: to - from, kind: "unallocated" };
+      s = t;
     }
   }
 
@@ -194,7 +266,7 @@ export class VhdxImage implements GuestImage {
   ): AsyncGenerator<PlanItem> {
     checkRange(offset, length, this.virtualSize);
     let run: PlanItem | undefined;
-    for (const m of this.mappings(offset, length)) {
+    for await (const m of this.mappings(offset, length)) {
       if (
         run && run.kind === m.kind &&
         (m.kind !== "data" || run.hostOffset! + run.length === m.hostOffset)
@@ -202,7 +274,7 @@ export class VhdxImage implements GuestImage {
         run.length += m.length;
         continue;
       }
-      if (run) yield run;
+      if (run) yield* this.#resolve(run, depth);
       run = m.kind === "data"
         ? {
           ...m,
@@ -212,7 +284,29 @@ export class VhdxImage implements GuestImage {
         }
         : { ...m, depth };
     }
-    if (run) yield run;
+    if (run) yield* this.#resolve(run, depth);
+  }
+
+  /** An own run, or for an unallocated one the parent's plan (zeros past its end). */
+  async *#resolve(run: PlanItem, depth: number): AsyncGenerator<PlanItem> {
+    const parent = this.backing;
+    if (run.kind !== "unallocated" || parent === undefined) {
+      yield run;
+      return;
+    }
+    const inside = Math.max(
+      0,
+      Math.min(run.length, parent.virtualSize - run.offset),
+    );
+    if (inside > 0) yield* parent.plan(run.offset, inside, depth + 1);
+    if (inside < run.length) {
+      yield {
+        offset: run.offset + inside,
+        length: run.length - inside,
+        kind: "unallocated",
+        depth,
+      };
+    }
   }
 
   /**
@@ -242,12 +336,18 @@ export class VhdxImage implements GuestImage {
    * @returns The description.
    */
   describe(): Promise<ImageDescription> {
-    return Promise.resolve({
+    const d: ImageDescription = {
       virtualSize: this.virtualSize,
       dirty: false,
       clusterSize: this.layout.blockSize,
       snapshots: [],
-    });
+    };
+    const parent = this.layout.parent && parentPath(this.layout.parent);
+    if (parent !== undefined) {
+      d.backingFile = parent;
+      d.backingFormat = "vhdx";
+    }
+    return Promise.resolve(d);
   }
 
   /**
@@ -257,6 +357,7 @@ export class VhdxImage implements GuestImage {
    */
   async close(): Promise<void> {
     if (this.#owned) await this.#source.close?.();
+    await this.backing?.close();
   }
 
   /** Same as {@linkcode VhdxImage.close}. */

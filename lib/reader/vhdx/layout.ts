@@ -71,6 +71,11 @@ export const ITEM = {
   PARENT_LOCATOR: "a8d35f2d-b30b-454d-abf7-d3d84834ab0c",
 } as const;
 
+/** `locator_type` of the parent locator of a VHDX parent. */
+export const VHDX_PARENT_LOCATOR_TYPE = "b04aefb7-d19e-4a81-b789-25b8e9445913";
+/** The sector bitmap block of a chunk is present (BAT entry state 6). */
+export const SB_BLOCK_PRESENT = 6;
+
 /** Region table entry `data_bits` bit 0: the region must be understood. */
 export const REGION_REQUIRED = 1;
 /** Metadata entry `data_bits` bit 2: the item must be understood. */
@@ -138,6 +143,8 @@ export interface VhdxHeader {
   offset: number;
   /** `sequence_number`: the valid header with the higher one is current. */
   sequence: bigint;
+  /** `data_write_guid`: what a child's `parent_linkage` names. */
+  dataWriteGuid: string;
   /** `log_guid`: zero when no log needs replaying. */
   logGuid: string;
   /** `log_version` (must be 0). */
@@ -182,6 +189,7 @@ export function parseHeader(
     index,
     offset,
     sequence: v.getBigUint64(8, true),
+    dataWriteGuid: guidAt(bytes, 32),
     logGuid: guidAt(bytes, 48),
     logVersion: v.getUint16(64, true),
     logLength: v.getUint32(68, true),
@@ -398,4 +406,69 @@ export function batEntry(bat: DataView, index: number): BatEntry {
   const lo = bat.getUint32(index * 8, true);
   const hi = bat.getUint32(index * 8 + 4, true);
   return { state: lo & 7, offset: hi * 2 ** 32 + (lo >>> 20) * MiB };
+}
+
+/**
+ * Parses a parent locator item: its type must be the VHDX one; its
+ * key/value entries are UTF-16LE strings at offsets from the item's start.
+ *
+ * @param bytes The item.
+ * @param where Its file offset, for messages.
+ * @param name The image, for messages.
+ * @returns The keys and values.
+ * @throws {Qcow2Error} For another locator type, or entries outside the item.
+ */
+export function parseParentLocator(
+  bytes: Uint8Array,
+  where: number,
+  name: string,
+): Map<string, string> {
+  const type = guidAt(bytes, 0);
+  if (type !== VHDX_PARENT_LOCATOR_TYPE) {
+    throw new Qcow2Error(
+      "UNSUPPORTED_FEATURE",
+      `Cannot open image ${name}: parent locator type ${type} at ${
+        hex(where)
+      } is not the VHDX one (${VHDX_PARENT_LOCATOR_TYPE})`,
+      { offset: where, field: "locator_type" },
+    );
+  }
+  const v = viewOf(bytes);
+  const count = v.getUint16(18, true);
+  const utf16 = new TextDecoder("utf-16le");
+  const out = new Map<string, string>();
+  const text = (offset: number, length: number, what: string) => {
+    if (offset + length > bytes.length || length % 2 !== 0) {
+      throw new Qcow2Error(
+        "CORRUPT",
+        `Cannot open image ${name}: parent locator ${what} [${offset}, ${
+          offset + length
+        }) lies outside the item (${bytes.length} bytes) at ${hex(where)}`,
+        { offset: where, field: "parent_locator" },
+      );
+    }
+    return utf16.decode(bytes.subarray(offset, offset + length));
+  };
+  if (20 + count * 12 > bytes.length) {
+    throw new Qcow2Error(
+      "CORRUPT",
+      `Cannot open image ${name}: parent locator key_value_count ${count} does not fit its item (${bytes.length} bytes) at ${
+        hex(where)
+      }`,
+      { offset: where + 18, field: "key_value_count" },
+    );
+  }
+  for (let i = 0; i < count; i++) {
+    const e = 20 + i * 12;
+    const key = text(
+      v.getUint32(e, true),
+      v.getUint16(e + 8, true),
+      `key ${i}`,
+    );
+    out.set(
+      key,
+      text(v.getUint32(e + 4, true), v.getUint16(e + 10, true), `value ${i}`),
+    );
+  }
+  return out;
 }

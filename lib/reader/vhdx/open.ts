@@ -26,9 +26,11 @@ import {
   PARAMS_HAS_PARENT,
   PARAMS_LEAVE_BLOCKS_ALLOCATED,
   parseMetadataTable,
+  parseParentLocator,
   parseRegionTable,
   type Region,
   REGION_TABLE_OFFSET,
+  SB_BLOCK_PRESENT,
   TABLE_SIZE,
   u64,
   type VhdxHeader,
@@ -49,6 +51,8 @@ export interface VhdxLayout {
   chunkRatio: number;
   /** Payload blocks of the disk. */
   dataBlocks: number;
+  /** The parent locator of a differencing image. */
+  parent: ParentLocator | undefined;
   /** Whether blocks stay allocated (a fixed image). */
   leaveBlocksAllocated: boolean;
   /** The BAT region. */
@@ -163,7 +167,10 @@ export async function readVhdx(
   const blockSize = md.blockSize;
   const chunkRatio = MAX_SECTORS_PER_BLOCK * md.logicalSectorSize / blockSize;
   const dataBlocks = Math.ceil(md.virtualDiskSize / blockSize);
-  const batEntries = dataBlocks + Math.floor((dataBlocks - 1) / chunkRatio);
+  // A differencing image has a sector bitmap entry after every chunk.
+  const batEntries = md.parent
+    ? Math.ceil(dataBlocks / chunkRatio) * (chunkRatio + 1)
+    : dataBlocks + Math.floor((dataBlocks - 1) / chunkRatio);
   if (batEntries * 8 > bat.length) {
     throw new Qcow2Error(
       "OUT_OF_RANGE",
@@ -181,6 +188,25 @@ export async function readVhdx(
     );
   }
   const batBytes = await read(bat.offset, batEntries * 8, "VHDX BAT");
+  /** A payload or bitmap block lies in the file, clear of the regions. */
+  const checkBlock = (
+    index: number,
+    offset: number,
+    length: number,
+    what: string,
+  ) => {
+    const at = bat.offset + index * 8;
+    if (offset + length > source.size) {
+      throw new Qcow2Error(
+        "TRUNCATED",
+        `Cannot open image ${name}: BAT entry ${index} puts ${what} at ${
+          hex(offset)
+        }, past the end of the file (${source.size} bytes)`,
+        { offset: at, field: "bat" },
+      );
+    }
+    claim(offset, length, `${what} (BAT entry ${index})`, at);
+  };
   // The areas are disjoint: sorted, a block is checked by binary search.
   taken.sort((a, b) => a.start - b.start);
   sorted = true;
@@ -189,20 +215,38 @@ export async function readVhdx(
   for (let block = 0; block < dataBlocks; block++) {
     const index = block + Math.floor(block / chunkRatio);
     const e = batEntry(view, index);
-    if (e.state !== BLOCK_STATE.FULLY_PRESENT) continue;
-    const at = { offset: bat.offset + index * 8, field: "bat" };
+    const partial = md.parent !== undefined &&
+      e.state === BLOCK_STATE.PARTIALLY_PRESENT;
+    if (e.state !== BLOCK_STATE.FULLY_PRESENT && !partial) continue;
     // The last block may be partial (QEMU wrote such files).
     const length = Math.min(blockSize, virtualSize - block * blockSize);
-    if (e.offset + length > source.size) {
-      throw new Qcow2Error(
-        "TRUNCATED",
-        `Cannot open image ${name}: BAT entry ${index} puts block ${block} at ${
-          hex(e.offset)
-        }, past the end of the file (${source.size} bytes)`,
-        at,
-      );
+    checkBlock(index, e.offset, length, `block ${block}`);
+    if (partial) {
+      const chunk = Math.floor(block / chunkRatio);
+      const bitmap = chunk * (chunkRatio + 1) + chunkRatio;
+      const b = batEntry(view, bitmap);
+      if (b.state !== SB_BLOCK_PRESENT) {
+        throw new Qcow2Error(
+          "CORRUPT",
+          `Cannot open image ${name}: block ${block} is PARTIALLY_PRESENT but its sector bitmap (BAT entry ${bitmap}) has state ${b.state}, not present`,
+          { offset: bat.offset + bitmap * 8, field: "bat" },
+        );
+      }
     }
-    claim(e.offset, length, `block ${block} (BAT entry ${index})`, at.offset);
+  }
+  if (md.parent) {
+    for (let chunk = 0; chunk * chunkRatio < dataBlocks; chunk++) {
+      const index = chunk * (chunkRatio + 1) + chunkRatio;
+      const b = batEntry(view, index);
+      if (b.state === SB_BLOCK_PRESENT) {
+        checkBlock(
+          index,
+          b.offset,
+          SECTOR_BITMAP_SIZE,
+          `sector bitmap ${chunk}`,
+        );
+      }
+    }
   }
   return {
     header,
@@ -211,6 +255,7 @@ export async function readVhdx(
     virtualDiskSize: md.virtualDiskSize,
     chunkRatio,
     dataBlocks,
+    parent: md.parent,
     leaveBlocksAllocated: md.leaveBlocksAllocated,
     batRegion: bat,
     bat: view,
@@ -241,9 +286,38 @@ function overlapping<T extends { start: number; end: number }>(
   return t !== undefined && start < t.end ? t : undefined;
 }
 
+/** What a differencing image's parent locator says (keys QEMU's spec names). */
+export interface ParentLocator {
+  /** `parent_linkage`: the parent's `data_write_guid`, in braces. */
+  linkage: string | undefined;
+  /** `relative_path`, as Windows writes it (`.\\parent.vhdx`). */
+  relativePath: string | undefined;
+  /** `absolute_win32_path` (`C:\\...` or `\\?\\...`). */
+  absoluteWin32Path: string | undefined;
+}
+
+/**
+ * The parent's name as the image gives it: `relative_path`, with Windows'
+ * backslashes read as slashes (`.\\parent.vhdx` is `./parent.vhdx`).
+ *
+ * @param locator The parent locator.
+ * @returns The name, or undefined when there is no relative path.
+ */
+export function parentPath(locator: ParentLocator): string | undefined {
+  const relative = locator.relativePath;
+  return relative ? relative.replaceAll("\\", "/") : undefined;
+}
+
+/** The largest parent locator read (the spec's metadata item limit). */
+const MAX_LOCATOR_BYTES = 1024 * 1024;
+
+/** Bytes of a sector bitmap block. */
+export const SECTOR_BITMAP_SIZE = 1024 * 1024;
+
 /** The metadata items the reader uses. */
 interface Metadata {
   blockSize: number;
+  parent: ParentLocator | undefined;
   leaveBlocksAllocated: boolean;
   virtualDiskSize: number;
   logicalSectorSize: number;
@@ -315,8 +389,10 @@ async function readMetadata(
   await item(ITEM.PHYSICAL_SECTOR_SIZE, "physical sector size", 4);
   const flags = params.getUint32(4, true);
   const paramsAt = region.offset + found.get(ITEM.FILE_PARAMETERS)!.offset;
+  let parent: ParentLocator | undefined;
   if ((flags & PARAMS_HAS_PARENT) !== 0) {
-    if (!found.has(ITEM.PARENT_LOCATOR)) {
+    const e = found.get(ITEM.PARENT_LOCATOR);
+    if (e === undefined) {
       throw new Qcow2Error(
         "CORRUPT",
         `Cannot open image ${name}: the file parameters at ${
@@ -325,11 +401,31 @@ async function readMetadata(
         { offset: paramsAt + 4, field: "has_parent" },
       );
     }
-    throw new Qcow2Error(
-      "UNSUPPORTED_FEATURE",
-      `Cannot open image ${name}: VHDX differencing images (has_parent) are not supported; merge it into its parent with Hyper-V first`,
-      { offset: paramsAt + 4, field: "has_parent" },
+    const where = region.offset + e.offset;
+    if (e.length < 20 || e.length > MAX_LOCATOR_BYTES) {
+      throw new Qcow2Error(
+        "OUT_OF_RANGE",
+        `Cannot open image ${name}: parent locator length ${e.length} at ${
+          hex(where)
+        } is out of range [20, ${MAX_LOCATOR_BYTES}]`,
+        { offset: where, field: "parent_locator" },
+      );
+    }
+    const keys = parseParentLocator(
+      await readExact(
+        source,
+        where,
+        e.length,
+        `VHDX parent locator of ${name}`,
+      ),
+      where,
+      name,
     );
+    parent = {
+      linkage: keys.get("parent_linkage"),
+      relativePath: keys.get("relative_path"),
+      absoluteWin32Path: keys.get("absolute_win32_path"),
+    };
   }
   const blockSize = params.getUint32(0, true);
   if (
@@ -362,6 +458,7 @@ async function readMetadata(
   }
   return {
     blockSize,
+    parent,
     leaveBlocksAllocated: (flags & PARAMS_LEAVE_BLOCKS_ALLOCATED) !== 0,
     virtualDiskSize,
     logicalSectorSize,
