@@ -1,7 +1,8 @@
 /**
- * A VHDX image (fixed, dynamic or differencing) as the guest sees it: the BAT maps each
- * payload block to a run of the file, or says it reads as zeros. One
- * lookup ({@linkcode VhdxImage.mappings}) serves reads and extents.
+ * A VHDX image (fixed, dynamic or differencing) as the guest sees it: the
+ * BAT maps each payload block to a run of the file, to zeros, or (through
+ * the sector bitmap of a differencing image) to the parent. One lookup
+ * ({@linkcode VhdxImage.mappings}) serves reads and extents.
  *
  * @module
  */
