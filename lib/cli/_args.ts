@@ -1,9 +1,9 @@
 // Values and operands shared by the commands (-f/-F formats, the operands
 // expected), and buffered text on standard output. The options
 // themselves are read by _getopt.ts.
+import { isReadFormat, readFormatsText } from "../reader/formats.ts";
 import { UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
-import { isReadFormat, readFormatsText } from "../reader/formats.ts";
 
 /**
  * The value of `-f`/`-F` (an image's format, as in qemu-img): a format the

@@ -23,6 +23,7 @@ import { qcowType } from "./qcow/type.ts";
 import { vdiType } from "./vdi/type.ts";
 import { vmdkType } from "./vmdk/type.ts";
 import { vpcType } from "./vpc/type.ts";
+import { vhdxType } from "./vhdx/type.ts";
 
 /**
  * The formats read, in the order messages list them: one line each.
@@ -43,13 +44,21 @@ export const IMAGE_TYPES: Readonly<Record<FormatName, ImageType>> = {
   vdi: vdiType,
   vmdk: vmdkType,
   vpc: vpcType,
+  vhdx: vhdxType,
 };
 
 /**
  * The name of a format the reader opens, as qemu-img names it: the keys of
  * the registry (the compiler holds the two to each other).
  */
-export type FormatName = "raw" | "qcow2" | "qcow" | "vdi" | "vmdk" | "vpc";
+export type FormatName =
+  | "raw"
+  | "qcow2"
+  | "qcow"
+  | "vdi"
+  | "vmdk"
+  | "vpc"
+  | "vhdx";
 
 /**
  * Whether a format name is one the reader opens.
@@ -71,8 +80,8 @@ export function isReadFormat(name: string): name is FormatName {
 }
 
 /**
- * The formats read, for messages: `raw, qcow2, ... and vpc`, `raw, qcow2,
- * ... or vpc`, or with one of them named first (`qcow2, raw, ...`, where a
+ * The formats read, for messages: `raw, qcow2, ... and vhdx`, `raw, qcow2,
+ * ... or vhdx`, or with one of them named first (`qcow2, raw, ...`, where a
  * backing file is meant).
  *
  * @param conjunction The word before the last name.

@@ -19,7 +19,7 @@
  * @module
  */
 
-import { crc32 } from "./_crc.ts";
+import { crc32 } from "../bytes/crc.ts";
 import { type DiskReader, hex, Refusal, type TableLayout } from "./_region.ts";
 
 /** The header signature, "EFI PART". */

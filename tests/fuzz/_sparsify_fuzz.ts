@@ -22,7 +22,7 @@
 
 import { join } from "node:path";
 import { mulberry32 } from "../../lib/_prng.ts";
-import { crc16, crc32, crc32cRaw } from "../../lib/sparsify/_crc.ts";
+import { crc16, crc32, crc32cRaw } from "../../lib/bytes/crc.ts";
 import {
   blank,
   debugfsRm,

@@ -14,7 +14,7 @@
 
 import { join } from "node:path";
 import { mulberry32 } from "../../lib/_prng.ts";
-import { crc32cRaw } from "../../lib/sparsify/_crc.ts";
+import { crc32cRaw } from "../../lib/bytes/crc.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import { canLoop, MiB, populate, sh } from "../sparsify/_disks.ts";
 import {

@@ -24,6 +24,7 @@ import {
 import { openImage, type OpenImageOptions } from "../../lib/reader/open.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
 import { mapImage } from "../../lib/tools/map.ts";
+import { readFormatsText } from "../../lib/reader/formats.ts";
 import { imageInfo } from "../../lib/tools/info.ts";
 import type { Qcow2ErrorCode } from "../../lib/format/errors.ts";
 import type { Qcow2Header } from "../../lib/format/header.ts";
@@ -31,7 +32,6 @@ import { decodeL1Entry } from "../../lib/format/l1.ts";
 import { decodeL2Entry, type L2Entry } from "../../lib/format/l2.ts";
 import { compressedRange } from "../../lib/format/compressed.ts";
 import { geometryOf } from "../../lib/format/geometry.ts";
-import { readFormatsText } from "../../lib/reader/formats.ts";
 
 const KiB = 1024;
 const MiB = 1024 * 1024;

@@ -186,8 +186,8 @@ qemuTest(
     await using dir = await tempDir();
     const qed = join(dir.path, "vm.qed");
     await qemuImg("create", "-q", "-f", "qed", qed, "8M");
-    const vhdx = join(dir.path, "vm.vhdx");
-    await qemuImg("create", "-q", "-f", "vhdx", vhdx, "8M");
+    const parallels = join(dir.path, "vm.hds");
+    await qemuImg("create", "-q", "-f", "parallels", parallels, "8M");
     const raw = join(dir.path, "disk.raw");
     await Deno.writeFile(raw, new Uint8Array(8 << 20));
     const out = join(dir.path, "out.qcow2");
@@ -200,13 +200,16 @@ qemuTest(
     for (
       const [args, pattern] of [
         [["info", qed], says(qed, "QED")],
-        [["map", vhdx], says(vhdx, "VHDX \\(Hyper-V\\)")],
+        [["map", parallels], says(parallels, "Parallels")],
         [["check", qed], says(qed, "QED")],
         [
           ["convert", "-O", "qcow2", qed, out],
           says(qed, "QED"),
         ],
-        [["convert", "-O", "raw", vhdx, out], says(vhdx, "VHDX \\(Hyper-V\\)")],
+        [
+          ["convert", "-O", "raw", parallels, out],
+          says(parallels, "Parallels"),
+        ],
       ] as Array<[string[], RegExp]>
     ) {
       const r = await runCli(args);
@@ -214,10 +217,10 @@ qemuTest(
       await assert.rejects(Deno.stat(out), Deno.errors.NotFound);
     }
     // compare says it with exit code 2, as qemu-img compare does for errors.
-    const compared = await runCli(["compare", raw, vhdx]);
+    const compared = await runCli(["compare", raw, parallels]);
     assertOneLineError(
       { ...compared, code: compared.code === 2 ? 1 : compared.code },
-      says(vhdx, "VHDX \\(Hyper-V\\)"),
+      says(parallels, "Parallels"),
     );
     // From standard input, the stream is named.
     const piped = await runCli(["convert", "-O", "raw", "-", out], {

@@ -5,7 +5,7 @@
 // an attacker makes (a tree block or the superblock changed, its crc32c
 // recomputed, every DUP copy written).
 
-import { crc32cRaw } from "../../lib/sparsify/_crc.ts";
+import { crc32cRaw } from "../../lib/bytes/crc.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import { merge, MiB, sh } from "./_disks.ts";
 import { readAt } from "../_qemu.ts";

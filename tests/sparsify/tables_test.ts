@@ -9,7 +9,7 @@ import { runCli } from "../writer/_cli.ts";
 import { BytesSource } from "../../lib/io/source.ts";
 import { FileSource } from "../../lib/host/file_source.ts";
 import { mapFreeSpace } from "../../lib/sparsify/map.ts";
-import { crc32 } from "../../lib/sparsify/_crc.ts";
+import { crc32 } from "../../lib/bytes/crc.ts";
 import {
   blank,
   diskTest,

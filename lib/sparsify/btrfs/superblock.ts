@@ -21,7 +21,7 @@
  * @module
  */
 
-import { crc32cRaw } from "../_crc.ts";
+import { crc32cRaw } from "../../bytes/crc.ts";
 import { hex, Refusal } from "../_region.ts";
 import {
   BTRFS_MAGIC,

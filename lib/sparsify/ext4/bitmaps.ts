@@ -14,7 +14,7 @@
  * @module
  */
 
-import { crc32cRaw } from "../_crc.ts";
+import { crc32cRaw } from "../../bytes/crc.ts";
 import { hex, Refusal, type RegionReader } from "../_region.ts";
 import {
   BG_BLOCK_UNINIT,

@@ -19,7 +19,7 @@
  * @module
  */
 
-import { crc16, crc32cRaw } from "../_crc.ts";
+import { crc16, crc32cRaw } from "../../bytes/crc.ts";
 import { hex, Refusal } from "../_region.ts";
 import {
   COMPAT,

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { crc32cRaw } from "../_crc.ts";
+import { crc32cRaw } from "../../bytes/crc.ts";
 import { hex, Refusal } from "../_region.ts";
 
 /** Byte offset of the superblock from the start of the filesystem. */

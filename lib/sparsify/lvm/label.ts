@@ -23,7 +23,7 @@
  * @module
  */
 
-import { crc32Raw } from "../_crc.ts";
+import { crc32Raw } from "../../bytes/crc.ts";
 import { hex, Refusal } from "../_region.ts";
 
 /** Bytes of a sector as LVM2 counts them. */

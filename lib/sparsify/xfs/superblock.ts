@@ -22,7 +22,7 @@
  * @module
  */
 
-import { crc32cRaw } from "../_crc.ts";
+import { crc32cRaw } from "../../bytes/crc.ts";
 import { hex, Refusal } from "../_region.ts";
 
 /** `sb_magicnum`: "XFSB". */

@@ -1,8 +1,13 @@
-// The three checksums the partition tables and filesystems read here use:
-// CRC-32 (IEEE 802.3, GPT headers and entry arrays; LVM2 labels and
-// metadata, seeded differently), CRC-32C (Castagnoli, ext4 metadata_csum)
-// and CRC-16 (ANSI, ext4 group descriptors without metadata_csum). All are
-// the reflected, table-driven forms.
+/**
+ * The checksums the formats read here use, once: CRC-32 (IEEE 802.3: GPT
+ * headers and entry arrays; LVM2 labels and metadata, seeded differently),
+ * CRC-32C (Castagnoli: VHDX headers, region and metadata tables and log
+ * entries; ext4 metadata_csum, XFS, btrfs) and CRC-16 (ANSI: ext4 group
+ * descriptors without metadata_csum). All are the reflected, table-driven
+ * forms.
+ *
+ * @module
+ */
 
 function table(poly: number, bits: 16 | 32): Uint32Array {
   const t = new Uint32Array(256);
@@ -96,6 +101,24 @@ export function crc32Raw(crc: number, bytes: Uint8Array): number {
  */
 export function crc32cRaw(crc: number, bytes: Uint8Array): number {
   return update(CRC32C_TABLES, crc, bytes);
+}
+
+/**
+ * CRC-32C of `bytes` with initial value and final XOR 0xffffffff: the
+ * checksum VHDX stores (computed with the checksum field zeroed).
+ *
+ * @param bytes The bytes.
+ * @returns The CRC, an unsigned 32-bit number.
+ *
+ * @example The check value of the Castagnoli polynomial
+ * ```ts
+ * import assert from "node:assert";
+ * import { crc32c } from "./crc.ts";
+ * assert.strictEqual(crc32c(new TextEncoder().encode("123456789")), 0xe3069283);
+ * ```
+ */
+export function crc32c(bytes: Uint8Array): number {
+  return ~update(CRC32C_TABLES, 0xffffffff, bytes) >>> 0;
 }
 
 /** CRC-16 continued from `crc`, as the kernel's `crc16(crc, data, len)`. */
