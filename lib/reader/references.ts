@@ -225,9 +225,14 @@ export function topReferrer(
  * ```ts
  * import assert from "node:assert";
  * import { backingReferrer } from "./references.ts";
- * const parent = { name: "top.qcow2", dir: "", trusted: true };
- * const ref = { what: "backing file" as const, name: "b/base.qcow2", path: "b/base.qcow2", contained: false };
- * assert.deepStrictEqual(backingReferrer(parent, ref, "qcow2"), { name: "b/base.qcow2", dir: "b/", trusted: true });
+ * const parent = { name: "top.vmdk", dir: "", trusted: true, format: "vmdk" };
+ * const ref = { what: "backing file" as const, name: "b/base.vmdk", path: "b/base.vmdk", contained: false };
+ * assert.deepStrictEqual(backingReferrer(parent, ref, "vmdk"), {
+ *   name: "b/base.vmdk",
+ *   dir: "b/",
+ *   trusted: true,
+ *   format: "vmdk", // the top image's, for the -f hint of a refusal
+ * });
  * assert.strictEqual(backingReferrer(parent, ref, undefined).trusted, false);
  * ```
  */
@@ -241,7 +246,7 @@ export function backingReferrer(
     name: ref.name,
     dir: directoryOf(source?.url ?? ref.name),
     trusted: parent.trusted && declared !== undefined,
-    format: parent.format,
+    ...(parent.format === undefined ? {} : { format: parent.format }),
   };
 }
 
