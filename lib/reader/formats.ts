@@ -72,7 +72,7 @@ export type FormatName =
  * import { isReadFormat } from "./formats.ts";
  * assert.ok(isReadFormat("qcow2"));
  * assert.ok(isReadFormat("vmdk"));
- * assert.ok(!isReadFormat("vhdx"));
+ * assert.ok(!isReadFormat("qed"));
  * ```
  */
 export function isReadFormat(name: string): name is FormatName {
