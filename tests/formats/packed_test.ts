@@ -202,7 +202,7 @@ packedTest(
     assert.strictEqual(two.code, 1);
     assert.match(
       lastLine(two.stderr),
-      /^Cannot read tar archive two\.tar\.gz \(inside gzip-compressed\): it holds more than one disk \("a\.raw", "b\.raw"\): name one with --disk NAME \(at offset \d+\)$/,
+      /^qcow2pipe: Cannot read tar archive two\.tar\.gz \(inside gzip-compressed\): it holds more than one disk \("a\.raw", "b\.raw"\): name one with --disk NAME \(at offset \d+\)$/,
     );
     assert.ok(!(await exists(join(dir, "x.qcow2"))));
     // A name that is not there.
@@ -213,7 +213,7 @@ packedTest(
     assert.strictEqual(missing.code, 1);
     assert.match(
       lastLine(missing.stderr),
-      /^Cannot read tar archive .*: no member named "c\.raw" \(it holds "vm\.ovf", "a\.raw", "b\.raw"\) \(at offset \d+\)$/,
+      /^qcow2pipe: Cannot read tar archive .*: no member named "c\.raw" \(it holds "vm\.ovf", "a\.raw", "b\.raw"\) \(at offset \d+\)$/,
     );
     // --disk on something that is no archive.
     const bare = await sh(`${cli} convert --disk a.raw a.raw x.qcow2`, dir);
@@ -230,7 +230,7 @@ packedTest("bzip2 is named and refused in one line", async () => {
   assert.strictEqual(r.code, 1);
   assert.strictEqual(
     r.stderr.trim(),
-    "Cannot open image: disk.raw.bz2 is bzip2-compressed; qcow2pipe decompresses gzip, xz and zstd (bunzip2 -c it into qcow2pipe convert -)",
+    "qcow2pipe: Cannot open image: disk.raw.bz2 is bzip2-compressed; qcow2pipe decompresses gzip, xz and zstd (bunzip2 -c it into qcow2pipe convert -)",
   );
 });
 

@@ -12,8 +12,8 @@ import { Qcow2Error } from "../../format/errors.ts";
 /** The compressions decompressed here. */
 export type Compression = "gzip" | "xz" | "zstd";
 
-/** Output chunk of the node:zlib decoders, in bytes. */
-const ZLIB_CHUNK = 64 * 1024;
+/** Output chunk of the node:zlib decoders, in bytes (fewer, larger chunks: a lower peak). */
+const ZLIB_CHUNK = 256 * 1024;
 
 type NodeZlib = typeof import("node:zlib");
 type NodeStream = typeof import("node:stream");
