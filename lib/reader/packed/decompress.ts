@@ -16,7 +16,6 @@ export type Compression = "gzip" | "xz" | "zstd";
 const ZLIB_CHUNK = 256 * 1024;
 
 type NodeZlib = typeof import("node:zlib");
-type NodeStream = typeof import("node:stream");
 type XzModule = typeof import("npm:xz-decompress@0.2.3");
 
 /** Loads a node: module, or says which runtime lacks it. */
@@ -151,13 +150,6 @@ async function zlibStream(
       return (m.default ?? m) as NodeZlib;
     },
   );
-  const { Duplex }: NodeStream = await load(
-    compression,
-    async () => {
-      const m = await import("node:stream");
-      return (m.default ?? m) as NodeStream;
-    },
-  );
   if (
     compression === "zstd" && typeof zlib.createZstdDecompress !== "function"
   ) {
@@ -169,11 +161,114 @@ async function zlibStream(
   const decoder = compression === "gzip"
     ? zlib.createGunzip({ chunkSize: ZLIB_CHUNK })
     : zlib.createZstdDecompress({ chunkSize: ZLIB_CHUNK });
-  const pair = Duplex.toWeb(decoder) as unknown as ReadableWritablePair<
-    Uint8Array,
-    Uint8Array
-  >;
-  return input.pipeThrough(pair);
+  return pumped(input, decoder);
+}
+
+type NodeTransform = ReturnType<NodeZlib["createGunzip"]>;
+
+/**
+ * A node:zlib decoder read in paused mode: it inflates while its output is
+ * read and waits while it is not (its readable buffer full), so memory
+ * stays bounded whatever the ratio; input is written one chunk at a time.
+ */
+function pumped(
+  input: ReadableStream<Uint8Array>,
+  decoder: NodeTransform,
+): ReadableStream<Uint8Array> {
+  const reader = input.getReader();
+  let failure: { error: unknown } | undefined;
+  let ended = false;
+  let writing = false;
+  let inputDone = false;
+  let events = 0;
+  let wake: (() => void) | undefined;
+  const signal = () => {
+    events++;
+    const w = wake;
+    wake = undefined;
+    w?.();
+  };
+  decoder.on("readable", signal);
+  decoder.on("drain", () => {
+    writing = false;
+    signal();
+  });
+  decoder.on("end", () => {
+    ended = true;
+    signal();
+  });
+  decoder.on("error", (error: unknown) => {
+    failure ??= { error };
+    signal();
+  });
+  // Deno's zstd decoder (2.9) throws the error it has just emitted once
+  // more, uncaught, a tick later: here it is already the stream's error,
+  // so that second throw is kept from ending the process.
+  const target = globalThis as unknown as Partial<EventTarget>;
+  const swallow = (event: Event) => {
+    const error = (event as ErrorEvent).error ??
+      (event as PromiseRejectionEvent).reason;
+    if (
+      error === failure?.error ||
+      (error instanceof Error && error.message.startsWith("Zstd decompress"))
+    ) {
+      failure ??= { error };
+      event.preventDefault();
+      signal();
+    }
+  };
+  target.addEventListener?.("error", swallow);
+  target.addEventListener?.("unhandledrejection", swallow);
+  const release = () =>
+    setTimeout(() => {
+      target.removeEventListener?.("error", swallow);
+      target.removeEventListener?.("unhandledrejection", swallow);
+    }, 1000);
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      for (;;) {
+        if (failure) {
+          release();
+          throw failure.error;
+        }
+        const seen = events;
+        const chunk = decoder.read() as Uint8Array | null;
+        if (chunk && chunk.length > 0) {
+          controller.enqueue(
+            new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length),
+          );
+          return;
+        }
+        if (ended) {
+          release();
+          controller.close();
+          return;
+        }
+        if (!inputDone && !writing) {
+          const { value, done } = await reader.read();
+          if (done) {
+            inputDone = true;
+            decoder.end();
+          } else {
+            // No write callback: Deno's zstd throws a failure at it
+            // uncaught. A full buffer waits for "drain".
+            writing = !decoder.write(value);
+          }
+          continue;
+        }
+        if (events === seen) {
+          await new Promise<void>((resolve) => wake = resolve);
+        }
+      }
+    },
+    async cancel(reason) {
+      // A decoder that failed is done: destroying it again makes Deno's
+      // zstd throw its error a second time, uncaught.
+      if (!failure && !ended) decoder.destroy();
+      release();
+      await reader.cancel(reason).catch(() => {});
+    },
+  }, { highWaterMark: 0 });
 }
 
 /** xz through xz-decompress, created when first read. */

@@ -45,7 +45,7 @@ export interface UnpackOptions {
  * ```ts
  * import assert from "node:assert";
  * import { unpackStream, type Unpacked } from "./unpack.ts";
- * const gz = ReadableStream.from([new Uint8Array(4096)]).pipeThrough(new CompressionStream("gzip"));
+ * const gz = new Response(new Uint8Array(4096)).body!.pipeThrough(new CompressionStream("gzip"));
  * const unpacked: Unpacked = await unpackStream(gz, { name: "disk.raw.gz" });
  * assert.deepStrictEqual(unpacked.layers, ["gzip"]);
  * await unpacked.stream.cancel();
