@@ -124,6 +124,7 @@ export {
   type UnpackOptions,
   unpackStream,
 } from "./lib/reader/packed/unpack.ts";
+export type { Packing } from "./lib/reader/packed/magic.ts";
 
 // Where bytes come from and go to.
 export { BytesSource, type RandomAccessSource } from "./lib/io/source.ts";
