@@ -117,6 +117,15 @@ export {
   expandToStream,
 } from "./lib/reader/expand.ts";
 
+// Compressed downloads and tar archives: the disk inside, as a stream.
+export {
+  bytesOnly,
+  type Unpacked,
+  type UnpackOptions,
+  unpackStream,
+} from "./lib/reader/packed/unpack.ts";
+export type { Packing } from "./lib/reader/packed/magic.ts";
+
 // Where bytes come from and go to.
 export { BytesSource, type RandomAccessSource } from "./lib/io/source.ts";
 export { BlobSource } from "./lib/io/blob_source.ts";

@@ -17,9 +17,14 @@ import { formatBytes, UsageError } from "./_util.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import { directoryOf } from "../reader/references.ts";
-import { concatBytes } from "../bytes/binary.ts";
 import { fileError } from "../io/os_errors.ts";
 import { splitOptionList } from "./_create_options.ts";
+import {
+  bytesOnly,
+  type Unpacked,
+  unpackStream,
+} from "../reader/packed/unpack.ts";
+import { PACKING_TITLES, packingOf } from "../reader/packed/magic.ts";
 
 /**
  * Which internal snapshot to read: qemu-img's `-l snapshot.id=ID`,
@@ -102,6 +107,8 @@ export interface InputOptions {
   snapshot: SnapshotSelector | undefined;
   /** Whether the output is qcow2 (raw files are then streamed, holes skipped). */
   toQcow2: boolean;
+  /** --disk: the member of a tar archive to read. */
+  disk?: string;
   notice: (line: string) => void;
   /** Where the input's closing is registered. */
   cleanups: (() => Promise<void>)[];
@@ -109,35 +116,13 @@ export interface InputOptions {
   http: HttpTransport;
 }
 
-/** Reads the first bytes of a stream to detect its format, and gives them back. */
-async function peek(
-  stream: ReadableStream<Uint8Array>,
-): Promise<{ head: Uint8Array; all: ReadableStream<Uint8Array> }> {
-  const reader = stream.getReader();
-  const parts: Uint8Array[] = [];
-  let have = 0;
-  while (have < PROBE_BYTES) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    parts.push(value);
-    have += value.length;
-  }
-  const head = concatBytes(parts);
-  let sentHead = head.length === 0;
-  const all = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      if (!sentHead) {
-        sentHead = true;
-        controller.enqueue(head);
-        return;
-      }
-      const { value, done } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    cancel: (reason) => reader.cancel(reason),
-  }, { highWaterMark: 0 });
-  return { head, all };
+/** What a stream was packed in: "xz-compressed: decompressing it as it is read". */
+function describePacking(unpacked: Unpacked): string {
+  const layers = unpacked.layers.map((l) => PACKING_TITLES[l]);
+  const member = unpacked.member === undefined
+    ? ""
+    : `; reading its member ${JSON.stringify(unpacked.member)}`;
+  return `${layers.join(", holding ")}: unpacking it as it is read${member}`;
 }
 
 function noSnapshots(): UsageError {
@@ -176,7 +161,16 @@ async function openStream(
     if (options.snapshot !== undefined) throw noSnapshots();
     return { raw: stream, total: size };
   }
-  const { head, all } = await peek(stream);
+  const unpacked = await unpackStream(stream, {
+    disk: options.disk,
+    name: what,
+  });
+  const { head } = unpacked;
+  if (unpacked.layers.length > 0) {
+    options.notice(`qcow2pipe: ${what} is ${describePacking(unpacked)}`);
+    size = unpacked.size;
+  }
+  const all = unpacked.stream;
   let format: FormatName;
   try {
     format = options.format !== undefined && options.format !== "auto"
@@ -198,7 +192,7 @@ async function openStream(
     return { raw: all, total: size };
   }
   // Another format the reader opens (qcow, VDI, ...) is spooled whole.
-  const opened = await openImageStream(all, {
+  const opened = await openImageStream(bytesOnly(all), {
     snapshot: options.snapshot && readerSnapshot(options.snapshot),
     format: qcow2 ? options.format : format,
     relativeTo,
@@ -272,6 +266,77 @@ async function openSeekable(
   return image;
 }
 
+/**
+ * A file that starts with a compression's or a tar archive's magic (or
+ * any file, with --disk), opened as a stream to be unpacked as it is
+ * read; undefined for any other file.
+ */
+async function packedFile(
+  path: string,
+  options: InputOptions,
+): Promise<ReadableStream<Uint8Array> | undefined> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path);
+  } catch (err) {
+    throw fileError(`open image ${path}`, err);
+  }
+  try {
+    const head = new Uint8Array(PROBE_BYTES);
+    let have = 0;
+    while (have < head.length) {
+      const n = await file.read(head.subarray(have));
+      if (n === null) break;
+      have += n;
+    }
+    if (
+      options.disk === undefined &&
+      packingOf(head.subarray(0, have)) === undefined
+    ) {
+      file.close();
+      return undefined;
+    }
+    await file.seek(0, Deno.SeekMode.Start);
+  } catch (err) {
+    file.close();
+    throw fileError(`read image ${path}`, err);
+  }
+  return fileReadable(file, path);
+}
+
+/** A file read forward, its read errors saying so and where. */
+function fileReadable(
+  file: Deno.FsFile,
+  path: string,
+): ReadableStream<Uint8Array> {
+  let at = 0;
+  let closed = false;
+  const close = () => {
+    if (!closed) file.close();
+    closed = true;
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const buffer = new Uint8Array(1 << 20);
+      let n: number | null;
+      try {
+        n = await file.read(buffer);
+      } catch (err) {
+        close();
+        throw fileError(`read ${path} at offset ${at}`, err);
+      }
+      if (n === null) {
+        close();
+        controller.close();
+      } else {
+        at += n;
+        controller.enqueue(buffer.subarray(0, n));
+      }
+    },
+    cancel: () => close(),
+  }, { highWaterMark: 0 });
+}
+
 /** Opens SRC. */
 export async function openInput(
   src: string,
@@ -330,6 +395,18 @@ export async function openInput(
       directoryOf(opened.url)!,
       options,
     );
+  }
+  if (format !== "raw") {
+    const packed = await packedFile(src, options);
+    if (packed) {
+      return await openStream(
+        packed,
+        undefined,
+        src,
+        directoryOf(src),
+        options,
+      );
+    }
   }
   const image = await openSeekable(src, options);
   options.cleanups.push(() => image.close());

@@ -94,6 +94,7 @@ export const CONVERT_OPTIONS = {
   "refcount-bits": { type: "string" },
   streamable: { type: "boolean" },
   sparsify: { type: "boolean" },
+  disk: { type: "string" },
   workers: { type: "string" },
   // accepted: replacing an existing DST is the default, as in qemu-img
   force: { type: "boolean" },
@@ -141,6 +142,8 @@ export interface ConvertSettings {
   workers?: number;
   streamable: boolean;
   sparsify: boolean;
+  /** --disk: the member of a tar archive to read. */
+  disk?: string;
   /** -n: write into the existing DST. */
   inPlace: boolean;
   targetIsZero: boolean;
@@ -294,6 +297,7 @@ export function convertSettings(
     workers,
     streamable: values.streamable ?? false,
     sparsify: values.sparsify ?? false,
+    disk: values.disk,
     inPlace,
     targetIsZero,
     noClobber: values["no-clobber"] ?? false,

@@ -48,7 +48,9 @@ when complete, replacing an existing file as qemu-img does (--no-clobber
 keeps it). DST is never SRC, its backing or data files, or -B's file: they
 are compared by device and inode (hard and symbolic links included).
 
-SRC may be a file, "-" for standard input, or an http(s) URL: qcow2 over
+SRC may be a file, "-" for standard input, or an http(s) URL, and may come
+gzip-, xz- or zstd-compressed or as a tar archive of one disk (a .raw.xz,
+a .tar.gz), told by its first bytes and unpacked as it streams. qcow2 over
 HTTP is read with Range requests (metadata and needed clusters only); raw
 input and servers without Range support are streamed. A qcow2 stream whose
 tables come before its data is decoded in one pass; any other qcow2 stream
@@ -116,6 +118,8 @@ Options of our own:
       --sparsify        read SRC's partition table (MBR, GPT) and
                         filesystems (ext2/3/4, Linux swap) and store
                         their free space as zeros; reported on stderr
+      --disk NAME       the member of a tar archive to read (default:
+                        the only disk in it)
       --workers N       compression/decompression workers, 0 to ${MAX_WORKERS}
                         (default: the number of cores); 0 runs the
                         codecs on the main thread, without workers
@@ -184,6 +188,7 @@ async function openSources(run: Run): Promise<Sources> {
     format: s.sourceFormat,
     snapshot: s.snapshot,
     toQcow2: s.outputFormat === "qcow2",
+    disk: s.disk,
     notice: run.notice,
     cleanups,
     http: s.http,

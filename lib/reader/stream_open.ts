@@ -25,6 +25,7 @@ import { readHeader } from "./qcow2/header.ts";
 import { Qcow2Image } from "./qcow2/image.ts";
 import { makeTempDirIn, removeTempDir } from "../host/temp.ts";
 import { ReferenceGate, topReferrer } from "./references.ts";
+import { bytesOnly, unpackStream } from "./packed/unpack.ts";
 
 /**
  * Options of {@linkcode openImageStream}.
@@ -45,6 +46,12 @@ import { ReferenceGate, topReferrer } from "./references.ts";
 export interface OpenStreamOptions extends OpenImageOptions {
   /** Directory for spool files. @default {the system temporary directory} */
   spoolDir?: string;
+  /**
+   * The member of a tar archive to read (default: the only disk in it).
+   * Unless `format` is `raw`, a gzip-, xz- or zstd-compressed stream or a
+   * tar archive is unpacked as it is read (see `unpackStream`).
+   */
+  disk?: string;
 }
 
 /**
@@ -214,8 +221,9 @@ class ForwardSource implements RandomAccessSource {
  * (all L1/L2 tables before the data, data in guest order) is decoded in
  * one pass with only the metadata spooled; anything else is spooled whole.
  *
- * @param stream The image bytes.
- * @param options Spool directory, snapshot, and `openImage` options.
+ * @param stream The image bytes (compressed or in a tar archive, too).
+ * @param options Spool directory, tar member, snapshot, and `openImage`
+ * options.
  * @returns The image and how it was opened; close it to delete the spool.
  * @throws {Qcow2Error} When the image is malformed.
  *
@@ -237,7 +245,11 @@ export async function openImageStream(
   stream: ReadableStream<Uint8Array>,
   options: OpenStreamOptions = {},
 ): Promise<StreamedImage> {
-  const spool = await StreamSpool.create(stream, options.spoolDir);
+  const bytes = options.format === "raw" ? stream : bytesOnly(
+    (await unpackStream(stream, { disk: options.disk, name: options.name }))
+      .stream,
+  );
+  const spool = await StreamSpool.create(bytes, options.spoolDir);
   try {
     return await metadataComesFirst(spool, options)
       ? await openOnePass(spool, options)
