@@ -137,3 +137,22 @@ export async function* extentsOf(
   const items = image.plan(offset, length ?? image.virtualSize - offset, 0);
   for await (const item of items) yield toExtent(item);
 }
+
+/** Plans a range of a backing image; beyond its end the guest reads zeros. */
+export async function* planBacking(
+  backing: GuestImage,
+  offset: number,
+  length: number,
+  depth: number,
+): AsyncGenerator<PlanItem> {
+  const inside = Math.max(0, Math.min(length, backing.virtualSize - offset));
+  if (inside > 0) yield* backing.plan(offset, inside, depth);
+  if (inside < length) {
+    yield {
+      offset: offset + inside,
+      length: length - inside,
+      kind: "unallocated",
+      depth,
+    };
+  }
+}

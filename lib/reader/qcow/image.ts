@@ -22,7 +22,7 @@ import type {
 import type { OpenPurpose } from "../image_type.ts";
 import { readPadded } from "../read.ts";
 import { checkRange, readExact } from "../_bounds.ts";
-import { extentsOf, readThroughPlan } from "../_read.ts";
+import { extentsOf, planBacking, readThroughPlan } from "../_read.ts";
 import { decodeQcowL2Entry, type QcowHeader } from "./header.ts";
 
 const SECTOR = 512;
@@ -477,24 +477,5 @@ export class QcowImage implements GuestImage {
   /** Same as {@linkcode QcowImage.close}. */
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
-  }
-}
-
-/** Plans a range of a backing image; beyond its end the guest reads zeros. */
-async function* planBacking(
-  backing: GuestImage,
-  offset: number,
-  length: number,
-  depth: number,
-): AsyncGenerator<PlanItem> {
-  const inside = Math.max(0, Math.min(length, backing.virtualSize - offset));
-  if (inside > 0) yield* backing.plan(offset, inside, depth);
-  if (inside < length) {
-    yield {
-      offset: offset + inside,
-      length: length - inside,
-      kind: "unallocated",
-      depth,
-    };
   }
 }

@@ -34,7 +34,7 @@ import type {
 } from "../image.ts";
 import type { OpenedDataFile, OpenPurpose } from "../image_type.ts";
 import { readPadded } from "../read.ts";
-import { extentsOf, readThroughPlan } from "../_read.ts";
+import { extentsOf, planBacking, readThroughPlan } from "../_read.ts";
 import { checkRange, readExact } from "../_bounds.ts";
 import { type Mapping, Qcow2Mapping } from "./mapping.ts";
 import { Qcow2Status } from "./status.ts";
@@ -514,23 +514,4 @@ function canExtend(run: PlanItem, item: PlanItem): boolean {
   if (run.kind !== item.kind || item.kind === "compressed") return false;
   return item.kind !== "data" ||
     run.hostOffset! + run.length === item.hostOffset;
-}
-
-/** Plans a range of a backing image; beyond its end the guest reads zeros. */
-async function* planBacking(
-  backing: GuestImage,
-  offset: number,
-  length: number,
-  depth: number,
-): AsyncGenerator<PlanItem> {
-  const inside = Math.max(0, Math.min(length, backing.virtualSize - offset));
-  if (inside > 0) yield* backing.plan(offset, inside, depth);
-  if (inside < length) {
-    yield {
-      offset: offset + inside,
-      length: length - inside,
-      kind: "unallocated",
-      depth,
-    };
-  }
 }
