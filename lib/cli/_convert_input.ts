@@ -299,7 +299,7 @@ async function packedFile(
     await file.seek(0, Deno.SeekMode.Start);
   } catch (err) {
     file.close();
-    throw fileError(`read image ${path}`, err);
+    throw fileError(`open image ${path}`, err); // its first bytes are read to open it
   }
   return fileReadable(file, path);
 }

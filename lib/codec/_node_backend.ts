@@ -5,19 +5,10 @@ import type { ClusterCodec, ZlibWindow } from "./codecs.ts";
 import { complete, fail, storeIn, zstdFrames } from "./_backend.ts";
 import { type Fflate, inflateInto } from "./_fflate_backend.ts";
 import { NativeContext } from "./_native_context.ts";
+import type { NodeZlib } from "./node_zlib.ts";
 
-type NodeZlib = typeof import("node:zlib");
 /** zstd options; `pledgedSrcSize` is supported at run time but missing from the types. */
 type ZstdOptions = Parameters<NodeZlib["zstdCompressSync"]>[1];
-let nodeZlib: Promise<NodeZlib | undefined> | undefined;
-/** Loads `node:zlib` once; undefined where the runtime has none. */
-export function loadNodeZlib(): Promise<NodeZlib | undefined> {
-  nodeZlib ??= import("node:zlib").then(
-    (m) => (m.default ?? m) as NodeZlib,
-    () => undefined,
-  );
-  return nodeZlib;
-}
 
 /**
  * A zlib codec on node:zlib; `fallback` inflates what node:zlib's `*Sync`

@@ -14,7 +14,8 @@
  */
 
 import { fflateDeflate, loadFflate } from "./_fflate_backend.ts";
-import { loadNodeZlib, nodeDeflate, nodeZstd } from "./_node_backend.ts";
+import { nodeDeflate, nodeZstd } from "./_node_backend.ts";
+import { loadNodeZlib } from "./node_zlib.ts";
 import { zstdCodecBackend } from "./_zstd_codec_backend.ts";
 import { loadZstdWasm } from "./_zstd_wasm.ts";
 

@@ -42,7 +42,8 @@ Deno.test("bundle: one ES module of runtime-neutral code, importing only node:zl
     `bundle: ${code.length} bytes, ${gzip.byteLength} gzipped, ${sources.length} modules`,
   );
 
-  // What went in: the core, fflate, zstd-codec's WebAssembly binding only.
+  // What went in: the core, fflate, zstd-codec's WebAssembly binding and
+  // xz-decompress (xz downloads) only.
   const ours = sources.filter((s) => !s.includes("/npm/"))
     .map((s) => s.replace(/^.*?\/(lib\/|core\.ts)/, "$1"));
   assert.ok(ours.includes("lib/reader/open.ts"));
@@ -58,6 +59,7 @@ Deno.test("bundle: one ES module of runtime-neutral code, importing only node:zl
     .map((s) => s.replace(/^.*\/npm\/registry\.npmjs\.org\//, ""));
   assert.deepStrictEqual(npm.sort(), [
     "fflate/0.8.2/esm/browser.js",
+    "xz-decompress/0.2.3/dist/package/xz-decompress.js",
     "zstd-codec/0.1.5/lib/zstd-codec-binding-wasm.js",
   ]);
 

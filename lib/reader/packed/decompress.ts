@@ -7,6 +7,7 @@
  * @module
  */
 
+import { loadNodeZlib, type NodeZlib } from "../../codec/node_zlib.ts";
 import { Qcow2Error } from "../../format/errors.ts";
 
 /** The compressions decompressed here. */
@@ -15,7 +16,6 @@ export type Compression = "gzip" | "xz" | "zstd";
 /** Output chunk of the node:zlib decoders, in bytes (fewer, larger chunks: a lower peak). */
 const ZLIB_CHUNK = 256 * 1024;
 
-type NodeZlib = typeof import("node:zlib");
 type XzModule = typeof import("npm:xz-decompress@0.2.3");
 
 /** Loads a node: module, or says which runtime lacks it. */
@@ -143,13 +143,11 @@ async function zlibStream(
   compression: "gzip" | "zstd",
   input: ReadableStream<Uint8Array>,
 ): Promise<ReadableStream<Uint8Array>> {
-  const zlib: NodeZlib = await load(
-    compression,
-    async () => {
-      const m = await import("node:zlib");
-      return (m.default ?? m) as NodeZlib;
-    },
-  );
+  const zlib: NodeZlib = await load(compression, async () => {
+    const loaded = await loadNodeZlib();
+    if (!loaded) throw new Error("node:zlib is not available");
+    return loaded;
+  });
   if (
     compression === "zstd" && typeof zlib.createZstdDecompress !== "function"
   ) {
