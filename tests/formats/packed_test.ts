@@ -81,6 +81,17 @@ const PACKINGS: { file: string; make: string; inner?: "qcow2" }[] = [
   { file: "disk.raw.gz", make: "gzip -c disk.raw > disk.raw.gz" },
   { file: "disk.raw.xz", make: "xz -T1 -c disk.raw > disk.raw.xz" },
   { file: "disk.raw.zst", make: "zstd -q -c disk.raw > disk.raw.zst" },
+  {
+    // As pzstd writes: a skippable frame first, then frames; one more
+    // skippable frame between two frames (zstd -d itself is the judge).
+    file: "framed.raw.zst",
+    make:
+      "printf '\\120\\052\\115\\030\\004\\000\\000\\000\\000\\000\\060\\000' > framed.raw.zst" +
+      " && head -c 3145728 disk.raw | zstd -q -c >> framed.raw.zst" +
+      " && printf '\\137\\052\\115\\030\\000\\000\\000\\000' >> framed.raw.zst" +
+      " && tail -c +3145729 disk.raw | zstd -q --no-check -c >> framed.raw.zst" +
+      " && zstd -q -d -c framed.raw.zst | cmp - disk.raw",
+  },
   { file: "disk.tar", make: "tar cf disk.tar disk.raw" },
   { file: "disk.tar.gz", make: "tar czf disk.tar.gz disk.raw" },
   { file: "disk.tar.xz", make: "tar cJf disk.tar.xz disk.raw" },

@@ -9,6 +9,7 @@
 
 import { loadNodeZlib, type NodeZlib } from "../../codec/node_zlib.ts";
 import { Qcow2Error } from "../../format/errors.ts";
+import { ZstdFrameFollower } from "../../codec/zstd_frames.ts";
 
 /** The compressions decompressed here. */
 export type Compression = "gzip" | "xz" | "zstd";
@@ -45,7 +46,10 @@ class Tracked {
   consumed = 0;
   readonly stream: ReadableStream<Uint8Array>;
 
-  constructor(input: ReadableStream<Uint8Array>) {
+  constructor(
+    input: ReadableStream<Uint8Array>,
+    filter?: (chunk: Uint8Array) => Uint8Array[],
+  ) {
     const reader = input.getReader();
     this.stream = new ReadableStream<Uint8Array>({
       pull: async (controller) => {
@@ -59,7 +63,9 @@ class Tracked {
         if (next.done) controller.close();
         else {
           this.consumed += next.value.length;
-          controller.enqueue(next.value);
+          for (const part of filter ? filter(next.value) : [next.value]) {
+            controller.enqueue(part);
+          }
         }
       },
       cancel: (reason) => reader.cancel(reason),
@@ -92,7 +98,11 @@ export function decompressStream(
   input: ReadableStream<Uint8Array>,
   name: string,
 ): ReadableStream<Uint8Array> {
-  const tracked = new Tracked(input);
+  // Deno's zstd decoder ends a stream cut inside a frame, or at a
+  // skippable frame, as if it were whole: the frames are followed beside
+  // it, and skippable ones taken out.
+  const frames = compression === "zstd" ? new ZstdFrameFollower() : undefined;
+  const tracked = new Tracked(input, frames && ((c) => frames.push(c)));
   let inner: ReadableStreamDefaultReader<Uint8Array> | undefined;
   const open = async () => {
     const stream = compression === "xz"
@@ -108,8 +118,18 @@ export function decompressStream(
           // A pull that enqueues nothing is not called again: skip the
           // empty chunks a decoder gives.
           const { value, done } = await inner.read();
-          if (done) controller.close();
-          else if (value.length === 0) continue;
+          if (done) {
+            if (frames?.inside || frames?.fault) {
+              throw new Qcow2Error(
+                "CORRUPT",
+                `Cannot decompress ${name}: its zstd data is corrupt or truncated (${
+                  frames.fault ?? "it ends inside a frame"
+                }; near compressed offset ${tracked.consumed})`,
+                { offset: tracked.consumed },
+              );
+            }
+            controller.close();
+          } else if (value.length === 0) continue;
           else controller.enqueue(value);
           return;
         }

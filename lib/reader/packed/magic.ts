@@ -12,12 +12,12 @@
  */
 export type Packing = "gzip" | "xz" | "zstd" | "bzip2" | "tar";
 
+import { ZSTD_MAGIC, zstdFrameAt } from "../../codec/zstd_frames.ts";
+
 /** gzip (RFC 1952): ID1 ID2 and CM = 8 (deflate). */
 const GZIP_MAGIC = [0x1f, 0x8b, 0x08];
 /** xz: the stream header's magic bytes, `\xFD7zXZ\0`. */
 const XZ_MAGIC = [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
-/** zstd: the frame magic number 0xFD2FB528, little-endian. */
-const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd];
 /** bzip2: `BZh` and a block size digit 1-9. */
 const BZIP2_MAGIC = [0x42, 0x5a, 0x68];
 /** Where a POSIX (`ustar\0`) or GNU (`ustar `) tar header says what it is. */
@@ -91,6 +91,24 @@ export function tarNumber(
 }
 
 /**
+ * Whether `head` starts with a zstd frame, or with a skippable frame
+ * (pzstd starts its output with one) followed by a zstd frame: both must
+ * be in `head`, so that a disk is not taken for zstd on four bytes that
+ * are not zstd's own magic.
+ */
+function startsZstd(head: Uint8Array): boolean {
+  const frame = zstdFrameAt(head, 0);
+  if (typeof frame !== "string" && frame.skippable) {
+    return head.length >= frame.length + 4 &&
+      new DataView(head.buffer, head.byteOffset + frame.length, 4)
+          .getUint32(0, true) === ZSTD_MAGIC;
+  }
+  return head.length >= 4 &&
+    new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true) ===
+      ZSTD_MAGIC;
+}
+
+/**
  * Which container the first bytes of a stream are, if any.
  *
  * @param head The first bytes (512 or more to see a tar header).
@@ -108,7 +126,7 @@ export function tarNumber(
 export function packingOf(head: Uint8Array): Packing | undefined {
   if (startsWith(head, GZIP_MAGIC)) return "gzip";
   if (startsWith(head, XZ_MAGIC)) return "xz";
-  if (startsWith(head, ZSTD_MAGIC)) return "zstd";
+  if (startsZstd(head)) return "zstd";
   if (
     startsWith(head, BZIP2_MAGIC) && head.length > 3 && head[3] >= 0x31 &&
     head[3] <= 0x39
