@@ -19,3 +19,31 @@ export function prng(seed: number): () => number {
   const next = mulberry32(seed);
   return () => next() / 0x1_0000_0000;
 }
+
+/** Seeded choices over {@linkcode mulberry32}: the tests' mutations. */
+export class Rand {
+  readonly #next: () => number;
+  constructor(seed: number) {
+    this.#next = mulberry32(seed);
+  }
+  /** A 32-bit unsigned value. */
+  u32(): number {
+    return this.#next();
+  }
+  /** A number uniform in [0, 1). */
+  next(): number {
+    return this.#next() / 0x1_0000_0000;
+  }
+  /** An integer in [0, n). */
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+  /** True with probability `p`. */
+  chance(p: number): boolean {
+    return this.next() < p;
+  }
+  /** One of `items`. */
+  pick<T>(items: readonly T[]): T {
+    return items[this.int(items.length)];
+  }
+}

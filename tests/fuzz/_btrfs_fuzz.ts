@@ -15,7 +15,7 @@
 // same bytes.
 
 import { join } from "node:path";
-import { mulberry32 } from "../../lib/_prng.ts";
+import { Rand } from "../../lib/_prng.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import {
   blank,
@@ -232,25 +232,6 @@ export class BaseFile {
 
 // ---------------------------------------------------------------------------
 // Mutations
-
-class Rand {
-  readonly #next: () => number;
-  constructor(seed: number) {
-    this.#next = mulberry32(seed);
-  }
-  u32(): number {
-    return this.#next();
-  }
-  int(n: number): number {
-    return Math.floor((this.#next() / 0x1_0000_0000) * n);
-  }
-  chance(p: number): boolean {
-    return this.#next() / 0x1_0000_0000 < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)];
-  }
-}
 
 function leBytes(value: bigint, size: number): number[] {
   const out: number[] = [];

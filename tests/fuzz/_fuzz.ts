@@ -8,9 +8,10 @@
 // process (to save it as a fixture) or by a runner (to run it).
 
 import { join } from "node:path";
+import { Rand } from "../../lib/_prng.ts";
 import { fileURLToPath } from "node:url";
 import { qemuImg, qemuIo } from "../_qemu.ts";
-import { mixedBytes, prng } from "../reader/_helpers.ts";
+import { mixedBytes } from "../reader/_helpers.ts";
 import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { StreamableQcow2Writer } from "../../lib/writer/streamable.ts";
 import { parseHeader, type Qcow2Header } from "../../lib/format/header.ts";
@@ -50,22 +51,6 @@ export function caseSeed(seed: number, index: number): number {
   h = Math.imul(h, 0x846ca68b);
   h ^= h >>> 16;
   return h >>> 0;
-}
-
-class Rand {
-  readonly next: () => number;
-  constructor(seed: number) {
-    this.next = prng(seed);
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)];
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
 }
 
 // ---------------------------------------------------------------------------

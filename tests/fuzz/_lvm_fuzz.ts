@@ -23,7 +23,7 @@
 // A case is (base, seed): the same pair always gives the same bytes.
 
 import { join } from "node:path";
-import { mulberry32 } from "../../lib/_prng.ts";
+import { Rand } from "../../lib/_prng.ts";
 import { lvmCrc } from "../../lib/sparsify/lvm/label.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import {
@@ -227,22 +227,6 @@ export async function buildLvmFuzzBases(
 
 // ---------------------------------------------------------------------------
 // Mutations
-
-class Rand {
-  readonly #next: () => number;
-  constructor(seed: number) {
-    this.#next = mulberry32(seed);
-  }
-  int(n: number): number {
-    return (this.#next() >>> 0) % n;
-  }
-  chance(p: number): boolean {
-    return this.int(1_000_000) < p * 1_000_000;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)];
-  }
-}
 
 function le(v: number | bigint, size: number): number[] {
   let x = BigInt(v);

@@ -17,7 +17,7 @@
 // clusters freed) that no reader of the metadata can tell from damage.
 
 import { join } from "node:path";
-import { mulberry32 } from "../../lib/_prng.ts";
+import { Rand } from "../../lib/_prng.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import { blank, MiB, sfdiskParts, sh, writeInto } from "../sparsify/_disks.ts";
 import {
@@ -210,25 +210,6 @@ export async function buildNtfsFuzzBases(
 
 // ---------------------------------------------------------------------------
 // Mutations
-
-class Rand {
-  readonly #next: () => number;
-  constructor(seed: number) {
-    this.#next = mulberry32(seed);
-  }
-  u32(): number {
-    return this.#next();
-  }
-  int(n: number): number {
-    return Math.floor((this.#next() / 0x1_0000_0000) * n);
-  }
-  chance(p: number): boolean {
-    return this.#next() / 0x1_0000_0000 < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)];
-  }
-}
 
 function le(value: number, size: number): number[] {
   const out: number[] = [];

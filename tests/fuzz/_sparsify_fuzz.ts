@@ -21,7 +21,8 @@
 // A case is (base, seed): the same pair always gives the same bytes.
 
 import { join } from "node:path";
-import { mulberry32 } from "../../lib/_prng.ts";
+import { Rand } from "../../lib/_prng.ts";
+export { Rand };
 import { crc16, crc32, crc32cRaw } from "../../lib/bytes/crc.ts";
 import {
   blank,
@@ -282,26 +283,6 @@ export async function buildFuzzBases(root: string): Promise<FuzzBase[]> {
 
 // ---------------------------------------------------------------------------
 // Mutations
-
-/** Seeded choices. */
-export class Rand {
-  readonly #next: () => number;
-  constructor(seed: number) {
-    this.#next = mulberry32(seed);
-  }
-  u32(): number {
-    return this.#next();
-  }
-  int(n: number): number {
-    return Math.floor((this.#next() / 0x1_0000_0000) * n);
-  }
-  chance(p: number): boolean {
-    return this.#next() / 0x1_0000_0000 < p;
-  }
-  pick<T>(items: readonly T[]): T {
-    return items[this.int(items.length)];
-  }
-}
 
 const SB_FIELDS: Array<[string, number, number]> = [
   ["s_inodes_count", 0x00, 4],

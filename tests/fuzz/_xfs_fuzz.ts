@@ -13,7 +13,7 @@
 // A case is (base, seed): the same pair always gives the same bytes.
 
 import { join } from "node:path";
-import { mulberry32 } from "../../lib/_prng.ts";
+import { Rand } from "../../lib/_prng.ts";
 import { crc32cRaw } from "../../lib/bytes/crc.ts";
 import type { FreeRange } from "../../lib/sparsify/report.ts";
 import { canLoop, MiB, populate, sh } from "../sparsify/_disks.ts";
@@ -325,19 +325,6 @@ async function kernelBase(root: string): Promise<XfsBase> {
       ...targets.map((t) => fsbOf(t.at)),
     ],
   };
-}
-
-class Rand {
-  readonly #next: () => number;
-  constructor(seed: number) {
-    this.#next = mulberry32(seed);
-  }
-  int(n: number): number {
-    return (this.#next() >>> 0) % n;
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)];
-  }
 }
 
 /** Bytes of `base` with the patches so far over them. */
