@@ -19,6 +19,15 @@ export function writeU64(view: DataView, at: number, value: number): void {
   view.setUint32(at + 4, value >>> 0);
 }
 
+/**
+ * The big-endian u32 at `at`, by byte arithmetic: no DataView made for a
+ * table entry decoded once per cluster.
+ */
+export function u32be(bytes: Uint8Array, at: number): number {
+  return ((bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) |
+    bytes[at + 3]) >>> 0;
+}
+
 /** Combines two u32 halves into a number (caller ensures hi <= SAFE_HI). */
 export function joinU64(hi: number, lo: number): number {
   return hi * TWO_32 + lo;

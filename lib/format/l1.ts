@@ -12,7 +12,7 @@
  */
 
 import { ENTRY } from "./constants.ts";
-import { joinU64 } from "../bytes/binary.ts";
+import { joinU64, u32be } from "../bytes/binary.ts";
 import { splitTableOffset } from "./_bytes.ts";
 
 /**
@@ -54,9 +54,8 @@ export interface L1Entry {
  * ```
  */
 export function decodeL1Entry(table: Uint8Array, index: number): L1Entry {
-  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
-  const hi = view.getUint32(index * 8);
-  const lo = view.getUint32(index * 8 + 4);
+  const hi = u32be(table, index * 8);
+  const lo = u32be(table, index * 8 + 4);
   return {
     l2Offset: joinU64(hi & ENTRY.OFFSET_HI, (lo & ENTRY.OFFSET_LO) >>> 0),
     copied: (hi & ENTRY.COPIED_HI) !== 0,

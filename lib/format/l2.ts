@@ -26,6 +26,7 @@ import {
   encodeCompressedDescriptor,
 } from "./compressed.ts";
 import { splitTableOffset } from "./_bytes.ts";
+import { u32be } from "../bytes/binary.ts";
 
 /**
  * What a guest cluster holds, as QEMU classifies an L2 entry.
@@ -181,11 +182,11 @@ export function decodeL2Entry(
 ): L2Entry {
   // Byte arithmetic, no DataView: this runs once per guest cluster.
   const at = index * (layout.extendedL2 ? 16 : 8);
-  const hi = u32At(table, at);
-  const lo = u32At(table, at + 4);
+  const hi = u32be(table, at);
+  const lo = u32be(table, at + 4);
   const copied = (hi & ENTRY.COPIED_HI) !== 0;
-  const allocMask = layout.extendedL2 ? u32At(table, at + 12) : 0;
-  const zeroMask = layout.extendedL2 ? u32At(table, at + 8) : 0;
+  const allocMask = layout.extendedL2 ? u32be(table, at + 12) : 0;
+  const zeroMask = layout.extendedL2 ? u32be(table, at + 8) : 0;
   if ((hi & ENTRY.COMPRESSED_HI) !== 0) {
     const compressed = decodeCompressedDescriptor(hi, lo, layout.clusterBits);
     return {
@@ -211,12 +212,6 @@ export function decodeL2Entry(
     type = "normal";
   }
   return { type, hostOffset, copied, reserved, allocMask, zeroMask };
-}
-
-/** Big-endian u32 at `at`. */
-function u32At(bytes: Uint8Array, at: number): number {
-  return ((bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) |
-    bytes[at + 3]) >>> 0;
 }
 
 /**

@@ -19,6 +19,7 @@ import {
 } from "../format/bitmaps.ts";
 import type { StoredRefcounts } from "../reader/qcow2/refcounts.ts";
 import { readPadded } from "../reader/read.ts";
+import { isZero } from "../bytes/zeros.ts";
 import { qcow2VirtualSize } from "../format/geometry.ts";
 import { RefcountMap } from "./_refmap.ts";
 import {
@@ -80,6 +81,14 @@ export class CheckFailure extends Error {
   }
 }
 
+/** Table entries looked at together for zeros before any is decoded. */
+const ZERO_RUN = 64;
+/**
+ * Most list items kept of the L2 walks (about 8 bytes each); past them,
+ * the snapshots' walks read the tables again.
+ */
+const WALKED_ITEMS = 4 << 20;
+
 /** The reference walk over one image. */
 export class ReferenceWalk {
   readonly refs: RefcountMap;
@@ -96,6 +105,18 @@ export class ReferenceWalk {
   readonly #cs: number;
   readonly #fileLength: number;
   readonly #dataFile: boolean;
+  /**
+   * What walking each L2 table did, kept for the snapshots' walks: their
+   * L1 tables share most L2 tables with the active one, and walking a
+   * table again does the same again (QEMU walks it once per L1). Each
+   * entry is a list of `inc(offset, size)` pairs and error messages, in
+   * order; undefined when there are no snapshots.
+   */
+  readonly #walked: Map<number, (number | string)[]> | undefined;
+  /** Room left in `#walked`, in list items. */
+  #walkedRoom = WALKED_ITEMS;
+  /** The list of the L2 table being walked, while one is being recorded. */
+  #recording: (number | string)[] | undefined;
 
   constructor(
     input: WalkInput,
@@ -110,15 +131,31 @@ export class ReferenceWalk {
       (input.header.incompatibleFeatures & INCOMPAT.DATA_FILE) !== 0n;
     this.refs = new RefcountMap(clusters, max);
     this.messages = messages;
+    this.#walked = input.snapshots.length > 0 ? new Map() : undefined;
   }
 
   #error(message: string): void {
+    this.#recording?.push(message);
     this.messages.push(message);
     this.counters.corruptions++;
   }
 
   /** qcow2_inc_refcounts_imrt(): one reference per cluster of a byte range. */
   inc(offset: number, size: number): void {
+    const recording = this.#recording;
+    if (recording === undefined) return this.#inc(offset, size);
+    // What inc() finds (the end of the file, an overflow) depends on the
+    // counts so far: a replay calls it again rather than copying that.
+    recording.push(offset, size);
+    this.#recording = undefined;
+    try {
+      this.#inc(offset, size);
+    } finally {
+      this.#recording = recording;
+    }
+  }
+
+  #inc(offset: number, size: number): void {
     if (size <= 0) return;
     const cs = this.#cs;
     if (offset + size - this.#fileLength >= cs) {
@@ -190,6 +227,12 @@ export class ReferenceWalk {
     this.inc(offset, size * 8);
     const table = await readPadded(this.#in.source, offset, size * 8);
     for (let i = 0; i < size; i++) {
+      if (
+        i % ZERO_RUN === 0 && isZero(table.subarray(i * 8, (i + ZERO_RUN) * 8))
+      ) {
+        i += ZERO_RUN - 1; // entries of zeros reference nothing
+        continue;
+      }
       const entry = decodeL1Entry(table, i);
       if (entry.reserved) {
         this.#error(
@@ -211,8 +254,32 @@ export class ReferenceWalk {
     }
   }
 
-  /** check_refcounts_l2(). */
+  /** check_refcounts_l2(), or what it did to this table the first time. */
   async #l2(l2Offset: number, active: boolean): Promise<void> {
+    const walked = this.#walked?.get(l2Offset);
+    if (walked && !active) {
+      for (let k = 0; k < walked.length;) {
+        const item = walked[k++];
+        if (typeof item === "string") this.#error(item);
+        else this.#inc(item, walked[k++] as number);
+      }
+      return;
+    }
+    const record = this.#walked !== undefined && this.#walkedRoom > 0 &&
+      !this.#walked.has(l2Offset);
+    this.#recording = record ? [] : undefined;
+    try {
+      await this.#walkL2(l2Offset, active);
+    } finally {
+      if (record) {
+        this.#walkedRoom -= this.#recording!.length + 1;
+        this.#walked!.set(l2Offset, this.#recording!);
+      }
+      this.#recording = undefined;
+    }
+  }
+
+  async #walkL2(l2Offset: number, active: boolean): Promise<void> {
     const { clusterBits, l2Entries, extendedL2, l2EntrySize } =
       this.#in.geometry;
     const layout = { clusterBits, extendedL2, dataFile: this.#dataFile };
@@ -224,6 +291,13 @@ export class ReferenceWalk {
     const c = this.counters;
     let nextContiguous = 0;
     for (let i = 0; i < l2Entries; i++) {
+      if (
+        i % ZERO_RUN === 0 &&
+        isZero(table.subarray(i * l2EntrySize, (i + ZERO_RUN) * l2EntrySize))
+      ) {
+        i += ZERO_RUN - 1; // entries of zeros: unallocated, no problem
+        continue;
+      }
       const entry = l2EntryAt(table, i, layout);
       if (entry.undecodable) {
         // A compressed offset past 2^53: far past the end of any file.

@@ -288,6 +288,38 @@ qemuTest(
 );
 
 qemuTest(
+  "check: problems in L2 tables shared by the active L1 and three snapshots are found once per L1, as qemu-img finds them",
+  async () => {
+    await using dir = await tempDir();
+    const snap = await base(join(dir.path, "shared.qcow2"));
+    for (const name of ["s1", "s2", "s3"]) {
+      await qemuImg("snapshot", "-c", name, snap);
+    }
+    // Reserved bits on a data entry, an unaligned data offset, the COPIED
+    // flag on a compressed entry, and an offset far past the end of the
+    // file: the walk of the shared table meets each four times.
+    await xorEntry(snap, await l2EntryAt(snap, 0), 0x2n);
+    await xorEntry(snap, await l2EntryAt(snap, 64 * KiB), 0x200n);
+    await xorEntry(snap, await l2EntryAt(snap, 1024 * KiB), 1n << 63n);
+    await patch(
+      snap,
+      await l2EntryAt(snap, 3 * 1024 * KiB),
+      be64(0x8000_0100_0000_0000n),
+    );
+    const r = await assertCheckLikeQemu(snap);
+    assert.strictEqual(r.exitCode, 2);
+    const count = (re: RegExp) => r.messages.filter((m) => re.test(m)).length;
+    assert.strictEqual(
+      count(/^ERROR found l2 entry with reserved bits set/),
+      4,
+    );
+    assert.strictEqual(count(/cluster is not properly aligned/), 4);
+    assert.strictEqual(count(/exceeding the end of the file/), 4);
+    assert.strictEqual(count(/copied flag must never be set/), 4);
+  },
+);
+
+qemuTest(
   "check: memory is bounded by the file size, checked before allocating",
   async () => {
     await using dir = await tempDir();
