@@ -132,6 +132,8 @@ interface Grain {
   at: number;
   /** Its zlib data. */
   data: Uint8Array;
+  /** Where the window holds its deflate data, once handed out. */
+  payload?: number;
 }
 
 /** What one image's `describe` says. */
@@ -188,6 +190,8 @@ export class StreamOptimizedImage implements GuestImage {
   #markersDone = false;
   /** The next grain in guest order, taken and not yet planned to its end. */
   #next: Grain | undefined;
+  /** The end of the window's last grain (sector-aligned). */
+  #windowEnd = 0;
   /** Where the plan got to. */
   #planned = 0;
   #facts: StreamFacts | undefined;
@@ -293,9 +297,19 @@ export class StreamOptimizedImage implements GuestImage {
   /** The plan item of part of a grain; its data waits in the window. */
   #item(g: Grain, offset: number, length: number, depth: number): PlanItem {
     const start = g.lba * SECTOR;
-    // The deflate stream after the 2-byte zlib header.
-    const payload = g.at + GRAIN_MARKER_BYTES + 2;
-    if (offset === start) this.#window.add(payload, g.data.subarray(2));
+    // The deflate stream after the 2-byte zlib header, where it is in
+    // the stream; a grain that came out of order is placed after the last
+    // one handed out, so that the window's reads go forward.
+    const real = g.at + GRAIN_MARKER_BYTES + 2;
+    if (offset === start) {
+      g.payload = real >= this.#windowEnd
+        ? real
+        : this.#windowEnd + GRAIN_MARKER_BYTES + 2;
+      const sectors = sectorsFor(g.payload, g.data.length - 2);
+      this.#windowEnd = (Math.floor(g.payload / SECTOR) + sectors) * SECTOR;
+      this.#window.add(g.payload, g.data.subarray(2));
+    }
+    const payload = g.payload ?? real;
     return {
       offset,
       length,
@@ -843,8 +857,9 @@ class MinHeap {
 
 /**
  * The data of the grains handed out and not yet read, at their offsets in
- * the stream: what the read-ahead reads (and decompresses) them from. A
- * grain's bytes go once a read has covered them.
+ * the stream (or after the last one, for a grain that came out of order):
+ * what the read-ahead reads (and decompresses) them from. Reads go
+ * forward; a grain's bytes go once a read has reached its end.
  */
 class GrainWindow implements RandomAccessSource {
   readonly size = Number.MAX_SAFE_INTEGER;
@@ -869,7 +884,7 @@ class GrainWindow implements RandomAccessSource {
       if (from >= to) continue;
       out.set(data.subarray(from - at, to - at), from - offset);
       found = true;
-      if (at >= offset && at + data.length <= end) this.#grains.delete(at);
+      if (at + data.length <= end) this.#grains.delete(at);
     }
     if (!found) {
       return Promise.reject(
