@@ -144,7 +144,7 @@ streamTest(
       }
     }
     for (const name of Object.keys(made)) {
-      assert.ok(server.requests.some((r) => r.includes(`/${name}`)), name);
+      assert.ok(server.requests.some((r) => r.includes(name)), name);
     }
   },
 );
@@ -330,11 +330,11 @@ streamTest(
         },
         (b, r) => {
           // A marker repeated: an endless run of metadata, grains twice.
-          const m = pick(r);
+          const m = Math.min(pick(r), b.length);
           const len = 512 * (1 + Math.floor(r() * 8));
           const piece = b.subarray(m, m + len);
           const copies = Array.from({ length: 64 }, () => piece);
-          const out = new Uint8Array(b.length + len * 64);
+          const out = new Uint8Array(b.length + piece.length * 64);
           out.set(b.subarray(0, m));
           let o = m;
           for (const c of copies) {
