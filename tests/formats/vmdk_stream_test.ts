@@ -306,8 +306,26 @@ function markers(bytes: Uint8Array): number[] {
 streamTest(
   "hostile streamOptimized streams are refused in one line, in bounded time and memory",
   async () => {
+    await using tmp = await tempDir();
     const raw = mixedRaw(2 * MiB + 512, 64 * 1024, 9);
-    for (const base of [vmwareStream(raw, { granularity: 16 })]) {
+    await Deno.writeFile(join(tmp.path, "d.raw"), raw);
+    const qemuVmdk = join(tmp.path, "d.vmdk");
+    await qemuImg(
+      "convert",
+      "-f",
+      "raw",
+      "-O",
+      "vmdk",
+      "-o",
+      "subformat=streamOptimized",
+      join(tmp.path, "d.raw"),
+      qemuVmdk,
+    );
+    const bases = [
+      vmwareStream(raw, { granularity: 16 }),
+      await Deno.readFile(qemuVmdk),
+    ];
+    for (const base of bases) {
       const at = markers(base);
       const pick = (rand: () => number) => at[Math.floor(rand() * at.length)];
       const mutations: Mutation[] = [
@@ -356,5 +374,32 @@ streamTest(
       assert.ok(summary.refused > 100, `refused ${summary.refused}`);
       assert.ok(summary.opened > 0, `opened ${summary.opened}`);
     }
+  },
+);
+
+streamTest(
+  "a streamOptimized VMDK naming a parent is not read in one pass: its parent is refused as a probed stream's",
+  async () => {
+    await using tmp = await tempDir();
+    const raw = mixedRaw(MiB, 64 * 1024, 3);
+    const bytes = vmwareStream(raw);
+    const text = new TextDecoder().decode(bytes.subarray(512, 1024));
+    const at = text.indexOf('createType="streamOptimized"');
+    const hint = 'parentFileNameHint="base.vmdk"\n';
+    const patched = bytes.slice();
+    patched.set(
+      new TextEncoder().encode(hint + text.slice(at)).subarray(0, 512 - at),
+      512 + at,
+    );
+    const r = await runCli(
+      ["convert", "-O", "raw", "-", join(tmp.path, "o.raw")],
+      { stdin: patched },
+    );
+    assert.strictEqual(r.code, 1, r.stderr);
+    assert.doesNotMatch(r.stderr, ONE_PASS);
+    assert.strictEqual(
+      r.stderr.trim(),
+      'qcow2pipe: Cannot open backing file "base.vmdk": standard input is not in a directory that could hold it',
+    );
   },
 );
