@@ -367,6 +367,8 @@ export class SparseExtent {
   readonly grainSize: number;
   readonly #gd: Uint32Array;
   readonly #tables: LruCache<number, Promise<Uint32Array>>;
+  /** Sectors of grain tables found to hold no grain. */
+  readonly #empty = new Set<number>();
 
   private constructor(
     header: SparseHeader,
@@ -452,6 +454,40 @@ export class SparseExtent {
       `grain table ${index} of ${this.name}`,
     );
     return u32Entries(bytes, n);
+  }
+
+  /**
+   * The first grain holding data at or after a byte of the extent (not a
+   * zeroed grain): where it starts and where its data is. Tables that
+   * hold none are remembered, so that a directory whose entries all name
+   * one empty table is passed over at the pace of its entries.
+   *
+   * @param offset Byte offset inside the extent.
+   * @returns The grain, or undefined when none follows.
+   */
+  async nextAllocated(
+    offset: number,
+  ): Promise<{ offset: number; hostOffset: number } | undefined> {
+    const n = this.header.gtes;
+    const gs = this.grainSize;
+    const grains = Math.ceil(this.header.capacity * 512 / gs);
+    const zeroed = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
+    for (let grain = Math.ceil(offset / gs); grain < grains;) {
+      const t = Math.floor(grain / n);
+      const sector = this.#gd[t];
+      const from = grain % n;
+      grain = (t + 1) * n;
+      if (sector === 0 || this.#empty.has(sector)) continue;
+      const table = (await this.#table(t))!;
+      for (let j = from; j < n && t * n + j < grains; j++) {
+        const e = table[j];
+        if (e !== 0 && !(zeroed && e === GTE_ZEROED)) {
+          return { offset: (t * n + j) * gs, hostOffset: e * 512 };
+        }
+      }
+      if (from === 0) this.#empty.add(sector);
+    }
+    return undefined;
   }
 
   /**

@@ -7,16 +7,20 @@
  * grain table, the grain directory or the footer; a zero sector ends the
  * stream.
  *
- * Two layouts are read: VMware's (the header's gd_offset says "at the
- * end": grain tables follow their grains, then the grain directory, the
- * footer and end-of-stream) and QEMU's (the grain directory and tables are
- * before the grains, which follow in the order they were written). Either
- * way the tables are checked against where the grains were seen.
+ * Two layouts are read. QEMU's: the grain directory and tables come
+ * before the grains (spooled with the header), so each grain is checked
+ * against them as it arrives, and the tables say which grain is due next
+ * in guest order. VMware's: the header's gd_offset says "at the end", each
+ * grain table follows its grains, then come the grain directory, the
+ * footer and end-of-stream; the tables are checked against where the
+ * grains were seen once the directory arrives.
  *
  * Grains are handed out in guest order. `qemu-img convert -W` writes them
- * out of order, a few MiB apart: grains wait in a reorder window of
- * {@linkcode REORDER_WINDOW} guest bytes; one that arrives later than that
- * cannot be read in one pass.
+ * out of order, a few MiB apart: grains that come early wait (QEMU's
+ * layout: until the one due arrives; VMware's: until the stream is
+ * {@linkcode REORDER_WINDOW} guest bytes past them), in at most
+ * `2 * REORDER_WINDOW` bytes; a stream further out of order cannot be read
+ * in one pass.
  *
  * @module
  */
@@ -51,6 +55,7 @@ import {
   MARKER_GRAIN_DIRECTORY,
   MARKER_GRAIN_TABLE,
   parseSparseHeader,
+  SparseExtent,
   type SparseHeader,
   u32Entries,
 } from "./sparse.ts";
@@ -65,6 +70,9 @@ export const REORDER_WINDOW = 32 * 1024 * 1024;
 
 /** Largest grain read in one pass (a larger one is read from a spool). */
 export const MAX_STREAM_GRAIN = 2 * 1024 * 1024;
+
+/** Grain table cache of QEMU's layout, in bytes. */
+const TABLE_CACHE_BYTES = 4 * 1024 * 1024;
 
 /** Most bytes of the grain directory read at once. */
 const GD_PIECE = 64 * 1024;
@@ -181,6 +189,8 @@ export class StreamOptimizedImage implements GuestImage {
   readonly #window: GrainWindow;
   readonly #markers: AsyncGenerator<Grain>;
   readonly #ledger = new GrainLedger();
+  /** QEMU's layout: the tables before the grains. */
+  #tables: SparseExtent | undefined;
   /** Grains arrived and not handed out, lowest guest sector first. */
   readonly #held = new MinHeap();
   #heldBytes = 0;
@@ -332,6 +342,7 @@ export class StreamOptimizedImage implements GuestImage {
 
   /** The next grain in guest order, or undefined once the stream ended. */
   async #nextGrain(): Promise<Grain | undefined> {
+    if (!this.#h.gdAtEnd) return await this.#nextByTables();
     while (!this.#markersDone) {
       const top = this.#held.peek();
       if (
@@ -364,6 +375,76 @@ export class StreamOptimizedImage implements GuestImage {
     }
     this.#emittedEnd = g.lba * SECTOR + this.#grainSize;
     return g;
+  }
+
+  /**
+   * QEMU's layout: the tables (before the grains) say which grain comes
+   * next in guest order and where; each grain is checked against them as
+   * it arrives, and the ones that arrive before their turn wait.
+   */
+  async #nextByTables(): Promise<Grain | undefined> {
+    const tables = this.#tables ??= await SparseExtent.open(
+      this.#init.prefix,
+      this.name,
+      TABLE_CACHE_BYTES,
+    );
+    const want = await tables.nextAllocated(this.#emittedEnd);
+    for (;;) {
+      const top = this.#held.peek();
+      if (top && top.lba * SECTOR === want?.offset) break;
+      if (this.#heldBytes > 2 * REORDER_WINDOW) throw this.#missing(want!);
+      const next = await this.#markers.next();
+      if (next.done) {
+        if (want) throw this.#missing(want, true);
+        return undefined;
+      }
+      const g = next.value;
+      const state = await tables.lookup(g.lba * SECTOR);
+      if (state.kind !== "compressed" || state.hostOffset !== g.at) {
+        throw new Qcow2Error(
+          "CORRUPT",
+          `Cannot read ${this.name}: the grain at ${
+            hex(g.at)
+          } is for guest offset ${
+            hex(g.lba * SECTOR)
+          }, which the grain tables place ${
+            state.kind === "compressed"
+              ? `at ${hex(state.hostOffset)}`
+              : "nowhere (not allocated)"
+          }`,
+          { offset: g.at, field: "lba" },
+        );
+      }
+      this.#held.push(g);
+      this.#heldBytes += g.data.length;
+    }
+    const g = this.#held.pop()!;
+    this.#heldBytes -= g.data.length;
+    this.#emittedEnd = g.lba * SECTOR + this.#grainSize;
+    return g;
+  }
+
+  /** The grain the tables name next did not come (in time). */
+  #missing(
+    want: { offset: number; hostOffset: number },
+    ended = false,
+  ): Qcow2Error {
+    const what = `the grain of guest offset ${
+      hex(want.offset)
+    }, which the grain tables place at ${hex(want.hostOffset)}`;
+    return ended
+      ? new Qcow2Error(
+        "TRUNCATED",
+        `Cannot read ${this.name}: the stream ended before ${what}`,
+        { offset: want.hostOffset },
+      )
+      : new Qcow2Error(
+        "UNSUPPORTED_FEATURE",
+        `Cannot read ${this.name} in one pass: ${what}, has not come within ${
+          (2 * REORDER_WINDOW) >> 20
+        } MiB of the grains after it: convert it from a file`,
+        { offset: want.hostOffset },
+      );
   }
 
   /** A grain that arrived after the guest range it belongs to was read. */
@@ -468,7 +549,7 @@ export class StreamOptimizedImage implements GuestImage {
           at + GRAIN_MARKER_BYTES,
         );
         const data = await exact(at + GRAIN_MARKER_BYTES, size, "a grain");
-        this.#ledger.add(h, lba, at / SECTOR);
+        if (h.gdAtEnd) this.#ledger.add(h, lba, at / SECTOR);
         yield { lba, at, data };
         at = Math.ceil((at + GRAIN_MARKER_BYTES + size) / SECTOR) * SECTOR;
         continue;
@@ -595,31 +676,6 @@ export class StreamOptimizedImage implements GuestImage {
       }
       at = body + want * SECTOR;
     }
-    if (!h.gdAtEnd) await this.#verifyPrefixTables();
-  }
-
-  /** QEMU's layout: the tables in the prefix against the grains seen. */
-  async #verifyPrefixTables(): Promise<void> {
-    const h = this.#h;
-    const prefix = this.#init.prefix;
-    const n = gdEntries(h);
-    const gd = u32Entries(
-      await readExact(prefix, h.gdOffset * SECTOR, n * 4, "grain directory"),
-      n,
-    );
-    const verify = this.#ledger.verifier(h, this.name);
-    for (let t = 0; t < n; t++) {
-      const sector = gd[t];
-      const digest = sector === 0 ? undefined : TableDigest.of(
-        h,
-        u32Entries(
-          await readExact(prefix, sector * SECTOR, h.gtes * 4, "grain table"),
-          h.gtes,
-        ),
-      );
-      verify(t, sector, digest);
-    }
-    verify.end();
   }
 
   /**
