@@ -140,8 +140,6 @@ interface Grain {
   at: number;
   /** Its zlib data. */
   data: Uint8Array;
-  /** Where the window holds its deflate data, once handed out. */
-  payload?: number;
 }
 
 /** What one image's `describe` says. */
@@ -200,8 +198,6 @@ export class StreamOptimizedImage implements GuestImage {
   #markersDone = false;
   /** The next grain in guest order, taken and not yet planned to its end. */
   #next: Grain | undefined;
-  /** The end of the window's last grain (sector-aligned). */
-  #windowEnd = 0;
   /** Where the plan got to. */
   #planned = 0;
   #facts: StreamFacts | undefined;
@@ -307,19 +303,9 @@ export class StreamOptimizedImage implements GuestImage {
   /** The plan item of part of a grain; its data waits in the window. */
   #item(g: Grain, offset: number, length: number, depth: number): PlanItem {
     const start = g.lba * SECTOR;
-    // The deflate stream after the 2-byte zlib header, where it is in
-    // the stream; a grain that came out of order is placed after the last
-    // one handed out, so that the window's reads go forward.
-    const real = g.at + GRAIN_MARKER_BYTES + 2;
-    if (offset === start) {
-      g.payload = real >= this.#windowEnd
-        ? real
-        : this.#windowEnd + GRAIN_MARKER_BYTES + 2;
-      const sectors = sectorsFor(g.payload, g.data.length - 2);
-      this.#windowEnd = (Math.floor(g.payload / SECTOR) + sectors) * SECTOR;
-      this.#window.add(g.payload, g.data.subarray(2));
-    }
-    const payload = g.payload ?? real;
+    // The deflate stream after the 2-byte zlib header.
+    const payload = g.at + GRAIN_MARKER_BYTES + 2;
+    if (offset === start) this.#window.add(payload, g.data.subarray(2));
     return {
       offset,
       length,
@@ -913,34 +899,46 @@ class MinHeap {
 
 /**
  * The data of the grains handed out and not yet read, at their offsets in
- * the stream (or after the last one, for a grain that came out of order):
- * what the read-ahead reads (and decompresses) them from. Reads go
- * forward; a grain's bytes go once a read has reached its end.
+ * the stream: what the read-ahead reads (and decompresses) them from.
+ *
+ * A read covers the grains of one decompression job; grains of an
+ * out-of-order stream may lie between them. The read-ahead reads a job as
+ * soon as the plan hands out the grain that fills it, or the grain after
+ * it: of the grains a read covers, only the last one handed out may not
+ * be the read's own yet. So a covered grain goes at the next read unless
+ * it is the last one handed out, and at a later read then.
  */
 class GrainWindow implements RandomAccessSource {
   readonly size = Number.MAX_SAFE_INTEGER;
   readonly name: string;
-  readonly #grains = new Map<number, Uint8Array>();
+  readonly #grains = new Map<number, { data: Uint8Array; covered: boolean }>();
+  #newest = -1;
 
   constructor(name: string) {
     this.name = name;
   }
 
   add(at: number, data: Uint8Array): void {
-    this.#grains.set(at, data);
+    this.#grains.set(at, { data, covered: false });
+    this.#newest = at;
   }
 
   read(offset: number, length: number): Promise<Uint8Array> {
     const out = new Uint8Array(length);
     const end = offset + length;
     let found = false;
-    for (const [at, data] of this.#grains) {
+    for (const [at, grain] of this.#grains) {
+      const { data } = grain;
       const from = Math.max(offset, at);
       const to = Math.min(end, at + data.length);
-      if (from >= to) continue;
-      out.set(data.subarray(from - at, to - at), from - offset);
-      found = true;
-      if (at + data.length <= end) this.#grains.delete(at);
+      if (from < to) {
+        out.set(data.subarray(from - at, to - at), from - offset);
+        found = true;
+      }
+      if (at >= offset && at + data.length <= end) grain.covered = true;
+    }
+    for (const [at, grain] of this.#grains) {
+      if (grain.covered && at !== this.#newest) this.#grains.delete(at);
     }
     if (!found) {
       return Promise.reject(
