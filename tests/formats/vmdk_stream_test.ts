@@ -369,3 +369,57 @@ streamTest(
     );
   },
 );
+
+streamTest(
+  "grain tables that disagree with where the grains are fail in one line naming both",
+  async () => {
+    await using tmp = await tempDir();
+    const raw = mixedRaw(2 * MiB, 64 * 1024, 5);
+    raw.fill(7, 0, 4096); // grain 0 holds data
+    const read = async (bytes: Uint8Array) => {
+      await using opened = await openImageStream(chunked(bytes));
+      for await (const _ of readSegments(opened.image));
+    };
+    // VMware's layout: the table (after the grains) names a sector off by one.
+    const vmware = vmwareStream(raw);
+    const v = new DataView(vmware.buffer);
+    const marks = markers(vmware);
+    const table =
+      marks.find((at) =>
+        v.getUint32(at + 8, true) === 0 && v.getUint32(at + 12, true) === 1
+      )! + 512;
+    v.setUint32(table, v.getUint32(table, true) + 1, true);
+    await assert.rejects(() => read(vmware), (err: Error) => {
+      assert.match(
+        err.message,
+        /^Cannot read <stream>: grain table 0 at 0x[0-9a-f]+ maps \d+ grains of guest \[0x0, 0x200000\) \(the first at 0x[0-9a-f]+\), but the stream held \d+ there \(the first at 0x10000\)$/,
+      );
+      return true;
+    });
+    // QEMU's layout: the table before the grains names another place.
+    await Deno.writeFile(join(tmp.path, "d.raw"), raw);
+    const path = join(tmp.path, "d.vmdk");
+    await qemuImg(
+      "convert",
+      "-f",
+      "raw",
+      "-O",
+      "vmdk",
+      "-o",
+      "subformat=streamOptimized",
+      join(tmp.path, "d.raw"),
+      path,
+    );
+    const qemu = await Deno.readFile(path);
+    const q = new DataView(qemu.buffer);
+    const gt = q.getUint32(Number(q.getBigUint64(56, true)) * 512, true) * 512;
+    q.setUint32(gt, q.getUint32(gt, true) + 1, true);
+    await assert.rejects(() => read(qemu), (err: Error) => {
+      assert.match(
+        err.message,
+        /^Cannot read <stream>: the grain at 0x10000 is for guest offset 0x0, which the grain tables place at 0x10200$/,
+      );
+      return true;
+    });
+  },
+);
