@@ -45,6 +45,26 @@ function disk(): Uint8Array {
   return mixedRaw(9 * MiB + 7 * 512, 96 * 1024, 24);
 }
 
+/** qemu-img's streamOptimized VMDK of a raw file. */
+async function streamOptimizedOf(
+  raw: string,
+  vmdk: string,
+  ...extra: string[]
+) {
+  await qemuImg(
+    "convert",
+    ...extra,
+    "-f",
+    "raw",
+    "-O",
+    "vmdk",
+    "-o",
+    "subformat=streamOptimized",
+    raw,
+    vmdk,
+  );
+}
+
 /** The guest bytes qemu-img reads from a VMDK file. */
 async function qemuRaw(dir: string, vmdk: string): Promise<Uint8Array> {
   const out = join(dir, "qemu.raw");
@@ -65,18 +85,7 @@ async function images(dir: string, raw: Uint8Array) {
   ]];
   for (const [name, extra] of runs) {
     made[name] = join(dir, name);
-    await qemuImg(
-      "convert",
-      ...extra,
-      "-f",
-      "raw",
-      "-O",
-      "vmdk",
-      "-o",
-      "subformat=streamOptimized",
-      rawPath,
-      made[name],
-    );
+    await streamOptimizedOf(rawPath, made[name], ...extra);
   }
   made["vmware.vmdk"] = join(dir, "vmware.vmdk");
   await Deno.writeFile(made["vmware.vmdk"], vmwareStream(raw));
@@ -212,17 +221,7 @@ function chunked(bytes: Uint8Array): ReadableStream<Uint8Array> {
 async function sparseVmdk(dir: string, name: string, size: number) {
   const path = join(dir, `${name}.raw`);
   await sparseDisk(path, size, 5);
-  await qemuImg(
-    "convert",
-    "-f",
-    "raw",
-    "-O",
-    "vmdk",
-    "-o",
-    "subformat=streamOptimized",
-    path,
-    join(dir, `${name}.vmdk`),
-  );
+  await streamOptimizedOf(path, join(dir, `${name}.vmdk`));
   return path;
 }
 
@@ -276,17 +275,7 @@ streamTest(
     const raw = mixedRaw(2 * MiB + 512, 64 * 1024, 9);
     await Deno.writeFile(join(tmp.path, "d.raw"), raw);
     const qemuVmdk = join(tmp.path, "d.vmdk");
-    await qemuImg(
-      "convert",
-      "-f",
-      "raw",
-      "-O",
-      "vmdk",
-      "-o",
-      "subformat=streamOptimized",
-      join(tmp.path, "d.raw"),
-      qemuVmdk,
-    );
+    await streamOptimizedOf(join(tmp.path, "d.raw"), qemuVmdk);
     const bases = [
       vmwareStream(raw, { granularity: 16 }),
       await Deno.readFile(qemuVmdk),
@@ -399,17 +388,7 @@ streamTest(
     // QEMU's layout: the table before the grains names another place.
     await Deno.writeFile(join(tmp.path, "d.raw"), raw);
     const path = join(tmp.path, "d.vmdk");
-    await qemuImg(
-      "convert",
-      "-f",
-      "raw",
-      "-O",
-      "vmdk",
-      "-o",
-      "subformat=streamOptimized",
-      join(tmp.path, "d.raw"),
-      path,
-    );
+    await streamOptimizedOf(join(tmp.path, "d.raw"), path);
     const qemu = await Deno.readFile(path);
     const q = new DataView(qemu.buffer);
     const gt = q.getUint32(Number(q.getBigUint64(56, true)) * 512, true) * 512;
