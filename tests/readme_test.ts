@@ -100,9 +100,26 @@ qemuTest(
     const changed = raw.slice();
     changed.fill(0x5c, 70_000, 90_000);
     await Deno.writeFile(join(fixtures, "new.raw"), changed);
+    // An OVA as ovftool packs it: the .ovf, then a streamOptimized disk.
+    await qemuImg(
+      "convert",
+      "-O",
+      "vmdk",
+      "-o",
+      "subformat=streamOptimized",
+      join(fixtures, "disk.raw"),
+      join(dir.path, "disk1.vmdk"),
+    );
+    await Deno.writeTextFile(join(dir.path, "appliance.ovf"), "<Envelope/>\n");
+    const tar = await new Deno.Command("tar", {
+      args: ["cf", "appliance.ova", "appliance.ovf", "disk1.vmdk"],
+      cwd: dir.path,
+    }).output();
+    assert.strictEqual(tar.code, 0, new TextDecoder().decode(tar.stderr));
     await using server = serveFiles({
       "disk.raw": raw,
       "disk.qcow2": await Deno.readFile(join(fixtures, "disk.qcow2")),
+      "appliance.ova": await Deno.readFile(join(dir.path, "appliance.ova")),
     });
 
     const lines: { line: number; command: string }[] = [];

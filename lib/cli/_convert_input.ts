@@ -191,7 +191,8 @@ async function openStream(
     if (options.snapshot !== undefined) throw noSnapshots();
     return { raw: all, total: size };
   }
-  // Another format the reader opens (qcow, VDI, ...) is spooled whole.
+  // Another format the reader opens (qcow, VDI, ...) is spooled whole,
+  // a streamOptimized VMDK read in one pass.
   const opened = await openImageStream(bytesOnly(all), {
     snapshot: options.snapshot && readerSnapshot(options.snapshot),
     format: qcow2 ? options.format : format,
@@ -202,7 +203,11 @@ async function openStream(
   options.cleanups.push(() => opened.close());
   if (options.snapshot) assertSelected(opened.image, options.snapshot);
   options.notice(
-    opened.onePass
+    opened.onePass && !qcow2
+      ? `qcow2pipe: ${what} is a streamOptimized ${format}: decoding it in one pass (${
+        formatBytes(opened.spoolBytes)
+      } before its grains spooled to ${opened.spoolPath})`
+      : opened.onePass
       ? `qcow2pipe: ${what} is qcow2 with its tables first: decoding it in one pass (${
         formatBytes(opened.spoolBytes)
       } of metadata spooled to ${opened.spoolPath})`

@@ -1,9 +1,11 @@
 /**
- * Opening a qcow2 image that arrives as a byte stream (a pipe, an HTTP body
- * without Range support). An image whose L1 and L2 tables all come before
- * its data, with the data in guest order (the streamable layout), is
- * decoded in one pass: only the metadata prefix is spooled. Any other image
- * is spooled whole to a temporary file and read from there.
+ * Opening an image that arrives as a byte stream (a pipe, an HTTP body
+ * without Range support). Two layouts are decoded in one pass, with only
+ * the metadata before the data spooled: a qcow2 image whose L1 and L2
+ * tables all come before its data, with the data in guest order (the
+ * streamable layout), and a streamOptimized VMDK (see `vmdk/stream.ts`).
+ * Any other image is spooled whole to a temporary file and read from
+ * there.
  *
  * @module
  */
@@ -26,6 +28,8 @@ import { Qcow2Image } from "./qcow2/image.ts";
 import { makeTempDirIn, removeTempDir } from "../host/temp.ts";
 import { ReferenceGate, topReferrer } from "./references.ts";
 import { bytesOnly, unpackStream } from "./packed/unpack.ts";
+import { VMDK4_MAGIC } from "./vmdk/sparse.ts";
+import { streamOptimizedHeader, StreamOptimizedImage } from "./vmdk/stream.ts";
 
 /**
  * Options of {@linkcode openImageStream}.
@@ -217,9 +221,10 @@ class ForwardSource implements RandomAccessSource {
 }
 
 /**
- * Opens a qcow2 (or raw) image from a byte stream. The streamable layout
- * (all L1/L2 tables before the data, data in guest order) is decoded in
- * one pass with only the metadata spooled; anything else is spooled whole.
+ * Opens an image from a byte stream. The streamable qcow2 layout (all
+ * L1/L2 tables before the data, data in guest order) and a streamOptimized
+ * VMDK are decoded in one pass with only the metadata spooled; anything
+ * else is spooled whole.
  *
  * @param stream The image bytes (compressed or in a tar archive, too).
  * @param options Spool directory, tar member, snapshot, and `openImage`
@@ -251,7 +256,18 @@ export async function openImageStream(
   );
   const spool = await StreamSpool.create(bytes, options.spoolDir);
   try {
-    return await metadataComesFirst(spool, options)
+    await spool.spoolTo(PROBE_BYTES);
+    const head = await (await spool.prefix()).read(0, PROBE_BYTES);
+    const format = options.format === "raw"
+      ? "raw"
+      : options.format !== undefined && options.format !== "auto"
+      ? options.format
+      : readableFormat(probeFormat(head), STREAM_NAME);
+    if (format === "vmdk") {
+      const vmdk = await streamOptimized(spool, head, options);
+      if (vmdk) return vmdk;
+    }
+    return format === "qcow2" && await metadataComesFirst(spool, options)
       ? await openOnePass(spool, options)
       : await openSpooled(spool, options);
   } catch (err) {
@@ -281,7 +297,7 @@ class StreamSpool {
     spoolDir: string | undefined,
   ): Promise<StreamSpool> {
     const dir = makeTempDirIn("qcow2pipe-stream-", spoolDir);
-    const file = await OutputFile.create(join(dir, "image.qcow2"));
+    const file = await OutputFile.create(join(dir, "stream"));
     return new StreamSpool(new StreamCursor(stream), file, dir);
   }
 
@@ -308,22 +324,59 @@ class StreamSpool {
 }
 
 /**
- * Spools the stream's metadata and says whether the image can be decoded
- * in one pass: a qcow2 image with no references and no snapshot asked
- * for, whose L1 and L2 tables all come before its data, with the data in
- * guest order. A probed stream in another format is refused here, before
- * it is spooled.
+ * Opens a streamOptimized VMDK to be decoded in one pass: spools what
+ * comes before its grains (the header, the descriptor, and in QEMU's
+ * layout the tables), and reads the grains from the stream as they come.
+ * Undefined for any other VMDK (a descriptor file, a sparse file that is
+ * not streamOptimized or names a parent): it is spooled whole.
+ */
+async function streamOptimized(
+  spool: StreamSpool,
+  head: Uint8Array,
+  options: OpenStreamOptions,
+): Promise<StreamedImage | undefined> {
+  if (
+    options.snapshot !== undefined || head.length < 512 ||
+    new DataView(head.buffer, head.byteOffset).getUint32(0) !== VMDK4_MAGIC
+  ) return undefined;
+  const name = options.name ?? STREAM_NAME;
+  // Where the grains start (u64 sectors at byte 64), as far as it can be
+  // spooled; the header itself is checked by streamOptimizedHeader.
+  const grainOffset = new DataView(head.buffer, head.byteOffset)
+    .getBigUint64(64, true);
+  if (grainOffset * 512n > BigInt(Number.MAX_SAFE_INTEGER)) return undefined;
+  await spool.spoolTo(Number(grainOffset) * 512);
+  const prefix = await spool.prefix();
+  const header = await streamOptimizedHeader(prefix, name);
+  if (!header) return undefined;
+  const split = spool.cursor.position;
+  const forward = new ForwardSource(prefix, split, spool.cursor, STREAM_NAME);
+  const image = new StreamOptimizedImage({
+    header,
+    prefix,
+    bytes: forward,
+    name,
+    close: () => forward.close(),
+  });
+  return opened(
+    image,
+    true,
+    split,
+    spool.file.writingPath,
+    () => spool.cleanup(),
+  );
+}
+
+/**
+ * Spools the stream's metadata and says whether the qcow2 image can be
+ * decoded in one pass: no references and no snapshot asked for, and its
+ * L1 and L2 tables all come before its data, with the data in guest
+ * order.
  */
 async function metadataComesFirst(
   spool: StreamSpool,
   options: OpenStreamOptions,
 ): Promise<boolean> {
-  await spool.spoolTo(PROBE_BYTES);
-  const head = await (await spool.prefix()).read(0, PROBE_BYTES);
-  const isQcow2 = options.format === "qcow2" ||
-    (options.format !== "raw" &&
-      readableFormat(probeFormat(head), STREAM_NAME) === "qcow2");
-  if (!isQcow2) return false;
   // The first cluster holds the header, its extensions and the backing
   // file name; its cluster size is in bytes 20-23.
   const first = await (await spool.prefix()).read(20, 4);

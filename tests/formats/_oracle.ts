@@ -304,9 +304,10 @@ async function readAll(bytes: Uint8Array, format: string): Promise<void> {
 
 /**
  * Runs `cases` seeded mutations of `base` through open + full read, `info`
- * and `map`: each must finish in bounded time and either succeed or throw
- * a one-line Qcow2Error starting "Cannot " (or a RangeError of ours), with
- * memory staying bounded.
+ * and `map` (or through `operations` of each mutated image): each must
+ * finish in bounded time and either succeed or throw a one-line
+ * Qcow2Error starting "Cannot " (or a RangeError of ours), with memory
+ * staying bounded.
  */
 export async function hostileLoop(
   base: Uint8Array,
@@ -314,6 +315,7 @@ export async function hostileLoop(
   mutations: Mutation[],
   cases: number,
   seed: number,
+  operations?: (bytes: Uint8Array) => (() => Promise<unknown>)[],
 ): Promise<HostileSummary> {
   const summary: HostileSummary = { opened: 0, refused: 0, codes: new Set() };
   const startRss = Deno.memoryUsage().rss;
@@ -325,7 +327,7 @@ export async function hostileLoop(
       bytes = mutations[Math.floor(rand() * mutations.length)](bytes, rand);
     }
     const label = `case ${i} (seed ${seed})`;
-    const ops: (() => Promise<unknown>)[] = [
+    const ops: (() => Promise<unknown>)[] = operations?.(bytes) ?? [
       () => readAll(bytes, format),
       () => imageInfo(new BytesSource(bytes), { format: format as FormatName }),
       () => mapImage(new BytesSource(bytes), { format: format as FormatName }),

@@ -14,9 +14,9 @@ import {
   toolTest,
 } from "../_qemu.ts";
 import { serveFiles } from "../streams/_server.ts";
+import { assertBounded, peakKiB, sparseDisk } from "./_memory.ts";
 
 const CLI = new URL("../../cli.ts", import.meta.url).pathname;
-const RSS_CLI = new URL("./_rss_cli.ts", import.meta.url).pathname;
 
 const TOOLS = ["qemu-img", "gzip", "xz", "zstd", "tar", "bzip2"];
 export const packedTest = toolTest(
@@ -266,35 +266,6 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Peak memory of converting `file` in `dir` to qcow2 through a pipe. */
-async function peakKiB(dir: string, file: string): Promise<number> {
-  const r = await sh(
-    `cat ${file} | deno run -A ${RSS_CLI} convert -q --workers 1 - out.qcow2`,
-    dir,
-  );
-  assert.strictEqual(r.code, 0, r.stdout + r.stderr);
-  const { code, peakKiB } = JSON.parse(lastLine(r.stdout));
-  assert.strictEqual(code, 0);
-  return peakKiB;
-}
-
-/** Sparse-ish: a 256 KiB run of data every 16 MiB, the rest holes. */
-async function sparseDisk(path: string, size: number): Promise<void> {
-  const file = await Deno.open(path, { write: true, create: true });
-  await file.truncate(size);
-  let x = 3;
-  const data = new Uint8Array(256 * 1024);
-  for (let at = 0; at < size; at += 16 << 20) {
-    for (let i = 0; i < data.length; i++) {
-      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-      data[i] = x >>> 24;
-    }
-    await file.seek(at, Deno.SeekMode.Start);
-    for (let w = 0; w < data.length;) w += await file.write(data.subarray(w));
-  }
-  file.close();
-}
-
 packedTest(
   "memory stays bounded: 1 GiB .tar.gz and .zst, 256 MiB .xz",
   async () => {
@@ -314,14 +285,8 @@ packedTest(
       const small = await peakKiB(dir, a);
       const large = await peakKiB(dir, b);
       await qemuCompareIdentical(join(dir, raw), join(dir, "out.qcow2"));
-      // Bounded, not proportional: the large input (16 times the small
-      // one) stays within a quarter of the small one's peak more, or within
-      // 256 MiB, a quarter of its own size (the garbage collector's slack
-      // varies from run to run: peaks of 113 to 172 MiB were seen).
-      assert.ok(
-        large < Math.max(small * 1.25 + 16 * 1024, 256 * 1024),
-        `peak ${large} KiB for ${b} vs ${small} KiB for ${a}`,
-      );
+      // The large input is 16 times the small one.
+      assertBounded(small, large, b);
     };
     for (const c of cases) await check(c);
     await Deno.remove(join(dir, "large.raw"));

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { hex, InternalError, Qcow2Error } from "../../format/errors.ts";
+import { hex, InternalError } from "../../format/errors.ts";
 import { sectorsFor } from "../../format/compressed.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import type {
@@ -22,6 +22,7 @@ import { checkRange, readExact } from "../_bounds.ts";
 import { extentsOf, readThroughPlan } from "../_read.ts";
 import { fileStatus, type SourceHoles } from "../_file_status.ts";
 import {
+  checkGrainData,
   FLAG_MARKER,
   GRAIN_MARKER_BYTES,
   type GrainState,
@@ -302,26 +303,8 @@ export class VmdkImage implements GuestImage {
     const where = `Cannot read guest offset ${
       hex(grainStart)
     }: compressed grain at ${hex(host)} of ${sparse.name}`;
-    if (size === 0 || size > 2 * gs) {
-      throw new Qcow2Error(
-        "CORRUPT",
-        `${where}: its marker says ${size} bytes, out of range [1, ${2 * gs}]`,
-        { offset: host + 8, field: "size" },
-      );
-    }
     const data = host + (markers ? GRAIN_MARKER_BYTES : 0);
-    const cmf = head[data - host];
-    const flg = head[data - host + 1];
-    if (
-      size < 3 || (cmf & 0x0f) !== 8 || cmf >> 4 > 7 ||
-      ((cmf << 8) | flg) % 31 !== 0 || (flg & 0x20) !== 0
-    ) {
-      throw new Qcow2Error(
-        "DECOMPRESS",
-        `${where}: no zlib stream header (bytes ${hex(cmf)} ${hex(flg)})`,
-        { offset: data },
-      );
-    }
+    checkGrainData(size, head.subarray(data - host), gs, where, data);
     // The deflate stream after the 2-byte zlib header; the codec ignores
     // the Adler-32 trailer after it.
     const payload = data + 2;

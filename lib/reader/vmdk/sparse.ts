@@ -45,10 +45,19 @@ export const COMPRESSION_DEFLATE = 1;
 export const GD_AT_END = 0xffffffffffffffffn;
 /** A grain table entry for a zeroed grain (with {@linkcode FLAG_ZERO_GRAIN}). */
 export const GTE_ZEROED = 1;
-/** Footer marker type. */
-const MARKER_FOOTER = 3;
-/** End-of-stream marker type. */
-const MARKER_END_OF_STREAM = 0;
+/**
+ * Metadata marker types. A metadata marker is a sector `{ sectors u64,
+ * size u32 = 0, type u32 }` followed by `sectors` sectors of metadata (a
+ * grain table, the grain directory, the footer: a copy of the header); a
+ * grain marker has a `size` that is not 0. End-of-stream is a zero sector.
+ */
+export const MARKER_END_OF_STREAM = 0;
+/** Metadata marker type: a grain table follows. */
+export const MARKER_GRAIN_TABLE = 1;
+/** Metadata marker type: the grain directory follows. */
+export const MARKER_GRAIN_DIRECTORY = 2;
+/** Metadata marker type: the footer (a copy of the header) follows. */
+export const MARKER_FOOTER = 3;
 /** Bytes of a grain marker before its data: lba u64, size u32. */
 export const GRAIN_MARKER_BYTES = 12;
 /** QEMU's largest grain: 0x200000 sectors (1 GiB). */
@@ -56,7 +65,7 @@ const MAX_GRAIN_SECTORS = 0x200000;
 /** QEMU's largest grain table: 512 entries. */
 const MAX_GTES = 512;
 /** QEMU's largest grain directory: 32 Mi entries. */
-const MAX_GD_ENTRIES = 32 * 1024 * 1024;
+export const MAX_GD_ENTRIES = 32 * 1024 * 1024;
 /** The last VMDK4 version QEMU reads. */
 const MAX_VERSION = 3;
 
@@ -132,18 +141,7 @@ export async function readSparseHeader(
   name: string,
 ): Promise<SparseHeader> {
   const first = await readExact(source, 0, 512, `VMDK header of ${name}`);
-  const magic = new DataView(first.buffer, first.byteOffset).getUint32(0);
-  if (magic !== VMDK4_MAGIC) {
-    throw new Qcow2Error(
-      magic === VMDK3_MAGIC ? "UNSUPPORTED_FEATURE" : "BAD_MAGIC",
-      magic === VMDK3_MAGIC
-        ? `Cannot open extent ${name}: ESX 2 (COWD) sparse extents are not supported`
-        : `Cannot open extent ${name}: magic ${
-          hex(magic)
-        } is not KDMV (0x4b444d56)`,
-      { offset: 0, field: "magic" },
-    );
-  }
+  checkMagic(first, name);
   let h = parseFields(first, 0);
   if (h.gdRaw === GD_AT_END) {
     const end = Math.floor(source.size / 512) * 512 - 1536;
@@ -180,6 +178,61 @@ export async function readSparseHeader(
     }
     h.gdAtEnd = true;
   }
+  checkFields(h, name);
+  if (Math.ceil(source.size / 512) < h.grainOffset) {
+    throw new Qcow2Error(
+      "TRUNCATED",
+      `Cannot open extent ${name}: file truncated, expecting at least ${
+        h.grainOffset * 512
+      } bytes (grain_offset), found ${source.size}`,
+      { offset: 64, field: "grain_offset" },
+    );
+  }
+  return h;
+}
+
+/**
+ * Parses and checks one header sector as it stands, with QEMU's limits:
+ * the first sector of a stream, or a footer's copy. A header that says
+ * the grain directory is at the end has `gdAtEnd` set and `gdOffset` 0.
+ *
+ * @param bytes The 512 bytes of the header.
+ * @param name What to call the extent.
+ * @param base Where the header is in the extent, for messages.
+ * @returns The header.
+ * @throws {Qcow2Error} For a bad magic, a version past 3, or fields out of
+ * QEMU's ranges.
+ */
+export function parseSparseHeader(
+  bytes: Uint8Array,
+  name: string,
+  base = 0,
+): SparseHeader {
+  checkMagic(bytes, name);
+  const h = parseFields(bytes, base);
+  h.gdAtEnd = h.gdRaw === GD_AT_END;
+  checkFields(h, name);
+  return h;
+}
+
+/** The magic of a sparse extent: KDMV, or a refusal naming what it is. */
+function checkMagic(first: Uint8Array, name: string): void {
+  const magic = new DataView(first.buffer, first.byteOffset).getUint32(0);
+  if (magic !== VMDK4_MAGIC) {
+    throw new Qcow2Error(
+      magic === VMDK3_MAGIC ? "UNSUPPORTED_FEATURE" : "BAD_MAGIC",
+      magic === VMDK3_MAGIC
+        ? `Cannot open extent ${name}: ESX 2 (COWD) sparse extents are not supported`
+        : `Cannot open extent ${name}: magic ${
+          hex(magic)
+        } is not KDMV (0x4b444d56)`,
+      { offset: 0, field: "magic" },
+    );
+  }
+}
+
+/** QEMU's limits on a header's fields. */
+function checkFields(h: SparseHeader, name: string): void {
   const fail = (field: string, at: number, reason: string) =>
     new Qcow2Error(
       "OUT_OF_RANGE",
@@ -214,24 +267,81 @@ export async function readSparseHeader(
       `capacity ${h.capacity} sectors is past 2^53 bytes`,
     );
   }
-  const gdEntries = Math.ceil(h.capacity / (h.gtes * h.granularity));
-  if (gdEntries > MAX_GD_ENTRIES) {
+  const entries = gdEntries(h);
+  if (entries > MAX_GD_ENTRIES) {
     throw fail(
       "capacity",
       12,
-      `capacity ${h.capacity} sectors needs ${gdEntries} grain directory entries, more than ${MAX_GD_ENTRIES}`,
+      `capacity ${h.capacity} sectors needs ${entries} grain directory entries, more than ${MAX_GD_ENTRIES}`,
     );
   }
-  if (Math.ceil(source.size / 512) < h.grainOffset) {
+}
+
+/**
+ * Entries of a header's grain directory: one per grain table's worth of
+ * capacity.
+ *
+ * @param h The header.
+ * @returns How many.
+ */
+export function gdEntries(h: SparseHeader): number {
+  return Math.ceil(h.capacity / (h.gtes * h.granularity));
+}
+
+/**
+ * A grain directory or grain table: little-endian u32 entries.
+ *
+ * @param bytes At least `4 * n` bytes.
+ * @param n Entries.
+ * @returns The entries.
+ */
+export function u32Entries(bytes: Uint8Array, n: number): Uint32Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Uint32Array(n);
+  for (let i = 0; i < n; i++) out[i] = view.getUint32(i * 4, true);
+  return out;
+}
+
+/**
+ * Checks a compressed grain's size (from its marker) and the zlib stream
+ * header its data starts with, as read before inflating it.
+ *
+ * @param size Bytes of compressed data.
+ * @param head At least the first 2 bytes of the data.
+ * @param grainSize Bytes per grain.
+ * @param where The start of the message: `Cannot read ...: compressed grain at ...`.
+ * @param at Where the data starts in the extent.
+ * @throws {Qcow2Error} `CORRUPT` for a size out of `[1, 2 * grainSize]`,
+ * `DECOMPRESS` for a missing zlib header.
+ */
+export function checkGrainData(
+  size: number,
+  head: Uint8Array,
+  grainSize: number,
+  where: string,
+  at: number,
+): void {
+  if (size === 0 || size > 2 * grainSize) {
     throw new Qcow2Error(
-      "TRUNCATED",
-      `Cannot open extent ${name}: file truncated, expecting at least ${
-        h.grainOffset * 512
-      } bytes (grain_offset), found ${source.size}`,
-      { offset: 64, field: "grain_offset" },
+      "CORRUPT",
+      `${where}: its marker says ${size} bytes, out of range [1, ${
+        2 * grainSize
+      }]`,
+      { offset: at - GRAIN_MARKER_BYTES + 8, field: "size" },
     );
   }
-  return h;
+  const cmf = head[0];
+  const flg = head[1];
+  if (
+    size < 3 || (cmf & 0x0f) !== 8 || cmf >> 4 > 7 ||
+    ((cmf << 8) | flg) % 31 !== 0 || (flg & 0x20) !== 0
+  ) {
+    throw new Qcow2Error(
+      "DECOMPRESS",
+      `${where}: no zlib stream header (bytes ${hex(cmf)} ${hex(flg)})`,
+      { offset: at },
+    );
+  }
 }
 
 /**
@@ -257,6 +367,8 @@ export class SparseExtent {
   readonly grainSize: number;
   readonly #gd: Uint32Array;
   readonly #tables: LruCache<number, Promise<Uint32Array>>;
+  /** Sectors of grain tables found to hold no grain. */
+  readonly #empty = new Set<number>();
 
   private constructor(
     header: SparseHeader,
@@ -288,7 +400,7 @@ export class SparseExtent {
     cacheBytes: number,
   ): Promise<SparseExtent> {
     const h = await readSparseHeader(source, name);
-    const entries = Math.ceil(h.capacity / (h.gtes * h.granularity));
+    const entries = gdEntries(h);
     const at = h.gdOffset * 512;
     if (entries > 0 && at + entries * 4 > source.size) {
       throw new Qcow2Error(
@@ -302,10 +414,13 @@ export class SparseExtent {
     const bytes = entries > 0
       ? await readExact(source, at, entries * 4, `grain directory of ${name}`)
       : new Uint8Array(0);
-    const gd = new Uint32Array(entries);
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    for (let i = 0; i < entries; i++) gd[i] = view.getUint32(i * 4, true);
-    return new SparseExtent(h, source, name, gd, cacheBytes);
+    return new SparseExtent(
+      h,
+      source,
+      name,
+      u32Entries(bytes, entries),
+      cacheBytes,
+    );
   }
 
   async #table(index: number): Promise<Uint32Array | undefined> {
@@ -338,10 +453,41 @@ export class SparseExtent {
       n * 4,
       `grain table ${index} of ${this.name}`,
     );
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const table = new Uint32Array(n);
-    for (let i = 0; i < n; i++) table[i] = view.getUint32(i * 4, true);
-    return table;
+    return u32Entries(bytes, n);
+  }
+
+  /**
+   * The first grain holding data at or after a byte of the extent (not a
+   * zeroed grain): where it starts and where its data is. Tables that
+   * hold none are remembered, so that a directory whose entries all name
+   * one empty table is passed over at the pace of its entries.
+   *
+   * @param offset Byte offset inside the extent.
+   * @returns The grain, or undefined when none follows.
+   */
+  async nextAllocated(
+    offset: number,
+  ): Promise<{ offset: number; hostOffset: number } | undefined> {
+    const n = this.header.gtes;
+    const gs = this.grainSize;
+    const grains = Math.ceil(this.header.capacity * 512 / gs);
+    const zeroed = (this.header.flags & FLAG_ZERO_GRAIN) !== 0;
+    for (let grain = Math.ceil(offset / gs); grain < grains;) {
+      const t = Math.floor(grain / n);
+      const sector = this.#gd[t];
+      const from = grain % n;
+      grain = (t + 1) * n;
+      if (sector === 0 || this.#empty.has(sector)) continue;
+      const table = (await this.#table(t))!;
+      for (let j = from; j < n && t * n + j < grains; j++) {
+        const e = table[j];
+        if (e !== 0 && !(zeroed && e === GTE_ZEROED)) {
+          return { offset: (t * n + j) * gs, hostOffset: e * 512 };
+        }
+      }
+      if (from === 0) this.#empty.add(sector);
+    }
+    return undefined;
   }
 
   /**
