@@ -6,7 +6,7 @@
  * @module
  */
 
-import { hex, InternalError, Qcow2Error } from "../../format/errors.ts";
+import { hex, Qcow2Error } from "../../format/errors.ts";
 import { sectorsFor } from "../../format/compressed.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import type {
@@ -49,8 +49,6 @@ export type VmdkExtent =
       holes: SourceHoles;
     }
     | { kind: "sparse"; sparse: SparseExtent }
-    /** An extent not opened (the image is only described). */
-    | { kind: "unopened" }
   );
 
 /** What a {@linkcode VmdkImage} is built from. */
@@ -222,7 +220,6 @@ export class VmdkImage implements GuestImage {
   ): AsyncGenerator<PlanItem> {
     checkRange(offset, length, this.virtualSize);
     for (const { e, from, to } of this.#overlaps(offset, offset + length)) {
-      if (e.kind === "unopened") throw notOpened(e);
       if (e.kind === "flat") {
         yield {
           offset: from,
@@ -363,7 +360,6 @@ export class VmdkImage implements GuestImage {
   ): AsyncGenerator<BlockStatus> {
     checkRange(offset, length, this.virtualSize);
     for (const { e, from, to } of this.#overlaps(offset, offset + length)) {
-      if (e.kind === "unopened") throw notOpened(e);
       if (e.kind === "flat") {
         const probe = options.holes ? e.holes.probe : undefined;
         const fileSize = Math.ceil(e.source.size / 512) * 512;
@@ -419,7 +415,7 @@ export class VmdkImage implements GuestImage {
       o["virtual-size"] = e.length;
       o.filename = e.name;
       if (e.kind === "sparse") o["cluster-size"] = e.sparse.grainSize;
-      o.format = e.kind === "sparse" ? "" : e.type;
+      o.format = e.type;
       return o;
     });
     const data: { [key: string]: InfoValue } = {};
@@ -433,7 +429,12 @@ export class VmdkImage implements GuestImage {
       snapshots: [],
       specific: { type: "vmdk", data },
     };
-    if (first?.kind === "sparse") d.clusterSize = first.sparse.grainSize;
+    // QEMU gives a cluster size when every extent is of the first's kind
+    // (flat, or sparse with its compression and grain size) and that kind
+    // is sparse.
+    if (
+      first?.kind === "sparse" && init.extents.every((e) => sameKind(first, e))
+    ) d.clusterSize = first.sparse.grainSize;
     if (init.parentHint !== undefined) {
       d.backingFile = init.parentHint;
       d.backingFormat = "vmdk";
@@ -461,9 +462,9 @@ export class VmdkImage implements GuestImage {
   }
 }
 
-/** An extent read where the image was opened only to be described. */
-function notOpened(e: VmdkExtent): InternalError {
-  return new InternalError(
-    `Cannot read extent ${e.name}: the image was opened to be described, not read`,
-  );
+/** Whether two extents are of one kind, as QEMU's `vmdk_get_info` asks. */
+function sameKind(a: VmdkExtent, b: VmdkExtent): boolean {
+  if (a.kind === "flat" || b.kind === "flat") return a.kind === b.kind;
+  return a.sparse.header.compressed === b.sparse.header.compressed &&
+    a.sparse.grainSize === b.sparse.grainSize;
 }
