@@ -126,7 +126,7 @@ async function allocatedOf(
   let total = 0;
   for (const [i, s] of own.entries()) {
     const n = options.allocatedSize
-      ? await options.allocatedSize(i === 0 ? image.name : s.name)
+      ? await options.allocatedSize(i === 0 ? image.name : s.name ?? "")
       : await hostFiles()?.allocatedSize(s);
     if (n === undefined) return undefined;
     total += n;
