@@ -13,6 +13,7 @@ import type {
   BlockStatus,
   BlockStatusOptions,
   Extent,
+  FormatCheck,
   GuestImage,
   ImageDescription,
   InfoValue,
@@ -21,6 +22,7 @@ import type {
 import { checkRange, readExact } from "../_bounds.ts";
 import { extentsOf, readThroughPlan } from "../_read.ts";
 import { fileStatus, type SourceHoles } from "../_file_status.ts";
+import { checkVmdk } from "./check.ts";
 import {
   FLAG_MARKER,
   GRAIN_MARKER_BYTES,
@@ -440,6 +442,15 @@ export class VmdkImage implements GuestImage {
       d.backingFormat = "vmdk";
     }
     return Promise.resolve(d);
+  }
+
+  /**
+   * QEMU's check of the extents (see {@linkcode checkVmdk}).
+   *
+   * @returns What it found.
+   */
+  check(): Promise<FormatCheck> {
+    return checkVmdk(this.#init.extents);
   }
 
   /**

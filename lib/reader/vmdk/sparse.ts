@@ -28,6 +28,7 @@ import { hex, Qcow2Error } from "../../format/errors.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import { LruCache } from "../../io/lru.ts";
 import { readExact } from "../_bounds.ts";
+import { readPadded } from "../read.ts";
 
 /** `KDMV`, the first four bytes of a hosted sparse extent. */
 export const VMDK4_MAGIC = 0x4b444d56;
@@ -308,21 +309,31 @@ export class SparseExtent {
     return new SparseExtent(h, source, name, gd, cacheBytes);
   }
 
-  async #table(index: number): Promise<Uint32Array | undefined> {
+  async #table(
+    index: number,
+    padded: boolean,
+  ): Promise<Uint32Array | undefined> {
     const sector = this.#gd[index];
     if (sector === 0) return undefined;
-    let table = this.#tables.get(sector);
+    // A table read zero-filled is cached apart from one read strictly.
+    const key = padded ? -sector : sector;
+    let table = this.#tables.get(key);
     if (!table) {
-      table = this.#loadTable(index, sector);
-      this.#tables.set(sector, table, this.header.gtes * 4);
+      table = this.#loadTable(index, sector, padded);
+      this.#tables.set(key, table, this.header.gtes * 4);
       table.catch(() => {});
     }
     return await table;
   }
 
-  async #loadTable(index: number, sector: number): Promise<Uint32Array> {
+  async #loadTable(
+    index: number,
+    sector: number,
+    padded: boolean,
+  ): Promise<Uint32Array> {
     const n = this.header.gtes;
     const at = sector * 512;
+    if (padded) return tableOf(await readPadded(this.source, at, n * 4), n);
     if (at + n * 4 > this.source.size) {
       throw new Qcow2Error(
         "TRUNCATED",
@@ -338,21 +349,23 @@ export class SparseExtent {
       n * 4,
       `grain table ${index} of ${this.name}`,
     );
-    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    const table = new Uint32Array(n);
-    for (let i = 0; i < n; i++) table[i] = view.getUint32(i * 4, true);
-    return table;
+    return tableOf(bytes, n);
   }
 
   /**
    * How the grain holding a byte of the extent reads.
    *
    * @param offset Byte offset inside the extent (below its capacity).
+   * @param padded Read grain tables as QEMU reads them, zero-filled past
+   * the end of the file (for `check`), rather than refuse such a table.
    * @returns The grain's state.
    */
-  async lookup(offset: number): Promise<GrainState> {
+  async lookup(offset: number, padded = false): Promise<GrainState> {
     const grain = Math.floor(offset / this.grainSize);
-    const table = await this.#table(Math.floor(grain / this.header.gtes));
+    const table = await this.#table(
+      Math.floor(grain / this.header.gtes),
+      padded,
+    );
     if (!table) {
       const coverage = this.grainSize * this.header.gtes;
       return { kind: "unallocated", span: coverage - (offset % coverage) };
@@ -367,4 +380,12 @@ export class SparseExtent {
       hostOffset: entry * 512,
     };
   }
+}
+
+/** The `n` little-endian u32 entries of a grain table. */
+function tableOf(bytes: Uint8Array, n: number): Uint32Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const table = new Uint32Array(n);
+  for (let i = 0; i < n; i++) table[i] = view.getUint32(i * 4, true);
+  return table;
 }
