@@ -202,8 +202,9 @@ export async function assertCheckAsQemu(
     const args = ["check", `--output=${output}`, ...flags, image];
     const theirs = await runStatus("qemu-img", args);
     const ours = await runCli(args, { cwd: options.cwd });
-    const what =
-      `${args.join(" ")}\nqemu-img: ${theirs.stderr}\nours: ${ours.stderr}`;
+    const what = `${
+      args.join(" ")
+    }\nqemu-img: ${theirs.stderr}\nours: ${ours.stderr}`;
     assert.strictEqual(ours.code, theirs.code, what);
     assert.strictEqual(decoder.decode(ours.stdout), theirs.stdout, what);
     assert.deepStrictEqual(

@@ -302,15 +302,19 @@ qemuTest(
         await setGte(image, 0, 20, past);
         return image;
       }, 1],
-      ["monolithicSparse grain table past the end (read as zeros)", async () => {
-        const image = await make("monolithicSparse", "gt");
-        const bytes = await Deno.readFile(image);
-        const view = new DataView(bytes.buffer);
-        const gd = Number(view.getBigUint64(56, true)) * 512;
-        view.setUint32(gd, Math.ceil(bytes.length / 512) + 100, true);
-        await Deno.writeFile(image, bytes);
-        return image;
-      }, 0],
+      [
+        "monolithicSparse grain table past the end (read as zeros)",
+        async () => {
+          const image = await make("monolithicSparse", "gt");
+          const bytes = await Deno.readFile(image);
+          const view = new DataView(bytes.buffer);
+          const gd = Number(view.getBigUint64(56, true)) * 512;
+          view.setUint32(gd, Math.ceil(bytes.length / 512) + 100, true);
+          await Deno.writeFile(image, bytes);
+          return image;
+        },
+        0,
+      ],
       ["streamOptimized grain past the end", async () => {
         const image = await make("streamOptimized", "so");
         await setGte(image, 0, 5, past);
@@ -332,30 +336,34 @@ qemuTest(
         );
         return image;
       }, 1],
-      ["twoGbMaxExtentSparse grain of the second extent past its end", async () => {
-        const image = join(dir.path, "two.vmdk");
-        await qemuImg(
-          "create",
-          "-q",
-          "-f",
-          "vmdk",
-          "-o",
-          "subformat=twoGbMaxExtentSparse",
-          image,
-          "5G",
-        );
-        await qemuIo(image, ["write -P 7 2047M 4M"], "vmdk");
-        // Its second table, so that the first one (not allocated) is stepped over.
-        const second = join(dir.path, "two-s002.vmdk");
-        const bytes = await Deno.readFile(second);
-        const view = new DataView(bytes.buffer);
-        const gd = Number(view.getBigUint64(56, true)) * 512;
-        view.setUint32(gd + 4 * 7, view.getUint32(gd, true), true);
-        view.setUint32(gd, 0, true);
-        await Deno.writeFile(second, bytes);
-        await setGte(second, 7, 9, past);
-        return image;
-      }, 1],
+      [
+        "twoGbMaxExtentSparse grain of the second extent past its end",
+        async () => {
+          const image = join(dir.path, "two.vmdk");
+          await qemuImg(
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=twoGbMaxExtentSparse",
+            image,
+            "5G",
+          );
+          await qemuIo(image, ["write -P 7 2047M 4M"], "vmdk");
+          // Its second table, so that the first one (not allocated) is stepped over.
+          const second = join(dir.path, "two-s002.vmdk");
+          const bytes = await Deno.readFile(second);
+          const view = new DataView(bytes.buffer);
+          const gd = Number(view.getBigUint64(56, true)) * 512;
+          view.setUint32(gd + 4 * 7, view.getUint32(gd, true), true);
+          view.setUint32(gd, 0, true);
+          await Deno.writeFile(second, bytes);
+          await setGte(second, 7, 9, past);
+          return image;
+        },
+        1,
+      ],
     ];
     for (const [name, make, status] of cases) {
       await t.step(name, async () => {
