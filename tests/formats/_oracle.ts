@@ -22,6 +22,7 @@ import { BytesSource } from "../../lib/io/source.ts";
 import { Qcow2Error } from "../../lib/format/errors.ts";
 import { imageInfo } from "../../lib/tools/info.ts";
 import { mapImage } from "../../lib/tools/map.ts";
+import { checkImage } from "../../lib/tools/check.ts";
 import type { FormatName } from "../../lib/reader/formats.ts";
 
 const decoder = new TextDecoder();
@@ -373,6 +374,8 @@ export async function hostileLoop(
       () => readAll(bytes, format),
       () => imageInfo(new BytesSource(bytes), { format: format as FormatName }),
       () => mapImage(new BytesSource(bytes), { format: format as FormatName }),
+      () =>
+        checkImage(new BytesSource(bytes), { format: format as FormatName }),
     ];
     for (const op of ops) {
       try {

@@ -3,7 +3,8 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuTest, tempDir } from "../_qemu.ts";
+import { qemuImg, qemuTest, tempDir } from "../_qemu.ts";
+import { checkImage } from "../../lib/tools/check.ts";
 import { mixedRaw } from "../reader/_helpers.ts";
 import { assertOneLineError, runCli } from "../writer/_cli.ts";
 import { openImage } from "../../lib/reader/open.ts";
@@ -103,6 +104,19 @@ qemuTest(
         assert.strictEqual(await assertCheckAsQemu(path), status);
       });
     }
+    await t.step("a block map running past the end of the file", async () => {
+      // 1 KiB: the header and one sector of map; 1000 entries, the rest
+      // read as 0 (block 0, shared 998 times).
+      const small = join(dir.path, "small.vdi");
+      await qemuImg("create", "-q", "-f", "vdi", small, "1M");
+      await Deno.writeFile(
+        small,
+        setU32(await Deno.readFile(small), 0x180, 1000, true),
+      );
+      assert.strictEqual(await assertCheckAsQemu(small), 2);
+      const r = await checkImage(small);
+      assert.strictEqual(r.corruptions, 999);
+    });
   },
 );
 

@@ -22,6 +22,7 @@ import { openImage, Qcow2Error } from "../../mod.ts";
 import { BytesSource } from "../../lib/io/source.ts";
 import { crc32c } from "../../lib/bytes/crc.ts";
 import { assertCheckAsQemu } from "./_oracle.ts";
+import { checkImage } from "../../lib/tools/check.ts";
 import { prng } from "../../lib/_prng.ts";
 
 const MiB = 1 << 20;
@@ -568,6 +569,17 @@ qemuTest(
         assert.doesNotMatch(err.message, /\n/, what);
         assert.match(err.message, /^Cannot /, what);
         outcomes.set(err.code, (outcomes.get(err.code) ?? 0) + 1);
+      }
+      // The check opens what a read refuses (blocks past the end): it
+      // reports them, or refuses the rest in one line.
+      try {
+        const r = await checkImage(new BytesSource(bytes, "t.vhdx"), {
+          format: "vhdx",
+        });
+        assert.ok([0, 2].includes(r.exitCode), `${what}: check ${r.exitCode}`);
+      } catch (err) {
+        assert.ok(err instanceof Qcow2Error, `${what}: ${err}`);
+        assert.doesNotMatch(err.message, /\n/, what);
       }
       assert.ok(performance.now() - started < 5000, `${what}: too slow`);
     };

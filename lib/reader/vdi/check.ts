@@ -15,13 +15,18 @@ import { isAllocated, type VdiHeader } from "./header.ts";
 
 /** Block map entries read at a time. */
 const ENTRIES_PER_READ = 64 * 1024;
+/** Most problem lines kept; later problems are counted, not listed. */
+export const MAX_MESSAGES = 100_000;
 
 /**
  * Checks a VDI image's block map as QEMU does: all `blocks_in_image`
  * entries (read as QEMU reads them: zeros past the end of the file), one
  * message and one corruption per entry naming a block past the map or a
  * block an earlier entry named, and one for a wrong `blocks_allocated`.
- * Memory: one bit per block of the map, and one read of 256 KiB.
+ * Memory: one bit per block of the map, one read of 256 KiB, and at most
+ * {@linkcode MAX_MESSAGES} lines (a hostile map could name one block a
+ * billion times); time: the entries the file holds (those past its end
+ * are all 0 and are counted at once).
  *
  * @param source The image file.
  * @param header Its parsed header.
@@ -50,8 +55,17 @@ export async function checkVdi(
   const messages: string[] = [];
   let corruptions = 0;
   let allocated = 0;
-  for (let first = 0; first < n; first += ENTRIES_PER_READ) {
-    const count = Math.min(ENTRIES_PER_READ, n - first);
+  const report = (line: string) => {
+    if (messages.length < MAX_MESSAGES) messages.push(line);
+    corruptions++;
+  };
+  // Entries past the end of the file read as 0: counted, not read.
+  const inFile = Math.min(
+    n,
+    Math.max(0, Math.ceil((source.size - header.offsetBmap) / 4)),
+  );
+  for (let first = 0; first < inFile; first += ENTRIES_PER_READ) {
+    const count = Math.min(ENTRIES_PER_READ, inFile - first);
     const view = viewOf(
       await readPadded(source, header.offsetBmap + first * 4, count * 4),
     );
@@ -59,28 +73,34 @@ export async function checkVdi(
       const entry = view.getUint32(i * 4, true);
       if (!isAllocated(entry)) continue;
       if (entry >= n) {
-        messages.push(
-          `ERROR: block index ${first + i} too large, is ${entry}`,
-        );
-        corruptions++;
+        report(`ERROR: block index ${first + i} too large, is ${entry}`);
         continue;
       }
       allocated++;
       const bit = 1 << (entry & 7);
       if (used[entry >>> 3] & bit) {
         // QEMU names the block twice: the one it recorded is the entry.
-        messages.push(`ERROR: block index ${entry} also used by ${entry}`);
-        corruptions++;
+        report(`ERROR: block index ${entry} also used by ${entry}`);
       } else {
         used[entry >>> 3] |= bit;
       }
     }
   }
+  // The entries past the end: all block 0, shared after the first.
+  const past = n - inFile;
+  if (past > 0) {
+    allocated += past;
+    const repeats = (used[0] & 1) === 0 ? past - 1 : past;
+    used[0] |= 1;
+    for (let i = 0; i < Math.min(repeats, MAX_MESSAGES); i++) {
+      report("ERROR: block index 0 also used by 0");
+    }
+    corruptions += Math.max(0, repeats - MAX_MESSAGES);
+  }
   if (allocated !== header.blocksAllocated) {
-    messages.push(
+    report(
       `ERROR: allocated blocks mismatch, is ${allocated}, should be ${header.blocksAllocated}`,
     );
-    corruptions++;
   }
   return { corruptions, messages };
 }

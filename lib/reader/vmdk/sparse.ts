@@ -309,9 +309,17 @@ export class SparseExtent {
     return new SparseExtent(h, source, name, gd, cacheBytes);
   }
 
-  async #table(
+  /**
+   * A grain table by its index in the grain directory.
+   *
+   * @param index The grain directory entry.
+   * @param padded Read it as QEMU does, zero-filled past the end of the
+   * file, rather than refuse it there.
+   * @returns Its entries, or undefined when the entry is 0 (no table).
+   */
+  async table(
     index: number,
-    padded: boolean,
+    padded = false,
   ): Promise<Uint32Array | undefined> {
     const sector = this.#gd[index];
     if (sector === 0) return undefined;
@@ -356,16 +364,11 @@ export class SparseExtent {
    * How the grain holding a byte of the extent reads.
    *
    * @param offset Byte offset inside the extent (below its capacity).
-   * @param padded Read grain tables as QEMU reads them, zero-filled past
-   * the end of the file (for `check`), rather than refuse such a table.
    * @returns The grain's state.
    */
-  async lookup(offset: number, padded = false): Promise<GrainState> {
+  async lookup(offset: number): Promise<GrainState> {
     const grain = Math.floor(offset / this.grainSize);
-    const table = await this.#table(
-      Math.floor(grain / this.header.gtes),
-      padded,
-    );
+    const table = await this.table(Math.floor(grain / this.header.gtes));
     if (!table) {
       const coverage = this.grainSize * this.header.gtes;
       return { kind: "unallocated", span: coverage - (offset % coverage) };
