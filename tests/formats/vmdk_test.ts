@@ -112,6 +112,23 @@ function coverage(entries: MapEntry[]): string[] {
   );
 }
 
+/** `qemu-img convert -O vmdk -o subformat=SUBFORMAT DISK IMAGE`. */
+async function toVmdk(
+  disk: string,
+  subformat: string,
+  image: string,
+): Promise<void> {
+  await qemuImg(
+    "convert",
+    "-O",
+    "vmdk",
+    "-o",
+    `subformat=${subformat}`,
+    disk,
+    image,
+  );
+}
+
 async function cli(args: string[]): Promise<string> {
   const r = await runCli(args);
   assert.strictEqual(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
@@ -181,15 +198,7 @@ for (const subformat of SUBFORMATS) {
       const disk = join(dir.path, "disk.raw");
       await writeDisk(disk);
       const image = join(dir.path, "d.vmdk");
-      await qemuImg(
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        `subformat=${subformat}`,
-        disk,
-        image,
-      );
+      await toVmdk(disk, subformat, image);
       const { want, ours, theirs } = await assertReadsAsQemu(
         dir.path,
         image,
@@ -219,15 +228,7 @@ qemuTest(
     await writeDisk(disk);
     await t.step("vmfs", async () => {
       const flat = join(dir.path, "f.vmdk");
-      await qemuImg(
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=monolithicFlat",
-        disk,
-        flat,
-      );
+      await toVmdk(disk, "monolithicFlat", flat);
       // A vmfs descriptor names its one VMFS extent without an offset.
       const vmfs = join(dir.path, "vmfs.vmdk");
       await Deno.writeTextFile(
@@ -271,15 +272,7 @@ qemuTest(
     await writeDisk(disk);
     const make = async (subformat: string, name: string) => {
       const image = join(dir.path, `${name}.vmdk`);
-      await qemuImg(
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        `subformat=${subformat}`,
-        disk,
-        image,
-      );
+      await toVmdk(disk, subformat, image);
       return image;
     };
     /** Sets entry `index` of grain table `table` of a sparse file. */
@@ -382,15 +375,7 @@ qemuTest(
     const disk = join(dir.path, "disk.raw");
     await writeDisk(disk);
     const image = join(dir.path, "s.vmdk");
-    await qemuImg(
-      "convert",
-      "-O",
-      "vmdk",
-      "-o",
-      "subformat=streamOptimized",
-      disk,
-      image,
-    );
+    await toVmdk(disk, "streamOptimized", image);
     const footed = join(dir.path, "footed.vmdk");
     await Deno.writeFile(footed, withFooter(await Deno.readFile(image)));
     const { want } = await assertReadsAsQemu(dir.path, footed, "footed");
@@ -471,15 +456,7 @@ qemuTest(
     const disk = join(dir.path, "disk.raw");
     await writeDisk(disk);
     const image = join(dir.path, "d.vmdk");
-    await qemuImg(
-      "convert",
-      "-O",
-      "vmdk",
-      "-o",
-      "subformat=monolithicFlat",
-      disk,
-      image,
-    );
+    await toVmdk(disk, "monolithicFlat", image);
     const sub = join(dir.path, "sub");
     await Deno.mkdir(sub);
     const desc = (await Deno.readTextFile(image)).replace(
@@ -514,15 +491,7 @@ qemuTest(
     await writeDisk(disk);
     for (const subformat of ["streamOptimized", "monolithicSparse"]) {
       const image = join(dir.path, `${subformat}.vmdk`);
-      await qemuImg(
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        `subformat=${subformat}`,
-        disk,
-        image,
-      );
+      await toVmdk(disk, subformat, image);
       const out = join(dir.path, "out.raw");
       const piped = await runCli(["convert", "-q", "-O", "raw", "-", out], {
         stdin: await Deno.readFile(image),
@@ -632,15 +601,7 @@ qemuTest(
     const images: Record<string, Uint8Array> = {};
     for (const subformat of ["monolithicSparse", "streamOptimized"]) {
       const image = join(dir.path, `${subformat}.vmdk`);
-      await qemuImg(
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        `subformat=${subformat}`,
-        disk,
-        image,
-      );
+      await toVmdk(disk, subformat, image);
       images[subformat] = await Deno.readFile(image);
     }
     const sparse = images.monolithicSparse;
