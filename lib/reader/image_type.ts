@@ -22,8 +22,9 @@ import type { GuestImage } from "./image.ts";
  *   accepted), tables as QEMU reads them (zero-filled past the end of the
  *   file); backing and data files are opened
  * - `describe`: `info` and `check`: the image's own metadata, its header
- *   as QEMU inspects it; no data file is followed, backing files only when
- *   the chain is described (`info --backing-chain`)
+ *   as QEMU inspects it; no data file is followed (a VMDK's extents are:
+ *   they are part of the image), backing files only when the chain is
+ *   described (`info --backing-chain`)
  */
 export type OpenPurpose = "read" | "inspect" | "describe";
 
