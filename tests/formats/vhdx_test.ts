@@ -269,6 +269,49 @@ qemuTest(
         );
       });
     }
+    await t.step(
+      "every chunk_ratio + 1-th present entry is taken for a sector bitmap, as QEMU counts them",
+      async () => {
+        // 256 MiB blocks: a chunk ratio of 16. A fixed image of 17 blocks
+        // (a sparse file of 4.25 GiB), its first 16 entries and the 18th
+        // (block 16) made present: QEMU skips the overlap test of the
+        // 17th present entry, here over the metadata region.
+        const big = join(dir.path, "chunks.vhdx");
+        await qemuImg(
+          "create",
+          "-q",
+          "-f",
+          "vhdx",
+          "-o",
+          "subformat=fixed,block_size=256M",
+          big,
+          "4352M",
+        );
+        using file = await Deno.open(big, { read: true, write: true });
+        const head = new Uint8Array(256 * 1024);
+        await file.read(head);
+        const v = new DataView(head.buffer);
+        const region = (guid: number) => {
+          for (let i = 0; i < v.getUint32(192 * 1024 + 8, true); i++) {
+            const at = 192 * 1024 + 16 + 32 * i;
+            if (v.getUint32(at, true) === guid) {
+              return Number(v.getBigUint64(at + 16, true));
+            }
+          }
+          throw new Error(`no region ${guid.toString(16)}`);
+        };
+        const batAt = region(0x2dc27766);
+        const entries = new Uint8Array(18 * 8);
+        const e = new DataView(entries.buffer);
+        for (let i = 0; i < 16; i++) {
+          e.setBigUint64(8 * i, (4n << 20n) | 6n, true);
+        }
+        e.setBigUint64(17 * 8, BigInt(region(0x8b7ca206)) | 6n, true);
+        await file.seek(batAt, Deno.SeekMode.Start);
+        await file.write(entries);
+        assert.strictEqual(await assertCheckAsQemu(big), 0);
+      },
+    );
   },
 );
 
