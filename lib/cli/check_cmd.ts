@@ -22,18 +22,20 @@ import { openNamed } from "./_inputs.ts";
 export const CHECK_HELP =
   `Usage: qcow2pipe check [-f FMT] [--output=human|json] [-q] [--http-timeout S] [-U] IMG
 
-Check a qcow2 image for consistency without writing to it, as
-"qemu-img check" does: refcounts are rebuilt from every reference (header,
+Check an image for consistency without writing to it, as "qemu-img
+check" does. qcow2: refcounts are rebuilt from every reference (header,
 L1/L2 tables of the active state and of every snapshot, data and
 compressed clusters, refcount structures, snapshot table, bitmaps, crypto
-header) and compared with the stored ones. Each problem is one line on
+header) and compared with the stored ones. VDI: the block map. VMDK: each
+grain's offset inside its extent file. VHDX: each present block inside the
+file and clear of the log and regions. Each problem is one line on
 standard error, in QEMU's words; the summary goes to standard output.
 IMG is a file or an http(s) URL (read with Range requests). Repairs
 (qemu-img check -r) are not made: the image is never written.
 
 Exit status: 0 no problems, 2 corruptions, 3 leaked clusters only,
-1 the check could not be completed, 63 the format (raw) has no checks
-("This image format does not support checks", as qemu-img says).
+1 the check could not be completed, 63 the format (raw, qcow, vpc) has no
+checks ("This image format does not support checks", as qemu-img says).
 
 Options:
 ${formatHelp("  -f, --format FMT", 22, "IMG")}

@@ -51,6 +51,12 @@ export interface ChainOptions {
   maxBackingDepth?: number;
   /** Table cache budget per image, in bytes. */
   cacheBytes?: number;
+  /**
+   * Opened for `check`: entries that would refuse an image at open are
+   * left for the format's check (see {@linkcode OpenContext.check}).
+   * @default {false}
+   */
+  check?: boolean;
   /** Opens backing and data files by the name the gate allows. */
   openSource?: (path: string) => Promise<RandomAccessSource>;
   /** How the default opener fetches URLs. */
@@ -163,9 +169,10 @@ class ChainWalk {
       ownsSource,
       snapshot,
       cacheBytes: this.#options.cacheBytes ?? DEFAULT_CACHE_BYTES,
+      check: this.#options.check ?? false,
       backing: (stored, format) =>
         this.#backing(referrer, depth, stored, format),
-      dataFile: (stored) => this.#dataFile(referrer, stored),
+      dataFile: (stored, always) => this.#dataFile(referrer, stored, always),
     };
   }
 
@@ -205,9 +212,13 @@ class ChainWalk {
     }
   }
 
-  async #dataFile(referrer: Referrer, stored: string): Promise<OpenedDataFile> {
+  async #dataFile(
+    referrer: Referrer,
+    stored: string,
+    always = false,
+  ): Promise<OpenedDataFile> {
     const ref = await this.#gate.dataFile(referrer, stored);
-    const source = this.#options.purpose === "describe"
+    const source = this.#options.purpose === "describe" && !always
       ? undefined
       : await this.#gate.open(ref);
     return { name: ref.name, source };

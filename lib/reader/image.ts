@@ -196,6 +196,25 @@ export interface SnapshotInfo {
 }
 
 /**
+ * What a format's own consistency check found (QEMU's `bdrv_co_check` of
+ * the VDI, VMDK and VHDX drivers): a neutral result that `checkImage`
+ * turns into `qemu-img check`'s summary and exit status. Internal to the
+ * reader and the tools.
+ */
+export interface FormatCheck {
+  /** Problems counted as corruptions. */
+  corruptions: number;
+  /** The line QEMU prints on standard error for each problem, in order. */
+  messages: string[];
+  /**
+   * Set when the check stopped before the end, as QEMU's does with an
+   * error: the `strerror()` text qemu-img prints after "Check failed: "
+   * (`Invalid argument`).
+   */
+  failure?: string;
+}
+
+/**
  * What an image says of itself for `qemu-img info` (QEMU's `bdrv_get_info`
  * and `bdrv_get_specific_info`): the generic fields, and the format's own
  * section. Internal to the reader and the tools.
@@ -281,6 +300,15 @@ export interface GuestImage extends AsyncDisposable {
    * @ignore
    */
   describe(): Promise<ImageDescription>;
+  /**
+   * The format's own consistency check, where QEMU 7.2 has one (VDI, VMDK,
+   * VHDX; qcow2's is `checkImage` itself): the hook `check` uses, not part
+   * of the public API. Formats without one leave it out (`qemu-img check`
+   * says "This image format does not support checks").
+   *
+   * @ignore
+   */
+  check?(): Promise<FormatCheck>;
   /**
    * Every source this image reads: its own file, its external data file,
    * then its backing chain's, top image first. Whoever writes a file

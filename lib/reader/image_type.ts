@@ -22,8 +22,9 @@ import type { GuestImage } from "./image.ts";
  *   accepted), tables as QEMU reads them (zero-filled past the end of the
  *   file); backing and data files are opened
  * - `describe`: `info` and `check`: the image's own metadata, its header
- *   as QEMU inspects it; no data file is followed, backing files only when
- *   the chain is described (`info --backing-chain`)
+ *   as QEMU inspects it; no data file is followed (a VMDK's extents are:
+ *   they are part of the image), backing files only when the chain is
+ *   described (`info --backing-chain`)
  */
 export type OpenPurpose = "read" | "inspect" | "describe";
 
@@ -58,6 +59,13 @@ export interface OpenContext {
   /** Cache budget for the image's tables, in bytes. */
   readonly cacheBytes: number;
   /**
+   * Opened for `check` (QEMU's `BDRV_O_CHECK`): table entries that would
+   * refuse the image at open (a VHDX block past the end of the file) are
+   * left for the format's check to report.
+   * @default {false}
+   */
+  readonly check?: boolean;
+  /**
    * Opens the backing image the image names, of the format it names (or,
    * when it names none, the format its first bytes show).
    *
@@ -78,11 +86,14 @@ export interface OpenContext {
    * data file the image names.
    *
    * @param stored The name stored in the image.
+   * @param always Open it even when the image is only described: the file
+   * is part of the image itself, as a VMDK extent is (QEMU opens those for
+   * `info` and `check` too).
    * @returns The data file; its source is closed with the image.
    * @throws {Qcow2Error} When the file may not be followed or cannot be
    * opened.
    */
-  dataFile(stored: string): Promise<OpenedDataFile>;
+  dataFile(stored: string, always?: boolean): Promise<OpenedDataFile>;
 }
 
 /**

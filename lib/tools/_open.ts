@@ -47,6 +47,11 @@ export interface ToolOpenOptions {
   openSource?: OpenSource;
   /** How the default opener fetches URLs. */
   http?: HttpTransport;
+  /**
+   * Opened for `check` (QEMU's `BDRV_O_CHECK`).
+   * @default {false}
+   */
+  check?: boolean;
 }
 
 /**

@@ -1,8 +1,9 @@
 /**
- * `checkImage()`: a read-only consistency check of a qcow2 image, as
- * `qemu-img check` (QEMU 7.2) does it: refcounts rebuilt from every
- * reference and compared with the stored ones, plus the L1/L2 entry and
- * OFLAG_COPIED checks, with QEMU's messages, counts and exit status.
+ * `checkImage()`: a read-only consistency check of an image, as `qemu-img
+ * check` (QEMU 7.2) does it, with QEMU's messages, counts and exit status.
+ * qcow2: refcounts rebuilt from every reference and compared with the
+ * stored ones, plus the L1/L2 entry and OFLAG_COPIED checks. VDI, VMDK and
+ * VHDX: their drivers' checks of the block map, grain tables and BAT.
  *
  * @module
  */
@@ -23,6 +24,7 @@ import { decodeL1Entry } from "../format/l1.ts";
 import type { L2Entry, L2Layout } from "../format/l2.ts";
 import type { Qcow2Header } from "../format/header.ts";
 import type { RandomAccessSource } from "../io/source.ts";
+import type { GuestImage } from "../reader/image.ts";
 
 /**
  * What {@linkcode checkImage} found: QEMU's counters, its messages, and the
@@ -42,7 +44,7 @@ import type { RandomAccessSource } from "../io/source.ts";
 export interface CheckResult {
   /** The name the image was opened by. */
   filename: string;
-  /** `qcow2` (or another format, such as `raw`, which cannot be checked). */
+  /** The image's format (`raw`, `qcow` and `vpc` cannot be checked). */
   format: FormatName;
   /** References the stored refcounts do not cover, and other corruptions. */
   corruptions: number;
@@ -65,7 +67,8 @@ export interface CheckResult {
   /**
    * `qemu-img check`'s exit status: 0 clean, 2 corruptions, 3 leaks only,
    * 1 the check failed (check errors, or a structure that stops QEMU's
-   * check), 63 the format does not support checks (raw: only qcow2 does).
+   * check), 63 the format does not support checks (raw, qcow, vpc: QEMU
+   * checks qcow2, VDI, VMDK and VHDX).
    */
   exitCode: 0 | 1 | 2 | 3 | 63;
   /** Why the check stopped, when it did (exit status 1 or 63). */
@@ -127,12 +130,14 @@ function emptyResult(filename: string, format: FormatName): CheckResult {
  * crypto header and the bitmap directory, tables and data; the counts are
  * compared with the stored refcounts. Memory: one byte per host cluster
  * (the file size is checked first), one L2 table and a few refcount blocks
- * at a time.
+ * at a time. A VDI, VMDK or VHDX image gets its QEMU driver's check (VDI:
+ * the block map; VMDK: every grain's offset inside its extent file; VHDX:
+ * every present block inside the file and clear of the log and regions).
  *
  * @param input A path, a source or the image bytes.
  * @param options Memory limit.
- * @returns Counters, QEMU's messages and the exit status; a raw image gives
- * exit status 63 as in QEMU.
+ * @returns Counters, QEMU's messages and the exit status; a raw, qcow or
+ * vpc image gives exit status 63 as in QEMU.
  * @throws {Qcow2Error} When the image cannot be opened at all (invalid
  * header, unknown incompatible features), where QEMU also refuses it.
  *
@@ -156,6 +161,7 @@ export async function checkImage(
     purpose: "describe",
     backing: false,
     format: options.format,
+    check: true,
   });
   // try/finally, not `await using`: the bundle runs in Node 20, which has
   // no explicit resource management.
@@ -171,12 +177,7 @@ async function checkOpened(
   image: Awaited<ReturnType<typeof openForTool>>,
   options: CheckImageOptions,
 ): Promise<CheckResult> {
-  if (!(image instanceof Qcow2Image)) {
-    const r = emptyResult(image.name, image.format as FormatName);
-    r.exitCode = 63;
-    r.failure = "This image format does not support checks";
-    return r;
-  }
+  if (!(image instanceof Qcow2Image)) return await checkOther(image);
   const { source, header } = image;
   const result = emptyResult(image.name, "qcow2");
   const geometry = geometryOf(header);
@@ -197,6 +198,28 @@ async function checkOpened(
     : result.leaks > 0
     ? 3
     : 0;
+  return result;
+}
+
+/**
+ * A format other than qcow2: its own check where QEMU has one (VDI, VMDK,
+ * VHDX), exit status 63 where it has none (raw, qcow, vpc).
+ */
+async function checkOther(image: GuestImage): Promise<CheckResult> {
+  const result = emptyResult(image.name, image.format as FormatName);
+  if (image.check === undefined) {
+    result.exitCode = 63;
+    result.failure = "This image format does not support checks";
+    return result;
+  }
+  const found = await image.check();
+  result.corruptions = found.corruptions;
+  result.messages = found.messages;
+  // QEMU prints no summary when the driver's check fails.
+  if (found.failure !== undefined) {
+    return fail(result, `Check failed: ${found.failure}`);
+  }
+  result.exitCode = result.corruptions > 0 ? 2 : 0;
   return result;
 }
 

@@ -112,15 +112,35 @@ export interface ImageInfoOptions {
   allocatedSize?: (name: string) => Promise<number | undefined>;
 }
 
+/**
+ * Bytes the image's own files occupy on disk: its file and the files that
+ * are part of it (a VMDK's extents, each counted as QEMU counts them), not
+ * its backing chain's; undefined when one of them cannot say.
+ */
+async function allocatedOf(
+  image: GuestImage,
+  options: ImageInfoOptions,
+): Promise<number | undefined> {
+  const chain = new Set(image.backing?.sources() ?? []);
+  const own = image.sources().filter((s) => !chain.has(s));
+  let total = 0;
+  for (const [i, s] of own.entries()) {
+    const n = options.allocatedSize
+      ? await options.allocatedSize(i === 0 ? image.name : s.name ?? "")
+      : await hostFiles()?.allocatedSize(s);
+    if (n === undefined) return undefined;
+    total += n;
+  }
+  return total;
+}
+
 /** One image of the chain as `info` reports it. */
 async function describe(
   image: GuestImage,
   options: ImageInfoOptions,
 ): Promise<ImageInfo> {
   const source = image.sources()[0];
-  const allocated = options.allocatedSize
-    ? await options.allocatedSize(image.name)
-    : await hostFiles()?.allocatedSize(source);
+  const allocated = await allocatedOf(image, options);
   const d = await image.describe();
   const info: ImageInfo = {
     filename: image.name,

@@ -22,6 +22,7 @@ import { BytesSource } from "../../lib/io/source.ts";
 import { Qcow2Error } from "../../lib/format/errors.ts";
 import { imageInfo } from "../../lib/tools/info.ts";
 import { mapImage } from "../../lib/tools/map.ts";
+import { checkImage } from "../../lib/tools/check.ts";
 import type { FormatName } from "../../lib/reader/formats.ts";
 
 const decoder = new TextDecoder();
@@ -159,6 +160,9 @@ export async function holdToOracles(
     coverage(await qemuMap(image, options.cwd)),
   );
 
+  // (f) check: QEMU's verdict on a clean image (or its refusal, 63).
+  await assertCheckAsQemu(image, { cwd: options.cwd });
+
   // (e) 7-Zip, a second reader of the format.
   if (options.sevenZip) {
     await withTool(SEVEN_ZIP, async () => {
@@ -171,6 +175,47 @@ export async function holdToOracles(
       await Deno.remove(out, { recursive: true });
     });
   }
+}
+
+/**
+ * Asserts `check` (human and `--output=json`) says what `qemu-img check`
+ * says of `image`: the same standard output and exit status, and the same
+ * lines on standard error once each program's name is taken off. Where
+ * qemu-img ends with `Check failed: E`, ours names the image first
+ * (`Cannot check IMAGE: Check failed: E`).
+ *
+ * @returns qemu-img's exit status.
+ */
+export async function assertCheckAsQemu(
+  image: string,
+  options: { format?: string; cwd?: string } = {},
+): Promise<number> {
+  const flags = options.format ? ["-f", options.format] : [];
+  const lines = (text: string, program: string) =>
+    text.split("\n").filter((l) => l !== "").map((l) =>
+      l.replace(`${program}: `, "").replace(
+        /^Cannot check .*?: (Check failed: )/,
+        "$1",
+      )
+    );
+  let code = 0;
+  for (const output of ["human", "json"]) {
+    const args = ["check", `--output=${output}`, ...flags, image];
+    const theirs = await runStatus("qemu-img", args);
+    const ours = await runCli(args, { cwd: options.cwd });
+    const what = `${
+      args.join(" ")
+    }\nqemu-img: ${theirs.stderr}\nours: ${ours.stderr}`;
+    assert.strictEqual(ours.code, theirs.code, what);
+    assert.strictEqual(decoder.decode(ours.stdout), theirs.stdout, what);
+    assert.deepStrictEqual(
+      lines(ours.stderr, "qcow2pipe"),
+      lines(theirs.stderr, "qemu-img"),
+      what,
+    );
+    code = theirs.code;
+  }
+  return code;
 }
 
 /**
@@ -331,6 +376,8 @@ export async function hostileLoop(
       () => readAll(bytes, format),
       () => imageInfo(new BytesSource(bytes), { format: format as FormatName }),
       () => mapImage(new BytesSource(bytes), { format: format as FormatName }),
+      () =>
+        checkImage(new BytesSource(bytes), { format: format as FormatName }),
     ];
     for (const op of ops) {
       try {

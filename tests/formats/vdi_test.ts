@@ -3,12 +3,14 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuTest, tempDir } from "../_qemu.ts";
+import { qemuImg, qemuTest, tempDir } from "../_qemu.ts";
+import { checkImage } from "../../lib/tools/check.ts";
 import { mixedRaw } from "../reader/_helpers.ts";
 import { assertOneLineError, runCli } from "../writer/_cli.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { Qcow2Error } from "../../lib/format/errors.ts";
 import {
+  assertCheckAsQemu,
   holdToOracles,
   hostileLoop,
   type Mutation,
@@ -68,6 +70,55 @@ qemuTest("VDI: a discarded block reads as zeros, as in qemu-img", async () => {
   await Deno.writeFile(vdi, bytes);
   await holdToOracles(vdi, dir.path, { format: "vdi" });
 });
+
+qemuTest(
+  "VDI check: block map entries shared, out of range, past the end of the file, and a wrong blocks_allocated, as qemu-img check reports them",
+  async (t) => {
+    await using dir = await tempDir();
+    const raw = await sourceDisk(dir.path, 6 * MiB);
+    const vdi = join(dir.path, "clean.vdi");
+    await qemuConvert("-O", "vdi", raw, vdi);
+    const good = await Deno.readFile(vdi);
+    const view = new DataView(good.buffer);
+    const bmap = view.getUint32(0x154, true);
+    const entry = (i: number) => view.getUint32(bmap + 4 * i, true);
+    // Blocks 0, 1 and 4 hold data, 2 is zeros (not allocated).
+    assert.deepStrictEqual([0, 1, 2, 4].map(entry), [0, 1, 0xffffffff, 3]);
+    const entries = (values: [number, number][]) => {
+      let out: Uint8Array = good;
+      for (const [i, v] of values) out = setU32(out, bmap + 4 * i, v, true);
+      return out;
+    };
+    const cases: [string, Uint8Array, number][] = [
+      ["shared", entries([[1, 0]]), 2],
+      ["too large", entries([[4, 6]]), 2],
+      ["blocks_allocated", setU32(good, 0x184, 9, true), 2],
+      ["several", entries([[0, 3], [1, 3], [2, 70], [5, 0xfffffffe]]), 2],
+      ["past the end of the file", entries([[2, 5]]), 2],
+      ["clean", good, 0],
+    ];
+    for (const [name, bytes, status] of cases) {
+      await t.step(name, async () => {
+        const path = join(dir.path, `${name}.vdi`);
+        await Deno.writeFile(path, bytes);
+        assert.strictEqual(await assertCheckAsQemu(path), status);
+      });
+    }
+    await t.step("a block map running past the end of the file", async () => {
+      // 1 KiB: the header and one sector of map; 1000 entries, the rest
+      // read as 0 (block 0, shared 998 times).
+      const small = join(dir.path, "small.vdi");
+      await qemuImg("create", "-q", "-f", "vdi", small, "1M");
+      await Deno.writeFile(
+        small,
+        setU32(await Deno.readFile(small), 0x180, 1000, true),
+      );
+      assert.strictEqual(await assertCheckAsQemu(small), 2);
+      const r = await checkImage(small);
+      assert.strictEqual(r.corruptions, 999);
+    });
+  },
+);
 
 qemuTest("VDI: refusals are one line naming the field", async () => {
   await using dir = await tempDir();

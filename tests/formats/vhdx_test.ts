@@ -21,6 +21,8 @@ import { serveFiles } from "../streams/_server.ts";
 import { openImage, Qcow2Error } from "../../mod.ts";
 import { BytesSource } from "../../lib/io/source.ts";
 import { crc32c } from "../../lib/bytes/crc.ts";
+import { assertCheckAsQemu } from "./_oracle.ts";
+import { checkImage } from "../../lib/tools/check.ts";
 import { prng } from "../../lib/_prng.ts";
 
 const MiB = 1 << 20;
@@ -142,14 +144,22 @@ qemuTest(
         await qemuCompareIdentical(image, qcow2, ["vhdx", "qcow2"]);
         await qemuCheckClean(qcow2);
 
-        // (c) info.
+        // (c) info, whole (text and JSON), and check.
         const info = await runCli(["info", image]);
         assert.strictEqual(info.code, 0, info.stderr);
+        const theirInfo = await qemuImg("info", image);
         assert.deepStrictEqual(
           infoLines(text(info.stdout)),
-          infoLines(await qemuImg("info", image)),
+          infoLines(theirInfo),
         );
         assert.strictEqual(infoLines(text(info.stdout)).length, 4);
+        assert.strictEqual(text(info.stdout), theirInfo);
+        const json = await runCli(["info", "--output=json", image]);
+        assert.strictEqual(
+          text(json.stdout),
+          await qemuImg("info", "--output=json", image),
+        );
+        assert.strictEqual(await assertCheckAsQemu(image), 0);
 
         // (d) map: data and zero coverage.
         const map = await runCli(["map", "--output=json", image]);
@@ -188,6 +198,120 @@ qemuTest(
         });
       });
     }
+  },
+);
+
+qemuTest(
+  "VHDX check: BAT entries past the end of the file and over the log or a region, as qemu-img check reports them (and info refuses the image)",
+  async (t) => {
+    await using dir = await tempDir();
+    const raw = await sourceRaw(dir.path);
+    const clean = join(dir.path, "clean.vhdx");
+    await qemuImg("convert", "-O", "vhdx", "-o", "block_size=1M", raw, clean);
+    const good = await Deno.readFile(clean);
+    const view = new DataView(good.buffer);
+    // Region table 1: each entry's GUID, file offset and length.
+    const regions = new Map<string, number>();
+    for (let i = 0; i < view.getUint32(192 * 1024 + 8, true); i++) {
+      const at = 192 * 1024 + 16 + 32 * i;
+      regions.set(
+        view.getUint32(at, true).toString(16),
+        Number(view.getBigUint64(at + 16, true)),
+      );
+    }
+    const bat = regions.get("2dc27766")!;
+    const metadata = regions.get("8b7ca206")!;
+    const log = Number(view.getBigUint64(64 * 1024 + 72, true));
+    const entry = (i: number) => view.getBigUint64(bat + 8 * i, true);
+    // Blocks 0 to 4 hold data (FULLY_PRESENT, state 6).
+    for (let i = 0; i < 5; i++) assert.strictEqual(entry(i) & 7n, 6n);
+    const fileMiB = good.length / MiB;
+    const present = (mib: number) => (BigInt(mib) << 20n) | 6n;
+    const withEntries = (values: [number, bigint][]) => {
+      const out = good.slice();
+      const v = new DataView(out.buffer);
+      for (const [i, e] of values) v.setBigUint64(bat + 8 * i, e, true);
+      return out;
+    };
+    const cases: [string, Uint8Array, number][] = [
+      ["start past the end", withEntries([[1, present(fileMiB + 10)]]), 2],
+      [
+        "over the metadata region",
+        withEntries([[2, present(metadata / MiB)]]),
+        2,
+      ],
+      ["over the log", withEntries([[0, present(log / MiB)]]), 2],
+      [
+        "several",
+        withEntries([
+          [0, present(fileMiB + 3)],
+          [1, present(log / MiB)],
+          [2, present(fileMiB + 5)],
+        ]),
+        2,
+      ],
+      // The last block's end past the end of the file.
+      ["truncated", good.subarray(0, good.length - 300_000), 2],
+      ["truncated before blocks", good.subarray(0, 9 * MiB), 2],
+      ["clean", good, 0],
+    ];
+    for (const [name, bytes, status] of cases) {
+      await t.step(name, async () => {
+        const path = join(dir.path, `${name}.vhdx`);
+        await Deno.writeFile(path, bytes);
+        assert.strictEqual(await assertCheckAsQemu(path), status);
+        if (status === 0) return;
+        // qemu-img info refuses such an image, as we do.
+        await assert.rejects(qemuImg("info", path));
+        assertOneLineError(
+          await runCli(["info", path]),
+          /Cannot open image .*(past the end|overlaps)/,
+        );
+      });
+    }
+    await t.step(
+      "every chunk_ratio + 1-th present entry is taken for a sector bitmap, as QEMU counts them",
+      async () => {
+        // 256 MiB blocks: a chunk ratio of 16. A fixed image of 17 blocks
+        // (a sparse file of 4.25 GiB), its first 16 entries and the 18th
+        // (block 16) made present: QEMU skips the overlap test of the
+        // 17th present entry, here over the metadata region.
+        const big = join(dir.path, "chunks.vhdx");
+        await qemuImg(
+          "create",
+          "-q",
+          "-f",
+          "vhdx",
+          "-o",
+          "subformat=fixed,block_size=256M",
+          big,
+          "4352M",
+        );
+        using file = await Deno.open(big, { read: true, write: true });
+        const head = new Uint8Array(256 * 1024);
+        await file.read(head);
+        const v = new DataView(head.buffer);
+        const region = (guid: number) => {
+          for (let i = 0; i < v.getUint32(192 * 1024 + 8, true); i++) {
+            const at = 192 * 1024 + 16 + 32 * i;
+            if (v.getUint32(at, true) === guid) {
+              return Number(v.getBigUint64(at + 16, true));
+            }
+          }
+          throw new Error(`no region ${guid.toString(16)}`);
+        };
+        const batAt = region(0x2dc27766);
+        const entries = new Uint8Array(18 * 8);
+        const e = new DataView(entries.buffer);
+        for (let i = 0; i < 16; i++) {
+          e.setBigUint64(8 * i, (4n << 20n) | 6n, true);
+        }
+        e.setBigUint64(17 * 8, BigInt(region(0x8b7ca206)) | 6n, true);
+        await file.seek(batAt, Deno.SeekMode.Start);
+        await file.write(entries);
+        assert.strictEqual(await assertCheckAsQemu(big), 0);
+      },
+    );
   },
 );
 
@@ -488,6 +612,17 @@ qemuTest(
         assert.doesNotMatch(err.message, /\n/, what);
         assert.match(err.message, /^Cannot /, what);
         outcomes.set(err.code, (outcomes.get(err.code) ?? 0) + 1);
+      }
+      // The check opens what a read refuses (blocks past the end): it
+      // reports them, or refuses the rest in one line.
+      try {
+        const r = await checkImage(new BytesSource(bytes, "t.vhdx"), {
+          format: "vhdx",
+        });
+        assert.ok([0, 2].includes(r.exitCode), `${what}: check ${r.exitCode}`);
+      } catch (err) {
+        assert.ok(err instanceof Qcow2Error, `${what}: ${err}`);
+        assert.doesNotMatch(err.message, /\n/, what);
       }
       assert.ok(performance.now() - started < 5000, `${what}: too slow`);
     };

@@ -5,6 +5,9 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { qemuImg, qemuIo, qemuTest, run, tempDir } from "../_qemu.ts";
 import { SEVEN_ZIP, withTool } from "../_tools.ts";
+import { assertCheckAsQemu } from "./_oracle.ts";
+import { checkImage } from "../../lib/tools/check.ts";
+import { BytesSource } from "../../lib/io/source.ts";
 import { assertOneLineError, runCli } from "../writer/_cli.ts";
 import { serveFiles } from "../streams/_server.ts";
 import { openImage } from "../../mod.ts";
@@ -109,6 +112,23 @@ function coverage(entries: MapEntry[]): string[] {
   );
 }
 
+/** `qemu-img convert -O vmdk -o subformat=SUBFORMAT DISK IMAGE`. */
+async function toVmdk(
+  disk: string,
+  subformat: string,
+  image: string,
+): Promise<void> {
+  await qemuImg(
+    "convert",
+    "-O",
+    "vmdk",
+    "-o",
+    `subformat=${subformat}`,
+    disk,
+    image,
+  );
+}
+
 async function cli(args: string[]): Promise<string> {
   const r = await runCli(args);
   assert.strictEqual(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
@@ -125,6 +145,25 @@ function diskSize(text: string): string | undefined {
   return text.split("\n").find((l) => l.startsWith("disk size:"));
 }
 
+/**
+ * Asserts `info` (text and JSON: disk size with the extent files added
+ * up, cluster_size, the format-specific block and its extents) and `check`
+ * say what qemu-img's say of `image`.
+ */
+async function assertDescribesAsQemu(image: string, label: string) {
+  const ours = await cli(["info", image]);
+  const theirs = await qemuImg("info", image);
+  assert.deepStrictEqual(infoLines(ours), infoLines(theirs), label);
+  assert.strictEqual(ours, theirs, label);
+  assert.strictEqual(
+    await cli(["info", "--output=json", image]),
+    await qemuImg("info", "--output=json", image),
+    label,
+  );
+  assert.strictEqual(await assertCheckAsQemu(image), 0, label);
+  return { ours, theirs };
+}
+
 /** Asserts that our reading of `image` is qemu-img's, through every command. */
 async function assertReadsAsQemu(dir: string, image: string, label: string) {
   const want = join(dir, `${label}.qemu.raw`);
@@ -139,9 +178,7 @@ async function assertReadsAsQemu(dir: string, image: string, label: string) {
   await cli(["convert", "-q", "-O", "qcow2", image, qcow2]);
   await qemuImg("compare", "-q", image, qcow2);
   await qemuImg("check", "-q", qcow2);
-  const ours = await cli(["info", image]);
-  const theirs = await qemuImg("info", image);
-  assert.deepStrictEqual(infoLines(ours), infoLines(theirs), label);
+  const { ours, theirs } = await assertDescribesAsQemu(image, label);
   const oursMap = JSON.parse(await cli(["map", "--output=json", image]));
   const theirMap = JSON.parse(await qemuImg("map", "--output=json", image));
   assert.deepStrictEqual(coverage(oursMap), coverage(theirMap), label);
@@ -161,27 +198,16 @@ for (const subformat of SUBFORMATS) {
       const disk = join(dir.path, "disk.raw");
       await writeDisk(disk);
       const image = join(dir.path, "d.vmdk");
-      await qemuImg(
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        `subformat=${subformat}`,
-        disk,
-        image,
-      );
+      await toVmdk(disk, subformat, image);
       const { want, ours, theirs } = await assertReadsAsQemu(
         dir.path,
         image,
         subformat,
       );
       assert.ok(await sameFiles(want, disk));
-      // A single file's disk size is the file's; a descriptor's extents
-      // are not counted by `info` yet (qemu-img adds them up).
-      if (subformat === "monolithicSparse" || subformat === "streamOptimized") {
-        assert.strictEqual(diskSize(ours), diskSize(theirs));
-        assert.match(ours, new RegExp(`create type: ${subformat}`));
-      }
+      // The disk size adds up the extent files, as qemu-img's does.
+      assert.strictEqual(diskSize(ours), diskSize(theirs));
+      assert.match(ours, new RegExp(`create type: ${subformat}`));
       if (SEVEN_ZIP_READS.has(subformat)) {
         await withTool(SEVEN_ZIP, async () => {
           const out = join(dir.path, "7z");
@@ -195,21 +221,161 @@ for (const subformat of SUBFORMATS) {
 }
 
 qemuTest(
+  "vmdk vmfs and multi-extent descriptors: info (disk size of every extent file, cluster_size, extents) and check as qemu-img's",
+  async (t) => {
+    await using dir = await tempDir();
+    const disk = join(dir.path, "disk.raw");
+    await writeDisk(disk);
+    await t.step("vmfs", async () => {
+      const flat = join(dir.path, "f.vmdk");
+      await toVmdk(disk, "monolithicFlat", flat);
+      // A vmfs descriptor names its one VMFS extent without an offset.
+      const vmfs = join(dir.path, "vmfs.vmdk");
+      await Deno.writeTextFile(
+        vmfs,
+        (await Deno.readTextFile(flat))
+          .replace('createType="monolithicFlat"', 'createType="vmfs"')
+          .replace(/ FLAT ("f-flat\.vmdk") 0/, " VMFS $1"),
+      );
+      const { want, ours } = await assertReadsAsQemu(dir.path, vmfs, "vmfs");
+      assert.ok(await sameFiles(want, disk));
+      assert.match(ours, /create type: vmfs\n[^]*format: VMFS/);
+    });
+    // 5 GiB: three extents of at most 2 GiB, data across the first seam.
+    for (const subformat of ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"]) {
+      await t.step(subformat, async () => {
+        const image = join(dir.path, `${subformat}.vmdk`);
+        await qemuImg(
+          "create",
+          "-q",
+          "-f",
+          "vmdk",
+          "-o",
+          `subformat=${subformat}`,
+          image,
+          "5G",
+        );
+        await qemuIo(image, ["write -P 7 2047M 4M"], "vmdk");
+        // Described, not read: a conversion of 5 GiB would take minutes.
+        const { ours } = await assertDescribesAsQemu(image, subformat);
+        assert.strictEqual(ours.match(/^ {8}\[\d\]:$/gm)?.length, 3);
+      });
+    }
+  },
+);
+
+qemuTest(
+  "vmdk check: grains and flat extents past the end of their file, as qemu-img check reports them",
+  async (t) => {
+    await using dir = await tempDir();
+    const disk = join(dir.path, "disk.raw");
+    await writeDisk(disk);
+    const make = async (subformat: string, name: string) => {
+      const image = join(dir.path, `${name}.vmdk`);
+      await toVmdk(disk, subformat, image);
+      return image;
+    };
+    /** Sets entry `index` of grain table `table` of a sparse file. */
+    const setGte = async (
+      file: string,
+      table: number,
+      index: number,
+      value: (size: number) => number,
+    ) => {
+      const bytes = await Deno.readFile(file);
+      const view = new DataView(bytes.buffer);
+      const gd = Number(view.getBigUint64(56, true)) * 512;
+      const gt = view.getUint32(gd + 4 * table, true) * 512;
+      assert.ok(gt > 0, `${file}: grain table ${table} is allocated`);
+      view.setUint32(gt + 4 * index, value(bytes.length), true);
+      await Deno.writeFile(file, bytes);
+    };
+    const past = (size: number) => Math.ceil(size / 512) + 3;
+    const cases: [string, () => Promise<string>, number][] = [
+      ["monolithicSparse grain past the end", async () => {
+        const image = await make("monolithicSparse", "ms");
+        await setGte(image, 0, 20, past);
+        return image;
+      }, 1],
+      [
+        "monolithicSparse grain table past the end (read as zeros)",
+        async () => {
+          const image = await make("monolithicSparse", "gt");
+          const bytes = await Deno.readFile(image);
+          const view = new DataView(bytes.buffer);
+          const gd = Number(view.getBigUint64(56, true)) * 512;
+          view.setUint32(gd, Math.ceil(bytes.length / 512) + 100, true);
+          await Deno.writeFile(image, bytes);
+          return image;
+        },
+        0,
+      ],
+      ["streamOptimized grain past the end", async () => {
+        const image = await make("streamOptimized", "so");
+        await setGte(image, 0, 5, past);
+        return image;
+      }, 1],
+      ["monolithicFlat extent file emptied", async () => {
+        const image = await make("monolithicFlat", "mf");
+        await Deno.truncate(join(dir.path, "mf-flat.vmdk"), 0);
+        return image;
+      }, 1],
+      ["monolithicFlat extent starting past its file", async () => {
+        const image = await make("monolithicFlat", "mo");
+        await Deno.writeTextFile(
+          image,
+          (await Deno.readTextFile(image)).replace(
+            /( FLAT "mo-flat\.vmdk") 0/,
+            "$1 99999",
+          ),
+        );
+        return image;
+      }, 1],
+      [
+        "twoGbMaxExtentSparse grain of the second extent past its end",
+        async () => {
+          const image = join(dir.path, "two.vmdk");
+          await qemuImg(
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=twoGbMaxExtentSparse",
+            image,
+            "5G",
+          );
+          await qemuIo(image, ["write -P 7 2047M 4M"], "vmdk");
+          // Its second table, so that the first one (not allocated) is stepped over.
+          const second = join(dir.path, "two-s002.vmdk");
+          const bytes = await Deno.readFile(second);
+          const view = new DataView(bytes.buffer);
+          const gd = Number(view.getBigUint64(56, true)) * 512;
+          view.setUint32(gd + 4 * 7, view.getUint32(gd, true), true);
+          view.setUint32(gd, 0, true);
+          await Deno.writeFile(second, bytes);
+          await setGte(second, 7, 9, past);
+          return image;
+        },
+        1,
+      ],
+    ];
+    for (const [name, make, status] of cases) {
+      await t.step(name, async () => {
+        assert.strictEqual(await assertCheckAsQemu(await make()), status);
+      });
+    }
+  },
+);
+
+qemuTest(
   "vmdk streamOptimized with GD_AT_END: the grain directory is found through the footer",
   async () => {
     await using dir = await tempDir();
     const disk = join(dir.path, "disk.raw");
     await writeDisk(disk);
     const image = join(dir.path, "s.vmdk");
-    await qemuImg(
-      "convert",
-      "-O",
-      "vmdk",
-      "-o",
-      "subformat=streamOptimized",
-      disk,
-      image,
-    );
+    await toVmdk(disk, "streamOptimized", image);
     const footed = join(dir.path, "footed.vmdk");
     await Deno.writeFile(footed, withFooter(await Deno.readFile(image)));
     const { want } = await assertReadsAsQemu(dir.path, footed, "footed");
@@ -290,15 +456,7 @@ qemuTest(
     const disk = join(dir.path, "disk.raw");
     await writeDisk(disk);
     const image = join(dir.path, "d.vmdk");
-    await qemuImg(
-      "convert",
-      "-O",
-      "vmdk",
-      "-o",
-      "subformat=monolithicFlat",
-      disk,
-      image,
-    );
+    await toVmdk(disk, "monolithicFlat", image);
     const sub = join(dir.path, "sub");
     await Deno.mkdir(sub);
     const desc = (await Deno.readTextFile(image)).replace(
@@ -333,15 +491,7 @@ qemuTest(
     await writeDisk(disk);
     for (const subformat of ["streamOptimized", "monolithicSparse"]) {
       const image = join(dir.path, `${subformat}.vmdk`);
-      await qemuImg(
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        `subformat=${subformat}`,
-        disk,
-        image,
-      );
+      await toVmdk(disk, subformat, image);
       const out = join(dir.path, "out.raw");
       const piped = await runCli(["convert", "-q", "-O", "raw", "-", out], {
         stdin: await Deno.readFile(image),
@@ -414,14 +564,23 @@ async function readAll(bytes: Uint8Array): Promise<void> {
 /** Hostile bytes must fail with a one-line Qcow2Error or read. */
 async function assertContained(bytes: Uint8Array, what: string) {
   const started = performance.now();
-  try {
-    await readAll(bytes);
-  } catch (err) {
-    if (!(err instanceof Qcow2Error)) {
-      throw new Error(`${what}: ${(err as Error)?.stack ?? err}`);
+  // A read, and a check (which reads grain tables as QEMU does).
+  const check = async () => {
+    const r = await checkImage(new BytesSource(bytes, "t.vmdk"), {
+      format: "vmdk",
+    });
+    assert.ok([0, 1].includes(r.exitCode), `${what}: check ${r.exitCode}`);
+  };
+  for (const op of [() => readAll(bytes), check]) {
+    try {
+      await op();
+    } catch (err) {
+      if (!(err instanceof Qcow2Error)) {
+        throw new Error(`${what}: ${(err as Error)?.stack ?? err}`);
+      }
+      assert.ok(!err.message.includes("\n"), `${what}: ${err.message}`);
+      assert.match(err.message, /^Cannot /, what);
     }
-    assert.ok(!err.message.includes("\n"), `${what}: ${err.message}`);
-    assert.match(err.message, /^Cannot /, what);
   }
   assert.ok(performance.now() - started < 10_000, `${what}: too slow`);
 }
@@ -442,15 +601,7 @@ qemuTest(
     const images: Record<string, Uint8Array> = {};
     for (const subformat of ["monolithicSparse", "streamOptimized"]) {
       const image = join(dir.path, `${subformat}.vmdk`);
-      await qemuImg(
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        `subformat=${subformat}`,
-        disk,
-        image,
-      );
+      await toVmdk(disk, subformat, image);
       images[subformat] = await Deno.readFile(image);
     }
     const sparse = images.monolithicSparse;

@@ -15,6 +15,7 @@ import {
 import { SEVEN_ZIP, withTool } from "../_tools.ts";
 import { cli } from "../tools/_helpers.ts";
 import { runCli } from "../writer/_cli.ts";
+import { assertCheckAsQemu } from "./_oracle.ts";
 import { serveFiles } from "../streams/_server.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import { Qcow2Error } from "../../lib/format/errors.ts";
@@ -95,10 +96,15 @@ function sizeLines(text: string): string[] {
 async function assertInfoSizes(vhd: string, name: string): Promise<void> {
   using file = await Deno.open(vhd, { read: true, write: true });
   await file.sync();
-  assert.deepStrictEqual(
-    sizeLines(await ours(["info", "-f", "vpc", vhd])),
-    sizeLines(await qemuImg("info", "-f", "vpc", vhd)),
-    `${name}: info`,
+  const text = await ours(["info", "-f", "vpc", vhd]);
+  const theirs = await qemuImg("info", "-f", "vpc", vhd);
+  assert.deepStrictEqual(sizeLines(text), sizeLines(theirs), `${name}: info`);
+  // All of it, and the JSON.
+  assert.strictEqual(text, theirs, `${name}: info`);
+  assert.strictEqual(
+    await ours(["info", "-f", "vpc", "--output=json", vhd]),
+    await qemuImg("info", "-f", "vpc", "--output=json", vhd),
+    `${name}: info JSON`,
   );
 }
 
@@ -119,8 +125,10 @@ async function judge(dir: string, vhd: string, name: string): Promise<void> {
   await ours(["convert", "-f", "vpc", "-O", "qcow2", vhd, qcow2]);
   await qemuImg("compare", "-f", "vpc", "-F", "qcow2", vhd, qcow2);
   await qemuCheckClean(qcow2);
-  // (c) info: format, virtual size, disk size (and cluster_size).
+  // (c) info: format, virtual size, disk size (and cluster_size); check:
+  // "This image format does not support checks" (63), as qemu-img says.
   await assertInfoSizes(vhd, name);
+  assert.strictEqual(await assertCheckAsQemu(vhd, { format: "vpc" }), 63);
   // (d) map: the same data and zero coverage.
   assert.deepStrictEqual(
     coverage(await ours(["map", "-f", "vpc", "--output=json", vhd])),

@@ -13,6 +13,7 @@ import type {
   BlockStatus,
   BlockStatusOptions,
   Extent,
+  FormatCheck,
   GuestImage,
   ImageDescription,
   PlanItem,
@@ -21,6 +22,7 @@ import { checkRange, readExact } from "../_bounds.ts";
 import { extentsOf, readThroughPlan } from "../_read.ts";
 import { fileStatus, SourceHoles } from "../_file_status.ts";
 import { rawVirtualSize } from "../../format/geometry.ts";
+import { checkVdi } from "./check.ts";
 import {
   isAllocated,
   parseVdiHeader,
@@ -323,6 +325,15 @@ export class VdiImage implements GuestImage {
       clusterSize: this.header.blockSize,
       snapshots: [],
     });
+  }
+
+  /**
+   * QEMU's check of the block map (see {@linkcode checkVdi}).
+   *
+   * @returns What it found.
+   */
+  check(): Promise<FormatCheck> {
+    return checkVdi(this.#source, this.header);
   }
 
   /**

@@ -14,6 +14,7 @@ import type {
   BlockStatusOptions,
   Extent,
   ExtentKind,
+  FormatCheck,
   GuestImage,
   ImageDescription,
   PlanItem,
@@ -23,6 +24,7 @@ import { extentsOf, readThroughPlan } from "../_read.ts";
 import { readExact } from "../_bounds.ts";
 import { batEntry, BLOCK_STATE } from "./layout.ts";
 import { parentPath, type VhdxLayout } from "./open.ts";
+import { checkVhdx } from "./check.ts";
 
 /** A guest run of one payload block, as its BAT entry maps it. */
 export interface VhdxMapping {
@@ -349,6 +351,16 @@ export class VhdxImage implements GuestImage {
       d.backingFormat = "vhdx";
     }
     return Promise.resolve(d);
+  }
+
+  /**
+   * QEMU's check of the BAT (see {@linkcode checkVhdx}); meaningful on an
+   * image opened for `check`, whose blocks were not checked at open.
+   *
+   * @returns What it found.
+   */
+  check(): Promise<FormatCheck> {
+    return Promise.resolve(checkVhdx(this.#source, this.layout));
   }
 
   /**

@@ -57,6 +57,10 @@ export interface VhdxLayout {
   leaveBlocksAllocated: boolean;
   /** The BAT region. */
   batRegion: Region;
+  /** Every entry of region table 1, in order. */
+  regions: Region[];
+  /** BAT entries, payload and sector bitmap entries counted. */
+  batEntries: number;
   /** The BAT entries read (payload and sector bitmap entries interleaved). */
   bat: DataView;
 }
@@ -66,6 +70,8 @@ export interface VhdxLayout {
  *
  * @param source The image file.
  * @param name The image, for messages.
+ * @param check Opened for `check` (QEMU's `BDRV_O_CHECK`): the blocks the
+ * BAT names are left for the check (`checkVhdx`) to judge.
  * @returns The layout.
  * @throws {Qcow2Error} When the image is malformed, its log needs
  * replaying, or it is a differencing image.
@@ -73,6 +79,7 @@ export interface VhdxLayout {
 export async function readVhdx(
   source: RandomAccessSource,
   name: string,
+  check = false,
 ): Promise<VhdxLayout> {
   const read = (offset: number, length: number, what: string) =>
     readExact(source, offset, length, `${what} of ${name}`);
@@ -212,7 +219,7 @@ export async function readVhdx(
   sorted = true;
   const view = viewOf(batBytes);
   const virtualSize = Math.floor(md.virtualDiskSize / 512) * 512;
-  for (let block = 0; block < dataBlocks; block++) {
+  for (let block = 0; block < (check ? 0 : dataBlocks); block++) {
     const index = block + Math.floor(block / chunkRatio);
     const e = batEntry(view, index);
     const partial = md.parent !== undefined &&
@@ -234,7 +241,7 @@ export async function readVhdx(
       }
     }
   }
-  if (md.parent) {
+  if (md.parent && !check) {
     for (let chunk = 0; chunk * chunkRatio < dataBlocks; chunk++) {
       const index = chunk * (chunkRatio + 1) + chunkRatio;
       const b = batEntry(view, index);
@@ -258,6 +265,8 @@ export async function readVhdx(
     parent: md.parent,
     leaveBlocksAllocated: md.leaveBlocksAllocated,
     batRegion: bat,
+    regions,
+    batEntries,
     bat: view,
   };
 }

@@ -38,7 +38,7 @@ export const vhdxType: ImageType = {
         `Cannot open image: ${context.name} is VHDX and has no snapshots`,
       );
     }
-    const layout = await readVhdx(source, context.name);
+    const layout = await readVhdx(source, context.name, context.check);
     let parent: GuestImage | undefined;
     if (layout.parent !== undefined) {
       const stored = parentName(layout.parent, context.name);

@@ -6,13 +6,14 @@
  * @module
  */
 
-import { hex, InternalError } from "../../format/errors.ts";
+import { hex } from "../../format/errors.ts";
 import { sectorsFor } from "../../format/compressed.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
   Extent,
+  FormatCheck,
   GuestImage,
   ImageDescription,
   InfoValue,
@@ -21,6 +22,7 @@ import type {
 import { checkRange, readExact } from "../_bounds.ts";
 import { extentsOf, readThroughPlan } from "../_read.ts";
 import { fileStatus, type SourceHoles } from "../_file_status.ts";
+import { checkVmdk } from "./check.ts";
 import {
   checkGrainData,
   FLAG_MARKER,
@@ -50,8 +52,6 @@ export type VmdkExtent =
       holes: SourceHoles;
     }
     | { kind: "sparse"; sparse: SparseExtent }
-    /** An extent not opened (the image is only described). */
-    | { kind: "unopened" }
   );
 
 /** What a {@linkcode VmdkImage} is built from. */
@@ -223,7 +223,6 @@ export class VmdkImage implements GuestImage {
   ): AsyncGenerator<PlanItem> {
     checkRange(offset, length, this.virtualSize);
     for (const { e, from, to } of this.#overlaps(offset, offset + length)) {
-      if (e.kind === "unopened") throw notOpened(e);
       if (e.kind === "flat") {
         yield {
           offset: from,
@@ -346,7 +345,6 @@ export class VmdkImage implements GuestImage {
   ): AsyncGenerator<BlockStatus> {
     checkRange(offset, length, this.virtualSize);
     for (const { e, from, to } of this.#overlaps(offset, offset + length)) {
-      if (e.kind === "unopened") throw notOpened(e);
       if (e.kind === "flat") {
         const probe = options.holes ? e.holes.probe : undefined;
         const fileSize = Math.ceil(e.source.size / 512) * 512;
@@ -402,7 +400,7 @@ export class VmdkImage implements GuestImage {
       o["virtual-size"] = e.length;
       o.filename = e.name;
       if (e.kind === "sparse") o["cluster-size"] = e.sparse.grainSize;
-      o.format = e.kind === "sparse" ? "" : e.type;
+      o.format = e.type;
       return o;
     });
     const data: { [key: string]: InfoValue } = {};
@@ -416,12 +414,26 @@ export class VmdkImage implements GuestImage {
       snapshots: [],
       specific: { type: "vmdk", data },
     };
-    if (first?.kind === "sparse") d.clusterSize = first.sparse.grainSize;
+    // QEMU gives a cluster size when every extent is of the first's kind
+    // (flat, or sparse with its compression and grain size) and that kind
+    // is sparse.
+    if (
+      first?.kind === "sparse" && init.extents.every((e) => sameKind(first, e))
+    ) d.clusterSize = first.sparse.grainSize;
     if (init.parentHint !== undefined) {
       d.backingFile = init.parentHint;
       d.backingFormat = "vmdk";
     }
     return Promise.resolve(d);
+  }
+
+  /**
+   * QEMU's check of the extents (see {@linkcode checkVmdk}).
+   *
+   * @returns What it found.
+   */
+  check(): Promise<FormatCheck> {
+    return checkVmdk(this.#init.extents);
   }
 
   /**
@@ -444,9 +456,9 @@ export class VmdkImage implements GuestImage {
   }
 }
 
-/** An extent read where the image was opened only to be described. */
-function notOpened(e: VmdkExtent): InternalError {
-  return new InternalError(
-    `Cannot read extent ${e.name}: the image was opened to be described, not read`,
-  );
+/** Whether two extents are of one kind, as QEMU's `vmdk_get_info` asks. */
+function sameKind(a: VmdkExtent, b: VmdkExtent): boolean {
+  if (a.kind === "flat" || b.kind === "flat") return a.kind === b.kind;
+  return a.sparse.header.compressed === b.sparse.header.compressed &&
+    a.sparse.grainSize === b.sparse.grainSize;
 }

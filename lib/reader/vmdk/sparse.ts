@@ -28,6 +28,7 @@ import { hex, Qcow2Error } from "../../format/errors.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import { LruCache } from "../../io/lru.ts";
 import { readExact } from "../_bounds.ts";
+import { readPadded } from "../read.ts";
 
 /** `KDMV`, the first four bytes of a hosted sparse extent. */
 export const VMDK4_MAGIC = 0x4b444d56;
@@ -423,21 +424,39 @@ export class SparseExtent {
     );
   }
 
-  async #table(index: number): Promise<Uint32Array | undefined> {
+  /**
+   * A grain table by its index in the grain directory.
+   *
+   * @param index The grain directory entry.
+   * @param padded Read it as QEMU does, zero-filled past the end of the
+   * file, rather than refuse it there.
+   * @returns Its entries, or undefined when the entry is 0 (no table).
+   */
+  async table(
+    index: number,
+    padded = false,
+  ): Promise<Uint32Array | undefined> {
     const sector = this.#gd[index];
     if (sector === 0) return undefined;
-    let table = this.#tables.get(sector);
+    // A table read zero-filled is cached apart from one read strictly.
+    const key = padded ? -sector : sector;
+    let table = this.#tables.get(key);
     if (!table) {
-      table = this.#loadTable(index, sector);
-      this.#tables.set(sector, table, this.header.gtes * 4);
+      table = this.#loadTable(index, sector, padded);
+      this.#tables.set(key, table, this.header.gtes * 4);
       table.catch(() => {});
     }
     return await table;
   }
 
-  async #loadTable(index: number, sector: number): Promise<Uint32Array> {
+  async #loadTable(
+    index: number,
+    sector: number,
+    padded: boolean,
+  ): Promise<Uint32Array> {
     const n = this.header.gtes;
     const at = sector * 512;
+    if (padded) return u32Entries(await readPadded(this.source, at, n * 4), n);
     if (at + n * 4 > this.source.size) {
       throw new Qcow2Error(
         "TRUNCATED",
@@ -478,7 +497,7 @@ export class SparseExtent {
       const from = grain % n;
       grain = (t + 1) * n;
       if (sector === 0 || this.#empty.has(sector)) continue;
-      const table = (await this.#table(t))!;
+      const table = (await this.table(t))!;
       for (let j = from; j < n && t * n + j < grains; j++) {
         const e = table[j];
         if (e !== 0 && !(zeroed && e === GTE_ZEROED)) {
@@ -498,7 +517,7 @@ export class SparseExtent {
    */
   async lookup(offset: number): Promise<GrainState> {
     const grain = Math.floor(offset / this.grainSize);
-    const table = await this.#table(Math.floor(grain / this.header.gtes));
+    const table = await this.table(Math.floor(grain / this.header.gtes));
     if (!table) {
       const coverage = this.grainSize * this.header.gtes;
       return { kind: "unallocated", span: coverage - (offset % coverage) };

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "../../format/errors.ts";
+import { hex, InternalError, Qcow2Error } from "../../format/errors.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import type { GuestImage } from "../image.ts";
 import type { ImageType, OpenContext } from "../image_type.ts";
@@ -231,17 +231,21 @@ async function openExtents(
     }
     let opened;
     try {
-      opened = await context.dataFile(line.file);
+      // An extent is part of the image: opened even to describe it.
+      opened = await context.dataFile(line.file, true);
     } catch (err) {
       throw referenceError(err, "extent");
     }
     const src = opened.source;
-    if (src) owned.push(src);
+    if (src === undefined) {
+      throw new InternalError(
+        `Cannot open extent ${opened.name}: the walk did not open it`,
+      );
+    }
+    owned.push(src);
     const base = { start, type: line.type, name: opened.name };
     let extent: VmdkExtent;
-    if (src === undefined) {
-      extent = { ...base, length: line.sectors * 512, kind: "unopened" };
-    } else if (line.type === "SPARSE") {
+    if (line.type === "SPARSE") {
       const sparse = await SparseExtent.open(
         src,
         opened.name,
