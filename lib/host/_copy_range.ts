@@ -1,12 +1,9 @@
 // Copying file ranges in the kernel, through Linux's copy_file_range(2):
 // the bytes go from one file to the other without being read into this
 // process (page cache to page cache on ext4; on XFS and btrfs the extents
-// may even be shared). Deno has no such call and its files expose no
-// descriptor, so libc is called through FFI and the files are opened a
-// second time by path, each checked to be the very file meant (device and
-// inode of the new descriptor, read through /proc/self/fd). The calls are
-// `nonblocking`: each runs on a thread of Deno's blocking pool, so several
-// are in flight beside the main thread. Without FFI (no permission, not
+// may even be shared). Called through FFI (lib/host/_libc.ts), each call
+// on a thread of Deno's blocking pool, so several are in flight beside
+// the main thread. Without FFI (no permission, not
 // Linux, no libc), or when a call fails for any reason (EXDEV across file
 // systems on older kernels, EINVAL for a device, ENOSYS), there is no
 // copy and the caller reads and writes instead: errno is not read (it
@@ -18,6 +15,10 @@
 
 import type { HoleProbe } from "../io/host_files.ts";
 import type { FileIdentity } from "../io/source.ts";
+import { loadLibc, O_RDONLY, O_WRONLY, openChecked } from "./_libc.ts";
+
+/** Most bytes asked of one call (Linux copies at most about 2 GiB a call). */
+const MOST_PER_CALL = 1 << 30;
 
 /** Two open files between which ranges are copied in the kernel. */
 export interface RangeCopier {
@@ -30,74 +31,6 @@ export interface RangeCopier {
   copy(from: number, to: number, length: number): Promise<boolean>;
   /** Waits for the copies in flight, then closes both descriptors. */
   close(): Promise<void>;
-}
-
-const SYMBOLS = {
-  open: { parameters: ["buffer", "i32"], result: "i32" },
-  close: { parameters: ["i32"], result: "i32" },
-  copy_file_range: {
-    parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"],
-    result: "isize",
-    nonblocking: true,
-  },
-} as const;
-
-const O_RDONLY = 0;
-const O_WRONLY = 1;
-const O_CLOEXEC = 0o2000000;
-
-/** Most bytes asked of one call (Linux copies at most about 2 GiB a call). */
-const MOST_PER_CALL = 1 << 30;
-
-type Libc = Deno.DynamicLibrary<typeof SYMBOLS>;
-
-let libc: Libc | null | undefined;
-
-/**
- * libc, loaded once for the process (it stays loaded anyway), or null
- * where there is none to call: another system than Linux, or FFI not
- * granted. Asked first, so that running without --allow-ffi neither
- * prompts nor throws: the copy is an optimization.
- */
-function loadLibc(): Libc | null {
-  if (libc !== undefined) return libc;
-  libc = null;
-  if (
-    Deno.build.os === "linux" &&
-    Deno.permissions.querySync({ name: "ffi" }).state === "granted"
-  ) {
-    try {
-      libc = Deno.dlopen("libc.so.6", SYMBOLS);
-    } catch {
-      libc = null;
-    }
-  }
-  return libc;
-}
-
-/** Opens `path` with libc; the descriptor, only if it is the file `want`. */
-function openChecked(
-  lib: Libc,
-  path: string,
-  flags: number,
-  want: { dev: number; ino: number },
-): number | undefined {
-  if (path.includes("\0")) return undefined;
-  const fd = lib.symbols.open(
-    new TextEncoder().encode(path + "\0"),
-    flags | O_CLOEXEC,
-  );
-  if (fd < 0) return undefined;
-  try {
-    const info = Deno.statSync(`/proc/self/fd/${fd}`);
-    if (info.dev === want.dev && info.ino === want.ino && info.isFile) {
-      return fd;
-    }
-  } catch {
-    // no /proc, or no permission to read it: the file cannot be checked
-  }
-  lib.symbols.close(fd);
-  return undefined;
 }
 
 /**
