@@ -11,6 +11,7 @@ import { OutputFile } from "../../lib/host/output_file.ts";
 import { expandToPath } from "../../lib/reader/expand_to_path.ts";
 import { openImage } from "../../lib/reader/open.ts";
 import {
+  createQcow2,
   HAVE_QEMU,
   qemuCompareIdentical,
   qemuImg,
@@ -189,16 +190,12 @@ fsTest(
   async () => {
     await using dir = await tempDir();
     await using fs = await mountFs(dir.path, "xfs");
-    const src = join(fs.path, "prealloc.qcow2");
-    await qemuImg(
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
+    const src = await createQcow2(
+      fs.path,
+      "prealloc.qcow2",
+      "256M",
       "-o",
       "preallocation=metadata",
-      src,
-      "256M",
     );
     await qemuIo(src, ["write -P 0x11 128M 64k"]);
     const out = join(fs.path, "prealloc.raw");
