@@ -5,6 +5,7 @@
  */
 
 import { openHoleProber } from "./_holes.ts";
+import { loadLibc, O_RDONLY, openChecked } from "./_libc.ts";
 import { fileError } from "../io/os_errors.ts";
 import { Recycler } from "../bytes/recycle.ts";
 import { isZero } from "../bytes/zeros.ts";
@@ -114,11 +115,23 @@ async function readUpTo(
 }
 
 /**
+ * Reads of a raw source in flight at once: from a cold cache a disk
+ * answers several requests in parallel (`qemu-img convert -m 16` keeps 16
+ * out). They run in parallel only through FFI (`pread` called
+ * `nonblocking`, on Deno's blocking pool): Deno's own reads of a file run
+ * on the main thread, one at a time (bench/RESULTS.md, issue 26).
+ */
+const READS_AHEAD = 8;
+
+/**
  * A raw file as a stream for the forward pipeline, skipping its holes: data
  * extents are read in chunks of `chunkSize` bytes, holes (found with
  * `lseek(SEEK_DATA/SEEK_HOLE)` through FFI, as qemu-img does) become
  * `{ zeros: n }` and are never read. Without FFI (no permission, another
- * system) the whole file is read.
+ * system) the whole file is read. Several reads run ahead at once: with
+ * FFI on Linux through `pread` on a descriptor of its own (checked to be
+ * the same file), each on a thread beside the main one; else each on a
+ * descriptor of its own, in turn.
  *
  * @param path The file.
  * @param chunkSize Largest data chunk.
@@ -149,78 +162,141 @@ export function sparseFileChunks(
   options: { recycle?: boolean } = {},
 ): ReadableStream<Uint8Array | { zeros: number }> {
   const buffers = options.recycle ? new Recycler(chunkSize) : undefined;
-  let file: Deno.FsFile | undefined;
+  /** Descriptors not reading now; all of them, to close. */
+  const idle: Deno.FsFile[] = [];
+  const files: Deno.FsFile[] = [];
   let size = 0;
-  let pos = 0;
+  let pos = 0; // where the next piece starts
   let dataEnd = 0; // end of the data extent being read
   const prober = openHoleProber();
   const probe = prober.open(path);
   const release = () => {
     probe?.close();
     prober[Symbol.dispose]();
-    try {
-      file?.close();
-    } catch {
-      // already closed
+    if (fd !== undefined) {
+      // Closed once no pread uses it: the number could be reused meanwhile.
+      const last = fd;
+      fd = undefined;
+      Promise.allSettled(ahead).then(() => libc!.symbols.close(last));
+    }
+    for (const file of files.splice(0)) {
+      try {
+        file.close();
+      } catch {
+        // already closed
+      }
     }
   };
   type Piece = Uint8Array | { zeros: number };
-  /** The next pieces of the file, none at its end. One runs at a time. */
-  const step = async (): Promise<Piece[]> => {
-    const at = pos;
+  const libc = loadLibc();
+  let fd: number | undefined; // with libc: pread(2) on it, in parallel
+  /**
+   * Fills `into` from offset `at` with pread(2); fewer bytes at the end of
+   * the file, or undefined when a call failed (errno belongs to the pool's
+   * thread: Deno's read then says why).
+   */
+  const pread = async (
+    at: number,
+    into: Uint8Array,
+  ): Promise<Uint8Array | undefined> => {
+    let filled = 0;
+    while (filled < into.length) {
+      const n = Number(
+        await libc!.symbols.pread(
+          fd!,
+          into.subarray(filled),
+          BigInt(into.length - filled),
+          BigInt(at + filled),
+        ),
+      );
+      if (n < 0) return undefined;
+      if (n === 0) break;
+      filled += n;
+    }
+    return into.subarray(0, filled);
+  };
+  /** Reads `want` bytes at `at` on an idle descriptor. */
+  const read = async (at: number, want: number): Promise<Piece[]> => {
+    const into = buffers?.take().subarray(0, want) ?? new Uint8Array(want);
+    let buf = fd === undefined ? undefined : await pread(at, into);
+    const file = idle.pop()!;
     try {
-      if (pos >= size) return [];
-      if (pos >= dataEnd) {
-        const found = probe?.find(pos);
-        if (found === "enxio") {
-          pos = size;
-          return [{ zeros: size - at }];
-        }
-        if (found === undefined) {
-          dataEnd = size; // no information: everything is data
-        } else if (found.data > pos) {
-          pos = Math.min(found.data, size);
-          return [{ zeros: pos - at }];
-        } else {
-          dataEnd = Math.min(found.hole, size);
-        }
-        file!.seekSync(pos, Deno.SeekMode.Start);
+      if (!buf) {
+        file.seekSync(at, Deno.SeekMode.Start);
+        buf = await readUpTo(file, into);
       }
-      const want = Math.min(chunkSize, dataEnd - pos);
-      const into = buffers?.take().subarray(0, want) ?? new Uint8Array(want);
-      const buf = await readUpTo(file!, into);
-      if (buf.length < want) {
-        // The file shrank while being read: the rest reads as zeros.
-        pos = size;
-        return [buf, { zeros: size - at - buf.length }];
-      }
-      pos += want;
-      if (isZero(buf)) {
-        // Zeros on disk (a zeroed journal, inode tables) go on as a hole:
-        // the buffer is free again at once, and no stage scans it again.
-        buffers?.giveBack(buf);
-        return [{ zeros: want }];
-      }
+      // The file shrank while being read: the rest reads as zeros.
+      if (buf.length < want) return [buf, { zeros: want - buf.length }];
       return [buf];
     } catch (err) {
       throw fileError(`read ${path} at offset ${at}`, err);
+    } finally {
+      idle.push(file);
     }
   };
-  let ahead: Promise<Piece[]> | undefined;
+  /** The next pieces of the file as a job in order, none at its end. */
+  const next = (): Promise<Piece[]> => {
+    const at = pos;
+    if (pos >= size) return Promise.resolve([]);
+    if (pos >= dataEnd) {
+      const found = probe?.find(pos);
+      if (found === "enxio") {
+        pos = size;
+        return Promise.resolve([{ zeros: size - at }]);
+      }
+      if (found === undefined) {
+        dataEnd = size; // no information: everything is data
+      } else if (found.data > pos) {
+        pos = Math.min(found.data, size);
+        return Promise.resolve([{ zeros: pos - at }]);
+      } else {
+        dataEnd = Math.min(found.hole, size);
+      }
+    }
+    const want = Math.min(chunkSize, dataEnd - pos);
+    pos += want;
+    return read(at, want);
+  };
+  /** Jobs in file order; reads among them run at once. */
+  const ahead: Promise<Piece[]>[] = [];
+  const fill = () => {
+    while (ahead.length < READS_AHEAD && pos < size) {
+      const job = next();
+      job.catch(() => {}); // awaited in order by pull
+      ahead.push(job);
+    }
+  };
   return new ReadableStream<Uint8Array | { zeros: number }>({
     async start() {
       try {
-        file = await Deno.open(path, { read: true });
-        size = (await file.stat()).size;
+        let first: Deno.FileInfo | undefined;
+        for (let i = 0; i < READS_AHEAD; i++) {
+          const file = await Deno.open(path, { read: true });
+          files.push(file);
+          const info = await file.stat();
+          first ??= info;
+          if (info.dev !== first.dev || info.ino !== first.ino) {
+            throw new Error("it was replaced while being opened");
+          }
+          idle.push(file);
+        }
+        size = first!.size;
+        if (libc && first!.ino !== null) {
+          fd = openChecked(libc, path, O_RDONLY, {
+            dev: first!.dev,
+            ino: first!.ino,
+          });
+        }
       } catch (err) {
         release();
         throw fileError(`open ${path}`, err);
       }
     },
     async pull(controller) {
+      fill();
       let pieces: Piece[];
       try {
-        pieces = await (ahead ?? step());
+        pieces = await (ahead.shift() ?? Promise.resolve([]));
       } catch (err) {
         release();
         throw err;
@@ -230,11 +306,18 @@ export function sparseFileChunks(
         controller.close();
         return;
       }
-      for (const piece of pieces) controller.enqueue(piece);
-      // The next read runs on Deno's I/O threads while this one goes down
-      // the pipeline (zero scan, writes) on this thread.
-      ahead = step();
-      ahead.catch(() => {}); // awaited by the next pull
+      for (const piece of pieces) {
+        if (piece instanceof Uint8Array && isZero(piece)) {
+          // Zeros on disk (a zeroed journal, inode tables) go on as a
+          // hole: the buffer is free again at once, and no stage scans it
+          // again.
+          buffers?.giveBack(piece);
+          controller.enqueue({ zeros: piece.length });
+        } else controller.enqueue(piece);
+      }
+      // The next reads run on Deno's I/O threads while this piece goes
+      // down the pipeline (zero scan, writes) on this thread.
+      fill();
     },
     cancel() {
       release();

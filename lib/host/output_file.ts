@@ -13,7 +13,9 @@ import { fileError, fileReason, ioCode, ioReason } from "../io/os_errors.ts";
 import { trackTemporary, untrackTemporary } from "./temp.ts";
 import { inspectDestination, temporaryName } from "./_destination.ts";
 import { assertNotInput } from "../io/identity.ts";
-import type { FileIdentity } from "../io/source.ts";
+import type { FileIdentity, RandomAccessSource } from "../io/source.ts";
+import { hostFiles } from "../io/host_files.ts";
+import { openRangeCopier, type RangeCopier } from "./_copy_range.ts";
 
 /**
  * Options of {@linkcode OutputFile.create}.
@@ -172,6 +174,10 @@ export class OutputFile {
   #sync: boolean;
   #target: string;
   #noClobber: boolean;
+  /** Per source: its copier, or null once it cannot (or failed to) copy. */
+  #copiers = new Map<RandomAccessSource, RangeCopier | null>();
+  /** Every copier opened, closed before the file is. */
+  #opened: RangeCopier[] = [];
 
   private constructor(opened: Opened) {
     this.path = opened.path;
@@ -364,6 +370,85 @@ export class OutputFile {
   }
 
   /**
+   * Copies a range of a local file opened with `FileSource` into the
+   * output in the kernel (Linux's `copy_file_range`, through FFI), the
+   * bytes never read into memory. The range must read as zeros before (a
+   * new file): the source's holes are left out, holes in the output too. Several copies may be in flight, each
+   * running on its own thread. Resolves false, and copies nothing more
+   * from that source, where it cannot: no `--allow-ffi`, not Linux,
+   * another kind of source, a device, or a call that failed (files on two
+   * file systems with an older kernel); the caller then writes the range
+   * with {@linkcode OutputFile.writeAt}.
+   *
+   * @param source Where the bytes are.
+   * @param sourceOffset Where they start in the source.
+   * @param offset Where they go in the output.
+   * @param length How many.
+   * @returns Whether all of them were copied.
+   *
+   * @example Copy the middle of a file
+   * ```ts
+   * import assert from "node:assert";
+   * import { FileSource } from "./file_source.ts";
+   * import { OutputFile } from "./output_file.ts";
+   * const dir = await Deno.makeTempDir();
+   * await Deno.writeFile(`${dir}/in`, new Uint8Array([1, 2, 3, 4]));
+   * await using source = await FileSource.open(`${dir}/in`);
+   * const out = await OutputFile.create(`${dir}/out`);
+   * if (!await out.copyFrom(source, 1, 0, 2)) { // without FFI: written
+   *   await out.writeAt(0, await source.read(1, 2));
+   * }
+   * await out.commit();
+   * assert.deepStrictEqual(await Deno.readFile(`${dir}/out`), new Uint8Array([2, 3]));
+   * await Deno.remove(dir, { recursive: true });
+   * ```
+   */
+  async copyFrom(
+    source: RandomAccessSource,
+    sourceOffset: number,
+    offset: number,
+    length: number,
+  ): Promise<boolean> {
+    if (this.isDevice || this.#done) return false;
+    let copier = this.#copiers.get(source);
+    if (copier === undefined) {
+      copier = this.#openCopier(source) ?? null;
+      this.#copiers.set(source, copier);
+      if (copier) this.#opened.push(copier);
+    }
+    if (!copier) return false;
+    const copied = await copier.copy(sourceOffset, offset, length);
+    if (!copied) this.#copiers.set(source, null);
+    return copied;
+  }
+
+  #openCopier(source: RandomAccessSource): RangeCopier | undefined {
+    const files = hostFiles();
+    const path = files?.pathOf(source);
+    const identity = files?.identity(source);
+    if (path === undefined || identity === undefined) return undefined;
+    let info: Deno.FileInfo;
+    try {
+      info = this.#file.statSync();
+    } catch {
+      return undefined;
+    }
+    if (info.ino === null) return undefined;
+    return openRangeCopier(
+      { path, identity, holes: files!.holeProbe(source) },
+      { path: this.writingPath, identity: { dev: info.dev, ino: info.ino } },
+    );
+  }
+
+  /** Waits for the copies in flight and closes their descriptors. */
+  async #closeCopiers(): Promise<void> {
+    const opened = this.#opened;
+    this.#opened = [];
+    this.#copiers.clear();
+    await Promise.all(opened.map((c) => c.close()));
+  }
+
+  /**
    * Writes out what is buffered (so the file can be read back).
    *
    * @returns When the buffered bytes are written.
@@ -420,6 +505,7 @@ export class OutputFile {
    * file cannot be flushed, truncated or renamed.
    */
   async commit(size?: number): Promise<void> {
+    await this.#closeCopiers();
     this.#flush();
     try {
       if (size !== undefined && !this.inPlace) {
@@ -473,6 +559,7 @@ export class OutputFile {
   async abort(): Promise<void> {
     if (this.#done) return;
     this.#done = true;
+    await this.#closeCopiers();
     try {
       this.#file.close();
     } catch {

@@ -7,6 +7,8 @@
  * @module
  */
 
+import type { RandomAccessSource } from "./source.ts";
+
 /**
  * A destination written at offsets and then committed (or aborted). The
  * writer calls {@linkcode ImageSink.writeAt} any number of times, then
@@ -41,6 +43,24 @@ export interface ImageSink {
    * promise resolves.
    */
   writeAt(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * Copies `length` bytes at `sourceOffset` of `source` to `offset` of the
+   * output without reading them into memory (Linux's `copy_file_range`
+   * between two local files). Optional: a sink that cannot leaves it out
+   * or resolves false, and the caller reads the bytes and writes them.
+   * Several copies may be in flight at once, each to its own range. Only
+   * into a range that reads as zeros (a new file): holes of the source
+   * may be left out.
+   *
+   * @returns Whether all the bytes were copied; false leaves the range for
+   * {@linkcode ImageSink.writeAt}.
+   */
+  copyFrom?(
+    source: RandomAccessSource,
+    sourceOffset: number,
+    offset: number,
+    length: number,
+  ): Promise<boolean>;
   /**
    * Completes the output with its final size (bytes never written read as
    * zeros), making it visible under its name.

@@ -37,6 +37,7 @@ import { BufferPool } from "../bytes/recycle.ts";
 import { readError } from "../io/os_errors.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import type { PlanItem, Segment } from "./image.ts";
+import type { ImageSink } from "../io/sink.ts";
 import {
   decompressError,
   inlineCodec,
@@ -54,6 +55,16 @@ export const DEFAULT_JOBS_AHEAD = 64;
 export const LOCAL_CHUNKS_AHEAD = 2;
 /** Chunks of guest bytes ahead while a read is from a remote source. */
 export const REMOTE_CHUNKS_AHEAD = 16;
+/**
+ * Copies in flight, and the guest bytes of each, when data is copied file
+ * to file: they hold no memory, and several large ones outstanding let a
+ * cold disk answer them in parallel, as `qemu-img convert -m 16` keeps 16
+ * requests out. Expanding a 2 GiB ext4 image of /usr (1 GB of data) from a
+ * cold cache: 8 copies of 8 MiB about as fast as 16 of 16 MiB, ahead of 16
+ * of 2 MiB and of 32 of 1 MiB (bench/RESULTS.md, issue 26).
+ */
+export const COPIES_AHEAD = 8;
+export const COPY_CHUNK = 8 * 1024 * 1024;
 /** Segments queued in all (holes included), per job allowed ahead. */
 const SEGMENTS_PER_JOB = 16;
 
@@ -91,6 +102,8 @@ interface Queued {
   segment: Promise<Segment>;
   /** Guest bytes of its read or decompression job; 0 for none. */
   bytes: number;
+  /** Whether its job is a copy, file to file. */
+  copy?: boolean;
   /** Whether its job reads from a source without `readInto`. */
   remote: boolean;
   /** The pooled buffer its bytes are in, known once it is read. */
@@ -113,7 +126,18 @@ export interface ReadAheadOptions {
   pool?: CodecPool;
   /** Read into buffers used again (see the buffer rule above). */
   reuseBuffers?: boolean;
+  /**
+   * Copies a data piece's bytes to their guest offset in the output, file
+   * to file; resolves false where it cannot, and the piece is read instead.
+   */
+  copy?: CopyRange;
 }
+
+/**
+ * Copies a range of a source to a guest offset of the output (an
+ * `ImageSink.copyFrom`); false when it cannot.
+ */
+type CopyRange = NonNullable<ImageSink["copyFrom"]>;
 
 /**
  * Plan items in, segments out in the same order, with reads and
@@ -124,6 +148,10 @@ export class ReadAhead {
   readonly #chunk: number;
   readonly #budget: ReadAheadBudget;
   readonly #pool: CodecPool | undefined;
+  /** Cleared once a copy could not be made: the rest is read. */
+  #copy: CopyRange | undefined;
+  /** Of the queued segments, those whose job is a copy. */
+  #copies = 0;
   /** With reuseBuffers: where every buffer of a job comes from. */
   readonly #buffers: BufferPool | undefined;
   /** Segments in guest order, oldest first. */
@@ -149,13 +177,14 @@ export class ReadAhead {
     this.#chunk = options.chunk;
     this.#budget = options.budget;
     this.#pool = options.pool;
+    this.#copy = options.copy;
     this.#buffers = options.reuseBuffers ? new BufferPool() : undefined;
   }
 
   /** Whether the budget is spent: segments must be taken before more is added. */
   get full(): boolean {
     const b = this.#budget;
-    return this.#jobs >= b.jobs ||
+    return this.#jobs >= b.jobs || this.#copies >= COPIES_AHEAD ||
       this.#jobBytes >= (this.#remoteJobs > 0 ? b.remoteBytes : b.localBytes) ||
       this.#queue.length >= b.segments;
   }
@@ -166,19 +195,21 @@ export class ReadAhead {
   }
 
   /**
-   * The pieces `item` is added as: a data item in chunks, each its own
-   * read; any other item whole.
+   * The pieces `item` is added as: a data item in chunks (of at least
+   * {@linkcode COPY_CHUNK} while data is copied), each its own read or
+   * copy; any other item whole.
    */
   *pieces(item: PlanItem): Generator<PlanItem> {
     if (item.kind !== "data") {
       yield item;
       return;
     }
-    for (let at = 0; at < item.length; at += this.#chunk) {
+    const chunk = this.#copy ? Math.max(COPY_CHUNK, this.#chunk) : this.#chunk;
+    for (let at = 0; at < item.length; at += chunk) {
       yield {
         ...item,
         offset: item.offset + at,
-        length: Math.min(this.#chunk, item.length - at),
+        length: Math.min(chunk, item.length - at),
         hostOffset: item.hostOffset! + at,
       };
     }
@@ -270,6 +301,7 @@ export class ReadAhead {
    */
   async next(): Promise<Segment> {
     const entry = this.#queue.shift()!;
+    if (entry.copy) this.#copies--;
     if (entry.bytes > 0) {
       this.#jobs--;
       this.#jobBytes -= entry.bytes;
@@ -286,8 +318,34 @@ export class ReadAhead {
     this.#queue.length = 0;
   }
 
+  /**
+   * Queues a copy of a data piece, file to file, read instead where it
+   * cannot be copied (and then every piece after it is read). A copy
+   * holds no memory, so it counts against {@linkcode COPIES_AHEAD} and not
+   * against the bytes of the budget; a piece read instead reads into a
+   * buffer of its own: at most COPIES_AHEAD of them, once.
+   */
+  #addCopy(piece: PlanItem, copy: CopyRange): void {
+    const { offset, length } = piece;
+    const source = piece.source!;
+    const segment = copy(source, piece.hostOffset!, offset, length).then(
+      async (copied): Promise<Segment> => {
+        if (copied) return { offset, length, data: null, copied };
+        this.#copy = undefined;
+        return { offset, length, data: await readDataItem(piece) };
+      },
+    );
+    segment.catch(() => {}); // awaited in order by next()
+    this.#queue.push({ segment, bytes: 0, remote: false, copy: true });
+    this.#copies++;
+  }
+
   /** Queues a read of a data piece, into a pooled buffer when it can. */
   #addData(piece: PlanItem): void {
+    if (this.#copy && piece.source) {
+      this.#addCopy(piece, this.#copy);
+      return;
+    }
     const buffer = this.#buffers && piece.source?.readInto
       ? this.#buffers.take(piece.length)
       : undefined;

@@ -67,13 +67,19 @@ const HOLE_GRANULE = 64 * 1024;
 /** Largest piece of zeros written at once. */
 const ZERO_PIECE = 4 * 1024 * 1024;
 
-/** The source's bytes in order as segments, holes as `data: null`. */
+/**
+ * The source's bytes in order as segments, holes as `data: null`; runs of
+ * data stored in a local file are copied file to file into `output` when
+ * it can (`copied`).
+ */
 async function* segmentsOf(
   source: ExpandSource,
   options: ReadImageOptions,
+  output?: ImageSink,
 ): AsyncGenerator<Segment> {
   if (!(source instanceof ReadableStream)) {
-    yield* readSegments(source, options);
+    const copyFrom = output?.copyFrom?.bind(output);
+    yield* readSegments(source, options, copyFrom);
     return;
   }
   let offset = 0;
@@ -131,7 +137,10 @@ async function writeZeros(
  * {@linkcode ImageSink} (an `OutputFile`, for example): zero and
  * unallocated ranges, and zero-filled data blocks, become holes, so a
  * 4 TiB image with three written clusters expands in moments and takes
- * kilobytes. The output is committed with the virtual size (or the
+ * kilobytes. Data stored uncompressed in a local file goes file to file
+ * in the kernel where the output can copy it (`ImageSink.copyFrom`:
+ * `OutputFile` with `--allow-ffi` on Linux), several copies in flight;
+ * such data is written whole, zero-filled blocks included. The output is committed with the virtual size (or the
  * stream's length) when complete; on error it is aborted.
  *
  * @param source An opened image, or a raw byte stream.
@@ -166,8 +175,12 @@ export async function expandToFile(
   // contract of ImageSink.writeAt), so read buffers can be used again.
   const reading = { reuseBuffers: true, ...options };
   try {
-    for await (const s of segmentsOf(source, reading)) {
-      if (s.data) {
+    // Copies leave the source's holes out: only where holes read as zeros.
+    const into = holes ? output : undefined;
+    for await (const s of segmentsOf(source, reading, into)) {
+      if (s.copied) {
+        written += s.length;
+      } else if (s.data) {
         written += await writeData(output, { ...s, data: s.data }, holes);
       } else if (!holes) {
         await writeZeros(output, s.offset, s.length);

@@ -150,6 +150,10 @@ function bounded(
       check(offset + data.length);
       return output.writeAt(offset, data);
     },
+    copyFrom: (source, sourceOffset, offset, length) => {
+      check(offset + length);
+      return output.copyFrom(source, sourceOffset, offset, length);
+    },
     commit: (end) => {
       check(end);
       return output.commit();

@@ -106,8 +106,13 @@ export interface Segment {
   offset: number;
   /** Length in bytes. */
   length: number;
-  /** The bytes, or null for zeros. */
+  /** The bytes, or null for zeros (or for bytes already `copied`). */
   data: Uint8Array | null;
+  /**
+   * The bytes were copied into the output already, file to file, by the
+   * `copy` function given to `readSegments()`; `data` is null.
+   */
+  copied?: true;
 }
 
 /**

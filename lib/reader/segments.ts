@@ -7,6 +7,7 @@
 
 import type { CodecPool } from "../codec/pool.ts";
 import type { GuestImage, Segment } from "./image.ts";
+import type { ImageSink } from "../io/sink.ts";
 import { DEFAULT_CHUNK, ReadAhead, readAheadBudget } from "./_read_ahead.ts";
 
 export type { Segment } from "./image.ts";
@@ -75,6 +76,10 @@ export interface ReadImageOptions {
  *
  * @param image An opened image.
  * @param options Pool, chunk size, range.
+ * @param copy Copies a run of data from the file holding it to its guest
+ * offset in an output (`ImageSink.copyFrom`): such a run comes out as a
+ * segment `copied`, its bytes never read; where the copy cannot be made,
+ * the run is read as usual.
  * @returns The segments, covering the range without gaps.
  * @throws {RangeError} When `chunkSize`, `maxInFlight` or
  * `maxInFlightBytes` is out of range.
@@ -94,6 +99,7 @@ export interface ReadImageOptions {
 export async function* readSegments(
   image: GuestImage,
   options: ReadImageOptions = {},
+  copy?: ImageSink["copyFrom"],
 ): AsyncGenerator<Segment> {
   const chunk = options.chunkSize ?? DEFAULT_CHUNK;
   const { maxInFlight, maxInFlightBytes } = options;
@@ -117,6 +123,7 @@ export async function* readSegments(
     budget: readAheadBudget(chunk, maxInFlight, maxInFlightBytes),
     pool: options.pool,
     reuseBuffers: options.reuseBuffers,
+    copy,
   });
   try {
     for await (const item of image.plan(start, length, 0)) {
