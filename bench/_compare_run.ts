@@ -2,9 +2,19 @@
 // both tools' command lines, `sync` and GNU time around each run, the
 // output verified by qemu-img, the runs interleaved.
 
-import { diskUsage } from "./_compare_disk.ts";
+import { type DiskMeta, diskUsage } from "./_compare_disk.ts";
 import type { Result, Sample, Tool } from "./_compare_report.ts";
-import { CACHE, loadavg, log, mib, must, ROOT, sh } from "./_compare_util.ts";
+import {
+  CACHE,
+  loadavg,
+  log,
+  type Machine,
+  MiB,
+  mib,
+  must,
+  ROOT,
+  sh,
+} from "./_compare_util.ts";
 
 /** Where outputs and GNU time's report go; removed at the end of a run. */
 export const RUN_DIR = `${CACHE}run/`;
@@ -121,32 +131,18 @@ async function verify(
         (check.stdout + check.stderr).trim().split("\n").slice(0, 3).join("; ")
       }`;
     }
-    const cmp = await sh("qemu-img", [
-      "compare",
-      "-f",
-      "raw",
-      "-F",
-      "qcow2",
-      reference,
-      out,
-    ]);
-    if (cmp.code !== 0) {
-      return `qemu-img compare exit ${cmp.code}: ${
-        (cmp.stdout + cmp.stderr).trim()
-      }`;
+  } else {
+    const size = (await Deno.stat(out)).size;
+    if (size !== virtualSize) {
+      return `raw output is ${size} bytes, expected ${virtualSize}`;
     }
-    return undefined;
-  }
-  const size = (await Deno.stat(out)).size;
-  if (size !== virtualSize) {
-    return `raw output is ${size} bytes, expected ${virtualSize}`;
   }
   const cmp = await sh("qemu-img", [
     "compare",
     "-f",
     "raw",
     "-F",
-    "raw",
+    op.kind === "forward" ? "qcow2" : "raw",
     reference,
     out,
   ]);
@@ -244,4 +240,58 @@ export async function runOp(
     }
   }
   return { op: op.id, label: op.label, kind: op.kind, scale, samples };
+}
+
+/**
+ * Fills Deno's module cache (transpiled TypeScript, npm packages) for
+ * ours: a 1 MiB conversion with each of `compressions` (`[]` for none).
+ */
+export async function warmModuleCache(
+  compressions: string[][],
+): Promise<void> {
+  const tiny = `${RUN_DIR}tiny.raw`;
+  await Deno.writeFile(tiny, new Uint8Array(MiB).fill(1));
+  for (const c of compressions) {
+    const [cmd, ...args] = oursArgv(["-O", "qcow2", ...c], tiny)(
+      `${RUN_DIR}tiny.qcow2`,
+    );
+    await must(cmd, args);
+  }
+}
+
+/**
+ * Prints the markdown report (with the failed checks after it) and writes
+ * every sample to `bench/.cache/<prefix>-<date>.json`.
+ */
+export async function finish(
+  prefix: string,
+  md: string[],
+  failed: string[],
+  samples: { machine: Machine; reps: number; results: Result[] },
+  disk: DiskMeta,
+): Promise<void> {
+  if (failed.length > 0) {
+    md.push("", "Failed verification:", "", ...failed.map((f) => `- ${f}`));
+  }
+  console.log(`\n${md.join("\n")}`);
+  const path = `${CACHE}${prefix}-${
+    samples.machine.date.replace(/[:.]/g, "-")
+  }.json`;
+  await Deno.writeTextFile(
+    path,
+    JSON.stringify({ ...samples, disk }, null, 2),
+  );
+  log(`\nAll samples written to ${path}`);
+}
+
+/** Removes the cached disk images of bench/.cache/, not the results. */
+export async function removeCachedDisks(): Promise<void> {
+  for (const e of await Array.fromAsync(Deno.readDir(CACHE))) {
+    if (e.name.startsWith("disk-") || e.name.startsWith("tree-")) {
+      await Deno.remove(`${CACHE}${e.name}`, { recursive: true });
+    }
+  }
+  log(
+    "Removed the cached disk images (pass --keep-cache to keep them for the next run)",
+  );
 }

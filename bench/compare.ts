@@ -68,13 +68,14 @@ import {
   textTable,
 } from "./_compare_report.ts";
 import {
-  CLI,
-  DENO,
+  finish,
   type Op,
   oursArgv,
   qemuArgv,
+  removeCachedDisks,
   RUN_DIR,
   runOp,
+  warmModuleCache,
 } from "./_compare_run.ts";
 
 const HELP = `Usage: deno task bench:compare [--quick] [--keep-cache] [--reps N]
@@ -241,23 +242,7 @@ async function main(): Promise<number> {
     // Warm up: the source into the page cache for both tools alike, and
     // Deno's module cache (transpiled TypeScript, npm packages) for ours.
     await must("sh", ["-c", `cat "${disk}" "${big}" > /dev/null`]);
-    const tiny = `${RUN_DIR}tiny.raw`;
-    await Deno.writeFile(tiny, new Uint8Array(MiB).fill(1));
-    for (const c of [[], ["--compress", "zlib"], ["--compress", "zstd"]]) {
-      await must(DENO, [
-        "run",
-        "-A",
-        CLI,
-        "convert",
-        "-q",
-        "--force",
-        "-O",
-        "qcow2",
-        ...c,
-        tiny,
-        `${RUN_DIR}tiny.qcow2`,
-      ]);
-    }
+    await warmModuleCache([[], ["--compress", "zlib"], ["--compress", "zstd"]]);
 
     log(`\nForward conversions (${reps} repetition(s) each):`);
     const kept: Record<string, string> = {};
@@ -355,32 +340,11 @@ async function main(): Promise<number> {
       "",
       ...targetLines(ts),
     ];
-    if (failed.length > 0) {
-      md.push("", "Failed verification:", "", ...failed.map((f) => `- ${f}`));
-    }
-    console.log(`\n${md.join("\n")}`);
-
-    const resultsPath = `${CACHE}results-${
-      info.date.replace(/[:.]/g, "-")
-    }.json`;
-    await Deno.writeTextFile(
-      resultsPath,
-      JSON.stringify({ machine: info, disk: meta, reps, results }, null, 2),
-    );
-    log(`\nAll samples written to ${resultsPath}`);
+    await finish("results", md, failed, { machine: info, reps, results }, meta);
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     await cleanupRun();
-    if (!values["keep-cache"]) {
-      for (const e of await Array.fromAsync(Deno.readDir(CACHE))) {
-        if (e.name.startsWith("disk-") || e.name.startsWith("tree-")) {
-          await Deno.remove(`${CACHE}${e.name}`, { recursive: true });
-        }
-      }
-      log(
-        "Removed the cached disk images (pass --keep-cache to keep them for the next run)",
-      );
-    }
+    if (!values["keep-cache"]) await removeCachedDisks();
   }
   return exitCode;
 }

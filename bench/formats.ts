@@ -48,21 +48,22 @@ import {
   failures,
   inputLine,
   machineLines,
+  mainTable,
   markdownTable,
   noiseLine,
   type Result,
-  secsText,
   summarize,
   textTable,
 } from "./_compare_report.ts";
 import {
-  CLI,
-  DENO,
+  finish,
   type Op,
   oursArgv,
   qemuArgv,
+  removeCachedDisks,
   RUN_DIR,
   runOp,
+  warmModuleCache,
 } from "./_compare_run.ts";
 
 /** A source format: how qemu-img makes it from the raw disk. */
@@ -197,35 +198,15 @@ function formatOps(f: SourceFormat, src: string): Op[] {
   ];
 }
 
-/** One row per path: times, their ratio, size ratio, peak RSS. */
+/**
+ * One row per path: compare.ts's columns without the output sizes, the
+ * size ratio only for the compressed outputs.
+ */
 function formatsTable(results: Result[], reps: number): string[][] {
-  const rows = [[
-    "source → output",
-    "ours s",
-    "qemu-img s",
-    "ours/qemu",
-    "ours CPU s",
-    "qemu CPU s",
-    "size ratio",
-    "ours RSS",
-    "qemu RSS",
-  ]];
-  for (const r of results) {
-    const o = summarize(r.samples.ours);
-    const q = summarize(r.samples.qemu);
-    rows.push([
-      r.label,
-      secsText(o, reps),
-      secsText(q, reps),
-      `${(o.secs / q.secs).toFixed(2)}×`,
-      o.cpuSecs.toFixed(2),
-      q.cpuSecs.toFixed(2),
-      r.kind === "forward" ? `${(o.size / q.size).toFixed(3)}×` : "",
-      mib(o.rss),
-      mib(q.rss),
-    ]);
-  }
-  return rows;
+  const keep = [0, 1, 2, 3, 4, 5, 8, 11, 12];
+  return mainTable(results, reps).map((row, i) =>
+    keep.map((c) => c === 8 && results[i - 1]?.kind === "expand" ? "" : row[c])
+  );
 }
 
 /** Whether ours is ahead of qemu-img on each path, one line each. */
@@ -307,23 +288,7 @@ async function main(): Promise<number> {
     const images = [];
     for (const f of formats) images.push(await formatImage(disk, f));
 
-    // Deno's module cache for ours (transpiled TypeScript, npm packages).
-    const tiny = `${RUN_DIR}tiny.raw`;
-    await Deno.writeFile(tiny, new Uint8Array(MiB).fill(1));
-    for (const c of ["zlib", "zstd"]) {
-      await must(DENO, [
-        "run",
-        "-A",
-        CLI,
-        "convert",
-        "-q",
-        "--force",
-        "--compress",
-        c,
-        tiny,
-        `${RUN_DIR}tiny.qcow2`,
-      ]);
-    }
+    await warmModuleCache([["--compress", "zlib"], ["--compress", "zstd"]]);
 
     for (const [i, f] of formats.entries()) {
       const src = images[i];
@@ -368,31 +333,11 @@ async function main(): Promise<number> {
       "",
       ...aheadLines(results),
     ];
-    if (failed.length > 0) {
-      md.push("", "Failed verification:", "", ...failed.map((f) => `- ${f}`));
-    }
-    console.log(`\n${md.join("\n")}`);
-    const resultsPath = `${CACHE}formats-${
-      info.date.replace(/[:.]/g, "-")
-    }.json`;
-    await Deno.writeTextFile(
-      resultsPath,
-      JSON.stringify({ machine: info, disk: meta, reps, results }, null, 2),
-    );
-    log(`\nAll samples written to ${resultsPath}`);
+    await finish("formats", md, failed, { machine: info, reps, results }, meta);
     return failed.length > 0 ? 1 : 0;
   } finally {
     await Deno.remove(RUN_DIR, { recursive: true }).catch(() => {});
-    if (!values["keep-cache"]) {
-      for (const e of await Array.fromAsync(Deno.readDir(CACHE))) {
-        if (e.name.startsWith("disk-") || e.name.startsWith("tree-")) {
-          await Deno.remove(`${CACHE}${e.name}`, { recursive: true });
-        }
-      }
-      log(
-        "Removed the cached disk images (pass --keep-cache to keep them for the next run)",
-      );
-    }
+    if (!values["keep-cache"]) await removeCachedDisks();
   }
 }
 
