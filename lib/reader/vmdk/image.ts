@@ -78,11 +78,13 @@ export interface VmdkImageInit {
 /** Most bytes one read of a compressed grain's marker takes. */
 const MARKER_PEEK = GRAIN_MARKER_BYTES + 2;
 /**
- * Bytes read at once where a compressed grain's marker is wanted: the
- * grains of a streamOptimized extent lie one after another, so one read
- * serves the markers of the next few dozen grains, where a read each
- * (16 Ki of them per GiB of 64 KiB grains, one after the other while the
- * plan is made) kept the conversion waiting.
+ * Bytes read at once where a compressed grain's marker is wanted from a
+ * source without `readInto` (over HTTP): the grains of a streamOptimized
+ * extent lie one after another, so one request serves the markers of the
+ * next few dozen grains, where a request each (16 Ki of them per GiB of
+ * 64 KiB grains, one after the other while the plan is made) is a round
+ * trip each. A local file reads the marker alone: it answers at once, and
+ * a window would copy every byte of the file once more.
  */
 const MARKER_WINDOW = 1024 * 1024;
 
@@ -297,9 +299,10 @@ export class VmdkImage implements GuestImage {
   }
 
   /**
-   * `length` bytes at `at` of `source`, from the window of bytes last read
-   * there, or from a new window read from `at` (a short file gets
-   * readExact's error for the bytes wanted).
+   * `length` bytes at `at` of `source`: from a local file directly; from
+   * a remote source out of the window of bytes last read there, or a new
+   * window read from `at` (a short file gets readExact's error for the
+   * bytes wanted).
    */
   async #peek(
     source: RandomAccessSource,
@@ -307,6 +310,7 @@ export class VmdkImage implements GuestImage {
     length: number,
     what: string,
   ): Promise<Uint8Array> {
+    if (source.readInto) return readExact(source, at, length, what);
     let w = this.#window;
     if (!w || w.source !== source || at < w.at || at + length > w.end) {
       const end = Math.min(at + MARKER_WINDOW, source.size);
