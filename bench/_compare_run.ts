@@ -16,8 +16,11 @@ import {
   sh,
 } from "./_compare_util.ts";
 
-/** Where outputs and GNU time's report go; removed at the end of a run. */
-export const RUN_DIR = `${CACHE}run/`;
+/**
+ * Where outputs and GNU time's report go; removed at the end of a run. One
+ * per process: a second bench run at the same time keeps its own.
+ */
+export const RUN_DIR = `${CACHE}run-${Deno.pid}/`;
 /** Our CLI. */
 export const CLI = `${ROOT}cli.ts`;
 
