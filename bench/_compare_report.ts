@@ -1,6 +1,7 @@
 // Tables and targets for bench/compare.ts.
 
-import { median, MiB, mib } from "./_compare_util.ts";
+import type { DiskMeta } from "./_compare_disk.ts";
+import { gib, type Machine, median, MiB, mib } from "./_compare_util.ts";
 
 /** Which program ran. */
 export type Tool = "ours" | "qemu";
@@ -226,4 +227,57 @@ export function targetLines(ts: Target[]): string[] {
   return ts.map((t) =>
     `- ${t.met ? "MET" : "NOT MET"}: ${t.name} (measured ${t.measured})`
   );
+}
+
+/** Every run whose output failed its check, one line each. */
+export function failures(results: Result[]): string[] {
+  return results.flatMap((r) =>
+    (["ours", "qemu"] as const).flatMap((t) =>
+      r.samples[t].filter((s) => !s.verified).map((s) =>
+        `${r.op}${r.scale === 4 ? " (4×)" : ""} ${t}: ${s.problem}`
+      )
+    )
+  );
+}
+
+/** The markdown lines saying what ran where: machine, versions, code. */
+export function machineLines(info: Machine): string[] {
+  return [
+    `- Machine: ${info.cpu}, ${info.cores} cores, ${info.ramGiB} GiB RAM, Linux ${info.kernel}; work dir on ${info.workDirFs}`,
+    `- Deno ${info.deno}; ${info.qemu}; ${info.mkfs}`,
+    `- Code: ${info.code}`,
+  ];
+}
+
+/** The markdown line describing the bench disk. */
+export function inputLine(meta: DiskMeta): string {
+  return `- Input: ${
+    gib(meta.virtualSize)
+  } raw disk, ext4 made by \`mkfs.ext4 -q -F -d\` from ${
+    meta.dirs.join(" ")
+  }; ${mib(meta.allocated)} allocated`;
+}
+
+/**
+ * The markdown line on noise: the cores other processes kept busy during
+ * the timed runs, the 1-minute load average when they started, and what
+ * was busy at the start.
+ */
+export function noiseLine(results: Result[], info: Machine): string {
+  const all = results.flatMap((r) => [...r.samples.ours, ...r.samples.qemu]);
+  const others = all.map((s) => s.otherCores);
+  const loads = all.map((s) => s.load);
+  return `- Noise: other processes kept a median ${
+    median(others).toFixed(2)
+  } (max ${
+    Math.max(...others).toFixed(2)
+  }) of the ${info.cores} cores busy during the timed runs (machine busy time from /proc/stat minus the command's own CPU time); 1-minute load average at the start of each run: median ${
+    median(loads).toFixed(2)
+  } (${Math.min(...loads).toFixed(2)}–${
+    Math.max(...loads).toFixed(2)
+  }), which counts the measured commands too${
+    info.busyProcesses.length > 0
+      ? `; busy at start: ${info.busyProcesses.join(", ")}`
+      : ""
+  }`;
 }

@@ -41,17 +41,13 @@ import {
   GiB,
   gib,
   have,
-  loadavg,
   log,
   machine,
-  median,
   MiB,
   mib,
   must,
-  ROOT,
-  sh,
 } from "./_compare_util.ts";
-import { buildBigDisk, buildDisk, diskUsage } from "./_compare_disk.ts";
+import { buildBigDisk, buildDisk } from "./_compare_disk.ts";
 import {
   httpMarkdown,
   type HttpRow,
@@ -59,19 +55,28 @@ import {
   runHttp,
 } from "./_compare_http.ts";
 import {
+  failures,
+  inputLine,
+  machineLines,
   mainTable,
   markdownTable,
+  noiseLine,
   type Result,
-  type Sample,
   scalingTable,
   targetLines,
   targets,
   textTable,
-  type Tool,
 } from "./_compare_report.ts";
-
-const RUN_DIR = `${CACHE}run/`;
-const CLI = `${ROOT}cli.ts`;
+import {
+  finish,
+  type Op,
+  oursArgv,
+  qemuArgv,
+  removeCachedDisks,
+  RUN_DIR,
+  runOp,
+  warmModuleCache,
+} from "./_compare_run.ts";
 
 const HELP = `Usage: deno task bench:compare [--quick] [--keep-cache] [--reps N]
 
@@ -82,47 +87,6 @@ bench/compare.ts for what is measured and how.
   --quick        1 GiB disk, 1 repetition (smoke run)
   --keep-cache   keep the disk images in bench/.cache/ for the next run
   --reps N       repetitions per measurement (default 3, --quick 1)`;
-
-// ---------------------------------------------------------------- runs
-
-interface Op {
-  id: string;
-  label: string;
-  kind: "forward" | "expand";
-  src: string;
-  argv: Record<Tool, (dst: string) => string[]>;
-  ext: string;
-}
-
-const DENO = Deno.execPath();
-
-function oursArgv(flags: string[], src: string): (dst: string) => string[] {
-  return (dst) => [
-    DENO,
-    "run",
-    "-A",
-    CLI,
-    "convert",
-    "-q",
-    "--force",
-    ...flags,
-    src,
-    dst,
-  ];
-}
-
-function qemuArgv(flags: string[], src: string): (dst: string) => string[] {
-  return (dst) => [
-    "qemu-img",
-    "convert",
-    "-W",
-    "-m",
-    "16",
-    ...flags,
-    src,
-    dst,
-  ];
-}
 
 function forwardOps(src: string, suffix = ""): Op[] {
   return [
@@ -182,184 +146,6 @@ function expandOp(id: string, label: string, input: string): Op {
       qemu: qemuArgv(["-f", "qcow2", "-O", "raw"], input),
     },
   };
-}
-
-/** Busy CPU seconds of the whole machine so far (from /proc/stat). */
-async function busySecs(): Promise<number> {
-  try {
-    const line = (await Deno.readTextFile("/proc/stat")).split("\n")[0];
-    const f = line.trim().split(/\s+/).slice(1).map(Number);
-    // user nice system idle iowait irq softirq steal ...: USER_HZ ticks
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / 100;
-  } catch {
-    return NaN;
-  }
-}
-
-interface Timing {
-  secs: number;
-  cpuSecs: number;
-  otherCores: number;
-  rssKiB: number;
-  code: number;
-  stderr: string;
-}
-
-/** Runs one command under GNU time after `sync`. */
-async function timed(argv: string[]): Promise<Timing> {
-  const timeFile = `${RUN_DIR}time.txt`;
-  await must("sync", []);
-  const busy0 = await busySecs();
-  const out = await sh("/usr/bin/time", [
-    "-f",
-    "%e %M %U %S",
-    "-o",
-    timeFile,
-    ...argv,
-  ]);
-  const busy1 = await busySecs();
-  const last = (await Deno.readTextFile(timeFile)).trim().split("\n").at(-1)!;
-  const [secs, rss, user, sys] = last.split(" ").map(Number);
-  const cpuSecs = user + sys;
-  return {
-    secs,
-    cpuSecs,
-    otherCores: Math.max(0, (busy1 - busy0 - cpuSecs) / Math.max(secs, 0.01)),
-    rssKiB: rss,
-    code: out.code,
-    stderr: out.stderr.trim(),
-  };
-}
-
-/** Checks an output: identical guest content to `reference`, sane image. */
-async function verify(
-  op: Op,
-  out: string,
-  reference: string,
-  virtualSize: number,
-): Promise<string | undefined> {
-  if (op.kind === "forward") {
-    const check = await sh("qemu-img", ["check", "-q", "-f", "qcow2", out]);
-    if (check.code !== 0) {
-      return `qemu-img check exit ${check.code}: ${
-        (check.stdout + check.stderr).trim().split("\n").slice(0, 3).join("; ")
-      }`;
-    }
-    const cmp = await sh("qemu-img", [
-      "compare",
-      "-f",
-      "raw",
-      "-F",
-      "qcow2",
-      reference,
-      out,
-    ]);
-    if (cmp.code !== 0) {
-      return `qemu-img compare exit ${cmp.code}: ${
-        (cmp.stdout + cmp.stderr).trim()
-      }`;
-    }
-    return undefined;
-  }
-  const size = (await Deno.stat(out)).size;
-  if (size !== virtualSize) {
-    return `raw output is ${size} bytes, expected ${virtualSize}`;
-  }
-  const cmp = await sh("qemu-img", [
-    "compare",
-    "-f",
-    "raw",
-    "-F",
-    "raw",
-    reference,
-    out,
-  ]);
-  if (cmp.code !== 0) {
-    return `qemu-img compare exit ${cmp.code}: ${
-      (cmp.stdout + cmp.stderr).trim()
-    }`;
-  }
-  return undefined;
-}
-
-async function measure(
-  op: Op,
-  tool: Tool,
-  reference: string,
-  virtualSize: number,
-  keepAs?: string,
-): Promise<Sample> {
-  const dst = `${RUN_DIR}${tool}-${op.id}.${op.ext}`;
-  await Deno.remove(dst).catch(() => {});
-  const load = await loadavg();
-  const t = await timed(op.argv[tool](dst));
-  let problem: string | undefined;
-  let size = 0;
-  let allocated = 0;
-  if (t.code !== 0) {
-    problem = `exit ${t.code}: ${t.stderr.split("\n").slice(-3).join("; ")}`;
-  } else {
-    size = (await Deno.stat(dst)).size;
-    allocated = await diskUsage(dst);
-    problem = await verify(op, dst, reference, virtualSize);
-  }
-  const sample: Sample = {
-    secs: t.secs,
-    cpuSecs: t.cpuSecs,
-    otherCores: t.otherCores,
-    rssKiB: t.rssKiB,
-    size,
-    allocated,
-    verified: problem === undefined,
-    problem,
-    load,
-  };
-  const status = problem ? `FAILED: ${problem}` : "verified";
-  log(
-    `  ${op.id.padEnd(16)} ${tool.padEnd(4)} ${
-      t.secs.toFixed(2).padStart(7)
-    } s` +
-      `  CPU ${t.cpuSecs.toFixed(2).padStart(6)} s` +
-      `  RSS ${mib(t.rssKiB * 1024).padStart(9)}` +
-      `  size ${mib(size).padStart(9)}  ${status}` +
-      `  (others busy: ${t.otherCores.toFixed(2)} cores)`,
-  );
-  if (keepAs && !problem) await Deno.rename(dst, keepAs);
-  else await Deno.remove(dst).catch(() => {});
-  return sample;
-}
-
-async function runOp(
-  op: Op,
-  reps: number,
-  reference: string,
-  virtualSize: number,
-  scale: 1 | 4,
-  keepQemuAs?: string,
-): Promise<Result> {
-  const samples: Record<Tool, Sample[]> = { ours: [], qemu: [] };
-  if (reps > 1) {
-    // One untimed run of each tool first: the first command after the
-    // previous operation's gigabytes were written and deleted pays for
-    // memory the machine has to find again (seen here: 4.6 s against a
-    // median of 1.6 s for the same expansion), whichever tool it is.
-    log(`  (warm-up runs, not counted)`);
-    for (const tool of ["qemu", "ours"] as const) {
-      await measure(op, tool, reference, virtualSize);
-    }
-  }
-  for (let rep = 0; rep < reps; rep++) {
-    const order: Tool[] = rep % 2 === 0 ? ["ours", "qemu"] : ["qemu", "ours"];
-    for (const tool of order) {
-      const keep = tool === "qemu" && samples.qemu.length === 0
-        ? keepQemuAs
-        : undefined;
-      samples[tool].push(
-        await measure(op, tool, reference, virtualSize, keep),
-      );
-    }
-  }
-  return { op: op.id, label: op.label, kind: op.kind, scale, samples };
 }
 
 // ---------------------------------------------------------------- main
@@ -456,23 +242,7 @@ async function main(): Promise<number> {
     // Warm up: the source into the page cache for both tools alike, and
     // Deno's module cache (transpiled TypeScript, npm packages) for ours.
     await must("sh", ["-c", `cat "${disk}" "${big}" > /dev/null`]);
-    const tiny = `${RUN_DIR}tiny.raw`;
-    await Deno.writeFile(tiny, new Uint8Array(MiB).fill(1));
-    for (const c of [[], ["--compress", "zlib"], ["--compress", "zstd"]]) {
-      await must(DENO, [
-        "run",
-        "-A",
-        CLI,
-        "convert",
-        "-q",
-        "--force",
-        "-O",
-        "qcow2",
-        ...c,
-        tiny,
-        `${RUN_DIR}tiny.qcow2`,
-      ]);
-    }
+    await warmModuleCache([[], ["--compress", "zlib"], ["--compress", "zstd"]]);
 
     log(`\nForward conversions (${reps} repetition(s) each):`);
     const kept: Record<string, string> = {};
@@ -524,13 +294,7 @@ async function main(): Promise<number> {
       await Deno.remove(bigZstd).catch(() => {});
     }
 
-    const failed = results.flatMap((r) =>
-      (["ours", "qemu"] as const).flatMap((t) =>
-        r.samples[t].filter((s) => !s.verified).map((s) =>
-          `${r.op}${r.scale === 4 ? " (4×)" : ""} ${t}: ${s.problem}`
-        )
-      )
-    );
+    const failed = failures(results);
     for (const r of http) {
       if (r.problem) failed.push(`http ${r.image}: ${r.problem}`);
     }
@@ -539,13 +303,6 @@ async function main(): Promise<number> {
     const mainRows = mainTable(results, reps);
     const scaling = scalingTable(results);
     const ts = [...targets(results), ...httpTargets(http)];
-    const all = results.flatMap((r) => [...r.samples.ours, ...r.samples.qemu]);
-    const others = all.map((s) => s.otherCores);
-    const loadNote = `other processes kept a median ${
-      median(others).toFixed(2)
-    } (max ${
-      Math.max(...others).toFixed(2)
-    }) of the ${info.cores} cores busy during the timed runs (machine busy time from /proc/stat minus the command's own CPU time; the load average is not used, it counts the measured commands themselves)`;
 
     console.log(`\n${textTable(mainRows)}\n\n${textTable(scaling)}\n`);
     console.log(targetLines(ts).join("\n"));
@@ -558,14 +315,8 @@ async function main(): Promise<number> {
     const md = [
       `### qcow2pipe vs qemu-img convert (${info.date.slice(0, 10)})`,
       "",
-      `- Machine: ${info.cpu}, ${info.cores} cores, ${info.ramGiB} GiB RAM, Linux ${info.kernel}; work dir on ${info.workDirFs}`,
-      `- Deno ${info.deno}; ${info.qemu}; ${info.mkfs}`,
-      `- Code: ${info.code}`,
-      `- Input: ${
-        gib(virtualSize)
-      } raw disk, ext4 made by \`mkfs.ext4 -q -F -d\` from ${
-        meta.dirs.join(" ")
-      }; ${mib(meta.allocated)} allocated`,
+      ...machineLines(info),
+      inputLine(meta),
       `- Ours: \`deno run -A cli.ts convert -q --force [-f raw -O qcow2 | -f raw --compress zlib | -f raw --compress zstd | -f qcow2 -O raw] SRC DST\` (default workers = ${info.cores})`,
       "- qemu-img: `qemu-img convert -W -m 16 [-f raw -O qcow2 [-c [-o compression_type=zstd]] | -f qcow2 -O raw] SRC DST`",
       `- Times: median of ${reps} run(s) (range in parentheses)${
@@ -574,11 +325,7 @@ async function main(): Promise<number> {
       `- Every output verified with qemu-img compare against the source (plus qemu-img check for qcow2, exact size for raw): ${
         failed.length === 0 ? "all passed" : `${failed.length} FAILED`
       }`,
-      `- Noise: ${loadNote}${
-        info.busyProcesses.length > 0
-          ? `; busy at start: ${info.busyProcesses.join(", ")}`
-          : ""
-      }`,
+      noiseLine(results, info),
       "",
       markdownTable(mainRows),
       "",
@@ -593,32 +340,11 @@ async function main(): Promise<number> {
       "",
       ...targetLines(ts),
     ];
-    if (failed.length > 0) {
-      md.push("", "Failed verification:", "", ...failed.map((f) => `- ${f}`));
-    }
-    console.log(`\n${md.join("\n")}`);
-
-    const resultsPath = `${CACHE}results-${
-      info.date.replace(/[:.]/g, "-")
-    }.json`;
-    await Deno.writeTextFile(
-      resultsPath,
-      JSON.stringify({ machine: info, disk: meta, reps, results }, null, 2),
-    );
-    log(`\nAll samples written to ${resultsPath}`);
+    await finish("results", md, failed, { machine: info, reps, results }, meta);
   } finally {
     Deno.removeSignalListener("SIGINT", onSignal);
     await cleanupRun();
-    if (!values["keep-cache"]) {
-      for (const e of await Array.fromAsync(Deno.readDir(CACHE))) {
-        if (e.name.startsWith("disk-") || e.name.startsWith("tree-")) {
-          await Deno.remove(`${CACHE}${e.name}`, { recursive: true });
-        }
-      }
-      log(
-        "Removed the cached disk images (pass --keep-cache to keep them for the next run)",
-      );
-    }
+    if (!values["keep-cache"]) await removeCachedDisks();
   }
   return exitCode;
 }

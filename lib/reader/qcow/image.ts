@@ -190,19 +190,19 @@ export class QcowImage implements GuestImage {
     const end = offset + length;
     const l1 = viewOf(await this.#l1Table());
     let run: QcowMapping | undefined;
-    const push = function* (
-      next: QcowMapping,
-    ): Generator<QcowMapping> {
+    /** Adds `next` to the run, or starts a new one: returns the run ended. */
+    const add = (next: QcowMapping): QcowMapping | undefined => {
       if (
         run && run.type === next.type && next.type !== "compressed" &&
         (next.type === "unallocated" ||
           run.hostOffset! + run.length === next.hostOffset)
       ) {
         run.length += next.length;
-        return;
+        return undefined;
       }
-      if (run) yield run;
+      const ended = run;
       run = next;
+      return ended;
     };
     for (let pos = offset; pos < end;) {
       const l1Index = Math.floor(pos / span);
@@ -210,11 +210,12 @@ export class QcowImage implements GuestImage {
       const l2Offset = l1.getUint32(l1Index * 8) * 2 ** 32 +
         l1.getUint32(l1Index * 8 + 4);
       if (l2Offset === 0) {
-        yield* push({
+        const ended = add({
           offset: pos,
           length: spanEnd - pos,
           type: "unallocated",
         });
+        if (ended) yield ended;
         pos = spanEnd;
         continue;
       }
@@ -237,8 +238,9 @@ export class QcowImage implements GuestImage {
           l2.getUint32(i * 8 + 4),
           cb,
         );
+        let next: QcowMapping;
         if (e.type === "unallocated") {
-          yield* push({ offset: pos, length: n, type: "unallocated" });
+          next = { offset: pos, length: n, type: "unallocated" };
         } else if (!Number.isSafeInteger(e.hostOffset)) {
           throw new Qcow2Error(
             "OUT_OF_RANGE",
@@ -248,21 +250,23 @@ export class QcowImage implements GuestImage {
             { offset: l2Offset + i * 8 },
           );
         } else if (e.type === "normal") {
-          yield* push({
+          next = {
             offset: pos,
             length: n,
             type: "normal",
             hostOffset: e.hostOffset + within,
-          });
+          };
         } else {
-          yield* push({
+          next = {
             offset: pos,
             length: n,
             type: "compressed",
             hostOffset: e.hostOffset,
             compressedSize: e.size,
-          });
+          };
         }
+        const ended = add(next);
+        if (ended) yield ended;
         pos += n;
       }
     }

@@ -78,6 +78,16 @@ export interface VmdkImageInit {
 
 /** Most bytes one read of a compressed grain's marker takes. */
 const MARKER_PEEK = GRAIN_MARKER_BYTES + 2;
+/**
+ * Bytes read at once where a compressed grain's marker is wanted from a
+ * source without `readInto` (over HTTP): the grains of a streamOptimized
+ * extent lie one after another, so one request serves the markers of the
+ * next few dozen grains, where a request each (16 Ki of them per GiB of
+ * 64 KiB grains, one after the other while the plan is made) is a round
+ * trip each. A local file reads the marker alone: it answers at once, and
+ * a window would copy every byte of the file once more.
+ */
+const MARKER_WINDOW = 1024 * 1024;
 
 /**
  * An opened VMDK image. Open it with `openImage`.
@@ -101,6 +111,15 @@ export class VmdkImage implements GuestImage {
   /** The descriptor's `CID`. */
   readonly cid: number | undefined;
   readonly #init: VmdkImageInit;
+  /** The last bytes read for markers (see MARKER_WINDOW). */
+  #window:
+    | {
+      source: RandomAccessSource;
+      at: number;
+      end: number;
+      bytes: Promise<Uint8Array>;
+    }
+    | undefined;
 
   /**
    * Builds the image from its opened extents.
@@ -279,6 +298,30 @@ export class VmdkImage implements GuestImage {
     }
   }
 
+  /**
+   * `length` bytes at `at` of `source`: from a local file directly; from
+   * a remote source out of the window of bytes last read there, or a new
+   * window read from `at` (a short file gets readExact's error for the
+   * bytes wanted).
+   */
+  async #peek(
+    source: RandomAccessSource,
+    at: number,
+    length: number,
+    what: string,
+  ): Promise<Uint8Array> {
+    if (source.readInto) return readExact(source, at, length, what);
+    let w = this.#window;
+    if (!w || w.source !== source || at < w.at || at + length > w.end) {
+      const end = Math.min(at + MARKER_WINDOW, source.size);
+      if (end - at < length) return readExact(source, at, length, what);
+      w = { source, at, end, bytes: readExact(source, at, end - at, what) };
+      this.#window = w;
+    }
+    const bytes = await w.bytes;
+    return bytes.subarray(at - w.at, at - w.at + length);
+  }
+
   /** The plan item of part of a compressed grain: its marker read and checked. */
   async #compressedItem(
     e: VmdkExtent & { kind: "sparse" },
@@ -291,7 +334,7 @@ export class VmdkImage implements GuestImage {
     const grainStart = run.offset - ((run.offset - e.start) % gs);
     const grainBytes = Math.min(gs, e.start + e.length - grainStart);
     const markers = (sparse.header.flags & FLAG_MARKER) !== 0;
-    const head = await readExact(
+    const head = await this.#peek(
       sparse.source,
       host,
       markers ? MARKER_PEEK : 2,
