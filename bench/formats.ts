@@ -1,7 +1,7 @@
 // Per-format comparison with `qemu-img convert` (issue 24's benchmark row
 // per format).
 //
-//   deno task bench:formats [--size MIB] [--reps N] [--formats LIST] [--keep-cache]
+//   deno task bench:formats [--size MIB] [--reps N] [--formats LIST] [--paths LIST] [--keep-cache]
 //
 // 1. Takes the bench disk of bench/compare.ts (bench/_compare_disk.ts: an
 //    ext4 filesystem made from /usr, data filling half of the virtual size;
@@ -117,7 +117,7 @@ const FORMATS: SourceFormat[] = [
 ];
 
 const HELP =
-  `Usage: deno task bench:formats [--size MIB] [--reps N] [--formats LIST] [--keep-cache]
+  `Usage: deno task bench:formats [--size MIB] [--reps N] [--formats LIST] [--paths LIST] [--keep-cache]
 
 Times qcow2pipe's CLI against qemu-img convert -f FMT on the bench disk of
 bench/compare.ts made into each source format (${
@@ -129,6 +129,7 @@ top of bench/formats.ts for what is measured and how.
   --size MIB     virtual size of the bench disk (default 2048: about 1 GiB of data)
   --reps N       repetitions per measurement (default 3)
   --formats L    comma-separated subset of the formats above
+  --paths L      comma-separated subset of the paths: zlib, zstd, raw
   --keep-cache   keep the disk images in bench/.cache/ for the next run`;
 
 /** The image of the bench disk in format `f`, made once by qemu-img. */
@@ -227,6 +228,7 @@ async function main(): Promise<number> {
       size: { type: "string" },
       reps: { type: "string" },
       formats: { type: "string" },
+      paths: { type: "string" },
       "keep-cache": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
@@ -259,6 +261,11 @@ async function main(): Promise<number> {
     );
   }
   const formats = FORMATS.filter((f) => ids.includes(f.id));
+  const paths = values.paths?.split(",") ?? ["zlib", "zstd", "raw"];
+  const badPath = paths.find((p) => !["zlib", "zstd", "raw"].includes(p));
+  if (badPath !== undefined) {
+    return fail(`unknown path ${badPath} (known: zlib, zstd, raw)`);
+  }
   for (
     const [cmd, args, what] of [
       ["qemu-img", ["--version"], "qemu-img (apt-get install qemu-utils)"],
@@ -299,7 +306,10 @@ async function main(): Promise<number> {
         } virtual), ${reps} repetition(s) each:`,
       );
       await must("sh", ["-c", `cat "${src}" > /dev/null`]);
-      for (const op of formatOps(f, src)) {
+      const ops = formatOps(f, src).filter((op) =>
+        paths.some((p) => op.id === `${f.id}-${p}`)
+      );
+      for (const op of ops) {
         results.push(await runOp(op, reps, disk, size, 1, undefined, false));
       }
     }
