@@ -94,10 +94,20 @@ interface Timing {
   stderr: string;
 }
 
-/** Runs one command under GNU time after `sync`. */
+/**
+ * How each timed run starts. `dropCaches`: the page cache is dropped after
+ * `sync` (`/proc/sys/vm/drop_caches`, as root), so that the source comes
+ * from the disk, as a fresh download does for a user.
+ */
+export const protocol = { dropCaches: false };
+
+/** Runs one command under GNU time after `sync` (and a cache drop). */
 async function timed(argv: string[]): Promise<Timing> {
   const timeFile = `${RUN_DIR}time.txt`;
   await must("sync", []);
+  if (protocol.dropCaches) {
+    await Deno.writeTextFile("/proc/sys/vm/drop_caches", "3");
+  }
   const busy0 = await busySecs();
   const out = await sh("/usr/bin/time", [
     "-f",

@@ -1,6 +1,6 @@
 // End-to-end comparison with `qemu-img convert` on a realistic disk.
 //
-//   deno task bench:compare [--quick] [--keep-cache] [--reps N]
+//   deno task bench:compare [--quick] [--cold] [--keep-cache] [--reps N]
 //
 // 1. Builds (once, into bench/.cache/) a raw disk holding an ext4 filesystem
 //    made by `mkfs.ext4 -q -F -d DIR` from part of this machine's /usr,
@@ -29,7 +29,10 @@
 //    the end, and writes them with every sample to
 //    bench/.cache/results-<date>.json.
 //
-// Options: --quick (1 GiB disk, 1 repetition: a smoke run), --keep-cache
+// Options: --quick (1 GiB disk, 1 repetition: a smoke run), --cold (the
+// protocol of issue 26, as a user runs a conversion once: no warm-up run,
+// the source not read beforehand, and the page cache dropped after the
+// `sync` before every run; needs root), --keep-cache
 // (keep the built disk images for the next run; by default they are deleted
 // at the end, the results files are kept), --reps N, --help.
 // Needs qemu-img, mkfs.ext4 (e2fsprogs) and GNU time; says so if missing.
@@ -71,6 +74,7 @@ import {
   finish,
   type Op,
   oursArgv,
+  protocol,
   qemuArgv,
   removeCachedDisks,
   RUN_DIR,
@@ -78,13 +82,15 @@ import {
   warmModuleCache,
 } from "./_compare_run.ts";
 
-const HELP = `Usage: deno task bench:compare [--quick] [--keep-cache] [--reps N]
+const HELP =
+  `Usage: deno task bench:compare [--quick] [--cold] [--keep-cache] [--reps N]
 
 Times qcow2pipe's CLI against qemu-img convert on an ext4 disk image built
 from /usr (cached in bench/.cache/). See the comment at the top of
 bench/compare.ts for what is measured and how.
 
   --quick        1 GiB disk, 1 repetition (smoke run)
+  --cold         no warm-up, page cache dropped before every run (as root)
   --keep-cache   keep the disk images in bench/.cache/ for the next run
   --reps N       repetitions per measurement (default 3, --quick 1)`;
 
@@ -155,6 +161,7 @@ async function main(): Promise<number> {
     args: Deno.args,
     options: {
       quick: { type: "boolean" },
+      cold: { type: "boolean" },
       "keep-cache": { type: "boolean" },
       reps: { type: "string" },
       help: { type: "boolean", short: "h" },
@@ -181,6 +188,20 @@ async function main(): Promise<number> {
     return 2;
   }
   const quick = values.quick ?? false;
+  const cold = values.cold ?? false;
+  if (cold) {
+    try {
+      await Deno.writeTextFile("/proc/sys/vm/drop_caches", "3");
+    } catch (err) {
+      console.error(
+        `Cannot run the comparison cold: cannot drop the page cache (${
+          (err as Error).message
+        }); run it as root`,
+      );
+      return 2;
+    }
+    protocol.dropCaches = true;
+  }
   const reps = values.reps ? Number(values.reps) : quick ? 1 : 3;
   if (!Number.isInteger(reps) || reps < 1) {
     console.error(
@@ -188,6 +209,7 @@ async function main(): Promise<number> {
     );
     return 2;
   }
+  const warmUp = !cold && reps > 1;
   await Deno.mkdir(RUN_DIR, { recursive: true });
 
   // Scale down when the disk cannot hold the images and outputs (about
@@ -241,7 +263,7 @@ async function main(): Promise<number> {
 
     // Warm up: the source into the page cache for both tools alike, and
     // Deno's module cache (transpiled TypeScript, npm packages) for ours.
-    await must("sh", ["-c", `cat "${disk}" "${big}" > /dev/null`]);
+    if (!cold) await must("sh", ["-c", `cat "${disk}" "${big}" > /dev/null`]);
     await warmModuleCache([[], ["--compress", "zlib"], ["--compress", "zstd"]]);
 
     log(`\nForward conversions (${reps} repetition(s) each):`);
@@ -249,7 +271,7 @@ async function main(): Promise<number> {
     for (const op of forwardOps(disk)) {
       kept[op.id] = `${RUN_DIR}input-${op.id}.qcow2`;
       results.push(
-        await runOp(op, reps, disk, virtualSize, 1, kept[op.id]),
+        await runOp(op, reps, disk, virtualSize, 1, kept[op.id], warmUp),
       );
     }
     log(`\nExpansions of qemu-img's outputs (${reps} repetition(s) each):`);
@@ -265,6 +287,8 @@ async function main(): Promise<number> {
           disk,
           virtualSize,
           1,
+          undefined,
+          warmUp,
         ),
       );
     }
@@ -320,8 +344,10 @@ async function main(): Promise<number> {
       `- Ours: \`deno run -A cli.ts convert -q --force [-f raw -O qcow2 | -f raw --compress zlib | -f raw --compress zstd | -f qcow2 -O raw] SRC DST\` (default workers = ${info.cores})`,
       "- qemu-img: `qemu-img convert -W -m 16 [-f raw -O qcow2 [-c [-o compression_type=zstd]] | -f qcow2 -O raw] SRC DST`",
       `- Times: median of ${reps} run(s) (range in parentheses)${
-        reps > 1 ? " after an untimed warm-up run of each tool" : ""
-      }, wall seconds from GNU time, \`sync\` before each; CPU s = user + system seconds of the command (all threads); sizes in MiB (du = allocated blocks); RSS = peak resident set (GNU time %M), median`,
+        warmUp ? " after an untimed warm-up run of each tool" : ", no warm-up"
+      }, wall seconds from GNU time, \`sync\`${
+        cold ? " and the page cache dropped" : ""
+      } before each; CPU s = user + system seconds of the command (all threads); sizes in MiB (du = allocated blocks); RSS = peak resident set (GNU time %M), median`,
       `- Every output verified with qemu-img compare against the source (plus qemu-img check for qcow2, exact size for raw): ${
         failed.length === 0 ? "all passed" : `${failed.length} FAILED`
       }`,
