@@ -67,6 +67,33 @@ export function refcountBlockEntries(
 }
 
 /**
+ * A stored refcount in decimal, exactly: a 64-bit refcount above 2^53
+ * (`qemu-img check` prints such counts) loses digits as a number.
+ *
+ * @param block The refcount block.
+ * @param index Entry number in the block.
+ * @param order The image's refcount_order (0-6).
+ * @returns The count in decimal.
+ *
+ * @example The largest 64-bit refcount
+ * ```ts
+ * import assert from "node:assert";
+ * import { refcountDecimal } from "./refcount.ts";
+ * const block = new Uint8Array(8).fill(0xff);
+ * assert.strictEqual(refcountDecimal(block, 0, 6), "18446744073709551615");
+ * ```
+ */
+export function refcountDecimal(
+  block: Uint8Array,
+  index: number,
+  order: number,
+): string {
+  if (order !== 6) return String(getRefcount(block, index, order));
+  return new DataView(block.buffer, block.byteOffset, block.byteLength)
+    .getBigUint64(index * 8).toString();
+}
+
+/**
  * Reads entry `index` of a refcount block. 64-bit values above 2^53 are
  * returned rounded to the nearest double.
  *

@@ -11,7 +11,11 @@
 import type { ImageFormat } from "../reader/open.ts";
 import type { FormatName } from "../reader/formats.ts";
 import { geometryOf, qcow2VirtualSize } from "../format/geometry.ts";
-import { getRefcount, refcountMax } from "../format/refcount.ts";
+import {
+  getRefcount,
+  refcountDecimal,
+  refcountMax,
+} from "../format/refcount.ts";
 import { type ImageInput, openForTool } from "./_open.ts";
 import { RefblockError, StoredRefcounts } from "../reader/qcow2/refcounts.ts";
 import { bitmapDirectoryOf } from "../reader/qcow2/bitmaps.ts";
@@ -334,9 +338,11 @@ async function compareRefcounts(
       if (have > 0 || want > 0) highest = i;
       if (have !== want) {
         result.messages.push(
-          `${
-            have < want ? "ERROR" : "Leaked"
-          } cluster ${i} refcount=${have} reference=${want}`,
+          `${have < want ? "ERROR" : "Leaked"} cluster ${i} refcount=${
+            block === null
+              ? 0
+              : refcountDecimal(block, i % perBlock, stored.order)
+          } reference=${want}`,
         );
         if (have < want) result.corruptions++;
         else result.leaks++;
@@ -377,7 +383,7 @@ async function checkOflagCopied(
       result.messages.push(
         `ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${
           entryHex(l1, i * 8)
-        } refcount=${refcount}`,
+        } refcount=${await stored.decimal(Math.floor(l2Offset / cs))}`,
       );
     }
     const table = await readPadded(source, l2Offset, l2Entries * l2EntrySize);
@@ -392,7 +398,9 @@ async function checkOflagCopied(
         result.messages.push(
           `ERROR OFLAG_COPIED data cluster: l2_entry=${
             entryHex(table, j * l2EntrySize)
-          } refcount=${count}`,
+          } refcount=${
+            dataFile ? count : await stored.decimal(Math.floor(hostOffset / cs))
+          }`,
         );
       }
     }

@@ -20,6 +20,7 @@ import {
   qemuImg,
   qemuStatus,
   readAt,
+  refcountSlot,
   setRefcount,
   u64At,
 } from "./_helpers.ts";
@@ -79,6 +80,33 @@ for (const bits of [1, 4, 16, 64]) {
     },
   );
 }
+
+qemuTest(
+  "check: a 64-bit refcount of 2^64 - 1 is printed in full, as qemu-img prints it",
+  async () => {
+    await using dir = await tempDir();
+    const img = await base(join(dir.path, "r64.qcow2"), ["refcount_bits=64"]);
+    const cluster = (await hostClusterOf(img, 0)) / CS;
+    await patch(
+      img,
+      (await refcountSlot(img, cluster)).offset,
+      be64(2n ** 64n - 1n),
+    );
+    const r = await assertCheckLikeQemu(img);
+    assert.ok(
+      r.messages.includes(
+        `Leaked cluster ${cluster} refcount=18446744073709551615 reference=1`,
+      ),
+      r.messages.join("\n"),
+    );
+    assert.ok(
+      r.messages.some((m) =>
+        m.startsWith("ERROR OFLAG_COPIED data cluster") &&
+        m.endsWith("refcount=18446744073709551615")
+      ),
+    );
+  },
+);
 
 qemuTest(
   "check: a zeroed refcount table entry and shared L2 entries match qemu-img",

@@ -8,7 +8,7 @@
 
 import { hex } from "../../format/errors.ts";
 import type { Qcow2Header } from "../../format/header.ts";
-import { getRefcount } from "../../format/refcount.ts";
+import { getRefcount, refcountDecimal } from "../../format/refcount.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import { LruCache } from "../../io/lru.ts";
 import { readPadded } from "../read.ts";
@@ -128,6 +128,19 @@ export class StoredRefcounts {
     return block === null
       ? 0
       : getRefcount(block, cluster % this.perBlock, this.#order);
+  }
+
+  /**
+   * The stored refcount of a cluster in decimal, exactly (a 64-bit count
+   * above 2^53 loses digits as a number); "0" where no block covers it.
+   *
+   * @throws {RefblockError} When the covering refcount block is unaligned.
+   */
+  async decimal(cluster: number): Promise<string> {
+    const block = await this.block(Math.floor(cluster / this.perBlock));
+    return block === null
+      ? "0"
+      : refcountDecimal(block, cluster % this.perBlock, this.#order);
   }
 
   /**
