@@ -97,7 +97,8 @@ function symbolsFor(os: "linux" | "darwin", numbers: Numbers) {
       result: "isize",
       nonblocking: true,
     },
-    // Linux only (absent from macOS's libSystem).
+    // Optional: copy_file_range and statx are Linux's (absent from macOS's
+    // libSystem), fstat is read on macOS only.
     copy_file_range: {
       parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"],
       result: "isize",
