@@ -120,8 +120,11 @@ export async function readThroughPlan(
   const out = new Uint8Array(length);
   for await (const item of image.plan(offset, length, 0)) {
     const at = item.offset - offset;
-    if (item.kind === "data") out.set(await readDataItem(item), at);
-    else if (item.kind === "compressed") {
+    if (item.kind === "data") {
+      // Read in place where the source can: no second buffer, no copy.
+      const bytes = await readDataItem(item, out.subarray(at));
+      if (bytes.buffer !== out.buffer) out.set(bytes, at);
+    } else if (item.kind === "compressed") {
       out.set(await readCompressedItem(item), at);
     }
   }
