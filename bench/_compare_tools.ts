@@ -9,11 +9,15 @@
 // conversion: same guest content, a different layout, no snapshots), so
 // that both tools read every data cluster of both images.
 
-import { type Sample, type Target, textTable } from "./_compare_report.ts";
-import { timed } from "./_compare_run.ts";
+import {
+  markdownTable,
+  type Sample,
+  type Target,
+  textTable,
+} from "./_compare_report.ts";
+import { CLI, DENO, timed } from "./_compare_run.ts";
 import { GiB, loadavg, log, median, MiB, mib } from "./_compare_util.ts";
-import { toolsImage, type ToolsImage } from "./_compare_tools_images.ts";
-import { CLI, DENO } from "./_compare_run.ts";
+import { type ToolsImage, toolsImage } from "./_compare_tools_images.ts";
 
 /** One command of the row. */
 interface ToolsOp {
@@ -123,10 +127,10 @@ export async function runTools(
         // The check: our stdout and exit status are qemu-img's.
         let problem: string | undefined;
         if (got.ours.code !== got.qemu.code) {
-          problem =
-            `exit ${got.ours.code}, qemu-img exit ${got.qemu.code}`;
+          problem = `exit ${got.ours.code}, qemu-img exit ${got.qemu.code}`;
         } else if (got.ours.out !== got.qemu.out) {
-          problem = `stdout differs from qemu-img's (${got.ours.out.length} against ${got.qemu.out.length} characters)`;
+          problem =
+            `stdout differs from qemu-img's (${got.ours.out.length} against ${got.qemu.out.length} characters)`;
         }
         if (problem) {
           const s = r.samples.ours.at(-1)!;
@@ -209,9 +213,8 @@ export function toolsTargets(results: ToolsResult[]): Target[] {
   const byImage = (name: string, op: string) =>
     results.find((r) => r.image === name && r.op === op);
   const sizes = [...new Set(results.map((r) => r.virtualSize))];
-  const largest = results.find((r) =>
-    r.virtualSize === Math.max(...sizes)
-  )?.image;
+  const largest = results.find((r) => r.virtualSize === Math.max(...sizes))
+    ?.image;
   if (largest && largest !== "1t" && byImage("1t", "check")) {
     for (const op of OPS) {
       const small = byImage("1t", op.id);
@@ -231,7 +234,43 @@ export function toolsTargets(results: ToolsResult[]): Target[] {
   return out;
 }
 
-/** The row's results as text for the log and markdown for the report. */
-export function toolsText(results: ToolsResult[]): string {
-  return textTable(toolsTable(results));
+/** What the row adds to bench/compare.ts's report. */
+export interface ToolsSection {
+  results: ToolsResult[];
+  /** Markdown lines: the table. */
+  markdown: string[];
+  targets: Target[];
+  /** One line per run whose output was not qemu-img's. */
+  failed: string[];
+}
+
+/**
+ * Runs the row (`reps` runs of each command on the first image, one on the
+ * larger ones) in `dir` and prints its table.
+ */
+export async function toolsSection(
+  dir: string,
+  reps: number,
+  images = TOOLS_IMAGES,
+): Promise<ToolsSection> {
+  log(
+    `\ncheck, map, compare on sparse qcow2 images (compare: IMG against qemu-img convert's copy of it):`,
+  );
+  const results = await runTools(dir, reps, images);
+  const rows = toolsTable(results);
+  console.log(`\n${textTable(rows)}\n`);
+  return {
+    results,
+    markdown: [
+      `\`check\`, \`map\` (human and JSON), \`compare\` on sparse qcow2 images made by qemu-img (64 KiB of data in every GiB; \`1t-s100\`: 1 TiB with 100 internal snapshots; \`compare IMG COPY\` where COPY is \`qemu-img convert -O qcow2 IMG\`), median of ${reps} on the first image, one run on the others; "same output" = stdout and exit status identical to qemu-img's:`,
+      "",
+      markdownTable(rows),
+    ],
+    targets: toolsTargets(results),
+    failed: results.flatMap((r) =>
+      r.samples.ours.filter((s) => !s.verified).map((s) =>
+        `${r.op} on ${r.image}: ${s.problem}`
+      )
+    ),
+  };
 }

@@ -29,6 +29,7 @@ import type { L2Entry, L2Layout } from "../format/l2.ts";
 import type { Qcow2Header } from "../format/header.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
+import { zeroUnits } from "../bytes/zeros.ts";
 
 /**
  * What {@linkcode checkImage} found: QEMU's counters, its messages, and the
@@ -388,6 +389,11 @@ async function checkOflagCopied(
     }
     const table = await readPadded(source, l2Offset, l2Entries * l2EntrySize);
     for (let j = 0; j < l2Entries; j++) {
+      const empty = zeroUnits(table, l2EntrySize, j, l2Entries - j);
+      if (empty > 0) {
+        j += empty - 1; // entries of zeros: unallocated, nothing to check
+        continue;
+      }
       const type = l2TypeOf(table, j, layout);
       if (type === undefined) continue; // compressed, unallocated, zero-plain
       const { hostOffset, copied } = type;

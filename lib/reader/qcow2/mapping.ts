@@ -40,7 +40,7 @@ import {
 } from "../../format/l2.ts";
 import type { CompressedDescriptor } from "../../format/compressed.ts";
 import { decodeL1Entry } from "../../format/l1.ts";
-import { isZero } from "../../bytes/zeros.ts";
+import { zeroUnits } from "../../bytes/zeros.ts";
 
 /** How a run of guest bytes reads: QEMU's subcluster types, `invalid` aside. */
 export type MappingType = Exclude<SubclusterType, "invalid">;
@@ -282,11 +282,11 @@ export class Qcow2Mapping {
       if (type === "unallocated-plain") {
         // Entries of zero bytes read this way in every layout: a sparse
         // table is passed over without decoding them one by one.
-        const skip = zeroEntries(
+        const skip = zeroUnits(
           table.bytes,
+          this.#geometry.l2EntrySize,
           index + 1,
           Math.ceil((end - runEnd) / cs),
-          this.#geometry.l2EntrySize,
         );
         if (skip > 0) {
           index += skip;
@@ -399,40 +399,6 @@ export class Qcow2Mapping {
       { offset: table.offset + index * this.#geometry.l2EntrySize },
     );
   }
-}
-
-/**
- * How many entries from `index` on, at most `max`, are all zero bytes (an
- * unallocated cluster with no subcluster bits, whatever the layout): four
- * bytes at a time where the table's view allows it.
- */
-function zeroEntries(
-  table: Uint8Array,
-  index: number,
-  max: number,
-  entrySize: number,
-): number {
-  const from = table.byteOffset + index * entrySize;
-  if ((from & 3) !== 0) {
-    let n = 0;
-    while (
-      n < max &&
-      isZero(
-        table.subarray((index + n) * entrySize, (index + n + 1) * entrySize),
-      )
-    ) n++;
-    return n;
-  }
-  const words = new Int32Array(table.buffer, from, (max * entrySize) >>> 2);
-  const whole = words.length & ~7;
-  let w = 0;
-  while (
-    w < whole &&
-    (words[w] | words[w + 1] | words[w + 2] | words[w + 3] | words[w + 4] |
-        words[w + 5] | words[w + 6] | words[w + 7]) === 0
-  ) w += 8;
-  while (w < words.length && words[w] === 0) w++;
-  return Math.floor((w * 4) / entrySize);
 }
 
 /** The L2 table offset of L1 entry `index` (reserved bits masked). */
