@@ -111,13 +111,17 @@ export async function readCompressedItem(item: PlanItem): Promise<Uint8Array> {
   return cluster.subarray(from, from + item.length);
 }
 
-/** Reads `[offset, offset + length)` of an image by walking its plan. */
+/**
+ * Reads `[offset, offset + length)` of an image by walking its plan; into
+ * `into` (at least `length` bytes, a buffer the caller reuses) when given.
+ */
 export async function readThroughPlan(
   image: GuestImage,
   offset: number,
   length: number,
+  into?: Uint8Array,
 ): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
+  const out = into ? into.subarray(0, length) : new Uint8Array(length);
   for await (const item of image.plan(offset, length, 0)) {
     const at = item.offset - offset;
     if (item.kind === "data") {
@@ -126,7 +130,7 @@ export async function readThroughPlan(
       if (bytes.buffer !== out.buffer) out.set(bytes, at);
     } else if (item.kind === "compressed") {
       out.set(await readCompressedItem(item), at);
-    }
+    } else if (into) out.fill(0, at, at + item.length); // not fresh zeros
   }
   return out;
 }

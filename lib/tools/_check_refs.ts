@@ -115,6 +115,8 @@ export class ReferenceWalk {
   #walkedRoom = WALKED_ITEMS;
   /** The list of the L2 table being walked, while one is being recorded. */
   #recording: (number | string)[] | undefined;
+  /** The L2 table being walked (one buffer, reused table after table). */
+  #table: Uint8Array | undefined;
 
   constructor(
     input: WalkInput,
@@ -280,10 +282,14 @@ export class ReferenceWalk {
     const { clusterBits, l2Entries, extendedL2, l2EntrySize } =
       this.#in.geometry;
     const layout = { clusterBits, extendedL2, dataFile: this.#dataFile };
+    const size = l2Entries * l2EntrySize;
+    this.#table ??= new Uint8Array(size);
+    // Nothing keeps the table past this walk: one buffer serves them all.
     const table = await readPadded(
       this.#in.source,
       l2Offset,
-      l2Entries * l2EntrySize,
+      size,
+      this.#table,
     );
     const c = this.counters;
     let nextContiguous = 0;

@@ -194,6 +194,10 @@ export async function compareImages(
       result.offset = offset;
       return result;
     };
+    // Every read lands in these two (a fresh buffer per read would pile
+    // up as garbage over a large image, tens of MiB before a collection).
+    const bufferA = new Uint8Array(IO_BUF_SIZE);
+    const bufferB = new Uint8Array(IO_BUF_SIZE);
     const ca = new Cursor(statusRuns(ia, 0, common, holes));
     const cb = new Cursor(statusRuns(ib, 0, common, holes));
     for (let offset = 0; offset < common;) {
@@ -209,15 +213,15 @@ export async function compareImages(
         if (allocA) {
           chunk = Math.min(chunk, IO_BUF_SIZE);
           const i = firstDifferentSector(
-            await readPastEnd(ia, offset, chunk),
-            await readPastEnd(ib, offset, chunk),
+            await readPastEnd(ia, offset, chunk, bufferA),
+            await readPastEnd(ib, offset, chunk, bufferB),
           );
           if (i >= 0) return differ(offset + i);
         }
       } else {
         chunk = Math.min(chunk, IO_BUF_SIZE);
         const i = firstNonZeroSector(
-          await readPastEnd(allocA ? ia : ib, offset, chunk),
+          await readPastEnd(allocA ? ia : ib, offset, chunk, bufferA),
         );
         if (i >= 0) return differ(offset + i);
       }
@@ -240,7 +244,9 @@ export async function compareImages(
           at += IO_BUF_SIZE
         ) {
           const n = Math.min(IO_BUF_SIZE, run.start + run.length - at);
-          const i = firstNonZeroSector(await readPastEnd(image, at, n));
+          const i = firstNonZeroSector(
+            await readPastEnd(image, at, n, bufferA),
+          );
           if (i >= 0) return differ(at + i);
         }
       }
