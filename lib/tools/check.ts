@@ -29,6 +29,7 @@ import type { L2Entry, L2Layout } from "../format/l2.ts";
 import type { Qcow2Header } from "../format/header.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
+import { zeroUnits } from "../bytes/zeros.ts";
 
 /**
  * What {@linkcode checkImage} found: QEMU's counters, its messages, and the
@@ -364,6 +365,9 @@ async function checkOflagCopied(
   const { clusterSize: cs, l2Entries, l2EntrySize, dataFile } = geometry;
   const layout: L2Layout = geometry;
   const l1 = await readPadded(source, header.l1TableOffset, header.l1Size * 8);
+  // One buffer for every L2 table: nothing keeps a table past its loop.
+  const size = l2Entries * l2EntrySize;
+  const buffer = new Uint8Array(size);
   const refcountOf = async (offset: number): Promise<number | undefined> => {
     try {
       return await stored.get(Math.floor(offset / cs));
@@ -386,8 +390,13 @@ async function checkOflagCopied(
         } refcount=${await stored.decimal(Math.floor(l2Offset / cs))}`,
       );
     }
-    const table = await readPadded(source, l2Offset, l2Entries * l2EntrySize);
+    const table = await readPadded(source, l2Offset, size, buffer);
     for (let j = 0; j < l2Entries; j++) {
+      const empty = zeroUnits(table, l2EntrySize, j, l2Entries - j);
+      if (empty > 0) {
+        j += empty - 1; // entries of zeros: unallocated, nothing to check
+        continue;
+      }
       const type = l2TypeOf(table, j, layout);
       if (type === undefined) continue; // compressed, unallocated, zero-plain
       const { hostOffset, copied } = type;
