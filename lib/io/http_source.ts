@@ -18,6 +18,7 @@ import {
   parseContentRange,
   readInto,
 } from "./_http.ts";
+import { ReadWindow } from "./_http_window.ts";
 
 /**
  * Options of {@linkcode HttpSource.open} and {@linkcode fetchStream}.
@@ -184,12 +185,21 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   #client: HttpClient;
   #prefix: Uint8Array;
   #batch: PendingRead[] = [];
+  /** Pieces fetched ahead of reads that run forward. */
+  #window: ReadWindow;
+  /** Aborts the window's requests when the source is closed. */
+  #closing = new AbortController();
 
   private constructor(client: HttpClient, size: number, prefix: Uint8Array) {
     this.name = client.name;
     this.size = size;
     this.#client = client;
     this.#prefix = prefix;
+    this.#window = new ReadWindow(
+      size,
+      (offset, length) =>
+        this.#fetchRange(offset, length, this.#closing.signal),
+    );
   }
 
   /**
@@ -328,6 +338,10 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     if (offset + want <= this.#prefix.length) {
       return Promise.resolve(this.#prefix.slice(offset, offset + want));
     }
+    // Reads running forward are answered from pieces fetched ahead,
+    // several at a time (one connection each).
+    const ahead = this.#window.read(offset, want);
+    if (ahead) return ahead;
     // Reads asked for together (a reader running ahead) wait for the end of
     // this turn of the event loop, then go out merged where they are close:
     // on a distant server, round trips cost more than a few extra bytes.
@@ -434,7 +448,11 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   }
 
   /** `[offset, offset + want)`, with Range requests. */
-  async #fetchRange(offset: number, want: number): Promise<Uint8Array> {
+  async #fetchRange(
+    offset: number,
+    want: number,
+    signal?: AbortSignal,
+  ): Promise<Uint8Array> {
     const into = new Uint8Array(want);
     await readRange(
       this.#client,
@@ -442,16 +460,26 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
       into,
       this.size,
       `Cannot read ${want} bytes at ${offset} of ${this.name}`,
+      undefined,
+      signal,
     );
     return into;
   }
 
-  /** Nothing to release (each read is its own request). */
-  close(): void {}
+  /** Stops the requests fetching ahead (reads asked for still finish). */
+  close(): void {
+    this.#closing.abort(new Error("source closed"));
+    this.#window.clear();
+  }
 
-  /** Same as {@linkcode HttpSource.close}. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return Promise.resolve();
+  /**
+   * Same as {@linkcode HttpSource.close}, and waits for the requests
+   * fetching ahead to end.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    const pending = this.#window.pending();
+    this.close();
+    await Promise.allSettled(pending);
   }
 }
 
@@ -468,6 +496,7 @@ async function readRange(
   total: number,
   what: string,
   first?: Answer,
+  signal?: AbortSignal,
 ): Promise<void> {
   let have = 0;
   let pending = first;
@@ -475,7 +504,8 @@ async function readRange(
     await client.retrying(what, async () => {
       const from = offset + have;
       const last = offset + into.length - 1;
-      const answer = pending ?? await client.send(`bytes=${from}-${last}`);
+      const answer = pending ??
+        await client.send(`bytes=${from}-${last}`, signal);
       pending = undefined;
       const range = await rangeOf(answer, from, total, what);
       // Bytes past the range asked for are not read.
