@@ -147,7 +147,10 @@ interface PendingRead {
  * one `Range` request for its first 1 MiB, and reads beyond them go out
  * as Range requests, those asked for together merged when they are close,
  * so reading a qcow2 image fetches only its metadata and the clusters
- * read.
+ * read. Once reads run forward (1 MiB read one after the other), the next
+ * pieces are fetched ahead of them: 4 MiB each, at most 8 held (32 MiB),
+ * all in flight at once on as many connections, so that a server capping
+ * each connection's bandwidth sends several times faster.
  *
  * What a server sends is held to what was asked: redirects are followed
  * at most 10 times, to http(s) URLs only and never from https to http;
