@@ -113,6 +113,16 @@ async function buildImages(dir: string, disk: string): Promise<string[]> {
   return ["zstd.qcow2", "zlib.qcow2", "io-mix.qcow2", "extended-l2.qcow2"];
 }
 
+/**
+ * qemu-img expanding `url` to `dst` with its curl driver, killed after
+ * `seconds`: QEMU 7.2's curl driver sometimes never finishes a transfer
+ * (tests/cli/_lines.ts), and a hung run is reported, not waited for.
+ */
+function curlArgv(url: string, dst: string, seconds: number): string[] {
+  const convert = ["convert", "-f", "qcow2", "-O", "raw", url, dst];
+  return ["timeout", "-s", "KILL", String(seconds), "qemu-img", ...convert];
+}
+
 /** Whether qemu-img can read http:// (the curl block driver). */
 async function qemuHasCurl(url: string): Promise<boolean> {
   return (await sh("qemu-img", ["info", "-f", "qcow2", url])).code === 0;
@@ -161,22 +171,7 @@ export async function runHttp(
           server.take();
           const argv = tool === "ours"
             ? ourArgv(url, dst)
-            // QEMU 7.2's curl driver sometimes never finishes a transfer
-            // (tests/cli/_lines.ts): kill a hung run, report it.
-            : [
-              "timeout",
-              "-s",
-              "KILL",
-              "300",
-              "qemu-img",
-              "convert",
-              "-f",
-              "qcow2",
-              "-O",
-              "raw",
-              url,
-              dst,
-            ];
+            : curlArgv(url, dst, 300);
           const t0 = performance.now();
           const out = await sh(argv[0], argv.slice(1));
           const secs = (performance.now() - t0) / 1000;
@@ -305,20 +300,9 @@ export async function runCapped(
       for (const tool of withQemu ? ["ours", "qemu"] as const : ["ours"]) {
         await Deno.remove(dst).catch(() => {});
         server.take();
-        const argv = tool === "ours" ? ourArgv(url, dst) : [
-          "timeout",
-          "-s",
-          "KILL",
-          "600",
-          "qemu-img",
-          "convert",
-          "-f",
-          "qcow2",
-          "-O",
-          "raw",
-          url,
-          dst,
-        ];
+        const argv = tool === "ours"
+          ? ourArgv(url, dst)
+          : curlArgv(url, dst, 600);
         const out = await sh("/usr/bin/time", [
           "-f",
           "%e %M",

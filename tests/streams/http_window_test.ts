@@ -53,18 +53,8 @@ qemuTest(
     const raw = join(dir.path, "disk.raw");
     await halfRandomDisk(raw, 192 * MiB);
     const image = join(dir.path, "disk.qcow2");
-    await qemuImg(
-      "convert",
-      "-f",
-      "raw",
-      "-O",
-      "qcow2",
-      "-c",
-      "-o",
-      "compression_type=zstd",
-      raw,
-      image,
-    );
+    const zstd = "convert -f raw -O qcow2 -c -o compression_type=zstd";
+    await qemuImg(...zstd.split(" "), raw, image);
     const expected = join(dir.path, "expected.raw");
     await qemuImg("convert", "-f", "qcow2", "-O", "raw", image, expected);
     const size = (await Deno.stat(image)).size;
