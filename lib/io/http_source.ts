@@ -88,6 +88,15 @@ export interface HttpSourceOptions {
    * @default {false}
    */
   stayOnOrigin?: boolean;
+  /**
+   * Fetch ahead of reads that run forward: once 1 MiB was read one read
+   * after the other, the next pieces (4 MiB each, at most 8 held, 32 MiB)
+   * are fetched before they are asked for, all at once on as many
+   * connections. Turn it off for a reader that skips ranges it does not
+   * want fetched (`--sparsify` skips free space).
+   * @default {true}
+   */
+  fetchAhead?: boolean;
 }
 
 /**
@@ -188,21 +197,28 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   #client: HttpClient;
   #prefix: Uint8Array;
   #batch: PendingRead[] = [];
-  /** Pieces fetched ahead of reads that run forward. */
-  #window: ReadWindow;
+  /** Pieces fetched ahead of reads that run forward, unless turned off. */
+  #window: ReadWindow | undefined;
   /** Aborts the window's requests when the source is closed. */
   #closing = new AbortController();
 
-  private constructor(client: HttpClient, size: number, prefix: Uint8Array) {
+  private constructor(
+    client: HttpClient,
+    size: number,
+    prefix: Uint8Array,
+    fetchAhead: boolean,
+  ) {
     this.name = client.name;
     this.size = size;
     this.#client = client;
     this.#prefix = prefix;
-    this.#window = new ReadWindow(
-      size,
-      (offset, length) =>
-        this.#fetchRange(offset, length, this.#closing.signal),
-    );
+    this.#window = fetchAhead
+      ? new ReadWindow(
+        size,
+        (offset, length) =>
+          this.#fetchRange(offset, length, this.#closing.signal),
+      )
+      : undefined;
   }
 
   /**
@@ -294,7 +310,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
       await first.close();
       const total = /\*\/(\d+)/.exec(res.headers.get("content-range") ?? "");
       if (total && Number(total[1]) === 0) {
-        return new HttpSource(client, 0, new Uint8Array(0));
+        return new HttpSource(client, 0, new Uint8Array(0), false);
       }
     }
     if (res.ok && res.status !== 206) {
@@ -322,7 +338,12 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     // asked for), the rest, should it break, with more Range requests.
     const prefix = new Uint8Array(Math.min(range.total, PREFIX_BYTES));
     await readRange(client, 0, prefix, range.total, what, first);
-    return new HttpSource(client, range.total, prefix);
+    return new HttpSource(
+      client,
+      range.total,
+      prefix,
+      options.fetchAhead ?? true,
+    );
   }
 
   /**
@@ -343,7 +364,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     }
     // Reads running forward are answered from pieces fetched ahead,
     // several at a time (one connection each).
-    const ahead = this.#window.read(offset, want);
+    const ahead = this.#window?.read(offset, want);
     if (ahead) return ahead;
     // Reads asked for together (a reader running ahead) wait for the end of
     // this turn of the event loop, then go out merged where they are close:
@@ -472,7 +493,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   /** Stops the requests fetching ahead (reads asked for still finish). */
   close(): void {
     this.#closing.abort(new Error("source closed"));
-    this.#window.clear();
+    this.#window?.clear();
   }
 
   /**
@@ -480,7 +501,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    * fetching ahead to end.
    */
   async [Symbol.asyncDispose](): Promise<void> {
-    const pending = this.#window.pending();
+    const pending = this.#window?.pending() ?? [];
     this.close();
     await Promise.allSettled(pending);
   }
