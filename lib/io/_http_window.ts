@@ -84,10 +84,11 @@ export class ReadWindow {
   read(offset: number, length: number): Promise<Uint8Array> | undefined {
     const origin = this.#origin;
     if (origin !== undefined) {
+      if (offset < origin) return undefined;
       const first = Math.floor((offset - origin) / WINDOW_PIECE);
       const last = Math.floor((offset + length - 1 - origin) / WINDOW_PIECE);
       const low = this.#furthest - WINDOW_BEHIND;
-      if (offset >= origin && first >= low && first <= low + WINDOW_PIECES) {
+      if (first >= low && first <= low + WINDOW_PIECES) {
         return this.#answer(offset, length, first, last);
       }
       if (first < low) return undefined;

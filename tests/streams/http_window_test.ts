@@ -11,7 +11,11 @@ import { join } from "node:path";
 import { mulberry32 } from "../../lib/_prng.ts";
 import { IoError } from "../../lib/format/errors.ts";
 import { MERGE_MAX } from "../../lib/io/_http.ts";
-import { WINDOW_PIECE, WINDOW_PIECES } from "../../lib/io/_http_window.ts";
+import {
+  ReadWindow,
+  WINDOW_PIECE,
+  WINDOW_PIECES,
+} from "../../lib/io/_http_window.ts";
 import { HttpSource } from "../../lib/io/http_source.ts";
 import {
   DEFAULT_CHUNK,
@@ -214,4 +218,52 @@ Deno.test("HttpSource fails a read from its window in one line naming the URL an
     assert.strictEqual(err.code, "TIMEOUT");
     assert.match(err.message, new RegExp(`${at} .*no data came for 0.3 s`));
   });
+});
+
+Deno.test("ReadWindow opens after 1 MiB read forward, holds at most WINDOW_PIECES pieces, and leaves reads behind or far ahead to the caller", async () => {
+  const size = 128 * MiB;
+  const calls: [number, number][] = [];
+  const window = new ReadWindow(size, (offset, length) => {
+    calls.push([offset, length]);
+    const bytes = new Uint8Array(length);
+    for (let i = 0; i < length; i++) bytes[i] = (offset + i) % 251;
+    return Promise.resolve(bytes);
+  });
+  const check = async (offset: number, length: number) => {
+    const got = await window.read(offset, length);
+    assert.ok(got, `read at ${offset} answered by the window`);
+    assert.strictEqual(got.length, length);
+    for (let i = 0; i < length; i += 4099) {
+      assert.strictEqual(got[i], (offset + i) % 251, `byte ${offset + i}`);
+    }
+  };
+  const half = MiB / 2;
+  assert.strictEqual(window.read(0, half), undefined);
+  assert.strictEqual(calls.length, 0);
+  // 1 MiB read one after the other: the window opens where this read is.
+  await check(half, half);
+  assert.deepStrictEqual(
+    calls,
+    Array.from({ length: WINDOW_PIECES }, (_, k) => [
+      half + k * WINDOW_PIECE,
+      WINDOW_PIECE,
+    ]),
+  );
+  // Forward, a little out of order, across pieces: pieces follow, bounded.
+  for (let at = MiB; at < 40 * MiB; at += 3 * MiB) {
+    await check(at + MiB, MiB);
+    await check(at, MiB + 7);
+    assert.ok(window.held <= WINDOW_PIECES, `${window.held} pieces held`);
+  }
+  assert.ok(
+    calls.every(([o, n], i) =>
+      o === half + i * WINDOW_PIECE && n === Math.min(WINDOW_PIECE, size - o)
+    ),
+    JSON.stringify(calls),
+  );
+  // Behind the window: the caller's; far ahead: the window closes.
+  assert.strictEqual(window.read(0, 4096), undefined);
+  assert.ok(window.held > 0);
+  assert.strictEqual(window.read(size - 4096, 4096), undefined);
+  assert.strictEqual(window.held, 0);
 });
