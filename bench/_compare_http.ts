@@ -253,8 +253,8 @@ export interface CappedRow {
   size: number;
   rate: number;
   delayMs: number;
-  /** Wall seconds and peak RSS (KiB) of each run. */
-  ours: { secs: number; rssKiB: number }[];
+  /** Wall seconds, CPU seconds (user + system) and peak RSS (KiB) of each run. */
+  ours: { secs: number; cpu: number; rssKiB: number }[];
   qemu: number[];
   /** What the server saw in our last run. */
   seen: { requests: number; connections: number; maxConcurrent: number };
@@ -305,13 +305,13 @@ export async function runCapped(
           : curlArgv(url, dst, 600);
         const out = await sh("/usr/bin/time", [
           "-f",
-          "%e %M",
+          "%e %M %U %S",
           "-o",
           timing,
           ...argv,
         ]);
-        const [secs, rss] = (await Deno.readTextFile(timing)).trim()
-          .split("\n").at(-1)!.split(" ").map(Number);
+        const [secs, rss, user, system] = (await Deno.readTextFile(timing))
+          .trim().split("\n").at(-1)!.split(" ").map(Number);
         const seen = server.take();
         if (out.code !== 0) {
           row.problem ??= `${tool} exit ${out.code}: ${
@@ -334,7 +334,7 @@ export async function runCapped(
           row.qemu.push(secs);
           continue;
         }
-        row.ours.push({ secs, rssKiB: rss });
+        row.ours.push({ secs, cpu: user + system, rssKiB: rss });
         row.seen = {
           requests: seen.requests,
           connections: seen.seen,
@@ -343,7 +343,9 @@ export async function runCapped(
         log(
           `  ours ${secs.toFixed(2)} s (${
             (secs / (row.size / rate)).toFixed(2)
-          }× one connection), ${seen.requests} requests on ${seen.seen} connections, at most ${seen.maxConcurrent} at once, ${
+          }× one connection, ${
+            (user + system).toFixed(1)
+          } CPU s), ${seen.requests} requests on ${seen.seen} connections, at most ${seen.maxConcurrent} at once, ${
             (rss / 1024).toFixed(0)
           } MiB peak RSS`,
         );
@@ -366,17 +368,18 @@ export function cappedMarkdown(row: CappedRow): string[] {
   const one = row.size / row.rate;
   const ours = median(row.ours.map((r) => r.secs));
   const rss = median(row.ours.map((r) => r.rssKiB)) / 1024;
+  const cpu = median(row.ours.map((r) => r.cpu));
   const qemu = row.qemu.length > 0 ? median(row.qemu) : undefined;
   return [
     `qcow2 → raw over HTTP, ${row.delayMs} ms per request, each connection capped at ${
       row.rate / 1e6
     } MB/s (median of ${row.ours.length}; one connection needs size / rate):`,
     "",
-    "| image | size MB | one connection s | ours s | ratio | qemu-img (curl) s | requests / connections (most at once) | our peak RSS MiB |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| image | size MB | one connection s | ours s | ratio | our CPU s | qemu-img (curl) s | requests / connections (most at once) | our peak RSS MiB |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     `| ${row.image} | ${(row.size / 1e6).toFixed(1)} | ${one.toFixed(1)} | ${
       ours.toFixed(2)
-    } | ${(ours / one).toFixed(2)}× | ${
+    } | ${(ours / one).toFixed(2)}× | ${cpu.toFixed(1)} | ${
       qemu === undefined ? "not run" : qemu.toFixed(2)
     } | ${row.seen.requests} / ${row.seen.connections} (${row.seen.maxConcurrent}) | ${
       rss.toFixed(0)

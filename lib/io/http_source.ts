@@ -490,7 +490,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     return into;
   }
 
-  /** Stops the requests fetching ahead (reads asked for still finish). */
+  /** Stops the requests fetching ahead (a read waiting for one fails). */
   close(): void {
     this.#closing.abort(new Error("source closed"));
     this.#window?.clear();
