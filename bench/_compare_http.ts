@@ -255,11 +255,18 @@ export interface CappedRow {
   delayMs: number;
   /** Wall seconds, CPU seconds (user + system) and peak RSS (KiB) of each run. */
   ours: { secs: number; cpu: number; rssKiB: number }[];
+  /** Wall seconds of qemu-img's runs that finished. */
   qemu: number[];
   /** What the server saw in our last run. */
   seen: { requests: number; connections: number; maxConcurrent: number };
+  /** Our failure: an exit status, or bytes other than the image's. */
   problem?: string;
+  /** qemu-img's (its curl driver may hang: it is killed after a while). */
+  qemuProblem?: string;
 }
+
+/** How long a qemu-img (curl) run of the capped row may take, in seconds. */
+const CURL_LIMIT = 600;
 
 /** The issue's target: ours ≤ this × (size / rate). */
 export const CAPPED_TARGET = 0.3;
@@ -302,7 +309,7 @@ export async function runCapped(
         server.take();
         const argv = tool === "ours"
           ? ourArgv(url, dst)
-          : curlArgv(url, dst, 600);
+          : curlArgv(url, dst, CURL_LIMIT);
         const out = await sh("/usr/bin/time", [
           "-f",
           "%e %M %U %S",
@@ -313,6 +320,13 @@ export async function runCapped(
         const [secs, rss, user, system] = (await Deno.readTextFile(timing))
           .trim().split("\n").at(-1)!.split(" ").map(Number);
         const seen = server.take();
+        if (tool === "qemu" && out.code !== 0) {
+          row.qemuProblem = out.code === 137
+            ? `killed after ${CURL_LIMIT} s`
+            : `exit ${out.code}: ${out.stderr.trim().split("\n").at(-1)}`;
+          log(`  qemu-img (curl) ${row.qemuProblem}`);
+          continue;
+        }
         if (out.code !== 0) {
           row.problem ??= `${tool} exit ${out.code}: ${
             out.stderr.trim().split("\n").at(-1)
@@ -380,7 +394,7 @@ export function cappedMarkdown(row: CappedRow): string[] {
     `| ${row.image} | ${(row.size / 1e6).toFixed(1)} | ${one.toFixed(1)} | ${
       ours.toFixed(2)
     } | ${(ours / one).toFixed(2)}× | ${cpu.toFixed(1)} | ${
-      qemu === undefined ? "not run" : qemu.toFixed(2)
+      qemu?.toFixed(2) ?? row.qemuProblem ?? "not run"
     } | ${row.seen.requests} / ${row.seen.connections} (${row.seen.maxConcurrent}) | ${
       rss.toFixed(0)
     } |${row.problem ? ` ${row.problem}` : ""}`,
