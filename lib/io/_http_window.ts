@@ -10,8 +10,10 @@
 // busy), add the connections' bandwidths up.
 //
 // Budget. At most WINDOW_PIECES pieces of WINDOW_PIECE bytes are held,
-// fetched or in flight: a fixed amount of memory, whatever the size of
-// the resource. The window covers the pieces from WINDOW_BEHIND before the
+// fetched or in flight, and none is fetched ahead while WINDOW_PIECES
+// requests are out (pieces dropped by a jump included): a fixed amount of
+// memory and of requests, whatever the size of the resource. Only the
+// pieces a read needs go out beyond that; the caller bounds its reads. The window covers the pieces from WINDOW_BEHIND before the
 // furthest piece read; reads may come a little out of order (an image
 // written out of order stores guest-ordered clusters so). A read before
 // the window, or far beyond it, is not the window's: the caller reads it
@@ -58,6 +60,8 @@ export class ReadWindow {
   /** The furthest piece read. */
   #furthest = 0;
   readonly #pieces = new Map<number, Promise<Uint8Array>>();
+  /** Requests out, for pieces held or dropped. */
+  #inFlight = 0;
   /** End of the last read seen outside the window, and the streak's bytes. */
   #streakEnd = -1;
   #streakBytes = 0;
@@ -140,8 +144,8 @@ export class ReadWindow {
     }
     // The pieces of this read first, then the ones after them.
     const wanted: Promise<Uint8Array>[] = [];
-    for (let k = first; k <= last; k++) wanted.push(this.#piece(k));
-    for (let k = low; k < low + WINDOW_PIECES; k++) this.#piece(k);
+    for (let k = first; k <= last; k++) wanted.push(this.#piece(k)!);
+    for (let k = low; k < low + WINDOW_PIECES; k++) this.#piece(k, true);
     const origin = this.#origin!;
     if (wanted.length === 1) {
       const bytes = await wanted[0];
@@ -161,16 +165,22 @@ export class ReadWindow {
     return out.subarray(0, have);
   }
 
-  /** Piece `k`, fetched when it is not held yet (none past the end). */
-  #piece(k: number): Promise<Uint8Array> {
+  /**
+   * Piece `k`, fetched when it is not held yet (none past the end); one
+   * fetched `ahead` of the reads waits while WINDOW_PIECES requests are out.
+   */
+  #piece(k: number, ahead = false): Promise<Uint8Array> | undefined {
     const held = this.#pieces.get(k);
     if (held) return held;
+    if (ahead && this.#inFlight >= WINDOW_PIECES) return undefined;
     const start = this.#origin! + k * WINDOW_PIECE;
     const length = Math.min(WINDOW_PIECE, this.#size - start);
     if (length <= 0) return Promise.resolve(new Uint8Array(0));
     const piece = this.#fetch(start, length);
+    this.#inFlight++;
     // Reported to the reads that await it; one nobody reads fails unseen.
-    piece.catch(() => {});
+    const done = () => void this.#inFlight--;
+    piece.then(done, done);
     this.#pieces.set(k, piece);
     return piece;
   }

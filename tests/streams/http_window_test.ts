@@ -267,3 +267,27 @@ Deno.test("ReadWindow opens after 1 MiB read forward, holds at most WINDOW_PIECE
   assert.strictEqual(window.read(size - 4096, 4096), undefined);
   assert.strictEqual(window.held, 0);
 });
+
+Deno.test("ReadWindow fetches nothing ahead while WINDOW_PIECES requests are out, pieces dropped by a jump included", async () => {
+  const answers: (() => void)[] = [];
+  const window = new ReadWindow(
+    1024 * MiB,
+    (_offset, length) =>
+      new Promise((resolve) => {
+        answers.push(() => resolve(new Uint8Array(length)));
+      }),
+  );
+  const first = window.read(0, MiB);
+  assert.strictEqual(answers.length, WINDOW_PIECES);
+  // Far ahead: the window closes, its requests still out; 1 MiB read from
+  // there opens it again with only the piece that read needs.
+  assert.strictEqual(window.read(512 * MiB, 4096), undefined);
+  const second = window.read(512 * MiB + 4096, MiB);
+  assert.strictEqual(answers.length, WINDOW_PIECES + 1);
+  for (const answer of answers) answer();
+  assert.strictEqual((await first)!.length, MiB);
+  assert.strictEqual((await second)!.length, MiB);
+  // With the requests answered, the next read fetches ahead again.
+  await window.read(512 * MiB + 4096 + MiB, MiB);
+  assert.strictEqual(answers.length, 2 * WINDOW_PIECES);
+});
