@@ -1,7 +1,7 @@
 // End-to-end comparison with `qemu-img convert` on a realistic disk.
 //
 //   deno task bench:compare [--quick] [--cold [--no-drop]] [--tools]
-//                           [--keep-cache] [--reps N]
+//                           [--keep-cache] [--reps N] [--skip-curl]
 //
 // 1. Builds (once, into bench/.cache/) a raw disk holding an ext4 filesystem
 //    made by `mkfs.ext4 -q -F -d DIR` from part of this machine's /usr,
@@ -19,6 +19,9 @@
 //    Then qcow2 → raw over HTTP (bench/_compare_http.ts): four images made
 //    by qemu-img from the disk's first 64 MiB, served by a local server that
 //    waits 50 ms before each answer; ours against qemu-img's curl driver.
+//    Then qemu-img's zstd image of the whole disk from the same server with
+//    each connection capped at 20 MB/s, against size / 20 MB/s (one
+//    connection) and qemu-img's curl driver (--skip-curl leaves it out).
 // 3. Verifies every output before its time counts: `qemu-img compare`
 //    against the source (and `qemu-img check` for qcow2 outputs; the exact
 //    virtual size for raw outputs). A failed check is reported and makes
@@ -60,9 +63,12 @@ import {
 import { buildBigDisk, buildDisk } from "./_compare_disk.ts";
 import { toolsSection } from "./_compare_tools.ts";
 import {
+  cappedMarkdown,
+  cappedTarget,
   httpMarkdown,
   type HttpRow,
   httpTargets,
+  runCapped,
   runHttp,
 } from "./_compare_http.ts";
 import {
@@ -92,6 +98,7 @@ import {
 
 const HELP =
   `Usage: deno task bench:compare [--quick] [--cold [--no-drop]] [--tools] [--keep-cache] [--reps N]
+                               [--skip-curl]
 
 Times qcow2pipe's CLI against qemu-img convert on an ext4 disk image built
 from /usr (cached in bench/.cache/). See the comment at the top of
@@ -102,7 +109,8 @@ bench/compare.ts for what is measured and how.
   --no-drop      with --cold: sync only, the page cache is not dropped
   --tools        only check, map and compare on TiB-sized sparse qcow2 images
   --keep-cache   keep the disk images in bench/.cache/ for the next run
-  --reps N       repetitions per measurement (default 3, --quick 1)`;
+  --reps N       repetitions per measurement (default 3, --quick 1)
+  --skip-curl    no qemu-img (curl) run over the capped HTTP server`;
 
 function forwardOps(src: string, suffix = ""): Op[] {
   return [
@@ -188,6 +196,7 @@ async function main(): Promise<number> {
       tools: { type: "boolean" },
       "keep-cache": { type: "boolean" },
       reps: { type: "string" },
+      "skip-curl": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -317,15 +326,18 @@ async function main(): Promise<number> {
         ),
       );
     }
-    for (const f of Object.values(kept)) await Deno.remove(f).catch(() => {});
 
     log(`\nqcow2 → raw over HTTP, 50 ms per request (${reps} repetition(s)):`);
-    const http: HttpRow[] = await runHttp(
-      RUN_DIR,
-      disk,
-      reps,
-      (url, dst) => oursArgv(["-f", "qcow2", "-O", "raw"], url)(dst),
-    ) ?? [];
+    const fromUrl = (url: string, dst: string) =>
+      oursArgv(["-f", "qcow2", "-O", "raw"], url)(dst);
+    const http: HttpRow[] = await runHttp(RUN_DIR, disk, reps, fromUrl) ?? [];
+    log(`\n… each connection capped at 20 MB/s (${reps} repetition(s)):`);
+    const capped = await exists(kept.zstd)
+      ? await runCapped(RUN_DIR, kept.zstd, reps, fromUrl, {
+        qemu: !values["skip-curl"],
+      })
+      : undefined;
+    for (const f of Object.values(kept)) await Deno.remove(f).catch(() => {});
 
     const tools = await toolsSection(RUN_DIR, reps);
     const failed = [...tools.failed];
@@ -350,6 +362,7 @@ async function main(): Promise<number> {
     for (const r of http) {
       if (r.problem) failed.push(`http ${r.image}: ${r.problem}`);
     }
+    if (capped?.problem) failed.push(`http capped: ${capped.problem}`);
     if (failed.length > 0) exitCode = 1;
 
     const mainRows = mainTable(results, reps);
@@ -358,6 +371,7 @@ async function main(): Promise<number> {
       ...targets(results),
       ...httpTargets(http),
       ...tools.targets,
+      ...(capped ? [cappedTarget(capped)] : []),
     ];
 
     console.log(`\n${textTable(mainRows)}\n\n${textTable(scaling)}\n`);
@@ -396,6 +410,7 @@ async function main(): Promise<number> {
       ...(http.length > 0 ? [...httpMarkdown(http), ""] : []),
       ...tools.markdown,
       "",
+      ...(capped ? [...cappedMarkdown(capped), ""] : []),
       "Targets:",
       "",
       ...targetLines(ts),
