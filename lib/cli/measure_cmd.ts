@@ -1,0 +1,114 @@
+// `qcow2pipe measure`: the sizes `qemu-img measure` reports for a new
+// image, from a source or for a blank image of --size bytes.
+import {
+  formatMeasure,
+  formatMeasureJson,
+  measureImage,
+} from "../tools/mod.ts";
+import { OutBuffer, parseFormat } from "./_args.ts";
+import { parseCreateOptions } from "./_create_options.ts";
+import {
+  formatHelp,
+  getopt,
+  HTTP_OPTIONS,
+  httpTimeoutHelp,
+  httpTransport,
+  INSPECT_OPTIONS,
+  outputFormat,
+} from "./_getopt.ts";
+import { openNamed } from "./_inputs.ts";
+import { parseSize, UsageError } from "./_util.ts";
+
+export const MEASURE_HELP =
+  `Usage: qcow2pipe measure [--output=human|json] [-O FMT] [-o OPTIONS] [--size N | [-f FMT] IMG]
+
+Say how large a new image would be, as "qemu-img measure" says it: the
+least it needs for the data of IMG (required size) and what it takes with
+every cluster allocated (fully allocated size); for a qcow2 source of
+version 3, what copying its persistent bitmaps adds (bitmaps size). With
+--size, for a blank image of N bytes. The numbers are qemu-img's estimate
+(every L2 table and refcount block counted), not what convert writes.
+
+Options:
+${formatHelp("  -f, --format FMT", 24, "IMG")}
+  -O FMT                format of the new image: raw (default) or qcow2
+  -o OPTIONS            its creation options, as qemu-img takes them:
+                        cluster_size, refcount_bits, extended_l2, compat,
+                        preallocation, backing_file (then every cluster
+                        counts), lazy_refcounts
+      --size N          measure a blank image of N bytes (suffixes k, M,
+                        G, T, P, E; a fraction with a unit)
+      --output FMT      human (default) or json: "qemu-img measure
+                        --output=json" (same keys)
+      --json            the same as --output=json
+${httpTimeoutHelp(24)}
+  -U, --force-share     accepted, as qemu-img takes it
+  -h, --help            show this help`;
+
+export async function measureCommand(args: string[]): Promise<number> {
+  const { values, positionals } = getopt("measure", args, {
+    format: { type: "string", short: "f" },
+    "output-format": { type: "string", short: "O" },
+    options: { type: "string", short: "o", multiple: true },
+    size: { type: "string" },
+    output: { type: "string" },
+    json: { type: "boolean" },
+    snapshot: {
+      type: "string",
+      short: "l",
+      unsupported: "a snapshot is not measured; measure the image",
+    },
+    ...HTTP_OPTIONS,
+    ...INSPECT_OPTIONS,
+  });
+  if (values.help) {
+    console.log(MEASURE_HELP);
+    return 0;
+  }
+  if (positionals.length > 1) {
+    throw new UsageError(
+      "Cannot measure: At most one filename argument is allowed.",
+    );
+  }
+  const output = outputFormat("measure", values.output, values.json);
+  const target = values["output-format"] ?? "raw";
+  if (target !== "raw" && target !== "qcow2") {
+    throw new UsageError(
+      `Cannot measure: -O ${target}: Block driver '${target}' does not support size measurement (we measure raw and qcow2)`,
+    );
+  }
+  const o = parseCreateOptions(values.options ?? [], target, "measure");
+  const size = values.size === undefined
+    ? undefined
+    : parseSize(values.size, "--size");
+  const format = parseFormat(values.format, "-f");
+  const http = httpTransport("measure", values["http-timeout"]);
+  const options = {
+    outputFormat: target,
+    size,
+    clusterSize: o.clusterSize,
+    refcountBits: o.refcountBits,
+    extendedL2: o.extendedL2,
+    compat: o.compat,
+    preallocation: o.preallocation,
+    backing: o.backingFile !== undefined,
+    format,
+    http,
+  } as const;
+  const [path] = positionals;
+  let result;
+  if (path === undefined) {
+    result = await measureImage(undefined, options);
+  } else {
+    await using image = await openNamed(path, http);
+    result = await measureImage(image.input, options);
+  }
+  const out = new OutBuffer();
+  await out.add(
+    output === "json"
+      ? formatMeasureJson(result) + "\n"
+      : formatMeasure(result),
+  );
+  await out.flush();
+  return 0;
+}
