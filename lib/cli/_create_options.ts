@@ -298,3 +298,62 @@ export function createOptionsHelp(format: OutputFormat): string {
     .map(([name, k]) => `  ${`${name}=${k.kind}`.padEnd(22)} - ${k.help}`);
   return `Supported ${format} options:\n${lines.join("\n")}\n`;
 }
+
+/**
+ * The options `qemu-img create` lists on its "Formatting" line, in its
+ * order, each with the value listed when it is not given (none: left out).
+ */
+const FORMATTING_LINE: Record<OutputFormat, [string, string?][]> = {
+  qcow2: [
+    ["cluster_size", "65536"],
+    ["extended_l2", "off"],
+    ["preallocation"],
+    ["compression_type", "zlib"],
+    ["size"],
+    ["backing_file"],
+    ["backing_fmt"],
+    ["compat"],
+    ["lazy_refcounts", "off"],
+    ["refcount_bits", "16"],
+  ],
+  raw: [["size"], ["preallocation"]],
+};
+
+/**
+ * The line `qemu-img create` prints before it creates an image:
+ * `Formatting 'FILE', fmt=FMT key=value ...`, sizes and numbers in bytes,
+ * strings with commas doubled, booleans as given.
+ *
+ * @param file The new image's name.
+ * @param format Its format.
+ * @param lists The values of `-o`, in order.
+ * @param given What the command line sets over `-o` (the size, `-b`,
+ * `-F`), as qemu-img sets them.
+ */
+export function formattingLine(
+  file: string,
+  format: OutputFormat,
+  lists: string[],
+  given: Record<string, string | number | undefined>,
+): string {
+  const values = new Map<string, string | number>(splitOptionList(lists));
+  for (const [key, value] of Object.entries(given)) {
+    if (value !== undefined) values.set(key, value);
+  }
+  let line = `Formatting '${file}', fmt=${format}`;
+  for (const [key, fallback] of FORMATTING_LINE[format]) {
+    const value = values.get(key) ?? fallback;
+    if (value === undefined) continue;
+    const kind = KEYS[key].kind;
+    let text = String(value);
+    if (typeof value === "string" && kind === "<size>") {
+      text = String(parseSize(value, `-o ${key}`));
+    } else if (typeof value === "string" && kind === "<num>") {
+      text = String(parseInteger(value, `-o ${key}`));
+    } else if (kind === "<str>") {
+      text = text.replaceAll(",", ",,");
+    }
+    line += ` ${key}=${text}`;
+  }
+  return line;
+}

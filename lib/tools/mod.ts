@@ -18,6 +18,7 @@
  * - {@linkcode measureImage}, {@linkcode formatMeasure},
  *   {@linkcode formatMeasureJson}: `qemu-img measure`
  * - {@linkcode formatSnapshotList}: `qemu-img snapshot -l`
+ * - {@linkcode createImage}: `qemu-img create`
  *
  * @example Describe and check an image made in memory
  * ```ts
@@ -78,3 +79,8 @@ export {
   type MeasureOptions,
   type MeasureResult,
 } from "./measure.ts";
+export {
+  type CreatedImage,
+  createImage,
+  type CreateImageOptions,
+} from "./create.ts";
