@@ -11,7 +11,7 @@
 import { SECTOR_SIZE } from "../format/geometry.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
-import { blankQcow2 } from "../writer/blank_image.ts";
+import { blankQcow2, checkBlankQcow2 } from "../writer/blank_image.ts";
 import type { OpenSource } from "./_open.ts";
 import { imageInfo } from "./info.ts";
 
@@ -135,6 +135,14 @@ export async function createImage(
       `Cannot create image: Backing file not supported for file format '${options.format}'`,
     );
   }
+  const qcow2 = {
+    size: size ?? 0,
+    clusterSize: options.clusterSize,
+    refcountBits: options.refcountBits,
+    compression: options.compression,
+    backingFile: backing,
+  };
+  if (options.format === "qcow2") checkBlankQcow2(qcow2);
   let backingPath: string | undefined;
   if (backing && !options.unsafe) {
     backingPath = resolveName(directoryOf(name) ?? "", backing.name) ??
@@ -157,12 +165,6 @@ export async function createImage(
   if (options.format === "raw") {
     return { head: new Uint8Array(0), length: virtualSize, virtualSize };
   }
-  const head = blankQcow2({
-    size,
-    clusterSize: options.clusterSize,
-    refcountBits: options.refcountBits,
-    compression: options.compression,
-    backingFile: backing,
-  });
+  const head = blankQcow2({ ...qcow2, size });
   return { head, length: head.length, virtualSize, backingPath };
 }

@@ -154,6 +154,32 @@ class QemuAllocator {
 }
 
 /**
+ * Checks the options of {@linkcode blankQcow2} other than the size, as
+ * QEMU checks them before it creates anything.
+ *
+ * @param options The options.
+ * @returns The cluster size and refcount order.
+ * @throws {RangeError} For a cluster size or refcount width out of range,
+ * or a backing file name or format QEMU would not take.
+ *
+ * @example A refcount width that is not a power of two
+ * ```ts
+ * import assert from "node:assert";
+ * import { checkBlankQcow2 } from "./blank_image.ts";
+ * assert.throws(() => checkBlankQcow2({ size: 0, refcountBits: 3 }), RangeError);
+ * assert.deepStrictEqual(checkBlankQcow2({ size: 0 }), { cs: 65536, order: 4 });
+ * ```
+ */
+export function checkBlankQcow2(
+  options: BlankQcow2Options,
+): { cs: number; order: number } {
+  const cs = checkClusterSize(options.clusterSize ?? 65536);
+  const order = refcountOrderOf(options.refcountBits ?? 16);
+  if (options.backingFile) checkBackingFile(options.backingFile);
+  return { cs, order };
+}
+
+/**
  * The bytes of a new, empty qcow2 image: what `qemu-img create -f qcow2`
  * writes for the same size and options.
  *
@@ -175,9 +201,7 @@ class QemuAllocator {
  * ```
  */
 export function blankQcow2(options: BlankQcow2Options): Uint8Array {
-  const cs = checkClusterSize(options.clusterSize ?? 65536);
-  const order = refcountOrderOf(options.refcountBits ?? 16);
-  if (options.backingFile) checkBackingFile(options.backingFile);
+  const { cs, order } = checkBlankQcow2(options);
   if (!Number.isSafeInteger(options.size) || options.size < 0) {
     throw new RangeError(
       `Cannot create image: size ${options.size} is out of range [0, 2^53)`,
