@@ -41,7 +41,8 @@ interface Key {
   unsupported?: string;
   /**
    * The commands that take any valid value despite `only` and
-   * `unsupported` (measure computes sizes and writes nothing).
+   * `unsupported` (measure computes sizes and writes nothing); only they
+   * get the value stored.
    */
   takenBy?: CreateAction[];
 }
@@ -286,7 +287,8 @@ export function parseCreateOptions(
         );
       }
     }
-    spec.apply?.(value, out);
+    // Keys taken by some commands only are stored for those.
+    if (!spec.takenBy || taken) spec.apply?.(value, out);
   }
   return out;
 }

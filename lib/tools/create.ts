@@ -29,7 +29,7 @@ import { imageInfo } from "./info.ts";
  *   unsafe: true,
  * };
  * const image = await createImage("vm/top.qcow2", options);
- * assert.match(new TextDecoder().decode(image.head.subarray(0, 512)), /base\.raw/);
+ * assert.match(new TextDecoder().decode(image.head.subarray(0, 1024)), /base\.raw/);
  * ```
  */
 export interface CreateImageOptions {

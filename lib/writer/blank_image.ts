@@ -41,7 +41,7 @@ import { SECTOR_SIZE } from "../format/geometry.ts";
  * import assert from "node:assert";
  * import { blankQcow2, type BlankQcow2Options } from "./blank_image.ts";
  * const options: BlankQcow2Options = { size: 2 ** 30, clusterSize: 4096 };
- * assert.strictEqual(blankQcow2(options).length, 3 * 4096 + 2048);
+ * assert.strictEqual(blankQcow2(options).length, 4 * 4096); // header, refcounts, L1
  * ```
  */
 export interface BlankQcow2Options {
