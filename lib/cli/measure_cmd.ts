@@ -5,6 +5,9 @@ import {
   formatMeasureJson,
   measureImage,
 } from "../tools/mod.ts";
+import { convert } from "../convert.ts";
+import { openImage } from "../reader/open.ts";
+import type { ImageSink } from "../io/sink.ts";
 import { OutBuffer, parseFormat } from "./_args.ts";
 import { parseCreateOptions } from "./_create_options.ts";
 import {
@@ -38,6 +41,12 @@ ${formatHelp("  -f, --format FMT", 24, "IMG")}
                         counts), lazy_refcounts
       --size N          measure a blank image of N bytes (suffixes k, M,
                         G, T, P, E; a fraction with a unit)
+  -c                    also say what "qcow2pipe convert -c" writes: the
+                        "converted size" line ("converted" in JSON), the
+                        exact size, found by converting IMG to nowhere
+                        (compressed with -o compression_type, else zlib)
+      --sparsify        the same for "qcow2pipe convert --sparsify" (with
+                        -c too, for both)
       --output FMT      human (default) or json: "qemu-img measure
                         --output=json" (same keys)
       --json            the same as --output=json
@@ -53,6 +62,8 @@ export async function measureCommand(args: string[]): Promise<number> {
     size: { type: "string" },
     output: { type: "string" },
     json: { type: "boolean" },
+    compress: { type: "boolean", short: "c" },
+    sparsify: { type: "boolean" },
     snapshot: {
       type: "string",
       short: "l",
@@ -103,6 +114,34 @@ export async function measureCommand(args: string[]): Promise<number> {
     await using image = await openNamed(path, http);
     result = await measureImage(image.input, options);
   }
+  if (values.compress || values.sparsify) {
+    if (path === undefined || target !== "qcow2") {
+      throw new UsageError(
+        "Cannot measure: -c and --sparsify say what convert writes from IMG to qcow2: give IMG and -O qcow2",
+      );
+    }
+    const ours = Object.entries({
+      backing_file: o.backingFile,
+      extended_l2: o.extendedL2 ? "on" : undefined,
+      compat: o.compat === "v2" ? "0.10" : undefined,
+      preallocation: o.preallocation !== "off" ? o.preallocation : undefined,
+    }).find(([, v]) => v !== undefined);
+    if (ours) {
+      throw new UsageError(
+        `Cannot measure: -c and --sparsify say what convert writes, and convert does not write -o ${
+          ours[0]
+        }=${ours[1]}`,
+      );
+    }
+    result.converted = await convertedSize(path, {
+      format,
+      http,
+      clusterSize: o.clusterSize,
+      refcountBits: o.refcountBits,
+      compression: values.compress ? o.compressionType ?? "zlib" : "none",
+      sparsify: values.sparsify ?? false,
+    });
+  }
   const out = new OutBuffer();
   await out.add(
     output === "json"
@@ -111,4 +150,38 @@ export async function measureCommand(args: string[]): Promise<number> {
   );
   await out.flush();
   return 0;
+}
+
+/** The size of the file convert writes for `path`, written nowhere. */
+async function convertedSize(
+  path: string,
+  options: {
+    format: ReturnType<typeof parseFormat>;
+    http: ReturnType<typeof httpTransport>;
+    clusterSize?: number;
+    refcountBits?: number;
+    compression: "zlib" | "zstd" | "none";
+    sparsify: boolean;
+  },
+): Promise<number> {
+  await using image = await openImage(path, {
+    format: options.format,
+    http: options.http,
+  });
+  let size = 0;
+  const nowhere: ImageSink = {
+    writeAt: () => Promise.resolve(),
+    commit: (n) => {
+      size = n ?? 0;
+      return Promise.resolve();
+    },
+    abort: () => Promise.resolve(),
+  };
+  const summary = await convert(image, nowhere, {
+    clusterSize: options.clusterSize,
+    refcountBits: options.refcountBits,
+    compression: options.compression,
+    sparsify: options.sparsify,
+  });
+  return Math.max(size, summary.fileSize);
 }

@@ -131,6 +131,12 @@ export interface MeasureResult {
    * when the source and the output both keep bitmaps (qcow2 version 3).
    */
   bitmaps?: number;
+  /**
+   * Not qemu-img's: the exact size of the file `qcow2pipe convert` writes
+   * for the source with the options asked (`-c`, `--sparsify`), when a
+   * caller measured it by converting (the CLI does, when asked).
+   */
+  converted?: number;
 }
 
 /** QEMU's `DIV_ROUND_UP` and `ROUND_UP`, on safe integers. */
@@ -409,7 +415,8 @@ export async function measureImage(
  *
  * @param result What {@linkcode measureImage} returned.
  * @returns `required size: N`, `fully allocated size: N` and, when
- * measured, `bitmaps size: N`, each on its line.
+ * measured, `bitmaps size: N` (and ours, `converted size: N`), each on its
+ * line.
  *
  * @example
  * ```ts
@@ -424,6 +431,9 @@ export function formatMeasure(result: MeasureResult): string {
     `fully allocated size: ${result.fullyAllocated}\n`;
   if (result.bitmaps !== undefined) {
     out += `bitmaps size: ${result.bitmaps}\n`;
+  }
+  if (result.converted !== undefined) {
+    out += `converted size: ${result.converted}\n`;
   }
   return out;
 }
@@ -450,5 +460,6 @@ export function formatMeasureJson(result: MeasureResult): string {
     "fully-allocated": result.fullyAllocated,
   };
   if (result.bitmaps !== undefined) o.bitmaps = result.bitmaps;
+  if (result.converted !== undefined) o.converted = result.converted;
   return qemuJson(o);
 }

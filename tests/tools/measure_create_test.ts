@@ -221,6 +221,47 @@ qemuTest(
   },
 );
 
+Deno.test("measure -c and --sparsify: the exact size convert writes, only when asked", async () => {
+  await using dir = await tempDir();
+  const cwd = dir.path;
+  const disk = new Uint8Array(3 << 20);
+  for (let i = 0; i < disk.length; i += 4096) disk[i] = i % 251;
+  disk.fill(0, 1 << 20, 2 << 20);
+  await Deno.writeFile(join(cwd, "disk.raw"), disk);
+  const cases: string[][] = [
+    ["-c"],
+    ["--sparsify", "-o", "cluster_size=4k,refcount_bits=8"],
+    ["-c", "-o", "compression_type=zstd"],
+  ];
+  const plain = await cli(
+    ["measure", "--output=json", "-O", "qcow2", "disk.raw"],
+    { cwd },
+  );
+  assert.strictEqual(JSON.parse(plain.stdout).converted, undefined);
+  for (const flags of cases) {
+    const m = await cli(
+      ["measure", "--output=json", "-O", "qcow2", ...flags, "disk.raw"],
+      { cwd },
+    );
+    assert.strictEqual(m.code, 0, m.stderr);
+    const c = await cli(
+      ["convert", "-q", "-O", "qcow2", ...flags, "disk.raw", "out.qcow2"],
+      { cwd },
+    );
+    assert.strictEqual(c.code, 0, c.stderr);
+    const size = (await Deno.stat(join(cwd, "out.qcow2"))).size;
+    assert.strictEqual(JSON.parse(m.stdout).converted, size, flags.join(" "));
+    const text = await cli(["measure", "-O", "qcow2", ...flags, "disk.raw"], {
+      cwd,
+    });
+    assert.match(text.stdout, new RegExp(`^converted size: ${size}$`, "m"));
+  }
+  assertOneLineError(
+    await cli(["measure", "-c", "--size", "1G", "-O", "qcow2"], { cwd }),
+    /give IMG and -O qcow2/,
+  );
+});
+
 qemuTest(
   "create: the library's image equals qemu-img create's, byte for byte",
   async () => {
