@@ -24,6 +24,7 @@ import {
   MIN_EXTENDED_L2_CLUSTER_BITS,
 } from "../format/constants.ts";
 import { SECTOR_SIZE } from "../format/geometry.ts";
+import { refcountMetadataClusters } from "../format/refcount.ts";
 import type { ImageFormat } from "../reader/open.ts";
 import type { ReferencePolicy } from "../reader/references.ts";
 import type { HttpTransport } from "../io/http_source.ts";
@@ -148,31 +149,6 @@ function roundUp(n: number, d: number): number {
 }
 
 /**
- * Bytes of the refcount blocks and table that count `clusters` clusters
- * and themselves (the table's own clusters included), found by the same
- * fixed-point iteration as QEMU.
- */
-function refcountMetadataBytes(
-  clusters: number,
-  clusterSize: number,
-  refcountOrder: number,
-): number {
-  const perTableCluster = clusterSize / ENTRY_BYTES;
-  const perBlock = (clusterSize * 8) / 2 ** refcountOrder;
-  let table = 0;
-  let blocks = 0;
-  let n = 0;
-  let last: number;
-  do {
-    last = n;
-    blocks = divUp(clusters + table + blocks, perBlock);
-    table = divUp(blocks, perTableCluster);
-    n = clusters + blocks + table;
-  } while (n !== last);
-  return (blocks + table) * clusterSize;
-}
-
-/**
  * Bytes of a qcow2 image of `virtualSize` with every cluster allocated:
  * the header cluster, every L2 table, the L1 table, the refcount blocks
  * and table that count all of them, and the data.
@@ -191,11 +167,13 @@ function fullyAllocatedQcow2(
     clusterSize / ENTRY_BYTES,
   );
   let meta = clusterSize + l2Entries * l2Entry + l1Entries * ENTRY_BYTES;
-  meta += refcountMetadataBytes(
+  const { blocks, table } = refcountMetadataClusters(
     (meta + data) / clusterSize,
-    clusterSize,
+    Math.log2(clusterSize),
     refcountOrder,
+    false,
   );
+  meta += (blocks + table) * clusterSize;
   return meta + data;
 }
 

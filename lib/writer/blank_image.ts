@@ -7,12 +7,10 @@
  * cluster 1 and the first refcount block in cluster 2, then grows the
  * image to its size: the L1 table is allocated by its cluster allocator,
  * which places any refcount block the L1 table needs beyond the first one
- * where it finds room, restarting its search each time it adds one. That
- * allocator is followed here step by step. When the L1 table needs more
- * refcount blocks than one table cluster holds (QEMU then moves the
- * refcount table), the image is laid out the simple way instead: header,
- * refcount table, refcount blocks, L1 table. That image is as valid and
- * as large a disk, but not QEMU's bytes.
+ * where it finds room, restarting its search each time it adds one, and
+ * moves the refcount table to a larger one past everything when the table
+ * is full (the old table's cluster is freed, its bytes left). That
+ * allocator is followed here step by step.
  *
  * @module
  */
@@ -21,9 +19,10 @@ import { l1SizeFor } from "../format/geometry.ts";
 import {
   encodeRefcountTableEntry,
   refcountBlockEntries,
+  refcountMetadataClusters,
   setRefcount,
 } from "../format/refcount.ts";
-import { headerCluster, refcountSizing } from "./_metadata.ts";
+import { headerCluster } from "./_metadata.ts";
 import {
   checkBackingFile,
   checkClusterSize,
@@ -73,23 +72,43 @@ export interface BlankQcow2Options {
  */
 const FEATURE_TABLE_MIN_CLUSTER = 8192;
 
+/** A refcount table QEMU has moved away from: its clusters keep its bytes. */
+interface StaleTable {
+  cluster: number;
+  entries: number[];
+}
+
 /** The refcount table and blocks as QEMU's allocator leaves them. */
 class QemuAllocator {
-  readonly refcounts = new Map<number, number>();
+  /** Refcount by cluster (a hole: 0). */
+  readonly refcounts: number[] = [];
   /** Refcount block cluster by table index (0: none). */
-  readonly table: number[];
+  table: number[];
+  /** Where the table is, in clusters. */
+  tableCluster = 1;
+  tableClusters = 1;
+  /** Tables moved away from, oldest first. */
+  readonly stale: StaleTable[] = [];
+  #clusterBits: number;
+  #order: number;
   #perBlock: number;
   #free = 0;
 
-  constructor(clusterSize: number, perBlock: number) {
-    this.#perBlock = perBlock;
-    this.table = new Array(clusterSize / 8).fill(0);
+  constructor(clusterBits: number, order: number) {
+    this.#clusterBits = clusterBits;
+    this.#order = order;
+    this.#perBlock = refcountBlockEntries(clusterBits, order);
+    this.table = new Array(2 ** clusterBits / 8).fill(0);
+  }
+
+  get perBlock(): number {
+    return this.#perBlock;
   }
 
   refcount(cluster: number): number {
     const t = Math.floor(cluster / this.#perBlock);
     if (t >= this.table.length || this.table[t] === 0) return 0;
-    return this.refcounts.get(cluster) ?? 0;
+    return this.refcounts[cluster] ?? 0;
   }
 
   /** The first run of `n` free clusters from the search position on. */
@@ -101,54 +120,89 @@ class QemuAllocator {
   }
 
   /**
-   * Adds one to the refcounts of `n` clusters from `start`: "again" when
-   * a refcount block had to be added first (the caller searches again),
-   * "full" when the table has no room for it.
+   * Adds one to the refcounts of `n` clusters from `start`; "again" when
+   * a refcount block had to be added first (the caller searches again).
    */
-  #reference(start: number, n: number): "ok" | "again" | "full" {
+  #reference(start: number, n: number): "ok" | "again" {
     let block = -1;
     for (let c = start; c < start + n; c++) {
       const t = Math.floor(c / this.#perBlock);
       if (t !== block) {
-        const got = this.#blockFor(c);
-        if (got !== "ok") {
+        if (this.#blockFor(c) === "again") {
           this.#free = Math.min(this.#free, start);
           for (let d = start; d < c; d++) {
-            this.refcounts.set(d, this.refcounts.get(d)! - 1);
+            this.refcounts[d]--;
           }
-          return got;
+          return "again";
         }
         block = t;
       }
-      this.refcounts.set(c, (this.refcounts.get(c) ?? 0) + 1);
+      this.refcounts[c] = (this.refcounts[c] ?? 0) + 1;
     }
     return "ok";
   }
 
   /** Makes sure the refcount block of `cluster` exists. */
-  #blockFor(cluster: number): "ok" | "again" | "full" {
+  #blockFor(cluster: number): "ok" | "again" {
     const t = Math.floor(cluster / this.#perBlock);
     if (t < this.table.length && this.table[t] !== 0) return "ok";
     const block = this.#findFree(1);
     if (Math.floor(block / this.#perBlock) === t) {
       // It describes itself.
-      this.refcounts.set(block, 1);
-    } else {
-      const got = this.#reference(block, 1);
-      if (got !== "ok") return got;
+      this.refcounts[block] = 1;
+    } else if (this.#reference(block, 1) === "again") {
+      return "again";
     }
-    if (t >= this.table.length) return "full";
-    this.table[t] = block;
+    if (t < this.table.length) this.table[t] = block;
+    else this.#grow(cluster, block);
     return "again";
   }
 
-  /** Allocates `n` clusters, or undefined when the table would have to grow. */
-  allocate(n: number): number | undefined {
+  /**
+   * Moves the refcount table to a larger one, as QEMU does: new refcount
+   * blocks and the table past everything allocated so far, describing
+   * themselves; the old table's clusters freed (their bytes stay).
+   */
+  #grow(cluster: number, block: number): void {
+    const perTable = 2 ** this.#clusterBits / 8;
+    const used = Math.ceil(Math.max(cluster + 1, block + 1) / this.#perBlock);
+    const start = used * this.#perBlock;
+    const { blocks: total } = refcountMetadataClusters(
+      start,
+      this.#clusterBits,
+      this.#order,
+      true,
+    );
+    const size = Math.ceil((total + Math.ceil(total / 2)) / perTable) *
+      perTable;
+    const table: number[] = new Array(size).fill(0);
+    this.table.forEach((b, i) => {
+      if (i < size) table[i] = b;
+    });
+    table[Math.floor(cluster / this.#perBlock)] = block;
+    let at = start;
+    for (let i = start / this.#perBlock; i < total; i++) {
+      if (table[i] === 0) table[i] = at++;
+    }
+    const tableAt = at;
+    const end = tableAt + size / perTable;
+    this.stale.push({ cluster: this.tableCluster, entries: this.table });
+    this.table = table;
+    for (let c = start; c < end; c++) this.refcounts[c] = 1;
+    for (let i = 0; i < this.tableClusters; i++) {
+      const c = this.tableCluster + i;
+      this.refcounts[c]--;
+      this.#free = Math.min(this.#free, c);
+    }
+    this.tableCluster = tableAt;
+    this.tableClusters = size / perTable;
+  }
+
+  /** Allocates `n` clusters. */
+  allocate(n: number): number {
     for (;;) {
       const start = this.#findFree(n);
-      const got = this.#reference(start, n);
-      if (got === "ok") return start;
-      if (got === "full") return undefined;
+      if (this.#reference(start, n) === "ok") return start;
     }
   }
 }
@@ -216,20 +270,16 @@ export function blankQcow2(options: BlankQcow2Options): Uint8Array {
       } bytes, more than ${MAX_L1_BYTES}`,
     );
   }
-  const perBlock = refcountBlockEntries(Math.log2(cs), order);
-  const alloc = new QemuAllocator(cs, perBlock);
+  const alloc = new QemuAllocator(Math.log2(cs), order);
+  const perBlock = alloc.perBlock;
   alloc.table[0] = 2;
-  for (const c of [0, 1, 2]) alloc.refcounts.set(c, 1);
+  alloc.refcounts.push(1, 1, 1);
   const l1Bytes = l1Size * 8;
-  let l1Cluster = 0;
-  if (l1Size > 0) {
-    const at = alloc.allocate(Math.ceil(l1Bytes / cs));
-    if (at === undefined) return simpleLayout(options, size, l1Size, cs, order);
-    l1Cluster = at;
-  }
+  const l1Cluster = l1Size > 0 ? alloc.allocate(Math.ceil(l1Bytes / cs)) : 0;
   let end = 3 * cs;
   if (l1Size > 0) end = Math.max(end, l1Cluster * cs + l1Bytes);
   alloc.table.forEach((b) => end = Math.max(end, (b + 1) * cs));
+  end = Math.max(end, (alloc.tableCluster + alloc.tableClusters) * cs);
   const file = new Uint8Array(end);
   file.set(
     headerCluster({
@@ -239,69 +289,27 @@ export function blankQcow2(options: BlankQcow2Options): Uint8Array {
       compression: options.compression ?? "zlib",
       l1Size,
       l1TableOffset: l1Cluster * cs,
-      refcountTableOffset: cs,
-      refcountTableClusters: 1,
+      refcountTableOffset: alloc.tableCluster * cs,
+      refcountTableClusters: alloc.tableClusters,
       backingFile: options.backingFile,
       featureTable: cs >= FEATURE_TABLE_MIN_CLUSTER,
     }),
   );
-  const reftable = file.subarray(cs, 2 * cs);
-  alloc.table.forEach((b, t) => {
-    if (b !== 0) encodeRefcountTableEntry(reftable, t, b * cs);
-  });
-  for (const [cluster, count] of alloc.refcounts) {
-    if (count === 0) continue;
+  const tables = [
+    ...alloc.stale,
+    { cluster: alloc.tableCluster, entries: alloc.table },
+  ];
+  for (const { cluster, entries } of tables) {
+    const at = file.subarray(cluster * cs, cluster * cs + entries.length * 8);
+    entries.forEach((b, t) => {
+      if (b !== 0) encodeRefcountTableEntry(at, t, b * cs);
+    });
+  }
+  alloc.refcounts.forEach((count, cluster) => {
+    if (!count) return;
     const b = alloc.table[Math.floor(cluster / perBlock)];
     const block = file.subarray(b * cs, (b + 1) * cs);
     setRefcount(block, cluster % perBlock, order, count);
-  }
-  return file;
-}
-
-/**
- * Header, refcount table, refcount blocks, L1 table, back to back: for
- * the sizes at which QEMU moves its refcount table.
- */
-function simpleLayout(
-  options: BlankQcow2Options,
-  size: number,
-  l1Size: number,
-  cs: number,
-  order: number,
-): Uint8Array {
-  const l1Clusters = Math.ceil((l1Size * 8) / cs);
-  const perBlock = refcountBlockEntries(Math.log2(cs), order);
-  const { blocks, tableClusters } = refcountSizing(
-    1 + l1Clusters,
-    perBlock,
-    cs,
-  );
-  const clusters = 1 + tableClusters + blocks + l1Clusters;
-  const l1Offset = (1 + tableClusters + blocks) * cs;
-  const file = new Uint8Array(l1Offset + l1Size * 8);
-  file.set(
-    headerCluster({
-      virtualSize: size,
-      clusterSize: cs,
-      refcountOrder: order,
-      compression: options.compression ?? "zlib",
-      l1Size,
-      l1TableOffset: l1Offset,
-      refcountTableOffset: cs,
-      refcountTableClusters: tableClusters,
-      backingFile: options.backingFile,
-      featureTable: cs >= FEATURE_TABLE_MIN_CLUSTER,
-    }),
-  );
-  const reftable = file.subarray(cs, (1 + tableClusters) * cs);
-  for (let b = 0; b < blocks; b++) {
-    const at = (1 + tableClusters + b) * cs;
-    encodeRefcountTableEntry(reftable, b, at);
-    const block = file.subarray(at, at + cs);
-    const first = b * perBlock;
-    for (let c = first; c < Math.min(clusters, first + perBlock); c++) {
-      setRefcount(block, c - first, order, 1);
-    }
-  }
+  });
   return file;
 }
