@@ -9,7 +9,11 @@ import { convert } from "../convert.ts";
 import { openImage } from "../reader/open.ts";
 import type { ImageSink } from "../io/sink.ts";
 import { OutBuffer, parseFormat } from "./_args.ts";
-import { parseCreateOptions } from "./_create_options.ts";
+import {
+  asksForHelp,
+  createOptionsHelp,
+  parseCreateOptions,
+} from "./_create_options.ts";
 import {
   formatHelp,
   getopt,
@@ -87,6 +91,12 @@ export async function measureCommand(args: string[]): Promise<number> {
     throw new UsageError(
       `Cannot measure: -O ${target}: Block driver '${target}' does not support size measurement (we measure raw and qcow2)`,
     );
+  }
+  if (asksForHelp(values.options ?? [])) {
+    const out = new OutBuffer();
+    await out.add(createOptionsHelp(target));
+    await out.flush();
+    return 0;
   }
   const o = parseCreateOptions(values.options ?? [], target, "measure");
   const size = values.size === undefined
