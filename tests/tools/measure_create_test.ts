@@ -133,7 +133,11 @@ qemuTest(
         "write -q -z 4M 64k",
       ],
     );
-    for (const source of [sparse, full, mixed, snap, v2, top]) {
+    const bitmaps = join(cwd, "bitmaps.qcow2");
+    await makeImage(bitmaps, "2G", [], ["write -q -P 5 1G 1M"]);
+    await qemuImg("bitmap", "--add", "-g", "512", bitmaps, "b1");
+    await qemuImg("bitmap", "--add", "-g", "2M", bitmaps, "second bitmap");
+    for (const source of [sparse, full, mixed, snap, v2, top, bitmaps]) {
       for (const o of OUTPUTS) await assertMeasureLikeQemu(source, o);
     }
   },
