@@ -137,7 +137,9 @@ export async function convert(
       stream = mapped.readable;
       report = Promise.resolve(mapped.report);
     }
-    stream ??= imageChunks(input as GuestImage, { pool });
+    // Every buffer is done with once the sink, or CompressStream, calls
+    // doneWith(): the image's chunks can go round.
+    stream ??= imageChunks(input as GuestImage, { pool, recycle: true });
     const writer = new Qcow2Writer({ ...options, pool });
     try {
       const sink = isFile

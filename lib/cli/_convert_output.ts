@@ -100,7 +100,7 @@ export async function writeStreamable(
 ): Promise<PackSummary> {
   const stream = source instanceof ReadableStream
     ? source
-    : imageChunks(source, { pool: options.pool });
+    : imageChunks(source, { pool: options.pool, recycle: true });
   await using writer = new StreamableQcow2Writer(options);
   const bytes = stream.pipeThrough(writer);
   if ("stream" in target) {

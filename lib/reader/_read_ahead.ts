@@ -34,10 +34,14 @@
 // - Bytes kept longer than their segment (the last decompressed cluster,
 //   for the next pieces of it) are a copy, never a view of a pooled buffer.
 // - On an error or an early stop, buffers out are left to the collector.
+// With `recycle` instead, segments' bytes (data read, clusters
+// decompressed) are in a Recycler's chunk-sized buffers, which go round in
+// queue order once the pipeline calls doneWith() on a later one; the
+// payload buffers go back to a BufferPool as above.
 // In debug mode (QCOW2PIPE_POISON=1) a buffer is filled with 0xDB when it
 // goes back, so a consumer that breaks the rule reads garbage at once.
 
-import { BufferPool } from "../bytes/recycle.ts";
+import { BufferPool, Recycler } from "../bytes/recycle.ts";
 import { readError } from "../io/os_errors.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import type { PlanItem, Segment } from "./image.ts";
@@ -130,6 +134,8 @@ export interface ReadAheadOptions {
   pool?: CodecPool;
   /** Read into buffers used again (see the buffer rule above). */
   reuseBuffers?: boolean;
+  /** Read into buffers that go round in order (`ReadImageOptions.recycle`). */
+  recycle?: boolean;
   /**
    * Copies a data piece's bytes to their guest offset in the output, file
    * to file; resolves false where it cannot, and the piece is read instead.
@@ -158,6 +164,10 @@ export class ReadAhead {
   #copies = 0;
   /** With reuseBuffers: where every buffer of a job comes from. */
   readonly #buffers: BufferPool | undefined;
+  /** With recycle: where segments' buffers come from. */
+  readonly #recycler: Recycler | undefined;
+  /** Where compressed payloads are read, with either. */
+  readonly #payloads: BufferPool | undefined;
   /** Segments in guest order, oldest first. */
   readonly #queue: Queued[] = [];
   /** Of the queued segments, those with a job: how many, their bytes. */
@@ -183,6 +193,17 @@ export class ReadAhead {
     this.#pool = options.pool;
     this.#copy = options.copy;
     this.#buffers = options.reuseBuffers ? new BufferPool() : undefined;
+    this.#recycler = !options.reuseBuffers && options.recycle
+      ? new Recycler(options.chunk)
+      : undefined;
+    this.#payloads = this.#buffers ??
+      (this.#recycler ? new BufferPool() : undefined);
+  }
+
+  /** A recycled buffer for `length` bytes of a segment, if it fits one. */
+  #recycled(length: number): Uint8Array | undefined {
+    const r = this.#recycler;
+    return r && length <= r.size ? r.take() : undefined;
   }
 
   /** Whether the budget is spent: segments must be taken before more is added. */
@@ -272,15 +293,18 @@ export class ReadAhead {
     const cs = items[0].compressed!.clusterSize;
     const n = items.length;
     const buffers = this.#buffers;
-    const out = buffers?.take(n * cs);
+    const recycled = buffers ? undefined : this.#recycled(n * cs);
+    const out = buffers?.take(n * cs) ?? recycled;
     const size = out?.length ?? 0; // a transfer detaches `out`: 0 after
-    const clusters = decompressClusters(items, this.#pool, out, buffers);
+    const was = out?.buffer as ArrayBuffer | undefined;
+    const clusters = decompressClusters(items, this.#pool, out, this.#payloads);
     // With `out`, the clusters come back in its memory (a transfer gives
     // it a new ArrayBuffer): that is the buffer that goes back.
     let pooled: Uint8Array | undefined;
     this.#push(
       clusters.then((c) => {
-        if (out) pooled = new Uint8Array(c.buffer, 0, size);
+        if (recycled) this.#recycler!.moved(was!, c.buffer as ArrayBuffer);
+        else if (out) pooled = new Uint8Array(c.buffer, 0, size);
         return joinPieces(items, c);
       }),
       n * cs,
@@ -350,12 +374,15 @@ export class ReadAhead {
       this.#addCopy(piece, this.#copy);
       return;
     }
-    const buffer = this.#buffers && piece.source?.readInto
+    const readInto = piece.source?.readInto !== undefined;
+    const buffer = this.#buffers && readInto
       ? this.#buffers.take(piece.length)
       : undefined;
+    const into = buffer ??
+      (readInto ? this.#recycled(piece.length) : undefined);
     const { offset, length } = piece;
     this.#push(
-      readDataItem(piece, buffer).then((data) => ({ offset, length, data })),
+      readDataItem(piece, into).then((data) => ({ offset, length, data })),
       length,
       piece.source,
       buffer && (() => buffer),

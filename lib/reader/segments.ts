@@ -63,6 +63,19 @@ export interface ReadImageOptions {
    * @default {false}
    */
   reuseBuffers?: boolean;
+  /**
+   * Read data, and decompress clusters, into buffers that go round in
+   * order (lib/bytes/recycle.ts): a buffer is used again once a later
+   * segment's bytes were passed to `doneWith()`, as the writer's stages
+   * and sinks do (`CompressStream` once it has copied them into its jobs,
+   * `convert()` once its `ImageSink` has written them). For a pipeline
+   * that hands the segments on in order and keeps no view of them past
+   * that, such as `convert()`'s: fresh memory for every chunk costs page
+   * faults and leaves garbage that raises the peak memory. Without a
+   * `doneWith()` call nothing is reused. Ignored with `reuseBuffers`.
+   * @default {false}
+   */
+  recycle?: boolean;
   /** Guest offset to start at. @default {0} */
   offset?: number;
   /** Bytes to read. @default {the rest of the disk} */
@@ -124,6 +137,7 @@ export async function* readSegments(
     budget: readAheadBudget(chunk, maxInFlight, maxInFlightBytes),
     pool: options.pool,
     reuseBuffers: options.reuseBuffers,
+    recycle: options.recycle,
     copy,
   });
   try {
