@@ -48,9 +48,9 @@ export interface ReadImageOptions {
    * @default {8 * chunkSize} (16 MiB) while any of them reads from a
    * source without `readInto` (over HTTP, where bytes in flight hide round
    * trips; `HttpSource` also fetches ahead of reads that run forward);
-   * else `2 * chunkSize`: a local file answers from the page
-   * cache, two chunks keep two workers busy, and more only holds memory
-   * (bench/RESULTS.md, History)
+   * else `4 * chunkSize`: a local file answers from the page cache, and
+   * four chunks keep two workers busy while the consumer writes (more
+   * only holds memory; lib/reader/_read_ahead.ts)
    */
   maxInFlightBytes?: number;
   /**
