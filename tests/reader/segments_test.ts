@@ -4,10 +4,15 @@ import { openImage } from "../../lib/reader/open.ts";
 import {
   type ReadImageOptions,
   readSegments,
+  type Segment,
 } from "../../lib/reader/segments.ts";
 import { FileSource } from "../../lib/host/file_source.ts";
 import type { RandomAccessSource } from "../../lib/io/source.ts";
-import { POISON_BYTE, setPoisoning } from "../../lib/bytes/recycle.ts";
+import {
+  doneWith,
+  POISON_BYTE,
+  setPoisoning,
+} from "../../lib/bytes/recycle.ts";
 import { convertToBytes } from "../../lib/writer/qcow2_writer.ts";
 import { tempDir } from "../_qemu.ts";
 import { CodecPool } from "../../lib/codec/pool.ts";
@@ -132,10 +137,10 @@ function heldSource(size: number, withReadInto: boolean) {
   };
 }
 
-Deno.test("readSegments() reads 2 chunks ahead from a source with readInto, 8 without, within maxInFlight and maxInFlightBytes", async () => {
+Deno.test("readSegments() reads 4 chunks ahead from a source with readInto, 8 without, within maxInFlight and maxInFlightBytes", async () => {
   const chunkSize = 65536;
   const cases: [boolean, ReadImageOptions, number][] = [
-    [true, {}, 2],
+    [true, {}, 4],
     [false, {}, 8],
     [false, { maxInFlight: 3 }, 3],
     [true, { maxInFlightBytes: 5 * chunkSize }, 5],
@@ -199,6 +204,52 @@ Deno.test("readSegments({ reuseBuffers }) lends a segment's buffer until the nex
           );
         }
         assert.ok(poisoned > 10, `${what}: ${poisoned} segments poisoned`);
+      }
+    }
+  } finally {
+    setPoisoning(was);
+  }
+});
+
+Deno.test("readSegments({ recycle }) reuses a segment's buffer only once doneWith() passed a later one: before, the bytes stay intact", async () => {
+  await using dir = await tempDir();
+  const raw = scattered();
+  const was = setPoisoning(true);
+  try {
+    for (const compression of ["none", "zstd"] as const) {
+      const path = join(dir.path, `${compression}.qcow2`);
+      await Deno.writeFile(
+        path,
+        await convertToBytes(raw, { compression, workers: 1 }),
+      );
+      for (const workers of [0, 2]) {
+        await using pool = new CodecPool({ workers });
+        await using image = await openImage(path, { format: "qcow2" });
+        const what = `${compression}, ${workers} workers`;
+        const held: Segment[] = [];
+        for await (
+          const s of readSegments(image, {
+            pool,
+            recycle: true,
+            chunkSize: 256 << 10,
+          })
+        ) {
+          if (s.data) held.push(s);
+        }
+        // Nobody called doneWith: every segment is intact.
+        for (const h of held) {
+          assert.deepStrictEqual(
+            h.data,
+            raw.subarray(h.offset, h.offset + h.length),
+            `${what}: intact without doneWith`,
+          );
+        }
+        // doneWith on the last frees every buffer before it (poisoned).
+        doneWith(held.at(-1)!.data!);
+        const poisoned = held.slice(0, -1).filter((h) =>
+          h.data!.every((b) => b === POISON_BYTE)
+        );
+        assert.ok(poisoned.length > 10, `${what}: ${poisoned.length} freed`);
       }
     }
   } finally {
