@@ -29,6 +29,25 @@ function scattered(): Uint8Array {
   return raw;
 }
 
+/**
+ * `raw` as a qcow2 image in `dir`, uncompressed and zstd, each opened with
+ * a pool of 0 and of 2 workers (closed when the next one comes).
+ */
+async function* qcow2Readers(dir: string, raw: Uint8Array) {
+  for (const compression of ["none", "zstd"] as const) {
+    const path = join(dir, `${compression}.qcow2`);
+    await Deno.writeFile(
+      path,
+      await convertToBytes(raw, { compression, workers: 1 }),
+    );
+    for (const workers of [0, 2]) {
+      await using pool = new CodecPool({ workers });
+      await using image = await openImage(path, { format: "qcow2" });
+      yield { pool, image, what: `${compression}, ${workers} workers` };
+    }
+  }
+}
+
 Deno.test("readSegments({ reuseBuffers }) reads the same bytes as without, into a few buffers used again", async () => {
   await using dir = await tempDir();
   const raw = scattered();
@@ -172,39 +191,29 @@ Deno.test("readSegments({ reuseBuffers }) lends a segment's buffer until the nex
   }
   const was = setPoisoning(true);
   try {
-    for (const compression of ["none", "zstd"] as const) {
-      const path = join(dir.path, `${compression}.qcow2`);
-      await Deno.writeFile(
-        path,
-        await convertToBytes(raw, { compression, workers: 1 }),
-      );
-      for (const workers of [0, 2]) {
-        await using pool = new CodecPool({ workers });
-        await using image = await openImage(path, { format: "qcow2" });
-        const what = `${compression}, ${workers} workers`;
-        let kept: Uint8Array | undefined;
-        let poisoned = 0;
-        for await (
-          const s of readSegments(image, {
-            pool,
-            reuseBuffers: true,
-            chunkSize: 256 << 10,
-          })
-        ) {
-          if (kept) {
-            assert.ok(kept.every((b) => b === POISON_BYTE), what);
-            poisoned++;
-          }
-          kept = s.data ?? undefined;
-          if (!s.data) continue;
-          assert.deepStrictEqual(
-            s.data,
-            raw.subarray(s.offset, s.offset + s.length),
-            `${what}: intact while lent`,
-          );
+    for await (const { pool, image, what } of qcow2Readers(dir.path, raw)) {
+      let kept: Uint8Array | undefined;
+      let poisoned = 0;
+      for await (
+        const s of readSegments(image, {
+          pool,
+          reuseBuffers: true,
+          chunkSize: 256 << 10,
+        })
+      ) {
+        if (kept) {
+          assert.ok(kept.every((b) => b === POISON_BYTE), what);
+          poisoned++;
         }
-        assert.ok(poisoned > 10, `${what}: ${poisoned} segments poisoned`);
+        kept = s.data ?? undefined;
+        if (!s.data) continue;
+        assert.deepStrictEqual(
+          s.data,
+          raw.subarray(s.offset, s.offset + s.length),
+          `${what}: intact while lent`,
+        );
       }
+      assert.ok(poisoned > 10, `${what}: ${poisoned} segments poisoned`);
     }
   } finally {
     setPoisoning(was);
@@ -216,41 +225,31 @@ Deno.test("readSegments({ recycle }) reuses a segment's buffer only once doneWit
   const raw = scattered();
   const was = setPoisoning(true);
   try {
-    for (const compression of ["none", "zstd"] as const) {
-      const path = join(dir.path, `${compression}.qcow2`);
-      await Deno.writeFile(
-        path,
-        await convertToBytes(raw, { compression, workers: 1 }),
-      );
-      for (const workers of [0, 2]) {
-        await using pool = new CodecPool({ workers });
-        await using image = await openImage(path, { format: "qcow2" });
-        const what = `${compression}, ${workers} workers`;
-        const held: Segment[] = [];
-        for await (
-          const s of readSegments(image, {
-            pool,
-            recycle: true,
-            chunkSize: 256 << 10,
-          })
-        ) {
-          if (s.data) held.push(s);
-        }
-        // Nobody called doneWith: every segment is intact.
-        for (const h of held) {
-          assert.deepStrictEqual(
-            h.data,
-            raw.subarray(h.offset, h.offset + h.length),
-            `${what}: intact without doneWith`,
-          );
-        }
-        // doneWith on the last frees every buffer before it (poisoned).
-        doneWith(held.at(-1)!.data!);
-        const poisoned = held.slice(0, -1).filter((h) =>
-          h.data!.every((b) => b === POISON_BYTE)
-        );
-        assert.ok(poisoned.length > 10, `${what}: ${poisoned.length} freed`);
+    for await (const { pool, image, what } of qcow2Readers(dir.path, raw)) {
+      const held: Segment[] = [];
+      for await (
+        const s of readSegments(image, {
+          pool,
+          recycle: true,
+          chunkSize: 256 << 10,
+        })
+      ) {
+        if (s.data) held.push(s);
       }
+      // Nobody called doneWith: every segment is intact.
+      for (const h of held) {
+        assert.deepStrictEqual(
+          h.data,
+          raw.subarray(h.offset, h.offset + h.length),
+          `${what}: intact without doneWith`,
+        );
+      }
+      // doneWith on the last frees every buffer before it (poisoned).
+      doneWith(held.at(-1)!.data!);
+      const poisoned = held.slice(0, -1).filter((h) =>
+        h.data!.every((b) => b === POISON_BYTE)
+      );
+      assert.ok(poisoned.length > 10, `${what}: ${poisoned.length} freed`);
     }
   } finally {
     setPoisoning(was);
