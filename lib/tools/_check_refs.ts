@@ -101,6 +101,11 @@ export class ReferenceWalk {
     compressedClusters: 0,
   };
   readonly messages: string[];
+  /**
+   * Whether the refcount structures themselves are broken (a refcount
+   * table entry or block QEMU cannot use): only a rebuild repairs them.
+   */
+  rebuild = false;
   readonly #in: WalkInput;
   readonly #cs: number;
   readonly #fileLength: number;
@@ -462,12 +467,14 @@ export class ReferenceWalk {
       const offset = stored.blockOffset(i);
       if ((low & 0x1ff) !== 0) {
         this.#error(`ERROR refcount table entry ${i} has reserved bits set`);
+        this.rebuild = true;
         continue;
       }
       if (offset % cs !== 0) {
         this.#error(
           `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`,
         );
+        this.rebuild = true;
         continue;
       }
       const cluster = Math.floor(offset / cs);
@@ -478,7 +485,10 @@ export class ReferenceWalk {
       if (offset !== 0) {
         this.inc(offset, cs);
         const n = this.refs.get(cluster);
-        if (n !== 1) this.#error(`ERROR refcount block ${i} refcount=${n}`);
+        if (n !== 1) {
+          this.#error(`ERROR refcount block ${i} refcount=${n}`);
+          this.rebuild = true;
+        }
       }
     }
   }

@@ -50,7 +50,11 @@ export {
   type CheckImageOptions,
   type CheckResult,
 } from "./check.ts";
-export { formatCheckJson, formatCheckResult } from "./check_text.ts";
+export {
+  formatCheckJson,
+  formatCheckResult,
+  formatRepairHeader,
+} from "./check_text.ts";
 export {
   type MapEntry,
   mapImage,
@@ -64,3 +68,9 @@ export {
   type CompareResult,
 } from "./compare.ts";
 export { formatCompareResult } from "./compare_text.ts";
+export {
+  type ImageFile,
+  repairImage,
+  type RepairImageOptions,
+  type RepairResult,
+} from "./repair.ts";
