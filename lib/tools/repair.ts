@@ -24,12 +24,7 @@ import {
   type CheckResult,
   emptyResult,
 } from "./check.ts";
-import {
-  checkQcow2,
-  FIX_ERRORS,
-  FIX_LEAKS,
-  type RepairWriter,
-} from "./_qcow2_check.ts";
+import { checkQcow2, FIX_ERRORS, FIX_LEAKS } from "./_qcow2_check.ts";
 
 /**
  * An image file a repair reads and writes in place: a source whose `size`
@@ -58,7 +53,15 @@ import {
  * assert.strictEqual(file.size, 5);
  * ```
  */
-export interface ImageFile extends RandomAccessSource, RepairWriter {}
+export interface ImageFile extends RandomAccessSource {
+  /**
+   * Writes bytes at an offset (the file grows when the write ends past
+   * its size).
+   */
+  writeAt(offset: number, data: Uint8Array): Promise<void>;
+  /** Makes what was written durable before anything that depends on it. */
+  sync(): Promise<void>;
+}
 
 /**
  * Options of {@linkcode repairImage}.
