@@ -292,7 +292,7 @@ async function rebuildAndRecount(
 }
 
 /** Writes the bytes where two headers differ (one write: their fields). */
-async function writeHeader(
+export async function writeHeader(
   writer: RepairWriter,
   before: Qcow2Header,
   after: Qcow2Header,

@@ -13,7 +13,7 @@
 import type { RandomAccessSource } from "../io/source.ts";
 import type { FormatName } from "../reader/formats.ts";
 import { Qcow2Error } from "../format/errors.ts";
-import { INCOMPAT } from "../format/constants.ts";
+import { AUTOCLEAR, INCOMPAT } from "../format/constants.ts";
 import { serializeHeader } from "../format/header.ts";
 import { Qcow2Image } from "../reader/qcow2/image.ts";
 import { openForTool } from "./_open.ts";
@@ -24,7 +24,12 @@ import {
   type CheckResult,
   emptyResult,
 } from "./check.ts";
-import { checkQcow2, FIX_ERRORS, FIX_LEAKS } from "./_qcow2_check.ts";
+import {
+  checkQcow2,
+  FIX_ERRORS,
+  FIX_LEAKS,
+  writeHeader,
+} from "./_qcow2_check.ts";
 
 /**
  * An image file a repair reads and writes in place: a source whose `size`
@@ -227,7 +232,17 @@ async function repairOpened(
       { cause: err },
     );
   }
+  // Opening an image for writing drops the auto-clear bits QEMU does not
+  // know (their meaning no longer holds once a program that ignores them
+  // has written the image).
+  const known = AUTOCLEAR.BITMAPS | AUTOCLEAR.DATA_FILE_RAW;
+  let opened = header;
+  if ((header.autoclearFeatures & ~known) !== 0n) {
+    opened = { ...header, autoclearFeatures: header.autoclearFeatures & known };
+    await writeHeader(file, header, opened);
+    await file.sync();
+  }
   const result = emptyResult(name, "qcow2");
-  await checkQcow2(file, header, result, options, fix, file);
+  await checkQcow2(file, opened, result, options, fix, file);
   return result;
 }

@@ -287,6 +287,21 @@ qemuTest(
 );
 
 qemuTest(
+  "check -r: unknown auto-clear bits are dropped as qemu-img drops them, known ones kept",
+  async () => {
+    await using dir = await tempDir();
+    const img = await base(join(dir.path, "a.qcow2"));
+    await patch(img, 88, be64((1n << 63n) | 1n));
+    for (const mode of ["leaks", "all"] as const) {
+      const r = await assertRepairLikeQemu(img, mode);
+      const theirs = r.ours.replace(/\/o\/x\.qcow2$/, "/q/x.qcow2");
+      assert.strictEqual(await u64At(r.ours, 88), await u64At(theirs, 88));
+      assert.strictEqual(await u64At(r.ours, 88), 1n);
+    }
+  },
+);
+
+qemuTest(
   "check -r: a lazy-refcounts image left dirty is repaired by -r all and marked clean",
   async () => {
     await using dir = await tempDir();
