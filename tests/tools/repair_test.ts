@@ -195,6 +195,29 @@ qemuTest(
   },
 );
 
+for (const bits of [16, 64]) {
+  qemuTest(
+    `check -r all: a rebuild over many refcount blocks (512-byte clusters, refcount_bits=${bits}) places them where qemu-img does`,
+    async () => {
+      await using dir = await tempDir();
+      const img = await makeImage(
+        join(dir.path, "a.qcow2"),
+        "8M",
+        ["cluster_size=512", `refcount_bits=${bits}`],
+        ["write -q -P 7 0 3M", "write -q -c -P 8 5M 256k"],
+      );
+      await qemuImg("snapshot", "-c", "s1", img);
+      await qemuIo(img, ["write -q -P 9 1M 512k"]);
+      const l = await layoutOf(img);
+      await patch(img, l.reftableOffset + 8, be64(0));
+      await setRefcount(img, (await hostClusterOf(img, 0)) / 512, 0);
+      const r = await assertRepairLikeQemu(img, "all");
+      assert.match(r.stderr, /Rebuilding refcount structure/);
+      await assertRepairLikeQemu(img, "all", ["--output=json"]);
+    },
+  );
+}
+
 qemuTest(
   "check -r: refcounts too low under a snapshot are raised by -r all, reported twice by -r leaks",
   async () => {
