@@ -23,6 +23,7 @@ import {
   qemuStatus,
   readAt,
   setRefcount,
+  smallMixedImage,
   u64At,
 } from "./_helpers.ts";
 import { FileSource } from "../../lib/host/file_source.ts";
@@ -32,14 +33,7 @@ const KiB = 1024;
 const CS = 64 * KiB;
 
 /** A small image with data, compressed and zero clusters. */
-function base(path: string, options: string[] = []): Promise<string> {
-  return makeImage(path, "4M", options, [
-    "write -q -P 1 0 192k",
-    "write -q -c -P 2 1M 64k",
-    "write -q -z 2M 64k",
-    "write -q -P 3 3M 64k",
-  ]);
-}
+const base = smallMixedImage;
 
 /** stderr lines but the program's own last words (`qemu-img: …`). */
 function problemLines(stderr: string): string[] {
@@ -119,6 +113,14 @@ async function assertRepairLikeQemu(
   );
   assert.strictEqual(cmp.code, 0, `${where}: compare ${cmp.stdout}`);
   return { ...ours, ours: join(o, "x.qcow2") };
+}
+
+/** assertRepairLikeQemu() with -r leaks, then -r all: both exit with `code`. */
+async function repairBoth(path: string, code: number): Promise<void> {
+  for (const mode of ["leaks", "all"] as const) {
+    const r = await assertRepairLikeQemu(path, mode);
+    assert.strictEqual(r.code, code, `-r ${mode}`);
+  }
 }
 
 /** The incompatible feature bits of a v3 image. */
@@ -250,10 +252,7 @@ qemuTest(
       l.l1Offset,
       be64((await u64At(img, l.l1Offset)) & ~(1n << 63n)),
     );
-    for (const mode of ["leaks", "all"] as const) {
-      const r = await assertRepairLikeQemu(img, mode);
-      assert.strictEqual(r.code, 0);
-    }
+    await repairBoth(img, 0);
   },
 );
 
@@ -264,10 +263,7 @@ qemuTest(
     const img = await base(join(dir.path, "a.qcow2"));
     const at = await l2EntryAt(img, 64 * KiB);
     await patch(img, at, be64((1n << 63n) | BigInt(64 * CS)));
-    for (const mode of ["leaks", "all"] as const) {
-      const r = await assertRepairLikeQemu(img, mode);
-      assert.strictEqual(r.code, 2);
-    }
+    await repairBoth(img, 2);
   },
 );
 
@@ -359,17 +355,9 @@ qemuTest(
     assert.strictEqual(bad.code, 1);
     assert.strictEqual(bad.stderr.trim().split("\n").length, 1);
     assert.match(bad.stderr, /expecting 'leaks' or 'all'/);
-    const data = join(dir.path, "d.qcow2");
-    await qemuImg(
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
-      "-o",
+    const data = await makeImage(join(dir.path, "d.qcow2"), "1M", [
       `data_file=${join(dir.path, "d.raw")}`,
-      data,
-      "1M",
-    );
+    ]);
     const before = await readAt(data, 0, 4096);
     const refused = await cli(["check", "-r", "all", data]);
     assert.strictEqual(refused.code, 1);
