@@ -118,15 +118,16 @@ export interface RepairResult {
 /**
  * Repairs an image in place as `qemu-img check -r leaks|all` does, with
  * QEMU's lines, counts and exit status; then, when anything was repaired,
- * checks it again. qcow2 only: a VMDK image gets its check (QEMU's repairs
- * nothing), formats whose checks QEMU cannot repair give exit status 63.
+ * checks it again. qcow2 only: a VHDX image gets its check (QEMU repairs
+ * one only by replaying its log, and an image with a log to replay is
+ * refused), other formats give exit status 63 as in QEMU.
  * Only the image itself is written, never a backing file.
  *
  * @param file The image, opened for reading and writing.
  * @param options The mode, format and memory limit.
  * @returns The repairing pass, the check after it, and which to report.
  * @throws {Qcow2Error} `UNSUPPORTED_FEATURE` when the image is one this
- * repair does not write (an external data file, VHDX), or from opening
+ * repair does not write (an external data file), or from opening
  * (an invalid header, unknown incompatible features).
  * @throws {IoError} When the file cannot be read or written.
  *
@@ -201,14 +202,11 @@ async function repairOpened(
 ): Promise<CheckResult> {
   const name = image.name;
   if (!(image instanceof Qcow2Image)) {
-    // QEMU's VMDK check repairs nothing; VDI's refuses to (ENOTSUP).
-    if (image.format === "vmdk") return await checkOpened(image, options);
-    if (image.format === "vhdx") {
-      throw new Qcow2Error(
-        "UNSUPPORTED_FEATURE",
-        `Cannot repair ${name}: VHDX images are not repaired, only checked`,
-      );
-    }
+    // QEMU's VHDX check repairs only by replaying the log, which opening
+    // here refuses; so an image that opens gets the check. VDI's and
+    // VMDK's checks refuse to repair (ENOTSUP), as do the formats
+    // without checks: exit status 63.
+    if (image.format === "vhdx") return await checkOpened(image, options);
     const result = emptyResult(name, image.format as FormatName);
     result.exitCode = 63;
     result.failure = "This image format does not support checks";

@@ -466,3 +466,20 @@ for (
     },
   );
 }
+
+qemuTest(
+  "check -r: other formats as qemu-img treats them (VHDX checked, VDI, VMDK, raw exit 63), never written",
+  async () => {
+    await using dir = await tempDir();
+    for (const format of ["vhdx", "vdi", "vmdk", "raw"]) {
+      const img = join(dir.path, `a.${format}`);
+      await qemuImg("create", "-q", "-f", format, img, "1M");
+      const before = await Deno.readFile(img);
+      const theirs = await qemuStatus("check", "-f", format, "-r", "all", img);
+      const ours = await cli(["check", "-f", format, "-r", "all", img]);
+      assert.strictEqual(ours.code, theirs.code, format);
+      assert.strictEqual(ours.stdout, theirs.stdout, format);
+      assert.deepStrictEqual(await Deno.readFile(img), before, format);
+    }
+  },
+);
