@@ -108,7 +108,7 @@ export async function checkQcow2(
     writer,
     signal: corruptionSignal(result),
   };
-  const counted = await countReferences(run, header);
+  const counted = await countReferences(run, header, fix);
   if (!counted) return;
   let { walk, stored } = counted;
   const pre = countersOf(result);
@@ -154,6 +154,7 @@ export async function checkQcow2(
 async function countReferences(
   run: Run,
   header: Qcow2Header,
+  fix: number,
 ): Promise<{ walk: ReferenceWalk; stored: StoredRefcounts } | undefined> {
   const { source, result, options } = run;
   const geometry = geometryOf(header);
@@ -188,6 +189,8 @@ async function countReferences(
       snapshotsSize: snapshots.size,
       stored,
       bitmaps: bitmapDirectoryOf(header),
+      grow: fix & FIX_ERRORS ? (end) => growFile(run, end) : undefined,
+      maxClusters: limit,
     },
     clusters,
     refcountMax(header.refcountOrder),
@@ -214,6 +217,15 @@ function addCounters(result: CheckResult, walk: ReferenceWalk): void {
   result.allocatedClusters += c.allocatedClusters;
   result.fragmentedClusters += c.fragmentedClusters;
   result.compressedClusters += c.compressedClusters;
+  result.corruptionsFixed += c.corruptionsFixed;
+}
+
+/** Grows the image file to `end` bytes (zeros), as a truncate would. */
+async function growFile(run: Run, end: number): Promise<void> {
+  const size = run.source.size;
+  if (end <= size) return;
+  await run.writer!.writeAt(end - 1, new Uint8Array(1));
+  await run.writer!.sync();
 }
 
 /**
@@ -250,7 +262,7 @@ async function rebuildAndRecount(
   result.allocatedClusters = 0;
   result.fragmentedClusters = 0;
   result.compressedClusters = 0;
-  const counted = await countReferences(run, rebuilt);
+  const counted = await countReferences(run, rebuilt, 0);
   if (!counted) return undefined;
   for (
     const k of [

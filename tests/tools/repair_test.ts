@@ -483,3 +483,19 @@ qemuTest(
     }
   },
 );
+
+qemuTest(
+  "check -r: a refcount block past the end of the file is an error, and -r all grows the file as qemu-img does",
+  async () => {
+    await using dir = await tempDir();
+    const img = await base(join(dir.path, "a.qcow2"));
+    const l = await layoutOf(img);
+    const end = (await Deno.stat(img)).size;
+    await patch(img, l.reftableOffset + 8, be64(end + 4 * CS));
+    const leaks = await assertRepairLikeQemu(img, "leaks");
+    assert.match(leaks.stderr, /ERROR refcount block 1 is outside image/);
+    const all = await assertRepairLikeQemu(img, "all");
+    assert.match(all.stderr, /Repairing refcount block 1 is outside image/);
+    assert.strictEqual((await Deno.stat(all.ours)).size, end + 5 * CS);
+  },
+);
