@@ -257,20 +257,16 @@ async function rebuildAndRecount(
   run.header = rebuilt;
   result.corruptions = 0;
   result.leaks = 0;
-  // The walk is repeated in full, as QEMU repeats it (its lines again).
-  const before = { ...result };
-  result.allocatedClusters = 0;
-  result.fragmentedClusters = 0;
-  result.compressedClusters = 0;
+  // The walk is repeated in full, as QEMU repeats it (its lines again);
+  // its cluster statistics are the first walk's over again.
+  const { allocatedClusters, fragmentedClusters, compressedClusters } = result;
   const counted = await countReferences(run, rebuilt, 0);
   if (!counted) return undefined;
-  for (
-    const k of [
-      "allocatedClusters",
-      "fragmentedClusters",
-      "compressedClusters",
-    ] as const
-  ) result[k] = before[k];
+  Object.assign(result, {
+    allocatedClusters,
+    fragmentedClusters,
+    compressedClusters,
+  });
   let highest = 0;
   let freshLeaks = 0;
   if (run.fix & FIX_LEAKS) {

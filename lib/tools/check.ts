@@ -173,7 +173,14 @@ export async function checkImage(
   }
 }
 
-/** checkImage() on an opened image. */
+/**
+ * checkImage() on an image already opened (the repair's check of formats
+ * it does not repair).
+ *
+ * @param image The opened image.
+ * @param options Memory limit.
+ * @returns What the check found.
+ */
 export async function checkOpened(
   image: Awaited<ReturnType<typeof openForTool>>,
   options: CheckImageOptions,

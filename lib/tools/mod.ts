@@ -69,6 +69,7 @@ export {
 } from "./compare.ts";
 export { formatCompareResult } from "./compare_text.ts";
 export {
+  BytesImageFile,
   type ImageFile,
   repairImage,
   type RepairImageOptions,

@@ -34,28 +34,15 @@ import {
 /**
  * An image file a repair reads and writes in place: a source whose `size`
  * grows when a write ends past it, and whose reads see earlier writes.
+ * {@linkcode BytesImageFile} is one in memory; the CLI uses a local file.
  *
- * @example A growable file in memory
+ * @example Grow a file by writing past its end
  * ```ts
  * import assert from "node:assert";
- * import type { ImageFile } from "@qcow2pipe/qcow2pipe/tools";
- * let bytes = new Uint8Array(0);
- * const file: ImageFile = {
- *   get size() { return bytes.length; },
- *   read: (offset, length) => Promise.resolve(bytes.slice(offset, offset + length)),
- *   writeAt(offset, data) {
- *     if (offset + data.length > bytes.length) {
- *       const grown = new Uint8Array(offset + data.length);
- *       grown.set(bytes);
- *       bytes = grown;
- *     }
- *     bytes.set(data, offset);
- *     return Promise.resolve();
- *   },
- *   sync: () => Promise.resolve(),
- * };
- * await file.writeAt(4, new Uint8Array([1]));
- * assert.strictEqual(file.size, 5);
+ * import { BytesImageFile, type ImageFile } from "@qcow2pipe/qcow2pipe/tools";
+ * const file: ImageFile = new BytesImageFile(new Uint8Array(4));
+ * await file.writeAt(6, new Uint8Array([1]));
+ * assert.strictEqual(file.size, 7);
  * ```
  */
 export interface ImageFile extends RandomAccessSource {
@@ -69,14 +56,97 @@ export interface ImageFile extends RandomAccessSource {
 }
 
 /**
+ * An {@linkcode ImageFile} in memory: an image repaired where there is no
+ * file (a browser, a test), its bytes read back with
+ * {@linkcode BytesImageFile.bytes}.
+ *
+ * @example Repair an image held in memory
+ * ```ts
+ * import assert from "node:assert";
+ * import { BytesImageFile, repairImage } from "@qcow2pipe/qcow2pipe/tools";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * const file = new BytesImageFile(await convertToBytes(new Uint8Array(65536).fill(1)));
+ * const { final } = await repairImage(file, { mode: "all" });
+ * assert.strictEqual(final.exitCode, 0);
+ * assert.strictEqual(file.bytes().length, file.size);
+ * ```
+ */
+export class BytesImageFile implements ImageFile {
+  #bytes: Uint8Array;
+  #size: number;
+
+  /**
+   * Wraps the bytes of an image.
+   *
+   * @param bytes The image; written in place while it has room, copied
+   * when a write ends past it.
+   */
+  constructor(bytes: Uint8Array) {
+    this.#bytes = bytes;
+    this.#size = bytes.length;
+  }
+
+  /** Size in bytes, grown by writes past the end. */
+  get size(): number {
+    return this.#size;
+  }
+
+  /**
+   * Reads bytes at an offset.
+   *
+   * @param offset Start offset.
+   * @param length Bytes wanted.
+   * @returns A copy of the bytes (shorter at the end).
+   */
+  read(offset: number, length: number): Promise<Uint8Array> {
+    const end = Math.min(this.#size, offset + length);
+    return Promise.resolve(this.#bytes.slice(offset, Math.max(offset, end)));
+  }
+
+  /**
+   * Writes bytes at an offset, growing the image when they end past it.
+   *
+   * @param offset Start offset.
+   * @param data The bytes.
+   */
+  writeAt(offset: number, data: Uint8Array): Promise<void> {
+    const end = offset + data.length;
+    if (end > this.#bytes.length) {
+      const grown = new Uint8Array(Math.max(end, this.#bytes.length * 2));
+      grown.set(this.#bytes.subarray(0, this.#size));
+      this.#bytes = grown;
+    }
+    this.#bytes.set(data, offset);
+    this.#size = Math.max(this.#size, end);
+    return Promise.resolve();
+  }
+
+  /** Nothing to make durable in memory. */
+  sync(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  /**
+   * The image as it is now.
+   *
+   * @returns Its bytes (a view, valid until the next write).
+   */
+  bytes(): Uint8Array {
+    return this.#bytes.subarray(0, this.#size);
+  }
+}
+
+/**
  * Options of {@linkcode repairImage}.
  *
  * @example Free leaked clusters only
  * ```ts
  * import assert from "node:assert";
- * import type { RepairImageOptions } from "@qcow2pipe/qcow2pipe/tools";
- * const options: RepairImageOptions = { mode: "leaks", format: "qcow2" };
- * assert.strictEqual(options.mode, "leaks");
+ * import { BytesImageFile, repairImage } from "@qcow2pipe/qcow2pipe/tools";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * const file = new BytesImageFile(await convertToBytes(new Uint8Array(65536)));
+ * const { final } = await repairImage(file, { mode: "leaks", format: "qcow2" });
+ * assert.strictEqual(final.leaksFixed, 0);
  * ```
  */
 export interface RepairImageOptions extends CheckImageOptions {
@@ -96,11 +166,16 @@ export interface RepairImageOptions extends CheckImageOptions {
  * @example Print what qemu-img would
  * ```ts
  * import assert from "node:assert";
- * import type { RepairResult } from "@qcow2pipe/qcow2pipe/tools";
- * function report(r: RepairResult): string[] {
- *   return [...r.repair.messages, ...(r.recheck?.messages ?? [])];
- * }
- * assert.deepStrictEqual(report({ repair: { messages: ["a"] }, final: {} } as unknown as RepairResult), ["a"]);
+ * import {
+ *   BytesImageFile, formatCheckResult, formatRepairHeader, repairImage, type RepairResult,
+ * } from "@qcow2pipe/qcow2pipe/tools";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * const file = new BytesImageFile(await convertToBytes(new Uint8Array(65536).fill(3)));
+ * const r: RepairResult = await repairImage(file, { mode: "all" });
+ * const stderr = [...r.repair.messages, ...(r.recheck?.messages ?? [])];
+ * const stdout = formatRepairHeader(r.repair) + formatCheckResult(r.final);
+ * assert.deepStrictEqual(stderr, []);
+ * assert.match(stdout, /^No errors were found on the image\./);
  * ```
  */
 export interface RepairResult {
@@ -131,29 +206,13 @@ export interface RepairResult {
  * (an invalid header, unknown incompatible features).
  * @throws {IoError} When the file cannot be read or written.
  *
- * @example Repair an image that needs nothing
- * ```ts
- * import assert from "node:assert";
- * import { repairImage, type ImageFile } from "@qcow2pipe/qcow2pipe/tools";
- * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
- * let bytes = await convertToBytes(new Uint8Array(65536).fill(1));
- * const file: ImageFile = {
- *   get size() { return bytes.length; },
- *   read: (o, n) => Promise.resolve(bytes.slice(o, o + n)),
- *   writeAt(o, d) {
- *     if (o + d.length > bytes.length) {
- *       const b = new Uint8Array(o + d.length);
- *       b.set(bytes);
- *       bytes = b;
- *     }
- *     bytes.set(d, o);
- *     return Promise.resolve();
- *   },
- *   sync: () => Promise.resolve(),
- * };
- * const result = await repairImage(file, { mode: "all" });
- * assert.strictEqual(result.final.exitCode, 0);
- * assert.strictEqual(result.recheck, undefined); // nothing was repaired
+ * @example Repair a local file in place
+ * ```ts ignore
+ * import { repairImage } from "@qcow2pipe/qcow2pipe/tools";
+ * import { FileSource } from "@qcow2pipe/qcow2pipe";
+ * await using file = await FileSource.open("vm.qcow2", "vm.qcow2", { write: true });
+ * const { final } = await repairImage(file, { mode: "leaks" });
+ * console.log(final.exitCode, final.leaksFixed);
  * ```
  */
 export async function repairImage(
