@@ -5,6 +5,7 @@
 // for are counted too.
 
 import { have, log, median, MiB, must, sh } from "./_compare_util.ts";
+import { serveFiles } from "../tests/streams/_server.ts";
 
 /** One image kind served over HTTP. */
 export interface HttpRow {
@@ -18,67 +19,33 @@ export interface HttpRow {
 }
 
 /**
- * A file server on 127.0.0.1 with Range support that waits `delayMs`
- * before answering each request, and counts requests and body bytes.
+ * The test server (tests/streams/_server.ts) serving the files of `dir`,
+ * waiting `delayMs` before each answer and capping each connection at
+ * `rate` bytes per second when given; `take()` returns the requests and
+ * body bytes since the last call.
  */
-function latencyServer(dir: string, delayMs: number) {
-  const counts = { requests: 0, bytes: 0 };
-  const server = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen() {} },
-    async (req) => {
-      counts.requests++;
-      await new Promise((r) => setTimeout(r, delayMs));
-      const name = new URL(req.url).pathname.slice(1);
-      if (name.includes("/") || name.startsWith(".")) {
-        return new Response("no", { status: 404 });
-      }
-      let file: Deno.FsFile;
-      try {
-        file = await Deno.open(`${dir}${name}`);
-      } catch {
-        return new Response("not found", { status: 404 });
-      }
-      try {
-        const size = (await file.stat()).size;
-        const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.get("range") ?? "");
-        const start = m ? Number(m[1]) : 0;
-        const end = m && m[2] !== ""
-          ? Math.min(Number(m[2]), size - 1)
-          : size - 1;
-        if (m && start >= size) {
-          return new Response(null, {
-            status: 416,
-            headers: { "content-range": `bytes */${size}` },
-          });
-        }
-        const body = new Uint8Array(end - start + 1);
-        await file.seek(start, Deno.SeekMode.Start);
-        for (let n = 0; n < body.length;) {
-          const r = await file.read(body.subarray(n));
-          if (r === null) break;
-          n += r;
-        }
-        counts.bytes += body.length;
-        const headers: Record<string, string> = {
-          "accept-ranges": "bytes",
-          "content-length": String(body.length),
-        };
-        if (m) headers["content-range"] = `bytes ${start}-${end}/${size}`;
-        return new Response(body, { status: m ? 206 : 200, headers });
-      } finally {
-        file.close();
-      }
-    },
+function latencyServer(
+  dir: string,
+  names: string[],
+  delayMs: number,
+  rate?: number,
+) {
+  const server = serveFiles(
+    Object.fromEntries(names.map((name) => [name, `${dir}${name}`])),
+    { latency: delayMs, connectionRate: rate },
   );
   return {
-    url: (name: string) => `http://127.0.0.1:${server.addr.port}/${name}`,
+    url: server.url,
     take() {
-      const c = { ...counts };
-      counts.requests = 0;
-      counts.bytes = 0;
+      const c = {
+        requests: server.requests.length,
+        bytes: server.bytesSent,
+        ...server.connections,
+      };
+      server.reset();
       return c;
     },
-    shutdown: () => server.shutdown(),
+    shutdown: () => server[Symbol.asyncDispose](),
   };
 }
 
@@ -146,6 +113,16 @@ async function buildImages(dir: string, disk: string): Promise<string[]> {
   return ["zstd.qcow2", "zlib.qcow2", "io-mix.qcow2", "extended-l2.qcow2"];
 }
 
+/**
+ * qemu-img expanding `url` to `dst` with its curl driver, killed after
+ * `seconds`: QEMU 7.2's curl driver sometimes never finishes a transfer
+ * (tests/cli/_lines.ts), and a hung run is reported, not waited for.
+ */
+function curlArgv(url: string, dst: string, seconds: number): string[] {
+  const convert = ["convert", "-f", "qcow2", "-O", "raw", url, dst];
+  return ["timeout", "-s", "KILL", String(seconds), "qemu-img", ...convert];
+}
+
 /** Whether qemu-img can read http:// (the curl block driver). */
 async function qemuHasCurl(url: string): Promise<boolean> {
   return (await sh("qemu-img", ["info", "-f", "qcow2", url])).code === 0;
@@ -165,7 +142,7 @@ export async function runHttp(
 ): Promise<HttpRow[] | undefined> {
   if (!await have("qemu-img")) return undefined;
   const images = await buildImages(dir, disk);
-  const server = latencyServer(dir, delayMs);
+  const server = latencyServer(dir, images, delayMs);
   try {
     if (!await qemuHasCurl(server.url(images[0]))) {
       log(
@@ -194,22 +171,7 @@ export async function runHttp(
           server.take();
           const argv = tool === "ours"
             ? ourArgv(url, dst)
-            // QEMU 7.2's curl driver sometimes never finishes a transfer
-            // (tests/cli/_lines.ts): kill a hung run, report it.
-            : [
-              "timeout",
-              "-s",
-              "KILL",
-              "300",
-              "qemu-img",
-              "convert",
-              "-f",
-              "qcow2",
-              "-O",
-              "raw",
-              url,
-              dst,
-            ];
+            : curlArgv(url, dst, 300);
           const t0 = performance.now();
           const out = await sh(argv[0], argv.slice(1));
           const secs = (performance.now() - t0) / 1000;
@@ -278,4 +240,178 @@ export function httpTargets(
       measured: `${x.toFixed(2)}×`,
     };
   });
+}
+
+/**
+ * Issue 26's HTTP row: one qcow2 image expanded to raw from a server that
+ * waits `delayMs` before each answer and caps each connection at `rate`
+ * bytes per second (as object stores and CDNs do), judged against what
+ * one capped connection needs for the image (size / rate).
+ */
+export interface CappedRow {
+  image: string;
+  size: number;
+  rate: number;
+  delayMs: number;
+  /** Wall seconds, CPU seconds (user + system) and peak RSS (KiB) of each run. */
+  ours: { secs: number; cpu: number; rssKiB: number }[];
+  /** Wall seconds of qemu-img's runs that finished. */
+  qemu: number[];
+  /** What the server saw in our last run. */
+  seen: { requests: number; connections: number; maxConcurrent: number };
+  /** Our failure: an exit status, or bytes other than the image's. */
+  problem?: string;
+  /** qemu-img's (its curl driver may hang: it is killed after a while). */
+  qemuProblem?: string;
+}
+
+/** How long a qemu-img (curl) run of the capped row may take, in seconds. */
+const CURL_LIMIT = 600;
+
+/** The issue's target: ours ≤ this × (size / rate). */
+export const CAPPED_TARGET = 0.3;
+
+/**
+ * Runs the capped row: `image` (a path) served with a pause of `delayMs`
+ * per request and `rate` bytes per second per connection, expanded by
+ * ours `reps` times and, unless `qemu` is false or its curl driver is
+ * missing, by qemu-img; each output compared with the image.
+ */
+export async function runCapped(
+  dir: string,
+  image: string,
+  reps: number,
+  ourArgv: (src: string, dst: string) => string[],
+  { qemu = true, delayMs = 50, rate = 20e6 } = {},
+): Promise<CappedRow> {
+  const name = image.split("/").at(-1)!;
+  const served = `${dir}capped-${name}`;
+  await Deno.link(image, served).catch(() => Deno.copyFile(image, served));
+  const server = latencyServer(dir, [`capped-${name}`], delayMs, rate);
+  const url = server.url(`capped-${name}`);
+  const row: CappedRow = {
+    image: name,
+    size: (await Deno.stat(image)).size,
+    rate,
+    delayMs,
+    ours: [],
+    qemu: [],
+    seen: { requests: 0, connections: 0, maxConcurrent: 0 },
+  };
+  const dst = `${dir}capped.raw`;
+  const timing = `${dir}capped.time`;
+  try {
+    const withQemu = qemu && await qemuHasCurl(url);
+    if (qemu && !withQemu) log("  qemu-img has no curl driver: ours only");
+    for (let rep = 0; rep < reps; rep++) {
+      for (const tool of withQemu ? ["ours", "qemu"] as const : ["ours"]) {
+        await Deno.remove(dst).catch(() => {});
+        server.take();
+        const argv = tool === "ours"
+          ? ourArgv(url, dst)
+          : curlArgv(url, dst, CURL_LIMIT);
+        const out = await sh("/usr/bin/time", [
+          "-f",
+          "%e %M %U %S",
+          "-o",
+          timing,
+          ...argv,
+        ]);
+        const [secs, rss, user, system] = (await Deno.readTextFile(timing))
+          .trim().split("\n").at(-1)!.split(" ").map(Number);
+        const seen = server.take();
+        if (tool === "qemu" && out.code !== 0) {
+          row.qemuProblem = out.code === 137
+            ? `killed after ${CURL_LIMIT} s`
+            : `exit ${out.code}: ${out.stderr.trim().split("\n").at(-1)}`;
+          log(`  qemu-img (curl) ${row.qemuProblem}`);
+          continue;
+        }
+        if (out.code !== 0) {
+          row.problem ??= `${tool} exit ${out.code}: ${
+            out.stderr.trim().split("\n").at(-1)
+          }`;
+        } else {
+          const same = await sh("qemu-img", [
+            "compare",
+            "-q",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            dst,
+            image,
+          ]);
+          if (same.code !== 0) row.problem ??= `${tool}: output differs`;
+        }
+        if (tool === "qemu") {
+          row.qemu.push(secs);
+          continue;
+        }
+        row.ours.push({ secs, cpu: user + system, rssKiB: rss });
+        row.seen = {
+          requests: seen.requests,
+          connections: seen.seen,
+          maxConcurrent: seen.maxConcurrent,
+        };
+        log(
+          `  ours ${secs.toFixed(2)} s (${
+            (secs / (row.size / rate)).toFixed(2)
+          }× one connection, ${
+            (user + system).toFixed(1)
+          } CPU s), ${seen.requests} requests on ${seen.seen} connections, at most ${seen.maxConcurrent} at once, ${
+            (rss / 1024).toFixed(0)
+          } MiB peak RSS`,
+        );
+      }
+      if (row.qemu.length > rep) {
+        log(`  qemu-img (curl) ${row.qemu[rep].toFixed(2)} s`);
+      }
+    }
+    return row;
+  } finally {
+    await server.shutdown();
+    for (const f of [dst, timing, served]) {
+      await Deno.remove(f).catch(() => {});
+    }
+  }
+}
+
+/** The capped row as markdown lines. */
+export function cappedMarkdown(row: CappedRow): string[] {
+  const one = row.size / row.rate;
+  const ours = median(row.ours.map((r) => r.secs));
+  const rss = median(row.ours.map((r) => r.rssKiB)) / 1024;
+  const cpu = median(row.ours.map((r) => r.cpu));
+  const qemu = row.qemu.length > 0 ? median(row.qemu) : undefined;
+  return [
+    `qcow2 → raw over HTTP, ${row.delayMs} ms per request, each connection capped at ${
+      row.rate / 1e6
+    } MB/s (median of ${row.ours.length}; one connection needs size / rate):`,
+    "",
+    "| image | size MB | one connection s | ours s | ratio | our CPU s | qemu-img (curl) s | requests / connections (most at once) | our peak RSS MiB |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    `| ${row.image} | ${(row.size / 1e6).toFixed(1)} | ${one.toFixed(1)} | ${
+      ours.toFixed(2)
+    } | ${(ours / one).toFixed(2)}× | ${cpu.toFixed(1)} | ${
+      qemu?.toFixed(2) ?? row.qemuProblem ?? "not run"
+    } | ${row.seen.requests} / ${row.seen.connections} (${row.seen.maxConcurrent}) | ${
+      rss.toFixed(0)
+    } |${row.problem ? ` ${row.problem}` : ""}`,
+  ];
+}
+
+/** Issue 26's target for the capped row. */
+export function cappedTarget(
+  row: CappedRow,
+): { name: string; met: boolean; measured: string } {
+  const x = median(row.ours.map((r) => r.secs)) / (row.size / row.rate);
+  return {
+    name:
+      `HTTP capped ${row.image} time ≤ ${CAPPED_TARGET}× one connection (size / ${
+        row.rate / 1e6
+      } MB/s, ${row.delayMs} ms per request)`,
+    met: !row.problem && x <= CAPPED_TARGET,
+    measured: `${x.toFixed(2)}×`,
+  };
 }

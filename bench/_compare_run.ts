@@ -85,7 +85,8 @@ async function busySecs(): Promise<number> {
   }
 }
 
-interface Timing {
+/** What GNU time said of one run. */
+export interface Timing {
   secs: number;
   cpuSecs: number;
   otherCores: number;
@@ -102,7 +103,7 @@ interface Timing {
 export const protocol = { dropCaches: false };
 
 /** Runs one command under GNU time after `sync` (and a cache drop). */
-async function timed(argv: string[]): Promise<Timing> {
+export async function timed(argv: string[]): Promise<Timing> {
   const timeFile = `${RUN_DIR}time.txt`;
   await must("sync", []);
   if (protocol.dropCaches) {

@@ -1,6 +1,7 @@
 // End-to-end comparison with `qemu-img convert` on a realistic disk.
 //
-//   deno task bench:compare [--quick] [--cold] [--keep-cache] [--reps N]
+//   deno task bench:compare [--quick] [--cold [--no-drop]] [--tools]
+//                           [--keep-cache] [--reps N] [--skip-curl]
 //
 // 1. Builds (once, into bench/.cache/) a raw disk holding an ext4 filesystem
 //    made by `mkfs.ext4 -q -F -d DIR` from part of this machine's /usr,
@@ -18,10 +19,17 @@
 //    Then qcow2 → raw over HTTP (bench/_compare_http.ts): four images made
 //    by qemu-img from the disk's first 64 MiB, served by a local server that
 //    waits 50 ms before each answer; ours against qemu-img's curl driver.
+//    Then qemu-img's zstd image of the whole disk from the same server with
+//    each connection capped at 20 MB/s, against size / 20 MB/s (one
+//    connection) and qemu-img's curl driver (--skip-curl leaves it out).
 // 3. Verifies every output before its time counts: `qemu-img compare`
 //    against the source (and `qemu-img check` for qcow2 outputs; the exact
 //    virtual size for raw outputs). A failed check is reported and makes
 //    the run exit non-zero.
+//    Then `check`, `map` (human, JSON) and `compare` on sparse qcow2 images
+//    of 1 TiB (with 100 internal snapshots, and without), 4 TiB and 16 TiB
+//    made by qemu-img (bench/_compare_tools.ts): issue 26's row, each run's
+//    output checked to be qemu-img's.
 // 4. Peak-RSS scaling: the forward conversions and one expansion again on
 //    an image four times larger in virtual size (the same disk plus a
 //    sparse tail), once each.
@@ -32,7 +40,9 @@
 // Options: --quick (1 GiB disk, 1 repetition: a smoke run), --cold (the
 // protocol of issue 26, as a user runs a conversion once: no warm-up run,
 // the source not read beforehand, and the page cache dropped after the
-// `sync` before every run; needs root), --keep-cache
+// `sync` before every run; needs root; with --no-drop only the `sync`, to
+// try the protocol on a machine others use), --tools (only the check/map/
+// compare row; its images stay in bench/.cache/), --keep-cache
 // (keep the built disk images for the next run; by default they are deleted
 // at the end, the results files are kept), --reps N, --help.
 // Needs qemu-img, mkfs.ext4 (e2fsprogs) and GNU time; says so if missing.
@@ -51,10 +61,14 @@ import {
   must,
 } from "./_compare_util.ts";
 import { buildBigDisk, buildDisk } from "./_compare_disk.ts";
+import { toolsSection } from "./_compare_tools.ts";
 import {
+  cappedMarkdown,
+  cappedTarget,
   httpMarkdown,
   type HttpRow,
   httpTargets,
+  runCapped,
   runHttp,
 } from "./_compare_http.ts";
 import {
@@ -83,7 +97,8 @@ import {
 } from "./_compare_run.ts";
 
 const HELP =
-  `Usage: deno task bench:compare [--quick] [--cold] [--keep-cache] [--reps N]
+  `Usage: deno task bench:compare [--quick] [--cold [--no-drop]] [--tools] [--keep-cache] [--reps N]
+                               [--skip-curl]
 
 Times qcow2pipe's CLI against qemu-img convert on an ext4 disk image built
 from /usr (cached in bench/.cache/). See the comment at the top of
@@ -91,8 +106,11 @@ bench/compare.ts for what is measured and how.
 
   --quick        1 GiB disk, 1 repetition (smoke run)
   --cold         no warm-up, page cache dropped before every run (as root)
+  --no-drop      with --cold: sync only, the page cache is not dropped
+  --tools        only check, map and compare on TiB-sized sparse qcow2 images
   --keep-cache   keep the disk images in bench/.cache/ for the next run
-  --reps N       repetitions per measurement (default 3, --quick 1)`;
+  --reps N       repetitions per measurement (default 3, --quick 1)
+  --skip-curl    no qemu-img (curl) run over the capped HTTP server`;
 
 function forwardOps(src: string, suffix = ""): Op[] {
   return [
@@ -154,6 +172,18 @@ function expandOp(id: string, label: string, input: string): Op {
   };
 }
 
+/** `--tools`: only the check/map/compare row, its images kept. */
+async function toolsOnly(reps: number): Promise<number> {
+  try {
+    const tools = await toolsSection(RUN_DIR, reps);
+    console.log(targetLines(tools.targets).join("\n"));
+    console.log(`\n${tools.markdown.join("\n")}`);
+    return tools.failed.length > 0 ? 1 : 0;
+  } finally {
+    await Deno.remove(RUN_DIR, { recursive: true }).catch(() => {});
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 async function main(): Promise<number> {
@@ -162,8 +192,11 @@ async function main(): Promise<number> {
     options: {
       quick: { type: "boolean" },
       cold: { type: "boolean" },
+      "no-drop": { type: "boolean" },
+      tools: { type: "boolean" },
       "keep-cache": { type: "boolean" },
       reps: { type: "string" },
+      "skip-curl": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -189,7 +222,7 @@ async function main(): Promise<number> {
   }
   const quick = values.quick ?? false;
   const cold = values.cold ?? false;
-  if (cold) {
+  if (cold && !values["no-drop"]) {
     try {
       await Deno.writeTextFile("/proc/sys/vm/drop_caches", "3");
     } catch (err) {
@@ -211,6 +244,7 @@ async function main(): Promise<number> {
   }
   const warmUp = !cold && reps > 1;
   await Deno.mkdir(RUN_DIR, { recursive: true });
+  if (values.tools) return await toolsOnly(reps);
 
   // Scale down when the disk cannot hold the images and outputs (about
   // three times the virtual size: source, 4x copy, kept qemu-img outputs,
@@ -292,15 +326,21 @@ async function main(): Promise<number> {
         ),
       );
     }
-    for (const f of Object.values(kept)) await Deno.remove(f).catch(() => {});
 
     log(`\nqcow2 → raw over HTTP, 50 ms per request (${reps} repetition(s)):`);
-    const http: HttpRow[] = await runHttp(
-      RUN_DIR,
-      disk,
-      reps,
-      (url, dst) => oursArgv(["-f", "qcow2", "-O", "raw"], url)(dst),
-    ) ?? [];
+    const fromUrl = (url: string, dst: string) =>
+      oursArgv(["-f", "qcow2", "-O", "raw"], url)(dst);
+    const http: HttpRow[] = await runHttp(RUN_DIR, disk, reps, fromUrl) ?? [];
+    log(`\n… each connection capped at 20 MB/s (${reps} repetition(s)):`);
+    const capped = await exists(kept.zstd)
+      ? await runCapped(RUN_DIR, kept.zstd, reps, fromUrl, {
+        qemu: !values["skip-curl"],
+      })
+      : undefined;
+    for (const f of Object.values(kept)) await Deno.remove(f).catch(() => {});
+
+    const tools = await toolsSection(RUN_DIR, reps);
+    const failed = [...tools.failed];
 
     log(`\nPeak RSS at 4× virtual size (${gib(4 * virtualSize)}), once each:`);
     let bigZstd: string | undefined;
@@ -318,15 +358,21 @@ async function main(): Promise<number> {
       await Deno.remove(bigZstd).catch(() => {});
     }
 
-    const failed = failures(results);
+    failed.push(...failures(results));
     for (const r of http) {
       if (r.problem) failed.push(`http ${r.image}: ${r.problem}`);
     }
+    if (capped?.problem) failed.push(`http capped: ${capped.problem}`);
     if (failed.length > 0) exitCode = 1;
 
     const mainRows = mainTable(results, reps);
     const scaling = scalingTable(results);
-    const ts = [...targets(results), ...httpTargets(http)];
+    const ts = [
+      ...targets(results),
+      ...httpTargets(http),
+      ...tools.targets,
+      ...(capped ? [cappedTarget(capped)] : []),
+    ];
 
     console.log(`\n${textTable(mainRows)}\n\n${textTable(scaling)}\n`);
     console.log(targetLines(ts).join("\n"));
@@ -362,6 +408,9 @@ async function main(): Promise<number> {
       markdownTable(scaling),
       "",
       ...(http.length > 0 ? [...httpMarkdown(http), ""] : []),
+      ...tools.markdown,
+      "",
+      ...(capped ? [...cappedMarkdown(capped), ""] : []),
       "Targets:",
       "",
       ...targetLines(ts),

@@ -38,9 +38,12 @@ export function splitU64(value: number): [number, number] {
   return [Math.floor(value / TWO_32), value >>> 0];
 }
 
+/** One decoder for every call (a snapshot table decodes two names each). */
+const UTF8 = new TextDecoder();
+
 /** Decodes bytes as UTF-8 (lossy), as QEMU treats names as byte strings. */
 export function decodeText(bytes: Uint8Array): string {
-  return new TextDecoder().decode(bytes);
+  return UTF8.decode(bytes);
 }
 
 /** Encodes a string as UTF-8. */

@@ -53,6 +53,59 @@ export function isZero(bytes: Uint8Array): boolean {
 }
 
 /**
+ * How many `unit`-byte units of `bytes` from unit `index` on, at most
+ * `max`, hold only zero bytes: the run of empty entries of a table (an
+ * unallocated L2 entry, an L1 entry without a table). The first unit is
+ * tested byte by byte, so a table of full entries costs no view; past it,
+ * four bytes at a time where the view is aligned.
+ *
+ * @param bytes The table.
+ * @param unit Bytes per unit (an entry's size).
+ * @param index First unit.
+ * @param max Units to look at, at most (they must lie in `bytes`).
+ * @returns The count of zero units from `index` on.
+ *
+ * @example Skip the empty entries of a table
+ * ```ts
+ * import assert from "node:assert";
+ * import { zeroUnits } from "./zeros.ts";
+ * const table = new Uint8Array(8 * 100);
+ * table[8 * 70 + 7] = 1; // entry 70 holds something
+ * assert.strictEqual(zeroUnits(table, 8, 3, 97), 67);
+ * assert.strictEqual(zeroUnits(table, 8, 70, 30), 0);
+ * assert.strictEqual(zeroUnits(table, 8, 71, 29), 29);
+ * ```
+ */
+export function zeroUnits(
+  bytes: Uint8Array,
+  unit: number,
+  index: number,
+  max: number,
+): number {
+  if (max <= 0) return 0;
+  const at = index * unit;
+  for (let b = at; b < at + unit; b++) if (bytes[b] !== 0) return 0;
+  const from = bytes.byteOffset + at + unit;
+  if ((from & 3) !== 0 || (unit & 3) !== 0) {
+    let n = 1;
+    while (
+      n < max && isZero(bytes.subarray(at + n * unit, at + (n + 1) * unit))
+    ) n++;
+    return n;
+  }
+  const words = new Int32Array(bytes.buffer, from, ((max - 1) * unit) >>> 2);
+  const whole = words.length & ~7;
+  let w = 0;
+  while (
+    w < whole &&
+    (words[w] | words[w + 1] | words[w + 2] | words[w + 3] | words[w + 4] |
+        words[w + 5] | words[w + 6] | words[w + 7]) === 0
+  ) w += 8;
+  while (w < words.length && words[w] === 0) w++;
+  return 1 + Math.floor((w * 4) / unit);
+}
+
+/**
  * What the chunker accepts besides bytes: a run of zero bytes that need not
  * be materialized (a hole in a sparse source, or free space found by the
  * free-space map of `--sparsify`).

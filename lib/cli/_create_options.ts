@@ -12,9 +12,20 @@ export interface CreateOptions {
   refcountBits?: number;
   backingFile?: string;
   backingFormat?: "raw" | "qcow2";
+  /** `extended_l2` (measure only: we write standard L2 entries). */
+  extendedL2?: boolean;
+  /** `preallocation` (measure only: we preallocate nothing). */
+  preallocation?: "off" | "metadata" | "falloc" | "full";
+  /** `compat` (measure only: we write version 3). */
+  compat?: "v2" | "v3";
+  /** `size`, the virtual size (create). */
+  size?: number;
 }
 
 type OutputFormat = "raw" | "qcow2";
+
+/** The commands that take `-o`. */
+export type CreateAction = "convert" | "create" | "measure";
 
 /** One creation option, as `-o help` lists it and as it is applied. */
 interface Key {
@@ -28,6 +39,12 @@ interface Key {
   only?: { values: string[]; otherwise: string };
   /** Refused whatever the value: why. */
   unsupported?: string;
+  /**
+   * The commands that take any valid value despite `only` and
+   * `unsupported` (measure computes sizes and writes nothing); only they
+   * get the value stored.
+   */
+  takenBy?: CreateAction[];
 }
 
 /** QEMU's spellings of a boolean (qapi_bool_parse). */
@@ -69,6 +86,16 @@ const KEYS: Record<string, Key> = {
     formats: ["qcow2"],
     kind: "<str>",
     help: "Compatibility level: only v3 (1.1) is written",
+    takenBy: ["measure"],
+    apply: (v, out) => {
+      if (v === "0.10" || v === "v2") out.compat = "v2";
+      else if (v === "1.1" || v === "v3") out.compat = "v3";
+      else {
+        throw new UsageError(
+          `Cannot parse -o compat: "${v}" is not 0.10, v2, 1.1 or v3`,
+        );
+      }
+    },
     only: {
       values: ["1.1", "v3"],
       otherwise: "only qcow2 version 3 (compat=1.1) is written",
@@ -109,6 +136,8 @@ const KEYS: Record<string, Key> = {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
     help: "Extended L2 tables: only off",
+    takenBy: ["measure"],
+    apply: (v, out) => out.extendedL2 = bool(v, "extended_l2"),
     only: {
       values: ["off"],
       otherwise: "extended L2 entries are read, not written",
@@ -124,6 +153,7 @@ const KEYS: Record<string, Key> = {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
     help: "Postpone refcount updates: only off",
+    takenBy: ["measure"],
     only: {
       values: ["off"],
       otherwise: "refcounts are always complete when the image is",
@@ -139,6 +169,15 @@ const KEYS: Record<string, Key> = {
     formats: ["qcow2", "raw"],
     kind: "<str>",
     help: "Preallocation mode: only off",
+    takenBy: ["measure"],
+    apply: (v, out) => {
+      if (v !== "off" && v !== "metadata" && v !== "falloc" && v !== "full") {
+        throw new UsageError(
+          `Cannot parse -o preallocation: "${v}" is not off, metadata, falloc or full`,
+        );
+      }
+      out.preallocation = v;
+    },
     only: {
       values: ["off"],
       otherwise: "outputs are sparse; nothing is preallocated",
@@ -153,7 +192,9 @@ const KEYS: Record<string, Key> = {
   size: {
     formats: ["qcow2", "raw"],
     kind: "<size>",
-    help: "",
+    help: "Virtual disk size",
+    takenBy: ["create", "measure"],
+    apply: (v, out) => out.size = parseSize(v, "-o size"),
     unsupported: "the output has the size of the input",
   },
 };
@@ -197,12 +238,16 @@ export function asksForHelp(lists: string[]): boolean {
 /**
  * What `-o` asks of an output image of `format`.
  *
+ * @param lists The values of `-o`, in order.
+ * @param format The output format.
+ * @param action The command, for what it takes and for messages.
  * @throws {UsageError} For a key qemu-img does not know, a key of the
  * other format, a value we do not write, or a bad value.
  */
 export function parseCreateOptions(
   lists: string[],
   format: OutputFormat,
+  action: CreateAction = "convert",
 ): CreateOptions {
   const out: CreateOptions = {};
   const last = new Map(splitOptionList(lists));
@@ -210,38 +255,40 @@ export function parseCreateOptions(
     const spec = Object.hasOwn(KEYS, key) ? KEYS[key] : undefined;
     if (key.startsWith("encrypt.")) {
       throw new UsageError(
-        `Cannot convert: -o ${key} is not supported (images are not encrypted)`,
+        `Cannot ${action}: -o ${key} is not supported (images are not encrypted)`,
       );
     }
     if (spec === undefined) {
       throw new UsageError(
-        `Cannot convert: -o ${key} is not an option of ${format} images (see -o help)`,
+        `Cannot ${action}: -o ${key} is not an option of ${format} images (see -o help)`,
       );
     }
     if (!spec.formats.includes(format)) {
       throw new UsageError(
-        `Cannot convert: -o ${key} applies to ${
+        `Cannot ${action}: -o ${key} applies to ${
           spec.formats.join(" and ")
         } output only, and the output is ${format}`,
       );
     }
-    if (spec.unsupported !== undefined) {
+    const taken = spec.takenBy?.includes(action) ?? false;
+    if (spec.unsupported !== undefined && !taken) {
       throw new UsageError(
-        `Cannot convert: -o ${key} is not supported (${spec.unsupported})`,
+        `Cannot ${action}: -o ${key} is not supported (${spec.unsupported})`,
       );
     }
-    if (spec.only) {
+    if (spec.only && !taken) {
       // The boolean ones are taken when off, in any of QEMU's spellings.
       const accepted = spec.kind.startsWith("<bool")
         ? !bool(value, key)
         : spec.only.values.includes(value);
       if (!accepted) {
         throw new UsageError(
-          `Cannot convert: -o ${key}=${value} is not supported (${spec.only.otherwise})`,
+          `Cannot ${action}: -o ${key}=${value} is not supported (${spec.only.otherwise})`,
         );
       }
     }
-    spec.apply?.(value, out);
+    // Keys taken by some commands only are stored for those.
+    if (!spec.takenBy || taken) spec.apply?.(value, out);
   }
   return out;
 }
@@ -252,4 +299,63 @@ export function createOptionsHelp(format: OutputFormat): string {
     .filter(([, k]) => k.formats.includes(format) && !k.unsupported)
     .map(([name, k]) => `  ${`${name}=${k.kind}`.padEnd(22)} - ${k.help}`);
   return `Supported ${format} options:\n${lines.join("\n")}\n`;
+}
+
+/**
+ * The options `qemu-img create` lists on its "Formatting" line, in its
+ * order, each with the value listed when it is not given (none: left out).
+ */
+const FORMATTING_LINE: Record<OutputFormat, [string, string?][]> = {
+  qcow2: [
+    ["cluster_size", "65536"],
+    ["extended_l2", "off"],
+    ["preallocation"],
+    ["compression_type", "zlib"],
+    ["size"],
+    ["backing_file"],
+    ["backing_fmt"],
+    ["compat"],
+    ["lazy_refcounts", "off"],
+    ["refcount_bits", "16"],
+  ],
+  raw: [["size"], ["preallocation"]],
+};
+
+/**
+ * The line `qemu-img create` prints before it creates an image:
+ * `Formatting 'FILE', fmt=FMT key=value ...`, sizes and numbers in bytes,
+ * strings with commas doubled, booleans as given.
+ *
+ * @param file The new image's name.
+ * @param format Its format.
+ * @param lists The values of `-o`, in order.
+ * @param given What the command line sets over `-o` (the size, `-b`,
+ * `-F`), as qemu-img sets them.
+ */
+export function formattingLine(
+  file: string,
+  format: OutputFormat,
+  lists: string[],
+  given: Record<string, string | number | undefined>,
+): string {
+  const values = new Map<string, string | number>(splitOptionList(lists));
+  for (const [key, value] of Object.entries(given)) {
+    if (value !== undefined) values.set(key, value);
+  }
+  let line = `Formatting '${file}', fmt=${format}`;
+  for (const [key, fallback] of FORMATTING_LINE[format]) {
+    const value = values.get(key) ?? fallback;
+    if (value === undefined) continue;
+    const kind = KEYS[key].kind;
+    let text = String(value);
+    if (typeof value === "string" && kind === "<size>") {
+      text = String(parseSize(value, `-o ${key}`));
+    } else if (typeof value === "string" && kind === "<num>") {
+      text = String(parseInteger(value, `-o ${key}`));
+    } else if (kind === "<str>") {
+      text = text.replaceAll(",", ",,");
+    }
+    line += ` ${key}=${text}`;
+  }
+  return line;
 }

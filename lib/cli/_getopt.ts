@@ -16,6 +16,9 @@ export const ACTIONS: Record<string, string> = {
   check: "check image",
   map: "map image",
   compare: "compare images",
+  measure: "measure",
+  create: "create image",
+  snapshot: "list snapshots",
 };
 
 /** One option of a command, under its long name. */

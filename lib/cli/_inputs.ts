@@ -1,10 +1,15 @@
 // Images named on the command line of the inspection commands: a path is
 // handed to the tool as is; an http(s) URL is opened here with Range
 // requests, so that the tool reads the metadata and what it needs only.
-import { HttpSource } from "../../mod.ts";
-import type { HttpTransport } from "../io/http_source.ts";
+// The file access of the runtime (what mod.ts installs), without the rest
+// of the library: a command that inspects starts sooner.
+import "../host/file_source.ts";
+import {
+  HttpSource,
+  type HttpTransport,
+  isHttpUrl,
+} from "../io/http_source.ts";
 import type { ImageInput } from "../tools/mod.ts";
-import { isHttpUrl } from "../io/http_source.ts";
 
 /** An image argument, ready for `imageInfo`, `checkImage`, `mapImage`... */
 export interface NamedImage extends AsyncDisposable {

@@ -44,7 +44,8 @@ export async function sparsifyInput(
   let random: FileSource | HttpSource | undefined;
   if (isHttpUrl(src)) {
     try {
-      random = await HttpSource.open(src, http);
+      // The free space is skipped: nothing is fetched ahead into it.
+      random = await HttpSource.open(src, { ...http, fetchAhead: false });
     } catch (err) {
       if (!(err instanceof IoError && err.code === "RANGE_NOT_SUPPORTED")) {
         throw err;

@@ -3,7 +3,7 @@
 // `qemu-img map --output=json` shows of it (allocated, zero, data, whether
 // it has a host offset) and whether the run reaches the end of the image:
 // QEMU compares its status flags whole, end-of-file flag included.
-import type { ImageFormat } from "../../mod.ts";
+import type { ImageFormat } from "../reader/open.ts";
 import {
   type ImageInput,
   type MapEntry,

@@ -17,18 +17,34 @@ const UNITS: Record<string, number> = {
   m: 1024 ** 2,
   g: 1024 ** 3,
   t: 1024 ** 4,
+  p: 1024 ** 5,
+  e: 1024 ** 6,
 };
 
-/** Parses sizes like 512, 64k, 64K, 2M, 1G (binary units). */
+/**
+ * Parses sizes like 512, 64k, 64K, 2M, 1G, 1.5G (binary units up to E; a
+ * fraction only with a unit; hexadecimal without one, as qemu-img takes
+ * them).
+ */
 export function parseSize(text: string, what: string): number {
   rejectNegative(text, what);
-  const m = /^(\d+)([bkmgt]?)(?:i?b)?$/i.exec(text.trim());
-  if (!m) {
+  if (/^\s*0x[0-9a-f]+\s*$/i.test(text)) return parseHex(text, what);
+  const m = /^(\d+(?:\.\d+)?)([bkmgtpe]?)(?:i?b)?$/i.exec(text.trim());
+  if (!m || (m[1].includes(".") && UNITS[m[2].toLowerCase()] === 1)) {
     throw new UsageError(
       `Cannot parse ${what}: "${text}" is not a size like 512, 64k or 2M`,
     );
   }
-  const value = Number(m[1]) * UNITS[m[2].toLowerCase()];
+  const value = Math.floor(Number(m[1]) * UNITS[m[2].toLowerCase()]);
+  if (!Number.isSafeInteger(value)) {
+    throw new UsageError(`Cannot parse ${what}: "${text}" is too large`);
+  }
+  return value;
+}
+
+/** A size in hexadecimal (`0x1000`), as qemu-img takes it. */
+function parseHex(text: string, what: string): number {
+  const value = Number(text.trim());
   if (!Number.isSafeInteger(value)) {
     throw new UsageError(`Cannot parse ${what}: "${text}" is too large`);
   }

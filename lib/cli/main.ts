@@ -14,6 +14,9 @@ Commands:
   check     check a qcow2 image's refcounts and tables (like qemu-img check)
   map       list allocated, zero and data ranges (like qemu-img map)
   compare   compare the guest content of two images (like qemu-img compare)
+  measure   the size a new image needs (like qemu-img measure)
+  create    create a blank qcow2 or raw image (like qemu-img create)
+  snapshot  list internal snapshots (like qemu-img snapshot -l)
   demo      build a sample disk, convert it to zstd qcow2 and back, verify
 
 Run "qcow2pipe COMMAND --help" for a command's options, and
@@ -25,8 +28,17 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   check: async (a) => (await import("./check_cmd.ts")).checkCommand(a),
   map: async (a) => (await import("./map_cmd.ts")).mapCommand(a),
   compare: async (a) => (await import("./compare_cmd.ts")).compareCommand(a),
+  measure: async (a) => (await import("./measure_cmd.ts")).measureCommand(a),
+  create: async (a) => (await import("./create_cmd.ts")).createCommand(a),
+  snapshot: async (a) => (await import("./snapshot_cmd.ts")).snapshotCommand(a),
   demo: async (a) => (await import("./demo.ts")).demoCommand(a),
 };
+
+/**
+ * qemu-img commands that change images in place: named, so that each gets
+ * one line saying so rather than "unknown command".
+ */
+const NOT_PROVIDED = ["amend", "bitmap", "commit", "dd", "rebase", "resize"];
 
 /** Runs the CLI and returns the exit code. */
 export async function main(args: string[]): Promise<number> {
@@ -42,7 +54,13 @@ export async function main(args: string[]): Promise<number> {
     console.log(VERSION_TEXT);
     return 0;
   }
-  const run = COMMANDS[command];
+  const run = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
+  if (!run && NOT_PROVIDED.includes(command)) {
+    warn(
+      `qcow2pipe: ${command} is not provided (qcow2pipe converts, inspects and creates images; use qemu-img ${command})`,
+    );
+    return 1;
+  }
   if (!run) {
     warn(`qcow2pipe: unknown command "${command}" (see --help)`);
     return 1;

@@ -67,6 +67,54 @@ export function refcountBlockEntries(
 }
 
 /**
+ * How many refcount blocks and refcount table clusters count `clusters`
+ * clusters and themselves, found as QEMU finds them
+ * (`qcow2_refcount_metadata_size`): blocks and table grown together until
+ * they no longer change. With `generous`, once they settle, room for half
+ * as many table clusters again is added and they settle once more, as QEMU
+ * does when it grows a refcount table.
+ *
+ * @param clusters Clusters to count, other than the blocks and table.
+ * @param clusterBits log2 of the cluster size.
+ * @param order refcount_order.
+ * @param generous Leave room to grow, as QEMU's table growth does.
+ * @returns Refcount blocks, and refcount table clusters.
+ * @throws {RangeError} For an order outside 0..6.
+ *
+ * @example A fully allocated 1 GiB image with 64 KiB clusters
+ * ```ts
+ * import assert from "node:assert";
+ * import { refcountMetadataClusters } from "./refcount.ts";
+ * assert.deepStrictEqual(refcountMetadataClusters(16387, 16, 4, false), { blocks: 1, table: 1 });
+ * ```
+ */
+export function refcountMetadataClusters(
+  clusters: number,
+  clusterBits: number,
+  order: number,
+  generous: boolean,
+): { blocks: number; table: number } {
+  const perBlock = refcountBlockEntries(clusterBits, order);
+  const perTableCluster = 2 ** clusterBits / 8;
+  let table = 0;
+  let blocks = 0;
+  let n = 0;
+  let last: number;
+  do {
+    last = n;
+    blocks = Math.ceil((clusters + table + blocks) / perBlock);
+    table = Math.ceil(blocks / perTableCluster);
+    n = clusters + blocks + table;
+    if (n === last && generous) {
+      clusters += Math.ceil(table / 2);
+      n = 0;
+      generous = false;
+    }
+  } while (n !== last);
+  return { blocks, table };
+}
+
+/**
  * A stored refcount in decimal, exactly: a 64-bit refcount above 2^53
  * (`qemu-img check` prints such counts) loses digits as a number.
  *

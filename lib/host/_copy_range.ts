@@ -14,8 +14,7 @@
 // preallocated with metadata only is all holes).
 
 import type { HoleProbe } from "../io/host_files.ts";
-import type { FileIdentity } from "../io/source.ts";
-import { loadLibc, O_RDONLY, O_WRONLY, openChecked } from "./_libc.ts";
+import { loadLibc, O_RDONLY, O_WRONLY, type WantedFile } from "./_libc.ts";
 
 /** Most bytes asked of one call (Linux copies at most about 2 GiB a call). */
 const MOST_PER_CALL = 1 << 30;
@@ -46,10 +45,10 @@ export interface RangeCopier {
 export function openRangeCopier(
   source: {
     path: string;
-    identity: Pick<FileIdentity, "dev" | "ino">;
+    identity: WantedFile;
     holes?: HoleProbe;
   },
-  output: { path: string; identity: Pick<FileIdentity, "dev" | "ino"> },
+  output: { path: string; identity: WantedFile },
 ): RangeCopier | undefined {
   const copier = openCopier(source, output, source.holes);
   if (!copier) source.holes?.close();
@@ -57,17 +56,18 @@ export function openRangeCopier(
 }
 
 function openCopier(
-  source: { path: string; identity: Pick<FileIdentity, "dev" | "ino"> },
-  output: { path: string; identity: Pick<FileIdentity, "dev" | "ino"> },
+  source: { path: string; identity: WantedFile },
+  output: { path: string; identity: WantedFile },
   holes: HoleProbe | undefined,
 ): RangeCopier | undefined {
   const lib = loadLibc();
-  if (!lib) return undefined;
-  const fdIn = openChecked(lib, source.path, O_RDONLY, source.identity);
+  const copyFileRange = lib?.copyFileRange;
+  if (!lib || !copyFileRange) return undefined;
+  const fdIn = lib.openChecked(source.path, O_RDONLY, source.identity);
   if (fdIn === undefined) return undefined;
-  const fdOut = openChecked(lib, output.path, O_WRONLY, output.identity);
+  const fdOut = lib.openChecked(output.path, O_WRONLY, output.identity);
   if (fdOut === undefined) {
-    lib.symbols.close(fdIn);
+    lib.close(fdIn);
     return undefined;
   }
   const inFlight = new Set<Promise<boolean>>();
@@ -83,15 +83,12 @@ function openCopier(
     let left = length;
     while (left > 0) {
       if (closed) return false;
-      const n = Number(
-        await lib.symbols.copy_file_range(
-          fdIn,
-          offIn,
-          fdOut,
-          offOut,
-          BigInt(Math.min(left, MOST_PER_CALL)),
-          0,
-        ),
+      const n = await copyFileRange(
+        fdIn,
+        offIn,
+        fdOut,
+        offOut,
+        Math.min(left, MOST_PER_CALL),
       );
       // -1: failed (errno is the pool thread's); 0: the source ended.
       if (n <= 0) return false;
@@ -136,8 +133,8 @@ function openCopier(
       // next open, and the call would write into that file.
       await Promise.all(inFlight);
       holes?.close();
-      lib.symbols.close(fdIn);
-      lib.symbols.close(fdOut);
+      lib.close(fdIn);
+      lib.close(fdOut);
     },
   };
 }

@@ -1,103 +1,47 @@
 // Where a local file has data and where it has holes, through lseek(2)
 // SEEK_DATA / SEEK_HOLE (Deno has no such seek mode, so libc is called
-// through FFI). QEMU's file driver answers block status queries this way,
-// which decides what `qemu-img map` and `qemu-img compare` report for raw
-// files and for preallocated qcow2 images. Without FFI (no permission, no
-// libc) there is no information, and QEMU's answer for that case applies:
-// everything is data.
+// through FFI, lib/host/_libc.ts). QEMU's file driver answers block status
+// queries this way, which decides what `qemu-img map` and `qemu-img
+// compare` report for raw files and for preallocated qcow2 images. Without
+// FFI (no permission, no libc) there is no information, and QEMU's answer
+// for that case applies: everything is data. The probe reads the holes of
+// the file it is given by identity, never of whatever the name leads to
+// now: were the name replaced after the file was opened, another file's
+// holes would be mapped and the data there read as zeros.
 
 import type { HoleProbe } from "../io/host_files.ts";
-
-/** Opens hole probes for local files; dispose to release libc. */
-export interface HoleProber extends Disposable {
-  /** A probe for the file at `path`, or undefined when it cannot be probed. */
-  open(path: string): HoleProbe | undefined;
-}
-
-const ENXIO = 6;
-
-const SYMBOLS = {
-  open: { parameters: ["buffer", "i32"], result: "i32" },
-  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
-  close: { parameters: ["i32"], result: "i32" },
-} as const;
+import { loadLibc, O_RDONLY, type WantedFile } from "./_libc.ts";
 
 /**
- * A prober backed by libc, or one that knows nothing when FFI is not
- * available (other systems, no `--allow-ffi`).
+ * A probe of the holes of the file at `path`, or undefined when it cannot
+ * be probed: no FFI, a URL, not a regular file, or `path` is no longer the
+ * file `want` (device and inode of the descriptor the caller opened).
  */
-export function openHoleProber(): HoleProber {
-  const os = Deno.build.os;
-  const lib = os === "linux"
-    ? "libc.so.6"
-    : os === "darwin"
-    ? "libSystem.dylib"
-    : undefined;
-  const seekData = os === "darwin" ? 4 : 3;
-  const seekHole = os === "darwin" ? 3 : 4;
-  let dl:
-    | Deno.DynamicLibrary<
-      typeof SYMBOLS & {
-        errno: { parameters: []; result: "pointer" };
-      }
-    >
-    | undefined;
-  // Asked first, so that running without --allow-ffi neither prompts nor
-  // throws: holes are an optimization.
-  const allowed = Deno.permissions.querySync({ name: "ffi" }).state ===
-    "granted";
-  if (lib !== undefined && allowed) {
-    try {
-      dl = Deno.dlopen(lib, {
-        ...SYMBOLS,
-        errno: {
-          name: os === "darwin" ? "__error" : "__errno_location",
-          parameters: [],
-          result: "pointer",
-        },
-      });
-    } catch {
-      dl = undefined;
-    }
-  }
-  const errno = () => {
-    const p = dl!.symbols.errno();
-    return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
-  };
+export function openHoleProbe(
+  path: string,
+  want: WantedFile,
+): HoleProbe | undefined {
+  const libc = loadLibc();
+  if (!libc || /^[a-z][a-z0-9+.-]*:\/\//i.test(path)) return undefined;
+  const fd = libc.openChecked(path, O_RDONLY, want);
+  if (fd === undefined) return undefined;
+  let open = true;
   return {
-    open(path: string): HoleProbe | undefined {
-      if (!dl || path.includes("\0") || /^[a-z][a-z0-9+.-]*:\/\//i.test(path)) {
-        return undefined;
-      }
-      const fd = dl.symbols.open(new TextEncoder().encode(path + "\0"), 0);
-      if (fd < 0) return undefined;
-      const seek = (
-        offset: number,
-        whence: number,
-      ): number | "enxio" | undefined => {
-        const r = Number(dl!.symbols.lseek(fd, BigInt(offset), whence));
-        if (r >= 0) return r;
-        return errno() === ENXIO ? "enxio" : undefined;
-      };
-      return {
-        find(offset) {
-          const data = seek(offset, seekData);
-          if (typeof data !== "number") return data;
-          if (data < offset) return undefined;
-          if (data > offset) return { data, hole: offset };
-          const hole = seek(offset, seekHole);
-          if (typeof hole !== "number") return hole;
-          if (hole <= offset) return undefined;
-          return { data: offset, hole };
-        },
-        close() {
-          dl!.symbols.close(fd);
-        },
-      };
+    find(offset) {
+      if (!open) return undefined; // the number may be another file's now
+      const data = libc.seek(fd, offset, "data");
+      if (typeof data !== "number") return data;
+      if (data < offset) return undefined;
+      if (data > offset) return { data, hole: offset };
+      const hole = libc.seek(fd, offset, "hole");
+      if (typeof hole !== "number") return hole;
+      if (hole <= offset) return undefined;
+      return { data: offset, hole };
     },
-    [Symbol.dispose]() {
-      dl?.close();
-      dl = undefined;
+    close() {
+      if (!open) return;
+      open = false;
+      libc.close(fd);
     },
   };
 }

@@ -11,7 +11,7 @@ import { IoError } from "../format/errors.ts";
 import { fileError } from "../io/os_errors.ts";
 import { installHostFiles } from "../io/host_files.ts";
 import { setPoisoning } from "../bytes/recycle.ts";
-import { openHoleProber } from "./_holes.ts";
+import { openHoleProbe } from "./_holes.ts";
 import { identityOf } from "../io/identity.ts";
 import type { FileIdentity, RandomAccessSource } from "../io/source.ts";
 
@@ -318,20 +318,8 @@ installHostFiles({
     }
   },
   holeProbe(source) {
-    if (!(source instanceof FileSource)) return undefined;
-    const prober = openHoleProber();
-    const probe = prober.open(source.path);
-    if (!probe) {
-      prober[Symbol.dispose]();
-      return undefined;
-    }
-    return {
-      find: (offset) => probe.find(offset),
-      close() {
-        probe.close();
-        prober[Symbol.dispose]();
-      },
-    };
+    if (!(source instanceof FileSource) || !source.identity) return undefined;
+    return openHoleProbe(source.path, source.identity);
   },
   async allocatedSize(source) {
     if (!(source instanceof FileSource)) return undefined;

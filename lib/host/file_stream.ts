@@ -4,8 +4,9 @@
  * @module
  */
 
-import { openHoleProber } from "./_holes.ts";
-import { loadLibc, O_RDONLY, openChecked } from "./_libc.ts";
+import type { HoleProbe } from "../io/host_files.ts";
+import { openHoleProbe } from "./_holes.ts";
+import { loadLibc, O_RDONLY } from "./_libc.ts";
 import { fileError } from "../io/os_errors.ts";
 import { Recycler } from "../bytes/recycle.ts";
 import { isZero } from "../bytes/zeros.ts";
@@ -168,16 +169,16 @@ export function sparseFileChunks(
   let size = 0;
   let pos = 0; // where the next piece starts
   let dataEnd = 0; // end of the data extent being read
-  const prober = openHoleProber();
-  const probe = prober.open(path);
+  // Opened once the file is, and only on that very file.
+  let probe: HoleProbe | undefined;
   const release = () => {
     probe?.close();
-    prober[Symbol.dispose]();
+    probe = undefined;
     if (fd !== undefined) {
       // Closed once no pread uses it: the number could be reused meanwhile.
       const last = fd;
       fd = undefined;
-      Promise.allSettled(ahead).then(() => libc!.symbols.close(last));
+      Promise.allSettled(ahead).then(() => libc!.close(last));
     }
     for (const file of files.splice(0)) {
       try {
@@ -201,14 +202,7 @@ export function sparseFileChunks(
   ): Promise<Uint8Array | undefined> => {
     let filled = 0;
     while (filled < into.length) {
-      const n = Number(
-        await libc!.symbols.pread(
-          fd!,
-          into.subarray(filled),
-          BigInt(into.length - filled),
-          BigInt(at + filled),
-        ),
-      );
+      const n = await libc!.pread(fd!, into.subarray(filled), at + filled);
       if (n < 0) return undefined;
       if (n === 0) break;
       filled += n;
@@ -281,11 +275,10 @@ export function sparseFileChunks(
           idle.push(file);
         }
         size = first!.size;
-        if (libc && first!.ino !== null) {
-          fd = openChecked(libc, path, O_RDONLY, {
-            dev: first!.dev,
-            ino: first!.ino,
-          });
+        if (first!.ino !== null) {
+          const opened = { dev: first!.dev, ino: first!.ino };
+          probe = openHoleProbe(path, opened);
+          fd = libc?.openChecked(path, O_RDONLY, opened);
         }
       } catch (err) {
         release();

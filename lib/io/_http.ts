@@ -233,7 +233,10 @@ export class HttpClient {
    * identity, or from a resource that changed since the first answer, is
    * refused; any other answer is the caller's to judge.
    */
-  async send(range: string | undefined): Promise<Answer> {
+  async send(
+    range: string | undefined,
+    signal?: AbortSignal,
+  ): Promise<Answer> {
     const start = this.#url;
     const origin = new URL(start).origin;
     // The first request may be redirected anywhere (download links are),
@@ -242,7 +245,7 @@ export class HttpClient {
     const keepOrigin = this.#settled || this.#stayOnOrigin;
     let url = start;
     for (let hops = 0;; hops++) {
-      let answer = await this.#fetchOnce(url, range, "manual");
+      let answer = await this.#fetchOnce(url, range, "manual", signal);
       let res = answer.res;
       if (REDIRECT_STATUSES.has(res.status) && res.headers.has("location")) {
         await answer.close();
@@ -259,7 +262,7 @@ export class HttpClient {
         // (and keeps other origins' answers from us unless they allow it):
         // there, the URL that answered is judged once it has.
         await answer.close();
-        answer = await this.#fetchOnce(url, range, "follow");
+        answer = await this.#fetchOnce(url, range, "follow", signal);
         res = answer.res;
         const to = res.url || url;
         try {
@@ -366,13 +369,20 @@ export class HttpClient {
     }
   }
 
-  /** One fetch, within the idle timeout; a network failure may be retried. */
+  /**
+   * One fetch, within the idle timeout; a network failure may be retried.
+   * `signal` aborts this request only (the client's signal aborts all).
+   */
   async #fetchOnce(
     url: string,
     range: string | undefined,
     redirect: RequestRedirect,
+    signal: AbortSignal | undefined,
   ): Promise<Answer> {
-    const watch = new Watchdog(this.#idleTimeout, this.#signal);
+    const outer = signal && this.#signal
+      ? AbortSignal.any([this.#signal, signal])
+      : signal ?? this.#signal;
+    const watch = new Watchdog(this.#idleTimeout, outer);
     try {
       const res = await watch.wait(this.#fetch(url, {
         headers: this.#headersFor(url, range),
@@ -385,7 +395,7 @@ export class HttpClient {
       if (err instanceof Failure) throw err;
       // fetch rejects with a TypeError when the network fails; anything
       // else (the caller's abort, a missing permission) is final.
-      const network = err instanceof TypeError && !this.#signal?.aborted;
+      const network = err instanceof TypeError && !outer?.aborted;
       throw new Failure(
         ioReason(err),
         network,

@@ -1,14 +1,20 @@
 // A small least-recently-used cache bounded by a total weight (bytes).
 // It knows nothing about qcow2.
 
-/** LRU cache with a weight budget; values over budget are still returned once. */
+/**
+ * LRU cache with a weight budget; values over budget are still returned
+ * once. `onEvict` sees each value the budget pushes out (to reuse its
+ * memory), not one replaced by `set` under the same key.
+ */
 export class LruCache<K, V> {
   #map = new Map<K, { value: V; weight: number }>();
   #weight = 0;
   #budget: number;
+  #onEvict: ((value: V) => void) | undefined;
 
-  constructor(budget: number) {
+  constructor(budget: number, onEvict?: (value: V) => void) {
     this.#budget = budget;
+    this.#onEvict = onEvict;
   }
 
   get(key: K): V | undefined {
@@ -31,6 +37,7 @@ export class LruCache<K, V> {
       if (this.#weight <= this.#budget || this.#map.size <= 1) break;
       this.#map.delete(k);
       this.#weight -= v.weight;
+      this.#onEvict?.(v.value);
     }
   }
 

@@ -20,16 +20,23 @@ export function checkRange(offset: number, length: number, size: number): void {
   }
 }
 
-/** Reads exactly `length` bytes or throws a TRUNCATED Qcow2Error naming `what`. */
+/**
+ * Reads exactly `length` bytes or throws a TRUNCATED Qcow2Error naming
+ * `what`; into `into` (at least `length` bytes) where the source can.
+ */
 export async function readExact(
   source: RandomAccessSource,
   offset: number,
   length: number,
   what: string,
+  into?: Uint8Array,
 ): Promise<Uint8Array> {
   let bytes: Uint8Array;
   try {
-    bytes = await source.read(offset, length);
+    if (into && source.readInto) {
+      bytes = into.subarray(0, length);
+      bytes = bytes.subarray(0, await source.readInto(offset, bytes));
+    } else bytes = await source.read(offset, length);
   } catch (err) {
     throw readError(`${what} at ${hex(offset)}`, err);
   }

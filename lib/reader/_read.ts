@@ -111,19 +111,26 @@ export async function readCompressedItem(item: PlanItem): Promise<Uint8Array> {
   return cluster.subarray(from, from + item.length);
 }
 
-/** Reads `[offset, offset + length)` of an image by walking its plan. */
+/**
+ * Reads `[offset, offset + length)` of an image by walking its plan; into
+ * `into` (at least `length` bytes, a buffer the caller reuses) when given.
+ */
 export async function readThroughPlan(
   image: GuestImage,
   offset: number,
   length: number,
+  into?: Uint8Array,
 ): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
+  const out = into ? into.subarray(0, length) : new Uint8Array(length);
   for await (const item of image.plan(offset, length, 0)) {
     const at = item.offset - offset;
-    if (item.kind === "data") out.set(await readDataItem(item), at);
-    else if (item.kind === "compressed") {
+    if (item.kind === "data") {
+      // Read in place where the source can: no second buffer, no copy.
+      const bytes = await readDataItem(item, out.subarray(at));
+      if (bytes.buffer !== out.buffer) out.set(bytes, at);
+    } else if (item.kind === "compressed") {
       out.set(await readCompressedItem(item), at);
-    }
+    } else if (into) out.fill(0, at, at + item.length); // not fresh zeros
   }
   return out;
 }

@@ -45,9 +45,10 @@ export interface ReadImageOptions {
   maxInFlight?: number;
   /**
    * Guest bytes of the reads and decompression jobs running ahead.
-   * @default {16 * chunkSize} (32 MiB) while any of them reads from a
+   * @default {8 * chunkSize} (16 MiB) while any of them reads from a
    * source without `readInto` (over HTTP, where bytes in flight hide round
-   * trips); else `2 * chunkSize`: a local file answers from the page
+   * trips; `HttpSource` also fetches ahead of reads that run forward);
+   * else `2 * chunkSize`: a local file answers from the page
    * cache, two chunks keep two workers busy, and more only holds memory
    * (bench/RESULTS.md, History)
    */

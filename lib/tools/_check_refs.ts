@@ -19,7 +19,7 @@ import {
 } from "../format/bitmaps.ts";
 import type { StoredRefcounts } from "../reader/qcow2/refcounts.ts";
 import { readPadded } from "../reader/read.ts";
-import { isZero } from "../bytes/zeros.ts";
+import { zeroUnits } from "../bytes/zeros.ts";
 import { qcow2VirtualSize } from "../format/geometry.ts";
 import { RefcountMap } from "./_refmap.ts";
 import {
@@ -91,8 +91,6 @@ export class CheckFailure extends Error {
   }
 }
 
-/** Table entries looked at together for zeros before any is decoded. */
-const ZERO_RUN = 64;
 /**
  * Most list items kept of the L2 walks (about 8 bytes each); past them,
  * the snapshots' walks read the tables again.
@@ -133,6 +131,8 @@ export class ReferenceWalk {
   #walkedRoom = WALKED_ITEMS;
   /** The list of the L2 table being walked, while one is being recorded. */
   #recording: (number | string)[] | undefined;
+  /** The L2 table being walked (one buffer, reused table after table). */
+  #table: Uint8Array | undefined;
 
   constructor(
     input: WalkInput,
@@ -243,10 +243,9 @@ export class ReferenceWalk {
     this.inc(offset, size * 8);
     const table = await readPadded(this.#in.source, offset, size * 8);
     for (let i = 0; i < size; i++) {
-      if (
-        i % ZERO_RUN === 0 && isZero(table.subarray(i * 8, (i + ZERO_RUN) * 8))
-      ) {
-        i += ZERO_RUN - 1; // entries of zeros reference nothing
+      const empty = zeroUnits(table, 8, i, size - i);
+      if (empty > 0) {
+        i += empty - 1; // entries of zeros reference nothing
         continue;
       }
       const entry = decodeL1Entry(table, i);
@@ -299,19 +298,21 @@ export class ReferenceWalk {
     const { clusterBits, l2Entries, extendedL2, l2EntrySize } =
       this.#in.geometry;
     const layout = { clusterBits, extendedL2, dataFile: this.#dataFile };
+    const size = l2Entries * l2EntrySize;
+    this.#table ??= new Uint8Array(size);
+    // Nothing keeps the table past this walk: one buffer serves them all.
     const table = await readPadded(
       this.#in.source,
       l2Offset,
-      l2Entries * l2EntrySize,
+      size,
+      this.#table,
     );
     const c = this.counters;
     let nextContiguous = 0;
     for (let i = 0; i < l2Entries; i++) {
-      if (
-        i % ZERO_RUN === 0 &&
-        isZero(table.subarray(i * l2EntrySize, (i + ZERO_RUN) * l2EntrySize))
-      ) {
-        i += ZERO_RUN - 1; // entries of zeros: unallocated, no problem
+      const empty = zeroUnits(table, l2EntrySize, i, l2Entries - i);
+      if (empty > 0) {
+        i += empty - 1; // entries of zeros: unallocated, no problem
         continue;
       }
       const entry = l2EntryAt(table, i, layout);

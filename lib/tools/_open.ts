@@ -55,6 +55,15 @@ export interface ToolOpenOptions {
 }
 
 /**
+ * Table cache of each image a tool opens, in bytes: the tools walk the
+ * guest disk in order, each table is needed while its range is walked
+ * (twice by `compare`: for the status and for the read), so a few tables
+ * per image do; more only holds the tables already passed, and grows the
+ * process by the cache's size for each image opened.
+ */
+const TOOL_CACHE_BYTES = 4 * 1024 * 1024;
+
+/**
  * Opens a tool's input and its chain. Closing the image closes what was
  * opened here (a path, the bytes' wrapper, backing and data files), never
  * a source the caller gave.
@@ -69,6 +78,6 @@ export async function openForTool(
     source,
     typeof input === "string" ? input : undefined,
     owned,
-    options,
+    { cacheBytes: TOOL_CACHE_BYTES, ...options },
   );
 }

@@ -38,6 +38,7 @@ import { type Qcow2Header, serializeHeader } from "../format/header.ts";
 import { ENTRY, INCOMPAT } from "../format/constants.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import { rebuildRefcounts } from "./_rebuild.ts";
+import { zeroUnits } from "../bytes/zeros.ts";
 
 const INT_MAX = 2 ** 31 - 1;
 
@@ -433,6 +434,9 @@ async function checkOflagCopied(
   const { clusterSize: cs, l2Entries, l2EntrySize, dataFile } = geometry;
   const layout: L2Layout = geometry;
   const l1 = await readPadded(source, header.l1TableOffset, header.l1Size * 8);
+  // One buffer for every L2 table: nothing keeps a table past its loop.
+  const size = l2Entries * l2EntrySize;
+  const buffer = new Uint8Array(size);
   const refcountOf = async (offset: number): Promise<number | undefined> => {
     try {
       return await stored.get(Math.floor(offset / cs));
@@ -462,9 +466,14 @@ async function checkOflagCopied(
         result.corruptionsFixed++;
       } else result.corruptions++;
     }
-    const table = await readPadded(source, l2Offset, l2Entries * l2EntrySize);
+    const table = await readPadded(source, l2Offset, size, buffer);
     let dirty = 0;
     for (let j = 0; j < l2Entries; j++) {
+      const empty = zeroUnits(table, l2EntrySize, j, l2Entries - j);
+      if (empty > 0) {
+        j += empty - 1; // entries of zeros: unallocated, nothing to check
+        continue;
+      }
       const type = l2TypeOf(table, j, layout);
       if (type === undefined) continue; // compressed, unallocated, zero-plain
       const { hostOffset, copied } = type;

@@ -114,6 +114,33 @@ function snapshotLine(s: SnapshotInfo): string {
 }
 
 /**
+ * The snapshot table as `qemu-img snapshot -l` (and `qemu-img info`)
+ * prints it: a title, the column heads, one line for each snapshot with
+ * its date in local time; nothing when there are none.
+ *
+ * @param snapshots The snapshots, as {@linkcode imageInfo} lists them.
+ * @returns The table, each line ending with a newline, or "".
+ *
+ * @example No snapshots, no table
+ * ```ts
+ * import assert from "node:assert";
+ * import { convertToBytes } from "@qcow2pipe/qcow2pipe";
+ * import { formatSnapshotList, imageInfo } from "@qcow2pipe/qcow2pipe/tools";
+ * const info = await imageInfo(await convertToBytes(new Uint8Array(512), { workers: 1 }));
+ * assert.strictEqual(formatSnapshotList(info.snapshots), "");
+ * ```
+ */
+export function formatSnapshotList(snapshots: SnapshotInfo[]): string {
+  if (snapshots.length === 0) return "";
+  let out = "Snapshot list:\n";
+  out += `${"ID".padEnd(10)}${"TAG".padEnd(17)}${"VM SIZE".padStart(8)}${
+    "DATE".padStart(20)
+  }${"VM CLOCK".padStart(13)}${"ICOUNT".padStart(11)}\n`;
+  for (const s of snapshots) out += snapshotLine(s) + "\n";
+  return out;
+}
+
+/**
  * The human form of `qemu-img info` for one image (or, with `chain`, the
  * image and its backing chain separated by blank lines).
  *
@@ -160,13 +187,7 @@ export function formatImageInfo(info: ImageInfo, chain = false): string {
       out += `backing file format: ${info.backingFilenameFormat}\n`;
     }
   }
-  if (info.snapshots.length > 0) {
-    out += "Snapshot list:\n";
-    out += `${"ID".padEnd(10)}${"TAG".padEnd(17)}${"VM SIZE".padStart(8)}${
-      "DATE".padStart(20)
-    }${"VM CLOCK".padStart(13)}${"ICOUNT".padStart(11)}\n`;
-    for (const s of info.snapshots) out += snapshotLine(s) + "\n";
-  }
+  out += formatSnapshotList(info.snapshots);
   if (info.formatSpecific !== undefined) {
     out += "Format specific information:\n";
     out += qemuDump(info.formatSpecific.data, 1);

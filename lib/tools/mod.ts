@@ -15,6 +15,12 @@
  *   {@linkcode formatMapJson}: `qemu-img map`
  * - {@linkcode compareImages}, {@linkcode formatCompareResult}:
  *   `qemu-img compare`
+ * - {@linkcode measureImage}, {@linkcode formatMeasure},
+ *   {@linkcode formatMeasureJson}: `qemu-img measure`
+ * - {@linkcode formatSnapshotList}: `qemu-img snapshot -l`
+ * - {@linkcode createImage}: `qemu-img create`
+ * - {@linkcode repairImage}, {@linkcode formatRepairHeader}:
+ *   `qemu-img check -r leaks|all`
  *
  * @example Describe and check an image made in memory
  * ```ts
@@ -44,7 +50,11 @@ export {
   type Qcow2Info,
   type SnapshotInfo,
 } from "./info.ts";
-export { formatImageInfo, formatImageInfoJson } from "./info_text.ts";
+export {
+  formatImageInfo,
+  formatImageInfoJson,
+  formatSnapshotList,
+} from "./info_text.ts";
 export {
   checkImage,
   type CheckImageOptions,
@@ -75,3 +85,15 @@ export {
   type RepairImageOptions,
   type RepairResult,
 } from "./repair.ts";
+export {
+  formatMeasure,
+  formatMeasureJson,
+  measureImage,
+  type MeasureOptions,
+  type MeasureResult,
+} from "./measure.ts";
+export {
+  type CreatedImage,
+  createImage,
+  type CreateImageOptions,
+} from "./create.ts";

@@ -202,6 +202,8 @@ export interface HeaderFields {
   refcountTableOffset: number;
   refcountTableClusters: number;
   backingFile?: BackingFileName;
+  /** Include the feature name table (default: yes). */
+  featureTable?: boolean;
 }
 
 /**
@@ -218,6 +220,7 @@ export function headerCluster(fields: HeaderFields): Uint8Array {
     compressionType: fields.compression === "zstd"
       ? COMPRESSION_TYPE.ZSTD
       : COMPRESSION_TYPE.ZLIB,
+    featureTable: fields.featureTable,
   });
   header.l1Size = fields.l1Size;
   header.l1TableOffset = fields.l1TableOffset;

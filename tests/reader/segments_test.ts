@@ -132,11 +132,11 @@ function heldSource(size: number, withReadInto: boolean) {
   };
 }
 
-Deno.test("readSegments() reads 2 chunks ahead from a source with readInto, 16 without, within maxInFlight and maxInFlightBytes", async () => {
+Deno.test("readSegments() reads 2 chunks ahead from a source with readInto, 8 without, within maxInFlight and maxInFlightBytes", async () => {
   const chunkSize = 65536;
   const cases: [boolean, ReadImageOptions, number][] = [
     [true, {}, 2],
-    [false, {}, 16],
+    [false, {}, 8],
     [false, { maxInFlight: 3 }, 3],
     [true, { maxInFlightBytes: 5 * chunkSize }, 5],
     [false, { maxInFlightBytes: 5 * chunkSize - 1 }, 5],

@@ -1,6 +1,9 @@
-// A loopback HTTP server for the stream tests: serves files with or without
-// Range support, and can fail in the middle of a transfer, redirect, or
-// answer as a test's own handler says.
+// A loopback HTTP server for the stream tests and the HTTP benchmark
+// (bench/_compare_http.ts): serves files with or without Range support,
+// can fail in the middle of a transfer, redirect, or answer as a test's
+// own handler says, and can play a distant object store: a pause before
+// each answer, and each TCP connection's bandwidth capped (a token bucket
+// per connection, as CDNs and object stores cap them).
 
 export interface ServeOptions {
   /** Answer Range requests with 206 (default true). */
@@ -31,6 +34,27 @@ export interface ServeOptions {
     req: Request,
     path: string,
   ) => Response | undefined | Promise<Response | undefined>;
+  /** Milliseconds to wait before answering each request. */
+  latency?: number;
+  /**
+   * Bytes per second each TCP connection may send (its body bytes, a
+   * token bucket per connection holding at most a 64 KiB burst); no cap
+   * when undefined.
+   */
+  connectionRate?: number;
+}
+
+/** What the server saw of the connections it answered on. */
+export interface ConnectionStats {
+  /** TCP connections that sent a request. */
+  seen: number;
+  /** The most connections with a request being answered at one time. */
+  maxConcurrent: number;
+  /**
+   * The most bytes asked for at one time: the sizes of the ranges (or
+   * whole files) of the requests being answered together.
+   */
+  maxBytesAsked: number;
 }
 
 export interface TestServer extends AsyncDisposable {
@@ -41,6 +65,37 @@ export interface TestServer extends AsyncDisposable {
   bytesSent: number;
   /** Lets paused responses (`pauseAfter`) continue. */
   resume(): void;
+  /** Connections seen so far. */
+  readonly connections: ConnectionStats;
+  /** Forgets the requests, bytes and connections seen so far. */
+  reset(): void;
+}
+
+/** Chunks a paced body is sent in, and the burst its bucket holds. */
+const PACE_CHUNK = 64 * 1024;
+
+/**
+ * A token bucket per connection: `take(n)` resolves once the connection
+ * may send `n` more bytes at `rate` bytes per second.
+ */
+class Pacer {
+  #rate: number;
+  /** When each connection's bucket is next full enough, in ms. */
+  #ready = new Map<string, number>();
+
+  constructor(rate: number) {
+    if (!(rate > 0)) throw new RangeError(`connectionRate ${rate} is not > 0`);
+    this.#rate = rate;
+  }
+
+  async take(connection: string, n: number): Promise<void> {
+    const now = performance.now();
+    const burst = (PACE_CHUNK / this.#rate) * 1000;
+    const start = Math.max(now - burst, this.#ready.get(connection) ?? 0);
+    const ready = start + (n / this.#rate) * 1000;
+    this.#ready.set(connection, ready);
+    if (ready > now) await new Promise((r) => setTimeout(r, ready - now));
+  }
 }
 
 /** A served file: its bytes, or the path of a local file read as asked. */
@@ -90,14 +145,52 @@ export function serveFiles(
 ): TestServer {
   const ranges = options.ranges ?? true;
   const state = { requests: [] as string[], bytesSent: 0 };
+  const pacer = options.connectionRate === undefined
+    ? undefined
+    : new Pacer(options.connectionRate);
+  // Requests being answered, by connection ("address:port" of the client).
+  const active = new Map<string, number>();
+  const seen = new Set<string>();
+  const stats = { maxConcurrent: 0, bytesAsked: 0, maxBytesAsked: 0 };
+  const answering = (connection: string, bytes: number) => {
+    seen.add(connection);
+    active.set(connection, (active.get(connection) ?? 0) + 1);
+    stats.maxConcurrent = Math.max(stats.maxConcurrent, active.size);
+    stats.bytesAsked += bytes;
+    stats.maxBytesAsked = Math.max(stats.maxBytesAsked, stats.bytesAsked);
+    if (Deno.env.get("DEBUG_SERVE")) {
+      console.error(
+        `${
+          performance.now().toFixed(0)
+        } + ${connection} ${bytes} active ${active.size} asked ${stats.bytesAsked}`,
+      );
+    }
+  };
+  const answered = (connection: string, bytes: number) => {
+    const n = active.get(connection)! - 1;
+    if (n === 0) active.delete(connection);
+    else active.set(connection, n);
+    stats.bytesAsked -= bytes;
+    if (Deno.env.get("DEBUG_SERVE")) {
+      console.error(
+        `${
+          performance.now().toFixed(0)
+        } - ${connection} ${bytes} active ${active.size} asked ${stats.bytesAsked}`,
+      );
+    }
+  };
   const resumed = Promise.withResolvers<void>();
   const drops = [...options.dropAt ?? []].sort((a, b) => a - b);
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
-    async (req) => {
+    async (req, info) => {
       const path = new URL(req.url).pathname.slice(1);
       const range = req.headers.get("range");
+      const connection = `${info.remoteAddr.hostname}:${info.remoteAddr.port}`;
       state.requests.push(`${req.method} ${path} ${range ?? ""}`.trim());
+      if (options.latency) {
+        await new Promise((r) => setTimeout(r, options.latency));
+      }
       const own = await options.intercept?.(req, path);
       if (own) return own;
       const to = options.redirects?.[path];
@@ -142,24 +235,36 @@ export function serveFiles(
       const failAfter = options.failAfter;
       let sent = 0;
       const reader = readerOf(file);
+      answering(connection, size);
+      let finished = false;
+      const finish = () => {
+        reader.close();
+        if (!finished) answered(connection, size);
+        finished = true;
+      };
       const stream = new ReadableStream<Uint8Array>({
         async pull(controller) {
           if (options.pauseAfter !== undefined && sent >= options.pauseAfter) {
             await resumed.promise;
           }
           if (sent >= size) {
-            reader.close();
+            finish();
             controller.close();
             return;
           }
-          // Files on disk go in larger chunks: fewer reads of a 1 GiB one.
-          const chunk = typeof file === "string" ? 1024 * 1024 : 64 * 1024;
+          // Files on disk go in larger chunks: fewer reads of a 1 GiB one;
+          // a paced body in the chunks its bucket refills by.
+          const chunk = pacer
+            ? PACE_CHUNK
+            : typeof file === "string"
+            ? 1024 * 1024
+            : 64 * 1024;
           let n = Math.min(chunk, size - sent);
           const drop = drops.find((d) => d >= start + sent && d <= end);
           if (drop !== undefined) {
             if (drop === start + sent) {
               drops.splice(drops.indexOf(drop), 1);
-              reader.close();
+              finish();
               controller.error(new Error("simulated network failure"));
               return;
             }
@@ -170,17 +275,18 @@ export function serveFiles(
           }
           if (failAfter !== undefined) {
             if (sent >= failAfter) {
-              reader.close();
+              finish();
               controller.error(new Error("simulated failure"));
               return;
             }
             n = Math.min(n, failAfter - sent);
           }
+          await pacer?.take(connection, n);
           controller.enqueue(await reader.read(start + sent, n));
           sent += n;
           state.bytesSent += n;
         },
-        cancel: () => reader.close(),
+        cancel: finish,
       });
       return new Response(stream, { status, headers });
     },
@@ -194,6 +300,20 @@ export function serveFiles(
       return state.bytesSent;
     },
     resume: () => resumed.resolve(),
+    get connections() {
+      return {
+        seen: seen.size,
+        maxConcurrent: stats.maxConcurrent,
+        maxBytesAsked: stats.maxBytesAsked,
+      };
+    },
+    reset() {
+      state.requests = [];
+      state.bytesSent = 0;
+      seen.clear();
+      stats.maxConcurrent = active.size;
+      stats.maxBytesAsked = stats.bytesAsked;
+    },
     async [Symbol.asyncDispose]() {
       resumed.resolve();
       await server.shutdown();

@@ -193,6 +193,43 @@ export async function cli(
   };
 }
 
+/** qemu-img run in `cwd`, with its status and outputs. */
+export async function qemuIn(
+  cwd: string,
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command("qemu-img", {
+    args,
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return {
+    code: out.code,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+  };
+}
+
+/**
+ * Asserts an error is one line on stderr (`qcow2pipe: Cannot ...` unless
+ * `start` says otherwise) matching `pattern`, no stack trace, and `stdout`
+ * (nothing, unless given) on stdout.
+ */
+export function assertOneLineError(
+  r: { stdout: string; stderr: string },
+  pattern: RegExp,
+  options: { stdout?: string; start?: RegExp } = {},
+): void {
+  assert.strictEqual(r.stdout, options.stdout ?? "");
+  const lines = r.stderr.trimEnd().split("\n");
+  assert.strictEqual(lines.length, 1, `one line: ${r.stderr}`);
+  assert.match(lines[0], options.start ?? /^qcow2pipe: Cannot /);
+  assert.match(lines[0], pattern);
+  assert.ok(!/\bat \S+:\d+:\d+/.test(r.stderr), "no stack trace");
+}
+
 /** `qemu-img ARGS...` with its exit status and both outputs. */
 export function qemuStatus(
   ...args: string[]

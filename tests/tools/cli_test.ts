@@ -6,6 +6,7 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { qemuTest, tempDir } from "../_qemu.ts";
 import {
+  assertOneLineError,
   be64,
   cli,
   hostClusterOf,
@@ -13,37 +14,9 @@ import {
   mixedWrites,
   patch,
   qemuImg,
+  qemuIn,
   setRefcount,
 } from "./_helpers.ts";
-
-/** qemu-img run in `cwd`, with its status and outputs. */
-async function qemuIn(cwd: string, ...args: string[]) {
-  const out = await new Deno.Command("qemu-img", {
-    args,
-    cwd,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-  };
-}
-
-/** Asserts an error is one `qcow2pipe: Cannot ...` line on stderr and nothing on stdout. */
-function assertOneLineError(
-  r: { stdout: string; stderr: string },
-  pattern: RegExp,
-) {
-  assert.strictEqual(r.stdout, "");
-  const lines = r.stderr.trimEnd().split("\n");
-  assert.strictEqual(lines.length, 1, `one line: ${r.stderr}`);
-  assert.match(lines[0], /^qcow2pipe: Cannot /);
-  assert.match(lines[0], pattern);
-  assert.ok(!/\bat \S+:\d+:\d+/.test(r.stderr), "no stack trace");
-}
 
 qemuTest("cli: info, map and check print what qemu-img prints", async () => {
   await using dir = await tempDir();

@@ -40,6 +40,9 @@ import { type Mapping, Qcow2Mapping } from "./mapping.ts";
 import { Qcow2Status } from "./status.ts";
 import { describeQcow2 } from "./info.ts";
 
+/** Evicted L2 table buffers kept to be read into again. */
+const SPARE_TABLES = 4;
+
 /** What a {@linkcode Qcow2Image} is built from; see `openImage`. */
 export interface Qcow2ImageInit {
   /** The image file. */
@@ -117,6 +120,8 @@ export class Qcow2Image implements GuestImage {
   readonly #l1Offset: number;
   readonly #l1Size: number;
   readonly #cache: LruCache<number, Promise<Uint8Array>>;
+  /** L2 table buffers the cache let go of, to read the next tables into. */
+  readonly #spare: Uint8Array[] = [];
   #status: Qcow2Status | undefined;
 
   private constructor(init: Qcow2ImageInit, l1?: Uint8Array) {
@@ -139,11 +144,15 @@ export class Qcow2Image implements GuestImage {
     this.#l1 = l1 && Promise.resolve(l1);
     this.#l1Offset = snapshot ? snapshot.l1TableOffset : header.l1TableOffset;
     this.#l1Size = snapshot ? snapshot.l1Size : header.l1Size;
-    this.#cache = new LruCache(init.cacheBytes);
+    this.#cache = new LruCache(init.cacheBytes, (table) => {
+      table.then((bytes) => {
+        if (this.#spare.length < SPARE_TABLES) this.#spare.push(bytes);
+      }, () => {});
+    });
     this.mapping = new Qcow2Mapping(
       this.geometry,
       () => this.#l1Table(),
-      (l1Index, l2Offset) => this.#l2Table(l1Index, l2Offset),
+      (l1Index, l2Offset, into) => this.#l2Table(l1Index, l2Offset, into),
     );
   }
 
@@ -282,20 +291,39 @@ export class Qcow2Image implements GuestImage {
     return extentsOf(this, offset, length);
   }
 
-  async #l2Table(l1Index: number, l2Offset: number): Promise<Uint8Array> {
+  /**
+   * The L2 table, copied into `into`: the cached buffers are the cache's
+   * alone, so that an evicted one is read into again (a walk of a large
+   * sparse image otherwise leaves a fresh table of garbage per L1 entry,
+   * which the garbage collector lets pile up by tens of MiB). The copy is
+   * made as soon as the table is there, before any other load can run and
+   * reuse the buffer.
+   */
+  async #l2Table(
+    l1Index: number,
+    l2Offset: number,
+    into?: Uint8Array,
+  ): Promise<Uint8Array> {
     let table = this.#cache.get(l2Offset);
     if (!table) {
+      const spare = this.#spare.pop();
       table = this.#purpose === "read"
-        ? this.#loadL2(l1Index, l2Offset)
-        : readPadded(this.#source, l2Offset, this.geometry.clusterSize);
+        ? this.#loadL2(l1Index, l2Offset, spare)
+        : readPadded(this.#source, l2Offset, this.geometry.clusterSize, spare);
       this.#cache.set(l2Offset, table, this.geometry.clusterSize);
       table.catch(() => {});
     }
-    return await table;
+    if (!into) return await table;
+    into.set(await table);
+    return into;
   }
 
   /** Reads an L2 table to read the image: whole, and apart from the L1 and refcount tables. */
-  async #loadL2(l1Index: number, l2Offset: number): Promise<Uint8Array> {
+  async #loadL2(
+    l1Index: number,
+    l2Offset: number,
+    into?: Uint8Array,
+  ): Promise<Uint8Array> {
     const cs = this.geometry.clusterSize;
     const where = `L2 table at ${hex(l2Offset)} (L1 entry ${l1Index})`;
     const at = { offset: this.#l1Offset + l1Index * 8 };
@@ -325,7 +353,7 @@ export class Qcow2Image implements GuestImage {
         at,
       );
     }
-    return await readExact(this.#source, l2Offset, cs, where);
+    return await readExact(this.#source, l2Offset, cs, where, into);
   }
 
   /**

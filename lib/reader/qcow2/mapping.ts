@@ -40,6 +40,7 @@ import {
 } from "../../format/l2.ts";
 import type { CompressedDescriptor } from "../../format/compressed.ts";
 import { decodeL1Entry } from "../../format/l1.ts";
+import { zeroUnits } from "../../bytes/zeros.ts";
 
 /** How a run of guest bytes reads: QEMU's subcluster types, `invalid` aside. */
 export type MappingType = Exclude<SubclusterType, "invalid">;
@@ -136,14 +137,20 @@ export interface L2Table {
 }
 
 /**
- * Loads the L2 table of L1 entry `l1Index`, or undefined where there is
- * none; how strictly is the image's (a read refuses a table past the end
- * of the file, an inspection reads zeros there, as QEMU does).
+ * Loads the L2 table of L1 entry `l1Index`; how strictly is the image's (a
+ * read refuses a table past the end of the file, an inspection reads
+ * zeros there, as QEMU does). With `into` (one cluster), the loader may
+ * copy the table there and return it: the caller keeps it across awaits
+ * while a cache reuses its own buffers.
  */
 export type L2TableLoader = (
   l1Index: number,
   l2Offset: number,
+  into?: Uint8Array,
 ) => Promise<Uint8Array>;
+
+/** Table copies kept for the next walks (one per walk in progress). */
+const SPARE_SCRATCH = 4;
 
 /** Types whose runs carry a host offset. */
 function carriesOffset(type: MappingType): boolean {
@@ -172,6 +179,8 @@ export class Qcow2Mapping {
   readonly #layout: L2Layout;
   readonly #l1: () => Promise<Uint8Array>;
   readonly #load: L2TableLoader;
+  /** Table copies of walks that ended, for the next walks. */
+  readonly #scratch: Uint8Array[] = [];
 
   /**
    * @param geometry The image's table geometry.
@@ -207,40 +216,49 @@ export class Qcow2Mapping {
     const span = cs * l2Entries;
     const l1 = await this.#l1();
     const end = offset + length;
-    for (let pos = offset; pos < end;) {
-      const l1Index = Math.floor(pos / span);
-      const tableEnd = Math.min(end, (l1Index + 1) * span);
-      const l2Offset = l1Index < l1.length / 8 ? l2OffsetAt(l1, l1Index) : 0;
-      if (l2Offset === 0) {
-        yield {
-          offset: pos,
-          length: tableEnd - pos,
-          type: "unallocated-plain",
+    // This walk's copy of the table it is in (kept across its yields),
+    // handed to the next walk when this one ends.
+    let scratch: Uint8Array | undefined;
+    try {
+      for (let pos = offset; pos < end;) {
+        const l1Index = Math.floor(pos / span);
+        const tableEnd = Math.min(end, (l1Index + 1) * span);
+        const l2Offset = l1Index < l1.length / 8 ? l2OffsetAt(l1, l1Index) : 0;
+        if (l2Offset === 0) {
+          yield {
+            offset: pos,
+            length: tableEnd - pos,
+            type: "unallocated-plain",
+          };
+          pos = tableEnd;
+          continue;
+        }
+        if (l2Offset % cs !== 0) {
+          throw new Qcow2Error(
+            "UNALIGNED",
+            `Cannot read image: L2 table at ${
+              hex(l2Offset)
+            } (L1 entry ${l1Index}) is not aligned to the cluster size ${cs}`,
+            { offset: l2Offset },
+          );
+        }
+        scratch ??= this.#scratch.pop() ?? new Uint8Array(cs);
+        const table = {
+          bytes: await this.#load(l1Index, l2Offset, scratch),
+          offset: l2Offset,
         };
-        pos = tableEnd;
-        continue;
+        while (pos < tableEnd) {
+          const run = this.#run(table, pos, tableEnd);
+          yield run;
+          pos += run.length;
+        }
       }
-      if (l2Offset % cs !== 0) {
-        throw new Qcow2Error(
-          "UNALIGNED",
-          `Cannot read image: L2 table at ${
-            hex(l2Offset)
-          } (L1 entry ${l1Index}) is not aligned to the cluster size ${cs}`,
-          { offset: l2Offset },
-        );
-      }
-      const table = {
-        bytes: await this.#load(l1Index, l2Offset),
-        offset: l2Offset,
-      };
-      while (pos < tableEnd) {
-        const run = this.#run(table, pos, tableEnd);
-        yield run;
-        pos += run.length;
+    } finally {
+      if (scratch && this.#scratch.length < SPARE_SCRATCH) {
+        this.#scratch.push(scratch);
       }
     }
   }
-
   /** One lookup: the run at `pos`, ending by `end` (inside one L2 table). */
   #run(table: L2Table, pos: number, end: number): Mapping {
     const { clusterSize: cs, subclusterSize: scs, l2Entries, extendedL2 } =
@@ -278,6 +296,22 @@ export class Qcow2Mapping {
     let cluster = clusterStart;
     let expected = entry.hostOffset + cs;
     while (runEnd === cluster + cs && runEnd < end) {
+      if (type === "unallocated-plain") {
+        // Entries of zero bytes read this way in every layout: a sparse
+        // table is passed over without decoding them one by one.
+        const skip = zeroUnits(
+          table.bytes,
+          this.#geometry.l2EntrySize,
+          index + 1,
+          Math.ceil((end - runEnd) / cs),
+        );
+        if (skip > 0) {
+          index += skip;
+          cluster += skip * cs;
+          runEnd = cluster + cs;
+          continue;
+        }
+      }
       index++;
       cluster += cs;
       const next = l2EntryAt(table.bytes, index, this.#layout);
