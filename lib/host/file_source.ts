@@ -35,6 +35,7 @@ import type { FileIdentity, RandomAccessSource } from "../io/source.ts";
 export class FileSource implements RandomAccessSource, AsyncDisposable {
   #file: Deno.FsFile;
   #size: number;
+  #writable = false;
   /** What the file is called in messages and reports (default: its path). */
   readonly name: string;
   /** The path the file was opened from. */
@@ -67,14 +68,21 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
    * @param path File path.
    * @param name Name for messages and for resolving the names an image
    * gives (default: the path).
+   * @param options `write: true` opens a regular file for reading and
+   * writing in place ({@linkcode FileSource.writeAt}), as `check -r` needs.
    * @returns The source.
    * @throws {IoError} `NOT_FOUND` when the file does not exist,
-   * `NOT_A_FILE` when `path` is a directory, `PERMISSION` when it may not
-   * be read (`Cannot open disk.raw: no such file`), with the OS error as
-   * `cause`.
+   * `NOT_A_FILE` when `path` is a directory (or, for writing, not a
+   * regular file), `PERMISSION` when it may not be read (`Cannot open
+   * disk.raw: no such file`), with the OS error as `cause`.
    */
-  static async open(path: string, name: string = path): Promise<FileSource> {
-    const file = await Deno.open(path, { read: true }).catch((err) => {
+  static async open(
+    path: string,
+    name: string = path,
+    options: { write?: boolean } = {},
+  ): Promise<FileSource> {
+    const write = options.write ?? false;
+    const file = await Deno.open(path, { read: true, write }).catch((err) => {
       throw fileError(`open ${name}`, err);
     });
     try {
@@ -85,12 +93,26 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
           `Cannot open ${name}: it is a directory`,
         );
       }
+      if (write && !info.isFile) {
+        throw new IoError(
+          "NOT_A_FILE",
+          `Cannot open ${name} for writing: it is not a regular file`,
+        );
+      }
       let size = info.size;
       if (!info.isFile) {
         // Block devices report size 0 in stat; find the end by seeking.
         size = await file.seek(0, Deno.SeekMode.End);
       }
-      return new FileSource(file, size, path, name, identityOf(info, name));
+      const source = new FileSource(
+        file,
+        size,
+        path,
+        name,
+        identityOf(info, name),
+      );
+      source.#writable = write;
+      return source;
     } catch (err) {
       file.close();
       throw err instanceof IoError ? err : fileError(`open ${name}`, err);
@@ -150,6 +172,50 @@ export class FileSource implements RandomAccessSource, AsyncDisposable {
       done += n;
     }
     return done;
+  }
+
+  /**
+   * Writes bytes at an offset of a file opened with `write: true`; the
+   * size grows when the write ends past it.
+   *
+   * @param offset Start offset.
+   * @param data The bytes.
+   * @throws {IoError} When the file cannot be written, with the OS error
+   * as `cause`.
+   * @throws {TypeError} When the file was opened read-only.
+   */
+  writeAt(offset: number, data: Uint8Array): Promise<void> {
+    if (!this.#writable) {
+      return Promise.reject(
+        new TypeError(`Cannot write ${this.name}: it was opened read-only`),
+      );
+    }
+    try {
+      this.#file.seekSync(offset, Deno.SeekMode.Start);
+      let done = 0;
+      while (done < data.length) {
+        done += this.#file.writeSync(data.subarray(done));
+      }
+      this.#size = Math.max(this.#size, offset + data.length);
+      return Promise.resolve();
+    } catch (err) {
+      return Promise.reject(
+        fileError(`write ${this.name} at offset ${offset}`, err),
+      );
+    }
+  }
+
+  /**
+   * Makes what was written durable (`fdatasync`).
+   *
+   * @throws {IoError} When the file cannot be synced, with the OS error as
+   * `cause`.
+   */
+  async sync(): Promise<void> {
+    if (!this.#writable) return;
+    await this.#file.syncData().catch((err) => {
+      throw fileError(`sync ${this.name}`, err);
+    });
   }
 
   /** Closes the file. */

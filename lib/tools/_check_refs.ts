@@ -60,6 +60,8 @@ export interface CheckCounters {
   allocatedClusters: number;
   fragmentedClusters: number;
   compressedClusters: number;
+  /** Corruptions the walk repaired itself (a refcount block past the end). */
+  corruptionsFixed: number;
 }
 
 /** What the reference walk needs to know about the image. */
@@ -71,6 +73,14 @@ export interface WalkInput {
   snapshotsSize: number;
   stored: StoredRefcounts;
   bitmaps: BitmapDirectoryInfo | undefined;
+  /**
+   * With -r all: grows the file to `end` bytes (zeros), so that a refcount
+   * block past the end of the file lies inside it, as QEMU repairs it.
+   * Absent when checking only.
+   */
+  grow?: (end: number) => Promise<void>;
+  /** Most clusters the file may grow to (the check's memory limit). */
+  maxClusters?: number;
 }
 
 /** Thrown when QEMU's check would stop with an error (exit status 1). */
@@ -97,11 +107,17 @@ export class ReferenceWalk {
     allocatedClusters: 0,
     fragmentedClusters: 0,
     compressedClusters: 0,
+    corruptionsFixed: 0,
   };
   readonly messages: string[];
+  /**
+   * Whether the refcount structures themselves are broken (a refcount
+   * table entry or block QEMU cannot use): only a rebuild repairs them.
+   */
+  rebuild = false;
   readonly #in: WalkInput;
   readonly #cs: number;
-  readonly #fileLength: number;
+  #fileLength: number;
   readonly #dataFile: boolean;
   /**
    * What walking each L2 table did, kept for the snapshots' walks: their
@@ -218,7 +234,7 @@ export class ReferenceWalk {
       }
     }
     await this.#bitmaps();
-    this.#refblocks();
+    await this.#refblocks();
   }
 
   /** check_refcounts_l1(). */
@@ -454,8 +470,35 @@ export class ReferenceWalk {
     }
   }
 
+  /**
+   * A refcount block past the end of the file: an error, or with -r all
+   * the file grown to hold it (zeros) and the block counted, as QEMU
+   * repairs it; when the file cannot grow that far, a rebuild instead.
+   */
+  async #outside(i: number, offset: number): Promise<void> {
+    const grow = this.#in.grow;
+    this.counters.corruptions++;
+    this.messages.push(
+      `${grow ? "Repairing" : "ERROR"} refcount block ${i} is outside image`,
+    );
+    if (!grow) return;
+    const cs = this.#cs;
+    const clusters = offset / cs + 1;
+    if (clusters > (this.#in.maxClusters ?? 2 ** 31 - 1)) {
+      this.rebuild = true;
+      this.messages.push("ERROR could not resize image: File too large");
+      return;
+    }
+    await grow(offset + cs);
+    this.#fileLength = Math.max(this.#fileLength, offset + cs);
+    this.refs.extend(clusters);
+    this.counters.corruptions--;
+    this.counters.corruptionsFixed++;
+    this.inc(offset, cs);
+  }
+
   /** check_refblocks(): each refcount block referenced once, inside the file. */
-  #refblocks(): void {
+  async #refblocks(): Promise<void> {
     const stored = this.#in.stored;
     const cs = this.#cs;
     for (let i = 0; i < stored.size; i++) {
@@ -463,23 +506,28 @@ export class ReferenceWalk {
       const offset = stored.blockOffset(i);
       if ((low & 0x1ff) !== 0) {
         this.#error(`ERROR refcount table entry ${i} has reserved bits set`);
+        this.rebuild = true;
         continue;
       }
       if (offset % cs !== 0) {
         this.#error(
           `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`,
         );
+        this.rebuild = true;
         continue;
       }
       const cluster = Math.floor(offset / cs);
       if (cluster >= this.refs.size) {
-        this.#error(`ERROR refcount block ${i} is outside image`);
+        await this.#outside(i, offset);
         continue;
       }
       if (offset !== 0) {
         this.inc(offset, cs);
         const n = this.refs.get(cluster);
-        if (n !== 1) this.#error(`ERROR refcount block ${i} refcount=${n}`);
+        if (n !== 1) {
+          this.#error(`ERROR refcount block ${i} refcount=${n}`);
+          this.rebuild = true;
+        }
       }
     }
   }

@@ -54,4 +54,34 @@ export class RefcountMap {
     if (cluster >= this.#size) this.#size = cluster + 1;
     return true;
   }
+
+  /**
+   * Sets a count (at most the refcount maximum), growing the map past its
+   * end when the cluster lies there (a repair allocating clusters).
+   */
+  set(cluster: number, count: number): void {
+    if (cluster >= this.#counts.length) {
+      const grown = new Uint8Array(
+        Math.max(cluster + 1, this.#counts.length * 2),
+      );
+      grown.set(this.#counts);
+      this.#counts = grown;
+    }
+    if (count < SPILL) {
+      this.#counts[cluster] = count;
+      this.#spill.delete(cluster);
+    } else {
+      this.#counts[cluster] = SPILL;
+      this.#spill.set(cluster, count);
+    }
+    if (cluster >= this.#size && count > 0) this.#size = cluster + 1;
+  }
+
+  /** Makes the map cover `clusters` clusters (free where never counted). */
+  extend(clusters: number): void {
+    if (clusters > this.#size) {
+      if (clusters > this.#counts.length) this.set(clusters - 1, 0);
+      this.#size = clusters;
+    }
+  }
 }

@@ -10,26 +10,10 @@
 
 import type { ImageFormat } from "../reader/open.ts";
 import type { FormatName } from "../reader/formats.ts";
-import { geometryOf, qcow2VirtualSize } from "../format/geometry.ts";
-import {
-  getRefcount,
-  refcountDecimal,
-  refcountMax,
-} from "../format/refcount.ts";
 import { type ImageInput, openForTool } from "./_open.ts";
-import { RefblockError, StoredRefcounts } from "../reader/qcow2/refcounts.ts";
-import { bitmapDirectoryOf } from "../reader/qcow2/bitmaps.ts";
 import { Qcow2Image } from "../reader/qcow2/image.ts";
-import { l2EntryAt } from "../reader/qcow2/mapping.ts";
-import { readPadded } from "../reader/read.ts";
-import { readSnapshotTable } from "../reader/qcow2/snapshots.ts";
-import { CheckFailure, entryHex, ReferenceWalk } from "./_check_refs.ts";
-import { decodeL1Entry } from "../format/l1.ts";
-import type { L2Entry, L2Layout } from "../format/l2.ts";
-import type { Qcow2Header } from "../format/header.ts";
-import type { RandomAccessSource } from "../io/source.ts";
+import { checkQcow2, fail } from "./_qcow2_check.ts";
 import type { GuestImage } from "../reader/image.ts";
-import { zeroUnits } from "../bytes/zeros.ts";
 
 /**
  * What {@linkcode checkImage} found: QEMU's counters, its messages, and the
@@ -67,6 +51,10 @@ export interface CheckResult {
   fragmentedClusters: number;
   /** Compressed guest clusters. */
   compressedClusters: number;
+  /** Corruptions a repair fixed (`qemu-img check -r`), else 0. */
+  corruptionsFixed: number;
+  /** Leaked clusters a repair freed (`qemu-img check -r`), else 0. */
+  leaksFixed: number;
   /** QEMU's lines for each problem, in order (`ERROR cluster 5 refcount=0 reference=1`). */
   messages: string[];
   /**
@@ -108,9 +96,15 @@ export interface CheckImageOptions {
   format?: ImageFormat;
 }
 
-const INT_MAX = 2 ** 31 - 1;
-
-function emptyResult(filename: string, format: FormatName): CheckResult {
+/**
+ * A result with nothing found yet, for an image of `format` called
+ * `filename` (what the checks of check and repair start from).
+ *
+ * @param filename The name the image was opened by.
+ * @param format Its format.
+ * @returns Zero counters, no messages, exit status 0.
+ */
+export function emptyResult(filename: string, format: FormatName): CheckResult {
   return {
     filename,
     format,
@@ -122,6 +116,8 @@ function emptyResult(filename: string, format: FormatName): CheckResult {
     allocatedClusters: 0,
     fragmentedClusters: 0,
     compressedClusters: 0,
+    corruptionsFixed: 0,
+    leaksFixed: 0,
     messages: [],
     exitCode: 0,
   };
@@ -177,32 +173,21 @@ export async function checkImage(
   }
 }
 
-/** checkImage() on an opened image. */
-async function checkOpened(
+/**
+ * checkImage() on an image already opened (the repair's check of formats
+ * it does not repair).
+ *
+ * @param image The opened image.
+ * @param options Memory limit.
+ * @returns What the check found.
+ */
+export async function checkOpened(
   image: Awaited<ReturnType<typeof openForTool>>,
   options: CheckImageOptions,
 ): Promise<CheckResult> {
   if (!(image instanceof Qcow2Image)) return await checkOther(image);
-  const { source, header } = image;
   const result = emptyResult(image.name, "qcow2");
-  const geometry = geometryOf(header);
-  result.totalClusters = Math.ceil(
-    qcow2VirtualSize(header.size) / geometry.clusterSize,
-  );
-  const counted = await countReferences(source, header, result, options);
-  if (!counted) return result;
-  const { walk, stored } = counted;
-  const signal = corruptionSignal(result);
-  const highest = await compareRefcounts(walk, stored, result, signal);
-  await checkOflagCopied(source, header, stored, result, signal);
-  result.imageEndOffset = (highest + 1) * geometry.clusterSize;
-  result.exitCode = result.checkErrors > 0
-    ? 1
-    : result.corruptions > 0
-    ? 2
-    : result.leaks > 0
-    ? 3
-    : 0;
+  await checkQcow2(image.source, image.header, result, options);
   return result;
 }
 
@@ -225,214 +210,5 @@ async function checkOther(image: GuestImage): Promise<CheckResult> {
     return fail(result, `Check failed: ${found.failure}`);
   }
   result.exitCode = result.corruptions > 0 ? 2 : 0;
-  return result;
-}
-
-/**
- * calculate_refcounts(): every reference counted into a walk, or undefined
- * when the check stopped (the result then says why).
- */
-async function countReferences(
-  source: RandomAccessSource,
-  header: Qcow2Header,
-  result: CheckResult,
-  options: CheckImageOptions,
-): Promise<{ walk: ReferenceWalk; stored: StoredRefcounts } | undefined> {
-  const geometry = geometryOf(header);
-  let snapshots;
-  try {
-    snapshots = await readSnapshotTable(source, header, true);
-  } catch (err) {
-    result.checkErrors++;
-    fail(
-      result,
-      `ERROR failed to read the snapshot table: ${(err as Error).message}`,
-    );
-    return undefined;
-  }
-  const clusters = Math.ceil(source.size / geometry.clusterSize);
-  const limit = Math.min(options.maxClusters ?? INT_MAX, INT_MAX);
-  if (clusters > limit) {
-    result.checkErrors++;
-    fail(
-      result,
-      `Cannot check image: the file has ${clusters} clusters, more than the limit of ${limit}`,
-    );
-    return undefined;
-  }
-  const stored = await StoredRefcounts.load(source, header);
-  const walk = new ReferenceWalk(
-    {
-      source,
-      header,
-      geometry,
-      snapshots: snapshots.entries,
-      snapshotsSize: snapshots.size,
-      stored,
-      bitmaps: bitmapDirectoryOf(header),
-    },
-    clusters,
-    refcountMax(header.refcountOrder),
-    result.messages,
-  );
-  try {
-    await walk.calculate();
-  } catch (err) {
-    if (!(err instanceof CheckFailure)) throw err;
-    Object.assign(result, walk.counters);
-    fail(result, err.message);
-    return undefined;
-  }
-  Object.assign(result, walk.counters);
-  return { walk, stored };
-}
-
-/** QEMU's corruption event: reported once, later ones suppressed. */
-function corruptionSignal(result: CheckResult): (err: RefblockError) => void {
-  let signaled = false;
-  return (err) => {
-    if (!signaled) {
-      result.messages.push(
-        `qcow2: Image is corrupt: ${err.message}; further non-fatal corruption events will be suppressed`,
-      );
-    }
-    signaled = true;
-  };
-}
-
-/**
- * compare_refcounts(): stored against counted, cluster by cluster.
- *
- * @returns The highest cluster in use by either.
- */
-async function compareRefcounts(
-  walk: ReferenceWalk,
-  stored: StoredRefcounts,
-  result: CheckResult,
-  signal: (err: RefblockError) => void,
-): Promise<number> {
-  let highest = 0;
-  const n = walk.refs.size;
-  const perBlock = stored.perBlock;
-  for (let i = 0; i < n;) {
-    const index = Math.floor(i / perBlock);
-    const blockEnd = Math.min(n, (index + 1) * perBlock);
-    let block: Uint8Array | null;
-    try {
-      block = await stored.block(index);
-    } catch (err) {
-      if (!(err instanceof RefblockError)) throw err;
-      signal(err);
-      for (; i < blockEnd; i++) {
-        result.messages.push(
-          `Can't get refcount for cluster ${i}: Input/output error`,
-        );
-        result.checkErrors++;
-      }
-      continue;
-    }
-    for (; i < blockEnd; i++) {
-      const have = block === null
-        ? 0
-        : getRefcount(block, i % perBlock, stored.order);
-      const want = walk.refs.get(i);
-      if (have > 0 || want > 0) highest = i;
-      if (have !== want) {
-        result.messages.push(
-          `${have < want ? "ERROR" : "Leaked"} cluster ${i} refcount=${
-            block === null
-              ? 0
-              : refcountDecimal(block, i % perBlock, stored.order)
-          } reference=${want}`,
-        );
-        if (have < want) result.corruptions++;
-        else result.leaks++;
-      }
-    }
-  }
-  return highest;
-}
-
-/** check_oflag_copied(): COPIED set exactly where the refcount is 1. */
-async function checkOflagCopied(
-  source: RandomAccessSource,
-  header: Qcow2Header,
-  stored: StoredRefcounts,
-  result: CheckResult,
-  signal: (err: RefblockError) => void,
-): Promise<void> {
-  const geometry = geometryOf(header);
-  const { clusterSize: cs, l2Entries, l2EntrySize, dataFile } = geometry;
-  const layout: L2Layout = geometry;
-  const l1 = await readPadded(source, header.l1TableOffset, header.l1Size * 8);
-  // One buffer for every L2 table: nothing keeps a table past its loop.
-  const size = l2Entries * l2EntrySize;
-  const buffer = new Uint8Array(size);
-  const refcountOf = async (offset: number): Promise<number | undefined> => {
-    try {
-      return await stored.get(Math.floor(offset / cs));
-    } catch (err) {
-      if (!(err instanceof RefblockError)) throw err;
-      signal(err);
-      return undefined;
-    }
-  };
-  for (let i = 0; i < header.l1Size; i++) {
-    const { l2Offset, copied } = decodeL1Entry(l1, i);
-    if (l2Offset === 0) continue;
-    const refcount = await refcountOf(l2Offset);
-    if (refcount === undefined) continue;
-    if ((refcount === 1) !== copied) {
-      result.corruptions++;
-      result.messages.push(
-        `ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${
-          entryHex(l1, i * 8)
-        } refcount=${await stored.decimal(Math.floor(l2Offset / cs))}`,
-      );
-    }
-    const table = await readPadded(source, l2Offset, size, buffer);
-    for (let j = 0; j < l2Entries; j++) {
-      const empty = zeroUnits(table, l2EntrySize, j, l2Entries - j);
-      if (empty > 0) {
-        j += empty - 1; // entries of zeros: unallocated, nothing to check
-        continue;
-      }
-      const type = l2TypeOf(table, j, layout);
-      if (type === undefined) continue; // compressed, unallocated, zero-plain
-      const { hostOffset, copied } = type;
-      const count = dataFile ? 1 : await refcountOf(hostOffset);
-      if (count === undefined) continue;
-      if ((count === 1) !== copied) {
-        result.corruptions++;
-        result.messages.push(
-          `ERROR OFLAG_COPIED data cluster: l2_entry=${
-            entryHex(table, j * l2EntrySize)
-          } refcount=${
-            dataFile ? count : await stored.decimal(Math.floor(hostOffset / cs))
-          }`,
-        );
-      }
-    }
-  }
-}
-
-/**
- * An entry with a host cluster whose COPIED flag QEMU checks (normal and
- * preallocated zero clusters), or undefined.
- */
-function l2TypeOf(
-  table: Uint8Array,
-  index: number,
-  layout: L2Layout,
-): L2Entry | undefined {
-  const entry = l2EntryAt(table, index, layout);
-  return entry.type === "normal" || entry.type === "zero-alloc"
-    ? entry
-    : undefined;
-}
-
-function fail(result: CheckResult, message: string): CheckResult {
-  result.failure = message;
-  result.exitCode = 1;
   return result;
 }

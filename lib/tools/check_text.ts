@@ -32,7 +32,8 @@ function fixed2(x: number): string {
  * const text = formatCheckResult({
  *   filename: "a.qcow2", format: "qcow2", corruptions: 0, leaks: 0, checkErrors: 0,
  *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
- *   fragmentedClusters: 0, compressedClusters: 0, messages: [], exitCode: 0,
+ *   fragmentedClusters: 0, compressedClusters: 0, corruptionsFixed: 0,
+ *   leaksFixed: 0, messages: [], exitCode: 0,
  * });
  * assert.strictEqual(text, "No errors were found on the image.\nImage end offset: 262144\n");
  * ```
@@ -71,6 +72,33 @@ export function formatCheckResult(result: CheckResult): string {
 }
 
 /**
+ * The lines `qemu-img check -r` prints on standard output once it has
+ * repaired something, before it checks the image again (text output
+ * only; the JSON form has the `leaks-fixed` and `corruptions-fixed` keys).
+ *
+ * @param result The repair's result (its fixed counts).
+ * @returns QEMU's text, ending with a newline; empty when nothing was
+ * repaired.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert";
+ * import { formatRepairHeader } from "./check_text.ts";
+ * const text = formatRepairHeader({ leaksFixed: 2, corruptionsFixed: 0 });
+ * assert.match(text, /^The following inconsistencies were found and repaired:\n\n    2 leaked clusters\n/);
+ * ```
+ */
+export function formatRepairHeader(
+  result: Pick<CheckResult, "leaksFixed" | "corruptionsFixed">,
+): string {
+  if (!result.leaksFixed && !result.corruptionsFixed) return "";
+  return "The following inconsistencies were found and repaired:\n\n" +
+    `    ${result.leaksFixed} leaked clusters\n` +
+    `    ${result.corruptionsFixed} corruptions\n\n` +
+    "Double checking the fixed image now...\n";
+}
+
+/**
  * The object `qemu-img check --output=json` prints.
  *
  * @param result What {@linkcode checkImage} returned.
@@ -84,7 +112,8 @@ export function formatCheckResult(result: CheckResult): string {
  * const json = checkResultJson({
  *   filename: "a.qcow2", format: "qcow2", corruptions: 0, leaks: 2, checkErrors: 0,
  *   imageEndOffset: 262144, totalClusters: 16, allocatedClusters: 0,
- *   fragmentedClusters: 0, compressedClusters: 0, messages: [], exitCode: 3,
+ *   fragmentedClusters: 0, compressedClusters: 0, corruptionsFixed: 0,
+ *   leaksFixed: 0, messages: [], exitCode: 3,
  * });
  * assert.deepStrictEqual(json, {
  *   filename: "a.qcow2", format: "qcow2", "check-errors": 0, "image-end-offset": 262144,
@@ -103,6 +132,8 @@ export function checkResultJson(result: CheckResult): Record<string, unknown> {
     ["image-end-offset", result.imageEndOffset],
     ["corruptions", result.corruptions],
     ["leaks", result.leaks],
+    ["corruptions-fixed", result.corruptionsFixed],
+    ["leaks-fixed", result.leaksFixed],
     ["total-clusters", result.totalClusters],
     ["allocated-clusters", result.allocatedClusters],
     ["fragmented-clusters", result.fragmentedClusters],
@@ -126,7 +157,8 @@ export function checkResultJson(result: CheckResult): Record<string, unknown> {
  * const text = formatCheckJson({
  *   filename: "a.qcow2", format: "qcow2", corruptions: 0, leaks: 0, checkErrors: 0,
  *   imageEndOffset: 0, totalClusters: 0, allocatedClusters: 0,
- *   fragmentedClusters: 0, compressedClusters: 0, messages: [], exitCode: 0,
+ *   fragmentedClusters: 0, compressedClusters: 0, corruptionsFixed: 0,
+ *   leaksFixed: 0, messages: [], exitCode: 0,
  * });
  * assert.strictEqual(text, '{\n    "check-errors": 0,\n    "filename": "a.qcow2",\n    "format": "qcow2"\n}');
  * ```

@@ -19,6 +19,8 @@
  *   {@linkcode formatMeasureJson}: `qemu-img measure`
  * - {@linkcode formatSnapshotList}: `qemu-img snapshot -l`
  * - {@linkcode createImage}: `qemu-img create`
+ * - {@linkcode repairImage}, {@linkcode formatRepairHeader}:
+ *   `qemu-img check -r leaks|all`
  *
  * @example Describe and check an image made in memory
  * ```ts
@@ -58,7 +60,11 @@ export {
   type CheckImageOptions,
   type CheckResult,
 } from "./check.ts";
-export { formatCheckJson, formatCheckResult } from "./check_text.ts";
+export {
+  formatCheckJson,
+  formatCheckResult,
+  formatRepairHeader,
+} from "./check_text.ts";
 export {
   type MapEntry,
   mapImage,
@@ -72,6 +78,13 @@ export {
   type CompareResult,
 } from "./compare.ts";
 export { formatCompareResult } from "./compare_text.ts";
+export {
+  BytesImageFile,
+  type ImageFile,
+  repairImage,
+  type RepairImageOptions,
+  type RepairResult,
+} from "./repair.ts";
 export {
   formatMeasure,
   formatMeasureJson,

@@ -353,6 +353,23 @@ export async function makeImage(
   return path;
 }
 
+/**
+ * A 4 MiB qcow2 image made by qemu-img/qemu-io with data (0-192k),
+ * compressed (1M), zero (2M) and data (3M) clusters: the image the broken
+ * and repair tests break on purpose.
+ */
+export function smallMixedImage(
+  path: string,
+  options: string[] = [],
+): Promise<string> {
+  return makeImage(path, "4M", options, [
+    "write -q -P 1 0 192k",
+    "write -q -c -P 2 1M 64k",
+    "write -q -z 2M 64k",
+    "write -q -P 3 3M 64k",
+  ]);
+}
+
 /** qemu-io writes of every kind for an image of `size` bytes with `cs`-byte clusters. */
 export function mixedWrites(
   size: number,

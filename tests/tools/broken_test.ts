@@ -22,6 +22,7 @@ import {
   readAt,
   refcountSlot,
   setRefcount,
+  smallMixedImage,
   u64At,
 } from "./_helpers.ts";
 import { checkImage, imageInfo, mapImage } from "../../lib/tools/mod.ts";
@@ -31,14 +32,7 @@ const KiB = 1024;
 const CS = 64 * KiB;
 
 /** A small image with data, compressed and zero clusters. */
-function base(path: string, options: string[] = []): Promise<string> {
-  return makeImage(path, "4M", options, [
-    "write -q -P 1 0 192k",
-    "write -q -c -P 2 1M 64k",
-    "write -q -z 2M 64k",
-    "write -q -P 3 3M 64k",
-  ]);
-}
+const base = smallMixedImage;
 
 async function xorEntry(path: string, at: number, bits: bigint): Promise<void> {
   await patch(path, at, be64((await u64At(path, at)) ^ bits));

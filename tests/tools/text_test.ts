@@ -108,6 +108,8 @@ Deno.test("formatCheckResult() rounds exact ties to even, as printf's %0.2f", ()
     allocatedClusters: 1,
     fragmentedClusters: 0,
     compressedClusters: 0,
+    corruptionsFixed: 0,
+    leaksFixed: 0,
     messages: [],
     exitCode: 0,
   };

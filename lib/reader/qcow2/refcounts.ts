@@ -119,6 +119,15 @@ export class StoredRefcounts {
   }
 
   /**
+   * Records that refcount block `index` now holds `block` on disk (a
+   * repair has just written it), so later reads see it.
+   */
+  replace(index: number, block: Uint8Array): void {
+    const cs = 2 ** this.#clusterBits;
+    this.#cache.set(this.blockOffset(index), block, cs);
+  }
+
+  /**
    * The stored refcount of a cluster; 0 where no refcount block covers it.
    *
    * @throws {RefblockError} When the covering refcount block is unaligned.
