@@ -61,7 +61,7 @@ import {
   must,
 } from "./_compare_util.ts";
 import { buildBigDisk, buildDisk } from "./_compare_disk.ts";
-import { toolsSection } from "./_compare_tools.ts";
+import { TOOLS_IMAGES, toolsSection } from "./_compare_tools.ts";
 import {
   cappedMarkdown,
   cappedTarget,
@@ -104,7 +104,7 @@ Times qcow2pipe's CLI against qemu-img convert on an ext4 disk image built
 from /usr (cached in bench/.cache/). See the comment at the top of
 bench/compare.ts for what is measured and how.
 
-  --quick        1 GiB disk, 1 repetition (smoke run)
+  --quick        1 GiB disk, 1 repetition, only the 1 TiB tools image (smoke run)
   --cold         no warm-up, page cache dropped before every run (as root)
   --no-drop      with --cold: sync only, the page cache is not dropped
   --tools        only check, map and compare on TiB-sized sparse qcow2 images
@@ -172,10 +172,15 @@ function expandOp(id: string, label: string, input: string): Op {
   };
 }
 
+/** The tools row's images: with --quick, issue 26's image alone. */
+function toolsImages(quick: boolean) {
+  return quick ? TOOLS_IMAGES.slice(0, 1) : TOOLS_IMAGES;
+}
+
 /** `--tools`: only the check/map/compare row, its images kept. */
-async function toolsOnly(reps: number): Promise<number> {
+async function toolsOnly(reps: number, quick: boolean): Promise<number> {
   try {
-    const tools = await toolsSection(RUN_DIR, reps);
+    const tools = await toolsSection(RUN_DIR, reps, toolsImages(quick));
     console.log(targetLines(tools.targets).join("\n"));
     console.log(`\n${tools.markdown.join("\n")}`);
     return tools.failed.length > 0 ? 1 : 0;
@@ -244,7 +249,7 @@ async function main(): Promise<number> {
   }
   const warmUp = !cold && reps > 1;
   await Deno.mkdir(RUN_DIR, { recursive: true });
-  if (values.tools) return await toolsOnly(reps);
+  if (values.tools) return await toolsOnly(reps, quick);
 
   // Scale down when the disk cannot hold the images and outputs (about
   // three times the virtual size: source, 4x copy, kept qemu-img outputs,
@@ -339,7 +344,7 @@ async function main(): Promise<number> {
       : undefined;
     for (const f of Object.values(kept)) await Deno.remove(f).catch(() => {});
 
-    const tools = await toolsSection(RUN_DIR, reps);
+    const tools = await toolsSection(RUN_DIR, reps, toolsImages(quick));
     const failed = [...tools.failed];
 
     log(`\nPeak RSS at 4× virtual size (${gib(4 * virtualSize)}), once each:`);
