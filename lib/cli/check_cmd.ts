@@ -1,10 +1,7 @@
 // `qcow2pipe check`: a read-only `qemu-img check`, with its messages,
 // summary and exit status.
-import {
-  checkImage,
-  formatCheckJson,
-  formatCheckResult,
-} from "../tools/mod.ts";
+import { checkImage } from "../tools/check.ts";
+import { formatCheckJson, formatCheckResult } from "../tools/check_text.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import { warn } from "./_util.ts";
 import {

@@ -1,6 +1,8 @@
 // Command dispatch for the qcow2pipe CLI.
 import { reportError, warn } from "./_util.ts";
 import { removeTemporaryFiles } from "../host/temp.ts";
+// Installs file access by path for every command (see lib/io/host_files.ts).
+import "../host/file_source.ts";
 import config from "../../deno.json" with { type: "json" };
 
 /** The version, from deno.json: `qcow2pipe 0.1.0`. */
