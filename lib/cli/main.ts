@@ -1,8 +1,6 @@
 // Command dispatch for the qcow2pipe CLI.
 import { reportError, warn } from "./_util.ts";
 import { removeTemporaryFiles } from "../host/temp.ts";
-// Installs file access by path for every command (see lib/io/host_files.ts).
-import "../host/file_source.ts";
 import config from "../../deno.json" with { type: "json" };
 
 /** The version, from deno.json: `qcow2pipe 0.1.0`. */
@@ -67,6 +65,8 @@ export async function main(args: string[]): Promise<number> {
     warn(`qcow2pipe: unknown command "${command}" (see --help)`);
     return 1;
   }
+  // File access by path, for every command (see lib/io/host_files.ts).
+  await import("../host/file_source.ts");
   const signals: Deno.Signal[] = Deno.build.os === "windows"
     ? ["SIGINT"]
     : ["SIGINT", "SIGTERM"];
