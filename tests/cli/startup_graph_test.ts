@@ -7,6 +7,7 @@
 // not the time.
 import assert from "node:assert";
 import { fileURLToPath } from "node:url";
+import { run } from "../_qemu.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
@@ -20,15 +21,8 @@ interface GraphModule {
 
 /** The files (relative to the repository) `entry` reaches statically. */
 async function staticClosure(entry: string): Promise<string[]> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["info", "--json", entry],
-    cwd: ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.ok(out.success, new TextDecoder().decode(out.stderr));
-  const graph = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+  const json = await run(Deno.execPath(), ["info", "--json", ROOT + entry]);
+  const graph = JSON.parse(json) as {
     roots: string[];
     modules: GraphModule[];
   };
