@@ -13,9 +13,7 @@ import { Qcow2Writer, type Qcow2WriterOptions } from "./writer/qcow2_writer.ts";
 import type { PackSummary } from "./writer/pack_stream.ts";
 import type { ZeroBytes } from "./bytes/zeros.ts";
 import type { HostWrite } from "./writer/records.ts";
-import { freeSpaceChunks } from "./sparsify/chunks.ts";
 import type { SparsifyReport } from "./sparsify/report.ts";
-import { FreeSpaceStream } from "./sparsify/stream.ts";
 import { doneWith } from "./bytes/recycle.ts";
 
 /**
@@ -128,11 +126,14 @@ export async function convert(
     }
     let stream = input instanceof ReadableStream ? input : undefined;
     let report: Promise<SparsifyReport> | undefined;
+    // The file systems' code loads only when sparsifying.
     if (options.sparsify && stream) {
+      const { FreeSpaceStream } = await import("./sparsify/stream.ts");
       const stage = new FreeSpaceStream();
       stream = stream.pipeThrough(stage);
       report = stage.report;
     } else if (options.sparsify) {
+      const { freeSpaceChunks } = await import("./sparsify/chunks.ts");
       const mapped = await freeSpaceChunks(input as GuestImage, { pool });
       stream = mapped.readable;
       report = Promise.resolve(mapped.report);

@@ -2,15 +2,13 @@
 // URL, in a format the reader opens (given with -f or probed), with the
 // internal snapshot -l / -s selects.
 import { isHttpUrl } from "../io/http_source.ts";
-import {
-  type GuestImage,
-  HttpSource,
-  openImage,
-  openImageStream,
-  sparseFileChunks,
-  type ZeroBytes,
-} from "../../mod.ts";
-import { hasQcow2Magic, PROBE_BYTES, probeFormat } from "../format/mod.ts";
+import { HttpSource } from "../io/http_source.ts";
+import type { GuestImage } from "../reader/image.ts";
+import { openImage } from "../reader/open.ts";
+import { sparseFileChunks } from "../host/file_stream.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
+import { hasQcow2Magic } from "../format/header.ts";
+import { PROBE_BYTES, probeFormat } from "../format/probe.ts";
 import { type FormatName, readableFormat } from "../reader/formats.ts";
 import { Qcow2Image } from "../reader/qcow2/image.ts";
 import { formatBytes, UsageError } from "./_util.ts";
@@ -19,11 +17,7 @@ import type { HttpTransport } from "../io/http_source.ts";
 import { directoryOf } from "../reader/references.ts";
 import { fileError } from "../io/os_errors.ts";
 import { splitOptionList } from "./_create_options.ts";
-import {
-  bytesOnly,
-  type Unpacked,
-  unpackStream,
-} from "../reader/packed/unpack.ts";
+import type { Unpacked } from "../reader/packed/unpack.ts";
 import { PACKING_TITLES, packingOf } from "../reader/packed/magic.ts";
 
 /**
@@ -161,6 +155,11 @@ async function openStream(
     if (options.snapshot !== undefined) throw noSnapshots();
     return { raw: stream, total: size };
   }
+  // A stream's readers (archives, decompressors, the one-pass and spooled
+  // openers) load only for a stream.
+  const { bytesOnly, unpackStream } = await import(
+    "../reader/packed/unpack.ts"
+  );
   const unpacked = await unpackStream(stream, {
     disk: options.disk,
     name: what,
@@ -193,6 +192,7 @@ async function openStream(
   }
   // Another format the reader opens (qcow, VDI, ...) is spooled whole,
   // a streamOptimized VMDK read in one pass.
+  const { openImageStream } = await import("../reader/stream_open.ts");
   const opened = await openImageStream(bytesOnly(all), {
     snapshot: options.snapshot && readerSnapshot(options.snapshot),
     format: qcow2 ? options.format : format,

@@ -4,16 +4,14 @@
 // place. The library writes the files (under a temporary name, put in
 // place when complete, removed on failure) and refuses to write onto an
 // input; this only chooses the call.
-import {
-  type CodecPool,
-  expandToStream,
-  type FileIdentity,
-  type GuestImage,
-  imageChunks,
-  type PackSummary,
-  StreamableQcow2Writer,
-  type ZeroBytes,
-} from "../../mod.ts";
+import type { CodecPool } from "../codec/pool.ts";
+import type { FileIdentity } from "../io/source.ts";
+import type { GuestImage } from "../reader/image.ts";
+import type { ZeroBytes } from "../bytes/zeros.ts";
+import { expandToStream } from "../reader/expand.ts";
+import { imageChunks } from "../reader/segments.ts";
+import type { PackSummary } from "../writer/pack_stream.ts";
+import type { StreamableQcow2Writer } from "../writer/streamable.ts";
 import { expandToPath } from "../reader/expand_to_path.ts";
 import { openStreamOutput, standardOutput } from "../host/stream_output.ts";
 import type { ConvertSettings } from "./_convert_settings.ts";
@@ -101,6 +99,8 @@ export async function writeStreamable(
   const stream = source instanceof ReadableStream
     ? source
     : imageChunks(source, { pool: options.pool, recycle: true });
+  // The streamable layout's writer (and its spool) loads only for it.
+  const { StreamableQcow2Writer } = await import("../writer/streamable.ts");
   await using writer = new StreamableQcow2Writer(options);
   const bytes = stream.pipeThrough(writer);
   if ("stream" in target) {

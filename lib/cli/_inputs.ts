@@ -9,7 +9,7 @@ import {
   type HttpTransport,
   isHttpUrl,
 } from "../io/http_source.ts";
-import type { ImageInput } from "../tools/mod.ts";
+import type { ImageInput } from "../tools/input.ts";
 
 /** An image argument, ready for `imageInfo`, `checkImage`, `mapImage`... */
 export interface NamedImage extends AsyncDisposable {

@@ -4,11 +4,8 @@
 // it has a host offset) and whether the run reaches the end of the image:
 // QEMU compares its status flags whole, end-of-file flag included.
 import type { ImageFormat } from "../reader/open.ts";
-import {
-  type ImageInput,
-  type MapEntry,
-  mapImageEntries,
-} from "../tools/mod.ts";
+import type { ImageInput } from "../tools/input.ts";
+import { type MapEntry, mapImageEntries } from "../tools/map.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 
 /** The flags qemu-img compares for a run that ends the image or not. */

@@ -1,14 +1,13 @@
 // `qcow2pipe check`: `qemu-img check`, with its messages, summary and exit
 // status; read-only, except with -r, which repairs the named image in place
 // (opened for writing only then).
+import { checkImage, type CheckResult } from "../tools/check.ts";
 import {
-  checkImage,
-  type CheckResult,
   formatCheckJson,
   formatCheckResult,
   formatRepairHeader,
-  repairImage,
-} from "../tools/mod.ts";
+} from "../tools/check_text.ts";
+import { repairImage } from "../tools/repair.ts";
 import { FileSource } from "../host/file_source.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";

@@ -1,6 +1,7 @@
 // `qcow2pipe compare`: are two images the same as the guest sees them, as
 // `qemu-img compare` answers it (exit 0 identical, 1 different, 2 error).
-import { compareImages, formatCompareResult } from "../tools/mod.ts";
+import { compareImages } from "../tools/compare.ts";
+import { formatCompareResult } from "../tools/compare_text.ts";
 import {
   formatStatusMismatch,
   STRICT_SIZE_MISMATCH,

@@ -1,14 +1,12 @@
 // `qcow2pipe convert`: raw, qcow2 or vpc in (file, stdin or http(s) URL), raw or
 // qcow2 out (file, stdout, a FIFO or device, or an existing file or device
 // with -n), with qemu-img's command line.
-import {
-  CodecPool,
-  convert,
-  type FileIdentity,
-  type GuestImage,
-  openImage,
-  OutputFile,
-} from "../../mod.ts";
+import { CodecPool } from "../codec/pool.ts";
+import { convert } from "../convert.ts";
+import type { FileIdentity } from "../io/source.ts";
+import type { GuestImage } from "../reader/image.ts";
+import { openImage } from "../reader/open.ts";
+import { OutputFile } from "../host/output_file.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
 import { fileIdentities } from "../io/identity.ts";
 import { descriptorIdentity } from "../host/stream_output.ts";
@@ -34,7 +32,7 @@ import {
   writeRaw,
   writeStreamable,
 } from "./_convert_output.ts";
-import { type Sparsified, sparsifyInput, sparsifyLines } from "./_sparsify.ts";
+import type { Sparsified } from "./_sparsify.ts";
 
 export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
 
@@ -193,8 +191,9 @@ async function openSources(run: Run): Promise<Sources> {
     cleanups,
     http: s.http,
   });
+  // The file systems' code loads only for --sparsify.
   const sparse = s.sparsify
-    ? await sparsifyInput(
+    ? await (await import("./_sparsify.ts")).sparsifyInput(
       s.src,
       input,
       run.pool,
@@ -347,6 +346,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       : await writeRawOutput(run, sources, target, progress);
     progress.finish();
     if (sources.sparse) {
+      const { sparsifyLines } = await import("./_sparsify.ts");
       for (const l of sparsifyLines(await sources.sparse.report)) notice(l);
     }
     const seconds = (performance.now() - started) / 1000;

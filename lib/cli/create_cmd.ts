@@ -1,9 +1,8 @@
 // `qcow2pipe create`: a new, empty qcow2 or raw image, the file qemu-img
 // create makes for the same options, put in place only once complete.
-// The library entry registers the host's file access (backing files are
-// opened by name).
-import "../../mod.ts";
-import { createImage } from "../tools/mod.ts";
+// Backing files are opened by name through the host's file access, which
+// main.ts installs before a command runs.
+import { createImage } from "../tools/create.ts";
 import { OutputFile } from "../host/output_file.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 import type { FileIdentity } from "../io/source.ts";

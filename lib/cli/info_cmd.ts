@@ -1,9 +1,6 @@
 // `qcow2pipe info`: what `qemu-img info` prints, in its human or JSON form.
-import {
-  formatImageInfo,
-  formatImageInfoJson,
-  imageInfo,
-} from "../tools/mod.ts";
+import { imageInfo } from "../tools/info.ts";
+import { formatImageInfo, formatImageInfoJson } from "../tools/info_text.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import {
   formatHelp,

@@ -65,6 +65,8 @@ export async function main(args: string[]): Promise<number> {
     warn(`qcow2pipe: unknown command "${command}" (see --help)`);
     return 1;
   }
+  // File access by path, for every command (see lib/io/host_files.ts).
+  await import("../host/file_source.ts");
   const signals: Deno.Signal[] = Deno.build.os === "windows"
     ? ["SIGINT"]
     : ["SIGINT", "SIGTERM"];

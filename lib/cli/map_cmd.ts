@@ -5,7 +5,7 @@ import {
   formatMapEntryJson,
   MAP_HUMAN_HEADER,
 } from "../tools/map_text.ts";
-import { mapImageEntries } from "../tools/mod.ts";
+import { mapImageEntries } from "../tools/map.ts";
 import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
 import { parseSize, warn } from "./_util.ts";
 import {

@@ -4,7 +4,7 @@ import {
   formatMeasure,
   formatMeasureJson,
   measureImage,
-} from "../tools/mod.ts";
+} from "../tools/measure.ts";
 import { convert } from "../convert.ts";
 import { openImage } from "../reader/open.ts";
 import type { ImageSink } from "../io/sink.ts";

@@ -1,7 +1,8 @@
 // `qcow2pipe snapshot -l`: the internal snapshots of an image, listed as
 // `qemu-img snapshot -l` lists them. Creating, applying and deleting
 // snapshots are qemu-img's.
-import { formatSnapshotList, imageInfo } from "../tools/mod.ts";
+import { imageInfo } from "../tools/info.ts";
+import { formatSnapshotList } from "../tools/info_text.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
 import {
   formatHelp,

@@ -13,11 +13,7 @@
  * @module
  */
 
-import { fflateDeflate, loadFflate } from "./_fflate_backend.ts";
-import { nodeDeflate, nodeZstd } from "./_node_backend.ts";
 import { loadNodeZlib } from "./node_zlib.ts";
-import { zstdCodecBackend } from "./_zstd_codec_backend.ts";
-import { loadZstdWasm } from "./_zstd_wasm.ts";
 
 /**
  * Compression algorithms qcow2 defines.
@@ -262,25 +258,36 @@ export async function createCodec(
       `Cannot create codec: backend ${backend} does not implement ${type}`,
     );
   }
+  // Each backend's code loads with its first codec.
   switch (backend) {
     case "node": {
       const zlib = await loadNodeZlib();
       if (zlib === undefined) {
         throw new RangeError("Cannot create codec: node:zlib is not available");
       }
-      return type === "zlib"
-        ? nodeDeflate(
-          zlib,
-          level,
-          zlibWindow,
-          await loadFflate().catch(() => undefined),
-        )
-        : nodeZstd(zlib, level);
+      const node = await import("./_node_backend.ts");
+      if (type === "zstd") return node.nodeZstd(zlib, level);
+      const { loadFflate } = await import("./_fflate_backend.ts");
+      return node.nodeDeflate(
+        zlib,
+        level,
+        zlibWindow,
+        await loadFflate().catch(() => undefined),
+      );
     }
-    case "fflate":
+    case "fflate": {
+      const { fflateDeflate, loadFflate } = await import(
+        "./_fflate_backend.ts"
+      );
       return fflateDeflate(await loadFflate(), level);
-    case "zstd-codec":
+    }
+    case "zstd-codec": {
+      const [{ zstdCodecBackend }, { loadZstdWasm }] = await Promise.all([
+        import("./_zstd_codec_backend.ts"),
+        import("./_zstd_wasm.ts"),
+      ]);
       return zstdCodecBackend(await loadZstdWasm(), level);
+    }
     default:
       throw new RangeError(`Cannot create codec: unknown backend "${backend}"`);
   }

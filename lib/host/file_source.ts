@@ -6,7 +6,6 @@
  * @module
  */
 
-import { sep } from "node:path";
 import { IoError } from "../format/errors.ts";
 import { fileError } from "../io/os_errors.ts";
 import { installHostFiles } from "../io/host_files.ts";
@@ -14,6 +13,11 @@ import { setPoisoning } from "../bytes/recycle.ts";
 import { openHoleProbe } from "./_holes.ts";
 import { identityOf } from "../io/identity.ts";
 import type { FileIdentity, RandomAccessSource } from "../io/source.ts";
+
+// The platform's path separator, as node:path's `sep` (not imported: the
+// first node: module a run loads starts Deno's Node compatibility layer,
+// and `info` needs nothing else from it).
+const sep = Deno.build.os === "windows" ? "\\" : "/";
 
 /**
  * A {@linkcode RandomAccessSource} over a file opened read-only. Reads are

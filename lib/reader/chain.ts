@@ -133,7 +133,7 @@ export async function openChain(
       format,
     };
     const walk = new ChainWalk(gate, options);
-    return await imageType(format).open(
+    return await (await imageType(format)).open(
       source,
       walk.context(referrer, name, 0, owned, options.snapshot),
     );
@@ -196,7 +196,7 @@ class ChainWalk {
     try {
       const format = (declared as FormatName | undefined) ??
         await detectFormat(source);
-      return await imageType(format).open(
+      return await (await imageType(format)).open(
         source,
         this.context(
           backingReferrer(referrer, ref, declared, source),

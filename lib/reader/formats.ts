@@ -17,16 +17,12 @@ import {
 } from "../format/probe.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { ImageType } from "./image_type.ts";
-import { rawType } from "./raw/type.ts";
-import { qcow2Type } from "./qcow2/type.ts";
-import { qcowType } from "./qcow/type.ts";
-import { vdiType } from "./vdi/type.ts";
-import { vmdkType } from "./vmdk/type.ts";
-import { vpcType } from "./vpc/type.ts";
-import { vhdxType } from "./vhdx/type.ts";
 
 /**
- * The formats read, in the order messages list them: one line each.
+ * The formats read, in the order messages list them: one line each, a
+ * loader of the format's {@linkcode ImageType}. A format's code loads when
+ * an image of it is opened, so a command pays only for the formats it
+ * meets.
  *
  * @example The formats qcow2pipe reads
  * ```ts
@@ -37,14 +33,16 @@ import { vhdxType } from "./vhdx/type.ts";
  * assert.ok(names.includes("vmdk") && !names.includes("qed"));
  * ```
  */
-export const IMAGE_TYPES: Readonly<Record<FormatName, ImageType>> = {
-  raw: rawType,
-  qcow2: qcow2Type,
-  qcow: qcowType,
-  vdi: vdiType,
-  vmdk: vmdkType,
-  vpc: vpcType,
-  vhdx: vhdxType,
+export const IMAGE_TYPES: Readonly<
+  Record<FormatName, () => Promise<ImageType>>
+> = {
+  raw: async () => (await import("./raw/type.ts")).rawType,
+  qcow2: async () => (await import("./qcow2/type.ts")).qcow2Type,
+  qcow: async () => (await import("./qcow/type.ts")).qcowType,
+  vdi: async () => (await import("./vdi/type.ts")).vdiType,
+  vmdk: async () => (await import("./vmdk/type.ts")).vmdkType,
+  vpc: async () => (await import("./vpc/type.ts")).vpcType,
+  vhdx: async () => (await import("./vhdx/type.ts")).vhdxType,
 };
 
 /**
@@ -110,7 +108,7 @@ export function readFormatsText(
 }
 
 /**
- * The image type of a registered format.
+ * The image type of a registered format, its code loaded on first use.
  *
  * @param name A registered format name.
  * @returns Its image type.
@@ -119,11 +117,11 @@ export function readFormatsText(
  * ```ts
  * import assert from "node:assert";
  * import { imageType } from "./formats.ts";
- * assert.strictEqual(imageType("raw").name, "raw");
+ * assert.strictEqual((await imageType("vdi")).name, "vdi");
  * ```
  */
-export function imageType(name: FormatName): ImageType {
-  return IMAGE_TYPES[name];
+export function imageType(name: FormatName): Promise<ImageType> {
+  return IMAGE_TYPES[name]();
 }
 
 /**
