@@ -12,9 +12,9 @@ import {
   parseCreateOptions,
 } from "./_create_options.ts";
 import {
+  CACHE_MODES,
   HTTP_OPTIONS,
   httpTransport,
-  NO_CACHE_MODES,
   type OptionValues,
   type ParsedArgs,
   SOURCE_CACHE_OPTION,
@@ -59,7 +59,7 @@ export const CONVERT_OPTIONS = {
     unsupported:
       "zero clusters are always left unallocated, and zero ranges of raw files are holes",
   },
-  "target-cache": { type: "string", short: "t", unsupported: NO_CACHE_MODES },
+  "target-cache": { type: "string", short: "t", choices: CACHE_MODES },
   ...SOURCE_CACHE_OPTION,
   rate: { type: "string", short: "r", unsupported: "no rate limit is kept" },
   object: {
@@ -100,6 +100,7 @@ export const CONVERT_OPTIONS = {
   force: { type: "boolean" },
   "no-clobber": { type: "boolean" },
   sync: { type: "boolean" },
+  verbose: { type: "boolean" },
   ...HTTP_OPTIONS,
 } as const;
 
@@ -151,6 +152,8 @@ export interface ConvertSettings {
   noClobber: boolean;
   sync: boolean;
   quiet: boolean;
+  /** --verbose: the summary line even when stderr is not a terminal. */
+  verbose: boolean;
   progress?: boolean;
   /** How http(s) URLs are fetched (--http-timeout). */
   http: HttpTransport;
@@ -248,12 +251,8 @@ export function convertSettings(
 ): ConvertSettings {
   const { values } = parsed;
   const [src, dst] = operandsOf(parsed.positionals);
-  const format = outputFormatOf(values, dst);
-  if (format === undefined) {
-    throw new UsageError(
-      `Cannot convert: cannot tell the output format from "${dst}"; give -O raw or -O qcow2`,
-    );
-  }
+  // Nothing says the format: raw, as qemu-img writes without -O.
+  const format = outputFormatOf(values, dst) ?? "raw";
   const o: CreateOptions = parseCreateOptions(
     values["target-format-options"] ?? [],
     format,
@@ -303,6 +302,7 @@ export function convertSettings(
     noClobber: values["no-clobber"] ?? false,
     sync: values.sync ?? false,
     quiet: values.quiet ?? false,
+    verbose: values.verbose ?? false,
     progress: values.progress,
     http: httpTransport("convert", values["http-timeout"]),
   };
@@ -483,8 +483,9 @@ function backingOf(
     throw new UsageError("Cannot convert: the backing file name (-B) is empty");
   }
   if (formatText === undefined) {
+    // qemu-img's words (scripts expect them); -F raw or -F qcow2 is missing.
     throw new UsageError(
-      "Cannot convert: a backing file (-B) needs its format (-F raw or -F qcow2), as qemu-img requires",
+      "Use of backing file requires explicit backing format",
     );
   }
   const format = parseFormat(formatText, "-F");

@@ -6,7 +6,7 @@ import {
   formatCheckResult,
 } from "../tools/mod.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
-import { warn } from "./_util.ts";
+import { inQemuWords, warn } from "./_util.ts";
 import {
   formatHelp,
   getopt,
@@ -74,7 +74,9 @@ export async function checkCommand(args: string[]): Promise<number> {
   const format = parseFormat(values.format, "-f");
   const http = httpTransport("check image", values["http-timeout"]);
   await using image = await openNamed(path, http);
-  const result = await checkImage(image.input, { format });
+  const result = await checkImage(image.input, { format }).catch((err) => {
+    throw inQemuWords(err, path);
+  });
   const quiet = values.quiet ?? false;
   if (result.exitCode === 63) {
     // qemu-img's words, as scripts may look for them.

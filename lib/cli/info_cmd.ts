@@ -1,4 +1,5 @@
 // `qcow2pipe info`: what `qemu-img info` prints, in its human or JSON form.
+import { inQemuWords } from "./_util.ts";
 import {
   formatImageInfo,
   formatImageInfoJson,
@@ -60,6 +61,8 @@ export async function infoCommand(args: string[]): Promise<number> {
     backingChain: chain,
     format,
     http,
+  }).catch((err) => {
+    throw inQemuWords(err, path);
   });
   await writeOut(
     output === "json"
