@@ -127,7 +127,10 @@ export function checkCompressedName(
 
 /** Everything `convert` was asked to do. */
 export interface ConvertSettings {
+  /** The first SRC. */
   src: string;
+  /** Every SRC, in order: several are read one after the other. */
+  sources: string[];
   dst: string;
   /** -f: the format of SRC, or undefined to probe it. */
   sourceFormat: ImageFormat | undefined;
@@ -250,7 +253,9 @@ export function convertSettings(
   parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
 ): ConvertSettings {
   const { values } = parsed;
-  const [src, dst] = operandsOf(parsed.positionals);
+  const [sources, dst] = operandsOf(parsed.positionals);
+  const src = sources[0];
+  checkSeveral(values, sources, positionals3(parsed.positionals));
   // Nothing says the format: raw, as qemu-img writes without -O.
   const format = outputFormatOf(values, dst) ?? "raw";
   const o: CreateOptions = parseCreateOptions(
@@ -271,6 +276,7 @@ export function convertSettings(
   const workers = workersOf(values);
   return {
     src,
+    sources,
     dst,
     sourceFormat: parseFormat(values.format, "-f"),
     outputFormat: format,
@@ -308,25 +314,51 @@ export function convertSettings(
   };
 }
 
-/** SRC and DST, exactly two. */
-function operandsOf(positionals: string[]): [string, string] {
-  if (positionals.length > 2) {
-    const hint = positionals.length === 3 &&
-        (positionals[0] === "zlib" || positionals[0] === "zstd")
-      ? `; -c takes no value, as in qemu-img: give the type with --compress ${
-        positionals[0]
-      } or -c -o compression_type=${positionals[0]}`
-      : "";
-    throw new UsageError(
-      `Cannot convert: expected SRC and DST, got ${positionals.length} arguments (qemu-img's several SRC images are not supported)${hint}`,
-    );
-  }
+/**
+ * The SRCs and DST: one SRC or several, read one after the other as one
+ * disk, as qemu-img concatenates them.
+ */
+function operandsOf(positionals: string[]): [string[], string] {
   if (positionals.length < 2) {
     throw new UsageError(
       `Cannot convert: expected SRC and DST, got ${positionals.length} argument(s) (see --help)`,
     );
   }
-  return [positionals[0], positionals[1]];
+  return [positionals.slice(0, -1), positionals[positionals.length - 1]];
+}
+
+/** `-c zlib` read as a third operand: the hint to give with the error. */
+function positionals3(positionals: string[]): string {
+  return positionals.length === 3 &&
+      (positionals[0] === "zlib" || positionals[0] === "zstd")
+    ? `; -c takes no value, as in qemu-img: give the type with --compress ${
+      positionals[0]
+    } or -c -o compression_type=${positionals[0]}`
+    : "";
+}
+
+/** What several SRCs do not go with. */
+function checkSeveral(values: Values, sources: string[], hint: string): void {
+  if (sources.length < 2) return;
+  if (hint !== "") {
+    // `-c zstd a b`: SRC and DST meant, the type read as a first SRC.
+    throw new UsageError(
+      `Cannot convert: expected SRC and DST, got 3 arguments${hint}`,
+    );
+  }
+  const alone = [
+    ["-l/-s", values.snapshot],
+    ["--sparsify", values.sparsify],
+    ["-B", values.backing],
+    ["--disk", values.disk],
+  ].filter(([, v]) => v !== undefined && v !== false).map(([f]) => f);
+  if (alone.length > 0) {
+    throw new UsageError(
+      `Cannot convert: ${
+        alone.join(", ")
+      } take one SRC, and ${sources.length} were given`,
+    );
+  }
 }
 
 /**

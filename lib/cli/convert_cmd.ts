@@ -17,6 +17,7 @@ import {
   createProgress,
   createQemuProgress,
   type Progress,
+  type ProgressExtent,
   QEMU_COPY_CHUNK,
   qemuProgressPieces,
 } from "./progress.ts";
@@ -40,6 +41,7 @@ import {
   optionsHelpFormat,
 } from "./_convert_settings.ts";
 import { type Input, openInput } from "./_convert_input.ts";
+import { openConcatenated } from "./_convert_concat.ts";
 import {
   openTarget,
   type RawSource,
@@ -49,14 +51,16 @@ import {
 } from "./_convert_output.ts";
 import { type Sparsified, sparsifyInput, sparsifyLines } from "./_sparsify.ts";
 
-export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
+export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC [SRC...] DST
 
 Convert a disk image, with qemu-img's command line (see "Coming from
 qemu-img" in the README for what differs). SRC is an image in one of the
 formats read (see -f): give its format with -f, or it is detected from its
 first bytes (probed). Backing chains, external data files, extents and
 snapshots are followed; a probed image may only lead to files in its own
-directory (see "Untrusted images" in the README). DST is written under a temporary name and put in place
+directory (see "Untrusted images" in the README). Several SRCs are read
+one after the other as one disk, as qemu-img concatenates them (not with
+-l, -B, --sparsify or --disk). DST is written under a temporary name and put in place
 when complete, replacing an existing file as qemu-img does (--no-clobber
 keeps it). DST is never SRC, its backing or data files, or -B's file: they
 are compared by device and inode (hard and symbolic links included).
@@ -206,7 +210,7 @@ async function openSources(run: Run): Promise<Sources> {
   const backingImage = s.backing &&
     await openBacking(s.backing, s.dst, s.http);
   if (backingImage) cleanups.push(() => backingImage.close());
-  const input = await openInput(s.src, {
+  const options = {
     format: s.sourceFormat,
     snapshot: s.snapshot,
     toQcow2: s.outputFormat === "qcow2",
@@ -214,7 +218,25 @@ async function openSources(run: Run): Promise<Sources> {
     notice: run.notice,
     cleanups,
     http: s.http,
-  }).catch((err) => {
+  };
+  if (s.sources.length > 1) {
+    const several = await openConcatenated(s.sources, options, run.pool);
+    const inputs = fileIdentities(
+      [...several.images, backingImage].flatMap((i) => i?.sources() ?? []),
+    );
+    if (s.sources.includes("-")) {
+      const stdin = descriptorIdentity(0, "standard input");
+      if (stdin) inputs.push(stdin);
+    }
+    return {
+      input: several.input,
+      sparse: undefined,
+      backingImage,
+      source: several.input.raw,
+      inputs,
+    };
+  }
+  const input = await openInput(s.src, options).catch((err) => {
     throw inQemuWords(err, s.src);
   });
   const sparse = s.sparsify
@@ -361,13 +383,16 @@ async function progressOf(s: ConvertSettings, sources: Sources) {
   }
   const { input } = sources;
   const image = "image" in input ? input.image : input.from;
-  const extents: { offset: number; length: number; data: boolean }[] = [];
+  const extents: ProgressExtent[] = [];
   if (image) {
     for await (const e of image.extents()) {
       extents.push({
         offset: e.offset,
         length: e.length,
         data: e.kind === "data" || e.kind === "compressed",
+        depth: e.depth,
+        hostOffset: e.hostOffset,
+        compressed: e.kind === "compressed",
       });
     }
   } else if (total !== undefined) {

@@ -180,25 +180,47 @@ export function createQemuProgress(
   };
 }
 
+/** An extent as qemu-img's progress sees it. */
+export interface ProgressExtent {
+  offset: number;
+  length: number;
+  /** Whether it holds data qemu-img copies (not zeros, not a hole). */
+  data: boolean;
+  /** Where its bytes are: the image of the chain and the host offset. */
+  depth?: number;
+  hostOffset?: number;
+  /** A compressed cluster: a piece of its own. */
+  compressed?: boolean;
+}
+
 /**
- * The pieces `createQemuProgress` counts: the runs of data (what qemu-img
- * finds allocated with data, adjacent extents joined), each cut into copies
- * of at most `chunk` bytes.
+ * The pieces `createQemuProgress` counts: the runs of data as QEMU's block
+ * status reports them (extents joined while they lie one after the other
+ * in the same file of the chain; compressed clusters one by one), each cut
+ * into copies of at most `chunk` bytes.
  *
  * @param extents The source's extents, in guest order.
  * @param chunk The most bytes qemu-img copies at once.
  * @returns The pieces, in guest order.
  */
 export function qemuProgressPieces(
-  extents: Iterable<{ offset: number; length: number; data: boolean }>,
+  extents: Iterable<ProgressExtent>,
   chunk: number,
 ): { end: number; length: number }[] {
-  const runs: { offset: number; end: number }[] = [];
+  const runs: { offset: number; end: number; last: ProgressExtent }[] = [];
   for (const e of extents) {
     if (!e.data || e.length === 0) continue;
-    const last = runs.at(-1);
-    if (last && last.end === e.offset) last.end += e.length;
-    else runs.push({ offset: e.offset, end: e.offset + e.length });
+    const run = runs.at(-1);
+    const prev = run?.last;
+    const joins = run !== undefined && prev !== undefined &&
+      run.end === e.offset && !e.compressed && !prev.compressed &&
+      prev.depth === e.depth &&
+      (prev.hostOffset === undefined ||
+        prev.hostOffset + prev.length === e.hostOffset);
+    if (joins) {
+      run.end += e.length;
+      run.last = e;
+    } else runs.push({ offset: e.offset, end: e.offset + e.length, last: e });
   }
   const pieces: { end: number; length: number }[] = [];
   for (const run of runs) {

@@ -23,6 +23,7 @@ const LINES: string[] = [
   "check --output=json disk.qcow2",
   "check -q disk.qcow2",
   "check -U -f qcow2 top.qcow2",
+  "check -T none disk.qcow2",
   "check --output=json packed.qcow2",
   "check disk.raw",
   "check $URL/disk.qcow2",
@@ -50,6 +51,7 @@ const LINES: string[] = [
   "compare -U $URL/disk.qcow2 disk.raw",
   "compare $URL/top.qcow2 $URL/base.qcow2",
   "compare -s $URL/disk.qcow2 copy.qcow2",
+  "compare -T writethrough disk.raw base.qcow2",
 ];
 
 /** Lines judged otherwise: errors in qemu-img's words, progress. */
