@@ -343,7 +343,7 @@ function checkSeveral(values: Values, sources: string[], hint: string): void {
   if (hint !== "") {
     // `-c zstd a b`: SRC and DST meant, the type read as a first SRC.
     throw new UsageError(
-      `Cannot convert: expected SRC and DST, got 3 arguments${hint}`,
+      `Cannot convert: expected SRC and DST, got 3 arguments (the first taken for a SRC)${hint}`,
     );
   }
   const alone = [
