@@ -154,10 +154,14 @@ export async function runCheck(
     stderr: "piped",
   }).output();
   const text = new TextDecoder();
+  const stdout = text.decode(out.stdout);
+  const stderr = text.decode(out.stderr);
+  // Kept for a look at what check said.
+  const log = `${CACHE}check-${mode}.log`;
+  await Deno.writeTextFile(log, `${stdout}\n--- stderr\n${stderr}`);
   const results = new Map<string, Outcome>();
-  for (const line of text.decode(out.stdout).split("\n")) {
-    const m = /^(not ok|ok) qcow2 (\S+)( # SKIP)?/.exec(line);
-    if (!m) continue;
+  // Parallel jobs may print their lines into one another: not anchored.
+  for (const m of stdout.matchAll(/(not ok|ok) qcow2 ([\w-]+)( # SKIP)?/g)) {
     const status = m[3] ? "skip" : m[1] === "ok" ? "pass" : "fail";
     results.set(m[2], { status, diff: "" });
   }
@@ -169,7 +173,7 @@ export async function runCheck(
     if (r && !r.diff) r.diff = firstDifference(hunk);
     hunk = [];
   };
-  for (const line of text.decode(out.stderr).split("\n")) {
+  for (const line of stderr.split("\n")) {
     const header = /^--- .*\/([^/\s]+?)\.out(\.\S+)?$/.exec(line);
     if (header) {
       flush();
@@ -190,7 +194,7 @@ export async function runCheck(
     if (!results.has(t)) {
       results.set(t, {
         status: "fail",
-        diff: `check did not report it (exit status ${out.code})`,
+        diff: `check did not report it (exit status ${out.code}; see ${log})`,
       });
     }
   }
