@@ -39,9 +39,9 @@ const BIN = `${CACHE}bin`;
 const REAL_QEMU_IMG = "/usr/bin/qemu-img";
 
 /**
- * The wrapper run as qemu-img in "ours" mode. qemu-img names itself by the
- * path it was run as (the tests filter that path to `qemu-img`), so the
- * `qcow2pipe: ` that starts our error lines becomes the wrapper's path.
+ * The wrapper run as qemu-img in "ours" mode. qemu-img names itself in
+ * its messages by the name it was run as (its last path component), so
+ * the `qcow2pipe: ` that starts our lines becomes the wrapper's name.
  */
 function wrapperScript(): string {
   return `#!/bin/bash
@@ -51,7 +51,7 @@ case "$1" in
   ${OUR_COMMANDS.join("|")}) ;;
   *) exec ${REAL_QEMU_IMG} "$@" ;;
 esac
-${Deno.execPath()} run -A --quiet ${checkout}cli.ts "$@" 2> >(sed -u "s#^qcow2pipe: #$0: #" >&2)
+${Deno.execPath()} run -A --quiet ${checkout}cli.ts "$@" 2> >(sed -u "s#^qcow2pipe: #\${0##*/}: #" >&2)
 status=$?
 wait $!
 exit $status

@@ -33,14 +33,8 @@ export async function read(cmd: string, args: string[]): Promise<string> {
   return new TextDecoder().decode(out.stdout).trim();
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
+/** Whether a path exists. */
+const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
 
 const SOURCES_DIR = "/etc/apt/sources.list.d";
 
