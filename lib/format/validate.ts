@@ -300,17 +300,17 @@ function validateExtensions(header: Qcow2Header): void {
 }
 
 /**
- * QEMU's words for unknown incompatible features: the names the feature
- * name table gives them, in the table's order (the table read up to its
+ * QEMU's words for unknown incompatible features: the names the (last)
+ * feature name table gives them, in the table's order (read up to its
  * first nameless entry), then the bits left unnamed as one hexadecimal
  * mask.
  */
 function unsupportedFeatureText(header: Qcow2Header, unknown: bigint): string {
   const parts: string[] = [];
   let mask = unknown;
-  const table = header.extensions.flatMap((e) =>
-    e.kind === "feature-table" ? e.features : []
-  );
+  // QEMU keeps the last feature name table it reads.
+  const last = header.extensions.findLast((e) => e.kind === "feature-table");
+  const table = last?.kind === "feature-table" ? last.features : [];
   for (const f of table) {
     if (f.name === "") break;
     const bit = 1n << BigInt(f.bit);

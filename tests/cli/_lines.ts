@@ -222,6 +222,8 @@ function be(value: bigint, length: number): Uint8Array {
  * - huge.qcow2: a virtual size of 2^60 bytes
  * - loop.qcow2: its own backing file
  * - twofmt.qcow2: two backing format extensions, raw then foo
+ * - named.qcow2: bit 63 set, and named "Test feature" by a second feature
+ *   name table, of one entry cut short
  */
 async function makeBrokenImages(dir: string) {
   const at = (name: string) => join(dir, name);
@@ -257,22 +259,35 @@ async function makeBrokenImages(dir: string) {
     at("twofmt.qcow2"),
     "8M",
   );
-  // A second backing format extension before the end marker: what follows
-  // (the end marker and the backing file name) moves 16 bytes on.
-  const bytes = await Deno.readFile(at("twofmt.qcow2"));
+  await addExtension(at("twofmt.qcow2"), 0xe2792aca, "foo");
+  // Bit 63 named by a feature name table of one entry cut short (iotest
+  // 036): its name without the padding of a whole entry.
+  await qemuImg("create", "-q", "-f", "qcow2", at("named.qcow2"), "1M");
+  await patch(at("named.qcow2"), 72, be(1n << 63n, 8));
+  await addExtension(at("named.qcow2"), 0x6803f857, "\x00\x3fTest feature");
+}
+
+/**
+ * Adds a header extension before the end marker of a qcow2 image made by
+ * qemu-img (a later one of a kind replaces an earlier one in QEMU's eyes):
+ * the end marker and the backing file name after it move on.
+ */
+async function addExtension(path: string, type: number, data: string) {
+  const bytes = await Deno.readFile(path);
   const view = new DataView(bytes.buffer);
   let end = view.getUint32(100);
   while (view.getUint32(end) !== 0) {
     end += 8 + Math.ceil(view.getUint32(end + 4) / 8) * 8;
   }
+  const body = new Uint8Array([...data].map((c) => c.charCodeAt(0)));
+  const ext = new Uint8Array(8 + Math.ceil(body.length / 8) * 8);
+  ext.set(be(BigInt(type), 4), 0);
+  ext.set(be(BigInt(body.length), 4), 4);
+  ext.set(body, 8);
   const nameAt = Number(view.getBigUint64(8));
-  const tail = bytes.slice(end, nameAt + view.getUint32(16));
-  const ext = new Uint8Array(16);
-  ext.set(be(0xe2792acan, 4), 0);
-  ext.set(be(3n, 4), 4);
-  ext.set(new TextEncoder().encode("foo"), 8);
-  await patch(at("twofmt.qcow2"), end, new Uint8Array([...ext, ...tail]));
-  await patch(at("twofmt.qcow2"), 8, be(BigInt(nameAt + 16), 8));
+  const tail = bytes.slice(end, Math.max(end + 8, nameAt + view.getUint32(16)));
+  await patch(path, end, new Uint8Array([...ext, ...tail]));
+  if (nameAt !== 0) await patch(path, 8, be(BigInt(nameAt + ext.length), 8));
 }
 
 async function runIn(

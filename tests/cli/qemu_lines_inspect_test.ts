@@ -62,6 +62,7 @@ const OTHER_LINES: Line[] = [
   // refused in qemu-img's words
   { line: "info feature.qcow2", judge: { kind: "message" } },
   { line: "check feature.qcow2", judge: { kind: "message" } },
+  { line: "info named.qcow2", judge: { kind: "message" } },
   { line: "map shortl1.qcow2", judge: { kind: "message" } },
   { line: "info shortl1.qcow2", judge: { kind: "message" } },
   { line: "info huge.qcow2", judge: { kind: "message" } },
