@@ -247,18 +247,8 @@ async function makeBrokenImages(dir: string) {
     "qcow2",
     at("loop.qcow2"),
   );
-  await qemuImg(
-    "create",
-    "-q",
-    "-f",
-    "qcow2",
-    "-b",
-    "base.raw",
-    "-F",
-    "raw",
-    at("twofmt.qcow2"),
-    "8M",
-  );
+  const create = "create -q -f qcow2 -b base.raw -F raw".split(" ");
+  await qemuImg(...create, at("twofmt.qcow2"), "8M");
   await addExtension(at("twofmt.qcow2"), 0xe2792aca, "foo");
   // Bit 63 named by a feature name table of one entry cut short (iotest
   // 036): its name without the padding of a whole entry.
