@@ -97,10 +97,17 @@ export class QemuWordedError extends Error {
  *
  * @param err What opening or reading the image threw.
  * @param name The image as the command line names it.
+ * @param messages Whether QEMU's whole messages apply too (they are
+ * qemu-img's for `info --backing-chain`, which walks the chain itself).
  * @returns The error to report.
  */
-export function inQemuWords(err: unknown, name: string): unknown {
+export function inQemuWords(
+  err: unknown,
+  name: string,
+  messages = false,
+): unknown {
   if (!(err instanceof Qcow2Error) || err.qemu === undefined) return err;
+  if ("message" in err.qemu && !messages) return err;
   const text = "message" in err.qemu
     ? err.qemu.message
     : `Could not open '${name}': ${err.qemu.reason}`;

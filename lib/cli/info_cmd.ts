@@ -62,7 +62,7 @@ export async function infoCommand(args: string[]): Promise<number> {
     format,
     http,
   }).catch((err) => {
-    throw inQemuWords(err, path);
+    throw inQemuWords(err, path, chain);
   });
   await writeOut(
     output === "json"
