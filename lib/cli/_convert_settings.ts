@@ -12,9 +12,9 @@ import {
   parseCreateOptions,
 } from "./_create_options.ts";
 import {
+  CACHE_MODES,
   HTTP_OPTIONS,
   httpTransport,
-  NO_CACHE_MODES,
   type OptionValues,
   type ParsedArgs,
   SOURCE_CACHE_OPTION,
@@ -59,7 +59,7 @@ export const CONVERT_OPTIONS = {
     unsupported:
       "zero clusters are always left unallocated, and zero ranges of raw files are holes",
   },
-  "target-cache": { type: "string", short: "t", unsupported: NO_CACHE_MODES },
+  "target-cache": { type: "string", short: "t", choices: CACHE_MODES },
   ...SOURCE_CACHE_OPTION,
   rate: { type: "string", short: "r", unsupported: "no rate limit is kept" },
   object: {
@@ -100,6 +100,7 @@ export const CONVERT_OPTIONS = {
   force: { type: "boolean" },
   "no-clobber": { type: "boolean" },
   sync: { type: "boolean" },
+  verbose: { type: "boolean" },
   ...HTTP_OPTIONS,
 } as const;
 
@@ -126,7 +127,10 @@ export function checkCompressedName(
 
 /** Everything `convert` was asked to do. */
 export interface ConvertSettings {
+  /** The first SRC. */
   src: string;
+  /** Every SRC, in order: several are read one after the other. */
+  sources: string[];
   dst: string;
   /** -f: the format of SRC, or undefined to probe it. */
   sourceFormat: ImageFormat | undefined;
@@ -151,6 +155,8 @@ export interface ConvertSettings {
   noClobber: boolean;
   sync: boolean;
   quiet: boolean;
+  /** --verbose: the summary line even when stderr is not a terminal. */
+  verbose: boolean;
   progress?: boolean;
   /** How http(s) URLs are fetched (--http-timeout). */
   http: HttpTransport;
@@ -247,13 +253,11 @@ export function convertSettings(
   parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
 ): ConvertSettings {
   const { values } = parsed;
-  const [src, dst] = operandsOf(parsed.positionals);
-  const format = outputFormatOf(values, dst);
-  if (format === undefined) {
-    throw new UsageError(
-      `Cannot convert: cannot tell the output format from "${dst}"; give -O raw or -O qcow2`,
-    );
-  }
+  const [sources, dst] = operandsOf(parsed.positionals);
+  const src = sources[0];
+  checkSeveral(values, sources, positionals3(parsed.positionals));
+  // Nothing says the format: raw, as qemu-img writes without -O.
+  const format = outputFormatOf(values, dst) ?? "raw";
   const o: CreateOptions = parseCreateOptions(
     values["target-format-options"] ?? [],
     format,
@@ -272,6 +276,7 @@ export function convertSettings(
   const workers = workersOf(values);
   return {
     src,
+    sources,
     dst,
     sourceFormat: parseFormat(values.format, "-f"),
     outputFormat: format,
@@ -303,30 +308,57 @@ export function convertSettings(
     noClobber: values["no-clobber"] ?? false,
     sync: values.sync ?? false,
     quiet: values.quiet ?? false,
+    verbose: values.verbose ?? false,
     progress: values.progress,
     http: httpTransport("convert", values["http-timeout"]),
   };
 }
 
-/** SRC and DST, exactly two. */
-function operandsOf(positionals: string[]): [string, string] {
-  if (positionals.length > 2) {
-    const hint = positionals.length === 3 &&
-        (positionals[0] === "zlib" || positionals[0] === "zstd")
-      ? `; -c takes no value, as in qemu-img: give the type with --compress ${
-        positionals[0]
-      } or -c -o compression_type=${positionals[0]}`
-      : "";
-    throw new UsageError(
-      `Cannot convert: expected SRC and DST, got ${positionals.length} arguments (qemu-img's several SRC images are not supported)${hint}`,
-    );
-  }
+/**
+ * The SRCs and DST: one SRC or several, read one after the other as one
+ * disk, as qemu-img concatenates them.
+ */
+function operandsOf(positionals: string[]): [string[], string] {
   if (positionals.length < 2) {
     throw new UsageError(
       `Cannot convert: expected SRC and DST, got ${positionals.length} argument(s) (see --help)`,
     );
   }
-  return [positionals[0], positionals[1]];
+  return [positionals.slice(0, -1), positionals[positionals.length - 1]];
+}
+
+/** `-c zlib` read as a third operand: the hint to give with the error. */
+function positionals3(positionals: string[]): string {
+  return positionals.length === 3 &&
+      (positionals[0] === "zlib" || positionals[0] === "zstd")
+    ? `; -c takes no value, as in qemu-img: give the type with --compress ${
+      positionals[0]
+    } or -c -o compression_type=${positionals[0]}`
+    : "";
+}
+
+/** What several SRCs do not go with. */
+function checkSeveral(values: Values, sources: string[], hint: string): void {
+  if (sources.length < 2) return;
+  if (hint !== "") {
+    // `-c zstd a b`: SRC and DST meant, the type read as a first SRC.
+    throw new UsageError(
+      `Cannot convert: expected SRC and DST, got 3 arguments (the first taken for a SRC)${hint}`,
+    );
+  }
+  const alone = [
+    ["-l/-s", values.snapshot],
+    ["--sparsify", values.sparsify],
+    ["-B", values.backing],
+    ["--disk", values.disk],
+  ].filter(([, v]) => v !== undefined && v !== false).map(([f]) => f);
+  if (alone.length > 0) {
+    throw new UsageError(
+      `Cannot convert: ${
+        alone.join(", ")
+      } take one SRC, and ${sources.length} were given`,
+    );
+  }
 }
 
 /**
@@ -483,8 +515,9 @@ function backingOf(
     throw new UsageError("Cannot convert: the backing file name (-B) is empty");
   }
   if (formatText === undefined) {
+    // qemu-img's words (scripts expect them); -F raw or -F qcow2 is missing.
     throw new UsageError(
-      "Cannot convert: a backing file (-B) needs its format (-F raw or -F qcow2), as qemu-img requires",
+      "Use of backing file requires explicit backing format",
     );
   }
   const format = parseFormat(formatText, "-F");

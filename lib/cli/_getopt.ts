@@ -34,6 +34,8 @@ export interface OptionSpec {
    * error (`-C is not supported (copy offloading ...)`).
    */
   unsupported?: string;
+  /** The values taken, when only some are: any other one is refused. */
+  choices?: readonly string[];
 }
 
 /** A command's options by long name. */
@@ -79,6 +81,16 @@ export function getopt<O extends OptionSpecs>(
         `Cannot ${
           ACTIONS[command] ?? command
         }: ${as} is not supported (${spec.unsupported})`,
+      );
+    }
+    if (
+      spec.choices !== undefined && typeof value === "string" &&
+      !spec.choices.includes(value)
+    ) {
+      throw new UsageError(
+        `Cannot ${
+          ACTIONS[command] ?? command
+        }: ${as} "${value}" is not one of ${spec.choices.join(", ")}`,
       );
     }
     if (spec.multiple && typeof value === "string") {
@@ -179,13 +191,23 @@ export function outputFormat(
   return json ? "json" : output ?? "human";
 }
 
-/** What `-t` and `-T` (cache modes) say when given. */
-export const NO_CACHE_MODES =
-  "there are no cache modes; the page cache is used";
+/**
+ * The cache modes qemu-img takes for `-t` and `-T`. They are accepted and
+ * change nothing: files are read and written through the page cache, and
+ * the same bytes are written whatever the mode.
+ */
+export const CACHE_MODES = [
+  "none",
+  "off",
+  "writeback",
+  "writethrough",
+  "directsync",
+  "unsafe",
+] as const;
 
 /** `-T`, the source cache mode of qemu-img's check, compare and convert. */
 export const SOURCE_CACHE_OPTION = {
-  "source-cache": { type: "string", short: "T", unsupported: NO_CACHE_MODES },
+  "source-cache": { type: "string", short: "T", choices: CACHE_MODES },
 } as const satisfies OptionSpecs;
 
 /** The options every inspection command shares with qemu-img's. */

@@ -96,6 +96,41 @@ export function formatBytes(n: number): string {
 export const EXIT_INTERNAL = 70;
 
 /**
+ * A failure printed in qemu-img's words, where scripts written for
+ * qemu-img expect them; the library's error is its cause.
+ */
+export class QemuWordedError extends Error {
+  constructor(message: string, options: ErrorOptions) {
+    super(message, options);
+    this.name = "QemuWordedError";
+  }
+}
+
+/**
+ * The error, in qemu-img's words when the library gave QEMU's words for
+ * it: a reason for not opening the image named `name` on the command line
+ * becomes `Could not open 'NAME': REASON`, as qemu-img prints it.
+ *
+ * @param err What opening or reading the image threw.
+ * @param name The image as the command line names it.
+ * @param messages Whether QEMU's whole messages apply too (they are
+ * qemu-img's for `info --backing-chain`, which walks the chain itself).
+ * @returns The error to report.
+ */
+export function inQemuWords(
+  err: unknown,
+  name: string,
+  messages = false,
+): unknown {
+  if (!(err instanceof Qcow2Error) || err.qemu === undefined) return err;
+  if ("message" in err.qemu && !messages) return err;
+  const text = "message" in err.qemu
+    ? err.qemu.message
+    : `Could not open '${name}': ${err.qemu.reason}`;
+  return new QemuWordedError(text, { cause: err });
+}
+
+/**
  * One line for an error, without a stack trace: the one place that words
  * errors for the user, by the classes of the error contract
  * (lib/format/errors.ts). The library's errors say what could not be done
@@ -111,7 +146,8 @@ export function describeError(err: unknown): string {
   }
   if (
     err instanceof Qcow2Error || err instanceof IoError ||
-    err instanceof RangeError || err instanceof UsageError
+    err instanceof RangeError || err instanceof UsageError ||
+    err instanceof QemuWordedError
   ) return err.message.split("\n")[0];
   if (err instanceof Error) {
     const line = err.message.split("\n")[0];

@@ -11,7 +11,7 @@ import { repairImage } from "../tools/repair.ts";
 import { FileSource } from "../host/file_source.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
-import { UsageError, warn } from "./_util.ts";
+import { inQemuWords, UsageError, warn } from "./_util.ts";
 import {
   formatHelp,
   getopt,
@@ -111,7 +111,9 @@ export async function checkCommand(args: string[]): Promise<number> {
     return await report(path, final, quiet, output);
   }
   await using image = await openNamed(path, http);
-  const result = await checkImage(image.input, { format });
+  const result = await checkImage(image.input, { format }).catch((err) => {
+    throw inQemuWords(err, path);
+  });
   if (result.exitCode === 63) return unsupported();
   // Like qemu-img, -q keeps each problem's line and drops the summary.
   for (const line of result.messages) warn(line);

@@ -18,10 +18,11 @@ import {
   SOURCE_CACHE_OPTION,
 } from "./_getopt.ts";
 import { openNamed } from "./_inputs.ts";
+import { qemuProgressLine } from "./progress.ts";
 import { firstStatusMismatch } from "./_strict.ts";
 
 export const COMPARE_HELP =
-  `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-s] [-q] [--http-timeout S] [-U] A B
+  `Usage: qcow2pipe compare [-f FMT] [-F FMT] [-s] [-p] [-q] [--http-timeout S] [-U] A B
 
 Compare the guest content of two images (any mix of raw, qcow2, qcow and
 vdi, backing chains followed), as "qemu-img compare" does. Prints "Images are
@@ -40,6 +41,8 @@ ${formatHelp("  -f FMT", 16, "A")}
                 mode: Image size mismatch!") and so must the allocation
                 of every range, as "map --output=json" shows it ("Strict
                 mode: Offset N block status mismatch!")
+  -p            print qemu-img's progress lines, "    (0.00/100%)" at the
+                start and "    (100.00/100%)" at the end
   -q, --quiet   print nothing; only the exit status
 ${httpTimeoutHelp(16)}
   -U, --force-share
@@ -54,11 +57,7 @@ export async function compareCommand(args: string[]): Promise<number> {
       "second-format": { type: "string", short: "F" },
       strict: { type: "boolean", short: "s" },
       quiet: { type: "boolean", short: "q" },
-      progress: {
-        type: "boolean",
-        short: "p",
-        unsupported: "compare shows no progress",
-      },
+      progress: { type: "boolean", short: "p" },
       ...SOURCE_CACHE_OPTION,
       ...HTTP_OPTIONS,
       ...INSPECT_OPTIONS,
@@ -75,6 +74,11 @@ export async function compareCommand(args: string[]): Promise<number> {
     const http = httpTransport("compare images", values["http-timeout"]);
     await using first = await openNamed(a, http);
     await using second = await openNamed(b, http);
+    // -p: qemu-img's first and last steps (those in between are left out:
+    // the comparison reports no progress of its own), and its newline at
+    // the very end.
+    const progress = values.progress && !values.quiet;
+    if (progress) await writeOut(qemuProgressLine(0));
     const result = await compareImages(first.input, second.input, {
       formats: [...formats],
       http,
@@ -100,6 +104,10 @@ export async function compareCommand(args: string[]): Promise<number> {
           identical = false;
         }
       }
+    }
+    // qemu-img stops counting at a difference: 100% only for a match.
+    if (progress) {
+      text = (identical ? qemuProgressLine(100) : "") + text + "\n";
     }
     if (!values.quiet) await writeOut(text);
     return identical ? 0 : 1;

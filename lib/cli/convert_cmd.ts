@@ -7,11 +7,25 @@ import type { FileIdentity } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { openImage } from "../reader/open.ts";
 import { OutputFile } from "../host/output_file.ts";
+import { DEFAULT_CLUSTER_SIZE } from "../format/constants.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
 import { fileIdentities } from "../io/identity.ts";
 import { descriptorIdentity } from "../host/stream_output.ts";
-import { createProgress, type Progress } from "./progress.ts";
-import { formatBytes, formatRate, reworded, warn } from "./_util.ts";
+import {
+  createProgress,
+  createQemuProgress,
+  type Progress,
+  type ProgressExtent,
+  QEMU_COPY_CHUNK,
+  qemuProgressPieces,
+} from "./progress.ts";
+import {
+  formatBytes,
+  formatRate,
+  inQemuWords,
+  reworded,
+  warn,
+} from "./_util.ts";
 import { writeOut } from "./_args.ts";
 import { readFormatsText } from "../reader/formats.ts";
 import { getopt, httpTimeoutHelp, optionHelp } from "./_getopt.ts";
@@ -25,6 +39,7 @@ import {
   optionsHelpFormat,
 } from "./_convert_settings.ts";
 import { type Input, openInput } from "./_convert_input.ts";
+import { openConcatenated } from "./_convert_concat.ts";
 import {
   openTarget,
   type RawSource,
@@ -34,14 +49,16 @@ import {
 } from "./_convert_output.ts";
 import type { Sparsified } from "./_sparsify.ts";
 
-export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC DST
+export const CONVERT_HELP = `Usage: qcow2pipe convert [options] SRC [SRC...] DST
 
 Convert a disk image, with qemu-img's command line (see "Coming from
 qemu-img" in the README for what differs). SRC is an image in one of the
 formats read (see -f): give its format with -f, or it is detected from its
 first bytes (probed). Backing chains, external data files, extents and
 snapshots are followed; a probed image may only lead to files in its own
-directory (see "Untrusted images" in the README). DST is written under a temporary name and put in place
+directory (see "Untrusted images" in the README). Several SRCs are read
+one after the other as one disk, as qemu-img concatenates them (not with
+-l, -B, --sparsify or --disk). DST is written under a temporary name and put in place
 when complete, replacing an existing file as qemu-img does (--no-clobber
 keeps it). DST is never SRC, its backing or data files, or -B's file: they
 are compared by device and inode (hard and symbolic links included).
@@ -71,8 +88,8 @@ ${
     } (default: probed). -f raw reads SRC as raw whatever its bytes; -f with another format follows its backing and data files wherever they are, as qemu-img does`,
   )
 }
-  -O FMT               raw or qcow2 (default: from DST's extension; qcow2
-                       with -c or -B)
+  -O FMT               raw or qcow2 (default: qcow2 with -c or -B or for
+                       a DST named .qcow2, else raw, as in qemu-img)
   -c                   compress clusters: zlib, or what -o compression_type
                        names (qcow2 output)
   -o OPTIONS           qcow2 creation options, key=value[,...]:
@@ -94,8 +111,13 @@ ${
                        included; nothing beyond SRC's size is touched
       --target-is-zero with -n: DST reads as zeros; zeros are not written
   -U, --force-share    accepted: images are read without locks
-  -p, --progress       show a progress bar (default when stderr is a
-                       terminal)
+  -t CACHE, -T CACHE   accepted (none, writeback, writethrough,
+                       directsync, unsafe): the same bytes are written
+                       whatever the cache mode; files go through the page
+                       cache
+  -p, --progress       show progress: a bar on a terminal (the default
+                       there), else qemu-img's "    (NN.NN/100%)" steps
+                       on stdout (stderr when DST is -)
   -q, --quiet          no progress bar, no notices
   -h, --help           show this help
 
@@ -126,9 +148,13 @@ Options of our own:
       --force           accepted: an existing DST is replaced by default
       --sync            flush DST to the device (fdatasync) before
                         putting it in place
+      --verbose         print the summary line ("wrote DST: ...") even
+                        when stderr is not a terminal (qemu-img prints
+                        nothing; neither do we, by default, off a
+                        terminal)
 ${httpTimeoutHelp(24)}
 
-qemu-img options that are not supported (-C, -S, -t, -T, -r, --object,
+qemu-img options that are not supported (-C, -S, -r, --object,
 --image-opts, --target-image-opts, --salvage, --bitmaps,
 --skip-broken-bitmaps) are refused with a line saying why.
 
@@ -182,7 +208,7 @@ async function openSources(run: Run): Promise<Sources> {
   const backingImage = s.backing &&
     await openBacking(s.backing, s.dst, s.http);
   if (backingImage) cleanups.push(() => backingImage.close());
-  const input = await openInput(s.src, {
+  const options = {
     format: s.sourceFormat,
     snapshot: s.snapshot,
     toQcow2: s.outputFormat === "qcow2",
@@ -190,6 +216,26 @@ async function openSources(run: Run): Promise<Sources> {
     notice: run.notice,
     cleanups,
     http: s.http,
+  };
+  if (s.sources.length > 1) {
+    const several = await openConcatenated(s.sources, options, run.pool);
+    const inputs = fileIdentities(
+      [...several.images, backingImage].flatMap((i) => i?.sources() ?? []),
+    );
+    if (s.sources.includes("-")) {
+      const stdin = descriptorIdentity(0, "standard input");
+      if (stdin) inputs.push(stdin);
+    }
+    return {
+      input: several.input,
+      sparse: undefined,
+      backingImage,
+      source: several.input.raw,
+      inputs,
+    };
+  }
+  const input = await openInput(s.src, options).catch((err) => {
+    throw inQemuWords(err, s.src);
   });
   // The file systems' code loads only for --sparsify.
   const sparse = s.sparsify
@@ -323,11 +369,55 @@ async function parseCommandLine(
   return s;
 }
 
+/**
+ * The progress report: none with -q; with -p into a file or pipe,
+ * qemu-img's percentages (on stdout, as qemu-img prints them, or stderr
+ * when DST is stdout); our bar on a terminal (by default there).
+ */
+async function progressOf(s: ConvertSettings, sources: Sources) {
+  const total = sources.input.total;
+  if (s.quiet) return createProgress(false, total);
+  if (!s.progress || Deno.stderr.isTerminal()) {
+    return createProgress(s.progress ?? Deno.stderr.isTerminal(), total);
+  }
+  const { input } = sources;
+  const image = "image" in input ? input.image : input.from;
+  const extents: ProgressExtent[] = [];
+  if (image) {
+    for await (const e of image.extents()) {
+      extents.push({
+        offset: e.offset,
+        length: e.length,
+        data: e.kind === "data" || e.kind === "compressed",
+        depth: e.depth,
+        hostOffset: e.hostOffset,
+        compressed: e.kind === "compressed",
+      });
+    }
+  } else if (total !== undefined) {
+    extents.push({ offset: 0, length: total, data: true });
+  }
+  const chunk = s.compression === "none"
+    ? QEMU_COPY_CHUNK
+    : s.clusterSize ?? DEFAULT_CLUSTER_SIZE;
+  const out = s.dst === "-" ? Deno.stderr : Deno.stdout;
+  const encoder = new TextEncoder();
+  return createQemuProgress(
+    qemuProgressPieces(extents, chunk),
+    (text) => out.writeSync(encoder.encode(text)),
+  );
+}
+
 export async function convertCommand(args: string[]): Promise<number> {
   const s = await parseCommandLine(args);
   if (!s) return 0;
   const notice = (line: string) => {
     if (!s.quiet) warn(line);
+  };
+  // qemu-img prints nothing after a conversion: our summary is for a person
+  // at a terminal, or asked for with --verbose.
+  const summary = (line: string) => {
+    if (s.verbose || (!s.quiet && Deno.stderr.isTerminal())) warn(line);
   };
   await using pool = new CodecPool({ workers: s.workers });
   const run: Run = { s, notice, pool, cleanups: [] };
@@ -338,8 +428,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       // Closes a stream nothing was written to; once written, a no-op.
       run.cleanups.push(() => target.stream.abort().catch(() => {}));
     }
-    const showProgress = !s.quiet && (s.progress ?? Deno.stderr.isTerminal());
-    const progress = createProgress(showProgress, sources.input.total);
+    const progress = await progressOf(s, sources);
     const started = performance.now();
     const written = s.outputFormat === "qcow2"
       ? await writeQcow2(run, sources, target, progress)
@@ -351,7 +440,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     }
     const seconds = (performance.now() - started) / 1000;
     const rate = formatRate(seconds > 0 ? written.guestBytes / seconds : 0);
-    notice(
+    summary(
       `qcow2pipe: wrote ${
         s.dst === "-" ? "standard output" : s.dst
       }: ${written.what} in ${seconds.toFixed(2)} s (${rate})${

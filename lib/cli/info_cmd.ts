@@ -1,4 +1,5 @@
 // `qcow2pipe info`: what `qemu-img info` prints, in its human or JSON form.
+import { inQemuWords } from "./_util.ts";
 import { imageInfo } from "../tools/info.ts";
 import { formatImageInfo, formatImageInfoJson } from "../tools/info_text.ts";
 import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
@@ -57,6 +58,8 @@ export async function infoCommand(args: string[]): Promise<number> {
     backingChain: chain,
     format,
     http,
+  }).catch((err) => {
+    throw inQemuWords(err, path, chain);
   });
   await writeOut(
     output === "json"

@@ -7,7 +7,7 @@ import {
 } from "../tools/map_text.ts";
 import { mapImageEntries } from "../tools/map.ts";
 import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
-import { parseSize, warn } from "./_util.ts";
+import { inQemuWords, parseSize, warn } from "./_util.ts";
 import {
   formatHelp,
   getopt,
@@ -70,7 +70,6 @@ export async function mapCommand(args: string[]): Promise<number> {
     ? undefined
     : parseSize(values["max-length"], "--max-length");
   const out = new OutBuffer();
-  let first = true;
   const format = parseFormat(values.format, "-f");
   const http = httpTransport("map image", values["http-timeout"]);
   await using image = await openNamed(path, http);
@@ -81,6 +80,20 @@ export async function mapCommand(args: string[]): Promise<number> {
     http,
   });
   if (!json) await out.add(MAP_HUMAN_HEADER);
+  try {
+    return await printEntries(entries, out, json);
+  } catch (err) {
+    throw inQemuWords(err, path);
+  }
+}
+
+/** Prints the map's entries; the exit status. */
+async function printEntries(
+  entries: ReturnType<typeof mapImageEntries>,
+  out: OutBuffer,
+  json: boolean,
+): Promise<number> {
+  let first = true;
   for await (const e of entries) {
     if (json) {
       await out.add((first ? "[" : ",\n") + formatMapEntryJson(e));

@@ -111,3 +111,123 @@ export function createProgress(
     },
   };
 }
+
+/**
+ * qemu-img's progress steps: a percentage is printed when it moved by more
+ * than this since the last one printed, and at 0 and 100.
+ */
+const QEMU_MIN_SKIP = 1;
+/** qemu-img's convert copies at most this much per request (IO_BUF_SIZE). */
+export const QEMU_COPY_CHUNK = 2 * 1024 * 1024;
+
+/**
+ * One step of qemu-img's progress: `    (25.00/100%)` and a carriage return.
+ *
+ * @param percent How far, 0 to 100.
+ * @returns The text to print.
+ */
+export function qemuProgressLine(percent: number): string {
+  return `    (${Math.fround(percent).toFixed(2)}/100%)\r`;
+}
+
+/**
+ * Progress as qemu-img prints it with `-p` when it is not drawing a bar for
+ * a terminal: `    (NN.NN/100%)` and a carriage return at each step, a
+ * newline at the end. A step is a piece of the data to copy (`pieces`: the
+ * guest offset where each piece ends and its length, in order), counted
+ * once the conversion has passed its end; the percentage is of the data
+ * (zero and unallocated ranges count for nothing), in single precision as
+ * qemu-img keeps it.
+ *
+ * @param pieces The data pieces to copy, in guest order.
+ * @param write Where the text goes (qemu-img writes it on stdout).
+ * @returns The progress, started at 0.
+ */
+export function createQemuProgress(
+  pieces: { end: number; length: number }[],
+  write: (text: string) => void,
+): Progress {
+  const total = pieces.reduce((sum, p) => sum + p.length, 0);
+  let current = 0;
+  let lastPrinted = 0;
+  let next = 0;
+  let done = 0;
+  const print = (percent: number) => {
+    current = Math.fround(Math.min(100, percent));
+    if (
+      current > lastPrinted + QEMU_MIN_SKIP ||
+      current < lastPrinted - QEMU_MIN_SKIP || current === 100 ||
+      current === 0
+    ) {
+      lastPrinted = current;
+      write(qemuProgressLine(current));
+    }
+  };
+  print(0);
+  const advance = (offset: number) => {
+    while (next < pieces.length && pieces[next].end <= offset) {
+      done += pieces[next++].length;
+      print(100 * done / total);
+    }
+  };
+  return {
+    update: advance,
+    finish() {
+      advance(Infinity);
+      print(100);
+      write("\n");
+    },
+  };
+}
+
+/** An extent as qemu-img's progress sees it. */
+export interface ProgressExtent {
+  offset: number;
+  length: number;
+  /** Whether it holds data qemu-img copies (not zeros, not a hole). */
+  data: boolean;
+  /** Where its bytes are: the image of the chain and the host offset. */
+  depth?: number;
+  hostOffset?: number;
+  /** A compressed cluster: a piece of its own. */
+  compressed?: boolean;
+}
+
+/**
+ * The pieces `createQemuProgress` counts: the runs of data as QEMU's block
+ * status reports them (extents joined while they lie one after the other
+ * in the same file of the chain; compressed clusters one by one), each cut
+ * into copies of at most `chunk` bytes.
+ *
+ * @param extents The source's extents, in guest order.
+ * @param chunk The most bytes qemu-img copies at once.
+ * @returns The pieces, in guest order.
+ */
+export function qemuProgressPieces(
+  extents: Iterable<ProgressExtent>,
+  chunk: number,
+): { end: number; length: number }[] {
+  const runs: { offset: number; end: number; last: ProgressExtent }[] = [];
+  for (const e of extents) {
+    if (!e.data || e.length === 0) continue;
+    const run = runs.at(-1);
+    const prev = run?.last;
+    const joins = run !== undefined && prev !== undefined &&
+      run.end === e.offset && !e.compressed && !prev.compressed &&
+      prev.depth === e.depth &&
+      (prev.hostOffset === undefined ||
+        prev.hostOffset + prev.length === e.hostOffset);
+    if (joins) {
+      run.end += e.length;
+      run.last = e;
+    } else runs.push({ offset: e.offset, end: e.offset + e.length, last: e });
+  }
+  const pieces: { end: number; length: number }[] = [];
+  for (const run of runs) {
+    for (let at = run.offset; at < run.end; at += chunk) {
+      const length = Math.min(chunk, run.end - at);
+      pieces.push({ end: at + length, length });
+    }
+  }
+  return pieces;
+}

@@ -71,6 +71,33 @@ export const V3_MIN_HEADER_LENGTH = 104;
 export const V3_HEADER_LENGTH = 112;
 
 /**
+ * The largest L1 index QEMU 7.2 keeps (a C `int`): an image whose virtual
+ * size needs more L1 entries is "too big" for it.
+ *
+ * @example The largest virtual size with 64 KiB clusters
+ * ```ts
+ * import assert from "node:assert";
+ * import { MAX_L1_INDEX } from "./constants.ts";
+ * const perL1Entry = 65536 * (65536 / 8); // one L2 table's reach: 512 MiB
+ * assert.strictEqual((MAX_L1_INDEX + 1) * perL1Entry, 2 ** 60);
+ * ```
+ */
+export const MAX_L1_INDEX = 2 ** 31 - 1;
+
+/**
+ * The cluster size written when none is asked for (64 KiB), as qemu-img
+ * creates qcow2 images.
+ *
+ * @example Clusters a 1 GiB disk needs at the default size
+ * ```ts
+ * import assert from "node:assert";
+ * import { DEFAULT_CLUSTER_SIZE } from "./constants.ts";
+ * assert.strictEqual((1 << 30) / DEFAULT_CLUSTER_SIZE, 16384);
+ * ```
+ */
+export const DEFAULT_CLUSTER_SIZE = 65536;
+
+/**
  * Smallest `cluster_bits` (512-byte clusters).
  *
  * @example Check a cluster size a user asked for

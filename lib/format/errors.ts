@@ -108,7 +108,30 @@ export interface Qcow2ErrorOptions extends ErrorOptions {
   offset?: number;
   /** Name of the offending field, as the specification spells it. */
   field?: string;
+  /**
+   * How QEMU 7.2 words the same condition, where scripts written for
+   * qemu-img expect its words: the reason it gives for not opening the
+   * image (qemu-img prints `Could not open 'NAME': REASON`), or its whole
+   * message.
+   */
+  qemu?: QemuWords;
 }
+
+/**
+ * QEMU's words for an error: the reason an image could not be opened, or a
+ * whole message (without qemu-img's program name).
+ *
+ * @example The reason QEMU gives for a short L1 table
+ * ```ts
+ * import assert from "node:assert";
+ * import { Qcow2Error } from "./errors.ts";
+ * const err = new Qcow2Error("OUT_OF_RANGE", "Cannot open image: l1_size 0 is too small", {
+ *   qemu: { reason: "L1 table is too small" },
+ * });
+ * assert.deepStrictEqual(err.qemu, { reason: "L1 table is too small" });
+ * ```
+ */
+export type QemuWords = { reason: string } | { message: string };
 
 /**
  * An image is malformed, unsupported or corrupt. The message is one line in
@@ -134,6 +157,8 @@ export class Qcow2Error extends Error {
   readonly offset: number | undefined;
   /** Name of the offending field, when known. */
   readonly field: string | undefined;
+  /** QEMU's words for the condition, where it has words of its own. */
+  readonly qemu: QemuWords | undefined;
 
   /**
    * Creates an error.
@@ -152,6 +177,7 @@ export class Qcow2Error extends Error {
     this.code = code;
     this.offset = options.offset;
     this.field = options.field;
+    this.qemu = options.qemu;
   }
 }
 

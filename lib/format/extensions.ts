@@ -155,16 +155,17 @@ function decodeExtension(
       return { kind: "data-file", name: decodeText(data) };
     case EXTENSION.FEATURE_TABLE: {
       const features: FeatureName[] = [];
-      for (
-        let i = 0;
-        i + FEATURE_NAME_ENTRY_LENGTH <= data.length;
-        i += FEATURE_NAME_ENTRY_LENGTH
-      ) {
-        const raw = data.subarray(i + 2, i + FEATURE_NAME_ENTRY_LENGTH);
+      // A last entry cut short is read as QEMU reads it: the missing bytes
+      // are zeros (QEMU copies the extension into a zeroed table).
+      for (let i = 0; i < data.length; i += FEATURE_NAME_ENTRY_LENGTH) {
+        const raw = data.subarray(
+          Math.min(i + 2, data.length),
+          i + FEATURE_NAME_ENTRY_LENGTH,
+        );
         const nul = raw.indexOf(0);
         features.push({
           type: data[i],
-          bit: data[i + 1],
+          bit: data[i + 1] ?? 0,
           name: decodeText(nul < 0 ? raw : raw.subarray(0, nul)),
         });
       }

@@ -18,6 +18,7 @@
 import {
   COMPRESSION_TYPE,
   INCOMPAT,
+  MAX_L1_INDEX,
   QCOW2_MAGIC,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
@@ -132,6 +133,30 @@ export function hasQcow2Magic(head: Uint8Array): boolean {
 }
 
 /**
+ * The virtual size; past 2^53 refused, in QEMU's words when QEMU refuses it
+ * too (an L1 index past a C int).
+ */
+function sizeOf(view: DataView): number {
+  try {
+    return readU64(view, 24, "size", ACTION);
+  } catch (err) {
+    const clusterBits = BigInt(Math.min(view.getUint32(20), 63));
+    const perL1 = clusterBits + clusterBits - 3n;
+    if (
+      !(err instanceof Qcow2Error) ||
+      (view.getBigUint64(24) >> perL1) <= BigInt(MAX_L1_INDEX)
+    ) {
+      throw err;
+    }
+    throw new Qcow2Error(err.code, err.message, {
+      offset: err.offset,
+      field: err.field,
+      qemu: { reason: "Image is too big" },
+    });
+  }
+}
+
+/**
  * Parses a qcow2 header from the first bytes of an image: the fixed fields,
  * the extensions (up to the backing file name or the end of the first
  * cluster) and the backing file name. Only the structure is checked here;
@@ -183,7 +208,7 @@ export function parseHeader(bytes: Uint8Array): Qcow2Header {
     backingFileOffset: u64(8, "backing_file_offset"),
     backingFileSize: view.getUint32(16),
     clusterBits: view.getUint32(20),
-    size: u64(24, "size"),
+    size: sizeOf(view),
     cryptMethod: view.getUint32(32),
     l1Size: view.getUint32(36),
     l1TableOffset: u64(40, "l1_table_offset"),
@@ -453,7 +478,8 @@ export function defaultHeader(options: DefaultHeaderOptions): Qcow2Header {
 }
 
 /**
- * The backing format named by the header's backing format extension.
+ * The backing format named by the header's backing format extension (the
+ * last one, when an image has several, as QEMU reads them).
  *
  * @param header A parsed header.
  * @returns The format string, or undefined when the extension is absent.
@@ -466,10 +492,10 @@ export function defaultHeader(options: DefaultHeaderOptions): Qcow2Header {
  * ```
  */
 export function backingFormat(header: Qcow2Header): string | undefined {
-  for (const ext of header.extensions) {
-    if (ext.kind === "backing-format") return ext.format;
-  }
-  return undefined;
+  // QEMU reads every extension in order, and a later backing format
+  // extension replaces an earlier one: the last one wins.
+  return header.extensions.findLast((ext) => ext.kind === "backing-format")
+    ?.format;
 }
 
 /**

@@ -15,6 +15,7 @@ import {
   MAX_BITMAPS,
   MAX_CLUSTER_BITS,
   MAX_L1_BYTES,
+  MAX_L1_INDEX,
   MAX_REFCOUNT_ORDER,
   MAX_REFTABLE_BYTES,
   MAX_SNAPSHOTS,
@@ -52,10 +53,12 @@ function fail(
   code: "OUT_OF_RANGE" | "UNALIGNED" | "RESERVED_BITS" | "BAD_EXTENSION",
   field: string,
   reason: string,
+  qemuReason?: string,
 ): never {
   throw new Qcow2Error(code, `Cannot ${ACTION}: ${field} ${reason}`, {
     offset: FIELD_AT[field],
     field,
+    qemu: qemuReason === undefined ? undefined : { reason: qemuReason },
   });
 }
 
@@ -173,13 +176,26 @@ function validateTables(header: Qcow2Header): void {
   const extendedL2 =
     (header.incompatibleFeatures & INCOMPAT.EXTENDED_L2) !== 0n;
   const maxL1 = MAX_L1_BYTES / 8;
-  range("l1_size", header.l1Size, 0, maxL1);
+  if (header.l1Size > maxL1) {
+    fail(
+      "OUT_OF_RANGE",
+      "l1_size",
+      `${header.l1Size} is out of range [0, ${maxL1}]`,
+      "Active L1 table too large",
+    );
+  }
   const needed = l1SizeFor(header.size, header.clusterBits, extendedL2);
+  // QEMU's checks, in its order: an L1 index past a C int, then an L1
+  // table shorter than the virtual size needs.
+  const qemuReason = needed > MAX_L1_INDEX
+    ? "Image is too big"
+    : "L1 table is too small";
   if (needed > maxL1) {
     fail(
       "OUT_OF_RANGE",
       "size",
       `${header.size} needs ${needed} L1 entries, more than QEMU's limit of ${maxL1} for ${clusterSize}-byte clusters`,
+      qemuReason,
     );
   }
   if (header.l1Size < needed) {
@@ -187,6 +203,7 @@ function validateTables(header: Qcow2Header): void {
       "OUT_OF_RANGE",
       "l1_size",
       `${header.l1Size} is too small for virtual size ${header.size} (needs at least ${needed})`,
+      qemuReason,
     );
   }
   aligned("l1_table_offset", header.l1TableOffset, clusterSize);
@@ -283,6 +300,32 @@ function validateExtensions(header: Qcow2Header): void {
 }
 
 /**
+ * QEMU's words for unknown incompatible features: the names the (last)
+ * feature name table gives them, in the table's order (read up to its
+ * first nameless entry), then the bits left unnamed as one hexadecimal
+ * mask.
+ */
+function unsupportedFeatureText(header: Qcow2Header, unknown: bigint): string {
+  const parts: string[] = [];
+  let mask = unknown;
+  // QEMU keeps the last feature name table it reads.
+  const last = header.extensions.findLast((e) => e.kind === "feature-table");
+  const table = last?.kind === "feature-table" ? last.features : [];
+  for (const f of table) {
+    if (f.name === "") break;
+    const bit = 1n << BigInt(f.bit);
+    if (f.type === 0 && f.bit < 64 && (mask & bit) !== 0n) {
+      parts.push(f.name.slice(0, 46));
+      mask &= ~bit;
+    }
+  }
+  if (mask !== 0n) {
+    parts.push(`Unknown incompatible feature: ${mask.toString(16)}`);
+  }
+  return `Unsupported qcow2 feature(s): ${parts.join(", ")}`;
+}
+
+/**
  * Refuses images this implementation must not read: unknown incompatible
  * feature bits, the corrupt bit, and encryption.
  *
@@ -324,7 +367,11 @@ export function assertReadable(
       `Cannot ${ACTION}: incompatible_features ${
         hex(header.incompatibleFeatures)
       } has unknown ${names.join(", ")}`,
-      { offset: 72, field: "incompatible_features" },
+      {
+        offset: 72,
+        field: "incompatible_features",
+        qemu: { reason: unsupportedFeatureText(header, unknown) },
+      },
     );
   }
   // Inspecting an image read-only, QEMU accepts the corrupt bit (it only

@@ -21,7 +21,7 @@
  * @module
  */
 
-import { Qcow2Error } from "../format/errors.ts";
+import { Qcow2Error, type QemuWords } from "../format/errors.ts";
 import { hostFiles, isNotFound, openHostFile } from "../io/host_files.ts";
 import {
   HttpSource,
@@ -660,18 +660,24 @@ export class ReferenceGate {
   }
 }
 
-/** A backing chain refused as a whole (too deep). */
-function chainError(stored: string, reason: string): Qcow2Error {
+/** A backing chain refused as a whole (too deep, or looping). */
+function chainError(
+  stored: string,
+  reason: string,
+  qemu?: QemuWords,
+): Qcow2Error {
   return new Qcow2Error(
     "BACKING",
     `Cannot open backing file "${stored}": ${reason}`,
-    { field: "backing_file_offset", offset: 8 },
+    { field: "backing_file_offset", offset: 8, qemu },
   );
 }
 
 /** A backing file that is an image already in the chain. */
 function loopError(ref: Reference): Qcow2Error {
-  return chainError(ref.name, `the backing chain loops back to ${ref.name}`);
+  return chainError(ref.name, `the backing chain loops back to ${ref.name}`, {
+    message: `Backing file '${ref.name}' creates an infinite loop.`,
+  });
 }
 
 /** The key of a local file: device and inode (a block device: the device). */

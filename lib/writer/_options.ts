@@ -1,6 +1,7 @@
 // Argument checks shared by the writer stages.
 import {
   COMPRESSED_SECTOR_SIZE,
+  DEFAULT_CLUSTER_SIZE,
   MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS,
 } from "../format/constants.ts";
@@ -25,7 +26,9 @@ export interface PackSettings {
  * type or backing file name.
  */
 export function packSettings(options: Qcow2PackStreamOptions): PackSettings {
-  const clusterSize = checkClusterSize(options.clusterSize ?? 65536);
+  const clusterSize = checkClusterSize(
+    options.clusterSize ?? DEFAULT_CLUSTER_SIZE,
+  );
   const refcountBits = options.refcountBits ?? 16;
   refcountOrderOf(refcountBits);
   const compressionType = options.compressionType ?? "zlib";

@@ -19,6 +19,7 @@ const SPECS = {
   "start-offset": { type: "string" },
   "start-length": { type: "string" },
   salvage: { type: "boolean", unsupported: "errors stop the run" },
+  cache: { type: "string", short: "t", choices: ["none", "writeback"] },
 } as const;
 
 Deno.test("getopt() reads short options as getopt does: bundles, attached and detached values", () => {
@@ -82,6 +83,10 @@ Deno.test("getopt() refuses unknown, ambiguous, unsupported and incomplete optio
     [["-f"], /Option '-f' needs a value/],
     [["--format"], /Option '--format' needs a value/],
     [["--progress=yes"], /Option '--progress' does not take a value/],
+    [
+      ["-t", "bogus"],
+      /^Cannot convert: -t "bogus" is not one of none, writeback$/,
+    ],
   ];
   for (const [args, pattern] of cases) {
     assert.throws(() => getopt("convert", args, SPECS), (err: Error) => {
@@ -90,6 +95,12 @@ Deno.test("getopt() refuses unknown, ambiguous, unsupported and incomplete optio
       return true;
     });
   }
+});
+
+Deno.test("getopt() takes an option with choices for any of them", () => {
+  assert.deepStrictEqual(getopt("convert", ["-tnone"], SPECS).values, {
+    cache: "none",
+  });
 });
 
 Deno.test("splitOptionList() splits -o as QEMU does: ,, is a comma, a bare key is on", () => {

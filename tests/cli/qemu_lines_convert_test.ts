@@ -212,6 +212,48 @@ const LINES: Line[] = [
     line: "convert -f raw -O qcow2 $URL/disk.raw out.qcow2",
     judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
   },
+  // qemu-img's defaults and accepted options
+  {
+    line: "convert disk.qcow2 out.disk",
+    judge: { kind: "image", dst: "out.disk", format: "raw" },
+  },
+  {
+    line: "convert -t none -T writeback -O qcow2 disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line: "convert -p -O qcow2 disk.qcow2 out.qcow2",
+    progress: "exact",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line: "convert -p -O raw top.qcow2 out.raw",
+    progress: "exact",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  // several SRCs, read one after the other
+  {
+    line: "convert -O qcow2 disk.qcow2 base.raw top.qcow2 out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line: "convert -O raw disk.raw packed.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -l first -O raw disk.qcow2 disk.qcow2 out.raw",
+    judge: { kind: "refused", dst: "out.raw" },
+  },
+  {
+    line: "convert -t bogus -O qcow2 disk.raw out.qcow2",
+    judge: { kind: "refused", dst: "out.qcow2" },
+  },
+  // refused in qemu-img's words
+  {
+    line: "convert -O qcow2 -B base.qcow2 new.raw delta.qcow2",
+    judge: { kind: "message" },
+  },
+  { line: "convert -O raw feature.qcow2 out.raw", judge: { kind: "message" } },
   // refused by both
   {
     line: "convert -c -O raw disk.raw out.raw",

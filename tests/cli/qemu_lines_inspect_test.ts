@@ -23,6 +23,7 @@ const LINES: string[] = [
   "check --output=json disk.qcow2",
   "check -q disk.qcow2",
   "check -U -f qcow2 top.qcow2",
+  "check -T none disk.qcow2",
   "check --output=json packed.qcow2",
   "check disk.raw",
   "check $URL/disk.qcow2",
@@ -50,6 +51,25 @@ const LINES: string[] = [
   "compare -U $URL/disk.qcow2 disk.raw",
   "compare $URL/top.qcow2 $URL/base.qcow2",
   "compare -s $URL/disk.qcow2 copy.qcow2",
+  "compare -T writethrough disk.raw base.qcow2",
+];
+
+/** Lines judged otherwise: errors in qemu-img's words, progress. */
+const OTHER_LINES: Line[] = [
+  // an image qemu-img reads its own way: the last backing format wins
+  { line: "info twofmt.qcow2", judge: SAME },
+  { line: "info --output=json twofmt.qcow2", judge: SAME },
+  // refused in qemu-img's words
+  { line: "info feature.qcow2", judge: { kind: "message" } },
+  { line: "check feature.qcow2", judge: { kind: "message" } },
+  { line: "info named.qcow2", judge: { kind: "message" } },
+  { line: "map shortl1.qcow2", judge: { kind: "message" } },
+  { line: "info shortl1.qcow2", judge: { kind: "message" } },
+  { line: "info huge.qcow2", judge: { kind: "message" } },
+  { line: "info --backing-chain loop.qcow2", judge: { kind: "message" } },
+  // -p: qemu-img's first and last steps
+  { line: "compare -p disk.raw base.qcow2", judge: SAME, progress: true },
+  { line: "compare -p disk.raw new.raw", judge: SAME, progress: true },
 ];
 
 qemuTest(
@@ -58,6 +78,9 @@ qemuTest(
     await using fx = await makeFixtures();
     for (const line of LINES) {
       await t.step(line, () => judgeLine(fx, { line, judge: SAME }));
+    }
+    for (const line of OTHER_LINES) {
+      await t.step(line.line, () => judgeLine(fx, line));
     }
   },
 );

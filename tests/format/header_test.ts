@@ -261,8 +261,9 @@ Deno.test("backingFormat(), dataFileName() and hasExtension() report absent exte
   assert.strictEqual(hasExtension(h, EXTENSION.FEATURE_TABLE), false);
   h.extensions.push({ kind: "backing-format", format: "raw" });
   h.extensions.push({ kind: "backing-format", format: "qcow2" });
-  // The first one wins.
-  assert.strictEqual(backingFormat(h), "raw");
+  // The last one wins, as QEMU reads them (iotest 114; judged by qemu-img
+  // in tests/cli/qemu_lines_inspect_test.ts, "info twofmt.qcow2").
+  assert.strictEqual(backingFormat(h), "qcow2");
 });
 
 Deno.test("parseHeader() rejects input shorter than the 72-byte header", () => {

@@ -622,7 +622,10 @@ qemuTest(
         ]);
         assertOneLineError(
           r,
-          /Cannot open backing file "[^"]+": the backing chain loops back to /,
+          args[0] === "info"
+            // qemu-img's words for the loop `info --backing-chain` finds
+            ? /^qcow2pipe: Backing file '[^']+' creates an infinite loop\.$/
+            : /Cannot open backing file "[^"]+": the backing chain loops back to /,
         );
       }
     }
@@ -681,7 +684,11 @@ qemuTest(
         ["convert", "-O", "raw", src, join(s.root, "o.raw")],
       ]
     ) {
-      assertOneLineError(await runCli(args), loops);
+      assertOneLineError(
+        await runCli(args),
+        // qemu-img's words for the loop `info --backing-chain` finds
+        args[0] === "info" ? /creates an infinite loop\.$/ : loops,
+      );
     }
     const compare = await runCli(["compare", src, join(img, "base.raw")]);
     assert.strictEqual(compare.code, 2, compare.stderr);

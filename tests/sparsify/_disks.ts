@@ -633,6 +633,7 @@ export async function expectUntouched(
   const dst = join(dir, "out.qcow2");
   const r = await runCli([
     "convert",
+    "--verbose",
     "--sparsify",
     "--compress",
     "zstd",

@@ -267,6 +267,7 @@ diskTest(
     const file = join(dir.path, "file.qcow2");
     const r1 = await runCli([
       "convert",
+      "--verbose",
       "--sparsify",
       "--compress",
       "zstd",

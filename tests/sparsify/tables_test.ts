@@ -197,6 +197,7 @@ diskTest(
     const dst = join(dir.path, "out.qcow2");
     const r = await runCli([
       "convert",
+      "--verbose",
       "--sparsify",
       "--compress",
       "zstd",

@@ -58,7 +58,7 @@ qemuTest(
     await using dir = await tempDir();
     await Deno.writeFile(join(dir.path, "disk.raw"), sampleDisk(6 << 20));
     const to = await sh(
-      `cat disk.raw | ${run} convert --compress zstd -O qcow2 - - > out.qcow2`,
+      `cat disk.raw | ${run} convert --verbose --compress zstd -O qcow2 - - > out.qcow2`,
       dir.path,
     );
     assert.strictEqual(to.code, 0, to.stderr);
@@ -161,7 +161,7 @@ qemuTest(
       // qcow2 URL -> raw file
       const before = server.bytesSent;
       const b = await sh(
-        `${run} convert ${server.url("q.qcow2")} b.raw`,
+        `${run} convert --verbose ${server.url("q.qcow2")} b.raw`,
         dir.path,
       );
       assert.strictEqual(b.code, 0, b.stderr);

@@ -296,7 +296,7 @@ Deno.test("cli demo: --size is documented with its range and one placeholder, an
 });
 
 qemuTest(
-  "cli convert: raw to qcow2 and qcow2 to raw both end with a summary in binary units, unless -q",
+  "cli convert: with --verbose, raw to qcow2 and qcow2 to raw both end with a summary in binary units, unless -q",
   async () => {
     await using dir = await tempDir();
     const cwd = dir.path;
@@ -327,9 +327,14 @@ qemuTest(
       ],
     ];
     for (const [args, summary] of runs) {
-      const r = await runCli(args, { cwd });
+      const r = await runCli(["convert", "--verbose", ...args.slice(1)], {
+        cwd,
+      });
       assert.strictEqual(r.code, 0, r.stderr);
       assert.match(r.stderr, summary, args.join(" "));
+      // Without --verbose, off a terminal: nothing, as qemu-img.
+      const silent = await runCli(args, { cwd });
+      assert.strictEqual(silent.stderr, "", args.join(" "));
       const quiet = await runCli(
         ["convert", "-q", ...args.slice(1)],
         { cwd },
