@@ -41,7 +41,9 @@ const REAL_QEMU_IMG = "/usr/bin/qemu-img";
 /**
  * The wrapper run as qemu-img in "ours" mode. qemu-img names itself in
  * its messages by the name it was run as (its last path component), so
- * the `qcow2pipe: ` that starts our lines becomes the wrapper's name.
+ * the wrapper gives its name in QCOW2PIPE_PROGRAM_NAME, which our lines
+ * start with instead of `qcow2pipe: ` (written by the CLI itself, so that
+ * stderr keeps its order with stdout).
  */
 function wrapperScript(): string {
   return `#!/bin/bash
@@ -51,10 +53,7 @@ case "$1" in
   ${OUR_COMMANDS.join("|")}) ;;
   *) exec ${REAL_QEMU_IMG} "$@" ;;
 esac
-${Deno.execPath()} run -A --quiet ${checkout}cli.ts "$@" 2> >(sed -u "s#^qcow2pipe: #\${0##*/}: #" >&2)
-status=$?
-wait $!
-exit $status
+QCOW2PIPE_PROGRAM_NAME="\${0##*/}" exec ${Deno.execPath()} run -A --quiet ${checkout}cli.ts "$@"
 `;
 }
 

@@ -266,5 +266,32 @@ export function setStatusLine(
 export function warn(line: string): void {
   const erase = eraseStatus();
   status = undefined;
-  Deno.stderr.writeSync(encoder.encode(erase + line + "\n"));
+  const named = line.startsWith(PREFIX)
+    ? programName() + line.slice(PREFIX.length - 2)
+    : line;
+  Deno.stderr.writeSync(encoder.encode(erase + named + "\n"));
+}
+
+/** How our messages start. */
+const PREFIX = "qcow2pipe: ";
+/** Where a wrapper that runs us under another name says which. */
+const NAME_VARIABLE = "QCOW2PIPE_PROGRAM_NAME";
+let name: string | undefined;
+
+/**
+ * The name messages start with: qcow2pipe, or the name a wrapper gives in
+ * QCOW2PIPE_PROGRAM_NAME (qemu-img names itself by the name it was run
+ * as, and qemu-iotests' expected outputs say `qemu-img: `; iotests/ runs
+ * us that way). Read only where the environment may be read, so that
+ * narrow permissions neither prompt nor fail.
+ */
+function programName(): string {
+  if (name !== undefined) return name;
+  name = "qcow2pipe";
+  const env = { name: "env", variable: NAME_VARIABLE } as const;
+  if (Deno.permissions.querySync(env).state === "granted") {
+    const given = Deno.env.get(NAME_VARIABLE);
+    if (given && /^[\w.+-]{1,64}$/.test(given)) name = given;
+  }
+  return name;
 }
