@@ -16,7 +16,7 @@ import {
   textTable,
 } from "./_compare_report.ts";
 import { CLI, DENO, timed } from "./_compare_run.ts";
-import { GiB, loadavg, log, median, MiB, mib } from "./_compare_util.ts";
+import { GiB, loadavg, log, median, mib, RSS_TARGET } from "./_compare_util.ts";
 import { type ToolsImage, toolsImage } from "./_compare_tools_images.ts";
 
 /** One command of the row. */
@@ -206,8 +206,8 @@ export function toolsTargets(results: ToolsResult[]): Target[] {
     ...results.flatMap((r) => r.samples.ours.map((s) => s.rssKiB * 1024)),
   );
   out.push({
-    name: "check/map/compare peak RSS ≤ 160 MiB",
-    met: peak <= 160 * MiB,
+    name: `check/map/compare peak RSS ≤ ${mib(RSS_TARGET)}`,
+    met: peak <= RSS_TARGET,
     measured: mib(peak),
   });
   const byImage = (name: string, op: string) =>

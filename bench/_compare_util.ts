@@ -190,3 +190,6 @@ export async function machine(): Promise<Machine> {
     busyProcesses: await busyProcesses(),
   };
 }
+
+/** Issue 26's bound on our peak resident memory, on every path. */
+export const RSS_TARGET = 160 * 1024 * 1024;

@@ -64,7 +64,7 @@ import { buildBigDisk, buildDisk } from "./_compare_disk.ts";
 import { TOOLS_IMAGES, toolsSection } from "./_compare_tools.ts";
 import {
   cappedMarkdown,
-  cappedTarget,
+  cappedTargets,
   httpMarkdown,
   type HttpRow,
   httpTargets,
@@ -376,7 +376,7 @@ async function main(): Promise<number> {
       ...targets(results),
       ...httpTargets(http),
       ...tools.targets,
-      ...(capped ? [cappedTarget(capped)] : []),
+      ...(capped ? cappedTargets(capped) : []),
     ];
 
     console.log(`\n${textTable(mainRows)}\n\n${textTable(scaling)}\n`);
