@@ -83,12 +83,16 @@ qemuTest(
       ]
     ) {
       const r = await runCli(args);
+      // Our words, or qemu-img's where its tests expect them (iotest 054:
+      // "Could not open 'IMG': Image is too big").
+      const tooBig =
+        /size 0x7ffffffffffffe00 is out of range|^qcow2pipe: Could not open '.*huge\.qcow2': Image is too big$/m;
       if (args[0] === "compare") {
         // qemu-img compare exits 2 when an image cannot be opened
         assert.strictEqual(r.code, 2, r.stderr);
-        assert.match(r.stderr, /size 0x7ffffffffffffe00 is out of range/);
+        assert.match(r.stderr, tooBig);
       } else {
-        assertOneLineError(r, /size 0x7ffffffffffffe00 is out of range/);
+        assertOneLineError(r, tooBig);
       }
     }
     const check = await runCli(["check", img]);

@@ -140,7 +140,10 @@ for (const p of PACKINGS) {
       await packedDir(dir);
       const raw = join(dir, "disk.raw");
       // From the file: qcow2, judged by qemu-img; raw, byte for byte.
-      const notice = await ok(`${cli} convert ${p.file} file.qcow2`, dir);
+      const notice = await ok(
+        `${cli} convert --verbose ${p.file} file.qcow2`,
+        dir,
+      );
       assert.match(notice, /unpacking it as it is read/);
       assert.strictEqual(notice.trim().split("\n").length, p.inner ? 3 : 2);
       await qemuCompareIdentical(raw, join(dir, "file.qcow2"));
