@@ -116,7 +116,7 @@ export async function readCompressedItem(item: PlanItem): Promise<Uint8Array> {
  * `into` (at least `length` bytes, a buffer the caller reuses) when given.
  */
 export async function readThroughPlan(
-  image: GuestImage,
+  image: Pick<GuestImage, "plan">,
   offset: number,
   length: number,
   into?: Uint8Array,
@@ -137,12 +137,58 @@ export async function readThroughPlan(
 
 /** The extents of `[offset, offset + length)` of an image, from its plan. */
 export async function* extentsOf(
-  image: GuestImage,
+  image: Pick<GuestImage, "plan" | "virtualSize">,
   offset: number,
   length: number | undefined,
 ): AsyncGenerator<Extent> {
   const items = image.plan(offset, length ?? image.virtualSize - offset, 0);
   for await (const item of items) yield toExtent(item);
+}
+
+/**
+ * What every format's image answers from its plan: its reads and its
+ * extents. Each image class extends it and gives `plan()` and
+ * `virtualSize`.
+ */
+export abstract class PlannedImage {
+  /** The guest disk's size in bytes. */
+  abstract readonly virtualSize: number;
+
+  /**
+   * Plans reading `[offset, offset + length)`.
+   *
+   * @param offset Guest offset.
+   * @param length Bytes to cover.
+   * @param depth Depth of this image in the chain.
+   * @returns Plan items, in guest order.
+   */
+  abstract plan(
+    offset: number,
+    length: number,
+    depth: number,
+  ): AsyncGenerator<PlanItem>;
+
+  /**
+   * Reads guest bytes by walking the plan (zeros where nothing is stored).
+   *
+   * @param offset Guest offset.
+   * @param length Bytes wanted.
+   * @returns The bytes.
+   */
+  readAt(offset: number, length: number): Promise<Uint8Array> {
+    return readThroughPlan(this, offset, length);
+  }
+
+  /**
+   * Lists the extents of a range in order, from the plan.
+   *
+   * @param offset Guest offset.
+   * @param length Bytes to cover (the rest of the disk by default).
+   * @returns The extents.
+   */
+  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
+    return extentsOf(this, offset, length);
+  }
 }
 
 /** Plans a range of a backing image; beyond its end the guest reads zeros. */

@@ -14,7 +14,6 @@ import { viewOf } from "../../bytes/binary.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
-  Extent,
   GuestImage,
   ImageDescription,
   PlanItem,
@@ -22,7 +21,7 @@ import type {
 import type { OpenPurpose } from "../image_type.ts";
 import { readPadded } from "../read.ts";
 import { checkRange, readExact } from "../_bounds.ts";
-import { extentsOf, planBacking, readThroughPlan } from "../_read.ts";
+import { planBacking, PlannedImage } from "../_read.ts";
 import { decodeQcowL2Entry, type QcowHeader } from "./header.ts";
 
 const SECTOR = 512;
@@ -59,7 +58,7 @@ export interface QcowImageInit {
 /**
  * An opened qcow (version 1) image. Open it with `openImage`.
  */
-export class QcowImage implements GuestImage {
+export class QcowImage extends PlannedImage implements GuestImage {
   /** Always `qcow`. */
   readonly format = "qcow" as const;
   /** The parsed header. */
@@ -77,6 +76,7 @@ export class QcowImage implements GuestImage {
   readonly #cache: LruCache<number, Promise<Uint8Array>>;
 
   private constructor(init: QcowImageInit, l1: Uint8Array | undefined) {
+    super();
     this.header = init.header;
     this.backing = init.backing;
     this.#source = init.source;
@@ -271,28 +271,6 @@ export class QcowImage implements GuestImage {
       }
     }
     if (run) yield run;
-  }
-
-  /**
-   * Reads guest bytes.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes wanted.
-   * @returns The bytes.
-   */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
-  }
-
-  /**
-   * Lists extents in order, following the backing chain.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes to cover.
-   * @returns The extents.
-   */
-  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    return extentsOf(this, offset, length);
   }
 
   /**

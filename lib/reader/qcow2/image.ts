@@ -27,14 +27,13 @@ import type { CompressionType } from "../../codec/codecs.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
-  Extent,
   GuestImage,
   ImageDescription,
   PlanItem,
 } from "../image.ts";
 import type { OpenedDataFile, OpenPurpose } from "../image_type.ts";
 import { readPadded } from "../read.ts";
-import { extentsOf, planBacking, readThroughPlan } from "../_read.ts";
+import { planBacking, PlannedImage } from "../_read.ts";
 import { checkRange, readExact } from "../_bounds.ts";
 import { type Mapping, Qcow2Mapping } from "./mapping.ts";
 import { Qcow2Status } from "./status.ts";
@@ -91,7 +90,7 @@ export interface Qcow2ImageInit {
  * assert.strictEqual((await image.readAt(99_999, 1))[0], 9);
  * ```
  */
-export class Qcow2Image implements GuestImage {
+export class Qcow2Image extends PlannedImage implements GuestImage {
   /** Always `qcow2`. */
   readonly format = "qcow2" as const;
   /** The parsed header. */
@@ -125,6 +124,7 @@ export class Qcow2Image implements GuestImage {
   #status: Qcow2Status | undefined;
 
   private constructor(init: Qcow2ImageInit, l1?: Uint8Array) {
+    super();
     const { header, snapshot } = init;
     this.header = header;
     this.geometry = geometryOf(header);
@@ -264,31 +264,6 @@ export class Qcow2Image implements GuestImage {
   #l1Table(): Promise<Uint8Array> {
     this.#l1 ??= readPadded(this.#source, this.#l1Offset, this.#l1Size * 8);
     return this.#l1;
-  }
-
-  /**
-   * Reads guest bytes.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes wanted.
-   * @returns The bytes.
-   * @throws {RangeError} When the range leaves the virtual disk.
-   * @throws {Qcow2Error} When the image is corrupt.
-   */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
-  }
-
-  /**
-   * Lists extents in order, following the backing chain for unallocated
-   * ranges.
-   *
-   * @param offset Guest offset to start at.
-   * @param length Bytes to cover.
-   * @returns The extents.
-   */
-  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    return extentsOf(this, offset, length);
   }
 
   /**

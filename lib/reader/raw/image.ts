@@ -8,14 +8,13 @@ import type { RandomAccessSource } from "../../io/source.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
-  Extent,
   GuestImage,
   ImageDescription,
   PlanItem,
 } from "../image.ts";
 import { checkRange } from "../_bounds.ts";
 import { rawVirtualSize } from "../../format/geometry.ts";
-import { extentsOf, readThroughPlan } from "../_read.ts";
+import { PlannedImage } from "../_read.ts";
 import { fileStatus, SourceHoles } from "../_file_status.ts";
 
 /**
@@ -33,7 +32,7 @@ import { fileStatus, SourceHoles } from "../_file_status.ts";
  * assert.deepStrictEqual(await image.readAt(2, 2), new Uint8Array([3, 0]));
  * ```
  */
-export class RawImage implements GuestImage {
+export class RawImage extends PlannedImage implements GuestImage {
   /** Always `raw`. */
   readonly format = "raw" as const;
   /** Raw images have no backing file. */
@@ -52,6 +51,7 @@ export class RawImage implements GuestImage {
    * @param name What to call the image (default: the source's name).
    */
   constructor(source: RandomAccessSource, owned = false, name?: string) {
+    super();
     this.#source = source;
     this.#owned = owned;
     this.#name = name ?? source.name ?? "<raw>";
@@ -80,28 +80,6 @@ export class RawImage implements GuestImage {
   /** The image's name (by default, its source's). */
   get name(): string {
     return this.#name;
-  }
-
-  /**
-   * Reads bytes.
-   *
-   * @param offset Offset.
-   * @param length Length.
-   * @returns The bytes.
-   */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
-  }
-
-  /**
-   * One data extent covering the range.
-   *
-   * @param offset Offset.
-   * @param length Length.
-   * @returns The extent.
-   */
-  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    return extentsOf(this, offset, length);
   }
 
   /**

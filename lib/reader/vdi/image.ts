@@ -12,14 +12,13 @@ import { viewOf } from "../../bytes/binary.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
-  Extent,
   FormatCheck,
   GuestImage,
   ImageDescription,
   PlanItem,
 } from "../image.ts";
 import { checkRange, readExact } from "../_bounds.ts";
-import { extentsOf, readThroughPlan } from "../_read.ts";
+import { PlannedImage } from "../_read.ts";
 import { fileStatus, SourceHoles } from "../_file_status.ts";
 import { rawVirtualSize } from "../../format/geometry.ts";
 import { checkVdi } from "./check.ts";
@@ -43,7 +42,7 @@ interface VdiRun {
  * An opened VDI image, dynamic or static. Open it with `openImage` (an
  * example is on `vdiType`).
  */
-export class VdiImage implements GuestImage {
+export class VdiImage extends PlannedImage implements GuestImage {
   /** Always `vdi`. */
   readonly format = "vdi" as const;
   /** VDI images read here have no parent. */
@@ -63,6 +62,7 @@ export class VdiImage implements GuestImage {
     name: string,
     owned: boolean,
   ) {
+    super();
     this.#source = source;
     this.header = header;
     this.#bmap = bmap;
@@ -168,28 +168,6 @@ export class VdiImage implements GuestImage {
       pos += n;
     }
     if (run) yield run;
-  }
-
-  /**
-   * Reads guest bytes.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes wanted.
-   * @returns The bytes.
-   */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
-  }
-
-  /**
-   * Lists the extents covering a range.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes to cover.
-   * @returns The extents.
-   */
-  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    return extentsOf(this, offset, length);
   }
 
   /**

@@ -12,7 +12,6 @@ import type { RandomAccessSource } from "../../io/source.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
-  Extent,
   ExtentKind,
   FormatCheck,
   GuestImage,
@@ -20,7 +19,7 @@ import type {
   PlanItem,
 } from "../image.ts";
 import { checkRange } from "../_bounds.ts";
-import { extentsOf, readThroughPlan } from "../_read.ts";
+import { PlannedImage } from "../_read.ts";
 import { readExact } from "../_bounds.ts";
 import { batEntry, BLOCK_STATE } from "./layout.ts";
 import { parentPath, type VhdxLayout } from "./open.ts";
@@ -65,7 +64,7 @@ const STATE_NAMES: Record<number, string> = {
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export class VhdxImage implements GuestImage {
+export class VhdxImage extends PlannedImage implements GuestImage {
   /** Always `vhdx`. */
   readonly format = "vhdx" as const;
   /** The parent of a differencing image. */
@@ -94,6 +93,7 @@ export class VhdxImage implements GuestImage {
     name: string,
     backing?: GuestImage,
   ) {
+    super();
     this.backing = backing;
     this.#source = source;
     this.layout = layout;
@@ -229,28 +229,6 @@ export class VhdxImage implements GuestImage {
         : { offset: from, length: to - from, kind: "unallocated" };
       s = t;
     }
-  }
-
-  /**
-   * Reads guest bytes.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes wanted.
-   * @returns The bytes.
-   */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
-  }
-
-  /**
-   * Lists the extents of a range.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes to cover.
-   * @returns The extents.
-   */
-  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    return extentsOf(this, offset, length);
   }
 
   /**

@@ -12,7 +12,6 @@ import type { RandomAccessSource } from "../../io/source.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
-  Extent,
   FormatCheck,
   GuestImage,
   ImageDescription,
@@ -20,7 +19,7 @@ import type {
   PlanItem,
 } from "../image.ts";
 import { checkRange, readExact } from "../_bounds.ts";
-import { extentsOf, readThroughPlan } from "../_read.ts";
+import { PlannedImage } from "../_read.ts";
 import { fileStatus, type SourceHoles } from "../_file_status.ts";
 import { checkVmdk } from "./check.ts";
 import {
@@ -99,7 +98,7 @@ const MARKER_WINDOW = 1024 * 1024;
  * console.log(image.format, image.virtualSize);
  * ```
  */
-export class VmdkImage implements GuestImage {
+export class VmdkImage extends PlannedImage implements GuestImage {
   /** Always `vmdk`. */
   readonly format = "vmdk" as const;
   /** Virtual size: the extents' sizes added up. */
@@ -127,6 +126,7 @@ export class VmdkImage implements GuestImage {
    * @param init The image file, descriptor facts, extents and parent.
    */
   constructor(init: VmdkImageInit) {
+    super();
     this.#init = init;
     this.backing = init.backing;
     this.createType = init.createType;
@@ -151,28 +151,6 @@ export class VmdkImage implements GuestImage {
       ...this.#init.owned.filter((s) => s !== this.#init.source),
       ...this.backing?.sources() ?? [],
     ];
-  }
-
-  /**
-   * Reads guest bytes.
-   *
-   * @param offset Offset.
-   * @param length Length.
-   * @returns The bytes.
-   */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
-  }
-
-  /**
-   * The extents of a range, following the parent.
-   *
-   * @param offset Offset.
-   * @param length Length.
-   * @returns The extents.
-   */
-  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    return extentsOf(this, offset, length);
   }
 
   /** The extents overlapping `[offset, end)`, with the overlap. */

@@ -35,14 +35,13 @@ import { sectorsFor } from "../../format/compressed.ts";
 import type { RandomAccessSource } from "../../io/source.ts";
 import type {
   BlockStatus,
-  Extent,
   GuestImage,
   ImageDescription,
   InfoValue,
   PlanItem,
 } from "../image.ts";
 import { checkRange, readExact } from "../_bounds.ts";
-import { extentsOf, readThroughPlan } from "../_read.ts";
+import { PlannedImage } from "../_read.ts";
 import {
   checkGrainData,
   FLAG_MARKER,
@@ -174,7 +173,7 @@ export interface StreamOptimizedInit {
  * await imageReadable(opened.image).pipeTo(Deno.stdout.writable);
  * ```
  */
-export class StreamOptimizedImage implements GuestImage {
+export class StreamOptimizedImage extends PlannedImage implements GuestImage {
   /** Always `vmdk`. */
   readonly format = "vmdk" as const;
   /** Capacity in bytes. */
@@ -204,6 +203,7 @@ export class StreamOptimizedImage implements GuestImage {
 
   /** @param init Header, prefix, stream and name. */
   constructor(init: StreamOptimizedInit) {
+    super();
     this.#init = init;
     this.#h = init.header;
     this.virtualSize = init.header.capacity * SECTOR;
@@ -224,28 +224,6 @@ export class StreamOptimizedImage implements GuestImage {
    */
   sources(): RandomAccessSource[] {
     return [this.#window];
-  }
-
-  /**
-   * Reads guest bytes: once, going forward.
-   *
-   * @param offset Offset.
-   * @param length Length.
-   * @returns The bytes.
-   */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
-  }
-
-  /**
-   * The extents of a range: once, going forward.
-   *
-   * @param offset Offset.
-   * @param length Length.
-   * @returns The extents.
-   */
-  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    return extentsOf(this, offset, length);
   }
 
   /**

@@ -20,12 +20,11 @@ import { rawVirtualSize } from "../../format/geometry.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
-  Extent,
   GuestImage,
   ImageDescription,
   PlanItem,
 } from "../image.ts";
-import { extentsOf, readThroughPlan } from "../_read.ts";
+import { PlannedImage } from "../_read.ts";
 import { checkRange, readExact } from "../_bounds.ts";
 import { fileStatus, SourceHoles } from "../_file_status.ts";
 import {
@@ -91,7 +90,7 @@ export interface VpcImageInit {
  * assert.deepStrictEqual(await image.readAt(1022, 2), new Uint8Array([7, 7]));
  * ```
  */
-export class VpcImage implements GuestImage {
+export class VpcImage extends PlannedImage implements GuestImage {
   /** Always `vpc`, as qemu-img names VHD. */
   readonly format = "vpc" as const;
   /** Virtual size in bytes. */
@@ -110,6 +109,7 @@ export class VpcImage implements GuestImage {
    * @param init The parsed, checked structures and the opened parent.
    */
   constructor(init: VpcImageInit) {
+    super();
     this.#in = init;
     this.virtualSize = init.virtualSize;
     this.backing = init.backing;
@@ -131,31 +131,6 @@ export class VpcImage implements GuestImage {
    */
   sources(): RandomAccessSource[] {
     return [this.#in.source, ...this.backing?.sources() ?? []];
-  }
-
-  /**
-   * Reads guest bytes.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes wanted.
-   * @returns The bytes.
-   * @throws {RangeError} When the range leaves the virtual disk.
-   * @throws {Qcow2Error} When the image is corrupt.
-   */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
-  }
-
-  /**
-   * Lists extents in order, following the parent where this image holds
-   * nothing.
-   *
-   * @param offset Guest offset.
-   * @param length Bytes to cover.
-   * @returns The extents.
-   */
-  extents(offset = 0, length?: number): AsyncGenerator<Extent> {
-    return extentsOf(this, offset, length);
   }
 
   /**
