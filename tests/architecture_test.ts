@@ -1,6 +1,7 @@
 // The shape of lib/, checked: the folders form layers that import only
 // downward, no file reaches into another folder's private (`_`) files, and
-// the runtime-neutral layers name no Deno API. The picture in the README's
+// the runtime-neutral layers name no Deno API, and what the browser bundle
+// reaches uses no built-in Chromium or Node 20 lacks. The picture in the README's
 // "Library" section is LAYERS below, drawn.
 import assert from "node:assert";
 import { dirname, join, normalize, relative } from "node:path";
@@ -211,10 +212,14 @@ Deno.test("the runtime-neutral layers name no Deno API", () => {
   assert.deepStrictEqual(using, []);
 });
 
-Deno.test("the runtime-neutral entry points reach no host file, however indirectly", async () => {
+/**
+ * Every file the entry points (paths from the repository's root) reach
+ * through relative imports, however indirectly, as absolute paths.
+ */
+async function reachedFrom(entries: string[]): Promise<Set<string>> {
   const root = dirname(LIB);
   const reached = new Set<string>();
-  const queue = NEUTRAL_ENTRIES.map((entry) => join(root, entry));
+  const queue = entries.map((entry) => join(root, entry));
   while (queue.length > 0) {
     const path = queue.pop()!;
     if (reached.has(path)) continue;
@@ -224,8 +229,100 @@ Deno.test("the runtime-neutral entry points reach no host file, however indirect
       queue.push(normalize(join(dirname(path), spec)));
     }
   }
+  return reached;
+}
+
+Deno.test("the runtime-neutral entry points reach no host file, however indirectly", async () => {
+  const reached = await reachedFrom(NEUTRAL_ENTRIES);
   const host = [...reached].map((path) => relative(LIB, path))
     .filter((path) => folderOf(path) === "host");
   assert.ok(reached.size > 50, `only ${reached.size} files reached`);
   assert.deepStrictEqual(host, []);
+});
+
+/**
+ * Built-ins (and syntax) that a runtime the core runs on lacks, each with
+ * who lacks it: Chromium 156 (what tests/portable/ drives) and Node 20
+ * (the oldest Node the package supports). lib/bytes/portable.ts has what
+ * to use instead of the first two.
+ */
+const UNPORTABLE: readonly [RegExp, string][] = [
+  [/\bReadableStream\s*\.\s*from\b/, "Chromium (streamFrom)"],
+  [/\bPromise\s*\.\s*withResolvers\b/, "Node 20 (deferred)"],
+  [/\bPromise\s*\.\s*try\b/, "Node 20"],
+  [/\bArray\s*\.\s*fromAsync\b/, "Node 20"],
+  [/\b(?:from|to|setFrom)(?:Base64|Hex)\b/, "Node 20"],
+  [/(?<![.\w$])Iterator\s*\./, "Node 20 (iterator helpers)"],
+  [/\.toArray\s*\(/, "Node 20 (iterator helpers)"],
+  [
+    /\.(?:union|intersection|difference|symmetricDifference|isSubsetOf|isSupersetOf|isDisjointFrom)\s*\(/,
+    "Node 20 (Set methods)",
+  ],
+  [/\b(?:Object|Map)\s*\.\s*groupBy\b/, "Node 20"],
+  [/\bRegExp\s*\.\s*escape\b|\bError\s*\.\s*isError\b/, "Node 20"],
+  [
+    /\bMath\s*\.\s*sumPrecise\b|(?<![.\w$])(?:Float16Array|Temporal)\b/,
+    "Node 20",
+  ],
+  [/\bSymbol\s*\.\s*metadata\b/, "Chromium"],
+  [
+    /(?<![.\w$])(?:setImmediate|clearImmediate|process|Buffer|global)\b/,
+    "Chromium (Node globals)",
+  ],
+  [/(?<![.\w$])SharedArrayBuffer\b/, "Chromium without cross-origin isolation"],
+  [/\.unref\s*\(/, "Chromium (timers and ports have no unref)"],
+  [/\b(?:await\s+)?using\s+[\w$]+\s*=/, "Node 20 (using declarations)"],
+];
+
+/** What the browser bundle, core.ts and the other neutral entries reach. */
+const PORTABLE_ENTRIES = [
+  ...NEUTRAL_ENTRIES,
+  "lib/sparsify/mod.ts",
+  "web/bundle.ts",
+];
+
+Deno.test("the unportable-built-in list catches each use it names, and not in comments or strings", () => {
+  const code = (text: string) => importsOf(text).code;
+  const caught = (text: string) =>
+    UNPORTABLE.filter(([pattern]) => pattern.test(code(text))).length;
+  for (
+    const use of [
+      "ReadableStream.from([x])",
+      "const { promise } = Promise.withResolvers<void>();",
+      "await Array.fromAsync(it)",
+      "Uint8Array.fromBase64(s)",
+      "it.values().toArray()",
+      "a.union(b)",
+      "setImmediate(f)",
+      "timer.unref()",
+      "await using image = await openImage(x);",
+    ]
+  ) {
+    assert.strictEqual(caught(use), 1, use);
+  }
+  for (
+    const fine of [
+      "// ReadableStream.from([x]) where it exists",
+      "const s = 'Promise.withResolvers';",
+      "this.process(x); options.global; la.take(n);",
+      "const using = 1; streamFrom([x]);",
+    ]
+  ) {
+    assert.strictEqual(caught(fine), 0, fine);
+  }
+});
+
+Deno.test("nothing the runtime-neutral entries reach uses a built-in Chromium or Node 20 lacks", async () => {
+  const root = dirname(LIB);
+  const found: string[] = [];
+  const reached = await reachedFrom(PORTABLE_ENTRIES);
+  for (const path of reached) {
+    const { code } = importsOf(await Deno.readTextFile(path));
+    for (const [pattern, who] of UNPORTABLE) {
+      const match = code.match(pattern);
+      if (match) found.push(`${relative(root, path)}: ${match[0]} (${who})`);
+    }
+  }
+  assert.ok(reached.size > 100, `only ${reached.size} files reached`);
+  assert.deepStrictEqual(found, []);
 });

@@ -12,6 +12,7 @@ import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { readSegments } from "../reader/segments.ts";
 import type { ZeroBytes } from "../bytes/zeros.ts";
+import { streamFrom } from "../bytes/portable.ts";
 import { type FreeSpaceMap, mapFreeSpace } from "./map.ts";
 import type { SparsifyReport } from "./report.ts";
 
@@ -143,7 +144,7 @@ export async function freeSpaceChunks(
       reader?.[Symbol.dispose]();
     }
   }
-  return { readable: ReadableStream.from(all()), report: map.report };
+  return { readable: streamFrom(all()), report: map.report };
 }
 
 /** An image's guest bytes in `[from, to)`: data, and its zero ranges as zeros. */

@@ -6,6 +6,7 @@
  */
 
 import type { ZeroBytes } from "../bytes/zeros.ts";
+import { deferred, streamFrom } from "../bytes/portable.ts";
 import { type Chunk, chunkLength, Lookahead } from "./_lookahead.ts";
 import type { RegionReader } from "./_region.ts";
 import { analyzeRegion, regionOf } from "./map.ts";
@@ -153,13 +154,7 @@ export class FreeSpaceStream
       { highWaterMark: 0 },
     );
     this.#writable = writable;
-    // Not Promise.withResolvers: Node 20, which runs the bundle, has none.
-    let resolve!: (report: SparsifyReport) => void;
-    let reject!: (err: unknown) => void;
-    const promise = new Promise<SparsifyReport>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
+    const { promise, resolve, reject } = deferred<SparsifyReport>();
     promise.catch(() => {}); // callers that never ask for the report
     this.#report = promise;
     const input = readable.getReader();
@@ -186,7 +181,7 @@ export class FreeSpaceStream
         input.releaseLock();
       }
     }
-    this.#readable = ReadableStream.from(run());
+    this.#readable = streamFrom(run());
   }
 
   /** Disk bytes in. */

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { deferred } from "../bytes/portable.ts";
 import type { CompressionType } from "../codec/codecs.ts";
 import { MetadataFinalizer } from "./_finalizer.ts";
 import { HostAllocator } from "./_host_allocator.ts";
@@ -346,7 +347,7 @@ function metadataFirst(
   spool: () => Promise<SpoolStore>,
 ): Stage {
   const layout = new MetadataFirstLayout(settings, spool);
-  const input = Promise.withResolvers<void>();
+  const input = deferred<void>();
   input.promise.catch(() => {});
   const writable = new WritableStream<ClusterRecord>({
     async write(record) {
@@ -360,7 +361,7 @@ function metadataFirst(
     close: () => input.resolve(),
     abort: (reason) => input.reject(reason),
   });
-  const result = Promise.withResolvers<PackSummary>();
+  const result = deferred<PackSummary>();
   let writes: AsyncGenerator<HostWrite, PackSummary> | undefined;
   const readable = new ReadableStream<HostWrite>({
     async pull(controller) {

@@ -10,6 +10,7 @@ import { writerStages } from "./_stages.ts";
 import type { PackSummary, Qcow2PackStreamOptions } from "./pack_stream.ts";
 import type { GuestImage } from "../reader/image.ts";
 import type { ZeroBytes } from "../bytes/zeros.ts";
+import { streamFrom } from "../bytes/portable.ts";
 import type { HostWrite } from "./records.ts";
 
 /**
@@ -201,7 +202,7 @@ export async function convertToBytes(
   const writer = new Qcow2Writer(options);
   try {
     return await writesToBytes(
-      ReadableStream.from([raw]).pipeThrough(writer),
+      streamFrom([raw]).pipeThrough(writer),
     );
   } finally {
     await writer.close();
