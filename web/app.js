@@ -5,6 +5,9 @@
 // download the result or describe it. The input is read as a stream
 // (raw) or in slices (qcow2), and the output goes to the Origin Private
 // File System, so memory stays bounded whatever the size of the disk.
+// A qcow2 image's backing files are read only from the files the user
+// picks for them, matched by name. Cluster size, compression level and
+// sparsify are the library's options of the same names.
 //
 // `deno check .` type-checks this file (// @ts-check, JSDoc types) with the
 // DOM's types and against web/bundle.ts, the module index.html's import map
@@ -25,7 +28,9 @@ import {
   imageInfo,
 } from "@qcow2pipe/qcow2pipe/tools";
 import { hasQcow2Magic } from "@qcow2pipe/qcow2pipe/format";
-/** @import { GuestImage, ImageSink } from "@qcow2pipe/qcow2pipe/core" */
+import { freeSpaceChunks } from "@qcow2pipe/qcow2pipe/sparsify";
+/** @import { GuestImage, ImageSink, RandomAccessSource } from "@qcow2pipe/qcow2pipe/core" */
+/** @import { SparsifyReport } from "@qcow2pipe/qcow2pipe/sparsify" */
 
 /**
  * Where a result goes: an {@linkcode ImageSink} that keeps the committed
@@ -60,6 +65,74 @@ const error = $("error", HTMLParagraphElement);
 const result = $("result", HTMLDivElement);
 const download = $("download", HTMLAnchorElement);
 const info = $("info", HTMLPreElement);
+const backingSection = $("backing-section", HTMLDivElement);
+const backingInput = $("backing", HTMLInputElement);
+const clusterSize = $("cluster-size", HTMLSelectElement);
+const level = $("level", HTMLInputElement);
+const sparsify = $("sparsify", HTMLInputElement);
+
+/**
+ * The backing files the user picked, by name. An image's backing (and
+ * external data) file is opened from here when its name ends with the
+ * picked file's name, and from nowhere else: the page reads no file that
+ * was not picked for it.
+ * @type {Map<string, File>}
+ */
+const backingFiles = new Map();
+
+/** The file a qcow2 image names, which the user has not picked yet. */
+class MissingFile extends Error {
+  /** @param {string} name As the image names it. */
+  constructor(name) {
+    super(`pick the file "${baseName(name)}"`);
+    this.name = "MissingFile";
+    this.file = name;
+  }
+}
+
+/** @param {string} name A path as an image stores it. */
+function baseName(name) {
+  return name.split(/[\\/]/).pop() ?? name;
+}
+
+/**
+ * Opens what an image names from the picked files: the `openSource` of
+ * {@linkcode openImage}.
+ * @param {string} name
+ * @returns {Promise<RandomAccessSource>}
+ */
+function openPicked(name) {
+  const file = backingFiles.get(baseName(name));
+  return file
+    ? Promise.resolve(new BlobSource(file, name))
+    : Promise.reject(new MissingFile(name));
+}
+
+/**
+ * The chosen input as an image, its backing files from the picked ones.
+ * Its format is the one its magic showed, given: the references it makes
+ * lead only to the files the user picked, whatever their names say.
+ * @returns {Promise<GuestImage>}
+ */
+function openInput() {
+  if (!input) throw new Error("Cannot open: no file is chosen");
+  return openImage(new BlobSource(input.file), {
+    format: input.format,
+    openSource: openPicked,
+  });
+}
+
+/**
+ * The missing file an error is about, when a picked file would answer it.
+ * @param {unknown} err
+ * @returns {string | undefined}
+ */
+function missingFile(err) {
+  for (let e = err; e instanceof Error; e = e.cause) {
+    if (e instanceof MissingFile) return e.file;
+  }
+  return undefined;
+}
 
 /**
  * The chosen input: the File and its format, detected from its magic.
@@ -72,14 +145,23 @@ let input;
  */
 let output;
 
-/** @param {"idle" | "ready" | "converting" | "done" | "error"} state */
+/**
+ * @param {"idle" | "checking" | "needs-backing" | "ready" | "converting" |
+ *   "done" | "error"} state
+ */
 function setState(state) {
   document.body.dataset.state = state;
 }
 
-/** @param {number} bytes */
+/**
+ * A size as people read it: KiB below a MiB, so that a small file does
+ * not read as 0.0 MiB.
+ * @param {number} bytes
+ */
 function mib(bytes) {
-  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  return bytes < 2 ** 20
+    ? `${(bytes / 1024).toFixed(1)} KiB`
+    : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
 /** @param {File} file */
@@ -87,13 +169,65 @@ async function choose(file) {
   const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
   const qcow2 = hasQcow2Magic(head);
   input = { file, format: qcow2 ? "qcow2" : "raw" };
-  $("input", HTMLParagraphElement).textContent = `${file.name}: ${
-    mib(file.size)
-  }, ${input.format}`;
+  backingFiles.clear();
   $(qcow2 ? "target-raw" : "target-zstd", HTMLInputElement).checked = true;
+  showOptions();
+  await openChain();
+}
+
+/**
+ * Opens the chosen image with the picked backing files, to learn whether
+ * a file it names is still missing: asks for it, or makes the page ready.
+ */
+async function openChain() {
+  if (!input) return;
+  const { file, format } = input;
   error.textContent = "";
-  convertButton.disabled = false;
-  setState("ready");
+  convertButton.disabled = true;
+  setState("checking");
+  let about = `${file.name}: ${mib(file.size)}, ${format}`;
+  try {
+    const image = await openInput();
+    const chain = [];
+    for (let i = image.backing; i; i = i.backing) chain.push(i.name);
+    await image.close();
+    if (chain.length > 0) about += `, backing files ${chain.join(", ")}`;
+    backingSection.hidden = chain.length === 0;
+    $("backing-needed", HTMLParagraphElement).textContent = chain.length
+      ? `All its backing files are picked.`
+      : "";
+    convertButton.disabled = false;
+    setState("ready");
+  } catch (err) {
+    const missing = missingFile(err);
+    if (missing === undefined) {
+      backingSection.hidden = true;
+      error.textContent = err instanceof Error ? err.message : String(err);
+      setState("error");
+    } else {
+      backingSection.hidden = false;
+      $("backing-needed", HTMLParagraphElement).textContent =
+        `${file.name} is read through a backing file, "${missing}": pick ` +
+        `the file named ${
+          baseName(missing)
+        } (and the backing files it names in turn, if any).`;
+      setState("needs-backing");
+    }
+  } finally {
+    $("input", HTMLParagraphElement).textContent = about;
+    $("backing-list", HTMLParagraphElement).textContent = backingFiles.size
+      ? `Picked: ${[...backingFiles.keys()].join(", ")}.`
+      : "";
+  }
+}
+
+/** Enables the options the chosen target takes. */
+function showOptions() {
+  const target = chosenTarget();
+  const compressed = target === "zlib" || target === "zstd";
+  level.disabled = !compressed;
+  level.max = target === "zlib" ? "9" : "22";
+  clusterSize.disabled = target === "raw";
 }
 
 /**
@@ -209,6 +343,14 @@ async function run() {
   const pool = new CodecPool();
   const sink = await createSink(`qcow2pipe-${Date.now()}-${name}`);
   let total = input.file.size;
+  /** @type {import("@qcow2pipe/qcow2pipe/core").ConvertOptions} */
+  const options = {
+    compression: target === "qcow2" || target === "raw" ? "none" : target,
+    clusterSize: Number(clusterSize.value),
+    ...(level.disabled || level.value === "" ? {} : {
+      level: Number(level.value),
+    }),
+  };
   /** @param {number} done */
   const onProgress = (done) => {
     progress.value = total > 0 ? done / total : 1;
@@ -219,25 +361,37 @@ async function run() {
   };
   /** @type {GuestImage | undefined} */
   let image;
+  /** @type {SparsifyReport | undefined} */
+  let report;
   try {
-    if (target === "raw") {
-      image = await openImage(new BlobSource(input.file));
-      total = image.virtualSize;
-      await expandToFile(image, sink, { pool, onProgress });
-    } else if (input.format === "raw") {
+    if (input.format === "raw" && target !== "raw" && !sparsify.checked) {
       await convert(input.file.stream(), sink, {
-        compression: target === "qcow2" ? "none" : target,
+        ...options,
         pool,
         onProgress,
       });
     } else {
-      image = await openImage(new BlobSource(input.file));
+      // Read at random: with sparsify, free space is never read.
+      image = await openInput();
       total = image.virtualSize;
-      await convert(image, sink, {
-        compression: target === "qcow2" ? "none" : target,
-        pool,
-        onProgress,
-      });
+      if (target === "raw") {
+        const mapped = sparsify.checked
+          ? await freeSpaceChunks(image, { pool })
+          : undefined;
+        report = mapped?.report;
+        await expandToFile(mapped?.readable ?? image, sink, {
+          pool,
+          onProgress,
+        });
+      } else {
+        const summary = await convert(image, sink, {
+          ...options,
+          sparsify: sparsify.checked,
+          pool,
+          onProgress,
+        });
+        report = summary.sparsify;
+      }
     }
     const seconds = (performance.now() - started) / 1000;
     if (!sink.file) throw new Error(`${name} was not committed`);
@@ -248,7 +402,9 @@ async function run() {
     progress.value = 1;
     status.textContent = `Done: ${mib(total)} in ${seconds.toFixed(2)} s (${
       (total / 2 ** 20 / seconds).toFixed(1)
-    } MiB/s), ${mib(output.file.size)} written to ${sink.storage}.`;
+    } MiB/s), ${mib(output.file.size)} written to ${sink.storage}${
+      target === "raw" ? "" : `, ${settingsText(options)}`
+    }.${report ? ` ${sparsifyText(report)}` : ""}`;
     result.hidden = false;
     setState("done");
   } catch (err) {
@@ -260,6 +416,37 @@ async function run() {
     await pool.close();
     convertButton.disabled = false;
   }
+}
+
+/**
+ * The settings a qcow2 was written with, as the status line says them.
+ * @param {import("@qcow2pipe/qcow2pipe/core").ConvertOptions} o
+ */
+function settingsText(o) {
+  const size = o.clusterSize ?? 65536;
+  const cluster = size >= 2 ** 20
+    ? `${size / 2 ** 20} MiB`
+    : `${size / 1024} KiB`;
+  const codec = o.compression === "none"
+    ? "uncompressed"
+    : `${o.compression} level ${o.level ?? "default"}`;
+  return `${codec}, ${cluster} clusters`;
+}
+
+/**
+ * What sparsify found, in one sentence: the free space dropped, and each
+ * region that was left as it is, with why.
+ * @param {SparsifyReport} report
+ */
+function sparsifyText(report) {
+  const found = report.regions.map((r) =>
+    r.status === "mapped"
+      ? `${r.found}: ${mib(r.freeBytes)} free`
+      : `${r.found} left as it is (${r.reason})`
+  );
+  return `Sparsify: ${mib(report.freeBytes)} of free space dropped (${
+    found.join("; ")
+  }).`;
 }
 
 async function showInfo() {
@@ -289,6 +476,16 @@ drop.addEventListener("drop", (event) => {
   if (file) choose(file);
 });
 convertButton.addEventListener("click", run);
+backingInput.addEventListener("change", () => {
+  for (const file of backingInput.files ?? []) {
+    backingFiles.set(file.name, file);
+  }
+  backingInput.value = "";
+  openChain();
+});
+for (const radio of document.querySelectorAll("input[name=target]")) {
+  radio.addEventListener("change", showOptions);
+}
 $("show-info", HTMLButtonElement).addEventListener(
   "click",
   () =>
