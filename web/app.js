@@ -123,13 +123,18 @@ function openInput() {
 }
 
 /**
- * The missing file an error is about, when a picked file would answer it.
+ * The missing file an error is about, when a picked file would answer it,
+ * and what the image takes it for (the reader's wording of the error that
+ * wraps it: a backing file or an external data file).
  * @param {unknown} err
- * @returns {string | undefined}
+ * @returns {{ name: string, what: string } | undefined}
  */
 function missingFile(err) {
+  let what = "backing file";
   for (let e = err; e instanceof Error; e = e.cause) {
-    if (e instanceof MissingFile) return e.file;
+    if (e instanceof MissingFile) return { name: e.file, what };
+    what = /^Cannot open (backing file|external data file) /.exec(e.message)
+      ?.[1] ?? what;
   }
   return undefined;
 }
@@ -207,10 +212,11 @@ async function openChain() {
     } else {
       backingSection.hidden = false;
       $("backing-needed", HTMLParagraphElement).textContent =
-        `${file.name} is read through a backing file, "${missing}": pick ` +
-        `the file named ${
-          baseName(missing)
-        } (and the backing files it names in turn, if any).`;
+        `${file.name} is read through ${
+          missing.what === "backing file" ? "a" : "an"
+        } ${missing.what}, "${missing.name}": pick the file named ${
+          baseName(missing.name)
+        } (and the files it names in turn, if any).`;
       setState("needs-backing");
     }
   } finally {

@@ -10,9 +10,9 @@
 import assert from "node:assert";
 import { basename, join } from "node:path";
 import {
+  createQcow2,
   qemuCheckClean,
   qemuCompareIdentical,
-  qemuImg,
   qemuIo,
   tempDir,
 } from "../_qemu.ts";
@@ -101,14 +101,31 @@ async function convertInPage(
   return { ...saved, status };
 }
 
+/**
+ * A temporary directory for one test, with a downloads folder in it and
+ * the bundle built into it.
+ */
+async function workspace(): Promise<
+  { path: string; downloads: string; bundle: string } & AsyncDisposable
+> {
+  const dir = await tempDir();
+  try {
+    const downloads = join(dir.path, "downloads");
+    await Deno.mkdir(downloads);
+    const bundle = await buildBundle(join(dir.path, "qcow2pipe.js"));
+    return Object.assign(dir, { downloads, bundle });
+  } catch (err) {
+    await dir[Symbol.asyncDispose]();
+    throw err;
+  }
+}
+
 toolTest(
   "browser: the page converts a raw file to zstd qcow2 in headless Chromium; qemu-img judges the download",
   [CHROMIUM, QEMU],
   async () => {
-    await using dir = await tempDir();
-    const downloads = join(dir.path, "downloads");
-    await Deno.mkdir(downloads);
-    const bundle = await buildBundle(join(dir.path, "qcow2pipe.js"));
+    await using dir = await workspace();
+    const { downloads, bundle } = dir;
     // Text, noise, runs and zero runs, with a tail that is not a whole sector.
     const raw = mixedBytes(12 * MiB + 1234, 4242);
     const rawPath = join(dir.path, "disk.raw");
@@ -215,32 +232,19 @@ function textOf(browser: Chromium, id: string): Promise<string> {
 }
 
 toolTest(
-  "browser: a qcow2 with backing files converts once the user picks them (by name, one at a time); qemu-img compares the download with the chain",
+  "browser: a qcow2 with backing files, or an external data file, converts once the user picks them (by name, one at a time); qemu-img compares the download with the chain",
   [CHROMIUM, QEMU],
   async () => {
-    await using dir = await tempDir();
-    const downloads = join(dir.path, "downloads");
-    await Deno.mkdir(downloads);
-    const bundle = await buildBundle(join(dir.path, "qcow2pipe.js"));
+    await using dir = await workspace();
+    const { downloads, bundle } = dir;
     // base <- mid (named relatively) <- top (names mid by its absolute path)
-    const base = join(dir.path, "base.qcow2");
-    const mid = join(dir.path, "mid.qcow2");
-    const top = join(dir.path, "top.qcow2");
-    await qemuImg("create", "-q", "-f", "qcow2", base, "4M");
+    const base = await createQcow2(dir.path, "base.qcow2", "4M");
     await qemuIo(base, ["write -P 0x11 0 1M", "write -P 0x22 2M 512k"]);
-    await qemuImg(
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
-      "-b",
-      "base.qcow2",
-      "-F",
-      "qcow2",
-      mid,
-    );
+    const over = (name: string, backing: string) =>
+      createQcow2(dir.path, name, "4M", "-b", backing, "-F", "qcow2");
+    const mid = await over("mid.qcow2", "base.qcow2");
     await qemuIo(mid, ["write -P 0x33 512k 1M"]);
-    await qemuImg("create", "-q", "-f", "qcow2", "-b", mid, "-F", "qcow2", top);
+    const top = await over("top.qcow2", mid);
     await qemuIo(top, ["write -P 0x44 3M 64k"]);
     const other = join(dir.path, "other.raw");
     await Deno.writeFile(other, new Uint8Array(4096).fill(0x55));
@@ -298,6 +302,36 @@ toolTest(
       undefined,
     );
     await screenshot(browser, "backing-done.png");
+
+    // An external data file is asked for the same way.
+    const data = join(dir.path, "data.raw");
+    const ext = await createQcow2(
+      dir.path,
+      "ext.qcow2",
+      "2M",
+      "-o",
+      `data_file=${data}`,
+    );
+    await qemuIo(ext, ["write -P 0x66 64k 300k"]);
+    await page.evaluate(`document.body.dataset.state = "picking"`);
+    await browser.pickFiles("#file", [ext]);
+    await browser.waitFor(
+      `document.body.dataset.state === "needs-backing"`,
+      "the page to ask for the data file",
+    );
+    assert.ok(
+      (await textOf(browser, "backing-needed")).includes(
+        `read through an external data file, "${data}": pick the file named data.raw `,
+      ),
+      await textOf(browser, "backing-needed"),
+    );
+    await browser.pickFiles("#backing", [data]);
+    await browser.waitFor(
+      `document.body.dataset.state === "ready"`,
+      "the image and its data file to open",
+    );
+    const fromData = await convertInPage(browser, downloads, undefined, "raw");
+    await qemuCompareIdentical(fromData.path, ext, ["raw", "qcow2"]);
   },
 );
 
@@ -305,10 +339,8 @@ toolTest(
   "browser: the page's cluster size, level and sparsify reach the library; qemu-img judges the downloads",
   [CHROMIUM, QEMU],
   async () => {
-    await using dir = await tempDir();
-    const downloads = join(dir.path, "downloads");
-    await Deno.mkdir(downloads);
-    const bundle = await buildBundle(join(dir.path, "qcow2pipe.js"));
+    await using dir = await workspace();
+    const { downloads, bundle } = dir;
     // A bare swap area whose free pages hold old bytes: sparsify keeps the
     // header page and drops the rest.
     const size = 8 * MiB;
