@@ -435,7 +435,9 @@ function settingsText(o) {
     : `${size / 1024} KiB`;
   const codec = o.compression === "none"
     ? "uncompressed"
-    : `${o.compression} level ${o.level ?? "default"}`;
+    : o.level === undefined
+    ? `${o.compression} (default level)`
+    : `${o.compression} level ${o.level}`;
   return `${codec}, ${cluster} clusters`;
 }
 
