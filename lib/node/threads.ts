@@ -1,0 +1,100 @@
+/**
+ * The codec pool's threads on Node: `worker_threads` adapted to the Web
+ * Worker shape the pool uses (lib/codec/pool.ts, CodecThread). A codec
+ * thread runs the same file as the program (the npm package's bundle); its
+ * entry asks {@linkcode runsCodecJobs} first and, in a codec thread,
+ * serves jobs instead of starting.
+ *
+ * @module
+ */
+
+import { availableParallelism } from "node:os";
+import process from "node:process";
+import {
+  isMainThread,
+  parentPort,
+  Worker,
+  workerData,
+} from "node:worker_threads";
+import {
+  CODEC_WORKER_NAME,
+  type CodecThread,
+  type CodecThreadScope,
+  installCodecThreads,
+  type PoolRequest,
+  serveCodecThread,
+} from "../codec/pool.ts";
+
+/** Starts one codec thread running `script`. */
+function start(script: string, name: string): CodecThread {
+  const worker = new Worker(new URL(script), { workerData: { name } });
+  const thread: CodecThread = {
+    onmessage: null,
+    onerror: null,
+    postMessage: (message: PoolRequest, transfer: Transferable[]) =>
+      worker.postMessage(message, transfer as ArrayBuffer[]),
+    terminate: () => void worker.terminate(),
+  };
+  worker.on("message", (data) => thread.onmessage?.({ data }));
+  worker.on(
+    "error",
+    (err) => thread.onerror?.({ message: err.message, preventDefault() {} }),
+  );
+  // Like a Web Worker in Deno, a thread keeps the process alive until the
+  // pool closes it.
+  return thread;
+}
+
+/** A worker thread's messaging in a Web Worker scope's shape. */
+function threadScope(name: string): CodecThreadScope {
+  const port = parentPort!;
+  let handler: CodecThreadScope["onmessage"] = null;
+  port.on("message", (data: PoolRequest) => handler?.({ data }));
+  return {
+    name,
+    get onmessage() {
+      return handler;
+    },
+    set onmessage(next) {
+      handler = next;
+    },
+    postMessage: (message, transfer) =>
+      port.postMessage(message, transfer as ArrayBuffer[] | undefined),
+    addEventListener(type, listener) {
+      const event = type === "error"
+        ? "uncaughtException"
+        : "unhandledRejection";
+      process.on(
+        event,
+        (error: unknown) =>
+          listener(Object.assign(new Event(type), { error, reason: error })),
+      );
+    },
+    close: () => port.close(),
+  };
+}
+
+/**
+ * Makes the codec pool use `worker_threads` in this process; in a thread
+ * that a pool started, serves the pool's jobs instead.
+ *
+ * @returns Whether this thread is a codec thread (whose entry then does
+ * nothing else).
+ * @throws Never.
+ *
+ * @example The main thread installs the threads
+ * ```ts
+ * import assert from "node:assert";
+ * import { runsCodecJobs } from "./threads.ts";
+ * assert.strictEqual(runsCodecJobs(), false);
+ * ```
+ */
+export function runsCodecJobs(): boolean {
+  const name = (workerData as { name?: unknown } | null)?.name;
+  if (!isMainThread && name === CODEC_WORKER_NAME) {
+    serveCodecThread(threadScope(name));
+    return true;
+  }
+  installCodecThreads({ start, cores: availableParallelism() });
+  return false;
+}
