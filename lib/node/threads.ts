@@ -27,7 +27,12 @@ import {
 
 /** Starts one codec thread running `script`. */
 function start(script: string, name: string): CodecThread {
-  const worker = new Worker(new URL(script), { workerData: { name } });
+  // No Node flags of the program's own (`--input-type` and the like would
+  // be refused for a file).
+  const worker = new Worker(new URL(script), {
+    workerData: { name },
+    execArgv: [],
+  });
   const thread: CodecThread = {
     onmessage: null,
     onerror: null,

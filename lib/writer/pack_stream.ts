@@ -346,7 +346,7 @@ function metadataFirst(
   spool: () => Promise<SpoolStore>,
 ): Stage {
   const layout = new MetadataFirstLayout(settings, spool);
-  const input = Promise.withResolvers<void>();
+  const input = withResolvers<void>();
   input.promise.catch(() => {});
   const writable = new WritableStream<ClusterRecord>({
     async write(record) {
@@ -360,7 +360,7 @@ function metadataFirst(
     close: () => input.resolve(),
     abort: (reason) => input.reject(reason),
   });
-  const result = Promise.withResolvers<PackSummary>();
+  const result = withResolvers<PackSummary>();
   let writes: AsyncGenerator<HostWrite, PackSummary> | undefined;
   const readable = new ReadableStream<HostWrite>({
     async pull(controller) {
@@ -393,4 +393,19 @@ function metadataFirst(
     summary: result.promise,
     close: () => layout.close(),
   };
+}
+
+/** Promise.withResolvers, which Node 20 (the npm package's floor) lacks. */
+function withResolvers<T>(): {
+  promise: Promise<T>;
+  resolve: (value: T) => void;
+  reject: (reason: unknown) => void;
+} {
+  let resolve!: (value: T) => void;
+  let reject!: (reason: unknown) => void;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
 }

@@ -173,6 +173,43 @@ toolTest(
       assert.ok(blocks! * 512 < 10 * MiB, `back.raw is not sparse`);
     }
 
+    // qcow2 to standard output (the streamable layout, written in order).
+    const piped = await inFolder(app, env, "sh", [
+      "-c",
+      "npx qcow2pipe convert -c -O qcow2 disk.raw - > piped.qcow2",
+    ]);
+    assert.strictEqual(piped.code, 0, piped.stderr);
+    await qemuCompareIdentical(at("disk.raw"), at("piped.qcow2"));
+    await qemuCheckClean(at("piped.qcow2"));
+
+    // The library: Node gets mod.js (files by path, the pool on
+    // worker_threads), and core.js is there for bundlers.
+    const library = await inFolder(app, env, "node", [
+      "--input-type=module",
+      "-e",
+      `import { CodecPool, openImage } from "qcow2pipe";
+      import * as core from "qcow2pipe/core";
+      const pool = new CodecPool({ workers: 2 }); // Node 20: no await using
+      const ones = new Uint8Array(65536).fill(1);
+      const { lengths } = await pool.compress({ type: "zstd" }, ones, 65536);
+      const image = await openImage("zstd.qcow2");
+      console.log(JSON.stringify({
+        workers: pool.size, compressed: lengths[0] > 0 && lengths[0] < 65536,
+        size: image.virtualSize, core: typeof core.convert,
+        fileAccess: typeof core.FileSource,
+      }));
+      await pool.close();
+      await image.close();`,
+    ]);
+    assert.strictEqual(library.code, 0, library.stderr);
+    assert.deepStrictEqual(JSON.parse(library.stdout), {
+      workers: 2,
+      compressed: true,
+      size: 10 * MiB,
+      core: "function",
+      fileAccess: "undefined",
+    });
+
     // info and map say what qemu-img says; check finds no error.
     const ours = JSON.parse(await ok("info", "--output=json", "zstd.qcow2"));
     const theirs = JSON.parse(
