@@ -5,7 +5,7 @@
  * Each entry is bundled by `deno bundle` (which resolves the `npm:`
  * imports and deno.json), then by esbuild, which lowers the syntax Node 20
  * lacks (`await using`) and, for the Node entries, binds every `Deno` of
- * the code to lib/node/deno.ts (its `inject` option): the same lib/host
+ * the code to lib/node/deno.ts (its `inject` option, lib/node/inject.ts): the same lib/host
  * and lib/cli code runs on `node:fs`, with nothing put on `globalThis`.
  * dist/npm/package.json is npm/manifest.json with deno.json's version (a
  * package.json in npm/ would be taken by Deno for a workspace member).
@@ -84,7 +84,7 @@ export async function buildPackage(dir = PACKAGE_DIR): Promise<string> {
         platform: node ? "node" : "neutral",
         target: node ? "node20" : "es2022",
         external: ["node:*"],
-        inject: node ? [join(ROOT, "lib/node/deno.ts")] : [],
+        inject: node ? [join(ROOT, "lib/node/inject.ts")] : [],
         // Error classes are told apart by name (lib/io/os_errors.ts).
         keepNames: true,
         banner: out === "cli.js" ? { js: "#!/usr/bin/env node" } : undefined,

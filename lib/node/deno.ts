@@ -4,7 +4,7 @@
  * that the npm package runs the same host and CLI code as Deno does.
  *
  * The npm build (npm/build.ts) binds every free `Deno` of the bundle to
- * this module's export (esbuild's `inject`): nothing is put on
+ * `denoOnNode` (esbuild's `inject`, through inject.ts): nothing is put on
  * `globalThis`, so a program that imports the package keeps its own
  * globals. What Node lacks is refused the way Deno refuses it without a
  * permission: FFI is "denied" (no `lseek(SEEK_DATA)` for holes in the
@@ -394,8 +394,21 @@ class Command {
  * The Deno namespace's members that lib/host and lib/cli call, on Node.
  * Typed as Deno's where the signature is the same; FsFile implements the
  * methods lib/ calls (read, write, seek, stat, truncate, syncData, close).
+ *
+ * @example Files through Node's API, answered as Deno answers
+ * ```ts
+ * import assert from "node:assert";
+ * import { denoOnNode as OnNode } from "./deno.ts";
+ * const dir = await OnNode.makeTempDir({ prefix: "example-" });
+ * using file = await OnNode.open(`${dir}/x`, { write: true, createNew: true });
+ * await file.seek(4096, OnNode.SeekMode.Start);
+ * file.writeSync(new Uint8Array([1]));
+ * assert.strictEqual((await file.stat()).size, 4097);
+ * await assert.rejects(OnNode.open(`${dir}/missing`), OnNode.errors.NotFound);
+ * await OnNode.remove(dir, { recursive: true });
+ * ```
  */
-export const Deno = {
+export const denoOnNode = {
   build: {
     os: process.platform === "win32" ? "windows" : process.platform,
     arch: process.arch === "arm64" ? "aarch64" : "x86_64",

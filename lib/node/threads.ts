@@ -87,11 +87,11 @@ function threadScope(name: string): CodecThreadScope {
  * nothing else).
  * @throws Never.
  *
- * @example The main thread installs the threads
+ * @example An entry point of the npm package
  * ```ts
- * import assert from "node:assert";
  * import { runsCodecJobs } from "./threads.ts";
- * assert.strictEqual(runsCodecJobs(), false);
+ * // In a codec thread this file only serves jobs; elsewhere it runs.
+ * if (!runsCodecJobs()) console.log("the program runs; its pools use worker_threads");
  * ```
  */
 export function runsCodecJobs(): boolean {
