@@ -78,7 +78,7 @@ function denoError(err: unknown): unknown {
   const text = e.errno !== undefined
     ? SYSTEM_ERRORS.get(e.errno)?.[1] ?? e.code
     : e.message;
-  const what = e.syscall ? `: ${e.syscall}${e.path ? ` '${e.path}'` : ""}` : "";
+  const what = e.syscall && e.path ? `: ${e.syscall} '${e.path}'` : "";
   const os = e.errno !== undefined ? ` (os error ${-e.errno})` : "";
   const made = new Class(
     `${text.charAt(0).toUpperCase()}${text.slice(1)}${os}${what}`,
@@ -331,6 +331,7 @@ function stdio(fd: 0 | 1 | 2) {
     ? process.stdout
     : process.stderr;
   let readable: ReadableStream<Uint8Array> | undefined;
+  let heard = false;
   return {
     rid: fd,
     isTerminal: () => isatty(fd),
@@ -347,6 +348,10 @@ function stdio(fd: 0 | 1 | 2) {
       return done;
     },
     write(p: Uint8Array): Promise<number> {
+      // A failed write (EPIPE when the reader went away) rejects below; the
+      // stream's 'error' event, unheard, would end Node with a stack trace.
+      if (!heard) stream!.on("error", () => {});
+      heard = true;
       // Resolved once the bytes are handed over, so the caller may reuse them.
       return new Promise((resolve, reject) =>
         stream!.write(

@@ -29,13 +29,13 @@ async function which(name: string): Promise<string> {
 }
 
 /**
- * An environment whose PATH is one folder holding node, npm, npx and sh
- * (links to this machine's), so that no deno can be found.
+ * An environment whose PATH is one folder holding node, npm, npx, sh and
+ * head (links to this machine's), so that no deno can be found.
  */
 async function nodeOnlyEnv(root: string): Promise<Record<string, string>> {
   const bin = join(root, "bin");
   await Deno.mkdir(bin);
-  for (const name of ["node", "npm", "npx", "sh"]) {
+  for (const name of ["node", "npm", "npx", "sh", "head"]) {
     await Deno.symlink(await which(name), join(bin, name));
   }
   const home = join(root, "home");
@@ -181,6 +181,16 @@ toolTest(
     assert.strictEqual(piped.code, 0, piped.stderr);
     await qemuCompareIdentical(at("disk.raw"), at("piped.qcow2"));
     await qemuCheckClean(at("piped.qcow2"));
+
+    // A reader that goes away: one line, as under Deno (no stack trace).
+    const cut = await inFolder(app, env, "sh", [
+      "-c",
+      "npx qcow2pipe convert -c -O qcow2 disk.raw - | head -c 1 >/dev/null",
+    ]);
+    assert.match(
+      cut.stderr,
+      /^qcow2pipe: Cannot write to standard output at offset \d+: broken pipe \(os error 32\)\n$/,
+    );
 
     // The library: Node gets mod.js (files by path, the pool on
     // worker_threads), and core.js is there for bundlers.
