@@ -33,18 +33,26 @@ function start(script: string, name: string): CodecThread {
     workerData: { name },
     execArgv: [],
   });
+  let stopped = false;
   const thread: CodecThread = {
     onmessage: null,
     onerror: null,
     postMessage: (message: PoolRequest, transfer: Transferable[]) =>
       worker.postMessage(message, transfer as ArrayBuffer[]),
-    terminate: () => void worker.terminate(),
+    terminate: () => {
+      stopped = true;
+      void worker.terminate();
+    },
   };
+  const fail = (message: string) =>
+    thread.onerror?.({ message, preventDefault() {} });
   worker.on("message", (data) => thread.onmessage?.({ data }));
-  worker.on(
-    "error",
-    (err) => thread.onerror?.({ message: err.message, preventDefault() {} }),
-  );
+  worker.on("error", (err) => fail(err.message));
+  // A thread that ends unasked (out of memory, process.exit in a codec)
+  // fails the pool's jobs rather than leaving them waiting.
+  worker.on("exit", (code) => {
+    if (!stopped) fail(`the thread exited with code ${code}`);
+  });
   // Like a Web Worker in Deno, a thread keeps the process alive until the
   // pool closes it.
   return thread;
