@@ -325,11 +325,9 @@ function tempPrefix(options: Deno.MakeTempOptions = {}): string {
 
 /** Deno's stdin, stdout and stderr: what lib/cli does with them. */
 function stdio(fd: 0 | 1 | 2) {
-  const stream = fd === 0
-    ? undefined
-    : fd === 1
-    ? process.stdout
-    : process.stderr;
+  // Looked up on first use: Node opening its stream for a pipe may make
+  // the descriptor non-blocking, which writeSync should not meet needlessly.
+  const stream = () => fd === 1 ? process.stdout : process.stderr;
   let readable: ReadableStream<Uint8Array> | undefined;
   let heard = false;
   return {
@@ -350,11 +348,11 @@ function stdio(fd: 0 | 1 | 2) {
     write(p: Uint8Array): Promise<number> {
       // A failed write (EPIPE when the reader went away) rejects below; the
       // stream's 'error' event, unheard, would end Node with a stack trace.
-      if (!heard) stream!.on("error", () => {});
+      if (!heard) stream().on("error", () => {});
       heard = true;
       // Resolved once the bytes are handed over, so the caller may reuse them.
       return new Promise((resolve, reject) =>
-        stream!.write(
+        stream().write(
           p,
           (err) => err ? reject(denoError(err)) : resolve(p.length),
         )
