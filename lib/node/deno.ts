@@ -68,6 +68,21 @@ const BY_CODE = new Map<string, ErrorClass>(
 const SYSTEM_ERRORS = getSystemErrorMap();
 
 /**
+ * The C library's words (`strerror`, which Deno's messages quote) where
+ * libuv's, which Node's map holds, are others.
+ */
+const STRERROR: Record<string, string> = {
+  EEXIST: "File exists",
+  EISDIR: "Is a directory",
+  EXDEV: "Invalid cross-device link",
+  EBUSY: "Device or resource busy",
+  ELOOP: "Too many levels of symbolic links",
+  ENAMETOOLONG: "File name too long",
+  EIO: "Input/output error",
+  ETXTBSY: "Text file busy",
+};
+
+/**
  * A Node system error as Deno words and classes it: `No such file or
  * directory (os error 2): open '/x'`.
  */
@@ -75,9 +90,10 @@ function denoError(err: unknown): unknown {
   const e = err as NodeJS.ErrnoException;
   if (!(err instanceof Error) || typeof e.code !== "string") return err;
   const Class = BY_CODE.get(e.code) ?? Error;
-  const text = e.errno !== undefined
-    ? SYSTEM_ERRORS.get(e.errno)?.[1] ?? e.code
-    : e.message;
+  const text = STRERROR[e.code] ??
+    (e.errno !== undefined
+      ? SYSTEM_ERRORS.get(e.errno)?.[1] ?? e.code
+      : e.message);
   const what = e.syscall && e.path ? `: ${e.syscall} '${e.path}'` : "";
   const os = e.errno !== undefined ? ` (os error ${-e.errno})` : "";
   const made = new Class(
