@@ -85,6 +85,8 @@ export async function buildPackage(dir = PACKAGE_DIR): Promise<string> {
         target: node ? "node20" : "es2022",
         external: ["node:*"],
         inject: node ? [join(ROOT, "lib/node/inject.ts")] : [],
+        // Smaller and faster to start (Node compiles the whole file).
+        minify: true,
         // Error classes are told apart by name (lib/io/os_errors.ts).
         keepNames: true,
         banner: out === "cli.js" ? { js: "#!/usr/bin/env node" } : undefined,
