@@ -58,6 +58,7 @@ async function run(
  *
  * @param dir Where (default dist/npm/).
  * @returns The package directory.
+ * @throws {Error} When `deno bundle` or esbuild fails, naming the step.
  */
 export async function buildPackage(dir = PACKAGE_DIR): Promise<string> {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -120,6 +121,7 @@ export async function buildPackage(dir = PACKAGE_DIR): Promise<string> {
  * @param dir The package directory, where the tarball goes too.
  * @param env The environment npm runs in (default: this process's).
  * @returns The tarball's path.
+ * @throws {Error} When `npm pack` fails, with its error output.
  */
 export async function packPackage(
   dir = PACKAGE_DIR,
