@@ -132,7 +132,7 @@ export async function timed(argv: string[]): Promise<Timing> {
 }
 
 /** Checks an output: identical guest content to `reference`, sane image. */
-async function verify(
+export async function verify(
   op: Op,
   out: string,
   reference: string,

@@ -16,6 +16,8 @@
 //    repeated 3 times (1 with --quick), alternating which tool goes first,
 //    after one untimed warm-up run of each (not with --quick), and the
 //    median is reported with the range.
+//    Then ours under Node beside ours under Deno (bench/_compare_node.ts,
+//    the npm package): raw → zstd qcow2 and zstd qcow2 → raw.
 //    Then qcow2 → raw over HTTP (bench/_compare_http.ts): four images made
 //    by qemu-img from the disk's first 64 MiB, served by a local server that
 //    waits 50 ms before each answer; ours against qemu-img's curl driver.
@@ -61,6 +63,12 @@ import {
   must,
 } from "./_compare_util.ts";
 import { buildBigDisk, buildDisk } from "./_compare_disk.ts";
+import {
+  nodeFailures,
+  nodeMarkdown,
+  type NodeRow,
+  runNode,
+} from "./_compare_node.ts";
 import { TOOLS_IMAGES, toolsSection } from "./_compare_tools.ts";
 import {
   cappedMarkdown,
@@ -332,6 +340,18 @@ async function main(): Promise<number> {
       );
     }
 
+    log(`\nOurs under Node beside Deno (${reps} repetition(s) each):`);
+    const zstdOp = forwardOps(disk).find((op) => op.id === "zstd")!;
+    const nodeOps = [{ op: zstdOp, reference: disk, virtualSize }];
+    if (await exists(kept.zstd)) {
+      nodeOps.push({
+        op: expandOp("zstd", "zstd", kept.zstd),
+        reference: disk,
+        virtualSize,
+      });
+    }
+    const node: NodeRow[] = await runNode(nodeOps, reps) ?? [];
+
     log(`\nqcow2 → raw over HTTP, 50 ms per request (${reps} repetition(s)):`);
     const fromUrl = (url: string, dst: string) =>
       oursArgv(["-f", "qcow2", "-O", "raw"], url)(dst);
@@ -363,7 +383,7 @@ async function main(): Promise<number> {
       await Deno.remove(bigZstd).catch(() => {});
     }
 
-    failed.push(...failures(results));
+    failed.push(...failures(results), ...nodeFailures(node));
     for (const r of http) {
       if (r.problem) failed.push(`http ${r.image}: ${r.problem}`);
     }
@@ -412,6 +432,7 @@ async function main(): Promise<number> {
       "",
       markdownTable(scaling),
       "",
+      ...(node.length > 0 ? [...nodeMarkdown(node), ""] : []),
       ...(http.length > 0 ? [...httpMarkdown(http), ""] : []),
       ...tools.markdown,
       "",

@@ -36,6 +36,11 @@ function codeBlocks(lang: string): { line: number; body: string }[] {
 /** Lines not run, and why. */
 const NOT_RUN: [RegExp, string][] = [
   [/^npx /, "installs Deno from npm"],
+  [/^deno install -g /, "installs the command for the user"],
+  [
+    /^deno task npm /,
+    "installs the npm package globally (tests/portable/npm_package_test.ts installs the tarball in a folder)",
+  ],
   [/^FUZZ_CASES=/, "a long fuzz run (the fuzz test runs in CI)"],
   [/\/dev\/sdX/, "writes a block device"],
 ];

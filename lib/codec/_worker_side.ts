@@ -11,17 +11,25 @@ import { codecCache, runJob } from "./_job.ts";
 /** The `name` a codec worker is started with; it is how it knows its job. */
 export const CODEC_WORKER_NAME = "qcow2pipe-codec";
 
-/** The parts of a dedicated worker's global scope used here. */
-interface WorkerScope {
+/**
+ * The parts of a dedicated worker's global scope used here, which a
+ * runtime without Web Workers provides for its own threads.
+ */
+export interface CodecThreadScope {
+  /** The name the thread was started with. */
   name: string;
-  onmessage: ((event: MessageEvent<PoolRequest>) => unknown) | null;
+  /** Receives jobs. */
+  onmessage: ((event: { data: PoolRequest }) => unknown) | null;
+  /** Sends an answer, its buffers transferred. */
   postMessage(message: PoolResponse, transfer?: Transferable[]): void;
+  /** Hears errors that no job caught. */
   addEventListener(
     type: "error" | "unhandledrejection",
     listener: (
       event: Event & { error?: unknown; message?: string; reason?: unknown },
     ) => void,
   ): void;
+  /** Stops the thread. */
   close(): void;
 }
 
@@ -32,9 +40,10 @@ export function inCodecWorker(): boolean {
     g.name === CODEC_WORKER_NAME;
 }
 
-/** Answers the pool's jobs on this worker thread. */
-export function serveCodecJobs(): void {
-  const scope = globalThis as unknown as WorkerScope;
+/** Answers the pool's jobs on this worker thread (its global scope by default). */
+export function serveCodecJobs(
+  scope: CodecThreadScope = globalThis as unknown as CodecThreadScope,
+): void {
   const codecFor = codecCache();
   scope.onmessage = async (event) => {
     const req = event.data;

@@ -1,6 +1,8 @@
 /**
  * A pool of Web Workers that compress and decompress clusters in parallel,
- * or runs the jobs inline where the runtime has no `Worker` (Node).
+ * or runs the jobs inline where the runtime has no `Worker` (Node 20) and
+ * no host module installed another kind of thread
+ * ({@linkcode installCodecThreads}: the npm package's `worker_threads`).
  *
  * @module
  */
@@ -17,9 +19,12 @@ import { codecCache, runJob } from "./_job.ts";
 import { BufferPool } from "../bytes/recycle.ts";
 import {
   CODEC_WORKER_NAME,
+  type CodecThreadScope,
   inCodecWorker,
   serveCodecJobs,
 } from "./_worker_side.ts";
+
+export { CODEC_WORKER_NAME, type CodecThreadScope };
 
 // In a worker the pool started, this module (or the bundle it is part of)
 // serves jobs; see _worker_side.ts.
@@ -62,6 +67,112 @@ export type PoolResponse =
   | { fatal: string };
 
 /**
+ * The part of a Web Worker the pool uses: what a runtime whose threads are
+ * not Web Workers (Node's `worker_threads`) adapts its own to.
+ */
+export interface CodecThread {
+  /** Sends a job, its buffers transferred. */
+  postMessage(message: PoolRequest, transfer: Transferable[]): void;
+  /** Receives answers. */
+  onmessage: ((event: { data: PoolResponse }) => void) | null;
+  /** Receives an error that escaped the thread's code. */
+  onerror:
+    | ((event: { message: string; preventDefault(): void }) => void)
+    | null;
+  /** Stops the thread. */
+  terminate(): void;
+}
+
+/**
+ * How a runtime without Web Workers starts a codec thread (see
+ * {@linkcode installCodecThreads}).
+ */
+export interface CodecThreads {
+  /**
+   * Starts a thread running `script` (the module that defines the pool:
+   * this file, or the bundle it was built into), which must serve jobs
+   * through {@linkcode serveCodecThread} when it sees `name`.
+   */
+  start(script: string, name: string): CodecThread;
+  /** The pool's default size: the number of cores. */
+  cores: number;
+}
+
+let threads: CodecThreads | undefined;
+
+/**
+ * Installs how codec threads start where the runtime's threads are not Web
+ * Workers (called once by the runtime's host module, as the npm package's
+ * Node entry does with `worker_threads`); pools started afterwards use
+ * them rather than `Worker`. `undefined` uninstalls them.
+ *
+ * @param start The runtime's threads.
+ * @throws Never.
+ *
+ * @example A pool on "threads" that answer on the calling thread
+ * ```ts
+ * import assert from "node:assert";
+ * import {
+ *   type CodecThread, type CodecThreadScope, CodecPool, installCodecThreads, serveCodecThread,
+ * } from "./pool.ts";
+ * function loopback(_script: string, name: string): CodecThread {
+ *   const scope = {
+ *     name, onmessage: null, addEventListener() {}, close() {},
+ *     postMessage: (data) => thread.onmessage?.({ data }),
+ *   } as CodecThreadScope;
+ *   serveCodecThread(scope);
+ *   const thread: CodecThread = {
+ *     onmessage: null, onerror: null, terminate() {},
+ *     postMessage: (data) => scope.onmessage!({ data }),
+ *   };
+ *   return thread;
+ * }
+ * installCodecThreads({ cores: 1, start: loopback });
+ * try {
+ *   await using pool = new CodecPool({ workers: 1 });
+ *   const { lengths } = await pool.compress({ type: "zlib" }, new Uint8Array(4096).fill(1), 4096);
+ *   assert.ok(lengths[0] > 0 && lengths[0] < 4096);
+ * } finally {
+ *   installCodecThreads(undefined);
+ * }
+ * ```
+ */
+export function installCodecThreads(start: CodecThreads | undefined): void {
+  threads = start;
+}
+
+/**
+ * Serves a pool's jobs on this thread, for a runtime whose threads are not
+ * Web Workers: its host module calls it in a thread that
+ * {@linkcode CodecThreads.start} started.
+ *
+ * @param scope The thread's messaging, in a Web Worker's shape.
+ * @throws Never.
+ *
+ * @example Answer one job through a scope
+ * ```ts
+ * import assert from "node:assert";
+ * import { type CodecThreadScope, type PoolResponse, serveCodecThread } from "./pool.ts";
+ * let handler: CodecThreadScope["onmessage"] = null;
+ * const answers: PoolResponse[] = [];
+ * serveCodecThread({
+ *   name: "qcow2pipe-codec",
+ *   set onmessage(h) { handler = h; },
+ *   get onmessage() { return handler; },
+ *   postMessage: (m) => answers.push(m),
+ *   addEventListener: () => {},
+ *   close: () => {},
+ * });
+ * const data = new Uint8Array(4096).fill(7);
+ * await handler!({ data: { id: 1, op: "compress", codec: { type: "zlib" }, clusterSize: 4096, data, lengths: [] } });
+ * assert.ok("lengths" in answers[0] && answers[0].lengths[0] > 0);
+ * ```
+ */
+export function serveCodecThread(scope: CodecThreadScope): void {
+  serveCodecJobs(scope);
+}
+
+/**
  * Options of a {@linkcode CodecPool}.
  *
  * @example Run the codecs on the calling thread
@@ -76,8 +187,10 @@ export type PoolResponse =
 export interface CodecPoolOptions {
   /**
    * Number of workers; 0 runs jobs on the calling thread, as does any
-   * count where the runtime has no `Worker` (Node).
-   * @default {navigator.hardwareConcurrency} (1 where there is none)
+   * count where the runtime has no `Worker` (Node 20) and no
+   * {@linkcode installCodecThreads}.
+   * @default {navigator.hardwareConcurrency} (the installed threads'
+   * `cores`, else 1)
    */
   workers?: number;
 }
@@ -138,7 +251,7 @@ interface Pending {
  * ```
  */
 export class CodecPool implements AsyncDisposable {
-  #workers: Worker[] = [];
+  #workers: CodecThread[] = [];
   #load: number[] = [];
   #pending = new Map<number, Pending>();
   #nextId = 1;
@@ -157,13 +270,15 @@ export class CodecPool implements AsyncDisposable {
    */
   constructor(options: CodecPoolOptions = {}) {
     const count = options.workers ??
-      (globalThis.navigator?.hardwareConcurrency || 1);
+      (globalThis.navigator?.hardwareConcurrency || threads?.cores || 1);
     if (!Number.isInteger(count) || count < 0 || count > 1024) {
       throw new RangeError(
         `Cannot create codec pool: workers ${count} is out of range [0, 1024]`,
       );
     }
-    this.#count = typeof globalThis.Worker === "function" ? count : 0;
+    this.#count = typeof globalThis.Worker === "function" || threads
+      ? count
+      : 0;
   }
 
   /** Starts the workers on first use, so a pool that is never needed costs nothing. */
@@ -171,11 +286,14 @@ export class CodecPool implements AsyncDisposable {
     if (this.#workers.length > 0) return;
     for (let i = 0; i < this.#count; i++) {
       // This module is the worker's script: see _worker_side.ts.
-      const worker = new Worker(import.meta.url, {
-        type: "module",
-        name: CODEC_WORKER_NAME,
-      });
-      worker.onmessage = (event: MessageEvent<PoolResponse>) => {
+      // (A Web Worker is a CodecThread whose events carry more fields.)
+      const worker = threads
+        ? threads.start(import.meta.url, CODEC_WORKER_NAME)
+        : new Worker(import.meta.url, {
+          type: "module",
+          name: CODEC_WORKER_NAME,
+        }) as unknown as CodecThread;
+      worker.onmessage = (event) => {
         const res = event.data;
         if ("fatal" in res) {
           this.#fail(
@@ -185,7 +303,7 @@ export class CodecPool implements AsyncDisposable {
           );
         } else this.#settle(res);
       };
-      worker.onerror = (event: ErrorEvent) => {
+      worker.onerror = (event) => {
         event.preventDefault();
         this.#fail(
           new InternalError(
