@@ -25,6 +25,16 @@
 // A piece that fails fails only the reads that need it, with the error of
 // its request (naming the URL and the range); a piece nobody reads fails
 // silently.
+//
+// Memory. The window owns its pieces: a read gets a copy of its bytes, in
+// the caller's buffer when it gives one, never a view of a piece. So a
+// piece's buffer goes round: once the piece is dropped, its request has
+// ended and no read is copying from it, the next piece is fetched into
+// it. Fresh 4 MiB buffers for every piece, left to the collector, held
+// about 40 MiB more than the window itself (expanding a 189 MB image over
+// HTTP: peak RSS 229 MiB).
+
+import { BufferPool } from "../bytes/recycle.ts";
 
 /** Bytes of one piece: one Range request. */
 export const WINDOW_PIECE = 4 * 1024 * 1024;
@@ -41,11 +51,27 @@ export const WINDOW_STREAK = 1024 * 1024;
 /** A read starting at most this far from where the last ended continues a streak. */
 const STREAK_GAP = 256 * 1024;
 
-/** Fetches `length` bytes at `offset`, all of them (fewer only past the end). */
-export type FetchRange = (
-  offset: number,
-  length: number,
-) => Promise<Uint8Array>;
+/**
+ * Fills `into` with the bytes at `offset`, all of them (fewer only past
+ * the end): one request, checked by the caller. Nothing is written into
+ * `into` once the promise has settled.
+ */
+export type FetchRange = (offset: number, into: Uint8Array) => Promise<unknown>;
+
+/** A piece: its bytes once fetched, and who still needs its buffer. */
+interface Piece {
+  /** The buffer the piece is fetched into (the pool's, whole). */
+  readonly buffer: Uint8Array;
+  /** Its bytes: `buffer`, cut at the end of the resource. */
+  readonly bytes: Uint8Array;
+  /** Settles when the request ends. */
+  readonly fetched: Promise<unknown>;
+  settled: boolean;
+  /** Reads copying from it. */
+  readers: number;
+  /** No longer in the window: the buffer goes back once free. */
+  dropped: boolean;
+}
 
 /**
  * Pieces of a resource fetched ahead of forward reads, within a fixed
@@ -59,16 +85,21 @@ export class ReadWindow {
   #origin: number | undefined;
   /** The furthest piece read. */
   #furthest = 0;
-  readonly #pieces = new Map<number, Promise<Uint8Array>>();
+  readonly #pieces = new Map<number, Piece>();
   /** Requests out, for pieces held or dropped. */
   #inFlight = 0;
+  /** Requests of dropped pieces still out, to wait for them at the end. */
+  readonly #dropped = new Set<Promise<unknown>>();
+  /** Buffers of pieces done with. */
+  readonly #buffers = new BufferPool();
   /** End of the last read seen outside the window, and the streak's bytes. */
   #streakEnd = -1;
   #streakBytes = 0;
 
   /**
    * @param size The resource's size in bytes.
-   * @param fetch Fetches a range (one request, checked by the caller).
+   * @param fetch Fetches a range into a buffer (one request, checked by
+   * the caller).
    */
   constructor(size: number, fetch: FetchRange) {
     this.#size = size;
@@ -81,11 +112,16 @@ export class ReadWindow {
   }
 
   /**
-   * The bytes `[offset, offset + length)` from the window's pieces
-   * (fetching the pieces they need, and the next ones), or undefined when
-   * the read is not the window's.
+   * A copy of the bytes `[offset, offset + length)` from the window's
+   * pieces (fetching the pieces they need, and the next ones), in `into`
+   * when given (at least `length` bytes), or undefined when the read is
+   * not the window's.
    */
-  read(offset: number, length: number): Promise<Uint8Array> | undefined {
+  read(
+    offset: number,
+    length: number,
+    into?: Uint8Array,
+  ): Promise<Uint8Array> | undefined {
     const origin = this.#origin;
     if (origin !== undefined) {
       if (offset < origin) return undefined;
@@ -93,7 +129,7 @@ export class ReadWindow {
       const last = Math.floor((offset + length - 1 - origin) / WINDOW_PIECE);
       const low = this.#furthest - WINDOW_BEHIND;
       if (first >= low && first <= low + WINDOW_PIECES) {
-        return this.#answer(offset, length, first, last);
+        return this.#answer(offset, length, first, last, into);
       }
       if (first < low) return undefined;
       // Far ahead: the reads jumped, the window closes until they run on.
@@ -111,6 +147,7 @@ export class ReadWindow {
       length,
       0,
       Math.floor((length - 1) / WINDOW_PIECE),
+      into,
     );
   }
 
@@ -119,15 +156,33 @@ export class ReadWindow {
     this.#close();
   }
 
-  /** Pieces in flight or held, to wait for them once they are aborted. */
+  /** Requests still out, held or dropped, to wait for them once aborted. */
   pending(): Promise<unknown>[] {
-    return [...this.#pieces.values()];
+    return [
+      ...[...this.#pieces.values()].map((p) => p.fetched),
+      ...this.#dropped,
+    ];
   }
 
   #close(): void {
     this.#origin = undefined;
+    for (const piece of this.#pieces.values()) this.#drop(piece);
     this.#pieces.clear();
     this.#streakBytes = 0;
+  }
+
+  /** Takes a piece out of the window: its buffer goes back once free. */
+  #drop(piece: Piece): void {
+    piece.dropped = true;
+    if (!piece.settled) this.#dropped.add(piece.fetched);
+    this.#release(piece);
+  }
+
+  /** Gives a dropped piece's buffer back once no request or read uses it. */
+  #release(piece: Piece): void {
+    if (piece.dropped && piece.settled && piece.readers === 0) {
+      this.#buffers.put(piece.buffer);
+    }
   }
 
   /** Answers a read of pieces `first` to `last`, moving the window on. */
@@ -136,51 +191,89 @@ export class ReadWindow {
     length: number,
     first: number,
     last: number,
+    into: Uint8Array | undefined,
   ): Promise<Uint8Array> {
     if (last > this.#furthest) this.#furthest = last;
     const low = Math.max(0, this.#furthest - WINDOW_BEHIND);
-    for (const k of this.#pieces.keys()) {
-      if (k < low) this.#pieces.delete(k);
+    for (const [k, piece] of this.#pieces) {
+      if (k < low) {
+        this.#pieces.delete(k);
+        this.#drop(piece);
+      }
     }
-    // The pieces of this read first, then the ones after them.
-    const wanted: Promise<Uint8Array>[] = [];
-    for (let k = first; k <= last; k++) wanted.push(this.#piece(k)!);
+    // The pieces of this read first, then the ones after them; the read
+    // holds its pieces' buffers until it has copied from them.
+    const wanted: Piece[] = [];
+    for (let k = first; k <= last; k++) {
+      const piece = this.#piece(k)!;
+      piece.readers++;
+      wanted.push(piece);
+    }
     for (let k = low; k < low + WINDOW_PIECES; k++) this.#piece(k, true);
     const origin = this.#origin!;
-    if (wanted.length === 1) {
-      const bytes = await wanted[0];
-      const at = offset - origin - first * WINDOW_PIECE;
-      return bytes.subarray(at, at + length);
-    }
-    const out = new Uint8Array(length);
+    const out = into?.subarray(0, length) ?? new Uint8Array(length);
     let have = 0;
-    for (let i = 0; i < wanted.length; i++) {
-      const bytes = await wanted[i];
-      const pieceStart = origin + (first + i) * WINDOW_PIECE;
-      const from = Math.max(offset, pieceStart) - pieceStart;
-      const part = bytes.subarray(from, from + length - have);
-      out.set(part, have);
-      have += part.length;
+    try {
+      for (let i = 0; i < wanted.length; i++) {
+        const piece = wanted[i];
+        await piece.fetched;
+        const pieceStart = origin + (first + i) * WINDOW_PIECE;
+        const from = Math.max(offset, pieceStart) - pieceStart;
+        const part = piece.bytes.subarray(from, from + length - have);
+        out.set(part, have);
+        have += part.length;
+      }
+    } finally {
+      for (const piece of wanted) {
+        piece.readers--;
+        this.#release(piece);
+      }
     }
     return out.subarray(0, have);
   }
 
   /**
-   * Piece `k`, fetched when it is not held yet (none past the end); one
-   * fetched `ahead` of the reads waits while WINDOW_PIECES requests are out.
+   * Piece `k`, fetched when it is not held yet (an empty one past the
+   * end); one fetched `ahead` of the reads waits while WINDOW_PIECES
+   * requests are out.
    */
-  #piece(k: number, ahead = false): Promise<Uint8Array> | undefined {
+  #piece(k: number, ahead = false): Piece | undefined {
     const held = this.#pieces.get(k);
     if (held) return held;
     if (ahead && this.#inFlight >= WINDOW_PIECES) return undefined;
     const start = this.#origin! + k * WINDOW_PIECE;
-    const length = Math.min(WINDOW_PIECE, this.#size - start);
-    if (length <= 0) return Promise.resolve(new Uint8Array(0));
-    const piece = this.#fetch(start, length);
+    const length = Math.max(0, Math.min(WINDOW_PIECE, this.#size - start));
+    if (length === 0) {
+      const bytes = new Uint8Array(0);
+      return {
+        buffer: bytes,
+        bytes,
+        fetched: Promise.resolve(),
+        settled: true,
+        readers: 0,
+        dropped: false,
+      };
+    }
+    const buffer = this.#buffers.take(WINDOW_PIECE);
+    const bytes = buffer.subarray(0, length);
+    const fetched = this.#fetch(start, bytes);
+    const piece: Piece = {
+      buffer,
+      bytes,
+      fetched,
+      settled: false,
+      readers: 0,
+      dropped: false,
+    };
     this.#inFlight++;
     // Reported to the reads that await it; one nobody reads fails unseen.
-    const done = () => void this.#inFlight--;
-    piece.then(done, done);
+    const done = () => {
+      this.#inFlight--;
+      piece.settled = true;
+      this.#dropped.delete(fetched);
+      this.#release(piece);
+    };
+    fetched.then(done, done);
     this.#pieces.set(k, piece);
     return piece;
   }

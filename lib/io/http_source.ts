@@ -215,10 +215,17 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     this.#window = fetchAhead
       ? new ReadWindow(
         size,
-        (offset, length) =>
-          this.#fetchRange(offset, length, this.#closing.signal),
+        (offset, into) => this.#fetchInto(offset, into, this.#closing.signal),
       )
       : undefined;
+  }
+
+  /**
+   * Every read not answered from bytes already fetched is a request over
+   * the network: readers ask for more at once, and further ahead.
+   */
+  get remote(): true {
+    return true;
   }
 
   /**
@@ -366,6 +373,54 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     // several at a time (one connection each).
     const ahead = this.#window?.read(offset, want);
     if (ahead) return ahead;
+    return this.#batched(offset, want);
+  }
+
+  /**
+   * Reads `into.length` bytes at `offset` into `into`, as
+   * {@linkcode HttpSource.read} reads them: the bytes fetched ahead are
+   * copied from the window's pieces, whose memory goes round, instead of
+   * being handed out in a new buffer.
+   *
+   * @param offset Start offset.
+   * @param into Where the bytes go.
+   * @returns The number of bytes read (fewer at the end of the resource).
+   * @throws {IoError} As {@linkcode HttpSource.read}.
+   *
+   * @example Read into a buffer used again
+   * ```ts
+   * import assert from "node:assert";
+   * import { HttpSource } from "./http_source.ts";
+   * const body = new Uint8Array(64).map((_, i) => i);
+   * await using server = Deno.serve({ port: 0, onListen() {} }, (req) => {
+   *   const m = /bytes=(\d+)-(\d+)/.exec(req.headers.get("range") ?? "")!;
+   *   const [a, b] = [Number(m[1]), Math.min(Number(m[2]), body.length - 1)];
+   *   return new Response(body.slice(a, b + 1), {
+   *     status: 206,
+   *     headers: { "content-range": `bytes ${a}-${b}/${body.length}` },
+   *   });
+   * });
+   * await using src = await HttpSource.open(`http://localhost:${server.addr.port}/disk`);
+   * const into = new Uint8Array(8);
+   * assert.strictEqual(await src.readInto(60, into), 4);
+   * assert.deepStrictEqual(into.subarray(0, 4), new Uint8Array([60, 61, 62, 63]));
+   * ```
+   */
+  async readInto(offset: number, into: Uint8Array): Promise<number> {
+    const want = Math.max(0, Math.min(into.length, this.size - offset));
+    if (want === 0) return 0;
+    if (offset + want <= this.#prefix.length) {
+      into.set(this.#prefix.subarray(offset, offset + want));
+      return want;
+    }
+    const ahead = this.#window?.read(offset, want, into);
+    if (ahead) return (await ahead).length;
+    into.set(await this.#batched(offset, want));
+    return want;
+  }
+
+  /** A read outside the window, merged with the reads asked for with it. */
+  #batched(offset: number, want: number): Promise<Uint8Array> {
     // Reads asked for together (a reader running ahead) wait for the end of
     // this turn of the event loop, then go out merged where they are close:
     // on a distant server, round trips cost more than a few extra bytes.
@@ -472,22 +527,27 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   }
 
   /** `[offset, offset + want)`, with Range requests. */
-  async #fetchRange(
-    offset: number,
-    want: number,
-    signal?: AbortSignal,
-  ): Promise<Uint8Array> {
+  async #fetchRange(offset: number, want: number): Promise<Uint8Array> {
     const into = new Uint8Array(want);
-    await readRange(
+    await this.#fetchInto(offset, into);
+    return into;
+  }
+
+  /** Fills `into` with the bytes at `offset`, with Range requests. */
+  #fetchInto(
+    offset: number,
+    into: Uint8Array,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    return readRange(
       this.#client,
       offset,
       into,
       this.size,
-      `Cannot read ${want} bytes at ${offset} of ${this.name}`,
+      `Cannot read ${into.length} bytes at ${offset} of ${this.name}`,
       undefined,
       signal,
     );
-    return into;
   }
 
   /** Stops the requests fetching ahead (a read waiting for one fails). */

@@ -46,7 +46,7 @@ export interface ReadImageOptions {
   /**
    * Guest bytes of the reads and decompression jobs running ahead.
    * @default {8 * chunkSize} (16 MiB) while any of them reads from a
-   * source without `readInto` (over HTTP, where bytes in flight hide round
+   * remote source (`isRemote`: over HTTP, where bytes in flight hide round
    * trips; `HttpSource` also fetches ahead of reads that run forward);
    * else `4 * chunkSize`: a local file answers from the page cache, and
    * four chunks keep two workers busy while the consumer writes (more
