@@ -477,22 +477,45 @@ export class HttpClient {
 }
 
 /**
- * Reads the body of `answer` into `into` from `at` until `into` is full
- * or the body ends, then drops the rest of the body: no more than asked
- * for is ever read. A transfer that breaks is a retryable failure.
+ * Where a body's bytes go: one buffer, or pieces of memory taken as the
+ * bytes come (the read window's pieces).
+ */
+export interface ByteTarget {
+  /** Bytes it holds. */
+  readonly length: number;
+  /**
+   * Memory for the bytes from `at` on: at least one, at most `max`; a
+   * promise when the holder has none to give yet (the body waits).
+   */
+  region(at: number, max: number): Uint8Array | Promise<Uint8Array>;
+}
+
+/** A buffer as a {@linkcode ByteTarget}. */
+export function bufferTarget(into: Uint8Array): ByteTarget {
+  return {
+    length: into.length,
+    region: (at, max) => into.subarray(at, at + max),
+  };
+}
+
+/**
+ * Reads the body of `answer` into `into` from `at` until `end` or the
+ * body ends, then drops the rest of the body: no more than asked for is
+ * ever read. A transfer that breaks is a retryable failure.
  *
  * @returns The bytes read.
  */
 export async function readInto(
   answer: Answer,
-  into: Uint8Array,
+  into: ByteTarget,
   at: number,
+  end: number,
   onBytes: (n: number) => void = () => {},
 ): Promise<number> {
   let have = at;
   try {
-    while (have < into.length) {
-      const n = await answer.fill(into.subarray(have));
+    while (have < end) {
+      const n = await answer.fill(await into.region(have, end - have));
       if (n === 0) break;
       have += n;
       onBytes(n);

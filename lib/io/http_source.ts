@@ -11,6 +11,8 @@ export { DEFAULT_IDLE_TIMEOUT } from "./_http.ts";
 import {
   type Answer,
   answered,
+  bufferTarget,
+  type ByteTarget,
   type ContentRange,
   Failure,
   HttpClient,
@@ -536,7 +538,7 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   /** Fills `into` with the bytes at `offset`, with Range requests. */
   #fetchInto(
     offset: number,
-    into: Uint8Array,
+    into: Uint8Array | ByteTarget,
     signal?: AbortSignal,
   ): Promise<void> {
     return readRange(
@@ -576,12 +578,13 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
 async function readRange(
   client: HttpClient,
   offset: number,
-  into: Uint8Array,
+  bytes: Uint8Array | ByteTarget,
   total: number,
   what: string,
   first?: Answer,
   signal?: AbortSignal,
 ): Promise<void> {
+  const into = bytes instanceof Uint8Array ? bufferTarget(bytes) : bytes;
   let have = 0;
   let pending = first;
   while (have < into.length) {
@@ -595,7 +598,7 @@ async function readRange(
       // Bytes past the range asked for are not read.
       const stop = Math.min(range.end, last) + 1 - offset;
       const before = have;
-      await readInto(answer, into.subarray(0, stop), have, (n) => {
+      await readInto(answer, into, have, stop, (n) => {
         have += n;
       });
       if (have < stop) {

@@ -439,8 +439,9 @@ export class ReadAhead {
 /**
  * Reads and decompresses the clusters of consecutive compressed items as
  * one job, into the buffer `takeOut` gives once the payloads are read
- * (else a new buffer); payloads are read into a buffer from `buffers`
- * when given.
+ * (else a new buffer). Payloads are read into a carrier of the pool when
+ * the source reads into buffers, else into a buffer from `buffers` when
+ * given.
  */
 async function decompressClusters(
   items: PlanItem[],
@@ -452,36 +453,52 @@ async function decompressClusters(
   const lo = Math.min(...ranges.map((r) => r.offset));
   const hi = Math.max(...ranges.map((r) => r.offset + r.length));
   const total = ranges.reduce((n, r) => n + r.length, 0);
+  const { type, clusterSize } = items[0].compressed!;
+  const cs = clusterSize;
+  /** A codec's error, named by the item whose payload failed. */
+  const failed = (err: unknown) =>
+    decompressError(
+      items[(err as { index?: number }).index ?? 0] ?? items[0],
+      err,
+    );
   let payloads: Uint8Array[];
   let into: Uint8Array | undefined; // the pooled buffer the payloads are in
   if (
     hi - lo <= 2 * total && items.every((i) => i.source === items[0].source)
   ) {
-    // Usually packed back to back: one read for the whole group.
+    // Usually packed back to back: one read for the whole group. With
+    // workers and a source that reads into buffers, into one the job
+    // carries to a worker as it is: the payloads are not copied again.
     let bytes: Uint8Array;
     const source = items[0].source!;
-    if (buffers && source.readInto) into = buffers.take(hi - lo);
+    const carried = pool && source.readInto ? pool.carrier(hi - lo) : undefined;
+    if (!carried && buffers && source.readInto) into = buffers.take(hi - lo);
+    const target = carried ?? into?.subarray(0, hi - lo);
     try {
-      bytes = into
-        ? into.subarray(
-          0,
-          await source.readInto!(lo, into.subarray(0, hi - lo)),
-        )
+      bytes = target
+        ? target.subarray(0, await source.readInto!(lo, target))
         : await source.read(lo, hi - lo);
     } catch (err) {
       throw readError(`compressed clusters at host offset ${hex(lo)}`, err);
     }
-    payloads = ranges.map((r) =>
-      bytes.subarray(
-        r.offset - lo,
-        Math.min(bytes.length, r.offset - lo + r.length),
-      )
-    );
+    const spans = ranges.map((r) => {
+      const from = Math.min(bytes.length, r.offset - lo);
+      return {
+        offset: from,
+        length: Math.min(bytes.length, r.offset - lo + r.length) - from,
+      };
+    });
+    if (carried) {
+      try {
+        return await pool!.decompressIn({ type }, bytes, spans, cs, takeOut());
+      } catch (err) {
+        throw failed(err);
+      }
+    }
+    payloads = spans.map((r) => bytes.subarray(r.offset, r.offset + r.length));
   } else {
     payloads = await Promise.all(items.map(readCompressedPayload));
   }
-  const { type, clusterSize } = items[0].compressed!;
-  const cs = clusterSize;
   const out = takeOut();
   let clusters: Uint8Array;
   try {
@@ -507,8 +524,7 @@ async function decompressClusters(
       if (into) buffers!.put(into);
     }
   } catch (err) {
-    const index = (err as { index?: number }).index ?? 0;
-    throw decompressError(items[index] ?? items[0], err);
+    throw failed(err);
   }
   return clusters;
 }

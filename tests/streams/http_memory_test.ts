@@ -1,12 +1,16 @@
-// Memory behind HttpSource: the read window's pieces go round instead of
-// being left to the collector, reads get copies (in the caller's buffer
-// with readInto), and a body is read into the caller's memory whether the
-// runtime's fetch gives a byte stream (BYOB reads) or plain chunks.
+// Memory behind HttpSource: the read window's blocks go round instead of
+// being left to the collector and stay within a budget, reads get copies
+// (in the caller's buffer with readInto), and a body is read into the
+// caller's memory whether the runtime's fetch gives a byte stream (BYOB
+// reads) or plain chunks.
 
 import assert from "node:assert";
 import { mulberry32 } from "../../lib/_prng.ts";
+import type { ByteTarget } from "../../lib/io/_http.ts";
 import {
   ReadWindow,
+  WINDOW_BLOCK,
+  WINDOW_MEMORY,
   WINDOW_PIECE,
   WINDOW_PIECES,
 } from "../../lib/io/_http_window.ts";
@@ -24,15 +28,29 @@ function randomBytes(size: number, seed: number): Uint8Array {
   return new Uint8Array(words.buffer, 0, size);
 }
 
-Deno.test("ReadWindow fetches into a few buffers that go round, and a read's bytes stay its own", async () => {
+/** Fills a window's piece with `byte(offset)` for each of its bytes. */
+async function fill(
+  into: ByteTarget,
+  offset: number,
+  byte: (at: number) => number,
+  seen?: Set<ArrayBufferLike>,
+): Promise<void> {
+  for (let at = 0; at < into.length;) {
+    const region = await into.region(at, into.length - at);
+    seen?.add(region.buffer);
+    for (let i = 0; i < region.length; i++) region[i] = byte(offset + at + i);
+    at += region.length;
+  }
+}
+
+Deno.test("ReadWindow fetches into a few blocks that go round, and a read's bytes stay its own", async () => {
   const size = 96 * MiB;
   const byte = (at: number) => (at * 7 + (at >> 16)) % 251;
   const buffers = new Set<ArrayBufferLike>();
-  const window = new ReadWindow(size, (offset, into) => {
-    buffers.add(into.buffer);
-    for (let i = 0; i < into.length; i++) into[i] = byte(offset + i);
-    return Promise.resolve();
-  });
+  const window = new ReadWindow(
+    size,
+    (offset, into) => fill(into, offset, byte, buffers),
+  );
   assert.strictEqual(window.read(0, MiB / 2), undefined);
   const kept: [number, Uint8Array][] = [];
   const into = new Uint8Array(MiB + 9);
@@ -49,11 +67,11 @@ Deno.test("ReadWindow fetches into a few buffers that go round, and a read's byt
       assert.strictEqual(same[i], byte(at + MiB + i));
     }
   }
-  // Every piece of 96 MiB fetched into at most the window's buffers (and
-  // the one a read reaching past the window takes).
+  // Every piece of 96 MiB fetched into the window's budget of blocks (and
+  // the pieces reads wait for).
   assert.ok(
-    buffers.size <= WINDOW_PIECES + 2,
-    `${buffers.size} buffers for ${Math.ceil(size / WINDOW_PIECE)} pieces`,
+    buffers.size <= (WINDOW_MEMORY + 2 * WINDOW_PIECE) / WINDOW_BLOCK,
+    `${buffers.size} blocks for ${Math.ceil(size / WINDOW_PIECE)} pieces`,
   );
   // Bytes read long ago were copies: no later piece wrote over them.
   for (const [at, got] of kept) {
@@ -69,10 +87,9 @@ Deno.test("ReadWindow keeps a piece's buffer while a read waits for it, after a 
     256 * MiB,
     (offset, into) =>
       new Promise((resolve) => {
-        answers.push(() => {
-          into.fill(offset / WINDOW_PIECE + 1);
-          resolve(undefined);
-        });
+        answers.push(() =>
+          resolve(fill(into, offset, () => offset / WINDOW_PIECE + 1))
+        );
       }),
   );
   const first = window.read(0, MiB)!;
@@ -83,6 +100,41 @@ Deno.test("ReadWindow keeps a piece's buffer while a read waits for it, after a 
   for (const answer of answers) answer();
   assert.deepStrictEqual(await first, new Uint8Array(MiB).fill(1));
   assert.ok((await second).every((b) => b === 0 || b > 1));
+});
+
+Deno.test("ReadWindow holds at most WINDOW_MEMORY of blocks for pieces ahead: their bodies wait until the reads come near", async () => {
+  let held = 0;
+  let most = 0;
+  const bodies: Promise<void>[] = [];
+  const window = new ReadWindow(256 * MiB, (offset, into) => {
+    // Every request answers at once; each block taken is counted.
+    const body = (async () => {
+      for (let at = 0; at < into.length;) {
+        const region = await into.region(at, into.length - at);
+        if (at % WINDOW_BLOCK === 0) most = Math.max(most, ++held);
+        region.fill(offset % 251);
+        at += region.length;
+      }
+    })();
+    bodies.push(body);
+    return body;
+  });
+  // The reads stop after the first piece: the pieces ahead fill the budget
+  // (the piece read and the next one aside), then wait.
+  await window.read(0, MiB);
+  await window.read(MiB, MiB);
+  await new Promise((r) => setTimeout(r, 50));
+  const limit = (WINDOW_MEMORY + 2 * WINDOW_PIECE) / WINDOW_BLOCK;
+  assert.ok(most <= limit, `${most} blocks held, at most ${limit}`);
+  assert.ok(most * WINDOW_BLOCK < WINDOW_PIECES * WINDOW_PIECE);
+  // Reads running on let the waiting pieces come.
+  for (let at = 2 * MiB; at < 40 * MiB; at += MiB) {
+    const got = await window.read(at, MiB);
+    const want = (Math.floor(at / WINDOW_PIECE) * WINDOW_PIECE) % 251;
+    assert.ok(got?.every((b) => b === want), `bytes at ${at}`);
+  }
+  window.clear();
+  await Promise.all(bodies); // dropped pieces read their bodies to the end
 });
 
 /** A fetch whose bodies come as plain chunks of odd sizes, not a byte stream. */
