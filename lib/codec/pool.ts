@@ -276,27 +276,16 @@ export class CodecPool implements AsyncDisposable {
     clusterSize: number,
     out?: Uint8Array,
   ): Promise<Uint8Array> {
-    const need = payloads.length * clusterSize;
-    if (out !== undefined && out.length < need) {
-      throw new RangeError(
-        `Cannot decompress clusters: the output holds ${out.length} bytes, not ${need}`,
-      );
-    }
     const total = payloads.reduce((n, p) => n + p.length, 0);
-    const data = this.#carriers.take(total).subarray(0, total);
+    const data = this.carrier(total);
+    const ranges = [];
     let at = 0;
     for (const p of payloads) {
       data.set(p, at);
+      ranges.push({ offset: at, length: p.length });
       at += p.length;
     }
-    return this.#submit({
-      op: "decompress",
-      codec: plainOptions(codec),
-      clusterSize,
-      data,
-      lengths: payloads.map((p) => p.length),
-      out: out?.subarray(0, need),
-    }).then((r) => r.data);
+    return this.decompressIn(codec, data, ranges, clusterSize, out);
   }
 
   /**

@@ -528,15 +528,21 @@ export async function readInto(
 
 /**
  * Bytes of the buffer a body is read into before being copied where it
- * goes (one per answer being read, kept while it is read).
+ * goes (one per answer being read; Deno's fetch gives 64 KiB at most a
+ * read).
  */
-const FILL_BUFFER = 256 * 1024;
+const FILL_BUFFER = 64 * 1024;
+
+/** Those buffers, once their answer is read, for the next answers. */
+const spareFillBuffers: ArrayBuffer[] = [];
+/** The most kept. */
+const SPARE_FILL_BUFFERS = 16;
 
 /**
  * An answer whose body reads go through the watchdog.
  *
  * `fill()` reads a byte stream body (a runtime's fetch) with a BYOB
- * reader into one buffer of the answer's, then copies: a default reader
+ * reader into one buffer, kept for the next answer, then copies: a default reader
  * hands out a new buffer for every chunk (64 KiB in Deno), and expanding
  * a 189 MB image over HTTP left a hundred MiB of those to the collector
  * at any time. A body that is not a byte stream is read by chunks, and
@@ -586,7 +592,7 @@ function answerOf(res: Response, watch: Watchdog): Answer {
       if (reader === undefined) {
         try {
           reader = body.getReader({ mode: "byob" });
-          scratch = new ArrayBuffer(FILL_BUFFER);
+          scratch = spareFillBuffers.pop() ?? new ArrayBuffer(FILL_BUFFER);
         } catch {
           reader = body.getReader(); // not a byte stream
         }
@@ -619,6 +625,11 @@ function answerOf(res: Response, watch: Watchdog): Answer {
     async close() {
       if (closed) return;
       closed = true;
+      // A buffer a read still holds is detached here (0 bytes): not kept.
+      if (
+        scratch?.byteLength === FILL_BUFFER &&
+        spareFillBuffers.length < SPARE_FILL_BUFFERS
+      ) spareFillBuffers.push(scratch);
       scratch = rest = undefined;
       await (reader ?? body?.getReader())?.cancel().catch(() => {});
       watch.stop();

@@ -6,7 +6,6 @@
 
 import assert from "node:assert";
 import { mulberry32 } from "../../lib/_prng.ts";
-import type { ByteTarget } from "../../lib/io/_http.ts";
 import {
   ReadWindow,
   WINDOW_BLOCK,
@@ -16,6 +15,7 @@ import {
 } from "../../lib/io/_http_window.ts";
 import { HttpSource } from "../../lib/io/http_source.ts";
 import { isRemote } from "../../lib/io/source.ts";
+import { deferredWindow, fillPiece } from "./_pieces.ts";
 import { serveFiles } from "./_server.ts";
 
 const MiB = 1024 * 1024;
@@ -28,28 +28,13 @@ function randomBytes(size: number, seed: number): Uint8Array {
   return new Uint8Array(words.buffer, 0, size);
 }
 
-/** Fills a window's piece with `byte(offset)` for each of its bytes. */
-async function fill(
-  into: ByteTarget,
-  offset: number,
-  byte: (at: number) => number,
-  seen?: Set<ArrayBufferLike>,
-): Promise<void> {
-  for (let at = 0; at < into.length;) {
-    const region = await into.region(at, into.length - at);
-    seen?.add(region.buffer);
-    for (let i = 0; i < region.length; i++) region[i] = byte(offset + at + i);
-    at += region.length;
-  }
-}
-
 Deno.test("ReadWindow fetches into a few blocks that go round, and a read's bytes stay its own", async () => {
   const size = 96 * MiB;
   const byte = (at: number) => (at * 7 + (at >> 16)) % 251;
   const buffers = new Set<ArrayBufferLike>();
   const window = new ReadWindow(
     size,
-    (offset, into) => fill(into, offset, byte, buffers),
+    (offset, into) => fillPiece(into, offset, byte, buffers),
   );
   assert.strictEqual(window.read(0, MiB / 2), undefined);
   const kept: [number, Uint8Array][] = [];
@@ -82,15 +67,9 @@ Deno.test("ReadWindow fetches into a few blocks that go round, and a read's byte
 });
 
 Deno.test("ReadWindow keeps a piece's buffer while a read waits for it, after a jump dropped the piece", async () => {
-  const answers: (() => void)[] = [];
-  const window = new ReadWindow(
+  const { window, answers } = deferredWindow(
     256 * MiB,
-    (offset, into) =>
-      new Promise((resolve) => {
-        answers.push(() =>
-          resolve(fill(into, offset, () => offset / WINDOW_PIECE + 1))
-        );
-      }),
+    (at) => Math.floor(at / WINDOW_PIECE) + 1,
   );
   const first = window.read(0, MiB)!;
   // A jump drops every piece while the first read still waits for piece 0.
