@@ -12,8 +12,9 @@
 // Budget. At most WINDOW_PIECES pieces of WINDOW_PIECE bytes are held,
 // fetched or in flight, and none is fetched ahead while WINDOW_PIECES
 // requests are out (pieces dropped by a jump included): a fixed amount of
-// memory and of requests, whatever the size of the resource. Only the
-// pieces a read needs go out beyond that; the caller bounds its reads. The window covers the pieces from WINDOW_BEHIND before the
+// memory (see Memory below) and of requests, whatever the size of the
+// resource. Only the pieces a read needs go out beyond that; the caller
+// bounds its reads. The window covers the pieces from WINDOW_BEHIND before the
 // furthest piece read; reads may come a little out of order (an image
 // written out of order stores guest-ordered clusters so). A read before
 // the window, or far beyond it, is not the window's: the caller reads it

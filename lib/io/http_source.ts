@@ -92,9 +92,10 @@ export interface HttpSourceOptions {
   stayOnOrigin?: boolean;
   /**
    * Fetch ahead of reads that run forward: once 1 MiB was read one read
-   * after the other, the next pieces (4 MiB each, at most 8 held, 32 MiB)
-   * are fetched before they are asked for, all at once on as many
-   * connections. Turn it off for a reader that skips ranges it does not
+   * after the other, the next pieces (4 MiB each, 8 requests at most) are
+   * fetched before they are asked for, all at once on as many
+   * connections; their bytes beyond the next piece read are held to
+   * 16 MiB (24 MiB in all). Turn it off for a reader that skips ranges it does not
    * want fetched (`--sparsify` skips free space).
    * @default {true}
    */
@@ -159,9 +160,10 @@ interface PendingRead {
  * as Range requests, those asked for together merged when they are close,
  * so reading a qcow2 image fetches only its metadata and the clusters
  * read. Once reads run forward (1 MiB read one after the other), the next
- * pieces are fetched ahead of them: 4 MiB each, at most 8 held (32 MiB),
- * all in flight at once on as many connections, so that a server capping
- * each connection's bandwidth sends several times faster.
+ * pieces are fetched ahead of them: 4 MiB each, up to 8 requests in
+ * flight at once on as many connections (their bytes held to 24 MiB), so
+ * that a server capping each connection's bandwidth sends several times
+ * faster.
  *
  * What a server sends is held to what was asked: redirects are followed
  * at most 10 times, to http(s) URLs only and never from https to http;
