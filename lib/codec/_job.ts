@@ -27,11 +27,14 @@ export interface JobInput {
   clusterSize: number;
   /**
    * compress: whole clusters back to back, laid out again in place as the
-   * result; decompress: payloads back to back.
+   * result; decompress: the payloads, back to back unless `starts` says
+   * where each starts.
    */
   data: Uint8Array;
   /** decompress: the length of each payload. */
   lengths: number[];
+  /** decompress: where each payload starts in `data`, when not back to back. */
+  starts?: number[];
   /** decompress: where the clusters go (allocated when absent). */
   out?: Uint8Array;
 }
@@ -95,6 +98,7 @@ export function runJob(codec: ClusterCodec, job: JobInput): JobOutput {
   }
   let at = 0;
   job.lengths.forEach((length, i) => {
+    at = job.starts?.[i] ?? at;
     try {
       codec.decompressTo(
         data.subarray(at, at + length),

@@ -44,6 +44,8 @@ export interface PoolRequest {
   data: Uint8Array;
   /** decompress: payload lengths. */
   lengths: number[];
+  /** decompress: where each payload starts in `data`, when not back to back. */
+  starts?: number[];
   /** decompress: where the clusters go (transferred). */
   out?: Uint8Array;
 }
@@ -392,25 +394,90 @@ export class CodecPool implements AsyncDisposable {
     clusterSize: number,
     out?: Uint8Array,
   ): Promise<Uint8Array> {
-    const need = payloads.length * clusterSize;
+    const total = payloads.reduce((n, p) => n + p.length, 0);
+    const data = this.carrier(total);
+    const ranges = [];
+    let at = 0;
+    for (const p of payloads) {
+      data.set(p, at);
+      ranges.push({ offset: at, length: p.length });
+      at += p.length;
+    }
+    return this.decompressIn(codec, data, ranges, clusterSize, out);
+  }
+
+  /**
+   * A buffer to read payloads into and hand to
+   * {@linkcode CodecPool.decompressIn}: one a job carried before, when
+   * there is one, so that payloads are read where the worker gets them,
+   * without a copy.
+   *
+   * @param length Bytes wanted.
+   * @returns `length` bytes (of a buffer that may be larger).
+   */
+  carrier(length: number): Uint8Array {
+    return this.#carriers.take(length).subarray(0, length);
+  }
+
+  /**
+   * Decompresses clusters whose payloads lie in one buffer, as
+   * {@linkcode CodecPool.decompress} does, without copying them: `data`'s
+   * whole `ArrayBuffer` goes to the worker (detached here), and comes back
+   * to the pool's carriers (see {@linkcode CodecPool.carrier}).
+   *
+   * @param codec Codec type (level is ignored) and backend.
+   * @param data The payloads.
+   * @param ranges Where each payload starts in `data`, and its length.
+   * @param clusterSize Cluster size in bytes.
+   * @param out Where the clusters go, as in `decompress`.
+   * @returns The clusters back to back.
+   * @throws {Qcow2Error} `DECOMPRESS` naming the reason; its `index` says
+   * which payload failed.
+   * @throws {RangeError} When a range lies outside `data`, or `out` is
+   * too small.
+   * @throws {TypeError} When the pool is closed.
+   * @throws {InternalError} When a worker failed.
+   *
+   * @example Payloads read into a carrier
+   * ```ts
+   * import assert from "node:assert";
+   * import { CodecPool } from "./pool.ts";
+   * await using pool = new CodecPool({ workers: 1 });
+   * const clusters = new Uint8Array(2 * 4096).fill(7);
+   * const packed = await pool.compress({ type: "zstd" }, clusters, 4096);
+   * const data = pool.carrier(packed.data.length);
+   * data.set(packed.data);
+   * const ranges = packed.offsets.map((offset, i) => ({ offset, length: packed.lengths[i] }));
+   * assert.deepStrictEqual(await pool.decompressIn({ type: "zstd" }, data, ranges, 4096), clusters);
+   * ```
+   */
+  decompressIn(
+    codec: CodecOptions,
+    data: Uint8Array,
+    ranges: { offset: number; length: number }[],
+    clusterSize: number,
+    out?: Uint8Array,
+  ): Promise<Uint8Array> {
+    const need = ranges.length * clusterSize;
     if (out !== undefined && out.length < need) {
       throw new RangeError(
         `Cannot decompress clusters: the output holds ${out.length} bytes, not ${need}`,
       );
     }
-    const total = payloads.reduce((n, p) => n + p.length, 0);
-    const data = this.#carriers.take(total).subarray(0, total);
-    let at = 0;
-    for (const p of payloads) {
-      data.set(p, at);
-      at += p.length;
+    for (const r of ranges) {
+      if (r.offset < 0 || r.length < 0 || r.offset + r.length > data.length) {
+        throw new RangeError(
+          `Cannot decompress clusters: a payload of ${r.length} bytes at ${r.offset} lies outside the ${data.length} bytes given`,
+        );
+      }
     }
     return this.#submit({
       op: "decompress",
       codec: plainOptions(codec),
       clusterSize,
       data,
-      lengths: payloads.map((p) => p.length),
+      lengths: ranges.map((r) => r.length),
+      starts: ranges.map((r) => r.offset),
       out: out?.subarray(0, need),
     }).then((r) => r.data);
   }

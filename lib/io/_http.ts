@@ -157,6 +157,12 @@ export interface Answer {
   res: Response;
   /** Reads the next chunk of the body, within the idle timeout. */
   next(): Promise<ReadableStreamReadResult<Uint8Array>>;
+  /**
+   * Reads the next bytes of the body into `into` (at most its length),
+   * within the idle timeout: how many, 0 at the end. Not to be mixed
+   * with `next()` on one answer.
+   */
+  fill(into: Uint8Array): Promise<number>;
   /** Drops what is left of the body. */
   close(): Promise<void>;
 }
@@ -471,27 +477,48 @@ export class HttpClient {
 }
 
 /**
- * Reads the body of `answer` into `into` from `at` until `into` is full
- * or the body ends, then drops the rest of the body: no more than asked
- * for is ever read. A transfer that breaks is a retryable failure.
+ * Where a body's bytes go: one buffer, or pieces of memory taken as the
+ * bytes come (the read window's pieces).
+ */
+export interface ByteTarget {
+  /** Bytes it holds. */
+  readonly length: number;
+  /**
+   * Memory for the bytes from `at` on: at least one, at most `max`; a
+   * promise when the holder has none to give yet (the body waits).
+   */
+  region(at: number, max: number): Uint8Array | Promise<Uint8Array>;
+}
+
+/** A buffer as a {@linkcode ByteTarget}. */
+export function bufferTarget(into: Uint8Array): ByteTarget {
+  return {
+    length: into.length,
+    region: (at, max) => into.subarray(at, at + max),
+  };
+}
+
+/**
+ * Reads the body of `answer` into `into` from `at` until `end` or the
+ * body ends, then drops the rest of the body: no more than asked for is
+ * ever read. A transfer that breaks is a retryable failure.
  *
  * @returns The bytes read.
  */
 export async function readInto(
   answer: Answer,
-  into: Uint8Array,
+  into: ByteTarget,
   at: number,
+  end: number,
   onBytes: (n: number) => void = () => {},
 ): Promise<number> {
   let have = at;
   try {
-    while (have < into.length) {
-      const { value, done } = await answer.next();
-      if (done) break;
-      const take = Math.min(value.length, into.length - have);
-      into.set(value.subarray(0, take), have);
-      have += take;
-      onBytes(take);
+    while (have < end) {
+      const n = await answer.fill(await into.region(have, end - have));
+      if (n === 0) break;
+      have += n;
+      onBytes(n);
     }
   } finally {
     await answer.close();
@@ -499,33 +526,112 @@ export async function readInto(
   return have - at;
 }
 
-/** An answer whose body reads go through the watchdog. */
+/**
+ * Bytes of the buffer a body is read into before being copied where it
+ * goes (one per answer being read; Deno's fetch gives 64 KiB at most a
+ * read).
+ */
+const FILL_BUFFER = 64 * 1024;
+
+/** Those buffers, once their answer is read, for the next answers. */
+const spareFillBuffers: ArrayBuffer[] = [];
+/** The most kept. */
+const SPARE_FILL_BUFFERS = 16;
+
+/**
+ * An answer whose body reads go through the watchdog.
+ *
+ * `fill()` reads a byte stream body (a runtime's fetch) with a BYOB
+ * reader into one buffer, kept for the next answer, then copies: a default reader
+ * hands out a new buffer for every chunk (64 KiB in Deno), and expanding
+ * a 189 MB image over HTTP left a hundred MiB of those to the collector
+ * at any time. A body that is not a byte stream is read by chunks, and
+ * what does not fit in `into` is kept for the next call.
+ */
 function answerOf(res: Response, watch: Watchdog): Answer {
-  const reader = res.body?.getReader();
+  const body = res.body;
+  let reader:
+    | ReadableStreamDefaultReader<Uint8Array>
+    | ReadableStreamBYOBReader
+    | undefined;
   let closed = false;
   let received = 0;
+  /** With a BYOB reader: the buffer it reads into (moved by each read). */
+  let scratch: ArrayBuffer | undefined;
+  /** With a default reader: the rest of a chunk `into` had no room for. */
+  let rest: Uint8Array | undefined;
+  const read = async <T extends ArrayBufferView>(
+    pending: Promise<ReadableStreamReadResult<T>>,
+  ): Promise<ReadableStreamReadResult<T>> => {
+    try {
+      const next = await watch.wait(pending);
+      if (!next.done) received += next.value.byteLength;
+      return next;
+    } catch (err) {
+      if (err instanceof Failure || !(err instanceof TypeError)) throw err;
+      throw new Failure(
+        `the transfer broke after ${received} bytes (${ioReason(err)})`,
+        true,
+        "NETWORK",
+        err,
+      );
+    }
+  };
+  const defaultReader = () =>
+    (reader ??= body!.getReader()) as ReadableStreamDefaultReader<Uint8Array>;
   return {
     res,
-    async next() {
-      if (!reader || closed) return { done: true, value: undefined };
-      try {
-        const next = await watch.wait(reader.read());
-        if (!next.done) received += next.value.length;
-        return next;
-      } catch (err) {
-        if (err instanceof Failure || !(err instanceof TypeError)) throw err;
-        throw new Failure(
-          `the transfer broke after ${received} bytes (${ioReason(err)})`,
-          true,
-          "NETWORK",
-          err,
-        );
+    next() {
+      if (!body || closed) {
+        return Promise.resolve({ done: true, value: undefined });
       }
+      return read(defaultReader().read());
+    },
+    async fill(into) {
+      if (!body || closed || into.length === 0) return 0;
+      if (reader === undefined) {
+        try {
+          reader = body.getReader({ mode: "byob" });
+          scratch = spareFillBuffers.pop() ?? new ArrayBuffer(FILL_BUFFER);
+        } catch {
+          reader = body.getReader(); // not a byte stream
+        }
+      }
+      if (scratch !== undefined) {
+        const byob = reader as ReadableStreamBYOBReader;
+        const view = new Uint8Array(
+          scratch,
+          0,
+          Math.min(into.length, FILL_BUFFER),
+        );
+        const next = await read(byob.read(view));
+        if (next.done) return 0;
+        scratch = next.value.buffer as ArrayBuffer;
+        into.set(next.value);
+        return next.value.length;
+      }
+      let chunk = rest;
+      rest = undefined;
+      if (chunk === undefined) {
+        const next = await read(defaultReader().read());
+        if (next.done) return 0;
+        chunk = next.value;
+      }
+      const n = Math.min(chunk.length, into.length);
+      into.set(chunk.subarray(0, n));
+      if (n < chunk.length) rest = chunk.subarray(n);
+      return n;
     },
     async close() {
       if (closed) return;
       closed = true;
-      await reader?.cancel().catch(() => {});
+      // A buffer a read still holds is detached here (0 bytes): not kept.
+      if (
+        scratch?.byteLength === FILL_BUFFER &&
+        spareFillBuffers.length < SPARE_FILL_BUFFERS
+      ) spareFillBuffers.push(scratch);
+      scratch = rest = undefined;
+      await (reader ?? body?.getReader())?.cancel().catch(() => {});
       watch.stop();
     },
   };

@@ -12,8 +12,9 @@
 // Budget. At most WINDOW_PIECES pieces of WINDOW_PIECE bytes are held,
 // fetched or in flight, and none is fetched ahead while WINDOW_PIECES
 // requests are out (pieces dropped by a jump included): a fixed amount of
-// memory and of requests, whatever the size of the resource. Only the
-// pieces a read needs go out beyond that; the caller bounds its reads. The window covers the pieces from WINDOW_BEHIND before the
+// memory (see Memory below) and of requests, whatever the size of the
+// resource. Only the pieces a read needs go out beyond that; the caller
+// bounds its reads. The window covers the pieces from WINDOW_BEHIND before the
 // furthest piece read; reads may come a little out of order (an image
 // written out of order stores guest-ordered clusters so). A read before
 // the window, or far beyond it, is not the window's: the caller reads it
@@ -25,6 +26,23 @@
 // A piece that fails fails only the reads that need it, with the error of
 // its request (naming the URL and the range); a piece nobody reads fails
 // silently.
+//
+// Memory. The window owns its pieces: a read gets a copy of its bytes, in
+// the caller's buffer when it gives one, never a view of a piece. So a
+// piece's memory goes round: it is taken in blocks of WINDOW_BLOCK bytes
+// as the piece's bytes come (a request waits a round trip for its first
+// byte, and the pieces in flight are partly there), and given back once
+// the piece is dropped, its request has ended and no read is copying from
+// it. The blocks held, pieces in flight included, stay within
+// WINDOW_MEMORY: beyond it, a piece that is not the next one read waits
+// before its body is read on (the server's sending waits on TCP's flow
+// control), so a consumer slower than the network does not have the
+// window fill up with every piece. Expanding a 189 MB zstd image over a
+// capped server (50 ms per request, 20 MB/s per connection), peak RSS
+// was 229 MiB with a fresh 4 MiB buffer per piece, left to the collector.
+
+import { BufferPool } from "../bytes/recycle.ts";
+import type { ByteTarget } from "./_http.ts";
 
 /** Bytes of one piece: one Range request. */
 export const WINDOW_PIECE = 4 * 1024 * 1024;
@@ -40,12 +58,38 @@ export const WINDOW_BEHIND = 1;
 export const WINDOW_STREAK = 1024 * 1024;
 /** A read starting at most this far from where the last ended continues a streak. */
 const STREAK_GAP = 256 * 1024;
+/** Bytes of the blocks a piece's memory is taken in, as its bytes come. */
+export const WINDOW_BLOCK = 512 * 1024;
+/**
+ * Bytes of blocks held before the pieces after the next one read wait for
+ * some to be given back.
+ */
+export const WINDOW_MEMORY = 16 * 1024 * 1024;
 
-/** Fetches `length` bytes at `offset`, all of them (fewer only past the end). */
+/**
+ * Fills `into` with the bytes at `offset`, all of them (fewer only past
+ * the end): one request, checked by the caller. Nothing is written into
+ * `into` once the promise has settled.
+ */
 export type FetchRange = (
   offset: number,
-  length: number,
-) => Promise<Uint8Array>;
+  into: ByteTarget,
+) => Promise<unknown>;
+
+/** A piece: its blocks, and who still needs them. */
+interface Piece {
+  /** Its bytes, in blocks taken as they come. */
+  readonly blocks: Uint8Array[];
+  /** Bytes of the piece (fewer than WINDOW_PIECE at the end). */
+  readonly length: number;
+  /** Settles when the request ends. */
+  fetched: Promise<unknown>;
+  settled: boolean;
+  /** Reads copying from it. */
+  readers: number;
+  /** No longer in the window: the blocks go back once free. */
+  dropped: boolean;
+}
 
 /**
  * Pieces of a resource fetched ahead of forward reads, within a fixed
@@ -59,16 +103,25 @@ export class ReadWindow {
   #origin: number | undefined;
   /** The furthest piece read. */
   #furthest = 0;
-  readonly #pieces = new Map<number, Promise<Uint8Array>>();
+  readonly #pieces = new Map<number, Piece>();
   /** Requests out, for pieces held or dropped. */
   #inFlight = 0;
+  /** Requests of dropped pieces still out, to wait for them at the end. */
+  readonly #dropped = new Set<Promise<unknown>>();
+  /** Blocks of pieces done with. */
+  readonly #buffers = new BufferPool();
+  /** Blocks taken and not given back. */
+  #blocks = 0;
+  /** Pieces waiting for a block, oldest first. */
+  #waiting: { k: number; piece: Piece; take: () => void }[] = [];
   /** End of the last read seen outside the window, and the streak's bytes. */
   #streakEnd = -1;
   #streakBytes = 0;
 
   /**
    * @param size The resource's size in bytes.
-   * @param fetch Fetches a range (one request, checked by the caller).
+   * @param fetch Fetches a range into a buffer (one request, checked by
+   * the caller).
    */
   constructor(size: number, fetch: FetchRange) {
     this.#size = size;
@@ -81,11 +134,16 @@ export class ReadWindow {
   }
 
   /**
-   * The bytes `[offset, offset + length)` from the window's pieces
-   * (fetching the pieces they need, and the next ones), or undefined when
-   * the read is not the window's.
+   * A copy of the bytes `[offset, offset + length)` from the window's
+   * pieces (fetching the pieces they need, and the next ones), in `into`
+   * when given (at least `length` bytes), or undefined when the read is
+   * not the window's.
    */
-  read(offset: number, length: number): Promise<Uint8Array> | undefined {
+  read(
+    offset: number,
+    length: number,
+    into?: Uint8Array,
+  ): Promise<Uint8Array> | undefined {
     const origin = this.#origin;
     if (origin !== undefined) {
       if (offset < origin) return undefined;
@@ -93,7 +151,7 @@ export class ReadWindow {
       const last = Math.floor((offset + length - 1 - origin) / WINDOW_PIECE);
       const low = this.#furthest - WINDOW_BEHIND;
       if (first >= low && first <= low + WINDOW_PIECES) {
-        return this.#answer(offset, length, first, last);
+        return this.#answer(offset, length, first, last, into);
       }
       if (first < low) return undefined;
       // Far ahead: the reads jumped, the window closes until they run on.
@@ -111,6 +169,7 @@ export class ReadWindow {
       length,
       0,
       Math.floor((length - 1) / WINDOW_PIECE),
+      into,
     );
   }
 
@@ -119,15 +178,72 @@ export class ReadWindow {
     this.#close();
   }
 
-  /** Pieces in flight or held, to wait for them once they are aborted. */
+  /** Requests still out, held or dropped, to wait for them once aborted. */
   pending(): Promise<unknown>[] {
-    return [...this.#pieces.values()];
+    return [
+      ...[...this.#pieces.values()].map((p) => p.fetched),
+      ...this.#dropped,
+    ];
   }
 
   #close(): void {
     this.#origin = undefined;
+    for (const piece of this.#pieces.values()) this.#drop(piece);
     this.#pieces.clear();
     this.#streakBytes = 0;
+  }
+
+  /** Takes a piece out of the window: its blocks go back once free. */
+  #drop(piece: Piece): void {
+    piece.dropped = true;
+    if (!piece.settled) this.#dropped.add(piece.fetched);
+    this.#release(piece);
+    this.#wake(); // a dropped piece reads its body on, to the end
+  }
+
+  /** Gives a dropped piece's blocks back once no request or read uses them. */
+  #release(piece: Piece): void {
+    if (piece.dropped && piece.settled && piece.readers === 0) {
+      for (const block of piece.blocks) this.#buffers.put(block);
+      this.#blocks -= piece.blocks.length;
+      piece.blocks.length = 0;
+      this.#wake();
+    }
+  }
+
+  /**
+   * Whether piece `k` may take a block now: within the budget, or it is
+   * the next piece read (the reads wait for it), or it was dropped (its
+   * request ends sooner).
+   */
+  #mayTake(k: number, piece: Piece): boolean {
+    return this.#blocks < WINDOW_MEMORY / WINDOW_BLOCK ||
+      k <= this.#furthest + 1 || piece.dropped;
+  }
+
+  /** Lets the waiting pieces that may take a block now take one. */
+  #wake(): void {
+    if (this.#waiting.length === 0) return;
+    const still = [];
+    for (const w of this.#waiting) {
+      if (this.#mayTake(w.k, w.piece)) w.take();
+      else still.push(w);
+    }
+    this.#waiting = still;
+  }
+
+  /** A new block for `piece` (number `k`), now or once it may take one. */
+  #block(k: number, piece: Piece): Uint8Array | Promise<Uint8Array> {
+    const take = () => {
+      this.#blocks++;
+      const block = this.#buffers.take(WINDOW_BLOCK);
+      piece.blocks.push(block);
+      return block;
+    };
+    if (this.#mayTake(k, piece)) return take();
+    return new Promise((resolve) => {
+      this.#waiting.push({ k, piece, take: () => resolve(take()) });
+    });
   }
 
   /** Answers a read of pieces `first` to `last`, moving the window on. */
@@ -136,51 +252,114 @@ export class ReadWindow {
     length: number,
     first: number,
     last: number,
+    into: Uint8Array | undefined,
   ): Promise<Uint8Array> {
-    if (last > this.#furthest) this.#furthest = last;
-    const low = Math.max(0, this.#furthest - WINDOW_BEHIND);
-    for (const k of this.#pieces.keys()) {
-      if (k < low) this.#pieces.delete(k);
+    if (last > this.#furthest) {
+      this.#furthest = last;
+      this.#wake();
     }
-    // The pieces of this read first, then the ones after them.
-    const wanted: Promise<Uint8Array>[] = [];
-    for (let k = first; k <= last; k++) wanted.push(this.#piece(k)!);
+    const low = Math.max(0, this.#furthest - WINDOW_BEHIND);
+    for (const [k, piece] of this.#pieces) {
+      if (k < low) {
+        this.#pieces.delete(k);
+        this.#drop(piece);
+      }
+    }
+    // The pieces of this read first, then the ones after them; the read
+    // holds its pieces' buffers until it has copied from them.
+    const wanted: Piece[] = [];
+    for (let k = first; k <= last; k++) {
+      const piece = this.#piece(k)!;
+      piece.readers++;
+      wanted.push(piece);
+    }
     for (let k = low; k < low + WINDOW_PIECES; k++) this.#piece(k, true);
     const origin = this.#origin!;
-    if (wanted.length === 1) {
-      const bytes = await wanted[0];
-      const at = offset - origin - first * WINDOW_PIECE;
-      return bytes.subarray(at, at + length);
-    }
-    const out = new Uint8Array(length);
+    const out = into?.subarray(0, length) ?? new Uint8Array(length);
     let have = 0;
-    for (let i = 0; i < wanted.length; i++) {
-      const bytes = await wanted[i];
-      const pieceStart = origin + (first + i) * WINDOW_PIECE;
-      const from = Math.max(offset, pieceStart) - pieceStart;
-      const part = bytes.subarray(from, from + length - have);
-      out.set(part, have);
-      have += part.length;
+    try {
+      for (let i = 0; i < wanted.length; i++) {
+        const piece = wanted[i];
+        await piece.fetched;
+        const pieceStart = origin + (first + i) * WINDOW_PIECE;
+        let from = Math.max(offset, pieceStart) - pieceStart;
+        const to = Math.min(piece.length, from + length - have);
+        for (
+          ;
+          from < to;
+          from = (Math.floor(from / WINDOW_BLOCK) + 1) * WINDOW_BLOCK
+        ) {
+          const block = piece.blocks[Math.floor(from / WINDOW_BLOCK)];
+          const at = from % WINDOW_BLOCK;
+          const part = block.subarray(
+            at,
+            Math.min(WINDOW_BLOCK, at + to - from),
+          );
+          out.set(part, have);
+          have += part.length;
+        }
+      }
+    } finally {
+      for (const piece of wanted) {
+        piece.readers--;
+        this.#release(piece);
+      }
     }
     return out.subarray(0, have);
   }
 
   /**
-   * Piece `k`, fetched when it is not held yet (none past the end); one
-   * fetched `ahead` of the reads waits while WINDOW_PIECES requests are out.
+   * Piece `k`, fetched when it is not held yet (an empty one past the
+   * end); one fetched `ahead` of the reads waits while WINDOW_PIECES
+   * requests are out.
    */
-  #piece(k: number, ahead = false): Promise<Uint8Array> | undefined {
+  #piece(k: number, ahead = false): Piece | undefined {
     const held = this.#pieces.get(k);
     if (held) return held;
     if (ahead && this.#inFlight >= WINDOW_PIECES) return undefined;
     const start = this.#origin! + k * WINDOW_PIECE;
-    const length = Math.min(WINDOW_PIECE, this.#size - start);
-    if (length <= 0) return Promise.resolve(new Uint8Array(0));
-    const piece = this.#fetch(start, length);
+    const length = Math.max(0, Math.min(WINDOW_PIECE, this.#size - start));
+    const blocks: Uint8Array[] = [];
+    if (length === 0) {
+      return {
+        blocks,
+        length,
+        fetched: Promise.resolve(),
+        settled: true,
+        readers: 0,
+        dropped: false,
+      };
+    }
+    // The body is read in order: each block is taken when the bytes
+    // reach it.
+    const region = (at: number, max: number) => {
+      const b = Math.floor(at / WINDOW_BLOCK);
+      const from = at - b * WINDOW_BLOCK;
+      const cut = (block: Uint8Array) =>
+        block.subarray(from, Math.min(WINDOW_BLOCK, from + max));
+      if (b < blocks.length) return cut(blocks[b]);
+      const block = this.#block(k, piece);
+      return block instanceof Uint8Array ? cut(block) : block.then(cut);
+    };
+    const piece: Piece = {
+      blocks,
+      length,
+      fetched: Promise.resolve(), // the request's, below
+      settled: false,
+      readers: 0,
+      dropped: false,
+    };
+    const fetched = this.#fetch(start, { length, region });
+    piece.fetched = fetched;
     this.#inFlight++;
     // Reported to the reads that await it; one nobody reads fails unseen.
-    const done = () => void this.#inFlight--;
-    piece.then(done, done);
+    const done = () => {
+      this.#inFlight--;
+      piece.settled = true;
+      this.#dropped.delete(fetched);
+      this.#release(piece);
+    };
+    fetched.then(done, done);
     this.#pieces.set(k, piece);
     return piece;
   }

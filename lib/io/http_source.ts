@@ -11,6 +11,8 @@ export { DEFAULT_IDLE_TIMEOUT } from "./_http.ts";
 import {
   type Answer,
   answered,
+  bufferTarget,
+  type ByteTarget,
   type ContentRange,
   Failure,
   HttpClient,
@@ -90,9 +92,10 @@ export interface HttpSourceOptions {
   stayOnOrigin?: boolean;
   /**
    * Fetch ahead of reads that run forward: once 1 MiB was read one read
-   * after the other, the next pieces (4 MiB each, at most 8 held, 32 MiB)
-   * are fetched before they are asked for, all at once on as many
-   * connections. Turn it off for a reader that skips ranges it does not
+   * after the other, the next pieces (4 MiB each, 8 requests at most) are
+   * fetched before they are asked for, all at once on as many
+   * connections; their bytes beyond the next piece read are held to
+   * 16 MiB (24 MiB in all). Turn it off for a reader that skips ranges it does not
    * want fetched (`--sparsify` skips free space).
    * @default {true}
    */
@@ -157,9 +160,10 @@ interface PendingRead {
  * as Range requests, those asked for together merged when they are close,
  * so reading a qcow2 image fetches only its metadata and the clusters
  * read. Once reads run forward (1 MiB read one after the other), the next
- * pieces are fetched ahead of them: 4 MiB each, at most 8 held (32 MiB),
- * all in flight at once on as many connections, so that a server capping
- * each connection's bandwidth sends several times faster.
+ * pieces are fetched ahead of them: 4 MiB each, up to 8 requests in
+ * flight at once on as many connections (their bytes held to 24 MiB), so
+ * that a server capping each connection's bandwidth sends several times
+ * faster.
  *
  * What a server sends is held to what was asked: redirects are followed
  * at most 10 times, to http(s) URLs only and never from https to http;
@@ -215,10 +219,17 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     this.#window = fetchAhead
       ? new ReadWindow(
         size,
-        (offset, length) =>
-          this.#fetchRange(offset, length, this.#closing.signal),
+        (offset, into) => this.#fetchInto(offset, into, this.#closing.signal),
       )
       : undefined;
+  }
+
+  /**
+   * Every read not answered from bytes already fetched is a request over
+   * the network: readers ask for more at once, and further ahead.
+   */
+  get remote(): true {
+    return true;
   }
 
   /**
@@ -366,6 +377,54 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
     // several at a time (one connection each).
     const ahead = this.#window?.read(offset, want);
     if (ahead) return ahead;
+    return this.#batched(offset, want);
+  }
+
+  /**
+   * Reads `into.length` bytes at `offset` into `into`, as
+   * {@linkcode HttpSource.read} reads them: the bytes fetched ahead are
+   * copied from the window's pieces, whose memory goes round, instead of
+   * being handed out in a new buffer.
+   *
+   * @param offset Start offset.
+   * @param into Where the bytes go.
+   * @returns The number of bytes read (fewer at the end of the resource).
+   * @throws {IoError} As {@linkcode HttpSource.read}.
+   *
+   * @example Read into a buffer used again
+   * ```ts
+   * import assert from "node:assert";
+   * import { HttpSource } from "./http_source.ts";
+   * const body = new Uint8Array(64).map((_, i) => i);
+   * await using server = Deno.serve({ port: 0, onListen() {} }, (req) => {
+   *   const m = /bytes=(\d+)-(\d+)/.exec(req.headers.get("range") ?? "")!;
+   *   const [a, b] = [Number(m[1]), Math.min(Number(m[2]), body.length - 1)];
+   *   return new Response(body.slice(a, b + 1), {
+   *     status: 206,
+   *     headers: { "content-range": `bytes ${a}-${b}/${body.length}` },
+   *   });
+   * });
+   * await using src = await HttpSource.open(`http://localhost:${server.addr.port}/disk`);
+   * const into = new Uint8Array(8);
+   * assert.strictEqual(await src.readInto(60, into), 4);
+   * assert.deepStrictEqual(into.subarray(0, 4), new Uint8Array([60, 61, 62, 63]));
+   * ```
+   */
+  async readInto(offset: number, into: Uint8Array): Promise<number> {
+    const want = Math.max(0, Math.min(into.length, this.size - offset));
+    if (want === 0) return 0;
+    if (offset + want <= this.#prefix.length) {
+      into.set(this.#prefix.subarray(offset, offset + want));
+      return want;
+    }
+    const ahead = this.#window?.read(offset, want, into);
+    if (ahead) return (await ahead).length;
+    into.set(await this.#batched(offset, want));
+    return want;
+  }
+
+  /** A read outside the window, merged with the reads asked for with it. */
+  #batched(offset: number, want: number): Promise<Uint8Array> {
     // Reads asked for together (a reader running ahead) wait for the end of
     // this turn of the event loop, then go out merged where they are close:
     // on a distant server, round trips cost more than a few extra bytes.
@@ -472,22 +531,27 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   }
 
   /** `[offset, offset + want)`, with Range requests. */
-  async #fetchRange(
-    offset: number,
-    want: number,
-    signal?: AbortSignal,
-  ): Promise<Uint8Array> {
+  async #fetchRange(offset: number, want: number): Promise<Uint8Array> {
     const into = new Uint8Array(want);
-    await readRange(
+    await this.#fetchInto(offset, into);
+    return into;
+  }
+
+  /** Fills `into` with the bytes at `offset`, with Range requests. */
+  #fetchInto(
+    offset: number,
+    into: Uint8Array | ByteTarget,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    return readRange(
       this.#client,
       offset,
       into,
       this.size,
-      `Cannot read ${want} bytes at ${offset} of ${this.name}`,
+      `Cannot read ${into.length} bytes at ${offset} of ${this.name}`,
       undefined,
       signal,
     );
-    return into;
   }
 
   /** Stops the requests fetching ahead (a read waiting for one fails). */
@@ -516,12 +580,13 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
 async function readRange(
   client: HttpClient,
   offset: number,
-  into: Uint8Array,
+  bytes: Uint8Array | ByteTarget,
   total: number,
   what: string,
   first?: Answer,
   signal?: AbortSignal,
 ): Promise<void> {
+  const into = bytes instanceof Uint8Array ? bufferTarget(bytes) : bytes;
   let have = 0;
   let pending = first;
   while (have < into.length) {
@@ -535,7 +600,7 @@ async function readRange(
       // Bytes past the range asked for are not read.
       const stop = Math.min(range.end, last) + 1 - offset;
       const before = have;
-      await readInto(answer, into.subarray(0, stop), have, (n) => {
+      await readInto(answer, into, have, stop, (n) => {
         have += n;
       });
       if (have < stop) {

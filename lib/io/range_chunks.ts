@@ -9,7 +9,7 @@ import { isZero } from "../bytes/zeros.ts";
 import { Recycler } from "../bytes/recycle.ts";
 import { type HoleProbe, hostFiles } from "./host_files.ts";
 import { MERGE_MAX } from "./_http.ts";
-import type { RandomAccessSource } from "./source.ts";
+import { isRemote, type RandomAccessSource } from "./source.ts";
 
 /**
  * Options of {@linkcode RangeChunks}.
@@ -86,16 +86,15 @@ export class RangeChunks implements Disposable {
     this.#source = source;
     this.#chunkSize = chunkSize;
     // Buffers go round only where the source can fill them.
-    this.#buffers = options.recycle && source.readInto
+    const remote = isRemote(source);
+    this.#buffers = options.recycle && !remote
       ? new Recycler(chunkSize)
       : undefined;
-    // A source that reads into buffers (a local file) is read a chunk at a
-    // time, as the system reads ahead; any other (HTTP) is asked for as much
-    // as HttpSource puts in one merged request, MERGE_MAX, so that a 4 MiB
-    // chunk does not cost a round trip of its own.
-    this.#depth = source.readInto
-      ? 1
-      : Math.max(1, Math.floor(MERGE_MAX / chunkSize));
+    // A local source (a file) is read a chunk at a time, as the system
+    // reads ahead; a remote one (HTTP) is asked for as much as HttpSource
+    // puts in one merged request, MERGE_MAX, so that a 4 MiB chunk does not
+    // cost a round trip of its own.
+    this.#depth = remote ? Math.max(1, Math.floor(MERGE_MAX / chunkSize)) : 1;
     // Where a local file has holes, when the runtime's file module can tell.
     this.#probe = hostFiles()?.holeProbe(source);
   }
@@ -131,7 +130,7 @@ export class RangeChunks implements Disposable {
         }
         dataEnd = Math.min(found.hole, to);
       }
-      // Reads ahead: a source whose every read is a request (no readInto)
+      // Reads ahead: a source whose every read is a request (remote)
       // gets several chunks asked for together, which it may send as one
       // request, and the next ones asked for while these are handed on.
       const queue: Array<{ want: number; bytes: Promise<Uint8Array> }> = [];

@@ -42,8 +42,36 @@ export interface RandomAccessSource {
    * @returns The number of bytes read.
    */
   readInto?(offset: number, into: Uint8Array): Promise<number>;
+  /**
+   * Whether a read costs a request over the network (`HttpSource`), even
+   * where the source has `readInto`: readers then ask for more at once and
+   * further ahead, as they do for a source without `readInto`.
+   */
+  readonly remote?: boolean;
   /** Releases the source. */
   close?(): void | Promise<void>;
+}
+
+/**
+ * Whether reads of `source` are requests over the network, to be asked
+ * for together and ahead: a source that says so, or one without
+ * `readInto` (whose reads land in fresh memory, as a remote one's do).
+ *
+ * @param source The source.
+ * @returns True for a remote source.
+ *
+ * @example A buffer is read as a remote source, a file is not
+ * ```ts
+ * import assert from "node:assert";
+ * import { BytesSource, isRemote } from "./source.ts";
+ * assert.strictEqual(isRemote(new BytesSource(new Uint8Array(4))), true);
+ * const file = { size: 4, read: () => Promise.resolve(new Uint8Array(4)), readInto: () => Promise.resolve(4) };
+ * assert.strictEqual(isRemote(file), false);
+ * assert.strictEqual(isRemote({ ...file, remote: true }), true);
+ * ```
+ */
+export function isRemote(source: RandomAccessSource): boolean {
+  return source.remote === true || source.readInto === undefined;
 }
 
 /**

@@ -4,8 +4,8 @@
 //
 // Budget. Work runs ahead of the consumer until one limit is reached:
 // `jobs` reads and decompression jobs, `localBytes` guest bytes of them
-// (`remoteBytes` while any reads from a source without `readInto`, over
-// HTTP), or `segments` queued in all. Holes, and pieces of a cluster that
+// (`remoteBytes` while any reads from a remote source, lib/io/source.ts's
+// isRemote(): over HTTP), or `segments` queued in all. Holes, and pieces of a cluster that
 // is already decompressed, cost no job and no byte: they must not keep
 // reads from going out (over HTTP each read is a round trip), and
 // `segments` keeps their queue short. Why these numbers:
@@ -17,18 +17,21 @@
 //   time; with four at 52, peak RSS 134 MiB instead of 121-125. More only
 //   holds memory (4 MiB chunks: 123 MiB peak with 2 in flight, 165 MiB
 //   with 8, no faster).
-// - Over HTTP the bytes in flight hide round trips: 8 chunks (16 MiB).
-//   HttpSource fetches ahead of reads that run forward on its own (its
-//   read window, several connections at once), so more here only holds
-//   memory: expanding a 414 MB zstd image over a capped server, peak RSS
-//   was about 335 MiB with 16, 280 MiB with 8, 260 MiB with 4 chunks.
+// - Over HTTP as many: HttpSource fetches ahead of reads that run
+//   forward on its own (its read window, several connections at once), so
+//   more here only holds memory. Expanding a 189 MB zstd image over a
+//   capped server (50 ms per request, 20 MB/s per connection), peak RSS
+//   was 206 MiB with 8 chunks, 185 MiB with 4, 173 MiB with 2, no faster
+//   with more (it was 8 when the window did not exist: bytes in flight
+//   hid round trips).
 // - 64 jobs: many small reads may be out at once (an HTTP source merges
 //   reads asked for together); the bytes bound the memory.
 //
 // Buffers (only with `reuseBuffers`; lib/bytes/recycle.ts's BufferPool).
-// - A job takes its buffer when it is queued: a data piece's (read with
-//   `readInto`), a compressed group's output, and the payload buffer the
-//   group's compressed bytes are read into.
+// - A job takes its buffers when it is queued: a data piece's (read with
+//   `readInto`) and the payload buffer a compressed group's bytes are
+//   read into; the group's output buffer once those are read (a job
+//   waiting for the network holds none).
 // - The payload buffer goes back as soon as the payloads are copied into
 //   a worker's job, or decompressed on this thread.
 // - A segment's buffer is lent to the consumer when next() hands the
@@ -47,6 +50,7 @@
 
 import { BufferPool, Recycler } from "../bytes/recycle.ts";
 import { readError } from "../io/os_errors.ts";
+import { isRemote } from "../io/source.ts";
 import type { CodecPool } from "../codec/pool.ts";
 import type { PlanItem, Segment } from "./image.ts";
 import type { ImageSink } from "../io/sink.ts";
@@ -66,7 +70,7 @@ export const DEFAULT_JOBS_AHEAD = 64;
 /** Chunks of guest bytes ahead while every read is from a local file. */
 export const LOCAL_CHUNKS_AHEAD = 4;
 /** Chunks of guest bytes ahead while a read is from a remote source. */
-export const REMOTE_CHUNKS_AHEAD = 8;
+export const REMOTE_CHUNKS_AHEAD = 4;
 /**
  * Copies in flight, and the guest bytes of each, when data is copied file
  * to file: they hold no memory, and several large ones outstanding let a
@@ -84,9 +88,9 @@ const SEGMENTS_PER_JOB = 16;
 export interface ReadAheadBudget {
   /** Reads and decompression jobs queued. */
   jobs: number;
-  /** Their guest bytes, while every one reads from a source with `readInto`. */
+  /** Their guest bytes, while every one reads from a local source. */
   localBytes: number;
-  /** Their guest bytes, while any reads from a source without `readInto`. */
+  /** Their guest bytes, while any reads from a remote source (`isRemote`). */
   remoteBytes: number;
   /** Segments queued, holes included. */
   segments: number;
@@ -116,7 +120,7 @@ interface Queued {
   bytes: number;
   /** Whether its job is a copy, file to file. */
   copy?: boolean;
-  /** Whether its job reads from a source without `readInto`. */
+  /** Whether its job reads from a remote source. */
   remote: boolean;
   /** The pooled buffer its bytes are in, known once it is read. */
   buffer?: () => Uint8Array | undefined;
@@ -177,7 +181,7 @@ export class ReadAhead {
   /** Of the queued segments, those with a job: how many, their bytes. */
   #jobs = 0;
   #jobBytes = 0;
-  /** Of those jobs, the ones reading from a source without `readInto`. */
+  /** Of those jobs, the ones reading from a remote source. */
   #remoteJobs = 0;
   /** Compressed items gathered for one decompression job. */
   #group: PlanItem[] = [];
@@ -303,11 +307,26 @@ export class ReadAhead {
     const cs = items[0].compressed!.clusterSize;
     const n = items.length;
     const buffers = this.#buffers;
+    // A recycled buffer is taken now (they go round in queue order); a
+    // pooled one once the payloads are read: a job waiting for the
+    // network holds no output buffer.
     const recycled = buffers ? undefined : this.#recycled(n * cs);
-    const out = buffers?.take(n * cs) ?? recycled;
-    const size = out?.length ?? 0; // a transfer detaches `out`: 0 after
-    const was = out?.buffer as ArrayBuffer | undefined;
-    const clusters = decompressClusters(items, this.#pool, out, this.#payloads);
+    const was = recycled?.buffer as ArrayBuffer | undefined;
+    let out: Uint8Array | undefined = recycled;
+    let size = recycled?.length ?? 0; // a transfer detaches `out`: 0 after
+    const takeOut = () => {
+      if (buffers) {
+        out = buffers.take(n * cs);
+        size = out.length;
+      }
+      return out;
+    };
+    const clusters = decompressClusters(
+      items,
+      this.#pool,
+      takeOut,
+      this.#payloads,
+    );
     // With `out`, the clusters come back in its memory (a transfer gives
     // it a new ArrayBuffer): that is the buffer that goes back.
     let pooled: Uint8Array | undefined;
@@ -407,7 +426,7 @@ export class ReadAhead {
     buffer?: () => Uint8Array | undefined,
   ): void {
     segment.catch(() => {}); // awaited in order by next()
-    const remote = bytes > 0 && typeof source?.readInto !== "function";
+    const remote = bytes > 0 && (source === undefined || isRemote(source));
     this.#queue.push({ segment, bytes, remote, buffer });
     if (bytes > 0) {
       this.#jobs++;
@@ -419,49 +438,68 @@ export class ReadAhead {
 
 /**
  * Reads and decompresses the clusters of consecutive compressed items as
- * one job, into `out` when given (else a new buffer); payloads are read
- * into a buffer from `buffers` when given.
+ * one job, into the buffer `takeOut` gives once the payloads are read
+ * (else a new buffer). Payloads are read into a carrier of the pool when
+ * the source reads into buffers, else into a buffer from `buffers` when
+ * given.
  */
 async function decompressClusters(
   items: PlanItem[],
   pool: CodecPool | undefined,
-  out: Uint8Array | undefined,
+  takeOut: () => Uint8Array | undefined,
   buffers: BufferPool | undefined,
 ): Promise<Uint8Array> {
   const ranges = items.map((i) => compressedRange(i.compressed!.descriptor));
   const lo = Math.min(...ranges.map((r) => r.offset));
   const hi = Math.max(...ranges.map((r) => r.offset + r.length));
   const total = ranges.reduce((n, r) => n + r.length, 0);
+  const { type, clusterSize } = items[0].compressed!;
+  const cs = clusterSize;
+  /** A codec's error, named by the item whose payload failed. */
+  const failed = (err: unknown) =>
+    decompressError(
+      items[(err as { index?: number }).index ?? 0] ?? items[0],
+      err,
+    );
   let payloads: Uint8Array[];
   let into: Uint8Array | undefined; // the pooled buffer the payloads are in
   if (
     hi - lo <= 2 * total && items.every((i) => i.source === items[0].source)
   ) {
-    // Usually packed back to back: one read for the whole group.
+    // Usually packed back to back: one read for the whole group. With
+    // workers and a source that reads into buffers, into one the job
+    // carries to a worker as it is: the payloads are not copied again.
     let bytes: Uint8Array;
     const source = items[0].source!;
-    if (buffers && source.readInto) into = buffers.take(hi - lo);
+    const carried = pool && source.readInto ? pool.carrier(hi - lo) : undefined;
+    if (!carried && buffers && source.readInto) into = buffers.take(hi - lo);
+    const target = carried ?? into?.subarray(0, hi - lo);
     try {
-      bytes = into
-        ? into.subarray(
-          0,
-          await source.readInto!(lo, into.subarray(0, hi - lo)),
-        )
+      bytes = target
+        ? target.subarray(0, await source.readInto!(lo, target))
         : await source.read(lo, hi - lo);
     } catch (err) {
       throw readError(`compressed clusters at host offset ${hex(lo)}`, err);
     }
-    payloads = ranges.map((r) =>
-      bytes.subarray(
-        r.offset - lo,
-        Math.min(bytes.length, r.offset - lo + r.length),
-      )
-    );
+    const spans = ranges.map((r) => {
+      const from = Math.min(bytes.length, r.offset - lo);
+      return {
+        offset: from,
+        length: Math.min(bytes.length, r.offset - lo + r.length) - from,
+      };
+    });
+    if (carried) {
+      try {
+        return await pool!.decompressIn({ type }, bytes, spans, cs, takeOut());
+      } catch (err) {
+        throw failed(err);
+      }
+    }
+    payloads = spans.map((r) => bytes.subarray(r.offset, r.offset + r.length));
   } else {
     payloads = await Promise.all(items.map(readCompressedPayload));
   }
-  const { type, clusterSize } = items[0].compressed!;
-  const cs = clusterSize;
+  const out = takeOut();
   let clusters: Uint8Array;
   try {
     if (pool) {
@@ -486,8 +524,7 @@ async function decompressClusters(
       if (into) buffers!.put(into);
     }
   } catch (err) {
-    const index = (err as { index?: number }).index ?? 0;
-    throw decompressError(items[index] ?? items[0], err);
+    throw failed(err);
   }
   return clusters;
 }

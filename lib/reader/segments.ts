@@ -45,12 +45,11 @@ export interface ReadImageOptions {
   maxInFlight?: number;
   /**
    * Guest bytes of the reads and decompression jobs running ahead.
-   * @default {8 * chunkSize} (16 MiB) while any of them reads from a
-   * source without `readInto` (over HTTP, where bytes in flight hide round
-   * trips; `HttpSource` also fetches ahead of reads that run forward);
-   * else `4 * chunkSize`: a local file answers from the page cache, and
-   * four chunks keep two workers busy while the consumer writes (more
-   * only holds memory; lib/reader/_read_ahead.ts)
+   * @default {4 * chunkSize} (8 MiB): a local file answers from the page
+   * cache, and four chunks keep two workers busy while the consumer
+   * writes; over HTTP as many, `HttpSource` fetching ahead of reads that
+   * run forward on its own (more only holds memory;
+   * lib/reader/_read_ahead.ts)
    */
   maxInFlightBytes?: number;
   /**

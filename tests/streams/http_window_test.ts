@@ -23,6 +23,7 @@ import {
 } from "../../lib/reader/_read_ahead.ts";
 import { qemuImg, qemuTest, run, tempDir } from "../_qemu.ts";
 import { runCli } from "../writer/_cli.ts";
+import { deferredWindow, fillPiece } from "./_pieces.ts";
 import { serveFiles } from "./_server.ts";
 
 const MiB = 1024 * 1024;
@@ -223,11 +224,9 @@ Deno.test("HttpSource fails a read from its window in one line naming the URL an
 Deno.test("ReadWindow opens after 1 MiB read forward, holds at most WINDOW_PIECES pieces, and leaves reads behind or far ahead to the caller", async () => {
   const size = 128 * MiB;
   const calls: [number, number][] = [];
-  const window = new ReadWindow(size, (offset, length) => {
-    calls.push([offset, length]);
-    const bytes = new Uint8Array(length);
-    for (let i = 0; i < length; i++) bytes[i] = (offset + i) % 251;
-    return Promise.resolve(bytes);
+  const window = new ReadWindow(size, (offset, into) => {
+    calls.push([offset, into.length]);
+    return fillPiece(into, offset, (at) => at % 251);
   });
   const check = async (offset: number, length: number) => {
     const got = await window.read(offset, length);
@@ -269,14 +268,7 @@ Deno.test("ReadWindow opens after 1 MiB read forward, holds at most WINDOW_PIECE
 });
 
 Deno.test("ReadWindow fetches nothing ahead while WINDOW_PIECES requests are out, pieces dropped by a jump included", async () => {
-  const answers: (() => void)[] = [];
-  const window = new ReadWindow(
-    1024 * MiB,
-    (_offset, length) =>
-      new Promise((resolve) => {
-        answers.push(() => resolve(new Uint8Array(length)));
-      }),
-  );
+  const { window, answers } = deferredWindow(1024 * MiB, () => 0);
   const first = window.read(0, MiB);
   assert.strictEqual(answers.length, WINDOW_PIECES);
   // Far ahead: the window closes, its requests still out; 1 MiB read from

@@ -8,7 +8,7 @@
 
 import { hex } from "../../format/errors.ts";
 import { sectorsFor } from "../../format/compressed.ts";
-import type { RandomAccessSource } from "../../io/source.ts";
+import { isRemote, type RandomAccessSource } from "../../io/source.ts";
 import type {
   BlockStatus,
   BlockStatusOptions,
@@ -79,7 +79,7 @@ export interface VmdkImageInit {
 const MARKER_PEEK = GRAIN_MARKER_BYTES + 2;
 /**
  * Bytes read at once where a compressed grain's marker is wanted from a
- * source without `readInto` (over HTTP): the grains of a streamOptimized
+ * remote source (`isRemote`: over HTTP): the grains of a streamOptimized
  * extent lie one after another, so one request serves the markers of the
  * next few dozen grains, where a request each (16 Ki of them per GiB of
  * 64 KiB grains, one after the other while the plan is made) is a round
@@ -288,7 +288,7 @@ export class VmdkImage extends PlannedImage implements GuestImage {
     length: number,
     what: string,
   ): Promise<Uint8Array> {
-    if (source.readInto) return readExact(source, at, length, what);
+    if (!isRemote(source)) return readExact(source, at, length, what);
     let w = this.#window;
     if (!w || w.source !== source || at < w.at || at + length > w.end) {
       const end = Math.min(at + MARKER_WINDOW, source.size);
