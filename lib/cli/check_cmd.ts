@@ -103,10 +103,16 @@ export async function checkCommand(args: string[]): Promise<number> {
     if (final.exitCode === 63) return unsupported();
     for (const line of repair.messages) warn(line);
     if (recheck !== undefined) {
-      if (!quiet && output === "human") {
-        await writeOut(formatRepairHeader(repair));
-      }
+      const header = !quiet && output === "human"
+        ? formatRepairHeader(repair)
+        : "";
+      // qemu-img's standard output is buffered off a terminal: what it
+      // says of the repair comes out after the lines of the check run
+      // again, and scripts expect that order.
+      const late = !Deno.stdout.isTerminal();
+      if (!late) await writeOut(header);
       for (const line of recheck.messages) warn(line);
+      if (late) await writeOut(header);
     }
     return await report(path, final, quiet, output);
   }

@@ -191,6 +191,12 @@ async function countReferences(
       stored,
       bitmaps: bitmapDirectoryOf(header),
       grow: fix & FIX_ERRORS ? (end) => growFile(run, end) : undefined,
+      writeEntry: fix & FIX_ERRORS
+        ? async (offset, bytes) => {
+          await run.writer!.writeAt(offset, bytes);
+          await run.writer!.sync();
+        }
+        : undefined,
       maxClusters: limit,
     },
     clusters,

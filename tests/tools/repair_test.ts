@@ -374,6 +374,63 @@ qemuTest(
   },
 );
 
+/**
+ * A preallocated zero cluster at guest 1.5 MiB whose L2 entry points 512
+ * bytes into its cluster: holding no data, -r all makes it a zero entry.
+ */
+async function unalignZeroEntry(img: string): Promise<void> {
+  await qemuIo(img, ["write -q -P 7 1536k 64k", "write -q -z 1536k 64k"]);
+  const at = await l2EntryAt(img, 1536 * KiB);
+  await patch(img, at, be64((await u64At(img, at)) + 512n));
+}
+
+for (const extendedL2 of [false, true]) {
+  qemuTest(
+    `check -r all: an unaligned L2 entry${
+      extendedL2 ? " (extended L2)" : ""
+    } without data becomes a zero entry, one with data stays an error, as in qemu-img`,
+    async () => {
+      await using dir = await tempDir();
+      const opts = extendedL2 ? ["extended_l2=on"] : [];
+      const img = await makeImage(join(dir.path, "a.qcow2"), "2M", opts);
+      await unalignZeroEntry(img);
+      // Checked only, the entry is an error; the same with data in it,
+      // which -r all leaves (the image stays unreadable there).
+      const checked = await sameCheckLines(img, []);
+      assert.match(checked, /^ERROR offset=[0-9a-f]+: Preallocated/m);
+      const fixed = await assertRepairLikeQemu(img, "all");
+      assert.match(fixed.stderr, /^Repairing offset=[0-9a-f]+: Preallocated/m);
+      assert.strictEqual(fixed.code, 0);
+      const data = await makeImage(join(dir.path, "d.qcow2"), "2M", opts);
+      await qemuIo(data, ["write -q -P 7 1M 64k"]);
+      const at = await l2EntryAt(data, 1024 * KiB);
+      await patch(data, at, be64((await u64At(data, at)) + 512n));
+      const kept = await sameCheckLines(data, ["-r", "all"]);
+      assert.match(kept, /^ERROR offset=[0-9a-f]+: Data cluster/m);
+    },
+  );
+}
+
+/**
+ * Runs check (with `flags`) on copies of `path` with ours and qemu-img's
+ * and asserts the same exit status, summary and lines; returns our stderr.
+ */
+async function sameCheckLines(path: string, flags: string[]): Promise<string> {
+  const copy = `${path}.${flags.length}.qcow2`;
+  await Deno.copyFile(path, copy);
+  const theirs = await qemuStatus("check", ...flags, copy);
+  await Deno.copyFile(path, copy);
+  const ours = await cli(["check", ...flags, copy]);
+  assert.strictEqual(ours.code, theirs.code, `check ${flags}: exit status`);
+  assert.strictEqual(ours.stdout, theirs.stdout, `check ${flags}: stdout`);
+  assert.deepStrictEqual(
+    problemLines(ours.stderr),
+    problemLines(theirs.stderr),
+    `check ${flags}: lines`,
+  );
+  return ours.stderr;
+}
+
 /** The guest data of snapshot s1, as qemu-img reads it. */
 async function snapshotData(path: string): Promise<Uint8Array> {
   const raw = path + ".s1.raw";
@@ -420,6 +477,7 @@ for (
     ["a refcount table entry zeroed", async (img: string) => {
       await patch(img, (await layoutOf(img)).reftableOffset, be64(0));
     }],
+    ["an unaligned preallocated zero entry", unalignZeroEntry],
   ] as const
 ) {
   qemuTest(
