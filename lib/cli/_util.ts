@@ -130,7 +130,8 @@ export function inQemuWords(
     ? words.failure
     : "message" in words
     ? words.message
-    : `Could not open '${name}': ${words.reason}`;
+    : `Could not open '${name}': ${words.reason}` +
+      (words.hint === undefined ? "" : `\n${words.hint}`);
   return new QemuWordedError(text, { cause: err });
 }
 
@@ -150,9 +151,10 @@ export function describeError(err: unknown): string {
   }
   if (
     err instanceof Qcow2Error || err instanceof IoError ||
-    err instanceof RangeError || err instanceof UsageError ||
-    err instanceof QemuWordedError
+    err instanceof RangeError || err instanceof UsageError
   ) return err.message.split("\n")[0];
+  // qemu-img's words, with the hint it prints on a second line.
+  if (err instanceof QemuWordedError) return err.message;
   if (err instanceof Error) {
     const line = err.message.split("\n")[0];
     return line.startsWith("Cannot ")

@@ -148,7 +148,11 @@ async function report(
       );
     }
   }
-  if (result.failure !== undefined) {
+  if (result.failure?.startsWith("Check failed: ")) {
+    // qemu-img's words when the format's check itself failed; the lines
+    // before say what failed.
+    warn(`qcow2pipe: ${result.failure}`);
+  } else if (result.failure !== undefined) {
     warn(
       `qcow2pipe: Cannot check ${path}: ${
         result.failure.replace(/^Cannot [^:]*: /, "")

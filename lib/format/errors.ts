@@ -118,7 +118,8 @@ export interface Qcow2ErrorOptions extends ErrorOptions {
 }
 
 /**
- * QEMU's words for an error: the reason an image could not be opened; a
+ * QEMU's words for an error: the reason an image could not be opened
+ * (with the hint qemu-img prints on the next line, if any); a
  * whole message (without qemu-img's program name) that qemu-img prints
  * when it walks a backing chain itself (`info --backing-chain`); or a
  * whole message that any command prints (`failure`: reading the image
@@ -135,7 +136,7 @@ export interface Qcow2ErrorOptions extends ErrorOptions {
  * ```
  */
 export type QemuWords =
-  | { reason: string }
+  | { reason: string; hint?: string }
   | { message: string }
   | { failure: string };
 
