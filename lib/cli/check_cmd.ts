@@ -10,7 +10,7 @@ import {
 import { repairImage } from "../tools/repair.ts";
 import { FileSource } from "../host/file_source.ts";
 import { isHttpUrl } from "../io/http_source.ts";
-import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
+import { expectPositionals, writeOut } from "./_args.ts";
 import { inQemuWords, UsageError, warn } from "./_util.ts";
 import {
   formatHelp,
@@ -18,11 +18,11 @@ import {
   HTTP_OPTIONS,
   httpTimeoutHelp,
   httpTransport,
-  INSPECT_OPTIONS,
+  NAMING_OPTIONS,
   outputFormat,
   SOURCE_CACHE_OPTION,
 } from "./_getopt.ts";
-import { openNamed } from "./_inputs.ts";
+import { namedFile, openNamed } from "./_inputs.ts";
 
 export const CHECK_HELP =
   `Usage: qcow2pipe check [-f FMT] [--output=human|json] [-q] [-r leaks|all] [--http-timeout S] [-U] IMG
@@ -71,15 +71,15 @@ export async function checkCommand(args: string[]): Promise<number> {
     repair: { type: "string", short: "r" },
     ...SOURCE_CACHE_OPTION,
     ...HTTP_OPTIONS,
-    ...INSPECT_OPTIONS,
+    ...NAMING_OPTIONS,
   });
   if (values.help) {
     console.log(CHECK_HELP);
     return 0;
   }
-  const [path] = expectPositionals("check image", positionals, ["IMG"]);
+  const [name] = expectPositionals("check image", positionals, ["IMG"]);
   const output = outputFormat("check image", values.output, values.json);
-  const format = parseFormat(values.format, "-f");
+  const { path, format } = namedFile(name, values);
   const http = httpTransport("check image", values["http-timeout"]);
   const quiet = values.quiet ?? false;
   const mode = values.repair;

@@ -2,17 +2,17 @@
 import { inQemuWords } from "./_util.ts";
 import { imageInfo } from "../tools/info.ts";
 import { formatImageInfo, formatImageInfoJson } from "../tools/info_text.ts";
-import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
+import { expectPositionals, writeOut } from "./_args.ts";
 import {
   formatHelp,
   getopt,
   HTTP_OPTIONS,
   httpTimeoutHelp,
   httpTransport,
-  INSPECT_OPTIONS,
+  NAMING_OPTIONS,
   outputFormat,
 } from "./_getopt.ts";
-import { openNamed } from "./_inputs.ts";
+import { namedFile, openNamed } from "./_inputs.ts";
 
 export const INFO_HELP =
   `Usage: qcow2pipe info [-f FMT] [--output=human|json] [--backing-chain] [--http-timeout S] [-U] IMG
@@ -42,16 +42,16 @@ export async function infoCommand(args: string[]): Promise<number> {
     json: { type: "boolean" },
     "backing-chain": { type: "boolean" },
     ...HTTP_OPTIONS,
-    ...INSPECT_OPTIONS,
+    ...NAMING_OPTIONS,
   });
   if (values.help) {
     console.log(INFO_HELP);
     return 0;
   }
-  const [path] = expectPositionals("describe image", positionals, ["IMG"]);
+  const [name] = expectPositionals("describe image", positionals, ["IMG"]);
   const output = outputFormat("describe image", values.output, values.json);
   const chain = values["backing-chain"] ?? false;
-  const format = parseFormat(values.format, "-f");
+  const { path, format } = namedFile(name, values);
   const http = httpTransport("describe image", values["http-timeout"]);
   await using image = await openNamed(path, http);
   const info = await imageInfo(image.input, {
