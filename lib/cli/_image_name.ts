@@ -1,7 +1,7 @@
 // qemu-img's ways of naming an image, reduced to the part that names a
 // local file: `file:PATH`, `json:{...}` and `--image-opts` options naming
-// the format (`driver`) and the file (`file.filename`, with
-// `file.driver=file`). Anything else these syntaxes can say (backing and
+// the format (`driver`), the file (`file.filename`, with
+// `file.driver=file`) and its external data file (`data-file.filename`). Anything else these syntaxes can say (backing and
 // data file overrides, other protocols, cache and driver options) is
 // refused in one line: the image is then opened as a path is, through the
 // same reference rules (its backing file comes from its header and is
@@ -14,6 +14,11 @@ export interface ImageName {
   path: string;
   /** The format the name gives (`driver`), if any. */
   format?: string;
+  /**
+   * The external data file the name gives (`data-file.filename`), in
+   * place of the one the header names.
+   */
+  dataFile?: string;
 }
 
 /** How a name is read. */
@@ -138,6 +143,7 @@ function fromOptions(
   };
   let path: string | undefined;
   let format: string | undefined;
+  let dataFile: string | undefined;
   for (const [key, value] of opts) {
     if (typeof value !== "string") {
       refuse(`option "${key}" must be a string`);
@@ -147,11 +153,14 @@ function fromOptions(
       case "driver":
         format = text;
         break;
-      case "file":
       case "file.filename":
         path = text;
         break;
+      case "data-file.filename":
+        dataFile = text;
+        break;
       case "file.driver":
+      case "data-file.driver":
         if (text !== "file") {
           refuse(
             `file.driver "${text}" is not supported (only local files: "file")`,
@@ -165,12 +174,15 @@ function fromOptions(
         break;
       default:
         refuse(
-          `option "${key}" is not supported (only driver, file.driver=file, file.filename and encrypt.key-secret)`,
+          `option "${key}" is not supported (only driver, file.filename, data-file.filename, their driver "file", and encrypt.key-secret)`,
         );
     }
   }
   if (path === undefined) refuse("no file.filename names the image file");
-  return format === undefined ? { path: path! } : { path: path!, format };
+  const named: ImageName = { path: path! };
+  if (format !== undefined) named.format = format;
+  if (dataFile !== undefined) named.dataFile = dataFile;
+  return named;
 }
 
 /**

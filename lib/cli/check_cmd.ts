@@ -79,7 +79,7 @@ export async function checkCommand(args: string[]): Promise<number> {
   }
   const [name] = expectPositionals("check image", positionals, ["IMG"]);
   const output = outputFormat("check image", values.output, values.json);
-  const { path, format } = namedFile(name, values);
+  const { path, format } = await namedFile(name, values, true);
   const http = httpTransport("check image", values["http-timeout"]);
   const quiet = values.quiet ?? false;
   const mode = values.repair;

@@ -51,7 +51,7 @@ export async function infoCommand(args: string[]): Promise<number> {
   const [name] = expectPositionals("describe image", positionals, ["IMG"]);
   const output = outputFormat("describe image", values.output, values.json);
   const chain = values["backing-chain"] ?? false;
-  const { path, format } = namedFile(name, values);
+  const { path, format } = await namedFile(name, values, true);
   const http = httpTransport("describe image", values["http-timeout"]);
   await using image = await openNamed(path, http);
   const info = await imageInfo(image.input, {

@@ -70,7 +70,7 @@ export async function mapCommand(args: string[]): Promise<number> {
     ? undefined
     : parseSize(values["max-length"], "--max-length");
   const out = new OutBuffer();
-  const { path, format } = namedFile(name, values);
+  const { path, format } = await namedFile(name, values, false);
   const http = httpTransport("map image", values["http-timeout"]);
   await using image = await openNamed(path, http);
   const entries = mapImageEntries(image.input, {
