@@ -42,6 +42,9 @@ ${formatHelp("  -f, --format FMT", 26, "IMG")}
 ${httpTimeoutHelp(26)}
   -U, --force-share       accepted, as qemu-img takes it: images are read
                           without locks
+      --image-opts        IMG is qemu-img's options: driver=FMT,file.filename=PATH
+                          (json:{...} and file:PATH names are taken too)
+      --object SECRET     secret,id=ID,... for encrypt.key-secret=ID (never read)
   -h, --help              show this help
 
 Sizes take the suffixes k, M, G, T (powers of 1024).`;
