@@ -4,7 +4,13 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuImg, qemuTest, runStatus, tempDir } from "../_qemu.ts";
+import {
+  createQcow2,
+  qemuImg,
+  qemuTest,
+  runStatus,
+  tempDir,
+} from "../_qemu.ts";
 import { cli } from "../tools/_helpers.ts";
 import { judgeLine, type Line, makeFixtures } from "./_lines.ts";
 
@@ -111,16 +117,7 @@ qemuTest(
   async () => {
     await using dir = await tempDir();
     const img = join(dir.path, "t.qcow2");
-    await qemuImg(
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
-      "-o",
-      `data_file=${img}.data`,
-      img,
-      "1M",
-    );
+    await createQcow2(dir.path, "t.qcow2", "1M", "-o", `data_file=${img}.data`);
     await qemuImg("amend", "-o", "data_file=foo", img);
     const opts = `data-file.filename=${img}.data,file.filename=${img}`;
     for (const args of [["info"], ["check"], ["info", "--output=json"]]) {
