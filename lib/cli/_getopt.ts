@@ -224,6 +224,18 @@ export const INSPECT_OPTIONS = {
   },
 } as const satisfies OptionSpecs;
 
+/**
+ * The options of the commands that only read metadata (info, check, map)
+ * with qemu-img's ways of naming an image: `--image-opts` (driver and
+ * file.filename only) and `--object secret,...` (for an
+ * `encrypt.key-secret` option; never read: nothing is decrypted).
+ */
+export const NAMING_OPTIONS = {
+  ...INSPECT_OPTIONS,
+  object: { type: "string", multiple: true },
+  "image-opts": { type: "boolean" },
+} as const satisfies OptionSpecs;
+
 /** `--http-timeout`, which every command that reads http(s) URLs takes. */
 export const HTTP_OPTIONS = {
   "http-timeout": { type: "string" },

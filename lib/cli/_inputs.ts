@@ -10,6 +10,10 @@ import {
   isHttpUrl,
 } from "../io/http_source.ts";
 import type { ImageInput } from "../tools/input.ts";
+import type { ImageFormat } from "../reader/open.ts";
+import { parseImageName, secretIds } from "./_image_name.ts";
+import { parseFormat } from "./_args.ts";
+import { UsageError } from "./_util.ts";
 
 /** An image argument, ready for `imageInfo`, `checkImage`, `mapImage`... */
 export interface NamedImage extends AsyncDisposable {
@@ -32,5 +36,53 @@ export async function openNamed(
   return {
     input: source,
     [Symbol.asyncDispose]: async () => await source.close(),
+  };
+}
+
+/**
+ * The file and format an image argument names, in qemu-img's syntax
+ * (`file:`, `json:{...}`, `--image-opts`; see _image_name.ts), with -f.
+ * `metadataOnly`: the command reads the image's metadata only (info,
+ * check), so a `data-file.filename` option is taken.
+ *
+ * @throws {UsageError} For a name we do not take, or a format given twice
+ * differently.
+ */
+export async function namedFile(
+  name: string,
+  values: { format?: string; "image-opts"?: boolean; object?: string[] },
+  metadataOnly: boolean,
+): Promise<{ path: string; format: ImageFormat | undefined }> {
+  const named = parseImageName(name, {
+    imageOpts: values["image-opts"],
+    secrets: secretIds(values.object ?? []),
+  });
+  if (named.dataFile !== undefined) {
+    // info and check read the image's own metadata only: the data file is
+    // not read, but it must be there, as qemu-img opens it. A command that
+    // reads guest data would have to read it: refused there.
+    if (!metadataOnly) {
+      throw new UsageError(
+        `Cannot open image ${name}: option "data-file.filename" is only taken by info and check`,
+      );
+    }
+    const info = await Deno.stat(named.dataFile).catch(() => undefined);
+    if (!info?.isFile) {
+      throw new UsageError(
+        `Cannot open image ${name}: data file ${named.dataFile} is not a file`,
+      );
+    }
+  }
+  if (
+    named.format !== undefined && values.format !== undefined &&
+    named.format !== values.format
+  ) {
+    throw new UsageError(
+      `Cannot open image ${name}: its driver "${named.format}" is not the format -f gives ("${values.format}")`,
+    );
+  }
+  return {
+    path: named.path,
+    format: parseFormat(named.format ?? values.format, "-f"),
   };
 }

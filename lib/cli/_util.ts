@@ -109,7 +109,8 @@ export class QemuWordedError extends Error {
 /**
  * The error, in qemu-img's words when the library gave QEMU's words for
  * it: a reason for not opening the image named `name` on the command line
- * becomes `Could not open 'NAME': REASON`, as qemu-img prints it.
+ * becomes `Could not open 'NAME': REASON`, as qemu-img prints it; a
+ * failure's whole message is printed as it is.
  *
  * @param err What opening or reading the image threw.
  * @param name The image as the command line names it.
@@ -123,10 +124,14 @@ export function inQemuWords(
   messages = false,
 ): unknown {
   if (!(err instanceof Qcow2Error) || err.qemu === undefined) return err;
-  if ("message" in err.qemu && !messages) return err;
-  const text = "message" in err.qemu
-    ? err.qemu.message
-    : `Could not open '${name}': ${err.qemu.reason}`;
+  const words = err.qemu;
+  if ("message" in words && !messages) return err;
+  const text = "failure" in words
+    ? words.failure
+    : "message" in words
+    ? words.message
+    : `Could not open '${name}': ${words.reason}` +
+      (words.hint === undefined ? "" : `\n${words.hint}`);
   return new QemuWordedError(text, { cause: err });
 }
 
@@ -146,9 +151,10 @@ export function describeError(err: unknown): string {
   }
   if (
     err instanceof Qcow2Error || err instanceof IoError ||
-    err instanceof RangeError || err instanceof UsageError ||
-    err instanceof QemuWordedError
+    err instanceof RangeError || err instanceof UsageError
   ) return err.message.split("\n")[0];
+  // qemu-img's words, with the hint it prints on a second line.
+  if (err instanceof QemuWordedError) return err.message;
   if (err instanceof Error) {
     const line = err.message.split("\n")[0];
     return line.startsWith("Cannot ")

@@ -10,7 +10,7 @@ import {
 import { repairImage } from "../tools/repair.ts";
 import { FileSource } from "../host/file_source.ts";
 import { isHttpUrl } from "../io/http_source.ts";
-import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
+import { expectPositionals, writeOut } from "./_args.ts";
 import { inQemuWords, UsageError, warn } from "./_util.ts";
 import {
   formatHelp,
@@ -18,11 +18,11 @@ import {
   HTTP_OPTIONS,
   httpTimeoutHelp,
   httpTransport,
-  INSPECT_OPTIONS,
+  NAMING_OPTIONS,
   outputFormat,
   SOURCE_CACHE_OPTION,
 } from "./_getopt.ts";
-import { openNamed } from "./_inputs.ts";
+import { namedFile, openNamed } from "./_inputs.ts";
 
 export const CHECK_HELP =
   `Usage: qcow2pipe check [-f FMT] [--output=human|json] [-q] [-r leaks|all] [--http-timeout S] [-U] IMG
@@ -60,6 +60,9 @@ ${formatHelp("  -f, --format FMT", 22, "IMG")}
 ${httpTimeoutHelp(22)}
   -U, --force-share   accepted, as qemu-img takes it: images are read
                       without locks
+      --image-opts    IMG is qemu-img's options: driver=FMT,file.filename=PATH
+                      (json:{...} and file:PATH names are taken too)
+      --object SECRET secret,id=ID,... for encrypt.key-secret=ID (never read)
   -h, --help          show this help`;
 
 export async function checkCommand(args: string[]): Promise<number> {
@@ -71,15 +74,15 @@ export async function checkCommand(args: string[]): Promise<number> {
     repair: { type: "string", short: "r" },
     ...SOURCE_CACHE_OPTION,
     ...HTTP_OPTIONS,
-    ...INSPECT_OPTIONS,
+    ...NAMING_OPTIONS,
   });
   if (values.help) {
     console.log(CHECK_HELP);
     return 0;
   }
-  const [path] = expectPositionals("check image", positionals, ["IMG"]);
+  const [name] = expectPositionals("check image", positionals, ["IMG"]);
   const output = outputFormat("check image", values.output, values.json);
-  const format = parseFormat(values.format, "-f");
+  const { path, format } = await namedFile(name, values, true);
   const http = httpTransport("check image", values["http-timeout"]);
   const quiet = values.quiet ?? false;
   const mode = values.repair;
@@ -103,10 +106,16 @@ export async function checkCommand(args: string[]): Promise<number> {
     if (final.exitCode === 63) return unsupported();
     for (const line of repair.messages) warn(line);
     if (recheck !== undefined) {
-      if (!quiet && output === "human") {
-        await writeOut(formatRepairHeader(repair));
-      }
+      const header = !quiet && output === "human"
+        ? formatRepairHeader(repair)
+        : "";
+      // qemu-img's standard output is buffered off a terminal: what it
+      // says of the repair comes out after the lines of the check run
+      // again, and scripts expect that order.
+      const late = !Deno.stdout.isTerminal();
+      if (!late) await writeOut(header);
       for (const line of recheck.messages) warn(line);
+      if (late) await writeOut(header);
     }
     return await report(path, final, quiet, output);
   }
@@ -142,7 +151,11 @@ async function report(
       );
     }
   }
-  if (result.failure !== undefined) {
+  if (result.failure?.startsWith("Check failed: ")) {
+    // qemu-img's words when the format's check itself failed; the lines
+    // before say what failed.
+    warn(`qcow2pipe: ${result.failure}`);
+  } else if (result.failure !== undefined) {
     warn(
       `qcow2pipe: Cannot check ${path}: ${
         result.failure.replace(/^Cannot [^:]*: /, "")

@@ -2,17 +2,17 @@
 import { inQemuWords } from "./_util.ts";
 import { imageInfo } from "../tools/info.ts";
 import { formatImageInfo, formatImageInfoJson } from "../tools/info_text.ts";
-import { expectPositionals, parseFormat, writeOut } from "./_args.ts";
+import { expectPositionals, writeOut } from "./_args.ts";
 import {
   formatHelp,
   getopt,
   HTTP_OPTIONS,
   httpTimeoutHelp,
   httpTransport,
-  INSPECT_OPTIONS,
+  NAMING_OPTIONS,
   outputFormat,
 } from "./_getopt.ts";
-import { openNamed } from "./_inputs.ts";
+import { namedFile, openNamed } from "./_inputs.ts";
 
 export const INFO_HELP =
   `Usage: qcow2pipe info [-f FMT] [--output=human|json] [--backing-chain] [--http-timeout S] [-U] IMG
@@ -33,6 +33,9 @@ ${formatHelp("  -f, --format FMT", 24, "IMG")}
 ${httpTimeoutHelp(24)}
   -U, --force-share     accepted, as qemu-img takes it: images are read
                         without locks
+      --image-opts      IMG is qemu-img's options: driver=FMT,file.filename=PATH
+                        (json:{...} and file:PATH names are taken too)
+      --object SECRET   secret,id=ID,... for encrypt.key-secret=ID (never read)
   -h, --help            show this help`;
 
 export async function infoCommand(args: string[]): Promise<number> {
@@ -42,16 +45,16 @@ export async function infoCommand(args: string[]): Promise<number> {
     json: { type: "boolean" },
     "backing-chain": { type: "boolean" },
     ...HTTP_OPTIONS,
-    ...INSPECT_OPTIONS,
+    ...NAMING_OPTIONS,
   });
   if (values.help) {
     console.log(INFO_HELP);
     return 0;
   }
-  const [path] = expectPositionals("describe image", positionals, ["IMG"]);
+  const [name] = expectPositionals("describe image", positionals, ["IMG"]);
   const output = outputFormat("describe image", values.output, values.json);
   const chain = values["backing-chain"] ?? false;
-  const format = parseFormat(values.format, "-f");
+  const { path, format } = await namedFile(name, values, true);
   const http = httpTransport("describe image", values["http-timeout"]);
   await using image = await openNamed(path, http);
   const info = await imageInfo(image.input, {

@@ -6,7 +6,7 @@ import {
   MAP_HUMAN_HEADER,
 } from "../tools/map_text.ts";
 import { mapImageEntries } from "../tools/map.ts";
-import { expectPositionals, OutBuffer, parseFormat } from "./_args.ts";
+import { expectPositionals, OutBuffer } from "./_args.ts";
 import { inQemuWords, parseSize, warn } from "./_util.ts";
 import {
   formatHelp,
@@ -14,10 +14,10 @@ import {
   HTTP_OPTIONS,
   httpTimeoutHelp,
   httpTransport,
-  INSPECT_OPTIONS,
+  NAMING_OPTIONS,
   outputFormat,
 } from "./_getopt.ts";
-import { openNamed } from "./_inputs.ts";
+import { namedFile, openNamed } from "./_inputs.ts";
 
 export const MAP_HELP =
   `Usage: qcow2pipe map [-f FMT] [--output=human|json] [--start-offset N] [--max-length N] [--http-timeout S] [-U] IMG
@@ -42,6 +42,9 @@ ${formatHelp("  -f, --format FMT", 26, "IMG")}
 ${httpTimeoutHelp(26)}
   -U, --force-share       accepted, as qemu-img takes it: images are read
                           without locks
+      --image-opts        IMG is qemu-img's options: driver=FMT,file.filename=PATH
+                          (json:{...} and file:PATH names are taken too)
+      --object SECRET     secret,id=ID,... for encrypt.key-secret=ID (never read)
   -h, --help              show this help
 
 Sizes take the suffixes k, M, G, T (powers of 1024).`;
@@ -54,13 +57,13 @@ export async function mapCommand(args: string[]): Promise<number> {
     "start-offset": { type: "string" },
     "max-length": { type: "string" },
     ...HTTP_OPTIONS,
-    ...INSPECT_OPTIONS,
+    ...NAMING_OPTIONS,
   });
   if (values.help) {
     console.log(MAP_HELP);
     return 0;
   }
-  const [path] = expectPositionals("map image", positionals, ["IMG"]);
+  const [name] = expectPositionals("map image", positionals, ["IMG"]);
   const json = outputFormat("map image", values.output, values.json) ===
     "json";
   const start = values["start-offset"] === undefined
@@ -70,7 +73,7 @@ export async function mapCommand(args: string[]): Promise<number> {
     ? undefined
     : parseSize(values["max-length"], "--max-length");
   const out = new OutBuffer();
-  const format = parseFormat(values.format, "-f");
+  const { path, format } = await namedFile(name, values, false);
   const http = httpTransport("map image", values["http-timeout"]);
   await using image = await openNamed(path, http);
   const entries = mapImageEntries(image.input, {

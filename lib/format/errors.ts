@@ -118,8 +118,12 @@ export interface Qcow2ErrorOptions extends ErrorOptions {
 }
 
 /**
- * QEMU's words for an error: the reason an image could not be opened, or a
- * whole message (without qemu-img's program name).
+ * QEMU's words for an error: the reason an image could not be opened
+ * (with the hint qemu-img prints on the next line, if any); a
+ * whole message (without qemu-img's program name) that qemu-img prints
+ * when it walks a backing chain itself (`info --backing-chain`); or a
+ * whole message that any command prints (`failure`: reading the image
+ * failed after it was opened, as with a snapshot's L1 table).
  *
  * @example The reason QEMU gives for a short L1 table
  * ```ts
@@ -131,7 +135,10 @@ export interface Qcow2ErrorOptions extends ErrorOptions {
  * assert.deepStrictEqual(err.qemu, { reason: "L1 table is too small" });
  * ```
  */
-export type QemuWords = { reason: string } | { message: string };
+export type QemuWords =
+  | { reason: string; hint?: string }
+  | { message: string }
+  | { failure: string };
 
 /**
  * An image is malformed, unsupported or corrupt. The message is one line in

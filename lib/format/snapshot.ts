@@ -42,7 +42,8 @@ import { readU64 } from "./_bytes.ts";
 export const SNAPSHOT_FIXED_LENGTH = 40;
 
 /**
- * A decoded snapshot table entry.
+ * A decoded snapshot table entry. The ID and the name end at their first
+ * NUL byte, if any: QEMU holds them as C strings.
  *
  * @example An entry through the table codec
  * ```ts
@@ -172,8 +173,10 @@ export function parseSnapshotTable(
     out.push({
       l1TableOffset: u64(view, at, "l1_table_offset", base),
       l1Size: view.getUint32(at + 8),
-      id: decodeText(bytes.subarray(idAt, idAt + idSize)),
-      name: decodeText(bytes.subarray(idAt + idSize, idAt + idSize + nameSize)),
+      id: decodeText(cString(bytes.subarray(idAt, idAt + idSize))),
+      name: decodeText(
+        cString(bytes.subarray(idAt + idSize, idAt + idSize + nameSize)),
+      ),
       dateSec: view.getUint32(at + 16),
       dateNsec: view.getUint32(at + 20),
       vmClockNsec: view.getBigUint64(at + 24),
@@ -249,4 +252,98 @@ export function serializeSnapshotEntry(entry: SnapshotEntry): Uint8Array {
   out.set(id, SNAPSHOT_FIXED_LENGTH + extra.length);
   out.set(name, SNAPSHOT_FIXED_LENGTH + extra.length + id.length);
   return out;
+}
+
+/** Bytes of the extra data QEMU 7.2 knows (vm_state_size_large, disk_size, icount). */
+const KNOWN_EXTRA_DATA = 24;
+
+/**
+ * The snapshot table entries as QEMU writes a table back
+ * (qcow2_write_snapshots()): each with at least the 24 bytes of extra data
+ * QEMU knows, the 64-bit VM state size, the disk size (`diskSize` where
+ * the entry has none) and the instruction count (-1, none, where it has
+ * none), unknown extra data kept after them, the ID and the name cut at
+ * their first NUL byte (QEMU holds them as C strings).
+ *
+ * @param bytes The table's entries, each padded to 8 bytes.
+ * @param count Number of entries.
+ * @param diskSize The image's virtual size, in bytes, rounded down to
+ * 512-byte sectors: the disk size of an entry that has none.
+ * @returns The rewritten entries, each padded to 8 bytes but the last
+ * (QEMU's table ends where the last name ends).
+ * @throws {Qcow2Error} `BAD_SNAPSHOT` when an entry is truncated.
+ *
+ * @example A version 2 entry gains the extra data version 3 requires
+ * ```ts
+ * import assert from "node:assert";
+ * import { completeSnapshotEntries, parseSnapshotTable, serializeSnapshotEntry } from "./snapshot.ts";
+ * const v2 = serializeSnapshotEntry({
+ *   l1TableOffset: 0x50000, l1Size: 1, id: "1", name: "base", dateSec: 0,
+ *   dateNsec: 0, vmClockNsec: 0n, vmStateSize: 0, vmStateSize32: 0,
+ *   diskSize: undefined, icount: undefined, extraData: new Uint8Array(0),
+ * });
+ * const [entry] = parseSnapshotTable(completeSnapshotEntries(v2, 1, 1 << 20), 1);
+ * assert.strictEqual(entry.extraData.length, 24);
+ * assert.strictEqual(entry.diskSize, 1 << 20);
+ * assert.strictEqual(entry.icount, -1n);
+ * ```
+ */
+export function completeSnapshotEntries(
+  bytes: Uint8Array,
+  count: number,
+  diskSize: number,
+): Uint8Array {
+  const entries = parseSnapshotTable(bytes, count);
+  const parts: Uint8Array[] = [];
+  let at = 0;
+  let size = 0;
+  let padded = 0;
+  const view = viewOf(bytes);
+  for (const entry of entries) {
+    const extraSize = view.getUint32(at + 36);
+    const idAt = at + SNAPSHOT_FIXED_LENGTH + extraSize;
+    const idSize = view.getUint16(at + 12);
+    const nameSize = view.getUint16(at + 14);
+    const id = cString(bytes.subarray(idAt, idAt + idSize));
+    const name = cString(
+      bytes.subarray(idAt + idSize, idAt + idSize + nameSize),
+    );
+    const extra = new Uint8Array(Math.max(KNOWN_EXTRA_DATA, extraSize));
+    extra.set(entry.extraData.subarray(KNOWN_EXTRA_DATA), KNOWN_EXTRA_DATA);
+    const length = SNAPSHOT_FIXED_LENGTH + extra.length + id.length +
+      name.length;
+    const out = new Uint8Array(alignUp(length, 8));
+    out.set(bytes.subarray(at, at + SNAPSHOT_FIXED_LENGTH));
+    const o = viewOf(out);
+    // A VM state too large for the 32-bit field: 0 there, a disk-only
+    // snapshot to older readers.
+    o.setUint32(32, entry.vmStateSize <= 0xffffffff ? entry.vmStateSize : 0);
+    o.setUint16(12, id.length);
+    o.setUint16(14, name.length);
+    o.setUint32(36, extra.length);
+    const e = viewOf(extra);
+    writeU64(e, 0, entry.vmStateSize);
+    writeU64(e, 8, entry.diskSize ?? diskSize);
+    e.setBigInt64(16, entry.icount ?? -1n);
+    out.set(extra, SNAPSHOT_FIXED_LENGTH);
+    out.set(id, SNAPSHOT_FIXED_LENGTH + extra.length);
+    out.set(name, SNAPSHOT_FIXED_LENGTH + extra.length + id.length);
+    parts.push(out);
+    size = padded + length;
+    padded += out.length;
+    at += snapshotEntryLength(bytes, at);
+  }
+  const table = new Uint8Array(size);
+  let to = 0;
+  for (const p of parts) {
+    table.set(p.subarray(0, Math.min(p.length, size - to)), to);
+    to += p.length;
+  }
+  return table;
+}
+
+/** The bytes before the first NUL (all of them when there is none). */
+function cString(bytes: Uint8Array): Uint8Array {
+  const nul = bytes.indexOf(0);
+  return nul < 0 ? bytes : bytes.subarray(0, nul);
 }

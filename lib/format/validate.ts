@@ -62,18 +62,35 @@ function fail(
   });
 }
 
-function range(field: string, value: number, min: number, max: number): void {
+function range(
+  field: string,
+  value: number,
+  min: number,
+  max: number,
+  qemuReason?: string,
+): void {
   if (value < min || value > max) {
-    fail("OUT_OF_RANGE", field, `${value} is out of range [${min}, ${max}]`);
+    fail(
+      "OUT_OF_RANGE",
+      field,
+      `${value} is out of range [${min}, ${max}]`,
+      qemuReason,
+    );
   }
 }
 
-function aligned(field: string, value: number, clusterSize: number): void {
+function aligned(
+  field: string,
+  value: number,
+  clusterSize: number,
+  qemuReason?: string,
+): void {
   if (value % clusterSize !== 0) {
     fail(
       "UNALIGNED",
       field,
       `${hex(value)} is not aligned to the cluster size ${clusterSize}`,
+      qemuReason,
     );
   }
 }
@@ -85,6 +102,9 @@ function aligned(field: string, value: number, clusterSize: number): void {
  * {@linkcode assertReadable}'s job.
  *
  * @param header A parsed header.
+ * @param options `check`: the image is opened for `check` (QEMU's
+ * `BDRV_O_CHECK`), which reads and repairs the snapshot table itself: its
+ * offset and count are not checked here.
  * @throws {Qcow2Error} `OUT_OF_RANGE`, `UNALIGNED`, `RESERVED_BITS` or
  * `BAD_EXTENSION` naming the field.
  *
@@ -99,10 +119,13 @@ function aligned(field: string, value: number, clusterSize: number): void {
  * assert(message === "Cannot open image: cluster_bits 22 is out of range [9, 21]");
  * ```
  */
-export function validateHeader(header: Qcow2Header): void {
+export function validateHeader(
+  header: Qcow2Header,
+  options: { check?: boolean } = {},
+): void {
   validateFields(header);
   validateFeatures(header);
-  validateTables(header);
+  validateTables(header, options.check ?? false);
   validateBackingName(header);
   validateExtensions(header);
 }
@@ -171,7 +194,7 @@ function validateFeatures(header: Qcow2Header): void {
 }
 
 /** The L1, refcount and snapshot tables: sizes within QEMU's limits, offsets aligned. */
-function validateTables(header: Qcow2Header): void {
+function validateTables(header: Qcow2Header, check: boolean): void {
   const clusterSize = 2 ** header.clusterBits;
   const extendedL2 =
     (header.incompatibleFeatures & INCOMPAT.EXTENDED_L2) !== 0n;
@@ -217,8 +240,20 @@ function validateTables(header: Qcow2Header): void {
   );
   aligned("refcount_table_offset", header.refcountTableOffset, clusterSize);
 
-  range("nb_snapshots", header.nbSnapshots, 0, MAX_SNAPSHOTS);
-  aligned("snapshots_offset", header.snapshotsOffset, clusterSize);
+  if (check) return;
+  range(
+    "nb_snapshots",
+    header.nbSnapshots,
+    0,
+    MAX_SNAPSHOTS,
+    "Snapshot table too large",
+  );
+  aligned(
+    "snapshots_offset",
+    header.snapshotsOffset,
+    clusterSize,
+    "Snapshot table offset invalid",
+  );
 }
 
 /** The backing file name lies inside the first cluster, after the header. */

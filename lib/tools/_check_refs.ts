@@ -8,7 +8,7 @@ import type { Qcow2Header } from "../format/header.ts";
 import type { Geometry } from "../format/geometry.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { SnapshotEntry } from "../format/snapshot.ts";
-import { INCOMPAT, MAX_L1_BYTES } from "../format/constants.ts";
+import { ENTRY, INCOMPAT, MAX_L1_BYTES } from "../format/constants.ts";
 import { hex } from "../format/errors.ts";
 import { decodeL1Entry } from "../format/l1.ts";
 import type { L2Entry } from "../format/l2.ts";
@@ -81,6 +81,11 @@ export interface WalkInput {
   grow?: (end: number) => Promise<void>;
   /** Most clusters the file may grow to (the check's memory limit). */
   maxClusters?: number;
+  /**
+   * With -r all: writes a repaired L2 entry at a host offset and makes it
+   * durable (QEMU's fix_l2_entry_by_zero()). Absent when checking only.
+   */
+  writeEntry?: (offset: number, bytes: Uint8Array) => Promise<void>;
 }
 
 /** Thrown when QEMU's check would stop with an error (exit status 1). */
@@ -133,6 +138,8 @@ export class ReferenceWalk {
   #recording: (number | string)[] | undefined;
   /** The L2 table being walked (one buffer, reused table after table). */
   #table: Uint8Array | undefined;
+  /** An entry of the table being walked was repaired: not to be replayed. */
+  #repaired = false;
 
   constructor(
     input: WalkInput,
@@ -283,10 +290,12 @@ export class ReferenceWalk {
     const record = this.#walked !== undefined && this.#walkedRoom > 0 &&
       !this.#walked.has(l2Offset);
     this.#recording = record ? [] : undefined;
+    this.#repaired = false;
     try {
       await this.#walkL2(l2Offset, active);
     } finally {
-      if (record) {
+      // A repaired table reads differently now: walked again, not replayed.
+      if (record && !this.#repaired) {
         this.#walkedRoom -= this.#recording!.length + 1;
         this.#walked!.set(l2Offset, this.#recording!);
       }
@@ -341,7 +350,9 @@ export class ReferenceWalk {
           break;
         case "zero-alloc":
         case "normal": {
-          this.#allocated(entry);
+          const fixed = await this.#allocated(entry, table, i, l2Offset);
+          if (fixed === "overlap") return; // QEMU stops walking this table
+          if (fixed) break; // the entry is a zero one now: nothing to count
           if (active) {
             c.allocatedClusters++;
             if (nextContiguous !== 0 && entry.hostOffset !== nextContiguous) {
@@ -401,8 +412,19 @@ export class ReferenceWalk {
     }
   }
 
-  /** A normal or preallocated zero entry: its bitmap and alignment. */
-  #allocated(entry: L2Entry): void {
+  /**
+   * A normal or preallocated zero entry: its bitmap and alignment. With
+   * -r all, an unaligned entry holding no data is made a zero entry.
+   *
+   * @returns Whether the entry was repaired (it references nothing now),
+   * or `overlap` when the repair would write over other metadata.
+   */
+  async #allocated(
+    entry: L2Entry,
+    table: Uint8Array,
+    i: number,
+    l2Offset: number,
+  ): Promise<boolean | "overlap"> {
     const offset = entry.hostOffset;
     if ((entry.zeroMask & entry.allocMask) !== 0) {
       this.#error(
@@ -411,16 +433,75 @@ export class ReferenceWalk {
         }: Allocated cluster has corrupted subcluster allocation bitmap`,
       );
     }
-    if (offset % this.#cs !== 0) {
-      const containsData = this.#in.geometry.extendedL2
-        ? entry.allocMask !== 0
-        : entry.type === "normal";
-      this.#error(
-        `ERROR offset=${hexOf(offset)}: ${
-          containsData ? "Data" : "Preallocated"
-        } cluster is not properly aligned; L2 entry corrupted.`,
-      );
+    if (offset % this.#cs === 0) return false;
+    const { extendedL2 } = this.#in.geometry;
+    const containsData = extendedL2
+      ? entry.allocMask !== 0
+      : entry.type === "normal";
+    const write = this.#in.writeEntry;
+    const what = `offset=${hexOf(offset)}: ${
+      containsData ? "Data" : "Preallocated"
+    } cluster is not properly aligned; L2 entry corrupted.`;
+    if (containsData || write === undefined) {
+      this.#error(`ERROR ${what}`);
+      return false;
     }
+    this.#error(`Repairing ${what}`);
+    return await this.#zeroEntry(table, i, l2Offset, write);
+  }
+
+  /**
+   * fix_l2_entry_by_zero(): the entry becomes a zero entry (with
+   * subclusters, every allocated subcluster reads as zeros), written back
+   * at once. Its cluster is then only leaked, which the repair frees.
+   */
+  async #zeroEntry(
+    table: Uint8Array,
+    i: number,
+    l2Offset: number,
+    write: (offset: number, bytes: Uint8Array) => Promise<void>,
+  ): Promise<boolean | "overlap"> {
+    const { extendedL2, l2EntrySize } = this.#in.geometry;
+    const at = i * l2EntrySize;
+    const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+    if (extendedL2) {
+      // Bitmap: zero flags in the high word, allocation flags in the low.
+      view.setUint32(
+        at + 8,
+        (view.getUint32(at + 8) | view.getUint32(at + 12)) >>> 0,
+      );
+      view.setUint32(at + 12, 0);
+      view.setBigUint64(at, 0n);
+    } else {
+      view.setBigUint64(at, BigInt(ENTRY.ZERO_LO)); // zeros, no cluster
+    }
+    if (this.#overlapsMetadata(l2Offset)) {
+      this.messages.push("ERROR: Overlap check failed");
+      this.counters.checkErrors++;
+      return "overlap";
+    }
+    this.#repaired = true;
+    await write(l2Offset + at, table.slice(at, at + l2EntrySize));
+    this.counters.corruptions--;
+    this.counters.corruptionsFixed++;
+    return true;
+  }
+
+  /**
+   * Whether the L2 table at `l2Offset` shares a cluster with the header,
+   * the active L1 table, the refcount table or the snapshot table (the
+   * metadata QEMU's overlap check keeps an L2 entry's write away from).
+   */
+  #overlapsMetadata(l2Offset: number): boolean {
+    const { header, snapshotsSize } = this.#in;
+    const cs = this.#cs;
+    const start = Math.floor(l2Offset / cs) * cs;
+    const end = start + cs;
+    const hits = (offset: number, size: number) =>
+      size > 0 && offset < end && start < offset + size;
+    return hits(0, cs) || hits(header.l1TableOffset, header.l1Size * 8) ||
+      hits(header.refcountTableOffset, header.refcountTableClusters * cs) ||
+      hits(header.snapshotsOffset, snapshotsSize);
   }
 
   /** qcow2_check_bitmaps_refcounts(). */

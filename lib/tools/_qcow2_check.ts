@@ -30,7 +30,13 @@ import { RefblockError, StoredRefcounts } from "../reader/qcow2/refcounts.ts";
 import { bitmapDirectoryOf } from "../reader/qcow2/bitmaps.ts";
 import { l2EntryAt } from "../reader/qcow2/mapping.ts";
 import { readPadded } from "../reader/read.ts";
-import { readSnapshotTable } from "../reader/qcow2/snapshots.ts";
+import type { SnapshotTable } from "../reader/qcow2/snapshots.ts";
+import type { RefcountMap } from "./_refmap.ts";
+import {
+  fixSnapshotTable,
+  readSnapshotsForCheck,
+  SnapshotCheckFailure,
+} from "./_snapshot_check.ts";
 import { CheckFailure, entryHex, ReferenceWalk } from "./_check_refs.ts";
 import { decodeL1Entry } from "../format/l1.ts";
 import type { L2Entry, L2Layout } from "../format/l2.ts";
@@ -59,6 +65,8 @@ export interface RepairWriter {
 interface Run {
   source: RandomAccessSource;
   header: Qcow2Header;
+  /** The snapshot table as the check reads it (repaired with -r all). */
+  snapshots: SnapshotTable;
   result: CheckResult;
   options: CheckImageOptions;
   fix: number;
@@ -100,42 +108,62 @@ export async function checkQcow2(
   result.totalClusters = Math.ceil(
     qcow2VirtualSize(header.size) / geometry.clusterSize,
   );
+  // The snapshot part keeps its own counters (QEMU's snapshot_res), added
+  // to the result once the refcount part is done.
+  const snap = { corruptions: 0, checkErrors: 0, corruptionsFixed: 0 };
+  const addSnap = () => {
+    result.corruptions += snap.corruptions;
+    result.checkErrors += snap.checkErrors;
+    result.corruptionsFixed += snap.corruptionsFixed;
+  };
+  let read;
+  try {
+    read = await readSnapshotsForCheck(
+      source,
+      header,
+      snap,
+      result.messages,
+      (fix & FIX_ERRORS) !== 0,
+      writer,
+    );
+  } catch (err) {
+    if (!(err instanceof SnapshotCheckFailure)) throw err;
+    addSnap();
+    fail(result, err.message);
+    return;
+  }
   const run: Run = {
     source,
-    header,
+    header: read.header,
+    snapshots: read.table,
     result,
     options,
     fix,
     writer,
     signal: corruptionSignal(result),
   };
-  const counted = await countReferences(run, header, fix);
-  if (!counted) return;
-  let { walk, stored } = counted;
-  const pre = countersOf(result);
-  const first = await compareRefcounts(run, walk, stored, 0);
-  let highest = first.highest;
-  if ((first.rebuild || walk.rebuild) && fix & FIX_ERRORS) {
-    const rebuilt = await rebuildAndRecount(run, walk);
-    if (!rebuilt) return;
-    ({ stored, highest } = rebuilt);
-  } else if (fix) {
-    if (first.rebuild || walk.rebuild) {
-      result.messages.push("ERROR need to rebuild refcount structures");
-      result.checkErrors++;
-      fail(
-        result,
-        "Cannot repair image: its refcount structures must be rebuilt, which -r all does",
+  const checked = await checkRefcounts(run);
+  if (checked) {
+    try {
+      run.header = await fixSnapshotTable(
+        run.header,
+        run.snapshots,
+        snap,
+        result.messages,
+        (fix & FIX_ERRORS) !== 0,
+        writer,
+        checked.stored,
+        checked.refs,
       );
+    } catch (err) {
+      if (!(err instanceof SnapshotCheckFailure)) throw err;
+      addSnap();
+      fail(result, err.message);
       return;
     }
-    if (result.leaks || result.corruptions) {
-      Object.assign(result, pre);
-      highest = (await compareRefcounts(run, walk, stored, fix)).highest;
-    }
   }
-  await checkOflagCopied(run, stored);
-  result.imageEndOffset = (highest + 1) * geometry.clusterSize;
+  addSnap();
+  if (!checked) return;
   if (fix && result.checkErrors === 0 && result.corruptions === 0) {
     await markCleanAndConsistent(run);
   }
@@ -149,6 +177,47 @@ export async function checkQcow2(
 }
 
 /**
+ * qcow2_check_refcounts(): references counted, refcounts compared (and
+ * repaired), COPIED flags; undefined when the check stopped (the result
+ * says why).
+ */
+async function checkRefcounts(
+  run: Run,
+): Promise<{ stored: StoredRefcounts; refs: RefcountMap } | undefined> {
+  const { result, fix } = run;
+  const geometry = geometryOf(run.header);
+  const counted = await countReferences(run, run.header, fix);
+  if (!counted) return undefined;
+  let { walk, stored } = counted;
+  const pre = countersOf(result);
+  const first = await compareRefcounts(run, walk, stored, 0);
+  let highest = first.highest;
+  let refs = walk.refs;
+  if ((first.rebuild || walk.rebuild) && fix & FIX_ERRORS) {
+    const rebuilt = await rebuildAndRecount(run, walk);
+    if (!rebuilt) return undefined;
+    ({ stored, highest, refs } = rebuilt);
+  } else if (fix) {
+    if (first.rebuild || walk.rebuild) {
+      result.messages.push("ERROR need to rebuild refcount structures");
+      result.checkErrors++;
+      fail(
+        result,
+        "Cannot repair image: its refcount structures must be rebuilt, which -r all does",
+      );
+      return undefined;
+    }
+    if (result.leaks || result.corruptions) {
+      Object.assign(result, pre);
+      highest = (await compareRefcounts(run, walk, stored, fix)).highest;
+    }
+  }
+  await checkOflagCopied(run, stored);
+  result.imageEndOffset = (highest + 1) * geometry.clusterSize;
+  return { stored, refs };
+}
+
+/**
  * calculate_refcounts(): every reference counted into a walk, or undefined
  * when the check stopped (the result then says why).
  */
@@ -157,19 +226,8 @@ async function countReferences(
   header: Qcow2Header,
   fix: number,
 ): Promise<{ walk: ReferenceWalk; stored: StoredRefcounts } | undefined> {
-  const { source, result, options } = run;
+  const { source, result, options, snapshots } = run;
   const geometry = geometryOf(header);
-  let snapshots;
-  try {
-    snapshots = await readSnapshotTable(source, header, true);
-  } catch (err) {
-    result.checkErrors++;
-    fail(
-      result,
-      `ERROR failed to read the snapshot table: ${(err as Error).message}`,
-    );
-    return undefined;
-  }
   const clusters = Math.ceil(source.size / geometry.clusterSize);
   const limit = Math.min(options.maxClusters ?? INT_MAX, INT_MAX);
   if (clusters > limit) {
@@ -191,6 +249,12 @@ async function countReferences(
       stored,
       bitmaps: bitmapDirectoryOf(header),
       grow: fix & FIX_ERRORS ? (end) => growFile(run, end) : undefined,
+      writeEntry: fix & FIX_ERRORS
+        ? async (offset, bytes) => {
+          await run.writer!.writeAt(offset, bytes);
+          await run.writer!.sync();
+        }
+        : undefined,
       maxClusters: limit,
     },
     clusters,
@@ -237,7 +301,9 @@ async function growFile(run: Run, end: number): Promise<void> {
 async function rebuildAndRecount(
   run: Run,
   walk: ReferenceWalk,
-): Promise<{ stored: StoredRefcounts; highest: number } | undefined> {
+): Promise<
+  { stored: StoredRefcounts; highest: number; refs: RefcountMap } | undefined
+> {
   const { result, header, writer } = run;
   result.messages.push("Rebuilding refcount structure");
   const old = countersOf(result);
@@ -297,7 +363,7 @@ async function rebuildAndRecount(
   }
   if (result.leaks < old.leaks) result.leaksFixed += old.leaks - result.leaks;
   result.leaks += freshLeaks;
-  return { stored: counted.stored, highest };
+  return { stored: counted.stored, highest, refs: counted.walk.refs };
 }
 
 /** Writes the bytes where two headers differ (one write: their fields). */

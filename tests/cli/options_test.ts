@@ -63,9 +63,12 @@ const REFUSED: [string[], string][] = [
     ["convert", "--skip-broken-bitmaps", "a.raw", "b.qcow2"],
     "--skip-broken-bitmaps",
   ],
-  [["info", "--image-opts", "a.raw"], "--image-opts"],
-  [["info", "--object", "secret,id=s0,data=x", "a.raw"], "--object"],
-  [["map", "--image-opts", "a.raw"], "--image-opts"],
+  [["compare", "--image-opts", "a.raw", "a.qcow2"], "--image-opts"],
+  [
+    ["compare", "--object", "secret,id=s0,data=x", "a.raw", "a.qcow2"],
+    "--object",
+  ],
+  [["measure", "--image-opts", "a.raw"], "--image-opts"],
 ];
 
 qemuTest(

@@ -2,7 +2,16 @@
 // forms, on files and URLs, run with qemu-img and with our CLI in its
 // place: the same standard output and exit status (tests/cli/_lines.ts).
 
-import { qemuTest } from "../_qemu.ts";
+import assert from "node:assert";
+import { join } from "node:path";
+import {
+  createQcow2,
+  qemuImg,
+  qemuTest,
+  runStatus,
+  tempDir,
+} from "../_qemu.ts";
+import { cli } from "../tools/_helpers.ts";
 import { judgeLine, type Line, makeFixtures } from "./_lines.ts";
 
 const SAME: Line["judge"] = { kind: "output" };
@@ -52,6 +61,14 @@ const LINES: string[] = [
   "compare $URL/top.qcow2 $URL/base.qcow2",
   "compare -s $URL/disk.qcow2 copy.qcow2",
   "compare -T writethrough disk.raw base.qcow2",
+  // qemu-img's names of a local file
+  "info file:disk.qcow2",
+  "info json:{'driver':'qcow2','file':{'driver':'file','filename':'disk.qcow2'}}",
+  'info --output=json json:{"file":{"filename":"top.qcow2"}}',
+  "info --backing-chain --image-opts driver=qcow2,file.driver=file,file.filename=top.qcow2",
+  "check --image-opts driver=qcow2,file.filename=disk.qcow2",
+  "check --object secret,id=sec0,data=x --image-opts driver=qcow2,file.filename=disk.qcow2,encrypt.key-secret=sec0",
+  "map --output=json --image-opts file.filename=top.qcow2",
 ];
 
 /** Lines judged otherwise: errors in qemu-img's words, progress. */
@@ -67,6 +84,16 @@ const OTHER_LINES: Line[] = [
   { line: "info shortl1.qcow2", judge: { kind: "message" } },
   { line: "info huge.qcow2", judge: { kind: "message" } },
   { line: "info --backing-chain loop.qcow2", judge: { kind: "message" } },
+  // names of something else than a local file: refused in one line
+  {
+    line:
+      "info --image-opts driver=qcow2,file.filename=top.qcow2,backing.file.filename=disk.raw",
+    judge: { kind: "refused", dst: "none" },
+  },
+  {
+    line: 'info json:{"driver":"qcow2","file":"disk.qcow2"}',
+    judge: { kind: "refused", dst: "none" },
+  },
   // -p: qemu-img's first and last steps
   { line: "compare -p disk.raw base.qcow2", judge: SAME, progress: true },
   { line: "compare -p disk.raw new.raw", judge: SAME, progress: true },
@@ -81,6 +108,39 @@ qemuTest(
     }
     for (const line of OTHER_LINES) {
       await t.step(line.line, () => judgeLine(fx, line));
+    }
+  },
+);
+
+qemuTest(
+  "info and check --image-opts with data-file.filename: qemu-img's output; map refuses it, a missing data file is refused",
+  async () => {
+    await using dir = await tempDir();
+    const img = join(dir.path, "t.qcow2");
+    await createQcow2(dir.path, "t.qcow2", "1M", "-o", `data_file=${img}.data`);
+    await qemuImg("amend", "-o", "data_file=foo", img);
+    const opts = `data-file.filename=${img}.data,file.filename=${img}`;
+    for (const args of [["info"], ["check"], ["info", "--output=json"]]) {
+      const line = [...args, "--image-opts", opts];
+      const theirs = await runStatus("qemu-img", line);
+      const ours = await cli(line);
+      assert.strictEqual(ours.code, theirs.code, line.join(" "));
+      assert.strictEqual(ours.stdout, theirs.stdout, line.join(" "));
+    }
+    for (
+      const line of [
+        ["map", "--image-opts", opts],
+        [
+          "info",
+          "--image-opts",
+          `data-file.filename=${img}.gone,file.filename=${img}`,
+        ],
+      ]
+    ) {
+      const ours = await cli(line);
+      assert.strictEqual(ours.code, 1, line.join(" "));
+      assert.strictEqual(ours.stderr.trimEnd().split("\n").length, 1);
+      assert.match(ours.stderr, /data-file\.filename|data file/);
     }
   },
 );

@@ -27,6 +27,12 @@ import {
   u64At,
 } from "./_helpers.ts";
 import { FileSource } from "../../lib/host/file_source.ts";
+import {
+  parseSnapshotTable,
+  serializeSnapshotEntry,
+  snapshotEntryLength,
+} from "../../lib/format/snapshot.ts";
+import { concatBytes } from "../../lib/bytes/binary.ts";
 import { type ImageFile, repairImage } from "../../lib/tools/mod.ts";
 
 const KiB = 1024;
@@ -374,6 +380,199 @@ qemuTest(
   },
 );
 
+/**
+ * A preallocated zero cluster at guest 1.5 MiB whose L2 entry points 512
+ * bytes into its cluster: holding no data, -r all makes it a zero entry.
+ */
+async function unalignZeroEntry(img: string): Promise<void> {
+  await qemuIo(img, ["write -q -P 7 1536k 64k", "write -q -z 1536k 64k"]);
+  const at = await l2EntryAt(img, 1536 * KiB);
+  await patch(img, at, be64((await u64At(img, at)) + 512n));
+}
+
+for (const extendedL2 of [false, true]) {
+  qemuTest(
+    `check -r all: an unaligned L2 entry${
+      extendedL2 ? " (extended L2)" : ""
+    } without data becomes a zero entry, one with data stays an error, as in qemu-img`,
+    async () => {
+      await using dir = await tempDir();
+      const opts = extendedL2 ? ["extended_l2=on"] : [];
+      const img = await makeImage(join(dir.path, "a.qcow2"), "2M", opts);
+      await unalignZeroEntry(img);
+      // Checked only, the entry is an error; the same with data in it,
+      // which -r all leaves (the image stays unreadable there).
+      const checked = await sameCheckLines(img, []);
+      assert.match(checked, /^ERROR offset=[0-9a-f]+: Preallocated/m);
+      const fixed = await assertRepairLikeQemu(img, "all");
+      assert.match(fixed.stderr, /^Repairing offset=[0-9a-f]+: Preallocated/m);
+      assert.strictEqual(fixed.code, 0);
+      const data = await makeImage(join(dir.path, "d.qcow2"), "2M", opts);
+      await qemuIo(data, ["write -q -P 7 1M 64k"]);
+      const at = await l2EntryAt(data, 1024 * KiB);
+      await patch(data, at, be64((await u64At(data, at)) + 512n));
+      const kept = await sameCheckLines(data, ["-r", "all"]);
+      assert.match(kept, /^ERROR offset=[0-9a-f]+: Data cluster/m);
+    },
+  );
+}
+
+/**
+ * Runs check (with `flags`) on copies of `path` with ours and qemu-img's
+ * and asserts the same exit status, summary and lines; returns our stderr.
+ */
+async function sameCheckLines(path: string, flags: string[]): Promise<string> {
+  const copy = `${path}.${flags.length}.qcow2`;
+  await Deno.copyFile(path, copy);
+  const theirs = await qemuStatus("check", ...flags, copy);
+  await Deno.copyFile(path, copy);
+  const ours = await cli(["check", ...flags, copy]);
+  assert.strictEqual(ours.code, theirs.code, `check ${flags}: exit status`);
+  assert.strictEqual(ours.stdout, theirs.stdout, `check ${flags}: stdout`);
+  assert.deepStrictEqual(
+    problemLines(ours.stderr),
+    problemLines(theirs.stderr),
+    `check ${flags}: lines`,
+  );
+  return ours.stderr;
+}
+
+/** info refuses the image with qemu-img's words and status; our stderr. */
+async function sameInfoError(img: string): Promise<string> {
+  const theirs = await qemuStatus("info", img);
+  const ours = await cli(["info", img]);
+  assert.notStrictEqual(theirs.code, 0);
+  assert.strictEqual(ours.code, theirs.code);
+  assert.strictEqual(
+    ours.stderr.replace(/^qcow2pipe:/, "qemu-img:"),
+    theirs.stderr,
+  );
+  return ours.stderr;
+}
+
+/** Big-endian u32 bytes. */
+function be32(v: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, v);
+  return b;
+}
+
+/** The first snapshot table entry of `img` rewritten without extra data. */
+async function dropExtraData(img: string): Promise<void> {
+  const at = Number(await u64At(img, 64));
+  const count = Number(await u64At(img, 56) & 0xffffffffn);
+  const entries = parseSnapshotTable(await readAt(img, at, CS), count);
+  entries[0] = { ...entries[0], extraData: new Uint8Array(0) };
+  await patch(img, at, new Uint8Array(CS));
+  await patch(img, at, concatBytes(entries.map(serializeSnapshotEntry)));
+}
+
+/**
+ * An image with snapshots s0 and s1 whose first entry has no extra data
+ * (as a version 2 image may have), its header then made version 3: the
+ * entry is incomplete, as iotest 261 makes one.
+ */
+async function incompleteSnapshot(img: string): Promise<string> {
+  await makeImage(img, "4M", ["compat=0.10"], ["write -q -P 1 0 64k"]);
+  await qemuImg("snapshot", "-c", "s0", img);
+  await qemuImg("snapshot", "-c", "s1", img);
+  await dropExtraData(img);
+  await patch(img, 4, be32(3)); // version 3
+  await patch(img, 96, be32(4)); // refcount_order: 16 bits
+  await patch(img, 100, be32(104)); // header_length
+  return img;
+}
+
+qemuTest(
+  "check -r all: an incomplete snapshot table entry is completed and the table rewritten, as qemu-img does",
+  async () => {
+    await using dir = await tempDir();
+    const img = await incompleteSnapshot(join(dir.path, "a.qcow2"));
+    const checked = await sameCheckLines(img, []);
+    assert.match(checked, /^ERROR snapshot table entry 0 is incomplete$/m);
+    const r = await assertRepairLikeQemu(img, "all");
+    assert.match(r.stderr, /^Repairing snapshot table entry 0 is incomplete$/m);
+    assert.strictEqual(r.code, 0);
+    // The same snapshots afterwards, now with a disk size and no icount.
+    const theirs = await qemuStatus(
+      "snapshot",
+      "-l",
+      img.replace("a.qcow2", "a.qcow2.d/q/x.qcow2"),
+    );
+    const ours = await qemuStatus("snapshot", "-l", r.ours);
+    assert.strictEqual(
+      ours.stdout.replace(/\S+\.qcow2/, ""),
+      theirs.stdout.replace(/\S+\.qcow2/, ""),
+    );
+    assert.deepStrictEqual(
+      await snapshotData(r.ours),
+      await snapshotData(img.replace("a.qcow2", "a.qcow2.d/q/x.qcow2")),
+    );
+  },
+);
+
+qemuTest(
+  "check and info: too much extra data in a snapshot entry is refused in qemu-img's words, and check -r all cuts it as qemu-img does",
+  async () => {
+    await using dir = await tempDir();
+    const img = await makeImage(join(dir.path, "a.qcow2"), "4M", [], [
+      "write -q -P 1 0 64k",
+    ]);
+    await qemuImg("snapshot", "-c", "s0", img);
+    await qemuImg("snapshot", "-c", "s1", img);
+    const at = Number(await u64At(img, 64));
+    const first = (await readAt(img, at, CS)).slice();
+    const second = at + snapshotEntryLength(first, 0);
+    await patch(img, second + 36, be32(0x10000));
+    const info = await sameInfoError(img);
+    assert.match(
+      info,
+      /Too much extra metadata in snapshot table entry 1\nYou can force-remove/,
+    );
+    const checked = await sameCheckLines(img, []);
+    assert.match(
+      checked,
+      /ERROR failed to read the snapshot table: Too much extra metadata/,
+    );
+    assert.match(checked, /Check failed: File too large/);
+    const r = await assertRepairLikeQemu(img, "all");
+    assert.match(
+      r.stderr,
+      /^Discarding too much extra metadata in snapshot table entry 1 \(65536 > 1024\)$/m,
+    );
+    assert.strictEqual(r.code, 0);
+  },
+);
+
+qemuTest(
+  "check -r all: snapshots past QEMU's count limit are dropped as qemu-img drops them",
+  async () => {
+    await using dir = await tempDir();
+    // Version 2: entries of zeros are valid snapshots there.
+    const img = await makeImage(join(dir.path, "a.qcow2"), "64M", [
+      "compat=0.10",
+    ]);
+    const table = 1024 * KiB;
+    const count = 65537;
+    await patch(img, 64, be64(table));
+    await patch(img, 60, be32(count));
+    const end = table + 40 * count;
+    await Deno.truncate(img, end);
+    for (let c = table / CS; c < Math.ceil(end / CS); c++) {
+      await setRefcount(img, c, 1);
+    }
+    await sameInfoError(img);
+    const checked = await sameCheckLines(img, []);
+    assert.match(
+      checked,
+      /ERROR snapshot table too large\nYou can force-remove all 1 overhanging/,
+    );
+    const r = await assertRepairLikeQemu(img, "all");
+    assert.match(r.stderr, /^Discarding 1 overhanging snapshots$/m);
+    assert.strictEqual(Number(await u64At(r.ours, 56) & 0xffffffffn), 65536);
+  },
+);
+
 /** The guest data of snapshot s1, as qemu-img reads it. */
 async function snapshotData(path: string): Promise<Uint8Array> {
   const raw = path + ".s1.raw";
@@ -420,6 +619,8 @@ for (
     ["a refcount table entry zeroed", async (img: string) => {
       await patch(img, (await layoutOf(img)).reftableOffset, be64(0));
     }],
+    ["an unaligned preallocated zero entry", unalignZeroEntry],
+    ["an incomplete snapshot table entry", dropExtraData],
   ] as const
 ) {
   qemuTest(
@@ -447,7 +648,11 @@ for (
         } catch (err) {
           assert.strictEqual((err as Error).message, "power cut");
         }
-        const r = await qemuStatus("check", "-r", "all", copy);
+        let r = await qemuStatus("check", "-r", "all", copy);
+        // When qemu-img rewrites the snapshot table in the same run, a
+        // leaked cluster can remain (3: leaks only, no harm to data), as
+        // our repair leaves it too from the same image; the next run frees it.
+        if (r.code === 3) r = await qemuStatus("check", "-r", "all", copy);
         assert.strictEqual(r.code, 0, `cut at write ${limit}: ${r.stderr}`);
         const cmp = await qemuStatus("compare", ref, copy);
         assert.strictEqual(cmp.code, 0, `cut at write ${limit}: ${cmp.stdout}`);

@@ -25,6 +25,12 @@ export interface ReadHeaderOptions {
    * @default {false}
    */
   inspection?: boolean;
+  /**
+   * Opened for `check` (QEMU's `BDRV_O_CHECK`): the snapshot table's
+   * offset and count are left for the check, which repairs them.
+   * @default {false}
+   */
+  check?: boolean;
 }
 
 /**
@@ -82,7 +88,7 @@ export async function readHeader(
       : await source.read(0, clusterSize);
     header = parseHeaderCluster(first, clusterSize);
   }
-  validateHeader(header);
+  validateHeader(header, { check: options.check });
   assertReadable(header, options.inspection);
   return header;
 }

@@ -42,6 +42,9 @@ import { describeQcow2 } from "./info.ts";
 /** Evicted L2 table buffers kept to be read into again. */
 const SPARE_TABLES = 4;
 
+/** How qemu-img starts its message for a snapshot's unusable L1 table. */
+const SNAPSHOT_LOAD = "Failed to load snapshot: Snapshot L1 ";
+
 /** What a {@linkcode Qcow2Image} is built from; see `openImage`. */
 export interface Qcow2ImageInit {
   /** The image file. */
@@ -178,7 +181,10 @@ export class Qcow2Image extends PlannedImage implements GuestImage {
         `Cannot open image: ${what} size ${l1Size} is out of range [0, ${
           MAX_L1_BYTES / 8
         }]`,
-        { field: "l1_size" },
+        {
+          field: "l1_size",
+          qemu: snapshot && { failure: SNAPSHOT_LOAD + "table too large" },
+        },
       );
     }
     if (l1Size > 0 && l1Offset % clusterSize !== 0) {
@@ -187,7 +193,11 @@ export class Qcow2Image extends PlannedImage implements GuestImage {
         `Cannot open image: ${what} offset ${
           hex(l1Offset)
         } is not aligned to the cluster size ${clusterSize}`,
-        { offset: l1Offset, field: "l1_table_offset" },
+        {
+          offset: l1Offset,
+          field: "l1_table_offset",
+          qemu: snapshot && { failure: SNAPSHOT_LOAD + "table offset invalid" },
+        },
       );
     }
     if (l1Size > 0 && l1Offset + l1Size * 8 > source.size) {

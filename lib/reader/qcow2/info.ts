@@ -123,7 +123,7 @@ export async function describeQcow2(
     if (fmt !== undefined) description.backingFormat = fmt;
   }
   const entries = snapshots ??
-    (await readSnapshotTable(source, header, true)).entries;
+    (await readSnapshotTable(source, header, { inspection: true })).entries;
   description.snapshots = entries.map(snapshotInfo);
   const q: Qcow2Info = {
     compat: v3 ? "1.1" : "0.10",

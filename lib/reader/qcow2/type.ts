@@ -40,7 +40,10 @@ async function openQcow2(
   context: OpenContext,
 ): Promise<GuestImage> {
   const reading = context.purpose === "read";
-  const header = await readHeader(source, { inspection: !reading });
+  const header = await readHeader(source, {
+    inspection: !reading,
+    check: context.check,
+  });
   let dataFile: OpenedDataFile | undefined;
   let backing: GuestImage | undefined;
   try {
