@@ -54,7 +54,7 @@ export async function writeRaw(
   sourceLength: number | undefined,
   s: Pick<
     ConvertSettings,
-    "noClobber" | "sync" | "inPlace" | "targetIsZero"
+    "noClobber" | "sync" | "inPlace" | "targetIsZero" | "sparseSize"
   >,
   options: {
     pool: CodecPool;
@@ -81,7 +81,12 @@ export async function writeRaw(
       noClobber: s.noClobber,
       sync: s.sync,
       inPlace: s.inPlace,
-      holes: s.inPlace ? s.targetIsZero : undefined,
+      // -S 0 writes zeros; -n writes them unless the target reads as zeros.
+      holes: s.inPlace
+        ? s.targetIsZero && s.sparseSize !== 0
+        : s.sparseSize === 0
+        ? false
+        : undefined,
       sourceLength,
       inputs: options.inputs,
     });

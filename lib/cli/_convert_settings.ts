@@ -53,12 +53,7 @@ export const CONVERT_OPTIONS = {
     short: "C",
     unsupported: "copy offloading; the data is always read and written",
   },
-  "sparse-size": {
-    type: "string",
-    short: "S",
-    unsupported:
-      "zero clusters are always left unallocated, and zero ranges of raw files are holes",
-  },
+  "sparse-size": { type: "string", short: "S" },
   "target-cache": { type: "string", short: "t", choices: CACHE_MODES },
   ...SOURCE_CACHE_OPTION,
   rate: { type: "string", short: "r", unsupported: "no rate limit is kept" },
@@ -148,6 +143,11 @@ export interface ConvertSettings {
   sparsify: boolean;
   /** --disk: the member of a tar archive to read. */
   disk?: string;
+  /**
+   * -S: zero detection granularity in bytes (0: zeros are written as
+   * data); undefined for the default (a cluster; holes for raw).
+   */
+  sparseSize?: number;
   /** -n: write into the existing DST. */
   inPlace: boolean;
   targetIsZero: boolean;
@@ -303,6 +303,7 @@ export function convertSettings(
     streamable: values.streamable ?? false,
     sparsify: values.sparsify ?? false,
     disk: values.disk,
+    sparseSize: sparseSizeOf(values["sparse-size"]),
     inPlace,
     targetIsZero,
     noClobber: values["no-clobber"] ?? false,
@@ -459,6 +460,21 @@ function checkInPlace(
       "Cannot convert: --sparsify with -n is not supported (free space would be left as the target holds it)",
     );
   }
+}
+
+/** qemu-img's largest -S: 32768 sectors. */
+const MAX_SPARSE_SIZE = 16 << 20;
+
+/** -S SIZE: a multiple of 512 up to 16 MiB, or 0. */
+function sparseSizeOf(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const size = parseSize(text, "-S");
+  if (size % 512 !== 0 || size > MAX_SPARSE_SIZE) {
+    throw new UsageError(
+      `Cannot convert: -S ${text} is not a multiple of 512 up to 16 MiB (0 writes zeros as data, allocating every cluster)`,
+    );
+  }
+  return size;
 }
 
 /** --workers or -m, in range. */

@@ -285,6 +285,7 @@ async function writeQcow2(
     level: s.level,
     zlibWindow: s.zlibWindow,
     refcountBits: s.refcountBits,
+    sparseSize: s.sparseSize,
     pool,
     onProgress: (n: number) => progress.update(Math.min(n, total ?? n)),
     backingFile: s.backing,

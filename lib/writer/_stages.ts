@@ -39,7 +39,13 @@ export function writerStages(
   const { clusterSize, compression } = writerSettings(options);
   const chunker = new ClusterChunkStream({ clusterSize });
   let records = chunker.readable.pipeThrough(
-    new ZeroDetectStream({ clusterSize }),
+    new ZeroDetectStream({
+      clusterSize,
+      // qemu-img ignores -S for compressed output, but for -S 0.
+      sparseSize: compression !== "none" && options.sparseSize !== 0
+        ? undefined
+        : options.sparseSize,
+    }),
   );
   if (options.backingImage) {
     records = records.pipeThrough(

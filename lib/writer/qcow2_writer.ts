@@ -54,6 +54,14 @@ export interface Qcow2WriterOptions extends
    */
   zlibWindow?: ZlibWindow;
   /**
+   * Zero detection granularity in bytes, as qemu-img's `-S`: 0 stores
+   * zeros as data (every cluster allocated); a size above the cluster size
+   * leaves zeros unallocated only in whole aligned blocks of that size.
+   * Ignored with compression, but for 0.
+   * @default {clusterSize}
+   */
+  sparseSize?: number;
+  /**
    * Compression workers; ignored when `pool` is given.
    * @default {navigator.hardwareConcurrency}
    */
