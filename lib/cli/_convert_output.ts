@@ -54,7 +54,12 @@ export async function writeRaw(
   sourceLength: number | undefined,
   s: Pick<
     ConvertSettings,
-    "noClobber" | "sync" | "inPlace" | "targetIsZero" | "sparseSize"
+    | "noClobber"
+    | "sync"
+    | "inPlace"
+    | "targetIsZero"
+    | "sparseSize"
+    | "preallocation"
   >,
   options: {
     pool: CodecPool;
@@ -84,7 +89,8 @@ export async function writeRaw(
       // -S 0 writes zeros; -n writes them unless the target reads as zeros.
       holes: s.inPlace
         ? s.targetIsZero && s.sparseSize !== 0
-        : s.sparseSize === 0
+        : s.sparseSize === 0 || s.preallocation === "full" ||
+            s.preallocation === "falloc"
         ? false
         : undefined,
       sourceLength,

@@ -148,6 +148,8 @@ export interface ConvertSettings {
    * data); undefined for the default (a cluster; holes for raw).
    */
   sparseSize?: number;
+  /** `-o preallocation`: every cluster allocated (qcow2), zeros written. */
+  preallocation?: "off" | "metadata" | "falloc" | "full";
   /** -n: write into the existing DST. */
   inPlace: boolean;
   targetIsZero: boolean;
@@ -304,6 +306,7 @@ export function convertSettings(
     sparsify: values.sparsify ?? false,
     disk: values.disk,
     sparseSize: sparseSizeOf(values["sparse-size"]),
+    preallocation: preallocationOf(o, format, compression, values, dst),
     inPlace,
     targetIsZero,
     noClobber: values["no-clobber"] ?? false,
@@ -450,6 +453,10 @@ function checkInPlace(
       "Cannot convert: -n writes into an existing file or device, not standard output",
     );
   }
+  if (inPlace && (values["target-format-options"] ?? []).length > 0) {
+    // qemu-img's words.
+    throw new UsageError("-o has no effect when skipping image creation");
+  }
   if (inPlace && values["no-clobber"]) {
     throw new UsageError(
       "Cannot convert: -n writes into the existing DST, which --no-clobber keeps; give one",
@@ -460,6 +467,34 @@ function checkInPlace(
       "Cannot convert: --sparsify with -n is not supported (free space would be left as the target holds it)",
     );
   }
+}
+
+/** `-o preallocation`: what it goes with. */
+function preallocationOf(
+  o: CreateOptions,
+  format: "raw" | "qcow2",
+  compression: ConvertSettings["compression"],
+  values: Values,
+  dst: string,
+): ConvertSettings["preallocation"] {
+  const mode = o.preallocation;
+  if (mode === undefined || mode === "off") return mode;
+  if (format === "qcow2" && (values.streamable || dst === "-")) {
+    throw new UsageError(
+      `Cannot convert: -o preallocation=${mode} writes a file at offsets, not a stream or the streamable layout`,
+    );
+  }
+  if (format === "raw" && mode === "metadata") {
+    throw new UsageError(
+      "Cannot convert: -o preallocation=metadata applies to qcow2 output only (raw takes off, falloc or full)",
+    );
+  }
+  if (compression !== "none") {
+    throw new UsageError(
+      `Cannot convert: -o preallocation=${mode} and -c contradict each other (compressed clusters are not preallocated)`,
+    );
+  }
+  return mode;
 }
 
 /** qemu-img's largest -S: 32768 sectors. */

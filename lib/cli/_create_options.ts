@@ -14,7 +14,7 @@ export interface CreateOptions {
   backingFormat?: "raw" | "qcow2";
   /** `extended_l2` (measure only: we write standard L2 entries). */
   extendedL2?: boolean;
-  /** `preallocation` (measure only: we preallocate nothing). */
+  /** `preallocation` (convert and measure). */
   preallocation?: "off" | "metadata" | "falloc" | "full";
   /** `compat` (measure only: we write version 3). */
   compat?: "v2" | "v3";
@@ -168,8 +168,8 @@ const KEYS: Record<string, Key> = {
   preallocation: {
     formats: ["qcow2", "raw"],
     kind: "<str>",
-    help: "Preallocation mode: only off",
-    takenBy: ["measure"],
+    help: "Preallocation mode (allowed values: off, metadata, falloc, full)",
+    takenBy: ["convert", "measure"],
     apply: (v, out) => {
       if (v !== "off" && v !== "metadata" && v !== "falloc" && v !== "full") {
         throw new UsageError(

@@ -286,6 +286,7 @@ async function writeQcow2(
     zlibWindow: s.zlibWindow,
     refcountBits: s.refcountBits,
     sparseSize: s.sparseSize,
+    preallocation: s.preallocation,
     pool,
     onProgress: (n: number) => progress.update(Math.min(n, total ?? n)),
     backingFile: s.backing,
