@@ -266,8 +266,11 @@ export function convertSettings(
   );
   const compression = compressionOf(values, o);
   checkQcow2Flags(values, format, compression);
-  const backing = backingOf(values, o);
   const inPlace = values["no-create"] ?? false;
+  // -n creates nothing: DST keeps its own backing file, as in qemu-img.
+  const backing = inPlace && format === "qcow2"
+    ? undefined
+    : backingOf(values, o);
   const targetIsZero = values["target-is-zero"] ?? false;
   checkInPlace(values, { inPlace, targetIsZero, format, dst });
   if (values["no-clobber"] && values.force) {
@@ -443,10 +446,20 @@ function checkInPlace(
       "Cannot convert: --target-is-zero needs -n (it says that the existing DST reads as zeros)",
     );
   }
-  if (inPlace && format !== "raw") {
-    throw new UsageError(
-      "Cannot convert: -n writes into an existing raw file or device; writing into an existing qcow2 image is not supported",
-    );
+  if (inPlace && format === "qcow2") {
+    const wrong = [
+      ["-c", values.compressed || values.compress !== undefined],
+      ["--streamable", values.streamable],
+      ["--cluster-size", values["cluster-size"]],
+      ["--refcount-bits", values["refcount-bits"]],
+    ].filter(([, v]) => v !== undefined && v !== false).map(([f]) => f);
+    if (wrong.length > 0) {
+      throw new UsageError(
+        `Cannot convert: ${
+          wrong.join(", ")
+        } with -n is not supported (-n writes into the existing qcow2 image as it is laid out)`,
+      );
+    }
   }
   if (inPlace && dst === "-") {
     throw new UsageError(

@@ -44,6 +44,7 @@ import {
   openTarget,
   type RawSource,
   type Target,
+  writeIntoImage,
   writeRaw,
   writeStreamable,
 } from "./_convert_output.ts";
@@ -297,6 +298,20 @@ async function writeQcow2(
     sync: s.sync,
     inputs: sources.inputs,
   };
+  if (s.inPlace) {
+    const written = await writeIntoImage(
+      sources.source,
+      s,
+      sources.inputs,
+      (n) => progress.update(Math.min(n, total ?? n)),
+    );
+    return {
+      what: `${
+        formatBytes(written.guestBytes)
+      } of guest data into qcow2 (${written.allocatedClusters} clusters allocated, ${written.freedClusters} freed)`,
+      guestBytes: written.guestBytes,
+    };
+  }
   if ("stream" in target || s.streamable) {
     const written = await writeStreamable(
       sources.source,
