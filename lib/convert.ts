@@ -166,10 +166,13 @@ export async function convert(
       const sink = isFile
         ? new WritableStream<HostWrite>({
           async write(w) {
-            // A new file reads zeros where nothing is written.
-            if (
-              preallocation === "full" || output.isDevice || !isZero(w.data)
-            ) {
+            // Preallocated without zeros: a new file reads zeros where
+            // nothing is written.
+            const hole = (preallocation === "metadata" ||
+              preallocation === "falloc") &&
+              !output.isDevice &&
+              isZero(w.data);
+            if (!hole) {
               await output.writeAt(w.offset, w.data);
             }
             // An ImageSink is done with bytes once writeAt resolves, and

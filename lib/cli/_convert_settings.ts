@@ -150,6 +150,10 @@ export interface ConvertSettings {
   sparseSize?: number;
   /** `-o preallocation`: every cluster allocated (qcow2), zeros written. */
   preallocation?: "off" | "metadata" | "falloc" | "full";
+  /** `-o compat`: the qcow2 version written. */
+  compat?: "v2" | "v3";
+  /** `-o lazy_refcounts`: the feature bit. */
+  lazyRefcounts?: boolean;
   /** -n: write into the existing DST. */
   inPlace: boolean;
   targetIsZero: boolean;
@@ -309,6 +313,7 @@ export function convertSettings(
     sparsify: values.sparsify ?? false,
     disk: values.disk,
     sparseSize: sparseSizeOf(values["sparse-size"]),
+    ...versionOf(o, compression),
     preallocation: preallocationOf(o, format, compression, values, dst),
     inPlace,
     targetIsZero,
@@ -353,10 +358,15 @@ function checkSeveral(values: Values, sources: string[], hint: string): void {
       `Cannot convert: expected SRC and DST, got 3 arguments (the first taken for a SRC)${hint}`,
     );
   }
+  if (values.backing !== undefined) {
+    // qemu-img's words.
+    throw new UsageError(
+      "Having a backing file for the target makes no sense when concatenating multiple input images",
+    );
+  }
   const alone = [
     ["-l/-s", values.snapshot],
     ["--sparsify", values.sparsify],
-    ["-B", values.backing],
     ["--disk", values.disk],
   ].filter(([, v]) => v !== undefined && v !== false).map(([f]) => f);
   if (alone.length > 0) {
@@ -480,6 +490,30 @@ function checkInPlace(
       "Cannot convert: --sparsify with -n is not supported (free space would be left as the target holds it)",
     );
   }
+}
+
+/** `-o compat` and `lazy_refcounts`: what version 2 cannot hold. */
+function versionOf(
+  o: CreateOptions,
+  compression: ConvertSettings["compression"],
+): Pick<ConvertSettings, "compat" | "lazyRefcounts"> {
+  if (o.compat === "v2") {
+    const wrong = [
+      o.lazyRefcounts && "lazy_refcounts=on",
+      o.refcountBits !== undefined && o.refcountBits !== 16 &&
+      `refcount_bits=${o.refcountBits}`,
+      (o.compressionType === "zstd" ||
+        (compression === "zstd")) && "compression_type=zstd",
+    ].filter((w) => w);
+    if (wrong.length > 0) {
+      throw new UsageError(
+        `Cannot convert: -o compat=0.10 (qcow2 version 2) cannot hold ${
+          wrong.join(", ")
+        }; give compat=1.1`,
+      );
+    }
+  }
+  return { compat: o.compat, lazyRefcounts: o.lazyRefcounts };
 }
 
 /** `-o preallocation`: what it goes with. */

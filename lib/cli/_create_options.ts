@@ -16,8 +16,10 @@ export interface CreateOptions {
   extendedL2?: boolean;
   /** `preallocation` (convert and measure). */
   preallocation?: "off" | "metadata" | "falloc" | "full";
-  /** `compat` (measure only: we write version 3). */
+  /** `compat`: version 2 (0.10) or 3 (1.1). */
   compat?: "v2" | "v3";
+  /** `lazy_refcounts`: the feature bit (refcounts are complete anyway). */
+  lazyRefcounts?: boolean;
   /** `size`, the virtual size (create). */
   size?: number;
 }
@@ -85,8 +87,7 @@ const KEYS: Record<string, Key> = {
   compat: {
     formats: ["qcow2"],
     kind: "<str>",
-    help: "Compatibility level: only v3 (1.1) is written",
-    takenBy: ["measure"],
+    help: "Compatibility level (v2 [0.10] or v3 [1.1])",
     apply: (v, out) => {
       if (v === "0.10" || v === "v2") out.compat = "v2";
       else if (v === "1.1" || v === "v3") out.compat = "v3";
@@ -95,10 +96,6 @@ const KEYS: Record<string, Key> = {
           `Cannot parse -o compat: "${v}" is not 0.10, v2, 1.1 or v3`,
         );
       }
-    },
-    only: {
-      values: ["1.1", "v3"],
-      otherwise: "only qcow2 version 3 (compat=1.1) is written",
     },
   },
   compression_type: {
@@ -152,12 +149,8 @@ const KEYS: Record<string, Key> = {
   lazy_refcounts: {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
-    help: "Postpone refcount updates: only off",
-    takenBy: ["measure"],
-    only: {
-      values: ["off"],
-      otherwise: "refcounts are always complete when the image is",
-    },
+    help: "Postpone refcount updates",
+    apply: (v, out) => out.lazyRefcounts = bool(v, "lazy_refcounts"),
   },
   nocow: {
     formats: ["qcow2", "raw"],

@@ -288,6 +288,8 @@ async function writeQcow2(
     refcountBits: s.refcountBits,
     sparseSize: s.sparseSize,
     preallocation: s.preallocation,
+    compat: s.compat,
+    lazyRefcounts: s.lazyRefcounts,
     pool,
     onProgress: (n: number) => progress.update(Math.min(n, total ?? n)),
     backingFile: s.backing,

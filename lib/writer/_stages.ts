@@ -52,6 +52,13 @@ export function writerStages(
       new BackingDiffStream({ backing: options.backingImage, clusterSize }),
     );
   }
+  if (options.compat === "v2" && options.backingFile) {
+    // Version 2 has no zero entries: zeros that must hide the backing
+    // file's bytes are stored as data.
+    records = records.pipeThrough(
+      new ZeroDetectStream({ clusterSize, sparseSize: 0 }),
+    );
+  }
   let ownPool: CodecPool | undefined;
   try {
     if (compression !== "none") {
@@ -74,6 +81,8 @@ export function writerStages(
       compressionType: compression === "zstd" ? "zstd" : "zlib",
       backingFile: options.backingFile,
       onProgress: options.onProgress,
+      compat: options.compat,
+      lazyRefcounts: options.lazyRefcounts,
       streamable,
     });
     return {

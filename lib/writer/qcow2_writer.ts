@@ -34,7 +34,12 @@ import type { HostWrite } from "./records.ts";
 export interface Qcow2WriterOptions extends
   Pick<
     Qcow2PackStreamOptions,
-    "clusterSize" | "refcountBits" | "backingFile" | "onProgress"
+    | "clusterSize"
+    | "refcountBits"
+    | "backingFile"
+    | "onProgress"
+    | "compat"
+    | "lazyRefcounts"
   > {
   /**
    * `none` writes a sparse image; `zlib` and `zstd` compress clusters.
