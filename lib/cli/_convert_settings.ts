@@ -52,6 +52,7 @@ export const CONVERT_OPTIONS = {
     type: "boolean",
     short: "C",
     unsupported: "copy offloading; the data is always read and written",
+    deferred: true,
   },
   "sparse-size": { type: "string", short: "S" },
   "target-cache": { type: "string", short: "t", choices: CACHE_MODES },
@@ -72,6 +73,7 @@ export const CONVERT_OPTIONS = {
   salvage: {
     type: "boolean",
     unsupported: "a read error stops the conversion",
+    deferred: true,
   },
   bitmaps: {
     type: "boolean",
@@ -217,10 +219,19 @@ function flagOrOption(
   );
 }
 
+/** Formats qemu-img reads but has no driver to create. */
+const READ_ONLY_FORMATS = ["bochs", "cloop", "dmg"];
+
 /** The output format: -O, else what the other flags or DST's name say. */
 function outputFormatOf(values: Values, dst: string | undefined) {
   const given = values["output-format"];
   if (given !== undefined) {
+    if (READ_ONLY_FORMATS.includes(given)) {
+      // qemu-img's words: it cannot create these either.
+      throw new UsageError(
+        `Format driver '${given}' does not support image creation`,
+      );
+    }
     if (given !== "raw" && given !== "qcow2") {
       throw new UsageError(
         `Cannot convert: output format "${given}" is not raw or qcow2`,
@@ -259,6 +270,8 @@ export function convertSettings(
   parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
 ): ConvertSettings {
   const { values } = parsed;
+  checkCopyOffloading(values);
+  if (parsed.refused) throw parsed.refused;
   const [sources, dst] = operandsOf(parsed.positionals);
   const src = sources[0];
   checkSeveral(values, sources, positionals3(parsed.positionals));
@@ -324,6 +337,20 @@ export function convertSettings(
     progress: values.progress,
     http: httpTransport("convert", values["http-timeout"]),
   };
+}
+
+/** -C with what qemu-img refuses it with, in qemu-img's words. */
+function checkCopyOffloading(values: Values): void {
+  if (!values["copy-range-offloading"]) return;
+  if (values["sparse-size"] !== undefined) {
+    throw new UsageError("Cannot enable copy offloading when -S is used");
+  }
+  if (values.compressed || values.compress !== undefined) {
+    throw new UsageError("Cannot enable copy offloading when -c is used");
+  }
+  if (values.salvage) {
+    throw new UsageError("Cannot use copy offloading in salvaging mode");
+  }
 }
 
 /**

@@ -6,6 +6,7 @@ import { convert } from "../convert.ts";
 import type { FileIdentity } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { openImage } from "../reader/open.ts";
+import { IoError } from "../format/errors.ts";
 import { OutputFile } from "../host/output_file.ts";
 import { DEFAULT_CLUSTER_SIZE } from "../format/constants.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
@@ -174,6 +175,13 @@ async function openBacking(
   try {
     return await openImage(path, { format: backing.format, http });
   } catch (err) {
+    if (err instanceof IoError && err.code === "NOT_FOUND") {
+      // qemu-img's words: it opens the backing file through the new image.
+      throw reworded(
+        err,
+        `Could not open '${dst}': Could not open backing file: Could not open '${path}': No such file or directory`,
+      );
+    }
     const reason = (err as Error).message.replace(/^Cannot [^:]*: /, "");
     const where = path === backing.name ? "" : ` (-B ${backing.name})`;
     throw reworded(err, `Cannot open backing file ${path}${where}: ${reason}`);
@@ -380,7 +388,9 @@ async function parseCommandLine(
   }
   const helpFormat = optionsHelpFormat(parsed);
   if (helpFormat !== undefined) {
-    await writeOut(createOptionsHelp(helpFormat));
+    await writeOut(
+      createOptionsHelp(helpFormat, parsed.positionals.length >= 2),
+    );
     return undefined;
   }
   const s = convertSettings(parsed);
