@@ -123,7 +123,7 @@ qemuTest(
       "write -q -P 0x55 2M 1M",
     ]);
     // (--target-is-zero says the target reads as zeros: not this one.)
-  for (const args of [[], ["-S", "0"]]) {
+    for (const args of [[], ["-S", "0"]]) {
       const [theirs, ours] = await bothInto(dir.path, target, src, args);
       await qemuCheckClean(ours);
       await qemuCompareIdentical(theirs, ours, ["qcow2", "qcow2"]);
