@@ -93,6 +93,11 @@ const KEYS: Record<string, Key> = {
     formats: ["qcow2"],
     kind: "<str>",
     help: { qcow2: "Compatibility level (v2 [0.10] or v3 [1.1])" },
+    takenBy: ["convert", "measure"],
+    only: {
+      values: ["1.1", "v3"],
+      otherwise: "create writes qcow2 version 3 (compat=1.1) only",
+    },
     apply: (v, out) => {
       if (v === "0.10" || v === "v2") out.compat = "v2";
       else if (v === "1.1" || v === "v3") out.compat = "v3";
@@ -212,6 +217,11 @@ const KEYS: Record<string, Key> = {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
     help: { qcow2: "Postpone refcount updates" },
+    takenBy: ["convert", "measure"],
+    only: {
+      values: ["off"],
+      otherwise: "create sets no lazy refcounts bit",
+    },
     apply: (v, out) => out.lazyRefcounts = bool(v, "lazy_refcounts"),
   },
   nocow: {

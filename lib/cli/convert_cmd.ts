@@ -97,7 +97,13 @@ ${
   -o OPTIONS           qcow2 creation options, key=value[,...]:
                        compression_type=zlib|zstd, cluster_size=SIZE,
                        refcount_bits=N, backing_file=NAME,
-                       backing_fmt=raw|qcow2 ("-o help" lists them)
+                       backing_fmt=raw|qcow2, compat=0.10|1.1 (0.10: a
+                       version 2 image), lazy_refcounts=on|off (the
+                       feature bit), preallocation=off|metadata|falloc|full
+                       (every cluster allocated and the file as large as
+                       measure's fully allocated size; full writes the
+                       zeros). "-o help" lists qemu-img's keys; those not
+                       named here are refused
   -B BACKING           write a delta image: only what differs from
                        BACKING's content is stored. The name is stored as
                        given and read relative to DST's directory, as in
@@ -108,10 +114,21 @@ ${
   -s ID_OR_NAME        the same as -l ID_OR_NAME
   -m N                 codec workers, 1 to ${MAX_WORKERS} (as --workers)
   -W                   accepted: clusters are always placed as they come
-  -n                   DST exists (a raw file or a device, at least as
-                       large as SRC): write into it in place, zeros
-                       included; nothing beyond SRC's size is touched
+  -n                   DST exists (a raw file, a device or a qcow2 image,
+                       at least as large as SRC): write into it in place,
+                       zeros included; nothing beyond SRC's size is
+                       touched. Into qcow2 (-O qcow2) as qemu-img writes:
+                       clusters DST owns are overwritten, others allocated
+                       where QEMU's allocator puts them, zeros as zero
+                       entries (version 2: unallocated, or zero clusters
+                       over a backing file); not with -c, -o, or DST's
+                       internal snapshots, bitmaps or data file
       --target-is-zero with -n: DST reads as zeros; zeros are not written
+  -S SIZE              zero detection granularity, a multiple of 512 up
+                       to 16M (default: a cluster; raw output: holes): a
+                       block of SIZE (aligned) is left unallocated only if
+                       all zero; 0 writes zeros as data, allocating every
+                       cluster (raw: no holes). With -c only 0 counts
   -U, --force-share    accepted: images are read without locks
   -t CACHE, -T CACHE   accepted (none, writeback, writethrough,
                        directsync, unsafe): the same bytes are written
@@ -156,7 +173,7 @@ Options of our own:
                         terminal)
 ${httpTimeoutHelp(24)}
 
-qemu-img options that are not supported (-C, -S, -r, --object,
+qemu-img options that are not supported (-C, -r, --object,
 --image-opts, --target-image-opts, --salvage, --bitmaps,
 --skip-broken-bitmaps) are refused with a line saying why.
 
