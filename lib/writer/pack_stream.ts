@@ -53,11 +53,6 @@ export interface Qcow2PackStreamOptions {
    */
   compressionType?: CompressionType;
   /**
-   * Make a delta image: the backing file named in the header (name as
-   * stored, and format). Zero clusters become zero entries so that they do
-   * not read from it.
-   */
-  /**
    * The format version: `v2` is qemu-img's compat=0.10 (16-bit refcounts,
    * zlib, no zero entries: a delta stores zero clusters as data).
    * @default {"v3"}
@@ -69,6 +64,11 @@ export interface Qcow2PackStreamOptions {
    * @default {false}
    */
   lazyRefcounts?: boolean;
+  /**
+   * Make a delta image: the backing file named in the header (name as
+   * stored, and format). Zero clusters become zero entries so that they do
+   * not read from it.
+   */
   backingFile?: BackingFileName;
   /** Called as guest bytes are mapped (after compression and packing). */
   onProgress?: (guestBytes: number) => void;
