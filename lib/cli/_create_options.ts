@@ -63,6 +63,33 @@ function bool(value: string, key: string): boolean {
   );
 }
 
+/** qemu-img's `encrypt.*` keys of qcow2 (all refused): kind and help. */
+function encryptKeys(): Record<string, Key> {
+  const keys: [string, string, string][] = [
+    ["cipher-alg", "<str>", "Name of encryption cipher algorithm"],
+    ["cipher-mode", "<str>", "Name of encryption cipher mode"],
+    ["format", "<str>", "Encrypt the image, format choices: 'aes', 'luks'"],
+    ["hash-alg", "<str>", "Name of encryption hash algorithm"],
+    ["iter-time", "<num>", "Time to spend in PBKDF in milliseconds"],
+    ["ivgen-alg", "<str>", "Name of IV generator algorithm"],
+    ["ivgen-hash-alg", "<str>", "Name of IV generator hash algorithm"],
+    [
+      "key-secret",
+      "<str>",
+      "ID of secret providing qcow AES key or LUKS passphrase",
+    ],
+  ];
+  return Object.fromEntries(keys.map(([name, kind, help]) => [
+    `encrypt.${name}`,
+    {
+      formats: ["qcow2"],
+      kind,
+      help: { qcow2: help },
+      unsupported: "images are not encrypted",
+    },
+  ]));
+}
+
 const KEYS: Record<string, Key> = {
   backing_file: {
     formats: ["qcow2"],
@@ -137,54 +164,7 @@ const KEYS: Record<string, Key> = {
     },
     unsupported: "external data files are read, not written",
   },
-  "encrypt.cipher-alg": {
-    formats: ["qcow2"],
-    kind: "<str>",
-    help: { qcow2: "Name of encryption cipher algorithm" },
-    unsupported: "images are not encrypted",
-  },
-  "encrypt.cipher-mode": {
-    formats: ["qcow2"],
-    kind: "<str>",
-    help: { qcow2: "Name of encryption cipher mode" },
-    unsupported: "images are not encrypted",
-  },
-  "encrypt.format": {
-    formats: ["qcow2"],
-    kind: "<str>",
-    help: { qcow2: "Encrypt the image, format choices: 'aes', 'luks'" },
-    unsupported: "images are not encrypted",
-  },
-  "encrypt.hash-alg": {
-    formats: ["qcow2"],
-    kind: "<str>",
-    help: { qcow2: "Name of encryption hash algorithm" },
-    unsupported: "images are not encrypted",
-  },
-  "encrypt.iter-time": {
-    formats: ["qcow2"],
-    kind: "<num>",
-    help: { qcow2: "Time to spend in PBKDF in milliseconds" },
-    unsupported: "images are not encrypted",
-  },
-  "encrypt.ivgen-alg": {
-    formats: ["qcow2"],
-    kind: "<str>",
-    help: { qcow2: "Name of IV generator algorithm" },
-    unsupported: "images are not encrypted",
-  },
-  "encrypt.ivgen-hash-alg": {
-    formats: ["qcow2"],
-    kind: "<str>",
-    help: { qcow2: "Name of IV generator hash algorithm" },
-    unsupported: "images are not encrypted",
-  },
-  "encrypt.key-secret": {
-    formats: ["qcow2"],
-    kind: "<str>",
-    help: { qcow2: "ID of secret providing qcow AES key or LUKS passphrase" },
-    unsupported: "images are not encrypted",
-  },
+  ...encryptKeys(),
   encryption: {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
