@@ -15,6 +15,8 @@ import type { ZeroBytes } from "./bytes/zeros.ts";
 import type { HostWrite } from "./writer/records.ts";
 import type { SparsifyReport } from "./sparsify/report.ts";
 import { doneWith } from "./bytes/recycle.ts";
+import { isZero } from "./bytes/zeros.ts";
+import { measureImage } from "./tools/measure.ts";
 
 /**
  * Options of {@linkcode convert}: the writer's, and `sparsify`.
@@ -48,6 +50,15 @@ export interface ConvertOptions extends Qcow2WriterOptions {
    * @default {false}
    */
   sparsify?: boolean;
+  /**
+   * qemu-img's `-o preallocation` for a file output: `metadata`, `falloc`
+   * and `full` allocate every cluster (zeros included) and make the file
+   * as large as `qemu-img measure` says a fully allocated image is, as
+   * qemu-img's preallocated images are; `full` writes the zeros, the others
+   * leave zero clusters as holes of the file. Not with compression.
+   * @default {"off"}
+   */
+  preallocation?: "off" | "metadata" | "falloc" | "full";
 }
 
 /**
@@ -116,6 +127,15 @@ export async function convert(
   options: ConvertOptions = {},
 ): Promise<ConvertSummary> {
   const isFile = !(output instanceof WritableStream);
+  const preallocation = options.preallocation ?? "off";
+  if (preallocation !== "off") {
+    if (!isFile || (options.compression ?? "none") !== "none") {
+      throw new RangeError(
+        `Cannot convert: preallocation ${preallocation} needs a file output without compression`,
+      );
+    }
+    options = { ...options, sparseSize: 0 };
+  }
   // try/finally rather than `await using`: this module is part of the
   // runtime-neutral bundle, and Node 20 cannot parse `using` declarations.
   let owned: CodecPool | undefined;
@@ -146,7 +166,15 @@ export async function convert(
       const sink = isFile
         ? new WritableStream<HostWrite>({
           async write(w) {
-            await output.writeAt(w.offset, w.data);
+            // Preallocated without zeros: a new file reads zeros where
+            // nothing is written.
+            const hole = (preallocation === "metadata" ||
+              preallocation === "falloc") &&
+              !output.isDevice &&
+              isZero(w.data);
+            if (!hole) {
+              await output.writeAt(w.offset, w.data);
+            }
             // An ImageSink is done with bytes once writeAt resolves, and
             // writes come in pipeline order: buffers may go round.
             doneWith(w.data);
@@ -155,7 +183,11 @@ export async function convert(
         : output;
       await stream.pipeThrough(writer).pipeTo(sink);
       const summary: ConvertSummary = await writer.summary;
-      if (isFile) await output.commit(summary.fileSize);
+      if (isFile) {
+        await output.commit(
+          await preallocatedSize(output, summary, options),
+        );
+      }
       return report ? { ...summary, sparsify: await report } : summary;
     } finally {
       await writer.close();
@@ -166,4 +198,34 @@ export async function convert(
   } finally {
     await owned?.close();
   }
+}
+
+/** Bytes of zeros written at once to fill a preallocated file's tail. */
+const FILL_BYTES = 1 << 20;
+
+/**
+ * The size of the finished file: as written, or with preallocation the
+ * size `qemu-img measure` gives a fully allocated image (its tail written
+ * with zeros for `full`).
+ */
+async function preallocatedSize(
+  output: ImageSink,
+  summary: PackSummary,
+  options: ConvertOptions,
+): Promise<number> {
+  const mode = options.preallocation ?? "off";
+  if (mode === "off") return summary.fileSize;
+  const { fullyAllocated } = await measureImage(undefined, {
+    outputFormat: "qcow2",
+    size: summary.virtualSize,
+    clusterSize: options.clusterSize,
+    refcountBits: options.refcountBits,
+  });
+  const size = Math.max(summary.fileSize, fullyAllocated);
+  if (mode === "full") {
+    for (let at = summary.fileSize; at < size; at += FILL_BYTES) {
+      await output.writeAt(at, new Uint8Array(Math.min(FILL_BYTES, size - at)));
+    }
+  }
+  return size;
 }

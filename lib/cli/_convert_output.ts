@@ -12,6 +12,9 @@ import { expandToStream } from "../reader/expand.ts";
 import { imageChunks } from "../reader/segments.ts";
 import type { PackSummary } from "../writer/pack_stream.ts";
 import type { StreamableQcow2Writer } from "../writer/streamable.ts";
+import { writeIntoQcow2, type WriteIntoSummary } from "../writer/write_into.ts";
+import { FileSource } from "../host/file_source.ts";
+import { assertNotInput } from "../io/identity.ts";
 import { expandToPath } from "../reader/expand_to_path.ts";
 import { openStreamOutput, standardOutput } from "../host/stream_output.ts";
 import type { ConvertSettings } from "./_convert_settings.ts";
@@ -54,7 +57,12 @@ export async function writeRaw(
   sourceLength: number | undefined,
   s: Pick<
     ConvertSettings,
-    "noClobber" | "sync" | "inPlace" | "targetIsZero"
+    | "noClobber"
+    | "sync"
+    | "inPlace"
+    | "targetIsZero"
+    | "sparseSize"
+    | "preallocation"
   >,
   options: {
     pool: CodecPool;
@@ -81,7 +89,13 @@ export async function writeRaw(
       noClobber: s.noClobber,
       sync: s.sync,
       inPlace: s.inPlace,
-      holes: s.inPlace ? s.targetIsZero : undefined,
+      // -S 0 writes zeros; -n writes them unless the target reads as zeros.
+      holes: s.inPlace
+        ? s.targetIsZero && s.sparseSize !== 0
+        : s.sparseSize === 0 || s.preallocation === "full" ||
+            s.preallocation === "falloc"
+        ? false
+        : undefined,
       sourceLength,
       inputs: options.inputs,
     });
@@ -109,4 +123,23 @@ export async function writeStreamable(
     await expandToPath(bytes, target.path, outputOptions);
   }
   return await writer.summary;
+}
+
+/**
+ * -n into an existing qcow2 image: guest data written into it in place
+ * (DST may be none of the inputs).
+ */
+export async function writeIntoImage(
+  source: RawSource,
+  s: Pick<ConvertSettings, "dst" | "sparseSize" | "targetIsZero">,
+  inputs: FileIdentity[],
+  onProgress: (guestBytes: number) => void,
+): Promise<WriteIntoSummary> {
+  await using file = await FileSource.open(s.dst, s.dst, { write: true });
+  assertNotInput(await Deno.stat(s.dst), s.dst, inputs);
+  return await writeIntoQcow2(source, file, {
+    sparseSize: s.sparseSize,
+    targetIsZero: s.targetIsZero,
+    onProgress,
+  });
 }

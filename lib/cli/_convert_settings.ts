@@ -52,13 +52,9 @@ export const CONVERT_OPTIONS = {
     type: "boolean",
     short: "C",
     unsupported: "copy offloading; the data is always read and written",
+    deferred: true,
   },
-  "sparse-size": {
-    type: "string",
-    short: "S",
-    unsupported:
-      "zero clusters are always left unallocated, and zero ranges of raw files are holes",
-  },
+  "sparse-size": { type: "string", short: "S" },
   "target-cache": { type: "string", short: "t", choices: CACHE_MODES },
   ...SOURCE_CACHE_OPTION,
   rate: { type: "string", short: "r", unsupported: "no rate limit is kept" },
@@ -77,6 +73,7 @@ export const CONVERT_OPTIONS = {
   salvage: {
     type: "boolean",
     unsupported: "a read error stops the conversion",
+    deferred: true,
   },
   bitmaps: {
     type: "boolean",
@@ -148,6 +145,17 @@ export interface ConvertSettings {
   sparsify: boolean;
   /** --disk: the member of a tar archive to read. */
   disk?: string;
+  /**
+   * -S: zero detection granularity in bytes (0: zeros are written as
+   * data); undefined for the default (a cluster; holes for raw).
+   */
+  sparseSize?: number;
+  /** `-o preallocation`: every cluster allocated (qcow2), zeros written. */
+  preallocation?: "off" | "metadata" | "falloc" | "full";
+  /** `-o compat`: the qcow2 version written. */
+  compat?: "v2" | "v3";
+  /** `-o lazy_refcounts`: the feature bit. */
+  lazyRefcounts?: boolean;
   /** -n: write into the existing DST. */
   inPlace: boolean;
   targetIsZero: boolean;
@@ -211,10 +219,19 @@ function flagOrOption(
   );
 }
 
+/** Formats qemu-img reads but has no driver to create. */
+const READ_ONLY_FORMATS = ["bochs", "cloop", "dmg"];
+
 /** The output format: -O, else what the other flags or DST's name say. */
 function outputFormatOf(values: Values, dst: string | undefined) {
   const given = values["output-format"];
   if (given !== undefined) {
+    if (READ_ONLY_FORMATS.includes(given)) {
+      // qemu-img's words: it cannot create these either.
+      throw new UsageError(
+        `Format driver '${given}' does not support image creation`,
+      );
+    }
     if (given !== "raw" && given !== "qcow2") {
       throw new UsageError(
         `Cannot convert: output format "${given}" is not raw or qcow2`,
@@ -253,6 +270,8 @@ export function convertSettings(
   parsed: ParsedArgs<typeof CONVERT_OPTIONS>,
 ): ConvertSettings {
   const { values } = parsed;
+  checkCopyOffloading(values);
+  if (parsed.refused) throw parsed.refused;
   const [sources, dst] = operandsOf(parsed.positionals);
   const src = sources[0];
   checkSeveral(values, sources, positionals3(parsed.positionals));
@@ -264,8 +283,11 @@ export function convertSettings(
   );
   const compression = compressionOf(values, o);
   checkQcow2Flags(values, format, compression);
-  const backing = backingOf(values, o);
   const inPlace = values["no-create"] ?? false;
+  // -n creates nothing: DST keeps its own backing file, as in qemu-img.
+  const backing = inPlace && format === "qcow2"
+    ? undefined
+    : backingOf(values, o);
   const targetIsZero = values["target-is-zero"] ?? false;
   checkInPlace(values, { inPlace, targetIsZero, format, dst });
   if (values["no-clobber"] && values.force) {
@@ -303,6 +325,9 @@ export function convertSettings(
     streamable: values.streamable ?? false,
     sparsify: values.sparsify ?? false,
     disk: values.disk,
+    sparseSize: sparseSizeOf(values["sparse-size"]),
+    ...versionOf(o, compression),
+    preallocation: preallocationOf(o, format, compression, values, dst),
     inPlace,
     targetIsZero,
     noClobber: values["no-clobber"] ?? false,
@@ -312,6 +337,20 @@ export function convertSettings(
     progress: values.progress,
     http: httpTransport("convert", values["http-timeout"]),
   };
+}
+
+/** -C with what qemu-img refuses it with, in qemu-img's words. */
+function checkCopyOffloading(values: Values): void {
+  if (!values["copy-range-offloading"]) return;
+  if (values["sparse-size"] !== undefined) {
+    throw new UsageError("Cannot enable copy offloading when -S is used");
+  }
+  if (values.compressed || values.compress !== undefined) {
+    throw new UsageError("Cannot enable copy offloading when -c is used");
+  }
+  if (values.salvage) {
+    throw new UsageError("Cannot use copy offloading in salvaging mode");
+  }
 }
 
 /**
@@ -346,10 +385,15 @@ function checkSeveral(values: Values, sources: string[], hint: string): void {
       `Cannot convert: expected SRC and DST, got 3 arguments (the first taken for a SRC)${hint}`,
     );
   }
+  if (values.backing !== undefined) {
+    // qemu-img's words.
+    throw new UsageError(
+      "Having a backing file for the target makes no sense when concatenating multiple input images",
+    );
+  }
   const alone = [
     ["-l/-s", values.snapshot],
     ["--sparsify", values.sparsify],
-    ["-B", values.backing],
     ["--disk", values.disk],
   ].filter(([, v]) => v !== undefined && v !== false).map(([f]) => f);
   if (alone.length > 0) {
@@ -439,15 +483,29 @@ function checkInPlace(
       "Cannot convert: --target-is-zero needs -n (it says that the existing DST reads as zeros)",
     );
   }
-  if (inPlace && format !== "raw") {
-    throw new UsageError(
-      "Cannot convert: -n writes into an existing raw file or device; writing into an existing qcow2 image is not supported",
-    );
+  if (inPlace && format === "qcow2") {
+    const wrong = [
+      ["-c", values.compressed || values.compress !== undefined],
+      ["--streamable", values.streamable],
+      ["--cluster-size", values["cluster-size"]],
+      ["--refcount-bits", values["refcount-bits"]],
+    ].filter(([, v]) => v !== undefined && v !== false).map(([f]) => f);
+    if (wrong.length > 0) {
+      throw new UsageError(
+        `Cannot convert: ${
+          wrong.join(", ")
+        } with -n is not supported (-n writes into the existing qcow2 image as it is laid out)`,
+      );
+    }
   }
   if (inPlace && dst === "-") {
     throw new UsageError(
       "Cannot convert: -n writes into an existing file or device, not standard output",
     );
+  }
+  if (inPlace && (values["target-format-options"] ?? []).length > 0) {
+    // qemu-img's words.
+    throw new UsageError("-o has no effect when skipping image creation");
   }
   if (inPlace && values["no-clobber"]) {
     throw new UsageError(
@@ -459,6 +517,73 @@ function checkInPlace(
       "Cannot convert: --sparsify with -n is not supported (free space would be left as the target holds it)",
     );
   }
+}
+
+/** `-o compat` and `lazy_refcounts`: what version 2 cannot hold. */
+function versionOf(
+  o: CreateOptions,
+  compression: ConvertSettings["compression"],
+): Pick<ConvertSettings, "compat" | "lazyRefcounts"> {
+  if (o.compat === "v2") {
+    const wrong = [
+      o.lazyRefcounts && "lazy_refcounts=on",
+      o.refcountBits !== undefined && o.refcountBits !== 16 &&
+      `refcount_bits=${o.refcountBits}`,
+      (o.compressionType === "zstd" ||
+        (compression === "zstd")) && "compression_type=zstd",
+    ].filter((w) => w);
+    if (wrong.length > 0) {
+      throw new UsageError(
+        `Cannot convert: -o compat=0.10 (qcow2 version 2) cannot hold ${
+          wrong.join(", ")
+        }; give compat=1.1`,
+      );
+    }
+  }
+  return { compat: o.compat, lazyRefcounts: o.lazyRefcounts };
+}
+
+/** `-o preallocation`: what it goes with. */
+function preallocationOf(
+  o: CreateOptions,
+  format: "raw" | "qcow2",
+  compression: ConvertSettings["compression"],
+  values: Values,
+  dst: string,
+): ConvertSettings["preallocation"] {
+  const mode = o.preallocation;
+  if (mode === undefined || mode === "off") return mode;
+  if (format === "qcow2" && (values.streamable || dst === "-")) {
+    throw new UsageError(
+      `Cannot convert: -o preallocation=${mode} writes a file at offsets, not a stream or the streamable layout`,
+    );
+  }
+  if (format === "raw" && mode === "metadata") {
+    throw new UsageError(
+      "Cannot convert: -o preallocation=metadata applies to qcow2 output only (raw takes off, falloc or full)",
+    );
+  }
+  if (compression !== "none") {
+    throw new UsageError(
+      `Cannot convert: -o preallocation=${mode} and -c contradict each other (compressed clusters are not preallocated)`,
+    );
+  }
+  return mode;
+}
+
+/** qemu-img's largest -S: 32768 sectors. */
+const MAX_SPARSE_SIZE = 16 << 20;
+
+/** -S SIZE: a multiple of 512 up to 16 MiB, or 0. */
+function sparseSizeOf(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const size = parseSize(text, "-S");
+  if (size % 512 !== 0 || size > MAX_SPARSE_SIZE) {
+    throw new UsageError(
+      `Cannot convert: -S ${text} is not a multiple of 512 up to 16 MiB (0 writes zeros as data, allocating every cluster)`,
+    );
+  }
+  return size;
 }
 
 /** --workers or -m, in range. */

@@ -14,10 +14,12 @@ export interface CreateOptions {
   backingFormat?: "raw" | "qcow2";
   /** `extended_l2` (measure only: we write standard L2 entries). */
   extendedL2?: boolean;
-  /** `preallocation` (measure only: we preallocate nothing). */
+  /** `preallocation` (convert and measure). */
   preallocation?: "off" | "metadata" | "falloc" | "full";
-  /** `compat` (measure only: we write version 3). */
+  /** `compat`: version 2 (0.10) or 3 (1.1). */
   compat?: "v2" | "v3";
+  /** `lazy_refcounts`: the feature bit (refcounts are complete anyway). */
+  lazyRefcounts?: boolean;
   /** `size`, the virtual size (create). */
   size?: number;
 }
@@ -32,7 +34,12 @@ interface Key {
   formats: OutputFormat[];
   /** `<str>`, `<size>`, `<num>`, `<bool (on/off)>`. */
   kind: string;
-  help: string;
+  /**
+   * What `-o help` says of it (qemu-img's words), by the layer that lists
+   * it: the qcow2 or raw format, or the `file` protocol (listed only when
+   * a target file is named).
+   */
+  help: Partial<Record<OutputFormat | "file", string>>;
   /** Stores the value (or throws a UsageError naming what is wrong). */
   apply?: (value: string, out: CreateOptions) => void;
   /** The values accepted because we write them anyway, and nothing else. */
@@ -56,17 +63,44 @@ function bool(value: string, key: string): boolean {
   );
 }
 
+/** qemu-img's `encrypt.*` keys of qcow2 (all refused): kind and help. */
+function encryptKeys(): Record<string, Key> {
+  const keys: [string, string, string][] = [
+    ["cipher-alg", "<str>", "Name of encryption cipher algorithm"],
+    ["cipher-mode", "<str>", "Name of encryption cipher mode"],
+    ["format", "<str>", "Encrypt the image, format choices: 'aes', 'luks'"],
+    ["hash-alg", "<str>", "Name of encryption hash algorithm"],
+    ["iter-time", "<num>", "Time to spend in PBKDF in milliseconds"],
+    ["ivgen-alg", "<str>", "Name of IV generator algorithm"],
+    ["ivgen-hash-alg", "<str>", "Name of IV generator hash algorithm"],
+    [
+      "key-secret",
+      "<str>",
+      "ID of secret providing qcow AES key or LUKS passphrase",
+    ],
+  ];
+  return Object.fromEntries(keys.map(([name, kind, help]) => [
+    `encrypt.${name}`,
+    {
+      formats: ["qcow2"],
+      kind,
+      help: { qcow2: help },
+      unsupported: "images are not encrypted",
+    },
+  ]));
+}
+
 const KEYS: Record<string, Key> = {
   backing_file: {
     formats: ["qcow2"],
     kind: "<str>",
-    help: "File name of a base image",
+    help: { qcow2: "File name of a base image" },
     apply: (v, out) => out.backingFile = v,
   },
   backing_fmt: {
     formats: ["qcow2"],
     kind: "<str>",
-    help: "Image format of the base image (raw or qcow2)",
+    help: { qcow2: "Image format of the base image" },
     apply: (v, out) => {
       if (v !== "raw" && v !== "qcow2") {
         throw new UsageError(
@@ -79,14 +113,18 @@ const KEYS: Record<string, Key> = {
   cluster_size: {
     formats: ["qcow2"],
     kind: "<size>",
-    help: "qcow2 cluster size (512 to 2M)",
+    help: { qcow2: "qcow2 cluster size" },
     apply: (v, out) => out.clusterSize = parseSize(v, "-o cluster_size"),
   },
   compat: {
     formats: ["qcow2"],
     kind: "<str>",
-    help: "Compatibility level: only v3 (1.1) is written",
-    takenBy: ["measure"],
+    help: { qcow2: "Compatibility level (v2 [0.10] or v3 [1.1])" },
+    takenBy: ["convert", "measure"],
+    only: {
+      values: ["1.1", "v3"],
+      otherwise: "create writes qcow2 version 3 (compat=1.1) only",
+    },
     apply: (v, out) => {
       if (v === "0.10" || v === "v2") out.compat = "v2";
       else if (v === "1.1" || v === "v3") out.compat = "v3";
@@ -96,15 +134,13 @@ const KEYS: Record<string, Key> = {
         );
       }
     },
-    only: {
-      values: ["1.1", "v3"],
-      otherwise: "only qcow2 version 3 (compat=1.1) is written",
-    },
   },
   compression_type: {
     formats: ["qcow2"],
     kind: "<str>",
-    help: "Compression method of compressed clusters (zlib or zstd)",
+    help: {
+      qcow2: "Compression method used for image cluster compression",
+    },
     apply: (v, out) => {
       if (v !== "zlib" && v !== "zstd") {
         throw new UsageError(
@@ -117,25 +153,31 @@ const KEYS: Record<string, Key> = {
   data_file: {
     formats: ["qcow2"],
     kind: "<str>",
-    help: "",
+    help: { qcow2: "File name of an external data file" },
     unsupported: "external data files are read, not written",
   },
   data_file_raw: {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
-    help: "",
+    help: {
+      qcow2: "The external data file must stay valid as a raw image",
+    },
     unsupported: "external data files are read, not written",
   },
+  ...encryptKeys(),
   encryption: {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
-    help: "",
+    help: {
+      qcow2:
+        "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+    },
     unsupported: "images are not encrypted",
   },
   extended_l2: {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
-    help: "Extended L2 tables: only off",
+    help: { qcow2: "Extended L2 tables" },
     takenBy: ["measure"],
     apply: (v, out) => out.extendedL2 = bool(v, "extended_l2"),
     only: {
@@ -146,30 +188,36 @@ const KEYS: Record<string, Key> = {
   extent_size_hint: {
     formats: ["qcow2", "raw"],
     kind: "<size>",
-    help: "",
+    help: {
+      file: "Extent size hint for the image file, 0 to disable",
+    },
     unsupported: "the output file is a plain file; no hints are set",
   },
   lazy_refcounts: {
     formats: ["qcow2"],
     kind: "<bool (on/off)>",
-    help: "Postpone refcount updates: only off",
-    takenBy: ["measure"],
+    help: { qcow2: "Postpone refcount updates" },
+    takenBy: ["convert", "measure"],
     only: {
       values: ["off"],
-      otherwise: "refcounts are always complete when the image is",
+      otherwise: "create sets no lazy refcounts bit",
     },
+    apply: (v, out) => out.lazyRefcounts = bool(v, "lazy_refcounts"),
   },
   nocow: {
     formats: ["qcow2", "raw"],
     kind: "<bool (on/off)>",
-    help: "",
+    help: { file: "Turn off copy-on-write (valid only on btrfs)" },
     unsupported: "file attributes are not set",
   },
   preallocation: {
     formats: ["qcow2", "raw"],
     kind: "<str>",
-    help: "Preallocation mode: only off",
-    takenBy: ["measure"],
+    help: {
+      qcow2: "Preallocation mode (allowed values: off, metadata, falloc, full)",
+      file: "Preallocation mode (allowed values: off, falloc, full)",
+    },
+    takenBy: ["convert", "measure"],
     apply: (v, out) => {
       if (v !== "off" && v !== "metadata" && v !== "falloc" && v !== "full") {
         throw new UsageError(
@@ -186,13 +234,17 @@ const KEYS: Record<string, Key> = {
   refcount_bits: {
     formats: ["qcow2"],
     kind: "<num>",
-    help: "Width of a reference count entry in bits (1 to 64)",
+    help: { qcow2: "Width of a reference count entry in bits" },
     apply: (v, out) => out.refcountBits = parseInteger(v, "-o refcount_bits"),
   },
   size: {
     formats: ["qcow2", "raw"],
     kind: "<size>",
-    help: "Virtual disk size",
+    help: {
+      qcow2: "Virtual disk size",
+      raw: "Virtual disk size",
+      file: "Virtual disk size",
+    },
     takenBy: ["create", "measure"],
     apply: (v, out) => out.size = parseSize(v, "-o size"),
     unsupported: "the output has the size of the input",
@@ -202,10 +254,19 @@ const KEYS: Record<string, Key> = {
 /**
  * Splits `-o` lists into keys and values, in order: `,,` is a comma
  * inside a value; a key without `=` has the value `on`.
+ *
+ * @throws {UsageError} For a list qemu-img refuses: empty, starting with
+ * a comma, or ending in a single comma.
  */
 export function splitOptionList(lists: string[]): [string, string][] {
   const pairs: [string, string][] = [];
   for (const list of lists) {
+    // qemu-img refuses an empty list, a leading comma, and a comma left
+    // open at the end (an odd run of them), in these words.
+    const trailing = list.length - list.replace(/,+$/, "").length;
+    if (list === "" || list.startsWith(",") || trailing % 2 === 1) {
+      throw new UsageError(`Invalid option list: ${list}`);
+    }
     let item = "";
     const finish = () => {
       if (item === "") return;
@@ -293,12 +354,31 @@ export function parseCreateOptions(
   return out;
 }
 
-/** `-o help`: the options taken for `format`, as qemu-img lists them. */
-export function createOptionsHelp(format: OutputFormat): string {
-  const lines = Object.entries(KEYS)
-    .filter(([, k]) => k.formats.includes(format) && !k.unsupported)
-    .map(([name, k]) => `  ${`${name}=${k.kind}`.padEnd(22)} - ${k.help}`);
-  return `Supported ${format} options:\n${lines.join("\n")}\n`;
+/**
+ * `-o help`: qemu-img's list of the creation options of `format` (those we
+ * refuse included, as qemu-img lists them): with a target file named, the
+ * file protocol's options too, under "Supported options:"; without one,
+ * the format's alone and a note that the protocol may add more.
+ *
+ * @param format The output format.
+ * @param withTarget Whether the command line names the output file.
+ * @returns The text, ending with a newline.
+ */
+export function createOptionsHelp(
+  format: OutputFormat,
+  withTarget: boolean,
+): string {
+  const lines = Object.entries(KEYS).flatMap(([name, k]) => {
+    const help = k.help[format] ?? (withTarget ? k.help.file : undefined);
+    return help === undefined
+      ? []
+      : [`  ${`${name}=${k.kind}`.padEnd(22)} - ${help}`];
+  }).sort();
+  return withTarget
+    ? `Supported options:\n${lines.join("\n")}\n`
+    : `Supported ${format} options:\n${lines.join("\n")}\n\n` +
+      "The protocol level may support further options.\n" +
+      "Specify the target filename to include those options.\n";
 }
 
 /**

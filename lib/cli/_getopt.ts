@@ -34,6 +34,13 @@ export interface OptionSpec {
    * error (`-C is not supported (copy offloading ...)`).
    */
   unsupported?: string;
+  /**
+   * Refuse an `unsupported` option only once every option is read (as
+   * qemu-img checks combinations after reading them all): it is stored in
+   * the values and its error kept in {@linkcode ParsedArgs.refused}, for
+   * the command to throw after its own checks.
+   */
+  deferred?: boolean;
   /** The values taken, when only some are: any other one is refused. */
   choices?: readonly string[];
 }
@@ -52,6 +59,8 @@ export type OptionValues<O extends OptionSpecs> = {
 export interface ParsedArgs<O extends OptionSpecs> {
   values: OptionValues<O>;
   positionals: string[];
+  /** The error of the first `deferred` unsupported option given. */
+  refused?: UsageError;
 }
 
 /**
@@ -70,6 +79,7 @@ export function getopt<O extends OptionSpecs>(
 ): ParsedArgs<O> {
   const values: Record<string, string | string[] | boolean> = {};
   const positionals: string[] = [];
+  let refused: UsageError | undefined;
   const bad = (reason: string) =>
     new UsageError(
       `Cannot parse ${command} arguments: ${reason} (see ${command} --help)`,
@@ -77,11 +87,13 @@ export function getopt<O extends OptionSpecs>(
   const set = (name: string, as: string, value: string | true) => {
     const spec = specs[name];
     if (spec.unsupported !== undefined) {
-      throw new UsageError(
+      const error = new UsageError(
         `Cannot ${
           ACTIONS[command] ?? command
         }: ${as} is not supported (${spec.unsupported})`,
       );
+      if (!spec.deferred) throw error;
+      refused ??= error;
     }
     if (
       spec.choices !== undefined && typeof value === "string" &&
@@ -147,7 +159,7 @@ export function getopt<O extends OptionSpecs>(
       break;
     }
   }
-  return { values: values as OptionValues<O>, positionals };
+  return { values: values as OptionValues<O>, positionals, refused };
 }
 
 /** The long option a written name means: itself, or the one it starts. */

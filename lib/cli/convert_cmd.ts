@@ -6,6 +6,7 @@ import { convert } from "../convert.ts";
 import type { FileIdentity } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { openImage } from "../reader/open.ts";
+import { IoError } from "../format/errors.ts";
 import { OutputFile } from "../host/output_file.ts";
 import { DEFAULT_CLUSTER_SIZE } from "../format/constants.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
@@ -44,6 +45,7 @@ import {
   openTarget,
   type RawSource,
   type Target,
+  writeIntoImage,
   writeRaw,
   writeStreamable,
 } from "./_convert_output.ts";
@@ -95,7 +97,13 @@ ${
   -o OPTIONS           qcow2 creation options, key=value[,...]:
                        compression_type=zlib|zstd, cluster_size=SIZE,
                        refcount_bits=N, backing_file=NAME,
-                       backing_fmt=raw|qcow2 ("-o help" lists them)
+                       backing_fmt=raw|qcow2, compat=0.10|1.1 (0.10: a
+                       version 2 image), lazy_refcounts=on|off (the
+                       feature bit), preallocation=off|metadata|falloc|full
+                       (every cluster allocated and the file as large as
+                       measure's fully allocated size; full writes the
+                       zeros). "-o help" lists qemu-img's keys; those not
+                       named here are refused
   -B BACKING           write a delta image: only what differs from
                        BACKING's content is stored. The name is stored as
                        given and read relative to DST's directory, as in
@@ -106,10 +114,21 @@ ${
   -s ID_OR_NAME        the same as -l ID_OR_NAME
   -m N                 codec workers, 1 to ${MAX_WORKERS} (as --workers)
   -W                   accepted: clusters are always placed as they come
-  -n                   DST exists (a raw file or a device, at least as
-                       large as SRC): write into it in place, zeros
-                       included; nothing beyond SRC's size is touched
+  -n                   DST exists (a raw file, a device or a qcow2 image,
+                       at least as large as SRC): write into it in place,
+                       zeros included; nothing beyond SRC's size is
+                       touched. Into qcow2 (-O qcow2) as qemu-img writes:
+                       clusters DST owns are overwritten, others allocated
+                       where QEMU's allocator puts them, zeros as zero
+                       entries (version 2: unallocated, or zero clusters
+                       over a backing file); not with -c, -o, or DST's
+                       internal snapshots, bitmaps or data file
       --target-is-zero with -n: DST reads as zeros; zeros are not written
+  -S SIZE              zero detection granularity, a multiple of 512 up
+                       to 16M (default: a cluster; raw output: holes): a
+                       block of SIZE (aligned) is left unallocated only if
+                       all zero; 0 writes zeros as data, allocating every
+                       cluster (raw: no holes). With -c only 0 counts
   -U, --force-share    accepted: images are read without locks
   -t CACHE, -T CACHE   accepted (none, writeback, writethrough,
                        directsync, unsafe): the same bytes are written
@@ -154,7 +173,7 @@ Options of our own:
                         terminal)
 ${httpTimeoutHelp(24)}
 
-qemu-img options that are not supported (-C, -S, -r, --object,
+qemu-img options that are not supported (-C, -r, --object,
 --image-opts, --target-image-opts, --salvage, --bitmaps,
 --skip-broken-bitmaps) are refused with a line saying why.
 
@@ -173,6 +192,13 @@ async function openBacking(
   try {
     return await openImage(path, { format: backing.format, http });
   } catch (err) {
+    if (err instanceof IoError && err.code === "NOT_FOUND") {
+      // qemu-img's words: it opens the backing file through the new image.
+      throw reworded(
+        err,
+        `Could not open '${dst}': Could not open backing file: Could not open '${path}': No such file or directory`,
+      );
+    }
     const reason = (err as Error).message.replace(/^Cannot [^:]*: /, "");
     const where = path === backing.name ? "" : ` (-B ${backing.name})`;
     throw reworded(err, `Cannot open backing file ${path}${where}: ${reason}`);
@@ -285,6 +311,10 @@ async function writeQcow2(
     level: s.level,
     zlibWindow: s.zlibWindow,
     refcountBits: s.refcountBits,
+    sparseSize: s.sparseSize,
+    preallocation: s.preallocation,
+    compat: s.compat,
+    lazyRefcounts: s.lazyRefcounts,
     pool,
     onProgress: (n: number) => progress.update(Math.min(n, total ?? n)),
     backingFile: s.backing,
@@ -295,6 +325,20 @@ async function writeQcow2(
     sync: s.sync,
     inputs: sources.inputs,
   };
+  if (s.inPlace) {
+    const written = await writeIntoImage(
+      sources.source,
+      s,
+      sources.inputs,
+      (n) => progress.update(Math.min(n, total ?? n)),
+    );
+    return {
+      what: `${
+        formatBytes(written.guestBytes)
+      } of guest data into qcow2 (${written.allocatedClusters} clusters allocated, ${written.freedClusters} freed)`,
+      guestBytes: written.guestBytes,
+    };
+  }
   if ("stream" in target || s.streamable) {
     const written = await writeStreamable(
       sources.source,
@@ -361,7 +405,9 @@ async function parseCommandLine(
   }
   const helpFormat = optionsHelpFormat(parsed);
   if (helpFormat !== undefined) {
-    await writeOut(createOptionsHelp(helpFormat));
+    await writeOut(
+      createOptionsHelp(helpFormat, parsed.positionals.length >= 2),
+    );
     return undefined;
   }
   const s = convertSettings(parsed);

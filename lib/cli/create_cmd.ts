@@ -75,7 +75,7 @@ export async function createCommand(args: string[]): Promise<number> {
   }
   const lists = values.options ?? [];
   if (asksForHelp(lists)) {
-    await writeOut(createOptionsHelp(format));
+    await writeOut(createOptionsHelp(format, positionals.length >= 1));
     return 0;
   }
   if (positionals.length < 1 || positionals.length > 2) {

@@ -94,7 +94,7 @@ export async function measureCommand(args: string[]): Promise<number> {
   }
   if (asksForHelp(values.options ?? [])) {
     const out = new OutBuffer();
-    await out.add(createOptionsHelp(target));
+    await out.add(createOptionsHelp(target, false));
     await out.flush();
     return 0;
   }

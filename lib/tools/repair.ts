@@ -10,7 +10,6 @@
  * @module
  */
 
-import type { RandomAccessSource } from "../io/source.ts";
 import type { FormatName } from "../reader/formats.ts";
 import { Qcow2Error } from "../format/errors.ts";
 import { AUTOCLEAR, INCOMPAT } from "../format/constants.ts";
@@ -30,6 +29,7 @@ import {
   FIX_LEAKS,
   writeHeader,
 } from "./_qcow2_check.ts";
+import type { WritableImageFile } from "../writer/write_into.ts";
 
 /**
  * An image file a repair reads and writes in place: a source whose `size`
@@ -45,15 +45,7 @@ import {
  * assert.strictEqual(file.size, 7);
  * ```
  */
-export interface ImageFile extends RandomAccessSource {
-  /**
-   * Writes bytes at an offset (the file grows when the write ends past
-   * its size).
-   */
-  writeAt(offset: number, data: Uint8Array): Promise<void>;
-  /** Makes what was written durable before anything that depends on it. */
-  sync(): Promise<void>;
-}
+export type ImageFile = WritableImageFile;
 
 /**
  * An {@linkcode ImageFile} in memory: an image repaired where there is no

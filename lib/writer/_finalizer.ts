@@ -31,6 +31,10 @@ export interface MetadataFinalizerOptions {
   backingFile: BackingFileName | undefined;
   /** Called with the number of guest bytes mapped so far. */
   onProgress: ((guestBytes: number) => void) | undefined;
+  /** The format version (default v3). */
+  compat?: "v2" | "v3";
+  /** Set the lazy refcounts feature bit. */
+  lazyRefcounts?: boolean;
 }
 
 /**
@@ -64,6 +68,7 @@ export class MetadataFinalizer {
   #compression: CompressionType;
   #onProgress: ((n: number) => void) | undefined;
   #backingFile: BackingFileName | undefined;
+  #version: Pick<MetadataFinalizerOptions, "compat" | "lazyRefcounts">;
   #tables: L2Tables;
   #l1: number[] = [];
   #reftable: number[] = [];
@@ -78,6 +83,10 @@ export class MetadataFinalizer {
     this.#compression = options.compressionType;
     this.#onProgress = options.onProgress;
     this.#backingFile = options.backingFile;
+    this.#version = {
+      compat: options.compat,
+      lazyRefcounts: options.lazyRefcounts,
+    };
     this.#tables = new L2Tables(this.#cs, this.#backingFile !== undefined);
   }
 
@@ -162,6 +171,7 @@ export class MetadataFinalizer {
         refcountTableOffset: reftable.offset,
         refcountTableClusters: reftable.clusters,
         backingFile: this.#backingFile,
+        ...this.#version,
       }),
     });
     const counts = this.#tables.counts;

@@ -3,7 +3,11 @@
 // (_finalizer.ts) puts them after the data, the streamable one
 // (_metadata_first.ts) before it.
 import { InternalError } from "../format/errors.ts";
-import { COMPRESSION_TYPE } from "../format/constants.ts";
+import {
+  COMPAT,
+  COMPRESSION_TYPE,
+  V2_HEADER_LENGTH,
+} from "../format/constants.ts";
 import {
   defaultHeader,
   type Qcow2Header,
@@ -204,6 +208,13 @@ export interface HeaderFields {
   backingFile?: BackingFileName;
   /** Include the feature name table (default: yes). */
   featureTable?: boolean;
+  /**
+   * The format version: `v2` (qemu-img's compat=0.10) has the 72-byte
+   * header, no feature bits and no feature name table.
+   */
+  compat?: "v2" | "v3";
+  /** Set the lazy refcounts compatible feature bit (v3). */
+  lazyRefcounts?: boolean;
 }
 
 /**
@@ -226,6 +237,12 @@ export function headerCluster(fields: HeaderFields): Uint8Array {
   header.l1TableOffset = fields.l1TableOffset;
   header.refcountTableOffset = fields.refcountTableOffset;
   header.refcountTableClusters = fields.refcountTableClusters;
+  if (fields.compat === "v2") {
+    header.version = 2;
+    header.headerLength = V2_HEADER_LENGTH;
+    header.extensions = [];
+  }
+  if (fields.lazyRefcounts) header.compatibleFeatures |= COMPAT.LAZY_REFCOUNTS;
   if (fields.backingFile) nameBackingFile(header, fields.backingFile, cs);
   const cluster = new Uint8Array(cs);
   cluster.set(serializeHeader(header));

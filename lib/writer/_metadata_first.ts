@@ -240,6 +240,8 @@ async function* emit(
     refcountTableOffset: cs,
     refcountTableClusters: p.reftableClusters,
     backingFile: settings.backingFile,
+    compat: settings.compat,
+    lazyRefcounts: settings.lazyRefcounts,
   });
   const reftable = new Uint8Array(p.reftableClusters * cs);
   for (let j = 0; j < p.blocks; j++) {

@@ -17,6 +17,8 @@ export interface PackSettings {
   compressionType: CompressionType;
   backingFile: BackingFileName | undefined;
   onProgress: ((guestBytes: number) => void) | undefined;
+  compat: "v2" | "v3";
+  lazyRefcounts: boolean;
 }
 
 /**
@@ -38,12 +40,35 @@ export function packSettings(options: Qcow2PackStreamOptions): PackSettings {
     );
   }
   if (options.backingFile) checkBackingFile(options.backingFile);
+  const compat = options.compat ?? "v3";
+  const lazyRefcounts = options.lazyRefcounts ?? false;
+  if (compat !== "v2" && compat !== "v3") {
+    throw new RangeError(
+      `Cannot pack qcow2: compat "${compat}" is not v2 or v3`,
+    );
+  }
+  if (compat === "v2") {
+    const wrong = [
+      refcountBits !== 16 && `${refcountBits}-bit refcounts`,
+      compressionType !== "zlib" && `${compressionType} compression`,
+      lazyRefcounts && "lazy refcounts",
+    ].filter((w) => w);
+    if (wrong.length > 0) {
+      throw new RangeError(
+        `Cannot pack qcow2: version 2 (compat 0.10) has no ${
+          wrong.join(", ")
+        } (16-bit refcounts and zlib only)`,
+      );
+    }
+  }
   return {
     clusterSize,
     refcountBits,
     compressionType,
     backingFile: options.backingFile,
     onProgress: options.onProgress,
+    compat,
+    lazyRefcounts,
   };
 }
 

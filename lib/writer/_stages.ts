@@ -39,11 +39,24 @@ export function writerStages(
   const { clusterSize, compression } = writerSettings(options);
   const chunker = new ClusterChunkStream({ clusterSize });
   let records = chunker.readable.pipeThrough(
-    new ZeroDetectStream({ clusterSize }),
+    new ZeroDetectStream({
+      clusterSize,
+      // qemu-img ignores -S for compressed output, but for -S 0.
+      sparseSize: compression !== "none" && options.sparseSize !== 0
+        ? undefined
+        : options.sparseSize,
+    }),
   );
   if (options.backingImage) {
     records = records.pipeThrough(
       new BackingDiffStream({ backing: options.backingImage, clusterSize }),
+    );
+  }
+  if (options.compat === "v2" && options.backingFile) {
+    // Version 2 has no zero entries: zeros that must hide the backing
+    // file's bytes are stored as data.
+    records = records.pipeThrough(
+      new ZeroDetectStream({ clusterSize, sparseSize: 0 }),
     );
   }
   let ownPool: CodecPool | undefined;
@@ -68,6 +81,8 @@ export function writerStages(
       compressionType: compression === "zstd" ? "zstd" : "zlib",
       backingFile: options.backingFile,
       onProgress: options.onProgress,
+      compat: options.compat,
+      lazyRefcounts: options.lazyRefcounts,
       streamable,
     });
     return {

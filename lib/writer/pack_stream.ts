@@ -54,6 +54,18 @@ export interface Qcow2PackStreamOptions {
    */
   compressionType?: CompressionType;
   /**
+   * The format version: `v2` is qemu-img's compat=0.10 (16-bit refcounts,
+   * zlib, no zero entries: a delta stores zero clusters as data).
+   * @default {"v3"}
+   */
+  compat?: "v2" | "v3";
+  /**
+   * Set the lazy refcounts feature bit (v3; qemu-img's lazy_refcounts=on).
+   * The refcounts written are complete all the same.
+   * @default {false}
+   */
+  lazyRefcounts?: boolean;
+  /**
    * Make a delta image: the backing file named in the header (name as
    * stored, and format). Zero clusters become zero entries so that they do
    * not read from it.

@@ -35,7 +35,12 @@ import type { HostWrite } from "./records.ts";
 export interface Qcow2WriterOptions extends
   Pick<
     Qcow2PackStreamOptions,
-    "clusterSize" | "refcountBits" | "backingFile" | "onProgress"
+    | "clusterSize"
+    | "refcountBits"
+    | "backingFile"
+    | "onProgress"
+    | "compat"
+    | "lazyRefcounts"
   > {
   /**
    * `none` writes a sparse image; `zlib` and `zstd` compress clusters.
@@ -54,6 +59,14 @@ export interface Qcow2WriterOptions extends
    * @default {32768}
    */
   zlibWindow?: ZlibWindow;
+  /**
+   * Zero detection granularity in bytes, as qemu-img's `-S`: 0 stores
+   * zeros as data (every cluster allocated); a size above the cluster size
+   * leaves zeros unallocated only in whole aligned blocks of that size.
+   * Ignored with compression, but for 0.
+   * @default {clusterSize}
+   */
+  sparseSize?: number;
   /**
    * Compression workers; ignored when `pool` is given.
    * @default {navigator.hardwareConcurrency}

@@ -108,6 +108,17 @@ Deno.test("splitOptionList() splits -o as QEMU does: ,, is a comma, a bare key i
     splitOptionList(["backing_file=a,,b.qcow2,lazy_refcounts", "size=1M"]),
     [["backing_file", "a,b.qcow2"], ["lazy_refcounts", "on"], ["size", "1M"]],
   );
+  // qemu-img's "Invalid option list": empty, a leading comma, a comma
+  // left open at the end; an even run of commas at the end is a comma.
+  for (const list of ["", ",help", ",,", "backing_file=a,", "a=b,,,"]) {
+    assert.throws(
+      () => splitOptionList([list]),
+      new RegExp(`^UsageError: Invalid option list: ${list}$`),
+    );
+  }
+  assert.deepStrictEqual(splitOptionList(["backing_file=a,,"]), [
+    ["backing_file", "a,"],
+  ]);
 });
 
 Deno.test("parseCreateOptions() takes the keys it writes, the last value of a key winning", () => {
@@ -123,21 +134,33 @@ Deno.test("parseCreateOptions() takes the keys it writes, the last value of a ke
       refcountBits: 8,
       backingFile: "base.qcow2",
       backingFormat: "raw",
+      compat: "v3",
+      lazyRefcounts: false,
+      preallocation: "off",
     },
   );
-  assert.deepStrictEqual(parseCreateOptions(["preallocation=off"], "raw"), {});
+  assert.deepStrictEqual(
+    parseCreateOptions(
+      ["compat=0.10,lazy_refcounts,preallocation=full"],
+      "qcow2",
+    ),
+    { compat: "v2", lazyRefcounts: true, preallocation: "full" },
+  );
+  assert.deepStrictEqual(parseCreateOptions(["preallocation=off"], "raw"), {
+    preallocation: "off",
+  });
 });
 
 Deno.test("parseCreateOptions() names the key it refuses and why", () => {
   const cases: [string, "raw" | "qcow2", RegExp][] = [
+    ["compat=0.9", "qcow2", /-o compat: "0\.9" is not 0\.10, v2, 1\.1 or v3/],
     [
-      "compat=0.10",
+      "lazy_refcounts=maybe",
       "qcow2",
-      /-o compat=0\.10 is not supported \(only qcow2 version 3/,
+      /lazy_refcounts: "maybe" is not on or off/,
     ],
-    ["lazy_refcounts=on", "qcow2", /-o lazy_refcounts=on is not supported/],
     ["extended_l2=maybe", "qcow2", /-o extended_l2: "maybe" is not on or off/],
-    ["preallocation=full", "raw", /-o preallocation=full is not supported/],
+    ["preallocation=some", "raw", /preallocation: "some" is not off, metadata/],
     [
       "data_file=x.raw",
       "qcow2",
@@ -167,14 +190,18 @@ Deno.test("parseCreateOptions() names the key it refuses and why", () => {
   }
 });
 
-Deno.test("createOptionsHelp() lists the keys taken for the format, in qemu-img's layout", () => {
-  const qcow2 = createOptionsHelp("qcow2");
+Deno.test("createOptionsHelp() lists the format's keys, and the file's with a target, in qemu-img's layout", () => {
+  const qcow2 = createOptionsHelp("qcow2", false);
   assert.match(qcow2, /^Supported qcow2 options:\n/);
   assert.match(qcow2, /^ {2}compression_type=<str> - /m);
   assert.match(qcow2, /^ {2}cluster_size=<size> {4}- /m);
-  assert.doesNotMatch(qcow2, /data_file|encrypt/);
+  assert.doesNotMatch(qcow2, /nocow/);
+  assert.match(createOptionsHelp("qcow2", true), /^Supported options:\n/);
+  assert.match(createOptionsHelp("qcow2", true), /^ {2}nocow=/m);
   assert.strictEqual(
-    createOptionsHelp("raw"),
-    "Supported raw options:\n  preallocation=<str>    - Preallocation mode: only off\n",
+    createOptionsHelp("raw", false),
+    "Supported raw options:\n  size=<size>            - Virtual disk size\n\n" +
+      "The protocol level may support further options.\n" +
+      "Specify the target filename to include those options.\n",
   );
 });

@@ -46,7 +46,6 @@ Deno.test("cli: --version and -V print the version in deno.json", async () => {
 /** Options qemu-img 7.2 takes that we refuse: command, arguments, and the option named. */
 const REFUSED: [string[], string][] = [
   [["convert", "-C", "a.raw", "b.qcow2"], "-C"],
-  [["convert", "-S", "4k", "a.raw", "b.qcow2"], "-S"],
   [["convert", "-r", "1M", "a.raw", "b.qcow2"], "-r"],
   [
     ["convert", "--object", "secret,id=s0,data=x", "a.raw", "b.qcow2"],
@@ -131,29 +130,21 @@ Deno.test("cli: --output takes human or json; --json is its short form", async (
 });
 
 qemuTest(
-  "cli convert: -o help lists the options taken, for the output format",
+  "cli convert, create: -o help prints qemu-img's list",
   async () => {
-    const qcow2 = await cli(["convert", "-O", "qcow2", "-o", "help"]);
-    assert.strictEqual(qcow2.code, 0);
-    assert.match(qcow2.stdout, /^Supported qcow2 options:\n/);
     for (
-      const key of [
-        "compression_type",
-        "cluster_size",
-        "refcount_bits",
-        "backing_file",
-        "backing_fmt",
+      const args of [
+        ["convert", "-O", "qcow2", "-o", "help"],
+        ["convert", "-O", "qcow2", "-o", "help", "x.raw", "y.qcow2"],
+        ["convert", "-o", "?", "x.raw", "y.raw"],
+        ["create", "-f", "qcow2", "-o", "help", "y.qcow2", "1M"],
+        ["create", "-f", "raw", "-o", "help"],
       ]
     ) {
-      assert.match(qcow2.stdout, new RegExp(`^  ${key}=`, "m"));
-      // Each is a key qemu-img's qcow2 driver has.
-      assert.match(
-        await qemuImg("convert", "-O", "qcow2", "-o", "help"),
-        new RegExp(`^  ${key}=`, "m"),
-      );
+      const ours = await cli(args);
+      assert.strictEqual(ours.code, 0, ours.stderr);
+      assert.strictEqual(ours.stdout, await qemuImg(...args), args.join(" "));
     }
-    const raw = await cli(["convert", "-o", "?", "x.raw", "y.raw"]);
-    assert.match(raw.stdout, /^Supported raw options:\n {2}preallocation=/);
   },
 );
 
@@ -393,9 +384,10 @@ qemuTest(
       "new.raw",
       "sub-delta.qcow2",
     ], { cwd });
-    assert.match(
+    // qemu-img's words (it opens the backing file through the new image).
+    assert.strictEqual(
       missing.stderr,
-      /^qcow2pipe: Cannot open backing file nope\.qcow2: no such file\n$/,
+      "qcow2pipe: Could not open 'sub-delta.qcow2': Could not open backing file: Could not open 'nope.qcow2': No such file or directory\n",
     );
   },
 );

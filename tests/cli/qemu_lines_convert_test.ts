@@ -248,7 +248,105 @@ const LINES: Line[] = [
     line: "convert -t bogus -O qcow2 disk.raw out.qcow2",
     judge: { kind: "refused", dst: "out.qcow2" },
   },
+  // -n into an existing qcow2 image: the same file as qemu-img's
+  {
+    line: "convert -n -O qcow2 disk.raw big.qcow2",
+    copy: ["big.qcow2"],
+    judge: { kind: "image", dst: "big.qcow2", format: "qcow2", same: "bytes" },
+  },
+  {
+    line: "convert -n -O qcow2 top.qcow2 big.qcow2",
+    copy: ["big.qcow2"],
+    judge: { kind: "image", dst: "big.qcow2", format: "qcow2", same: "bytes" },
+  },
+  {
+    line: "convert -n -S 0 -O qcow2 disk.qcow2 big.qcow2",
+    copy: ["big.qcow2"],
+    judge: { kind: "image", dst: "big.qcow2", format: "qcow2", same: "bytes" },
+  },
+  {
+    line: "convert -n --target-is-zero -O qcow2 disk.raw big.qcow2",
+    copy: ["big.qcow2"],
+    judge: { kind: "image", dst: "big.qcow2", format: "qcow2", same: "bytes" },
+  },
+  {
+    line: "convert -n -O qcow2 disk.raw copy.qcow2",
+    copy: ["copy.qcow2"],
+    judge: { kind: "image", dst: "copy.qcow2", format: "qcow2", same: "map" },
+  },
+  {
+    line: "convert -n -O qcow2 base.raw packed.qcow2",
+    copy: ["packed.qcow2"],
+    judge: { kind: "image", dst: "packed.qcow2", format: "qcow2", same: "map" },
+  },
+  // -S, -o compat, lazy_refcounts, preallocation
+  {
+    line: "convert -S 0 -O qcow2 disk.qcow2 out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2", same: "map" },
+  },
+  {
+    line: "convert -S 4k -O qcow2 -o cluster_size=1k disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2", same: "map" },
+  },
+  {
+    line: "convert -c -S 0 -O qcow2 disk.raw out.qcow2",
+    judge: {
+      kind: "image",
+      dst: "out.qcow2",
+      format: "qcow2",
+      compressed: true,
+      same: "map",
+    },
+  },
+  {
+    line: "convert -O qcow2 -o compat=0.10 disk.qcow2 out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2", same: "map" },
+  },
+  {
+    line:
+      "convert -O qcow2 -B base.qcow2 -F qcow2 -o compat=0.10 new.raw delta.qcow2",
+    judge: { kind: "delta", dst: "delta.qcow2" },
+  },
+  {
+    line:
+      "convert -O qcow2 -o lazy_refcounts=on,cluster_size=4k disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  ...["metadata", "falloc", "full"].map((mode): Line => ({
+    line: `convert -O qcow2 -o preallocation=${mode} disk.raw out.qcow2`,
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2", same: "size" },
+  })),
+  // -o help as qemu-img lists it
+  {
+    line: "convert -O qcow2 -o help disk.raw out.qcow2",
+    judge: { kind: "output" },
+  },
+  { line: "convert -O qcow2 -o help", judge: { kind: "output" } },
+  { line: "convert -o help", judge: { kind: "output" } },
+  { line: "convert -O raw -o ? disk.raw out.raw", judge: { kind: "output" } },
   // refused in qemu-img's words
+  {
+    line: "convert -O qcow2 -o cluster_size=4k, disk.raw out.qcow2",
+    judge: { kind: "message" },
+  },
+  {
+    line: "convert -O qcow2 -o ,help disk.raw out.qcow2",
+    judge: { kind: "message" },
+  },
+  { line: "convert -C -S 4k disk.raw out.raw", judge: { kind: "message" } },
+  {
+    line: "convert -C -c -O qcow2 disk.raw out.qcow2",
+    judge: { kind: "message" },
+  },
+  { line: "convert -O bochs disk.raw out.img", judge: { kind: "message" } },
+  {
+    line: "convert -O qcow2 -B base.qcow2 disk.raw base.raw out.qcow2",
+    judge: { kind: "message" },
+  },
+  {
+    line: "convert -n -O qcow2 -o preallocation=metadata disk.raw big.qcow2",
+    judge: { kind: "message" },
+  },
   {
     line: "convert -O qcow2 -B base.qcow2 new.raw delta.qcow2",
     judge: { kind: "message" },

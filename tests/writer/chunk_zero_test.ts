@@ -384,3 +384,46 @@ Deno.test("stages refuse records made at another cluster size", async () => {
     /one of 600 bytes/,
   );
 });
+
+Deno.test("ZeroDetectStream() with a sparse size of 4 clusters stores zeros as data in blocks that hold data", async () => {
+  const cs = 512;
+  const data = new Uint8Array(16 * cs);
+  data[0] = 1; // block 0
+  data[9 * cs] = 2; // block 2
+  const out = await Array.fromAsync(
+    ReadableStream.from<ClusterRecord>([
+      { kind: "data", index: 0, count: 12, data: data.subarray(0, 12 * cs) },
+      { kind: "zero", index: 12, count: 4 },
+      { kind: "end", size: 16 * cs },
+    ]).pipeThrough(new ZeroDetectStream({ clusterSize: cs, sparseSize: 2048 })),
+  );
+  // Each cluster's kind, in order.
+  const kinds = out.flatMap((r) =>
+    r.kind === "end" ? [] : new Array(r.count).fill(r.kind[0])
+  ).join("");
+  assert.strictEqual(kinds, "ddddzzzzddddzzzz");
+  const stored = out.filter((r) => r.kind === "data").flatMap((r) => [
+    ...r.data,
+  ]);
+  assert.deepStrictEqual(
+    stored,
+    [...data.subarray(0, 4 * cs), ...data.subarray(8 * cs, 12 * cs)],
+  );
+  assert.strictEqual(out.at(-1)?.kind, "end");
+});
+
+Deno.test("ZeroDetectStream() with sparse size 0 keeps every cluster as data, zero runs included", async () => {
+  const out = await Array.fromAsync(
+    ReadableStream.from<ClusterRecord>([
+      { kind: "zero", index: 0, count: 3000 },
+      { kind: "end", size: 3000 * 512 },
+    ]).pipeThrough(new ZeroDetectStream({ clusterSize: 512, sparseSize: 0 })),
+  );
+  const data = out.filter((r) => r.kind === "data");
+  assert.strictEqual(data.reduce((n, r) => n + r.count, 0), 3000);
+  assert.ok(data.every((r) => r.data.every((b) => b === 0)));
+  assert.throws(
+    () => new ZeroDetectStream({ clusterSize: 512, sparseSize: -1 }),
+    RangeError,
+  );
+});
