@@ -222,23 +222,36 @@ async function openStream(
   return { image: opened.image, total: opened.image.virtualSize };
 }
 
-/** Standard input, its read errors saying so and where. */
-function stdinReadable(): ReadableStream<Uint8Array> {
+/**
+ * Standard input, its read errors saying so and where. Its first bytes
+ * are awaited here: an empty standard input (a pipeline whose first
+ * command failed) is refused rather than converted to an empty image.
+ */
+async function stdinReadable(): Promise<ReadableStream<Uint8Array>> {
   const reader = Deno.stdin.readable.getReader();
   let at = 0;
+  const next = async () => {
+    try {
+      return await reader.read();
+    } catch (err) {
+      throw fileError(`read standard input at offset ${at}`, err);
+    }
+  };
+  let first: ReadableStreamReadResult<Uint8Array> | undefined = await next();
+  if (first.done) {
+    throw new UsageError(
+      "Cannot convert standard input: it is empty (did the command before the pipe fail?)",
+    );
+  }
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
-      let next: ReadableStreamReadResult<Uint8Array>;
-      try {
-        next = await reader.read();
-      } catch (err) {
-        throw fileError(`read standard input at offset ${at}`, err);
-      }
-      if (next.done) {
+      const chunk = first ?? await next();
+      first = undefined;
+      if (chunk.done) {
         controller.close();
       } else {
-        at += next.value.length;
-        controller.enqueue(next.value);
+        at += chunk.value.length;
+        controller.enqueue(chunk.value);
       }
     },
     cancel: (reason) => reader.cancel(reason),
@@ -355,7 +368,7 @@ export async function openInput(
     // resolve against the working directory by QEMU's rules (never
     // against the spool directory).
     return await openStream(
-      stdinReadable(),
+      await stdinReadable(),
       undefined,
       "standard input",
       format !== undefined && format !== "auto" ? Deno.cwd() : undefined,

@@ -228,16 +228,18 @@ export function terminalColumns(): number | undefined {
 let status: string | undefined;
 
 /**
- * Erases the status line. When the terminal got narrower than the line
- * since it was drawn, the terminal has wrapped it onto several rows (tmux,
- * VTE, kitty and others reflow on resize): the cursor goes up to its first
- * row and everything below is erased.
+ * Erases the status line, row by row (erase in line), never with "erase
+ * below": at the top-left of a tmux pane, that clears the screen and
+ * copies it into the scrollback, once per redraw. When the terminal got
+ * narrower than the line since it was drawn, the terminal has wrapped it
+ * onto several rows (tmux, VTE, kitty and others reflow on resize): each
+ * is erased, from the cursor's row up to the first.
  */
 function eraseStatus(): string {
   if (status === undefined) return "";
   const columns = terminalColumns();
   const rows = columns ? Math.max(1, Math.ceil(status.length / columns)) : 1;
-  return (rows > 1 ? `\x1b[${rows - 1}A` : "") + "\r\x1b[J";
+  return "\r\x1b[K" + "\x1b[A\r\x1b[K".repeat(rows - 1);
 }
 
 /**

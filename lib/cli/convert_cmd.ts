@@ -24,6 +24,7 @@ import {
   formatRate,
   inQemuWords,
   reworded,
+  UsageError,
   warn,
 } from "./_util.ts";
 import { writeOut } from "./_args.ts";
@@ -408,9 +409,28 @@ async function progressOf(s: ConvertSettings, sources: Sources) {
   );
 }
 
+/**
+ * Refuses a terminal where bytes of an image would go or come from, as
+ * zstd and gzip do: standard output (DST `-`) would fill the screen with
+ * binary, and standard input (SRC `-`) would take typed lines as disk data.
+ */
+function refuseTerminals(s: ConvertSettings): void {
+  if (s.dst === "-" && Deno.stdout.isTerminal()) {
+    throw new UsageError(
+      "Cannot write to standard output: it is a terminal, and an image is binary; redirect it (> FILE or | COMMAND)",
+    );
+  }
+  if (s.sources.includes("-") && Deno.stdin.isTerminal()) {
+    throw new UsageError(
+      "Cannot read standard input: it is a terminal; redirect an image into it (< FILE or COMMAND |)",
+    );
+  }
+}
+
 export async function convertCommand(args: string[]): Promise<number> {
   const s = await parseCommandLine(args);
   if (!s) return 0;
+  refuseTerminals(s);
   const notice = (line: string) => {
     if (!s.quiet) warn(line);
   };

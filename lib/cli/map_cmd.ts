@@ -72,7 +72,7 @@ export async function mapCommand(args: string[]): Promise<number> {
   const out = new OutBuffer();
   const format = parseFormat(values.format, "-f");
   const http = httpTransport("map image", values["http-timeout"]);
-  await using image = await openNamed(path, http);
+  await using image = await openNamed(path, http, "map");
   const entries = mapImageEntries(image.input, {
     start,
     length,

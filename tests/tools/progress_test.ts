@@ -95,12 +95,12 @@ async function underPty(
 
 /**
  * The progress lines drawn: each redraw returns to the start of the line
- * and erases to the end of the screen (`\r\x1b[J`) before the new text.
+ * and erases it (`\r\x1b[K`) before the new text.
  */
 function bars(screen: string): string[] {
   const ESC = "\x1b";
   return screen.split("\r").map((s) =>
-    (s.startsWith(`${ESC}[J`) ? s.slice(3) : s).split(ESC)[0].split("\n")[0]
+    (s.startsWith(`${ESC}[K`) ? s.slice(3) : s).split(ESC)[0].split("\n")[0]
   ).filter((s) => s.startsWith("["));
 }
 
