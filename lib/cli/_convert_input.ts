@@ -355,6 +355,29 @@ function fileReadable(
   }, { highWaterMark: 0 });
 }
 
+/**
+ * Says once that a sparse raw file will be read whole: its holes are
+ * found with lseek(SEEK_DATA/SEEK_HOLE), which Deno offers only through
+ * FFI, and FFI was not granted (a 4 TiB file holding 1 MiB is then read
+ * in full). Sparse means fewer blocks allocated than its size needs.
+ */
+async function noticeUnskippedHoles(
+  path: string,
+  options: InputOptions,
+): Promise<void> {
+  const os = Deno.build.os;
+  if (os !== "linux" && os !== "darwin") return;
+  if (Deno.permissions.querySync({ name: "ffi" }).state === "granted") return;
+  const info = await Deno.stat(path).catch(() => undefined);
+  if (!info?.isFile || info.blocks === null) return;
+  if (info.blocks * 512 >= info.size) return;
+  options.notice(
+    `qcow2pipe: ${path} is sparse, but its holes cannot be skipped without --allow-ffi (they are found with lseek through FFI): reading all ${
+      formatBytes(info.size)
+    } of it`,
+  );
+}
+
 /** Opens SRC. */
 export async function openInput(
   src: string,
@@ -428,6 +451,7 @@ export async function openInput(
   }
   const image = await openSeekable(src, options);
   options.cleanups.push(() => image.close());
+  if (image.format === "raw") await noticeUnskippedHoles(src, options);
   if (image.format === "raw" && options.toQcow2) {
     // Raw file to qcow2: large sequential reads that skip the file's holes.
     // Its chunks go round: convert() to a file reports when they are

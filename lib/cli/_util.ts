@@ -71,9 +71,24 @@ export function parseInteger(text: string, what: string): number {
   return Number(text);
 }
 
-/** A speed in the same binary units as sizes: "26.2 MiB/s". */
-export function formatRate(bytesPerSecond: number): string {
-  return `${(bytesPerSecond / 1024 ** 2).toFixed(1)} MiB/s`;
+/**
+ * The shortest run whose speed is shown: over less, a speed says more
+ * about the clock and the start-up than about the work (a 4 KiB input
+ * "at 0.0 MiB/s", a sparse disk's terabytes "at" millions of MiB/s).
+ */
+const MIN_RATE_SECONDS = 1;
+
+/**
+ * A speed in the same binary units as sizes ("26.2 MiB/s", "1.50 GiB/s"),
+ * or undefined for a run shorter than a second.
+ *
+ * @param bytes What was done.
+ * @param seconds In how long.
+ * @returns The speed, or undefined when it means nothing.
+ */
+export function formatRate(bytes: number, seconds: number): string | undefined {
+  if (!(seconds >= MIN_RATE_SECONDS)) return undefined;
+  return `${formatBytes(Math.round(bytes / seconds))}/s`;
 }
 
 /** Human-readable binary size. */

@@ -459,13 +459,13 @@ export async function convertCommand(args: string[]): Promise<number> {
       for (const l of sparsifyLines(await sources.sparse.report)) notice(l);
     }
     const seconds = (performance.now() - started) / 1000;
-    const rate = formatRate(seconds > 0 ? written.guestBytes / seconds : 0);
+    const rate = formatRate(written.guestBytes, seconds);
     summary(
       `qcow2pipe: wrote ${
         s.dst === "-" ? "standard output" : s.dst
-      }: ${written.what} in ${seconds.toFixed(2)} s (${rate})${
-        written.more ?? ""
-      }`,
+      }: ${written.what} in ${seconds.toFixed(2)} s${
+        rate ? ` (${rate} of guest disk)` : ""
+      }${written.more ?? ""}`,
     );
     return 0;
   } finally {

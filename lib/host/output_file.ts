@@ -605,6 +605,8 @@ function createTemporary(
         ? `directory ${dir} does not exist`
         : err instanceof Deno.errors.PermissionDenied
         ? `no permission to create files in ${dir}`
+        : err instanceof Deno.errors.NotCapable
+        ? `it is written under a temporary name in ${dir} and then renamed, so Deno must allow writing in the directory (--allow-write=${dir}), not only to the file`
         : fileReason(err);
       throw new IoError(ioCode(err), `Cannot write ${path}: ${reason}`, {
         cause: err,

@@ -21,15 +21,22 @@ Deno.test("renderProgress() draws the bar, percentage, sizes, speed and ETA in b
   // Nothing done yet: no speed, no ETA.
   assert.strictEqual(
     renderProgress(0, 4096, 0, 80),
-    "[------------------------------]   0.0%  0 B / 4.00 KiB  0.0 MiB/s  ETA --:--",
+    "[------------------------------]   0.0%  0 B / 4.00 KiB  ETA --:--",
   );
+  // Within the first second, no speed: it would say nothing yet.
+  assert.strictEqual(
+    renderProgress(4096, 4096, 20, 80),
+    "[##############################] 100.0%  4.00 KiB / 4.00 KiB  ETA 0:00",
+  );
+  // Speeds scale their unit as sizes do (a sparse disk's terabytes).
+  assert.match(renderProgress(2 ** 42, 2 ** 42, 2000, 80), / 2\.00 TiB\/s /);
   // Long jobs show hours; done past total stays at 100%.
   assert.match(renderProgress(1e6, 1e10, 1000), /ETA 2:46:39$/);
   assert.match(renderProgress(2000, 1000, 1000), /^\[#+\] 100\.0%/);
   // An unknown total (standard input): bytes and speed only.
   assert.strictEqual(
     renderProgress(3 * MiB, undefined, 1000),
-    "3.00 MiB  3.0 MiB/s",
+    "3.00 MiB  3.00 MiB/s",
   );
 });
 

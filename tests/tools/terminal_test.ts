@@ -82,7 +82,7 @@ tmuxTest(
     assert.ok(rows[0].length <= 67, rows[0]);
     assert.match(
       rows.slice(1).join(""),
-      /^qcow2pipe: wrote out\.qcow2: .* MiB\/s\)\[exit 0\]$/,
+      /^qcow2pipe: wrote out\.qcow2: .* s( \(.*iB\/s of guest disk\))?\[exit 0\]$/,
     );
     assert.ok((await Deno.stat(join(dir.path, "out.qcow2"))).size > 0);
   },
