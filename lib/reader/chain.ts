@@ -45,6 +45,12 @@ export interface ChainOptions {
   relativeTo?: string;
   /** What to call the top image in reference messages. */
   label?: string;
+  /**
+   * The option that gives the top image's format, named in the hint of a
+   * refusal to follow a file.
+   * @default {"-f"}
+   */
+  formatOption?: string;
   /** The internal snapshot of the top image to read. */
   snapshot?: string;
   /** Longest backing chain accepted (the top image not counted). */
@@ -131,6 +137,9 @@ export async function openChain(
         options.label ?? name,
       ),
       format,
+      ...(options.formatOption === undefined
+        ? {}
+        : { formatOption: options.formatOption }),
     };
     const walk = new ChainWalk(gate, options);
     return await (await imageType(format)).open(
