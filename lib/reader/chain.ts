@@ -9,6 +9,7 @@
  */
 
 import { Qcow2Error } from "../format/errors.ts";
+import { aboutImage } from "./_read.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "./image.ts";
@@ -148,7 +149,7 @@ export async function openChain(
     );
   } catch (err) {
     if (owned) await source.close?.();
-    throw err;
+    throw aboutImage(err, options.label ?? name);
   }
 }
 
@@ -217,7 +218,7 @@ class ChainWalk {
       );
     } catch (err) {
       await source.close?.();
-      throw err;
+      throw aboutImage(err, ref.name);
     }
   }
 

@@ -171,3 +171,69 @@ tmuxTest(
     }
   },
 );
+
+tmuxTest(
+  "the progress bar at the top of a pane is redrawn in place: no copy of the screen reaches the scrollback",
+  async () => {
+    await using dir = await tempDir();
+    await using server = serveFiles({ "disk.raw": pattern(8 * MiB, 5) }, {
+      ranges: false,
+      pauseAfter: 4 * MiB,
+    });
+    await using pane = await TmuxPane.start(
+      [...cli, "convert", server.url("disk.raw"), "out.qcow2"],
+      { columns: 60, rows: 10, cwd: dir.path },
+    );
+    // The bar starts at the pane's top-left; a few redraws go by.
+    let rows = await pane.waitFor("the bar under way", underWay);
+    for (let redraws = 0; redraws < 3; redraws++) {
+      const seen = rows[0];
+      rows = await pane.waitFor("a redraw", (r) => r[0] !== seen);
+    }
+    // Erasing with "erase below" there would have cleared the screen,
+    // which tmux copies into the scrollback, a bar each time.
+    const history = await pane.history();
+    assert.deepStrictEqual(history, rows, history.join("\n"));
+    server.resume();
+    rows = await pane.waitFor("the end", (r) => r.includes("[exit 0]"));
+    assert.strictEqual(barRows(await pane.history()).length, 1);
+  },
+);
+
+tmuxTest(
+  "convert refuses a terminal as standard output or standard input, in one line, writing nothing",
+  async () => {
+    await using dir = await tempDir();
+    await Deno.writeFile(join(dir.path, "in.raw"), pattern(MiB, 6));
+    const runs: [string[], string][] = [
+      [
+        ["convert", "-O", "qcow2", "in.raw", "-"],
+        "qcow2pipe: Cannot write to standard output: it is a terminal, and an image is binary; redirect it (> FILE or | COMMAND)",
+      ],
+      [
+        ["convert", "-O", "raw", "in.raw", "-"],
+        "qcow2pipe: Cannot write to standard output: it is a terminal, and an image is binary; redirect it (> FILE or | COMMAND)",
+      ],
+      [
+        ["convert", "-O", "qcow2", "-", "out.qcow2"],
+        "qcow2pipe: Cannot read standard input: it is a terminal; redirect an image into it (< FILE or COMMAND |)",
+      ],
+    ];
+    for (const [args, line] of runs) {
+      await using pane = await TmuxPane.start([...cli, ...args], {
+        columns: 200,
+        rows: 12,
+        cwd: dir.path,
+      });
+      const rows = await pane.waitFor(
+        "the exit status",
+        (r) => r.some((row) => row.startsWith("[exit")),
+      );
+      assert.deepStrictEqual(rows, [line, "[exit 1]"]);
+      assert.deepStrictEqual(
+        [...Deno.readDirSync(dir.path)].map((e) => e.name),
+        ["in.raw"],
+      );
+    }
+  },
+);
