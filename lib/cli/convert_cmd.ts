@@ -37,6 +37,7 @@ import {
   type ConvertSettings,
   convertSettings,
   MAX_WORKERS,
+  NAMED_FORMATS,
   optionsHelpFormat,
 } from "./_convert_settings.ts";
 import { type Input, openInput } from "./_convert_input.ts";
@@ -76,8 +77,8 @@ DST may be a file or "-" for standard output. A FIFO, a character device,
 or a name leading through /dev or /proc (/dev/stdout, /proc/self/fd/N) is
 written as a stream, like standard output, and never replaced. qcow2 to a
 stream uses the streamable layout (header, refcounts, L1 and L2 tables,
-then data); the data waits in a temporary spool file (never larger than the
-output) until the input ends.
+then data); the data and the L2 tables wait in a temporary spool file
+(about the size of the output) until the input ends.
 
 qemu-img's options:
 ${
@@ -89,8 +90,17 @@ ${
     } (default: probed). -f raw reads SRC as raw whatever its bytes; -f with another format follows its backing and data files wherever they are, as qemu-img does`,
   )
 }
-  -O FMT               raw or qcow2 (default: qcow2 with -c or -B or for
-                       a DST named .qcow2, else raw, as in qemu-img)
+${
+  optionHelp(
+    "  -O FMT",
+    23,
+    `raw or qcow2. Default: qcow2 with -c; else what DST's name says (${
+      NAMED_FORMATS.qcow2.join(" ")
+    }: qcow2; ${
+      NAMED_FORMATS.raw.join(" ")
+    }: raw); else qcow2 with -B; else raw, as in qemu-img`,
+  )
+}
   -c                   compress clusters: zlib, or what -o compression_type
                        names (qcow2 output)
   -o OPTIONS           qcow2 creation options, key=value[,...]:
