@@ -63,7 +63,8 @@ tmuxTest(
     await pane.resize(34, 12);
     rows = await pane.waitFor(
       "the bar redrawn for 34 columns",
-      (r) => r.length === 1 && r[0].length <= 31 && /\d%/.test(r[0]),
+      // (not the old line's tail, which the narrower pane shows until then)
+      (r) => r.length === 1 && r[0].length <= 31 && /^\[[#-]+\] /.test(r[0]),
     );
     assertBarAlone(rows, 34);
     // Wider again: the bar grows back.
