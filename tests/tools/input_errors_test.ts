@@ -7,7 +7,7 @@
 
 import assert from "node:assert";
 import { join } from "node:path";
-import { qemuTest, tempDir } from "../_qemu.ts";
+import { createQcow2, qemuTest, tempDir } from "../_qemu.ts";
 import {
   assertOneLineError,
   be64,
@@ -23,8 +23,7 @@ const MiB = 1024 * 1024;
 
 /** good.qcow2 (1 MiB of data) and copies of it broken in three ways. */
 async function images(dir: string): Promise<void> {
-  const good = join(dir, "good.qcow2");
-  await qemuImg("create", "-q", "-f", "qcow2", good, "4M");
+  const good = await createQcow2(dir, "good.qcow2", "4M");
   await qemuIo(good, ["write -P 7 0 1M"]);
   const { l1Offset } = await layoutOf(good);
   const copy = async (name: string) => {
@@ -106,16 +105,11 @@ qemuTest(
       join(cwd, "other/base.raw"),
       "1M",
     );
-    await qemuImg(
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
-      "-b",
-      join(cwd, "other/base.raw"),
-      "-F",
-      "raw",
-      join(cwd, "vm/top.qcow2"),
+    await createQcow2(
+      join(cwd, "vm"),
+      "top.qcow2",
+      "1M",
+      ...["-b", join(cwd, "other/base.raw"), "-F", "raw"],
     );
     await qemuImg("create", "-q", "-f", "raw", join(cwd, "plain.raw"), "1M");
     const second = await cli(["compare", "plain.raw", "vm/top.qcow2"], { cwd });

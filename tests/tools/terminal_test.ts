@@ -14,6 +14,16 @@ import { pattern, ROOT } from "./_helpers.ts";
 const MiB = 1024 * 1024;
 const cli = [Deno.execPath(), "run", "-A", "--quiet", join(ROOT, "cli.ts")];
 
+/**
+ * An 8 MiB raw disk served without ranges, its transfer paused halfway
+ * until `resume()`: the bar stays on screen for as long as a test looks.
+ */
+const pausedDisk = (seed: number) =>
+  serveFiles({ "disk.raw": pattern(8 * MiB, seed) }, {
+    ranges: false,
+    pauseAfter: 4 * MiB,
+  });
+
 /** Rows showing the bar (a percentage). */
 const barRows = (rows: string[]) => rows.filter((r) => /\d%/.test(r));
 
@@ -35,10 +45,7 @@ tmuxTest(
   "convert's progress bar fits a 50-column terminal, follows a resize and never scrolls",
   async () => {
     await using dir = await tempDir();
-    await using server = serveFiles({ "disk.raw": pattern(8 * MiB, 3) }, {
-      ranges: false,
-      pauseAfter: 4 * MiB,
-    });
+    await using server = pausedDisk(3);
     await using pane = await TmuxPane.start(
       [
         ...cli,
@@ -93,10 +100,7 @@ tmuxTest(
   "Ctrl-C in a terminal erases the progress bar before saying interrupted",
   async () => {
     await using dir = await tempDir();
-    await using server = serveFiles({ "disk.raw": pattern(8 * MiB, 4) }, {
-      ranges: false,
-      pauseAfter: 4 * MiB,
-    });
+    await using server = pausedDisk(4);
     await using pane = await TmuxPane.start(
       [
         ...cli,
@@ -177,10 +181,7 @@ tmuxTest(
   "the progress bar at the top of a pane is redrawn in place: no copy of the screen reaches the scrollback",
   async () => {
     await using dir = await tempDir();
-    await using server = serveFiles({ "disk.raw": pattern(8 * MiB, 5) }, {
-      ranges: false,
-      pauseAfter: 4 * MiB,
-    });
+    await using server = pausedDisk(5);
     await using pane = await TmuxPane.start(
       [...cli, "convert", server.url("disk.raw"), "out.qcow2"],
       { columns: 60, rows: 10, cwd: dir.path },
