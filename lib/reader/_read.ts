@@ -83,17 +83,21 @@ export function decompressError(item: PlanItem, err: unknown): Error {
   // A codec that failed (a crashed worker) says nothing about the image.
   if (err instanceof InternalError) return err;
   const c = item.compressed!;
-  return new Qcow2Error(
+  // Said of the file that holds the cluster (a backing file's, in a chain).
+  const file = item.source?.name;
+  const of = file === undefined || /^<.*>$/.test(file) ? "" : ` of ${file}`;
+  const error = new Qcow2Error(
     "DECOMPRESS",
     `Cannot read guest offset ${
       hex(c.clusterOffset)
-    }: ${c.type} cluster at host offset ${
+    }${of}: ${c.type} cluster at host offset ${
       hex(c.descriptor.hostOffset)
     } (${c.descriptor.sectors} sectors): ${
       (err as Error).message.replace(/^Cannot decompress cluster: /, "")
     }`,
     { offset: c.descriptor.hostOffset, cause: err },
   );
+  return of ? attributed(error) : error;
 }
 
 /** Decompresses a compressed item's whole cluster on this thread. */
@@ -145,6 +149,18 @@ export async function* extentsOf(
   for await (const item of items) yield toExtent(item);
 }
 
+/**
+ * Errors that say which image or file they are about: an image further
+ * down a chain named them, and the images above leave them so.
+ */
+const named = new WeakSet<Error>();
+
+/** Records that an error names its image, and gives it back. */
+function attributed<E extends Error>(err: E): E {
+  named.add(err);
+  return err;
+}
+
 /** Whether `text` names `name` as a word of its own (not inside another). */
 function mentions(text: string, name: string): boolean {
   const escaped = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
@@ -167,17 +183,20 @@ function mentions(text: string, name: string): boolean {
  */
 export function aboutImage(err: unknown, name: string): unknown {
   // A placeholder (`<buffer>`, `<stream>`) says nothing a reader could use.
-  if (!(err instanceof Qcow2Error) || /^<.*>$/.test(name)) return err;
+  if (
+    !(err instanceof Qcow2Error) || named.has(err) || /^<.*>$/.test(name)
+  ) return err;
   const m = /^Cannot ([^:"]*): /.exec(err.message);
   if (!m || mentions(err.message, name)) return err;
-  const action = m[1];
-  const named = /\bimage$/.test(action)
-    ? `${action} ${name}`
-    : `${action} of ${name}`;
-  return new Qcow2Error(
-    err.code,
-    `Cannot ${named}: ${err.message.slice(m[0].length)}`,
-    { offset: err.offset, field: err.field, qemu: err.qemu, cause: err },
+  const action = /\bimage$/.test(m[1])
+    ? `${m[1]} ${name}`
+    : `${m[1]} of ${name}`;
+  return attributed(
+    new Qcow2Error(
+      err.code,
+      `Cannot ${action}: ${err.message.slice(m[0].length)}`,
+      { offset: err.offset, field: err.field, qemu: err.qemu, cause: err },
+    ),
   );
 }
 

@@ -12,20 +12,24 @@ import {
   assertOneLineError,
   be64,
   cli,
-  layoutOf,
+  l2EntryAt,
   patch,
+  pattern,
   qemuImg,
   qemuIo,
+  u64At,
 } from "./_helpers.ts";
 import { formatRate } from "../../lib/cli/_util.ts";
 
 const MiB = 1024 * 1024;
 
-/** good.qcow2 (1 MiB of data) and copies of it broken in three ways. */
+/**
+ * good.qcow2 (1 MiB of data), copies of it broken in three ways, a
+ * compressed image with a broken cluster, and top.qcow2 over l2.qcow2.
+ */
 async function images(dir: string): Promise<void> {
   const good = await createQcow2(dir, "good.qcow2", "4M");
   await qemuIo(good, ["write -P 7 0 1M"]);
-  const { l1Offset } = await layoutOf(good);
   const copy = async (name: string) => {
     await Deno.copyFile(good, join(dir, name));
     return join(dir, name);
@@ -38,12 +42,20 @@ async function images(dir: string): Promise<void> {
   await patch(snap, 64, be64(0x7000000));
   // The first L2 entry leads past the end of the file: found when read.
   const l2 = await copy("l2.qcow2");
-  const l2Offset = (await Deno.readFile(l2)).subarray(l1Offset, l1Offset + 8);
-  const table = Number(
-    new DataView(l2Offset.buffer, l2Offset.byteOffset).getBigUint64(0) &
-      0x00fffffffffffe00n,
+  await patch(l2, await l2EntryAt(l2, 0), be64((1n << 63n) | 0x40000000n));
+  await createQcow2(dir, "top.qcow2", "4M", "-b", "l2.qcow2", "-F", "qcow2");
+  // A compressed cluster whose deflate stream is broken.
+  await Deno.writeFile(join(dir, "text.raw"), pattern(MiB, 3));
+  const z = join(dir, "z.qcow2");
+  await qemuImg("convert", "-c", "-O", "qcow2", join(dir, "text.raw"), z);
+  await Deno.remove(join(dir, "text.raw"));
+  // 64 KiB clusters: the host offset is the entry's low 54 bits.
+  const entry = await u64At(z, await l2EntryAt(z, 0));
+  await patch(
+    z,
+    Number(entry & ((1n << 54n) - 1n)),
+    new Uint8Array(64).fill(0xff),
   );
-  await patch(l2, table, be64((1n << 63n) | 0x40000000n));
 }
 
 qemuTest(
@@ -52,7 +64,7 @@ qemuTest(
     await using dir = await tempDir();
     await images(dir.path);
     const cwd = dir.path;
-    for (const bad of ["l1.qcow2", "snap.qcow2", "l2.qcow2"]) {
+    for (const bad of ["l1.qcow2", "snap.qcow2", "l2.qcow2", "z.qcow2"]) {
       const runs = [
         ["compare", "good.qcow2", bad],
         ["compare", bad, "good.qcow2"],
@@ -79,6 +91,15 @@ qemuTest(
       await cli(["convert", "snap.qcow2", "out.raw"], { cwd }),
       /^qcow2pipe: Cannot read snapshot 0 header of snap\.qcow2: /,
     );
+    assertOneLineError(
+      await cli(["convert", "z.qcow2", "out.raw"], { cwd }),
+      /^qcow2pipe: Cannot read guest offset 0x0 of z\.qcow2: zlib cluster at host offset /,
+    );
+    // In a chain, the backing file at fault is named, once, not the top.
+    assertOneLineError(
+      await cli(["compare", "good.qcow2", "top.qcow2"], { cwd }),
+      /^qcow2pipe: Cannot read image \S*l2\.qcow2: guest cluster 0x0 maps to host offset 0x40000000, past the end of the file \(\d+ bytes\)$/,
+    );
     // No output was left behind.
     const left = [...Deno.readDirSync(cwd)].map((e) => e.name).sort();
     assert.deepStrictEqual(left, [
@@ -86,6 +107,8 @@ qemuTest(
       "l1.qcow2",
       "l2.qcow2",
       "snap.qcow2",
+      "top.qcow2",
+      "z.qcow2",
     ]);
   },
 );
