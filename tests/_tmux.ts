@@ -76,11 +76,25 @@ export class TmuxPane implements AsyncDisposable {
    * The screen as the terminal shows it: one string per row, trailing
    * spaces and trailing empty rows removed.
    */
-  async rows(): Promise<string[]> {
-    const text = await this.#tmux("capture-pane", "-p");
+  rows(): Promise<string[]> {
+    return this.#capture();
+  }
+
+  /** capture-pane's rows, trailing spaces and trailing empty rows removed. */
+  async #capture(...args: string[]): Promise<string[]> {
+    const text = await this.#tmux("capture-pane", "-p", ...args);
     const rows = text.split("\n").map((r) => r.trimEnd());
     while (rows.length > 0 && rows.at(-1) === "") rows.pop();
     return rows;
+  }
+
+  /**
+   * Every row the pane has held: its scrollback (what scrolled off the top,
+   * or what a clear of the screen copied there) and then the screen, as
+   * {@linkcode TmuxPane.rows} trims them.
+   */
+  history(): Promise<string[]> {
+    return this.#capture("-S", "-");
   }
 
   /** Polls the screen until `test` accepts it; fails after `what` never shows. */

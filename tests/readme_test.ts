@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { qemuImg, qemuTest, tempDir } from "./_qemu.ts";
 import { serveFiles } from "./streams/_server.ts";
 import { mixedBytes } from "./writer/_helpers.ts";
+import { NAMED_FORMATS } from "../lib/cli/_convert_settings.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const README = Deno.readTextFileSync(join(ROOT, "README.md"));
@@ -186,3 +187,48 @@ qemuTest(
     assert.ok(ran >= 18, `${ran} lines ran`);
   },
 );
+
+Deno.test("README: each library example runs with the permissions its first line states, and imports the package by its name", async () => {
+  const examples = codeBlocks("ts");
+  assert.ok(examples.length >= 4, `${examples.length} examples`);
+  // Under the repository, so that the package's name resolves to mod.ts
+  // as deno.json's name and exports say.
+  const scratch = join(ROOT, ".scratch");
+  await Deno.mkdir(scratch, { recursive: true });
+  for (const { line, body } of examples) {
+    const stated = /^\/\/ Permissions: (.*)$/m.exec(body.split("\n")[0]);
+    assert.ok(stated, `README.md:${line} says which permissions it needs`);
+    assert.doesNotMatch(body, /from "\.\.?\//, `README.md:${line}`);
+    assert.match(body, /from "@qcow2pipe\/qcow2pipe(\/\w+)?"/);
+    const flags = stated[1].match(/(?<![\w-])-[A-Z]\b/g) ?? [];
+    const file = join(scratch, `readme-${line}-${crypto.randomUUID()}.ts`);
+    await Deno.writeTextFile(file, body);
+    try {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "--no-prompt", "--quiet", ...flags, file],
+        cwd: ROOT,
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).output();
+      const said = new TextDecoder().decode(out.stderr);
+      assert.strictEqual(
+        out.code,
+        0,
+        `README.md:${line} with ${flags.join(" ") || "no flags"}: ${said}`,
+      );
+    } finally {
+      await Deno.remove(file);
+    }
+  }
+});
+
+Deno.test("README: the DST names that say a format are the ones convert reads them from", () => {
+  for (const [format, extensions] of Object.entries(NAMED_FORMATS)) {
+    const listed = `${
+      extensions.map((e) => "`" + e + "`").join(" ")
+    } ${format}`;
+    assert.ok(README.includes(listed), `README lists ${listed}`);
+  }
+});

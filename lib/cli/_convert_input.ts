@@ -222,23 +222,36 @@ async function openStream(
   return { image: opened.image, total: opened.image.virtualSize };
 }
 
-/** Standard input, its read errors saying so and where. */
-function stdinReadable(): ReadableStream<Uint8Array> {
+/**
+ * Standard input, its read errors saying so and where. Its first bytes
+ * are awaited here: an empty standard input (a pipeline whose first
+ * command failed) is refused rather than converted to an empty image.
+ */
+async function stdinReadable(): Promise<ReadableStream<Uint8Array>> {
   const reader = Deno.stdin.readable.getReader();
   let at = 0;
+  const next = async () => {
+    try {
+      return await reader.read();
+    } catch (err) {
+      throw fileError(`read standard input at offset ${at}`, err);
+    }
+  };
+  let first: ReadableStreamReadResult<Uint8Array> | undefined = await next();
+  if (first.done) {
+    throw new UsageError(
+      "Cannot convert standard input: it is empty (did the command before the pipe fail?)",
+    );
+  }
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
-      let next: ReadableStreamReadResult<Uint8Array>;
-      try {
-        next = await reader.read();
-      } catch (err) {
-        throw fileError(`read standard input at offset ${at}`, err);
-      }
-      if (next.done) {
+      const chunk = first ?? await next();
+      first = undefined;
+      if (chunk.done) {
         controller.close();
       } else {
-        at += next.value.length;
-        controller.enqueue(next.value);
+        at += chunk.value.length;
+        controller.enqueue(chunk.value);
       }
     },
     cancel: (reason) => reader.cancel(reason),
@@ -342,6 +355,29 @@ function fileReadable(
   }, { highWaterMark: 0 });
 }
 
+/**
+ * Says once that a sparse raw file will be read whole: its holes are
+ * found with lseek(SEEK_DATA/SEEK_HOLE), which Deno offers only through
+ * FFI, and FFI was not granted (a 4 TiB file holding 1 MiB is then read
+ * in full). Sparse means fewer blocks allocated than its size needs.
+ */
+async function noticeUnskippedHoles(
+  path: string,
+  options: InputOptions,
+): Promise<void> {
+  const os = Deno.build.os;
+  if (os !== "linux" && os !== "darwin") return;
+  if (Deno.permissions.querySync({ name: "ffi" }).state === "granted") return;
+  const info = await Deno.stat(path).catch(() => undefined);
+  if (!info?.isFile || info.blocks === null) return;
+  if (info.blocks * 512 >= info.size) return;
+  options.notice(
+    `qcow2pipe: ${path} is sparse, but its holes cannot be skipped without --allow-ffi (they are found with lseek through FFI): reading all ${
+      formatBytes(info.size)
+    } of it`,
+  );
+}
+
 /** Opens SRC. */
 export async function openInput(
   src: string,
@@ -355,7 +391,7 @@ export async function openInput(
     // resolve against the working directory by QEMU's rules (never
     // against the spool directory).
     return await openStream(
-      stdinReadable(),
+      await stdinReadable(),
       undefined,
       "standard input",
       format !== undefined && format !== "auto" ? Deno.cwd() : undefined,
@@ -415,6 +451,7 @@ export async function openInput(
   }
   const image = await openSeekable(src, options);
   options.cleanups.push(() => image.close());
+  if (image.format === "raw") await noticeUnskippedHoles(src, options);
   if (image.format === "raw" && options.toQcow2) {
     // Raw file to qcow2: large sequential reads that skip the file's holes.
     // Its chunks go round: convert() to a file reports when they are

@@ -170,12 +170,22 @@ export interface ConvertSettings {
   http: HttpTransport;
 }
 
+/**
+ * The extensions of a DST's name that say its format, when -O does not
+ * (any case): the one list, which the help and the README show.
+ */
+export const NAMED_FORMATS = {
+  qcow2: [".qcow2", ".qcow", ".qcow2c"],
+  raw: [".raw", ".img", ".bin", ".iso"],
+} as const;
+
 /** The output format a DST's name says, if it says one. */
 function formatFromName(name: string): "raw" | "qcow2" | undefined {
   const ext = extname(name).toLowerCase();
-  if (ext === ".qcow2" || ext === ".qcow" || ext === ".qcow2c") return "qcow2";
-  if (ext === ".raw" || ext === ".img" || ext === ".bin" || ext === ".iso") {
-    return "raw";
+  for (const format of ["qcow2", "raw"] as const) {
+    if ((NAMED_FORMATS[format] as readonly string[]).includes(ext)) {
+      return format;
+    }
   }
   return undefined;
 }

@@ -22,13 +22,32 @@ export interface NamedImage extends AsyncDisposable {
 }
 
 /**
+ * Refuses `-` as an image argument of a command that reads images at
+ * random offsets: it would be taken for a file named "-", and said to be
+ * missing.
+ *
+ * @param name The image argument.
+ * @param command The command, for the message.
+ * @throws {UsageError} For `-`.
+ */
+export function refuseStandardInput(name: string, command: string): void {
+  if (name !== "-") return;
+  throw new UsageError(
+    `Cannot open image -: ${command} does not read standard input (only convert does); give a file or an http(s) URL`,
+  );
+}
+
+/**
  * Opens an image argument: a path stays a path (the tool opens and closes
- * it); a URL becomes an {@linkcode HttpSource} closed on disposal.
+ * it); a URL becomes an {@linkcode HttpSource} closed on disposal; `-` is
+ * refused (see {@linkcode refuseStandardInput}).
  */
 export async function openNamed(
   name: string,
   http: HttpTransport,
+  command: string,
 ): Promise<NamedImage> {
+  refuseStandardInput(name, command);
   if (!isHttpUrl(name)) {
     return { input: name, [Symbol.asyncDispose]: () => Promise.resolve() };
   }

@@ -71,9 +71,24 @@ export function parseInteger(text: string, what: string): number {
   return Number(text);
 }
 
-/** A speed in the same binary units as sizes: "26.2 MiB/s". */
-export function formatRate(bytesPerSecond: number): string {
-  return `${(bytesPerSecond / 1024 ** 2).toFixed(1)} MiB/s`;
+/**
+ * The shortest run whose speed is shown: over less, a speed says more
+ * about the clock and the start-up than about the work (a 4 KiB input
+ * "at 0.0 MiB/s", a sparse disk's terabytes "at" millions of MiB/s).
+ */
+const MIN_RATE_SECONDS = 1;
+
+/**
+ * A speed in the same binary units as sizes ("26.2 MiB/s", "1.50 GiB/s"),
+ * or undefined for a run shorter than a second.
+ *
+ * @param bytes What was done.
+ * @param seconds In how long.
+ * @returns The speed, or undefined when it means nothing.
+ */
+export function formatRate(bytes: number, seconds: number): string | undefined {
+  if (!(seconds >= MIN_RATE_SECONDS)) return undefined;
+  return `${formatBytes(Math.round(bytes / seconds))}/s`;
 }
 
 /** Human-readable binary size. */
@@ -234,16 +249,18 @@ export function terminalColumns(): number | undefined {
 let status: string | undefined;
 
 /**
- * Erases the status line. When the terminal got narrower than the line
- * since it was drawn, the terminal has wrapped it onto several rows (tmux,
- * VTE, kitty and others reflow on resize): the cursor goes up to its first
- * row and everything below is erased.
+ * Erases the status line, row by row (erase in line), never with "erase
+ * below": at the top-left of a tmux pane, that clears the screen and
+ * copies it into the scrollback, once per redraw. When the terminal got
+ * narrower than the line since it was drawn, the terminal has wrapped it
+ * onto several rows (tmux, VTE, kitty and others reflow on resize): each
+ * is erased, from the cursor's row up to the first.
  */
 function eraseStatus(): string {
   if (status === undefined) return "";
   const columns = terminalColumns();
   const rows = columns ? Math.max(1, Math.ceil(status.length / columns)) : 1;
-  return (rows > 1 ? `\x1b[${rows - 1}A` : "") + "\r\x1b[J";
+  return "\r\x1b[K" + "\x1b[A\r\x1b[K".repeat(rows - 1);
 }
 
 /**

@@ -22,7 +22,7 @@ import {
   outputFormat,
   SOURCE_CACHE_OPTION,
 } from "./_getopt.ts";
-import { namedFile, openNamed } from "./_inputs.ts";
+import { namedFile, openNamed, refuseStandardInput } from "./_inputs.ts";
 
 export const CHECK_HELP =
   `Usage: qcow2pipe check [-f FMT] [--output=human|json] [-q] [-r leaks|all] [--http-timeout S] [-U] IMG
@@ -93,6 +93,7 @@ export async function checkCommand(args: string[]): Promise<number> {
         `Unknown option value for -r (expecting 'leaks' or 'all'): ${mode}`,
       );
     }
+    refuseStandardInput(path, "check");
     if (isHttpUrl(path)) {
       throw new UsageError(
         `Cannot repair ${path}: an image read over HTTP cannot be written`,
@@ -119,7 +120,7 @@ export async function checkCommand(args: string[]): Promise<number> {
     }
     return await report(path, final, quiet, output);
   }
-  await using image = await openNamed(path, http);
+  await using image = await openNamed(path, http, "check");
   const result = await checkImage(image.input, { format }).catch((err) => {
     throw inQemuWords(err, path);
   });

@@ -72,8 +72,8 @@ export async function compareCommand(args: string[]): Promise<number> {
       parseFormat(values["second-format"], "-F"),
     ] as [ReturnType<typeof parseFormat>, ReturnType<typeof parseFormat>];
     const http = httpTransport("compare images", values["http-timeout"]);
-    await using first = await openNamed(a, http);
-    await using second = await openNamed(b, http);
+    await using first = await openNamed(a, http, "compare");
+    await using second = await openNamed(b, http, "compare");
     // -p: qemu-img's first and last steps (those in between are left out:
     // the comparison reports no progress of its own), and its newline at
     // the very end.

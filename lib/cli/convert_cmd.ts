@@ -25,6 +25,7 @@ import {
   formatRate,
   inQemuWords,
   reworded,
+  UsageError,
   warn,
 } from "./_util.ts";
 import { writeOut } from "./_args.ts";
@@ -37,6 +38,7 @@ import {
   type ConvertSettings,
   convertSettings,
   MAX_WORKERS,
+  NAMED_FORMATS,
   optionsHelpFormat,
 } from "./_convert_settings.ts";
 import { type Input, openInput } from "./_convert_input.ts";
@@ -77,8 +79,8 @@ DST may be a file or "-" for standard output. A FIFO, a character device,
 or a name leading through /dev or /proc (/dev/stdout, /proc/self/fd/N) is
 written as a stream, like standard output, and never replaced. qcow2 to a
 stream uses the streamable layout (header, refcounts, L1 and L2 tables,
-then data); the data waits in a temporary spool file (never larger than the
-output) until the input ends.
+then data); the data and the L2 tables wait in a temporary spool file
+(about the size of the output) until the input ends.
 
 qemu-img's options:
 ${
@@ -90,8 +92,17 @@ ${
     } (default: probed). -f raw reads SRC as raw whatever its bytes; -f with another format follows its backing and data files wherever they are, as qemu-img does`,
   )
 }
-  -O FMT               raw or qcow2 (default: qcow2 with -c or -B or for
-                       a DST named .qcow2, else raw, as in qemu-img)
+${
+  optionHelp(
+    "  -O FMT",
+    23,
+    `raw or qcow2. Default: qcow2 with -c; else what DST's name says (${
+      NAMED_FORMATS.qcow2.join(" ")
+    }: qcow2; ${
+      NAMED_FORMATS.raw.join(" ")
+    }: raw); else qcow2 with -B; else raw, as in qemu-img`,
+  )
+}
   -c                   compress clusters: zlib, or what -o compression_type
                        names (qcow2 output)
   -o OPTIONS           qcow2 creation options, key=value[,...]:
@@ -454,9 +465,28 @@ async function progressOf(s: ConvertSettings, sources: Sources) {
   );
 }
 
+/**
+ * Refuses a terminal where bytes of an image would go or come from, as
+ * zstd and gzip do: standard output (DST `-`) would fill the screen with
+ * binary, and standard input (SRC `-`) would take typed lines as disk data.
+ */
+function refuseTerminals(s: ConvertSettings): void {
+  if (s.dst === "-" && Deno.stdout.isTerminal()) {
+    throw new UsageError(
+      "Cannot write to standard output: it is a terminal, and an image is binary; redirect it (> FILE or | COMMAND)",
+    );
+  }
+  if (s.sources.includes("-") && Deno.stdin.isTerminal()) {
+    throw new UsageError(
+      "Cannot read standard input: it is a terminal; redirect an image into it (< FILE or COMMAND |)",
+    );
+  }
+}
+
 export async function convertCommand(args: string[]): Promise<number> {
   const s = await parseCommandLine(args);
   if (!s) return 0;
+  refuseTerminals(s);
   const notice = (line: string) => {
     if (!s.quiet) warn(line);
   };
@@ -485,13 +515,13 @@ export async function convertCommand(args: string[]): Promise<number> {
       for (const l of sparsifyLines(await sources.sparse.report)) notice(l);
     }
     const seconds = (performance.now() - started) / 1000;
-    const rate = formatRate(seconds > 0 ? written.guestBytes / seconds : 0);
+    const rate = formatRate(written.guestBytes, seconds);
     summary(
       `qcow2pipe: wrote ${
         s.dst === "-" ? "standard output" : s.dst
-      }: ${written.what} in ${seconds.toFixed(2)} s (${rate})${
-        written.more ?? ""
-      }`,
+      }: ${written.what} in ${seconds.toFixed(2)} s${
+        rate ? ` (${rate} of guest disk)` : ""
+      }${written.more ?? ""}`,
     );
     return 0;
   } finally {

@@ -143,7 +143,7 @@ function demoOptions(
   return { size: sizeMib * 1024 * 1024, keep: !!values.keep };
 }
 
-const rate = (bytes: number, ms: number) => formatRate(bytes / (ms / 1000));
+const rate = (bytes: number, ms: number) => formatRate(bytes, ms / 1000) ?? "";
 
 /** The sample's files, its size and the codec pool. */
 interface Demo {

@@ -56,7 +56,7 @@ export async function infoCommand(args: string[]): Promise<number> {
   const chain = values["backing-chain"] ?? false;
   const { path, format } = await namedFile(name, values, true);
   const http = httpTransport("describe image", values["http-timeout"]);
-  await using image = await openNamed(path, http);
+  await using image = await openNamed(path, http, "info");
   const info = await imageInfo(image.input, {
     backingChain: chain,
     format,

@@ -75,7 +75,7 @@ export async function mapCommand(args: string[]): Promise<number> {
   const out = new OutBuffer();
   const { path, format } = await namedFile(name, values, false);
   const http = httpTransport("map image", values["http-timeout"]);
-  await using image = await openNamed(path, http);
+  await using image = await openNamed(path, http, "map");
   const entries = mapImageEntries(image.input, {
     start,
     length,

@@ -121,7 +121,7 @@ export async function measureCommand(args: string[]): Promise<number> {
   if (path === undefined) {
     result = await measureImage(undefined, options);
   } else {
-    await using image = await openNamed(path, http);
+    await using image = await openNamed(path, http, "measure");
     result = await measureImage(image.input, options);
   }
   if (values.compress || values.sparsify) {

@@ -49,9 +49,13 @@ export function renderProgress(
 ): string {
   const room = Math.max(1, columns - 3);
   const rate = elapsedMs > 0 ? done / (elapsedMs / 1000) : 0;
-  const speed = formatRate(rate);
+  // No speed in the first second: it would say nothing yet.
+  const speed = formatRate(done, elapsedMs / 1000);
   if (total === undefined || total <= 0) {
-    return `${formatBytes(done)}  ${speed}`.slice(0, room);
+    return [formatBytes(done), speed].filter((f) => f).join("  ").slice(
+      0,
+      room,
+    );
   }
   const frac = Math.min(1, done / total);
   const percent = `${(frac * 100).toFixed(1).padStart(5)}%`;
@@ -62,7 +66,7 @@ export function renderProgress(
     [percent, speed, eta],
     [percent, eta],
     [percent],
-  ].map((fields) => fields.join("  "));
+  ].map((fields) => fields.filter((f) => f).join("  "));
   for (const text of choices) {
     const width = Math.min(BAR_MAX, room - text.length - 3);
     if (width >= BAR_MIN) {

@@ -49,7 +49,7 @@ export async function snapshotCommand(args: string[]): Promise<number> {
   const [path] = expectPositionals("list snapshots", positionals, ["IMG"]);
   const format = parseFormat(values.format, "-f");
   const http = httpTransport("list snapshots", values["http-timeout"]);
-  await using image = await openNamed(path, http);
+  await using image = await openNamed(path, http, "snapshot");
   const info = await imageInfo(image.input, {
     format,
     http,

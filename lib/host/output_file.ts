@@ -573,6 +573,15 @@ export class OutputFile {
 }
 
 /**
+ * Whether Deno allows writing `path` itself (`--allow-write=path`): then a
+ * refusal of its temporary name is the directory's, and said so.
+ */
+function writableByName(path: string): boolean {
+  return Deno.permissions.querySync({ name: "write", path }).state ===
+    "granted";
+}
+
+/**
  * Creates the temporary file beside `target` (named after it), registered
  * for removal on a signal.
  */
@@ -605,6 +614,8 @@ function createTemporary(
         ? `directory ${dir} does not exist`
         : err instanceof Deno.errors.PermissionDenied
         ? `no permission to create files in ${dir}`
+        : err instanceof Deno.errors.NotCapable && writableByName(target)
+        ? `it is written under a temporary name in ${dir} and then renamed, so Deno must allow writing in the directory (--allow-write=${dir}), not only to the file`
         : fileReason(err);
       throw new IoError(ioCode(err), `Cannot write ${path}: ${reason}`, {
         cause: err,

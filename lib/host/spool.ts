@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { OutputFile } from "./output_file.ts";
 import { fileChunks } from "./file_stream.ts";
-import { makeTempDirIn, trackTemporary, untrackTemporary } from "./temp.ts";
+import { makeTempDirIn, removeTempDir } from "./temp.ts";
 
 /**
  * A temporary file written at any offset and read back in order; removed
@@ -41,15 +41,13 @@ export class Spool implements AsyncDisposable {
    * @returns The spool.
    */
   static async create(parent?: string): Promise<Spool> {
+    // Registered as it is made, so that the CLI's signal handler removes
+    // the whole directory (recursively) and not only the file inside it.
     const dir = makeTempDirIn("qcow2pipe-spool-", parent);
-    // Registered first, so that the CLI's signal handler removes the whole
-    // directory (recursively) and not only the file inside it.
-    trackTemporary(dir);
     try {
       return new Spool(await OutputFile.create(join(dir, "spool")), dir);
     } catch (err) {
-      untrackTemporary(dir);
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      await removeTempDir(dir);
       throw err;
     }
   }
@@ -110,8 +108,7 @@ export class Spool implements AsyncDisposable {
   /** Deletes the spool. */
   async close(): Promise<void> {
     await this.#out.abort();
-    await Deno.remove(this.#dir, { recursive: true }).catch(() => {});
-    untrackTemporary(this.#dir);
+    await removeTempDir(this.#dir);
   }
 
   /** Same as {@linkcode Spool.close}. */

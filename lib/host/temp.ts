@@ -6,13 +6,16 @@ import { fileError } from "../io/os_errors.ts";
 
 /**
  * Creates a fresh directory named `prefix...` in `parent`, or in the
- * system's temporary directory (TMPDIR on Unix). Synchronous, so that the
- * caller can register it for removal on a signal in the same turn of the
- * event loop: no signal handler runs between the two.
+ * system's temporary directory (TMPDIR on Unix), registered for
+ * {@linkcode removeTemporaryFiles} until {@linkcode removeTempDir} removes
+ * it. Synchronous, so that it is registered in the same turn of the event
+ * loop: no signal handler runs between the two.
  */
 export function makeTempDirIn(prefix: string, parent?: string): string {
   try {
-    return Deno.makeTempDirSync({ prefix, dir: parent });
+    const dir = Deno.makeTempDirSync({ prefix, dir: parent });
+    trackTemporary(dir);
+    return dir;
   } catch (err) {
     throw fileError(
       `create a temporary directory in ${
@@ -30,6 +33,7 @@ export function makeTempDirIn(prefix: string, parent?: string): string {
  */
 export async function removeTempDir(dir: string): Promise<void> {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
+  untrackTemporary(dir);
 }
 
 /** Temporary files and spool directories still in use. */

@@ -83,17 +83,21 @@ export function decompressError(item: PlanItem, err: unknown): Error {
   // A codec that failed (a crashed worker) says nothing about the image.
   if (err instanceof InternalError) return err;
   const c = item.compressed!;
-  return new Qcow2Error(
+  // Said of the file that holds the cluster (a backing file's, in a chain).
+  const file = item.source?.name;
+  const of = file === undefined || /^<.*>$/.test(file) ? "" : ` of ${file}`;
+  const error = new Qcow2Error(
     "DECOMPRESS",
     `Cannot read guest offset ${
       hex(c.clusterOffset)
-    }: ${c.type} cluster at host offset ${
+    }${of}: ${c.type} cluster at host offset ${
       hex(c.descriptor.hostOffset)
     } (${c.descriptor.sectors} sectors): ${
       (err as Error).message.replace(/^Cannot decompress cluster: /, "")
     }`,
     { offset: c.descriptor.hostOffset, cause: err },
   );
+  return of ? attributed(error) : error;
 }
 
 /** Decompresses a compressed item's whole cluster on this thread. */
@@ -146,13 +150,81 @@ export async function* extentsOf(
 }
 
 /**
+ * Errors that say which image or file they are about: an image further
+ * down a chain named them, and the images above leave them so.
+ */
+const named = new WeakSet<Error>();
+
+/** Records that an error names its image, and gives it back. */
+function attributed<E extends Error>(err: E): E {
+  named.add(err);
+  return err;
+}
+
+/** Whether `text` names `name` as a word of its own (not inside another). */
+function mentions(text: string, name: string): boolean {
+  const escaped = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp(`(?:^|[\\s"'(])${escaped}(?:$|[\\s"'():,;])`).test(text);
+}
+
+/**
+ * An error about an image, saying which: a format's reason worded without
+ * the image's name gets it, so that a command reading two images
+ * (compare), or an image and its backing files, tells which one failed.
+ * `Cannot open image: REASON` becomes `Cannot open image NAME: REASON`;
+ * any other action gets `of NAME` (`Cannot read snapshot 0 header of
+ * NAME: REASON`, `Cannot read guest offset 0x0 of NAME: REASON`). An error
+ * that names the image already, or names another file (a quoted name), or
+ * of an image without a name, is left as it is.
+ *
+ * @param err What opening or reading the image threw.
+ * @param name What the image is called (its path, URL or source name).
+ * @returns The error to throw.
+ */
+export function aboutImage(err: unknown, name: string): unknown {
+  // A placeholder (`<buffer>`, `<stream>`) says nothing a reader could use.
+  if (
+    !(err instanceof Qcow2Error) || named.has(err) || /^<.*>$/.test(name)
+  ) return err;
+  const m = /^Cannot ([^:"]*): /.exec(err.message);
+  if (!m || mentions(err.message, name)) return err;
+  const action = /\bimage$/.test(m[1])
+    ? `${m[1]} ${name}`
+    : `${m[1]} of ${name}`;
+  return attributed(
+    new Qcow2Error(
+      err.code,
+      `Cannot ${action}: ${err.message.slice(m[0].length)}`,
+      { offset: err.offset, field: err.field, qemu: err.qemu, cause: err },
+    ),
+  );
+}
+
+/**
  * What every format's image answers from its plan: its reads and its
- * extents. Each image class extends it and gives `plan()` and
+ * extents, their errors naming the image ({@linkcode aboutImage}). Each
+ * image class extends it and gives `planRange()`, `name` and
  * `virtualSize`.
  */
 export abstract class PlannedImage {
   /** The guest disk's size in bytes. */
   abstract readonly virtualSize: number;
+  /** What the image is called in messages: its path, URL or source name. */
+  abstract readonly name: string;
+
+  /**
+   * Plans reading `[offset, offset + length)`: the format's own walk.
+   *
+   * @param offset Guest offset.
+   * @param length Bytes to cover.
+   * @param depth Depth of this image in the chain.
+   * @returns Plan items, in guest order.
+   */
+  protected abstract planRange(
+    offset: number,
+    length: number,
+    depth: number,
+  ): AsyncGenerator<PlanItem>;
 
   /**
    * Plans reading `[offset, offset + length)`.
@@ -161,12 +233,19 @@ export abstract class PlannedImage {
    * @param length Bytes to cover.
    * @param depth Depth of this image in the chain.
    * @returns Plan items, in guest order.
+   * @throws {Qcow2Error} When the image's tables are malformed, naming it.
    */
-  abstract plan(
+  async *plan(
     offset: number,
     length: number,
     depth: number,
-  ): AsyncGenerator<PlanItem>;
+  ): AsyncGenerator<PlanItem> {
+    try {
+      yield* this.planRange(offset, length, depth);
+    } catch (err) {
+      throw aboutImage(err, this.name);
+    }
+  }
 
   /**
    * Reads guest bytes by walking the plan (zeros where nothing is stored).
@@ -174,9 +253,14 @@ export abstract class PlannedImage {
    * @param offset Guest offset.
    * @param length Bytes wanted.
    * @returns The bytes.
+   * @throws {Qcow2Error} When the image is malformed, naming it.
    */
-  readAt(offset: number, length: number): Promise<Uint8Array> {
-    return readThroughPlan(this, offset, length);
+  async readAt(offset: number, length: number): Promise<Uint8Array> {
+    try {
+      return await readThroughPlan(this, offset, length);
+    } catch (err) {
+      throw aboutImage(err, this.name);
+    }
   }
 
   /**

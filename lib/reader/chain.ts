@@ -9,6 +9,7 @@
  */
 
 import { Qcow2Error } from "../format/errors.ts";
+import { aboutImage } from "./_read.ts";
 import type { HttpTransport } from "../io/http_source.ts";
 import type { RandomAccessSource } from "../io/source.ts";
 import type { GuestImage } from "./image.ts";
@@ -45,6 +46,12 @@ export interface ChainOptions {
   relativeTo?: string;
   /** What to call the top image in reference messages. */
   label?: string;
+  /**
+   * The option that gives the top image's format, named in the hint of a
+   * refusal to follow a file.
+   * @default {"-f"}
+   */
+  formatOption?: string;
   /** The internal snapshot of the top image to read. */
   snapshot?: string;
   /** Longest backing chain accepted (the top image not counted). */
@@ -131,6 +138,9 @@ export async function openChain(
         options.label ?? name,
       ),
       format,
+      ...(options.formatOption === undefined
+        ? {}
+        : { formatOption: options.formatOption }),
     };
     const walk = new ChainWalk(gate, options);
     return await (await imageType(format)).open(
@@ -139,7 +149,7 @@ export async function openChain(
     );
   } catch (err) {
     if (owned) await source.close?.();
-    throw err;
+    throw aboutImage(err, options.label ?? name);
   }
 }
 
@@ -208,7 +218,7 @@ class ChainWalk {
       );
     } catch (err) {
       await source.close?.();
-      throw err;
+      throw aboutImage(err, ref.name);
     }
   }
 

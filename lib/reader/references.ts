@@ -76,6 +76,12 @@ export interface Referrer {
    * follow it`); qcow2 when unknown.
    */
   format?: string;
+  /**
+   * The option that gives the top image's format, for the same hint
+   * (`-F` for the second image of `compare`).
+   * @default {"-f"}
+   */
+  formatOption?: string;
 }
 
 const SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
@@ -247,6 +253,9 @@ export function backingReferrer(
     dir: directoryOf(source?.url ?? ref.name),
     trusted: parent.trusted && declared !== undefined,
     ...(parent.format === undefined ? {} : { format: parent.format }),
+    ...(parent.formatOption === undefined
+      ? {}
+      : { formatOption: parent.formatOption }),
   };
 }
 
@@ -317,7 +326,7 @@ export async function followReference(
     );
   }
   const hint = policy === "auto" && !referrer.trusted
-    ? `; its format was probed: pass -f ${
+    ? `; its format was probed: pass ${referrer.formatOption ?? "-f"} ${
       referrer.format ?? "qcow2"
     } to follow it`
     : policy === "contained"

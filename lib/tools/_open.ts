@@ -47,6 +47,8 @@ export interface ToolOpenOptions {
   openSource?: OpenSource;
   /** How the default opener fetches URLs. */
   http?: HttpTransport;
+  /** The option that gives its format, for messages (default `-f`). */
+  formatOption?: string;
   /**
    * Opened for `check` (QEMU's `BDRV_O_CHECK`).
    * @default {false}

@@ -176,6 +176,8 @@ export async function compareImages(
         await openForTool(input, {
           purpose: "read",
           format: options.formats?.[i],
+          // qemu-img compare gives the second image's format with -F.
+          formatOption: i === 0 ? "-f" : "-F",
           references: options.references,
           openSource: options.openSource,
           http: options.http,

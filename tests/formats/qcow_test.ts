@@ -176,7 +176,7 @@ qemuTest("qcow: an encrypted image is refused in one line", async () => {
       : [command, enc];
     assertOneLineError(
       await runCli(args),
-      /Cannot open qcow image: it is encrypted \(crypt_method 1, AES-CBC\), which is not supported/,
+      /Cannot open qcow image \S+\/enc\.qcow: it is encrypted \(crypt_method 1, AES-CBC\), which is not supported/,
     );
   }
 });

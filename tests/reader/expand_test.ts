@@ -98,7 +98,7 @@ async function badImage(): Promise<Uint8Array> {
 }
 
 const PAST_END =
-  /Cannot read image: guest cluster 0xff0000 maps to host offset 0x10000000000, past the end of the file/;
+  /Cannot read image \S+\/bad\.qcow2: guest cluster 0xff0000 maps to host offset 0x10000000000, past the end of the file/;
 
 /** A 16 MiB raw source of 7s whose reads at 8 MiB and past fail. */
 function failingSource(): RandomAccessSource {

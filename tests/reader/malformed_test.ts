@@ -564,7 +564,9 @@ for (const type of ["zlib", "zstd"]) {
         await failsToRead(
           img,
           "DECOMPRESS",
-          `guest offset 0x${target.guest.toString(16)}: ${type} cluster`,
+          `guest offset 0x${
+            target.guest.toString(16)
+          } of ${img}: ${type} cluster`,
         );
         // Reads that avoid the broken cluster still work.
         await using image = await openImage(img);

@@ -21,15 +21,22 @@ Deno.test("renderProgress() draws the bar, percentage, sizes, speed and ETA in b
   // Nothing done yet: no speed, no ETA.
   assert.strictEqual(
     renderProgress(0, 4096, 0, 80),
-    "[------------------------------]   0.0%  0 B / 4.00 KiB  0.0 MiB/s  ETA --:--",
+    "[------------------------------]   0.0%  0 B / 4.00 KiB  ETA --:--",
   );
+  // Within the first second, no speed: it would say nothing yet.
+  assert.strictEqual(
+    renderProgress(4096, 4096, 20, 80),
+    "[##############################] 100.0%  4.00 KiB / 4.00 KiB  ETA 0:00",
+  );
+  // Speeds scale their unit as sizes do (a sparse disk's terabytes).
+  assert.match(renderProgress(2 ** 42, 2 ** 42, 2000, 80), / 2\.00 TiB\/s /);
   // Long jobs show hours; done past total stays at 100%.
   assert.match(renderProgress(1e6, 1e10, 1000), /ETA 2:46:39$/);
   assert.match(renderProgress(2000, 1000, 1000), /^\[#+\] 100\.0%/);
   // An unknown total (standard input): bytes and speed only.
   assert.strictEqual(
     renderProgress(3 * MiB, undefined, 1000),
-    "3.00 MiB  3.0 MiB/s",
+    "3.00 MiB  3.00 MiB/s",
   );
 });
 
@@ -95,12 +102,12 @@ async function underPty(
 
 /**
  * The progress lines drawn: each redraw returns to the start of the line
- * and erases to the end of the screen (`\r\x1b[J`) before the new text.
+ * and erases it (`\r\x1b[K`) before the new text.
  */
 function bars(screen: string): string[] {
   const ESC = "\x1b";
   return screen.split("\r").map((s) =>
-    (s.startsWith(`${ESC}[J`) ? s.slice(3) : s).split(ESC)[0].split("\n")[0]
+    (s.startsWith(`${ESC}[K`) ? s.slice(3) : s).split(ESC)[0].split("\n")[0]
   ).filter((s) => s.startsWith("["));
 }
 
@@ -132,7 +139,8 @@ Deno.test({
     for (const line of drawn) {
       assert.match(
         line,
-        /^\[[#-]{10,30}\] +\d+\.\d% {2}.* \/ 64\.0 MiB {2}\d+\.\d MiB\/s {2}ETA ((\d+:)?\d+:\d\d|--:--)$/,
+        // The speed from the first second on.
+        /^\[[#-]{10,30}\] +\d+\.\d% {2}.* \/ 64\.0 MiB {2}(\d+\.\d+ [KMG]iB\/s {2})?ETA ((\d+:)?\d+:\d\d|--:--)$/,
       );
     }
     assert.match(drawn.at(-1)!, /\] 100\.0%/);
@@ -199,7 +207,7 @@ Deno.test("convert off a terminal: silent as qemu-img, -p prints qemu-img's step
   );
   assert.match(
     verbose.stderr,
-    /^qcow2pipe: wrote out\.qcow2: [\d.]+ [KM]iB of qcow2 for 64\.0 MiB virtual in [\d.]+ s \([\d.]+ MiB\/s\)\n$/,
+    /^qcow2pipe: wrote out\.qcow2: [\d.]+ [KM]iB of qcow2 for 64\.0 MiB virtual in [\d.]+ s( \([\d.]+ [KMG]iB\/s of guest disk\))?\n$/,
   );
   // -p: qemu-img's steps on stdout, from 0 to 100, each at most once
   // after moving by more than 1%, then a newline; no bar.

@@ -14,6 +14,16 @@ import { pattern, ROOT } from "./_helpers.ts";
 const MiB = 1024 * 1024;
 const cli = [Deno.execPath(), "run", "-A", "--quiet", join(ROOT, "cli.ts")];
 
+/**
+ * An 8 MiB raw disk served without ranges, its transfer paused halfway
+ * until `resume()`: the bar stays on screen for as long as a test looks.
+ */
+const pausedDisk = (seed: number) =>
+  serveFiles({ "disk.raw": pattern(8 * MiB, seed) }, {
+    ranges: false,
+    pauseAfter: 4 * MiB,
+  });
+
 /** Rows showing the bar (a percentage). */
 const barRows = (rows: string[]) => rows.filter((r) => /\d%/.test(r));
 
@@ -35,10 +45,7 @@ tmuxTest(
   "convert's progress bar fits a 50-column terminal, follows a resize and never scrolls",
   async () => {
     await using dir = await tempDir();
-    await using server = serveFiles({ "disk.raw": pattern(8 * MiB, 3) }, {
-      ranges: false,
-      pauseAfter: 4 * MiB,
-    });
+    await using server = pausedDisk(3);
     await using pane = await TmuxPane.start(
       [
         ...cli,
@@ -63,7 +70,8 @@ tmuxTest(
     await pane.resize(34, 12);
     rows = await pane.waitFor(
       "the bar redrawn for 34 columns",
-      (r) => r.length === 1 && r[0].length <= 31 && /\d%/.test(r[0]),
+      // (not the old line's tail, which the narrower pane shows until then)
+      (r) => r.length === 1 && r[0].length <= 31 && /^\[[#-]+\] /.test(r[0]),
     );
     assertBarAlone(rows, 34);
     // Wider again: the bar grows back.
@@ -82,7 +90,7 @@ tmuxTest(
     assert.ok(rows[0].length <= 67, rows[0]);
     assert.match(
       rows.slice(1).join(""),
-      /^qcow2pipe: wrote out\.qcow2: .* MiB\/s\)\[exit 0\]$/,
+      /^qcow2pipe: wrote out\.qcow2: .* s( \(.*iB\/s of guest disk\))?\[exit 0\]$/,
     );
     assert.ok((await Deno.stat(join(dir.path, "out.qcow2"))).size > 0);
   },
@@ -92,10 +100,7 @@ tmuxTest(
   "Ctrl-C in a terminal erases the progress bar before saying interrupted",
   async () => {
     await using dir = await tempDir();
-    await using server = serveFiles({ "disk.raw": pattern(8 * MiB, 4) }, {
-      ranges: false,
-      pauseAfter: 4 * MiB,
-    });
+    await using server = pausedDisk(4);
     await using pane = await TmuxPane.start(
       [
         ...cli,
@@ -168,6 +173,69 @@ tmuxTest(
         (r) => r.some((row) => row.startsWith("[exit")),
       );
       assert.deepStrictEqual(rows, screen);
+    }
+  },
+);
+
+tmuxTest(
+  "the progress bar at the top of a pane is redrawn in place: no copy of the screen reaches the scrollback",
+  async () => {
+    await using dir = await tempDir();
+    await using server = pausedDisk(5);
+    await using pane = await TmuxPane.start(
+      [...cli, "convert", server.url("disk.raw"), "out.qcow2"],
+      { columns: 60, rows: 10, cwd: dir.path },
+    );
+    // The bar starts at the pane's top-left; a few redraws go by.
+    let rows = await pane.waitFor("the bar under way", underWay);
+    for (let redraws = 0; redraws < 3; redraws++) {
+      const seen = rows[0];
+      rows = await pane.waitFor("a redraw", (r) => r[0] !== seen);
+    }
+    // Erasing with "erase below" there would have cleared the screen,
+    // which tmux copies into the scrollback, a bar each time.
+    const history = await pane.history();
+    assert.deepStrictEqual(history, rows, history.join("\n"));
+    server.resume();
+    rows = await pane.waitFor("the end", (r) => r.includes("[exit 0]"));
+    assert.strictEqual(barRows(await pane.history()).length, 1);
+  },
+);
+
+tmuxTest(
+  "convert refuses a terminal as standard output or standard input, in one line, writing nothing",
+  async () => {
+    await using dir = await tempDir();
+    await Deno.writeFile(join(dir.path, "in.raw"), pattern(MiB, 6));
+    const runs: [string[], string][] = [
+      [
+        ["convert", "-O", "qcow2", "in.raw", "-"],
+        "qcow2pipe: Cannot write to standard output: it is a terminal, and an image is binary; redirect it (> FILE or | COMMAND)",
+      ],
+      [
+        ["convert", "-O", "raw", "in.raw", "-"],
+        "qcow2pipe: Cannot write to standard output: it is a terminal, and an image is binary; redirect it (> FILE or | COMMAND)",
+      ],
+      [
+        ["convert", "-O", "qcow2", "-", "out.qcow2"],
+        "qcow2pipe: Cannot read standard input: it is a terminal; redirect an image into it (< FILE or COMMAND |)",
+      ],
+    ];
+    for (const [args, line] of runs) {
+      await using pane = await TmuxPane.start([...cli, ...args], {
+        columns: 200,
+        rows: 12,
+        cwd: dir.path,
+      });
+      const rows = await pane.waitFor(
+        "the exit status",
+        (r) => r.some((row) => row.startsWith("[exit")),
+      );
+      assert.deepStrictEqual(rows, [line, "[exit 1]"]);
+      assert.deepStrictEqual(
+        [...Deno.readDirSync(dir.path)].map((e) => e.name),
+        ["in.raw"],
+      );
     }
   },
 );

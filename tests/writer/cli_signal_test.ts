@@ -4,13 +4,16 @@
 // while provably in progress: reading a standard input that the test keeps
 // open, or converting a 2 GiB sparse input holding 256 MiB of noise at
 // zlib level 9 on one worker (several seconds), signalled as soon as its
-// temporary file has received data.
+// temporary file has received data. A qcow2 SRC that streams in (from
+// standard input, or over HTTP without ranges) leaves no stream spool.
 
 import assert from "node:assert";
 import { join } from "node:path";
 import { tempDir } from "../_qemu.ts";
 import { exists, listDir, MiB, mixedBytes, randomBytes } from "./_helpers.ts";
 import { CLI, partialFiles } from "./_cli.ts";
+import { serveFiles } from "../streams/_server.ts";
+import { convertToBytes } from "../../mod.ts";
 
 const signals = Deno.build.os === "windows" ? [] : ["SIGTERM", "SIGINT"];
 
@@ -143,6 +146,50 @@ if (signals.length > 0) {
       await expectInterrupted(child, signal);
       assert.strictEqual(await exists(dst), false);
       assert.deepStrictEqual(await listDir(dir.path), ["big.raw"]);
+    }
+  });
+}
+
+/** Waits until `tmp` holds a `qcow2pipe-stream-*` directory. */
+async function waitForStreamSpool(
+  tmp: string,
+  child: Deno.ChildProcess,
+): Promise<void> {
+  let exited = false;
+  child.status.then(() => exited = true);
+  while (!(await listDir(tmp)).some((n) => n.startsWith("qcow2pipe-stream-"))) {
+    if (exited) throw new Error("the run ended before it could be signalled");
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+for (const signal of signals as Deno.Signal[]) {
+  Deno.test(`cli convert: ${signal} while a qcow2 SRC streams in (standard input, HTTP without ranges) removes its stream spool`, async () => {
+    await using dir = await tempDir();
+    const tmp = join(dir.path, "tmp");
+    await Deno.mkdir(tmp);
+    const qcow2 = await convertToBytes(mixedBytes(8 * MiB, 3));
+    await using server = serveFiles({ "disk.qcow2": qcow2 }, {
+      ranges: false,
+      pauseAfter: qcow2.length >> 1,
+    });
+    for (const src of ["-", server.url("disk.qcow2")]) {
+      const dst = join(dir.path, "dst.raw");
+      const child = spawn(
+        ["convert", "-q", "-O", "raw", src, dst],
+        src === "-" ? "piped" : "null",
+        { TMPDIR: tmp },
+      );
+      // Half the image, and standard input kept open: the run cannot end.
+      const writer = src === "-" ? child.stdin.getWriter() : undefined;
+      const feeding = writer?.write(qcow2.subarray(0, qcow2.length >> 1))
+        .catch(() => {});
+      await waitForStreamSpool(tmp, child);
+      await expectInterrupted(child, signal);
+      await feeding;
+      await writer?.close().catch(() => {});
+      assert.deepStrictEqual(await listDir(tmp), [], `${src}: no spool left`);
+      assert.deepStrictEqual(await listDir(dir.path), ["tmp"]);
     }
   });
 }

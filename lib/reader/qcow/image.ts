@@ -282,7 +282,7 @@ export class QcowImage extends PlannedImage implements GuestImage {
    * @param depth Depth of this image in the chain.
    * @returns Plan items.
    */
-  async *plan(
+  protected async *planRange(
     offset: number,
     length: number,
     depth: number,

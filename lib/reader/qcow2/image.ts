@@ -351,7 +351,7 @@ export class Qcow2Image extends PlannedImage implements GuestImage {
    * @param depth Depth of this image in the chain.
    * @returns Plan items.
    */
-  async *plan(
+  protected async *planRange(
     offset: number,
     length: number,
     depth: number,

@@ -91,7 +91,7 @@ export class RawImage extends PlannedImage implements GuestImage {
    * @param depth Depth in a backing chain.
    * @returns The plan.
    */
-  async *plan(
+  protected async *planRange(
     offset: number,
     length: number,
     depth: number,

@@ -179,7 +179,7 @@ export class VdiImage extends PlannedImage implements GuestImage {
    * @param depth Depth in a backing chain.
    * @returns The plan.
    */
-  async *plan(
+  protected async *planRange(
     offset: number,
     length: number,
     depth: number,

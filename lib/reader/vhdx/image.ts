@@ -240,7 +240,7 @@ export class VhdxImage extends PlannedImage implements GuestImage {
    * @param depth Depth in a chain.
    * @returns The plan.
    */
-  async *plan(
+  protected async *planRange(
     offset: number,
     length: number,
     depth: number,

@@ -213,7 +213,7 @@ export class VmdkImage extends PlannedImage implements GuestImage {
    * @param depth Depth in the chain.
    * @returns The plan.
    */
-  async *plan(
+  protected async *planRange(
     offset: number,
     length: number,
     depth: number,

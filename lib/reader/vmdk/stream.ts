@@ -237,7 +237,7 @@ export class StreamOptimizedImage extends PlannedImage implements GuestImage {
    * @throws {InternalError} When asked for a range already gone past.
    * @throws {Qcow2Error} When the stream is malformed.
    */
-  async *plan(
+  protected async *planRange(
     offset: number,
     length: number,
     depth: number,

@@ -142,7 +142,7 @@ export class VpcImage extends PlannedImage implements GuestImage {
    * @param depth Depth of this image in the chain.
    * @returns Plan items, in order.
    */
-  async *plan(
+  protected async *planRange(
     offset: number,
     length: number,
     depth: number,
