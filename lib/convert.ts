@@ -7,7 +7,11 @@
 
 import type { ImageSink } from "./io/sink.ts";
 import type { GuestImage } from "./reader/image.ts";
-import { imageChunks } from "./reader/segments.ts";
+import {
+  imageChunks,
+  type ReadImageOptions,
+  type SalvageReport,
+} from "./reader/segments.ts";
 import { CodecPool } from "./codec/pool.ts";
 import { Qcow2Writer, type Qcow2WriterOptions } from "./writer/qcow2_writer.ts";
 import type { PackSummary } from "./writer/pack_stream.ts";
@@ -59,6 +63,13 @@ export interface ConvertOptions extends Qcow2WriterOptions {
    * @default {"off"}
    */
   preallocation?: "off" | "metadata" | "falloc" | "full";
+  /**
+   * qemu-img's `--salvage`, for an image input: a range that cannot be
+   * read (a compressed cluster that does not decompress, a read that
+   * fails) is written as zeros, and this function is told of it (see
+   * {@linkcode ReadImageOptions.salvage}).
+   */
+  salvage?: SalvageReport;
 }
 
 /**
@@ -160,7 +171,11 @@ export async function convert(
     }
     // Every buffer is done with once the sink, or CompressStream, calls
     // doneWith(): the image's chunks can go round.
-    stream ??= imageChunks(input as GuestImage, { pool, recycle: true });
+    stream ??= imageChunks(input as GuestImage, {
+      pool,
+      recycle: true,
+      salvage: options.salvage,
+    });
     const writer = new Qcow2Writer({ ...options, pool });
     try {
       const sink = isFile

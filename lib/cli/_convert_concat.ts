@@ -3,7 +3,7 @@
 import type { GuestImage } from "../reader/image.ts";
 import type { ZeroBytes } from "../bytes/zeros.ts";
 import type { CodecPool } from "../codec/pool.ts";
-import { imageChunks } from "../reader/segments.ts";
+import { imageChunks, type SalvageReport } from "../reader/segments.ts";
 import { type Input, type InputOptions, openInput } from "./_convert_input.ts";
 
 type Chunk = Uint8Array | ZeroBytes;
@@ -45,19 +45,21 @@ function concatenate(parts: (() => ReadableStream<Chunk>)[]) {
  * @param sources The SRCs, in order.
  * @param options How to open each (as one SRC is opened).
  * @param pool The codec pool compressed clusters are inflated in.
+ * @param salvage With --salvage: told of each range read as zeros.
  * @returns The stream, its total size, and the images opened.
  */
 export async function openConcatenated(
   sources: string[],
   options: InputOptions,
   pool: CodecPool,
+  salvage?: SalvageReport,
 ): Promise<
   { input: Input & { raw: ReadableStream<Chunk> }; images: GuestImage[] }
 > {
   const inputs: Input[] = [];
   for (const src of sources) inputs.push(await openInput(src, options));
   const parts = inputs.map((input) => () =>
-    "image" in input ? imageChunks(input.image, { pool }) : input.raw
+    "image" in input ? imageChunks(input.image, { pool, salvage }) : input.raw
   );
   const sizes = inputs.map((input) => input.total);
   const total = sizes.some((size) => size === undefined)

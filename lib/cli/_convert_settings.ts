@@ -70,11 +70,7 @@ export const CONVERT_OPTIONS = {
     type: "boolean",
     unsupported: "give DST as a file name or -",
   },
-  salvage: {
-    type: "boolean",
-    unsupported: "a read error stops the conversion",
-    deferred: true,
-  },
+  salvage: { type: "boolean" },
   bitmaps: {
     type: "boolean",
     unsupported: "persistent bitmaps are not copied",
@@ -163,6 +159,11 @@ export interface ConvertSettings {
   noClobber: boolean;
   sync: boolean;
   quiet: boolean;
+  /**
+   * --salvage: an unreadable range of SRC is written as zeros, with
+   * qemu-img's warning for each of its 512-byte sectors.
+   */
+  salvage: boolean;
   /** --verbose: the summary line even when stderr is not a terminal. */
   verbose: boolean;
   progress?: boolean;
@@ -343,6 +344,7 @@ export function convertSettings(
     noClobber: values["no-clobber"] ?? false,
     sync: values.sync ?? false,
     quiet: values.quiet ?? false,
+    salvage: values.salvage ?? false,
     verbose: values.verbose ?? false,
     progress: values.progress,
     http: httpTransport("convert", values["http-timeout"]),

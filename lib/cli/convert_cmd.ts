@@ -6,6 +6,8 @@ import { convert } from "../convert.ts";
 import type { FileIdentity } from "../io/source.ts";
 import type { GuestImage } from "../reader/image.ts";
 import { openImage } from "../reader/open.ts";
+import { imageChunks, type SalvageReport } from "../reader/segments.ts";
+import { SECTOR_SIZE } from "../format/geometry.ts";
 import { IoError } from "../format/errors.ts";
 import { OutputFile } from "../host/output_file.ts";
 import { DEFAULT_CLUSTER_SIZE } from "../format/constants.ts";
@@ -221,6 +223,8 @@ interface Run {
   s: ConvertSettings;
   notice: (line: string) => void;
   pool: CodecPool;
+  /** With --salvage: prints qemu-img's warnings for a range read as zeros. */
+  salvage: SalvageReport | undefined;
   /** Closed at the end, last first. */
   cleanups: (() => Promise<void>)[];
 }
@@ -255,7 +259,12 @@ async function openSources(run: Run): Promise<Sources> {
     http: s.http,
   };
   if (s.sources.length > 1) {
-    const several = await openConcatenated(s.sources, options, run.pool);
+    const several = await openConcatenated(
+      s.sources,
+      options,
+      run.pool,
+      run.salvage,
+    );
     const inputs = fileIdentities(
       [...several.images, backingImage].flatMap((i) => i?.sources() ?? []),
     );
@@ -285,8 +294,18 @@ async function openSources(run: Run): Promise<Sources> {
       s.outputFormat === "qcow2",
     )
     : undefined;
+  // With --salvage the image is read here, its failed ranges as zeros,
+  // and every writer takes the stream.
   const source = sparse?.stream ??
-    ("image" in input ? input.image : input.raw);
+    ("image" in input
+      ? run.salvage
+        ? imageChunks(input.image, {
+          pool: run.pool,
+          recycle: true,
+          salvage: run.salvage,
+        })
+        : input.image
+      : input.raw);
   const images = [
     "image" in input ? input.image : input.from,
     backingImage,
@@ -483,6 +502,24 @@ function refuseTerminals(s: ConvertSettings): void {
   }
 }
 
+/**
+ * qemu-img's `--salvage` warnings: one per 512-byte sector of a range read
+ * as zeros, at its offset in its SRC, as qemu-img prints one per sector it
+ * could not read (none with -q). Written as they come: memory stays
+ * bounded however many there are.
+ */
+function salvageWarnings(quiet: boolean): SalvageReport {
+  return (offset, length) => {
+    if (quiet) return;
+    const end = offset + length;
+    for (let at = offset - offset % SECTOR_SIZE; at < end; at += SECTOR_SIZE) {
+      warn(
+        `qcow2pipe: warning: error while reading offset ${at}: Input/output error`,
+      );
+    }
+  };
+}
+
 export async function convertCommand(args: string[]): Promise<number> {
   const s = await parseCommandLine(args);
   if (!s) return 0;
@@ -496,7 +533,13 @@ export async function convertCommand(args: string[]): Promise<number> {
     if (s.verbose || (!s.quiet && Deno.stderr.isTerminal())) warn(line);
   };
   await using pool = new CodecPool({ workers: s.workers });
-  const run: Run = { s, notice, pool, cleanups: [] };
+  const run: Run = {
+    s,
+    notice,
+    pool,
+    salvage: s.salvage ? salvageWarnings(s.quiet) : undefined,
+    cleanups: [],
+  };
   try {
     const sources = await openSources(run);
     const target = await openTarget(s, sources.inputs);

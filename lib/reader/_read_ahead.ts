@@ -57,11 +57,13 @@ import type { ImageSink } from "../io/sink.ts";
 import {
   decompressError,
   inlineCodec,
+  readCompressedItem,
   readCompressedPayload,
   readDataItem,
 } from "./_read.ts";
 import { compressedRange } from "../format/compressed.ts";
-import { hex } from "../format/errors.ts";
+import { hex, InternalError } from "../format/errors.ts";
+import { SECTOR_SIZE } from "../format/geometry.ts";
 
 /** Largest data segment and decompression job when none is asked for. */
 export const DEFAULT_CHUNK = 2 * 1024 * 1024;
@@ -124,7 +126,20 @@ interface Queued {
   remote: boolean;
   /** The pooled buffer its bytes are in, known once it is read. */
   buffer?: () => Uint8Array | undefined;
+  /** The plan items it reads, read again one by one when salvaging. */
+  items?: PlanItem[];
 }
+
+/**
+ * Told of each guest range that could not be read and reads as zeros
+ * instead: a compressed piece whose cluster failed, or a 512-byte sector
+ * of data.
+ */
+export type SalvageReport = (
+  offset: number,
+  length: number,
+  error: Error,
+) => void;
 
 /** The last cluster decompressed, kept for the next pieces of it. */
 interface LastCluster {
@@ -149,6 +164,8 @@ export interface ReadAheadOptions {
    * to file; resolves false where it cannot, and the piece is read instead.
    */
   copy?: CopyRange;
+  /** With it, a read that fails reads as zeros (see {@linkcode salvaged}). */
+  salvage?: SalvageReport;
 }
 
 /**
@@ -193,6 +210,7 @@ export class ReadAhead {
   #last: LastCluster | undefined;
   /** The buffer of the segment last handed out, lent to the consumer. */
   #lent: Uint8Array | undefined;
+  readonly #salvage: SalvageReport | undefined;
 
   /** @param options Chunk size, budget, pool, buffer reuse. */
   constructor(options: ReadAheadOptions) {
@@ -200,6 +218,7 @@ export class ReadAhead {
     this.#budget = options.budget;
     this.#pool = options.pool;
     this.#copy = options.copy;
+    this.#salvage = options.salvage;
     this.#buffers = options.reuseBuffers ? new BufferPool() : undefined;
     this.#recycler = !options.reuseBuffers && options.recycle
       ? new Recycler(options.chunk)
@@ -280,6 +299,9 @@ export class ReadAhead {
           data: c.subarray(from, from + length),
         })),
         0,
+        undefined,
+        undefined,
+        [item],
       );
     } else {
       // A group is decompressed with one codec and cluster size and read
@@ -339,6 +361,7 @@ export class ReadAhead {
       n * cs,
       items[0].source,
       () => pooled,
+      items,
     );
     this.#last = {
       item: items[n - 1],
@@ -364,7 +387,17 @@ export class ReadAhead {
       this.#jobBytes -= entry.bytes;
       if (entry.remote) this.#remoteJobs--;
     }
-    const segment = await entry.segment;
+    let segment: Segment;
+    try {
+      segment = await entry.segment;
+    } catch (err) {
+      // A crashed worker says nothing of the image: never salvaged.
+      if (!this.#salvage || !entry.items || err instanceof InternalError) {
+        throw err;
+      }
+      segment = await salvaged(entry.items, this.#salvage);
+      entry.buffer = undefined; // its bytes are in a buffer of their own
+    }
     if (this.#lent) this.#buffers!.put(this.#lent);
     this.#lent = entry.buffer?.();
     return segment;
@@ -393,7 +426,13 @@ export class ReadAhead {
       },
     );
     segment.catch(() => {}); // awaited in order by next()
-    this.#queue.push({ segment, bytes: 0, remote: false, copy: true });
+    this.#queue.push({
+      segment,
+      bytes: 0,
+      remote: false,
+      copy: true,
+      items: [piece],
+    });
     this.#copies++;
   }
 
@@ -415,6 +454,7 @@ export class ReadAhead {
       length,
       piece.source,
       buffer && (() => buffer),
+      [piece],
     );
   }
 
@@ -424,10 +464,11 @@ export class ReadAhead {
     bytes: number,
     source?: PlanItem["source"],
     buffer?: () => Uint8Array | undefined,
+    items?: PlanItem[],
   ): void {
     segment.catch(() => {}); // awaited in order by next()
     const remote = bytes > 0 && (source === undefined || isRemote(source));
-    this.#queue.push({ segment, bytes, remote, buffer });
+    this.#queue.push({ segment, bytes, remote, buffer, items });
     if (bytes > 0) {
       this.#jobs++;
       this.#jobBytes += bytes;
@@ -527,6 +568,51 @@ async function decompressClusters(
     throw failed(err);
   }
   return clusters;
+}
+
+/**
+ * The bytes of a segment whose job failed, read again item by item on this
+ * thread, as qemu-img's `--salvage` reads a failed request again sector by
+ * sector: a compressed piece that fails again reads as zeros, and so does
+ * each 512-byte sector of data that fails again; `report` is told of each.
+ * One segment at a time, at most a chunk: memory stays bounded, and the
+ * time is one read per sector of the failed range.
+ */
+async function salvaged(
+  items: PlanItem[],
+  report: SalvageReport,
+): Promise<Segment> {
+  const length = items.reduce((n, i) => n + i.length, 0);
+  const out = new Uint8Array(length);
+  const first = items[0].offset;
+  const attempt = async (item: PlanItem): Promise<void> => {
+    try {
+      out.set(
+        item.kind === "compressed"
+          ? await readCompressedItem(item)
+          : await readDataItem(item),
+        item.offset - first,
+      );
+    } catch (err) {
+      if (err instanceof InternalError) throw err;
+      report(item.offset, item.length, err as Error);
+    }
+  };
+  for (const item of items) {
+    if (item.kind === "compressed" || item.length <= SECTOR_SIZE) {
+      await attempt(item);
+      continue;
+    }
+    for (let at = 0; at < item.length; at += SECTOR_SIZE) {
+      await attempt({
+        ...item,
+        offset: item.offset + at,
+        length: Math.min(SECTOR_SIZE, item.length - at),
+        hostOffset: item.hostOffset! + at,
+      });
+    }
+  }
+  return { offset: first, length, data: out };
 }
 
 /** Whether two compressed items are pieces of the same cluster. */

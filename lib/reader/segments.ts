@@ -8,9 +8,15 @@
 import type { CodecPool } from "../codec/pool.ts";
 import type { GuestImage, Segment } from "./image.ts";
 import type { ImageSink } from "../io/sink.ts";
-import { DEFAULT_CHUNK, ReadAhead, readAheadBudget } from "./_read_ahead.ts";
+import {
+  DEFAULT_CHUNK,
+  ReadAhead,
+  readAheadBudget,
+  type SalvageReport,
+} from "./_read_ahead.ts";
 
 export type { Segment } from "./image.ts";
+export type { SalvageReport } from "./_read_ahead.ts";
 
 /**
  * Options for reading an image in order.
@@ -75,6 +81,15 @@ export interface ReadImageOptions {
    * @default {false}
    */
   recycle?: boolean;
+  /**
+   * qemu-img's `convert --salvage`: a read that fails (a compressed
+   * cluster that does not decompress, an I/O error) is read again piece by
+   * piece, and what fails again reads as zeros, this function told of each
+   * such range: a compressed cluster's piece, or a 512-byte sector of
+   * data. Errors of the image's tables, and a codec worker that crashed,
+   * still stop the read. Without it, the first failure does.
+   */
+  salvage?: SalvageReport;
   /** Guest offset to start at. @default {0} */
   offset?: number;
   /** Bytes to read. @default {the rest of the disk} */
@@ -138,6 +153,7 @@ export async function* readSegments(
     reuseBuffers: options.reuseBuffers,
     recycle: options.recycle,
     copy,
+    salvage: options.salvage,
   });
   try {
     for await (const item of image.plan(start, length, 0)) {
