@@ -503,19 +503,27 @@ function refuseTerminals(s: ConvertSettings): void {
 }
 
 /**
- * qemu-img's `--salvage` warnings: one per 512-byte sector of a range read
- * as zeros, at its offset in its SRC, as qemu-img prints one per sector it
- * could not read (none with -q). Written as they come: memory stays
- * bounded however many there are.
+ * qemu-img's `--salvage` warnings, at offsets in their SRC (none with -q).
+ * A failed read: one line per 512-byte sector, as qemu-img prints one per
+ * sector it could not read. A range the image's tables could not map
+ * (qemu-img reads zeros there and says nothing): one line for the range,
+ * with our reason, so that a small corrupt table cannot make gigabytes of
+ * warnings. Written as they come: memory stays bounded.
  */
 function salvageWarnings(quiet: boolean): SalvageReport {
-  return (offset, length) => {
+  const line = (at: number, more = "") =>
+    warn(
+      `qcow2pipe: warning: error while reading offset ${at}: Input/output error${more}`,
+    );
+  return (offset, length, error, cause) => {
     if (quiet) return;
+    if (cause === "map") {
+      line(offset, ` (${length} bytes read as zeros: ${error.message})`);
+      return;
+    }
     const end = offset + length;
     for (let at = offset - offset % SECTOR_SIZE; at < end; at += SECTOR_SIZE) {
-      warn(
-        `qcow2pipe: warning: error while reading offset ${at}: Input/output error`,
-      );
+      line(at);
     }
   };
 }

@@ -9,6 +9,36 @@ import {
 import type { Extent, GuestImage, PlanItem } from "./image.ts";
 import { readError } from "../io/os_errors.ts";
 
+/** Guest bytes a plan could not map, told with the error that says why. */
+export interface GuestRange {
+  /** Guest offset. */
+  offset: number;
+  /** Bytes. */
+  length: number;
+}
+
+/** Plan errors that cover a known guest range and nothing beyond it. */
+const unreadableRanges = new WeakMap<Error, GuestRange>();
+
+/**
+ * Records that `err`, thrown while planning, is about `range` alone: a
+ * salvaging read ({@linkcode ReadImageOptions.salvage}) reads those bytes
+ * as zeros and plans on after them. An error without one still stops it.
+ */
+export function unreadable<E extends Error>(err: E, range: GuestRange): E {
+  unreadableRanges.set(err, range);
+  return err;
+}
+
+/** The guest range a plan error is about (it or an error it wraps). */
+export function unreadableRange(err: unknown): GuestRange | undefined {
+  for (let e = err; e instanceof Error; e = e.cause) {
+    const range = unreadableRanges.get(e);
+    if (range) return range;
+  }
+  return undefined;
+}
+
 /** The public part of a plan item. */
 export function toExtent(item: PlanItem): Extent {
   const e: Extent = {

@@ -128,17 +128,22 @@ interface Queued {
   buffer?: () => Uint8Array | undefined;
   /** The plan items it reads, read again one by one when salvaging. */
   items?: PlanItem[];
+  /** For a range the plan could not map: why (told when it is taken). */
+  unreadable?: Error;
 }
 
 /**
- * Told of each guest range that could not be read and reads as zeros
- * instead: a compressed piece whose cluster failed, or a 512-byte sector
- * of data.
+ * Told of each guest range that reads as zeros instead of failing, in
+ * guest order: `"read"` for a read that failed again when made piece by
+ * piece (a compressed cluster's piece, or a 512-byte sector of data),
+ * `"map"` for a range the image's tables could not map (a cluster or L2
+ * table past the end of the file), where nothing was read.
  */
 export type SalvageReport = (
   offset: number,
   length: number,
   error: Error,
+  cause: "read" | "map",
 ) => void;
 
 /** The last cluster decompressed, kept for the next pieces of it. */
@@ -398,9 +403,27 @@ export class ReadAhead {
       segment = await salvaged(entry.items, this.#salvage);
       entry.buffer = undefined; // its bytes are in a buffer of their own
     }
+    if (entry.unreadable) {
+      this.#salvage!(
+        segment.offset,
+        segment.length,
+        entry.unreadable,
+        "map",
+      );
+    }
     if (this.#lent) this.#buffers!.put(this.#lent);
     this.#lent = entry.buffer?.();
     return segment;
+  }
+
+  /**
+   * Queues zeros for a range the plan could not map, when salvaging: the
+   * report is made when its segment is taken, in guest order.
+   */
+  addUnreadable(offset: number, length: number, error: Error): void {
+    this.flush();
+    const segment = Promise.resolve({ offset, length, data: null });
+    this.#queue.push({ segment, bytes: 0, remote: false, unreadable: error });
   }
 
   /** Forgets what is queued: the consumer stopped. */
@@ -595,7 +618,7 @@ async function salvaged(
       );
     } catch (err) {
       if (err instanceof InternalError) throw err;
-      report(item.offset, item.length, err as Error);
+      report(item.offset, item.length, err as Error, "read");
     }
   };
   for (const item of items) {

@@ -17,6 +17,8 @@ import {
 
 export type { Segment } from "./image.ts";
 export type { SalvageReport } from "./_read_ahead.ts";
+import { type GuestRange, unreadableRange } from "./_read.ts";
+import { InternalError } from "../format/errors.ts";
 
 /**
  * Options for reading an image in order.
@@ -155,11 +157,44 @@ export async function* readSegments(
     copy,
     salvage: options.salvage,
   });
+  const end = start + length;
   try {
-    for await (const item of image.plan(start, length, 0)) {
-      for (const piece of ahead.pieces(item)) {
-        ahead.add(piece);
+    // Planned up to `pos`; planning up to `limit`, where `hole` starts: a
+    // range a salvaging read could not map, read as zeros.
+    let pos = start;
+    let limit = end;
+    let hole: GuestRange & { error: Error } | undefined;
+    while (pos < end) {
+      try {
+        if (limit > pos) {
+          for await (const item of image.plan(pos, limit - pos, 0)) {
+            for (const piece of ahead.pieces(item)) {
+              ahead.add(piece);
+              while (ahead.full) yield await ahead.next();
+            }
+            pos = item.offset + item.length;
+          }
+        }
+      } catch (err) {
+        const bad = options.salvage && !(err instanceof InternalError)
+          ? unreadableRange(err)
+          : undefined;
+        const from = bad && Math.max(pos, bad.offset);
+        const to = bad && Math.min(end, bad.offset + bad.length);
+        // Only a range ahead of what was planned, and before `limit`:
+        // every turn plans or skips something.
+        if (from === undefined || to! <= from || from >= limit) throw err;
+        hole = { offset: from, length: to! - from, error: err as Error };
+        limit = from;
+        continue;
+      }
+      pos = limit;
+      if (hole) {
+        ahead.addUnreadable(hole.offset, hole.length, hole.error);
         while (ahead.full) yield await ahead.next();
+        pos = hole.offset + hole.length;
+        hole = undefined;
+        limit = end;
       }
     }
     ahead.flush();

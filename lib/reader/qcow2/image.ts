@@ -33,7 +33,7 @@ import type {
 } from "../image.ts";
 import type { OpenedDataFile, OpenPurpose } from "../image_type.ts";
 import { readPadded } from "../read.ts";
-import { planBacking, PlannedImage } from "../_read.ts";
+import { planBacking, PlannedImage, unreadable } from "../_read.ts";
 import { checkRange, readExact } from "../_bounds.ts";
 import { type Mapping, Qcow2Mapping } from "./mapping.ts";
 import { Qcow2Status } from "./status.ts";
@@ -313,10 +313,14 @@ export class Qcow2Image extends PlannedImage implements GuestImage {
     const where = `L2 table at ${hex(l2Offset)} (L1 entry ${l1Index})`;
     const at = { offset: this.#l1Offset + l1Index * 8 };
     if (l2Offset + cs > this.#source.size) {
-      throw new Qcow2Error(
-        "TRUNCATED",
-        `Cannot read image: ${where} ends past the end of the file (${this.#source.size} bytes)`,
-        at,
+      const span = cs * this.geometry.l2Entries;
+      throw unreadable(
+        new Qcow2Error(
+          "TRUNCATED",
+          `Cannot read image: ${where} ends past the end of the file (${this.#source.size} bytes)`,
+          at,
+        ),
+        { offset: l1Index * span, length: span },
       );
     }
     const l1Bytes = this.#l1Size * 8;
@@ -403,12 +407,15 @@ export class Qcow2Image extends PlannedImage implements GuestImage {
     if (this.#dataFile === undefined && lastHost >= size) {
       const past = Math.max(firstHost, size + ((cs - (size % cs)) % cs));
       const guest = m.offset - (host - firstHost) + (past - firstHost);
-      throw new Qcow2Error(
-        "TRUNCATED",
-        `Cannot read image: guest cluster ${hex(guest)} maps to host offset ${
-          hex(past)
-        }, past the end of the file (${size} bytes)`,
-        { offset: past },
+      throw unreadable(
+        new Qcow2Error(
+          "TRUNCATED",
+          `Cannot read image: guest cluster ${hex(guest)} maps to host offset ${
+            hex(past)
+          }, past the end of the file (${size} bytes)`,
+          { offset: past },
+        ),
+        { offset: guest, length: cs },
       );
     }
     const source = this.#dataFile?.source ?? this.#source;
@@ -431,14 +438,17 @@ export class Qcow2Image extends PlannedImage implements GuestImage {
     if (m.compressed === undefined) throw m.undecodable!;
     const range = compressedRange(m.compressed);
     if (range.offset >= this.#source.size) {
-      throw new Qcow2Error(
-        "TRUNCATED",
-        `Cannot read image: compressed cluster for guest offset ${
-          hex(clusterStart)
-        } starts at host offset ${
-          hex(range.offset)
-        }, past the end of the file (${this.#source.size} bytes)`,
-        { offset: range.offset },
+      throw unreadable(
+        new Qcow2Error(
+          "TRUNCATED",
+          `Cannot read image: compressed cluster for guest offset ${
+            hex(clusterStart)
+          } starts at host offset ${
+            hex(range.offset)
+          }, past the end of the file (${this.#source.size} bytes)`,
+          { offset: range.offset },
+        ),
+        { offset: clusterStart, length: cs },
       );
     }
     return {
