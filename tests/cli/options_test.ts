@@ -56,7 +56,6 @@ const REFUSED: [string[], string][] = [
     ["convert", "--target-image-opts", "a.raw", "b.qcow2"],
     "--target-image-opts",
   ],
-  [["convert", "--salvage", "a.raw", "b.qcow2"], "--salvage"],
   [["convert", "--bitmaps", "a.raw", "b.qcow2"], "--bitmaps"],
   [
     ["convert", "--skip-broken-bitmaps", "a.raw", "b.qcow2"],
