@@ -44,6 +44,34 @@ import { measureImage } from "./tools/measure.ts";
  * assert.strictEqual(summary.compressedClusters, 1); // the header's cluster; the rest is unallocated
  * await Deno.remove(dir, { recursive: true });
  * ```
+ *
+ * @example Salvage what can be read of an image with a broken cluster
+ * ```ts
+ * import assert from "node:assert";
+ * import { convert } from "./convert.ts";
+ * import { openImage } from "./reader/open.ts";
+ * import { OutputFile } from "./host/output_file.ts";
+ * const dir = await Deno.makeTempDir();
+ * const clusters = [1, 2, 3].map((n) => new Uint8Array(65536).fill(n));
+ * await convert(ReadableStream.from(clusters), await OutputFile.create(`${dir}/a.qcow2`), {
+ *   compression: "zlib",
+ *   workers: 1,
+ * });
+ * // Break the compressed bytes of the second cluster.
+ * const file = await Deno.readFile(`${dir}/a.qcow2`);
+ * await using intact = await openImage(file.slice());
+ * const second = (await Array.fromAsync(intact.extents()))
+ *   .find((e) => e.offset === 65536)!.hostOffset!;
+ * file.fill(0xff, second, second + 16);
+ * await using image = await openImage(file);
+ * const lost: [number, number][] = [];
+ * const summary = await convert(image, await OutputFile.create(`${dir}/b.qcow2`), {
+ *   salvage: (offset, length) => lost.push([offset, length]),
+ * });
+ * assert.deepStrictEqual(lost, [[65536, 65536]]); // read as zeros
+ * assert.strictEqual(summary.dataClusters, 2);
+ * await Deno.remove(dir, { recursive: true });
+ * ```
  */
 export interface ConvertOptions extends Qcow2WriterOptions {
   /**

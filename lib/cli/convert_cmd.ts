@@ -151,6 +151,15 @@ ${
                        there), else qemu-img's "    (NN.NN/100%)" steps
                        on stdout (stderr when DST is -)
   -q, --quiet          no progress bar, no notices
+      --salvage        read what cannot be read as zeros and go on: a
+                       request that fails (a compressed cluster that
+                       does not inflate, an I/O error) is read again
+                       cluster by cluster and 512 bytes at a time, and
+                       each 512-byte sector that fails again is written
+                       as zeros with qemu-img's warning ("error while
+                       reading offset N: ..."); a cluster or L2 table
+                       past the end of SRC is zeros, with one warning
+                       for its range. Exit 0 if nothing else failed
   -h, --help           show this help
 
 Options of our own:
@@ -187,8 +196,8 @@ Options of our own:
 ${httpTimeoutHelp(24)}
 
 qemu-img options that are not supported (-C, -r, --object,
---image-opts, --target-image-opts, --salvage, --bitmaps,
---skip-broken-bitmaps) are refused with a line saying why.
+--image-opts, --target-image-opts, --bitmaps, --skip-broken-bitmaps) are
+refused with a line saying why.
 
 Raw output files are sparse: zero ranges become holes.`;
 
