@@ -108,6 +108,7 @@ export {
   imageReadable,
   type ReadImageOptions,
   readSegments,
+  type SalvageReport,
   type Segment,
 } from "./lib/reader/segments.ts";
 export {

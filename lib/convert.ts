@@ -7,11 +7,7 @@
 
 import type { ImageSink } from "./io/sink.ts";
 import type { GuestImage } from "./reader/image.ts";
-import {
-  imageChunks,
-  type ReadImageOptions,
-  type SalvageReport,
-} from "./reader/segments.ts";
+import { imageChunks, type SalvageReport } from "./reader/segments.ts";
 import { CodecPool } from "./codec/pool.ts";
 import { Qcow2Writer, type Qcow2WriterOptions } from "./writer/qcow2_writer.ts";
 import type { PackSummary } from "./writer/pack_stream.ts";
@@ -95,7 +91,7 @@ export interface ConvertOptions extends Qcow2WriterOptions {
    * qemu-img's `--salvage`, for an image input: a range that cannot be
    * read (a compressed cluster that does not decompress, a read that
    * fails) is written as zeros, and this function is told of it (see
-   * {@linkcode ReadImageOptions.salvage}).
+   * `ReadImageOptions.salvage`).
    */
   salvage?: SalvageReport;
 }

@@ -138,6 +138,16 @@ interface Queued {
  * piece (a compressed cluster's piece, or a 512-byte sector of data),
  * `"map"` for a range the image's tables could not map (a cluster or L2
  * table past the end of the file), where nothing was read.
+ *
+ * @example Count the bytes read as zeros
+ * ```ts
+ * import assert from "node:assert";
+ * import type { SalvageReport } from "./_read_ahead.ts";
+ * let lost = 0;
+ * const report: SalvageReport = (_offset, length) => void (lost += length);
+ * report(65536, 512, new Error("Cannot read: I/O error"), "read");
+ * assert.strictEqual(lost, 512);
+ * ```
  */
 export type SalvageReport = (
   offset: number,
