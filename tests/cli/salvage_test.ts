@@ -258,3 +258,65 @@ qemuTest(
     );
   },
 );
+
+qemuTest(
+  "convert --salvage of several SRCs: warnings at offsets in their own SRC, as qemu-img's; the same bytes",
+  async () => {
+    await using dir = await tempDir();
+    const good = await corruptImage(dir.path, "good", false, () => {});
+    const bad = await corruptImage(dir.path, "payload", true, badPayload);
+    const ours = join(dir.path, "ours.raw");
+    const theirs = join(dir.path, "theirs.raw");
+    const args = ["convert", "--salvage", "-O", "raw", good, bad];
+    const q = await runStatus("qemu-img", [...args, theirs]);
+    const o = await runCli([...args, ours]);
+    assert.deepStrictEqual([o.code, q.code], [0, 0]);
+    assert.deepStrictEqual(
+      await Deno.readFile(ours),
+      await Deno.readFile(theirs),
+    );
+    assert.strictEqual(
+      o.stderr.replaceAll("qcow2pipe: ", "qemu-img: "),
+      q.stderr,
+    );
+    assert.match(
+      q.stderr,
+      /^qemu-img: warning: error while reading offset 65536:/,
+    );
+  },
+);
+
+qemuTest(
+  "convert --salvage -c -O qcow2: the image written reads as qemu-img's salvaged raw",
+  async () => {
+    await using dir = await tempDir();
+    const src = await corruptImage(dir.path, "payload", true, badPayload);
+    const theirs = join(dir.path, "theirs.raw");
+    const ours = join(dir.path, "ours.qcow2");
+    await runStatus("qemu-img", [
+      "convert",
+      "--salvage",
+      "-q",
+      "-O",
+      "raw",
+      src,
+      theirs,
+    ]);
+    const o = await runCli([
+      "convert",
+      "--salvage",
+      "-q",
+      "-c",
+      "-O",
+      "qcow2",
+      src,
+      ours,
+    ]);
+    assert.strictEqual(o.code, 0);
+    assert.strictEqual(o.stderr, "");
+    assert.match(
+      await qemuImg("compare", "-f", "qcow2", "-F", "raw", ours, theirs),
+      /Images are identical/,
+    );
+  },
+);
