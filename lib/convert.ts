@@ -91,7 +91,7 @@ export interface ConvertOptions extends Qcow2WriterOptions {
    * qemu-img's `--salvage`, for an image input: a range that cannot be
    * read (a compressed cluster that does not decompress, a read that
    * fails) is written as zeros, and this function is told of it (see
-   * `ReadImageOptions.salvage`).
+   * `ReadImageOptions.salvage`). Not with `sparsify`.
    */
   salvage?: SalvageReport;
 }
@@ -138,7 +138,7 @@ export interface ConvertSummary extends PackSummary {
  * @param options Cluster size, compression, level, refcount width,
  * workers, sparsify.
  * @returns What was written (with the free-space report when sparsifying).
- * @throws {RangeError} For invalid options.
+ * @throws {RangeError} For invalid options (salvage with sparsify among them).
  * @throws {Qcow2Error} When the input image is corrupt.
  *
  * @example Convert a raw stream to a zstd qcow2 file
@@ -162,6 +162,9 @@ export async function convert(
   options: ConvertOptions = {},
 ): Promise<ConvertSummary> {
   const isFile = !(output instanceof WritableStream);
+  if (options.salvage && options.sparsify) {
+    throw new RangeError("Cannot convert: salvage does not go with sparsify");
+  }
   const preallocation = options.preallocation ?? "off";
   if (preallocation !== "off") {
     if (!isFile || (options.compression ?? "none") !== "none") {

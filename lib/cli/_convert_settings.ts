@@ -282,6 +282,12 @@ export function convertSettings(
 ): ConvertSettings {
   const { values } = parsed;
   checkCopyOffloading(values);
+  if (values.salvage && values.sparsify) {
+    // The free-space map reads the filesystems through its own reads.
+    throw new UsageError(
+      "Cannot convert: --salvage does not go with --sparsify (which needs SRC's filesystems readable)",
+    );
+  }
   if (parsed.refused) throw parsed.refused;
   const [sources, dst] = operandsOf(parsed.positionals);
   const src = sources[0];

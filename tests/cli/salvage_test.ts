@@ -320,3 +320,18 @@ qemuTest(
     );
   },
 );
+
+Deno.test("convert --salvage --sparsify is refused in one line", async () => {
+  const r = await runCli([
+    "convert",
+    "--salvage",
+    "--sparsify",
+    "a.raw",
+    "b.raw",
+  ]);
+  assert.strictEqual(r.code, 1);
+  assert.strictEqual(
+    r.stderr,
+    "qcow2pipe: Cannot convert: --salvage does not go with --sparsify (which needs SRC's filesystems readable)\n",
+  );
+});
