@@ -253,6 +253,7 @@ async function openSources(run: Run): Promise<Sources> {
     notice: run.notice,
     cleanups,
     http: s.http,
+    imageOpts: s.imageOpts,
   };
   if (s.sources.length > 1) {
     const several = await openConcatenated(s.sources, options, run.pool);
