@@ -65,9 +65,10 @@ export function parseImageName(
 /**
  * A path given after `file:`. A relative path whose first component has
  * a colon is written `./PATH`, as QEMU names it (so that it is not read
- * as another protocol's prefix).
+ * as another protocol's prefix); so is `-`, a file, not standard input.
  */
 function plainPath(path: string): string {
+  if (path === "-") return "./-";
   const colon = path.indexOf(":");
   const slash = path.indexOf("/");
   return colon >= 0 && (slash < 0 || colon < slash) ? `./${path}` : path;
