@@ -17,6 +17,7 @@ import type { HttpTransport } from "../io/http_source.ts";
 import { directoryOf } from "../reader/references.ts";
 import { fileError } from "../io/os_errors.ts";
 import { splitOptionList } from "./_create_options.ts";
+import { sourceName } from "./_inputs.ts";
 import type { Unpacked } from "../reader/packed/unpack.ts";
 import { PACKING_TITLES, packingOf } from "../reader/packed/magic.ts";
 
@@ -108,6 +109,8 @@ export interface InputOptions {
   cleanups: (() => Promise<void>)[];
   /** How http(s) URLs are fetched. */
   http: HttpTransport;
+  /** --image-opts: each SRC is qemu-img's `key=value,...` options. */
+  imageOpts?: boolean;
 }
 
 /** What a stream was packed in: "xz-compressed: decompressing it as it is read". */
@@ -383,11 +386,22 @@ async function noticeUnskippedHoles(
   );
 }
 
-/** Opens SRC. */
+/**
+ * Opens SRC: a file, `-`, an http(s) URL, or a name in qemu-img's syntax
+ * (`file:`, `json:{...}`, --image-opts; a `null-co` driver reads as zeros).
+ */
 export async function openInput(
-  src: string,
-  options: InputOptions,
+  name: string,
+  given: InputOptions,
 ): Promise<Input> {
+  const named = sourceName(name, given.format, given.imageOpts);
+  if (named.zeros !== undefined) {
+    if (given.snapshot !== undefined) throw noSnapshots();
+    const zeros: ZeroBytes = { zeros: named.zeros };
+    return { raw: ReadableStream.from([zeros]), total: named.zeros };
+  }
+  const src = named.path;
+  const options = { ...given, format: named.format };
   const { format } = options;
   if (src === "-") {
     // A pipe has no directory: a probed image from it follows no backing

@@ -62,10 +62,7 @@ export const CONVERT_OPTIONS = {
     type: "string",
     unsupported: "there are no QEMU objects here; nothing is encrypted",
   },
-  "image-opts": {
-    type: "boolean",
-    unsupported: "give SRC as a file name, an http(s) URL or -",
-  },
+  "image-opts": { type: "boolean" },
   "target-image-opts": {
     type: "boolean",
     unsupported: "give DST as a file name or -",
@@ -169,6 +166,8 @@ export interface ConvertSettings {
   progress?: boolean;
   /** How http(s) URLs are fetched (--http-timeout). */
   http: HttpTransport;
+  /** --image-opts: each SRC is qemu-img's `key=value,...` options. */
+  imageOpts: boolean;
 }
 
 /**
@@ -354,6 +353,7 @@ export function convertSettings(
     verbose: values.verbose ?? false,
     progress: values.progress,
     http: httpTransport("convert", values["http-timeout"]),
+    imageOpts: values["image-opts"] ?? false,
   };
 }
 

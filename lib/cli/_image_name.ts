@@ -5,8 +5,10 @@
 // data file overrides, other protocols, cache and driver options) is
 // refused in one line: the image is then opened as a path is, through the
 // same reference rules (its backing file comes from its header and is
-// followed as any other's).
-import { UsageError } from "./_util.ts";
+// followed as any other's). Where a command reads guest data only (convert's
+// SRC), the `null-co` driver is taken too, with `read-zeroes` on: an image
+// of `size` zero bytes (1 GiB if no size is given, as in QEMU), no file.
+import { parseSize, UsageError } from "./_util.ts";
 
 /** An image named in qemu-img's syntax, as we open it. */
 export interface ImageName {
@@ -19,6 +21,11 @@ export interface ImageName {
    * place of the one the header names.
    */
   dataFile?: string;
+  /**
+   * The `null-co` driver: the image reads as this many zero bytes, and
+   * names no file (`path` is then the name as given, for messages).
+   */
+  zeros?: number;
 }
 
 /** How a name is read. */
@@ -31,6 +38,8 @@ export interface ImageNameOptions {
    * these names do not decrypt).
    */
   secrets?: readonly string[];
+  /** The `null-co` driver is taken (convert's SRC; see {@linkcode ImageName.zeros}). */
+  nullSource?: boolean;
 }
 
 /**
@@ -56,9 +65,10 @@ export function parseImageName(
 /**
  * A path given after `file:`. A relative path whose first component has
  * a colon is written `./PATH`, as QEMU names it (so that it is not read
- * as another protocol's prefix).
+ * as another protocol's prefix); so is `-`, a file, not standard input.
  */
 function plainPath(path: string): string {
+  if (path === "-") return "./-";
   const colon = path.indexOf(":");
   const slash = path.indexOf("/");
   return colon >= 0 && (slash < 0 || colon < slash) ? `./${path}` : path;
@@ -141,6 +151,12 @@ function fromOptions(
   const refuse = (why: string): never => {
     throw new UsageError(`Cannot open image ${name}: ${why}`);
   };
+  if (opts.get("driver") === "null-co") {
+    if (!options.nullSource) {
+      refuse('driver "null-co" is only taken as convert\'s SRC');
+    }
+    return { path: name, zeros: nullSize(opts, refuse) };
+  }
   let path: string | undefined;
   let format: string | undefined;
   let dataFile: string | undefined;
@@ -183,6 +199,45 @@ function fromOptions(
   if (format !== undefined) named.format = format;
   if (dataFile !== undefined) named.dataFile = dataFile;
   return named;
+}
+
+/** QEMU's size of a `null-co` image given no `size`. */
+const NULL_CO_SIZE = 1 << 30;
+
+/**
+ * The size of a `null-co` image: its options are `driver`, `size` (a
+ * number, or a size like 64k) and `read-zeroes`, which must be on (off,
+ * QEMU's default, leaves the bytes read undefined).
+ */
+function nullSize(
+  opts: Map<string, unknown>,
+  refuse: (why: string) => never,
+): number {
+  let size = NULL_CO_SIZE;
+  let zeroes = false;
+  for (const [key, value] of opts) {
+    if (key === "driver") continue;
+    if (key === "size" && typeof value === "number") {
+      if (!Number.isSafeInteger(value) || value < 0) {
+        refuse(`size ${value} is not a non-negative integer`);
+      }
+      size = value;
+    } else if (key === "size" && typeof value === "string") {
+      size = parseSize(value, "size");
+    } else if (key === "read-zeroes") {
+      zeroes = value === true || value === "on" || value === "true";
+    } else {
+      refuse(
+        `option "${key}" of driver "null-co" is not supported (only size and read-zeroes)`,
+      );
+    }
+  }
+  if (!zeroes) {
+    refuse(
+      'driver "null-co" is read only with "read-zeroes" on (without it, what it reads is undefined)',
+    );
+  }
+  return size;
 }
 
 /**

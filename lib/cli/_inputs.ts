@@ -80,11 +80,7 @@ export async function namedFile(
     // info and check read the image's own metadata only: the data file is
     // not read, but it must be there, as qemu-img opens it. A command that
     // reads guest data would have to read it: refused there.
-    if (!metadataOnly) {
-      throw new UsageError(
-        `Cannot open image ${name}: option "data-file.filename" is only taken by info and check`,
-      );
-    }
+    if (!metadataOnly) refuseDataFile(name);
     const info = await Deno.stat(named.dataFile).catch(() => undefined);
     if (!info?.isFile) {
       throw new UsageError(
@@ -92,16 +88,66 @@ export async function namedFile(
       );
     }
   }
-  if (
-    named.format !== undefined && values.format !== undefined &&
-    named.format !== values.format
-  ) {
-    throw new UsageError(
-      `Cannot open image ${name}: its driver "${named.format}" is not the format -f gives ("${values.format}")`,
-    );
+  return {
+    path: named.path,
+    format: parseFormat(agreedFormat(name, named.format, values.format), "-f"),
+  };
+}
+
+/** What a SRC of convert names: a file and its format, or zeros. */
+export interface SourceName {
+  /** The file (or URL, or `-`) to read. */
+  path: string;
+  /** The format the name or -f gives, or undefined to probe. */
+  format: ImageFormat | undefined;
+  /** A `null-co` source: this many zero bytes, no file. */
+  zeros?: number;
+}
+
+/**
+ * A SRC of convert in qemu-img's syntax (see {@linkcode namedFile}), where
+ * the `null-co` driver (zeros of a size) is taken too.
+ *
+ * @param name SRC as given.
+ * @param format The format -f gives.
+ * @param imageOpts --image-opts: SRC is `key=value,...` options.
+ * @returns The file (or zeros) and format it names.
+ * @throws {UsageError} For a name we do not take, or a driver that is not
+ * the format -f gives.
+ */
+export function sourceName(
+  name: string,
+  format: ImageFormat | undefined,
+  imageOpts: boolean | undefined,
+): SourceName {
+  const named = parseImageName(name, { imageOpts, nullSource: true });
+  if (named.dataFile !== undefined) refuseDataFile(name);
+  if (named.zeros !== undefined) {
+    agreedFormat(name, "null-co", format);
+    return { path: named.path, format: "raw", zeros: named.zeros };
   }
   return {
     path: named.path,
-    format: parseFormat(named.format ?? values.format, "-f"),
+    format: parseFormat(agreedFormat(name, named.format, format), "-f"),
   };
+}
+
+function refuseDataFile(name: string): never {
+  throw new UsageError(
+    `Cannot open image ${name}: option "data-file.filename" is only taken by info and check`,
+  );
+}
+
+/** The format a name's driver gives, which must be the one -f gives. */
+function agreedFormat(
+  name: string,
+  driver: string | undefined,
+  format: string | undefined,
+): string | undefined {
+  if (driver !== undefined && format !== undefined && driver !== format) {
+    throw new UsageError(
+      `Cannot open image ${name}: its driver "${driver}" is not the format -f gives ("${format}")`,
+    );
+  }
+  return driver ?? format;
 }

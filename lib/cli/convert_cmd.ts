@@ -77,6 +77,13 @@ input and servers without Range support are streamed. A qcow2 stream whose
 tables come before its data is decoded in one pass; any other qcow2 stream
 is first spooled to a temporary file (said on stderr).
 
+SRC may also be named in qemu-img's syntax for a local file, as info takes
+it: file:PATH, json:{"driver": FMT, "file": {"driver": "file", "filename":
+PATH}} or, with --image-opts, driver=FMT,file.filename=PATH (the driver is
+the format, as -f). Options naming a backing file, another protocol or a
+data file are refused. A null-co driver with "read-zeroes" on is a SRC of
+"size" zero bytes (default 1G), as in qemu-img; without it, refused.
+
 DST may be a file or "-" for standard output. A FIFO, a character device,
 or a name leading through /dev or /proc (/dev/stdout, /proc/self/fd/N) is
 written as a stream, like standard output, and never replaced. qcow2 to a
@@ -125,6 +132,9 @@ ${
   -l SNAPSHOT          read an internal snapshot of SRC: snapshot.id=ID,
                        snapshot.name=NAME (both may be given) or ID_OR_NAME
   -s ID_OR_NAME        the same as -l ID_OR_NAME
+      --image-opts     each SRC is qemu-img's options: driver=FMT,
+                       file.filename=PATH (or driver=null-co,size=SIZE,
+                       read-zeroes=on)
   -m N                 codec workers, 1 to ${MAX_WORKERS} (as --workers)
   -W                   accepted: clusters are always placed as they come
   -n                   DST exists (a raw file, a device or a qcow2 image,
@@ -196,8 +206,8 @@ Options of our own:
 ${httpTimeoutHelp(24)}
 
 qemu-img options that are not supported (-C, -r, --object,
---image-opts, --target-image-opts, --bitmaps, --skip-broken-bitmaps) are
-refused with a line saying why.
+--target-image-opts, --bitmaps, --skip-broken-bitmaps) are refused with a
+line saying why.
 
 Raw output files are sparse: zero ranges become holes.`;
 
@@ -266,6 +276,7 @@ async function openSources(run: Run): Promise<Sources> {
     notice: run.notice,
     cleanups,
     http: s.http,
+    imageOpts: s.imageOpts,
   };
   if (s.sources.length > 1) {
     const several = await openConcatenated(

@@ -51,7 +51,6 @@ const REFUSED: [string[], string][] = [
     ["convert", "--object", "secret,id=s0,data=x", "a.raw", "b.qcow2"],
     "--object",
   ],
-  [["convert", "--image-opts", "a.raw", "b.qcow2"], "--image-opts"],
   [
     ["convert", "--target-image-opts", "a.raw", "b.qcow2"],
     "--target-image-opts",

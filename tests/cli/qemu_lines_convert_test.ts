@@ -2,7 +2,10 @@
 // our CLI in its place; qemu-img judges the images each wrote
 // (tests/cli/_lines.ts).
 
-import { qemuTest } from "../_qemu.ts";
+import assert from "node:assert";
+import { join } from "node:path";
+import { qemuTest, runStatus, tempDir } from "../_qemu.ts";
+import { cli } from "../tools/_helpers.ts";
 import { judgeLine, type Line, makeFixtures } from "./_lines.ts";
 
 const LINES: Line[] = [
@@ -352,6 +355,51 @@ const LINES: Line[] = [
     judge: { kind: "message" },
   },
   { line: "convert -O raw feature.qcow2 out.raw", judge: { kind: "message" } },
+  // SRC in qemu-img's names of a local file, and null-co's zeros
+  {
+    line:
+      "convert -O raw json:{'driver':'qcow2','file':{'driver':'file','filename':'disk.qcow2'}} out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line: "convert -O qcow2 file:top.qcow2 out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2" },
+  },
+  {
+    line:
+      "convert --image-opts -O qcow2 driver=raw,file.driver=file,file.filename=disk.raw out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2", same: "map" },
+  },
+  {
+    line:
+      "convert --image-opts -O raw driver=qcow2,file.filename=base.qcow2 file.filename=top.qcow2 out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line:
+      "convert -O qcow2 -S 512 json:{'driver':'null-co','size':1048576,'read-zeroes':true} out.qcow2",
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2", same: "map" },
+  },
+  {
+    line:
+      'convert -O qcow2 -S 0 json:{"driver":"null-co","size":"3M","read-zeroes":"on"} out.qcow2',
+    judge: { kind: "image", dst: "out.qcow2", format: "qcow2", same: "map" },
+  },
+  {
+    line:
+      "convert --image-opts -O raw driver=null-co,size=64k,read-zeroes=on out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line:
+      "convert -O raw disk.raw json:{'driver':'null-co','size':4096,'read-zeroes':true} out.raw",
+    judge: { kind: "image", dst: "out.raw", format: "raw" },
+  },
+  {
+    line:
+      "convert -f qcow2 -O raw json:{'driver':'raw','file':{'filename':'disk.raw'}} out.raw",
+    judge: { kind: "refused", dst: "out.raw" },
+  },
   // refused by both
   {
     line: "convert -c -O raw disk.raw out.raw",
@@ -377,6 +425,44 @@ qemuTest(
     await using fx = await makeFixtures();
     for (const line of LINES) {
       await t.step(line.line, () => judgeLine(fx, line));
+    }
+  },
+);
+
+qemuTest(
+  "convert SRC names qemu-img takes that we refuse in one line: a backing file, another protocol, null-co's undefined bytes",
+  async () => {
+    await using fx = await makeFixtures();
+    await using out = await tempDir();
+    const at = (name: string) => join(fx.dir, name);
+    const top = { filename: at("top.qcow2") };
+    const refused = [
+      { driver: "qcow2", file: top, backing: null },
+      { driver: "qcow2", file: { driver: "blkdebug", image: top } },
+      {
+        driver: "qcow2",
+        file: top,
+        backing: { driver: "raw", file: { filename: at("disk.raw") } },
+      },
+      { driver: "null-co", size: 4096 },
+      { driver: "null-co", size: 4096, "read-zeroes": true, "latency-ns": 5 },
+    ].map((o) => `json:${JSON.stringify(o)}`);
+    for (const [i, src] of refused.entries()) {
+      // qemu-img takes each of them.
+      const theirs = await runStatus("qemu-img", [
+        "convert",
+        "-O",
+        "raw",
+        src,
+        join(out.path, `q${i}.raw`),
+      ]);
+      assert.strictEqual(theirs.code, 0, `${src}: ${theirs.stderr}`);
+      const dst = join(out.path, "out.raw");
+      const ours = await cli(["convert", "-O", "raw", src, dst]);
+      assert.strictEqual(ours.code, 1, src);
+      assert.strictEqual(ours.stderr.trimEnd().split("\n").length, 1, src);
+      assert.match(ours.stderr, /^qcow2pipe: Cannot open image json:/, src);
+      await assert.rejects(Deno.stat(dst), Deno.errors.NotFound);
     }
   },
 );
