@@ -26,6 +26,11 @@ export interface ImageName {
    * names no file (`path` is then the name as given, for messages).
    */
   zeros?: number;
+  /**
+   * The secret `encrypt.key-secret` names: with it, qemu-img names the
+   * image by its options (`json:{...}`), not by its file.
+   */
+  keySecret?: string;
 }
 
 /** How a name is read. */
@@ -38,6 +43,12 @@ export interface ImageNameOptions {
    * these names do not decrypt).
    */
   secrets?: readonly string[];
+  /**
+   * The command looks no secret up (`info`: like qemu-img's, it reads no
+   * encrypted data), so an `encrypt.key-secret` need not name a
+   * `--object secret`.
+   */
+  noSecretLookup?: boolean;
   /** The `null-co` driver is taken (convert's SRC; see {@linkcode ImageName.zeros}). */
   nullSource?: boolean;
 }
@@ -160,6 +171,7 @@ function fromOptions(
   let path: string | undefined;
   let format: string | undefined;
   let dataFile: string | undefined;
+  let keySecret: string | undefined;
   for (const [key, value] of opts) {
     if (typeof value !== "string") {
       refuse(`option "${key}" must be a string`);
@@ -184,9 +196,12 @@ function fromOptions(
         }
         break;
       case "encrypt.key-secret":
-        if (!(options.secrets ?? []).includes(text)) {
+        if (
+          !options.noSecretLookup && !(options.secrets ?? []).includes(text)
+        ) {
           refuse(`no secret with id '${text}' (give it with --object secret)`);
         }
+        keySecret = text;
         break;
       default:
         refuse(
@@ -198,6 +213,7 @@ function fromOptions(
   const named: ImageName = { path: path! };
   if (format !== undefined) named.format = format;
   if (dataFile !== undefined) named.dataFile = dataFile;
+  if (keySecret !== undefined) named.keySecret = keySecret;
   return named;
 }
 
@@ -262,4 +278,20 @@ export function secretIds(objects: readonly string[]): string[] {
     }
     return id;
   });
+}
+
+/**
+ * The name qemu-img gives an image opened with `encrypt.key-secret` (its
+ * options as JSON, in the order QEMU keeps them), or `path` without one.
+ */
+export function qemuImageName(
+  path: string,
+  format: string,
+  keySecret: string | undefined,
+): string {
+  if (keySecret === undefined) return path;
+  const q = JSON.stringify;
+  return `json:{${q("encrypt.key-secret")}: ${q(keySecret)}, "driver": ${
+    q(format)
+  }, "file": {"driver": "file", "filename": ${q(path)}}}`;
 }

@@ -62,7 +62,9 @@ export async function openNamed(
  * The file and format an image argument names, in qemu-img's syntax
  * (`file:`, `json:{...}`, `--image-opts`; see _image_name.ts), with -f.
  * `metadataOnly`: the command reads the image's metadata only (info,
- * check), so a `data-file.filename` option is taken.
+ * check), so a `data-file.filename` option is taken. `noSecretLookup`:
+ * the command looks no secret up (info), so `encrypt.key-secret` needs no
+ * `--object secret`.
  *
  * @throws {UsageError} For a name we do not take, or a format given twice
  * differently.
@@ -71,10 +73,14 @@ export async function namedFile(
   name: string,
   values: { format?: string; "image-opts"?: boolean; object?: string[] },
   metadataOnly: boolean,
-): Promise<{ path: string; format: ImageFormat | undefined }> {
+  noSecretLookup = false,
+): Promise<
+  { path: string; format: ImageFormat | undefined; keySecret?: string }
+> {
   const named = parseImageName(name, {
     imageOpts: values["image-opts"],
     secrets: secretIds(values.object ?? []),
+    noSecretLookup,
   });
   if (named.dataFile !== undefined) {
     // info and check read the image's own metadata only: the data file is
@@ -91,6 +97,7 @@ export async function namedFile(
   return {
     path: named.path,
     format: parseFormat(agreedFormat(name, named.format, values.format), "-f"),
+    keySecret: named.keySecret,
   };
 }
 

@@ -1,5 +1,6 @@
 // `qcow2pipe info`: what `qemu-img info` prints, in its human or JSON form.
 import { inQemuWords } from "./_util.ts";
+import { qemuImageName } from "./_image_name.ts";
 import { imageInfo } from "../tools/info.ts";
 import { formatImageInfo, formatImageInfoJson } from "../tools/info_text.ts";
 import { expectPositionals, writeOut } from "./_args.ts";
@@ -35,7 +36,8 @@ ${httpTimeoutHelp(24)}
                         without locks
       --image-opts      IMG is qemu-img's options: driver=FMT,file.filename=PATH
                         (json:{...} and file:PATH names are taken too)
-      --object SECRET   secret,id=ID,... for encrypt.key-secret=ID (never read)
+      --object SECRET   secret,id=ID,... taken, never read (info reads no
+                        encrypted data: encrypt.key-secret=ID needs none)
   -h, --help            show this help`;
 
 export async function infoCommand(args: string[]): Promise<number> {
@@ -54,7 +56,12 @@ export async function infoCommand(args: string[]): Promise<number> {
   const [name] = expectPositionals("describe image", positionals, ["IMG"]);
   const output = outputFormat("describe image", values.output, values.json);
   const chain = values["backing-chain"] ?? false;
-  const { path, format } = await namedFile(name, values, true);
+  const { path, format, keySecret } = await namedFile(
+    name,
+    values,
+    true,
+    true,
+  );
   const http = httpTransport("describe image", values["http-timeout"]);
   await using image = await openNamed(path, http, "info");
   const info = await imageInfo(image.input, {
@@ -64,6 +71,7 @@ export async function infoCommand(args: string[]): Promise<number> {
   }).catch((err) => {
     throw inQemuWords(err, path, chain);
   });
+  info.filename = qemuImageName(info.filename, info.format, keySecret);
   await writeOut(
     output === "json"
       ? formatImageInfoJson(info, chain) + "\n"

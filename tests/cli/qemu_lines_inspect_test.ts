@@ -144,3 +144,42 @@ qemuTest(
     }
   },
 );
+
+qemuTest(
+  "info takes encrypt.key-secret without --object on a LUKS image and names it by its options, as qemu-img's info does (iotest 198); check refuses it, as qemu-img's does",
+  async () => {
+    await using dir = await tempDir();
+    const img = join(dir.path, "luks.qcow2");
+    await qemuImg(
+      "create",
+      "-q",
+      "--object",
+      "secret,id=sec0,data=123456",
+      "-f",
+      "qcow2",
+      "-o",
+      "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+      img,
+      "4M",
+    );
+    const opts = `driver=qcow2,file.filename=${img},encrypt.key-secret=sec0`;
+    for (const args of [["info"], ["info", "--output=json"]]) {
+      const line = [...args, "--image-opts", opts];
+      const theirs = await runStatus("qemu-img", line);
+      const ours = await cli(line);
+      assert.strictEqual(ours.code, 0, `${line.join(" ")}: ${ours.stderr}`);
+      assert.strictEqual(theirs.code, 0, line.join(" "));
+      // The image named by its options (json:{...}), as qemu-img names
+      // it, and the LUKS header described the same.
+      assert.strictEqual(ours.stdout, theirs.stdout, line.join(" "));
+      assert.match(ours.stdout, /format"?: "?luks/);
+    }
+    const line = ["check", "--image-opts", opts];
+    const theirs = await runStatus("qemu-img", line);
+    const ours = await cli(line);
+    assert.strictEqual(theirs.code, 1);
+    assert.strictEqual(ours.code, 1);
+    assert.strictEqual(ours.stderr.trimEnd().split("\n").length, 1);
+    assert.match(ours.stderr, /no secret with id 'sec0'/);
+  },
+);
