@@ -9,12 +9,16 @@
  * and lib/cli code runs on `node:fs`, with nothing put on `globalThis`.
  * dist/npm/package.json is npm/manifest.json with deno.json's version (a
  * package.json in npm/ would be taken by Deno for a workspace member).
+ * TypeScript's compiler writes the declarations of mod.ts and core.ts (and
+ * of every file they reach) under types/, for the package's `types`
+ * conditions.
  *
  * @module
  */
 import * as esbuild from "esbuild";
+import ts from "typescript";
 import { fileURLToPath } from "node:url";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
 /** Where the package is laid out (gitignored). */
@@ -94,6 +98,7 @@ export async function buildPackage(dir = PACKAGE_DIR): Promise<string> {
         logLevel: "error",
       });
     }
+    await writeDeclarations(dir, work);
   } finally {
     await esbuild.stop();
     await Deno.remove(work, { recursive: true }).catch(() => {});
@@ -113,6 +118,76 @@ export async function buildPackage(dir = PACKAGE_DIR): Promise<string> {
   );
   await Deno.copyFile(join(ROOT, "README.md"), join(dir, "README.md"));
   return dir;
+}
+
+/** The entries whose declarations the package holds (its `types`). */
+const DECLARED = ["mod.ts", "core.ts"];
+
+/**
+ * A declaration file's relative imports as a Node resolver finds them:
+ * `./x.ts` becomes `./x.js`, which TypeScript resolves to `./x.d.ts`.
+ */
+function nodeSpecifiers(text: string): string {
+  return text.replace(
+    /((?:from\s+|import\()(["']))(\.{1,2}\/[^"'\n]*)\.ts\2/g,
+    "$1$3.js$2",
+  );
+}
+
+/**
+ * Writes the declarations (`.d.ts`) of {@linkcode DECLARED} and of every
+ * file they reach into `dir`/types, laid out as the sources are. The
+ * compiler reads Deno's own declarations (`deno types`, written into
+ * `work`) for the names lib/host uses; nothing is type-checked here
+ * (`deno check` does that), only declared.
+ *
+ * @throws {Error} With the compiler's messages when it reports any.
+ */
+async function writeDeclarations(dir: string, work: string): Promise<void> {
+  const denoTypes = join(work, "lib.deno.d.ts");
+  await Deno.writeTextFile(denoTypes, await run(Deno.execPath(), ["types"]));
+  const options: ts.CompilerOptions = {
+    declaration: true,
+    emitDeclarationOnly: true,
+    noCheck: true,
+    allowImportingTsExtensions: true,
+    resolveJsonModule: true,
+    module: ts.ModuleKind.ESNext,
+    moduleResolution: ts.ModuleResolutionKind.Bundler,
+    target: ts.ScriptTarget.ES2022,
+    lib: ["lib.esnext.d.ts", "lib.dom.d.ts"],
+    types: [],
+    strict: true,
+    skipLibCheck: true,
+    rootDir: ROOT,
+    outDir: join(dir, "types"),
+  };
+  const roots = [...DECLARED.map((f) => join(ROOT, f)), denoTypes];
+  const program = ts.createProgram(roots, options);
+  const written: Promise<void>[] = [];
+  const result = program.emit(undefined, (path, text) => {
+    written.push(
+      Deno.mkdir(dirname(path), { recursive: true }).then(() =>
+        Deno.writeTextFile(path, nodeSpecifiers(text))
+      ),
+    );
+  });
+  await Promise.all(written);
+  const problems = [
+    ...program.getOptionsDiagnostics(),
+    ...program.getSyntacticDiagnostics(),
+    ...result.diagnostics,
+  ];
+  if (problems.length > 0) {
+    const host = {
+      getCanonicalFileName: (f: string) => f,
+      getCurrentDirectory: () => ROOT,
+      getNewLine: () => "\n",
+    };
+    throw new Error(
+      `declarations failed: ${ts.formatDiagnostics(problems, host)}`,
+    );
+  }
 }
 
 /**

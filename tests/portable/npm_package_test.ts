@@ -16,6 +16,7 @@ import {
 import { NODE, QEMU, toolTest } from "../_tools.ts";
 import { MiB, mixedBytes } from "../writer/_helpers.ts";
 import { buildPackage, packPackage } from "../../npm/build.ts";
+import ts from "typescript";
 
 /** Where a program is found on this machine's PATH. */
 async function which(name: string): Promise<string> {
@@ -76,6 +77,30 @@ async function inFolder(
     stdout: text.decode(out.stdout),
     stderr: text.decode(out.stderr),
   };
+}
+
+/**
+ * What TypeScript (strict, the declarations of packages checked too) says
+ * of `file`, resolving packages as Node does or as a bundler does: one
+ * `TSnnnn: message` line each.
+ */
+function typeErrors(file: string, resolution: "node" | "bundler"): string[] {
+  const node = resolution === "node";
+  const program = ts.createProgram([file], {
+    strict: true,
+    noEmit: true,
+    skipLibCheck: false,
+    target: ts.ScriptTarget.ES2022,
+    module: node ? ts.ModuleKind.NodeNext : ts.ModuleKind.ESNext,
+    moduleResolution: node
+      ? ts.ModuleResolutionKind.NodeNext
+      : ts.ModuleResolutionKind.Bundler,
+    lib: ["lib.esnext.d.ts", "lib.dom.d.ts"],
+    types: [],
+  });
+  return ts.getPreEmitDiagnostics(program).map((d) =>
+    `TS${d.code}: ${ts.flattenDiagnosticMessageText(d.messageText, " ")}`
+  );
 }
 
 toolTest(
@@ -233,6 +258,41 @@ toolTest(
       core: "function",
       fileAccess: "undefined",
     });
+
+    // TypeScript: the installed package's declarations, as a Node project
+    // (the `node` condition: mod.ts's API; `.mts`: an ES module whatever
+    // the folder's package.json says) and as a bundler project (the
+    // `default` condition: core.ts's) resolve them, every .d.ts checked.
+    await Deno.writeTextFile(
+      at("typed.mts"),
+      `import { CodecPool, FileSource, openImage, type GuestImage } from "qcow2pipe";
+      import { convert, type ConvertSummary } from "qcow2pipe/core";
+      export async function size(path: string): Promise<number> {
+        const image: GuestImage = await openImage(await FileSource.open(path));
+        await using pool = new CodecPool({ workers: 1 });
+        const summary: ConvertSummary | undefined = undefined;
+        return image.virtualSize + pool.size + (summary ? 1 : 0) + convert.length;
+      }`,
+    );
+    assert.deepStrictEqual(typeErrors(at("typed.mts"), "node"), []);
+    // Wrong uses are refused: the declarations are types, not `any`; a
+    // bundler gets core.ts's API, which reads no file by path.
+    await Deno.writeTextFile(
+      at("wrong.mts"),
+      `import { openImage } from "qcow2pipe";
+      export const n: string = (await openImage("a.qcow2")).virtualSize;`,
+    );
+    assert.deepStrictEqual(typeErrors(at("wrong.mts"), "node"), [
+      "TS2322: Type 'number' is not assignable to type 'string'.",
+    ]);
+    await Deno.writeTextFile(
+      at("bundled.mts"),
+      `import { FileSource, openImage } from "qcow2pipe";
+      export const both = [FileSource, openImage];`,
+    );
+    assert.deepStrictEqual(typeErrors(at("bundled.mts"), "bundler"), [
+      `TS2305: Module '"qcow2pipe"' has no exported member 'FileSource'.`,
+    ]);
 
     // info and map say what qemu-img says; check finds no error.
     const ours = JSON.parse(await ok("info", "--output=json", "zstd.qcow2"));
