@@ -16,6 +16,9 @@
 //    repeated 3 times (1 with --quick), alternating which tool goes first,
 //    after one untimed warm-up run of each (not with --quick), and the
 //    median is reported with the range.
+//    Then the floors (bench/_compare_floor.ts): each tool's start-up on a
+//    1 MiB file, and one thread's codec speeds on the disk's data, which
+//    give each time target the ratio no run of ours could beat here.
 //    Then ours under Node beside ours under Deno (bench/_compare_node.ts,
 //    the npm package): raw → zstd qcow2 and zstd qcow2 → raw.
 //    Then qcow2 → raw over HTTP (bench/_compare_http.ts): four images made
@@ -70,6 +73,7 @@ import {
   runNode,
 } from "./_compare_node.ts";
 import { TOOLS_IMAGES, toolsSection } from "./_compare_tools.ts";
+import { measureFloors } from "./_compare_floor.ts";
 import {
   cappedMarkdown,
   cappedTargets,
@@ -340,6 +344,9 @@ async function main(): Promise<number> {
       );
     }
 
+    log(`\nFloors: start-up (${reps} repetition(s)) and the codecs' speed:`);
+    const floors = await measureFloors(disk, reps, info.cores);
+
     log(`\nOurs under Node beside Deno (${reps} repetition(s) each):`);
     const zstdOp = forwardOps(disk).find((op) => op.id === "zstd")!;
     const nodeOps = [{ op: zstdOp, reference: disk, virtualSize }];
@@ -393,7 +400,7 @@ async function main(): Promise<number> {
     const mainRows = mainTable(results, reps);
     const scaling = scalingTable(results);
     const ts = [
-      ...targets(results),
+      ...targets(results, floors),
       ...httpTargets(http),
       ...tools.targets,
       ...(capped ? cappedTargets(capped) : []),
