@@ -239,3 +239,49 @@ tmuxTest(
     }
   },
 );
+
+tmuxTest(
+  "convert refuses a DST that is a terminal, decided on what it opened, in one line, writing nothing; /dev/null is taken",
+  async () => {
+    await using dir = await tempDir();
+    await Deno.writeFile(join(dir.path, "in.raw"), pattern(MiB, 7));
+    const refused = (dst: string) =>
+      `qcow2pipe: Cannot write ${dst}: it is a terminal, and an image is binary; name a file or a pipe`;
+    // /dev/tty is the pane's terminal; /dev/stdout and /proc/self/fd/2 lead
+    // to it too (standard output, standard error).
+    const runs: [string[], string][] = [
+      [["-O", "raw", "in.raw", "/dev/tty"], refused("/dev/tty")],
+      [["-O", "qcow2", "in.raw", "/dev/tty"], refused("/dev/tty")],
+      [["-W", "-O", "qcow2", "in.raw", "/dev/tty"], refused("/dev/tty")],
+      [["-O", "raw", "in.raw", "/dev/stdout"], refused("/dev/stdout")],
+      [["-O", "raw", "in.raw", "/proc/self/fd/2"], refused("/proc/self/fd/2")],
+    ];
+    for (const [args, line] of runs) {
+      await using pane = await TmuxPane.start([...cli, "convert", ...args], {
+        columns: 200,
+        rows: 12,
+        cwd: dir.path,
+      });
+      const rows = await pane.waitFor(
+        "the exit status",
+        (r) => r.some((row) => row.startsWith("[exit")),
+      );
+      // Had any byte reached the terminal, it would show before the line.
+      assert.deepStrictEqual(rows, [line, "[exit 1]"]);
+      assert.deepStrictEqual(
+        [...Deno.readDirSync(dir.path)].map((e) => e.name),
+        ["in.raw"],
+      );
+    }
+    // A character device that is no terminal, from the same terminal.
+    await using pane = await TmuxPane.start(
+      [...cli, "convert", "-q", "-O", "raw", "in.raw", "/dev/null"],
+      { columns: 200, rows: 12, cwd: dir.path },
+    );
+    const rows = await pane.waitFor(
+      "the exit status",
+      (r) => r.some((row) => row.startsWith("[exit")),
+    );
+    assert.deepStrictEqual(rows, ["[exit 0]"]);
+  },
+);
