@@ -202,6 +202,36 @@ tmuxTest(
   },
 );
 
+/** The screen of a pane that ran `cli ARGS` in `cwd`, once it has ended. */
+async function screenAtExit(args: string[], cwd: string): Promise<string[]> {
+  await using pane = await TmuxPane.start([...cli, ...args], {
+    columns: 200,
+    rows: 12,
+    cwd,
+  });
+  return await pane.waitFor(
+    "the exit status",
+    (r) => r.some((row) => row.startsWith("[exit")),
+  );
+}
+
+/**
+ * Asserts that `cli ARGS`, run in a terminal, showed `line` alone (a byte
+ * written to the terminal would show before it) and wrote nothing in
+ * `cwd`, which holds in.raw.
+ */
+async function assertRefused(
+  args: string[],
+  line: string,
+  cwd: string,
+): Promise<void> {
+  assert.deepStrictEqual(await screenAtExit(args, cwd), [line, "[exit 1]"]);
+  assert.deepStrictEqual(
+    [...Deno.readDirSync(cwd)].map((e) => e.name),
+    ["in.raw"],
+  );
+}
+
 tmuxTest(
   "convert refuses a terminal as standard output or standard input, in one line, writing nothing",
   async () => {
@@ -222,20 +252,7 @@ tmuxTest(
       ],
     ];
     for (const [args, line] of runs) {
-      await using pane = await TmuxPane.start([...cli, ...args], {
-        columns: 200,
-        rows: 12,
-        cwd: dir.path,
-      });
-      const rows = await pane.waitFor(
-        "the exit status",
-        (r) => r.some((row) => row.startsWith("[exit")),
-      );
-      assert.deepStrictEqual(rows, [line, "[exit 1]"]);
-      assert.deepStrictEqual(
-        [...Deno.readDirSync(dir.path)].map((e) => e.name),
-        ["in.raw"],
-      );
+      await assertRefused(args, line, dir.path);
     }
   },
 );
@@ -257,31 +274,15 @@ tmuxTest(
       [["-O", "raw", "in.raw", "/proc/self/fd/2"], refused("/proc/self/fd/2")],
     ];
     for (const [args, line] of runs) {
-      await using pane = await TmuxPane.start([...cli, "convert", ...args], {
-        columns: 200,
-        rows: 12,
-        cwd: dir.path,
-      });
-      const rows = await pane.waitFor(
-        "the exit status",
-        (r) => r.some((row) => row.startsWith("[exit")),
-      );
-      // Had any byte reached the terminal, it would show before the line.
-      assert.deepStrictEqual(rows, [line, "[exit 1]"]);
-      assert.deepStrictEqual(
-        [...Deno.readDirSync(dir.path)].map((e) => e.name),
-        ["in.raw"],
-      );
+      await assertRefused(["convert", ...args], line, dir.path);
     }
     // A character device that is no terminal, from the same terminal.
-    await using pane = await TmuxPane.start(
-      [...cli, "convert", "-q", "-O", "raw", "in.raw", "/dev/null"],
-      { columns: 200, rows: 12, cwd: dir.path },
+    assert.deepStrictEqual(
+      await screenAtExit(
+        ["convert", "-q", "-O", "raw", "in.raw", "/dev/null"],
+        dir.path,
+      ),
+      ["[exit 0]"],
     );
-    const rows = await pane.waitFor(
-      "the exit status",
-      (r) => r.some((row) => row.startsWith("[exit")),
-    );
-    assert.deepStrictEqual(rows, ["[exit 0]"]);
   },
 );
