@@ -24,7 +24,13 @@ import {
   type RandomAccessSource,
 } from "../mod.ts";
 import { checkImage, imageInfo } from "../lib/tools/mod.ts";
-import { describeError, EXIT_INTERNAL, reportError } from "../lib/cli/_util.ts";
+import {
+  describeError,
+  EXIT_INTERNAL,
+  inQemuWords,
+  reportError,
+  UsageError,
+} from "../lib/cli/_util.ts";
 import { tempDir } from "./_qemu.ts";
 import { serveFiles } from "./streams/_server.ts";
 
@@ -316,4 +322,49 @@ Deno.test("the CLI words each class in one line and exits 70 only for an interna
   assert.strictEqual(reportError(bug, 2), EXIT_INTERNAL);
   assert.strictEqual(reportError(missing, 2), 2);
   assert.strictEqual(reportError(new RangeError("Cannot convert: x"), 1), 1);
+});
+
+Deno.test("the CLI shows names in errors by printable(): one line per line it means, the reason kept", () => {
+  const evil = "evil\x1b[31mRED\nsecond line";
+  const shown = "evil\\x1b[31mRED\\nsecond line";
+  // Our classes: the whole message, escaped, where the first line used to
+  // be cut at the name's newline.
+  for (
+    const err of [
+      new Qcow2Error(
+        "BACKING",
+        `Cannot open backing file "${evil}": no such file`,
+      ),
+      new IoError(
+        "NOT_FOUND",
+        `Cannot open backing file "${evil}": no such file`,
+      ),
+      new RangeError(`Cannot open backing file "${evil}": no such file`),
+      new UsageError(`Cannot open backing file "${evil}": no such file`),
+    ]
+  ) {
+    assert.strictEqual(
+      describeError(err),
+      `Cannot open backing file "${shown}": no such file`,
+    );
+  }
+  const bug = describeError(new InternalError(`Cannot place ${evil}: taken`));
+  assert.ok(bug.startsWith(`Cannot place ${shown}: taken (an internal error`));
+  // qemu-img's words keep their two lines (the reason and the hint), the
+  // name escaped in the first.
+  const worded = inQemuWords(
+    new Qcow2Error("BAD_SNAPSHOT", "Cannot open image: snapshot 0", {
+      qemu: { reason: "Too much extra metadata", hint: "Use check -r all" },
+    }),
+    `a\nb.qcow2`,
+  );
+  assert.strictEqual(
+    describeError(worded),
+    "Could not open 'a\\nb.qcow2': Too much extra metadata\nUse check -r all",
+  );
+  // Anything else: its first line, escaped.
+  assert.strictEqual(
+    describeError(new Error(`Cannot go \x1b[2J\nstack`)),
+    "Cannot go \\x1b[2J",
+  );
 });

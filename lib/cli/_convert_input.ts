@@ -118,7 +118,7 @@ function describePacking(unpacked: Unpacked): string {
   const layers = unpacked.layers.map((l) => PACKING_TITLES[l]);
   const member = unpacked.member === undefined
     ? ""
-    : `; reading its member ${JSON.stringify(unpacked.member)}`;
+    : `; reading its member "${unpacked.member}"`;
   return `${layers.join(", holding ")}: unpacking it as it is read${member}`;
 }
 

@@ -34,7 +34,8 @@ export type Target = { stream: WritableStream<Uint8Array> } | {
 
 /**
  * Opens DST when it is a stream (a FIFO waits here for its reader); any
- * DST that is one of `inputs` is refused before a byte is written.
+ * DST that is one of `inputs`, or a terminal (`/dev/tty`, as `-` is when
+ * standard output is one), is refused before a byte is written.
  */
 export async function openTarget(
   s: Pick<ConvertSettings, "dst" | "inPlace">,
@@ -42,7 +43,10 @@ export async function openTarget(
 ): Promise<Target> {
   if (s.dst === "-") return { stream: standardOutput({ inputs }) };
   if (s.inPlace) return { path: s.dst };
-  const stream = await openStreamOutput(s.dst, { inputs });
+  const stream = await openStreamOutput(s.dst, {
+    inputs,
+    refuseTerminal: true,
+  });
   return stream ? { stream } : { path: s.dst };
 }
 

@@ -1,6 +1,11 @@
 // Small helpers shared by the CLI commands. The library never prints; only
 // the CLI owns stdout, stderr and exit codes.
-import { InternalError, IoError, Qcow2Error } from "../format/errors.ts";
+import {
+  InternalError,
+  IoError,
+  printable,
+  Qcow2Error,
+} from "../format/errors.ts";
 
 /** A usage error: wrong flags or arguments (exit code 1, message only). */
 export class UsageError extends Error {
@@ -112,7 +117,9 @@ export const EXIT_INTERNAL = 70;
 
 /**
  * A failure printed in qemu-img's words, where scripts written for
- * qemu-img expect them; the library's error is its cause.
+ * qemu-img expect them; the library's error is its cause. Its message is
+ * the lines to print (the words and, on a second line, qemu-img's hint),
+ * each already shown by {@linkcode printable}.
  */
 export class QemuWordedError extends Error {
   constructor(message: string, options: ErrorOptions) {
@@ -141,42 +148,47 @@ export function inQemuWords(
   if (!(err instanceof Qcow2Error) || err.qemu === undefined) return err;
   const words = err.qemu;
   if ("message" in words && !messages) return err;
-  const text = "failure" in words
-    ? words.failure
+  const lines = "failure" in words
+    ? [words.failure]
     : "message" in words
-    ? words.message
-    : `Could not open '${name}': ${words.reason}` +
-      (words.hint === undefined ? "" : `\n${words.hint}`);
-  return new QemuWordedError(text, { cause: err });
+    ? [words.message]
+    : [`Could not open '${name}': ${words.reason}`, words.hint];
+  const shown = lines.filter((line) => line !== undefined).map(printable);
+  return new QemuWordedError(shown.join("\n"), { cause: err });
 }
 
 /**
  * One line for an error, without a stack trace: the one place that words
  * errors for the user, by the classes of the error contract
  * (lib/format/errors.ts). The library's errors say what could not be done
- * to what (`Cannot open image x: no such file`); an internal error says it
- * is a bug and asks for a report; anything else keeps its class name, so
+ * to what (`Cannot open image x: no such file`), and the names in them
+ * are shown by {@linkcode printable}, so that a name holding a line break
+ * or an escape sequence stays on the line, visible, and the reason after
+ * it is kept; an internal error says it is a bug and asks for a report;
+ * qemu-img's words keep their second line (the hint), each line shown the
+ * same way; anything else keeps its first line and its class name, so
  * that it can be found.
  */
 export function describeError(err: unknown): string {
   if (err instanceof InternalError) {
     return `${
-      err.message.split("\n")[0]
+      printable(err.message)
     } (an internal error: a bug in qcow2pipe, not a fault of the input; please report it with the command line and the output of QCOW2PIPE_DEBUG=1)`;
   }
   if (
     err instanceof Qcow2Error || err instanceof IoError ||
     err instanceof RangeError || err instanceof UsageError
-  ) return err.message.split("\n")[0];
-  // qemu-img's words, with the hint it prints on a second line.
+  ) return printable(err.message);
+  // qemu-img's words, with the hint it prints on a second line, each
+  // line already shown by printable().
   if (err instanceof QemuWordedError) return err.message;
   if (err instanceof Error) {
-    const line = err.message.split("\n")[0];
+    const line = printable(err.message.split("\n")[0]);
     return line.startsWith("Cannot ")
       ? line
       : `${err.name === "Error" ? "" : err.name + ": "}${line}`;
   }
-  return String(err);
+  return printable(String(err).split("\n")[0]);
 }
 
 /**

@@ -12,6 +12,7 @@ import { FileSource } from "../host/file_source.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 import { expectPositionals, writeOut } from "./_args.ts";
 import { inQemuWords, UsageError, warn } from "./_util.ts";
+import { printable } from "../format/errors.ts";
 import {
   formatHelp,
   getopt,
@@ -105,7 +106,7 @@ export async function checkCommand(args: string[]): Promise<number> {
       format,
     });
     if (final.exitCode === 63) return unsupported();
-    for (const line of repair.messages) warn(line);
+    for (const line of repair.messages) warn(printable(line));
     if (recheck !== undefined) {
       const header = !quiet && output === "human"
         ? formatRepairHeader(repair)
@@ -115,7 +116,7 @@ export async function checkCommand(args: string[]): Promise<number> {
       // again, and scripts expect that order.
       const late = !Deno.stdout.isTerminal();
       if (!late) await writeOut(header);
-      for (const line of recheck.messages) warn(line);
+      for (const line of recheck.messages) warn(printable(line));
       if (late) await writeOut(header);
     }
     return await report(path, final, quiet, output);
@@ -126,7 +127,7 @@ export async function checkCommand(args: string[]): Promise<number> {
   });
   if (result.exitCode === 63) return unsupported();
   // Like qemu-img, -q keeps each problem's line and drops the summary.
-  for (const line of result.messages) warn(line);
+  for (const line of result.messages) warn(printable(line));
   return await report(path, result, quiet, output);
 }
 
@@ -155,16 +156,18 @@ async function report(
   if (result.failure?.startsWith("Check failed: ")) {
     // qemu-img's words when the format's check itself failed; the lines
     // before say what failed.
-    warn(`qcow2pipe: ${result.failure}`);
+    warn(`qcow2pipe: ${printable(result.failure)}`);
   } else if (result.failure !== undefined) {
     warn(
-      `qcow2pipe: Cannot check ${path}: ${
-        result.failure.replace(/^Cannot [^:]*: /, "")
+      `qcow2pipe: Cannot check ${printable(path)}: ${
+        printable(result.failure.replace(/^Cannot [^:]*: /, ""))
       }`,
     );
   } else if (result.checkErrors > 0) {
     warn(
-      `qcow2pipe: Cannot complete the check of ${path}: ${result.checkErrors} internal errors`,
+      `qcow2pipe: Cannot complete the check of ${
+        printable(path)
+      }: ${result.checkErrors} internal errors`,
     );
   }
   return result.exitCode;

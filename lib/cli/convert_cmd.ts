@@ -8,7 +8,7 @@ import type { GuestImage } from "../reader/image.ts";
 import { openImage } from "../reader/open.ts";
 import { imageChunks, type SalvageReport } from "../reader/segments.ts";
 import { SECTOR_SIZE } from "../format/geometry.ts";
-import { IoError } from "../format/errors.ts";
+import { IoError, printable } from "../format/errors.ts";
 import { OutputFile } from "../host/output_file.ts";
 import { DEFAULT_CLUSTER_SIZE } from "../format/constants.ts";
 import { directoryOf, resolveName } from "../reader/references.ts";
@@ -533,7 +533,9 @@ function refuseTerminals(s: ConvertSettings): void {
 function salvageWarnings(quiet: boolean): SalvageReport {
   const line = (at: number, more = "") =>
     warn(
-      `qcow2pipe: warning: error while reading offset ${at}: Input/output error${more}`,
+      `qcow2pipe: warning: error while reading offset ${at}: Input/output error${
+        printable(more)
+      }`,
     );
   return (offset, length, error, cause) => {
     if (quiet) return;
@@ -552,13 +554,17 @@ export async function convertCommand(args: string[]): Promise<number> {
   const s = await parseCommandLine(args);
   if (!s) return 0;
   refuseTerminals(s);
+  // Notices and the summary name files of the command line and members
+  // of archives: shown by printable(), each stays on its line.
   const notice = (line: string) => {
-    if (!s.quiet) warn(line);
+    if (!s.quiet) warn(printable(line));
   };
   // qemu-img prints nothing after a conversion: our summary is for a person
   // at a terminal, or asked for with --verbose.
   const summary = (line: string) => {
-    if (s.verbose || (!s.quiet && Deno.stderr.isTerminal())) warn(line);
+    if (s.verbose || (!s.quiet && Deno.stderr.isTerminal())) {
+      warn(printable(line));
+    }
   };
   await using pool = new CodecPool({ workers: s.workers });
   const run: Run = {

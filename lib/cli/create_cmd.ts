@@ -6,6 +6,7 @@ import { createImage } from "../tools/create.ts";
 import { OutputFile } from "../host/output_file.ts";
 import { isHttpUrl } from "../io/http_source.ts";
 import type { FileIdentity } from "../io/source.ts";
+import { printable } from "../format/errors.ts";
 import {
   asksForHelp,
   createOptionsHelp,
@@ -130,11 +131,11 @@ export async function createCommand(args: string[]): Promise<number> {
         }
       }
       if (values.quiet) return;
-      console.log(formattingLine(file, format, lists, {
+      console.log(printable(formattingLine(file, format, lists, {
         size: n,
         backing_file: backingName,
         backing_fmt: backingFormat,
-      }));
+      })));
     },
   });
   const out = await OutputFile.create(file, { inputs });

@@ -1,6 +1,7 @@
 // Command dispatch for the qcow2pipe CLI.
 import { reportError, warn } from "./_util.ts";
 import { removeTemporaryFiles } from "../host/temp.ts";
+import { printable } from "../format/errors.ts";
 import config from "../../deno.json" with { type: "json" };
 
 /** The version, from deno.json: `qcow2pipe 0.1.0`. */
@@ -62,7 +63,7 @@ export async function main(args: string[]): Promise<number> {
     return 1;
   }
   if (!run) {
-    warn(`qcow2pipe: unknown command "${command}" (see --help)`);
+    warn(`qcow2pipe: unknown command "${printable(command)}" (see --help)`);
     return 1;
   }
   // File access by path, for every command (see lib/io/host_files.ts).

@@ -20,8 +20,12 @@
  *
  * Every message is one line, `Cannot <action>: <reason>`, naming the file,
  * URL or option and the value and limit involved
- * (`Cannot open image disk.raw: no such file`). A stream that a caller
- * cancels or aborts fails with the reason the caller gave.
+ * (`Cannot open image disk.raw: no such file`). A name is given as it is
+ * (as the caller gave it, as the image stores it), so that a program can
+ * find it in the message; a name may hold any character, a line break or
+ * an escape sequence too, and a program that shows a message to a person
+ * shows it with {@linkcode printable}. A stream that a caller cancels or
+ * aborts fails with the reason the caller gave.
  *
  * @example Catch by class
  * ```ts
@@ -328,4 +332,63 @@ export function hex(
   if (style === "bare") return digits;
   if (style === "c-alt" && (value === 0 || value === 0n)) return "0";
   return "0x" + digits;
+}
+
+/**
+ * Characters that must not reach a terminal as they are: the C0 controls,
+ * DEL and the C1 controls (line breaks, escape sequences), the Unicode line
+ * and paragraph separators, the bidirectional embeddings, overrides and
+ * isolates (U+202A–U+202E, U+2066–U+2069), which reorder what follows them
+ * on screen, a surrogate not in a pair, and the backslash that starts the
+ * escapes.
+ */
+const UNPRINTABLE =
+  // deno-lint-ignore no-control-regex -- control characters are what it finds
+  /[\0-\x1f\x7f-\x9f\\\u2028\u2029\u202a-\u202e\u2066-\u2069]|[\ud800-\udfff]/gu;
+
+/** The escapes of {@linkcode printable} with a letter of their own. */
+const SHORT_ESCAPES: Record<string, string> = {
+  "\\": "\\\\",
+  "\n": "\\n",
+  "\r": "\\r",
+  "\t": "\\t",
+};
+
+/**
+ * Shows text on one line, safe for a terminal: the one escaper of the
+ * package, for names that come from an image or from the caller (a backing
+ * file, a tar member, a file of a filesystem) and the messages that hold
+ * them. A line break is shown as `\n`, `\r` or `\t`; another control
+ * character (C0, DEL, C1) as `\xHH`, its code point in two hex digits; a
+ * line or paragraph separator, a bidirectional override or isolate, or a
+ * lone surrogate as `\uHHHH`; a backslash as `\\`, so that what is shown
+ * reads back to one text only. Everything else, spaces and letters of any
+ * script included, is shown as it is. Error messages hold names as they
+ * were given (a program may compare them); a program that shows a message
+ * to a person passes it through this function, as the qcow2pipe command
+ * does.
+ *
+ * @param text Any text.
+ * @returns The same text where every character is one a terminal prints
+ * as itself; `text` itself when there was nothing to escape.
+ *
+ * @example Show a hostile backing file name on one line
+ * ```ts
+ * import assert from "node:assert";
+ * import { printable } from "./errors.ts";
+ * const name = "evil\x1b[31mRED\nsecond line";
+ * assert.strictEqual(printable(`Cannot open backing file "${name}"`),
+ *   'Cannot open backing file "evil\\x1b[31mRED\\nsecond line"');
+ * assert.strictEqual(printable("disque été.qcow2"), "disque été.qcow2");
+ * ```
+ */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (ch) => {
+    const short = SHORT_ESCAPES[ch];
+    if (short !== undefined) return short;
+    const code = ch.charCodeAt(0);
+    return code < 0x100
+      ? `\\x${code.toString(16).padStart(2, "0")}`
+      : `\\u${code.toString(16).padStart(4, "0")}`;
+  });
 }

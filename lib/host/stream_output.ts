@@ -53,6 +53,26 @@ export interface StreamOutputOptions {
    * @default {[]}
    */
   inputs?: Iterable<FileIdentity>;
+  /**
+   * Refuse a destination that is a terminal (`/dev/tty`, a pty, standard
+   * output when it is one), decided on the descriptor opened, before
+   * anything is written: a person's screen is no place for an image's
+   * binary bytes. A character device that is no terminal (`/dev/null`) is
+   * taken.
+   * @default {false}
+   */
+  refuseTerminal?: boolean;
+}
+
+/**
+ * The refusal of a terminal as a destination, for
+ * {@linkcode StreamOutputOptions.refuseTerminal}.
+ */
+function terminalRefused(path: string): IoError {
+  return new IoError(
+    "NOT_A_FILE",
+    `Cannot write ${path}: it is a terminal, and an image is binary; name a file or a pipe`,
+  );
 }
 
 /** A descriptor's own stat (`fstat`), or undefined if it is not open. */
@@ -172,7 +192,8 @@ export function standardOutput(
  * path is a file to create or replace, or a block device: write those
  * with `OutputFile`.
  * @throws {IoError} When the path is one of the inputs, a directory, a
- * socket other than standard output, or cannot be opened.
+ * socket other than standard output, a terminal with `refuseTerminal`, or
+ * cannot be opened.
  *
  * @example Write to a FIFO that a reader drains
  * ```ts
@@ -205,7 +226,12 @@ export async function openStreamOutput(
   if (
     stdout && stdout.ino !== null && stdout.dev === dest.info.dev &&
     stdout.ino === dest.info.ino
-  ) return standardOutput({ inputs });
+  ) {
+    if (options.refuseTerminal && Deno.stdout.isTerminal()) {
+      throw terminalRefused(path);
+    }
+    return standardOutput({ inputs });
+  }
   if (dest.info.isSocket) {
     throw new IoError(
       "NOT_A_FILE",
@@ -222,6 +248,9 @@ export async function openStreamOutput(
     assertNotInput(info, path, inputs);
     if (info.isDirectory) {
       throw new IoError("NOT_A_FILE", `Cannot ${what}: it is a directory`);
+    }
+    if (options.refuseTerminal && file.isTerminal()) {
+      throw terminalRefused(path);
     }
     if (info.isFile) await file.truncate(0);
   } catch (err) {

@@ -7,6 +7,8 @@
 // reproducing the hash reproduces qemu-img's output byte for byte. Objects
 // given here must list their keys in QEMU's insertion (schema) order.
 
+import { printable } from "../format/errors.ts";
+
 /** A JSON-like value as QEMU's QObject: plain objects keep insertion order. */
 export type QValue =
   | string
@@ -112,7 +114,9 @@ export function qemuDump(value: QValue, indent: number): string {
   let out = "";
   const pad = (n: number) => " ".repeat(n * 4);
   const composite = (v: QValue) => typeof v === "object";
-  const scalar = (v: QValue) => String(v);
+  // Strings name files (a data file, a VMDK extent) and bitmaps, from the
+  // image: shown by printable(), each stays on its line.
+  const scalar = (v: QValue) => printable(String(v));
   const dump = (v: QValue, level: number) => {
     if (Array.isArray(v)) {
       v.forEach((item, i) => {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { printable } from "../format/errors.ts";
 import type { ImageInfo, SnapshotInfo } from "./info.ts";
 import { qemuDump, qemuJson, type QValue, sizeToStr } from "./_qemu_text.ts";
 
@@ -108,7 +109,7 @@ function snapshotLine(s: SnapshotInfo): string {
     two(Number((secs / 60n) % 60n))
   }:${two(Number(secs % 60n))}.${String(ms).padStart(3, "0")}`;
   const icount = s.icount === undefined ? "" : String(s.icount);
-  return `${s.id.padEnd(9)} ${s.name.padEnd(16)} ${
+  return `${printable(s.id).padEnd(9)} ${printable(s.name).padEnd(16)} ${
     sizeToStr(s.vmStateSize).padStart(8)
   }${date.padStart(20)}${clock.padStart(13)}${icount.padStart(11)}`;
 }
@@ -162,7 +163,9 @@ export function formatImageInfo(info: ImageInfo, chain = false): string {
       "\n",
     );
   }
-  let out = `image: ${info.filename}\n` +
+  // Names come from the command line and the image: shown by printable(),
+  // each stays on its line (qemu-img prints them as they are).
+  let out = `image: ${printable(info.filename)}\n` +
     `file format: ${info.format}\n` +
     `virtual size: ${
       sizeToStr(info.virtualSize)
@@ -176,15 +179,15 @@ export function formatImageInfo(info: ImageInfo, chain = false): string {
   }
   if (info.dirty) out += "cleanly shut down: no\n";
   if (info.backingFilename !== undefined) {
-    out += `backing file: ${info.backingFilename}`;
+    out += `backing file: ${printable(info.backingFilename)}`;
     if (info.fullBackingFilename === undefined) {
       out += " (cannot determine actual path)";
     } else if (info.fullBackingFilename !== info.backingFilename) {
-      out += ` (actual path: ${info.fullBackingFilename})`;
+      out += ` (actual path: ${printable(info.fullBackingFilename)})`;
     }
     out += "\n";
     if (info.backingFilenameFormat !== undefined) {
-      out += `backing file format: ${info.backingFilenameFormat}\n`;
+      out += `backing file format: ${printable(info.backingFilenameFormat)}\n`;
     }
   }
   out += formatSnapshotList(info.snapshots);

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { hex } from "../format/errors.ts";
+import { hex, printable } from "../format/errors.ts";
 import type { MapEntry } from "./map.ts";
 
 /**
@@ -101,6 +101,6 @@ export function formatMapEntryHuman(entry: MapEntry): string | undefined {
   if (entry.data && entry.offset === undefined) return undefined;
   if (!entry.data || entry.zero) return "";
   return `${hex16(entry.start)}${hex16(entry.length)}${hex16(entry.offset!)}${
-    entry.file ?? ""
+    printable(entry.file ?? "")
   }\n`;
 }

@@ -429,6 +429,19 @@ const ATTACKS: Array<{
     },
   },
   {
+    // The report is a line of stderr: the name's escape sequence and line
+    // break are shown by printable(), and the reason after them is kept.
+    name: "a file larger than its chain, named with control characters",
+    bits: 16,
+    reason:
+      /fat16 left as it is: file \/EFI\/debian\/\\x1b\[2j\\ngrb\.cfg of 10485760 bytes needs 5120 clusters, its chain has 1$/,
+    damage: async (b) => {
+      const at = await entryOf(b, "::/EFI/debian", "GRUB    CFG");
+      await patch(b.p.disk, at, new TextEncoder().encode("\x1b[2J\nGRB"));
+      await patch(b.p.disk, at + 28, le(10 * MiB, 4));
+    },
+  },
+  {
     name: "a live entry after the end-of-directory mark",
     bits: 16,
     reason:

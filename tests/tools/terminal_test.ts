@@ -202,6 +202,36 @@ tmuxTest(
   },
 );
 
+/** The screen of a pane that ran `cli ARGS` in `cwd`, once it has ended. */
+async function screenAtExit(args: string[], cwd: string): Promise<string[]> {
+  await using pane = await TmuxPane.start([...cli, ...args], {
+    columns: 200,
+    rows: 12,
+    cwd,
+  });
+  return await pane.waitFor(
+    "the exit status",
+    (r) => r.some((row) => row.startsWith("[exit")),
+  );
+}
+
+/**
+ * Asserts that `cli ARGS`, run in a terminal, showed `line` alone (a byte
+ * written to the terminal would show before it) and wrote nothing in
+ * `cwd`, which holds in.raw.
+ */
+async function assertRefused(
+  args: string[],
+  line: string,
+  cwd: string,
+): Promise<void> {
+  assert.deepStrictEqual(await screenAtExit(args, cwd), [line, "[exit 1]"]);
+  assert.deepStrictEqual(
+    [...Deno.readDirSync(cwd)].map((e) => e.name),
+    ["in.raw"],
+  );
+}
+
 tmuxTest(
   "convert refuses a terminal as standard output or standard input, in one line, writing nothing",
   async () => {
@@ -222,20 +252,37 @@ tmuxTest(
       ],
     ];
     for (const [args, line] of runs) {
-      await using pane = await TmuxPane.start([...cli, ...args], {
-        columns: 200,
-        rows: 12,
-        cwd: dir.path,
-      });
-      const rows = await pane.waitFor(
-        "the exit status",
-        (r) => r.some((row) => row.startsWith("[exit")),
-      );
-      assert.deepStrictEqual(rows, [line, "[exit 1]"]);
-      assert.deepStrictEqual(
-        [...Deno.readDirSync(dir.path)].map((e) => e.name),
-        ["in.raw"],
-      );
+      await assertRefused(args, line, dir.path);
     }
+  },
+);
+
+tmuxTest(
+  "convert refuses a DST that is a terminal, decided on what it opened, in one line, writing nothing; /dev/null is taken",
+  async () => {
+    await using dir = await tempDir();
+    await Deno.writeFile(join(dir.path, "in.raw"), pattern(MiB, 7));
+    const refused = (dst: string) =>
+      `qcow2pipe: Cannot write ${dst}: it is a terminal, and an image is binary; name a file or a pipe`;
+    // /dev/tty is the pane's terminal; /dev/stdout and /proc/self/fd/2 lead
+    // to it too (standard output, standard error).
+    const runs: [string[], string][] = [
+      [["-O", "raw", "in.raw", "/dev/tty"], refused("/dev/tty")],
+      [["-O", "qcow2", "in.raw", "/dev/tty"], refused("/dev/tty")],
+      [["-W", "-O", "qcow2", "in.raw", "/dev/tty"], refused("/dev/tty")],
+      [["-O", "raw", "in.raw", "/dev/stdout"], refused("/dev/stdout")],
+      [["-O", "raw", "in.raw", "/proc/self/fd/2"], refused("/proc/self/fd/2")],
+    ];
+    for (const [args, line] of runs) {
+      await assertRefused(["convert", ...args], line, dir.path);
+    }
+    // A character device that is no terminal, from the same terminal.
+    assert.deepStrictEqual(
+      await screenAtExit(
+        ["convert", "-q", "-O", "raw", "in.raw", "/dev/null"],
+        dir.path,
+      ),
+      ["[exit 0]"],
+    );
   },
 );

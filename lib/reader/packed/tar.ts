@@ -66,10 +66,14 @@ interface Entry {
   at: number;
 }
 
-/** A member name for a one-line message. */
+/**
+ * A member name for a message: quoted, as it is (whoever shows the message
+ * shows it with `printable()` of lib/format/errors.ts), its first 200
+ * characters only.
+ */
 export function quoteName(name: string): string {
   const short = name.length > 200 ? `${name.slice(0, 200)}...` : name;
-  return JSON.stringify(short);
+  return `"${short}"`;
 }
 
 /** Names that OVA packages hold beside their disks. */
@@ -171,12 +175,12 @@ class TarWalker {
   ): number {
     const value = tarNumber(block, offset, length);
     if (value === undefined) {
-      const text = JSON.stringify(
-        String.fromCharCode(...block.subarray(offset, offset + length)),
+      const text = String.fromCharCode(
+        ...block.subarray(offset, offset + length),
       );
       throw this.fail(
         "CORRUPT",
-        `the ${field} field ${text} is not a number`,
+        `the ${field} field "${text}" is not a number`,
         at,
       );
     }
@@ -188,7 +192,7 @@ class TarWalker {
     if (!Number.isSafeInteger(value)) {
       throw this.fail(
         "CORRUPT",
-        `the ${field} ${JSON.stringify(text.slice(0, 40))} is not a number`,
+        `the ${field} "${text.slice(0, 40)}" is not a number`,
         at,
       );
     }

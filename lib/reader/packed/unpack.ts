@@ -119,9 +119,7 @@ export async function unpackStream(
         await peeked.stream.cancel();
         throw new Qcow2Error(
           "BAD_MAGIC",
-          `Cannot read disk ${
-            JSON.stringify(options.disk)
-          }: ${within} is not a tar archive (--disk picks a member of one)`,
+          `Cannot read disk "${options.disk}": ${within} is not a tar archive (--disk picks a member of one)`,
           { offset: 0 },
         );
       }

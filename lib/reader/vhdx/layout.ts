@@ -177,9 +177,9 @@ export function parseHeader(
   }
   const signature = ascii.decode(bytes.subarray(0, 4));
   if (signature !== "head") {
-    return `header ${index} at ${hex(offset)}: signature ${
-      JSON.stringify(signature)
-    } is not "head"`;
+    return `header ${index} at ${
+      hex(offset)
+    }: signature "${signature}" is not "head"`;
   }
   const version = v.getUint16(66, true);
   if (version !== 1) {
@@ -274,9 +274,9 @@ export function parseRegionTable(bytes: Uint8Array, name: string): Region[] {
   if (signature !== "regi") {
     throw new Qcow2Error(
       "BAD_MAGIC",
-      `Cannot open image ${name}: region table signature ${
-        JSON.stringify(signature)
-      } at ${hex(REGION_TABLE_OFFSET)} is not "regi"`,
+      `Cannot open image ${name}: region table signature "${signature}" at ${
+        hex(REGION_TABLE_OFFSET)
+      } is not "regi"`,
       at,
     );
   }
@@ -333,9 +333,9 @@ export function parseMetadataTable(
   if (signature !== "metadata") {
     throw new Qcow2Error(
       "BAD_MAGIC",
-      `Cannot open image ${name}: metadata table signature ${
-        JSON.stringify(signature)
-      } at ${hex(where)} is not "metadata"`,
+      `Cannot open image ${name}: metadata table signature "${signature}" at ${
+        hex(where)
+      } is not "metadata"`,
       { offset: where, field: "metadata_table" },
     );
   }

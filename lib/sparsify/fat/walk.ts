@@ -84,27 +84,11 @@ interface DirEntry {
   size: number;
 }
 
-/**
- * Control, line-separating and direction-changing characters as `?`, so
- * that a name shows as it is on one line of the report.
- */
-function printable(s: string): string {
-  let out = "";
-  for (const ch of s) {
-    const c = ch.charCodeAt(0);
-    const hidden = c < 0x20 || (c >= 0x7f && c < 0xa0) ||
-      c === 0x2028 || c === 0x2029 || (c >= 0x202a && c <= 0x202e) ||
-      (c >= 0x2066 && c <= 0x2069);
-    out += hidden ? "?" : ch;
-  }
-  return out;
-}
-
 function shortName(e: Uint8Array): string {
   const chars = [...e.subarray(0, 11)];
   if (chars[0] === KANJI_E5) chars[0] = DELETED;
   const text = (bytes: number[], lower: boolean) => {
-    const s = printable(String.fromCharCode(...bytes)).trimEnd();
+    const s = String.fromCharCode(...bytes).trimEnd();
     return lower ? s.toLowerCase() : s;
   };
   const base = text(chars.slice(0, 8), (e[12] & 0x08) !== 0);
@@ -155,7 +139,7 @@ class LongName {
     const ok = this.#checksum >= 0 && this.#next === 0 &&
       this.#checksum === shortChecksum(e);
     this.reset();
-    return ok ? printable(this.#parts.join("")) : undefined;
+    return ok ? this.#parts.join("") : undefined;
   }
 }
 

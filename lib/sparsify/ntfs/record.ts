@@ -594,9 +594,7 @@ export function parseRecord(
   if (magic !== MAGIC_FILE) {
     const text = String.fromCharCode(...bytes.subarray(0, 4));
     throw new Refusal(
-      `MFT record ${number} has magic ${
-        JSON.stringify(text)
-      }, not "FILE" (a torn or damaged record)`,
+      `MFT record ${number} has magic "${text}", not "FILE" (a torn or damaged record)`,
     );
   }
   applyFixups(bytes, `MFT record ${number}`);
