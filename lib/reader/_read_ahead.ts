@@ -17,17 +17,24 @@
 //   time; with four at 52, peak RSS 134 MiB instead of 121-125. More only
 //   holds memory (4 MiB chunks: 123 MiB peak with 2 in flight, 165 MiB
 //   with 8, no faster).
-// - Over HTTP as many: HttpSource fetches ahead of reads that run
-//   forward on its own (its read window, several connections at once), so
-//   more here only holds memory. Expanding a 189 MB zstd image over a
-//   capped server (50 ms per request, 20 MB/s per connection), peak RSS
-//   was 206 MiB with 8 chunks, 185 MiB with 4, 173 MiB with 2, no faster
-//   with more (it was 8 when the window did not exist: bytes in flight
-//   hid round trips).
+// - Over HTTP two: HttpSource fetches ahead of reads that run forward on
+//   its own (its read window, several connections at once), so more here
+//   only holds memory, in jobs waiting for the network. Expanding a
+//   189 MB zstd image over a capped server (50 ms per request, 20 MB/s
+//   per connection), peak RSS was 206 MiB with 8 chunks, 185 MiB with 4,
+//   173 MiB with 2, no faster with more (it was 8 when the window did not
+//   exist: bytes in flight hid round trips); a 293 MB image of less
+//   compressible data (data clusters between compressed ones: many small
+//   jobs) 183 MiB with 4, 168 MiB with 2, as fast.
 // - 64 jobs: many small reads may be out at once (an HTTP source merges
 //   reads asked for together); the bytes bound the memory.
 //
 // Buffers (only with `reuseBuffers`; lib/bytes/recycle.ts's BufferPool).
+// - With a codec pool, every buffer below is one of the pool's carriers
+//   (CodecPool.carrier/giveBack): one pool for payloads, clusters and
+//   data. A pool per kind held the high-water mark of each kind and size
+//   at once, most of it free: 20 MiB in the queue's pool and 14 MiB in
+//   the carriers near the peak of the 293 MB image above.
 // - A job takes its buffers when it is queued: a data piece's (read with
 //   `readInto`) and the payload buffer a compressed group's bytes are
 //   read into; the group's output buffer once those are read (a job
@@ -72,7 +79,7 @@ export const DEFAULT_JOBS_AHEAD = 64;
 /** Chunks of guest bytes ahead while every read is from a local file. */
 export const LOCAL_CHUNKS_AHEAD = 4;
 /** Chunks of guest bytes ahead while a read is from a remote source. */
-export const REMOTE_CHUNKS_AHEAD = 4;
+export const REMOTE_CHUNKS_AHEAD = 2;
 /**
  * Copies in flight, and the guest bytes of each, when data is copied file
  * to file: they hold no memory, and several large ones outstanding let a
@@ -114,6 +121,13 @@ export function readAheadBudget(
     segments: SEGMENTS_PER_JOB * jobs,
   };
 }
+
+/**
+ * Where a queue's pooled buffers come from: the codec pool's carriers when
+ * there is a pool, so that payloads, clusters and data share one pool's
+ * buffers (see Buffers above), else a pool of its own.
+ */
+type Buffers = Pick<BufferPool, "take" | "put">;
 
 /** A segment in the queue, read or still being read. */
 interface Queued {
@@ -203,11 +217,11 @@ export class ReadAhead {
   /** Of the queued segments, those whose job is a copy. */
   #copies = 0;
   /** With reuseBuffers: where every buffer of a job comes from. */
-  readonly #buffers: BufferPool | undefined;
+  readonly #buffers: Buffers | undefined;
   /** With recycle: where segments' buffers come from. */
   readonly #recycler: Recycler | undefined;
   /** Where compressed payloads are read, with either. */
-  readonly #payloads: BufferPool | undefined;
+  readonly #payloads: Buffers | undefined;
   /** Segments in guest order, oldest first. */
   readonly #queue: Queued[] = [];
   /** Of the queued segments, those with a job: how many, their bytes. */
@@ -234,12 +248,16 @@ export class ReadAhead {
     this.#pool = options.pool;
     this.#copy = options.copy;
     this.#salvage = options.salvage;
-    this.#buffers = options.reuseBuffers ? new BufferPool() : undefined;
+    const pool = options.pool;
+    const buffers = (): Buffers =>
+      pool
+        ? { take: (n) => pool.carrier(n), put: (b) => pool.giveBack(b) }
+        : new BufferPool();
+    this.#buffers = options.reuseBuffers ? buffers() : undefined;
     this.#recycler = !options.reuseBuffers && options.recycle
       ? new Recycler(options.chunk)
       : undefined;
-    this.#payloads = this.#buffers ??
-      (this.#recycler ? new BufferPool() : undefined);
+    this.#payloads = this.#buffers ?? (this.#recycler ? buffers() : undefined);
   }
 
   /**
@@ -521,7 +539,7 @@ async function decompressClusters(
   items: PlanItem[],
   pool: CodecPool | undefined,
   takeOut: () => Uint8Array | undefined,
-  buffers: BufferPool | undefined,
+  buffers: Buffers | undefined,
 ): Promise<Uint8Array> {
   const ranges = items.map((i) => compressedRange(i.compressed!.descriptor));
   const lo = Math.min(...ranges.map((r) => r.offset));

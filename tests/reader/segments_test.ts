@@ -156,12 +156,13 @@ function heldSource(size: number, withReadInto: boolean) {
   };
 }
 
-Deno.test("readSegments() reads 4 chunks ahead from a local source and from a remote one (HttpSource fetches ahead itself), within maxInFlight and maxInFlightBytes", async () => {
+Deno.test("readSegments() reads 4 chunks ahead from a local source and 2 from a remote one (HttpSource fetches ahead itself), within maxInFlight and maxInFlightBytes", async () => {
   const chunkSize = 65536;
   const cases: [boolean, ReadImageOptions, number][] = [
     [true, {}, 4],
-    [false, {}, 4],
-    [false, { maxInFlight: 3 }, 3],
+    [false, {}, 2],
+    [true, { maxInFlight: 3 }, 3],
+    [false, { maxInFlight: 1 }, 1],
     [true, { maxInFlightBytes: 5 * chunkSize }, 5],
     [false, { maxInFlightBytes: 5 * chunkSize - 1 }, 5],
   ];
