@@ -25,7 +25,7 @@
 //   173 MiB with 2, no faster with more (it was 8 when the window did not
 //   exist: bytes in flight hid round trips); a 293 MB image of less
 //   compressible data (data clusters between compressed ones: many small
-//   jobs) 183 MiB with 4, 168 MiB with 2, as fast.
+//   jobs) 185 MiB with 4, 168 MiB with 2, as fast.
 // - 64 jobs: many small reads may be out at once (an HTTP source merges
 //   reads asked for together); the bytes bound the memory.
 //

@@ -84,6 +84,25 @@ Deno.test("readSegments({ reuseBuffers }) reads the same bytes as without, into 
   }
 });
 
+Deno.test("readSegments({ reuseBuffers, pool }) takes its buffers from the pool's carriers: a segment's buffer given back is the next carrier", async () => {
+  await using dir = await tempDir();
+  const raw = scattered();
+  const path = join(dir.path, "s.qcow2");
+  await Deno.writeFile(path, await convertToBytes(raw, { workers: 1 }));
+  await using pool = new CodecPool({ workers: 0 });
+  await using image = await openImage(path, { format: "qcow2" });
+  const chunkSize = 256 << 10;
+  const buffers = new Set<ArrayBufferLike>();
+  for await (
+    const s of readSegments(image, { pool, reuseBuffers: true, chunkSize })
+  ) {
+    if (s.data) buffers.add(s.data.buffer);
+  }
+  assert.ok(buffers.size > 1, `${buffers.size} buffers`);
+  // Data segments of 64 KiB to 256 KiB: a carrier of 256 KiB is one of them.
+  assert.ok(buffers.has(pool.carrier(chunkSize).buffer));
+});
+
 Deno.test("readSegments({ reuseBuffers }) decompresses into buffers used again: the same bytes, zlib and zstd, on workers and inline", async () => {
   await using dir = await tempDir();
   const raw = scattered();
