@@ -234,6 +234,28 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
   }
 
   /**
+   * Whether the source fetches ahead of reads that run forward (its read
+   * window; the `fetchAhead` option): a reader keeps fewer reads of its
+   * own ahead.
+   *
+   * @returns False when opened with `fetchAhead: false`.
+   *
+   * @example A source opened for skipping reads fetches nothing ahead
+   * ```ts
+   * import assert from "node:assert";
+   * import { HttpSource } from "./http_source.ts";
+   * await using server = Deno.serve({ port: 0, onListen() {} }, () =>
+   *   new Response("ab", { status: 206, headers: { "content-range": "bytes 0-1/2" } }));
+   * const url = `http://localhost:${server.addr.port}/`;
+   * await using src = await HttpSource.open(url, { fetchAhead: false });
+   * assert.strictEqual(src.fetchesAhead, false);
+   * ```
+   */
+  get fetchesAhead(): boolean {
+    return this.#window !== undefined;
+  }
+
+  /**
    * The URL that answered when the resource was opened, after redirects:
    * where later requests go, and what the names an image gives resolve
    * against.

@@ -5,7 +5,8 @@
 // Budget. Work runs ahead of the consumer until one limit is reached:
 // `jobs` reads and decompression jobs, `localBytes` guest bytes of them
 // (`remoteBytes` while any reads from a remote source, lib/io/source.ts's
-// isRemote(): over HTTP), or `segments` queued in all. Holes, and pieces of a cluster that
+// isRemote(); `aheadBytes` while any reads from a source that fetches
+// ahead itself, HttpSource), or `segments` queued in all. Holes, and pieces of a cluster that
 // is already decompressed, cost no job and no byte: they must not keep
 // reads from going out (over HTTP each read is a round trip), and
 // `segments` keeps their queue short. Why these numbers:
@@ -17,6 +18,8 @@
 //   time; with four at 52, peak RSS 134 MiB instead of 121-125. More only
 //   holds memory (4 MiB chunks: 123 MiB peak with 2 in flight, 165 MiB
 //   with 8, no faster).
+// - A remote source as many (a Blob's reads; HttpSource's without its
+//   read window).
 // - Over HTTP two: HttpSource fetches ahead of reads that run forward on
 //   its own (its read window, several connections at once), so more here
 //   only holds memory, in jobs waiting for the network. Expanding a
@@ -79,7 +82,12 @@ export const DEFAULT_JOBS_AHEAD = 64;
 /** Chunks of guest bytes ahead while every read is from a local file. */
 export const LOCAL_CHUNKS_AHEAD = 4;
 /** Chunks of guest bytes ahead while a read is from a remote source. */
-export const REMOTE_CHUNKS_AHEAD = 2;
+export const REMOTE_CHUNKS_AHEAD = 4;
+/**
+ * Chunks of guest bytes ahead while a read is from a source that fetches
+ * ahead itself (`fetchesAhead`: HttpSource's read window).
+ */
+export const FETCHED_CHUNKS_AHEAD = 2;
 /**
  * Copies in flight, and the guest bytes of each, when data is copied file
  * to file: they hold no memory, and several large ones outstanding let a
@@ -101,6 +109,8 @@ export interface ReadAheadBudget {
   localBytes: number;
   /** Their guest bytes, while any reads from a remote source (`isRemote`). */
   remoteBytes: number;
+  /** Their guest bytes, while any reads from a source that fetches ahead. */
+  aheadBytes: number;
   /** Segments queued, holes included. */
   segments: number;
 }
@@ -118,6 +128,7 @@ export function readAheadBudget(
     jobs,
     localBytes: bytes ?? LOCAL_CHUNKS_AHEAD * chunk,
     remoteBytes: bytes ?? REMOTE_CHUNKS_AHEAD * chunk,
+    aheadBytes: bytes ?? FETCHED_CHUNKS_AHEAD * chunk,
     segments: SEGMENTS_PER_JOB * jobs,
   };
 }
@@ -138,6 +149,8 @@ interface Queued {
   copy?: boolean;
   /** Whether its job reads from a remote source. */
   remote: boolean;
+  /** Whether its job reads from a source that fetches ahead itself. */
+  ahead?: boolean;
   /** The pooled buffer its bytes are in, known once it is read. */
   buffer?: () => Uint8Array | undefined;
   /** The plan items it reads, read again one by one when salvaging. */
@@ -229,6 +242,8 @@ export class ReadAhead {
   #jobBytes = 0;
   /** Of those jobs, the ones reading from a remote source. */
   #remoteJobs = 0;
+  /** And the ones reading from a source that fetches ahead itself. */
+  #aheadJobs = 0;
   /** Compressed items gathered for one decompression job. */
   #group: PlanItem[] = [];
   #groupBytes = 0;
@@ -276,8 +291,15 @@ export class ReadAhead {
   get full(): boolean {
     const b = this.#budget;
     return this.#jobs >= b.jobs || this.#copies >= COPIES_AHEAD ||
-      this.#jobBytes >= (this.#remoteJobs > 0 ? b.remoteBytes : b.localBytes) ||
+      this.#jobBytes >= this.#byteBudget ||
       this.#queue.length >= b.segments;
+  }
+
+  /** The guest bytes jobs may hold, by the sources they read from. */
+  get #byteBudget(): number {
+    const b = this.#budget;
+    if (this.#aheadJobs > 0) return b.aheadBytes;
+    return this.#remoteJobs > 0 ? b.remoteBytes : b.localBytes;
   }
 
   /** Segments queued, read or not. */
@@ -419,6 +441,7 @@ export class ReadAhead {
       this.#jobs--;
       this.#jobBytes -= entry.bytes;
       if (entry.remote) this.#remoteJobs--;
+      if (entry.ahead) this.#aheadJobs--;
     }
     let segment: Segment;
     try {
@@ -519,11 +542,13 @@ export class ReadAhead {
   ): void {
     segment.catch(() => {}); // awaited in order by next()
     const remote = bytes > 0 && (source === undefined || isRemote(source));
-    this.#queue.push({ segment, bytes, remote, buffer, items });
+    const ahead = bytes > 0 && source?.fetchesAhead === true;
+    this.#queue.push({ segment, bytes, remote, ahead, buffer, items });
     if (bytes > 0) {
       this.#jobs++;
       this.#jobBytes += bytes;
       if (remote) this.#remoteJobs++;
+      if (ahead) this.#aheadJobs++;
     }
   }
 }
