@@ -6,10 +6,10 @@
 // `jobs` reads and decompression jobs, `localBytes` guest bytes of them
 // (`remoteBytes` while any reads from a remote source, lib/io/source.ts's
 // isRemote(); `aheadBytes` while any reads from a source that fetches
-// ahead itself, HttpSource), or `segments` queued in all. Holes, and pieces of a cluster that
-// is already decompressed, cost no job and no byte: they must not keep
-// reads from going out (over HTTP each read is a round trip), and
-// `segments` keeps their queue short. Why these numbers:
+// ahead itself, HttpSource), or `segments` queued in all. Holes, and
+// pieces of a cluster that is already decompressed, cost no job and no
+// byte: they must not keep reads from going out (over HTTP each read is a
+// round trip), and `segments` keeps their queue short. Why these numbers:
 // - A local file answers from the page cache: four chunks of 2 MiB. The
 //   segment the consumer is writing has left the queue, and the next job
 //   goes out only once it asks again: with two, a worker finished its job
