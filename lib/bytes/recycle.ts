@@ -134,6 +134,14 @@ export class Recycler {
  * Buffers by size class (powers of two from 64 KiB), for a holder that
  * knows when each is done with: what is put back is taken again, so a long
  * read allocates only as many as are out at once.
+ *
+ * A class with none free lends one of the next two classes' (at most four
+ * times the size) before a new buffer is made: the pool holds the
+ * high-water mark of every class at once, and a reader whose pieces vary
+ * in size (data clusters between compressed ones) left many free. Over
+ * HTTP, expanding a 293 MB image of such data peaked 5 MiB lower (155
+ * against 160 MiB); a larger buffer lent for a small piece is one the
+ * large pieces then lack (any class: 160 MiB).
  */
 export class BufferPool {
   #free = new Map<number, Uint8Array[]>();
@@ -141,7 +149,11 @@ export class BufferPool {
   /** A buffer of at least `length` bytes. */
   take(length: number): Uint8Array {
     const size = Math.max(65536, 2 ** Math.ceil(Math.log2(length)));
-    return this.#free.get(size)?.pop() ?? new Uint8Array(size);
+    for (let lent = size; lent <= 4 * size; lent *= 2) {
+      const free = this.#free.get(lent)?.pop();
+      if (free) return free;
+    }
+    return new Uint8Array(size);
   }
 
   /** Gives a buffer back: no view of it may be read after this. */

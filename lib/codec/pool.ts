@@ -482,6 +482,31 @@ export class CodecPool implements AsyncDisposable {
     }).then((r) => r.data);
   }
 
+  /**
+   * Gives back a buffer taken with {@linkcode CodecPool.carrier} that no
+   * job carried, or one a job's clusters came back in, once done with:
+   * the next {@linkcode CodecPool.carrier} may hand it out again. A reader
+   * that takes its other buffers here too (the clusters' and the data's,
+   * as the read-ahead queue does) holds one pool's buffers, not one per
+   * kind: what one kind gave back another takes.
+   *
+   * @param buffer A view from the start of the buffer; no view of it may
+   * be read after this.
+   *
+   * @example A buffer goes round
+   * ```ts
+   * import assert from "node:assert";
+   * import { CodecPool } from "./pool.ts";
+   * await using pool = new CodecPool({ workers: 0 });
+   * const a = pool.carrier(100_000);
+   * pool.giveBack(a);
+   * assert.strictEqual(pool.carrier(70_000).buffer, a.buffer);
+   * ```
+   */
+  giveBack(buffer: Uint8Array): void {
+    this.#keep(buffer);
+  }
+
   /** Keeps a carrier that came back, for the next job. */
   #keep(carrier: Uint8Array): void {
     this.#carriers.put(new Uint8Array(carrier.buffer as ArrayBuffer));

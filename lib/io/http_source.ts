@@ -94,9 +94,10 @@ export interface HttpSourceOptions {
    * Fetch ahead of reads that run forward: once 1 MiB was read one read
    * after the other, the next pieces (4 MiB each, 8 requests at most) are
    * fetched before they are asked for, all at once on as many
-   * connections; their bytes beyond the next piece read are held to
-   * 16 MiB (24 MiB in all). Turn it off for a reader that skips ranges it does not
-   * want fetched (`--sparsify` skips free space).
+   * connections; their bytes beyond the piece read and the next one are
+   * held to 8 MiB (20 MiB in all, with the piece kept behind the reads).
+   * Turn it off for a reader that skips ranges it does not want fetched
+   * (`--sparsify` skips free space).
    * @default {true}
    */
   fetchAhead?: boolean;
@@ -161,7 +162,7 @@ interface PendingRead {
  * so reading a qcow2 image fetches only its metadata and the clusters
  * read. Once reads run forward (1 MiB read one after the other), the next
  * pieces are fetched ahead of them: 4 MiB each, up to 8 requests in
- * flight at once on as many connections (their bytes held to 24 MiB), so
+ * flight at once on as many connections (their bytes held to 20 MiB), so
  * that a server capping each connection's bandwidth sends several times
  * faster.
  *
@@ -230,6 +231,28 @@ export class HttpSource implements RandomAccessSource, AsyncDisposable {
    */
   get remote(): true {
     return true;
+  }
+
+  /**
+   * Whether the source fetches ahead of reads that run forward (its read
+   * window; the `fetchAhead` option): a reader keeps fewer reads of its
+   * own ahead.
+   *
+   * @returns False when opened with `fetchAhead: false`.
+   *
+   * @example A source opened for skipping reads fetches nothing ahead
+   * ```ts
+   * import assert from "node:assert";
+   * import { HttpSource } from "./http_source.ts";
+   * await using server = Deno.serve({ port: 0, onListen() {} }, () =>
+   *   new Response("ab", { status: 206, headers: { "content-range": "bytes 0-1/2" } }));
+   * const url = `http://localhost:${server.addr.port}/`;
+   * await using src = await HttpSource.open(url, { fetchAhead: false });
+   * assert.strictEqual(src.fetchesAhead, false);
+   * ```
+   */
+  get fetchesAhead(): boolean {
+    return this.#window !== undefined;
   }
 
   /**

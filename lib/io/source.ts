@@ -48,6 +48,12 @@ export interface RandomAccessSource {
    * further ahead, as they do for a source without `readInto`.
    */
   readonly remote?: boolean;
+  /**
+   * Whether the source fetches ahead of reads that run forward on its own
+   * (`HttpSource`'s read window): readers then keep fewer reads of their
+   * own ahead, which would only hold memory while they wait.
+   */
+  readonly fetchesAhead?: boolean;
   /** Releases the source. */
   close?(): void | Promise<void>;
 }

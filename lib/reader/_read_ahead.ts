@@ -5,10 +5,11 @@
 // Budget. Work runs ahead of the consumer until one limit is reached:
 // `jobs` reads and decompression jobs, `localBytes` guest bytes of them
 // (`remoteBytes` while any reads from a remote source, lib/io/source.ts's
-// isRemote(): over HTTP), or `segments` queued in all. Holes, and pieces of a cluster that
-// is already decompressed, cost no job and no byte: they must not keep
-// reads from going out (over HTTP each read is a round trip), and
-// `segments` keeps their queue short. Why these numbers:
+// isRemote(); `aheadBytes` while any reads from a source that fetches
+// ahead itself, HttpSource), or `segments` queued in all. Holes, and
+// pieces of a cluster that is already decompressed, cost no job and no
+// byte: they must not keep reads from going out (over HTTP each read is a
+// round trip), and `segments` keeps their queue short. Why these numbers:
 // - A local file answers from the page cache: four chunks of 2 MiB. The
 //   segment the consumer is writing has left the queue, and the next job
 //   goes out only once it asks again: with two, a worker finished its job
@@ -17,17 +18,26 @@
 //   time; with four at 52, peak RSS 134 MiB instead of 121-125. More only
 //   holds memory (4 MiB chunks: 123 MiB peak with 2 in flight, 165 MiB
 //   with 8, no faster).
-// - Over HTTP as many: HttpSource fetches ahead of reads that run
-//   forward on its own (its read window, several connections at once), so
-//   more here only holds memory. Expanding a 189 MB zstd image over a
-//   capped server (50 ms per request, 20 MB/s per connection), peak RSS
-//   was 206 MiB with 8 chunks, 185 MiB with 4, 173 MiB with 2, no faster
-//   with more (it was 8 when the window did not exist: bytes in flight
-//   hid round trips).
+// - A remote source as many (a Blob's reads; HttpSource's without its
+//   read window).
+// - Over HTTP two: HttpSource fetches ahead of reads that run forward on
+//   its own (its read window, several connections at once), so more here
+//   only holds memory, in jobs waiting for the network. Expanding a
+//   189 MB zstd image over a capped server (50 ms per request, 20 MB/s
+//   per connection), peak RSS was 206 MiB with 8 chunks, 185 MiB with 4,
+//   173 MiB with 2, no faster with more (it was 8 when the window did not
+//   exist: bytes in flight hid round trips); a 293 MB image of less
+//   compressible data (data clusters between compressed ones: many small
+//   jobs) 185 MiB with 4, 168 MiB with 2, as fast.
 // - 64 jobs: many small reads may be out at once (an HTTP source merges
 //   reads asked for together); the bytes bound the memory.
 //
 // Buffers (only with `reuseBuffers`; lib/bytes/recycle.ts's BufferPool).
+// - With a codec pool, every buffer below is one of the pool's carriers
+//   (CodecPool.carrier/giveBack): one pool for payloads, clusters and
+//   data. A pool per kind held the high-water mark of each kind and size
+//   at once, most of it free: 20 MiB in the queue's pool and 14 MiB in
+//   the carriers near the peak of the 293 MB image above.
 // - A job takes its buffers when it is queued: a data piece's (read with
 //   `readInto`) and the payload buffer a compressed group's bytes are
 //   read into; the group's output buffer once those are read (a job
@@ -74,6 +84,11 @@ export const LOCAL_CHUNKS_AHEAD = 4;
 /** Chunks of guest bytes ahead while a read is from a remote source. */
 export const REMOTE_CHUNKS_AHEAD = 4;
 /**
+ * Chunks of guest bytes ahead while a read is from a source that fetches
+ * ahead itself (`fetchesAhead`: HttpSource's read window).
+ */
+export const FETCHED_CHUNKS_AHEAD = 2;
+/**
  * Copies in flight, and the guest bytes of each, when data is copied file
  * to file: they hold no memory, and several large ones outstanding let a
  * cold disk answer them in parallel, as `qemu-img convert -m 16` keeps 16
@@ -94,6 +109,8 @@ export interface ReadAheadBudget {
   localBytes: number;
   /** Their guest bytes, while any reads from a remote source (`isRemote`). */
   remoteBytes: number;
+  /** Their guest bytes, while any reads from a source that fetches ahead. */
+  aheadBytes: number;
   /** Segments queued, holes included. */
   segments: number;
 }
@@ -111,9 +128,17 @@ export function readAheadBudget(
     jobs,
     localBytes: bytes ?? LOCAL_CHUNKS_AHEAD * chunk,
     remoteBytes: bytes ?? REMOTE_CHUNKS_AHEAD * chunk,
+    aheadBytes: bytes ?? FETCHED_CHUNKS_AHEAD * chunk,
     segments: SEGMENTS_PER_JOB * jobs,
   };
 }
+
+/**
+ * Where a queue's pooled buffers come from: the codec pool's carriers when
+ * there is a pool, so that payloads, clusters and data share one pool's
+ * buffers (see Buffers above), else a pool of its own.
+ */
+type Buffers = Pick<BufferPool, "take" | "put">;
 
 /** A segment in the queue, read or still being read. */
 interface Queued {
@@ -124,6 +149,8 @@ interface Queued {
   copy?: boolean;
   /** Whether its job reads from a remote source. */
   remote: boolean;
+  /** Whether its job reads from a source that fetches ahead itself. */
+  ahead?: boolean;
   /** The pooled buffer its bytes are in, known once it is read. */
   buffer?: () => Uint8Array | undefined;
   /** The plan items it reads, read again one by one when salvaging. */
@@ -203,11 +230,11 @@ export class ReadAhead {
   /** Of the queued segments, those whose job is a copy. */
   #copies = 0;
   /** With reuseBuffers: where every buffer of a job comes from. */
-  readonly #buffers: BufferPool | undefined;
+  readonly #buffers: Buffers | undefined;
   /** With recycle: where segments' buffers come from. */
   readonly #recycler: Recycler | undefined;
   /** Where compressed payloads are read, with either. */
-  readonly #payloads: BufferPool | undefined;
+  readonly #payloads: Buffers | undefined;
   /** Segments in guest order, oldest first. */
   readonly #queue: Queued[] = [];
   /** Of the queued segments, those with a job: how many, their bytes. */
@@ -215,6 +242,8 @@ export class ReadAhead {
   #jobBytes = 0;
   /** Of those jobs, the ones reading from a remote source. */
   #remoteJobs = 0;
+  /** And the ones reading from a source that fetches ahead itself. */
+  #aheadJobs = 0;
   /** Compressed items gathered for one decompression job. */
   #group: PlanItem[] = [];
   #groupBytes = 0;
@@ -234,12 +263,16 @@ export class ReadAhead {
     this.#pool = options.pool;
     this.#copy = options.copy;
     this.#salvage = options.salvage;
-    this.#buffers = options.reuseBuffers ? new BufferPool() : undefined;
+    const pool = options.pool;
+    const buffers = (): Buffers =>
+      pool
+        ? { take: (n) => pool.carrier(n), put: (b) => pool.giveBack(b) }
+        : new BufferPool();
+    this.#buffers = options.reuseBuffers ? buffers() : undefined;
     this.#recycler = !options.reuseBuffers && options.recycle
       ? new Recycler(options.chunk)
       : undefined;
-    this.#payloads = this.#buffers ??
-      (this.#recycler ? new BufferPool() : undefined);
+    this.#payloads = this.#buffers ?? (this.#recycler ? buffers() : undefined);
   }
 
   /**
@@ -258,8 +291,15 @@ export class ReadAhead {
   get full(): boolean {
     const b = this.#budget;
     return this.#jobs >= b.jobs || this.#copies >= COPIES_AHEAD ||
-      this.#jobBytes >= (this.#remoteJobs > 0 ? b.remoteBytes : b.localBytes) ||
+      this.#jobBytes >= this.#byteBudget ||
       this.#queue.length >= b.segments;
+  }
+
+  /** The guest bytes jobs may hold, by the sources they read from. */
+  get #byteBudget(): number {
+    const b = this.#budget;
+    if (this.#aheadJobs > 0) return b.aheadBytes;
+    return this.#remoteJobs > 0 ? b.remoteBytes : b.localBytes;
   }
 
   /** Segments queued, read or not. */
@@ -401,6 +441,7 @@ export class ReadAhead {
       this.#jobs--;
       this.#jobBytes -= entry.bytes;
       if (entry.remote) this.#remoteJobs--;
+      if (entry.ahead) this.#aheadJobs--;
     }
     let segment: Segment;
     try {
@@ -501,11 +542,13 @@ export class ReadAhead {
   ): void {
     segment.catch(() => {}); // awaited in order by next()
     const remote = bytes > 0 && (source === undefined || isRemote(source));
-    this.#queue.push({ segment, bytes, remote, buffer, items });
+    const ahead = bytes > 0 && source?.fetchesAhead === true;
+    this.#queue.push({ segment, bytes, remote, ahead, buffer, items });
     if (bytes > 0) {
       this.#jobs++;
       this.#jobBytes += bytes;
       if (remote) this.#remoteJobs++;
+      if (ahead) this.#aheadJobs++;
     }
   }
 }
@@ -521,7 +564,7 @@ async function decompressClusters(
   items: PlanItem[],
   pool: CodecPool | undefined,
   takeOut: () => Uint8Array | undefined,
-  buffers: BufferPool | undefined,
+  buffers: Buffers | undefined,
 ): Promise<Uint8Array> {
   const ranges = items.map((i) => compressedRange(i.compressed!.descriptor));
   const lo = Math.min(...ranges.map((r) => r.offset));

@@ -84,6 +84,25 @@ Deno.test("readSegments({ reuseBuffers }) reads the same bytes as without, into 
   }
 });
 
+Deno.test("readSegments({ reuseBuffers, pool }) takes its buffers from the pool's carriers: a segment's buffer given back is the next carrier", async () => {
+  await using dir = await tempDir();
+  const raw = scattered();
+  const path = join(dir.path, "s.qcow2");
+  await Deno.writeFile(path, await convertToBytes(raw, { workers: 1 }));
+  await using pool = new CodecPool({ workers: 0 });
+  await using image = await openImage(path, { format: "qcow2" });
+  const chunkSize = 256 << 10;
+  const buffers = new Set<ArrayBufferLike>();
+  for await (
+    const s of readSegments(image, { pool, reuseBuffers: true, chunkSize })
+  ) {
+    if (s.data) buffers.add(s.data.buffer);
+  }
+  assert.ok(buffers.size > 1, `${buffers.size} buffers`);
+  // Data segments of 64 KiB to 256 KiB: a carrier of 256 KiB is one of them.
+  assert.ok(buffers.has(pool.carrier(chunkSize).buffer));
+});
+
 Deno.test("readSegments({ reuseBuffers }) decompresses into buffers used again: the same bytes, zlib and zstd, on workers and inline", async () => {
   await using dir = await tempDir();
   const raw = scattered();
@@ -122,10 +141,11 @@ Deno.test("readSegments({ reuseBuffers }) decompresses into buffers used again: 
 });
 
 /**
- * A raw source of 3s whose reads wait while held, counting those started;
- * with `readInto` as a local file has, or without as an HTTP source.
+ * A raw source of 3s whose reads wait while held, counting those started:
+ * with `readInto` as a local file has, without as a Blob, or with it and
+ * fetching ahead itself as an HTTP source.
  */
-function heldSource(size: number, withReadInto: boolean) {
+function heldSource(size: number, kind: "local" | "remote" | "ahead") {
   const bytes = new Uint8Array(size).fill(3);
   const waiting: (() => void)[] = [];
   let held = true;
@@ -137,8 +157,9 @@ function heldSource(size: number, withReadInto: boolean) {
       await wait();
       return bytes.slice(offset, offset + length);
     },
+    ...kind === "ahead" ? { remote: true, fetchesAhead: true } : {},
   };
-  if (withReadInto) {
+  if (kind !== "remote") {
     source.readInto = async (offset, into) => {
       await wait();
       const part = bytes.subarray(offset, offset + into.length);
@@ -156,22 +177,24 @@ function heldSource(size: number, withReadInto: boolean) {
   };
 }
 
-Deno.test("readSegments() reads 4 chunks ahead from a local source and from a remote one (HttpSource fetches ahead itself), within maxInFlight and maxInFlightBytes", async () => {
+Deno.test("readSegments() reads 4 chunks ahead from a local or remote source, 2 from one that fetches ahead itself (HttpSource), within maxInFlight and maxInFlightBytes", async () => {
   const chunkSize = 65536;
-  const cases: [boolean, ReadImageOptions, number][] = [
-    [true, {}, 4],
-    [false, {}, 4],
-    [false, { maxInFlight: 3 }, 3],
-    [true, { maxInFlightBytes: 5 * chunkSize }, 5],
-    [false, { maxInFlightBytes: 5 * chunkSize - 1 }, 5],
+  const cases: ["local" | "remote" | "ahead", ReadImageOptions, number][] = [
+    ["local", {}, 4],
+    ["remote", {}, 4],
+    ["ahead", {}, 2],
+    ["remote", { maxInFlight: 3 }, 3],
+    ["ahead", { maxInFlight: 1 }, 1],
+    ["local", { maxInFlightBytes: 5 * chunkSize }, 5],
+    ["ahead", { maxInFlightBytes: 5 * chunkSize - 1 }, 5],
   ];
-  for (const [readInto, options, ahead] of cases) {
-    const held = heldSource(64 * chunkSize, readInto);
+  for (const [kind, options, ahead] of cases) {
+    const held = heldSource(64 * chunkSize, kind);
     await using image = await openImage(held.source, { format: "raw" });
     const segments = readSegments(image, { chunkSize, ...options });
     const first = segments.next();
     await new Promise((settled) => setTimeout(settled, 0));
-    const what = `readInto ${readInto}, ${JSON.stringify(options)}`;
+    const what = `${kind}, ${JSON.stringify(options)}`;
     assert.strictEqual(held.started(), ahead, what);
     held.release();
     let bytes = (await first).value!.length;

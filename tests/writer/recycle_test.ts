@@ -75,6 +75,19 @@ Deno.test("Recycler and BufferPool poison a buffer when it is free again, not be
   }
 });
 
+Deno.test("BufferPool lends a free buffer of up to four times the size class asked for before it makes one, never a larger one", () => {
+  const pool = new BufferPool();
+  const [quarter, eighth] = [pool.take(256 << 10), pool.take(512 << 10)];
+  pool.put(eighth);
+  const small = pool.take(64 << 10);
+  assert.notStrictEqual(small, eighth, "eight times the size: not lent");
+  assert.strictEqual(small.length, 64 << 10);
+  pool.put(quarter);
+  assert.strictEqual(pool.take(40_000), quarter, "four times: lent");
+  assert.strictEqual(pool.take(300_000), eighth, "the next class up: lent");
+  assert.strictEqual(pool.take(300_000).length, 512 << 10, "none free: made");
+});
+
 Deno.test("QCOW2PIPE_POISON=1 turns poisoning on where Deno's file module is loaded and env access is allowed", async () => {
   await using dir = await tempDir();
   const script = join(dir.path, "poisoning.ts");
