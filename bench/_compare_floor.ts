@@ -9,10 +9,10 @@
 //   64 KiB clusters with our default codecs (lib/codec), in this process;
 //   the work divided over every core, as if the pool lost nothing to
 //   messages, reads, writes or the main thread.
-// - Uncompressed rows move data without codec work: their floor is our
+// - Uncompressed rows move data without codec work: for them, our
 //   start-up plus qemu-img's own time minus its start-up (our data moved
-//   exactly as fast as qemu-img's), so a ratio below it is out of reach
-//   unless the data moves faster than qemu-img moves it.
+//   exactly as fast as qemu-img's): a ratio below it needs the data to
+//   move faster than qemu-img moves it.
 
 import { isZero } from "../lib/bytes/zeros.ts";
 import { type ClusterCodec, createCodec } from "../lib/codec/codecs.ts";
@@ -132,8 +132,11 @@ function mbps(bytesPerSec: number): string {
 }
 
 /**
- * The least time a row could take, and what it is made of; undefined for a
- * row without a floor here.
+ * The least time a row could take, what it is made of, and what it is
+ * called: a `floor` for a row whose codec work no run avoids; for an
+ * uncompressed row, the time ours would take moving data as fast as
+ * qemu-img does (ours may move it faster); undefined for a row without
+ * either.
  *
  * @param id The row (`sparse`, `zlib`, `zstd`, `expand-…`).
  * @param qemuSecs qemu-img's median time on the row.
@@ -142,7 +145,7 @@ export function floorOf(
   floors: Floors,
   id: string,
   qemuSecs: number,
-): { secs: number; why: string } | undefined {
+): { name: string; secs: number; why: string } | undefined {
   const start = floors.startup.ours;
   const codec = /(zstd|zlib)$/.exec(id)?.[1] as "zstd" | "zlib" | undefined;
   if (codec) {
@@ -150,6 +153,7 @@ export function floorOf(
     const speed = floors[codec][direction];
     const work = floors.dataBytes / (floors.cores * speed);
     return {
+      name: "floor",
       secs: start + work,
       why: `start-up ${start.toFixed(2)} s + ${
         (floors.dataBytes / 1e6).toFixed(0)
@@ -159,6 +163,7 @@ export function floorOf(
   if (id === "sparse" || id === "expand-sparse") {
     const data = Math.max(0, qemuSecs - floors.startup.qemu);
     return {
+      name: "at qemu-img's data speed",
       secs: start + data,
       why: `start-up ${start.toFixed(2)} s + qemu-img's data time ${
         data.toFixed(2)

@@ -158,7 +158,11 @@ export interface Target {
   name: string;
   met: boolean;
   measured: string;
-  /** The least ratio this machine allows, and what it is made of. */
+  /**
+   * The least ratio this machine allows (or, for a row without codec
+   * work, the ratio at qemu-img's data speed), named, and what it is made
+   * of.
+   */
   floor?: string;
 }
 
@@ -190,7 +194,7 @@ export function targets(results: Result[], floors?: Floors): Target[] {
       met: x <= limit && summarize(base(id)!.samples.ours).ok,
       measured: `${x.toFixed(2)}×`,
       floor: floor &&
-        `${(floor.secs / qemuSecs).toFixed(2)}×: ${floor.why}`,
+        `${floor.name} ${(floor.secs / qemuSecs).toFixed(2)}×: ${floor.why}`,
     });
   };
   // Issue 26's targets (meant for the cold protocol, --cold).
@@ -237,7 +241,7 @@ export function targets(results: Result[], floors?: Floors): Target[] {
 export function targetLines(ts: Target[]): string[] {
   return ts.map((t) =>
     `- ${t.met ? "MET" : "NOT MET"}: ${t.name} (measured ${t.measured}${
-      t.floor ? `; floor ${t.floor}` : ""
+      t.floor ? `; ${t.floor}` : ""
     })`
   );
 }
