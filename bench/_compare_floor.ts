@@ -16,6 +16,7 @@
 
 import { isZero } from "../lib/bytes/zeros.ts";
 import { type ClusterCodec, createCodec } from "../lib/codec/codecs.ts";
+import { fileChunks } from "../lib/host/file_stream.ts";
 import { log, median, MiB } from "./_compare_util.ts";
 import { oursArgv, qemuArgv, RUN_DIR, timed } from "./_compare_run.ts";
 
@@ -44,23 +45,12 @@ export interface Floors {
 async function nonZeroClusters(
   disk: string,
 ): Promise<{ total: number; sample: Uint8Array[] }> {
-  using file = await Deno.open(disk);
   const sample: Uint8Array[] = [];
   let total = 0;
-  for (;;) {
-    const cluster = new Uint8Array(CLUSTER);
-    let got = 0;
-    while (got < CLUSTER) {
-      const n = await file.read(cluster.subarray(got));
-      if (n === null) break;
-      got += n;
-    }
-    if (got === 0) break;
-    if (!isZero(cluster.subarray(0, got))) {
-      total += got;
-      if (sample.length * CLUSTER < SAMPLE_BYTES) sample.push(cluster);
-    }
-    if (got < CLUSTER) break;
+  for await (const cluster of fileChunks(await Deno.open(disk), CLUSTER)) {
+    if (isZero(cluster)) continue;
+    total += cluster.length;
+    if (sample.length * CLUSTER < SAMPLE_BYTES) sample.push(cluster);
   }
   return { total, sample };
 }
